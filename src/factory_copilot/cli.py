@@ -1,0 +1,55 @@
+"""The ``factory-copilot`` command: one sub-command per job, each defined beside the station it drives.
+
+Every module listed in COMMANDS has ``register(subparsers)`` that adds its
+sub-command(s) and sets ``func`` (sync or async) on the parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import sys
+
+from factory_copilot import __version__
+from factory_copilot.config import LineConfigError
+from factory_copilot.logs import setup_logging
+
+# module paths, in the order their sub-commands are listed in --help
+COMMANDS: list[str] = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="factory-copilot", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--log-json", action="store_true", help="structured JSON log lines (for services)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for path in COMMANDS:
+        importlib.import_module(path).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    setup_logging(args.log_level, args.log_json)
+    try:
+        result = args.func(args)
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+    except LineConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

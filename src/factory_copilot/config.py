@@ -1,0 +1,233 @@
+"""The line description: one site/line, its assets and signals, and how to reach them.
+
+Loaded from YAML and validated with pydantic; every mistake is reported with its
+path in the file (``assets[2].signals[0].unit: Field required``) so a plant
+engineer can fix the file without reading our code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from factory_copilot.models import Mode, Priority
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SEEDS_DIR = Path(os.environ.get("FACTORY_COPILOT_SEEDS", REPO_ROOT / "seeds"))
+SIMULATED_LINE = SEEDS_DIR / "lines" / "packaging_line.yaml"
+
+
+class LineConfigError(ValueError):
+    """A line file that cannot be used; the message names the file and every bad field."""
+
+    def __init__(self, path: str | Path, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: " + ("; ".join(problems) if len(problems) == 1 else "\n  " + "\n  ".join(problems)))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Range = tuple[float, float]
+
+
+class MqttSource(_Strict):
+    """A signal carried in a JSON field of an MQTT message."""
+
+    topic: str
+    field: str = "value"
+    # optional JSON fields carrying the sample time and OPC UA-style quality
+    timestamp_field: str | None = "ts"
+    quality_field: str | None = "quality"
+
+
+class SignalSource(_Strict):
+    opcua: str | None = None  # node id, e.g. "ns=2;s=product_pump.flow"
+    mqtt: MqttSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SignalSource":
+        if not self.opcua and not self.mqtt:
+            raise ValueError("a signal needs an opcua node id or an mqtt topic")
+        return self
+
+
+class Signal(_Strict):
+    name: str
+    unit: str
+    normal: Range  # normal band while the line is running
+    modes: dict[Mode, Range] = Field(default_factory=dict)  # normal band per other operating mode
+    limits: Range | None = None  # engineering alarm limits (low, high)
+    physical: Range | None = None  # what the sensor can physically read; outside is a sensor fault
+    max_rate: float | None = None  # largest credible change per second
+    priority: Priority | None = None
+    source: SignalSource
+    description: str = ""
+
+    @field_validator("normal", "limits", "physical")
+    @classmethod
+    def _ordered(cls, v: Range | None) -> Range | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"low {v[0]} is above high {v[1]}")
+        return v
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, v: Any) -> Any:
+        return None if v is None else Priority.parse(v)
+
+    def normal_for(self, mode: Mode) -> Range:
+        return self.modes.get(mode, self.normal)
+
+
+class Asset(_Strict):
+    id: str
+    name: str
+    kind: str = ""
+    priority: Priority = Priority.MEDIUM
+    operator_position: str = "main"
+    signals: list[Signal]
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, v: Any) -> Any:
+        return Priority.parse(v)
+
+    @model_validator(mode="after")
+    def _unique_signals(self) -> "Asset":
+        seen: set[str] = set()
+        for s in self.signals:
+            if s.name in seen:
+                raise ValueError(f"signal {s.name!r} appears twice in asset {self.id!r}")
+            seen.add(s.name)
+        return self
+
+    def signal(self, name: str) -> Signal:
+        for s in self.signals:
+            if s.name == name:
+                return s
+        raise KeyError(f"{self.id}.{name}")
+
+
+class OpcuaConnection(_Strict):
+    endpoint: str = "opc.tcp://127.0.0.1:4840/factory-copilot/"
+    security: Literal["none", "basic256sha256_sign_encrypt"] = "none"
+    username: str | None = None
+    password: str | None = None
+    certificate: str | None = None  # client certificate (DER/PEM); made on first use if missing
+    private_key: str | None = None
+    server_certificate: str | None = None  # the server certificate we trust
+    publishing_interval_ms: float = 100.0
+    sampling_interval_ms: float = 100.0
+    queue_size: int = 10
+    timeout_s: float = 4.0
+
+
+class MqttConnection(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive_s: int = 30
+    max_payload_bytes: int = 65536
+
+
+class ModeSignal(_Strict):
+    """Where the line's operating mode is read from (codes 0 idle, 1 start-up, 2 running, 3 changeover)."""
+
+    asset: str = "line"
+    signal: str = "mode"
+
+
+class LineConfig(_Strict):
+    site: str
+    line: str
+    description: str = ""
+    sampling_interval_s: float = Field(1.0, gt=0)
+    mode_signal: ModeSignal | None = ModeSignal()
+    opcua: OpcuaConnection | None = None
+    mqtt: MqttConnection | None = None
+    assets: list[Asset]
+
+    @model_validator(mode="after")
+    def _unique_assets(self) -> "LineConfig":
+        seen: set[str] = set()
+        for a in self.assets:
+            if a.id in seen:
+                raise ValueError(f"asset {a.id!r} appears twice")
+            seen.add(a.id)
+        return self
+
+    def asset(self, asset_id: str) -> Asset:
+        for a in self.assets:
+            if a.id == asset_id:
+                return a
+        raise KeyError(asset_id)
+
+    def signal(self, key: str) -> Signal:
+        asset, _, name = key.partition(".")
+        return self.asset(asset).signal(name)
+
+    def signal_keys(self, include_mode: bool = False) -> list[str]:
+        """``asset.signal`` for every process signal, in file order (the mode signal left out)."""
+        keys = [f"{a.id}.{s.name}" for a in self.assets for s in a.signals]
+        if not include_mode and self.mode_signal:
+            keys = [k for k in keys if k != f"{self.mode_signal.asset}.{self.mode_signal.signal}"]
+        return keys
+
+    def fingerprint(self) -> str:
+        """Hash of what a trained model depends on: the assets and signals, not connection details."""
+        body = json.dumps([a.model_dump(mode="json") for a in self.assets], sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def parse_line(data: Any, path: str | Path = "<line>") -> LineConfig:
+    """Validate a parsed line description; raise LineConfigError naming every bad field."""
+    try:
+        return LineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            # pydantic adds the failing union member / validator name to the path; keep the file's path
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_format_loc(loc)}: {msg}")
+        raise LineConfigError(path, problems) from None
+
+
+def load_line(path: str | Path) -> LineConfig:
+    """Read and validate a line file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LineConfigError(path, [f"cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LineConfigError(path, [f"not valid YAML: {exc}"]) from None
+    return parse_line(data, path)

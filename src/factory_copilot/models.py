@@ -1,0 +1,295 @@
+"""The small typed records that flow between stations.
+
+collect -> Reading -> detect -> Anomaly -> alarms -> Alarm/AlarmEvent -> copilot -> Diagnosis
+
+Every station consumes and produces only these records, so each can be tested
+alone with hand-made ones. Readings are plain slotted dataclasses because
+thousands of them pass per second; the rarer records convert to and from JSON
+with ``to_dict``/``from_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Quality(str, enum.Enum):
+    """OPC UA status severity, reduced to what a detector must respect."""
+
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+class Mode(str, enum.Enum):
+    """Operating mode of the line; each has its own normal behaviour."""
+
+    IDLE = "idle"
+    STARTUP = "startup"
+    RUNNING = "running"
+    CHANGEOVER = "changeover"
+
+    @classmethod
+    def from_code(cls, code: float | int | str) -> "Mode":
+        """Map the line's numeric mode signal (0 idle, 1 start-up, 2 running, 3 changeover)."""
+        if isinstance(code, str) and not code.lstrip("-").replace(".", "", 1).isdigit():
+            return cls(code.lower())
+        return MODE_CODES[int(round(float(code)))]
+
+    @property
+    def code(self) -> int:
+        return MODE_CODES.index(self)
+
+
+MODE_CODES: list[Mode] = [Mode.IDLE, Mode.STARTUP, Mode.RUNNING, Mode.CHANGEOVER]
+
+
+@dataclass(slots=True, frozen=True)
+class Reading:
+    """One sample of one signal, from whichever source delivered it.
+
+    ``ts`` is seconds since the epoch (UTC) as stamped by the source.
+    ``value`` is None when the source had no usable value (quality BAD).
+    """
+
+    ts: float
+    asset: str
+    signal: str
+    value: float | None
+    quality: Quality = Quality.GOOD
+    source: str = ""
+    unit: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.asset}.{self.signal}"
+
+    @property
+    def is_process_value(self) -> bool:
+        """Only GOOD values are process values; Bad/Uncertain are marked, never used as data."""
+        return self.quality is Quality.GOOD and self.value is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ts": self.ts,
+            "asset": self.asset,
+            "signal": self.signal,
+            "value": self.value,
+            "quality": self.quality.value,
+            "source": self.source,
+            "unit": self.unit,
+        }
+
+
+class Priority(int, enum.Enum):
+    """ISA-18.2 alarm priority; lower number is more urgent."""
+
+    CRITICAL = 1
+    HIGH = 2
+    MEDIUM = 3
+    LOW = 4
+
+    @classmethod
+    def parse(cls, value: "str | int | Priority") -> "Priority":
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, int):
+            return cls(value)
+        try:
+            return cls[str(value).strip().upper()]
+        except KeyError:
+            names = ", ".join(p.name.lower() for p in cls)
+            raise ValueError(f"unknown priority {value!r}; use one of {names} or 1-4") from None
+
+
+@dataclass(slots=True)
+class Anomaly:
+    """A departure from normal that the detect station found.
+
+    ``kind`` says which check found it: ``multivariate``, ``limit``, ``rate``,
+    ``stuck``, ``range`` or ``quality``. ``signal`` is set for single-signal
+    checks, None for multivariate ones. ``contributions`` maps signal keys
+    (``asset.signal``) to their share of the score, largest first.
+    """
+
+    ts: float
+    asset: str
+    kind: str
+    score: float
+    threshold: float
+    signal: str | None = None
+    value: float | None = None
+    contributions: dict[str, float] = field(default_factory=dict)
+    fault_type: str | None = None
+    fault_probability: float = 0.0
+    mode: Mode = Mode.RUNNING
+    message: str = ""
+
+    @property
+    def condition(self) -> str:
+        """The alarm condition this anomaly belongs to: one alarm per asset + condition."""
+        if self.kind == "multivariate":
+            return f"fault:{self.fault_type or 'unknown'}"
+        return f"{self.signal}:{self.kind}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mode"] = self.mode.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Anomaly":
+        d = dict(d)
+        d["mode"] = Mode(d.get("mode", "running"))
+        return cls(**{k: v for k, v in d.items() if k in _fields(cls)})
+
+
+class AlarmState(str, enum.Enum):
+    """ISA-18.2 / OPC UA Part 9 alarm states."""
+
+    NORMAL = "normal"
+    ACTIVE_UNACK = "active_unacknowledged"
+    ACTIVE_ACK = "active_acknowledged"
+    RTN_UNACK = "returned_unacknowledged"
+
+    @property
+    def active(self) -> bool:
+        return self in (AlarmState.ACTIVE_UNACK, AlarmState.ACTIVE_ACK)
+
+    @property
+    def acknowledged(self) -> bool:
+        return self in (AlarmState.NORMAL, AlarmState.ACTIVE_ACK)
+
+
+@dataclass(slots=True)
+class Alarm:
+    """One alarm per condition (asset + signal check or fault), with its ISA-18.2 state."""
+
+    alarm_id: str
+    asset: str
+    condition: str
+    state: AlarmState
+    priority: Priority
+    message: str
+    raised_at: float
+    updated_at: float
+    anomaly: Anomaly | None = None
+    acked_by: str | None = None
+    acked_at: float | None = None
+    shelved_until: float | None = None
+    shelved_by: str | None = None
+    out_of_service: bool = False
+    suppressed: bool = False
+    realarm_count: int = 0
+    flood_id: str | None = None
+
+    @property
+    def shelved(self) -> bool:
+        return self.shelved_until is not None and self.shelved_until > time.time()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["state"] = self.state.value
+        d["priority"] = self.priority.name.lower()
+        d["anomaly"] = self.anomaly.to_dict() if self.anomaly else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Alarm":
+        d = {k: v for k, v in d.items() if k in _fields(cls)}
+        d["state"] = AlarmState(d["state"])
+        d["priority"] = Priority.parse(d["priority"])
+        if d.get("anomaly"):
+            d["anomaly"] = Anomaly.from_dict(d["anomaly"])
+        return cls(**d)
+
+
+@dataclass(slots=True)
+class AlarmEvent:
+    """A transition of an alarm, as it goes to the events topic and the audit trail."""
+
+    alarm_id: str
+    ts: float
+    event: str  # raised, acknowledged, returned, cleared, shelved, unshelved, realarm, out_of_service, ...
+    state: AlarmState
+    alarm: Alarm
+    actor: str | None = None
+    comment: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alarm_id": self.alarm_id,
+            "ts": self.ts,
+            "event": self.event,
+            "state": self.state.value,
+            "actor": self.actor,
+            "comment": self.comment,
+            "alarm": self.alarm.to_dict(),
+        }
+
+
+@dataclass(slots=True)
+class Evidence:
+    """A piece of evidence a diagnosis may cite: a signal with its value, or a runbook passage."""
+
+    kind: str  # "signal" or "runbook"
+    ref: str  # signal key "asset.signal" or runbook id "RB-PUMP-002#checks"
+    detail: str = ""
+    value: float | None = None
+
+
+@dataclass(slots=True)
+class Cause:
+    fault_type: str
+    title: str
+    confidence: float
+    evidence: list[Evidence] = field(default_factory=list)
+    origin: str = "runbook"  # "model" or "runbook"
+
+
+@dataclass(slots=True)
+class Step:
+    """A recommended check or corrective action, in order."""
+
+    text: str
+    kind: str = "action"  # "check" or "action"
+    runbook_id: str | None = None
+    origin: str = "runbook"
+
+
+@dataclass(slots=True)
+class Diagnosis:
+    """What the copilot says about an alarm; every citation points to evidence that exists."""
+
+    alarm_id: str
+    summary: str
+    causes: list[Cause]
+    steps: list[Step]
+    safety: list[str]
+    would_change: list[str]
+    source: str  # "model" or "runbook"
+    created_at: float = field(default_factory=time.time)
+    model: str | None = None
+    dropped_citations: int = 0
+    fallback_reason: str | None = None
+    latency_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Diagnosis":
+        d = {k: v for k, v in d.items() if k in _fields(cls)}
+        d["causes"] = [
+            Cause(**{**c, "evidence": [Evidence(**e) for e in c.get("evidence", [])]}) for c in d["causes"]
+        ]
+        d["steps"] = [Step(**s) for s in d["steps"]]
+        return cls(**d)
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
