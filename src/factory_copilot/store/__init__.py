@@ -1,0 +1,1 @@
+"""Store station: SQLite for trends, alarms, diagnoses, conversations and feedback."""
