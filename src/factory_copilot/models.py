@@ -293,3 +293,32 @@ class Diagnosis:
 
 def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
+
+
+@dataclass(slots=True)
+class OperatorCommand:
+    """An operator's request to the alarm engine (from the dashboard or the MQTT command topic)."""
+
+    command: str  # "acknowledge", "shelve", "unshelve", "out_of_service", "return_to_service"
+    alarm_id: str
+    actor: str
+    comment: str | None = None
+    shelve_s: float | None = None  # shelving duration; shelving always expires
+    request_id: str | None = None
+    ts: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class CommandResult:
+    request_id: str | None
+    ok: bool
+    message: str
+    alarm: Alarm | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "ok": self.ok,
+            "message": self.message,
+            "alarm": self.alarm.to_dict() if self.alarm else None,
+        }
