@@ -76,3 +76,11 @@ class Buffer(Generic[T]):
             )
             self._last_log = now
             self._dropped_at_last_log = self.dropped
+
+
+async def fan_out(source: Buffer[T], *destinations: Buffer[T]) -> None:
+    """Copy every item of ``source`` to each destination; a slow destination only drops its own oldest items."""
+    while True:
+        item = await source.get()
+        for dest in destinations:
+            dest.offer(item)
