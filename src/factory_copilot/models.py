@@ -322,3 +322,66 @@ class CommandResult:
             "message": self.message,
             "alarm": self.alarm.to_dict() if self.alarm else None,
         }
+
+
+FEEDBACK_VERDICTS = ("confirmed", "false_alarm", "other_cause")
+
+
+@dataclass(slots=True)
+class Feedback:
+    """An operator's verdict on an alarm: the cause confirmed, a false alarm, or another cause (with the fix)."""
+
+    alarm_id: str
+    verdict: str = "confirmed"  # one of FEEDBACK_VERDICTS
+    actual_cause: str | None = None  # fault id or free text, for "other_cause" (and "confirmed" if it differs)
+    fix: str | None = None
+    actor: str | None = None
+    ts: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in FEEDBACK_VERDICTS:
+            raise ValueError(f"feedback verdict {self.verdict!r} is not one of {', '.join(FEEDBACK_VERDICTS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Feedback":
+        return cls(**{k: v for k, v in d.items() if k in _fields(cls)})
+
+
+@dataclass(slots=True)
+class Turn:
+    """One turn of the ask-the-copilot conversation about an alarm."""
+
+    alarm_id: str
+    role: str  # "operator" or "copilot"
+    text: str
+    ts: float = field(default_factory=time.time)
+    actor: str | None = None
+    request_id: str | None = None
+    source: str | None = None  # for copilot turns: "model" or "runbook"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class Incident:
+    """A past alarm with the operator's verdict: the copilot's memory for similar alarms later."""
+
+    alarm_id: str
+    asset: str
+    fault_type: str | None
+    verdict: str
+    ts: float
+    condition: str = ""
+    signals: list[str] = field(default_factory=list)  # signal keys that stood out, largest share first
+    actual_cause: str | None = None
+    fix: str | None = None
+    actor: str | None = None
+    diagnosis_summary: str | None = None
+    similarity: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
