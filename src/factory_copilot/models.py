@@ -385,3 +385,14 @@ class Incident:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class Question:
+    """An operator's question to the copilot (from the dashboard over MQTT), answered in streamed chunks."""
+
+    request_id: str = ""
+    alarm_id: str | None = None  # None for a question about the line in general
+    question: str = ""
+    actor: str = ""
+    ts: float = field(default_factory=time.time)
