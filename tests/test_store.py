@@ -229,3 +229,22 @@ async def test_station_survives_a_bad_batch(store):
     turns.offer(Turn("A1", "operator", "hello", T0))
     await station.drain()
     assert station.failed["turns"] == 1 and [t.text for t in store.conversation("A1")] == ["hello"]
+
+
+def test_a_turn_with_a_request_id_is_stored_once(store):
+    answer = Turn("A1", "copilot", "check the strainer", T0, request_id="r1", source="model")
+    store.add_turns([Turn("A1", "operator", "what now?", T0, request_id="r1"), answer])
+    store.add_turn(answer)  # the dashboard and the copilot may both record the same answer
+    assert [t.role for t in store.conversation("A1")] == ["operator", "copilot"]
+
+
+def test_newer_schema_is_refused(tmp_path):
+    from factory_copilot.store.db import open_db
+
+    path = tmp_path / "s.db"
+    Store(path).close()
+    conn = open_db(path, [], "other")
+    conn.execute("UPDATE schema_version SET version=99 WHERE component='store'")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this software"):
+        Store(path)

@@ -116,4 +116,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX feedback_alarm ON feedback(alarm_id);
     CREATE INDEX feedback_asset ON feedback(asset, fault_type);
     """,
+    # version 2: a copilot answer (or a question) is stored once even if two writers see it
+    """
+    CREATE UNIQUE INDEX conversations_request_role ON conversations(request_id, role) WHERE request_id IS NOT NULL;
+    """,
 ]

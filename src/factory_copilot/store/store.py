@@ -229,7 +229,7 @@ class Store:
     def add_turns(self, turns: Iterable[Turn]) -> int:
         rows = [(t.alarm_id, t.ts, t.role, t.text, t.actor, t.request_id, t.source) for t in turns]
         self._write_many(
-            "INSERT INTO conversations(alarm_id, ts, role, text, actor, request_id, source) VALUES(?,?,?,?,?,?,?)", rows
+            "INSERT OR IGNORE INTO conversations(alarm_id, ts, role, text, actor, request_id, source) VALUES(?,?,?,?,?,?,?)", rows
         )
         return len(rows)
 
