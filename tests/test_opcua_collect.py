@@ -1,0 +1,150 @@
+"""The OPC UA collector against a real asyncua server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from factory_copilot.broker import free_port
+from factory_copilot.buffer import Buffer
+from factory_copilot.collect.browse import browse_line
+from factory_copilot.collect.opcua import OpcuaCollector
+from factory_copilot.config import parse_line
+from factory_copilot.models import Quality, Reading
+from tests.support.opcua import drain, line_with_opcua, port_of, start_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server():
+    s = await start_server()
+    yield s
+    await s.stop()
+
+
+def _fresh(since: float):
+    return lambda r: r.ts >= since
+
+
+async def test_readings_arrive_with_asset_signal_unit_and_quality(server):
+    line = line_with_opcua(endpoint=server.endpoint, publishing_interval_ms=50)
+    buffer: Buffer[Reading] = Buffer(1000)
+    collector = OpcuaCollector(line, buffer)
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    await asyncio.wait_for(collector.connected.wait(), 10)
+    t0 = time.time() + 1  # stamped in the future so they cannot be confused with initial values
+    await server.write(
+        [
+            Reading(t0, "product_pump", "flow", 41.5),
+            Reading(t0, "heat_tunnel", "zone1_temperature", 181.0, Quality.UNCERTAIN),
+            Reading(t0, "filler", "fill_weight", None, Quality.BAD),
+        ]
+    )
+    got = await drain(buffer, lambda rs: len([r for r in rs if r.ts == pytest.approx(t0, abs=1e-3)]) >= 3)
+    fresh = {r.key: r for r in got if r.ts == pytest.approx(t0, abs=1e-3)}
+    pump = fresh["product_pump.flow"]
+    assert (pump.value, pump.quality, pump.source) == (41.5, Quality.GOOD, "opcua")
+    assert pump.unit == line.signal("product_pump.flow").unit
+    tunnel = fresh["heat_tunnel.zone1_temperature"]
+    assert (tunnel.value, tunnel.quality, tunnel.unit) == (181.0, Quality.UNCERTAIN, line.signal("heat_tunnel.zone1_temperature").unit)
+    assert not tunnel.is_process_value
+    filler = fresh["filler.fill_weight"]
+    assert (filler.value, filler.quality) == (None, Quality.BAD)
+    stats = collector.stats()
+    assert stats["by_quality"]["uncertain"] >= 1 and stats["by_quality"]["bad"] >= 1
+    assert stats["readings_in"] == len(got) + buffer.qsize()
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_every_signal_of_the_line_is_subscribed(server):
+    line = line_with_opcua(endpoint=server.endpoint)
+    buffer: Buffer[Reading] = Buffer(1000)
+    collector = OpcuaCollector(line, buffer)
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    await asyncio.wait_for(collector.connected.wait(), 10)
+    keys = line.signal_keys(include_mode=True)
+    t0 = time.time() + 2
+    await server.write([Reading(t0, *k.split("."), float(i)) for i, k in enumerate(keys)])
+    got = await drain(buffer, lambda rs: len({r.key for r in rs if r.ts == pytest.approx(t0, abs=1e-3)}) == len(keys))
+    values = {r.key: r.value for r in got if r.ts == pytest.approx(t0, abs=1e-3)}
+    assert values == {k: float(i) for i, k in enumerate(keys)}
+    assert collector.stats()["rejects"] == {}
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_browse_turns_the_address_space_into_a_line_file(server):
+    text = await browse_line(server.endpoint, site="demo-plant", line="packaging-1")
+    data = yaml.safe_load(text)
+    assert "TODO" in text  # normal bands are placeholders the engineer must fill in
+    line = parse_line(data, "browsed")  # what browse prints is a valid line file
+    original = line_with_opcua()
+    assert [a.id for a in line.assets] == [a.id for a in original.assets]
+    pump = line.signal("product_pump.flow")
+    assert pump.unit == original.signal("product_pump.flow").unit
+    assert pump.source.opcua == "ns=2;s=product_pump.flow"
+
+
+async def test_server_restart_is_survived_and_the_gap_shows(caplog):
+    port = free_port()
+    server = await start_server(port=port)
+    line = line_with_opcua(endpoint=server.endpoint, publishing_interval_ms=50)
+    buffer: Buffer[Reading] = Buffer(10_000)
+    collector = OpcuaCollector(line, buffer, reconnect_max_delay_s=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    await asyncio.wait_for(collector.connected.wait(), 10)
+
+    async def feed(srv, n: int) -> list[float]:
+        stamps = []
+        for _ in range(n):
+            ts = time.time()
+            stamps.append(ts)
+            await srv.write([Reading(ts, "product_pump", "flow", 40.0)])
+            await asyncio.sleep(0.05)
+        return stamps
+
+    caplog.set_level(logging.INFO, logger="factory_copilot.collect.opcua")
+    before = await feed(server, 10)
+    await drain(buffer, lambda rs: any(r.ts == pytest.approx(before[-1], abs=1e-3) for r in rs))
+    await server.stop()
+    down_at = time.time()
+    # the watchdog notices within about a second; the collector must say so
+    while collector.connected.is_set():
+        await asyncio.sleep(0.05)
+        assert time.time() - down_at < 15, "the collector never noticed the server went away"
+    await asyncio.sleep(1.0)
+    server = await start_server(port=port)
+    try:
+        await asyncio.wait_for(collector.connected.wait(), 20)
+        after = []
+        got: list[Reading] = []
+        deadline = time.time() + 15
+        while not any(r.value == 40.0 and r.ts > down_at for r in got):
+            assert time.time() < deadline, "readings did not resume after the server restart"
+            after += await feed(server, 2)
+            try:
+                while True:
+                    got.append(buffer.get_nowait())
+            except asyncio.QueueEmpty:
+                pass
+        resumed = [r for r in got if r.key == "product_pump.flow" and r.value == 40.0 and r.ts > down_at]
+        gap = resumed[0].ts - before[-1]
+        assert gap > 1.0, f"expected a visible gap in the data, got {gap:.2f} s"
+        assert collector.stats()["reconnects"] == 1 and collector.stats()["outages"] == 1
+        outage_lines = [r for r in caplog.records if r.name == "factory_copilot.collect.opcua" and "lost" in r.message]
+        assert len(outage_lines) == 1 and outage_lines[0].exc_info is None
+        assert any("reconnected" in r.message for r in caplog.records)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await server.stop()
