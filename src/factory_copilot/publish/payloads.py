@@ -1,0 +1,197 @@
+"""The JSON payloads of the MQTT interface: built from records, checked against the versioned schemas in ``schemas/``.
+
+Every payload carries ``"schema": "<kind>/<version>"``, and its JSON Schema has
+``$id`` ``https://factory-copilot.org/schemas/<kind>/<version>.json``. Incoming
+commands and questions are parsed here into records or into one clear error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from referencing import Registry, Resource
+
+from factory_copilot import __version__
+from factory_copilot.config import REPO_ROOT
+from factory_copilot.models import AlarmEvent, Alarm, CommandResult, Diagnosis, OperatorCommand, Question
+
+SCHEMAS_DIR = Path(os.environ.get("FACTORY_COPILOT_SCHEMAS", REPO_ROOT / "schemas"))
+SCHEMA_BASE = "https://factory-copilot.org/schemas"
+VERSION = 1
+ALARM, EVENT, DIAGNOSIS, STREAM, STATUS = "alarm/1", "event/1", "diagnosis/1", "diagnosis-stream/1", "status/1"
+COMMAND, COMMAND_REPLY, ASK, ANSWER = "command/1", "command-reply/1", "ask/1", "answer/1"
+KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER)
+# commands an operator may send over MQTT; out-of-service stays a dashboard/engineering action
+MQTT_COMMANDS = ("acknowledge", "shelve", "unshelve")
+
+
+class PayloadError(ValueError):
+    """A payload that does not match its schema; the message names the field and the problem."""
+
+
+def schema_id(kind: str) -> str:
+    return f"{SCHEMA_BASE}/{kind}.json"
+
+
+@functools.cache
+def _registry() -> Registry:
+    resources = []
+    for kind in KINDS:
+        path = SCHEMAS_DIR / f"{kind}.json"
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"{path}: cannot load the {kind} schema: {exc}") from None
+        if body.get("$id") != schema_id(kind):
+            raise RuntimeError(f"{path}: $id is {body.get('$id')!r}, expected {schema_id(kind)!r}")
+        resources.append((body["$id"], Resource.from_contents(body)))
+    return Registry().with_resources(resources)
+
+
+@functools.cache
+def _validator(kind: str) -> jsonschema.protocols.Validator:
+    body = _registry().contents(schema_id(kind))
+    cls = jsonschema.validators.validator_for(body)
+    return cls(body, registry=_registry(), format_checker=cls.FORMAT_CHECKER)
+
+
+def load_schema(kind: str) -> dict[str, Any]:
+    return _registry().contents(schema_id(kind))
+
+
+def problems(payload: Any, kind: str | None = None) -> list[str]:
+    """Every way ``payload`` breaks its schema (``kind`` defaults to its own ``schema`` field), as ``field: message``."""
+    if kind is None:
+        kind = payload.get("schema") if isinstance(payload, dict) else None
+        if kind not in KINDS:
+            return [f"schema: {kind!r} is not a known payload kind ({', '.join(KINDS)})"]
+    out = []
+    for err in sorted(_validator(kind).iter_errors(payload), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(p) for p in err.absolute_path) or "(payload)"
+        out.append(f"{where}: {err.message}")
+    return out
+
+
+def validate(payload: Any, kind: str | None = None) -> None:
+    found = problems(payload, kind)
+    if found:
+        raise PayloadError("; ".join(found))
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False, default=_jsonable).encode()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "value"):  # enums that slipped through
+        return value.value
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# ---- outgoing payloads -------------------------------------------------------------------------------------------
+
+
+def alarm_state(alarm: Alarm, site: str, line: str) -> dict[str, Any]:
+    return {"schema": ALARM, "site": site, "line": line, "published_at": time.time(), **alarm.to_dict()}
+
+
+def event(ev: AlarmEvent, site: str, line: str) -> dict[str, Any]:
+    return {"schema": EVENT, "site": site, "line": line, **ev.to_dict()}
+
+
+def diagnosis(d: Diagnosis, asset: str, site: str, line: str) -> dict[str, Any]:
+    return {"schema": DIAGNOSIS, "site": site, "line": line, "asset": asset, **d.to_dict()}
+
+
+def stream_chunk(alarm_id: str, asset: str, seq: int, token: str, done: bool) -> dict[str, Any]:
+    return {"schema": STREAM, "alarm_id": alarm_id, "asset": asset, "seq": seq, "token": token, "done": done, "ts": time.time()}
+
+
+def status(state: str, site: str, line: str, started_at: float, client_id: str) -> dict[str, Any]:
+    return {
+        "schema": STATUS,
+        "site": site,
+        "line": line,
+        "state": state,
+        "version": __version__,
+        "started_at": started_at,
+        "client_id": client_id,
+        "ts": time.time(),
+    }
+
+
+def command_reply(result: CommandResult) -> dict[str, Any]:
+    return {"schema": COMMAND_REPLY, **result.to_dict(), "ts": time.time()}
+
+
+def answer(
+    request_id: str | None, alarm_id: str | None, seq: int, token: str, done: bool, text: str | None = None, error: str | None = None
+) -> dict[str, Any]:
+    body = {
+        "schema": ANSWER,
+        "request_id": request_id,
+        "alarm_id": alarm_id,
+        "seq": seq,
+        "token": token,
+        "done": done,
+        "text": text,
+        "ts": time.time(),
+    }
+    if error is not None:
+        body["error"] = error
+    return body
+
+
+# ---- incoming payloads -------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Rejected:
+    """An incoming message that cannot be used: why, and the request id when one could be read (for the reply)."""
+
+    request_id: str | None
+    reason: str
+
+
+def _decode(raw: bytes, kind: str) -> tuple[dict[str, Any] | None, Rejected | None]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, Rejected(None, f"payload is not JSON: {exc}")
+    if not isinstance(body, dict):
+        return None, Rejected(None, f"payload must be a JSON object, got {type(body).__name__}")
+    rid = body.get("request_id")
+    rid = rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
+    found = problems(body, kind)
+    if found:
+        return None, Rejected(rid, "; ".join(found))
+    return body, None
+
+
+def parse_command(raw: bytes) -> OperatorCommand | Rejected:
+    """An operator command from the command topic, or why it was rejected (then nothing may reach the engine)."""
+    body, rejected = _decode(raw, COMMAND)
+    if rejected:
+        return rejected
+    return OperatorCommand(
+        command=body["command"],
+        alarm_id=body["alarm_id"],
+        actor=body["actor"],
+        comment=body.get("comment"),
+        shelve_s=body.get("shelve_s"),
+        request_id=body["request_id"],
+    )
+
+
+def parse_question(raw: bytes) -> Question | Rejected:
+    body, rejected = _decode(raw, ASK)
+    if rejected:
+        return rejected
+    return Question(request_id=body["request_id"], alarm_id=body["alarm_id"], question=body["question"], actor=body["actor"])

@@ -1,0 +1,148 @@
+"""The MQTT topic scheme, in one place: every topic the publisher, the dashboard and ``alerts tail`` use is built and parsed here.
+
+Under ``<prefix>/<site>/<line>/`` (prefix default ``factory-copilot``):
+
+    <asset>/alarms/<alarm-id>             current alarm state, retained; empty retained payload once normal and acknowledged
+    <asset>/diagnosis/<alarm-id>          the copilot's diagnosis, retained while the alarm lives
+    <asset>/diagnosis/<alarm-id>/stream   streamed diagnosis text chunks, not retained
+    events                                every alarm transition, not retained
+    status                                birth (online) and last will (offline), retained
+    commands                              operator commands in (acknowledge, shelve, unshelve)
+    commands/reply/<request-id>           the reply to one command
+    ask                                   questions to the copilot
+    ask/reply/<request-id>                the streamed answer to one question
+
+Topic levels cannot hold ``/``, ``+``, ``#`` or NUL, so those characters (and ``%``)
+are percent-encoded in ids and decoded again by ``parse``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+DEFAULT_PREFIX = "factory-copilot"
+# a request whose id could not be read still gets an error reply, on this level
+UNKNOWN_REQUEST = "unknown"
+
+_SAFE = "-_.:~@!$&'()*,;=[]{}<>|^ "  # kept as is; '/', '+', '#', '%' and NUL are escaped
+
+
+def encode_level(value: str) -> str:
+    """One topic level from an id (asset, alarm id, request id), escaping what MQTT reserves."""
+    if not value:
+        raise ValueError("an empty id cannot be a topic level")
+    return quote(value, safe=_SAFE)
+
+
+def decode_level(level: str) -> str:
+    return unquote(level)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicParts:
+    """What a topic says: ``kind`` is alarm, diagnosis, stream, events, status, commands, command_reply, ask or answer."""
+
+    kind: str
+    site: str
+    line: str
+    asset: str | None = None
+    alarm_id: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topics of one line (site and line may be ``+`` to build subscription filters over many lines)."""
+
+    site: str
+    line: str
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/") or any(
+            c in self.prefix for c in "+#\0"
+        ):
+            raise ValueError(f"topic prefix {self.prefix!r}: must be non-empty, without '+', '#' or leading/trailing '/'")
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self._level(self.site)}/{self._level(self.line)}"
+
+    @staticmethod
+    def _level(value: str) -> str:
+        return value if value == "+" else encode_level(value)
+
+    def alarm(self, asset: str, alarm_id: str) -> str:
+        return f"{self.base}/{self._level(asset)}/alarms/{self._level(alarm_id)}"
+
+    def diagnosis(self, asset: str, alarm_id: str) -> str:
+        return f"{self.base}/{self._level(asset)}/diagnosis/{self._level(alarm_id)}"
+
+    def diagnosis_stream(self, asset: str, alarm_id: str) -> str:
+        return self.diagnosis(asset, alarm_id) + "/stream"
+
+    def events(self) -> str:
+        return f"{self.base}/events"
+
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    def commands(self) -> str:
+        return f"{self.base}/commands"
+
+    def command_reply(self, request_id: str | None) -> str:
+        return f"{self.base}/commands/reply/{encode_level(request_id or UNKNOWN_REQUEST)}"
+
+    def ask(self) -> str:
+        return f"{self.base}/ask"
+
+    def answer(self, request_id: str | None) -> str:
+        return f"{self.base}/ask/reply/{encode_level(request_id or UNKNOWN_REQUEST)}"
+
+    # subscription filters
+    def all_alarms(self) -> str:
+        return f"{self.base}/+/alarms/+"
+
+    def all_diagnoses(self) -> str:
+        return f"{self.base}/+/diagnosis/+"
+
+    def all_streams(self) -> str:
+        return f"{self.base}/+/diagnosis/+/stream"
+
+    def everything(self) -> str:
+        return f"{self.base}/#"
+
+    def parse(self, topic: str) -> TopicParts | None:
+        """Read a topic of this scheme (any site/line under this prefix); None when it is not one of ours."""
+        return parse(topic, self.prefix)
+
+
+def parse(topic: str, prefix: str = DEFAULT_PREFIX) -> TopicParts | None:
+    """Split a topic of the scheme into its parts; None for a topic outside the scheme."""
+    head = prefix + "/"
+    if not topic.startswith(head):
+        return None
+    levels = topic[len(head) :].split("/")
+    if len(levels) < 3:
+        return None
+    site, line, rest = decode_level(levels[0]), decode_level(levels[1]), levels[2:]
+    if rest == ["events"]:
+        return TopicParts("events", site, line)
+    if rest == ["status"]:
+        return TopicParts("status", site, line)
+    if rest == ["commands"]:
+        return TopicParts("commands", site, line)
+    if rest == ["ask"]:
+        return TopicParts("ask", site, line)
+    if len(rest) == 3 and rest[:2] == ["commands", "reply"]:
+        return TopicParts("command_reply", site, line, request_id=decode_level(rest[2]))
+    if len(rest) == 3 and rest[:2] == ["ask", "reply"]:
+        return TopicParts("answer", site, line, request_id=decode_level(rest[2]))
+    if len(rest) in (3, 4) and rest[1] in ("alarms", "diagnosis"):
+        asset, alarm_id = decode_level(rest[0]), decode_level(rest[2])
+        if len(rest) == 3:
+            return TopicParts("alarm" if rest[1] == "alarms" else "diagnosis", site, line, asset, alarm_id)
+        if rest[1] == "diagnosis" and rest[3] == "stream":
+            return TopicParts("stream", site, line, asset, alarm_id)
+    return None
