@@ -1,0 +1,86 @@
+"""The ``alarms`` sub-command: read the alarm engine's file — current alarms and the audit trail."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+from factory_copilot.alarms.journal import Journal
+from factory_copilot.models import AlarmState
+
+DEFAULT_DB = os.environ.get("FACTORY_COPILOT_ALARMS_DB", "var/alarms.db")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("alarms", help="show current alarms or the alarm audit trail from the engine's file")
+    p.add_argument("--db", default=DEFAULT_DB, help=f"alarm engine SQLite file (default {DEFAULT_DB})")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    sub = p.add_subparsers(dest="alarms_command", metavar="WHAT", required=True)
+    ls = sub.add_parser("list", help="alarms not normal, worst priority first (--all: every alarm)")
+    ls.add_argument("--all", action="store_true")
+    ls.set_defaults(func=_list)
+    au = sub.add_parser("audit", help="every alarm event and operator action, oldest first")
+    au.add_argument("--alarm", help="only this alarm id")
+    au.add_argument("--since-min", type=float, help="only the last N minutes")
+    au.add_argument("--limit", type=int, default=200, help="at most the newest N entries (default 200)")
+    au.set_defaults(func=_audit)
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _open(db: str) -> Journal | None:
+    if db != ":memory:" and not Path(db).exists():
+        print(f"error: {db}: no alarm engine file here (is the alarm station writing to another --db?)", file=sys.stderr)
+        return None
+    return Journal(db)
+
+
+def _list(args: argparse.Namespace) -> int:
+    journal = _open(args.db)
+    if journal is None:
+        return 2
+    try:
+        alarms = [s.alarm for s in journal.load_alarms()]
+    finally:
+        journal.close()
+    if not args.all:
+        alarms = [a for a in alarms if a.state is not AlarmState.NORMAL]
+    alarms.sort(key=lambda a: (a.priority.value, a.state.acknowledged, -a.raised_at))
+    for a in alarms:
+        if args.json:
+            print(json.dumps(a.to_dict()))
+            continue
+        flags = [f for f, on in (("shelved", a.shelved_until), ("suppressed", a.suppressed),
+                                 ("out-of-service", a.out_of_service)) if on]
+        extra = f" [{', '.join(flags)}]" if flags else ""
+        print(f"{_when(a.raised_at)}  {a.priority.name:<8} {a.state.value:<24} {a.alarm_id}  {a.message}{extra}")
+    if not args.json:
+        print(f"{len(alarms)} alarm(s)")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    journal = _open(args.db)
+    if journal is None:
+        return 2
+    try:
+        since = None
+        if args.since_min is not None:
+            since = dt.datetime.now(dt.timezone.utc).timestamp() - 60 * args.since_min
+        events = journal.audit(args.alarm, since, args.limit)
+    finally:
+        journal.close()
+    for e in events:
+        if args.json:
+            print(json.dumps(e.to_dict()))
+            continue
+        who = f" by {e.actor}" if e.actor else ""
+        note = f" — {e.comment}" if e.comment else ""
+        print(f"{_when(e.ts)}  {e.alarm_id:<40} {e.event:<18} -> {e.state.value}{who}{note}")
+    return 0

@@ -1,0 +1,170 @@
+"""The alarm engine's SQLite file: current alarms, the audit trail of every event, and open floods.
+
+Opened through ``open_db`` (component ``alarms``), so the file may be shared with
+the store; the tables are prefixed to stay clear of the store's own ``alarms``.
+Each engine step writes its changed alarms and its events in one transaction,
+so a restart never sees an event without the state it led to.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from factory_copilot.models import Alarm, AlarmEvent, AlarmState
+from factory_copilot.store.db import open_db
+
+COMPONENT = "alarms"
+
+MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE alarm_engine_state (
+        alarm_id TEXT PRIMARY KEY,
+        asset TEXT NOT NULL,
+        condition TEXT NOT NULL,
+        position TEXT NOT NULL,
+        state TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        returned_at REAL,
+        body TEXT NOT NULL,
+        UNIQUE (asset, condition)
+    );
+
+    -- every alarm event and operator action, append-only
+    CREATE TABLE alarm_audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        alarm_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        state TEXT NOT NULL,
+        actor TEXT,
+        comment TEXT,
+        position TEXT NOT NULL,
+        annunciated INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX alarm_audit_alarm_ts ON alarm_audit(alarm_id, ts);
+    CREATE INDEX alarm_audit_ts ON alarm_audit(ts);
+
+    CREATE TABLE alarm_floods (
+        position TEXT PRIMARY KEY,
+        flood_id TEXT NOT NULL,
+        started_at REAL NOT NULL
+    );
+    """,
+]
+
+
+@dataclass(slots=True)
+class StoredAlarm:
+    alarm: Alarm
+    position: str
+    returned_at: float | None
+
+
+@dataclass(slots=True)
+class Entry:
+    """One audit row to write: the event and what the engine knew about it."""
+
+    event: AlarmEvent
+    position: str
+    annunciated: bool
+
+
+class Journal:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self.conn: sqlite3.Connection = open_db(path, MIGRATIONS, COMPONENT)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- reading -----------------------------------------------------------------------------------
+    def load_alarms(self) -> list[StoredAlarm]:
+        rows = self.conn.execute("SELECT body, position, returned_at FROM alarm_engine_state ORDER BY alarm_id")
+        return [StoredAlarm(Alarm.from_dict(json.loads(r["body"])), r["position"], r["returned_at"]) for r in rows]
+
+    def load_floods(self) -> dict[str, tuple[str, float]]:
+        rows = self.conn.execute("SELECT position, flood_id, started_at FROM alarm_floods")
+        return {r["position"]: (r["flood_id"], r["started_at"]) for r in rows}
+
+    def recent_raises(self, since: float) -> list[tuple[str, float, str]]:
+        """(position, ts, alarm_id) of annunciated new alarms since ``since``: what flood detection counts."""
+        rows = self.conn.execute(
+            "SELECT position, ts, alarm_id FROM alarm_audit WHERE event='raised' AND annunciated=1 AND ts>=? ORDER BY seq",
+            (since,),
+        )
+        return [(r["position"], r["ts"], r["alarm_id"]) for r in rows]
+
+    def audit(self, alarm_id: str | None = None, since: float | None = None, limit: int | None = None) -> list[AlarmEvent]:
+        sql, args = "SELECT * FROM alarm_audit WHERE 1=1", []
+        if alarm_id is not None:
+            sql += " AND alarm_id=?"
+            args.append(alarm_id)
+        if since is not None:
+            sql += " AND ts>=?"
+            args.append(since)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            # the newest ``limit`` rows, still oldest first
+            sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) ORDER BY seq"
+            args.append(limit)
+        return [_event(r) for r in self.conn.execute(sql, args)]
+
+    # -- writing -----------------------------------------------------------------------------------
+    def write(
+        self,
+        alarms: Iterable[StoredAlarm],
+        entries: Iterable[Entry],
+        floods: dict[str, tuple[str, float] | None] | None = None,
+    ) -> None:
+        """Store changed alarms, new audit entries and flood changes in one transaction."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for s in alarms:
+                a = s.alarm
+                conn.execute(
+                    "INSERT INTO alarm_engine_state(alarm_id, asset, condition, position, state, priority, returned_at, body) "
+                    "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(alarm_id) DO UPDATE SET state=excluded.state, "
+                    "priority=excluded.priority, returned_at=excluded.returned_at, body=excluded.body, position=excluded.position",
+                    (a.alarm_id, a.asset, a.condition, s.position, a.state.value, a.priority.value, s.returned_at,
+                     json.dumps(a.to_dict())),
+                )
+            for e in entries:
+                ev = e.event
+                conn.execute(
+                    "INSERT INTO alarm_audit(ts, alarm_id, event, state, actor, comment, position, annunciated, body) "
+                    "VALUES(?,?,?,?,?,?,?,?,?)",
+                    (ev.ts, ev.alarm_id, ev.event, ev.state.value, ev.actor, ev.comment, e.position, int(e.annunciated),
+                     json.dumps(ev.alarm.to_dict())),
+                )
+            for position, flood in (floods or {}).items():
+                if flood is None:
+                    conn.execute("DELETE FROM alarm_floods WHERE position=?", (position,))
+                else:
+                    conn.execute(
+                        "INSERT INTO alarm_floods(position, flood_id, started_at) VALUES(?,?,?) "
+                        "ON CONFLICT(position) DO UPDATE SET flood_id=excluded.flood_id, started_at=excluded.started_at",
+                        (position, flood[0], flood[1]),
+                    )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _event(row: sqlite3.Row) -> AlarmEvent:
+    return AlarmEvent(
+        alarm_id=row["alarm_id"],
+        ts=row["ts"],
+        event=row["event"],
+        state=AlarmState(row["state"]),
+        alarm=Alarm.from_dict(json.loads(row["body"])),
+        actor=row["actor"],
+        comment=row["comment"],
+    )

@@ -1,0 +1,109 @@
+"""The alarm station: runs the alarm engine between the detect station's anomalies and the alarm consumers.
+
+Consumes ``Buffer[Anomaly]`` and ``Buffer[OperatorCommand]``, ticks the engine a
+few times a second (delays, shelve expiry, flood end) and offers every
+``AlarmEvent`` to ``Buffer[AlarmEvent]``. Commands from the buffer are answered
+through ``reply`` (sync or async callable); in-process callers (the publish
+station's command callback, a dashboard) ``await station.execute(cmd)`` instead.
+All engine calls happen on the event loop thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Callable
+
+from factory_copilot.alarms.engine import AlarmEngine
+from factory_copilot.buffer import Buffer
+from factory_copilot.models import AlarmEvent, Anomaly, CommandResult, OperatorCommand
+
+log = logging.getLogger(__name__)
+
+
+class AlarmStation:
+    def __init__(
+        self,
+        engine: AlarmEngine,
+        anomalies: Buffer[Anomaly],
+        events: Buffer[AlarmEvent],
+        commands: Buffer[OperatorCommand] | None = None,
+        reply: Callable[[CommandResult], Any] | None = None,
+        tick_s: float = 0.25,
+    ):
+        self.engine = engine
+        self.anomalies = anomalies
+        self.events = events
+        self.commands = commands
+        self.reply = reply
+        self.tick_s = tick_s
+        self.counts = {"anomalies": 0, "commands": 0, "rejected": 0, "events": 0, "errors": 0}
+        self.ticked = asyncio.Event()  # set after every tick; lets a caller wait for time-driven events
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._anomaly_loop())
+            tg.create_task(self._tick_loop())
+            if self.commands is not None:
+                tg.create_task(self._command_loop())
+
+    async def execute(self, cmd: OperatorCommand) -> CommandResult:
+        """Execute one operator command now and return its result (the events go out as usual)."""
+        self.counts["commands"] += 1
+        try:
+            result, events = self.engine.command(cmd)
+        except Exception as exc:  # a broken command must not stop the alarms
+            log.exception("command %s on %r failed", cmd.command, cmd.alarm_id)
+            self.counts["errors"] += 1
+            return CommandResult(cmd.request_id, False, f"{cmd.command} of {cmd.alarm_id!r} failed: {exc}")
+        if not result.ok:
+            self.counts["rejected"] += 1
+        self._offer(events)
+        return result
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    async def _anomaly_loop(self) -> None:
+        while True:
+            anomaly = await self.anomalies.get()
+            self.counts["anomalies"] += 1
+            try:
+                self._offer(self.engine.ingest(anomaly))
+            except Exception:
+                self.counts["errors"] += 1
+                log.exception("anomaly for %s %s could not be processed", getattr(anomaly, "asset", "?"),
+                              getattr(anomaly, "kind", "?"))
+
+    async def _command_loop(self) -> None:
+        assert self.commands is not None
+        while True:
+            cmd = await self.commands.get()
+            result = await self.execute(cmd)
+            if self.reply is None:
+                continue
+            try:
+                answer = self.reply(result)
+                if inspect.isawaitable(answer):
+                    await answer
+            except Exception:
+                self.counts["errors"] += 1
+                log.exception("reply to command %s (request %s) failed", cmd.command, cmd.request_id)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            try:
+                self._offer(self.engine.tick())
+            except Exception:
+                self.counts["errors"] += 1
+                log.exception("alarm engine tick failed")
+            self.ticked.set()
+            self.ticked.clear()
+            await asyncio.sleep(self.tick_s)
+
+    def _offer(self, events: list[AlarmEvent]) -> None:
+        for ev in events:
+            self.events.offer(ev)
+        self.counts["events"] += len(events)
