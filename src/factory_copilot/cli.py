@@ -18,6 +18,7 @@ from factory_copilot.logs import setup_logging
 
 # module paths, in the order their sub-commands are listed in --help
 COMMANDS: list[str] = [
+    "factory_copilot.alarms.cli",
     "factory_copilot.publish.tail",
 ]
 
