@@ -510,3 +510,23 @@ def test_bad_anomaly_ignored_unknown_asset_still_alarmed(engine, clock, caplog):
     a = raise_alarm(engine, clock, limit(asset="palletiser", signal="torque", value=3))
     assert a.priority is Priority.MEDIUM and a.message.startswith("palletiser: torque")
     assert "palletiser" in caplog.text
+
+
+# -- the alarms sub-command --------------------------------------------------------------------------
+
+
+def test_cli_lists_alarms_and_audit(make, clock, tmp_path, capsys):
+    from factory_copilot.cli import main
+
+    path = tmp_path / "cli.db"
+    engine = make(path=path)
+    a = raise_alarm(engine, clock, fault(signal="vibration", value=5.2))
+    cmd(engine, "acknowledge", a.alarm_id, comment="on my way")
+    assert main(["alarms", "--db", str(path), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "HIGH" in out and "active_acknowledged" in out and "likely bearing wear" in out and "1 alarm(s)" in out
+    assert main(["alarms", "--db", str(path), "audit", "--alarm", a.alarm_id]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "acknowledged" in lines[1] and "by op.anna — on my way" in lines[1]
+    assert main(["alarms", "--db", str(tmp_path / "missing.db"), "list"]) == 2
+    assert "no alarm engine file" in capsys.readouterr().err
