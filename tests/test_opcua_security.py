@@ -1,0 +1,90 @@
+"""OPC UA security: Basic256Sha256 SignAndEncrypt with users; clear errors for a wrong password or an untrusted certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import pytest_asyncio
+
+from factory_copilot.buffer import Buffer
+from factory_copilot.collect.opcua import OpcuaCollector, OpcuaConnectError
+from factory_copilot.collect.ua import ensure_certificate
+from factory_copilot.models import Reading
+from tests.support.opcua import drain, line_with_opcua, start_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SECURE = "basic256sha256_sign_encrypt"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pki(tmp_path_factory):
+    """A server PKI dir, the collector's own PKI dir, and a trust list holding only the collector's certificate."""
+    root = tmp_path_factory.mktemp("pki")
+    client_cert, _ = await ensure_certificate(root / "client", "collector", "urn:factory-copilot:collector", server=False)
+    return {"server": root / "server", "client": root / "client", "trusted": [client_cert], "root": root}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def secure_server(pki):
+    s = await start_server(security="both", users={"op": "s3cret"}, pki_dir=pki["server"], trusted_clients=pki["trusted"])
+    yield s
+    await s.stop()
+
+
+async def test_sign_and_encrypt_with_a_user_streams_readings(secure_server, pki):
+    line = line_with_opcua(
+        endpoint=secure_server.endpoint,
+        security=SECURE,
+        username="op",
+        password="s3cret",
+        server_certificate=str(secure_server.certificate),
+    )
+    buffer: Buffer[Reading] = Buffer(1000)
+    collector = OpcuaCollector(line, buffer, pki_dir=pki["client"])
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    await asyncio.wait_for(collector.connected.wait(), 15)
+    policy = collector.client.security_policy
+    assert policy.URI.endswith("Basic256Sha256") and collector.client.security_policy.Mode.name == "SignAndEncrypt"
+    t0 = time.time() + 1
+    await secure_server.write([Reading(t0, "product_pump", "flow", 39.0)])
+    got = await drain(buffer, lambda rs: any(r.ts == pytest.approx(t0, abs=1e-3) for r in rs))
+    assert got[-1].value == 39.0
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_wrong_password_gives_one_clear_error(secure_server, pki):
+    line = line_with_opcua(endpoint=secure_server.endpoint, security=SECURE, username="op", password="wrong")
+    collector = OpcuaCollector(line, Buffer(10), pki_dir=pki["client"])
+    with pytest.raises(OpcuaConnectError) as err:
+        await asyncio.wait_for(collector.run(), 20)
+    assert str(err.value) == f"{secure_server.endpoint}: user 'op' rejected (BadUserAccessDenied)"
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+async def test_anonymous_is_refused_when_the_server_has_users(secure_server, pki):
+    line = line_with_opcua(endpoint=secure_server.endpoint)
+    with pytest.raises(OpcuaConnectError, match="anonymous access not accepted by the server"):
+        await OpcuaCollector(line, Buffer(10), pki_dir=pki["client"]).connect()
+
+
+async def test_untrusted_client_certificate_gives_one_clear_error(secure_server, pki):
+    line = line_with_opcua(endpoint=secure_server.endpoint, security=SECURE, username="op", password="s3cret")
+    stranger = OpcuaCollector(line, Buffer(10), pki_dir=pki["root"] / "stranger")  # makes its own, untrusted, certificate
+    with pytest.raises(OpcuaConnectError) as err:
+        await asyncio.wait_for(stranger.run(), 20)
+    assert "client certificate is not trusted by the server (BadCertificateUntrusted)" in str(err.value)
+    assert (pki["root"] / "stranger" / "collector_cert.der").exists()
+
+
+async def test_a_server_certificate_we_do_not_trust_is_refused(secure_server, pki, tmp_path):
+    other, _ = await ensure_certificate(tmp_path, "impostor", "urn:factory-copilot:simulator", server=True)
+    line = line_with_opcua(
+        endpoint=secure_server.endpoint, security=SECURE, username="op", password="s3cret", server_certificate=str(other)
+    )
+    with pytest.raises(OpcuaConnectError, match=r"server certificate is not the trusted one .*BadCertificateUntrusted"):
+        await OpcuaCollector(line, Buffer(10), pki_dir=pki["client"]).connect()
