@@ -344,6 +344,33 @@ def test_flood_groups_under_first_alarm_and_ends(make, clock):
     assert engine.floods() == {}
 
 
+def test_flood_counts_per_operator_position(clock, tmp_path):
+    import yaml
+
+    from factory_copilot.config import parse_line
+
+    data = yaml.safe_load(SIMULATED_LINE.read_text())
+    for asset in data["assets"]:
+        if asset["id"] == "filler":
+            asset["operator_position"] = "filling"
+    engine = AlarmEngine(parse_line(data), tmp_path / "positions.db",
+                         AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5), clock=clock)
+    try:
+        pump = [s for a, s in SIGNALS if a == "product_pump"]  # 8 at position main
+        filler = ["fill_weight", "tank_level", "nozzle_pressure", "valve_air_pressure", "reject_rate"]  # 5 at filling
+        for signal in pump:
+            engine.ingest(limit(signal=signal))
+        for signal in filler:
+            engine.ingest(limit(asset="filler", signal=signal))
+        assert len(engine.active()) == 13 and engine.floods() == {}
+        for signal in ("belt_speed", "motor_speed", "vibration"):  # 11 at main now
+            engine.ingest(limit(asset="infeed_conveyor", signal=signal))
+        assert engine.floods() == {"main": "product_pump.flow-limit"}
+        assert all(a.flood_id is None for a in engine.active() if a.asset == "filler")
+    finally:
+        engine.close()
+
+
 def test_chattering_and_shelved_alarms_do_not_make_a_flood(make, clock):
     engine = make(AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5))
     for _ in range(15):  # one chattering alarm
