@@ -557,3 +557,22 @@ def test_cli_lists_alarms_and_audit(make, clock, tmp_path, capsys):
     assert len(lines) == 2 and "acknowledged" in lines[1] and "by op.anna — on my way" in lines[1]
     assert main(["alarms", "--db", str(tmp_path / "missing.db"), "list"]) == 2
     assert "no alarm engine file" in capsys.readouterr().err
+
+
+def test_alarms_go_on_when_the_file_fails_and_catch_up(engine, clock, monkeypatch, caplog):
+    import sqlite3
+
+    real_write = engine.journal.write
+
+    def full_disk(*args, **kw):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(engine.journal, "write", full_disk)
+    a = raise_alarm(engine, clock, limit())  # the operator still gets the alarm
+    result, events = cmd(engine, "acknowledge", a.alarm_id)
+    assert result.ok and [e.event for e in events] == ["acknowledged"]
+    assert "cannot store alarm state" in caplog.text and engine.audit() == []
+    monkeypatch.setattr(engine.journal, "write", real_write)
+    engine.tick()
+    assert [e.event for e in engine.audit()] == ["raised", "acknowledged"]
+    assert engine.journal.load_alarms()[0].alarm.state is AlarmState.ACTIVE_ACK

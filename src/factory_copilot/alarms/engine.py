@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -141,6 +142,7 @@ class AlarmEngine:
         self._dirty: set[str] = set()
         self._flood_changes: dict[str, tuple[str, float] | None] = {}
         self._by_condition: dict[tuple[str, str], str] = {}
+        self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
         self._load()
 
     # -- queries -----------------------------------------------------------------------------------
@@ -442,7 +444,8 @@ class AlarmEngine:
         self._events.append(Entry(ev, position, annunciated(alarm)))
 
     def _commit(self) -> list[AlarmEvent]:
-        if not (self._events or self._dirty or self._flood_changes):
+        """Write this step's alarms and audit entries; if the file fails, alarms still go out and the write is retried."""
+        if not (self._events or self._dirty or self._flood_changes or self._unwritten):
             return []
         stored = []
         for alarm_id in sorted(self._dirty):
@@ -450,14 +453,26 @@ class AlarmEngine:
             cond = self._conditions.get((alarm.asset, alarm.condition))
             stored.append(StoredAlarm(_copy(alarm), design.operator_position(self.line, alarm.asset),
                                       cond.returned_at if cond else None))
-        entries, self._events = self._events, []
-        self.journal.write(stored, entries, self._flood_changes)
-        self._dirty.clear()
-        self._flood_changes = {}
-        for e in entries:
+        new, self._events = self._events, []
+        try:
+            self.journal.write(stored, self._unwritten + new, self._flood_changes)
+        except sqlite3.Error as exc:
+            # an operator must get the alarm even when the disk is full; state and trail follow when it is back
+            if not self._unwritten:
+                log.error("%s: cannot store alarm state (%s); alarms go on, retrying on every step",
+                          self.journal.path, exc)
+            self._unwritten += new
+        else:
+            if self._unwritten:
+                log.warning("%s: alarm state stored again (%d delayed audit entries written)",
+                            self.journal.path, len(self._unwritten))
+            self._unwritten = []
+            self._dirty.clear()
+            self._flood_changes = {}
+        for e in new:
             log.info("alarm %s %s -> %s%s", e.event.alarm_id, e.event.event, e.event.state.value,
                      f" by {e.event.actor}" if e.event.actor else "")
-        return [e.event for e in entries]
+        return [e.event for e in new]
 
     def _load(self) -> None:
         now = self.clock()
