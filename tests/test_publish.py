@@ -1,0 +1,450 @@
+"""The publish station against a real broker: schemas on the wire, retained alarms, commands, questions, outages, last will."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from factory_copilot.broker import free_port
+from factory_copilot.buffer import Buffer
+from factory_copilot.config import MqttConnection
+from factory_copilot.models import (
+    Alarm,
+    AlarmEvent,
+    AlarmState,
+    Cause,
+    CommandResult,
+    Diagnosis,
+    Evidence,
+    OperatorCommand,
+    Priority,
+    Question,
+    Step,
+)
+from factory_copilot.publish import Publisher, Topics, payloads
+from tests.support.brokers import AmqttBroker
+
+SITE, LINE = "demo-plant", "packaging-1"
+T = Topics(SITE, LINE)
+WAIT_S = 10
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    properties: Properties | None
+
+    @property
+    def body(self):
+        return json.loads(self.payload)
+
+
+class Listener:
+    """A paho subscriber whose messages are awaited from the test's event loop."""
+
+    def __init__(self, broker, topics, client_id=None, persistent=False, protocol=None):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Received] = asyncio.Queue()
+        self.topics = topics
+        self.subscribed = asyncio.Event()
+        v5 = (protocol or broker.protocol) == "5"
+        kwargs = {} if v5 else {"clean_session": not persistent}
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or "", protocol=paho.MQTTv5 if v5 else paho.MQTTv311, **kwargs
+        )
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.loop.call_soon_threadsafe(self.subscribed.set)
+        self.client.on_message = lambda c, u, m: self.loop.call_soon_threadsafe(
+            self.queue.put_nowait, Received(m.topic, bytes(m.payload), bool(m.retain), getattr(m, "properties", None))
+        )
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            if persistent:
+                props.SessionExpiryInterval = 3600
+            self.client.connect(broker.host, broker.port, clean_start=not persistent, properties=props)
+        else:
+            self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason, properties=None):
+        self.loop.call_soon_threadsafe(self.subscribed.clear)
+        client.subscribe([(t, 1) for t in self.topics])
+
+    async def ready(self):
+        await asyncio.wait_for(self.subscribed.wait(), WAIT_S)
+        return self
+
+    async def next(self, timeout=WAIT_S) -> Received:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    async def until(self, predicate, timeout=WAIT_S) -> Received:
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = await self.next(max(0.01, deadline - time.monotonic()))
+            if predicate(msg):
+                return msg
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def retained_now(broker, topic_filter) -> list[Received]:
+    """Every retained message under ``topic_filter``: a fresh client subscribes, then to the (retained) status topic as a barrier.
+
+    The broker answers one connection's subscriptions in order, so when the status arrives
+    every retained message of the first filter has arrived before it.
+    """
+    probe = Listener(broker, [topic_filter])
+    await probe.ready()
+    probe.client.subscribe(T.status(), 1)
+    seen = []
+    while True:
+        msg = await probe.next()
+        if msg.topic == T.status():
+            break
+        seen.append(msg)
+    probe.close()
+    return seen
+
+
+def make_alarm(alarm_id="a1", asset="product_pump", state=AlarmState.ACTIVE_UNACK, priority=Priority.HIGH, message="flow low"):
+    now = time.time()
+    return Alarm(alarm_id, asset, "flow:limit", state, priority, message, now, now)
+
+
+def event(alarm: Alarm, name: str, state: AlarmState | None = None, actor=None) -> AlarmEvent:
+    state = state or alarm.state
+    alarm.state = state
+    alarm.updated_at = time.time()
+    return AlarmEvent(alarm.alarm_id, alarm.updated_at, name, state, alarm, actor=actor)
+
+
+def diagnosis(alarm_id="a1") -> Diagnosis:
+    return Diagnosis(
+        alarm_id,
+        "Suction pressure low and flow unsteady: cavitation.",
+        [Cause("pump_cavitation", "Pump cavitation", 0.8, [Evidence("signal", "product_pump.suction_pressure", "low", 0.2)])],
+        [Step("Check the suction strainer", "check", "RB-PUMP-002")],
+        ["Lock out the pump before opening the strainer"],
+        ["Suction pressure back to normal"],
+        "runbook",
+    )
+
+
+def publisher(broker, tmp_path, name="outbox.db", **kwargs) -> Publisher:
+    conn = kwargs.pop("connection", None) or MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol)
+    return Publisher(SITE, LINE, tmp_path / name, connection=conn, **kwargs)
+
+
+def command(**fields) -> bytes:
+    return json.dumps({"schema": "command/1", **fields}).encode()
+
+
+async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(broker, tmp_path):
+    listen = await Listener(broker, [T.everything()]).ready()
+    questions: Buffer[Question] = Buffer(10)
+    async with publisher(broker, tmp_path, questions=questions, commands=lambda cmd: CommandResult(cmd.request_id, True, "ok")) as pub:
+        await asyncio.wait_for(pub.online.wait(), WAIT_S)
+        alarm = make_alarm()
+        pub.alarm_event(event(alarm, "raised"))
+        pub.diagnosis(diagnosis())
+        for i, token in enumerate(["Suction ", "pressure ", "low."]):
+            pub.diagnosis_token("a1", token, done=i == 2)
+        listen.client.publish(T.commands(), command(request_id="c1", command="acknowledge", alarm_id="a1", actor="ann"), qos=1)
+        listen.client.publish(
+            T.ask(), json.dumps({"schema": "ask/1", "request_id": "q1", "alarm_id": "a1", "question": "why?", "actor": "ann"}), qos=1
+        )
+        question = await asyncio.wait_for(questions.get(), WAIT_S)
+        pub.answer_chunk(question.request_id, question.alarm_id, "Because ", False)
+        pub.answer_chunk(question.request_id, question.alarm_id, "cavitation.", True, text="Because cavitation.")
+        kinds: dict[str, list[Received]] = {}
+
+        def complete():
+            return set(kinds) == set(payloads.KINDS) and len(kinds["diagnosis-stream/1"]) == 3 and len(kinds["answer/1"]) == 2
+
+        while not complete():
+            msg = await listen.next()
+            if not msg.payload:
+                continue
+            assert payloads.problems(msg.body) == [], (msg.topic, msg.payload)
+            kinds.setdefault(msg.body["schema"], []).append(msg)
+    listen.close()
+    assert kinds["answer/1"][-1].body["done"] and kinds["answer/1"][-1].body["text"] == "Because cavitation."
+    assert kinds["command-reply/1"][0].topic == T.command_reply("c1") and kinds["command-reply/1"][0].body["ok"]
+    assert [m.body["seq"] for m in kinds["diagnosis-stream/1"]] == [0, 1, 2] and kinds["diagnosis-stream/1"][-1].body["done"]
+    assert kinds["alarm/1"][0].topic == T.alarm("product_pump", "a1")
+    assert kinds["diagnosis/1"][0].topic == T.diagnosis("product_pump", "a1")
+    assert kinds["diagnosis-stream/1"][0].topic == T.diagnosis_stream("product_pump", "a1")
+    if broker.protocol == "5":
+        for kind, group in kinds.items():
+            if kind in ("command/1", "ask/1"):
+                continue  # sent by this test, not by the publisher
+            for msg in group:
+                assert msg.properties.ContentType == "application/json"
+                assert ("schema", msg.body["schema"]) in msg.properties.UserProperty
+        assert all(0 < m.properties.MessageExpiryInterval <= 120 for m in kinds["diagnosis-stream/1"])
+        assert not hasattr(kinds["alarm/1"][0].properties, "MessageExpiryInterval")
+
+
+async def test_run_publishes_what_the_stations_put_in_their_buffers(broker, tmp_path):
+    events, diagnoses, tokens, results = Buffer(10, "events"), Buffer(10, "diagnoses"), Buffer(10, "tokens"), Buffer(10, "results")
+    listen = await Listener(broker, [T.events(), T.all_diagnoses(), T.all_streams(), f"{T.commands()}/reply/+"]).ready()
+    async with publisher(broker, tmp_path) as pub:
+        runner = asyncio.create_task(pub.run(events, diagnoses, tokens, results))
+        events.offer(event(make_alarm(), "raised"))
+        diagnoses.offer(diagnosis("a1"))
+        tokens.offer(("a1", "Suction ", False))
+        tokens.offer(("a1", "low.", True))
+        results.offer(CommandResult("r1", False, "no such alarm"))
+        got = sorted([(await listen.next()).body["schema"] for _ in range(5)])
+        runner.cancel()
+    listen.close()
+    assert got == sorted(["event/1", "diagnosis/1", "diagnosis-stream/1", "diagnosis-stream/1", "command-reply/1"])
+
+
+async def test_late_subscriber_sees_active_alarm_and_diagnosis_until_normal_and_acknowledged(broker, tmp_path):
+    async with publisher(broker, tmp_path) as pub:
+        await asyncio.wait_for(pub.online.wait(), WAIT_S)
+        pump, filler = make_alarm("a1"), make_alarm("a2", asset="filler", priority=Priority.CRITICAL, message="level high")
+        pub.alarm_event(event(pump, "raised"))
+        pub.alarm_event(event(filler, "raised"))
+        pub.diagnosis(diagnosis("a1"))
+        await pub.wait_idle()
+        late = await retained_now(broker, f"{T.base}/+/+/+")
+        assert sorted((m.topic, m.body["state"] if "state" in m.body else m.body["schema"]) for m in late) == sorted([
+            (T.alarm("product_pump", "a1"), "active_unacknowledged"),
+            (T.alarm("filler", "a2"), "active_unacknowledged"),
+            (T.diagnosis("product_pump", "a1"), "diagnosis/1"),
+        ])
+        assert all(m.retain for m in late)
+
+        # returned but not acknowledged: still retained, in its new state
+        pub.alarm_event(event(pump, "returned", AlarmState.RTN_UNACK))
+        await pub.wait_idle()
+        late = {m.topic: m.body for m in await retained_now(broker, f"{T.base}/+/alarms/+")}
+        assert late[T.alarm("product_pump", "a1")]["state"] == "returned_unacknowledged"
+
+        # acknowledged while returned: normal, so the alarm and its diagnosis leave the retained store
+        pub.alarm_event(event(pump, "acknowledged", AlarmState.NORMAL, actor="ann"))
+        await pub.wait_idle()
+        late = await retained_now(broker, f"{T.base}/+/+/+")
+        assert [(m.topic, m.body["alarm_id"]) for m in late] == [(T.alarm("filler", "a2"), "a2")]
+        # a diagnosis that arrives after its alarm cleared is not retained
+        pub.diagnosis(diagnosis("a1"))
+        await pub.wait_idle()
+        assert [m.topic for m in await retained_now(broker, f"{T.base}/+/+/+")] == [T.alarm("filler", "a2")]
+
+
+async def test_commands_reach_the_engine_only_when_valid_and_every_one_gets_a_reply(broker, tmp_path):
+    commands: Buffer[OperatorCommand] = Buffer(10)
+    replies = await Listener(broker, [f"{T.commands()}/reply/+"]).ready()
+    async with publisher(broker, tmp_path, commands=commands) as pub:
+        await asyncio.wait_for(pub.online.wait(), WAIT_S)
+        send = lambda raw: replies.client.publish(T.commands(), raw, qos=1)  # noqa: E731
+        send(command(request_id="ok-1", command="acknowledge", alarm_id="a1", actor="ann", comment="seen"))
+        cmd = await asyncio.wait_for(commands.get(), WAIT_S)
+        assert (cmd.command, cmd.alarm_id, cmd.actor, cmd.comment, cmd.request_id) == ("acknowledge", "a1", "ann", "seen", "ok-1")
+        alarm = make_alarm(state=AlarmState.ACTIVE_ACK)
+        pub.command_reply(CommandResult("ok-1", True, "acknowledged", alarm))
+        reply = await replies.next()
+        assert reply.topic == T.command_reply("ok-1") and payloads.problems(reply.body) == []
+        assert reply.body["ok"] and reply.body["alarm"]["state"] == "active_acknowledged"
+
+        bad = [
+            (b"{oops", "unknown", "not JSON"),
+            (command(request_id="bad-1", command="reboot", alarm_id="a1", actor="ann"), "bad-1", "command: 'reboot' is not one of"),
+            (command(request_id="bad-2", command="acknowledge", actor="ann"), "bad-2", "'alarm_id' is a required property"),
+            (command(request_id="bad-3", command="shelve", alarm_id="a1", actor="ann"), "bad-3", "'shelve_s' is a required property"),
+        ]
+        for raw, rid, reason in bad:
+            send(raw)
+            reply = await replies.next()
+            assert reply.topic == T.command_reply(rid)
+            assert payloads.problems(reply.body) == [] and reply.body["ok"] is False and reason in reply.body["message"]
+        assert commands.qsize() == 0 and commands.offered == 1
+        assert pub.stats()["commands_rejected"] == 4
+    replies.close()
+
+
+async def test_mqtt5_response_topic_and_correlation_are_honoured(broker, tmp_path):
+    if broker.protocol != "5":
+        pytest.skip("response topics are MQTT 5")
+    seen: list[OperatorCommand] = []
+
+    async def engine(cmd: OperatorCommand) -> CommandResult:
+        seen.append(cmd)
+        return CommandResult(cmd.request_id, True, f"{cmd.command} done")
+
+    replies = await Listener(broker, ["hmi/replies/#"]).ready()
+    async with publisher(broker, tmp_path, commands=engine) as pub:
+        await asyncio.wait_for(pub.online.wait(), WAIT_S)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic, props.CorrelationData = "hmi/replies/7", b"corr-7"
+        replies.client.publish(
+            T.commands(), command(request_id="r7", command="unshelve", alarm_id="a1", actor="bob"), qos=1, properties=props
+        )
+        reply = await replies.next()
+        assert reply.topic == "hmi/replies/7" and reply.properties.CorrelationData == b"corr-7"
+        assert reply.body["ok"] and reply.body["message"] == "unshelve done" and [c.request_id for c in seen] == ["r7"]
+    replies.close()
+
+
+async def test_questions_become_records_and_bad_ones_get_an_error_answer(broker, tmp_path):
+    questions: Buffer[Question] = Buffer(10)
+    answers = await Listener(broker, [f"{T.ask()}/reply/+"]).ready()
+    async with publisher(broker, tmp_path, questions=questions) as pub:
+        await asyncio.wait_for(pub.online.wait(), WAIT_S)
+        answers.client.publish(T.ask(), json.dumps({"schema": "ask/1", "request_id": "q1", "question": "why?", "actor": "ann"}), qos=1)
+        reply = await answers.next()
+        assert reply.topic == T.answer("q1") and reply.body["done"] and "'alarm_id' is a required property" in reply.body["error"]
+        assert questions.qsize() == 0
+        answers.client.publish(
+            T.ask(), json.dumps({"schema": "ask/1", "request_id": "q2", "alarm_id": "a1", "question": "why?", "actor": "ann"}), qos=1
+        )
+        q = await asyncio.wait_for(questions.get(), WAIT_S)
+        for i, token in enumerate(["It ", "cavitates."]):
+            pub.answer_chunk(q.request_id, q.alarm_id, token, done=i == 1, text="It cavitates." if i == 1 else None)
+        chunks = [await answers.next(), await answers.next()]
+        assert [(c.topic, c.body["seq"], c.body["token"], c.body["done"]) for c in chunks] == [
+            (T.answer("q2"), 0, "It ", False), (T.answer("q2"), 1, "cavitates.", True),
+        ]
+        assert chunks[1].body["text"] == "It cavitates." and all(payloads.problems(c.body) == [] for c in chunks)
+    answers.close()
+
+
+def persistent_broker(broker, tmp_path):
+    """Turn on Mosquitto persistence so a subscriber's session (and its queued QoS 1 messages) outlives a broker restart."""
+    if broker.kind != "mosquitto":
+        pytest.skip("needs Mosquitto persistence to keep the subscriber's session across a restart")
+    store = tmp_path / "mosquitto-store"
+    store.mkdir()
+    text = broker.conf.read_text().replace("persistence false\n", f"persistence true\npersistence_location {store}/\n")
+    broker.conf.write_text(text)
+    broker.restart()
+
+
+async def test_broker_outage_every_alert_delivered_once_in_order(broker, tmp_path):
+    persistent_broker(broker, tmp_path)
+    listen = await Listener(broker, [T.events()], client_id="scada-events", persistent=True).ready()
+    async with publisher(broker, tmp_path) as pub:
+        await asyncio.wait_for(pub.online.wait(), WAIT_S)
+        alarms = [make_alarm(f"a{i}", message=f"alarm {i}") for i in range(25)]
+        for a in alarms[:5]:
+            pub.alarm_event(event(a, "raised"))
+        await pub.wait_idle()
+
+        broker.stop()
+        await asyncio.wait_for(pub.offline.wait(), WAIT_S)
+        pub.diagnosis(diagnosis("a0"))  # a diagnosis waiting with the alarms must go out after them
+        for a in alarms[5:]:
+            pub.alarm_event(event(a, "raised"))
+        assert pub.outbox.pending_by_lane() == {0: 40, 1: 1}
+
+        broker.start()
+        await asyncio.wait_for(pub.online.wait(), WAIT_S)
+        await pub.wait_idle(WAIT_S)
+        pub.alarm_event(event(make_alarm("last"), "raised"))  # a marker: anything before it has arrived once it does
+        got = []
+        while not got or got[-1] != "last":
+            got.append((await listen.next()).body["alarm_id"])
+        await pub.wait_idle()
+        assert pub.outbox.pending() == 0
+    listen.close()
+    assert got == [a.alarm_id for a in alarms] + ["last"]  # exactly once each, in order
+    assert pub.counts["disconnects"] >= 1 and pub.counts["connects"] == 2
+
+
+async def test_outbox_on_disk_survives_a_process_restart_and_alarms_go_before_diagnoses(broker, tmp_path):
+    listen = await Listener(broker, [T.events(), T.all_diagnoses()]).ready()
+    nowhere = MqttConnection(host="127.0.0.1", port=free_port(), protocol=broker.protocol)
+    first = publisher(broker, tmp_path, connection=nowhere, client_id="pub-first")
+    await first.start()
+    first.diagnosis(diagnosis("a0"), asset="product_pump")
+    for i in range(10):
+        first.alarm_event(event(make_alarm(f"a{i}"), "raised"))
+    await first.stop()
+    assert listen.queue.empty()
+
+    second = publisher(broker, tmp_path, client_id="pub-second")
+    assert second.outbox.pending() == 21
+    async with second:
+        await second.wait_idle()
+        second.alarm_event(event(make_alarm("last"), "raised"))
+        got = []
+        while not got or got[-1] != ("event/1", "last"):
+            msg = await listen.next()
+            got.append((msg.body["schema"], msg.body["alarm_id"]))
+    listen.close()
+    assert got == [("event/1", f"a{i}") for i in range(10)] + [("diagnosis/1", "a0"), ("event/1", "last")]
+
+
+async def test_last_will_says_offline_when_the_connection_dies(broker, tmp_path):
+    status = await Listener(broker, [T.status()]).ready()
+    async with publisher(broker, tmp_path) as pub:
+        await asyncio.wait_for(pub.online.wait(), WAIT_S)
+        online = await status.until(lambda m: m.body["state"] == "online")
+        assert online.body["version"] and online.body["started_at"] == pub.started_at
+        pub.client.socket().shutdown(socket.SHUT_RDWR)  # no DISCONNECT packet: the broker sends the will
+        will = await status.until(lambda m: True)
+        assert will.body["state"] == "offline" and payloads.problems(will.body) == []
+        back = await status.until(lambda m: True)
+        assert back.body["state"] == "online"  # paho reconnects and the birth replaces the will
+    bye = await status.until(lambda m: True)
+    assert bye.body["state"] == "offline"  # a clean stop says offline itself
+    status.close()
+    late = await Listener(broker, [T.status()]).ready()
+    retained = await late.next()
+    assert retained.retain and retained.body["state"] == "offline"
+    late.close()
+
+
+async def test_mqtt311_broker_gets_the_same_payloads_without_properties(tmp_path):
+    amqtt = AmqttBroker().start()
+    try:
+        async with publisher(amqtt, tmp_path, connection=MqttConnection(host=amqtt.host, port=amqtt.port, protocol="3.1.1")) as pub:
+            await asyncio.wait_for(pub.online.wait(), WAIT_S)
+            pub.alarm_event(event(make_alarm(), "raised"))
+            await pub.wait_idle()
+            late = await Listener(amqtt, [T.all_alarms()], protocol="3.1.1").ready()
+            msg = await late.next()
+            assert msg.topic == T.alarm("product_pump", "a1") and msg.retain and payloads.problems(msg.body) == []
+            late.close()
+    finally:
+        amqtt.stop()
+
+
+def test_alerts_tail_prints_active_alarms_and_diagnoses(broker, tmp_path):
+    async def publish():
+        async with publisher(broker, tmp_path) as pub:
+            await asyncio.wait_for(pub.online.wait(), WAIT_S)
+            pub.alarm_event(event(make_alarm(message="flow below 40 l/min"), "raised"))
+            pub.diagnosis(diagnosis("a1"))
+            await pub.wait_idle()
+
+    asyncio.run(publish())
+    out = subprocess.run(
+        [sys.executable, "-m", "factory_copilot.cli", "alerts", "tail", "--host", broker.host, "--port", str(broker.port),
+         "--protocol", broker.protocol, "--count", "3"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = sorted(out.stdout.splitlines())
+    assert len(lines) == 3
+    assert any("HIGH" in l and "active_unacknowledged" in l and "product_pump" in l and "flow below 40 l/min" in l for l in lines)
+    assert any("Suction pressure low and flow unsteady: cavitation." in l for l in lines)
+    assert any("publisher offline" in l for l in lines)

@@ -1,0 +1,126 @@
+"""The topic scheme and payload schemas of the publish station, without a broker."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from factory_copilot.models import Alarm, AlarmEvent, AlarmState, CommandResult, Diagnosis, OperatorCommand, Priority, Question
+from factory_copilot.publish import payloads
+from factory_copilot.publish.payloads import Rejected
+from factory_copilot.publish.tail import describe
+from factory_copilot.publish.topics import Topics, parse
+
+
+def test_every_topic_parses_back_to_what_built_it_even_with_reserved_characters():
+    t = Topics("demo-plant", "packaging-1", prefix="acme/fc")
+    odd = "filler/level+#%x"  # '/', '+', '#' would break the topic tree or act as wildcards
+    cases = {
+        t.alarm("product_pump", odd): ("alarm", "product_pump", odd, None),
+        t.diagnosis("filler", "a-1"): ("diagnosis", "filler", "a-1", None),
+        t.diagnosis_stream("filler", odd): ("stream", "filler", odd, None),
+        t.events(): ("events", None, None, None),
+        t.status(): ("status", None, None, None),
+        t.commands(): ("commands", None, None, None),
+        t.command_reply("r/1"): ("command_reply", None, None, "r/1"),
+        t.ask(): ("ask", None, None, None),
+        t.answer("q+1"): ("answer", None, None, "q+1"),
+    }
+    for topic, (kind, asset, alarm_id, request_id) in cases.items():
+        assert "#" not in topic and "+" not in topic
+        parts = t.parse(topic)
+        assert (parts.kind, parts.site, parts.line, parts.asset, parts.alarm_id, parts.request_id) == (
+            kind, "demo-plant", "packaging-1", asset, alarm_id, request_id,
+        ), topic
+    assert t.alarm("product_pump", odd).count("/") == t.alarm("product_pump", "a").count("/")
+
+
+def test_foreign_topics_and_bad_prefixes():
+    assert parse("factory/demo-plant/packaging-1/filler/level") is None
+    assert parse("factory-copilot/demo-plant/packaging-1/filler/alarms") is None
+    assert parse("factory-copilot/demo-plant/packaging-1/filler/diagnosis/a1/other") is None
+    with pytest.raises(ValueError, match="prefix"):
+        Topics("s", "l", prefix="bad/#")
+    wild = Topics("+", "+")
+    assert wild.all_alarms() == "factory-copilot/+/+/+/alarms/+"
+    assert wild.status() == "factory-copilot/+/+/status"
+
+
+def test_schemas_are_versioned_and_carry_their_id():
+    for kind in payloads.KINDS:
+        body = payloads.load_schema(kind)
+        assert body["$id"] == f"https://factory-copilot.org/schemas/{kind}.json"
+        assert body["properties"]["schema"] == {"const": kind, "description": "payload kind and version"}
+
+
+def _alarm(state=AlarmState.ACTIVE_UNACK) -> Alarm:
+    now = time.time()
+    return Alarm("a1", "product_pump", "flow:limit", state, Priority.HIGH, "flow below 40 l/min", now, now)
+
+
+def test_payload_builders_match_their_schemas_and_wrong_payloads_do_not():
+    alarm = _alarm()
+    d = Diagnosis("a1", "cavitation", [], [], [], [], "runbook")
+    built = [
+        payloads.alarm_state(alarm, "s", "l"),
+        payloads.event(AlarmEvent("a1", time.time(), "raised", alarm.state, alarm), "s", "l"),
+        payloads.diagnosis(d, "product_pump", "s", "l"),
+        payloads.stream_chunk("a1", "product_pump", 0, "The", False),
+        payloads.status("online", "s", "l", time.time(), "cid"),
+        payloads.command_reply(CommandResult("r1", True, "acknowledged", alarm)),
+        payloads.answer("r1", "a1", 3, "", True, "full text"),
+    ]
+    for body in built:
+        assert payloads.problems(json.loads(payloads.encode(body))) == [], body["schema"]
+    broken = payloads.alarm_state(alarm, "s", "l")
+    broken["priority"] = "urgent"
+    del broken["asset"]
+    found = payloads.problems(broken)
+    assert any(p.startswith("priority:") for p in found) and any("'asset' is a required property" in p for p in found)
+    assert payloads.problems({"schema": "alarm/9"}) and payloads.problems([1, 2])
+
+
+@pytest.mark.parametrize(
+    "raw, request_id, reason",
+    [
+        (b"{not json", None, "not JSON"),
+        (b"[1,2]", None, "must be a JSON object"),
+        (b'{"schema":"command/1","request_id":"r1","command":"delete","alarm_id":"a1","actor":"ann"}', "r1", "command: 'delete'"),
+        (b'{"schema":"command/1","request_id":"r2","command":"acknowledge","actor":"ann"}', "r2", "'alarm_id' is a required"),
+        (b'{"schema":"command/1","request_id":"r3","command":"shelve","alarm_id":"a1","actor":"ann"}', "r3", "'shelve_s' is a required"),
+        (b'{"request_id":"r4","command":"acknowledge","alarm_id":"a1","actor":"ann"}', "r4", "'schema' is a required"),
+    ],
+)
+def test_bad_commands_are_rejected_with_a_reason(raw, request_id, reason):
+    parsed = payloads.parse_command(raw)
+    assert isinstance(parsed, Rejected)
+    assert parsed.request_id == request_id
+    assert reason in parsed.reason
+
+
+def test_good_command_and_question_become_records():
+    cmd = payloads.parse_command(
+        b'{"schema":"command/1","request_id":"r1","command":"shelve","alarm_id":"a1","actor":"ann","shelve_s":600,"comment":"pump swap"}'
+    )
+    assert isinstance(cmd, OperatorCommand)
+    assert (cmd.command, cmd.alarm_id, cmd.actor, cmd.shelve_s, cmd.comment, cmd.request_id) == (
+        "shelve", "a1", "ann", 600, "pump swap", "r1",
+    )
+    q = payloads.parse_question(b'{"schema":"ask/1","request_id":"q1","alarm_id":"a1","question":"why?","actor":"ann"}')
+    assert isinstance(q, Question) and (q.request_id, q.alarm_id, q.question, q.actor) == ("q1", "a1", "why?", "ann")
+    assert isinstance(payloads.parse_question(b'{"schema":"ask/1","request_id":"q1","alarm_id":"a1","actor":"ann"}'), Rejected)
+
+
+def test_tail_describes_alarms_diagnoses_status_and_clears():
+    t = Topics("demo-plant", "packaging-1")
+    alarm = _alarm()
+    line = describe(t.alarm("product_pump", "a1"), payloads.encode(payloads.alarm_state(alarm, "demo-plant", "packaging-1")))
+    assert "HIGH" in line and "active_unacknowledged" in line and "product_pump" in line and "flow below 40 l/min" in line
+    d = Diagnosis("a1", "Suction side starved: cavitation", [], [], [], [], "runbook")
+    line = describe(t.diagnosis("product_pump", "a1"), payloads.encode(payloads.diagnosis(d, "product_pump", "demo-plant", "packaging-1")))
+    assert "Suction side starved: cavitation" in line
+    assert "cleared" in describe(t.alarm("product_pump", "a1"), b"")
+    assert "INVALID" in describe(t.alarm("product_pump", "a1"), b'{"schema":"alarm/1"}')
+    assert describe(t.events(), b"{}") is None and describe(t.diagnosis_stream("product_pump", "a1"), b"{}") is None
