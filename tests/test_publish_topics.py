@@ -124,3 +124,32 @@ def test_tail_describes_alarms_diagnoses_status_and_clears():
     assert "cleared" in describe(t.alarm("product_pump", "a1"), b"")
     assert "INVALID" in describe(t.alarm("product_pump", "a1"), b'{"schema":"alarm/1"}')
     assert describe(t.events(), b"{}") is None and describe(t.diagnosis_stream("product_pump", "a1"), b"{}") is None
+
+
+def test_node_red_flow_is_a_wired_export_on_our_topics():
+    from factory_copilot.config import SEEDS_DIR
+
+    flow = json.loads((SEEDS_DIR / "node-red-flow.json").read_text())
+    nodes = {n["id"]: n for n in flow}
+    assert len(nodes) == len(flow)
+    brokers = [n for n in flow if n["type"] == "mqtt-broker"]
+    tabs = {n["id"] for n in flow if n["type"] == "tab"}
+    assert len(brokers) == 1 and len(tabs) == 1
+    for n in flow:
+        if n["type"] in ("tab", "mqtt-broker"):
+            continue
+        assert n["z"] in tabs, n["id"]
+        assert all(target in nodes for output in n["wires"] for target in output), n["id"]
+        if n["type"].startswith("mqtt"):
+            assert n["broker"] == brokers[0]["id"]
+        if n["type"] == "switch":
+            assert len(n["wires"]) == n["outputs"] == len(n["rules"])
+    wild = Topics("+", "+")
+    subscribed = {n["topic"] for n in flow if n["type"] == "mqtt in"}
+    assert {wild.all_alarms(), wild.all_diagnoses(), wild.status()} <= subscribed
+    by_priority = next(n for n in flow if n["type"] == "switch" and n["property"] == "payload.priority")
+    assert [r["v"] for r in by_priority["rules"]] == ["critical", "high", "medium", "low"]
+    inject = next(n for n in flow if n["type"] == "inject")
+    assert payloads.problems(json.loads(inject["payload"]), "command/1") == []
+    out = next(n for n in flow if n["type"] == "mqtt out")
+    assert parse(out["topic"]).kind == "commands"
