@@ -18,6 +18,8 @@ from factory_copilot.logs import setup_logging
 
 # module paths, in the order their sub-commands are listed in --help
 COMMANDS: list[str] = [
+    "simulators.cli",
+    "factory_copilot.collect.cli",
     "factory_copilot.alarms.cli",
     "factory_copilot.publish.tail",
 ]

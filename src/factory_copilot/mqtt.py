@@ -45,8 +45,6 @@ def make_client(conn: MqttConnection, client_id: str | None = None, *, role: str
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
     client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
-    # paho logs through its own logger only when asked; keep its noise at DEBUG level
-    client.enable_logger(logging.getLogger("paho"))
     return client
 
 
@@ -62,6 +60,11 @@ def reason_text(reason_code: object) -> str:
     """A readable reason from paho's ReasonCode (MQTT 5) or integer rc (3.1.1)."""
     name = getattr(reason_code, "getName", None)
     return name() if callable(name) else str(reason_code)
+
+
+def unsupported_protocol(reason_code: object) -> bool:
+    """The broker refused our protocol version (MQTT 5 to a 3.1.1-only broker)."""
+    return "protocol version" in reason_text(reason_code).lower() or str(reason_code) in ("1", "132")
 
 
 def is_failure(reason_code: object) -> bool:

@@ -1,0 +1,136 @@
+"""The ``collect`` and ``browse`` commands, for commissioning a line: see what arrives, and start a line file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from factory_copilot.buffer import Buffer
+from factory_copilot.config import MqttConnection, OpcuaConnection, load_line
+from factory_copilot.models import Reading
+
+log = logging.getLogger(__name__)
+
+
+def _user(text: str) -> tuple[str, str]:
+    name, sep, password = text.partition(":")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--user {text!r}: expected NAME:PASSWORD")
+    return name, password
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "collect",
+        help="collect readings from a line over OPC UA or MQTT and print them (or the collector stats)",
+        description="Print the readings a line delivers, as JSON lines, or the collector's stats every few seconds.",
+    )
+    c.add_argument("--config", required=True, help="line file")
+    c.add_argument("--source", choices=["opcua", "mqtt"], required=True)
+    c.add_argument("--stats", action="store_true", help="print stats every --every seconds instead of readings")
+    c.add_argument("--every", type=float, default=5.0)
+    c.add_argument("--duration", type=float, help="stop after this many seconds")
+    c.add_argument("--count", type=int, help="stop after this many readings")
+    c.add_argument("--endpoint", help="OPC UA endpoint (overrides the line file)")
+    c.add_argument("--mqtt-host")
+    c.add_argument("--mqtt-port", type=int)
+    c.add_argument("--pattern", action="append", default=[], help="MQTT topic pattern like factory/+/+/{asset}/{signal} (repeatable)")
+    c.add_argument("--pki-dir", help="client certificate directory for OPC UA security")
+    c.set_defaults(func=collect)
+
+    b = sub.add_parser(
+        "browse",
+        help="browse an OPC UA server and print a starting line file",
+        description="Folders become assets, variables become signals (unit from EngineeringUnits); normal bands are TODO placeholders.",
+    )
+    b.add_argument("endpoint", help="opc.tcp://host:port/path")
+    b.add_argument("--site", default="TODO-site")
+    b.add_argument("--line", default="TODO-line")
+    b.add_argument("--user", type=_user, metavar="NAME:PASSWORD")
+    b.add_argument("--security", choices=["none", "basic256sha256_sign_encrypt"], default="none")
+    b.add_argument("--output", "-o", help="write the line file here instead of printing it")
+    b.set_defaults(func=browse)
+
+
+async def collect(args: argparse.Namespace) -> int:
+    from factory_copilot.collect.mqtt import MqttCollector
+    from factory_copilot.collect.opcua import OpcuaCollector, OpcuaConnectError
+
+    line = load_line(args.config)
+    buffer: Buffer[Reading] = Buffer(100_000, name="collect")
+    if args.source == "opcua":
+        conn = line.opcua or OpcuaConnection()
+        if args.endpoint:
+            conn = conn.model_copy(update={"endpoint": args.endpoint})
+        collector = OpcuaCollector(line, buffer, conn, pki_dir=args.pki_dir)
+    else:
+        conn = line.mqtt or MqttConnection()
+        conn = conn.model_copy(update={k: v for k, v in {"host": args.mqtt_host, "port": args.mqtt_port}.items() if v is not None})
+        collector = MqttCollector(line, buffer, conn, patterns=args.pattern)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if args.duration:
+        loop.call_later(args.duration, stop.set)
+    task = asyncio.create_task(collector.run(stop))
+    printed = 0
+    next_stats = time.monotonic() + args.every
+    try:
+        while not stop.is_set():
+            if task.done():
+                break
+            try:
+                reading = await asyncio.wait_for(buffer.get(), 0.2)
+            except asyncio.TimeoutError:
+                reading = None
+            if reading is not None and not args.stats:
+                print(json.dumps(reading.to_dict()), flush=True)
+                printed += 1
+                if args.count and printed >= args.count:
+                    break
+            if args.stats and time.monotonic() >= next_stats:
+                print(json.dumps(collector.stats()), flush=True)
+                next_stats += args.every
+    finally:
+        stop.set()
+        try:
+            await task
+        except OpcuaConnectError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if args.stats:
+        print(json.dumps(collector.stats()), flush=True)
+    return 0
+
+
+async def browse(args: argparse.Namespace) -> int:
+    from factory_copilot.collect.browse import browse_line
+    from factory_copilot.collect.opcua import OpcuaConnectError
+
+    conn = OpcuaConnection(
+        endpoint=args.endpoint,
+        security=args.security,
+        username=args.user[0] if args.user else None,
+        password=args.user[1] if args.user else None,
+    )
+    try:
+        text = await browse_line(args.endpoint, site=args.site, line=args.line, connection=conn)
+    except OpcuaConnectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output:
+        Path(args.output).write_text(text)
+        log.info("wrote %s", args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
