@@ -1,0 +1,189 @@
+"""FaultClassifier: names the likely fault type behind an anomaly from causal signature features, or says 'unknown'.
+
+A row's signature is its signals standardised against normal operation, smoothed at a
+fast and a slow EWMA weight, plus an EWMA of the spread around the fast average
+(oscillation, sticking valves). An extremely randomised forest maps signatures to fault
+types; the answer is 'unknown' when the top probability is low or the signature lies far
+from every training signature of the named fault (novelty).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import ExtraTreesClassifier
+
+from factory_copilot.detect.features import as_matrix, ewma_runs, hold_last, numeric_signals, runs
+from factory_copilot.detect.multivariate import ALL_MODES, mode_labels
+
+UNKNOWN = "unknown"
+
+
+class FaultClassifier(BaseEstimator, ClassifierMixin):
+    """Causal fault-type classifier with scikit-learn conventions (fit/predict/predict_proba/classes_).
+
+    ``fit(X, y, groups=None)``: X a DataFrame of labelled history in time order, y the fault
+    label per row (rows labelled ``normal_label`` set the normal reference and are a class too);
+    the causal smoothing restarts wherever ``groups`` (or, if not given, the label) changes.
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 300,
+        smoothing: tuple[float, float] = (0.3, 0.05),
+        spread_smoothing: float = 0.1,
+        min_probability: float = 0.2,
+        novelty_quantile: float = 0.995,
+        novelty_margin: float = 2.0,
+        normal_label: str = "normal",
+        mode_column: str = "mode",
+        exclude: tuple[str, ...] = ("fault",),
+        random_state: int = 0,
+        n_jobs: int = 1,
+    ):
+        self.n_estimators = n_estimators
+        self.smoothing = smoothing
+        self.spread_smoothing = spread_smoothing
+        self.min_probability = min_probability
+        self.novelty_quantile = novelty_quantile
+        self.novelty_margin = novelty_margin
+        self.normal_label = normal_label
+        self.mode_column = mode_column
+        self.exclude = exclude
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def _modes_of(self, X: pd.DataFrame) -> np.ndarray:
+        if self.mode_column and self.mode_column in X.columns:
+            return mode_labels(X[self.mode_column].to_numpy())
+        return np.full(len(X), ALL_MODES, dtype=object)
+
+    def _standardise(self, A: np.ndarray, modes: np.ndarray) -> np.ndarray:
+        Z = np.empty_like(A)
+        for mode in np.unique(modes):
+            rows = modes == mode
+            mean, scale = self.reference_.get(mode, self.reference_[ALL_MODES])
+            Z[rows] = (A[rows] - mean) / scale
+        Z[np.isnan(Z)] = 0.0
+        return Z
+
+    def _signature(self, Z: np.ndarray, bounds: list[tuple[int, int]]) -> np.ndarray:
+        fast, slow = (ewma_runs(Z, lam, bounds) for lam in self.smoothing)
+        spread = np.sqrt(ewma_runs((Z - fast) ** 2, self.spread_smoothing, bounds))
+        return np.hstack([fast, slow, spread])
+
+    def features(self, X: pd.DataFrame, groups=None) -> np.ndarray:
+        """The causal signature of every row (smoothing restarts at mode changes and group changes)."""
+        A = hold_last(as_matrix(X, self.signals_), np.nan)
+        modes = self._modes_of(X)
+        keys = modes if groups is None else np.array([f"{m}|{g}" for m, g in zip(modes, np.asarray(groups))], dtype=object)
+        return self._signature(self._standardise(A, modes), runs(keys))
+
+    def fit(self, X: pd.DataFrame, y, groups=None) -> "FaultClassifier":
+        y = np.asarray([str(v) for v in y], dtype=object)
+        if len(y) != len(X):
+            raise ValueError(f"y has {len(y)} labels for {len(X)} rows")
+        exclude = tuple(self.exclude) + ((self.mode_column,) if self.mode_column else ())
+        self.signals_ = numeric_signals(X, exclude)
+        self.n_features_in_ = len(self.signals_)
+        A = hold_last(as_matrix(X, self.signals_), np.nan)
+        modes = self._modes_of(X)
+        normal = y == self.normal_label
+        if not normal.any():
+            normal = np.ones(len(y), dtype=bool)
+        self.reference_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for mode in [ALL_MODES, *np.unique(modes)]:
+            rows = normal if mode == ALL_MODES else normal & (modes == mode)
+            if rows.sum() >= 10:
+                mean = np.nanmean(A[rows], axis=0)
+                scale = np.nanstd(A[rows], axis=0)
+                floor = np.maximum(0.01 * np.nan_to_num(np.nanstd(A, axis=0)), 1e-9)
+                self.reference_[mode] = (np.nan_to_num(mean), np.maximum(np.nan_to_num(scale), floor))
+        keys = y if groups is None else np.asarray(groups)
+        keys = np.array([f"{m}|{k}" for m, k in zip(modes, keys)], dtype=object)
+        F = self._signature(self._standardise(A, modes), runs(keys))
+        self.forest_ = ExtraTreesClassifier(
+            n_estimators=self.n_estimators, random_state=self.random_state, n_jobs=self.n_jobs, min_samples_leaf=2
+        ).fit(F, y)
+        self.classes_ = self.forest_.classes_
+        # novelty: how far a signature may lie from its class's training signatures
+        self.centres_ = np.zeros((len(self.classes_), F.shape[1]))
+        self.spreads_ = np.ones_like(self.centres_)
+        self.novelty_limits_ = np.zeros(len(self.classes_))
+        for i, label in enumerate(self.classes_):
+            Fi = F[y == label]
+            self.centres_[i] = Fi.mean(axis=0)
+            self.spreads_[i] = np.maximum(Fi.std(axis=0), 1e-6)
+            d = self._novelty(Fi, np.full(len(Fi), i))
+            self.novelty_limits_[i] = np.quantile(d, self.novelty_quantile) * self.novelty_margin
+        return self
+
+    def _novelty(self, F: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.mean(((F - self.centres_[idx]) / self.spreads_[idx]) ** 2, axis=1))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "forest_"):
+            raise RuntimeError("FaultClassifier is not fitted yet: call fit(X, y) with labelled history first")
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        self._check_fitted()
+        return self.forest_.predict_proba(self.features(X))
+
+    def label(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fault labels (or 'unknown') and top probabilities for signature rows."""
+        proba = self.forest_.predict_proba(F)
+        top = proba.argmax(axis=1)
+        p = proba[np.arange(len(F)), top]
+        novel = self._novelty(F, top) > self.novelty_limits_[top]
+        labels = self.classes_[top].astype(object)
+        labels[(p < self.min_probability) | novel] = UNKNOWN
+        return labels, p
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """The likely fault per row, or 'unknown' when no known signature fits."""
+        self._check_fitted()
+        return self.label(self.features(X))[0]
+
+    def stream(self) -> "ClassifierStream":
+        self._check_fitted()
+        # one row at a time: thread start-up would cost more than the trees
+        self.forest_.n_jobs = 1
+        return ClassifierStream(self)
+
+
+class ClassifierStream:
+    """Live signature state: O(1) update per row; the forest is asked only when an anomaly needs a name."""
+
+    def __init__(self, classifier: FaultClassifier):
+        self.classifier = classifier
+        n = len(classifier.signals_)
+        self.fast = np.zeros(n)
+        self.slow = np.zeros(n)
+        self.var = np.zeros(n)
+        self.last = np.full(n, np.nan)
+        self.mode: str | None = None
+        self.lam_fast, self.lam_slow = classifier.smoothing
+
+    def update(self, x: np.ndarray, mode=None) -> None:
+        c = self.classifier
+        x = np.where(np.isnan(x), self.last, x)
+        self.last = x
+        label = ALL_MODES if mode is None else mode_labels([mode])[0]
+        if label != self.mode:
+            self.mode = label
+            self.fast[:] = self.slow[:] = self.var[:] = 0.0
+        mean, scale = c.reference_.get(label, c.reference_[ALL_MODES])
+        z = (x - mean) / scale
+        z[np.isnan(z)] = 0.0
+        self.fast = self.lam_fast * z + (1 - self.lam_fast) * self.fast
+        self.slow = self.lam_slow * z + (1 - self.lam_slow) * self.slow
+        s = c.spread_smoothing
+        self.var = s * (z - self.fast) ** 2 + (1 - s) * self.var
+
+    def signature(self) -> np.ndarray:
+        return np.concatenate([self.fast, self.slow, np.sqrt(self.var)])[None, :]
+
+    def classify(self) -> tuple[str, float]:
+        labels, p = self.classifier.label(self.signature())
+        return str(labels[0]), float(p[0])
