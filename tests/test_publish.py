@@ -413,11 +413,14 @@ async def test_last_will_says_offline_when_the_connection_dies(broker, tmp_path)
     late.close()
 
 
-async def test_mqtt311_broker_gets_the_same_payloads_without_properties(tmp_path):
+@pytest.mark.parametrize("configured", ["3.1.1", "5"])
+async def test_mqtt311_broker_gets_the_same_payloads_without_properties(tmp_path, configured):
     amqtt = AmqttBroker().start()
     try:
-        async with publisher(amqtt, tmp_path, connection=MqttConnection(host=amqtt.host, port=amqtt.port, protocol="3.1.1")) as pub:
+        conn = MqttConnection(host=amqtt.host, port=amqtt.port, protocol=configured)
+        async with publisher(amqtt, tmp_path, connection=conn) as pub:
             await asyncio.wait_for(pub.online.wait(), WAIT_S)
+            assert pub.v5 is False  # configured MQTT 5 falls back: amqtt only speaks 3.1.1
             pub.alarm_event(event(make_alarm(), "raised"))
             await pub.wait_idle()
             late = await Listener(amqtt, [T.all_alarms()], protocol="3.1.1").ready()

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import inspect
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Union
@@ -89,6 +90,7 @@ class Publisher:
         self.counts = collections.Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sender: asyncio.Task | None = None
+        self._watch_protocol_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._inflight: dict[int, Message] = {}
         self._birth_mid: int | None = None
@@ -113,6 +115,17 @@ class Publisher:
     async def start(self) -> "Publisher":
         """Start connecting (retrying until the broker answers) and sending; returns at once."""
         self._loop = asyncio.get_running_loop()
+        self._open_client()
+        self._sender = asyncio.create_task(self._send_forever(), name="publish-sender")
+        if self.v5:
+            self._watch_protocol_task = asyncio.create_task(self._watch_protocol(), name="publish-protocol")
+        log.info(
+            "publishing %s under %s to %s:%d (MQTT %s), outbox %s",
+            self.client_id, self.topics.base, self.connection.host, self.connection.port, self.connection.protocol, self.outbox,
+        )
+        return self
+
+    def _open_client(self) -> None:
         client = mqtt.make_client(self.connection, self.client_id, role="publish")
         client.max_inflight_messages_set(0)  # our own window decides; paho must never hold a message back as "queued"
         will = payloads.status("offline", self.site, self.line, self.started_at, self.client_id)
@@ -124,17 +137,41 @@ class Publisher:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         self.client = client
-        self._sender = asyncio.create_task(self._send_forever(), name="publish-sender")
         mqtt.connect(client, self.connection)
         client.loop_start()
-        log.info(
-            "publishing %s under %s to %s:%d (MQTT %s), outbox %s",
-            self.client_id, self.topics.base, self.connection.host, self.connection.port, self.connection.protocol, self.outbox,
-        )
-        return self
+
+    async def _watch_protocol(self, every_s: float = 2.0) -> None:
+        """Fall back to MQTT 3.1.1 when the broker answers but never accepts our MQTT 5 connection.
+
+        amqtt cannot even parse an MQTT 5 CONNECT that carries a last will, so it never
+        says "unsupported protocol" to us; a probe without a will asks it instead.
+        """
+        while not self.online.is_set():
+            try:
+                await asyncio.wait_for(self.online.wait(), every_s)
+                return
+            except asyncio.TimeoutError:
+                pass
+            if await asyncio.to_thread(speaks_mqtt5, self.connection) is False:
+                log.warning(
+                    "MQTT broker %s:%d does not speak MQTT 5; publishing with MQTT 3.1.1 (no message properties)",
+                    self.connection.host, self.connection.port,
+                )
+                old, self.client = self.client, None
+                if old is not None:
+                    old.on_disconnect = None
+                    old.disconnect()
+                    await asyncio.to_thread(old.loop_stop)
+                self.connection = self.connection.model_copy(update={"protocol": "3.1.1"})
+                self.v5 = False
+                self._open_client()
+                return
 
     async def stop(self, timeout_s: float = 3.0) -> None:
         """Say offline (retained), disconnect and close the outbox; what was not acknowledged stays for the next start."""
+        if self._watch_protocol_task:
+            self._watch_protocol_task.cancel()
+            await asyncio.gather(self._watch_protocol_task, return_exceptions=True)
         if self._sender:
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
@@ -498,3 +535,31 @@ class Publisher:
             return
         self.counts["questions"] += 1
         self.questions.offer(parsed)
+
+
+def speaks_mqtt5(conn: MqttConnection, timeout_s: float = 3.0) -> bool | None:
+    """Ask the broker with a bare MQTT 5 CONNECT: True if it accepts, False if it refuses the version, None if unknown."""
+    answer: list[Any] = []
+    done = threading.Event()
+    probe = mqtt.make_client(conn.model_copy(update={"protocol": "5"}), role="probe")
+
+    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        answer.append(reason)
+        done.set()
+
+    probe.on_connect = on_connect
+    try:
+        probe.connect(conn.host, conn.port, keepalive=10)
+    except OSError:
+        return None
+    probe.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            return None
+        reason = answer[0]
+        if not mqtt.is_failure(reason):
+            return True
+        return False if mqtt.unsupported_protocol(reason) else None
+    finally:
+        probe.disconnect()
+        probe.loop_stop()
