@@ -1,0 +1,27 @@
+"""The copilot station: grounded explanations of alarms from runbooks and a local quantized Qwen.
+
+Public API: ``Copilot`` (the station), ``SignalHistory``, ``EvidencePack``/``build_evidence``,
+``IncidentMemory``/``InMemoryIncidents``, ``load_runbooks``, the backends
+``LlamaCppBackend``/``OpenAIBackend``/``backend_from_settings`` and ``TokenStream``.
+"""
+
+from factory_copilot.copilot.backends import (
+    BackendError,
+    LLMBackend,
+    LlamaCppBackend,
+    ModelTimeout,
+    ModelUnavailable,
+    OpenAIBackend,
+    backend_from_settings,
+)
+from factory_copilot.copilot.diagnosis import DIAGNOSIS_SCHEMA, diagnosis_schema, model_diagnosis, runbook_diagnosis
+from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, InMemoryIncidents, SignalHistory, build_evidence
+from factory_copilot.copilot.runbooks import RunbookLibrary, load_runbooks
+from factory_copilot.copilot.station import Copilot, TokenStream
+
+__all__ = [
+    "BackendError", "Copilot", "DIAGNOSIS_SCHEMA", "EvidencePack", "IncidentMemory", "InMemoryIncidents",
+    "LLMBackend", "LlamaCppBackend", "ModelTimeout", "ModelUnavailable", "OpenAIBackend", "RunbookLibrary",
+    "SignalHistory", "TokenStream", "backend_from_settings", "build_evidence", "diagnosis_schema", "load_runbooks",
+    "model_diagnosis", "runbook_diagnosis",
+]

@@ -1,0 +1,237 @@
+"""Language-model backends behind one small interface: in-process llama.cpp (GGUF) or an OpenAI-compatible server.
+
+``chat(messages, schema=None, max_tokens=..., on_token=None, timeout_s=None) -> str``
+returns the reply text, calls ``on_token`` with each piece as it is generated,
+and raises ``ModelUnavailable`` (no/broken model or server: logged once),
+``ModelTimeout`` (generation stopped at the deadline) or ``BackendError``. Calls
+are blocking; the station runs them in a worker thread. The llama.cpp backend
+holds one model instance per file and serialises calls with a lock, so
+concurrent alarms queue instead of fighting over one context.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+log = logging.getLogger(__name__)
+
+OnToken = Callable[[str], None]
+
+
+class BackendError(RuntimeError):
+    reason = "backend error"
+
+
+class ModelUnavailable(BackendError):
+    reason = "model unavailable"
+
+
+class ModelTimeout(BackendError):
+    reason = "timeout"
+
+    def __init__(self, message: str, partial: str = ""):
+        super().__init__(message)
+        self.partial = partial
+
+
+class LLMBackend(Protocol):
+    name: str
+
+    def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
+             on_token: OnToken | None = None, timeout_s: float | None = None) -> str: ...
+
+
+class LlamaCppBackend:
+    """A GGUF model in this process via llama-cpp-python; the chat template comes from the model file."""
+
+    _shared: dict[tuple, "LlamaCppBackend"] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_gpu_layers: int = 0, n_batch: int = 512, temperature: float = 0.2, seed: int = 0):
+        self.model_path = str(model_path)
+        self.name = Path(self.model_path).name
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 2))
+        self.n_gpu_layers = n_gpu_layers
+        self.n_batch = n_batch
+        self.temperature = temperature
+        self.seed = seed
+        self._llama: Any = None
+        self._failed: str | None = None
+        self._lock = threading.Lock()  # one context: one generation at a time, the others wait their turn
+        self.calls = 0
+        self.last_stats: dict[str, float] = {}
+
+    @classmethod
+    def shared(cls, model_path: str | Path, **kwargs: Any) -> "LlamaCppBackend":
+        """One instance per model file and settings in this process (the model's memory is loaded once)."""
+        key = (str(model_path), tuple(sorted(kwargs.items())))
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls(model_path, **kwargs)
+            return cls._shared[key]
+
+    def load(self) -> Any:
+        """Load the model once; a missing or broken file is logged in one line and raises ModelUnavailable."""
+        if self._llama is not None:
+            return self._llama
+        if self._failed:
+            raise ModelUnavailable(self._failed)
+        path = Path(self.model_path)
+        try:
+            if not path.is_file():
+                raise FileNotFoundError("file not found")
+            from llama_cpp import Llama
+
+            started = time.perf_counter()
+            self._llama = Llama(
+                model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, n_threads_batch=self.n_threads,
+                n_gpu_layers=self.n_gpu_layers, n_batch=self.n_batch, seed=self.seed, verbose=False,
+            )
+            log.info("copilot model %s loaded in %.2f s (%d threads, context %d)", self.name,
+                     time.perf_counter() - started, self.n_threads, self.n_ctx)
+            return self._llama
+        except ImportError:
+            self._failed = "llama-cpp-python is not installed (pip install 'factory-copilot[llm]')"
+        except Exception as exc:  # llama.cpp reports a bad file as ValueError/RuntimeError with little detail
+            self._failed = f"cannot load model {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        log.error("copilot model unavailable, runbook explanations only: %s", self._failed)
+        raise ModelUnavailable(self._failed)
+
+    def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
+             on_token: OnToken | None = None, timeout_s: float | None = None) -> str:
+        with self._lock:
+            llama = self.load()
+            self.calls += 1
+            started = time.perf_counter()
+            deadline = started + timeout_s if timeout_s else None
+            kwargs: dict[str, Any] = {}
+            if schema is not None:
+                kwargs["response_format"] = {"type": "json_object", "schema": schema}
+            # always stream: it is how tokens reach listeners and how the deadline is checked between tokens
+            # (prompt processing itself runs to completion; keep the varying part of the prompt short)
+            stream = llama.create_chat_completion(
+                messages, max_tokens=max_tokens, temperature=self.temperature, seed=self.seed, stream=True, **kwargs
+            )
+            pieces: list[str] = []
+            first = None
+            n = 0
+            try:
+                for chunk in stream:
+                    piece = chunk["choices"][0].get("delta", {}).get("content") or ""
+                    if piece:
+                        n += 1
+                        if first is None:
+                            first = time.perf_counter()
+                        pieces.append(piece)
+                        if on_token:
+                            on_token(piece)
+                    if deadline and time.perf_counter() > deadline:
+                        raise ModelTimeout(f"generation stopped after {timeout_s:g} s", "".join(pieces))
+            finally:
+                stream.close()
+            total = time.perf_counter() - started
+            self.last_stats = {
+                "ttft_s": (first or time.perf_counter()) - started,
+                "total_s": total,
+                "completion_chunks": n,
+                "context_tokens": float(llama.n_tokens),
+            }
+            return "".join(pieces)
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible chat endpoint (llama-server, vLLM, Ollama), streamed over SSE with the stdlib."""
+
+    def __init__(self, base_url: str, model: str = "qwen2.5-1.5b-instruct", api_key: str | None = None,
+                 temperature: float = 0.2, connect_timeout_s: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.model = model
+        self.name = f"{model}@{self.base_url}"
+        self.api_key = api_key if api_key is not None else os.environ.get("FACTORY_COPILOT_OPENAI_KEY")
+        self.temperature = temperature
+        self.connect_timeout_s = connect_timeout_s
+        self._lock = threading.Lock()  # the server queues too, but one request at a time keeps latency honest
+        self.calls = 0
+
+    def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
+             on_token: OnToken | None = None, timeout_s: float | None = None) -> str:
+        body: dict[str, Any] = {
+            "model": self.model, "messages": messages, "max_tokens": max_tokens,
+            "temperature": self.temperature, "stream": True,
+        }
+        if schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "diagnosis", "schema": schema}}
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(f"{self.base_url}/chat/completions", json.dumps(body).encode(), headers)
+        with self._lock:
+            self.calls += 1
+            deadline = time.monotonic() + timeout_s if timeout_s else None
+            read_timeout = min(self.connect_timeout_s, timeout_s) if timeout_s else self.connect_timeout_s
+            try:
+                response = urllib.request.urlopen(request, timeout=max(read_timeout, 0.1))
+            except urllib.error.HTTPError as exc:
+                detail = exc.read(300).decode(errors="replace")
+                raise BackendError(f"{self.base_url} answered HTTP {exc.code}: {detail}") from None
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise ModelUnavailable(f"cannot reach {self.base_url}: {reason}") from None
+            pieces: list[str] = []
+            try:
+                with response:
+                    for raw in response:
+                        if deadline and time.monotonic() > deadline:
+                            raise ModelTimeout(f"generation stopped after {timeout_s:g} s", "".join(pieces))
+                        line = raw.decode("utf-8", errors="replace").strip()
+                        if not line.startswith("data:"):
+                            continue  # SSE comments, event names and keep-alives
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        try:
+                            chunk = json.loads(data)
+                        except json.JSONDecodeError:
+                            raise BackendError(f"{self.base_url} sent an unreadable stream chunk: {data[:80]!r}") from None
+                        if "error" in chunk:
+                            raise BackendError(f"{self.base_url}: {chunk['error']}")
+                        choices = chunk.get("choices") or [{}]
+                        piece = (choices[0].get("delta") or {}).get("content") or ""
+                        if piece:
+                            pieces.append(piece)
+                            if on_token:
+                                on_token(piece)
+            except TimeoutError:
+                raise ModelTimeout(f"{self.base_url} sent nothing for {read_timeout:g} s", "".join(pieces)) from None
+            return "".join(pieces)
+
+
+def backend_from_settings(model: str | None = None, openai_url: str | None = None, openai_model: str | None = None,
+                          n_threads: int | None = None, n_ctx: int | None = None,
+                          n_gpu_layers: int | None = None) -> LLMBackend | None:
+    """The backend chosen by arguments, else by FACTORY_COPILOT_* environment variables; None means runbook only."""
+    env = os.environ
+    openai_url = openai_url or env.get("FACTORY_COPILOT_OPENAI_URL")
+    if openai_url:
+        return OpenAIBackend(openai_url, model=openai_model or env.get("FACTORY_COPILOT_OPENAI_MODEL", "qwen2.5-1.5b-instruct"))
+    model = model or env.get("FACTORY_COPILOT_MODEL")
+    if not model:
+        return None
+    return LlamaCppBackend.shared(
+        model,
+        n_threads=n_threads or int(env.get("FACTORY_COPILOT_THREADS", "0")) or None,
+        n_ctx=n_ctx or int(env.get("FACTORY_COPILOT_CTX", "4096")),
+        n_gpu_layers=n_gpu_layers if n_gpu_layers is not None else int(env.get("FACTORY_COPILOT_GPU_LAYERS", "0")),
+    )

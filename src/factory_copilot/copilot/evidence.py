@@ -1,0 +1,369 @@
+"""The evidence pack: everything the copilot may say about one alarm, gathered before anyone explains it.
+
+The pack holds the alarm and its asset, the signals that stood out (current
+value, the mode's normal band from the line file, trend over the last minutes
+from ``SignalHistory``), the fault type the classifier named, the runbook
+passages retrieved for it, and similar past incidents with their fixes. Both
+the model and the deterministic explainer see only this pack, and every
+citation in a diagnosis is checked against it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Protocol
+
+from factory_copilot.catalogue import Fault, load_faults
+from factory_copilot.config import LineConfig, Signal
+from factory_copilot.copilot.runbooks import Passage, RunbookLibrary
+from factory_copilot.models import Alarm, Incident, Mode, Reading
+
+# a signal whose last FLAT_MIN_SAMPLES good values are identical is flat-lined (healthy sensors always show noise)
+FLAT_MIN_SAMPLES = 10
+# deviation (in half-bands from the band centre) below which a signal counts as normal: 1.0 is the band edge
+DEVIATION_NORMAL = 1.0
+
+
+@dataclass(slots=True)
+class Trend:
+    """How a signal moved over the window: slope per minute, range, and whether it flat-lined."""
+
+    n: int
+    window_s: float
+    first: float
+    last: float
+    minimum: float
+    maximum: float
+    slope_per_min: float
+    flat: bool
+
+
+class SignalHistory:
+    """A rolling window of recent good values per signal, filled with ``observe(reading)``."""
+
+    def __init__(self, window_s: float = 600.0, max_points: int = 1200):
+        self.window_s = window_s
+        self.max_points = max_points
+        self._points: dict[str, deque[tuple[float, float]]] = {}
+
+    def observe(self, reading: Reading) -> None:
+        if not reading.is_process_value:  # bad/uncertain values are marked at the source, never trended
+            return
+        points = self._points.get(reading.key)
+        if points is None:
+            points = self._points[reading.key] = deque(maxlen=self.max_points)
+        points.append((reading.ts, float(reading.value)))  # type: ignore[arg-type]
+        while points and points[0][0] < reading.ts - self.window_s:
+            points.popleft()
+
+    def observe_many(self, readings: Iterable[Reading]) -> None:
+        for r in readings:
+            self.observe(r)
+
+    def keys(self) -> list[str]:
+        return list(self._points)
+
+    def last(self, key: str) -> tuple[float, float] | None:
+        points = self._points.get(key)
+        return points[-1] if points else None
+
+    def trend(self, key: str, window_s: float | None = None) -> Trend | None:
+        points = self._points.get(key)
+        if not points:
+            return None
+        window_s = window_s or self.window_s
+        newest = points[-1][0]
+        pts = [p for p in points if p[0] >= newest - window_s]
+        ts = [p[0] for p in pts]
+        vs = [p[1] for p in pts]
+        n = len(pts)
+        slope = 0.0
+        if n >= 2:
+            mt, mv = sum(ts) / n, sum(vs) / n
+            var = sum((t - mt) ** 2 for t in ts)
+            if var > 0:
+                slope = sum((t - mt) * (v - mv) for t, v in zip(ts, vs)) / var * 60.0
+        tail = vs[-FLAT_MIN_SAMPLES:]
+        flat = len(tail) >= FLAT_MIN_SAMPLES and max(tail) - min(tail) == 0.0
+        return Trend(n, ts[-1] - ts[0], vs[0], vs[-1], min(vs), max(vs), slope, flat)
+
+
+@dataclass(slots=True)
+class SignalEvidence:
+    """One signal as evidence: where it is, where it should be, and where it is going."""
+
+    key: str
+    unit: str
+    value: float | None
+    normal: tuple[float, float]  # normal band for the alarm's operating mode
+    deviation: float  # signed distance from the band centre in half-bands: |d| > 1 is outside the band
+    contribution: float = 0.0  # share of the anomaly score (detector's, or from deviations when it gave none)
+    trend: Trend | None = None
+    description: str = ""
+
+    @property
+    def strength(self) -> float:
+        """How far out of band the signal is now, or (at 70 %) was at its extreme in the recent window."""
+        d = abs(self.deviation)
+        if self.trend:
+            d = max(d, 0.7 * abs(deviation(self.trend.minimum, self.normal)), 0.7 * abs(deviation(self.trend.maximum, self.normal)))
+        return d
+
+    @property
+    def direction(self) -> str:
+        if self.trend and self.trend.flat:
+            return "flat"
+        if self.deviation > DEVIATION_NORMAL:
+            return "high"
+        if self.deviation < -DEVIATION_NORMAL:
+            return "low"
+        return "in band"
+
+
+@dataclass(slots=True)
+class EvidencePack:
+    alarm_id: str
+    asset: str
+    asset_name: str
+    asset_kind: str
+    condition: str
+    priority: str
+    message: str
+    mode: Mode
+    raised_at: float
+    fault_type: str | None
+    fault_name: str | None
+    fault_probability: float
+    anomaly_kind: str | None
+    signals: list[SignalEvidence]
+    passages: list[Passage]
+    incidents: list[Incident] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+
+    def signal_keys(self) -> set[str]:
+        return {s.key for s in self.signals}
+
+    def signal(self, key: str) -> SignalEvidence | None:
+        return next((s for s in self.signals if s.key == key), None)
+
+    def passage_ids(self) -> set[str]:
+        return {p.id for p in self.passages}
+
+    def runbook_ids(self) -> set[str]:
+        return {p.runbook_id for p in self.passages}
+
+    def to_data(self, passage_chars: int = 420) -> dict:
+        """The pack as plain data for the prompt's data block: compact, numbers rounded, passages trimmed."""
+
+        def num(x: float | None) -> float | None:
+            return None if x is None or not math.isfinite(x) else float(f"{x:.4g}")
+
+        return {
+            "alarm": {
+                "id": self.alarm_id,
+                "asset": self.asset,
+                "asset_name": self.asset_name,
+                "asset_kind": self.asset_kind,
+                "condition": self.condition,
+                "priority": self.priority,
+                "message": self.message,
+                "mode": self.mode.value,
+            },
+            "classifier": {"fault_type": self.fault_type, "fault_name": self.fault_name,
+                           "probability": num(self.fault_probability)},
+            "signals": [
+                {
+                    "key": s.key,
+                    "value": num(s.value),
+                    "unit": s.unit,
+                    "normal": [num(s.normal[0]), num(s.normal[1])],
+                    "state": s.direction,
+                    "share": num(s.contribution),
+                    **({"slope_per_min": num(s.trend.slope_per_min), "min": num(s.trend.minimum),
+                        "max": num(s.trend.maximum)} if s.trend else {}),
+                }
+                for s in self.signals
+            ],
+            "runbook": [{"id": p.id, "text": _trim(p.text, passage_chars)} for p in self.passages],
+            "past_incidents": [
+                {"fault_type": i.fault_type, "verdict": i.verdict, "actual_cause": i.actual_cause, "fix": i.fix}
+                for i in self.incidents
+            ],
+        }
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mode"] = self.mode.value
+        return d
+
+
+def _trim(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1].rsplit(" ", 1)[0] + "…"
+
+
+class IncidentMemory(Protocol):
+    """Past alarms with the operators' verdicts; the store implements it over SQLite."""
+
+    def similar(self, asset: str, fault_type: str | None, signals: list[str]) -> list[Incident]: ...
+
+
+class InMemoryIncidents:
+    """IncidentMemory kept in a list: for tests and for a copilot without a store."""
+
+    def __init__(self, incidents: Iterable[Incident] = (), limit: int = 3):
+        self.incidents = list(incidents)
+        self.limit = limit
+
+    def add(self, incident: Incident) -> None:
+        self.incidents.append(incident)
+
+    def similar(self, asset: str, fault_type: str | None, signals: list[str]) -> list[Incident]:
+        wanted = set(signals)
+        scored = []
+        for inc in self.incidents:
+            overlap = len(wanted & set(inc.signals)) / max(1, len(wanted | set(inc.signals)))
+            score = (inc.asset == asset) * 1.0 + (fault_type is not None and inc.fault_type == fault_type) * 2.0 + overlap
+            if score >= 1.0:  # same asset at least; an incident elsewhere on the line says nothing about this one
+                scored.append((score, inc))
+        scored.sort(key=lambda si: (-si[0], -si[1].ts))
+        out = []
+        for score, inc in scored[: self.limit]:
+            copy = Incident(**{**inc.to_dict(), "similarity": round(score / 4.0, 3)})
+            out.append(copy)
+        return out
+
+
+def deviation(value: float, band: tuple[float, float]) -> float:
+    """Signed distance from the band centre in half-band widths (0 centre, ±1 band edge)."""
+    lo, hi = band
+    half = (hi - lo) / 2.0
+    # a degenerate band (idle speed 0..0) gets a floor so a tiny value is not "infinitely" out
+    half = max(half, 0.01 * max(abs(lo), abs(hi), 1.0))
+    return (value - (lo + hi) / 2.0) / half
+
+
+def band_contributions(deviations: dict[str, float], flats: set[str] = frozenset()) -> dict[str, float]:
+    """Contribution shares from how far each signal is outside its band (used when the detector gave none)."""
+    excess = {k: max(0.0, abs(d) - DEVIATION_NORMAL * 0.8) for k, d in deviations.items()}
+    for k in flats:
+        excess[k] = max(excess.get(k, 0.0), 1.0)  # a flat-lined signal is evidence even inside its band
+    total = sum(excess.values())
+    if total <= 0:
+        return {}
+    return dict(sorted(((k, e / total) for k, e in excess.items() if e > 0), key=lambda kv: -kv[1]))
+
+
+def _can_flatline(key: str, value: float, spec: Signal, line: LineConfig) -> bool:
+    """A constant value is suspicious only for a measurement: not for the mode, a setpoint, or a value pinned at its range end."""
+    if line.mode_signal and key == f"{line.mode_signal.asset}.{line.mode_signal.signal}":
+        return False
+    if key.rsplit(".", 1)[-1].endswith("setpoint"):
+        return False
+    if spec.physical and value in spec.physical:  # saturated (duty at 100 %, speed at 0) is not a stuck sensor
+        return False
+    return True
+
+
+def build_evidence(
+    alarm: Alarm,
+    line: LineConfig,
+    history: SignalHistory,
+    library: RunbookLibrary,
+    memory: IncidentMemory | None = None,
+    faults: dict[str, Fault] | None = None,
+    max_signals: int = 8,
+    max_passages: int = 4,
+) -> EvidencePack:
+    """Gather the evidence for one alarm from the line file, the recent history, the runbooks and past incidents."""
+    faults = faults if faults is not None else load_faults()
+    anomaly = alarm.anomaly
+    mode = anomaly.mode if anomaly else Mode.RUNNING
+    try:
+        asset = line.asset(alarm.asset)
+        asset_name, asset_kind = asset.name, asset.kind
+    except KeyError:
+        asset_name, asset_kind = alarm.asset, ""
+
+    # every signal with a recent value: its deviation from the mode's band, and its trend
+    all_signals: dict[str, SignalEvidence] = {}
+    for key in line.signal_keys():
+        last = history.last(key)
+        if last is None:
+            continue
+        spec = line.signal(key)
+        band = spec.normal_for(mode)
+        trend = history.trend(key)
+        if trend and trend.flat and not _can_flatline(key, last[1], spec, line):
+            trend.flat = False
+        all_signals[key] = SignalEvidence(
+            key=key, unit=spec.unit, value=last[1], normal=band, deviation=deviation(last[1], band),
+            trend=trend, description=spec.description,
+        )
+    contributions = dict(anomaly.contributions) if anomaly and anomaly.contributions else band_contributions(
+        {k: s.strength for k, s in all_signals.items()},
+        {k for k, s in all_signals.items() if s.trend and s.trend.flat},
+    )
+    for key, share in contributions.items():
+        if key in all_signals:
+            all_signals[key].contribution = share
+
+    # which signals go in the pack: the alarm's own signal, the largest contributors, flat-lined ones,
+    # and the key signals of the named fault, in that order of importance
+    chosen: list[str] = []
+    if anomaly and anomaly.signal:
+        chosen.append(anomaly.signal if "." in anomaly.signal else f"{alarm.asset}.{anomaly.signal}")
+    chosen += [k for k in sorted(contributions, key=lambda k: -contributions[k])][: max_signals - 2]
+    chosen += [k for k, s in all_signals.items() if s.trend and s.trend.flat]
+    fault = faults.get(anomaly.fault_type) if anomaly and anomaly.fault_type else None
+    if fault:
+        chosen += fault.signals
+    signals: list[SignalEvidence] = []
+    for key in dict.fromkeys(chosen):
+        if key in all_signals and len(signals) < max_signals:
+            signals.append(all_signals[key])
+        elif key not in all_signals and len(signals) < max_signals:
+            try:
+                spec = line.signal(key)
+            except KeyError:
+                continue  # a detector naming a signal the line does not have: nothing to show for it
+            signals.append(SignalEvidence(key, spec.unit, None, spec.normal_for(mode), 0.0,
+                                          contributions.get(key, 0.0), None, spec.description))
+
+    # runbook passages: the named fault's own checks and actions first, then what TF-IDF finds for the symptoms
+    passages: list[Passage] = []
+    primary = library.for_fault(anomaly.fault_type if anomaly else None)
+    if primary:
+        passages += [p for a in ("checks", "actions", "safety") if (p := primary.passage(a))]
+    words = []
+    for s in signals[:5]:
+        words.append(f"{s.key} {s.key.split('.')[-1].replace('_', ' ')} {s.direction}")
+    query = " ".join([alarm.asset, asset_name, fault.name if fault else "", alarm.message, *words])
+    for p, _score in library.search(query, k=max_passages * 2):
+        if len(passages) >= max_passages:
+            break
+        if p not in passages and p.anchor not in ("parts",):
+            passages.append(p)
+
+    incidents = memory.similar(alarm.asset, anomaly.fault_type if anomaly else None, [s.key for s in signals]) if memory else []
+    return EvidencePack(
+        alarm_id=alarm.alarm_id,
+        asset=alarm.asset,
+        asset_name=asset_name,
+        asset_kind=asset_kind,
+        condition=alarm.condition,
+        priority=alarm.priority.name.lower(),
+        message=alarm.message,
+        mode=mode,
+        raised_at=alarm.raised_at,
+        fault_type=anomaly.fault_type if anomaly else None,
+        fault_name=fault.name if fault else None,
+        fault_probability=anomaly.fault_probability if anomaly else 0.0,
+        anomaly_kind=anomaly.kind if anomaly else None,
+        signals=signals,
+        passages=passages,
+        incidents=incidents,
+    )
