@@ -1,0 +1,234 @@
+"""The operator dashboard: its charts and live feed alone, then the whole page under Streamlit's AppTest
+against a seeded store and a real broker (commands out, replies and feedback back in)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+import uuid
+
+import paho.mqtt.client as paho
+import pytest
+import streamlit as st
+from paho.mqtt.enums import CallbackAPIVersion
+from streamlit.testing.v1 import AppTest
+
+from dashboards import charts, sample
+from dashboards.live import LiveFeed
+from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, MqttConnection, load_line
+from factory_copilot.models import Alarm, AlarmState, Anomaly, Mode, Priority, Reading
+from factory_copilot.publish.topics import Topics
+from factory_copilot.store import Store
+
+LINE = load_line(SIMULATED_LINE)
+TOPICS = Topics(LINE.site, LINE.line)
+T0 = 1_700_000_000.0
+
+
+class Listener:
+    """A plain paho client on the test's side of the broker: records what the dashboard publishes."""
+
+    def __init__(self, broker, topic: str):
+        self.messages: queue.Queue = queue.Queue()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:6]}")
+        subscribed = queue.Queue()
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: subscribed.put(True)
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        subscribed.get(timeout=10)
+
+    def publish(self, topic: str, body, retain: bool = False) -> None:
+        payload = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def next(self, timeout: float = 10.0):
+        return self.messages.get(timeout=timeout)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def fresh_streamlit():
+    """AppTests in one process share st.cache_resource (and our cached MQTT feed): start and end clean."""
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+    for feed in list(LiveFeed.instances):
+        feed.stop()
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    path = tmp_path / "dash.db"
+    with Store(path) as store:
+        marks = sample.seed(store, LINE, now=time.time(), minutes=12)
+    return path, marks
+
+
+# ------------------------------------------------------------------------------------------- charts
+
+
+def test_normal_band_follows_the_line_mode(tmp_path):
+    with Store(tmp_path / "c.db") as store:
+        store.add_readings([Reading(T0 + k, "line", "mode", float(Mode.CHANGEOVER.code if k < 30 else Mode.RUNNING.code))
+                            for k in range(60)])
+        store.add_readings([Reading(T0 + k, "infeed_conveyor", "belt_speed", 0.5 if k < 30 else 1.3)
+                            for k in range(60)])
+        frame = charts.signal_frame(store, LINE, "infeed_conveyor", T0, T0 + 59, ["belt_speed"])
+    early, late = frame[frame["ts"] < T0 + 30], frame[frame["ts"] >= T0 + 30]
+    assert set(early["hi"]) == {0.6} and set(late["hi"]) == {1.15}  # changeover band, then running band
+    assert not early["out"].any() and late["out"].all()  # 1.3 m/s is only abnormal while running
+    assert len(charts.signal_charts(frame)) == 1
+
+
+def test_anomaly_windows_merge_close_anomalies():
+    def a(ts):
+        return Anomaly(ts=ts, asset="filler", kind="limit", score=2.0, threshold=1.0, signal="tank_level")
+
+    windows = charts.anomaly_windows([a(T0), a(T0 + 5), a(T0 + 10), a(T0 + 100)], gap_s=15)
+    assert list(zip(windows["start_ts"], windows["end_ts"])) == [(T0, T0 + 10), (T0 + 100, T0 + 102)]
+    assert windows["what"].iloc[0] == "tank_level limit"
+
+
+# ------------------------------------------------------------------------------------------- live feed
+
+
+def _alarm(alarm_id="A1", state=AlarmState.ACTIVE_UNACK, updated=T0):
+    return Alarm(alarm_id, "filler", "tank_level:limit", state, Priority.MEDIUM, "tank low", T0, updated)
+
+
+def test_live_feed_follows_retained_alarms_streams_and_replies(broker, fresh_streamlit):
+    feed = LiveFeed(MqttConnection(host=broker.host, port=broker.port), LINE.site, LINE.line).start()
+    side = Listener(broker, TOPICS.commands())
+    try:
+        assert feed.wait_for(lambda s: s.connected, 10)
+        side.publish(TOPICS.alarm("filler", "A/1"), {**_alarm("A/1").to_dict(), "schema": "alarm/1"}, retain=True)
+        side.publish(TOPICS.alarm("filler", "bad"), b"{not json")  # skipped; the rest keeps flowing
+        for seq, token in [(1, "world"), (0, "hello ")]:
+            side.publish(TOPICS.diagnosis_stream("filler", "A/1"),
+                         {"alarm_id": "A/1", "seq": seq, "token": token, "done": seq == 1})
+        assert feed.wait_for(lambda s: "A/1" in s.stream_done and "A/1" in s.alarms, 10)
+        snap = feed.snapshot()
+        assert snap.stream_text("A/1") == "hello world" and snap.rejected == 1
+        side.publish(TOPICS.alarm("filler", "A/1"), b"", retain=True)  # cleared
+        assert feed.wait_for(lambda s: "A/1" in s.cleared and "A/1" not in s.alarms, 10)
+
+        request_id = feed.command("shelve", "A/1", "maria", shelve_s=900)
+        topic, payload = side.next()
+        body = json.loads(payload)
+        assert topic == TOPICS.commands()
+        assert body == {**body, "schema": "command/1", "request_id": request_id, "command": "shelve",
+                        "alarm_id": "A/1", "actor": "maria", "shelve_s": 900}
+        side.publish(TOPICS.command_reply(request_id), {"request_id": request_id, "ok": True, "message": "shelved"})
+        assert feed.wait_for(lambda s: request_id in s.replies, 10)
+        with pytest.raises(ValueError, match="always expires"):
+            feed.command("shelve", "A/1", "maria")
+    finally:
+        side.stop()
+        feed.stop()
+
+
+# ------------------------------------------------------------------------------------------- the page
+
+
+def _app(monkeypatch, db, broker=None) -> AppTest:
+    monkeypatch.setenv("FACTORY_COPILOT_DB", str(db))
+    monkeypatch.setenv("FACTORY_COPILOT_LINE", str(SIMULATED_LINE))
+    if broker:
+        monkeypatch.setenv("FACTORY_COPILOT_MQTT_HOST", broker.host)
+        monkeypatch.setenv("FACTORY_COPILOT_MQTT_PORT", str(broker.port))
+    else:
+        monkeypatch.delenv("FACTORY_COPILOT_MQTT_HOST", raising=False)
+    return AppTest.from_file(str(REPO_ROOT / "dashboards" / "app.py"), default_timeout=60)
+
+
+def _texts(at) -> str:
+    return "\n".join(str(e.value) for e in [*at.markdown, *at.caption, *at.info, *at.success, *at.error,
+                                            *at.warning, *at.subheader])
+
+
+def test_page_renders_overview_alarms_and_diagnosis(seeded, monkeypatch, fresh_streamlit):
+    db, _ = seeded
+    at = _app(monkeypatch, db).run()
+    assert not at.exception, [e.value for e in at.exception]
+    tiles = [m.value for m in at.markdown if "border-left:8px" in m.value]
+    assert len(tiles) == len(LINE.assets)
+    # worst first: the critical heat-tunnel alarm, then the pump's high one, then the compressor's low one
+    assert ["Shrink heat tunnel" in tiles[0], "Product transfer pump" in tiles[1], "compressor" in tiles[2]] == [True] * 3
+    assert "CRITICAL ALARM" in tiles[0].upper() and charts.PRIORITY_COLOURS[Priority.CRITICAL] in tiles[0]
+    assert [s.value for s in at.subheader][:2] == ["Alarms (3)", "Diagnosis"]
+    acks = [b for b in at.button if b.key and b.key.startswith("ack:")]
+    assert [b.key for b in acks] == [f"ack:{sample.TUNNEL_ID}", f"ack:{sample.CAVITATION_ID}",
+                                     f"ack:{sample.COMPRESSOR_ID}"]
+    assert acks[0].disabled  # already acknowledged; and without a broker nothing can be sent
+    assert "No diagnosis yet" in _texts(at)
+
+    at.button(key=f"select:{sample.CAVITATION_ID}").click().run()
+    text = _texts(at)
+    assert "most likely cavitating" in text and "From the model (qwen2.5" in text
+    assert "Recommended steps" in text
+    assert at.get("progress")[0].proto.text == "1. Pump cavitation (starved suction) — 78%"
+    step_labels = [e.label for e in at.expander]
+    assert any("RB-PUMP-002#checks" in label for label in step_labels)
+    # the runbook passage of a step is rendered inside its expander
+    checks = next(e for e in at.expander if "RB-PUMP-002#checks" in e.label)
+    assert "suction_pressure" in "\n".join(m.value for m in checks.markdown)
+    assert at.selectbox(key="trend_asset").value == "product_pump"
+    assert len(at.get("vega_lite_chart")) >= len(LINE.asset("product_pump").signals)
+    history = at.dataframe[0].value
+    assert set(history["event"]) == {"raised", "acknowledged", "returned"}
+
+
+def test_feedback_lands_in_the_store(seeded, monkeypatch, fresh_streamlit):
+    db, _ = seeded
+    at = _app(monkeypatch, db).run()
+    at.button(key=f"select:{sample.CAVITATION_ID}").click().run()
+    at.radio(key="fb_verdict").set_value("other_cause")
+    at.selectbox(key="fb_cause").set_value("clogged_filter")
+    at.text_area(key="fb_fix").input("replaced the inlet filter element")
+    at.text_input(key="actor").input("maria")
+    at.button[[b.label for b in at.button].index("Save feedback")].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    with Store(db) as store:
+        [fb] = store.feedback(sample.CAVITATION_ID)
+        assert (fb.verdict, fb.actual_cause, fb.fix, fb.actor) == (
+            "other_cause", "clogged_filter", "replaced the inlet filter element", "maria")
+        [incident] = store.similar("product_pump", "pump_cavitation", ["product_pump.suction_pressure"])
+        assert incident.actual_cause == "clogged_filter"
+    assert "Feedback saved" in _texts(at)
+
+
+def test_acknowledge_publishes_a_command_and_shows_the_reply(seeded, monkeypatch, broker, fresh_streamlit):
+    db, _ = seeded
+    side = Listener(broker, TOPICS.commands())
+    try:
+        at = _app(monkeypatch, db, broker).run()
+        [feed] = LiveFeed.instances
+        assert feed.wait_for(lambda s: s.connected, 10)
+        at.text_input(key="actor").input("maria").run()
+        at.button(key=f"ack:{sample.CAVITATION_ID}").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        topic, payload = side.next()
+        body = json.loads(payload)
+        assert body["schema"] == "command/1" and body["command"] == "acknowledge"
+        assert (body["alarm_id"], body["actor"]) == (sample.CAVITATION_ID, "maria") and body["request_id"]
+        assert "acknowledge sent; waiting" in _texts(at)
+
+        # the alarm engine replies and publishes the new retained state
+        rid = body["request_id"]
+        side.publish(TOPICS.command_reply(rid), {"request_id": rid, "ok": True, "message": "acknowledged"})
+        with Store(db) as store:
+            acked = store.alarm(sample.CAVITATION_ID)
+        acked.state, acked.acked_by, acked.updated_at = AlarmState.ACTIVE_ACK, "maria", time.time()
+        side.publish(TOPICS.alarm("product_pump", sample.CAVITATION_ID), acked.to_dict(), retain=True)
+        assert feed.wait_for(lambda s: rid in s.replies and sample.CAVITATION_ID in s.alarms, 10)
+        at.run()
+        assert "acknowledge: acknowledged" in [s.value for s in at.success]
+        assert at.button(key=f"ack:{sample.CAVITATION_ID}").disabled  # the live state says acknowledged
+    finally:
+        side.stop()
