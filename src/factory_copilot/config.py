@@ -153,6 +153,30 @@ class ModeSignal(_Strict):
     signal: str = "mode"
 
 
+class CopilotSettings(_Strict):
+    """Which language model explains alarms; none configured means runbook-only diagnoses."""
+
+    model_path: str | None = None  # a GGUF file (see models/README.md)
+    openai_url: str | None = None  # or an OpenAI-compatible endpoint (llama-server, vLLM, Ollama)
+    openai_model: str | None = None
+    n_threads: int | None = None
+    n_ctx: int = 4096
+    n_gpu_layers: int = 0
+    timeout_s: float = Field(120.0, gt=0)
+    max_tokens: int = Field(600, gt=0)
+
+
+class ServiceSettings(_Strict):
+    """How ``factory-copilot run`` serves this line."""
+
+    source: Literal["opcua", "mqtt"] = "opcua"
+    state_dir: str = "var"  # SQLite files (store, alarms, outbox), PKI and the trained detector; relative to the line file
+    detector: str | None = None  # trained detector file; default <state_dir>/detector.joblib
+    alerts_prefix: str = "factory-copilot"
+    health_port: int | None = 8089  # GET /health on 127.0.0.1; None to disable
+    copilot: CopilotSettings = CopilotSettings()
+
+
 class LineConfig(_Strict):
     site: str
     line: str
@@ -161,6 +185,7 @@ class LineConfig(_Strict):
     mode_signal: ModeSignal | None = ModeSignal()
     opcua: OpcuaConnection | None = None
     mqtt: MqttConnection | None = None
+    service: ServiceSettings = ServiceSettings()
     assets: list[Asset]
 
     @model_validator(mode="after")
