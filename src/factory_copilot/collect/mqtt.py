@@ -6,7 +6,7 @@ subscribed as one wildcard. Each JSON payload is read with the signal's field
 mapping (MqttSource.field / timestamp_field / quality_field). A bad payload is
 counted per reason and logged with its topic (rate-limited); it never stops
 the collector. paho runs its network loop on its own thread, so readings cross
-to asyncio with ``Buffer.offer_threadsafe``; on every (re)connect we subscribe
+to asyncio in batches (one loop wake-up per batch, never blocking paho); on every (re)connect we subscribe
 again, since a clean session forgets subscriptions.
 """
 
@@ -203,6 +203,9 @@ class MqttCollector:
         self.last_reading_ts: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
+        self._pending: list[Reading] = []
+        self._pending_lock = threading.Lock()
+        self._drain_scheduled = False
         self._last_log: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
         self._down_since: float | None = None
@@ -339,8 +342,29 @@ class MqttCollector:
             self.readings_in += 1
             self.by_quality[reading.quality.value] += 1
             self.last_reading_ts = reading.ts
-        if self._loop is not None and not self._loop.is_closed():
-            self.buffer.offer_threadsafe(self._loop, reading)
+        self._hand_over(reading)
+
+    def _hand_over(self, reading: Reading) -> None:
+        """Queue for the event loop; one wake-up carries every reading that arrived since the last one.
+
+        (Buffer.offer_threadsafe per message costs a self-pipe write and a loop wake-up per message.)
+        """
+        with self._pending_lock:
+            self._pending.append(reading)
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._drain_pending)
+
+    def _drain_pending(self) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+            self._drain_scheduled = False
+        offer = self.buffer.offer
+        for reading in batch:
+            offer(reading)
 
     def _reject(self, reason: str, topic: str, detail: str) -> None:
         with self._lock:

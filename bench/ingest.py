@@ -1,0 +1,211 @@
+"""Ingest benchmark: readings per second through each collector into the stream, and the collector's CPU share.
+
+A generated line of 300 signals (30 assets x 10) updates at 10 Hz (3,000 readings/s
+offered). The OPC UA server / MQTT publisher runs in a separate process so its CPU
+is not counted; this process runs only the collector and a consumer draining its
+Buffer. CPU share = this process's CPU time / wall time over the measured window
+(100% = one core). Mosquitto is the broker when installed.
+
+    .venv/bin/python bench/ingest.py [--signals 300] [--hz 10] [--seconds 15]
+
+Last line: ``ingest: <N> readings/s opcua, <M> readings/s mqtt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: tests.support
+
+from factory_copilot.broker import free_port  # noqa: E402
+from factory_copilot.buffer import Buffer  # noqa: E402
+from factory_copilot.config import LineConfig, MqttConnection, OpcuaConnection, parse_line  # noqa: E402
+from factory_copilot.models import Reading  # noqa: E402
+
+
+def bench_line(n_signals: int, opcua_port: int, mqtt_port: int) -> LineConfig:
+    per_asset = 10
+    assets = []
+    for a in range(max(1, n_signals // per_asset)):
+        aid = f"asset{a:02d}"
+        signals = [
+            {
+                "name": f"s{s:02d}",
+                "unit": "bar",
+                "normal": [0, 100],
+                "source": {"opcua": f"ns=2;s={aid}.s{s:02d}", "mqtt": {"topic": f"bench/line/{aid}/s{s:02d}"}},
+            }
+            for s in range(per_asset)
+        ]
+        assets.append({"id": aid, "name": aid, "signals": signals})
+    return parse_line(
+        {
+            "site": "bench",
+            "line": "line",
+            "mode_signal": None,
+            "opcua": {"endpoint": f"opc.tcp://127.0.0.1:{opcua_port}/bench/", "publishing_interval_ms": 100, "queue_size": 20},
+            "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "protocol": "5"},
+            "assets": assets,
+        },
+        "bench-line",
+    )
+
+
+# -- the source side, in its own process ---------------------------------------------------
+
+
+def _source(kind: str, line_json: dict, hz: float, seconds: float, ready, go, result, part: tuple[int, int] = (0, 1)) -> None:
+    import logging
+
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
+    asyncio.run(_source_main(kind, LineConfig.model_validate(line_json), hz, seconds, ready, go, result, part))
+
+
+async def _source_main(kind: str, line: LineConfig, hz: float, seconds: float, ready, go, result, part) -> None:
+    from simulators.mqtt_publisher import ReadingPublisher
+    from simulators.opcua_server import LineServer
+
+    index, parts = part
+    keys = line.signal_keys(include_mode=True)[index::parts]
+    if kind == "opcua":
+        sink = await LineServer(line, line.opcua.endpoint).start()
+        send = sink.write
+    else:
+        sink = await ReadingPublisher(line, line.mqtt, qos=1).start(wait_s=10)
+
+        async def send(readings):
+            sink.publish(readings)
+
+    ready.set()
+    await asyncio.to_thread(go.wait)
+    sent, t0 = 0, time.monotonic()
+    next_due = t0
+    i = 0
+    while time.monotonic() - t0 < seconds:
+        ts = time.time()
+        await send([Reading(ts, k.split(".")[0], k.split(".")[1], float(i % 100)) for k in keys])
+        sent += len(keys)
+        i += 1
+        next_due += 1.0 / hz
+        await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+    feed_s = time.monotonic() - t0
+    if kind == "mqtt":
+        # paho queues what it cannot send yet: let it flush before disconnecting, or the queue is lost
+        while sink.client is not None and sink.client._out_messages and time.monotonic() - t0 < seconds + 60:
+            await asyncio.sleep(0.05)
+    result.put((sent, feed_s))
+    await asyncio.sleep(1.0)
+    await sink.stop()
+
+
+# -- the collector side, measured ---------------------------------------------------------
+
+
+async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts: int = 1) -> dict:
+    from factory_copilot.collect.mqtt import MqttCollector
+    from factory_copilot.collect.opcua import OpcuaCollector
+
+    ctx = mp.get_context("spawn")
+    go, result = ctx.Event(), ctx.Queue()
+    procs, readies = [], []
+    for i in range(parts):
+        ready = ctx.Event()
+        proc = ctx.Process(
+            target=_source, args=(kind, line.model_dump(mode="json"), hz, seconds, ready, go, result, (i, parts)), daemon=True
+        )
+        proc.start()
+        procs.append(proc)
+        readies.append(ready)
+    for ready in readies:
+        if not await asyncio.to_thread(ready.wait, 60):
+            raise RuntimeError(f"{kind} source did not start")
+    buffer: Buffer[Reading] = Buffer(100_000, name=f"bench-{kind}")
+    collector = OpcuaCollector(line, buffer) if kind == "opcua" else MqttCollector(line, buffer, line.mqtt)
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    await asyncio.wait_for(collector.connected.wait(), 30)
+    await asyncio.sleep(0.5)
+    while buffer.qsize():  # initial values are not part of the measurement
+        buffer.get_nowait()
+    received = 0
+    baseline_in = collector.readings_in
+    cpu0, wall0 = os.times(), time.monotonic()
+    go.set()
+    reported: list[tuple[int, float]] = []
+    sent, feed_s = None, 0.0
+    last_rx = wall0
+    while True:
+        try:
+            await asyncio.wait_for(buffer.get(), 0.5)
+            received += 1
+            last_rx = time.monotonic()
+            while buffer.qsize():
+                buffer.get_nowait()
+                received += 1
+        except asyncio.TimeoutError:
+            pass
+        while not result.empty():
+            reported.append(result.get())
+        if sent is None and len(reported) == parts:
+            sent, feed_s = sum(n for n, _ in reported), max(s for _, s in reported)
+        if sent is not None and (received >= sent or time.monotonic() - last_rx > 5.0):
+            break
+    cpu1, wall1 = os.times(), time.monotonic()
+    stop.set()
+    await task
+    for proc in procs:
+        proc.join(10)
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    wall = wall1 - wall0
+    return {
+        "source": kind,
+        "sent": sent,
+        "received": received,
+        "lost": sent - received,
+        "offered_per_s": sent / feed_s,
+        "readings_per_s": received / (last_rx - wall0),
+        "collector_cpu_share": cpu / wall,
+        "cpu_us_per_reading": 1e6 * cpu / max(received, 1),
+        "collector_in": collector.readings_in - baseline_in,
+        "buffer_dropped": buffer.dropped,
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--signals", type=int, default=300)
+    ap.add_argument("--hz", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--mqtt-publishers", type=int, default=2, help="publisher processes (one paho client tops out below 3,000 msg/s)")
+    args = ap.parse_args()
+
+    from tests.support.brokers import start_broker
+
+    broker = start_broker()
+    try:
+        line = bench_line(args.signals, free_port(), broker.port)
+        if broker.protocol != "5":
+            line = line.model_copy(update={"mqtt": line.mqtt.model_copy(update={"protocol": broker.protocol})})
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine skews these figures)")
+        print(f"{len(line.signal_keys())} signals at {args.hz:g} Hz = {len(line.signal_keys()) * args.hz:,.0f} readings/s offered, {args.seconds:g} s per source; broker {broker.kind}")
+        results = {}
+        for kind in ("opcua", "mqtt"):
+            r = await measure(kind, line, args.hz, args.seconds, 1 if kind == "opcua" else args.mqtt_publishers)
+            results[kind] = r
+            print(
+                f"{kind:6s} sent {r['sent']:>7,} ({r['offered_per_s']:,.0f}/s) received {r['received']:>7,} lost {r['lost']:>5,}  "
+                f"{r['readings_per_s']:>7,.0f} readings/s  collector CPU {r['collector_cpu_share']:.1%} of one core ({r['cpu_us_per_reading']:.0f} us/reading)"
+            )
+    finally:
+        broker.stop()
+    print(f"ingest: {results['opcua']['readings_per_s']:.0f} readings/s opcua, {results['mqtt']['readings_per_s']:.0f} readings/s mqtt")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
