@@ -106,13 +106,13 @@ class Conveyor:
         rpm = cmd * (1.0 - self.MOTOR_SLIP * torque)
         slip_frac = 0.0
         if slip > 0.0 and on:
-            # two-state slip episodes: enter with p ~ 3%/s at full severity, last ~15 s
+            # two-state slip episodes: enter with p ~ 5%/s at full severity, last ~15 s
             if self.slipping:
                 self.slipping = z_event < 1.5  # leave with p ~ 7%/s
             else:
-                self.slipping = z_event > _upper_quantile(0.03 * slip * self.dt)
+                self.slipping = z_event > _upper_quantile(0.05 * slip * self.dt)
                 self.slip_events += self.slipping
-            slip_frac = slip * (0.02 + (0.15 + 0.04 * abs(z_slip)) * self.slipping)
+            slip_frac = slip * (0.03 + (0.2 + 0.05 * abs(z_slip)) * self.slipping)
         else:
             self.slipping = False
         belt = rpm * self.BELT_PER_RPM * (1.0 - slip_frac)

@@ -108,7 +108,8 @@ class Plant:
         filler_air = self.filler.step(v, infeed, inflow, t, z[6], out)
         meas_mean = 0.5 * (meas["heat_tunnel.zone1_temperature"] + meas["heat_tunnel.zone2_temperature"])
         self.tunnel.step(self.program.tunnel_sp, t.fan_rpm, v, meas_mean, ambient, g("heater_degradation", 0.0), out)
-        leak = 45.0 * g("air_leak", 0.0)
+        # a leak is an orifice: it blows harder the higher the pressure behind it
+        leak = 50.0 * g("air_leak", 0.0) * self.compressor.receiver / 6.8
         header = self.compressor.step(self.air_base.step(z[7]) + filler_air + leak, ambient, out)
         self.filler.valve_air(header, out)
 
