@@ -155,6 +155,7 @@ class SimulatedLine:
         self._out: dict[str, float] = {}
         self._values: list[float] = []
         self._stuck: dict[int, float] = {}  # scenario id -> frozen reading
+        self._segment_index, self._product = -1, 0
         self.mode = self.schedule.mode_at(0.0)
         # controllers read the previous step's measurements; start from the warm-standby state
         self._meas: dict[str, float] = {
@@ -162,6 +163,7 @@ class SimulatedLine:
             "heat_tunnel.zone1_temperature": self._plant.tunnel.t1,
             "heat_tunnel.zone2_temperature": self._plant.tunnel.t2,
         }
+        self._meas_index = [(k, PLANT_KEYS.index(k)) for k in self._meas]
         for s in scenarios:
             self._add(s)
 
@@ -209,20 +211,14 @@ class SimulatedLine:
                     faults[s.fault_type] = faults.get(s.fault_type, 0.0) + s.level(t)
         z = self._noise.row()
         out = self._out
-        self._plant.step(mode.code, seg, t - seg.start_s, self.schedule.product_at(seg.index), faults,
+        if seg.index != self._segment_index:
+            self._segment_index, self._product = seg.index, self.schedule.product_at(seg.index)
+        self._plant.step(mode.code, seg, t - seg.start_s, self._product, faults,
                          self._meas, z, out)
-        values = []
-        lo, hi, sd = self._lo, self._hi, self._noise_sd
-        for i, key in enumerate(PLANT_KEYS):
-            v = out[key]
-            a, r = sd[i]
-            if a or r:
-                v += (a + r * abs(v)) * z[_N_PROCESS_DRAWS + i]
-            if v < lo[i]:
-                v = lo[i]
-            elif v > hi[i]:
-                v = hi[i]
-            values.append(v)
+        true = map(out.__getitem__, PLANT_KEYS)
+        noisy = [v + (a + r * abs(v)) * n for v, (a, r), n in zip(true, self._noise_sd, z[_N_PROCESS_DRAWS:])]
+        # a sensor reads only within its physical range
+        values = [lo if v < lo else hi if v > hi else v for v, lo, hi in zip(noisy, self._lo, self._hi)]
         for s in sensor:
             i = PLANT_KEYS.index(s.signal)
             if s.fault_type == "stuck_sensor":
@@ -232,8 +228,8 @@ class SimulatedLine:
             else:
                 values[i] += s.level(t) * DRIFT_BAND_WIDTHS * self._band_width[s.signal]
         meas = self._meas
-        for key in meas:
-            meas[key] = values[PLANT_KEYS.index(key)]
+        for key, i in self._meas_index:
+            meas[key] = values[i]
         self.t = t
         self.mode = mode
         self._values = values

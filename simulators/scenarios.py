@@ -20,8 +20,8 @@ from factory_copilot.models import Mode
 # Time (s) for a fault to grow from onset to its full severity; faults grow, they don't step.
 DEFAULT_RAMP_S: dict[str, float] = {
     "bearing_wear": 720.0,
-    "pump_cavitation": 300.0,
-    "clogged_filter": 720.0,
+    "pump_cavitation": 480.0,
+    "clogged_filter": 900.0,
     "belt_slip": 360.0,
     "heater_degradation": 600.0,
     "motor_overload": 480.0,
@@ -34,6 +34,8 @@ SENSOR_FAULTS = frozenset({"sensor_drift", "stuck_sensor"})
 # Bearing damage feeds on itself (spalls roughen the race, which spalls faster): exponential growth.
 _EXPONENTIAL = frozenset({"bearing_wear"})
 _EXP_RATE = 3.0
+# A filter cake builds on itself: the resistance grows slowly, then faster.
+_ACCELERATING = frozenset({"clogged_filter"})
 
 
 @dataclass
@@ -92,6 +94,8 @@ class FaultScenario:
         u = min((t_s - self.start_s) / self.ramp_s, 1.0)
         if self.fault_type in _EXPONENTIAL:
             return self.severity * (math.exp(_EXP_RATE * u) - 1.0) / (math.exp(_EXP_RATE) - 1.0)
+        if self.fault_type in _ACCELERATING:
+            return self.severity * u * u
         return self.severity * u
 
     def shifted(self, by_s: float) -> "FaultScenario":
