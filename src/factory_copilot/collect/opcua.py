@@ -211,20 +211,22 @@ class OpcuaCollector:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Connect (retrying while the server is unreachable), subscribe, and stream until ``stop`` is set."""
         stop = stop or asyncio.Event()
-        await self._first_connect(stop)
-        if stop.is_set():
-            return
-        assert self.client is not None
-        try:
-            sub = await self._subscribe(self.client)
-            self.connected.set()
-            self._tasks = [
-                asyncio.create_task(self._pump(sub), name="opcua-pump"),
-                asyncio.create_task(self._watch_connection(self.client), name="opcua-watch"),
-            ]
-            await stop.wait()
-        finally:
-            await self.close()
+        # asyncua logs each failed publish and reconnect attempt with a stack trace; the watcher says it in one line
+        with quiet_asyncua():
+            await self._first_connect(stop)
+            if stop.is_set():
+                return
+            assert self.client is not None
+            try:
+                sub = await self._subscribe(self.client)
+                self.connected.set()
+                self._tasks = [
+                    asyncio.create_task(self._pump(sub), name="opcua-pump"),
+                    asyncio.create_task(self._watch_connection(self.client), name="opcua-watch"),
+                ]
+                await stop.wait()
+            finally:
+                await self.close()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -273,7 +275,6 @@ class OpcuaCollector:
                     self._lost_at = time.monotonic()
                     self.outages += 1
                     self.connected.clear()
-                    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
                     log.warning("OPC UA connection to %s lost; reconnecting with back-off", self.conn.endpoint)
                 elif state is UaClientState.CONNECTED and self._lost_at is not None:
                     gap = time.monotonic() - self._lost_at
