@@ -179,7 +179,7 @@ class Publisher:
         for task in list(self._tasks):
             task.cancel()
         if self.client:
-            if self.online.is_set():
+            if self.client.is_connected():
                 bye = payloads.status("offline", self.site, self.line, self.started_at, self.client_id)
                 info = self.client.publish(
                     self.topics.status(), payloads.encode(bye), qos=1, retain=True, properties=self._props(payloads.STATUS)
