@@ -222,7 +222,7 @@ class Filler:
         self.fill_rate = 0.0
         self.g_rate = lag_gain(dt_s, 1.0)
         self.g_nozzle = lag_gain(dt_s, 3.0)
-        self.g_reject = lag_gain(dt_s, 60.0)
+        self.g_reject = lag_gain(dt_s, 30.0)  # rolling count over the last ~100 bottles
         self.nozzle = 0.05
         self.reject = 0.0
         self.product_temp = Wander(21.0, 0.7, 1800.0, dt_s)
@@ -340,23 +340,27 @@ class AirCompressor:
         self.current = 17.0
         self.vib = 1.5
         self.temp = ambient + 47.0
-        self.g_duty = lag_gain(dt_s, 120.0)
-        self.g_motor = lag_gain(dt_s, 2.0)
-        self.g_temp = lag_gain(dt_s, 150.0)
+        self._substeps = max(1, math.ceil(dt_s - 1e-9))
+        self._h = h = dt_s / self._substeps
+        self.g_duty = lag_gain(h, 120.0)
+        self.g_motor = lag_gain(h, 2.0)
+        self.g_temp = lag_gain(h, 150.0)
 
     def step(self, demand_nm3h: float, ambient: float, out: dict[str, float]) -> float:
-        supply = self.FAD_NM3H if self.loaded else 0.0
-        self.receiver += (supply - demand_nm3h) / 3600.0 / self.RECEIVER_NM3_PER_BAR * self.dt
-        self.receiver = max(self.receiver, 0.0)
-        if self.receiver <= self.CUT_IN:
-            self.loaded = True
-        elif self.receiver >= self.CUT_OUT:
-            self.loaded = False
-        self.load_avg += self.g_duty * (self.loaded - self.load_avg)
-        loaded_amps = 38.0 + 4.0 * (self.receiver - 6.5)
-        self.current += self.g_motor * ((loaded_amps if self.loaded else 17.0) - self.current)
-        self.vib += self.g_motor * ((2.1 if self.loaded else 1.5) - self.vib)
-        self.temp += self.g_temp * (ambient + (63.0 if self.loaded else 45.0) - self.temp)
+        # load/unload cycles last ~a minute: sub-step long simulation steps so the pressure switch stays exact
+        for _ in range(self._substeps):
+            supply = self.FAD_NM3H if self.loaded else 0.0
+            self.receiver += (supply - demand_nm3h) / 3600.0 / self.RECEIVER_NM3_PER_BAR * self._h
+            self.receiver = max(self.receiver, 0.0)
+            if self.receiver <= self.CUT_IN:
+                self.loaded = True
+            elif self.receiver >= self.CUT_OUT:
+                self.loaded = False
+            self.load_avg += self.g_duty * (self.loaded - self.load_avg)
+            loaded_amps = 38.0 + 4.0 * (self.receiver - 6.5)
+            self.current += self.g_motor * ((loaded_amps if self.loaded else 17.0) - self.current)
+            self.vib += self.g_motor * ((2.1 if self.loaded else 1.5) - self.vib)
+            self.temp += self.g_temp * (ambient + (63.0 if self.loaded else 45.0) - self.temp)
         r = demand_nm3h / self.NOMINAL_FLOW
         header = self.receiver - 0.2 * r * r
         out["air_compressor.header_pressure"] = header
