@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from factory_copilot.models import Mode
 
@@ -85,6 +86,7 @@ class Conveyor:
 
     RATED_RPM = 1430.0
     BELT_PER_RPM = 1.03 / RATED_RPM  # m/s; the belt runs 3% faster than the packs need
+    PACKS_PER_METRE = 2.0  # at nominal pitch: 1 m/s carries 120 packs/min
     MOTOR_SLIP = 0.02  # per unit torque
     TAU_THERMAL = 600.0
 
@@ -116,7 +118,7 @@ class Conveyor:
         else:
             self.slipping = False
         belt = rpm * self.BELT_PER_RPM * (1.0 - slip_frac)
-        capacity = belt * NOMINAL_SPEED / 1.0  # packs/min the belt can carry at this speed
+        capacity = belt * 60.0 * self.PACKS_PER_METRE  # packs/min the belt can carry at this speed
         self.throughput = min(line_speed * supply, capacity) if on else 0.0
         # a slipping pulley transmits less torque: the motor unloads slightly
         torque *= 1.0 - 0.8 * slip_frac
@@ -381,7 +383,5 @@ def _upper_quantile(p: float) -> float:
     key = round(p, 6)
     z = _QUANTILE_CACHE.get(key)
     if z is None:
-        from statistics import NormalDist
-
         z = _QUANTILE_CACHE[key] = NormalDist().inv_cdf(1.0 - key)
     return z

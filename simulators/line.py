@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from factory_copilot.config import LineConfig
-from factory_copilot.models import Mode, Quality, Reading
+from factory_copilot.models import Quality, Reading
 
 from simulators.assets import AirCompressor, Conveyor, Filler, HeatTunnel, LineProgram, ProductPump
 from simulators.noise import NormalRows, Wander
-from simulators.scenarios import FaultScenario, ModeSchedule
+from simulators.scenarios import FaultScenario, ModeSchedule, Segment
 
 # Sensor noise per signal: (absolute sd, sd relative to the value). Relative noise vanishes at
 # standstill, as it does for encoders, flow meters and checkweighers.
@@ -91,7 +91,7 @@ class Plant:
             speed = self._product_speed[product] = float(np.random.default_rng([self.seed, 7, product]).integers(115, 126))
         return speed
 
-    def step(self, mode_code: int, seg: Any, elapsed: float, product: int, faults: dict[str, float],
+    def step(self, mode_code: int, seg: Segment, elapsed: float, product: int, faults: dict[str, float],
              meas: dict[str, float], z: list[float], out: dict[str, float]) -> None:
         ambient = self.ambient.step(z[0])
         t = self.program.step(seg, elapsed, self.product_speed(product))
@@ -226,7 +226,8 @@ class SimulatedLine:
                 frozen = self._stuck.setdefault(id(s), self._values[i] if self._values else values[i])
                 values[i] = frozen
             else:
-                values[i] += s.level(t) * DRIFT_BAND_WIDTHS * self._band_width[s.signal]
+                drifted = values[i] + s.level(t) * DRIFT_BAND_WIDTHS * self._band_width[s.signal]
+                values[i] = min(max(drifted, self._lo[i]), self._hi[i])
         meas = self._meas
         for key, i in self._meas_index:
             meas[key] = values[i]
