@@ -93,6 +93,7 @@ class Publisher:
         self._watch_protocol_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._inflight: dict[int, Message] = {}
+        self._acked_ids: list[int] = []  # acknowledged, to be deleted from the outbox by the sender
         self._birth_mid: int | None = None
         self._queued: dict[int, collections.deque[Message]] = {ALARM_LANE: collections.deque(), DIAGNOSIS_LANE: collections.deque()}
         self._loaded = {ALARM_LANE: 0, DIAGNOSIS_LANE: 0}  # highest outbox id read into _queued, per lane
@@ -104,6 +105,7 @@ class Publisher:
         self._answer_seq: dict[str, int] = {}
         self._routes: collections.OrderedDict[str, tuple[str, bytes | None]] = collections.OrderedDict()
         self._tasks: set[asyncio.Task] = set()
+        self._closed = False
         self._update_idle()
 
     @classmethod
@@ -152,7 +154,10 @@ class Publisher:
                 return
             except asyncio.TimeoutError:
                 pass
-            if await asyncio.to_thread(speaks_mqtt5, self.connection) is False:
+            speaks = await asyncio.to_thread(speaks_mqtt5, self.connection)
+            if speaks is True:
+                return  # the broker speaks MQTT 5: whatever keeps us offline, it is not the protocol
+            if speaks is False:
                 log.warning(
                     "MQTT broker %s:%d does not speak MQTT 5; publishing with MQTT 3.1.1 (no message properties)",
                     self.connection.host, self.connection.port,
@@ -192,6 +197,8 @@ class Publisher:
             self.client.loop_stop()
             self.client = None
         self.online.clear()
+        self._closed = True
+        self._forget_acked()
         self.outbox.close()
 
     async def __aenter__(self) -> "Publisher":
@@ -360,14 +367,21 @@ class Publisher:
             await self._wake.wait()
             self._wake.clear()
             try:
+                self._forget_acked()
                 self._fill()
             except Exception:  # the sender must outlive any one bad message
                 log.exception("publish sender failed; retrying on the next message")
             self._update_idle()
 
-    def _next(self) -> Message | None:
-        """The most urgent message not yet handed to the client."""
-        for source in (ALARM_LANE, "replies", DIAGNOSIS_LANE, "stream"):
+    def _forget_acked(self) -> None:
+        """Delete acknowledged alerts from the outbox, many in one transaction."""
+        if self._acked_ids:
+            ids, self._acked_ids = self._acked_ids, []
+            self.outbox.done(ids)
+
+    def _next(self, urgent_only: bool) -> Message | None:
+        """The most urgent message not yet handed to the client (only alarms and replies when ``urgent_only``)."""
+        for source in (ALARM_LANE, "replies") if urgent_only else (ALARM_LANE, "replies", DIAGNOSIS_LANE, "stream"):
             if source == "replies":
                 if self._replies:
                     return self._replies.popleft()
@@ -390,7 +404,8 @@ class Publisher:
 
     def _fill(self) -> None:
         while self.online.is_set() and self.client and len(self._inflight) < self.window:
-            message = self._next()
+            # half the window stays free for alarms, so a diagnosis flood never makes an alarm wait for a slot
+            message = self._next(urgent_only=len(self._inflight) >= self.window // 2)
             if message is None:
                 return
             try:
@@ -449,7 +464,12 @@ class Publisher:
     def _call(self, fn: Callable, *args: Any) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(fn, *args)
+            loop.call_soon_threadsafe(self._unless_closed, fn, *args)
+
+    def _unless_closed(self, fn: Callable, *args: Any) -> None:
+        # callbacks already on their way when stop() closed the outbox have nothing left to update
+        if not self._closed:
+            fn(*args)
 
     # ---- the same, on the event loop -----------------------------------------------------------------------------
 
@@ -482,7 +502,7 @@ class Publisher:
         else:
             self.counts["acked"] += 1
         if message.id:
-            self.outbox.done([message.id])
+            self._acked_ids.append(message.id)
         self._kick()
 
     def _incoming(self, topic: str, raw: bytes, response_topic: str | None, correlation: bytes | None) -> None:
