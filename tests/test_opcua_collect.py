@@ -150,3 +150,31 @@ async def test_server_restart_is_survived_and_the_gap_shows(caplog):
         stop.set()
         await asyncio.wait_for(task, 10)
         await server.stop()
+
+
+async def test_a_collector_started_before_its_server_waits_for_it(caplog):
+    caplog.set_level(logging.WARNING, logger="factory_copilot.collect.opcua")
+    port = free_port()
+    line = line_with_opcua(endpoint=f"opc.tcp://127.0.0.1:{port}/factory-copilot/", timeout_s=1.0)
+    buffer: Buffer[Reading] = Buffer(1000)
+    collector = OpcuaCollector(line, buffer)
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    for _ in range(200):
+        if any("retrying until it answers" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.02)
+    assert not collector.connected.is_set() and not task.done()
+    server = await start_server(port=port)
+    try:
+        await asyncio.wait_for(collector.connected.wait(), 20)
+        t0 = time.time() + 1
+        await server.write([Reading(t0, "product_pump", "speed", 1450.0)])
+        got = await drain(buffer, lambda rs: any(r.ts == pytest.approx(t0, abs=1e-3) for r in rs))
+        assert got[-1].key == "product_pump.speed"
+        waiting = [r for r in caplog.records if "retrying until it answers" in r.getMessage()]
+        assert len(waiting) == 1, "the wait for the server is said once, not once per attempt"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await server.stop()

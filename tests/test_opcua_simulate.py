@@ -67,7 +67,7 @@ def test_the_simulate_command_serves_opcua_and_writes_ground_truth(tmp_path, bro
     gt = tmp_path / "gt.jsonl"
     cmd = [
         sys.executable, "-m", "factory_copilot.cli", "simulate",
-        "--seed", "1", "--speed", "20", "--duration", "60", "--dt", "1",
+        "--seed", "1", "--speed", "20", "--duration", "40", "--dt", "1",
         "--fault", "bearing_wear", "--fault-at", "30", "--ground-truth", str(gt),
         "--opcua-endpoint", f"opc.tcp://127.0.0.1:{port}/factory-copilot/",
         "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--no-embedded-broker",
@@ -81,7 +81,7 @@ def test_the_simulate_command_serves_opcua_and_writes_ground_truth(tmp_path, bro
     sim = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=60)
     out, err = collector.communicate(timeout=40)
     assert sim.returncode == 0, sim.stderr
-    assert "simulation ended" in sim.stderr and "'steps': 60" in sim.stderr
+    assert "simulation ended" in sim.stderr and "'steps': 40" in sim.stderr
     readings = [json.loads(line) for line in out.splitlines()]
     assert len(readings) == 40, err
     assert all(r["source"] == "mqtt" and r["unit"] for r in readings)

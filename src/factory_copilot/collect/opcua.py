@@ -38,7 +38,11 @@ FIRST_CONNECT_MAX_DELAY_S = 10.0
 
 
 class OpcuaConnectError(RuntimeError):
-    """The server refused us for a reason retrying will not fix (credentials, certificates), or is unreachable."""
+    """A connect that failed, in one sentence; ``retryable`` when the server was merely unreachable or silent."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @contextmanager
@@ -108,7 +112,8 @@ async def open_client(
                 await client.disconnect()
             except Exception:  # the half-open session is gone anyway
                 pass
-        raise OpcuaConnectError(_explain(conn.endpoint, conn, exc)) from None
+        unreachable = isinstance(exc, (OSError, asyncio.TimeoutError, TimeoutError))
+        raise OpcuaConnectError(_explain(conn.endpoint, conn, exc), retryable=unreachable) from None
     return client
 
 
@@ -256,7 +261,7 @@ class OpcuaCollector:
                 log.info("OPC UA connected to %s (security %s)", self.conn.endpoint, self.conn.security)
                 return
             except OpcuaConnectError as exc:
-                if "cannot reach" not in str(exc) and "no answer" not in str(exc):
+                if not exc.retryable:
                     raise  # credentials or certificates: retrying will not help
                 if not waiting_logged:
                     log.warning("%s; retrying until it answers", exc)
