@@ -40,15 +40,15 @@ def mode_labels(values) -> np.ndarray:
 
 def flag_persistent(exceed: np.ndarray, persistence: int, bounds: list[tuple[int, int]]) -> np.ndarray:
     """True where the row is the persistence-th (or later) consecutive exceedance within its run."""
-    out = np.zeros(len(exceed), dtype=bool)
     if persistence <= 1:
         return exceed.copy()
+    idx = np.arange(len(exceed))
+    run_start = np.zeros(len(exceed), dtype=int)
     for a, b in bounds:
-        count = 0
-        for i in range(a, b):
-            count = count + 1 if exceed[i] else 0
-            out[i] = count >= persistence
-    return out
+        run_start[a:b] = a
+    # count of consecutive exceedances ending at each row, restarting at every run
+    last_quiet = np.maximum(np.maximum.accumulate(np.where(exceed, -1, idx)), run_start - 1)
+    return exceed & (idx - last_quiet >= persistence)
 
 
 @dataclass
@@ -89,8 +89,9 @@ class LineDetector(BaseEstimator):
         persistence: int = 1,
         n_splits: int = 5,
         margin: float = 1.0,
+        transient_margin: float = 3.0,
         mode_column: str = "mode",
-        settle_rows: int = 60,
+        settle_rows: int = 180,
         min_rows: int = 100,
         exclude: tuple[str, ...] = ("fault",),
     ):
@@ -99,6 +100,7 @@ class LineDetector(BaseEstimator):
         self.persistence = persistence
         self.n_splits = n_splits
         self.margin = margin
+        self.transient_margin = transient_margin
         self.mode_column = mode_column
         self.settle_rows = settle_rows
         self.min_rows = min_rows
@@ -134,19 +136,19 @@ class LineDetector(BaseEstimator):
         self.scale_floor_ = np.maximum(0.01 * np.nan_to_num(overall), 1e-9)
         self.models_: dict[str, ModeModel] = {}
         self.skipped_modes_: dict[str, int] = {}
+        run_id = np.zeros(len(modes), dtype=int)
+        for i, (a, b) in enumerate(bounds):
+            run_id[a:b] = i
         for mode in dict.fromkeys(modes):
-            mode_bounds = [(a, b) for a, b in bounds if modes[a] == mode]
-            idx = np.concatenate([np.arange(a, b) for a, b in mode_bounds])
-            usable = ~settling[idx]
-            if usable.sum() < self.min_rows:
-                self.skipped_modes_[mode] = int(usable.sum())
+            # settling rows are left out entirely: the model and its EWMA start once the mode has settled
+            idx = np.flatnonzero((modes == mode) & ~settling)
+            if len(idx) < self.min_rows:
+                self.skipped_modes_[mode] = len(idx)
                 continue
-            # the mode's stretches, end to end, with EWMA restarting at each
-            local, pos = [], 0
-            for a, b in mode_bounds:
-                local.append((pos, pos + b - a))
-                pos += b - a
-            self.models_[mode] = self._fit_mode(A[idx], local, usable)
+            # start-up, changeover and idle are short, few and drifting: a calibrated limit from a handful
+            # of stretches is uncertain, so it is widened rather than alarming on the next stretch
+            margin = self.margin * (1.0 if mode in (Mode.RUNNING.value, ALL_MODES) else self.transient_margin)
+            self.models_[mode] = self._fit_mode(A[idx], runs(run_id[idx]), np.ones(len(idx), dtype=bool), margin)
         if not self.models_:
             raise ValueError(
                 f"too little normal data to learn any mode: need {self.min_rows} rows per mode, "
@@ -165,9 +167,15 @@ class LineDetector(BaseEstimator):
     def _precisions(self, Ws: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
         return np.stack([np.linalg.pinv(LedoitWolf(assume_centered=True).fit(W[rows]).covariance_) for W in Ws])
 
-    def _fit_mode(self, A: np.ndarray, bounds: list[tuple[int, int]], usable: np.ndarray) -> ModeModel:
+    def _fit_mode(self, A: np.ndarray, bounds: list[tuple[int, int]], usable: np.ndarray, margin: float) -> ModeModel:
         rows = np.flatnonzero(usable)
-        folds = np.array_split(rows, max(2, self.n_splits))
+        k = max(2, self.n_splits)
+        if len(bounds) >= k:
+            # whole stretches per fold: the threshold must cover how one stretch differs from the others
+            folds = [np.concatenate([np.arange(a, b) for a, b in part]) for part in np.array_split(np.asarray(bounds, dtype=int), k)]
+            folds = [np.intersect1d(f, rows) for f in folds]
+        else:
+            folds = np.array_split(rows, k)
         held_out = np.zeros((len(A), len(self.lams_)))
         for fold in folds:
             train = np.setdiff1d(rows, fold)
@@ -180,7 +188,7 @@ class LineDetector(BaseEstimator):
                 held_out[fold, j] = _distances(W[fold], P[j])
         norms = np.maximum(np.quantile(held_out[rows], 0.99, axis=0), 1e-12)
         combined = (held_out / norms).max(axis=1)
-        threshold = self._calibrate(combined, usable, bounds) * self.margin
+        threshold = self._calibrate(combined, usable, bounds) * margin
         mean, scale = self._moments(A, rows)
         Z = (A - mean) / scale
         Z[np.isnan(Z)] = 0.0
@@ -225,7 +233,9 @@ class LineDetector(BaseEstimator):
         modelled = np.zeros(n, dtype=bool)
         for a, b in bounds:
             model = self.models_.get(modes[a])
-            if model is None:
+            if a > 0:
+                a = min(b, a + self.settle_rows)  # scoring starts once the new mode has settled
+            if model is None or a == b:
                 continue
             Z = model.standardise(A[a:b])
             Ws = self._smoothed(Z, [(0, b - a)])
@@ -235,7 +245,7 @@ class LineDetector(BaseEstimator):
             winner[a:b] = win
             Wsel[a:b] = np.stack(Ws)[win, np.arange(b - a)]
             modelled[a:b] = True
-        exceed = (score > 1.0) & modelled & ~self._settling(bounds)
+        exceed = (score > 1.0) & modelled
         flags = flag_persistent(exceed, self.persistence, bounds) if n else exceed
         return {"score": score, "flags": flags, "winner": winner, "W": Wsel, "modes": modes, "bounds": bounds}
 
@@ -256,7 +266,9 @@ class LineDetector(BaseEstimator):
         C = np.zeros((len(X), len(self.signals_)))
         for a, b in ev["bounds"]:
             model = self.models_.get(ev["modes"][a])
-            if model is None:
+            if a > 0:
+                a = min(b, a + self.settle_rows)
+            if model is None or a == b:
                 continue
             W = ev["W"][a:b]
             P = model.precisions[ev["winner"][a:b]]
@@ -298,11 +310,9 @@ class DetectorStream:
             self.model = self.detector.models_.get(label)
             self.W[:] = 0.0
             self.count = 0
-        settling = self.settle_left > 0
-        if settling:
-            self.settle_left -= 1
         model = self.model
-        if model is None:
+        if self.settle_left > 0 or model is None:
+            self.settle_left = max(0, self.settle_left - 1)
             self.score = 0.0
             return 0.0, False
         z = (x - model.mean) / model.scale
@@ -311,13 +321,13 @@ class DetectorStream:
         D = np.einsum("ij,ijk,ik->i", self.W, model.precisions, self.W) / model.norms
         self.winner = int(D.argmax())
         self.score = float(D[self.winner] / model.threshold)
-        exceed = self.score > 1.0 and not settling
+        exceed = self.score > 1.0
         self.count = self.count + 1 if exceed else 0
         return self.score, self.count >= max(1, self.detector.persistence) and exceed
 
     def contributions(self) -> dict[str, float]:
         """Signal key -> share of the current row's score, largest first (only shares above 0)."""
-        if self.model is None:
+        if self.model is None or self.score == 0.0:
             return {}
         w = self.W[self.winner]
         c = np.clip(w * (self.model.precisions[self.winner] @ w), 0, None)
