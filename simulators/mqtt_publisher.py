@@ -68,9 +68,11 @@ class ReadingPublisher:
         self.published = 0
         self.failed = 0
         self._down_logged = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, wait_s: float | None = None) -> "ReadingPublisher":
         """Connect in the background; with ``wait_s``, wait that long for the first connection."""
+        self._loop = asyncio.get_running_loop()
         client = mqtt.make_client(self.conn, role="simulator")
         # bounded: while the broker is down, older QoS 1 messages wait here, beyond that publish fails and is counted
         client.max_queued_messages_set(self.max_queued)
@@ -84,6 +86,10 @@ class ReadingPublisher:
             if not await asyncio.to_thread(self.connected.wait, wait_s):
                 log.warning("MQTT broker %s:%d did not answer within %g s; publishing once it does", self.conn.host, self.conn.port, wait_s)
         return self
+
+    async def _restart(self) -> None:
+        await self.stop()
+        await self.start()
 
     def publish(self, readings: Iterable[Reading]) -> int:
         client = self.client
@@ -114,6 +120,11 @@ class ReadingPublisher:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001 - paho's signature
         if mqtt.is_failure(reason_code):
+            older = mqtt.downgraded(self.conn, reason_code)
+            if older is not None and self._loop is not None:
+                self.conn = older
+                self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._restart()))
+                return
             log.warning("MQTT broker refused the simulator: %s", mqtt.reason_text(reason_code))
             return
         if self._down_logged:

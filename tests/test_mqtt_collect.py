@@ -239,7 +239,7 @@ async def test_slow_consumer_never_blocks_the_client_loop(broker):
     await collector.stop()
 
 
-async def test_an_mqtt5_collector_falls_back_to_311_on_an_older_broker(caplog):
+async def test_mqtt5_clients_fall_back_to_311_on_an_older_broker(caplog):
     from tests.support.brokers import AmqttBroker
 
     old = AmqttBroker().start()
@@ -250,11 +250,12 @@ async def test_an_mqtt5_collector_falls_back_to_311_on_an_older_broker(caplog):
         await asyncio.wait_for(collector.connected.wait(), 15)
         assert collector.conn.protocol == "3.1.1"
         assert any("falling back to 3.1.1" in r.getMessage() for r in caplog.records)
-        pub = RawPublisher(MqttConnection(host=old.host, port=old.port, protocol="3.1.1"))
-        pub.send(TOPIC.format("filler", "tank_level"), json.dumps({"ts": 1_700_000_000, "value": 50.0}))
+        publisher = await ReadingPublisher(LINE, MqttConnection(host=old.host, port=old.port, protocol="5")).start(wait_s=15)
+        assert publisher.connected.is_set() and publisher.conn.protocol == "3.1.1"
+        publisher.publish([Reading(1_700_000_000, "filler", "tank_level", 50.0)])
         got = await drain(buffer, lambda rs: len(rs) >= 1)
         assert got[0].key == "filler.tank_level" and got[0].value == 50.0
-        pub.close()
+        await publisher.stop()
         await collector.stop()
     finally:
         await asyncio.to_thread(old.stop)

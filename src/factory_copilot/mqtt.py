@@ -67,6 +67,17 @@ def unsupported_protocol(reason_code: object) -> bool:
     return "protocol version" in reason_text(reason_code).lower() or str(reason_code) in ("1", "132")
 
 
+def downgraded(conn: MqttConnection, reason_code: object) -> MqttConnection | None:
+    """The 3.1.1 version of ``conn`` when an MQTT 5 connect was refused for its protocol version, else None.
+
+    amqtt and older gateways speak 3.1.1 only; rather than retry MQTT 5 forever, speak theirs.
+    """
+    if conn.protocol != "5" or not unsupported_protocol(reason_code):
+        return None
+    log.warning("MQTT %s:%d does not speak MQTT 5; falling back to 3.1.1", conn.host, conn.port)
+    return conn.model_copy(update={"protocol": "3.1.1"})
+
+
 def is_failure(reason_code: object) -> bool:
     failed = getattr(reason_code, "is_failure", None)
     if isinstance(failed, bool):

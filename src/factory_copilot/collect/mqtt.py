@@ -278,10 +278,9 @@ class MqttCollector:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001 - paho's signature
         if mqtt.is_failure(reason_code):
-            if self.conn.protocol == "5" and mqtt.unsupported_protocol(reason_code) and self._loop is not None:
-                # an MQTT 3.1.1-only broker (amqtt, older gateways): speak its version rather than retry forever
-                log.warning("MQTT %s:%d does not speak MQTT 5; falling back to 3.1.1", self.conn.host, self.conn.port)
-                self.conn = self.conn.model_copy(update={"protocol": "3.1.1"})
+            older = mqtt.downgraded(self.conn, reason_code)
+            if older is not None and self._loop is not None:
+                self.conn = older
                 self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._restart()))
                 return
             self._note_down(f"broker refused the connection ({mqtt.reason_text(reason_code)})")
