@@ -42,7 +42,7 @@ def byte_tokens() -> list[str]:
 
 
 def write_tiny_qwen(path: str | Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2,
-                    n_ff: int = 128, n_ctx: int = 4096, seed: int = 0) -> Path:
+                    n_ff: int = 128, n_ctx: int = 32768, seed: int = 0) -> Path:
     import gguf  # dev dependency, only needed to make test models
 
     path = Path(path)

@@ -22,6 +22,7 @@ COMMANDS: list[str] = [
     "factory_copilot.collect.cli",
     "factory_copilot.alarms.cli",
     "factory_copilot.publish.tail",
+    "factory_copilot.copilot.explain",
 ]
 
 

@@ -126,7 +126,7 @@ class LlamaCppBackend:
             first = None
             n = 0
             try:
-                for chunk in stream:
+                for chunk in _guarded(stream):
                     piece = chunk["choices"][0].get("delta", {}).get("content") or ""
                     if piece:
                         n += 1
@@ -147,6 +147,14 @@ class LlamaCppBackend:
                 "context_tokens": float(llama.n_tokens),
             }
             return "".join(pieces)
+
+
+def _guarded(stream: Any) -> Any:
+    """llama-cpp-python raises ValueError/RuntimeError (prompt longer than the context, decode failure): make them BackendError."""
+    try:
+        yield from stream
+    except (ValueError, RuntimeError) as exc:
+        raise BackendError(f"llama.cpp: {exc}") from None
 
 
 class OpenAIBackend:

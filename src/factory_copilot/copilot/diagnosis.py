@@ -37,8 +37,8 @@ def diagnosis_schema(
     (llama.cpp's grammar sampling slows down with long bounded strings, so keep them modest).
     """
 
-    def text(n: int = text_chars) -> dict:
-        return {"type": "string", "maxLength": n}
+    def text(n: int = text_chars, required: bool = False) -> dict:
+        return {"type": "string", "maxLength": n, **({"minLength": 1} if required else {})}
 
     def one_of(values: list[str] | None, n: int) -> dict:
         return {"type": "string", "enum": sorted(values)} if values else text(n)
@@ -46,7 +46,7 @@ def diagnosis_schema(
     return {
         "type": "object",
         "properties": {
-            "summary": text(int(text_chars * 1.5)),
+            "summary": text(int(text_chars * 1.5), required=True),
             "causes": {
                 "type": "array",
                 "minItems": 1,
@@ -55,7 +55,7 @@ def diagnosis_schema(
                     "type": "object",
                     "properties": {
                         "fault_type": one_of(faults, 32),
-                        "title": text(min(80, text_chars)),
+                        "title": text(min(80, text_chars), required=True),
                         "confidence": {"type": "number"},
                         "signals": {"type": "array", "maxItems": max_refs, "items": one_of(signals, 48)},
                         "runbook": {"type": "array", "maxItems": 2, "items": one_of(refs, 24)},
@@ -69,7 +69,7 @@ def diagnosis_schema(
                 "items": {
                     "type": "object",
                     "properties": {
-                        "text": text(),
+                        "text": text(required=True),
                         "kind": {"type": "string", "enum": ["check", "action"]},
                         "runbook": one_of(refs, 24),
                     },
@@ -94,10 +94,12 @@ class InvalidModelOutput(ValueError):
 
 
 def _match(direction: str, s: SignalEvidence | None) -> float:
-    """How strongly one signal shows the expected direction, 0..1 (band edge ≈ 0.33, 2x out of band = 1).
+    """How strongly one signal shows the expected direction, 0..1.
 
-    The current value counts fully; the extreme of the recent window counts at 70 %, so an
-    intermittent fault (belt slip episodes) still shows after the episode has passed.
+    Two views, the stronger counts: against the normal band (band edge ≈ 0.33, twice out ≈ 1;
+    the extreme of the recent window at 70 %, so intermittent belt-slip episodes still show),
+    and against the signal's own recent past (a move of 3 noise widths ≈ 0.25, 6 ≈ 1), which
+    shows a fault that is still growing inside the band when the detector raises the alarm early.
     """
     if s is None or s.value is None:
         return 0.0
@@ -107,12 +109,23 @@ def _match(direction: str, s: SignalEvidence | None) -> float:
     lo_d = hi_d = d
     if s.trend:
         lo_d, hi_d = deviation(s.trend.minimum, s.normal), deviation(s.trend.maximum, s.normal)
-    strength = {
+    band = {
         "up": max(d, 0.7 * hi_d),
         "down": max(-d, -0.7 * lo_d),
         "any": max(abs(d), 0.7 * max(abs(lo_d), abs(hi_d))),
     }[direction]
-    return min(1.0, max(0.0, (strength - 0.5) / 1.5))
+    z = s.change
+    move = {"up": z, "down": -z, "any": abs(z)}[direction]
+    return min(1.0, max(0.0, (band - 0.5) / 1.5, (move - 2.0) / 4.0))
+
+
+def _agrees(direction: str, s: SignalEvidence | None) -> bool:
+    if s is None:
+        return False
+    if direction == "flat":
+        return bool(s.trend and s.trend.flat)
+    lean = s.change if abs(s.change) >= 1.0 else s.deviation
+    return direction == "any" or (lean > 0) == (direction == "up")
 
 
 _WORDS = {"up": "rose above its band", "down": "fell below its band", "any": "left its band", "flat": "flat-lined"}
@@ -127,22 +140,31 @@ class Candidate:
 
 
 def rank_faults(pack: EvidencePack, library: RunbookLibrary) -> list[Candidate]:
-    """Every fault with a runbook signature, scored against the pack; best first."""
+    """Every fault with a runbook signature, scored against the pack; best first.
+
+    Score = how well the signals fit the signature (mean match over its signals)
+          + the detector's share of the anomaly on signature signals moving the right way
+          + the classifier's probability if it named this fault.
+    """
+    signals = pack.context or {s.key: s for s in pack.signals}
     out = []
     for rb in library.runbooks.values():
-        if not rb.signatures:
+        best: tuple[float, dict[str, float]] = (-1.0, {})
+        for sig in rb.signatures:
+            matches = {k: _match(d, signals.get(k)) for k, d in sig.items()}
+            shares = {k: signals[k].contribution for k, d in sig.items() if k in signals and _agrees(d, signals[k])}
+            fit = sum(matches.values()) / len(matches) + 0.5 * min(1.0, sum(shares.values()))
+            if fit > best[0]:
+                # a signal is evidence if it shows the signature or carries a real share of the anomaly the right way
+                best = (fit, {k: max(m, shares.get(k, 0.0) if shares.get(k, 0.0) >= 0.05 else 0.0)
+                              for k, m in matches.items()})
+        fit, evidence = best
+        if fit < 0:
             continue
-        # the best-fitting alternative counts (a drifting probe can read high or low)
-        fit, matches = max(
-            ((sum(m.values()) / len(m), m) for m in ({k: _match(d, pack.signal(k)) for k, d in sig.items()}
-                                                     for sig in rb.signatures)),
-            key=lambda fm: fm[0],
-        )
+        matched = [k for k, m in sorted(evidence.items(), key=lambda km: -km[1]) if m > 0]
         for fault in rb.faults:
             vote = pack.fault_probability if pack.fault_type == fault else 0.0
-            # the classifier saw every signal over time; the signature sees the pack: both count
             score = fit + vote + (0.05 if rb.asset == pack.asset else 0.0)
-            matched = [k for k, m in sorted(matches.items(), key=lambda km: -km[1]) if m > 0]
             out.append(Candidate(fault, rb, score, matched))
     out.sort(key=lambda c: -c.score)
     return out
@@ -168,7 +190,7 @@ def runbook_diagnosis(pack: EvidencePack, library: RunbookLibrary, reason: str |
     total = sum(c.score for c in ranked) or 1.0
     causes = []
     for c in ranked:
-        ev = [_signal_evidence(s) for k in c.matched if (s := pack.signal(k))]
+        ev = [_signal_evidence(s) for k in c.matched if (s := pack.signal(k) or pack.context.get(k))]
         ev.append(Evidence("runbook", f"{c.runbook.id}#symptoms", c.runbook.title))
         name = faults[c.fault].name if c.fault in faults else c.runbook.title
         causes.append(Cause(c.fault, name, round(c.score / total, 3), ev, origin="runbook"))

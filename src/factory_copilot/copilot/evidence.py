@@ -19,7 +19,7 @@ from typing import Iterable, Protocol
 from factory_copilot.catalogue import Fault, load_faults
 from factory_copilot.config import LineConfig, Signal
 from factory_copilot.copilot.runbooks import Passage, RunbookLibrary
-from factory_copilot.models import Alarm, Incident, Mode, Reading
+from factory_copilot.models import Alarm, Anomaly, Incident, Mode, Reading
 
 # a signal whose last FLAT_MIN_SAMPLES good values are identical is flat-lined (healthy sensors always show noise)
 FLAT_MIN_SAMPLES = 10
@@ -39,6 +39,9 @@ class Trend:
     maximum: float
     slope_per_min: float
     flat: bool
+    baseline: float = 0.0  # mean of the oldest third of the window: "before", when an alarm comes early
+    baseline_std: float = 0.0
+    recent: float = 0.0  # mean of the newest 30 s (or last few points): "now", without the noise
 
 
 class SignalHistory:
@@ -88,7 +91,11 @@ class SignalHistory:
                 slope = sum((t - mt) * (v - mv) for t, v in zip(ts, vs)) / var * 60.0
         tail = vs[-FLAT_MIN_SAMPLES:]
         flat = len(tail) >= FLAT_MIN_SAMPLES and max(tail) - min(tail) == 0.0
-        return Trend(n, ts[-1] - ts[0], vs[0], vs[-1], min(vs), max(vs), slope, flat)
+        old = vs[: max(1, n // 3)]
+        base = sum(old) / len(old)
+        base_std = (sum((v - base) ** 2 for v in old) / len(old)) ** 0.5
+        new = [v for t, v in pts if t >= newest - 30.0][-30:] or vs[-1:]
+        return Trend(n, ts[-1] - ts[0], vs[0], vs[-1], min(vs), max(vs), slope, flat, base, base_std, sum(new) / len(new))
 
 
 @dataclass(slots=True)
@@ -103,6 +110,19 @@ class SignalEvidence:
     contribution: float = 0.0  # share of the anomaly score (detector's, or from deviations when it gave none)
     trend: Trend | None = None
     description: str = ""
+
+    @property
+    def change(self) -> float:
+        """Signed move from the start of the window to now, in units of the early window's noise (a z-score).
+
+        An alarm often comes while a fault is still growing inside the normal band; the move
+        against the signal's own recent past shows its direction before the band does.
+        """
+        if not self.trend or self.trend.n < 20:
+            return 0.0
+        lo, hi = self.normal
+        floor = max(0.05 * (hi - lo), 1e-9)  # a quiet or slowly settling signal must still move a visible amount
+        return (self.trend.recent - self.trend.baseline) / max(self.trend.baseline_std, floor)
 
     @property
     def strength(self) -> float:
@@ -141,6 +161,8 @@ class EvidencePack:
     signals: list[SignalEvidence]
     passages: list[Passage]
     incidents: list[Incident] = field(default_factory=list)
+    # every signal with a recent value (the prompt shows only ``signals``); the runbook ranking reads these
+    context: dict[str, SignalEvidence] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
 
     def signal_keys(self) -> set[str]:
@@ -155,7 +177,7 @@ class EvidencePack:
     def runbook_ids(self) -> set[str]:
         return {p.runbook_id for p in self.passages}
 
-    def to_data(self, passage_chars: int = 420) -> dict:
+    def to_data(self, passage_chars: int = 320) -> dict:
         """The pack as plain data for the prompt's data block: compact, numbers rounded, passages trimmed."""
 
         def num(x: float | None) -> float | None:
@@ -275,7 +297,7 @@ def build_evidence(
     library: RunbookLibrary,
     memory: IncidentMemory | None = None,
     faults: dict[str, Fault] | None = None,
-    max_signals: int = 8,
+    max_signals: int = 6,
     max_passages: int = 4,
 ) -> EvidencePack:
     """Gather the evidence for one alarm from the line file, the recent history, the runbooks and past incidents."""
@@ -285,7 +307,7 @@ def build_evidence(
     try:
         asset = line.asset(alarm.asset)
         asset_name, asset_kind = asset.name, asset.kind
-    except KeyError:
+    except KeyError:  # an alarm for an asset the line file does not describe still gets explained
         asset_name, asset_kind = alarm.asset, ""
 
     # every signal with a recent value: its deviation from the mode's band, and its trend
@@ -313,42 +335,55 @@ def build_evidence(
 
     # which signals go in the pack: the alarm's own signal, the largest contributors, flat-lined ones,
     # and the key signals of the named fault, in that order of importance
+    fault = faults.get(anomaly.fault_type) if anomaly and anomaly.fault_type else None
+    primary = library.for_fault(fault.id) if fault else None
+    if primary is None:
+        # no classifier vote: the runbook whose signature the signals fit best is the one to quote
+        from factory_copilot.copilot.diagnosis import rank_faults  # (diagnosis builds on evidence, not the reverse)
+
+        probe = _pack(alarm, asset_name, asset_kind, mode, fault, anomaly, [], [], [], all_signals)
+        ranked = rank_faults(probe, library)
+        primary = ranked[0].runbook if ranked and ranked[0].score > 0.1 else None
     chosen: list[str] = []
     if anomaly and anomaly.signal:
         chosen.append(anomaly.signal if "." in anomaly.signal else f"{alarm.asset}.{anomaly.signal}")
     chosen += [k for k in sorted(contributions, key=lambda k: -contributions[k])][: max_signals - 2]
     chosen += [k for k, s in all_signals.items() if s.trend and s.trend.flat]
-    fault = faults.get(anomaly.fault_type) if anomaly and anomaly.fault_type else None
-    if fault:
-        chosen += fault.signals
+    chosen += fault.signals if fault else []
+    chosen += primary.signature_signals if primary else []
     signals: list[SignalEvidence] = []
     for key in dict.fromkeys(chosen):
-        if key in all_signals and len(signals) < max_signals:
+        if len(signals) >= max_signals:
+            break
+        if key in all_signals:
             signals.append(all_signals[key])
-        elif key not in all_signals and len(signals) < max_signals:
-            try:
-                spec = line.signal(key)
-            except KeyError:
-                continue  # a detector naming a signal the line does not have: nothing to show for it
-            signals.append(SignalEvidence(key, spec.unit, None, spec.normal_for(mode), 0.0,
-                                          contributions.get(key, 0.0), None, spec.description))
+            continue
+        try:
+            spec = line.signal(key)
+        except KeyError:
+            continue  # a detector naming a signal the line does not have: nothing to show for it
+        signals.append(SignalEvidence(key, spec.unit, None, spec.normal_for(mode), 0.0,
+                                      contributions.get(key, 0.0), None, spec.description))
 
-    # runbook passages: the named fault's own checks and actions first, then what TF-IDF finds for the symptoms
+    # runbook passages: the primary runbook's checks, actions and safety first, then what TF-IDF finds
     passages: list[Passage] = []
-    primary = library.for_fault(anomaly.fault_type if anomaly else None)
     if primary:
         passages += [p for a in ("checks", "actions", "safety") if (p := primary.passage(a))]
-    words = []
-    for s in signals[:5]:
-        words.append(f"{s.key} {s.key.split('.')[-1].replace('_', ' ')} {s.direction}")
+    words = [f"{s.key} {s.key.split('.')[-1].replace('_', ' ')} {s.direction}" for s in signals[:5]]
     query = " ".join([alarm.asset, asset_name, fault.name if fault else "", alarm.message, *words])
     for p, _score in library.search(query, k=max_passages * 2):
         if len(passages) >= max_passages:
             break
-        if p not in passages and p.anchor not in ("parts",):
+        if p not in passages and p.anchor != "parts":
             passages.append(p)
 
     incidents = memory.similar(alarm.asset, anomaly.fault_type if anomaly else None, [s.key for s in signals]) if memory else []
+    return _pack(alarm, asset_name, asset_kind, mode, fault, anomaly, signals, passages, incidents, all_signals)
+
+
+def _pack(alarm: Alarm, asset_name: str, asset_kind: str, mode: Mode, fault: Fault | None, anomaly: Anomaly | None,
+          signals: list[SignalEvidence], passages: list[Passage], incidents: list[Incident],
+          context: dict[str, SignalEvidence]) -> EvidencePack:
     return EvidencePack(
         alarm_id=alarm.alarm_id,
         asset=alarm.asset,
@@ -366,4 +401,5 @@ def build_evidence(
         signals=signals,
         passages=passages,
         incidents=incidents,
+        context=context,
     )

@@ -23,7 +23,16 @@ DATA_OPEN = "<<<PLANT_DATA"
 DATA_CLOSE = "PLANT_DATA>>>"
 
 
-def system_prompt(site: str, line: str, faults: dict[str, Fault], library: RunbookLibrary, schema: dict) -> str:
+# the output form in a few tokens; the full JSON schema is enforced by the grammar, it need not be read
+OUTPUT_FORM = (
+    '{"summary":"<=2 sentences","causes":[{"fault_type":"<known fault id>","title":"...","confidence":0.0-1.0,'
+    '"signals":["asset.signal"],"runbook":["RB-XXX-000#section"]}],'
+    '"steps":[{"text":"...","kind":"check|action","runbook":"RB-XXX-000#section"}],'
+    '"safety":["..."],"would_change":["what observation would change this conclusion"]}'
+)
+
+
+def system_prompt(site: str, line: str, faults: dict[str, Fault], library: RunbookLibrary) -> str:
     """The fixed part of every prompt; depends only on the plant, never on the alarm."""
     fault_lines = "\n".join(f"- {f.id}: {f.name} ({f.asset})" for f in faults.values())
     runbook_lines = "\n".join(f"- {rb.id}: {rb.title}" for rb in library.runbooks.values())
@@ -41,8 +50,8 @@ def system_prompt(site: str, line: str, faults: dict[str, Fault], library: Runbo
         "4. If the evidence does not support a conclusion, say so.\n"
         f"Known faults:\n{fault_lines}\n"
         f"Runbooks:\n{runbook_lines}\n"
-        "When asked for a diagnosis, answer with one JSON object matching this schema:\n"
-        f"{json.dumps(schema, separators=(',', ':'))}"
+        "When asked for a diagnosis, answer with one JSON object of this form:\n"
+        f"{OUTPUT_FORM}"
     )
 
 

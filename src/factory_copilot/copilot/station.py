@@ -89,7 +89,7 @@ class Copilot:
             signals=line.signal_keys(),
             refs=[p.id for p in self.library.passages],
         )
-        self.system = system_prompt(line.site, line.line, self.faults, self.library, self.schema)
+        self.system = system_prompt(line.site, line.line, self.faults, self.library)
         self.keep_alarms = keep_alarms
         self._packs: OrderedDict[str, EvidencePack] = OrderedDict()
         self._turns: dict[str, list[Turn]] = {}
@@ -153,6 +153,9 @@ class Copilot:
             d = self._fallback(pack, f"{exc.reason}: {exc}")
         except InvalidModelOutput as exc:
             d = self._fallback(pack, f"invalid output: {exc}")
+        except Exception as exc:  # a backend bug must cost the model's explanation, never the alarm's
+            log.exception("alarm %s: model backend failed", alarm_id)
+            d = self._fallback(pack, f"backend error: {type(exc).__name__}: {exc}")
         d.latency_s = time.perf_counter() - started
         return d
 

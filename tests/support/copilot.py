@@ -1,0 +1,25 @@
+"""Hand-made alarms and readings for copilot tests, and a simulated incident helper."""
+
+from __future__ import annotations
+
+from factory_copilot.models import Alarm, AlarmState, Anomaly, Mode, Priority, Reading
+
+
+def alarm_for(asset: str, fault_type: str | None = None, probability: float = 0.0, contributions: dict | None = None,
+              signal: str | None = None, kind: str = "multivariate", alarm_id: str = "A-1", message: str = "",
+              mode: Mode = Mode.RUNNING, ts: float = 1000.0) -> Alarm:
+    an = Anomaly(ts=ts, asset=asset, kind=kind, score=12.0, threshold=5.0, signal=signal,
+                 contributions=contributions or {}, fault_type=fault_type, fault_probability=probability, mode=mode)
+    return Alarm(alarm_id, asset, an.condition, AlarmState.ACTIVE_UNACK, Priority.HIGH, message or f"{asset} anomaly",
+                 ts, ts, an)
+
+
+def ramp(key: str, start: float, end: float, t0: float = 400.0, t1: float = 1000.0, step: float = 5.0) -> list[Reading]:
+    """Readings of one signal moving linearly from start to end, with a little deterministic wobble."""
+    asset, signal = key.split(".", 1)
+    n = int((t1 - t0) / step) + 1
+    out = []
+    for i in range(n):
+        wobble = 0.001 * abs(end - start + 1) * ((-1) ** i)
+        out.append(Reading(t0 + i * step, asset, signal, start + (end - start) * i / (n - 1) + wobble))
+    return out
