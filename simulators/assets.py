@@ -71,7 +71,7 @@ class LineProgram:
         if t.tunnel_c > self.tunnel_sp:
             self.tunnel_sp = min(t.tunnel_c, self.tunnel_sp + self.TUNNEL_RAMP * self.dt)
         else:
-            self.tunnel_sp = t.tunnel_c
+            self.tunnel_sp = t.tunnel_c  # standby: the heaters switch off and the tunnel cools freely
         return t
 
 
@@ -145,7 +145,7 @@ class ProductPump:
 
     RATED_RPM = 2850.0
     ACCEL = 150.0  # rpm/s
-    DECEL = 600.0
+    DECEL = 400.0
     SHUTOFF_BAR = 3.6
     B = 6.2e-5  # bar/(L/min)^2, pump curve droop
     FILTER_K = 1.24e-5  # bar/(L/min)^2, clean inlet filter

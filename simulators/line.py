@@ -28,7 +28,7 @@ SENSOR_NOISE: dict[str, tuple[float, float]] = {
     "infeed_conveyor.belt_speed": (0.0, 0.004),
     "infeed_conveyor.motor_speed": (0.0, 0.0015),
     "infeed_conveyor.motor_current": (0.02, 0.01),
-    "infeed_conveyor.motor_temperature": (0.15, 0.0),
+    "infeed_conveyor.motor_temperature": (0.1, 0.0),
     "infeed_conveyor.vibration": (0.0, 0.06),
     "infeed_conveyor.throughput": (0.0, 0.012),
     "product_pump.speed": (0.0, 0.001),
@@ -38,7 +38,7 @@ SENSOR_NOISE: dict[str, tuple[float, float]] = {
     "product_pump.filter_dp": (0.002, 0.02),
     "product_pump.motor_current": (0.02, 0.008),
     "product_pump.vibration": (0.0, 0.06),
-    "product_pump.bearing_temperature": (0.15, 0.0),
+    "product_pump.bearing_temperature": (0.1, 0.0),
     "filler.fill_weight": (0.0, 0.0022),
     "filler.fill_rate": (0.0, 0.008),
     "filler.tank_level": (0.2, 0.0),
@@ -57,7 +57,7 @@ SENSOR_NOISE: dict[str, tuple[float, float]] = {
     "air_compressor.air_flow": (0.5, 0.01),
     "air_compressor.motor_current": (0.3, 0.0),
     "air_compressor.load_duty": (0.0, 0.0),  # computed by the compressor controller
-    "air_compressor.discharge_temperature": (0.2, 0.0),
+    "air_compressor.discharge_temperature": (0.1, 0.0),
     "air_compressor.vibration": (0.0, 0.05),
 }
 PLANT_KEYS: list[str] = list(SENSOR_NOISE)

@@ -117,6 +117,17 @@ def test_every_signal_inside_its_band_in_every_mode(line, shift):
     assert not outside, outside
 
 
+def test_healthy_signals_never_change_faster_than_their_max_rate(line, shift):
+    too_fast = {}
+    for key in line.signal_keys():
+        max_rate = line.signal(key).max_rate
+        if max_rate is not None:
+            steps = shift[key].diff().abs()
+            if (steps > max_rate).any():
+                too_fast[key] = (max_rate, round(steps.max(), 3))
+    assert not too_fast, too_fast
+
+
 def test_running_values_do_not_depend_on_the_step_size(line):
     coarse = simulate_frame(line, seed=4, duration_s=1800, schedule=ModeSchedule.running())
     fine = simulate_frame(line, seed=4, duration_s=1800, dt_s=0.5, schedule=ModeSchedule.running())
