@@ -99,7 +99,7 @@ async def _source_main(kind: str, line: LineConfig, hz: float, seconds: float, r
         # paho queues what it cannot send yet: let it flush before disconnecting, or the queue is lost
         while sink.client is not None and sink.client._out_messages and time.monotonic() - t0 < seconds + 60:
             await asyncio.sleep(0.05)
-    result.put((sent, feed_s))
+    result.put((sent, feed_s, time.monotonic() - t0))
     await asyncio.sleep(1.0)
     await sink.stop()
 
@@ -137,7 +137,7 @@ async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts:
     baseline_in = collector.readings_in
     cpu0, wall0 = os.times(), time.monotonic()
     go.set()
-    reported: list[tuple[int, float]] = []
+    reported: list[tuple[int, float, float]] = []
     sent, feed_s = None, 0.0
     last_rx = wall0
     while True:
@@ -153,7 +153,8 @@ async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts:
         while not result.empty():
             reported.append(result.get())
         if sent is None and len(reported) == parts:
-            sent, feed_s = sum(n for n, _ in reported), max(s for _, s in reported)
+            sent, feed_s = sum(r[0] for r in reported), max(r[1] for r in reported)
+            flushed_s = max(r[2] for r in reported)
         if sent is not None and (received >= sent or time.monotonic() - last_rx > 5.0):
             break
     cpu1, wall1 = os.times(), time.monotonic()
@@ -169,6 +170,8 @@ async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts:
         "received": received,
         "lost": sent - received,
         "offered_per_s": sent / feed_s,
+        "source_done_s": flushed_s,
+        "last_received_s": last_rx - wall0,
         "readings_per_s": received / (last_rx - wall0),
         "collector_cpu_share": cpu / wall,
         "cpu_us_per_reading": 1e6 * cpu / max(received, 1),
@@ -199,7 +202,8 @@ async def main() -> None:
             r = await measure(kind, line, args.hz, args.seconds, 1 if kind == "opcua" else args.mqtt_publishers)
             results[kind] = r
             print(
-                f"{kind:6s} sent {r['sent']:>7,} ({r['offered_per_s']:,.0f}/s) received {r['received']:>7,} lost {r['lost']:>5,}  "
+                f"{kind:6s} sent {r['sent']:>7,} ({r['offered_per_s']:,.0f}/s, source done at {r['source_done_s']:.1f} s, "
+                f"last received at {r['last_received_s']:.1f} s) received {r['received']:>7,} lost {r['lost']:>5,}  "
                 f"{r['readings_per_s']:>7,.0f} readings/s  collector CPU {r['collector_cpu_share']:.1%} of one core ({r['cpu_us_per_reading']:.0f} us/reading)"
             )
     finally:

@@ -6,7 +6,7 @@ subscribed as one wildcard. Each JSON payload is read with the signal's field
 mapping (MqttSource.field / timestamp_field / quality_field). A bad payload is
 counted per reason and logged with its topic (rate-limited); it never stops
 the collector. paho runs its network loop on its own thread, so readings cross
-to asyncio in batches (one loop wake-up per batch, never blocking paho); on every (re)connect we subscribe
+to asyncio in batches every ``handover_s`` (10 ms; paho never waits); on every (re)connect we subscribe
 again, since a clean session forgets subscriptions.
 """
 
@@ -177,12 +177,14 @@ class MqttCollector:
         patterns: list[str] | None = None,
         qos: int = 1,
         log_every_s: float = 10.0,
+        handover_s: float = 0.01,
     ):
         self.line = line
         self.buffer = buffer
         self.conn = connection or line.mqtt or MqttConnection()
         self.qos = qos
         self.log_every_s = log_every_s
+        self.handover_s = handover_s
         self.topics: dict[str, TopicSignal] = {}
         self.by_key: dict[str, TopicSignal] = {}
         for asset in line.assets:
@@ -205,7 +207,7 @@ class MqttCollector:
         self._lock = threading.Lock()
         self._pending: list[Reading] = []
         self._pending_lock = threading.Lock()
-        self._drain_scheduled = False
+        self._drainer: asyncio.Task | None = None
         self._last_log: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
         self._down_since: float | None = None
@@ -248,6 +250,8 @@ class MqttCollector:
         self.client = client
         mqtt.connect(client, self.conn)
         client.loop_start()
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain_every(), name="mqtt-collector-handover")
 
     async def _restart(self) -> None:
         await self.stop()
@@ -259,6 +263,14 @@ class MqttCollector:
             client.on_disconnect = None
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)
+        if self._drainer is not None:
+            self._drainer.cancel()
+            try:
+                await self._drainer
+            except asyncio.CancelledError:
+                pass
+            self._drainer = None
+        self._drain_pending()  # what arrived before the stop still goes downstream
         self.connected.clear()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -344,26 +356,25 @@ class MqttCollector:
         self._hand_over(reading)
 
     def _hand_over(self, reading: Reading) -> None:
-        """Queue for the event loop; one wake-up carries every reading that arrived since the last one.
+        """Park the reading for the event loop, which collects the parked ones every ``handover_s``.
 
-        (Buffer.offer_threadsafe per message costs a self-pipe write and a loop wake-up per message.)
+        No cross-thread wake-up per message (call_soon_threadsafe costs a self-pipe write and a loop
+        wake-up each; at thousands of messages a second that was most of our CPU); paho never waits.
         """
         with self._pending_lock:
             self._pending.append(reading)
-            if self._drain_scheduled:
-                return
-            self._drain_scheduled = True
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._drain_pending)
 
     def _drain_pending(self) -> None:
         with self._pending_lock:
             batch, self._pending = self._pending, []
-            self._drain_scheduled = False
         offer = self.buffer.offer
         for reading in batch:
             offer(reading)
+
+    async def _drain_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.handover_s)
+            self._drain_pending()
 
     def _reject(self, reason: str, topic: str, detail: str) -> None:
         with self._lock:
