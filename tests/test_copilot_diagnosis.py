@@ -93,7 +93,7 @@ def test_similar_incidents_reach_the_pack():
 def model_text(**over) -> str:
     body = {
         "summary": "Bearing wear on the product pump.",
-        "causes": [{"fault_type": "bearing_wear", "title": "Bearing wear", "confidence": 0.8,
+        "causes": [{"fault_type": "bearing_wear", "title": "Bearing wear", "confidence": "high",
                     "signals": ["product_pump.vibration", "product_pump.impeller_rpm"],
                     "runbook": ["RB-PUMP-001#checks", "RB-PUMP-999#checks"]}],
         "steps": [{"text": "Check grease", "kind": "check", "runbook": "RB-PUMP-001#checks"},

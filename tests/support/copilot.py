@@ -23,3 +23,16 @@ def ramp(key: str, start: float, end: float, t0: float = 400.0, t1: float = 1000
         wobble = 0.001 * abs(end - start + 1) * ((-1) ** i)
         out.append(Reading(t0 + i * step, asset, signal, start + (end - start) * i / (n - 1) + wobble))
     return out
+
+
+def make_tiny_qwen(path) -> "Path":
+    """Generate the tiny random-weight Qwen2 GGUF with the repo's script (models/make_tiny_qwen.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    from factory_copilot.config import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("make_tiny_qwen", REPO_ROOT / "models" / "make_tiny_qwen.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Path(module.write_tiny_qwen(path))

@@ -18,6 +18,9 @@ from factory_copilot.copilot.evidence import EvidencePack, SignalEvidence, devia
 from factory_copilot.copilot.runbooks import Runbook, RunbookLibrary
 from factory_copilot.models import Cause, Diagnosis, Evidence, Step
 
+CONFIDENCE = {"high": 0.8, "medium": 0.5, "low": 0.2}
+
+
 def diagnosis_schema(
     faults: list[str] | None = None,
     signals: list[str] | None = None,
@@ -26,6 +29,7 @@ def diagnosis_schema(
     max_causes: int = 3,
     max_steps: int = 5,
     max_refs: int = 4,
+    max_notes: int = 2,
 ) -> dict:
     """The JSON schema the model's output is constrained to (by grammar) and then checked against the pack.
 
@@ -56,7 +60,8 @@ def diagnosis_schema(
                     "properties": {
                         "fault_type": one_of(faults, 32),
                         "title": text(min(80, text_chars), required=True),
-                        "confidence": {"type": "number"},
+                        # words, not digits: a small model's "0.87" is false precision, and the grammar stays short
+                        "confidence": {"type": "string", "enum": list(CONFIDENCE)},
                         "signals": {"type": "array", "maxItems": max_refs, "items": one_of(signals, 48)},
                         "runbook": {"type": "array", "maxItems": 2, "items": one_of(refs, 24)},
                     },
@@ -76,8 +81,8 @@ def diagnosis_schema(
                     "required": ["text", "kind", "runbook"],
                 },
             },
-            "safety": {"type": "array", "maxItems": 2, "items": text()},
-            "would_change": {"type": "array", "maxItems": 2, "items": text()},
+            "safety": {"type": "array", "maxItems": max_notes, "items": text()},
+            "would_change": {"type": "array", "maxItems": max_notes, "items": text()},
         },
         "required": ["summary", "causes", "steps", "safety", "would_change"],
     }
@@ -294,10 +299,11 @@ def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, mode
                 evidence.append(Evidence("runbook", ok, ""))
             else:
                 dropped += 1
+        raw_conf = c.get("confidence", "low")
         try:
-            confidence = min(1.0, max(0.0, float(c.get("confidence", 0.0))))
+            confidence = CONFIDENCE.get(str(raw_conf).strip().lower()) or min(1.0, max(0.0, float(raw_conf)))
         except (TypeError, ValueError):
-            confidence = 0.0
+            confidence = CONFIDENCE["low"]
         causes.append(Cause(fault, _clean(c.get("title"), 120) or faults[fault].name, confidence, evidence, "model"))
 
     steps = []

@@ -25,7 +25,7 @@ DATA_CLOSE = "PLANT_DATA>>>"
 
 # the output form in a few tokens; the full JSON schema is enforced by the grammar, it need not be read
 OUTPUT_FORM = (
-    '{"summary":"<=2 sentences","causes":[{"fault_type":"<known fault id>","title":"...","confidence":0.0-1.0,'
+    '{"summary":"<=2 sentences","causes":[{"fault_type":"<known fault id>","title":"...","confidence":"high|medium|low",'
     '"signals":["asset.signal"],"runbook":["RB-XXX-000#section"]}],'
     '"steps":[{"text":"...","kind":"check|action","runbook":"RB-XXX-000#section"}],'
     '"safety":["..."],"would_change":["what observation would change this conclusion"]}'

@@ -1,0 +1,170 @@
+"""The real llama-cpp-python path on a tiny random-weight Qwen2 GGUF: template, grammar, validation, fallbacks, streaming, queueing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
+from factory_copilot.copilot import Copilot, LlamaCppBackend, TokenStream  # noqa: E402
+from factory_copilot.copilot.diagnosis import diagnosis_schema, parse_json_leniently  # noqa: E402
+from tests.support.copilot import alarm_for, make_tiny_qwen, ramp  # noqa: E402
+
+LINE = load_line(SIMULATED_LINE)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory):
+    return make_tiny_qwen(tmp_path_factory.mktemp("models") / "tiny-qwen.gguf")
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_qwen):
+    return LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, seed=7)
+
+
+def small_schema(cop_faults, library, **kw):
+    # short strings and one item each: random weights fill every string to its bound, so bounds set the run time
+    return diagnosis_schema(faults=list(cop_faults), signals=LINE.signal_keys(), refs=[p.id for p in library.passages],
+                            text_chars=4, max_causes=1, max_steps=1, max_refs=3, max_notes=1, **kw)
+
+
+def copilot_with(backend, **kw) -> Copilot:
+    cop = Copilot(LINE, backend=backend, **kw)
+    if "schema" not in kw:
+        cop.schema = small_schema(cop.faults, cop.library)
+    for r in ramp("product_pump.vibration", 2.0, 6.0) + ramp("product_pump.bearing_temperature", 55, 80):
+        cop.observe(r)
+    return cop
+
+
+def test_tiny_model_loads_fast_with_the_chat_template_from_the_file(tiny_qwen, backend):
+    assert tiny_qwen.stat().st_size < 1_000_000
+    started = time.perf_counter()
+    llama = backend.load()
+    assert time.perf_counter() - started < 2.0
+    assert llama.chat_format == "chat_template.default"  # the template came from the GGUF, not a built-in guess
+    assert "<|im_start|>" in llama.metadata["tokenizer.chat_template"]
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello"}]
+    backend.chat(messages, max_tokens=1)
+    rendered = "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    prompt_tokens = llama.tokenize(rendered.encode(), add_bos=False, special=True)
+    assert prompt_tokens[0] == llama.tokenize(b"<|im_start|>", add_bos=False, special=True)[0]  # one control token
+    assert backend.last_stats["context_tokens"] - len(prompt_tokens) in (0, 1)  # prompt (+ the generated token)
+
+
+async def test_schema_constrained_output_is_parsed_and_citations_checked(backend):
+    cop = copilot_with(backend)
+    alarm = alarm_for("product_pump", "bearing_wear", 0.7)
+    stream = TokenStream()
+    d = await cop.diagnose(alarm, on_token=stream)
+    raw = parse_json_leniently(stream.text)  # what the model wrote, control characters and all
+    assert d.source == "model", d.fallback_reason
+    pack = cop.pack(alarm.alarm_id)
+    cited = [k for c in raw["causes"] for k in c["signals"]] + [r for c in raw["causes"] for r in c["runbook"]]
+    cited += [s["runbook"] for s in raw["steps"] if s["runbook"]]
+    allowed = pack.signal_keys() | pack.passage_ids() | pack.runbook_ids()
+    expected_drops = sum(1 for ref in cited if ref not in allowed)
+    assert d.dropped_citations == expected_drops
+    for cause in d.causes:
+        assert cause.origin == "model" and cause.fault_type in cop.faults
+        assert all(e.ref in allowed for e in cause.evidence)
+    assert any("RB-PUMP-001#safety" in s for s in d.safety)  # runbook safety notes always present
+
+
+async def test_a_cited_signal_missing_from_the_pack_is_dropped_and_counted(backend):
+    # only signals outside this alarm's pack are allowed by the grammar here, so every signal citation must be dropped
+    cop = copilot_with(backend)
+    alarm = alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-missing")
+    pack = cop.evidence(alarm)
+    outside = [k for k in LINE.signal_keys() if k not in pack.signal_keys()]
+    cop.schema = diagnosis_schema(faults=["bearing_wear"], signals=outside, refs=["RB-PUMP-001#checks"], text_chars=4,
+                                  max_causes=1, max_steps=0, max_refs=3, max_notes=0)
+    cop.schema["properties"]["causes"]["items"]["properties"]["signals"]["minItems"] = 1
+    stream = TokenStream()
+    d = await cop.diagnose(alarm, on_token=stream)
+    raw = parse_json_leniently(stream.text)
+    n_signals = len(raw["causes"][0]["signals"])
+    assert n_signals >= 1 and d.source == "model"
+    assert d.dropped_citations == n_signals
+    assert not [e for e in d.causes[0].evidence if e.kind == "signal"]
+
+
+async def test_timeout_falls_back_to_the_runbook(backend):
+    cop = copilot_with(backend, timeout_s=0.2)
+    cop.schema = diagnosis_schema(faults=list(cop.faults), text_chars=400)  # long strings: many seconds of grammar sampling
+    d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7))
+    assert d.source == "runbook" and d.fallback_reason.startswith("timeout")
+    assert d.causes[0].fault_type == "bearing_wear" and d.latency_s < 5
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+async def test_broken_model_file_logs_once_and_falls_back(tiny_qwen, tmp_path, caplog, damage):
+    path = tmp_path / "broken.gguf"
+    if damage == "truncated":
+        path.write_bytes(tiny_qwen.read_bytes()[:4096])
+    elif damage == "garbage":
+        path.write_bytes(b"this is not a gguf file\n" * 200)
+    cop = copilot_with(LlamaCppBackend(path, n_threads=1))
+    with caplog.at_level(logging.ERROR, logger="factory_copilot.copilot.backends"):
+        first = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-1"))
+        second = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-2"))
+    for d in (first, second):
+        assert d.source == "runbook" and d.fallback_reason.startswith("model unavailable")
+        assert d.causes[0].fault_type == "bearing_wear"
+    lines = [r for r in caplog.records if "model unavailable" in r.getMessage()]
+    assert len(lines) == 1 and str(path) in lines[0].getMessage()
+
+
+async def test_tokens_stream_before_the_diagnosis_completes(backend):
+    cop = copilot_with(backend)
+    arrivals: list[float] = []
+    pieces: list[str] = []
+
+    def on_token(piece: str) -> None:
+        arrivals.append(time.perf_counter())
+        pieces.append(piece)
+
+    started = time.perf_counter()
+    d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=on_token)
+    done = time.perf_counter()
+    assert d.latency_s is not None and len(pieces) >= 10
+    assert json.loads("".join(pieces), strict=False)  # the pieces are the whole reply, in order
+    # the first piece came early, not in one lump at the end
+    assert arrivals[0] - started < 0.6 * (done - started), (arrivals[0] - started, done - started)
+
+
+async def test_concurrent_diagnoses_queue_on_one_model_and_both_complete(backend):
+    cop = copilot_with(backend)
+    order: list[str] = []
+    calls_before = backend.calls
+    a = alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-a")
+    b = alarm_for("product_pump", "pump_cavitation", 0.6, alarm_id="A-b")
+    da, db = await asyncio.wait_for(asyncio.gather(
+        cop.diagnose(a, on_token=lambda p: order.append("a")),
+        cop.diagnose(b, on_token=lambda p: order.append("b")),
+    ), timeout=120)
+    assert {da.alarm_id, db.alarm_id} == {"A-a", "A-b"} and da.summary and db.summary
+    assert backend.calls - calls_before == 2
+    switches = sum(1 for x, y in zip(order, order[1:]) if x != y)
+    assert set(order) == {"a", "b"} and switches == 1  # one generation after the other, never interleaved
+
+
+async def test_follow_up_questions_keep_a_conversation_per_alarm(backend):
+    cop = copilot_with(backend)
+    alarm = alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-q")
+    cop.explain_now(alarm)
+    first = await cop.ask("A-q", "what do I check first?", actor="op1", request_id="r1")
+    second = await cop.ask("A-q", "and then?", actor="op1", request_id="r2")
+    assert first.source == second.source == "model" and first.text and second.text
+    turns = cop.conversation("A-q")
+    assert [t.role for t in turns] == ["operator", "copilot", "operator", "copilot"]
+    assert [t.request_id for t in turns] == ["r1", "r1", "r2", "r2"]
+    with pytest.raises(KeyError, match="A-unknown"):
+        await cop.ask("A-unknown", "hello?")
