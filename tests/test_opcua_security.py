@@ -88,3 +88,13 @@ async def test_a_server_certificate_we_do_not_trust_is_refused(secure_server, pk
     )
     with pytest.raises(OpcuaConnectError, match=r"server certificate is not the trusted one .*BadCertificateUntrusted"):
         await OpcuaCollector(line, Buffer(10), pki_dir=pki["client"]).connect()
+
+
+async def test_asking_for_security_the_server_does_not_offer_is_said_plainly(pki):
+    plain = await start_server(security="none")
+    try:
+        line = line_with_opcua(endpoint=plain.endpoint, security=SECURE)
+        with pytest.raises(OpcuaConnectError, match="does not offer security basic256sha256_sign_encrypt"):
+            await OpcuaCollector(line, Buffer(10), pki_dir=pki["client"]).connect()
+    finally:
+        await plain.stop()

@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--mqtt-port", type=int)
     c.add_argument("--pattern", action="append", default=[], help="MQTT topic pattern like factory/+/+/{asset}/{signal} (repeatable)")
     c.add_argument("--pki-dir", help="client certificate directory for OPC UA security")
+    c.add_argument("--security", choices=["none", "basic256sha256_sign_encrypt"], help="OPC UA security (overrides the line file)")
+    c.add_argument("--user", type=_user, metavar="NAME:PASSWORD", help="OPC UA or MQTT user (overrides the line file)")
     c.set_defaults(func=collect)
 
     b = sub.add_parser(
@@ -66,12 +68,17 @@ async def collect(args: argparse.Namespace) -> int:
     buffer: Buffer[Reading] = Buffer(100_000, name="collect")
     if args.source == "opcua":
         conn = line.opcua or OpcuaConnection()
-        if args.endpoint:
-            conn = conn.model_copy(update={"endpoint": args.endpoint})
+        overrides = {"endpoint": args.endpoint, "security": args.security}
+        if args.user:
+            overrides |= {"username": args.user[0], "password": args.user[1]}
+        conn = conn.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         collector = OpcuaCollector(line, buffer, conn, pki_dir=args.pki_dir)
     else:
         conn = line.mqtt or MqttConnection()
-        conn = conn.model_copy(update={k: v for k, v in {"host": args.mqtt_host, "port": args.mqtt_port}.items() if v is not None})
+        overrides = {"host": args.mqtt_host, "port": args.mqtt_port}
+        if args.user:
+            overrides |= {"username": args.user[0], "password": args.user[1]}
+        conn = conn.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         collector = MqttCollector(line, buffer, conn, patterns=args.pattern)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

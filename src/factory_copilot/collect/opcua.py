@@ -71,8 +71,8 @@ def _explain(endpoint: str, conn: OpcuaConnection, exc: BaseException) -> str:
         return f"{endpoint}: {who} not accepted by the server ({name})"
     if name in ("BadCertificateUntrusted", "BadSecurityChecksFailed", "BadCertificateInvalid"):
         return f"{endpoint}: our client certificate is not trusted by the server ({name}); add it to the server's trust list"
-    if name in ("BadSecurityPolicyRejected", "BadSecurityModeRejected"):
-        return f"{endpoint}: the server does not offer security {conn.security} ({name})"
+    if name in ("BadSecurityPolicyRejected", "BadSecurityModeRejected") or "No matching endpoints" in str(exc):
+        return f"{endpoint}: the server does not offer security {conn.security} ({'BadSecurityPolicyRejected' if name == 'UaError' else name})"
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return f"{endpoint}: no answer within {conn.timeout_s:g} s"
     if isinstance(exc, OSError):
