@@ -1,0 +1,85 @@
+"""The station loop: the runbook diagnosis goes out at once, the model's follows; tokens stream; other events are ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+from factory_copilot.buffer import Buffer
+from factory_copilot.config import SIMULATED_LINE, load_line
+from factory_copilot.copilot import Copilot
+from factory_copilot.models import AlarmEvent, AlarmState
+from tests.support.copilot import alarm_for, ramp
+
+LINE = load_line(SIMULATED_LINE)
+REPLY = json.dumps({
+    "summary": "Bearing wear.", "causes": [{"fault_type": "bearing_wear", "title": "Bearing wear", "confidence": "medium",
+                                            "signals": ["product_pump.vibration"], "runbook": ["RB-PUMP-001#checks"]}],
+    "steps": [], "safety": [], "would_change": [],
+})
+
+
+class GatedBackend:
+    """A model that answers only when the test opens the gate, so the test sees what went out before it."""
+
+    name = "gated"
+
+    def __init__(self):
+        self.gate = threading.Event()
+
+    def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None):
+        assert self.gate.wait(30)
+        for i in range(0, len(REPLY), 10):
+            on_token and on_token(REPLY[i:i + 10])
+        return REPLY
+
+
+async def next_item(buffer: Buffer, timeout: float = 20):
+    return await asyncio.wait_for(buffer.get(), timeout)
+
+
+async def test_runbook_first_then_model_with_streamed_tokens():
+    backend = GatedBackend()
+    cop = Copilot(LINE, backend=backend)
+    alarms, readings, out, tokens = Buffer(100, "alarms"), Buffer(10_000, "readings"), Buffer(100, "diag"), Buffer(1000, "tok")
+    for r in ramp("product_pump.vibration", 2.0, 6.0):
+        readings.offer(r)
+    task = asyncio.create_task(cop.run(alarms, out, readings=readings, tokens=tokens))
+    try:
+        while readings.qsize():  # the station drains the readings before the alarm arrives
+            await asyncio.sleep(0)
+        alarm = alarm_for("product_pump", "bearing_wear", 0.7)
+        ack = AlarmEvent(alarm.alarm_id, 1.0, "acknowledged", AlarmState.ACTIVE_ACK, alarm, actor="op")
+        alarms.offer(ack)  # not a reason to explain again
+        alarms.offer(AlarmEvent(alarm.alarm_id, 1.0, "raised", AlarmState.ACTIVE_UNACK, alarm))
+        first = await next_item(out)
+        assert first.source == "runbook" and first.fallback_reason is None and first.causes[0].fault_type == "bearing_wear"
+        assert out.qsize() == 0 and tokens.qsize() == 0  # the model has not answered: the alarm did not wait for it
+        backend.gate.set()
+        second = await next_item(out)
+        assert second.source == "model" and second.alarm_id == alarm.alarm_id and second.model == "gated"
+        pieces = []
+        while tokens.qsize():
+            pieces.append(tokens.get_nowait())
+        assert pieces[-1] == (alarm.alarm_id, "", True)
+        assert "".join(p[1] for p in pieces[:-1]) == REPLY
+        assert cop.stats["runbook"] == 1 and cop.stats["model"] == 1
+    finally:
+        task.cancel()
+
+
+async def test_without_a_model_only_the_runbook_diagnosis_goes_out():
+    cop = Copilot(LINE)
+    alarms, out = Buffer(10, "alarms"), Buffer(10, "diag")
+    task = asyncio.create_task(cop.run(alarms, out))
+    try:
+        alarms.offer(alarm_for("air_compressor", "air_leak", 0.9))
+        d = await next_item(out)
+        assert d.source == "runbook" and d.causes[0].fault_type == "air_leak"
+        # a question without a model is answered from the runbooks
+        turn = await cop.ask(d.alarm_id, "how do I find the leak?")
+        assert turn.source == "runbook" and "RB-AIR-001" in turn.text
+    finally:
+        task.cancel()
+    assert out.qsize() == 0

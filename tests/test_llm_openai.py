@@ -1,0 +1,138 @@
+"""The OpenAI-compatible backend against a small local server on 127.0.0.1 that speaks the chat-completions API with SSE."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from factory_copilot.config import SIMULATED_LINE, load_line
+from factory_copilot.copilot import Copilot, OpenAIBackend
+from factory_copilot.copilot.backends import ModelTimeout, ModelUnavailable
+from factory_copilot.broker import free_port
+from tests.support.copilot import alarm_for, ramp
+
+LINE = load_line(SIMULATED_LINE)
+
+REPLY = json.dumps({
+    "summary": "Pump bearing wear: vibration rising with bearing temperature.",
+    "causes": [{"fault_type": "bearing_wear", "title": "Bearing wear", "confidence": "high",
+                "signals": ["product_pump.vibration", "filler.nozzle_pressure"], "runbook": ["RB-PUMP-001#checks"]}],
+    "steps": [{"text": "Take a handheld vibration reading", "kind": "check", "runbook": "RB-PUMP-001#checks"}],
+    "safety": ["Lock out the pump"], "would_change": ["Vibration back in band"],
+})
+
+
+class FakeLlamaServer:
+    """Speaks POST /v1/chat/completions with "stream": true as server-sent events, one piece per event."""
+
+    def __init__(self, reply: str = REPLY, status: int = 200, stall: threading.Event | None = None):
+        self.reply, self.status, self.stall = reply, status, stall
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                if outer.status != 200:
+                    self.send_response(outer.status)
+                    self.end_headers()
+                    self.wfile.write(b'{"error": "model not loaded"}')
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(b": keep-alive\n\n")
+                for i in range(0, len(outer.reply), 7):
+                    if outer.stall is not None and i >= 14:
+                        outer.stall.wait(10)  # hold the stream open: the client must give up first
+                    chunk = {"choices": [{"index": 0, "delta": {"content": outer.reply[i:i + 7]}}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        if self.stall is not None:
+            self.stall.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def server():
+    s = FakeLlamaServer()
+    yield s
+    s.stop()
+
+
+def copilot(backend) -> Copilot:
+    cop = Copilot(LINE, backend=backend)
+    for r in ramp("product_pump.vibration", 2.0, 6.0) + ramp("product_pump.bearing_temperature", 55, 80):
+        cop.observe(r)
+    return cop
+
+
+def test_streams_pieces_and_sends_the_schema(server):
+    backend = OpenAIBackend(server.url, model="qwen2.5-1.5b-instruct", api_key="k")
+    pieces: list[str] = []
+    text = backend.chat([{"role": "user", "content": "hi"}], schema={"type": "object"}, max_tokens=50,
+                        on_token=pieces.append)
+    assert text == REPLY and len(pieces) > 10 and "".join(pieces) == REPLY
+    req = server.requests[0]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer k"
+    assert req["body"]["stream"] is True and req["body"]["max_tokens"] == 50
+    assert req["body"]["response_format"]["json_schema"]["schema"] == {"type": "object"}
+
+
+async def test_model_diagnosis_over_http_is_validated(server):
+    cop = copilot(OpenAIBackend(server.url))
+    d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.8))
+    assert d.source == "model" and d.model.startswith("qwen2.5-1.5b-instruct@")
+    assert d.dropped_citations == 1  # filler.nozzle_pressure is not evidence for this alarm
+    assert [e.ref for e in d.causes[0].evidence] == ["product_pump.vibration", "RB-PUMP-001#checks"]
+    assert d.causes[0].confidence == 0.8
+    sent = server.requests[0]["body"]["messages"]
+    assert sent[0]["role"] == "system" and "PLANT_DATA" in sent[1]["content"]
+
+
+async def test_unreachable_server_falls_back():
+    cop = copilot(OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", connect_timeout_s=2))
+    d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.8))
+    assert d.source == "runbook" and d.fallback_reason.startswith("model unavailable")
+    with pytest.raises(ModelUnavailable):
+        OpenAIBackend(f"http://127.0.0.1:{free_port()}").chat([{"role": "user", "content": "x"}])
+
+
+async def test_server_error_and_invalid_reply_fall_back():
+    broken = FakeLlamaServer(status=503)
+    chatty = FakeLlamaServer(reply="I am not JSON, sorry")
+    try:
+        d = await copilot(OpenAIBackend(broken.url)).diagnose(alarm_for("product_pump", "bearing_wear", 0.8))
+        assert d.source == "runbook" and "HTTP 503" in d.fallback_reason
+        d = await copilot(OpenAIBackend(chatty.url)).diagnose(alarm_for("product_pump", "bearing_wear", 0.8))
+        assert d.source == "runbook" and d.fallback_reason.startswith("invalid output")
+    finally:
+        broken.stop()
+        chatty.stop()
+
+
+def test_a_stalled_stream_times_out():
+    s = FakeLlamaServer(stall=threading.Event())
+    try:
+        got: list[str] = []
+        with pytest.raises(ModelTimeout) as info:
+            OpenAIBackend(s.url).chat([{"role": "user", "content": "x"}], on_token=got.append, timeout_s=0.5)
+        assert info.value.partial == REPLY[:14] and "".join(got) == REPLY[:14]
+    finally:
+        s.stop()
