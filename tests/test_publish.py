@@ -450,3 +450,25 @@ def test_alerts_tail_prints_active_alarms_and_diagnoses(broker, tmp_path):
     assert any("HIGH" in l and "active_unacknowledged" in l and "product_pump" in l and "flow below 40 l/min" in l for l in lines)
     assert any("Suction pressure low and flow unsteady: cavitation." in l for l in lines)
     assert any("publisher offline" in l for l in lines)
+
+
+async def test_alarms_go_before_replies_diagnoses_and_streamed_text(broker, tmp_path):
+    persistent_broker(broker, tmp_path)
+    listen = await Listener(broker, [f"{T.base}/#"], client_id="scada-all", persistent=True).ready()
+    broker.stop()
+    async with publisher(broker, tmp_path) as pub:
+        for token in ("Suction ", "pressure ", "low."):
+            pub.diagnosis_token("a0", token, asset="product_pump")
+        pub.diagnosis(diagnosis("a0"), asset="product_pump")
+        pub.command_reply(CommandResult("r1", True, "acknowledged"))
+        for i in range(2):
+            pub.alarm_event(event(make_alarm(f"a{i}"), "raised"))
+        broker.start()
+        await asyncio.wait_for(pub.online.wait(), WAIT_S)
+        got = []
+        while len(got) < 9:
+            msg = await listen.next()
+            if msg.topic != T.status():
+                got.append(msg.body["schema"])
+    listen.close()
+    assert got == ["alarm/1", "event/1"] * 2 + ["command-reply/1", "diagnosis/1"] + ["diagnosis-stream/1"] * 3
