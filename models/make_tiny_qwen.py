@@ -41,20 +41,20 @@ def byte_tokens() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-def write_tiny_qwen(path: str | Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2,
-                    n_ff: int = 128, n_ctx: int = 32768, seed: int = 0) -> Path:
-    import gguf  # dev dependency, only needed to make test models
+def write_qwen2(path: str | Path, tokens: list[str], types: list[int], merges: list[str], *, n_embd: int,
+                n_layer: int, n_head: int, n_head_kv: int, n_ff: int, n_ctx: int = 32768, tied: bool = False,
+                dtype: type = np.float16, std: float = 0.5, seed: int = 0, name: str = "qwen2-random") -> Path:
+    """Write a Qwen2-architecture GGUF with random weights and the given byte-level BPE vocabulary."""
+    import gguf  # dev dependency, only needed to make test and benchmark models
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    tokens = byte_tokens() + ["".join(m) for m in MERGES] + SPECIALS
-    types = [gguf.TokenType.NORMAL] * (len(tokens) - len(SPECIALS)) + [gguf.TokenType.CONTROL] * len(SPECIALS)
     n_vocab = len(tokens)
     eot, im_start, im_end = (tokens.index(s) for s in SPECIALS)
 
     w = gguf.GGUFWriter(str(path), "qwen2")
-    w.add_name("tiny-qwen2-random")
+    w.add_name(name)
     w.add_context_length(n_ctx)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
@@ -63,12 +63,12 @@ def write_tiny_qwen(path: str | Path, *, n_embd: int = 64, n_layer: int = 2, n_h
     w.add_head_count_kv(n_head_kv)
     w.add_rope_freq_base(1_000_000.0)
     w.add_layer_norm_rms_eps(1e-6)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges([f"{a} {b}" for a, b in MERGES])
+    w.add_token_merges(merges)
     w.add_bos_token_id(eot)
     w.add_eos_token_id(im_end)
     w.add_pad_token_id(eot)
@@ -76,10 +76,9 @@ def write_tiny_qwen(path: str | Path, *, n_embd: int = 64, n_layer: int = 2, n_h
     w.add_chat_template(CHATML_TEMPLATE)
 
     def mat(rows: int, cols: int) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) * 0.5).astype(np.float16)
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(dtype)
 
-    head_dim = n_embd // n_head
-    n_kv = head_dim * n_head_kv
+    n_kv = (n_embd // n_head) * n_head_kv
     w.add_tensor("token_embd.weight", mat(n_vocab, n_embd))
     for i in range(n_layer):
         p = f"blk.{i}."
@@ -96,12 +95,23 @@ def write_tiny_qwen(path: str | Path, *, n_embd: int = 64, n_layer: int = 2, n_h
         w.add_tensor(p + "ffn_up.weight", mat(n_ff, n_embd))
         w.add_tensor(p + "ffn_down.weight", mat(n_embd, n_ff))
     w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    w.add_tensor("output.weight", mat(n_vocab, n_embd))
+    if not tied:  # Qwen2.5 0.5B-3B tie the output projection to the embedding; llama.cpp reuses token_embd
+        w.add_tensor("output.weight", mat(n_vocab, n_embd))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_tiny_qwen(path: str | Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2,
+                    n_ff: int = 128, n_ctx: int = 32768, seed: int = 0) -> Path:
+    import gguf
+
+    tokens = byte_tokens() + ["".join(m) for m in MERGES] + SPECIALS
+    types = [gguf.TokenType.NORMAL] * (len(tokens) - len(SPECIALS)) + [gguf.TokenType.CONTROL] * len(SPECIALS)
+    return write_qwen2(path, tokens, types, [f"{a} {b}" for a, b in MERGES], n_embd=n_embd, n_layer=n_layer,
+                       n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx=n_ctx, seed=seed, name="tiny-qwen2-random")
 
 
 def main() -> None:
