@@ -30,7 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--line", default=str(SIMULATED_LINE), help="line file (default: the simulated packaging line)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (0: as fast as possible)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="simulated seconds per wall second (0: as fast as possible); readings carry simulation time "
+        "(start + t), so above 1 they run ahead of the wall clock, in step with the ground truth",
+    )
     p.add_argument("--dt", type=float, default=None, help="simulated seconds per step (default: the line's sampling interval)")
     p.add_argument("--duration", type=float, default=None, help="simulated seconds to run (default: until Ctrl-C)")
     p.add_argument("--schedule", choices=["default", "running"], default="default", help="operating-mode schedule")
