@@ -28,8 +28,6 @@ VERSION = 1
 ALARM, EVENT, DIAGNOSIS, STREAM, STATUS = "alarm/1", "event/1", "diagnosis/1", "diagnosis-stream/1", "status/1"
 COMMAND, COMMAND_REPLY, ASK, ANSWER = "command/1", "command-reply/1", "ask/1", "answer/1"
 KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER)
-# commands an operator may send over MQTT; out-of-service stays a dashboard/engineering action
-MQTT_COMMANDS = ("acknowledge", "shelve", "unshelve")
 
 
 class PayloadError(ValueError):
