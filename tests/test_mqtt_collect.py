@@ -259,3 +259,12 @@ async def test_mqtt5_clients_fall_back_to_311_on_an_older_broker(caplog):
         await collector.stop()
     finally:
         await asyncio.to_thread(old.stop)
+
+
+def test_collector_for_picks_the_source():
+    from factory_copilot.collect import OpcuaCollector, collector_for
+
+    assert isinstance(collector_for(LINE, Buffer(10), "mqtt"), MqttCollector)
+    assert isinstance(collector_for(LINE, Buffer(10), "opcua"), OpcuaCollector)
+    with pytest.raises(ValueError, match="unknown source 'modbus'"):
+        collector_for(LINE, Buffer(10), "modbus")
