@@ -207,13 +207,12 @@ def alarm_list(alarms: list[Alarm], snap: Snapshot, now: float) -> None:
             b1, b2, b3 = c_buttons.columns(3)
             no_feed = cfg.feed is None
             if b1.button("Ack", key=f"ack:{alarm.alarm_id}", disabled=no_feed or alarm.state.acknowledged,
-                         help="Acknowledge this alarm", type="primary" if not alarm.state.acknowledged else "secondary"):
+                         type="primary" if not alarm.state.acknowledged else "secondary"):
                 send(alarm, "acknowledge")
             if alarm.shelved:
                 if b2.button("Unshelve", key=f"unshelve:{alarm.alarm_id}", disabled=no_feed):
                     send(alarm, "unshelve")
-            elif b2.button("Shelve", key=f"shelve:{alarm.alarm_id}", disabled=no_feed,
-                           help=f"Shelve for {st.session_state.get('shelve_for', '1 h')}; shelving always expires"):
+            elif b2.button("Shelve", key=f"shelve:{alarm.alarm_id}", disabled=no_feed):  # for the sidebar's time
                 send(alarm, "shelve", SHELVE_CHOICES[st.session_state.get("shelve_for", "1 h")])
             if b3.button("Open", key=f"select:{alarm.alarm_id}", disabled=selected):
                 st.session_state["alarm_id"] = alarm.alarm_id

@@ -162,4 +162,4 @@ def contribution_chart(contributions: dict[str, float], limit: int = 8) -> alt.C
         x=alt.X("share:Q", title="share of anomaly score", axis=alt.Axis(format="%")),
         y=alt.Y("signal:N", sort="-x", title=None),
         tooltip=["signal:N", alt.Tooltip("share:Q", format=".1%")],
-    ).properties(height=max(60, 24 * len(data)), width="container")
+    ).properties(height=max(60, 24 * len(data)))
