@@ -127,8 +127,21 @@ def test_one_alarm_per_condition(engine, clock):
     feed(engine, clock, limit(signal="suction_pressure", value=0.2), 3)
     feed(engine, clock, fault(), 3)
     ids = sorted(a.alarm_id for a in engine.active())
-    assert ids == ["product_pump.fault-bearing_wear", "product_pump.flow-limit", "product_pump.suction_pressure-limit"]
+    assert ids == ["product_pump.fault", "product_pump.flow-limit", "product_pump.suction_pressure-limit"]
     assert [e.event for e in engine.audit("product_pump.flow-limit")] == ["raised"]
+
+
+def test_fault_named_later_updates_the_same_alarm_not_a_second_one(engine, clock):
+    first = raise_alarm(engine, clock, fault("unknown", p=0.3))
+    assert first.alarm_id == "product_pump.fault" and "unusual" in first.message.lower()
+    events = feed(engine, clock, fault("pump_cavitation", p=0.9), 3)
+    assert [e.event for e in events] == ["reclassified"]  # once, not on every evaluation
+    alarm = engine.get("product_pump.fault")
+    assert alarm.state is AlarmState.ACTIVE_UNACK and "cavitation" in alarm.message.lower()
+    assert events[0].comment == "unknown -> pump_cavitation"
+    # an 'unknown' evaluation later does not take the name away again
+    assert feed(engine, clock, fault("unknown", p=0.3), 3) == []
+    assert [a.alarm_id for a in engine.active()] == ["product_pump.fault"]
 
 
 def test_active_sorted_worst_priority_first(engine, clock):

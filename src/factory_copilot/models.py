@@ -131,9 +131,14 @@ class Anomaly:
 
     @property
     def condition(self) -> str:
-        """The alarm condition this anomaly belongs to: one alarm per asset + condition."""
+        """The alarm condition this anomaly belongs to: one alarm per asset + condition.
+
+        A multivariate departure is one condition per asset ("fault"): the classifier's
+        name for it firms up while the fault grows, and that must update the alarm,
+        not raise a second one.
+        """
         if self.kind == "multivariate":
-            return f"fault:{self.fault_type or 'unknown'}"
+            return "fault"
         return f"{self.signal}:{self.kind}"
 
     def to_dict(self) -> dict[str, Any]:

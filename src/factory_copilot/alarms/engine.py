@@ -200,7 +200,10 @@ class AlarmEngine:
                 cond.pending_since = now
             cond.last_abnormal, cond.normal_since = now, None
             if is_active:
+                before = alarm.anomaly.fault_type if alarm.anomaly else None
                 alarm.anomaly = anomaly
+                if anomaly.fault_type not in (None, "unknown", before):
+                    self._reclassify(alarm, anomaly, before, now)
                 self._follow_suppression(alarm, cond, anomaly, now)
             elif now - cond.pending_since >= self.settings.on_delay(anomaly.kind):
                 self._activate(cond, alarm, anomaly, now)
@@ -323,6 +326,12 @@ class AlarmEngine:
         else:
             alarm.state = AlarmState.NORMAL
             self._emit(alarm, "cleared", now)
+
+    def _reclassify(self, alarm: Alarm, anomaly: Anomaly, before: str | None, now: float) -> None:
+        """The classifier named the fault of an active alarm (or changed its mind): same alarm, new text and priority."""
+        alarm.message = alarm_text(self.line, self.faults, anomaly)
+        alarm.priority = design.priority_for(self.line, self.faults, anomaly)
+        self._emit(alarm, "reclassified", now, comment=f"{before or 'unknown'} -> {anomaly.fault_type}")
 
     def _follow_suppression(self, alarm: Alarm, cond: _Condition, anomaly: Anomaly, now: float) -> None:
         suppressed = design.mode_suppressed(self.line, anomaly)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 TokenSink = Callable[[str], None]
 # alarm events that deserve an explanation; acknowledgements and clearings do not
-EXPLAIN_EVENTS = ("raised", "realarm")
+EXPLAIN_EVENTS = ("raised", "realarm", "reclassified")  # a new fault name deserves a new diagnosis
 
 
 class TokenStream:
