@@ -23,6 +23,8 @@ COMMANDS: list[str] = [
     "factory_copilot.alarms.cli",
     "factory_copilot.publish.tail",
     "factory_copilot.copilot.explain",
+    "factory_copilot.service",
+    "factory_copilot.demo",
 ]
 
 

@@ -1,0 +1,202 @@
+"""The one-command demo: a simulated line, a broker, the service and the dashboard, then a fault.
+
+It starts an MQTT broker (embedded when none answers), trains the detector on
+simulated history (faster than real time, with a progress bar), serves the
+simulated line over OPC UA, runs the service against it, opens the dashboard,
+and injects a fault so the operator sees an alarm, its diagnosis and the fix
+within about a minute. ``--headless --duration N`` prints a JSON summary instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from factory_copilot.broker import ensure_broker, free_port
+from factory_copilot.catalogue import load_faults
+from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, LineConfig, MqttConnection, load_line
+from factory_copilot.copilot.backends import backend_from_settings
+from factory_copilot.detect.evaluate import simulated_history, train_models
+from factory_copilot.detect.persist import DetectModels, ModelMismatchError, load_models, save_models
+from factory_copilot.service import LineService, ServicePaths
+
+log = logging.getLogger(__name__)
+
+# faults that show within about a minute when they grow over DEMO_RAMP_S
+DEMO_FAULTS = ("pump_cavitation", "air_leak", "heater_degradation", "clogged_filter", "motor_overload", "bearing_wear",
+               "belt_slip", "sensor_drift", "stuck_sensor")
+DEMO_RAMP_S = 30.0
+
+
+def demo_line(line: LineConfig, opcua_port: int, mqtt: MqttConnection) -> LineConfig:
+    """The simulated line's file, pointed at this demo's own OPC UA port and broker."""
+    assert line.opcua is not None
+    opcua = line.opcua.model_copy(update={"endpoint": f"opc.tcp://127.0.0.1:{opcua_port}/factory-copilot/"})
+    return line.model_copy(update={"opcua": opcua, "mqtt": mqtt})
+
+
+def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> DetectModels:
+    """Models for the simulated line: reused from ``path`` when they match the line file, else trained and saved."""
+    if path.exists():
+        try:
+            models = load_models(path, line)
+            log.info("using the detector trained earlier (%s)", path)
+            return models
+        except ModelMismatchError as exc:
+            log.info("retraining: %s", exc)
+    print(f"Training the detector on {hours:g} h of simulated normal running and the fault catalogue ...", flush=True)
+    history = simulated_history(line, seed=seed, normal_hours=hours, progress=True)
+    models = train_models(line, history, progress=True)
+    save_models(path, models)
+    return models
+
+
+def start_dashboard(paths: ServicePaths, line_path: Path, mqtt: MqttConnection, port: int) -> subprocess.Popen:
+    app = REPO_ROOT / "dashboards" / "app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--",
+           "--db", str(paths.store), "--line", str(line_path), "--mqtt-host", mqtt.host, "--mqtt-port", str(mqtt.port),
+           "--mqtt-protocol", mqtt.protocol]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _p(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3)
+
+
+def summary(service: LineService, sim: Any, fault_at: float | None, started: float) -> dict[str, Any]:
+    alarms = service.engine.alarms()
+    raised = [a for a in alarms if a.raised_at >= started]
+    truth = sim.ground_truth()
+    first_fault_alarm = min((a.raised_at for a in raised if a.condition == "fault"), default=None)
+    lat = service.latency
+    return {
+        "duration_s": round(time.time() - started, 1),
+        "readings": service.collector.stats()["readings_in"],
+        "injected": truth,
+        "alarms_raised": [
+            {"alarm_id": a.alarm_id, "priority": a.priority.name.lower(), "state": a.state.value, "message": a.message,
+             "raised_at": a.raised_at}
+            for a in raised
+        ],
+        "detection_delay_s": round(first_fault_alarm - fault_at, 1) if first_fault_alarm and fault_at else None,
+        "diagnoses": dict(service.copilot.stats),
+        "latency_s": {
+            "alarm_after_reading_p50": _p(lat.alarm_after_reading_s, 0.5),
+            "alarm_after_reading_max": _p(lat.alarm_after_reading_s, 1.0),
+            **{f"diagnosis_after_alarm_{src}_p50": _p(v, 0.5) for src, v in lat.diagnosis_after_alarm_s.items()},
+        },
+        "published": service.publisher.stats(),
+    }
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    from simulators import FaultScenario, ModeSchedule, SimulatedLine
+    from simulators.opcua_server import LineServer
+    from simulators.runner import run_simulation
+
+    if args.fault not in load_faults():
+        print(f"error: unknown fault {args.fault!r}; choose one of {', '.join(load_faults())}", file=sys.stderr)
+        return 2
+    state = Path(args.state_dir)
+    paths = ServicePaths(state)
+    if not args.keep_state:
+        for p in (paths.store, paths.alarms, paths.outbox):
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(p) + suffix).unlink(missing_ok=True)
+    state.mkdir(parents=True, exist_ok=True)
+
+    broker = ensure_broker("127.0.0.1", args.mqtt_port)
+    # the embedded broker speaks MQTT 3.1.1 only
+    mqtt = MqttConnection(host="127.0.0.1", port=args.mqtt_port, protocol="3.1.1" if broker else "5")
+    base = load_line(SIMULATED_LINE)
+    line = demo_line(base, free_port(), mqtt)
+    models = trained_models(line, paths.detector, args.train_hours, args.seed)
+
+    backend = backend_from_settings(args.model, args.openai_url)
+    service = LineService(line, models, paths, source="opcua", backend=backend, health_port=args.health_port)
+    # start the line already running: its start-up is simulated before serving, faster than real time
+    sim = SimulatedLine(line, seed=args.seed + 1000, dt_s=line.sampling_interval_s,
+                        schedule=ModeSchedule.running(startup_s=120), start_ts=time.time() - args.warmup_s)
+    sim.steps(int(args.warmup_s / sim.dt_s))
+    server = LineServer(line, line.opcua.endpoint, pki_dir=state / "pki-server")
+    await server.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    dashboard = None
+    if not args.headless:
+        dashboard = start_dashboard(paths, SIMULATED_LINE, mqtt, args.dashboard_port)
+        print(f"Dashboard: http://127.0.0.1:{args.dashboard_port}  (Ctrl-C stops the demo)", flush=True)
+    started = time.time()
+    tasks = [
+        asyncio.create_task(run_simulation(sim, speed=1.0, server=server, stop=stop), name="simulator"),
+        asyncio.create_task(service.run(stop), name="service"),
+    ]
+    fault_at: float | None = None
+    try:
+        await asyncio.wait_for(stop.wait(), args.fault_after)
+    except asyncio.TimeoutError:
+        injected = sim.inject(FaultScenario(args.fault, start_s=0.0, severity=args.severity, ramp_s=DEMO_RAMP_S))
+        fault_at = time.time()
+        print(f"Injected {args.fault} on {injected.asset} (grows over {DEMO_RAMP_S:.0f} s); watch for the alarm.",
+              flush=True)
+    try:
+        remaining = None if args.duration is None else max(0.0, args.duration - (time.time() - started))
+        await asyncio.wait_for(stop.wait(), remaining)
+    except asyncio.TimeoutError:
+        pass
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    result = summary(service, sim, fault_at, started)
+    await server.stop()
+    if dashboard:
+        dashboard.terminate()
+        dashboard.wait(10)
+    if broker:
+        broker.stop()
+    if args.headless:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(f"Demo stopped: {len(result['alarms_raised'])} alarms raised; state kept in {state}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="simulated line + broker + service + dashboard, then a fault (one command)")
+    p.add_argument("--headless", action="store_true", help="no dashboard; print a JSON summary at the end")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C; 120 headless)")
+    p.add_argument("--fault", default="pump_cavitation", help="fault to inject (a seeds/faults.yaml id)")
+    p.add_argument("--fault-after", type=float, default=20.0, help="seconds of normal running before the fault")
+    p.add_argument("--severity", type=float, default=1.5)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--train-hours", type=float, default=6.0, help="hours of simulated normal running to train on")
+    p.add_argument("--warmup-s", type=float, default=600.0, help="simulated running before serving (start-up done)")
+    p.add_argument("--mqtt-port", type=int, default=1883)
+    p.add_argument("--dashboard-port", type=int, default=8501)
+    p.add_argument("--health-port", type=int, default=None)
+    p.add_argument("--state-dir", default=os.environ.get("FACTORY_COPILOT_DEMO_DIR", "var/demo"))
+    p.add_argument("--keep-state", action="store_true", help="keep alarms and trends of earlier demo runs")
+    p.add_argument("--model", help="a Qwen GGUF file (see models/README.md); default: runbook-only diagnoses")
+    p.add_argument("--openai-url", help="an OpenAI-compatible endpoint instead of a local model")
+
+    def run(a: argparse.Namespace):
+        if a.headless and a.duration is None:
+            a.duration = 120.0
+        return run_demo(a)
+
+    p.set_defaults(func=run)
