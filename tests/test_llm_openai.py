@@ -48,14 +48,17 @@ class FakeLlamaServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
-                self.wfile.write(b": keep-alive\n\n")
-                for i in range(0, len(outer.reply), 7):
-                    if outer.stall is not None and i >= 14:
-                        outer.stall.wait(10)  # hold the stream open: the client must give up first
-                    chunk = {"choices": [{"index": 0, "delta": {"content": outer.reply[i:i + 7]}}]}
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.flush()
-                self.wfile.write(b"data: [DONE]\n\n")
+                try:
+                    self.wfile.write(b": keep-alive\n\n")
+                    for i in range(0, len(outer.reply), 7):
+                        if outer.stall is not None and i >= 14:
+                            outer.stall.wait(10)  # hold the stream open: the client must give up first
+                        chunk = {"choices": [{"index": 0, "delta": {"content": outer.reply[i:i + 7]}}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up on the stream, as the timeout test wants
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
