@@ -60,14 +60,14 @@ def bench_line(n_signals: int, opcua_port: int, mqtt_port: int) -> LineConfig:
 # -- the source side, in its own process ---------------------------------------------------
 
 
-def _source(kind: str, line_json: dict, hz: float, seconds: float, ready, go, result, part: tuple[int, int] = (0, 1)) -> None:
+def _source(kind: str, line_json: dict, hz: float, seconds: float, ready, go, result, part: tuple[int, int] = (0, 1), qos: int = 1) -> None:
     import logging
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
-    asyncio.run(_source_main(kind, LineConfig.model_validate(line_json), hz, seconds, ready, go, result, part))
+    asyncio.run(_source_main(kind, LineConfig.model_validate(line_json), hz, seconds, ready, go, result, part, qos))
 
 
-async def _source_main(kind: str, line: LineConfig, hz: float, seconds: float, ready, go, result, part) -> None:
+async def _source_main(kind: str, line: LineConfig, hz: float, seconds: float, ready, go, result, part, qos: int) -> None:
     from simulators.mqtt_publisher import ReadingPublisher
     from simulators.opcua_server import LineServer
 
@@ -77,7 +77,7 @@ async def _source_main(kind: str, line: LineConfig, hz: float, seconds: float, r
         sink = await LineServer(line, line.opcua.endpoint).start()
         send = sink.write
     else:
-        sink = await ReadingPublisher(line, line.mqtt, qos=1).start(wait_s=10)
+        sink = await ReadingPublisher(line, line.mqtt, qos=qos).start(wait_s=10)
 
         async def send(readings):
             sink.publish(readings)
@@ -107,7 +107,7 @@ async def _source_main(kind: str, line: LineConfig, hz: float, seconds: float, r
 # -- the collector side, measured ---------------------------------------------------------
 
 
-async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts: int = 1) -> dict:
+async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts: int = 1, qos: int = 1) -> dict:
     from factory_copilot.collect.mqtt import MqttCollector
     from factory_copilot.collect.opcua import OpcuaCollector
 
@@ -117,7 +117,9 @@ async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts:
     for i in range(parts):
         ready = ctx.Event()
         proc = ctx.Process(
-            target=_source, args=(kind, line.model_dump(mode="json"), hz, seconds, ready, go, result, (i, parts)), daemon=True
+            target=_source,
+            args=(kind, line.model_dump(mode="json"), hz, seconds, ready, go, result, (i, parts), qos),
+            daemon=True,
         )
         proc.start()
         procs.append(proc)
@@ -126,7 +128,7 @@ async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts:
         if not await asyncio.to_thread(ready.wait, 60):
             raise RuntimeError(f"{kind} source did not start")
     buffer: Buffer[Reading] = Buffer(100_000, name=f"bench-{kind}")
-    collector = OpcuaCollector(line, buffer) if kind == "opcua" else MqttCollector(line, buffer, line.mqtt)
+    collector = OpcuaCollector(line, buffer) if kind == "opcua" else MqttCollector(line, buffer, line.mqtt, qos=qos)
     stop = asyncio.Event()
     task = asyncio.create_task(collector.run(stop))
     await asyncio.wait_for(collector.connected.wait(), 30)
@@ -185,6 +187,7 @@ async def main() -> None:
     ap.add_argument("--signals", type=int, default=300)
     ap.add_argument("--hz", type=float, default=10.0)
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--mqtt-qos", type=int, choices=[0, 1], default=1, help="publish and subscribe QoS (default 1, as deployed)")
     ap.add_argument("--mqtt-publishers", type=int, default=2, help="publisher processes (one paho client tops out below 3,000 msg/s)")
     args = ap.parse_args()
 
@@ -199,7 +202,7 @@ async def main() -> None:
         print(f"{len(line.signal_keys())} signals at {args.hz:g} Hz = {len(line.signal_keys()) * args.hz:,.0f} readings/s offered, {args.seconds:g} s per source; broker {broker.kind}")
         results = {}
         for kind in ("opcua", "mqtt"):
-            r = await measure(kind, line, args.hz, args.seconds, 1 if kind == "opcua" else args.mqtt_publishers)
+            r = await measure(kind, line, args.hz, args.seconds, 1 if kind == "opcua" else args.mqtt_publishers, args.mqtt_qos)
             results[kind] = r
             print(
                 f"{kind:6s} sent {r['sent']:>7,} ({r['offered_per_s']:,.0f}/s, source done at {r['source_done_s']:.1f} s, "
