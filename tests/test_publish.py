@@ -8,11 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -34,92 +31,11 @@ from factory_copilot.models import (
 )
 from factory_copilot.publish import Publisher, Topics, payloads
 from tests.support.brokers import AmqttBroker
+from tests.support.mqtt import Listener, Received, persistent_broker, retained_now
 
 SITE, LINE = "demo-plant", "packaging-1"
 T = Topics(SITE, LINE)
 WAIT_S = 10
-
-
-@dataclass
-class Received:
-    topic: str
-    payload: bytes
-    retain: bool
-    properties: Properties | None
-
-    @property
-    def body(self):
-        return json.loads(self.payload)
-
-
-class Listener:
-    """A paho subscriber whose messages are awaited from the test's event loop."""
-
-    def __init__(self, broker, topics, client_id=None, persistent=False, protocol=None):
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Received] = asyncio.Queue()
-        self.topics = topics
-        self.subscribed = asyncio.Event()
-        v5 = (protocol or broker.protocol) == "5"
-        kwargs = {} if v5 else {"clean_session": not persistent}
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id or "", protocol=paho.MQTTv5 if v5 else paho.MQTTv311, **kwargs
-        )
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self.loop.call_soon_threadsafe(self.subscribed.set)
-        self.client.on_message = lambda c, u, m: self.loop.call_soon_threadsafe(
-            self.queue.put_nowait, Received(m.topic, bytes(m.payload), bool(m.retain), getattr(m, "properties", None))
-        )
-        if v5:
-            props = Properties(PacketTypes.CONNECT)
-            if persistent:
-                props.SessionExpiryInterval = 3600
-            self.client.connect(broker.host, broker.port, clean_start=not persistent, properties=props)
-        else:
-            self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-
-    def _on_connect(self, client, userdata, flags, reason, properties=None):
-        self.loop.call_soon_threadsafe(self.subscribed.clear)
-        client.subscribe([(t, 1) for t in self.topics])
-
-    async def ready(self):
-        await asyncio.wait_for(self.subscribed.wait(), WAIT_S)
-        return self
-
-    async def next(self, timeout=WAIT_S) -> Received:
-        return await asyncio.wait_for(self.queue.get(), timeout)
-
-    async def until(self, predicate, timeout=WAIT_S) -> Received:
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = await self.next(max(0.01, deadline - time.monotonic()))
-            if predicate(msg):
-                return msg
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-async def retained_now(broker, topic_filter) -> list[Received]:
-    """Every retained message under ``topic_filter``: a fresh client subscribes, then to the (retained) status topic as a barrier.
-
-    The broker answers one connection's subscriptions in order, so when the status arrives
-    every retained message of the first filter has arrived before it.
-    """
-    probe = Listener(broker, [topic_filter])
-    await probe.ready()
-    probe.client.subscribe(T.status(), 1)
-    seen = []
-    while True:
-        msg = await probe.next()
-        if msg.topic == T.status():
-            break
-        seen.append(msg)
-    probe.close()
-    return seen
 
 
 def make_alarm(alarm_id="a1", asset="product_pump", state=AlarmState.ACTIVE_UNACK, priority=Priority.HIGH, message="flow low"):
@@ -225,7 +141,7 @@ async def test_late_subscriber_sees_active_alarm_and_diagnosis_until_normal_and_
         pub.alarm_event(event(filler, "raised"))
         pub.diagnosis(diagnosis("a1"))
         await pub.wait_idle()
-        late = await retained_now(broker, f"{T.base}/+/+/+")
+        late = await retained_now(broker, f"{T.base}/+/+/+", T.status())
         assert sorted((m.topic, m.body["state"] if "state" in m.body else m.body["schema"]) for m in late) == sorted([
             (T.alarm("product_pump", "a1"), "active_unacknowledged"),
             (T.alarm("filler", "a2"), "active_unacknowledged"),
@@ -236,18 +152,18 @@ async def test_late_subscriber_sees_active_alarm_and_diagnosis_until_normal_and_
         # returned but not acknowledged: still retained, in its new state
         pub.alarm_event(event(pump, "returned", AlarmState.RTN_UNACK))
         await pub.wait_idle()
-        late = {m.topic: m.body for m in await retained_now(broker, f"{T.base}/+/alarms/+")}
+        late = {m.topic: m.body for m in await retained_now(broker, f"{T.base}/+/alarms/+", T.status())}
         assert late[T.alarm("product_pump", "a1")]["state"] == "returned_unacknowledged"
 
         # acknowledged while returned: normal, so the alarm and its diagnosis leave the retained store
         pub.alarm_event(event(pump, "acknowledged", AlarmState.NORMAL, actor="ann"))
         await pub.wait_idle()
-        late = await retained_now(broker, f"{T.base}/+/+/+")
+        late = await retained_now(broker, f"{T.base}/+/+/+", T.status())
         assert [(m.topic, m.body["alarm_id"]) for m in late] == [(T.alarm("filler", "a2"), "a2")]
         # a diagnosis that arrives after its alarm cleared is not retained
         pub.diagnosis(diagnosis("a1"))
         await pub.wait_idle()
-        assert [m.topic for m in await retained_now(broker, f"{T.base}/+/+/+")] == [T.alarm("filler", "a2")]
+        assert [m.topic for m in await retained_now(broker, f"{T.base}/+/+/+", T.status())] == [T.alarm("filler", "a2")]
 
 
 async def test_commands_reach_the_engine_only_when_valid_and_every_one_gets_a_reply(broker, tmp_path):
@@ -325,17 +241,6 @@ async def test_questions_become_records_and_bad_ones_get_an_error_answer(broker,
         ]
         assert chunks[1].body["text"] == "It cavitates." and all(payloads.problems(c.body) == [] for c in chunks)
     answers.close()
-
-
-def persistent_broker(broker, tmp_path):
-    """Turn on Mosquitto persistence so a subscriber's session (and its queued QoS 1 messages) outlives a broker restart."""
-    if broker.kind != "mosquitto":
-        pytest.skip("needs Mosquitto persistence to keep the subscriber's session across a restart")
-    store = tmp_path / "mosquitto-store"
-    store.mkdir()
-    text = broker.conf.read_text().replace("persistence false\n", f"persistence true\npersistence_location {store}/\n")
-    broker.conf.write_text(text)
-    broker.restart()
 
 
 async def test_broker_outage_every_alert_delivered_once_in_order(broker, tmp_path):
