@@ -135,3 +135,22 @@ def test_payload_format_is_the_documented_one():
 
     body = json.loads(payload_of(Reading(1.5, "a", "b", float("nan"), unit="bar")))
     assert body == {"ts": 1.5, "value": None, "quality": "good", "unit": "bar"}
+
+
+
+def test_a_subscription_the_broker_refuses_is_reported(caplog):
+    # Mosquitto 2.0 grants every subscription and filters at delivery, so the SUBACK is made by hand here
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    caplog.set_level(logging.ERROR, logger="factory_copilot.collect.mqtt")
+    collector = MqttCollector(LINE, Buffer(10), MqttConnection())
+    granted, denied = ReasonCode(PacketTypes.SUBACK, "Granted QoS 1"), ReasonCode(PacketTypes.SUBACK, "Not authorized")
+    codes = [denied if "/filler/" in t else granted for t in collector.subscriptions]
+    collector._on_subscribe(None, None, 1, codes, None)
+    refused = [r.getMessage() for r in caplog.records]
+    n_filler = sum("/filler/" in t for t in collector.subscriptions)
+    assert len(refused) == 1 and f"refused the subscription to {n_filler} topic(s)" in refused[0]
+    assert "filler" in refused[0] and "product_pump" not in refused[0]
+    collector._on_subscribe(None, None, 2, [granted] * len(codes), None)
+    assert len(caplog.records) == 1

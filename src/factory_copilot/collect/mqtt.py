@@ -247,6 +247,7 @@ class MqttCollector:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
         self.client = client
         mqtt.connect(client, self.conn)
         client.loop_start()
@@ -314,6 +315,19 @@ class MqttCollector:
         elif not reconnect:
             log.info("MQTT connected to %s:%d; subscribed to %d topics", self.conn.host, self.conn.port, len(self.subscriptions))
         self._set_connected(True)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+        refused = [
+            topic for topic, rc in zip(self.subscriptions, reason_codes) if mqtt.is_failure(rc)
+        ]
+        if refused:  # an ACL that hides topics looks exactly like a silent sensor otherwise
+            log.error(
+                "MQTT %s:%d refused the subscription to %d topic(s): %s",
+                self.conn.host,
+                self.conn.port,
+                len(refused),
+                ", ".join(refused[:5]) + (" ..." if len(refused) > 5 else ""),
+            )
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         self._note_down(f"disconnected ({mqtt.reason_text(reason_code)})")
