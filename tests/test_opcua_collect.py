@@ -9,6 +9,7 @@ import time
 import pytest
 import pytest_asyncio
 import yaml
+from asyncua import ua
 
 from factory_copilot.broker import free_port
 from factory_copilot.buffer import Buffer
@@ -83,15 +84,24 @@ async def test_every_signal_of_the_line_is_subscribed(server):
 
 
 async def test_browse_turns_the_address_space_into_a_line_file(server):
+    # a plant-style nesting too: Objects/Utilities/Hall A/Chiller 1 with one variable (no EngineeringUnits)
+    ns = 2
+    utilities = await server.server.nodes.objects.add_folder(ns, "Utilities")
+    hall = await utilities.add_folder(ns, "Hall A")
+    chiller = await hall.add_object(ns, "Chiller 1")
+    await chiller.add_variable(ua.NodeId("chiller1.supply", ns), "Supply Temp", 6.5)
     text = await browse_line(server.endpoint, site="demo-plant", line="packaging-1")
     data = yaml.safe_load(text)
     assert "TODO" in text  # normal bands are placeholders the engineer must fill in
     line = parse_line(data, "browsed")  # what browse prints is a valid line file
     original = line_with_opcua()
-    assert [a.id for a in line.assets] == [a.id for a in original.assets]
+    assert [a.id for a in line.assets] == [a.id for a in original.assets] + ["chiller_1"]
     pump = line.signal("product_pump.flow")
     assert pump.unit == original.signal("product_pump.flow").unit
     assert pump.source.opcua == "ns=2;s=product_pump.flow"
+    assert [s.name for s in line.asset("product_pump").signals] == [s.name for s in original.asset("product_pump").signals]
+    supply = line.signal("chiller_1.supply_temp")
+    assert (supply.unit, supply.normal, supply.source.opcua) == ("TODO", (5.85, 7.15), "ns=2;s=chiller1.supply")
 
 
 async def test_server_restart_is_survived_and_the_gap_shows(caplog):

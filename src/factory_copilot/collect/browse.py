@@ -1,6 +1,7 @@
 """Browses an OPC UA server and prints a starting line file from its address space.
 
-Folders/objects under Objects become assets, their variables become signals
+Objects and folders holding variables become assets (searched through
+plant/area nesting below Objects), their variables become signals
 (unit from the EngineeringUnits property, node id as the source). The normal
 band is a placeholder around the current value, marked TODO: only the plant
 engineer knows the real one.
@@ -18,6 +19,7 @@ from factory_copilot.collect.opcua import open_client, quiet_asyncua
 from factory_copilot.collect.ua import unit_of
 from factory_copilot.config import OpcuaConnection
 
+MAX_DEPTH = 5  # folders below Objects searched for assets
 TODO = "  # TODO: normal running band (placeholder around the value read while browsing)"
 
 
@@ -51,6 +53,26 @@ async def _signal(var: Node, name: str) -> dict:
     }
 
 
+async def _collect_assets(obj: Node, path: list[str], assets: list[dict], depth: int = 0) -> None:
+    """An object or folder holding variables is an asset; sub-folders are searched (plant/area/line/asset nesting)."""
+    if depth > MAX_DEPTH or await obj.read_node_class() != ua.NodeClass.Object:
+        return
+    name = (await obj.read_browse_name()).Name
+    signals = []
+    for var in await obj.get_children(refs=ua.ObjectIds.HasComponent, nodeclassmask=ua.NodeClass.Variable):
+        signals.append(await _signal(var, _ident((await var.read_browse_name()).Name)))
+    if signals:
+        try:
+            title = (await obj.read_description()).Text or name
+        except Exception:  # no description attribute: the browse name will do
+            title = name
+        taken = {a["id"] for a in assets}
+        aid = _ident(name) if _ident(name) not in taken else _ident("_".join([*path[-1:], name]))
+        assets.append({"id": aid, "name": title, "signals": signals})
+    for child in await obj.get_children(refs=ua.ObjectIds.HierarchicalReferences, nodeclassmask=ua.NodeClass.Object):
+        await _collect_assets(child, [*path, name], assets, depth + 1)
+
+
 async def browse_line(
     endpoint: str, site: str = "TODO-site", line: str = "TODO-line", connection: OpcuaConnection | None = None
 ) -> str:
@@ -59,24 +81,11 @@ async def browse_line(
     if conn.endpoint != endpoint:
         conn = conn.model_copy(update={"endpoint": endpoint})
     client = await open_client(conn, auto_reconnect=False)
-    assets = []
+    assets: list[dict] = []
     try:
         for obj in await client.nodes.objects.get_children():
-            if obj.nodeid.NamespaceIndex == 0:  # the server's own nodes (Server, Aliases, ...)
-                continue
-            if await obj.read_node_class() != ua.NodeClass.Object:
-                continue
-            asset_name = (await obj.read_browse_name()).Name
-            try:
-                title = (await obj.read_description()).Text or asset_name
-            except Exception:
-                title = asset_name
-            signals = []
-            for var in await obj.get_children(nodeclassmask=ua.NodeClass.Variable):
-                name = (await var.read_browse_name()).Name
-                signals.append(await _signal(var, _ident(name)))
-            if signals:
-                assets.append({"id": _ident(asset_name), "name": title, "signals": signals})
+            if obj.nodeid.NamespaceIndex != 0:  # skip the server's own nodes (Server, Aliases, ...)
+                await _collect_assets(obj, [], assets)
     finally:
         with quiet_asyncua():
             await client.disconnect()
