@@ -1,0 +1,187 @@
+"""End to end over a real broker and a real OPC UA server: the simulated line, the service, a subscriber.
+
+An injected fault becomes a retained alarm message, then a diagnosis message, both
+schema-valid; acknowledge over MQTT changes the state; a broker stopped and restarted
+during a fault loses no alert; a restart of the service keeps the active alarms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import pytest
+
+from factory_copilot.broker import free_port
+from factory_copilot.config import SIMULATED_LINE, LineConfig, MqttConnection, load_line
+from factory_copilot.detect.evaluate import train_models
+from factory_copilot.models import AlarmState, OperatorCommand
+from factory_copilot.publish import Topics, payloads
+from factory_copilot.service import LineService, ServicePaths
+from simulators import FaultScenario, ModeSchedule, SimulatedLine, simulate_frame
+from simulators.opcua_server import LineServer
+from simulators.runner import run_simulation
+from tests.support.mqtt import Listener, persistent_broker, retained_now
+from tests.support.opcua import endpoint_on
+
+ALARM_WAIT_S = 120  # fault onset to alarm: the fault grows over FAULT_RAMP_S, detection follows
+
+
+@pytest.fixture(scope="module")
+def models():
+    """A detector trained on three hours of simulated normal running (all modes)."""
+    line = load_line(SIMULATED_LINE)
+    history = simulate_frame(line, seed=3, duration_s=3 * 3600, schedule=ModeSchedule.default())
+    return train_models(line, history, progress=False)
+
+
+async def condition(check, timeout_s: float = 30.0) -> None:
+    """Wait until ``check()`` holds (it reads another station's counters, which have no event to await)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+class Plant:
+    """The simulated line served over OPC UA (already running), and the service watching it."""
+
+    def __init__(self, broker, tmp_path, models):
+        base = load_line(SIMULATED_LINE)
+        self.line: LineConfig = base.model_copy(update={
+            "opcua": base.opcua.model_copy(update={"endpoint": endpoint_on(free_port())}),
+            "mqtt": MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol),
+        })
+        self.topics = Topics(self.line.site, self.line.line)
+        self.paths = ServicePaths(tmp_path / "state")
+        self.tmp_path = tmp_path
+        self.models = models
+        self.sim = SimulatedLine(self.line, seed=11, dt_s=1.0, schedule=ModeSchedule.running(startup_s=120),
+                                 start_ts=time.time() - 600)
+        self.sim.steps(600)  # start-up is over before the service connects
+        self.stop_line = asyncio.Event()
+        self.service: LineService | None = None
+
+    async def start(self) -> "Plant":
+        self.server = await LineServer(self.line, self.line.opcua.endpoint, pki_dir=self.tmp_path / "pki").start()
+        self.line_task = asyncio.create_task(run_simulation(self.sim, speed=1.0, server=self.server, stop=self.stop_line))
+        await self.start_service()
+        return self
+
+    async def start_service(self) -> LineService:
+        self.service = LineService(self.line, self.models, self.paths, source="opcua")
+        self.stop_service = asyncio.Event()
+        self.service_task = asyncio.create_task(self.service.run(self.stop_service))
+        await asyncio.wait_for(self.service.collector.connected.wait(), 30)
+        return self.service
+
+    async def stop_service_now(self) -> None:
+        self.stop_service.set()
+        await asyncio.wait_for(self.service_task, 30)
+
+    def inject(self, fault: str = "pump_cavitation") -> None:
+        self.sim.inject(FaultScenario(fault, start_s=0.0, severity=2.0, ramp_s=10.0))
+
+    async def close(self) -> None:
+        if self.service and not self.service_task.done():
+            await self.stop_service_now()
+        self.stop_line.set()
+        await self.line_task
+        await self.server.stop()
+
+
+@pytest.fixture
+async def plant(broker, tmp_path, models):
+    p = await Plant(broker, tmp_path, models).start()
+    yield p
+    await p.close()
+
+
+async def test_fault_to_retained_alarm_then_diagnosis_ack_over_mqtt_and_restart(broker, plant):
+    T = plant.topics
+    listen = await Listener(broker, [f"{T.base}/#"]).ready()
+    plant.inject()
+
+    alarm_msg = await listen.until(lambda m: m.payload and m.topic.startswith(f"{T.base}/product_pump/alarms/"),
+                                   timeout=ALARM_WAIT_S)
+    alarm = alarm_msg.body
+    alarm_id = alarm["alarm_id"]
+    assert payloads.problems(alarm) == [] and alarm["state"] == "active_unacknowledged"
+    assert alarm["asset"] == "product_pump"
+
+    diag_msg = await listen.until(lambda m: m.topic == T.diagnosis("product_pump", alarm_id) and m.payload)
+    diagnosis = diag_msg.body
+    assert payloads.problems(diagnosis) == []
+    assert diagnosis["causes"] and diagnosis["steps"], "a diagnosis names causes and steps"
+    cited = {e["ref"] for c in diagnosis["causes"] for e in c["evidence"] if e["kind"] == "signal"}
+    assert cited <= set(plant.line.signal_keys()), "every cited signal exists"
+
+    # a subscriber that connects late still sees the active alarm: it is retained
+    late = {m.topic: m.body for m in await retained_now(broker, f"{T.base}/+/alarms/+", T.status())}
+    assert late[T.alarm("product_pump", alarm_id)]["state"] == "active_unacknowledged"
+
+    request_id = uuid.uuid4().hex
+    replies = await Listener(broker, [T.command_reply(request_id)]).ready()
+    cmd = {"schema": "command/1", "request_id": request_id, "command": "acknowledge", "alarm_id": alarm_id,
+           "actor": "operator-7", "comment": "checking the pump"}
+    assert payloads.problems(cmd) == []
+    listen.client.publish(T.commands(), json.dumps(cmd), qos=1)
+    reply = (await replies.next()).body
+    assert reply["ok"] is True and payloads.problems(reply) == []
+    acked = await listen.until(lambda m: m.topic == T.alarm("product_pump", alarm_id) and m.payload
+                               and m.body["state"] == "active_acknowledged")
+    assert acked.body["acked_by"] == "operator-7"
+    assert any(e.event == "acknowledged" and e.actor == "operator-7" for e in plant.service.engine.audit(alarm_id))
+
+    # the service restarts (same state directory): the same alarm, still acknowledged, is served again
+    await plant.stop_service_now()
+    service = await plant.start_service()
+    resumed = {a.alarm_id: a for a in service.engine.active()}
+    assert resumed[alarm_id].state is AlarmState.ACTIVE_ACK and resumed[alarm_id].acked_by == "operator-7"
+    late = {m.topic: m.body for m in await retained_now(broker, f"{T.base}/+/alarms/+", T.status())}
+    assert late[T.alarm("product_pump", alarm_id)]["state"] == "active_acknowledged"
+    listen.close()
+    replies.close()
+
+
+@pytest.fixture
+def persistent_mosquitto(broker, tmp_path):
+    """Mosquitto with persistence, so a subscriber's QoS 1 session survives the broker restart (before the plant starts)."""
+    persistent_broker(broker, tmp_path)
+    return broker
+
+
+async def test_broker_restart_during_a_fault_loses_no_alert(persistent_mosquitto, plant):
+    broker = persistent_mosquitto
+    await asyncio.wait_for(plant.service.publisher.online.wait(), 30)
+    T = plant.topics
+    scada = await Listener(broker, [T.events()], client_id="scada-events", persistent=True).ready()
+    subscribed_at = time.time()
+    plant.inject()
+    received: list[tuple] = []
+    while not any(event == "raised" for _, event, _ in received):
+        m = await scada.next(timeout=ALARM_WAIT_S)
+        received.append((m.body["alarm_id"], m.body["event"], m.body["ts"]))
+    alarm_id = next(a for a, event, _ in received if event == "raised")
+
+    broker.stop()
+    await asyncio.wait_for(plant.service.publisher.offline.wait(), 30)
+    # while the broker is away the alarm is acknowledged from the dashboard: alerts pile up in the outbox
+    result = await plant.service.alarms.execute(OperatorCommand("acknowledge", alarm_id, "operator-3"))
+    assert result.ok, result.message
+    await condition(lambda: plant.service.publisher.outbox.pending() >= 2)  # acknowledged state + event wait there
+    broker.start()
+    await plant.service.publisher.wait_idle(60)
+
+    published = [(e.alarm_id, e.event, e.ts) for e in plant.service.engine.audit() if e.ts >= subscribed_at]
+    assert (alarm_id, "acknowledged") in {(a, event) for a, event, _ in published}
+    while len(received) < len(published):
+        m = await scada.next(timeout=30)
+        received.append((m.body["alarm_id"], m.body["event"], m.body["ts"]))
+    assert [(a, e, round(t, 6)) for a, e, t in received] == [(a, e, round(t, 6)) for a, e, t in published], \
+        "every alert arrives once, in order"
+    with pytest.raises(asyncio.TimeoutError):
+        await scada.next(timeout=1.0)  # and nothing twice
+    scada.close()
