@@ -306,7 +306,8 @@ def diagnosis_panel(snap: Snapshot, now: float) -> None:
                 st.caption(" · ".join(cited))
     if alarm.anomaly and alarm.anomaly.contributions:
         with st.expander("Evidence chart", expanded=True):
-            st.altair_chart(charts.contribution_chart(alarm.anomaly.contributions), width="stretch")
+            st.altair_chart(charts.contribution_chart(alarm.anomaly.contributions), width="stretch",
+                            key=f"contributions:{alarm.alarm_id}")
             evidence_trend(alarm, diagnosis, now)
     if diagnosis.steps:
         st.markdown("**Recommended steps**")
@@ -336,8 +337,10 @@ def evidence_trend(alarm: Alarm, diagnosis, now: float) -> None:
     if frame.empty:
         return
     windows = charts.anomaly_windows(cfg.store.anomalies(alarm.asset, since, now))
-    for chart in charts.signal_charts(frame, windows, charts.alarm_marks([alarm]), height=70):
-        st.altair_chart(chart, width="stretch")
+    names = list(dict.fromkeys(frame["signal"]))
+    for name, chart in zip(names, charts.signal_charts(frame, windows, charts.alarm_marks([alarm]), height=70)):
+        # a key per alarm and signal: the browser must not morph another signal's chart into this one
+        st.altair_chart(chart, width="stretch", key=f"evidence:{alarm.alarm_id}:{name}")
 
 
 def runbook_passage(ref: str) -> None:
@@ -438,9 +441,10 @@ def trends_tab(alarm: Alarm | None) -> None:
         return
     windows = charts.anomaly_windows(cfg.store.anomalies(asset, since, now))
     raised = [e.alarm for e in cfg.store.alarm_history(asset=asset, since=since) if e.event == "raised"]
-    for chart in charts.signal_charts(frame, windows, charts.alarm_marks(raised)):
-        st.altair_chart(chart, width="stretch")
-    st.caption("Green: normal band for the line's mode at the time · blue: mean with min–max · red dots: outside "
+    names = list(dict.fromkeys(frame["signal"]))
+    for name, chart in zip(names, charts.signal_charts(frame, windows, charts.alarm_marks(raised))):
+        st.altair_chart(chart, width="stretch", key=f"trend:{asset}:{name}")
+    st.caption("Times in UTC. Green: normal band for the line's mode at the time · blue: mean with min–max · red dots: outside "
                "the band · red shading: anomalies · dashed rules: alarms, in their priority colour.")
 
 

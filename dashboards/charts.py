@@ -119,15 +119,15 @@ def signal_charts(frame: pd.DataFrame, windows: pd.DataFrame | None = None, alar
     scale = alt.Scale(domain=domain) if domain else alt.Undefined
     for i, name in enumerate(signals):
         last = i == len(signals) - 1
-        axis = (alt.Axis(format="%H:%M", labelAngle=0, title="time (UTC)") if last
+        axis = (alt.Axis(format="%H:%M", labelAngle=0, title=None) if last
                 else alt.Axis(labels=False, ticks=False, title=None, domain=False))
         x = alt.X("time:T", scale=scale, axis=axis)
         data = frame[frame["signal"] == name]
         unit = data["unit"].iloc[0] if len(data) else ""
         base = alt.Chart(data).encode(x=x)
         # a fixed label width keeps the plots of all signals aligned one above the other
-        y_axis = alt.Axis(title=f"{name} [{unit}]" if unit else name, minExtent=44, maxExtent=44, titleFontSize=10,
-                          tickCount=3)
+        # the name goes in a title above the plot: a vertical axis title longer than the plot squashes it
+        y_axis = alt.Axis(title=None, minExtent=44, maxExtent=44, tickCount=3)
         layers = []
         if windows is not None and not windows.empty:
             layers.append(alt.Chart(windows).mark_rect(color=ANOMALY_COLOUR, opacity=0.12).encode(
@@ -149,7 +149,9 @@ def signal_charts(frame: pd.DataFrame, windows: pd.DataFrame | None = None, alar
             layers.append(alt.Chart(alarms).mark_rule(strokeWidth=2, strokeDash=[4, 2]).encode(
                 x=alt.X("time:T", scale=scale, axis=axis), color=alt.Color("colour:N", scale=None),
                 tooltip=["alarm:N", "priority:N", "state:N", alt.Tooltip("time:T", format="%H:%M:%S")]))
-        chart = alt.layer(*layers).properties(height=height + (24 if last else 0))
+        title = alt.TitleParams(f"{name} [{unit}]" if unit else name, anchor="start", fontSize=11,
+                                fontWeight="normal", offset=2, color="#555")
+        chart = alt.layer(*layers).properties(height=height + (22 if last else 0), title=title)
         charts.append(chart.configure_view(strokeWidth=0))
     return charts
 
@@ -159,7 +161,8 @@ def contribution_chart(contributions: dict[str, float], limit: int = 8) -> alt.C
     top = sorted(contributions.items(), key=lambda kv: -kv[1])[:limit]
     data = pd.DataFrame(top, columns=["signal", "share"])
     return alt.Chart(data).mark_bar(color=ANOMALY_COLOUR, opacity=0.75).encode(
-        x=alt.X("share:Q", title="share of anomaly score", axis=alt.Axis(format="%")),
-        y=alt.Y("signal:N", sort="-x", title=None),
+        x=alt.X("share:Q", title=None, axis=alt.Axis(format="%", tickCount=4)),
+        y=alt.Y("signal:N", sort="-x", title=None, axis=alt.Axis(labelLimit=220, labelOverlap=False)),
         tooltip=["signal:N", alt.Tooltip("share:Q", format=".1%")],
-    ).properties(height=max(60, 24 * len(data)))
+    ).properties(height=40 + 28 * len(data), title=alt.TitleParams(
+        "Share of the anomaly score", anchor="start", fontSize=11, fontWeight="normal", color="#555"))

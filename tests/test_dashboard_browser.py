@@ -103,6 +103,9 @@ def test_acknowledge_in_a_real_browser(served, broker, tmp_path):
             page.get_by_text("acknowledge: acknowledged").wait_for(timeout=30_000)
             # the pump's trends and the evidence charts have drawn (Vega renders SVG marks)
             page.wait_for_function("document.querySelectorAll('svg.marks').length >= 8", timeout=30_000)
+            # between the live fragment's reruns nothing is greyed out as stale: the picture a person sees
+            page.wait_for_function("document.querySelectorAll('[data-stale=\"true\"]').length === 0",
+                                   timeout=30_000, polling=50)
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             browser.close()
