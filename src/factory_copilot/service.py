@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory_copilot.alarms.engine import AlarmEngine
+from factory_copilot.alarms.engine import AlarmEngine, AlarmSettings
 from factory_copilot.alarms.station import AlarmStation
 from factory_copilot.buffer import Buffer, fan_out
 from factory_copilot.collect.mqtt import MqttCollector
@@ -32,7 +32,7 @@ from factory_copilot.copilot.backends import LLMBackend, backend_from_settings
 from factory_copilot.copilot.station import Copilot
 from factory_copilot.detect.persist import DetectModels, ModelMismatchError, load_models
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.models import AlarmEvent, Anomaly, CommandResult, Diagnosis, OperatorCommand, Question, Reading, Turn
+from factory_copilot.models import AlarmEvent, Anomaly, Diagnosis, OperatorCommand, Question, Reading, Turn
 from factory_copilot.publish.publisher import Publisher
 from factory_copilot.store.station import StoreStation
 from factory_copilot.store.store import Store
@@ -88,6 +88,7 @@ class LineService:
         alerts: MqttConnection | None = None,
         backend: LLMBackend | None = None,
         health_port: int | None = None,
+        alarm_settings: AlarmSettings | None = None,
         buffer_size: int = 50_000,
     ):
         self.line = line
@@ -124,7 +125,7 @@ class LineService:
             line, self.readings_detect, self.anomalies, detector=models.detector, classifier=models.classifier,
             checks=models.checks(line),
         )
-        self.engine = AlarmEngine(line, paths.alarms)
+        self.engine = AlarmEngine(line, paths.alarms, alarm_settings)
         self.store = Store(paths.store)
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,

@@ -1,0 +1,165 @@
+"""Alarm latency: from the moment the simulator changes a value on its OPC UA server to the moment a
+subscriber receives the alarm on MQTT, with the collector, detector, alarm engine, store and publisher
+in the path, at a 100 ms sampling interval.
+
+The simulated line runs at dt 0.1 s; every cycle one signal is pushed past its high engineering limit
+(a real limit alarm, not a test hook), the time of that OPC UA write is t0, and the time a subscriber
+receives that alarm's active state is t1. The alarm's on-delay is set to 0 for this measurement (it is
+configuration, not latency); everything else is the service as deployed.
+
+    .venv/bin/python bench/latency.py [--alarms 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from factory_copilot.alarms.engine import AlarmSettings  # noqa: E402
+from factory_copilot.broker import free_port  # noqa: E402
+from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
+from factory_copilot.detect.evaluate import train_models  # noqa: E402
+from factory_copilot.models import OperatorCommand  # noqa: E402
+from factory_copilot.publish import Topics  # noqa: E402
+from factory_copilot.service import LineService, ServicePaths  # noqa: E402
+from simulators import ModeSchedule, SimulatedLine, simulate_frame  # noqa: E402
+from simulators.opcua_server import LineServer  # noqa: E402
+from tests.support.brokers import start_broker  # noqa: E402
+
+DT = 0.1
+
+
+def fast_line(broker):
+    base = load_line(SIMULATED_LINE)
+    return base.model_copy(update={
+        "sampling_interval_s": DT,
+        "opcua": base.opcua.model_copy(update={"endpoint": f"opc.tcp://127.0.0.1:{free_port()}/factory-copilot/",
+                                               "publishing_interval_ms": 50, "sampling_interval_ms": 100}),
+        "mqtt": MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol),
+    })
+
+
+def targets(line):
+    """Signals with a high limit below the sensor's range: pushing them past it raises a limit alarm."""
+    out = []
+    for key in line.signal_keys():
+        s = line.signal(key)
+        if s.limits and s.physical and s.limits[1] < s.physical[1] and s.limits[1] > s.normal[1]:
+            out.append((key, s.limits[1] + 0.25 * (s.physical[1] - s.limits[1])))
+    return out
+
+
+async def main(n_alarms: int) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    broker = start_broker()
+    line = fast_line(broker)
+    print(f"broker: {broker.kind}; line: {len(line.signal_keys())} signals at {DT * 1000:.0f} ms", flush=True)
+    history = simulate_frame(line, seed=5, duration_s=2 * 3600, dt_s=DT, schedule=ModeSchedule.running(startup_s=300))
+    models = train_models(line, history, progress=False)
+    state = Path(tempfile.mkdtemp(prefix="fc-latency-"))
+    sim = SimulatedLine(line, seed=9, dt_s=DT, schedule=ModeSchedule.running(startup_s=120), start_ts=time.time() - 600)
+    sim.steps(int(600 / DT))
+    server = await LineServer(line, line.opcua.endpoint, pki_dir=state / "pki").start()
+    settings = AlarmSettings(on_delay_s=0.0, off_delay_s=0.3, flood_count=10_000)
+    service = LineService(line, models, ServicePaths(state), source="opcua", alarm_settings=settings)
+    stop = asyncio.Event()
+    service_task = asyncio.create_task(service.run(stop))
+    await asyncio.wait_for(service.collector.connected.wait(), 30)
+
+    loop = asyncio.get_running_loop()
+    arrived: dict[str, asyncio.Future] = {}
+    topics = Topics(line.site, line.line)
+
+    def on_message(client, userdata, msg):
+        t1 = time.time()
+        if not msg.payload:
+            return
+        body = json.loads(msg.payload)
+        if body.get("state") == "active_unacknowledged":
+            fut = arrived.get(body["alarm_id"])
+            if fut is not None:
+                loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_result(t1))
+
+    sub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5 if broker.protocol == "5" else paho.MQTTv311)
+    subscribed = asyncio.Event()
+    sub.on_subscribe = lambda *a: loop.call_soon_threadsafe(subscribed.set)
+    sub.on_connect = lambda c, *a: c.subscribe(f"{topics.base}/+/alarms/+", 1)
+    sub.on_message = on_message
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    await asyncio.wait_for(subscribed.wait(), 10)
+
+    override: dict[str, float] = {}
+    written: dict[str, float] = {}
+
+    async def run_line() -> None:
+        next_due = time.monotonic()
+        while not stop.is_set():
+            readings = sim.step()
+            if override:
+                readings = [r if r.key not in override else type(r)(r.ts, r.asset, r.signal, override[r.key], r.quality,
+                                                                       r.source, r.unit) for r in readings]
+            now = time.time()
+            for key in override:
+                written.setdefault(key, now)
+            await server.write(readings)
+            next_due += DT
+            await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+
+    line_task = asyncio.create_task(run_line())
+    await asyncio.sleep(3.0)  # let the detector's smoothing settle on live data
+    latencies: list[float] = []
+    missed = 0
+    candidates = targets(line)
+    i = 0
+    started = time.monotonic()
+    while len(latencies) < n_alarms:
+        key, value = candidates[i % len(candidates)]
+        i += 1
+        alarm_id = f"{key}-limit"
+        fut = loop.create_future()
+        arrived[alarm_id] = fut
+        override[key] = value
+        try:
+            t1 = await asyncio.wait_for(fut, 10)
+            latencies.append((t1 - written[key]) * 1000)
+        except asyncio.TimeoutError:
+            missed += 1
+        override.pop(key, None)
+        written.pop(key, None)
+        arrived.pop(alarm_id, None)
+        await service.alarms.execute(OperatorCommand("acknowledge", alarm_id, "bench"))
+        await asyncio.sleep(0.3)
+    wall = time.monotonic() - started
+    stop.set()
+    await asyncio.gather(line_task, service_task, return_exceptions=True)
+    sub.loop_stop()
+    await server.stop()
+    broker.stop()
+
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    print(f"alarms measured: {len(latencies)} in {wall:.0f} s ({missed} not seen within 10 s)")
+    print(f"latency ms: min {latencies[0]:.0f}, p50 {p50:.0f}, p90 {latencies[int(0.9 * len(latencies))]:.0f}, "
+          f"p99 {p99:.0f}, max {latencies[-1]:.0f}")
+    print(f"service: {json.dumps(service.stats()['detect'])}, store written {service.stats()['store']['written']}")
+    print(f"latency: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--alarms", type=int, default=200)
+    asyncio.run(main(ap.parse_args().alarms))
