@@ -112,19 +112,25 @@ def test_diagnosis_conversation_feedback_roundtrip(store):
     assert fb.actual_cause == "pump_cavitation" and fb.fix == "cleaned strainer"
 
 
-def test_similar_incidents_rank_by_fault_asset_and_signals(store):
+def test_similar_incidents_are_past_verdicts_on_the_same_asset(store):
     store.add_alarm_event(alarm_event("same", T0, "raised", AlarmState.ACTIVE_UNACK))
     store.add_alarm_event(alarm_event(
+        "other_fault", T0, "raised", AlarmState.ACTIVE_UNACK, an=anomaly(T0, fault="bearing_wear")))
+    store.add_alarm_event(alarm_event(
         "other_asset", T0, "raised", AlarmState.ACTIVE_UNACK, asset="filler",
-        an=anomaly(T0, asset="filler", fault="clogged_filter")))
+        an=anomaly(T0, asset="filler", fault="pump_cavitation")))
     store.add_alarm_event(alarm_event("no_feedback", T0, "raised", AlarmState.ACTIVE_UNACK))
+    store.add_diagnosis(Diagnosis("same", "air in the suction line", [], [], [], [], "model", created_at=T0 + 1))
     store.add_feedback(Feedback("same", "other_cause", actual_cause="air in suction line", fix="bled line", ts=T0 + 1))
-    store.add_feedback(Feedback("other_asset", "false_alarm", ts=T0 + 2))
+    store.add_feedback(Feedback("other_fault", "false_alarm", ts=T0 + 3))
+    store.add_feedback(Feedback("other_asset", "confirmed", ts=T0 + 2))
     found = store.similar("product_pump", "pump_cavitation", ["product_pump.discharge_pressure", "product_pump.flow"])
-    assert [i.alarm_id for i in found] == ["same", "other_asset"]
-    assert found[0].actual_cause == "air in suction line" and found[0].similarity == pytest.approx(1.0)
-    assert found[1].similarity == pytest.approx(0.25)
-    assert store.similar("heat_tunnel", "heater_degradation", ["heat_tunnel.zone1_temp"]) == []
+    assert [i.alarm_id for i in found] == ["same", "other_fault"]  # same fault first; another asset says nothing
+    assert found[0].actual_cause == "air in suction line" and found[0].fix == "bled line"
+    assert found[0].diagnosis_summary == "air in the suction line"
+    assert found[0].similarity > found[1].similarity
+    assert found[0].signals == ["product_pump.discharge_pressure", "product_pump.flow"]
+    assert store.similar("heat_tunnel", "heater_degradation", ["heat_tunnel.zone1_temperature"]) == []
 
 
 def test_false_alarms_give_the_anomaly_window(store):

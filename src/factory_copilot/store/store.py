@@ -446,30 +446,28 @@ class Store:
             )
         return out
 
-    def similar(self, asset: str, fault_type: str | None, signals: Sequence[str] = (), limit: int = 5) -> list[Incident]:
-        """Past alarms with an operator's verdict that resemble this one, most similar first.
+    def similar(self, asset: str, fault_type: str | None, signals: Sequence[str] = (), limit: int = 3) -> list[Incident]:
+        """Past alarms on this asset with an operator's verdict, most similar first (the copilot's IncidentMemory).
 
-        Similarity adds 0.5 for the same fault type, 0.25 for the same asset and
-        0.25 times the overlap (Jaccard) of the signals that stood out.
+        Ranking is the copilot's own (``InMemoryIncidents``: same asset, same fault
+        type, overlap of the signals that stood out), so a store-backed copilot and
+        an in-memory one agree; the store only supplies the candidates.
         """
+        from factory_copilot.copilot.evidence import InMemoryIncidents  # ranking has one home: the copilot's
+
         rows = self._rows(
             "SELECT alarm_id, asset, fault_type, verdict, ts, condition, signals, actual_cause, fix, actor "
-            "FROM feedback WHERE asset IS NOT NULL ORDER BY ts DESC LIMIT 5000"
+            "FROM feedback WHERE asset=? ORDER BY ts DESC LIMIT 2000",
+            (asset,),
         )
-        wanted = set(signals)
-        scored = []
-        for r in rows:
-            their = json.loads(r[6])
-            overlap = len(wanted & set(their)) / len(wanted | set(their)) if wanted or their else 0.0
-            score = 0.5 * (fault_type is not None and r[2] == fault_type) + 0.25 * (r[1] == asset) + 0.25 * overlap
-            if score <= 0:
-                continue
-            scored.append(Incident(r[0], r[1], r[2], r[3], r[4], r[5] or "", their, r[7], r[8], r[9], None, score))
-        scored.sort(key=lambda i: (-i.similarity, -i.ts))
-        for incident in scored[:limit]:
+        candidates = [
+            Incident(r[0], r[1], r[2], r[3], r[4], r[5] or "", json.loads(r[6]), r[7], r[8], r[9]) for r in rows
+        ]
+        found = InMemoryIncidents(candidates, limit=limit).similar(asset, fault_type, list(signals))
+        for incident in found:
             d = self.diagnosis(incident.alarm_id)
             incident.diagnosis_summary = d.summary if d else None
-        return scored[:limit]
+        return found
 
     def line_health(self, line: "LineConfig | None" = None, now: float | None = None, window_s: float = 300.0,
                     stale_s: float = 30.0) -> list[AssetHealth]:
