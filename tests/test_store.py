@@ -254,3 +254,24 @@ def test_newer_schema_is_refused(tmp_path):
     conn.close()
     with pytest.raises(RuntimeError, match="newer than this software"):
         Store(path)
+
+
+def test_store_command_prunes_and_lists_false_alarms(tmp_path, capsys):
+    import json as _json
+    import time as _time
+
+    from factory_copilot.cli import main
+
+    path = tmp_path / "cli.db"
+    now = _time.time()
+    with Store(path) as s:
+        s.add_readings([Reading(now - 3600, "filler", "bowl_level", 1.0), Reading(now, "filler", "bowl_level", 2.0)])
+        s.add_alarm_event(alarm_event("A1", now - 60, "raised", AlarmState.ACTIVE_UNACK))
+        s.add_feedback(Feedback("A1", "false_alarm", actor="op2", ts=now - 30))
+    assert main(["store", "--db", str(path), "prune"]) == 0
+    assert _json.loads(capsys.readouterr().out)["readings_raw"] == 1  # older than the 15 min raw retention
+    assert main(["store", "--db", str(path), "false-alarms"]) == 0
+    [listed] = _json.loads(capsys.readouterr().out)
+    assert (listed["alarm_id"], listed["marked_by"]) == ("A1", "op2")
+    assert main(["store", "--db", str(tmp_path / "missing.db"), "stats"]) == 2
+    assert "no such store file" in capsys.readouterr().err

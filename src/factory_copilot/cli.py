@@ -25,6 +25,7 @@ COMMANDS: list[str] = [
     "factory_copilot.copilot.explain",
     "factory_copilot.service",
     "factory_copilot.demo",
+    "factory_copilot.store.cli",
 ]
 
 

@@ -1,0 +1,71 @@
+"""Sub-commands ``store`` (look into and prune the store file) and ``dashboard`` (serve the operator page)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from factory_copilot.config import REPO_ROOT, SIMULATED_LINE
+
+DASHBOARD_APP = REPO_ROOT / "dashboards" / "app.py"
+
+
+def dashboard_command(db: str | Path, line: str | Path, mqtt_host: str | None, mqtt_port: int = 1883,
+                      mqtt_protocol: str = "5", port: int = 8501, address: str = "127.0.0.1") -> list[str]:
+    """The ``streamlit run`` command line that serves the dashboard on ``address:port``."""
+    cmd = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD_APP), "--server.headless", "true",
+           "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false", "--",
+           "--db", str(db), "--line", str(line)]
+    if mqtt_host:
+        cmd += ["--mqtt-host", mqtt_host, "--mqtt-port", str(mqtt_port), "--mqtt-protocol", mqtt_protocol]
+    return cmd
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("store", help="look into the store file: row counts, retention, false alarms")
+    p.add_argument("--db", required=True, help="store file (SQLite)")
+    p.add_argument("action", choices=["stats", "prune", "false-alarms"],
+                   help="stats: rows per table; prune: apply retention now; false-alarms: windows marked false")
+    p.add_argument("--since-hours", type=float, default=24 * 7, help="for false-alarms (default one week)")
+    p.set_defaults(func=run_store)
+
+    d = sub.add_parser("dashboard", help="serve the operator dashboard (Streamlit) on 127.0.0.1")
+    d.add_argument("--db", required=True, help="store file the service writes")
+    d.add_argument("--line", default=str(SIMULATED_LINE), help="line file (for names, units and normal bands)")
+    d.add_argument("--mqtt-host", help="broker for live alarms and commands (omit: read-only from the store)")
+    d.add_argument("--mqtt-port", type=int, default=1883)
+    d.add_argument("--mqtt-protocol", default="5", choices=["5", "3.1.1"])
+    d.add_argument("--port", type=int, default=8501, help="HTTP port of the page (default 8501)")
+    d.set_defaults(func=run_dashboard)
+
+
+def run_store(args: argparse.Namespace) -> int:
+    from factory_copilot.store import Store
+
+    if not Path(args.db).exists():
+        print(f"error: {args.db}: no such store file", file=sys.stderr)
+        return 2
+    with Store(args.db) as store:
+        if args.action == "stats":
+            out = store.counts()
+        elif args.action == "prune":
+            out = store.enforce_retention()
+        else:
+            out = [
+                {"alarm_id": f.alarm_id, "asset": f.asset, "condition": f.condition, "start": f.start, "end": f.end,
+                 "marked_by": f.actor, "anomalies": len(f.anomalies)}
+                for f in store.false_alarms(time.time() - args.since_hours * 3600)
+            ]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    cmd = dashboard_command(args.db, args.line, args.mqtt_host, args.mqtt_port, args.mqtt_protocol, args.port)
+    print(f"Dashboard: http://127.0.0.1:{args.port}", flush=True)
+    return subprocess.call(cmd, env=os.environ.copy())
