@@ -1,5 +1,19 @@
 """The detect station: learns each line's normal, flags departures, runs the plant checks and names the likely fault."""
 
+from factory_copilot.detect.checks import SignalChecks
+from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
+from factory_copilot.detect.persist import DetectModels, ModelMismatchError, load_models, save_models
+from factory_copilot.detect.station import DetectStation
 
-__all__ = ["LineDetector"]
+__all__ = [
+    "UNKNOWN",
+    "DetectModels",
+    "DetectStation",
+    "FaultClassifier",
+    "LineDetector",
+    "ModelMismatchError",
+    "SignalChecks",
+    "load_models",
+    "save_models",
+]

@@ -30,7 +30,7 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
 
     def __init__(
         self,
-        n_estimators: int = 300,
+        n_estimators: int = 150,
         smoothing: tuple[float, float] = (0.3, 0.05),
         spread_smoothing: float = 0.1,
         min_probability: float = 0.2,
@@ -39,6 +39,7 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
         normal_label: str = "normal",
         mode_column: str = "mode",
         exclude: tuple[str, ...] = ("fault",),
+        max_rows_per_class: int | None = 5000,
         random_state: int = 0,
         n_jobs: int = 1,
     ):
@@ -51,6 +52,7 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
         self.normal_label = normal_label
         self.mode_column = mode_column
         self.exclude = exclude
+        self.max_rows_per_class = max_rows_per_class
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -103,6 +105,13 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
         keys = y if groups is None else np.asarray(groups)
         keys = np.array([f"{m}|{k}" for m, k in zip(modes, keys)], dtype=object)
         F = self._signature(self._standardise(A, modes), runs(keys))
+        if self.max_rows_per_class:
+            # signatures come from the full history; only then are long classes thinned, evenly in time
+            take = np.zeros(len(y), dtype=bool)
+            for label in np.unique(y):
+                idx = np.flatnonzero(y == label)
+                take[idx[np.linspace(0, len(idx) - 1, min(len(idx), self.max_rows_per_class)).astype(int)]] = True
+            F, y = F[take], y[take]
         self.forest_ = ExtraTreesClassifier(
             n_estimators=self.n_estimators, random_state=self.random_state, n_jobs=self.n_jobs, min_samples_leaf=2
         ).fit(F, y)
@@ -130,9 +139,18 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
         self._check_fitted()
         return self.forest_.predict_proba(self.features(X))
 
-    def label(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fault labels (or 'unknown') and top probabilities for signature rows."""
+    def label(self, F: np.ndarray, anomalous: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Fault labels (or 'unknown') and top probabilities for signature rows.
+
+        ``anomalous``: the detector already flagged these rows, so 'normal' is no answer; the
+        probabilities are renormalised over the fault classes.
+        """
         proba = self.forest_.predict_proba(F)
+        if anomalous and self.normal_label in self.classes_:
+            proba = proba.copy()
+            proba[:, list(self.classes_).index(self.normal_label)] = 0.0
+            total = proba.sum(axis=1, keepdims=True)
+            proba = np.divide(proba, total, out=np.zeros_like(proba), where=total > 0)
         top = proba.argmax(axis=1)
         p = proba[np.arange(len(F)), top]
         novel = self._novelty(F, top) > self.novelty_limits_[top]
@@ -184,6 +202,7 @@ class ClassifierStream:
     def signature(self) -> np.ndarray:
         return np.concatenate([self.fast, self.slow, np.sqrt(self.var)])[None, :]
 
-    def classify(self) -> tuple[str, float]:
-        labels, p = self.classifier.label(self.signature())
+    def classify(self, anomalous: bool = True) -> tuple[str, float]:
+        """The likely fault of the current row (called when the detector flagged it)."""
+        labels, p = self.classifier.label(self.signature(), anomalous=anomalous)
         return str(labels[0]), float(p[0])

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
-from sklearn.covariance import LedoitWolf
 
 from factory_copilot.detect.features import as_matrix, ewma_runs, hold_last, numeric_signals, runs
 from factory_copilot.models import Mode
@@ -66,6 +65,18 @@ class ModeModel:
         Z = (A - self.mean) / self.scale
         Z[np.isnan(Z)] = 0.0  # a signal never seen yet counts as at its normal mean
         return Z
+
+
+def shrunk_covariance(W: np.ndarray) -> np.ndarray:
+    """Ledoit-Wolf shrunk covariance about zero (the in-control mean), in O(n p²) with no sample blocks."""
+    n, p = W.shape
+    S = W.T @ W / n
+    mu = np.trace(S) / p
+    delta = (np.sum(S**2) - 2 * mu * np.trace(S) + p * mu**2) / p  # ||S - mu I||² / p
+    sq = np.einsum("ij,ij->i", W, W)
+    beta = min((np.sum(sq**2) / n - np.sum(S**2)) / (n * p), delta)
+    shrink = beta / delta if delta > 0 else 1.0
+    return (1 - shrink) * S + shrink * mu * np.eye(p)
 
 
 def _distances(W: np.ndarray, P: np.ndarray) -> np.ndarray:
@@ -165,7 +176,7 @@ class LineDetector(BaseEstimator):
         return [ewma_runs(Z, lam, bounds) for lam in self.lams_]
 
     def _precisions(self, Ws: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
-        return np.stack([np.linalg.pinv(LedoitWolf(assume_centered=True).fit(W[rows]).covariance_) for W in Ws])
+        return np.stack([np.linalg.pinv(shrunk_covariance(W[rows])) for W in Ws])
 
     def _fit_mode(self, A: np.ndarray, bounds: list[tuple[int, int]], usable: np.ndarray, margin: float) -> ModeModel:
         rows = np.flatnonzero(usable)

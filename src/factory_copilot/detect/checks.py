@@ -1,0 +1,161 @@
+"""The single-signal checks a plant engineer expects beside the multivariate model.
+
+limit   engineering alarm limits from the line file (Signal.limits)
+rate    change faster than physically credible (Signal.max_rate, per second)
+stuck   no change beyond noise for N samples while the line is running
+range   outside what the sensor can physically read (Signal.physical): an instrument fault
+quality Bad/Uncertain quality or no sample for more than k sampling intervals
+
+Each check keeps O(1) state per signal (numpy vectors, one slot per signal) and is fed one
+assembled row at a time. Limit and rate checks wait out a settling grace period after a mode
+change and, outside running, apply only to signals whose normal band does not move in that
+mode; the stuck check runs only while the line is running (a stopped motor is flat by design).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from factory_copilot.config import LineConfig
+from factory_copilot.models import Anomaly, Mode, Quality
+
+
+NAN = float("nan")
+
+
+def _bounds(specs, attr: str) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.array([getattr(s, attr)[0] if getattr(s, attr) else -np.inf for s in specs])
+    hi = np.array([getattr(s, attr)[1] if getattr(s, attr) else np.inf for s in specs])
+    return lo, hi
+
+
+class SignalChecks:
+    """Runs the five single-signal checks on rows of a line's signals."""
+
+    def __init__(
+        self,
+        line: LineConfig,
+        stuck_samples: int = 30,
+        stuck_tolerance: float | dict[str, float] | None = None,
+        gap_intervals: int = 5,
+        settle_s: float = 180.0,
+    ):
+        self.line = line
+        self.keys = line.signal_keys()
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        specs = [line.signal(k) for k in self.keys]
+        self.specs = dict(zip(self.keys, specs))
+        self.interval = line.sampling_interval_s
+        self.stuck_samples = stuck_samples
+        self.gap_intervals = gap_intervals
+        self.settle_s = settle_s
+        self.limit_lo, self.limit_hi = _bounds(specs, "limits")
+        self.phys_lo, self.phys_hi = _bounds(specs, "physical")
+        self.max_rate = np.array([s.max_rate if s.max_rate else np.inf for s in specs])
+        # outside running, limit and rate apply only where the mode keeps the running band
+        self.mode_applies = {
+            m: np.array([m is Mode.RUNNING or tuple(s.normal_for(m)) == tuple(s.normal) for s in specs]) for m in Mode
+        }
+        # without learnt noise, 'flat' means within a millionth of the running band
+        self.stuck_tolerance: dict[str, float] = {
+            k: 1e-6 * max(abs(s.normal[1] - s.normal[0]), 1e-3) for k, s in self.specs.items()
+        }
+        if isinstance(stuck_tolerance, dict):
+            self.stuck_tolerance.update(stuck_tolerance)
+        elif stuck_tolerance is not None:
+            self.stuck_tolerance = dict.fromkeys(self.keys, float(stuck_tolerance))
+        # setpoints hold still by design; learn_noise adds signals found flat in normal running
+        self.stuck_exempt: set[str] = {k for k in self.keys if "setpoint" in k}
+        n = len(self.keys)
+        self.last_value = np.full(n, NAN)
+        self.last_ts = np.full(n, NAN)
+        self.last_good_ts = np.full(n, NAN)
+        self.flat_count = np.zeros(n, dtype=int)
+        self.mode: Mode | None = None
+        self.mode_since: float | None = None
+        self._vectors()
+
+    def _vectors(self) -> None:
+        self._tol = np.array([self.stuck_tolerance[k] for k in self.keys])
+        self._stuck_ok = np.array([k not in self.stuck_exempt for k in self.keys])
+
+    def learn_noise(self, X: pd.DataFrame, mode_column: str = "mode") -> "SignalChecks":
+        """Set each signal's 'flat' tolerance to a small share of its sample-to-sample noise while running."""
+        if mode_column in X.columns:
+            X = X[X[mode_column].astype(str).isin([Mode.RUNNING.value, str(Mode.RUNNING.code)])]
+        for k in self.keys:
+            if k in X.columns and len(X) > 10:
+                step = np.abs(np.diff(X[k].to_numpy(dtype=float)))
+                step = step[np.isfinite(step)]
+                if len(step) and np.mean(step == 0) > 0.2:
+                    self.stuck_exempt.add(k)
+                    continue
+                step = step[step > 0]
+                if len(step):
+                    self.stuck_tolerance[k] = 0.01 * float(np.median(step))
+        self._vectors()
+        return self
+
+    def _anomaly(self, ts, i, kind, value, score, threshold, message) -> Anomaly:
+        key = self.keys[i]
+        asset, _, signal = key.partition(".")
+        value = None if value is None or value != value else float(value)
+        return Anomaly(ts=ts, asset=asset, kind=kind, score=float(score), threshold=float(threshold), signal=signal,
+                       value=value, mode=self.mode or Mode.RUNNING, message=f"{key}: {message}")
+
+    def update(self, ts: float, values: dict[str, float | None], qualities: dict[str, Quality], mode: Mode) -> list[Anomaly]:
+        """Check one row: ``values`` holds this interval's good values (missing = no good sample)."""
+        x = np.full(len(self.keys), NAN)
+        for k, v in values.items():
+            i = self.index.get(k)
+            if i is not None and v is not None:
+                x[i] = v
+        return self.update_vector(ts, x, qualities, mode)
+
+    def update_vector(self, ts: float, x: np.ndarray, qualities: dict[str, Quality], mode: Mode) -> list[Anomaly]:
+        """The same for a row already laid out in ``keys`` order (NaN = no good sample)."""
+        if mode != self.mode:
+            self.mode_since = ts if self.mode is not None else None
+            self.mode = mode
+        settling = self.mode_since is not None and ts - self.mode_since < self.settle_s
+        out: list[Anomaly] = []
+        good = np.isfinite(x)
+        for k, q in qualities.items():
+            i = self.index.get(k)
+            if i is not None and q in (Quality.BAD, Quality.UNCERTAIN) and not good[i]:
+                out.append(self._anomaly(ts, i, "quality", None, 1.0, 0.0, f"quality {q.value}"))
+        gap = (ts - self.last_good_ts) / self.interval
+        for i in np.flatnonzero(~good & (gap > self.gap_intervals)):
+            if self.keys[i] not in qualities:
+                out.append(self._anomaly(ts, i, "quality", None, gap[i], self.gap_intervals,
+                                         f"no good sample for {gap[i]:.0f} intervals"))
+        with np.errstate(invalid="ignore"):
+            out_phys = good & ((x < self.phys_lo) | (x > self.phys_hi))
+            for i in np.flatnonzero(out_phys):
+                lim = self.phys_hi[i] if x[i] > self.phys_hi[i] else self.phys_lo[i]
+                out.append(self._anomaly(ts, i, "range", x[i], x[i], lim,
+                                         f"{x[i]:g} outside the sensor's range [{self.phys_lo[i]:g}, {self.phys_hi[i]:g}]"))
+            applies = self.mode_applies[mode] & good & (not settling)
+            beyond = applies & ~out_phys & ((x < self.limit_lo) | (x > self.limit_hi))
+            for i in np.flatnonzero(beyond):
+                lim = self.limit_hi[i] if x[i] > self.limit_hi[i] else self.limit_lo[i]
+                out.append(self._anomaly(ts, i, "limit", x[i], x[i], lim,
+                                         f"{x[i]:g} beyond engineering limits [{self.limit_lo[i]:g}, {self.limit_hi[i]:g}]"))
+            dt = ts - self.last_ts
+            step = np.abs(x - self.last_value)
+            has_prev = good & np.isfinite(step) & (dt > 0)
+            rate = np.where(has_prev, step / np.where(dt > 0, dt, 1.0), 0.0)
+            for i in np.flatnonzero(applies & has_prev & (rate > self.max_rate)):
+                out.append(self._anomaly(ts, i, "rate", x[i], rate[i], self.max_rate[i],
+                                         f"changing {rate[i]:g}/s, faster than credible {self.max_rate[i]:g}/s"))
+            flat = has_prev & (step <= self._tol)
+        self.flat_count = np.where(flat, self.flat_count + 1, np.where(has_prev, 0, self.flat_count))
+        if mode is Mode.RUNNING and not settling:
+            for i in np.flatnonzero(good & self._stuck_ok & (self.flat_count >= self.stuck_samples)):
+                out.append(self._anomaly(ts, i, "stuck", x[i], self.flat_count[i], self.stuck_samples,
+                                         f"flat at {x[i]:g} for {self.flat_count[i]} samples while running"))
+        self.last_value = np.where(good, x, self.last_value)
+        self.last_ts = np.where(good, ts, self.last_ts)
+        self.last_good_ts = np.where(good, ts, self.last_good_ts)
+        return out

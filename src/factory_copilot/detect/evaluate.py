@@ -1,0 +1,277 @@
+"""Measuring the detect station: simulated fault scenarios and normal shifts, and the Tennessee Eastman benchmark.
+
+Simulated runs are replayed row by row through a DetectStation (checks + detector + classifier,
+exactly as live) and alarms are counted as the alarm engine would: a stretch of consecutive
+anomalous rows lasting the on-delay is one alarm. TEP compares the detector with PCA T²/SPE
+and the classifier with a 200-tree random forest on the same time-ordered splits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from factory_copilot.config import LineConfig
+from factory_copilot.detect import tep
+from factory_copilot.detect.baselines import PcaMonitor
+from factory_copilot.detect.checks import SignalChecks
+from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
+from factory_copilot.detect.multivariate import LineDetector
+from factory_copilot.detect.persist import DetectModels
+from factory_copilot.detect.station import DetectStation
+from factory_copilot.models import Mode
+
+log = logging.getLogger(__name__)
+
+ON_DELAY_ROWS = 5
+# single-signal checks that name a catalogue fault by themselves
+CHECK_FAULTS = {"stuck": "stuck_sensor"}
+SIM_DETECTOR = {"false_alarm_rate": 1e-4, "persistence": 3}
+
+
+# ---- training from history --------------------------------------------------------------------
+def train_models(
+    line: LineConfig,
+    history: pd.DataFrame,
+    fault_column: str = "fault",
+    normal_label: str = "normal",
+    detector_params: dict | None = None,
+    classifier_params: dict | None = None,
+    progress: bool = True,
+) -> DetectModels:
+    """Fit detector (normal rows), classifier (labelled fault rows, if any) and check tolerances on one history table.
+
+    ``history`` holds one column per signal key, optionally ``mode`` and a fault label column;
+    separate recordings should be concatenated with a ``run`` column so smoothing restarts between them.
+    """
+    steps = tqdm(total=3, desc="train", unit="model", disable=not progress)
+    keys = [k for k in line.signal_keys() if k in history.columns]
+    missing = sorted(set(line.signal_keys()) - set(keys))
+    if missing:
+        raise ValueError(f"history lacks signal columns of the line file: {', '.join(missing[:5])}")
+    labels = history[fault_column].astype(str) if fault_column in history.columns else pd.Series(normal_label, index=history.index)
+    normal = (labels == normal_label).to_numpy()
+    cols = keys + (["mode"] if "mode" in history.columns else [])
+    steps.set_postfix_str("detector")
+    detector = LineDetector(**(detector_params or {})).fit(history.loc[normal, cols])
+    steps.update()
+    classifier = None
+    if (~normal).any():
+        steps.set_postfix_str("classifier")
+        groups = history["run"].to_numpy() if "run" in history.columns else None
+        # the classifier names what the detector flags: fault rows that still look normal teach it nothing
+        flagged = detector.predict(history[cols]).astype(bool)
+        keep = normal | flagged
+        y = labels.to_numpy()
+        if (keep & ~normal).any():
+            classifier = FaultClassifier(**(classifier_params or {})).fit(
+                history.loc[keep, cols], y[keep], groups=None if groups is None else groups[keep]
+            )
+    steps.update()
+    steps.set_postfix_str("checks")
+    checks = SignalChecks(line).learn_noise(history.loc[normal, cols])
+    steps.update()
+    steps.close()
+    return DetectModels(
+        fingerprint=line.fingerprint(), line=f"{line.site}/{line.line}", detector=detector, classifier=classifier,
+        stuck_tolerance=checks.stuck_tolerance, stuck_exempt=checks.stuck_exempt,
+        metadata={"rows": len(history), "normal_rows": int(normal.sum()), "trained_at": time.time()},
+    )
+
+
+def simulated_history(line: LineConfig, seed: int = 1, normal_hours: float = 24.0, fault_sets: int = 2,
+                      progress: bool = True) -> pd.DataFrame:
+    """Training history from the simulator: normal shifts (all modes) plus ``fault_sets`` sets of the standard scenarios."""
+    from simulators import normal_runs, simulate_frame, standard_scenarios
+
+    runs = [r for h in range(int(np.ceil(normal_hours / 8))) for r in normal_runs(seed=seed * 100 + h, hours=8)]
+    for k in range(fault_sets):
+        runs += standard_scenarios(seed=seed + 10 * k)
+    frames = []
+    for i, r in enumerate(tqdm(runs, desc="simulate history", unit="run", disable=not progress)):
+        f = simulate_frame(line, seed=r.seed, duration_s=r.duration_s, schedule=r.schedule, scenarios=r.scenarios)
+        frames.append(f.reset_index(drop=True).assign(run=i))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---- replaying a run through the station --------------------------------------------------------
+def replay(station: DetectStation, frame: pd.DataFrame) -> list[list]:
+    """Feed a simulated frame to the station row by row; the anomalies of each row."""
+    keys = [k for k in station.keys if k in frame.columns]
+    values = frame[keys].to_numpy(dtype=float)
+    modes = [Mode(m) for m in frame["mode"]] if "mode" in frame.columns else [Mode.RUNNING] * len(frame)
+    ts = frame.index.to_numpy(dtype=float) if frame.index.dtype.kind == "f" else np.arange(len(frame)) * station.interval
+    out = []
+    for i in range(len(frame)):
+        station.mode = modes[i]
+        row = {k: v for k, v in zip(keys, values[i]) if v == v}
+        out.append(station.evaluate(float(ts[i]), row, {}))
+    return out
+
+
+def alarm_starts(anomalous: np.ndarray, on_delay: int = ON_DELAY_ROWS) -> list[int]:
+    """Rows where an alarm would be raised: the on_delay-th consecutive anomalous row."""
+    starts, count = [], 0
+    for i, a in enumerate(anomalous):
+        count = count + 1 if a else 0
+        if count == on_delay:
+            starts.append(i)
+    return starts
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    fault: str
+    detected: bool
+    delay_s: float | None
+    named: str | None
+    named_first: str | None
+    false_alarms_before: int
+    tp: int
+    fp: int
+    fn: int
+    rows: int
+    kinds: dict = field(default_factory=dict)
+
+
+def _vote(rows: list[list]) -> str:
+    votes: Counter = Counter()
+    for r in rows:
+        for a in r:
+            if a.kind == "multivariate":
+                votes[a.fault_type or UNKNOWN] += 1
+            elif a.kind in CHECK_FAULTS:
+                votes[CHECK_FAULTS[a.kind]] += 1
+    return votes.most_common(1)[0][0] if votes else UNKNOWN
+
+
+def run_scenario(models: DetectModels, line: LineConfig, name: str, frame: pd.DataFrame) -> ScenarioResult:
+    station = DetectStation(line, detector=models.detector, classifier=models.classifier, checks=models.checks(line))
+    rows = replay(station, frame)
+    anomalous = np.array([bool(r) for r in rows])
+    truth = (frame["fault"].astype(str) != "normal").to_numpy()
+    fault = next((f for f in frame["fault"].astype(str) if f != "normal"), "normal")
+    onset = int(np.argmax(truth)) if truth.any() else len(frame)
+    starts = alarm_starts(anomalous)
+    pre = [s for s in starts if s < onset]
+    post = [s for s in starts if s >= onset]
+    named = named_first = None
+    if post:
+        # the name the operator sees: what the anomalies say over the alarm (and in its first minute)
+        named = _vote(rows[post[0] - ON_DELAY_ROWS + 1 :])
+        named_first = _vote(rows[post[0] - ON_DELAY_ROWS + 1 : post[0] + 60])
+    kinds = Counter(a.kind for r in rows for a in r)
+    return ScenarioResult(
+        name=name, fault=fault, detected=bool(post), delay_s=(post[0] - onset) * line.sampling_interval_s if post else None,
+        named=named, named_first=named_first, false_alarms_before=len(pre), tp=int((anomalous & truth).sum()), fp=int((anomalous & ~truth).sum()),
+        fn=int((~anomalous & truth).sum()), rows=len(frame), kinds=dict(kinds),
+    )
+
+
+def evaluate_sim(line: LineConfig, models: DetectModels | None = None, seed: int = 2, normal_hours: float = 8.0,
+                 progress: bool = True) -> dict:
+    """Every standard fault scenario and normal shifts (seeds unseen in training), replayed as live."""
+    from simulators import normal_runs, simulate_frame, standard_scenarios
+
+    if models is None:
+        models = train_models(line, simulated_history(line, seed=1, progress=progress),
+                              detector_params=SIM_DETECTOR, progress=progress)
+    runs = standard_scenarios(seed=seed) + [
+        r for h in range(int(np.ceil(normal_hours / 8))) for r in normal_runs(seed=seed * 100 + 50 + h, hours=8)
+    ]
+    results = []
+    t0 = time.perf_counter()
+    n_rows = 0
+    for r in tqdm(runs, desc="sim scenarios", unit="run", disable=not progress):
+        frame = simulate_frame(line, seed=r.seed, duration_s=r.duration_s, schedule=r.schedule, scenarios=r.scenarios)
+        n_rows += len(frame)
+        results.append(run_scenario(models, line, r.name, frame))
+    elapsed = time.perf_counter() - t0
+    faults = [r for r in results if r.fault != "normal"]
+    normals = [r for r in results if r.fault == "normal"]
+    tp = sum(r.tp for r in results)
+    fp = sum(r.fp for r in results)
+    fn = sum(r.fn for r in results)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    normal_hours_run = sum(r.rows for r in normals) * line.sampling_interval_s / 3600 or 1.0
+    false_alarms = sum(r.false_alarms_before for r in normals)
+    detected = [r for r in faults if r.detected]
+    return {
+        "scenarios": [r.__dict__ for r in results],
+        "detected": len(detected),
+        "faults": len(faults),
+        "mean_delay_s": float(np.mean([r.delay_s for r in detected])) if detected else None,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "normal_hours": normal_hours_run,
+        "false_alarms": false_alarms,
+        "false_alarms_per_8h": false_alarms / normal_hours_run * 8,
+        "classification_accuracy": (sum(r.named == r.fault for r in detected) / len(detected)) if detected else 0.0,
+        "classification_accuracy_first_minute": (
+            sum(r.named_first == r.fault for r in detected) / len(detected) if detected else 0.0
+        ),
+        "rows_per_s_replay": n_rows / elapsed if elapsed else None,
+    }
+
+
+# ---- Tennessee Eastman ------------------------------------------------------------------------
+def evaluate_tep(tep_dir=tep.TEP_DIR, folds: int = 5, class_folds: int = 4, class_folds_run: int | None = None,
+                 progress: bool = True) -> dict:
+    """Detector vs PCA T²/SPE (time-ordered CV over d00, every fault file), classifier vs 200-tree RF (blocked CV)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    normal, faults = tep.load_all(tep_dir)
+    idx = np.arange(len(normal))
+    det = {name: {f: [] for f in faults} for name in ("detector", "pca_t2", "pca_spe")}
+    far = {name: [] for name in det}
+    for held in tqdm(np.array_split(idx, folds), desc="TEP detection folds", disable=not progress):
+        train = normal.iloc[np.setdiff1d(idx, held)]
+        detector = LineDetector(n_splits=folds - 1).fit(train)
+        pca = PcaMonitor().fit(train)
+        predictors = {"detector": detector.predict, "pca_t2": pca.predict_t2, "pca_spe": pca.predict_spe}
+        for name, predict in predictors.items():
+            far[name].append(float(np.mean(predict(normal.iloc[held]))))
+            for f, data in faults.items():
+                det[name][f].append(float(np.mean(predict(data))))
+    detection = {name: {f: float(np.mean(v)) for f, v in d.items()} for name, d in det.items()}
+    false_alarm = {name: float(np.mean(v)) for name, v in far.items()}
+
+    # classification: every file cut into class_folds time blocks; train on the others, test on one
+    files = {"normal": normal, **{f"fault_{f:02d}": d for f, d in faults.items()}}
+    X = pd.concat(files.values(), ignore_index=True)
+    y = np.concatenate([[k] * len(v) for k, v in files.items()]).astype(object)
+    file_id = np.concatenate([[k] * len(v) for k, v in files.items()]).astype(object)
+    block = np.concatenate([np.arange(len(v)) * class_folds // len(v) for v in files.values()])
+    acc = {"classifier": [], "classifier_named": [], "random_forest": []}
+    unknown = []
+    for k in tqdm(range(class_folds if class_folds_run is None else class_folds_run), desc="TEP classification folds",
+                  disable=not progress):
+        train, test = block != k, block == k
+        groups = np.array([f"{f}#{b}" for f, b in zip(file_id, block)], dtype=object)
+        clf = FaultClassifier(n_jobs=2).fit(X[train], y[train], groups=groups[train])
+        # features over each whole file, as live: test rows see the history before them
+        F = np.vstack([clf.features(files[name]) for name in files])
+        named, _ = clf.label(F[test])
+        top = clf.classes_[clf.forest_.predict_proba(F[test]).argmax(axis=1)]
+        acc["classifier"].append(float(np.mean(top == y[test])))
+        acc["classifier_named"].append(float(np.mean(named == y[test])))
+        unknown.append(float(np.mean(named == UNKNOWN)))
+        rf = RandomForestClassifier(n_estimators=200, n_jobs=2, random_state=0).fit(X[train].to_numpy(), y[train])
+        acc["random_forest"].append(float(np.mean(rf.predict(X[test].to_numpy()) == y[test])))
+    visible = [f for f in faults if f not in tep.INVISIBLE_FAULTS]
+    return {
+        "detection_rate": detection,
+        "false_alarm_rate": false_alarm,
+        "mean_detection_rate_visible": {n: float(np.mean([d[f] for f in visible])) for n, d in detection.items()},
+        "classification_accuracy": {n: float(np.mean(v)) for n, v in acc.items()},
+        "classification_unknown_rate": float(np.mean(unknown)),
+    }

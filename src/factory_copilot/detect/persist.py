@@ -1,0 +1,66 @@
+"""Saving trained detect models to disk and loading them back, bound to the line file they were trained for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import joblib
+
+from factory_copilot import __version__
+from factory_copilot.config import LineConfig
+from factory_copilot.detect.checks import SignalChecks
+from factory_copilot.detect.classify import FaultClassifier
+from factory_copilot.detect.multivariate import LineDetector
+
+FORMAT = 1
+
+
+class ModelMismatchError(ValueError):
+    """The model file was trained for another line file (or is not a detect model)."""
+
+
+@dataclass
+class DetectModels:
+    """What `factory-copilot train` produces: the detector, the classifier and the learnt check tolerances."""
+
+    fingerprint: str
+    line: str
+    detector: LineDetector
+    classifier: FaultClassifier | None = None
+    stuck_tolerance: dict[str, float] = field(default_factory=dict)
+    stuck_exempt: set[str] = field(default_factory=set)
+    metadata: dict = field(default_factory=dict)
+
+    def checks(self, line: LineConfig, **kwargs) -> SignalChecks:
+        checks = SignalChecks(line, stuck_tolerance=self.stuck_tolerance or None, **kwargs)
+        checks.stuck_exempt |= self.stuck_exempt
+        return checks
+
+
+def save_models(path: str | Path, models: DetectModels) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump({"format": FORMAT, "version": __version__, "models": models}, path, compress=3)
+    return path
+
+
+def load_models(path: str | Path, line: LineConfig, line_path: str | Path = "<line>") -> DetectModels:
+    """Load models; fails with a clear message if they were trained for a different line file."""
+    path = Path(path)
+    try:
+        blob = joblib.load(path)
+    except FileNotFoundError:
+        raise ModelMismatchError(f"{path}: no model file; run `factory-copilot train` first") from None
+    except Exception as exc:  # pickle errors come in many types
+        raise ModelMismatchError(f"{path}: not a readable detect model file ({exc})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("models"), DetectModels):
+        raise ModelMismatchError(f"{path}: not a factory-copilot detect model file (format {FORMAT})")
+    models: DetectModels = blob["models"]
+    if models.fingerprint != line.fingerprint():
+        raise ModelMismatchError(
+            f"{path}: trained for line {models.line!r} with fingerprint {models.fingerprint}, but {line_path} "
+            f"({line.site}/{line.line}) has fingerprint {line.fingerprint()}: its assets or signals differ; "
+            f"retrain with `factory-copilot train --line {line_path}`"
+        )
+    return models
