@@ -30,9 +30,10 @@ from factory_copilot.models import (
 )
 from factory_copilot.store import Store
 
-CAVITATION_ID = "product_pump/fault:pump_cavitation"
-TUNNEL_ID = "heat_tunnel/zone1_temperature:limit"
-COMPRESSOR_ID = "air_compressor/header_pressure:limit"
+# ids and conditions as the alarm engine makes them (alarms/design.py)
+CAVITATION_ID = "product_pump.fault"
+TUNNEL_ID = "heat_tunnel.zone1_temperature-limit"
+COMPRESSOR_ID = "air_compressor.header_pressure-limit"
 
 # how each cavitation signal moves at full severity (fraction of its normal band width)
 _CAVITATION = {
@@ -87,7 +88,7 @@ def seed(store: Store, line: LineConfig | None = None, now: float | None = None,
     anomalies += [tunnel_anomaly]
     store.add_anomalies(anomalies)
 
-    cav = Alarm(CAVITATION_ID, "product_pump", "fault:pump_cavitation", AlarmState.ACTIVE_UNACK, Priority.HIGH,
+    cav = Alarm(CAVITATION_ID, "product_pump", "fault", AlarmState.ACTIVE_UNACK, Priority.HIGH,
                 "Product pump: cavitation suspected (86 %)", raised, raised, anomaly=anomalies[20])
     tunnel = Alarm(TUNNEL_ID, "heat_tunnel", "zone1_temperature:limit", AlarmState.ACTIVE_ACK, Priority.CRITICAL,
                    "Heat tunnel zone 1 temperature high (193.4 degC)", tunnel_at, tunnel_at + 40,

@@ -134,7 +134,8 @@ def test_similar_incidents_are_past_verdicts_on_the_same_asset(store):
 
 
 def test_false_alarms_give_the_anomaly_window(store):
-    store.add_anomalies([anomaly(T0 - 100), anomaly(T0 + 1), anomaly(T0 + 3), anomaly(T0 + 2, fault="belt_slip")])
+    other_condition = anomaly(T0 + 2, kind="limit", signal="flow", fault=None)
+    store.add_anomalies([anomaly(T0 - 100), anomaly(T0 + 1), anomaly(T0 + 3), other_condition])
     store.add_alarm_events([
         alarm_event("A1", T0 + 1, "raised", AlarmState.ACTIVE_UNACK),
         alarm_event("A1", T0 + 4, "returned", AlarmState.RTN_UNACK, raised=T0 + 1),
