@@ -54,6 +54,8 @@ class Snapshot:
         final = self.answer_done.get(request_id)
         if final and final.get("text"):
             return str(final["text"])
+        if final and final.get("error"):
+            return f"The copilot could not answer: {final['error']}"
         return "".join(t for _, t in sorted(self.answers.get(request_id, {}).items()))
 
 
@@ -144,7 +146,8 @@ class LiveFeed:
             if final is not None and (final.get("text") or len(chunks) > int(final.get("seq", 0))):
                 s.answer_done[parts.request_id] = final
         elif parts.kind == "status":
-            s.publisher_status = body.get("status") if isinstance(body, dict) else str(body)
+            # the publisher's birth/will (publish/payloads.py status): {"state": "online"|"offline", ...}
+            s.publisher_status = (body.get("state") or body.get("status")) if isinstance(body, dict) else str(body)
         elif parts.kind == "events" and body is not None:
             s.events.appendleft(body)
 

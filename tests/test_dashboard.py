@@ -115,6 +115,8 @@ def test_live_feed_follows_retained_alarms_streams_and_replies(broker, fresh_str
         assert feed.wait_for(lambda s: "A/1" in s.stream_done and "A/1" in s.alarms, 10)
         snap = feed.snapshot()
         assert snap.stream_text("A/1") == "hello world" and snap.rejected == 1
+        side.publish(TOPICS.status(), {"schema": "status/1", "state": "online"}, retain=True)
+        assert feed.wait_for(lambda s: s.publisher_status == "online", 10)
         side.publish(TOPICS.alarm("filler", "A/1"), b"", retain=True)  # cleared
         assert feed.wait_for(lambda s: "A/1" in s.cleared and "A/1" not in s.alarms, 10)
 
@@ -230,5 +232,39 @@ def test_acknowledge_publishes_a_command_and_shows_the_reply(seeded, monkeypatch
         at.run()
         assert "acknowledge: acknowledged" in [s.value for s in at.success]
         assert at.button(key=f"ack:{sample.CAVITATION_ID}").disabled  # the live state says acknowledged
+    finally:
+        side.stop()
+
+
+def test_ask_the_copilot_publishes_the_question_and_keeps_the_answer(seeded, monkeypatch, broker, fresh_streamlit):
+    db, _ = seeded
+    side = Listener(broker, TOPICS.ask())
+    try:
+        at = _app(monkeypatch, db, broker).run()
+        [feed] = LiveFeed.instances
+        assert feed.wait_for(lambda s: s.connected, 10)
+        at.button(key=f"select:{sample.CAVITATION_ID}").click().run()
+        history = [m.value for m in at.chat_message[0].markdown]
+        assert history == ["Can we keep running at reduced speed?"]  # the conversation so far, from the store
+        at.chat_input(key="ask").set_value("Is the strainer the likely cause?").run()
+        assert not at.exception, [e.value for e in at.exception]
+        _, payload = side.next()
+        body = json.loads(payload)
+        assert (body["schema"], body["alarm_id"], body["question"]) == (
+            "ask/1", sample.CAVITATION_ID, "Is the strainer the likely cause?")
+        rid = body["request_id"]
+        for seq, token in enumerate(["Check filter_dp ", "first."]):
+            side.publish(TOPICS.answer(rid), {"request_id": rid, "alarm_id": sample.CAVITATION_ID, "seq": seq,
+                                              "token": token, "done": False})
+        side.publish(TOPICS.answer(rid), {"request_id": rid, "alarm_id": sample.CAVITATION_ID, "seq": 2, "token": "",
+                                          "done": True, "text": "Check filter_dp first."})
+        assert feed.wait_for(lambda s: rid in s.answer_done, 10)
+        at.run()
+        with Store(db) as store:
+            turns = store.conversation(sample.CAVITATION_ID)
+        assert [(t.role, t.text) for t in turns[-2:]] == [
+            ("operator", "Is the strainer the likely cause?"), ("copilot", "Check filter_dp first.")]
+        shown = [m.value for msg in at.chat_message for m in msg.markdown]
+        assert shown[-1] == "Check filter_dp first."
     finally:
         side.stop()
