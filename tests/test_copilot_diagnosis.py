@@ -48,7 +48,10 @@ def test_evidence_pack_has_mode_band_trend_contributions_and_runbook():
     assert vib.normal == (1.0, 3.5) and vib.direction == "high" and vib.contribution == 0.6
     assert vib.trend.slope_per_min > 0
     assert pack.fault_name == "Pump bearing wear" and pack.fault_probability == 0.8
-    assert {"RB-PUMP-001#checks", "RB-PUMP-001#actions", "RB-PUMP-001#safety"} <= pack.passage_ids()
+    assert {"RB-PUMP-001#checks", "RB-PUMP-001#actions"} <= pack.passage_ids()
+    data = pack.to_data()
+    assert data["classifier"] == "bearing_wear p=0.80" and data["signals"][0].startswith("product_pump.vibration=")
+    assert "HIGH (normal 1-3.5" in data["signals"][0] and "share 60%" in data["signals"][0]
     # the same value in another mode is judged against that mode's band
     cop.observe(Reading(1001, "product_pump", "vibration", 1.5))
     changeover = cop.evidence(alarm_for("product_pump", mode=Mode.CHANGEOVER))

@@ -177,42 +177,29 @@ class EvidencePack:
     def runbook_ids(self) -> set[str]:
         return {p.runbook_id for p in self.passages}
 
-    def to_data(self, passage_chars: int = 320) -> dict:
-        """The pack as plain data for the prompt's data block: compact, numbers rounded, passages trimmed."""
+    def to_data(self, passage_chars: int = 260) -> dict:
+        """The pack as plain data for the prompt's data block: compact (every token here is processed per alarm)."""
 
-        def num(x: float | None) -> float | None:
-            return None if x is None or not math.isfinite(x) else float(f"{x:.4g}")
+        def num(x: float | None) -> str:
+            return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
 
+        def signal_line(s: SignalEvidence) -> str:
+            text = f"{s.key}={num(s.value)} {s.unit} {s.direction.upper()} (normal {num(s.normal[0])}-{num(s.normal[1])}"
+            if s.contribution:
+                text += f", share {s.contribution:.0%}"
+            if s.trend and s.trend.n >= 2:
+                text += f", trend {s.trend.slope_per_min:+.2g}/min, range {num(s.trend.minimum)}-{num(s.trend.maximum)}"
+            return text + ")"
+
+        asset = f"{self.asset} ({self.asset_name}{', ' + self.asset_kind if self.asset_kind else ''})"
         return {
-            "alarm": {
-                "id": self.alarm_id,
-                "asset": self.asset,
-                "asset_name": self.asset_name,
-                "asset_kind": self.asset_kind,
-                "condition": self.condition,
-                "priority": self.priority,
-                "message": self.message,
-                "mode": self.mode.value,
-            },
-            "classifier": {"fault_type": self.fault_type, "fault_name": self.fault_name,
-                           "probability": num(self.fault_probability)},
-            "signals": [
-                {
-                    "key": s.key,
-                    "value": num(s.value),
-                    "unit": s.unit,
-                    "normal": [num(s.normal[0]), num(s.normal[1])],
-                    "state": s.direction,
-                    "share": num(s.contribution),
-                    **({"slope_per_min": num(s.trend.slope_per_min), "min": num(s.trend.minimum),
-                        "max": num(s.trend.maximum)} if s.trend else {}),
-                }
-                for s in self.signals
-            ],
-            "runbook": [{"id": p.id, "text": _trim(p.text, passage_chars)} for p in self.passages],
+            "alarm": {"id": self.alarm_id, "asset": asset, "priority": self.priority, "message": self.message,
+                      "mode": self.mode.value},
+            "classifier": f"{self.fault_type} p={self.fault_probability:.2f}" if self.fault_type else None,
+            "signals": [signal_line(s) for s in self.signals],
+            "runbook": {p.id: _trim(p.text, passage_chars) for p in self.passages},
             "past_incidents": [
-                {"fault_type": i.fault_type, "verdict": i.verdict, "actual_cause": i.actual_cause, "fix": i.fix}
-                for i in self.incidents
+                {"fault": i.fault_type, "verdict": i.verdict, "cause": i.actual_cause, "fix": i.fix} for i in self.incidents
             ],
         }
 
@@ -298,7 +285,7 @@ def build_evidence(
     memory: IncidentMemory | None = None,
     faults: dict[str, Fault] | None = None,
     max_signals: int = 6,
-    max_passages: int = 4,
+    max_passages: int = 3,
 ) -> EvidencePack:
     """Gather the evidence for one alarm from the line file, the recent history, the runbooks and past incidents."""
     faults = faults if faults is not None else load_faults()
@@ -365,16 +352,17 @@ def build_evidence(
         signals.append(SignalEvidence(key, spec.unit, None, spec.normal_for(mode), 0.0,
                                       contributions.get(key, 0.0), None, spec.description))
 
-    # runbook passages: the primary runbook's checks, actions and safety first, then what TF-IDF finds
+    # runbook passages: the primary runbook's checks and actions first, then what TF-IDF finds (its safety
+    # notes go to the operator with every diagnosis anyway, so they need not cost prompt tokens)
     passages: list[Passage] = []
     if primary:
-        passages += [p for a in ("checks", "actions", "safety") if (p := primary.passage(a))]
+        passages += [p for a in ("checks", "actions") if (p := primary.passage(a))]
     words = [f"{s.key} {s.key.split('.')[-1].replace('_', ' ')} {s.direction}" for s in signals[:5]]
     query = " ".join([alarm.asset, asset_name, fault.name if fault else "", alarm.message, *words])
     for p, _score in library.search(query, k=max_passages * 2):
         if len(passages) >= max_passages:
             break
-        if p not in passages and p.anchor != "parts":
+        if p not in passages and p.anchor not in ("parts", "safety"):
             passages.append(p)
 
     incidents = memory.similar(alarm.asset, anomaly.fault_type if anomaly else None, [s.key for s in signals]) if memory else []
