@@ -20,6 +20,7 @@ from factory_copilot.logs import setup_logging
 COMMANDS: list[str] = [
     "simulators.cli",
     "factory_copilot.collect.cli",
+    "factory_copilot.detect.cli",
     "factory_copilot.alarms.cli",
     "factory_copilot.publish.tail",
     "factory_copilot.copilot.explain",

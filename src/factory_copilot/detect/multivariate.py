@@ -272,7 +272,11 @@ class LineDetector(BaseEstimator):
         return self._evaluate(X)["flags"].astype(int)
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Each signal's share (0..1, rows sum to 1) of the row's score, from the statistic that dominated it."""
+        """Each signal's share (0..1, rows sum to 1) of the row's score, from the statistic that dominated it.
+
+        Reconstruction-based: signal i's part is how far the distance falls if i alone is moved back to normal,
+        which points at the broken signal rather than smearing over its correlated neighbours.
+        """
         ev = self._evaluate(X)
         C = np.zeros((len(X), len(self.signals_)))
         for a, b in ev["bounds"]:
@@ -283,7 +287,8 @@ class LineDetector(BaseEstimator):
                 continue
             W = ev["W"][a:b]
             P = model.precisions[ev["winner"][a:b]]
-            C[a:b] = np.clip(W * np.einsum("ijk,ik->ij", P, W), 0, None)
+            # reconstruction-based contribution (Alcala & Qin): how much of the distance goes if signal i is repaired
+            C[a:b] = np.einsum("ijk,ik->ij", P, W) ** 2 / np.diagonal(P, axis1=1, axis2=2)
         total = C.sum(axis=1, keepdims=True)
         C = np.divide(C, total, out=np.zeros_like(C), where=total > 0)
         return pd.DataFrame(C, index=X.index, columns=self.signals_)
@@ -341,7 +346,8 @@ class DetectorStream:
         if self.model is None or self.score == 0.0:
             return {}
         w = self.W[self.winner]
-        c = np.clip(w * (self.model.precisions[self.winner] @ w), 0, None)
+        P = self.model.precisions[self.winner]
+        c = (P @ w) ** 2 / np.diagonal(P)
         total = c.sum()
         if total <= 0:
             return {}

@@ -1,0 +1,157 @@
+"""LineDetector and FaultClassifier on hand-made tables: causality, correlation awareness, modes, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from factory_copilot.config import SIMULATED_LINE, load_line, parse_line
+from factory_copilot.detect import (
+    UNKNOWN,
+    DetectModels,
+    FaultClassifier,
+    LineDetector,
+    ModelMismatchError,
+    load_models,
+    save_models,
+)
+
+
+def correlated(n: int, seed: int = 0) -> pd.DataFrame:
+    """Three signals driven by one load (tightly correlated) plus two independent ones, with AR(1) dynamics."""
+    rng = np.random.default_rng(seed)
+    load = np.zeros(n)
+    for t in range(1, n):
+        load[t] = 0.9 * load[t - 1] + rng.normal()
+    noise = rng.normal(scale=0.2, size=(n, 5))
+    X = np.column_stack([load, 2 * load, -load, np.zeros(n), np.zeros(n)]) + noise
+    X[:, 3] += rng.normal(size=n)
+    X[:, 4] += 50.0
+    return pd.DataFrame(X, columns=["pump.flow", "pump.current", "pump.suction", "tunnel.temp", "tunnel.power"])
+
+
+@pytest.fixture(scope="module")
+def detector() -> LineDetector:
+    return LineDetector(false_alarm_rate=0.005).fit(correlated(3000))
+
+
+def test_predictions_are_causal_and_stream_matches_batch(detector):
+    X = correlated(600, seed=1)
+    X.iloc[300:, 1] += 3.0
+    full = detector.predict(X)
+    for k in (1, 150, 301, 450):
+        assert np.array_equal(detector.predict(X.iloc[:k]), full[:k])
+    stream = detector.stream()
+    live = np.array([stream.update(row) for row in X.to_numpy()], dtype=object)
+    np.testing.assert_allclose(live[:, 0].astype(float), detector.score_samples(X), rtol=1e-9, atol=1e-12)
+    assert np.array_equal(live[:, 1].astype(bool), full.astype(bool))
+
+
+def test_broken_correlation_is_flagged_even_inside_each_signals_band(detector):
+    X = correlated(400, seed=2)
+    normal_rate = detector.predict(X).mean()
+    assert normal_rate < 0.03
+    # current falls while flow holds: each value stays inside its own normal spread, the relation does not
+    broken = X.copy()
+    broken.iloc[200:, 1] = broken.iloc[200:, 0] * 0.5
+    assert (broken.iloc[200:, 1].abs() < X.iloc[:, 1].abs().max()).all()
+    assert detector.predict(broken)[230:].mean() > 0.9
+    shares = detector.contributions(broken).iloc[230:].mean()
+    assert shares.idxmax() == "pump.current"
+    assert np.allclose(detector.contributions(broken).iloc[230:].sum(axis=1), 1.0)
+
+
+def test_slow_drift_is_caught_by_the_smoothed_statistics(detector):
+    X = correlated(1200, seed=3)
+    X.iloc[400:, 3] += np.linspace(0, 1.5, 800)  # a creeping bias of ~1.5 sigma
+    flags = detector.predict(X)
+    assert flags[:400].mean() < 0.03
+    assert flags[900:].mean() > 0.5
+
+
+def test_threshold_is_calibrated_to_the_target_rate():
+    loose = LineDetector(false_alarm_rate=0.05).fit(correlated(3000))
+    tight = LineDetector(false_alarm_rate=0.001).fit(correlated(3000))
+    X = correlated(5000, seed=9)
+    assert 0.01 < loose.predict(X).mean() < 0.15
+    assert tight.predict(X).mean() < 0.01
+    assert tight.models_["all"].threshold > loose.models_["all"].threshold
+
+
+def test_each_mode_has_its_own_normal_and_a_settling_grace():
+    run = correlated(2000, seed=4)
+    idle = correlated(2000, seed=5) * 0.1
+    idle["tunnel.power"] = 5.0 + idle["tunnel.power"] - 5.0
+    train = pd.concat([run.assign(mode="running"), idle.assign(mode="idle")], ignore_index=True)
+    det = LineDetector(settle_rows=50, false_alarm_rate=0.005).fit(train)
+    assert set(det.models_) == {"running", "idle"}
+    test = pd.concat([correlated(300, 6).assign(mode="running"), (correlated(300, 7) * 0.1).assign(mode="idle")],
+                     ignore_index=True)
+    flags = det.predict(test)
+    assert flags.mean() < 0.03
+    # the same idle rows judged against running's normal would all be anomalous
+    assert det.predict(test.assign(mode="running"))[300:].mean() > 0.9
+    # right after a mode change nothing is flagged, even a gross departure
+    gross = test.copy()
+    gross.iloc[300:, 0] += 100
+    flags = det.predict(gross)
+    assert flags[300:350].sum() == 0 and flags[360:].mean() > 0.9
+
+
+def test_detector_refuses_unfitted_and_missing_columns(detector):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        LineDetector().predict(correlated(10))
+    with pytest.raises(ValueError, match="pump.current"):
+        detector.predict(correlated(10).drop(columns=["pump.current"]))
+
+
+def faulty(seed: int, fault: str, n: int = 400) -> pd.DataFrame:
+    X = correlated(n, seed)
+    if fault == "blockage":
+        X.iloc[:, 0] -= 6.0
+    elif fault == "heater":
+        X.iloc[:, 4] -= 2.0
+    elif fault == "oscillation":
+        X.iloc[:, 3] += 3 * np.sin(np.arange(n) * 0.8)
+    return X
+
+
+def test_classifier_names_faults_causally_and_says_unknown_for_novel_signatures():
+    faults = ["normal", "blockage", "heater", "oscillation"]
+    X = pd.concat([faulty(s, f) for s, f in enumerate(faults)], ignore_index=True)
+    y = np.repeat(faults, 400)
+    clf = FaultClassifier(n_estimators=60).fit(X, y)
+    assert set(clf.classes_) == set(faults)
+    for s, f in enumerate(faults, start=10):
+        pred = clf.predict(faulty(s, f))
+        assert np.mean(pred[50:] == f) > 0.9, f
+    proba = clf.predict_proba(faulty(20, "heater"))
+    assert proba.shape == (400, 4) and np.allclose(proba.sum(axis=1), 1)
+    Xt = faulty(21, "blockage")
+    assert np.array_equal(clf.predict(Xt.iloc[:120]), clf.predict(Xt)[:120])
+    novel = correlated(400, 22)
+    novel.iloc[:, 1] += 40.0  # nothing like any training signature
+    assert np.mean(clf.predict(novel)[50:] == UNKNOWN) > 0.9
+    stream = clf.stream()
+    for row in Xt.to_numpy():
+        stream.update(row)
+    assert stream.classify()[0] == "blockage"
+
+
+def test_models_round_trip_and_refuse_another_line(tmp_path):
+    line = load_line(SIMULATED_LINE)
+    keys = line.signal_keys()
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(500, len(keys))), columns=keys)
+    det = LineDetector().fit(X)
+    path = save_models(tmp_path / "m.joblib", DetectModels(line.fingerprint(), "demo", det))
+    loaded = load_models(path, line)
+    np.testing.assert_allclose(loaded.detector.score_samples(X), det.score_samples(X))
+    other = line.model_dump(mode="json")
+    other["assets"][1]["signals"][0]["normal"] = [0.5, 1.5]
+    with pytest.raises(ModelMismatchError, match="fingerprint.*retrain"):
+        load_models(path, parse_line(other, "other.yaml"), "other.yaml")
+    (tmp_path / "junk.joblib").write_bytes(b"not a model")
+    with pytest.raises(ModelMismatchError, match="junk.joblib"):
+        load_models(tmp_path / "junk.joblib", line)
