@@ -70,6 +70,9 @@ def test_trend_buckets_hold_mean_min_max_and_skip_bad_values(store):
 def test_trend_auto_uses_raw_for_short_recent_windows(store):
     store.add_readings([Reading(T0 + i * 0.5, "filler", "bowl_level", float(i)) for i in range(40)])
     assert len(store.trend("filler", T0, T0 + 20)) == 40  # raw
+    store.max_raw_points = 39
+    assert len(store.trend("filler", T0, T0 + 20)) == 4  # too many samples to draw: buckets
+    store.max_raw_points = 20_000
     store.retention.readings_raw = 5.0
     assert len(store.trend("filler", T0, T0 + 20)) == 4  # window longer than raw retention: buckets
 
