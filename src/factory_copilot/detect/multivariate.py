@@ -227,6 +227,10 @@ class LineDetector(BaseEstimator):
         return float(values[lo])
 
     # ---- scoring -------------------------------------------------------------------------
+    def model_for(self, mode: str) -> ModeModel | None:
+        """The mode's model; a detector trained without modes judges every mode by its one normal."""
+        return self.models_.get(mode) or self.models_.get(ALL_MODES)
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "models_"):
             raise RuntimeError("LineDetector is not fitted yet: call fit(X) with normal operation first")
@@ -243,7 +247,7 @@ class LineDetector(BaseEstimator):
         Wsel = np.zeros_like(A)
         modelled = np.zeros(n, dtype=bool)
         for a, b in bounds:
-            model = self.models_.get(modes[a])
+            model = self.model_for(modes[a])
             if a > 0:
                 a = min(b, a + self.settle_rows)  # scoring starts once the new mode has settled
             if model is None or a == b:
@@ -280,7 +284,7 @@ class LineDetector(BaseEstimator):
         ev = self._evaluate(X)
         C = np.zeros((len(X), len(self.signals_)))
         for a, b in ev["bounds"]:
-            model = self.models_.get(ev["modes"][a])
+            model = self.model_for(ev["modes"][a])
             if a > 0:
                 a = min(b, a + self.settle_rows)
             if model is None or a == b:
@@ -323,7 +327,7 @@ class DetectorStream:
             if self.mode is not None:
                 self.settle_left = self.detector.settle_rows
             self.mode = label
-            self.model = self.detector.models_.get(label)
+            self.model = self.detector.model_for(label)
             self.W[:] = 0.0
             self.count = 0
         model = self.model

@@ -119,7 +119,7 @@ class DetectStation:
             return out
         first = max(self.bucket, bucket - max_gap_rows)
         for b in range(first, bucket):
-            out.extend(self.evaluate((b + 1) * self.interval, self._values, self._qualities))
+            out.extend(self.evaluate(b * self.interval, self._values, self._qualities))
             self._values, self._qualities = {}, {}
         self.bucket = bucket
         return out
