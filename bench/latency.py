@@ -121,6 +121,7 @@ async def main(n_alarms: int) -> None:
     line_task = asyncio.create_task(run_line())
     await asyncio.sleep(3.0)  # let the detector's smoothing settle on live data
     latencies: list[float] = []
+    slowest: list[tuple[float, str]] = []
     missed = 0
     candidates = targets(line)
     i = 0
@@ -135,6 +136,7 @@ async def main(n_alarms: int) -> None:
         try:
             t1 = await asyncio.wait_for(fut, 10)
             latencies.append((t1 - written[key]) * 1000)
+            slowest.append((latencies[-1], key))
         except asyncio.TimeoutError:
             missed += 1
         override.pop(key, None)
@@ -155,6 +157,7 @@ async def main(n_alarms: int) -> None:
     print(f"alarms measured: {len(latencies)} in {wall:.0f} s ({missed} not seen within 10 s)")
     print(f"latency ms: min {latencies[0]:.0f}, p50 {p50:.0f}, p90 {latencies[int(0.9 * len(latencies))]:.0f}, "
           f"p99 {p99:.0f}, max {latencies[-1]:.0f}")
+    print("slowest: " + ", ".join(f"{k} {ms:.0f} ms" for ms, k in sorted(slowest, reverse=True)[:5]))
     print(f"service: {json.dumps(service.stats()['detect'])}, store written {service.stats()['store']['written']}")
     print(f"latency: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
 

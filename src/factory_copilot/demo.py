@@ -23,11 +23,12 @@ from typing import Any
 
 from factory_copilot.broker import ensure_broker, free_port
 from factory_copilot.catalogue import load_faults
-from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, LineConfig, MqttConnection, load_line
+from factory_copilot.config import SIMULATED_LINE, LineConfig, MqttConnection, load_line
 from factory_copilot.copilot.backends import backend_from_settings
 from factory_copilot.detect.evaluate import simulated_history, train_models
 from factory_copilot.detect.persist import DetectModels, ModelMismatchError, load_models, save_models
 from factory_copilot.service import LineService, ServicePaths
+from factory_copilot.store.cli import dashboard_command
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,7 @@ def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> Det
 
 
 def start_dashboard(paths: ServicePaths, line_path: Path, mqtt: MqttConnection, port: int) -> subprocess.Popen:
-    app = REPO_ROOT / "dashboards" / "app.py"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--",
-           "--db", str(paths.store), "--line", str(line_path), "--mqtt-host", mqtt.host, "--mqtt-port", str(mqtt.port),
-           "--mqtt-protocol", mqtt.protocol]
+    cmd = dashboard_command(paths.store, line_path, mqtt.host, mqtt.port, mqtt.protocol, port)
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
