@@ -168,3 +168,19 @@ async def test_follow_up_questions_keep_a_conversation_per_alarm(backend):
     assert [t.request_id for t in turns] == ["r1", "r1", "r2", "r2"]
     with pytest.raises(KeyError, match="A-unknown"):
         await cop.ask("A-unknown", "hello?")
+
+
+async def test_warm_up_caches_the_fixed_prefix_that_every_alarm_shares(tiny_qwen):
+    backend = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2)
+    cop = copilot_with(backend)
+    assert await cop.warm_up()
+    llama = backend.load()
+    prefix = llama.tokenize(f"<|im_start|>system\n{cop.system}<|im_end|>\n".encode(), add_bos=False, special=True)
+    assert list(llama._input_ids[: len(prefix)]) == prefix  # in the KV cache before any alarm arrives
+    # the alarm's prompt starts with exactly those tokens, so llama.cpp processes only the data block
+    from factory_copilot.copilot.prompt import diagnosis_messages
+
+    messages = diagnosis_messages(cop.system, cop.evidence(alarm_for("product_pump", "bearing_wear", 0.7)))
+    rendered = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    assert llama.tokenize(rendered.encode(), add_bos=False, special=True)[: len(prefix)] == prefix
+    assert not await copilot_with(LlamaCppBackend(tiny_qwen.parent / "nope.gguf")).warm_up()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from factory_copilot.models import Alarm, AlarmState, Anomaly, Mode, Priority, Reading
 
 
@@ -25,10 +27,9 @@ def ramp(key: str, start: float, end: float, t0: float = 400.0, t1: float = 1000
     return out
 
 
-def make_tiny_qwen(path) -> "Path":
+def make_tiny_qwen(path: str | Path) -> Path:
     """Generate the tiny random-weight Qwen2 GGUF with the repo's script (models/make_tiny_qwen.py)."""
     import importlib.util
-    from pathlib import Path
 
     from factory_copilot.config import REPO_ROOT
 

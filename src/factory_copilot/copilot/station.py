@@ -63,6 +63,13 @@ class TokenStream:
 
 
 class Copilot:
+    """The station: evidence per alarm, the runbook diagnosis at once, the model's after, and follow-up questions.
+
+    ``backend`` None means runbook explanations only. ``memory`` supplies similar past incidents
+    (the store implements it). ``schema`` defaults to ``diagnosis_schema`` over this plant's faults,
+    signals and runbook passages.
+    """
+
     def __init__(
         self,
         line: LineConfig,
@@ -172,6 +179,20 @@ class Copilot:
         assert self.backend is not None
         return await asyncio.to_thread(self.backend.chat, messages, schema, max_tokens, relay, self.timeout_s)
 
+    async def warm_up(self) -> bool:
+        """Load the model and process the fixed prompt prefix now, so the first alarm finds it in the KV cache."""
+        if self.backend is None:
+            return False
+        started = time.perf_counter()
+        try:
+            await self._generate([{"role": "system", "content": self.system}, {"role": "user", "content": "ready?"}],
+                                 None, 1, None)
+        except Exception as exc:  # the alarms will report the same problem with their fallback reason
+            log.warning("copilot warm-up failed: %s", exc)
+            return False
+        log.info("copilot model warm: fixed prompt prefix cached in %.1f s", time.perf_counter() - started)
+        return True
+
     # ---- follow-up questions ---------------------------------------------------------------------------------
 
     def conversation(self, alarm_id: str) -> list[Turn]:
@@ -249,6 +270,7 @@ class Copilot:
                     log.warning("alarm %s: model queue full (%d), runbook diagnosis only", alarm.alarm_id, max_pending)
 
         async def model_worker() -> None:
+            await self.warm_up()  # alarms queue meanwhile; their runbook diagnoses go out regardless
             while True:
                 alarm_id = await pending.get()
                 sink = (lambda piece, a=alarm_id: tokens.offer((a, piece))) if tokens is not None else None
