@@ -11,15 +11,9 @@ from pathlib import Path
 
 from factory_copilot.broker import ensure_broker
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line
+from factory_copilot.cli import parse_user
 
 log = logging.getLogger(__name__)
-
-
-def parse_user(text: str) -> tuple[str, str]:
-    name, sep, password = text.partition(":")
-    if not sep or not name or not password:
-        raise argparse.ArgumentTypeError(f"--user {text!r}: expected NAME:PASSWORD")
-    return name, password
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -30,8 +30,18 @@ COMMANDS: list[str] = [
 ]
 
 
+def parse_user(text: str) -> tuple[str, str]:
+    """``--user NAME:PASSWORD`` for the commands that connect to (or serve) OPC UA and MQTT."""
+    name, sep, password = text.partition(":")
+    if not sep or not name or not password:
+        raise argparse.ArgumentTypeError(f"--user {text!r}: expected NAME:PASSWORD")
+    return name, password
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="factory-copilot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="factory-copilot", description="Factory Copilot: an edge copilot for factory-line diagnostics."
+    )
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     parser.add_argument("--log-json", action="store_true", help="structured JSON log lines (for services)")

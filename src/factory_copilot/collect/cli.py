@@ -14,15 +14,9 @@ from pathlib import Path
 from factory_copilot.buffer import Buffer
 from factory_copilot.config import MqttConnection, OpcuaConnection, load_line
 from factory_copilot.models import Reading
+from factory_copilot.cli import parse_user
 
 log = logging.getLogger(__name__)
-
-
-def _user(text: str) -> tuple[str, str]:
-    name, sep, password = text.partition(":")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"--user {text!r}: expected NAME:PASSWORD")
-    return name, password
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--pattern", action="append", default=[], help="MQTT topic pattern like factory/+/+/{asset}/{signal} (repeatable)")
     c.add_argument("--pki-dir", help="client certificate directory for OPC UA security")
     c.add_argument("--security", choices=["none", "basic256sha256_sign_encrypt"], help="OPC UA security (overrides the line file)")
-    c.add_argument("--user", type=_user, metavar="NAME:PASSWORD", help="OPC UA or MQTT user (overrides the line file)")
+    c.add_argument("--user", type=parse_user, metavar="NAME:PASSWORD", help="OPC UA or MQTT user (overrides the line file)")
     c.set_defaults(func=collect)
 
     b = sub.add_parser(
@@ -54,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("endpoint", help="opc.tcp://host:port/path")
     b.add_argument("--site", default="TODO-site")
     b.add_argument("--line", default="TODO-line")
-    b.add_argument("--user", type=_user, metavar="NAME:PASSWORD")
+    b.add_argument("--user", type=parse_user, metavar="NAME:PASSWORD")
     b.add_argument("--security", choices=["none", "basic256sha256_sign_encrypt"], default="none")
     b.add_argument("--output", "-o", help="write the line file here instead of printing it")
     b.set_defaults(func=browse)
