@@ -52,7 +52,10 @@ def ewma(Z: np.ndarray, lam: float) -> np.ndarray:
     """Exponentially weighted moving average from a zero (in-control) start: w_t = lam z_t + (1 - lam) w_{t-1}."""
     if lam >= 1.0:
         return Z.copy()
-    return lfilter([lam], [1.0, -(1.0 - lam)], Z, axis=0)
+    W = lfilter([lam], [1.0, -(1.0 - lam)], Z, axis=0)
+    # a decaying average of exact zeros ends in subnormal floats, which make later matrix products crawl
+    W[np.abs(W) < 1e-100] = 0.0
+    return W
 
 
 def ewma_runs(Z: np.ndarray, lam: float, bounds: list[tuple[int, int]]) -> np.ndarray:

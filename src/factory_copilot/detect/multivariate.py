@@ -11,11 +11,12 @@ persistence requirement; scores are returned relative to that threshold (1.0 = l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
+from threadpoolctl import threadpool_limits
 
 from factory_copilot.detect.features import as_matrix, ewma_runs, hold_last, numeric_signals, runs
 from factory_copilot.models import Mode
@@ -60,16 +61,27 @@ class ModeModel:
     norms: np.ndarray  # per-statistic normaliser (99th percentile on held-out normal)
     threshold: float  # on the combined statistic
     n_rows: int
+    context: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # indices of operating-point inputs
+    context_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_context, n_signals)
 
     def standardise(self, A: np.ndarray) -> np.ndarray:
-        Z = (A - self.mean) / self.scale
+        Z = (A - self.expected(A)) / self.scale
         Z[np.isnan(Z)] = 0.0  # a signal never seen yet counts as at its normal mean
         return Z
+
+    def expected(self, A: np.ndarray) -> np.ndarray:
+        """Each signal's normal value at the row's operating point (setpoints), else its mean."""
+        if not len(self.context):
+            return self.mean
+        C = np.nan_to_num(A[..., self.context] - self.context_mean)
+        return self.mean + C @ self.coef
 
 
 def shrunk_covariance(W: np.ndarray) -> np.ndarray:
     """Ledoit-Wolf shrunk covariance about zero (the in-control mean), in O(n p²) with no sample blocks."""
     n, p = W.shape
+    W = np.where(np.abs(W) < 1e-100, 0.0, W)  # subnormal floats make the product crawl
     S = W.T @ W / n
     mu = np.trace(S) / p
     delta = (np.sum(S**2) - 2 * mu * np.trace(S) + p * mu**2) / p  # ||S - mu I||² / p
@@ -105,7 +117,9 @@ class LineDetector(BaseEstimator):
         settle_rows: int = 180,
         min_rows: int = 100,
         exclude: tuple[str, ...] = ("fault",),
+        context: tuple[str, ...] | str = "auto",
     ):
+        self.context = context
         self.smoothing = smoothing
         self.false_alarm_rate = false_alarm_rate
         self.persistence = persistence
@@ -133,11 +147,22 @@ class LineDetector(BaseEstimator):
 
     # ---- fitting -------------------------------------------------------------------------
     def fit(self, X: pd.DataFrame, y=None) -> "LineDetector":
+        # small matrices: BLAS threads only fight each other (and the other stations) for the edge box's cores
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._fit(X)
+
+    def _fit(self, X: pd.DataFrame) -> "LineDetector":
         exclude = tuple(self.exclude) + ((self.mode_column,) if self.mode_column else ())
         self.signals_ = numeric_signals(X, exclude)
         self.feature_names_in_ = np.asarray(self.signals_, dtype=object)
         self.n_features_in_ = len(self.signals_)
         self.lams_ = np.asarray(self.smoothing, dtype=float)
+        # operating-point inputs (setpoints): signals are judged against what normal is at that point
+        names = [s for s in self.signals_ if "setpoint" in s] if self.context == "auto" else list(self.context)
+        unknown = [c for c in names if c not in self.signals_]
+        if unknown:
+            raise ValueError(f"context column(s) not among the signals: {', '.join(unknown)}")
+        self.context_ = np.array([self.signals_.index(c) for c in names], dtype=int)
         A = hold_last(as_matrix(X, self.signals_), np.nan)
         modes = self._modes_of(X)
         bounds = runs(modes)
@@ -167,10 +192,25 @@ class LineDetector(BaseEstimator):
             )
         return self
 
-    def _moments(self, A: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mean = np.nanmean(A[rows], axis=0)
-        scale = np.maximum(np.nan_to_num(np.nanstd(A[rows], axis=0)), self.scale_floor_)
-        return np.nan_to_num(mean), scale
+    def _normal(self, A: np.ndarray, rows: np.ndarray) -> ModeModel:
+        """Mean, operating-point regression and residual scale of each signal on the given rows."""
+        mean = np.nan_to_num(np.nanmean(A[rows], axis=0))
+        ctx = self.context_
+        m = ModeModel(mean, np.ones(A.shape[1]), np.zeros((0, 0, 0)), np.zeros(0), 1.0, len(rows))
+        if len(ctx):
+            C = np.nan_to_num(A[rows][:, ctx] - mean[ctx])
+            R = np.nan_to_num(A[rows] - mean)
+            # ridge on the setpoints; a setpoint that never moved in this mode explains nothing
+            spread = C.std(axis=0)
+            keep = spread > 1e-9
+            coef = np.zeros((len(ctx), A.shape[1]))
+            if keep.any():
+                Ck = C[:, keep]
+                coef[keep] = np.linalg.solve(Ck.T @ Ck + 1e-3 * len(rows) * np.diag(spread[keep] ** 2), Ck.T @ R)
+            m.context, m.context_mean, m.coef = ctx, mean[ctx], coef
+        resid = A[rows] - m.expected(A[rows])
+        m.scale = np.maximum(np.nan_to_num(np.nanstd(resid, axis=0)), self.scale_floor_)
+        return m
 
     def _smoothed(self, Z: np.ndarray, bounds: list[tuple[int, int]]) -> list[np.ndarray]:
         return [ewma_runs(Z, lam, bounds) for lam in self.lams_]
@@ -181,18 +221,17 @@ class LineDetector(BaseEstimator):
     def _fit_mode(self, A: np.ndarray, bounds: list[tuple[int, int]], usable: np.ndarray, margin: float) -> ModeModel:
         rows = np.flatnonzero(usable)
         k = max(2, self.n_splits)
-        if len(bounds) >= k:
+        if len(bounds) >= 2:
             # whole stretches per fold: the threshold must cover how one stretch differs from the others
-            folds = [np.concatenate([np.arange(a, b) for a, b in part]) for part in np.array_split(np.asarray(bounds, dtype=int), k)]
+            parts = np.array_split(np.asarray(bounds, dtype=int), min(k, len(bounds)))
+            folds = [np.concatenate([np.arange(a, b) for a, b in part]) for part in parts]
             folds = [np.intersect1d(f, rows) for f in folds]
         else:
             folds = np.array_split(rows, k)
         held_out = np.zeros((len(A), len(self.lams_)))
         for fold in folds:
             train = np.setdiff1d(rows, fold)
-            mean, scale = self._moments(A, train)
-            Z = (A - mean) / scale
-            Z[np.isnan(Z)] = 0.0
+            Z = self._normal(A, train).standardise(A)
             Ws = self._smoothed(Z, bounds)
             P = self._precisions(Ws, train)
             for j, W in enumerate(Ws):
@@ -200,11 +239,10 @@ class LineDetector(BaseEstimator):
         norms = np.maximum(np.quantile(held_out[rows], 0.99, axis=0), 1e-12)
         combined = (held_out / norms).max(axis=1)
         threshold = self._calibrate(combined, usable, bounds) * margin
-        mean, scale = self._moments(A, rows)
-        Z = (A - mean) / scale
-        Z[np.isnan(Z)] = 0.0
-        P = self._precisions(self._smoothed(Z, bounds), rows)
-        return ModeModel(mean, scale, P, norms, float(threshold), len(rows))
+        model = self._normal(A, rows)
+        model.precisions = self._precisions(self._smoothed(model.standardise(A), bounds), rows)
+        model.norms, model.threshold = norms, float(threshold)
+        return model
 
     def _calibrate(self, combined: np.ndarray, usable: np.ndarray, bounds: list[tuple[int, int]]) -> float:
         """Smallest threshold whose persistent exceedances on held-out normal rows stay within the target rate."""
@@ -238,6 +276,10 @@ class LineDetector(BaseEstimator):
     def _evaluate(self, X: pd.DataFrame) -> dict:
         """Score every row: combined score (relative to threshold), winning statistic, smoothed vectors."""
         self._check_fitted()
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._evaluate_rows(X)
+
+    def _evaluate_rows(self, X: pd.DataFrame) -> dict:
         A = hold_last(as_matrix(X, self.signals_), np.nan)
         modes = self._modes_of(X)
         bounds = runs(modes)
@@ -335,7 +377,7 @@ class DetectorStream:
             self.settle_left = max(0, self.settle_left - 1)
             self.score = 0.0
             return 0.0, False
-        z = (x - model.mean) / model.scale
+        z = (x - model.expected(x)) / model.scale
         z[np.isnan(z)] = 0.0
         self.W = self.lams * z + (1.0 - self.lams) * self.W
         D = np.einsum("ij,ijk,ik->i", self.W, model.precisions, self.W) / model.norms
