@@ -155,3 +155,22 @@ def test_models_round_trip_and_refuse_another_line(tmp_path):
     (tmp_path / "junk.joblib").write_bytes(b"not a model")
     with pytest.raises(ModelMismatchError, match="junk.joblib"):
         load_models(tmp_path / "junk.joblib", line)
+
+
+def test_train_command_learns_from_a_csv_export_and_names_bad_input(tmp_path, capsys):
+    from factory_copilot.cli import main
+
+    line = load_line(SIMULATED_LINE)
+    keys = line.signal_keys()
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame({k: sum(line.signal(k).normal) / 2 + rng.normal(size=1500) for k in keys})
+    X["mode"] = "running"
+    X.to_csv(tmp_path / "history.csv", index=False)
+    out = tmp_path / "models.joblib"
+    assert main(["train", "--history", str(tmp_path / "history.csv"), "--out", str(out)]) == 0
+    models = load_models(out, line)
+    assert set(models.detector.models_) == {"running"} and models.classifier is None
+    assert models.detector.persistence == 3 and models.detector.false_alarm_rate == 1e-4
+    X.drop(columns=[keys[3]]).to_csv(tmp_path / "short.csv", index=False)
+    assert main(["train", "--history", str(tmp_path / "short.csv"), "--out", str(out)]) == 2
+    assert keys[3] in capsys.readouterr().err
