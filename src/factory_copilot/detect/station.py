@@ -46,6 +46,7 @@ class DetectStation:
         self.interval = line.sampling_interval_s
         self.mode_key = f"{line.mode_signal.asset}.{line.mode_signal.signal}" if line.mode_signal else None
         self.keys = line.signal_keys()
+        self._keyset = set(self.keys)
         self.checks = checks or SignalChecks(line)
         self.detector = detector
         self.classifier = classifier
@@ -75,7 +76,7 @@ class DetectStation:
     def add(self, reading: Reading) -> list[Anomaly]:
         """Take one reading; returns the anomalies of any rows it completed."""
         key = reading.key
-        if key != self.mode_key and key not in self.specs_keys:
+        if key != self.mode_key and key not in self._keyset:
             if self.ignored[key] == 0:
                 log.warning("detect: reading for %s, which the line file does not define; ignored", key)
             self.ignored[key] += 1
@@ -104,13 +105,6 @@ class DetectStation:
         elif key not in self._values:
             self._qualities[key] = reading.quality
         return out
-
-    @property
-    def specs_keys(self) -> set[str]:
-        keys = getattr(self, "_keyset", None)
-        if keys is None:
-            keys = self._keyset = set(self.keys)
-        return keys
 
     def close_until(self, bucket: int, max_gap_rows: int = 3600) -> list[Anomaly]:
         """Evaluate the open row and every empty interval before ``bucket`` (so gaps show up as gaps)."""
