@@ -98,10 +98,11 @@ async def test_a_cited_signal_missing_from_the_pack_is_dropped_and_counted(backe
 
 async def test_timeout_falls_back_to_the_runbook(backend):
     cop = copilot_with(backend, timeout_s=0.2)
-    cop.schema = diagnosis_schema(faults=list(cop.faults), text_chars=400)  # long strings: many seconds of grammar sampling
+    # free-text citations and 40-char strings: hundreds of tokens, far more than 0.2 s of generation
+    cop.schema = diagnosis_schema(faults=list(cop.faults), text_chars=40)
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7))
     assert d.source == "runbook" and d.fallback_reason.startswith("timeout")
-    assert d.causes[0].fault_type == "bearing_wear" and d.latency_s < 5
+    assert d.causes[0].fault_type == "bearing_wear" and d.latency_s < 10
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])

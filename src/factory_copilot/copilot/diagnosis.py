@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from factory_copilot.catalogue import Fault, load_faults
-from factory_copilot.copilot.evidence import EvidencePack, SignalEvidence, deviation
+from factory_copilot.copilot.evidence import DEVIATION_NORMAL, EvidencePack, SignalEvidence, deviation
 from factory_copilot.copilot.runbooks import Runbook, RunbookLibrary
 from factory_copilot.models import Cause, Diagnosis, Evidence, Step
 
@@ -124,13 +124,21 @@ def _match(direction: str, s: SignalEvidence | None) -> float:
     return min(1.0, max(0.0, (band - 0.5) / 1.5, (move - 2.0) / 4.0))
 
 
-def _agrees(direction: str, s: SignalEvidence | None) -> bool:
+def _agreement(direction: str, s: SignalEvidence | None) -> float:
+    """Does the signal move the way the signature says? 1 yes, 0.5 no clear direction yet, 0 the other way."""
     if s is None:
-        return False
+        return 0.0
     if direction == "flat":
-        return bool(s.trend and s.trend.flat)
-    lean = s.change if abs(s.change) >= 1.0 else s.deviation
-    return direction == "any" or (lean > 0) == (direction == "up")
+        return 1.0 if s.trend and s.trend.flat else 0.0
+    if direction == "any":
+        return 1.0
+    if abs(s.change) >= 1.0:
+        lean = s.change
+    elif abs(s.deviation) >= DEVIATION_NORMAL:
+        lean = s.deviation
+    else:
+        return 0.5  # an intermittent fault (belt slip) can look normal at the alarm instant
+    return 1.0 if (lean > 0) == (direction == "up") else 0.0
 
 
 _WORDS = {"up": "rose above its band", "down": "fell below its band", "any": "left its band", "flat": "flat-lined"}
@@ -157,7 +165,7 @@ def rank_faults(pack: EvidencePack, library: RunbookLibrary) -> list[Candidate]:
         best: tuple[float, dict[str, float]] = (-1.0, {})
         for sig in rb.signatures:
             matches = {k: _match(d, signals.get(k)) for k, d in sig.items()}
-            shares = {k: signals[k].contribution for k, d in sig.items() if k in signals and _agrees(d, signals[k])}
+            shares = {k: signals[k].contribution * _agreement(d, signals[k]) for k, d in sig.items() if k in signals}
             fit = sum(matches.values()) / len(matches) + 0.5 * min(1.0, sum(shares.values()))
             if fit > best[0]:
                 # a signal is evidence if it shows the signature or carries a real share of the anomaly the right way
