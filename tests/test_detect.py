@@ -174,3 +174,21 @@ def test_train_command_learns_from_a_csv_export_and_names_bad_input(tmp_path, ca
     X.drop(columns=[keys[3]]).to_csv(tmp_path / "short.csv", index=False)
     assert main(["train", "--history", str(tmp_path / "short.csv"), "--out", str(out)]) == 2
     assert keys[3] in capsys.readouterr().err
+
+
+def test_recorded_reading_stream_becomes_rows_per_interval():
+    from factory_copilot.detect.cli import readings_table
+
+    line = load_line(SIMULATED_LINE)
+    recs = [
+        {"ts": 10.2, "asset": "line", "signal": "mode", "value": 2, "quality": "good"},
+        {"ts": 10.3, "asset": "product_pump", "signal": "flow", "value": 100.0, "quality": "good"},
+        {"ts": 10.7, "asset": "product_pump", "signal": "flow", "value": 101.0, "quality": "good"},
+        {"ts": 11.5, "asset": "product_pump", "signal": "flow", "value": None, "quality": "bad"},
+        {"ts": 12.1, "asset": "product_pump", "signal": "flow", "value": 999.0, "quality": "uncertain"},
+        {"ts": 13.0, "asset": "product_pump", "signal": "flow", "value": 103.0, "quality": "good"},
+    ]
+    table = readings_table(pd.DataFrame(recs), line)
+    # latest good value per interval, held through intervals with none; Bad/Uncertain never used as data
+    assert table["product_pump.flow"].tolist() == [101.0, 101.0, 101.0, 103.0]
+    assert table["mode"].tolist() == [2, 2, 2, 2]

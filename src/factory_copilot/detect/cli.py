@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="learn a line's normal and its fault signatures from history; save the models")
     p.add_argument("--line", default=str(SIMULATED_LINE), help="line file (default: the simulated packaging line)")
     p.add_argument("--history", nargs="*", default=[], metavar="FILE",
-                   help="CSV or Parquet exports: one column per 'asset.signal', optional 'mode' and 'fault' columns")
+                   help="CSV or Parquet exports (one column per 'asset.signal', optional 'mode' and 'fault' columns) "
+                        "or recorded readings as JSON lines (.jsonl: ts, asset, signal, value, quality)")
     p.add_argument("--simulate", action="store_true", help="generate the training history with the line simulator")
     p.add_argument("--normal-hours", type=float, default=24.0, help="simulated normal running to train on (default 24)")
     p.add_argument("--false-alarm-rate", type=float, default=1e-4, help="target share of falsely flagged rows (default 1e-4)")
@@ -36,15 +37,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=evaluate_command)
 
 
-def read_history(paths: list[str]) -> pd.DataFrame:
-    """Concatenate history exports; each file is its own run so causal smoothing restarts between them."""
+def readings_table(readings: pd.DataFrame, line) -> pd.DataFrame:
+    """A recorded Reading stream (ts, asset, signal, value, quality) as rows per sampling interval, as the station sees it."""
+    missing = {"ts", "asset", "signal", "value"} - set(readings.columns)
+    if missing:
+        raise ValueError(f"recorded readings lack field(s) {', '.join(sorted(missing))}")
+    r = readings
+    if "quality" in r.columns:
+        r = r[r["quality"].fillna("good").astype(str).str.lower() == "good"]  # only good values are process values
+    r = r.dropna(subset=["value"]).assign(
+        key=r["asset"].astype(str) + "." + r["signal"].astype(str),
+        row=(r["ts"].astype(float) // line.sampling_interval_s).astype("int64"),
+    )
+    table = r.sort_values("ts").pivot_table(index="row", columns="key", values="value", aggfunc="last")
+    table = table.reindex(range(table.index.min(), table.index.max() + 1)).ffill()
+    if line.mode_signal:
+        mode_key = f"{line.mode_signal.asset}.{line.mode_signal.signal}"
+        if mode_key in table.columns:
+            table["mode"] = table.pop(mode_key).round().astype(int)
+    table.index = table.index * line.sampling_interval_s
+    return table.reset_index(drop=True)
+
+
+def read_history(paths: list[str], line=None) -> pd.DataFrame:
+    """Concatenate history exports; each file is its own run so causal smoothing restarts between them.
+
+    CSV/Parquet: one column per 'asset.signal'. JSON lines (.jsonl): a recorded stream of readings.
+    """
     frames = []
     for i, path in enumerate(paths):
         p = Path(path)
         if not p.exists():
             raise SystemExit(f"error: history file {p} does not exist")
         try:
-            df = pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else pd.read_csv(p)
+            if p.suffix.lower() in (".parquet", ".pq"):
+                df = pd.read_parquet(p)
+            elif p.suffix.lower() in (".jsonl", ".ndjson"):
+                df = readings_table(pd.read_json(p, lines=True), line)
+            else:
+                df = pd.read_csv(p)
         except Exception as exc:
             raise SystemExit(f"error: cannot read history file {p}: {exc}") from None
         frames.append(df.assign(run=i))
@@ -59,7 +90,7 @@ def train_command(args: argparse.Namespace) -> int:
     if not args.history and not args.simulate:
         print("error: give --history FILE... or --simulate", file=sys.stderr)
         return 2
-    history = read_history(args.history) if args.history else simulated_history(line, normal_hours=args.normal_hours)
+    history = read_history(args.history, line) if args.history else simulated_history(line, normal_hours=args.normal_hours)
     try:
         models = train_models(line, history, detector_params={
             "false_alarm_rate": args.false_alarm_rate, "persistence": args.persistence})
