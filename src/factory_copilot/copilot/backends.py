@@ -60,7 +60,8 @@ class LlamaCppBackend:
         self.model_path = str(model_path)
         self.name = Path(self.model_path).name
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or max(1, (os.cpu_count() or 2))
+        # leave one core to the collectors, detector and alarms: an alarm must never wait on the model
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) - 1)
         self.n_gpu_layers = n_gpu_layers
         self.n_batch = n_batch
         self.temperature = temperature
