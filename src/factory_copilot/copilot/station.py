@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TokenSink = Callable[[str], None]
 # alarm events that deserve an explanation; acknowledgements and clearings do not
+TIMEOUT_GRACE_S = 1.0  # how long past its timeout a model call may take to stop by itself
 EXPLAIN_EVENTS = ("raised", "realarm", "reclassified")  # a new fault name deserves a new diagnosis
 
 
@@ -177,7 +178,15 @@ class Copilot:
         loop = asyncio.get_running_loop()
         relay = (lambda piece: loop.call_soon_threadsafe(on_token, piece)) if on_token else None
         assert self.backend is not None
-        return await asyncio.to_thread(self.backend.chat, messages, schema, max_tokens, relay, self.timeout_s)
+        call = asyncio.ensure_future(
+            asyncio.to_thread(self.backend.chat, messages, schema, max_tokens, relay, self.timeout_s))
+        try:
+            # the backend checks its deadline between tokens only; prompt processing and grammar set-up can
+            # overrun it on a busy CPU, so the caller stops waiting here (the worker ends at its next token)
+            return await asyncio.wait_for(asyncio.shield(call), self.timeout_s + TIMEOUT_GRACE_S)
+        except asyncio.TimeoutError:
+            call.add_done_callback(lambda f: f.cancelled() or f.exception())  # its late ModelTimeout is expected
+            raise ModelTimeout(f"no answer within {self.timeout_s:g} s") from None
 
     async def warm_up(self) -> bool:
         """Load the model and process the fixed prompt prefix now, so the first alarm finds it in the KV cache."""
