@@ -148,6 +148,11 @@ def test_false_alarms_give_the_anomaly_window(store):
     assert (fa.asset, fa.start, fa.end, fa.actor) == ("product_pump", T0 + 1, T0 + 4, "op2")
     assert [a.ts for a in fa.anomalies] == [T0 + 1, T0 + 3]
     assert store.false_alarms(since=T0 + 61) == []
+    # the operator changes their mind: the latest verdict counts, so it is no longer a false alarm
+    store.add_feedback(Feedback("A1", "confirmed", actor="op3", ts=T0 + 90))
+    assert store.false_alarms(since=T0) == []
+    [real] = store.marked_alarms(("confirmed", "other_cause"))
+    assert (real.alarm_id, real.verdict, real.actor, len(real.anomalies)) == ("A1", "confirmed", "op3", 2)
 
 
 def test_retention_per_table(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -218,6 +219,41 @@ class LineConfig(_Strict):
         """Hash of what a trained model depends on: the assets and signals, not connection details."""
         body = json.dumps([a.model_dump(mode="json") for a in self.assets], sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ServicePaths:
+    """Where the service keeps its state; all under one directory so a restart finds it again."""
+
+    state_dir: Path
+    detector_file: Path | None = None  # the line file's service.detector; default <state_dir>/detector.joblib
+
+    @classmethod
+    def of_line(cls, line: LineConfig, line_path: Path, state_dir: Path | None = None) -> "ServicePaths":
+        """The line file's ``service`` paths, relative to the line file (``state_dir`` overrides its state_dir)."""
+        base = Path(line_path).resolve().parent
+        detector = base / line.service.detector if line.service.detector else None
+        return cls(Path(state_dir) if state_dir else base / line.service.state_dir, detector)
+
+    @property
+    def store(self) -> Path:
+        return self.state_dir / "store.db"
+
+    @property
+    def alarms(self) -> Path:
+        return self.state_dir / "alarms.db"
+
+    @property
+    def outbox(self) -> Path:
+        return self.state_dir / "outbox.db"
+
+    @property
+    def pki(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def detector(self) -> Path:
+        return self.detector_file or self.state_dir / "detector.joblib"
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

@@ -356,6 +356,21 @@ class Feedback:
 
 
 @dataclass(slots=True)
+class MarkedAlarm:
+    """An alarm with an operator's verdict and the anomalies that raised it (what the detector is retuned from)."""
+
+    alarm_id: str
+    asset: str
+    condition: str
+    start: float
+    end: float
+    marked_at: float
+    verdict: str  # one of FEEDBACK_VERDICTS
+    actor: str | None = None
+    anomalies: list[Anomaly] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Turn:
     """One turn of the ask-the-copilot conversation about an alarm."""
 

@@ -27,7 +27,7 @@ from factory_copilot.alarms.station import AlarmStation
 from factory_copilot.buffer import Buffer, fan_out
 from factory_copilot.collect.mqtt import MqttCollector
 from factory_copilot.collect.opcua import OpcuaCollector
-from factory_copilot.config import LineConfig, MqttConnection, load_line
+from factory_copilot.config import LineConfig, MqttConnection, ServicePaths, load_line
 from factory_copilot.copilot.backends import LLMBackend, backend_from_settings
 from factory_copilot.copilot.station import Copilot
 from factory_copilot.detect.persist import DetectModels, ModelMismatchError, load_models
@@ -38,33 +38,6 @@ from factory_copilot.store.station import StoreStation
 from factory_copilot.store.store import Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ServicePaths:
-    """Where the service keeps its state; all under one directory so a restart finds it again."""
-
-    state_dir: Path
-
-    @property
-    def store(self) -> Path:
-        return self.state_dir / "store.db"
-
-    @property
-    def alarms(self) -> Path:
-        return self.state_dir / "alarms.db"
-
-    @property
-    def outbox(self) -> Path:
-        return self.state_dir / "outbox.db"
-
-    @property
-    def pki(self) -> Path:
-        return self.state_dir / "pki"
-
-    @property
-    def detector(self) -> Path:
-        return self.state_dir / "detector.joblib"
 
 
 @dataclass
@@ -283,14 +256,9 @@ class LineService:
 
 def build_service(line: LineConfig, line_path: Path, **overrides: Any) -> LineService:
     """The service as the line file's ``service`` section says (state dir relative to the line file)."""
-    settings = line.service
-    state_dir = Path(settings.state_dir)
-    if not state_dir.is_absolute():
-        state_dir = line_path.resolve().parent / state_dir
-    paths = ServicePaths(Path(overrides.pop("state_dir", state_dir)))
-    detector = Path(settings.detector) if settings.detector else paths.detector
-    models = overrides.pop("models", None) or load_models(detector, line, line_path)
-    c = settings.copilot
+    paths = ServicePaths.of_line(line, line_path, overrides.pop("state_dir", None))
+    models = overrides.pop("models", None) or load_models(paths.detector, line, line_path)
+    c = line.service.copilot
     backend = overrides.pop("backend", None) or backend_from_settings(
         c.model_path, c.openai_url, c.openai_model, c.n_threads, c.n_ctx, c.n_gpu_layers)
     return LineService(line, models, paths, backend=backend,

@@ -28,6 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="models/detect.joblib", help="model file to write (default models/detect.joblib)")
     p.set_defaults(func=train_command)
 
+    r = sub.add_parser("retune", help="raise the detector's thresholds from alarms operators marked false")
+    r.add_argument("--config", required=True, help="the line file the service runs (its service section names the files)")
+    r.add_argument("--state-dir", help="override the line file's service.state_dir (the demo's is var/demo)")
+    r.add_argument("--since-hours", type=float, default=30 * 24, help="false alarms marked within this many hours (default 30 days)")
+    r.add_argument("--max-raise", type=float, default=1.5, help="largest factor on a mode's threshold per retune (default 1.5)")
+    r.add_argument("--margin", type=float, default=1.05, help="how far past a false alarm's peak score (default 1.05)")
+    r.add_argument("--actor", help="who retunes (recorded in the model file)")
+    r.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    r.set_defaults(func=retune_command)
+
     e = sub.add_parser("evaluate", help="detection delay, precision/recall/F1, false alarms, fault naming; sim and TEP")
     e.add_argument("--line", default=str(SIMULATED_LINE), help="line file of the simulated line")
     e.add_argument("--only", choices=["sim", "tep"], help="run only the simulated line or only TEP")
@@ -102,6 +112,46 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"trained on {len(history)} rows ({models.metadata['normal_rows']} normal); modes {', '.join(det.models_)}"
           + (f"; fault classes {', '.join(map(str, models.classifier.classes_))}" if models.classifier else "; no fault labels"))
     print(f"saved {path} (line fingerprint {models.fingerprint})")
+    return 0
+
+
+def retune_command(args: argparse.Namespace) -> int:
+    import shutil
+    import time
+
+    from factory_copilot.config import ServicePaths
+    from factory_copilot.detect.persist import ModelMismatchError, load_models, save_models
+    from factory_copilot.detect.retune import retune
+    from factory_copilot.store import Store
+
+    line = load_line(args.config)
+    paths = ServicePaths.of_line(line, Path(args.config), args.state_dir)
+    if not paths.store.exists():
+        print(f"error: {paths.store}: no store file; the service writes it (check --state-dir)", file=sys.stderr)
+        return 2
+    try:
+        models = load_models(paths.detector, line, args.config)
+    except ModelMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    since = time.time() - args.since_hours * 3600
+    with Store(paths.store) as store:
+        false_alarms = store.false_alarms(since)
+        confirmed = store.marked_alarms(("confirmed", "other_cause"))  # every confirmed fault guards, however old
+    try:
+        report = retune(models, line, false_alarms, confirmed, margin=args.margin, max_raise=args.max_raise,
+                        actor=args.actor)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = {"detector": str(paths.detector), "false_alarms": len(false_alarms), **report.to_dict()}
+    if report.used and not args.dry_run:
+        backup = paths.detector.with_name(f"{paths.detector.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
+        shutil.copy2(paths.detector, backup)
+        save_models(paths.detector, models)
+        out["backup"] = str(backup)
+        out["note"] = "the service uses the retuned detector from its next start"
+    print(json.dumps(out, indent=2))
     return 0
 
 

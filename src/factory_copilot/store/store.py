@@ -26,6 +26,7 @@ from factory_copilot.models import (
     Diagnosis,
     Feedback,
     Incident,
+    MarkedAlarm,
     Priority,
     Quality,
     Reading,
@@ -89,20 +90,6 @@ class AssetHealth:
             -self.peak_ratio,
             self.asset,
         )
-
-
-@dataclass(slots=True)
-class FalseAlarm:
-    """An alarm an operator marked as false, with the anomalies that raised it (for the detector's retune)."""
-
-    alarm_id: str
-    asset: str
-    condition: str
-    start: float
-    end: float
-    marked_at: float
-    actor: str | None = None
-    anomalies: list[Anomaly] = field(default_factory=list)
 
 
 class Store:
@@ -429,15 +416,20 @@ class Store:
             params.append(alarm_id)
         return [Feedback(*tuple(r)) for r in self._rows(sql + " ORDER BY ts, id", params)]
 
-    def false_alarms(self, since: float = 0.0) -> list[FalseAlarm]:
+    def false_alarms(self, since: float = 0.0) -> list[MarkedAlarm]:
         """Alarms marked false since ``since``, each with the anomalies of its condition while it stood."""
+        return self.marked_alarms(("false_alarm",), since)
+
+    def marked_alarms(self, verdicts: Sequence[str], since: float = 0.0) -> list[MarkedAlarm]:
+        """Alarms given one of ``verdicts`` since ``since`` (latest verdict per alarm), with their anomalies."""
         rows = self._rows(
-            "SELECT alarm_id, asset, condition, raised_at, cleared_at, ts, actor FROM feedback "
-            "WHERE verdict='false_alarm' AND ts>=? ORDER BY ts",
-            (since,),
+            "SELECT alarm_id, asset, condition, raised_at, cleared_at, ts, actor, verdict FROM feedback f "
+            f"WHERE verdict IN ({','.join('?' * len(verdicts))}) AND ts>=? "
+            "AND id=(SELECT max(id) FROM feedback g WHERE g.alarm_id=f.alarm_id) ORDER BY ts",
+            (*verdicts, since),
         )
         out = []
-        for alarm_id, asset, condition, raised_at, cleared_at, marked_at, actor in rows:
+        for alarm_id, asset, condition, raised_at, cleared_at, marked_at, actor, verdict in rows:
             if asset is None:
                 continue  # the alarm was never stored: no window to give back
             start = raised_at
@@ -447,8 +439,8 @@ class Store:
                 (asset, condition, start - self.bucket_s, end),
             )
             out.append(
-                FalseAlarm(alarm_id, asset, condition, start, end, marked_at, actor,
-                           [Anomaly.from_dict(json.loads(r[0])) for r in anomaly_rows])
+                MarkedAlarm(alarm_id, asset, condition, start, end, marked_at, verdict, actor,
+                            [Anomaly.from_dict(json.loads(r[0])) for r in anomaly_rows])
             )
         return out
 
