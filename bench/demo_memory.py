@@ -34,11 +34,14 @@ def tree_rss(proc: psutil.Process) -> int:
 
 
 def run(state: Path, duration: float, port: int, model: str | None) -> tuple[int, dict]:
+    # without --keep-state each run starts with no alarms (an alarm still active from the run before would not be
+    # raised again); the trained detector is kept
     cmd = CLI + ["--log-level", "WARNING", "demo", "--headless", "--duration", str(duration), "--state-dir", str(state),
-                 "--mqtt-port", str(port), "--keep-state"]
+                 "--mqtt-port", str(port)]
     if model:
         cmd += ["--model", model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    log = state / f"demo-{'model' if model else 'no-llm'}.log"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=ROOT)
     ps = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -48,8 +51,12 @@ def run(state: Path, duration: float, port: int, model: str | None) -> tuple[int
             break
         time.sleep(0.2)
     out = proc.stdout.read()
-    summary = json.loads(out[out.index("{"):]) if "{" in out else {}
-    return peak, summary
+    if proc.returncode != 0 or "{" not in out:
+        # a demo that died must not pass for one that raised no alarm
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+        raise SystemExit(f"demo {'with ' + model if model else 'without a model'} failed (exit {proc.returncode}); "
+                         f"end of {log}:\n{tail}")
+    return peak, json.loads(out[out.index("{"):])
 
 
 def main() -> None:

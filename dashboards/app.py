@@ -411,7 +411,9 @@ def feedback_tab(alarm: Alarm | None) -> None:
                 st.error("Name the other cause (pick one or describe it).")
             else:
                 cfg.store.add_feedback(Feedback(alarm.alarm_id, verdict, actual, fix.strip() or None, actor()))
-                st.success("Feedback saved: the copilot will remember it for similar alarms.")
+                st.success("Feedback saved: the copilot will remember it for similar alarms."
+                           + (" An engineer's `factory-copilot retune` raises the detector's thresholds from false "
+                              "alarms." if verdict == "false_alarm" else ""))
     given = cfg.store.feedback(alarm.alarm_id)
     for fb in reversed(given):
         st.caption(f"{clock(fb.ts)} UTC · {fb.actor or 'operator'}: {labels[fb.verdict].lower()}"

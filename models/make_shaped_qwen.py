@@ -13,7 +13,6 @@ padded with unused tokens to Qwen's size.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
 import sysconfig
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from make_tiny_qwen import SPECIALS, write_qwen2  # noqa: E402
+from make_tiny_qwen import SPECIALS, quantize, write_qwen2  # noqa: E402
 
 VOCAB = 151_936
 # Qwen2.5-*-Instruct config.json: hidden, layers, heads, kv heads, intermediate; 0.5B-3B tie the embeddings
@@ -76,17 +75,6 @@ def train_vocabulary(vocab_size: int = 48_000) -> tuple[list[str], list[int], li
     tokens += [f"[PAD{i}]" for i in range(pad)]
     types += [gguf.TokenType.UNUSED] * pad
     return tokens, types, merges
-
-
-def quantize(src: Path, dst: Path, threads: int = 2) -> None:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise RuntimeError(f"llama_model_quantize failed ({rc}) for {src}")
 
 
 def make(size: str, directory: Path = HERE, threads: int = 2, vocabulary: tuple | None = None) -> Path:

@@ -105,21 +105,45 @@ def write_qwen2(path: str | Path, tokens: list[str], types: list[int], merges: l
 
 
 def write_tiny_qwen(path: str | Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2,
-                    n_ff: int = 128, n_ctx: int = 32768, seed: int = 0) -> Path:
+                    n_ff: int = 128, n_ctx: int = 32768, seed: int = 0, q4_k_m: bool = False) -> Path:
+    """The tiny model in F16, or with ``q4_k_m`` quantized like the published Qwen files (K-quant kernels, ~1 MB)."""
     import gguf
 
     tokens = byte_tokens() + ["".join(m) for m in MERGES] + SPECIALS
     types = [gguf.TokenType.NORMAL] * (len(tokens) - len(SPECIALS)) + [gguf.TokenType.CONTROL] * len(SPECIALS)
-    return write_qwen2(path, tokens, types, [f"{a} {b}" for a, b in MERGES], n_embd=n_embd, n_layer=n_layer,
-                       n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx=n_ctx, seed=seed, name="tiny-qwen2-random")
+    path = Path(path)
+    if q4_k_m:
+        n_embd, n_ff = max(n_embd, 256), max(n_ff, 512)  # K-quant blocks hold 256 weights: rows must fill them
+    f16 = path.with_name(path.stem + "-f16.gguf") if q4_k_m else path
+    write_qwen2(f16, tokens, types, [f"{a} {b}" for a, b in MERGES], n_embd=n_embd, n_layer=n_layer,
+                n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx=n_ctx, seed=seed, name="tiny-qwen2-random")
+    if q4_k_m:
+        quantize(f16, path)
+        f16.unlink()
+    return path
+
+
+def quantize(src: Path, dst: Path, threads: int = 2) -> None:
+    """Q4_K_M, as the published Qwen2.5 GGUFs, with llama.cpp's own quantizer."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.nthread = threads
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed ({rc}) for {src}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", nargs="?", default=str(Path(__file__).parent / "tiny-qwen.gguf"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--q4-k-m", action="store_true", help="quantize like the published files (needs llama-cpp-python)")
     args = ap.parse_args()
-    out = write_tiny_qwen(args.out, seed=args.seed)
+    out = write_tiny_qwen(args.out, seed=args.seed, q4_k_m=args.q4_k_m)
     print(f"{out} ({out.stat().st_size / 1e6:.2f} MB)")
 
 

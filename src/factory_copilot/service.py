@@ -174,6 +174,9 @@ class LineService:
             log.warning("%d alerts still in the outbox at shutdown; they go out at the next start",
                         self.publisher.outbox.pending())
         await self.publisher.stop()
+        close_model = getattr(self.copilot.backend, "close", None)  # the model's worker process, if any
+        if close_model:
+            await asyncio.to_thread(close_model)
         if health:
             health.close()
         self.engine.close()

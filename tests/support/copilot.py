@@ -27,7 +27,7 @@ def ramp(key: str, start: float, end: float, t0: float = 400.0, t1: float = 1000
     return out
 
 
-def make_tiny_qwen(path: str | Path) -> Path:
+def make_tiny_qwen(path: str | Path, q4_k_m: bool = False) -> Path:
     """Generate the tiny random-weight Qwen2 GGUF with the repo's script (models/make_tiny_qwen.py)."""
     import importlib.util
 
@@ -36,4 +36,4 @@ def make_tiny_qwen(path: str | Path) -> Path:
     spec = importlib.util.spec_from_file_location("make_tiny_qwen", REPO_ROOT / "models" / "make_tiny_qwen.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return Path(module.write_tiny_qwen(path))
+    return Path(module.write_tiny_qwen(path, q4_k_m=q4_k_m))

@@ -2,7 +2,8 @@
 
 Public API: ``Copilot`` (the station), ``SignalHistory``, ``EvidencePack``/``build_evidence``,
 ``IncidentMemory``/``InMemoryIncidents``, ``load_runbooks``, the backends
-``LlamaCppBackend``/``OpenAIBackend``/``backend_from_settings`` and ``TokenStream``.
+``LocalModel`` (llama.cpp in a child process)/``LlamaCppBackend``/``OpenAIBackend``/``backend_from_settings`` and
+``TokenStream``.
 """
 
 from factory_copilot.copilot.backends import (
@@ -18,10 +19,11 @@ from factory_copilot.copilot.diagnosis import DIAGNOSIS_SCHEMA, diagnosis_schema
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, InMemoryIncidents, SignalHistory, build_evidence
 from factory_copilot.copilot.runbooks import RunbookLibrary, load_runbooks
 from factory_copilot.copilot.station import Copilot, TokenStream
+from factory_copilot.copilot.worker import LocalModel
 
 __all__ = [
     "BackendError", "Copilot", "DIAGNOSIS_SCHEMA", "EvidencePack", "IncidentMemory", "InMemoryIncidents",
-    "LLMBackend", "LlamaCppBackend", "ModelTimeout", "ModelUnavailable", "OpenAIBackend", "RunbookLibrary",
+    "LLMBackend", "LlamaCppBackend", "LocalModel", "ModelTimeout", "ModelUnavailable", "OpenAIBackend", "RunbookLibrary",
     "SignalHistory", "TokenStream", "backend_from_settings", "build_evidence", "diagnosis_schema", "load_runbooks",
     "model_diagnosis", "runbook_diagnosis",
 ]

@@ -230,7 +230,10 @@ class OpenAIBackend:
 def backend_from_settings(model: str | None = None, openai_url: str | None = None, openai_model: str | None = None,
                           n_threads: int | None = None, n_ctx: int | None = None,
                           n_gpu_layers: int | None = None) -> LLMBackend | None:
-    """The backend chosen by arguments, else by FACTORY_COPILOT_* environment variables; None means runbook only."""
+    """The backend chosen by arguments, else by FACTORY_COPILOT_* environment variables; None means runbook only.
+
+    A GGUF file is served by a child process (``LocalModel``), so a crash in llama.cpp never stops the service.
+    """
     env = os.environ
     openai_url = openai_url or env.get("FACTORY_COPILOT_OPENAI_URL")
     if openai_url:
@@ -238,7 +241,9 @@ def backend_from_settings(model: str | None = None, openai_url: str | None = Non
     model = model or env.get("FACTORY_COPILOT_MODEL")
     if not model:
         return None
-    return LlamaCppBackend.shared(
+    from factory_copilot.copilot.worker import LocalModel  # the model runs in a child process: see worker.py
+
+    return LocalModel.shared(
         model,
         n_threads=n_threads or int(env.get("FACTORY_COPILOT_THREADS", "0")) or None,
         n_ctx=n_ctx or int(env.get("FACTORY_COPILOT_CTX", "4096")),
