@@ -7,7 +7,11 @@ The simulated line runs at dt 0.1 s; every cycle one signal is pushed past its h
 receives that alarm's active state is t1. The alarm's on-delay is set to 0 for this measurement (it is
 configuration, not latency); everything else is the service as deployed.
 
-    .venv/bin/python bench/latency.py [--alarms 200]
+With ``--model GGUF`` it measures the same twice more while the copilot's model explains every alarm
+(one llama.cpp thread): once with llama.cpp in the service's own process (``LlamaCppBackend``) and once
+in its worker process (``LocalModel``, what the service uses), side by side in one run.
+
+    .venv/bin/python bench/latency.py [--alarms 200] [--model models/shaped-qwen2.5-1.5b-q4_k_m.gguf]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from factory_copilot.alarms.engine import AlarmSettings  # noqa: E402
 from factory_copilot.broker import free_port  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
+from factory_copilot.copilot import LlamaCppBackend, LocalModel  # noqa: E402
 from factory_copilot.detect.evaluate import train_models  # noqa: E402
 from factory_copilot.models import OperatorCommand  # noqa: E402
 from factory_copilot.publish import Topics  # noqa: E402
@@ -61,19 +66,39 @@ def targets(line):
     return out
 
 
-async def main(n_alarms: int) -> None:
+async def main(n_alarms: int, model: str | None) -> None:
     logging.basicConfig(level=logging.WARNING)
     broker = start_broker()
     line = fast_line(broker)
     print(f"broker: {broker.kind}; line: {len(line.signal_keys())} signals at {DT * 1000:.0f} ms", flush=True)
     history = simulate_frame(line, seed=5, duration_s=2 * 3600, dt_s=DT, schedule=ModeSchedule.running(startup_s=300))
     models = train_models(line, history, progress=False)
+    runs = [("no model", None)]
+    if model:
+        # in-process last: its generation thread cannot be stopped and would run on into the next measurement
+        runs += [("model in its worker process", LocalModel(model, n_threads=1)),
+                 ("model in the service's process", LlamaCppBackend(model, n_threads=1))]
+    figures = []
+    for label, backend in runs:
+        lat = await measure(line, models, broker, n_alarms, backend)
+        p50, p99 = statistics.median(lat), lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+        print(f"{label}: p50 {p50:.0f} ms, p99 {p99:.0f} ms", flush=True)
+        figures.append((p50, p99))
+    broker.stop()
+    p50, p99 = figures[0]
+    print(f"latency: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+
+
+async def measure(line, models, broker, n_alarms: int, backend) -> list[float]:
+    """Latencies (ms) of ``n_alarms`` limit alarms through a fresh service on ``broker``."""
     state = Path(tempfile.mkdtemp(prefix="fc-latency-"))
     sim = SimulatedLine(line, seed=9, dt_s=DT, schedule=ModeSchedule.running(startup_s=120), start_ts=time.time() - 600)
     sim.steps(int(600 / DT))
+    line = line.model_copy(update={"opcua": line.opcua.model_copy(update={
+        "endpoint": f"opc.tcp://127.0.0.1:{free_port()}/factory-copilot/"})})
     server = await LineServer(line, line.opcua.endpoint, pki_dir=state / "pki").start()
     settings = AlarmSettings(on_delay_s=0.0, off_delay_s=0.3, flood_count=10_000)
-    service = LineService(line, models, ServicePaths(state), source="opcua", alarm_settings=settings)
+    service = LineService(line, models, ServicePaths(state), source="opcua", alarm_settings=settings, backend=backend)
     stop = asyncio.Event()
     service_task = asyncio.create_task(service.run(stop))
     await asyncio.wait_for(service.collector.connected.wait(), 30)
@@ -145,24 +170,26 @@ async def main(n_alarms: int) -> None:
         await service.alarms.execute(OperatorCommand("acknowledge", alarm_id, "bench"))
         await asyncio.sleep(0.3)
     wall = time.monotonic() - started
+    stats = service.stats()
     stop.set()
     await asyncio.gather(line_task, service_task, return_exceptions=True)
+    sub.disconnect()
     sub.loop_stop()
     await server.stop()
-    broker.stop()
 
     latencies.sort()
-    p50 = statistics.median(latencies)
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     print(f"alarms measured: {len(latencies)} in {wall:.0f} s ({missed} not seen within 10 s)")
-    print(f"latency ms: min {latencies[0]:.0f}, p50 {p50:.0f}, p90 {latencies[int(0.9 * len(latencies))]:.0f}, "
-          f"p99 {p99:.0f}, max {latencies[-1]:.0f}")
+    print(f"latency ms: min {latencies[0]:.0f}, p50 {statistics.median(latencies):.0f}, "
+          f"p90 {latencies[int(0.9 * len(latencies))]:.0f}, p99 {latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]:.0f}, "
+          f"max {latencies[-1]:.0f}")
     print("slowest: " + ", ".join(f"{k} {ms:.0f} ms" for ms, k in sorted(slowest, reverse=True)[:5]))
-    print(f"service: {json.dumps(service.stats()['detect'])}, store written {service.stats()['store']['written']}")
-    print(f"latency: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+    print(f"service: {json.dumps(stats['detect'])}, store written {stats['store']['written']}, copilot {stats['copilot']}")
+    return latencies
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--alarms", type=int, default=200)
-    asyncio.run(main(ap.parse_args().alarms))
+    ap.add_argument("--model", help="a GGUF: also measure while the copilot's model explains every alarm")
+    args = ap.parse_args()
+    asyncio.run(main(args.alarms, args.model))

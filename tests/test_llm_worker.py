@@ -136,6 +136,22 @@ def test_a_worker_that_stops_answering_is_killed_at_its_deadline_and_replaced(mo
     assert model.crashes == 0  # a hang is a timeout, not a crash
 
 
+def test_closing_stops_a_worker_mid_answer_without_counting_a_crash(model):
+    pids: list[int] = []
+
+    def shut_down(_piece: str) -> None:
+        if not pids:
+            pids.append(model.pid)
+            model.close()  # as the service does at shutdown, while the model is still writing
+
+    with pytest.raises(ModelUnavailable, match="shutting down"):
+        model.chat(HELLO, LONG, max_tokens=400, on_token=shut_down)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+    assert model.crashes == 0
+    assert model.chat(HELLO, max_tokens=2) and model.pid not in (None, pids[0])  # a later call starts afresh
+
+
 def test_a_missing_or_broken_file_is_one_clear_error(models_dir, caplog):
     with pytest.raises(ModelUnavailable, match="file not found"):
         LocalModel(models_dir / "nope.gguf").chat(HELLO)

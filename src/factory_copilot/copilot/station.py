@@ -180,12 +180,13 @@ class Copilot:
         assert self.backend is not None
         call = asyncio.ensure_future(
             asyncio.to_thread(self.backend.chat, messages, schema, max_tokens, relay, self.timeout_s))
+        # a call abandoned below (timeout, or the station stopping) ends later with an error nobody awaits: expected
+        call.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             # the backend checks its deadline between tokens only; prompt processing and grammar set-up can
             # overrun it on a busy CPU, so the caller stops waiting here (the worker ends at its next token)
             return await asyncio.wait_for(asyncio.shield(call), self.timeout_s + TIMEOUT_GRACE_S)
         except asyncio.TimeoutError:
-            call.add_done_callback(lambda f: f.cancelled() or f.exception())  # its late ModelTimeout is expected
             raise ModelTimeout(f"no answer within {self.timeout_s:g} s") from None
 
     async def warm_up(self) -> bool:

@@ -79,6 +79,7 @@ class LocalModel:
         self._proc: subprocess.Popen | None = None
         self._lines: queue.Queue = queue.Queue()
         self._failed: str | None = None
+        self._closing = False
         self._lock = threading.Lock()  # one child, one generation at a time; the others wait their turn
 
     @classmethod
@@ -155,6 +156,9 @@ class LocalModel:
         return what
 
     def _crashed(self, during: str) -> NoReturn:
+        if self._closing:
+            self._proc = None
+            raise ModelUnavailable(f"model worker for {self.name} stopped: the copilot is shutting down")
         raise ModelUnavailable(self._crash(during))
 
     def _give_up(self, reason: str) -> NoReturn:
@@ -164,17 +168,19 @@ class LocalModel:
         raise ModelUnavailable(reason)
 
     def close(self) -> None:
-        """End the child (it also ends by itself when this process goes and its stdin closes)."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is not None and proc.poll() is None:
-                assert proc.stdin is not None
-                proc.stdin.close()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        """End the child now, even mid-answer: shutting down must not wait for the model (the call ends unavailable).
+
+        Without close() the child still ends by itself when this process goes and its stdin closes.
+        """
+        self._closing = True
+        proc = self._proc  # not under the lock: a call in progress holds it
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     # ---- one call ------------------------------------------------------------------------------------------
 
@@ -183,9 +189,10 @@ class LocalModel:
         with self._lock:
             if self._failed:
                 raise ModelUnavailable(self._failed)
-            if self._proc is not None and self._proc.poll() is not None:
+            if self._proc is not None and self._proc.poll() is not None and not self._closing:
                 self._crash("between calls")  # said in the log; a new worker takes this call
-            if self._proc is None:
+            if self._proc is None or self._proc.poll() is not None:
+                self._closing = False
                 self._start()
             assert self._proc is not None and self._proc.stdin is not None
             self.calls += 1
@@ -213,12 +220,11 @@ class LocalModel:
                 elif msg.get("done"):
                     self.last_stats = msg.get("stats", {})
                     return msg["text"]
+                elif msg.get("error") == "timeout":
+                    raise ModelTimeout(msg["message"], msg.get("partial", ""))
+                elif msg.get("error") == "unavailable":
+                    self._give_up(msg["message"])
                 elif "error" in msg:
-                    kind = {"timeout": ModelTimeout, "unavailable": ModelUnavailable}.get(msg["error"])
-                    if kind is ModelTimeout:
-                        raise ModelTimeout(msg["message"], msg.get("partial", ""))
-                    if kind is ModelUnavailable:
-                        self._give_up(msg["message"])
                     raise BackendError(msg["message"])
 
 
@@ -235,6 +241,7 @@ def serve(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s[worker]: %(message)s")
+    os.nice(5)  # when the CPU is short, the collectors, detector and alarms go first: an alarm never waits on the model
     # the protocol gets its own copy of stdout; whatever native code prints goes to stderr instead
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
