@@ -49,11 +49,23 @@ class LLMBackend(Protocol):
              on_token: OnToken | None = None, timeout_s: float | None = None) -> str: ...
 
 
-class LlamaCppBackend:
-    """A GGUF model in this process via llama-cpp-python; the chat template comes from the model file."""
+class OnePerModelFile:
+    """``shared()`` gives one instance per class, model file and settings in this process (its memory is loaded once)."""
 
-    _shared: dict[tuple, "LlamaCppBackend"] = {}
-    _shared_lock = threading.Lock()
+    _instances: dict[tuple, Any] = {}
+    _instances_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, model_path: str | Path, **kwargs: Any) -> Any:
+        key = (cls, str(model_path), tuple(sorted(kwargs.items())))
+        with OnePerModelFile._instances_lock:
+            if key not in OnePerModelFile._instances:
+                OnePerModelFile._instances[key] = cls(model_path, **kwargs)
+            return OnePerModelFile._instances[key]
+
+
+class LlamaCppBackend(OnePerModelFile):
+    """A GGUF model in this process via llama-cpp-python; the chat template comes from the model file."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, n_batch: int = 512, temperature: float = 0.2, seed: int = 0):
@@ -71,15 +83,6 @@ class LlamaCppBackend:
         self._lock = threading.Lock()  # one context: one generation at a time, the others wait their turn
         self.calls = 0
         self.last_stats: dict[str, float] = {}
-
-    @classmethod
-    def shared(cls, model_path: str | Path, **kwargs: Any) -> "LlamaCppBackend":
-        """One instance per model file and settings in this process (the model's memory is loaded once)."""
-        key = (str(model_path), tuple(sorted(kwargs.items())))
-        with cls._shared_lock:
-            if key not in cls._shared:
-                cls._shared[key] = cls(model_path, **kwargs)
-            return cls._shared[key]
 
     def load(self) -> Any:
         """Load the model once; a missing or broken file is logged in one line and raises ModelUnavailable."""

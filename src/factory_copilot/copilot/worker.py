@@ -32,7 +32,14 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from factory_copilot.copilot.backends import BackendError, LlamaCppBackend, ModelTimeout, ModelUnavailable, OnToken
+from factory_copilot.copilot.backends import (
+    BackendError,
+    LlamaCppBackend,
+    ModelTimeout,
+    ModelUnavailable,
+    OnePerModelFile,
+    OnToken,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +67,8 @@ def crash_text(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
-class LocalModel:
+class LocalModel(OnePerModelFile):
     """A GGUF model served by a child process; see the module docstring."""
-
-    _shared: dict[tuple, "LocalModel"] = {}
-    _shared_lock = threading.Lock()
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, seed: int = 0, max_crashes: int = 3, start_timeout_s: float = 300.0):
@@ -81,15 +85,6 @@ class LocalModel:
         self._failed: str | None = None
         self._closing = False
         self._lock = threading.Lock()  # one child, one generation at a time; the others wait their turn
-
-    @classmethod
-    def shared(cls, model_path: str | Path, **kwargs: Any) -> "LocalModel":
-        """One child per model file and settings in this process (the model's memory is loaded once)."""
-        key = (str(model_path), tuple(sorted(kwargs.items())))
-        with cls._shared_lock:
-            if key not in cls._shared:
-                cls._shared[key] = cls(model_path, **kwargs)
-            return cls._shared[key]
 
     @property
     def pid(self) -> int | None:
