@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from factory_copilot.broker import free_port  # noqa: E402
 from factory_copilot.buffer import Buffer  # noqa: E402
-from factory_copilot.config import LineConfig, MqttConnection, OpcuaConnection, parse_line  # noqa: E402
+from factory_copilot.config import LineConfig, parse_line  # noqa: E402
 from factory_copilot.models import Reading  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from factory_copilot.collect.browse import browse_line
 from factory_copilot.collect.opcua import OpcuaCollector
 from factory_copilot.config import parse_line
 from factory_copilot.models import Quality, Reading
-from tests.support.opcua import drain, line_with_opcua, port_of, start_server
+from tests.support.opcua import drain, line_with_opcua, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

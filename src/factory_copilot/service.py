@@ -265,7 +265,7 @@ def build_service(line: LineConfig, line_path: Path, **overrides: Any) -> LineSe
     backend = overrides.pop("backend", None) or backend_from_settings(
         c.model_path, c.openai_url, c.openai_model, c.n_threads, c.n_ctx, c.n_gpu_layers)
     return LineService(line, models, paths, backend=backend,
-                       health_port=overrides.pop("health_port", settings.health_port), **overrides)
+                       health_port=overrides.pop("health_port", line.service.health_port), **overrides)
 
 
 async def serve(line_path: Path, source: str | None = None, health_port: int | None = None) -> int:
