@@ -84,22 +84,34 @@ def test_a_false_alarm_stops_alarming_while_a_confirmed_fault_still_does(models)
     assert models.detector.models_["running"].threshold == pytest.approx(running_before * peak * 1.05)
 
 
-def test_a_confirmed_fault_and_max_raise_bound_the_raise(models):
+def test_a_confirmed_fault_bounds_the_raise(models):
     line = load_line(SIMULATED_LINE)
     big_false = marked("FA1", "false_alarm", models, drifted(2.0, seed=3))
     weak_fault = marked("C1", "confirmed", models, drifted(0.5, seed=4))
     scores = sorted(a.score for a in weak_fault.anomalies)
     before = models.detector.models_["running"].threshold
 
-    report = retune(models, line, [big_false], [weak_fault], margin=1.05, max_raise=10.0)
+    report = retune(models, line, [big_false], [weak_fault], margin=1.05, max_raise=100.0)
     [change] = report.thresholds
     assert change.bound_by == "confirmed fault C1" and change.needed > change.factor
     assert change.factor == pytest.approx(float(np.median(scores)) / 1.05)
     assert models.detector.models_["running"].threshold == pytest.approx(before * change.factor)
     assert alarmed_share(models, drifted(0.5, seed=4)) > 0.0, "the confirmed fault still alarms"
 
-    capped = retune(models, line, [marked("FA3", "false_alarm", models, drifted(3.0, seed=6))], [], max_raise=1.2)
+
+
+def test_max_raise_caps_a_retune_and_a_gross_departure_changes_nothing(models):
+    line = load_line(SIMULATED_LINE)
+    before = models.detector.models_["running"].threshold
+    gross = retune(models, line, [marked("FA1", "false_alarm", models, drifted(3.0, seed=6))], [], max_raise=1.2)
+    assert gross.thresholds == [] and "far past what a retune absorbs" in gross.advice[0]
+    assert models.detector.models_["running"].threshold == before and gross.used == ["FA1"]
+
+    mild = marked("FA2", "false_alarm", models, drifted(0.2, seed=2))
+    assert 1.2 < max(a.score for a in mild.anomalies) * 1.05 < 1.44, "premise: needs more than one step of 1.2"
+    capped = retune(models, line, [mild], [], max_raise=1.2)
     assert [(c.factor, c.bound_by) for c in capped.thresholds] == [(1.2, "max_raise")]
+    assert models.detector.models_["running"].threshold == pytest.approx(before * 1.2)
 
 
 def test_single_signal_false_alarms_exempt_stuck_signals_and_point_at_the_line_file(models):

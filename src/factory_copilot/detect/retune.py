@@ -4,6 +4,8 @@ A false multivariate ("fault") alarm says the line's normal in that operating mo
 wider than the detector learnt: the mode's threshold is raised just past the highest
 score the false alarm reached, but never so far that a confirmed fault in that mode
 would no longer alarm on most of its rows, and never more than ``max_raise`` per retune.
+A false alarm far past what two retunes could absorb changes nothing: it was a real
+departure (often the consequence of another alarm), and the report says so.
 A false "stuck" alarm takes the signal off the stuck check (it sits flat legitimately).
 Limits, rates and ranges are the plant's own engineering values in the line file: a
 retune only says which field to look at, it never moves them.
@@ -169,6 +171,13 @@ def retune(
 
     factors: dict[str, float] = {}
     for mode, need in sorted(needed.items()):
+        if need > max_raise ** 2:
+            # a raise cannot make such an alarm go away; it would only blunt the detector for real faults
+            report.advice.append(
+                f"{mode}: {', '.join(by_mode[mode])} reached {need / margin:.3g}x the threshold, far past what a retune "
+                f"absorbs (x{max_raise:g} each); the departure was real: if it followed another alarm, mark it with "
+                "that cause instead; else check the signals that stood out")
+            continue
         factor, bound = need, "false alarms"
         if factor > max_raise:
             factor, bound = max_raise, "max_raise"
