@@ -145,7 +145,7 @@ def retune_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = {"detector": str(paths.detector), "false_alarms": len(false_alarms), **report.to_dict()}
-    if report.used and not args.dry_run:
+    if report.changed and not args.dry_run:
         backup = paths.detector.with_name(f"{paths.detector.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
         shutil.copy2(paths.detector, backup)
         save_models(paths.detector, models)

@@ -191,7 +191,7 @@ def retune(
         factors[mode] = factor
         report.thresholds.append(ThresholdChange(mode, factor, need, bound, by_mode[mode]))
 
-    if report.used:
+    if report.changed:  # a retune that changed nothing leaves its false alarms to be looked at again
         models.metadata.setdefault("retunes", []).append({
             "ts": time.time() if now is None else now, "by": actor, "alarms": report.used, "factors": factors,
             "stuck_exempted": report.stuck_exempted,
