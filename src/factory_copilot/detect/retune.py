@@ -18,6 +18,7 @@ before an earlier retune are read against the threshold as it is now.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -86,16 +87,12 @@ def _scores_now(models: DetectModels, alarm: MarkedAlarm) -> dict[str, list[floa
     """The alarm's multivariate scores per mode, relative to the threshold as it stands now."""
     out: dict[str, list[float]] = {}
     for a in alarm.anomalies:
+        if a.kind != "multivariate" or not math.isfinite(a.score):
+            continue
         mode = _model_key(models, a)
-        if a.kind == "multivariate" and math.isfinite(a.score) and mode is not None:
+        if mode is not None:
             out.setdefault(mode, []).append(a.score / _later_factor(models, mode, a.ts))
     return out
-
-
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
 
 def _line_file_path(line: LineConfig, asset: str, signal: str | None, field_name: str) -> str:
@@ -165,7 +162,7 @@ def retune(
         if c.condition != FAULT_CONDITION:
             continue
         for mode, values in _scores_now(models, c).items():
-            limit = _median(values) / margin
+            limit = statistics.median(values) / margin
             if mode not in guard or limit < guard[mode][0]:
                 guard[mode] = (limit, c.alarm_id)
 
