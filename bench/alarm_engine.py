@@ -17,7 +17,7 @@ from pathlib import Path
 
 from factory_copilot.alarms import AlarmEngine, AlarmSettings
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.models import Anomaly, OperatorCommand
+from factory_copilot.records import Anomaly, OperatorCommand
 
 
 class Clock:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: tests.support
 
-from factory_copilot.broker import free_port  # noqa: E402
-from factory_copilot.buffer import Buffer  # noqa: E402
+from factory_copilot.plumbing.broker import free_port  # noqa: E402
+from factory_copilot.plumbing.buffer import Buffer  # noqa: E402
 from factory_copilot.config import LineConfig, parse_line  # noqa: E402
-from factory_copilot.models import Reading  # noqa: E402
+from factory_copilot.records import Reading  # noqa: E402
 
 
 def bench_line(n_signals: int, opcua_port: int, mqtt_port: int) -> LineConfig:

@@ -32,11 +32,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from factory_copilot.alarms.engine import AlarmSettings  # noqa: E402
-from factory_copilot.broker import free_port  # noqa: E402
+from factory_copilot.plumbing.broker import free_port  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
 from factory_copilot.copilot import LlamaCppBackend, LocalModel  # noqa: E402
 from factory_copilot.detect.evaluate import train_models  # noqa: E402
-from factory_copilot.models import OperatorCommand  # noqa: E402
+from factory_copilot.records import OperatorCommand  # noqa: E402
 from factory_copilot.publish import Topics  # noqa: E402
 from factory_copilot.service import LineService, ServicePaths  # noqa: E402
 from simulators import ModeSchedule, SimulatedLine, simulate_frame  # noqa: E402

@@ -22,7 +22,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from factory_copilot.config import MqttConnection
-from factory_copilot.models import Alarm, AlarmEvent, AlarmState, Priority
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Priority
 from factory_copilot.publish import Publisher, Topics
 from tests.support.brokers import start_broker
 

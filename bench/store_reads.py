@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas  # noqa: F401  (imported up front so the first trend() is not charged for it)
 
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.models import Reading
+from factory_copilot.records import Reading
 from factory_copilot.store import Store
 
 

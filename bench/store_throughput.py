@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.models import Reading
+from factory_copilot.records import Reading
 from factory_copilot.store import Store, StoreStation
 
 

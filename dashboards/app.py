@@ -26,7 +26,7 @@ from dashboards.live import LiveFeed, Snapshot  # noqa: E402
 from factory_copilot.catalogue import load_faults  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
 from factory_copilot.copilot.runbooks import load_runbooks  # noqa: E402
-from factory_copilot.models import FEEDBACK_VERDICTS, Alarm, AlarmState, Feedback, Priority, Turn  # noqa: E402
+from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, Feedback, Priority, Turn  # noqa: E402
 from factory_copilot.publish.topics import DEFAULT_PREFIX  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
 

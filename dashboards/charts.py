@@ -11,7 +11,7 @@ import altair as alt
 import pandas as pd
 
 from factory_copilot.config import LineConfig
-from factory_copilot.models import Alarm, Anomaly, Mode, Priority
+from factory_copilot.records import Alarm, Anomaly, Mode, Priority
 from factory_copilot.store import Store
 
 # ISA-18.2 style: critical red, high orange, medium yellow, low cyan

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from factory_copilot.config import MqttConnection
-from factory_copilot.models import Alarm, Diagnosis
-from factory_copilot.mqtt import connect, is_failure, make_client, reason_text
+from factory_copilot.records import Alarm, Diagnosis
+from factory_copilot.plumbing.mqtt import connect, is_failure, make_client, reason_text
 from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger(__name__)

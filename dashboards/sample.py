@@ -14,7 +14,7 @@ import random
 import time
 
 from factory_copilot.config import SIMULATED_LINE, LineConfig, load_line
-from factory_copilot.models import (
+from factory_copilot.records import (
     Alarm,
     AlarmEvent,
     AlarmState,

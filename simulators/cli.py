@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from factory_copilot.broker import ensure_broker
+from factory_copilot.plumbing.broker import ensure_broker
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line
 from factory_copilot.cli import parse_user
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from factory_copilot.config import LineConfig
-from factory_copilot.models import Quality, Reading
+from factory_copilot.records import Quality, Reading
 
 from simulators.assets import AirCompressor, Conveyor, Filler, HeatTunnel, LineProgram, ProductPump
 from simulators.noise import NormalRows, Wander

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 
 import paho.mqtt.client as paho
 
-from factory_copilot import mqtt
+from factory_copilot.plumbing import mqtt
 from factory_copilot.config import LineConfig, MqttConnection
-from factory_copilot.models import Reading
+from factory_copilot.records import Reading
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from asyncua.crypto.permission_rules import User, UserRole
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from factory_copilot.collect.ua import STATUS_FOR_QUALITY, ensure_certificate, eu_information, from_epoch
+from factory_copilot.plumbing.opcua import STATUS_FOR_QUALITY, ensure_certificate, eu_information, from_epoch
 from factory_copilot.config import LineConfig
-from factory_copilot.models import Reading
+from factory_copilot.records import Reading
 
 log = logging.getLogger(__name__)
 

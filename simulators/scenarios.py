@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from factory_copilot.catalogue import load_faults
-from factory_copilot.models import Mode
+from factory_copilot.records import Mode
 
 # Time (s) for a fault to grow from onset to its full severity; faults grow, they don't step.
 DEFAULT_RAMP_S: dict[str, float] = {

@@ -7,7 +7,7 @@ import pytest
 from factory_copilot.alarms import AlarmEngine, AlarmSettings, annunciated
 from factory_copilot.alarms.design import alarm_id
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.models import AlarmState, Anomaly, Mode, OperatorCommand, Priority
+from factory_copilot.records import AlarmState, Anomaly, Mode, OperatorCommand, Priority
 
 T0 = 1_800_000_000.0
 

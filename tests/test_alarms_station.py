@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from factory_copilot.alarms import AlarmEngine, AlarmSettings, AlarmStation
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.models import AlarmEvent, AlarmState, Anomaly, CommandResult, OperatorCommand
+from factory_copilot.records import AlarmEvent, AlarmState, Anomaly, CommandResult, OperatorCommand
 
 
 class Clock:

@@ -4,7 +4,7 @@ import asyncio
 import logging
 import threading
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 
 
 async def test_overflow_drops_oldest_counts_and_logs(caplog):
@@ -28,7 +28,7 @@ async def test_offer_from_a_foreign_thread_arrives_in_order():
 
 
 async def test_fan_out_copies_to_every_station_and_a_slow_one_only_drops_its_own():
-    from factory_copilot.buffer import fan_out
+    from factory_copilot.plumbing.buffer import fan_out
 
     src: Buffer[int] = Buffer(100, "src")
     fast: Buffer[int] = Buffer(100, "fast")

@@ -7,7 +7,7 @@ import yaml
 
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_LINE, LineConfigError, load_line, parse_line
-from factory_copilot.models import Mode
+from factory_copilot.records import Mode
 
 
 @pytest.fixture(scope="module")

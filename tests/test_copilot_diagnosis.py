@@ -10,7 +10,7 @@ from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot, InMemoryIncidents, SignalHistory
 from factory_copilot.copilot.diagnosis import InvalidModelOutput, model_diagnosis, parse_json_leniently
 from factory_copilot.copilot.prompt import DATA_CLOSE, DATA_OPEN, diagnosis_messages, question_messages
-from factory_copilot.models import Incident, Mode, Reading, Turn
+from factory_copilot.records import Incident, Mode, Reading, Turn
 from tests.support.copilot import alarm_for, ramp
 
 LINE = load_line(SIMULATED_LINE)

@@ -17,7 +17,7 @@ from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot
 from factory_copilot.detect import LineDetector
-from factory_copilot.models import Mode, Quality, Reading
+from factory_copilot.records import Mode, Quality, Reading
 from simulators import standard_scenarios
 from tests.support.copilot import alarm_for
 

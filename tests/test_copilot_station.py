@@ -6,10 +6,10 @@ import asyncio
 import json
 import threading
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot
-from factory_copilot.models import AlarmEvent, AlarmState
+from factory_copilot.records import AlarmEvent, AlarmState
 from tests.support.copilot import alarm_for, ramp
 
 LINE = load_line(SIMULATED_LINE)

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from dashboards import charts, sample
 from dashboards.live import LiveFeed
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, MqttConnection, load_line
-from factory_copilot.models import Alarm, AlarmState, Anomaly, Mode, Priority, Reading
+from factory_copilot.records import Alarm, AlarmState, Anomaly, Mode, Priority, Reading
 from factory_copilot.publish.topics import Topics
 from factory_copilot.store import Store
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dashboards import sample
-from factory_copilot.broker import free_port
+from factory_copilot.plumbing.broker import free_port
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE
 from factory_copilot.store import Store
 from tests.test_dashboard import LINE, TOPICS, Listener

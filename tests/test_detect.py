@@ -9,12 +9,12 @@ import pytest
 from factory_copilot.config import SIMULATED_LINE, load_line, parse_line
 from factory_copilot.detect import (
     UNKNOWN,
-    DetectModels,
+    TrainedDetector,
     FaultClassifier,
     LineDetector,
     ModelMismatchError,
-    load_models,
-    save_models,
+    load_detector,
+    save_detector,
 )
 
 
@@ -145,16 +145,16 @@ def test_models_round_trip_and_refuse_another_line(tmp_path):
     rng = np.random.default_rng(0)
     X = pd.DataFrame(rng.normal(size=(500, len(keys))), columns=keys)
     det = LineDetector().fit(X)
-    path = save_models(tmp_path / "m.joblib", DetectModels(line.fingerprint(), "demo", det))
-    loaded = load_models(path, line)
+    path = save_detector(tmp_path / "m.joblib", TrainedDetector(line.fingerprint(), "demo", det))
+    loaded = load_detector(path, line)
     np.testing.assert_allclose(loaded.detector.score_samples(X), det.score_samples(X))
     other = line.model_dump(mode="json")
     other["assets"][1]["signals"][0]["normal"] = [0.5, 1.5]
     with pytest.raises(ModelMismatchError, match="fingerprint.*retrain"):
-        load_models(path, parse_line(other, "other.yaml"), "other.yaml")
+        load_detector(path, parse_line(other, "other.yaml"), "other.yaml")
     (tmp_path / "junk.joblib").write_bytes(b"not a model")
     with pytest.raises(ModelMismatchError, match="junk.joblib"):
-        load_models(tmp_path / "junk.joblib", line)
+        load_detector(tmp_path / "junk.joblib", line)
 
 
 def test_train_command_learns_from_a_csv_export_and_names_bad_input(tmp_path, capsys):
@@ -168,7 +168,7 @@ def test_train_command_learns_from_a_csv_export_and_names_bad_input(tmp_path, ca
     X.to_csv(tmp_path / "history.csv", index=False)
     out = tmp_path / "models.joblib"
     assert main(["train", "--history", str(tmp_path / "history.csv"), "--out", str(out)]) == 0
-    models = load_models(out, line)
+    models = load_detector(out, line)
     assert set(models.detector.models_) == {"running"} and models.classifier is None
     assert models.detector.persistence == 3 and models.detector.false_alarm_rate == 1e-4
     X.drop(columns=[keys[3]]).to_csv(tmp_path / "short.csv", index=False)

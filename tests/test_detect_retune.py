@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.detect import DetectModels, LineDetector, load_models, save_models
+from factory_copilot.detect import TrainedDetector, LineDetector, load_detector, save_detector
 from factory_copilot.detect.retune import retune
-from factory_copilot.models import AlarmEvent, AlarmState, Anomaly, Feedback, MarkedAlarm, Mode
+from factory_copilot.records import AlarmEvent, AlarmState, Anomaly, Feedback, MarkedAlarm, Mode
 from tests.test_detect import correlated
 
 RUNNING, IDLE = Mode.RUNNING.code, Mode.IDLE.code
@@ -23,11 +23,11 @@ def with_mode(X: pd.DataFrame, code: int) -> pd.DataFrame:
 
 
 @pytest.fixture
-def models() -> DetectModels:
+def models() -> TrainedDetector:
     history = pd.concat([with_mode(correlated(3000, seed=0), RUNNING), with_mode(correlated(3000, seed=5), IDLE)],
                         ignore_index=True).assign(run=lambda d: d["mode"])
     detector = LineDetector(false_alarm_rate=0.005).fit(history.drop(columns="run"))
-    return DetectModels(fingerprint="test", line="test", detector=detector)
+    return TrainedDetector(fingerprint="test", line="test", detector=detector)
 
 
 def drifted(shift: float, seed: int = 1) -> pd.DataFrame:
@@ -37,7 +37,7 @@ def drifted(shift: float, seed: int = 1) -> pd.DataFrame:
     return X
 
 
-def marked(alarm_id: str, verdict: str, models: DetectModels, X: pd.DataFrame, mode: Mode = Mode.RUNNING,
+def marked(alarm_id: str, verdict: str, models: TrainedDetector, X: pd.DataFrame, mode: Mode = Mode.RUNNING,
            t0: float = 1000.0) -> MarkedAlarm:
     """The alarm the live station would have raised on ``X``: one multivariate anomaly per flagged row."""
     scores = models.detector.score_samples(X)
@@ -49,7 +49,7 @@ def marked(alarm_id: str, verdict: str, models: DetectModels, X: pd.DataFrame, m
                        anomalies)
 
 
-def alarmed_share(models: DetectModels, X: pd.DataFrame) -> float:
+def alarmed_share(models: TrainedDetector, X: pd.DataFrame) -> float:
     return float(models.detector.predict(X)[250:].mean())
 
 
@@ -139,7 +139,7 @@ def test_retune_command_reads_the_store_and_rewrites_the_model_file(tmp_path, ca
     from factory_copilot.cli import main
     from factory_copilot.config import ServicePaths
     from factory_copilot.detect.evaluate import train_models
-    from factory_copilot.models import Alarm, Priority
+    from factory_copilot.records import Alarm, Priority
     from factory_copilot.store import Store
     from simulators import ModeSchedule, simulate_frame
 
@@ -147,7 +147,7 @@ def test_retune_command_reads_the_store_and_rewrites_the_model_file(tmp_path, ca
     history = simulate_frame(line, seed=3, duration_s=2 * 3600, schedule=ModeSchedule.running(startup_s=300))
     models = train_models(line, history, progress=False)
     paths = ServicePaths(tmp_path / "state")
-    save_models(paths.detector, models)
+    save_detector(paths.detector, models)
     running = models.detector.models_["running"].threshold
 
     now = __import__("time").time()
@@ -165,14 +165,14 @@ def test_retune_command_reads_the_store_and_rewrites_the_model_file(tmp_path, ca
     assert main(argv + ["--dry-run"]) == 0
     dry = json.loads(capsys.readouterr().out)
     assert dry["thresholds"][0]["factor"] == pytest.approx(1.26) and "backup" not in dry
-    assert load_models(paths.detector, line).detector.models_["running"].threshold == running
+    assert load_detector(paths.detector, line).detector.models_["running"].threshold == running
 
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["used"] == ["heat_tunnel-fault"] and out["false_alarms"] == 1
-    reloaded = load_models(paths.detector, line)
+    reloaded = load_detector(paths.detector, line)
     assert reloaded.detector.models_["running"].threshold == pytest.approx(running * 1.26)
-    assert load_models(out["backup"], line).detector.models_["running"].threshold == running
+    assert load_detector(out["backup"], line).detector.models_["running"].threshold == running
 
     assert main(argv) == 0  # run again: the false alarm was used already
     assert json.loads(capsys.readouterr().out)["changed"] is False

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.detect import DetectStation, FaultClassifier, LineDetector, SignalChecks
-from factory_copilot.models import Anomaly, Mode, Quality, Reading
+from factory_copilot.records import Anomaly, Mode, Quality, Reading
 
 LINE = load_line(SIMULATED_LINE)
 KEYS = LINE.signal_keys()

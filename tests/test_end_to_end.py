@@ -14,10 +14,10 @@ import uuid
 
 import pytest
 
-from factory_copilot.broker import free_port
+from factory_copilot.plumbing.broker import free_port
 from factory_copilot.config import SIMULATED_LINE, LineConfig, MqttConnection, load_line
 from factory_copilot.detect.evaluate import train_models
-from factory_copilot.models import AlarmState, OperatorCommand
+from factory_copilot.records import AlarmState, OperatorCommand
 from factory_copilot.publish import Topics, payloads
 from factory_copilot.service import LineService, ServicePaths
 from simulators import FaultScenario, ModeSchedule, SimulatedLine, simulate_frame

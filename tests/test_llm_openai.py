@@ -11,7 +11,7 @@ import pytest
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot, OpenAIBackend
 from factory_copilot.copilot.backends import ModelTimeout, ModelUnavailable
-from factory_copilot.broker import free_port
+from factory_copilot.plumbing.broker import free_port
 from tests.support.copilot import alarm_for, ramp
 
 LINE = load_line(SIMULATED_LINE)

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from factory_copilot import mqtt
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing import mqtt
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.collect.mqtt import MqttCollector, TopicPattern
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line, parse_line
-from factory_copilot.models import Quality, Reading
+from factory_copilot.records import Quality, Reading
 from simulators.mqtt_publisher import ReadingPublisher
 from tests.support.opcua import drain
 

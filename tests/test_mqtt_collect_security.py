@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.collect.mqtt import MqttCollector
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line
-from factory_copilot.models import Reading
+from factory_copilot.records import Reading
 from simulators.mqtt_publisher import ReadingPublisher
 from tests.support.brokers import MOSQUITTO, MosquittoBroker
 from tests.support.opcua import drain

@@ -11,12 +11,12 @@ import pytest_asyncio
 import yaml
 from asyncua import ua
 
-from factory_copilot.broker import free_port
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.broker import free_port
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.collect.browse import browse_line
 from factory_copilot.collect.opcua import OpcuaCollector
 from factory_copilot.config import parse_line
-from factory_copilot.models import Quality, Reading
+from factory_copilot.records import Quality, Reading
 from tests.support.opcua import drain, line_with_opcua, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

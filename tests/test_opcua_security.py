@@ -8,10 +8,10 @@ import time
 import pytest
 import pytest_asyncio
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.collect.opcua import OpcuaCollector, OpcuaConnectError
-from factory_copilot.collect.ua import ensure_certificate
-from factory_copilot.models import Reading
+from factory_copilot.plumbing.opcua import ensure_certificate
+from factory_copilot.records import Reading
 from tests.support.opcua import drain, line_with_opcua, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

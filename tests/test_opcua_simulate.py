@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 
-from factory_copilot.broker import free_port
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.broker import free_port
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.collect.mqtt import MqttCollector
 from factory_copilot.collect.opcua import OpcuaCollector
 from factory_copilot.config import MqttConnection
-from factory_copilot.models import Reading
+from factory_copilot.records import Reading
 from simulators.line import SimulatedLine
 from simulators.mqtt_publisher import ReadingPublisher
 from simulators.runner import run_simulation

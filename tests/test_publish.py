@@ -13,10 +13,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from factory_copilot.broker import free_port
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.broker import free_port
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import MqttConnection
-from factory_copilot.models import (
+from factory_copilot.records import (
     Alarm,
     AlarmEvent,
     AlarmState,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from factory_copilot.models import Alarm, AlarmEvent, AlarmState, CommandResult, Diagnosis, OperatorCommand, Priority, Question
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, CommandResult, Diagnosis, OperatorCommand, Priority, Question
 from factory_copilot.publish import payloads
 from factory_copilot.publish.payloads import Rejected
 from factory_copilot.publish.tail import describe

@@ -15,9 +15,9 @@ import urllib.request
 import pytest
 import yaml
 
-from factory_copilot.broker import free_port
+from factory_copilot.plumbing.broker import free_port
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line
-from factory_copilot.detect import save_models
+from factory_copilot.detect import save_detector
 from factory_copilot.detect.evaluate import train_models
 from factory_copilot.publish import Topics, payloads
 from simulators import ModeSchedule, simulate_frame
@@ -70,7 +70,7 @@ async def test_run_serves_the_line_file_with_json_logs_health_and_status(broker,
     assert "no model file; run `factory-copilot train` first" in first.stderr and "Traceback" not in first.stderr
 
     history = simulate_frame(line, seed=3, duration_s=1800, schedule=ModeSchedule.running(startup_s=300))
-    save_models(path.parent / "state" / "detector.joblib", train_models(line, history, progress=False))
+    save_detector(path.parent / "state" / "detector.joblib", train_models(line, history, progress=False))
     server = await start_server(line, port=opcua_port)
     topics = Topics(line.site, line.line)
     status = await Listener(broker, [topics.status()]).ready()

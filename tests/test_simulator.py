@@ -8,7 +8,7 @@ import pytest
 
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_LINE, load_line, parse_line
-from factory_copilot.models import Mode, Quality
+from factory_copilot.records import Mode, Quality
 from simulators import (
     FaultScenario,
     ModeSchedule,

@@ -10,9 +10,9 @@ import threading
 
 import pytest
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.models import (
+from factory_copilot.records import (
     Alarm,
     AlarmEvent,
     AlarmState,
@@ -254,7 +254,7 @@ def test_a_turn_with_a_request_id_is_stored_once(store):
 
 
 def test_newer_schema_is_refused(tmp_path):
-    from factory_copilot.store.db import open_db
+    from factory_copilot.plumbing.sqlite import open_db
 
     path = tmp_path / "s.db"
     Store(path).close()

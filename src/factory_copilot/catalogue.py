@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from factory_copilot.config import SEEDS_DIR, LineConfigError, _format_loc
-from factory_copilot.models import Priority
+from factory_copilot.records import Priority
 
 FAULTS_FILE = SEEDS_DIR / "faults.yaml"
 

@@ -14,7 +14,7 @@ import sys
 
 from factory_copilot import __version__
 from factory_copilot.config import LineConfigError
-from factory_copilot.logs import setup_logging
+from factory_copilot.plumbing.logs import setup_logging
 
 # module paths, in the order their sub-commands are listed in --help
 COMMANDS: list[str] = [

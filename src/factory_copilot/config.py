@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from factory_copilot.models import Mode, Priority
+from factory_copilot.records import Mode, Priority
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEEDS_DIR = Path(os.environ.get("FACTORY_COPILOT_SEEDS", REPO_ROOT / "seeds"))
@@ -167,6 +167,17 @@ class CopilotSettings(_Strict):
     max_tokens: int = Field(600, gt=0)
 
 
+class Knowledge(_Strict):
+    """The plant's own knowledge: its fault catalogue and runbook folder, relative to the line file.
+
+    Neither given means the copilot explains from the detector's evidence alone; nothing from the
+    demo line's catalogue is ever used for another line.
+    """
+
+    faults: str | None = None  # fault catalogue (YAML, the format of seeds/faults.yaml)
+    runbooks: str | None = None  # runbook folder (Markdown with front matter, the format of seeds/runbooks/)
+
+
 class ServiceSettings(_Strict):
     """How ``factory-copilot run`` serves this line."""
 
@@ -186,6 +197,7 @@ class LineConfig(_Strict):
     mode_signal: ModeSignal | None = ModeSignal()
     opcua: OpcuaConnection | None = None
     mqtt: MqttConnection | None = None
+    knowledge: Knowledge = Knowledge()
     service: ServiceSettings = ServiceSettings()
     assets: list[Asset]
 

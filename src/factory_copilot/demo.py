@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from factory_copilot.broker import ensure_broker, free_port
+from factory_copilot.plumbing.broker import ensure_broker, free_port
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_LINE, LineConfig, MqttConnection, load_line
 from factory_copilot.copilot.backends import backend_from_settings
 from factory_copilot.detect.evaluate import simulated_history, train_models
-from factory_copilot.detect.persist import DetectModels, ModelMismatchError, load_models, save_models
+from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector, save_detector
 from factory_copilot.service import LineService, ServicePaths
 from factory_copilot.store.cli import dashboard_command
 
@@ -45,11 +45,11 @@ def demo_line(line: LineConfig, opcua_port: int, mqtt: MqttConnection) -> LineCo
     return line.model_copy(update={"opcua": opcua, "mqtt": mqtt})
 
 
-def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> DetectModels:
+def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> TrainedDetector:
     """Models for the simulated line: reused from ``path`` when they match the line file, else trained and saved."""
     if path.exists():
         try:
-            models = load_models(path, line)
+            models = load_detector(path, line)
             log.info("using the detector trained earlier (%s)", path)
             return models
         except ModelMismatchError as exc:
@@ -57,7 +57,7 @@ def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> Det
     print(f"Training the detector on {hours:g} h of simulated normal running and the fault catalogue ...", flush=True)
     history = simulated_history(line, seed=seed, normal_hours=hours, progress=True)
     models = train_models(line, history, progress=True)
-    save_models(path, models)
+    save_detector(path, models)
     return models
 
 

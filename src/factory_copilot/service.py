@@ -24,15 +24,15 @@ from typing import Any
 
 from factory_copilot.alarms.engine import AlarmEngine, AlarmSettings
 from factory_copilot.alarms.station import AlarmStation
-from factory_copilot.buffer import Buffer, fan_out
+from factory_copilot.plumbing.buffer import Buffer, fan_out
 from factory_copilot.collect.mqtt import MqttCollector
 from factory_copilot.collect.opcua import OpcuaCollector
 from factory_copilot.config import LineConfig, MqttConnection, ServicePaths, load_line
 from factory_copilot.copilot.backends import LLMBackend, backend_from_settings
 from factory_copilot.copilot.station import Copilot
-from factory_copilot.detect.persist import DetectModels, ModelMismatchError, load_models
+from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.models import AlarmEvent, Anomaly, Diagnosis, OperatorCommand, Question, Reading, Turn
+from factory_copilot.records import AlarmEvent, Anomaly, Diagnosis, OperatorCommand, Question, Reading, Turn
 from factory_copilot.publish.publisher import Publisher
 from factory_copilot.store.station import StoreStation
 from factory_copilot.store.store import Store
@@ -54,7 +54,7 @@ class LineService:
     def __init__(
         self,
         line: LineConfig,
-        models: DetectModels,
+        models: TrainedDetector,
         paths: ServicePaths,
         *,
         source: str | None = None,
@@ -260,7 +260,7 @@ class LineService:
 def build_service(line: LineConfig, line_path: Path, **overrides: Any) -> LineService:
     """The service as the line file's ``service`` section says (state dir relative to the line file)."""
     paths = ServicePaths.of_line(line, line_path, overrides.pop("state_dir", None))
-    models = overrides.pop("models", None) or load_models(paths.detector, line, line_path)
+    models = overrides.pop("models", None) or load_detector(paths.detector, line, line_path)
     c = line.service.copilot
     backend = overrides.pop("backend", None) or backend_from_settings(
         c.model_path, c.openai_url, c.openai_model, c.n_threads, c.n_ctx, c.n_gpu_layers)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from factory_copilot.broker import EmbeddedBroker, broker_reachable, free_port
+from factory_copilot.plumbing.broker import EmbeddedBroker, broker_reachable, free_port
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from factory_copilot.models import Alarm, AlarmState, Anomaly, Mode, Priority, Reading
+from factory_copilot.records import Alarm, AlarmState, Anomaly, Mode, Priority, Reading
 
 
 def alarm_for(asset: str, fault_type: str | None = None, probability: float = 0.0, contributions: dict | None = None,

@@ -11,9 +11,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from factory_copilot.broker import free_port
+from factory_copilot.plumbing.broker import free_port
 from factory_copilot.config import LineConfig, OpcuaConnection, load_line, SIMULATED_LINE
-from factory_copilot.models import Quality, Reading
+from factory_copilot.records import Quality, Reading
 from simulators.opcua_server import LineServer
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from factory_copilot.alarms.journal import Journal
-from factory_copilot.models import AlarmState
+from factory_copilot.records import AlarmState
 
 DEFAULT_DB = os.environ.get("FACTORY_COPILOT_ALARMS_DB", "var/alarms.db")
 

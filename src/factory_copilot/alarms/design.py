@@ -35,7 +35,7 @@ from typing import Collection, Mapping
 
 from factory_copilot.catalogue import Fault
 from factory_copilot.config import Asset, LineConfig, Signal
-from factory_copilot.models import Anomaly, Mode, Priority
+from factory_copilot.records import Anomaly, Mode, Priority
 
 PROCESS_KINDS = frozenset({"limit", "rate"})
 INSTRUMENT_KINDS = frozenset({"stuck", "range", "quality"})

@@ -49,7 +49,7 @@ from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
 from factory_copilot.catalogue import Fault, load_faults
 from factory_copilot.config import LineConfig
-from factory_copilot.models import Alarm, AlarmEvent, AlarmState, Anomaly, CommandResult, OperatorCommand
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandResult, OperatorCommand
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from factory_copilot.models import Alarm, AlarmEvent, AlarmState
-from factory_copilot.store.db import open_db
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState
+from factory_copilot.plumbing.sqlite import open_db
 
 COMPONENT = "alarms"
 

@@ -16,8 +16,8 @@ import logging
 from typing import Any, Callable
 
 from factory_copilot.alarms.engine import AlarmEngine
-from factory_copilot.buffer import Buffer
-from factory_copilot.models import AlarmEvent, Anomaly, CommandResult, OperatorCommand
+from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, OperatorCommand
 
 log = logging.getLogger(__name__)
 

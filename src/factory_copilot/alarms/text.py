@@ -12,7 +12,7 @@ from typing import Mapping
 from factory_copilot.alarms.design import find_asset, find_signal
 from factory_copilot.catalogue import Fault
 from factory_copilot.config import LineConfig, Signal
-from factory_copilot.models import Anomaly, Mode
+from factory_copilot.records import Anomaly, Mode
 
 
 def number(x: float) -> str:

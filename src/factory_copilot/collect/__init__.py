@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.collect.mqtt import MqttCollector
 from factory_copilot.collect.opcua import OpcuaCollector, OpcuaConnectError
 from factory_copilot.config import LineConfig
-from factory_copilot.models import Reading
+from factory_copilot.records import Reading
 
 
 def collector_for(

@@ -16,7 +16,7 @@ import yaml
 from asyncua import Node, ua
 
 from factory_copilot.collect.opcua import open_client, quiet_asyncua
-from factory_copilot.collect.ua import unit_of
+from factory_copilot.plumbing.opcua import unit_of
 from factory_copilot.config import OpcuaConnection
 
 MAX_DEPTH = 5  # folders below Objects searched for assets

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import MqttConnection, OpcuaConnection, load_line
-from factory_copilot.models import Reading
+from factory_copilot.records import Reading
 from factory_copilot.cli import parse_user
 
 log = logging.getLogger(__name__)

@@ -24,11 +24,11 @@ from datetime import datetime
 
 import paho.mqtt.client as paho
 
-from factory_copilot import mqtt
-from factory_copilot.buffer import Buffer
-from factory_copilot.collect.ua import quality_of
+from factory_copilot.plumbing import mqtt
+from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.plumbing.opcua import quality_of
 from factory_copilot.config import LineConfig, MqttConnection, MqttSource
-from factory_copilot.models import Quality, Reading
+from factory_copilot.records import Quality, Reading
 
 log = logging.getLogger(__name__)
 

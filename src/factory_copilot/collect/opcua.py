@@ -24,10 +24,10 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto import security_policies, uacrypto
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from factory_copilot.buffer import Buffer
-from factory_copilot.collect.ua import ensure_certificate, quality_of, status_name, to_epoch
+from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.plumbing.opcua import ensure_certificate, quality_of, status_name, to_epoch
 from factory_copilot.config import LineConfig, OpcuaConnection
-from factory_copilot.models import Quality, Reading
+from factory_copilot.records import Quality, Reading
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from factory_copilot.catalogue import Fault, load_faults
 from factory_copilot.copilot.evidence import DEVIATION_NORMAL, EvidencePack, SignalEvidence, deviation
 from factory_copilot.copilot.runbooks import Runbook, RunbookLibrary
-from factory_copilot.models import Cause, Diagnosis, Evidence, Step
+from factory_copilot.records import Cause, Diagnosis, Evidence, Step
 
 CONFIDENCE = {"high": 0.8, "medium": 0.5, "low": 0.2}
 

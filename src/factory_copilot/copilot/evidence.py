@@ -19,7 +19,7 @@ from typing import Iterable, Protocol
 from factory_copilot.catalogue import Fault, load_faults
 from factory_copilot.config import LineConfig, Signal
 from factory_copilot.copilot.runbooks import Passage, RunbookLibrary
-from factory_copilot.models import Alarm, Anomaly, Incident, Mode, Reading
+from factory_copilot.records import Alarm, Anomaly, Incident, Mode, Reading
 
 # a signal whose last FLAT_MIN_SAMPLES good values are identical is flat-lined (healthy sensors always show noise)
 FLAT_MIN_SAMPLES = 10

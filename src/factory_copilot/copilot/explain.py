@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from factory_copilot.config import SIMULATED_LINE, LineConfig, load_line
-from factory_copilot.models import Alarm, AlarmState, Anomaly, Diagnosis, Mode, Quality, Reading
+from factory_copilot.records import Alarm, AlarmState, Anomaly, Diagnosis, Mode, Quality, Reading
 
 
 def register(subparsers: Any) -> None:

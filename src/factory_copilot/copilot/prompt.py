@@ -17,7 +17,7 @@ from typing import Any
 from factory_copilot.catalogue import Fault
 from factory_copilot.copilot.evidence import EvidencePack
 from factory_copilot.copilot.runbooks import RunbookLibrary
-from factory_copilot.models import Turn
+from factory_copilot.records import Turn
 
 DATA_OPEN = "<<<PLANT_DATA"
 DATA_CLOSE = "PLANT_DATA>>>"

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.catalogue import Fault, load_faults
 from factory_copilot.config import LineConfig
 from factory_copilot.copilot.backends import BackendError, LLMBackend, ModelTimeout
@@ -29,7 +29,7 @@ from factory_copilot.copilot.diagnosis import InvalidModelOutput, diagnosis_sche
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
 from factory_copilot.copilot.prompt import diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, load_runbooks
-from factory_copilot.models import Alarm, AlarmEvent, Diagnosis, Reading, Turn
+from factory_copilot.records import Alarm, AlarmEvent, Diagnosis, Reading, Turn
 
 log = logging.getLogger(__name__)
 

@@ -3,17 +3,17 @@
 from factory_copilot.detect.checks import SignalChecks
 from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
-from factory_copilot.detect.persist import DetectModels, ModelMismatchError, load_models, save_models
+from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector, save_detector
 from factory_copilot.detect.station import DetectStation
 
 __all__ = [
     "UNKNOWN",
-    "DetectModels",
+    "TrainedDetector",
     "DetectStation",
     "FaultClassifier",
     "LineDetector",
     "ModelMismatchError",
     "SignalChecks",
-    "load_models",
-    "save_models",
+    "load_detector",
+    "save_detector",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from factory_copilot.config import LineConfig
-from factory_copilot.models import Anomaly, Mode, Quality
+from factory_copilot.records import Anomaly, Mode, Quality
 
 
 NAN = float("nan")

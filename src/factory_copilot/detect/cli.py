@@ -94,7 +94,7 @@ def read_history(paths: list[str], line=None) -> pd.DataFrame:
 
 def train_command(args: argparse.Namespace) -> int:
     from factory_copilot.detect.evaluate import simulated_history, train_models
-    from factory_copilot.detect.persist import save_models
+    from factory_copilot.detect.persist import save_detector
 
     line = load_line(args.line)
     if not args.history and not args.simulate:
@@ -107,7 +107,7 @@ def train_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = save_models(args.out, models)
+    path = save_detector(args.out, models)
     det = models.detector
     print(f"trained on {len(history)} rows ({models.metadata['normal_rows']} normal); modes {', '.join(det.models_)}"
           + (f"; fault classes {', '.join(map(str, models.classifier.classes_))}" if models.classifier else "; no fault labels"))
@@ -120,7 +120,7 @@ def retune_command(args: argparse.Namespace) -> int:
     import time
 
     from factory_copilot.config import ServicePaths
-    from factory_copilot.detect.persist import ModelMismatchError, load_models, save_models
+    from factory_copilot.detect.persist import ModelMismatchError, load_detector, save_detector
     from factory_copilot.detect.retune import retune
     from factory_copilot.store import Store
 
@@ -130,7 +130,7 @@ def retune_command(args: argparse.Namespace) -> int:
         print(f"error: {paths.store}: no store file; the service writes it (check --state-dir)", file=sys.stderr)
         return 2
     try:
-        models = load_models(paths.detector, line, args.config)
+        models = load_detector(paths.detector, line, args.config)
     except ModelMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -148,7 +148,7 @@ def retune_command(args: argparse.Namespace) -> int:
     if report.changed and not args.dry_run:
         backup = paths.detector.with_name(f"{paths.detector.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
         shutil.copy2(paths.detector, backup)
-        save_models(paths.detector, models)
+        save_detector(paths.detector, models)
         out["backup"] = str(backup)
         out["note"] = "the service uses the retuned detector from its next start"
     print(json.dumps(out, indent=2))
@@ -220,7 +220,7 @@ def _plot(results: dict, path: Path) -> None:
 def evaluate_command(args: argparse.Namespace) -> int:
     from factory_copilot.detect import tep
     from factory_copilot.detect.evaluate import evaluate_sim, evaluate_tep
-    from factory_copilot.detect.persist import ModelMismatchError, load_models
+    from factory_copilot.detect.persist import ModelMismatchError, load_detector
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +236,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         models = None
         if args.models:
             try:
-                models = load_models(args.models, line, args.line)
+                models = load_detector(args.models, line, args.line)
             except ModelMismatchError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2

@@ -23,9 +23,9 @@ from factory_copilot.detect.baselines import PcaMonitor
 from factory_copilot.detect.checks import SignalChecks
 from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
-from factory_copilot.detect.persist import DetectModels
+from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.models import Mode
+from factory_copilot.records import Mode
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def train_models(
     detector_params: dict | None = None,
     classifier_params: dict | None = None,
     progress: bool = True,
-) -> DetectModels:
+) -> TrainedDetector:
     """Fit detector (normal rows), classifier (labelled fault rows, if any) and check tolerances on one history table.
 
     ``history`` holds one column per signal key, optionally ``mode`` and a fault label column;
@@ -81,7 +81,7 @@ def train_models(
     checks = SignalChecks(line).learn_noise(history.loc[normal, cols])
     steps.update()
     steps.close()
-    return DetectModels(
+    return TrainedDetector(
         fingerprint=line.fingerprint(), line=f"{line.site}/{line.line}", detector=detector, classifier=classifier,
         stuck_tolerance=checks.stuck_tolerance, stuck_exempt=checks.stuck_exempt,
         metadata={"rows": len(history), "normal_rows": int(normal.sum()), "trained_at": time.time()},
@@ -155,7 +155,7 @@ def _vote(rows: list[list]) -> str:
     return votes.most_common(1)[0][0] if votes else UNKNOWN
 
 
-def run_scenario(models: DetectModels, line: LineConfig, name: str, frame: pd.DataFrame) -> ScenarioResult:
+def run_scenario(models: TrainedDetector, line: LineConfig, name: str, frame: pd.DataFrame) -> ScenarioResult:
     station = DetectStation(line, detector=models.detector, classifier=models.classifier, checks=models.checks(line))
     rows = replay(station, frame)
     anomalous = np.array([bool(r) for r in rows])
@@ -178,7 +178,7 @@ def run_scenario(models: DetectModels, line: LineConfig, name: str, frame: pd.Da
     )
 
 
-def evaluate_sim(line: LineConfig, models: DetectModels | None = None, seed: int = 2, normal_hours: float = 8.0,
+def evaluate_sim(line: LineConfig, models: TrainedDetector | None = None, seed: int = 2, normal_hours: float = 8.0,
                  progress: bool = True) -> dict:
     """Every standard fault scenario and normal shifts (seeds unseen in training), replayed as live."""
     from simulators import normal_runs, simulate_frame, standard_scenarios

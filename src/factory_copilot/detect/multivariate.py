@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 
 from factory_copilot.detect.features import as_matrix, ewma_runs, hold_last, numeric_signals, runs
-from factory_copilot.models import Mode
+from factory_copilot.records import Mode
 
 ALL_MODES = "all"
 

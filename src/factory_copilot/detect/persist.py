@@ -21,7 +21,7 @@ class ModelMismatchError(ValueError):
 
 
 @dataclass
-class DetectModels:
+class TrainedDetector:
     """What `factory-copilot train` produces: the detector, the classifier and the learnt check tolerances."""
 
     fingerprint: str
@@ -38,14 +38,14 @@ class DetectModels:
         return checks
 
 
-def save_models(path: str | Path, models: DetectModels) -> Path:
+def save_detector(path: str | Path, models: TrainedDetector) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump({"format": FORMAT, "version": __version__, "models": models}, path, compress=3)
     return path
 
 
-def load_models(path: str | Path, line: LineConfig, line_path: str | Path = "<line>") -> DetectModels:
+def load_detector(path: str | Path, line: LineConfig, line_path: str | Path = "<line>") -> TrainedDetector:
     """Load models; fails with a clear message if they were trained for a different line file."""
     path = Path(path)
     try:
@@ -54,9 +54,9 @@ def load_models(path: str | Path, line: LineConfig, line_path: str | Path = "<li
         raise ModelMismatchError(f"{path}: no model file; run `factory-copilot train` first") from None
     except Exception as exc:  # pickle errors come in many types
         raise ModelMismatchError(f"{path}: not a readable detect model file ({exc})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("models"), DetectModels):
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("models"), TrainedDetector):
         raise ModelMismatchError(f"{path}: not a factory-copilot detect model file (format {FORMAT})")
-    models: DetectModels = blob["models"]
+    models: TrainedDetector = blob["models"]
     if models.fingerprint != line.fingerprint():
         raise ModelMismatchError(
             f"{path}: trained for line {models.line!r} with fingerprint {models.fingerprint}, but {line_path} "

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 
 from factory_copilot.config import LineConfig
 from factory_copilot.detect.multivariate import ALL_MODES, mode_labels
-from factory_copilot.detect.persist import DetectModels
-from factory_copilot.models import Anomaly, MarkedAlarm
+from factory_copilot.detect.persist import TrainedDetector
+from factory_copilot.records import Anomaly, MarkedAlarm
 
 FAULT_CONDITION = "fault"
 LINE_FILE_FIELDS = {"limit": "limits", "rate": "max_rate", "range": "physical"}
@@ -67,14 +67,14 @@ class RetuneReport:
                 "already_used": self.already_used}
 
 
-def _model_key(models: DetectModels, a: Anomaly) -> str | None:
+def _model_key(models: TrainedDetector, a: Anomaly) -> str | None:
     """Which of the detector's mode models judged this anomaly (a detector without modes has one for all)."""
     mode = str(mode_labels([a.mode])[0])
     fitted = models.detector.models_
     return mode if mode in fitted else ALL_MODES if ALL_MODES in fitted else None
 
 
-def _later_factor(models: DetectModels, mode: str, ts: float) -> float:
+def _later_factor(models: TrainedDetector, mode: str, ts: float) -> float:
     """How much the mode's threshold was raised after ``ts`` (scores recorded then are relative to the old one)."""
     f = 1.0
     for r in models.metadata.get("retunes", []):
@@ -83,7 +83,7 @@ def _later_factor(models: DetectModels, mode: str, ts: float) -> float:
     return f
 
 
-def _scores_now(models: DetectModels, alarm: MarkedAlarm) -> dict[str, list[float]]:
+def _scores_now(models: TrainedDetector, alarm: MarkedAlarm) -> dict[str, list[float]]:
     """The alarm's multivariate scores per mode, relative to the threshold as it stands now."""
     out: dict[str, list[float]] = {}
     for a in alarm.anomalies:
@@ -105,7 +105,7 @@ def _line_file_path(line: LineConfig, asset: str, signal: str | None, field_name
 
 
 def retune(
-    models: DetectModels,
+    models: TrainedDetector,
     line: LineConfig,
     false_alarms: Sequence[MarkedAlarm],
     confirmed: Sequence[MarkedAlarm] = (),

@@ -16,12 +16,12 @@ from collections import defaultdict
 
 import numpy as np
 
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import LineConfig
 from factory_copilot.detect.checks import SignalChecks
 from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
-from factory_copilot.models import Anomaly, Mode, Quality, Reading
+from factory_copilot.records import Anomaly, Mode, Quality, Reading
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory_copilot.store.db import open_db
+from factory_copilot.plumbing.sqlite import open_db
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from referencing import Registry, Resource
 
 from factory_copilot import __version__
 from factory_copilot.config import REPO_ROOT
-from factory_copilot.models import AlarmEvent, Alarm, CommandResult, Diagnosis, OperatorCommand, Question
+from factory_copilot.records import AlarmEvent, Alarm, CommandResult, Diagnosis, OperatorCommand, Question
 
 SCHEMAS_DIR = Path(os.environ.get("FACTORY_COPILOT_SCHEMAS", REPO_ROOT / "schemas"))
 SCHEMA_BASE = "https://factory-copilot.org/schemas"

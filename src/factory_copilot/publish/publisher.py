@@ -30,10 +30,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from factory_copilot import mqtt
-from factory_copilot.buffer import Buffer
+from factory_copilot.plumbing import mqtt
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import LineConfig, MqttConnection
-from factory_copilot.models import (
+from factory_copilot.records import (
     AlarmEvent,
     AlarmState,
     CommandResult,

@@ -14,7 +14,7 @@ from typing import Any, Callable, TextIO
 
 import paho.mqtt.client as paho
 
-from factory_copilot import mqtt
+from factory_copilot.plumbing import mqtt
 from factory_copilot.config import MqttConnection
 from factory_copilot.publish import payloads
 from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics, parse

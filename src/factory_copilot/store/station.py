@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from factory_copilot.buffer import Buffer
-from factory_copilot.models import AlarmEvent, Anomaly, Diagnosis, Feedback, Reading, Turn
+from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.records import AlarmEvent, Anomaly, Diagnosis, Feedback, Reading, Turn
 from factory_copilot.store.store import Store
 
 log = logging.getLogger(__name__)

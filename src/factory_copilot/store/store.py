@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from factory_copilot.models import (
+from factory_copilot.records import (
     Alarm,
     AlarmEvent,
     AlarmState,
@@ -32,7 +32,7 @@ from factory_copilot.models import (
     Reading,
     Turn,
 )
-from factory_copilot.store.db import Locked, open_db
+from factory_copilot.plumbing.sqlite import Locked, open_db
 from factory_copilot.store.schema import COMPONENT, MIGRATIONS
 
 if TYPE_CHECKING:

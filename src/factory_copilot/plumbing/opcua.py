@@ -15,7 +15,7 @@ from asyncua import ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from factory_copilot.models import Quality
+from factory_copilot.records import Quality
 
 # OPC UA Part 4, 7.39: the two top bits of a StatusCode are its severity
 _SEVERITY_MASK = 0xC0000000
