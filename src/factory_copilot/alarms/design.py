@@ -11,6 +11,7 @@ Priority
   * ``stuck`` / ``range`` / ``quality`` (instrument faults: the sensor, not the
     process, is wrong): the signal's (else the asset's) priority one step lower,
     never below LOW.
+  * ``source`` (a lost source: the operator is blind to its signals): HIGH.
   * anything else: the asset's priority.
 
 Designed suppression by operating mode
@@ -82,6 +83,8 @@ def find_signal(line: LineConfig, asset: str, signal: str | None) -> Signal | No
 
 def priority_for(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly) -> Priority:
     """The alarm priority for the condition ``anomaly`` reports (rules in the module docstring)."""
+    if anomaly.kind == "source":
+        return Priority.HIGH  # the operator is blind to every signal it served
     asset = find_asset(line, anomaly.asset)
     asset_priority = asset.priority if asset else Priority.MEDIUM
     if anomaly.kind == "multivariate":
@@ -102,6 +105,17 @@ def mode_suppressed(line: LineConfig, anomaly: Anomaly) -> bool:
     if signal is None:
         return False
     return tuple(signal.normal_for(anomaly.mode)) != tuple(signal.normal)
+
+
+def condition_signals(line: LineConfig, asset: str, condition: str) -> frozenset[str]:
+    """The signal keys a condition is judged on: its signal, or every signal of its asset for a fault."""
+    if condition.endswith(":source"):
+        return frozenset()  # a lost source's own alarm is about the silence: it must return when data flows
+    if condition == "fault" or condition.startswith("fault:"):
+        a = find_asset(line, asset)
+        return frozenset(f"{asset}.{s.name}" for s in a.signals) if a else frozenset()
+    signal = condition.rpartition(":")[0]
+    return frozenset({f"{asset}.{signal}"})
 
 
 def operator_position(line: LineConfig, asset: str) -> str:

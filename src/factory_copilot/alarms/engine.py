@@ -23,6 +23,10 @@ evaluation while a condition is abnormal; silence means normal):
   if one returns while not annunciated it goes straight to NORMAL (nobody was
   shown it, so nobody must acknowledge it); when a shelve ends (unshelve or expiry)
   an alarm still active is annunciated again as ACTIVE_UNACK;
+* lost data is a state, not a value: an anomaly names the signals whose data is lost
+  (``stale``: a lost source, a silent signal); while a signal is stale, every alarm on it
+  (its own checks, and its asset's fault alarm) keeps its state - it never returns on
+  silence - and counts its silence again from when data flows;
 * out of service: not evaluated at all, state NORMAL, until returned to service;
 * flood: more than ``flood_count`` new annunciated alarms within ``flood_window_s``
   at one operator position starts a flood named after its first alarm
@@ -107,6 +111,7 @@ class _Condition:
     last_abnormal: float | None = None
     normal_since: float | None = None  # first below-deadband score after the last abnormal one
     returned_at: float | None = None
+    signals: frozenset[str] = frozenset()  # the signal keys it is judged on (for lost data)
 
 
 @dataclass(slots=True)
@@ -143,6 +148,7 @@ class AlarmEngine:
         self._flood_changes: dict[str, tuple[str, float] | None] = {}
         self._by_condition: dict[tuple[str, str], str] = {}
         self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
+        self._stale_until: dict[str, float] = {}  # signal key -> until when its data counts as lost
         self._load()
 
     # -- queries -----------------------------------------------------------------------------------
@@ -181,7 +187,10 @@ class AlarmEngine:
                 anomaly.asset, anomaly.condition, anomaly.score, anomaly.threshold,
             )
             return []
-        if design.find_asset(self.line, anomaly.asset) is None and anomaly.asset not in self._unknown_assets:
+        for key in anomaly.stale:
+            self._stale_until[key] = now + self.silence_s
+        if (anomaly.kind != "source" and design.find_asset(self.line, anomaly.asset) is None
+                and anomaly.asset not in self._unknown_assets):
             self._unknown_assets.add(anomaly.asset)
             log.warning("anomaly for asset %r which the line file does not know; alarmed with default priority", anomaly.asset)
         cond = self._condition(anomaly)
@@ -221,6 +230,10 @@ class AlarmEngine:
         for key, cond in list(self._conditions.items()):
             alarm = self._alarms.get(cond.alarm_id) if cond.alarm_id else None
             if alarm is not None and alarm.state.active:
+                if self._frozen(cond, now):
+                    # no data is not normal data: the alarm holds, and its silence counts from when data is back
+                    cond.last_abnormal, cond.normal_since = now, None
+                    continue
                 self._check_return(alarm, cond, now)
             elif cond.last_abnormal is not None and now - cond.last_abnormal > self.silence_s:
                 cond.pending_since = None
@@ -401,11 +414,20 @@ class AlarmEngine:
         self._flood_changes[position] = None
 
     # -- bookkeeping -------------------------------------------------------------------------------
+    def _frozen(self, cond: _Condition, now: float) -> bool:
+        """Whether any signal the condition is judged on has lost its data."""
+        if not self._stale_until:
+            return False
+        for key in [k for k, until in self._stale_until.items() if until <= now]:
+            del self._stale_until[key]
+        return any(k in self._stale_until for k in cond.signals)
+
     def _condition(self, anomaly: Anomaly) -> _Condition:
         key = (anomaly.asset, anomaly.condition)
         cond = self._conditions.get(key)
         if cond is None:
-            cond = _Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset))
+            cond = _Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset),
+                              signals=design.condition_signals(self.line, anomaly.asset, anomaly.condition))
             known = self._by_condition.get(key)
             cond.alarm_id = known
             self._conditions[key] = cond
@@ -490,7 +512,8 @@ class AlarmEngine:
             self._alarms[a.alarm_id] = a
             self._by_condition[(a.asset, a.condition)] = a.alarm_id
             kind = a.anomaly.kind if a.anomaly else a.condition.rpartition(":")[2]
-            cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at)
+            cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
+                              signals=design.condition_signals(self.line, a.asset, a.condition))
             if a.state.active:
                 # the evidence stopped with the old process; give the condition one silence period to show itself
                 cond.pending_since = cond.last_abnormal = now
