@@ -137,8 +137,10 @@ class LineService:
             "store": lambda: self.store_station.run(),
             "questions": lambda: self._answer_questions(),
             "observe": lambda: self._observe(),
+            # source states are for detect (lost data); the store and the copilot keep readings only
             "fan-out readings": lambda: fan_out(self.readings, self.readings_detect, self.readings_store,
-                                                self.readings_copilot),
+                                                self.readings_copilot,
+                                                only={self.readings_store: Reading, self.readings_copilot: Reading}),
             "fan-out anomalies": lambda: fan_out(self.anomalies, self.anomalies_alarms, self.anomalies_store),
             "fan-out events": lambda: fan_out(self.events, self.events_publish, self.events_store, self.events_copilot,
                                               self._events_seen),

@@ -131,8 +131,9 @@ class DetectStation:
             self.counts["bad_timestamp"] += 1
             self._throttle.warning("bad_timestamp", "detect: reading for %s without a usable timestamp; ignored", key)
             return []
+        now = self.clock()
         bucket = int(math.floor(reading.ts / self.interval))
-        now_bucket = int(math.floor(self.clock() / self.interval))
+        now_bucket = int(math.floor(now / self.interval))
         if bucket > now_bucket:
             # stamped ahead of the clock (within the gate's skew): it belongs to now, and must not run the rows ahead
             self.counts["ahead_of_clock"] += 1
@@ -150,7 +151,9 @@ class DetectStation:
                     "source's clock and the network", key, (self.bucket - bucket) * self.interval)
                 return out
             self.counts["late_adjusted"] += 1  # a lagging source clock: its value counts for the current row
-        self.last_seen[key] = self.bucket * self.interval
+        seen = min(reading.ts, now)
+        if seen > self.last_seen.get(key, -math.inf):
+            self.last_seen[key] = seen
         if key == self.mode_key:
             if reading.is_process_value:
                 try:
@@ -195,6 +198,13 @@ class DetectStation:
         return {k for src in self.sources.values() for k in src.signals
                 if ts - self.last_seen.get(k, self.started_at) > limit}
 
+    def _source_down(self, ts: float) -> bool:
+        if not self.sources:
+            return False
+        silent = self.stale_signals(ts)
+        return any(not src.connected or (src.signals and all(k in silent for k in src.signals))
+                   for src in self.sources.values())
+
     def _lost(self, ts: float, out: list[Anomaly]) -> list[Anomaly]:
         """One ``source`` anomaly per source that is down; per-signal anomalies under it left out."""
         if not self.sources:
@@ -237,7 +247,8 @@ class DetectStation:
         self.rows += 1
         self.last_row_ts = ts
         out = self.checks.update(ts, values, qualities, self.mode)
-        if self.det_stream is not None:
+        # a lost source leaves only held values: no evidence, so the detector neither judges nor learns from them
+        if self.det_stream is not None and not self._source_down(ts):
             x = np.array([values.get(k, np.nan) for k in self._det_index])
             score, flagged = self.det_stream.update(x, self.mode)
             if self.cls_stream is not None:
@@ -318,7 +329,7 @@ class DetectStation:
                 "detail": src.detail,
                 "signals": len(src.signals),
                 "stale_signals": sum(k in silent for k in src.signals),
-                "newest_sample_age_s": None if newest is None else round(now - newest - self.interval, 1),
+                "newest_sample_age_s": None if newest is None else round(now - newest, 1),
                 "down": src.down_since is not None or not src.connected,
                 "down_since": src.down_since,
             }

@@ -78,9 +78,15 @@ class Buffer(Generic[T]):
             self._dropped_at_last_log = self.dropped
 
 
-async def fan_out(source: Buffer[T], *destinations: Buffer[T]) -> None:
-    """Copy every item of ``source`` to each destination; a slow destination only drops its own oldest items."""
+async def fan_out(source: Buffer[T], *destinations: Buffer[T], only: dict[Buffer, type] | None = None) -> None:
+    """Copy every item of ``source`` to each destination; a slow destination only drops its own oldest items.
+
+    ``only`` maps a destination to the one record type it takes (the others pass it by).
+    """
+    only = only or {}
     while True:
         item = await source.get()
         for dest in destinations:
-            dest.offer(item)
+            kind = only.get(dest)
+            if kind is None or isinstance(item, kind):
+                dest.offer(item)

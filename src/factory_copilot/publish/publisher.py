@@ -165,7 +165,7 @@ class Publisher:
     async def _check_instance(self, read_s: float = 2.0) -> None:
         """Refuse to start beside a live publisher of the same site/line (its retained status says online)."""
         status = await asyncio.to_thread(_retained_status, self.connection, self.topics.status(), read_s)
-        if not status or status.get("state") != "online" or status.get("instance") == self.instance:
+        if not status or status.get("state") != "online":
             return
         # a crashed instance's will arrives within 1.5 keep-alives; a live one stays online
         wait_s = 1.5 * self.connection.keepalive_s
