@@ -370,3 +370,22 @@ def test_stale_marks_hold_alarms_only_while_they_are_refreshed():
         engine.tick()
         now[0] += 1
     assert engine.get(alarm.alarm_id).state is AlarmState.RTN_UNACK
+
+
+def test_a_report_by_exception_source_is_lost_only_when_its_connection_is():
+    """A source that sends a value only when it changes: silence is not lost data, a lost connection is."""
+    line = LINE.model_copy(update={"samples": LINE.samples.model_copy(update={"stale_after_intervals": None})})
+    now = [1_800_000_000.5]
+    station = DetectStation(line, clock=lambda: now[0])
+    keys = tuple(line.signal_keys(include_mode=True))
+    station.add(SourceState("opcua", now[0], True, "connected", keys))
+    for k in keys:
+        asset, _, signal = k.partition(".")
+        station.add(Reading(now[0], asset, signal, 2.0))
+    now[0] += 120
+    quiet = station.close_until(int(now[0]))
+    assert not [a for a in quiet if a.kind in ("source", "quality")]
+    station.add(SourceState("opcua", now[0], False, "OPC UA server unreachable", keys))
+    now[0] += 3
+    lost = station.close_until(int(now[0]))
+    assert [a.kind for a in lost if a.kind in ("source", "quality")] == ["source"] * 3

@@ -32,7 +32,7 @@ from factory_copilot.copilot.station import Copilot
 from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector
 from factory_copilot.detect.station import DetectStation
 from factory_copilot.records import AlarmEvent, Anomaly, Diagnosis, OperatorCommand, Question, Reading, SourceState, Turn
-from factory_copilot.publish.publisher import Publisher
+from factory_copilot.publish.publisher import InstanceConflict, Publisher
 from factory_copilot.store.station import StoreStation
 from factory_copilot.store.store import Store
 
@@ -124,8 +124,18 @@ class LineService:
     # ---- life cycle ---------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.publisher.start()
-        health = await self._serve_health() if self.health_port else None
+        """Serve until ``stop``; InstanceConflict (another service on this line) or OSError (health port taken) at start."""
+        health = None
+        try:
+            health = await self._serve_health() if self.health_port else None
+            await self.publisher.start()
+        except BaseException:
+            if health is not None:
+                health.close()
+            await self.publisher.stop()
+            self.engine.close()
+            self.store.close()
+            raise
         jobs = {
             "collect": lambda: self.collector.run(stop),
             "detect": lambda: self.detect.run(stop),
@@ -340,7 +350,15 @@ async def serve(line_path: Path, source: str | None = None, health_port: int | N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await service.run(stop)
+    try:
+        await service.run(stop)
+    except InstanceConflict as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot serve /health on 127.0.0.1:%s: %s (another process uses the port? set service.health_port "
+                  "or --health-port)", service.health_port, exc.strerror or exc)
+        return 2
     return 0
 
 

@@ -194,6 +194,8 @@ class DetectStation:
     # ---- lost data ------------------------------------------------------------------------------
     def stale_signals(self, ts: float) -> set[str]:
         """Signals without any sample for more than ``stale_after_intervals`` at row time ``ts``."""
+        if self.stale_after is None:
+            return set()  # report by exception: silence says nothing
         limit = self.stale_after * self.interval
         return {k for src in self.sources.values() for k in src.signals
                 if ts - self.last_seen.get(k, self.started_at) > limit}
@@ -232,9 +234,10 @@ class DetectStation:
 
     def _source_anomaly(self, ts: float, src: _Source, stale: list[str]) -> Anomaly:
         since = time.strftime("%H:%M:%S", time.localtime(src.down_since or ts))
-        why = src.detail or ("disconnected" if not src.connected else "no data")
         if src.connected:
-            why = f"{src.name}: no sample from any of its signals"
+            why = f"{src.detail or src.name}, but no sample from any of its signals"
+        else:
+            why = src.detail or f"{src.name} disconnected"
         return Anomaly(
             ts=ts, asset=SOURCES_ASSET, kind="source", score=float(len(stale)), threshold=1.0, signal=src.name,
             mode=self.mode, stale=tuple(src.signals),
