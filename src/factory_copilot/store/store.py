@@ -32,7 +32,7 @@ from factory_copilot.records import (
     Reading,
     Turn,
 )
-from factory_copilot.plumbing.sqlite import Locked, open_db
+from factory_copilot.plumbing.sqlite import Locked, open_db, transaction
 from factory_copilot.store.schema import COMPONENT, MIGRATIONS
 
 if TYPE_CHECKING:
@@ -139,24 +139,18 @@ class Store:
             else:
                 agg[4] += 1
         rows = [(a, s, b, *agg) for (a, s, b), agg in buckets.items()]
-        with self._db as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany("INSERT INTO readings_raw(ts, asset, signal, value, quality) VALUES(?,?,?,?,?)", raw)
-                conn.executemany(
-                    "INSERT INTO trend(asset, signal, bucket, n, total, vmin, vmax, not_good) VALUES(?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT(asset, signal, bucket) DO UPDATE SET n = n + excluded.n, total = total + excluded.total, "
-                    "vmin = CASE WHEN vmin IS NULL THEN excluded.vmin WHEN excluded.vmin IS NULL THEN vmin "
-                    "ELSE min(vmin, excluded.vmin) END, "
-                    "vmax = CASE WHEN vmax IS NULL THEN excluded.vmax WHEN excluded.vmax IS NULL THEN vmax "
-                    "ELSE max(vmax, excluded.vmax) END, "
-                    "not_good = not_good + excluded.not_good",
-                    rows,
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._db as conn, transaction(conn):
+            conn.executemany("INSERT INTO readings_raw(ts, asset, signal, value, quality) VALUES(?,?,?,?,?)", raw)
+            conn.executemany(
+                "INSERT INTO trend(asset, signal, bucket, n, total, vmin, vmax, not_good) VALUES(?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(asset, signal, bucket) DO UPDATE SET n = n + excluded.n, total = total + excluded.total, "
+                "vmin = CASE WHEN vmin IS NULL THEN excluded.vmin WHEN excluded.vmin IS NULL THEN vmin "
+                "ELSE min(vmin, excluded.vmin) END, "
+                "vmax = CASE WHEN vmax IS NULL THEN excluded.vmax WHEN excluded.vmax IS NULL THEN vmax "
+                "ELSE max(vmax, excluded.vmax) END, "
+                "not_good = not_good + excluded.not_good",
+                rows,
+            )
         return len(raw)
 
     def add_anomalies(self, anomalies: Iterable[Anomaly]) -> int:
@@ -181,26 +175,20 @@ class Store:
             history.append((e.alarm_id, e.ts, e.event, e.state.value, e.actor, e.comment, body))
             a = e.alarm
             latest.append((a.alarm_id, a.asset, a.condition, a.state.value, int(a.priority), a.raised_at, a.updated_at, body))
-        with self._db as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "INSERT INTO alarm_events(alarm_id, ts, event, state, actor, comment, alarm) VALUES(?,?,?,?,?,?,?)",
-                    history,
-                )
-                # an event that arrives late must not roll the alarm back to an older state
-                conn.executemany(
-                    "INSERT INTO alarms(alarm_id, asset, condition, state, priority, raised_at, updated_at, body) "
-                    "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(alarm_id) DO UPDATE SET asset=excluded.asset, "
-                    "condition=excluded.condition, state=excluded.state, priority=excluded.priority, "
-                    "raised_at=excluded.raised_at, updated_at=excluded.updated_at, body=excluded.body "
-                    "WHERE excluded.updated_at >= alarms.updated_at",
-                    latest,
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._db as conn, transaction(conn):
+            conn.executemany(
+                "INSERT INTO alarm_events(alarm_id, ts, event, state, actor, comment, alarm) VALUES(?,?,?,?,?,?,?)",
+                history,
+            )
+            # an event that arrives late must not roll the alarm back to an older state
+            conn.executemany(
+                "INSERT INTO alarms(alarm_id, asset, condition, state, priority, raised_at, updated_at, body) "
+                "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(alarm_id) DO UPDATE SET asset=excluded.asset, "
+                "condition=excluded.condition, state=excluded.state, priority=excluded.priority, "
+                "raised_at=excluded.raised_at, updated_at=excluded.updated_at, body=excluded.body "
+                "WHERE excluded.updated_at >= alarms.updated_at",
+                latest,
+            )
         return len(events)
 
     def add_alarm_event(self, event: AlarmEvent) -> None:
@@ -255,14 +243,8 @@ class Store:
     def _write_many(self, sql: str, rows: list[tuple]) -> None:
         if not rows:
             return
-        with self._db as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(sql, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._db as conn, transaction(conn):
+            conn.executemany(sql, rows)
 
     def enforce_retention(self, now: float | None = None) -> dict[str, int]:
         """Delete rows older than each table's retention; returns rows deleted per table."""
