@@ -23,9 +23,9 @@ import streamlit as st  # noqa: E402
 
 from dashboards import charts  # noqa: E402
 from dashboards.live import LiveFeed, Snapshot  # noqa: E402
-from factory_copilot.catalogue import load_faults  # noqa: E402
+from factory_copilot.catalogue import faults_of  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
-from factory_copilot.copilot.runbooks import load_runbooks  # noqa: E402
+from factory_copilot.copilot.runbooks import runbooks_of  # noqa: E402
 from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, Feedback, Priority, Turn  # noqa: E402
 from factory_copilot.publish.topics import DEFAULT_PREFIX  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
@@ -67,8 +67,13 @@ def open_line(path: str):
 
 
 @st.cache_resource
-def open_runbooks():
-    return load_runbooks()
+def open_runbooks(path: str):
+    return runbooks_of(open_line(path))  # the line's own runbooks, never the demo's
+
+
+@st.cache_resource
+def open_faults(path: str):
+    return faults_of(open_line(path))
 
 
 @st.cache_resource
@@ -344,7 +349,7 @@ def evidence_trend(alarm: Alarm, diagnosis, now: float) -> None:
 
 
 def runbook_passage(ref: str) -> None:
-    library = open_runbooks()
+    library = open_runbooks(cfg.args.line)
     runbook = library.get(ref)
     if runbook is None:
         st.caption(f"Runbook {ref} is not in the library.")
@@ -395,7 +400,7 @@ def feedback_tab(alarm: Alarm | None) -> None:
     if alarm is None:
         st.caption("Select an alarm to give feedback on it.")
         return
-    faults = load_faults()
+    faults = open_faults(cfg.args.line)
     labels = {"confirmed": "Confirm the diagnosed cause", "false_alarm": "False alarm",
               "other_cause": "Another cause"}
     with st.form(f"feedback:{alarm.alarm_id}", clear_on_submit=True):

@@ -109,9 +109,8 @@ def test_after_max_crashes_the_model_is_given_up_for_good(tiny_qwen):
 async def test_a_copilot_on_a_dead_model_still_diagnoses_every_alarm(tiny_qwen):
     m = LocalModel(tiny_qwen, n_threads=1, max_crashes=1)
     cop = Copilot(LINE, backend=m, timeout_s=30)
-    cop.schema = diagnosis_schema(faults=list(cop.faults), signals=LINE.signal_keys(),
-                                  refs=[p.id for p in cop.library.passages], text_chars=4, max_causes=1, max_steps=1,
-                                  max_refs=3, max_notes=1)
+    cop.schema = diagnosis_schema(faults=list(cop.faults), steps=cop.library.step_ids(), summary_chars=4,
+                                  max_causes=1, max_steps=1)
     for r in ramp("product_pump.vibration", 2.0, 6.0):
         cop.observe(r)
     assert await cop.warm_up()

@@ -23,7 +23,7 @@ from typing import Any
 
 from factory_copilot.plumbing.broker import ensure_broker, free_port
 from factory_copilot.catalogue import load_faults
-from factory_copilot.config import SIMULATED_LINE, LineConfig, MqttConnection, load_line
+from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, LineConfig, MqttConnection, load_line
 from factory_copilot.copilot.backends import backend_from_settings
 from factory_copilot.detect.evaluate import simulated_history, train_models
 from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector, save_detector
@@ -104,8 +104,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     from simulators.opcua_server import LineServer
     from simulators.runner import run_simulation
 
-    if args.fault not in load_faults():
-        print(f"error: unknown fault {args.fault!r}; choose one of {', '.join(load_faults())}", file=sys.stderr)
+    if args.fault not in load_faults(SIMULATED_FAULTS):
+        print(f"error: unknown fault {args.fault!r}; choose one of {', '.join(load_faults(SIMULATED_FAULTS))}", file=sys.stderr)
         return 2
     state = Path(args.state_dir)
     paths = ServicePaths(state)

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable
 
-from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.catalogue import Fault, load_faults
+from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
+from factory_copilot.copilot.answers import runbook_answer
 from factory_copilot.copilot.backends import BackendError, LLMBackend, ModelTimeout
 from factory_copilot.copilot.diagnosis import InvalidModelOutput, diagnosis_schema, model_diagnosis, runbook_diagnosis
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
 from factory_copilot.copilot.prompt import diagnosis_messages, question_messages, system_prompt
-from factory_copilot.copilot.runbooks import RunbookLibrary, load_runbooks
+from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.records import Alarm, AlarmEvent, Diagnosis, Reading, Turn
 
 log = logging.getLogger(__name__)
@@ -63,12 +65,76 @@ class TokenStream:
         return piece
 
 
+class SummaryStream:
+    """Turns the model's JSON, piece by piece, into the text of its first field (``summary``) for the operator.
+
+    The schema puts the summary first, so the operator reads the model's words as they come while
+    the rest (ids the code renders) is still being written; JSON escapes are decoded on the way.
+    """
+
+    def __init__(self, sink: TokenSink | None):
+        self.sink = sink
+        self.raw = ""
+        self.text = ""
+        self.first_at: float | None = None
+        self._pos = -1  # index in raw where the summary's characters start; -1 not found yet
+        self._done = False
+
+    def __call__(self, piece: str) -> None:
+        self.raw += piece
+        if self._done:
+            return
+        if self._pos < 0:
+            m = _SUMMARY_KEY.search(self.raw)
+            if not m:
+                return
+            self._pos = m.end()
+        out, i, raw = [], self._pos, self.raw
+        while i < len(raw):
+            c = raw[i]
+            if c == "\\":
+                if i + 1 >= len(raw):
+                    break
+                if raw[i + 1] == "u":
+                    if i + 6 > len(raw):
+                        break
+                    try:
+                        out.append(chr(int(raw[i + 2 : i + 6], 16)))
+                    except ValueError:
+                        pass
+                    i += 6
+                    continue
+                out.append({"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "/": "/"}.get(raw[i + 1], ""))
+                i += 2
+                continue
+            if c == '"':
+                self._done = True
+                i += 1
+                break
+            out.append(c)
+            i += 1
+        self._pos = i
+        # what the operator reads: line breaks as spaces, other control characters dropped (as the diagnosis does)
+        new = "".join(" " if c in "\t\n\r" else c for c in out if c in "\t\n\r" or (c >= " " and c != "\x7f"))
+        if new:
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
+            self.text += new
+            if self.sink:
+                self.sink(new)
+
+
+_SUMMARY_KEY = re.compile(r'"summary"\s*:\s*"')
+
+
 class Copilot:
     """The station: evidence per alarm, the runbook diagnosis at once, the model's after, and follow-up questions.
 
     ``backend`` None means runbook explanations only. ``memory`` supplies similar past incidents
-    (the store implements it). ``schema`` defaults to ``diagnosis_schema`` over this plant's faults,
-    signals and runbook passages.
+    (the store implements it). ``faults`` and ``library`` default to the line's own catalogue and
+    runbooks (``knowledge`` in the line file); a line without them gets evidence-only diagnoses.
+    ``schema`` defaults to ``diagnosis_schema`` over this line's fault ids and runbook steps;
+    ``constrained`` False lets the model write freely (the same validation applies).
     """
 
     def __init__(
@@ -83,25 +149,24 @@ class Copilot:
         max_tokens: int = 600,
         schema: dict | None = None,
         keep_alarms: int = 200,
+        constrained: bool = True,
     ):
         self.line = line
-        self.library = library if library is not None else load_runbooks()
+        self.library = library if library is not None else runbooks_of(line)
         self.backend = backend
         self.memory = memory
         self.history = history or SignalHistory()
-        self.faults = faults if faults is not None else load_faults()
+        self.faults = faults if faults is not None else faults_of(line)
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
-        self.schema = schema or diagnosis_schema(
-            faults=list(self.faults),
-            signals=line.signal_keys(),
-            refs=[p.id for p in self.library.passages],
-        )
-        self.system = system_prompt(line.site, line.line, self.faults, self.library)
+        self.constrained = constrained
+        self.schema = schema or diagnosis_schema(faults=list(self.faults), steps=self.library.step_ids())
+        self.system = system_prompt(line.site, line.line, self.faults, self.library, line.description)
         self.keep_alarms = keep_alarms
         self._packs: OrderedDict[str, EvidencePack] = OrderedDict()
         self._turns: dict[str, list[Turn]] = {}
         self.stats = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0}
+        self.last_timing: dict[str, float] = {}
 
     # ---- input -------------------------------------------------------------------------------------------
 
@@ -110,7 +175,7 @@ class Copilot:
 
     def evidence(self, alarm: Alarm) -> EvidencePack:
         """Build (and remember, for follow-up questions) the evidence pack for an alarm."""
-        pack = build_evidence(alarm, self.line, self.history, self.library, self.memory, self.faults)
+        pack = build_evidence(alarm, self.line, self.history, self.library, self.faults, self.memory)
         self._packs[alarm.alarm_id] = pack
         self._packs.move_to_end(alarm.alarm_id)
         while len(self._packs) > self.keep_alarms:
@@ -126,7 +191,7 @@ class Copilot:
     def explain_now(self, alarm: Alarm, reason: str | None = None) -> Diagnosis:
         """The runbook diagnosis, synchronously: what the operator sees the moment the alarm is raised."""
         started = time.perf_counter()
-        d = runbook_diagnosis(self.evidence(alarm), self.library, reason, self.faults)
+        d = runbook_diagnosis(self.evidence(alarm), self.library, self.faults, reason)
         d.latency_s = time.perf_counter() - started
         self.stats["runbook"] += 1
         return d
@@ -146,11 +211,18 @@ class Copilot:
         return await self._model_diagnosis(alarm.alarm_id, on_token)
 
     async def _model_diagnosis(self, alarm_id: str, on_token: TokenSink | None) -> Diagnosis:
+        """The model's diagnosis; ``on_token`` gets the summary's words as they are written (the rest is ids)."""
         pack = self._packs[alarm_id]
         started = time.perf_counter()
+        summary = SummaryStream(on_token)
+        self.last_timing = {}
         try:
-            text = await self._generate(diagnosis_messages(self.system, pack), self.schema, self.max_tokens, on_token)
-            d = model_diagnosis(text, pack, self.library, getattr(self.backend, "name", None), self.faults)
+            text = await self._generate(diagnosis_messages(self.system, pack), self.schema if self.constrained else None,
+                                        self.max_tokens, summary)
+            self.last_timing = {"first_words_s": (summary.first_at or time.perf_counter()) - started,
+                                "complete_s": time.perf_counter() - started,
+                                **{k: v for k, v in (getattr(self.backend, "last_stats", None) or {}).items()}}
+            d = model_diagnosis(text, pack, self.library, self.faults, getattr(self.backend, "name", None))
             self.stats["model"] += 1
             self.stats["dropped_citations"] += d.dropped_citations
             if d.dropped_citations:
@@ -170,7 +242,7 @@ class Copilot:
     def _fallback(self, pack: EvidencePack, reason: str) -> Diagnosis:
         self.stats["fallback"] += 1
         log.warning("alarm %s: runbook diagnosis instead of the model's (%s)", pack.alarm_id, reason)
-        return runbook_diagnosis(pack, self.library, reason, self.faults)
+        return runbook_diagnosis(pack, self.library, self.faults, reason)
 
     async def _generate(self, messages: list[dict[str, str]], schema: dict | None, max_tokens: int,
                         on_token: TokenSink | None) -> str:
@@ -195,12 +267,18 @@ class Copilot:
             return False
         started = time.perf_counter()
         try:
-            await self._generate([{"role": "system", "content": self.system}, {"role": "user", "content": "ready?"}],
-                                 None, 1, None)
+            warm = getattr(self.backend, "warm", None)
+            if warm is not None:  # llama.cpp: restored from disk when this prefix was saved before
+                stats = await asyncio.to_thread(warm, self.system)
+                how = "restored from disk" if stats.get("restored") else "computed and saved"
+            else:
+                await self._generate([{"role": "system", "content": self.system}, {"role": "user", "content": "ready?"}],
+                                     None, 1, None)
+                how = "cached"
         except Exception as exc:  # the alarms will report the same problem with their fallback reason
             log.warning("copilot warm-up failed: %s", exc)
             return False
-        log.info("copilot model warm: fixed prompt prefix cached in %.1f s", time.perf_counter() - started)
+        log.info("copilot model warm: fixed prompt prefix %s in %.1f s", how, time.perf_counter() - started)
         return True
 
     # ---- follow-up questions ---------------------------------------------------------------------------------
@@ -226,25 +304,12 @@ class Copilot:
             except BackendError as exc:
                 log.warning("alarm %s: question answered from the runbooks (%s: %s)", alarm_id, exc.reason, exc)
         if not answer:
-            answer, source = self._runbook_answer(pack, question), "runbook"
+            answer, source = runbook_answer(pack, question, self.library, self.faults), "runbook"
             if on_token:
                 on_token(answer)
         turn = Turn(alarm_id, "copilot", answer, request_id=request_id, source=source)
         turns.append(turn)
         return turn
-
-    def _runbook_answer(self, pack: EvidencePack, question: str) -> str:
-        """Without a model: the runbook passages closest to the question, for this alarm's runbooks first."""
-        hits = self.library.search(question + " " + pack.asset, k=6)
-        own = [h for h in hits if h[0].runbook_id in pack.runbook_ids()] or hits
-        if not own:
-            return "No runbook passage matches the question; ask maintenance."
-        p = own[0][0]
-        lines = p.items[:3] or [p.text[:300]]
-        mentioned = [s for s in pack.signals if s.key in question or s.key.split(".")[-1] in question]
-        facts = "; ".join(f"{s.key} is {s.value:.4g} {s.unit} ({s.direction}, normal {s.normal[0]:g}-{s.normal[1]:g})"
-                          for s in mentioned if s.value is not None)
-        return (f"{facts}. " if facts else "") + f"From {p.id}: " + " ".join(lines)
 
     # ---- the station loop ---------------------------------------------------------------------------------
 
