@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from factory_copilot.catalogue import Fault
-from factory_copilot.copilot.diagnosis import _WORDS, Candidate, _agreement, _match, rank_faults
+from factory_copilot.copilot.diagnosis import Candidate, _agreement, _match, rank_faults
 from factory_copilot.copilot.evidence import EvidencePack, SignalEvidence
 from factory_copilot.copilot.runbooks import RunbookLibrary
 
@@ -77,6 +77,18 @@ def mentioned_faults(question: str, faults: dict[str, Fault]) -> list[str]:
     return [fid for _, fid in sorted(found)]
 
 
+_EXPECT = {"up": "high", "down": "low", "any": "out of its band or swinging", "flat": "flat-lined"}
+
+
+def _state(s: SignalEvidence | None) -> str:
+    if s is None or s.value is None:
+        return "no value"
+    text = f"{_num(s.value)} {s.unit} {s.direction}".replace("  ", " ")
+    if abs(s.change) >= 1.0:
+        text += ", rising" if s.change > 0 else ", falling"
+    return text
+
+
 def compare_answer(pack: EvidencePack, a: str, b: str, library: RunbookLibrary, faults: dict[str, Fault]) -> str:
     ranked = {c.fault: c for c in rank_faults(pack, library)}
     signals = pack.context or {s.key: s for s in pack.signals}
@@ -90,10 +102,10 @@ def compare_answer(pack: EvidencePack, a: str, b: str, library: RunbookLibrary, 
         lacks = [k for k in sig if k not in shows]
         text = f"{faults[fid].name} (fit {c.score:.2f})"
         if shows:
-            text += ": shows " + ", ".join(f"{k} {_WORDS[sig[k]].replace('rose above its band', 'up').replace('fell below its band', 'down')}" for k in shows)
+            text += ": expects " + ", ".join(f"{k} {_EXPECT[sig[k]]} and it is {_state(signals[k])}" for k in shows)
         if lacks:
-            text += ("; " if shows else ": ") + "does not show " + ", ".join(
-                f"{k} {'up' if sig[k] == 'up' else 'down' if sig[k] == 'down' else sig[k]}" for k in lacks)
+            text += ("; but " if shows else ": ") + "expects " + ", ".join(
+                f"{k} {_EXPECT[sig[k]]}, which it is not ({_state(signals.get(k))})" for k in lacks)
         return c.score, text
 
     (sa, ta), (sb, tb) = account(a), account(b)
