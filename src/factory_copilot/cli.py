@@ -25,6 +25,7 @@ COMMANDS: list[str] = [
     "factory_copilot.publish.tail",
     "factory_copilot.copilot.explain",
     "factory_copilot.copilot.knowledge",
+    "factory_copilot.copilot.model_files",
     "factory_copilot.service",
     "factory_copilot.demo",
     "factory_copilot.store.cli",

@@ -90,6 +90,7 @@ def summary(service: LineService, sim: Any, fault_at: float | None, started: flo
         ],
         "detection_delay_s": round(first_fault_alarm - fault_at, 1) if first_fault_alarm and fault_at else None,
         "diagnoses": dict(service.copilot.stats),
+        "model": service.copilot.model_info(),
         "latency_s": {
             "alarm_after_reading_p50": _p(lat.alarm_after_reading_s, 0.5),
             "alarm_after_reading_max": _p(lat.alarm_after_reading_s, 1.0),
@@ -97,6 +98,30 @@ def summary(service: LineService, sim: Any, fault_at: float | None, started: flo
         },
         "published": service.publisher.stats(),
     }
+
+
+def demo_model(args: argparse.Namespace) -> str | None:
+    """The GGUF the demo explains with: ``--model``, else the default model for this machine (pulled once, verified).
+
+    ``--no-model`` (or ``--openai-url``) skips it. Offline or refused: one line, and the demo runs runbook-only.
+    """
+    if args.model or args.no_model or args.openai_url:
+        return args.model
+    from factory_copilot.copilot.model_files import PullError, local_default, pull_default
+
+    here = local_default()
+    if here is not None:
+        print(f"Copilot model: {here}", flush=True)
+        return str(here)
+    print("Fetching the copilot's model for this machine once (factory-copilot models pull; --no-model skips) ...",
+          flush=True)
+    try:
+        path = pull_default(progress=not args.headless)
+    except PullError as exc:
+        print(f"No copilot model: {exc}. The demo explains alarms from the runbooks.", flush=True)
+        return None
+    print(f"Copilot model: {path}", flush=True)
+    return str(path)
 
 
 async def run_demo(args: argparse.Namespace) -> int:
@@ -122,7 +147,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     line = demo_line(base, free_port(), mqtt)
     models = trained_models(line, paths.detector, args.train_hours, args.seed)
 
-    backend = backend_from_settings(args.model, args.openai_url)
+    backend = backend_from_settings(demo_model(args), args.openai_url, n_threads=args.threads,
+                                    state_dir=state / "copilot")
     service = LineService(line, models, paths, source="opcua", backend=backend, health_port=args.health_port)
     # start the line already running: its start-up is simulated before serving, faster than real time
     sim = SimulatedLine(line, seed=args.seed + 1000, dt_s=line.sampling_interval_s,
@@ -188,7 +214,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--health-port", type=int, default=None)
     p.add_argument("--state-dir", default=os.environ.get("FACTORY_COPILOT_DEMO_DIR", "var/demo"))
     p.add_argument("--keep-state", action="store_true", help="keep alarms and trends of earlier demo runs")
-    p.add_argument("--model", help="a Qwen GGUF file (see models/README.md); default: runbook-only diagnoses")
+    p.add_argument("--model", help="a Qwen GGUF file; default: the model for this machine, pulled once (models pull)")
+    p.add_argument("--no-model", action="store_true", help="runbook-only diagnoses: do not pull or load a model")
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default: the service's, all cores but one)")
     p.add_argument("--openai-url", help="an OpenAI-compatible endpoint instead of a local model")
 
     def run(a: argparse.Namespace):

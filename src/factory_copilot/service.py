@@ -263,7 +263,7 @@ class LineService:
             "collect": self.collector.stats(),
             "detect": self.detect.stats(),
             "alarms": {**self.alarms.stats(), "active": len(self.engine.active())},
-            "copilot": dict(self.copilot.stats),
+            "copilot": {**self.copilot.stats, "model": self.copilot.model_info()},
             "publish": self.publisher.stats(),
             "store": {"written": dict(self.store_station.written), "failed": dict(self.store_station.failed)},
             "stations": {"restarts": dict(self.restarts), "stopped": dict(self.stopped)},
@@ -331,7 +331,8 @@ def build_service(line: LineConfig, line_path: Path, **overrides: Any) -> LineSe
     models = overrides.pop("models", None) or load_detector(paths.detector, line, line_path)
     c = line.service.copilot
     backend = overrides.pop("backend", None) or backend_from_settings(
-        c.model_path, c.openai_url, c.openai_model, c.n_threads, c.n_ctx, c.n_gpu_layers)
+        c.model_path, c.openai_url, c.openai_model, c.n_threads, c.n_ctx, c.n_gpu_layers,
+        state_dir=paths.state_dir / "copilot")  # the warm prompt prefix, kept across restarts
     return LineService(line, models, paths, backend=backend,
                        health_port=overrides.pop("health_port", line.service.health_port), **overrides)
 

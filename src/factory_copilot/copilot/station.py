@@ -168,6 +168,16 @@ class Copilot:
         self.stats = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0}
         self.last_timing: dict[str, float] = {}
 
+    def model_info(self) -> dict[str, Any] | None:
+        """Which model explains alarms, and the manifest it was verified with (``models pull``), for ``/health``."""
+        if self.backend is None:
+            return None
+        from factory_copilot.copilot.model_files import manifest_for
+
+        path = getattr(self.backend, "model_path", None)
+        return {"name": getattr(self.backend, "name", type(self.backend).__name__), "path": path,
+                "constrained": self.constrained, "manifest": manifest_for(path)}
+
     # ---- input -------------------------------------------------------------------------------------------
 
     def observe(self, reading: Reading) -> None:
