@@ -31,8 +31,8 @@ def backend(tiny_qwen):
 
 def small_schema(cop_faults, library, **kw):
     # a short summary and one item each: random weights fill every string to its bound, so bounds set the run time
-    return diagnosis_schema(faults=list(cop_faults), steps=library.step_ids(), **{"summary_chars": 4, "max_causes": 1,
-                                                                                "max_steps": 1, **kw})
+    # (the copilot fills in each alarm's step numbers)
+    return diagnosis_schema(faults=list(cop_faults), **{"summary_chars": 4, "max_causes": 1, **kw})
 
 
 def copilot_with(backend, **kw) -> Copilot:
@@ -68,13 +68,15 @@ async def test_schema_constrained_output_is_parsed_and_citations_checked(backend
     raw = json.loads(backend.last_text, strict=False)  # what the model wrote, under the grammar
     assert list(raw) == ["summary", "causes", "steps"]  # the summary comes first: it streams to the operator
     pack = cop.pack(alarm.alarm_id)
-    offered = set(pack.step_ids)
-    assert d.dropped_citations == sum(1 for s in raw["steps"] if s not in offered)
+    assert all(s in pack.step_labels() for s in raw["steps"]) and d.dropped_citations == 0  # the grammar saw to it
+    if raw["steps"]:
+        assert [s.runbook_id for s in d.steps] == [pack.step_for(x).rpartition(".")[0] for x in raw["steps"]]
     for cause in d.causes:
         assert cause.origin == "model" and (cause.fault_type in cop.faults or cause.fault_type == "unknown")
         assert cause.title  # rendered from the catalogue, never written by the model
     assert all(s.text and s.runbook_id for s in d.steps)  # step text from the runbooks
-    assert any("#safety" in s for s in d.safety)  # runbook safety notes always present
+    for book in {s.runbook_id.partition("#")[0] for s in d.steps}:  # each step's runbook brings its safety notes
+        assert any(f"{book}#safety" in s for s in d.safety), book
 
 
 async def test_a_step_not_offered_for_this_alarm_is_dropped_and_counted(backend):
@@ -85,6 +87,7 @@ async def test_a_step_not_offered_for_this_alarm_is_dropped_and_counted(backend)
     outside = [s for s in cop.library.step_ids() if s not in pack.step_ids][:5]
     cop.schema = diagnosis_schema(faults=["bearing_wear"], steps=outside, summary_chars=4, max_causes=1, max_steps=2)
     cop.schema["properties"]["steps"]["minItems"] = 1
+    cop.fixed_schema = True
     d = await cop.diagnose(alarm)
     raw = json.loads(backend.last_text, strict=False)
     assert len(raw["steps"]) >= 1 and d.source == "model"
@@ -183,3 +186,34 @@ async def test_warm_up_caches_the_fixed_prefix_that_every_alarm_shares(tiny_qwen
     rendered = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     assert llama.tokenize(rendered.encode(), add_bos=False, special=True)[: len(prefix)] == prefix
     assert not await copilot_with(LlamaCppBackend(tiny_qwen.parent / "nope.gguf")).warm_up()
+
+
+async def test_the_prompt_prefix_is_saved_to_disk_and_restored_after_a_restart(tiny_qwen, tmp_path, caplog):
+    state = tmp_path / "copilot"
+    first = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
+    cop = copilot_with(first)
+    assert await cop.warm_up() and first.last_stats["restored"] == 0.0
+    saved = list(state.glob("prefix-tiny-qwen-*.kv"))
+    assert len(saved) == 1 and saved[0].stat().st_size > 1000
+    # a restart: a new process would load the model again and find the prefix on disk
+    second = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
+    cop2 = copilot_with(second)
+    assert await cop2.warm_up() and second.last_stats["restored"] == 1.0
+    llama = second.load()
+    prefix = llama.tokenize(f"<|im_start|>system\n{cop2.system}<|im_end|>\n".encode(), add_bos=False, special=True)
+    assert list(llama._input_ids[: len(prefix)]) == prefix  # in the KV cache before any alarm
+    d = await cop2.diagnose(alarm_for("product_pump", "bearing_wear", 0.7))
+    assert d.source == "model", d.fallback_reason
+    assert second.last_stats["cached_tokens"] >= len(prefix)  # the alarm started from the restored prefix
+    # another prompt (a changed line file) makes a new file and the stale one goes
+    third = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
+    stats = third.warm(cop2.system + " Changed.")
+    assert stats["restored"] == 0.0 and list(state.glob("prefix-tiny-qwen-*.kv")) != saved
+    assert len(list(state.glob("prefix-tiny-qwen-*.kv"))) == 1
+    # a damaged file costs one warm-up, not the model
+    only = next(state.glob("prefix-tiny-qwen-*.kv"))
+    only.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"tokens\": [1]}garbage")
+    fourth = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
+    with caplog.at_level(logging.WARNING):
+        assert fourth.warm(cop2.system + " Changed.")["restored"] == 0.0
+    assert "not usable" in caplog.text

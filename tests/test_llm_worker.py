@@ -168,3 +168,19 @@ def test_a_missing_or_broken_file_is_one_clear_error(models_dir, caplog):
 def test_settings_choose_the_process_isolated_model(tiny_qwen):
     backend = backend_from_settings(str(tiny_qwen), n_threads=1)
     assert isinstance(backend, LocalModel) and backend is backend_from_settings(str(tiny_qwen), n_threads=1)
+
+
+def test_the_worker_restores_the_prompt_prefix_a_former_worker_saved(tiny_qwen, tmp_path):
+    system = Copilot(LINE).system
+    first = LocalModel(tiny_qwen, n_ctx=4096, n_threads=1, state_dir=str(tmp_path))
+    try:
+        assert first.warm(system)["restored"] == 0.0
+    finally:
+        first.close()
+    second = LocalModel(tiny_qwen, n_ctx=4096, n_threads=1, state_dir=str(tmp_path))  # the service restarted
+    try:
+        stats = second.warm(system)
+        assert stats["restored"] == 1.0 and stats["prefix_tokens"] > 100
+        assert second.chat(HELLO, max_tokens=2)  # and it answers from there
+    finally:
+        second.close()

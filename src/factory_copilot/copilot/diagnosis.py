@@ -24,16 +24,17 @@ CONFIDENCE = {"high": 0.8, "medium": 0.5, "low": 0.2}
 MATCH_MIN = 0.1  # a runbook signature that fits less than this is no match
 
 
-def diagnosis_schema(faults: list[str] | None = None, steps: list[str] | None = None, summary_chars: int = 200,
-                     max_causes: int = 2, max_steps: int = 4) -> dict:
+def diagnosis_schema(faults: list[str] | None = None, steps: list[str] | None = None, summary_chars: int = 160,
+                     max_causes: int = 2, max_steps: int = 3) -> dict:
     """The JSON schema of the model's answer: a short summary first (streamed to the operator), then choices.
 
     The model writes only what needs a model: one or two sentences, which known fault (or
     ``unknown``) with a confidence word, and which of the retrieved runbook steps to do first.
-    Fault and step ids are enums over the plant's own catalogue and runbooks (fixed per plant,
-    so the grammar does not change from alarm to alarm); their titles, step texts, evidence
-    and safety notes are rendered by the code from the runbooks, never written by the model.
-    That keeps a diagnosis to about 60 generated tokens and leaves nothing to invent.
+    Faults are an enum over the plant's own catalogue; steps an enum over this alarm's offered
+    steps (their numbers in the data block, a token each; ``Copilot`` sets them per alarm, the
+    grammar is built per call and the prompt prefix does not depend on it). Titles, step texts,
+    evidence and safety notes are rendered by the code from the runbooks, never written by the
+    model. That keeps a diagnosis to about 50 generated tokens and leaves nothing to invent.
     """
     step_ids = sorted(set(steps or []))
     return {
@@ -328,11 +329,10 @@ def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, faul
             evidence.append(Evidence("runbook", f"{rb.id}#symptoms", rb.title))
         causes.append(Cause(fault, faults[fault].name, confidence, evidence, "model"))
 
-    offered = set(pack.step_ids)
     chosen = []
-    for sid in data.get("steps") if isinstance(data.get("steps"), list) else []:
-        sid = _clean(sid, 80)
-        if sid in offered and sid not in chosen:
+    for label in data.get("steps") if isinstance(data.get("steps"), list) else []:
+        sid = pack.step_for(_clean(label, 80))
+        if sid is not None and sid not in chosen:
             chosen.append(sid)
         else:
             dropped += 1
@@ -345,6 +345,11 @@ def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, faul
     steps, safety = runbook_steps(top, chosen, library)
     if not steps:
         steps, _ = runbook_steps(top)
+    # every runbook a step comes from brings its safety notes, whatever cause the model named
+    for book in dict.fromkeys(s.runbook_id.partition("#")[0] for s in steps if s.runbook_id):
+        rb = library.get(book)
+        if rb is not None and rb is not top:
+            safety += runbook_steps(rb)[1]
     # the runbook's safety notes are never left to the model: they are always shown, marked with their passage
     ranked_list = [ranked[c.fault_type] for c in causes if c.fault_type in ranked]
     return Diagnosis(

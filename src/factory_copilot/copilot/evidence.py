@@ -169,6 +169,17 @@ class EvidencePack:
     step_texts: dict[str, str] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
 
+    def step_labels(self) -> list[str]:
+        """What the model writes to choose a step: its number in this alarm's list ("1", "2", ...)."""
+        return [str(i) for i in range(1, len(self.step_ids) + 1)]
+
+    def step_for(self, label: str) -> str | None:
+        """The step id a label (or a full step id offered for this alarm) stands for."""
+        labels = self.step_labels()
+        if label in labels:
+            return self.step_ids[labels.index(label)]
+        return label if label in self.step_ids else None
+
     def signal_keys(self) -> set[str]:
         return {s.key for s in self.signals}
 
@@ -203,8 +214,13 @@ class EvidencePack:
             lines.append("runbook match: " + ", ".join(f"{f} {fit:.2f}" for f, fit in self.candidates))
         else:
             lines.append("runbook match: none")
-        for sid in self.step_ids:
-            lines.append(f"{sid}: {_trim(self.step_texts.get(sid, ''), step_chars)}")
+        # steps by their number in this list (a token each), not by their runbook id (a dozen): see step_labels
+        book = None
+        for label, sid in zip(self.step_labels(), self.step_ids):
+            if sid.partition("#")[0] != book:
+                book = sid.partition("#")[0]
+                lines.append(f"steps of {book}:")
+            lines.append(f"{label}: {_trim(self.step_texts.get(sid, ''), step_chars)}")
         for i in self.incidents[:2]:
             lines.append(f"past: {_flat(i.fault_type or i.actual_cause or 'unknown')} {i.verdict}"
                          + (f", fix: {_trim(i.fix, 40)}" if i.fix else ""))

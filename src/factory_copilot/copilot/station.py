@@ -16,6 +16,7 @@ conversation history per alarm.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -160,7 +161,8 @@ class Copilot:
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
         self.constrained = constrained
-        self.schema = schema or diagnosis_schema(faults=list(self.faults), steps=self.library.step_ids())
+        self.fixed_schema = schema is not None  # True: this schema as given for every alarm (no per-alarm step numbers)
+        self.schema = schema or diagnosis_schema(faults=list(self.faults))
         self.system = system_prompt(line.site, line.line, self.faults, self.library, line.description)
         self.keep_alarms = keep_alarms
         self._packs: OrderedDict[str, EvidencePack] = OrderedDict()
@@ -220,6 +222,21 @@ class Copilot:
         self.evidence(alarm)
         return await self._model_diagnosis(alarm.alarm_id, on_token)
 
+    def schema_for(self, pack: EvidencePack) -> dict:
+        """The grammar of one alarm's answer: the plant's faults, and the numbers of the steps offered for it."""
+        if self.fixed_schema:
+            return self.schema
+        schema = json.loads(json.dumps(self.schema))
+        labels = pack.step_labels()
+        steps = schema["properties"]["steps"]
+        if labels:
+            steps["items"] = {"type": "string", "enum": labels}
+            steps["maxItems"] = min(3, len(labels))
+        else:
+            steps.pop("items", None)
+            steps["maxItems"] = 0
+        return schema
+
     async def _model_diagnosis(self, alarm_id: str, on_token: TokenSink | None) -> Diagnosis:
         """The model's diagnosis; ``on_token`` gets the summary's words as they are written (the rest is ids)."""
         pack = self._packs[alarm_id]
@@ -227,7 +244,7 @@ class Copilot:
         summary = SummaryStream(on_token)
         self.last_timing = {}
         try:
-            text = await self._generate(diagnosis_messages(self.system, pack), self.schema if self.constrained else None,
+            text = await self._generate(diagnosis_messages(self.system, pack), self.schema_for(pack) if self.constrained else None,
                                         self.max_tokens, summary)
             self.last_timing = {"first_words_s": (summary.first_at or time.perf_counter()) - started,
                                 "complete_s": time.perf_counter() - started,
