@@ -40,6 +40,7 @@ STATE_LABELS = {
     AlarmState.NORMAL: "normal",
 }
 REPLY_WAIT_S = 10.0
+RUNBOOK_SEARCH = "Runbook search (no model): "  # how the copilot marks an answer given without its model
 
 
 def settings() -> argparse.Namespace:
@@ -285,21 +286,28 @@ def diagnosis_panel(snap: Snapshot, now: float) -> None:
     live = snap.diagnoses.get(alarm.alarm_id)
     diagnosis = live if live and (stored is None or live.created_at >= stored.created_at) else stored
     streaming = snap.stream_text(alarm.alarm_id)
-    if streaming and (diagnosis is None or alarm.alarm_id not in snap.stream_done):
-        st.markdown("**The copilot is writing…**")
-        st.markdown(streaming + ("" if alarm.alarm_id in snap.stream_done else " ▌"))
+    writing = bool(streaming) and alarm.alarm_id not in snap.stream_done
+    if streaming and (diagnosis is None or diagnosis.source != "model") and (writing or diagnosis is None):
+        # the model's summary as it is written; the runbook diagnosis below stands until the model's is complete
+        st.markdown(badge("MODEL · WRITING", "#6a3d9a") + " &nbsp;the local model's diagnosis replaces the runbook's "
+                    "when it is complete", unsafe_allow_html=True)
+        st.markdown(html.escape(streaming) + (" ▌" if writing else ""))
     if diagnosis is None:
         if not streaming:
             st.info("No diagnosis yet for this alarm.")
         return
     if diagnosis.source == "model":
-        how = f"From the model ({diagnosis.model or 'local LLM'}"
+        how = f"From the local model ({diagnosis.model or 'LLM'}"
         how += f", {diagnosis.latency_s:.1f} s)" if diagnosis.latency_s else ")"
+        how += "; causes, steps and safety notes quoted from the line's runbooks"
         st.markdown(badge("MODEL", "#6a3d9a") + f" &nbsp;{html.escape(how)}", unsafe_allow_html=True)
-    else:
-        why = f": {diagnosis.fallback_reason}" if diagnosis.fallback_reason else ""
-        st.markdown(badge("RUNBOOK FALLBACK", "#455a64") + f" &nbsp;{html.escape('Rule-based from the runbooks' + why)}",
+    elif diagnosis.fallback_reason:
+        st.markdown(badge("RUNBOOK FALLBACK", "#455a64") + " &nbsp;"
+                    + html.escape(f"Rule-based from the runbooks; the model's: {diagnosis.fallback_reason}"),
                     unsafe_allow_html=True)
+    else:
+        st.markdown(badge("RUNBOOK", "#455a64") + " &nbsp;" + html.escape("Rule-based from the line's runbooks, at once"
+                    + ("; the model is writing its own" if writing else "")), unsafe_allow_html=True)
     st.markdown(diagnosis.summary)
     if diagnosis.causes:
         st.markdown("**Likely causes**")
@@ -379,7 +387,11 @@ def chat_tab(alarm: Alarm | None) -> None:
             del asks[request_id]
     for turn in cfg.store.conversation(alarm.alarm_id):
         with st.chat_message("user" if turn.role == "operator" else "assistant"):
-            st.markdown(turn.text)
+            if turn.role == "copilot" and turn.text.startswith(RUNBOOK_SEARCH):
+                st.markdown(badge("RUNBOOK SEARCH · NO MODEL", "#455a64"), unsafe_allow_html=True)
+                st.markdown(turn.text[len(RUNBOOK_SEARCH):])
+            else:
+                st.markdown(turn.text)
             who = turn.actor or ("copilot" if turn.role == "copilot" else "operator")
             st.caption(f"{who} · {clock(turn.ts)} UTC" + (f" · {turn.source}" if turn.source else ""))
     for request_id, ask in asks.items():

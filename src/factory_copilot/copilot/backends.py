@@ -51,6 +51,11 @@ class LLMBackend(Protocol):
              on_token: OnToken | None = None, timeout_s: float | None = None) -> str: ...
 
 
+def default_threads() -> int:
+    """llama.cpp threads when none are configured: all cores but one, so the pipeline keeps a core while the model writes."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 class OnePerModelFile:
     """``shared()`` gives one instance per class, model file and settings in this process (its memory is loaded once)."""
 
@@ -77,7 +82,7 @@ class LlamaCppBackend(OnePerModelFile):
         self.name = Path(self.model_path).name
         self.n_ctx = n_ctx
         # leave one core to the collectors, detector and alarms: an alarm must never wait on the model
-        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) - 1)
+        self.n_threads = n_threads or default_threads()
         self.n_gpu_layers = n_gpu_layers
         self.n_batch = n_batch
         self.temperature = temperature

@@ -167,6 +167,7 @@ class EvidencePack:
     candidates: list[tuple[str, float]] = field(default_factory=list)
     step_ids: list[str] = field(default_factory=list)
     step_texts: dict[str, str] = field(default_factory=dict)
+    step_faults: dict[str, str] = field(default_factory=dict)  # step id -> the fault its runbook answers
     created_at: float = field(default_factory=time.time)
 
     def step_labels(self) -> list[str]:
@@ -192,35 +193,34 @@ class EvidencePack:
     def runbook_ids(self) -> set[str]:
         return {p.runbook_id for p in self.passages}
 
-    def to_text(self, max_signals: int = 5, step_chars: int = 56) -> str:
-        """The pack as the prompt's compact data block: one short line per signal and step (≈150-200 tokens).
+    def to_text(self, max_signals: int = 4, step_chars: int = 44) -> str:
+        """The pack as the prompt's compact data block: one short line per signal and step (≈120-180 tokens).
 
-        Every token here is processed per alarm before the first word can come, so numbers are
-        rounded to 3 digits, bands and trends are terse, and steps are cut to their first words.
-        Text from the plant floor is put on one line each (see ``prompt.quote_text``).
+        Every token here is processed per alarm before the first word can come: signals of the
+        alarm's own asset go by their name alone, numbers have 3 digits, bands and trends are
+        terse, steps are cut to their first words and numbered (the model answers with the number;
+        the code quotes the step). Text from the plant floor is put on one line each.
         """
-        lines = [f"alarm {self.asset} ({_flat(self.asset_name)}) {self.priority}, mode {_mode_name(self.mode)}: "
-                 f"{_flat(self.message)}"]
+        message = _flat(self.message)
+        message = message[len(self.asset) + 2:] if message.startswith(f"{self.asset}: ") else message
+        lines = [f"{self.priority} alarm on {self.asset} ({_flat(self.asset_name)}), mode {_mode_name(self.mode)}: {message}"]
         if self.fault_type:
-            lines.append(f"classifier: {self.fault_type} p={self.fault_probability:.2f}")
+            lines.append(f"classifier: {self.fault_type} p={self.fault_probability:.1f}")
+        own = f"{self.asset}."
         for s in self.signals[:max_signals]:
-            text = f"{s.key} {_num(s.value)} {s.unit} {s.direction.upper()} (normal {_num(s.normal[0])}-{_num(s.normal[1])}"
-            if s.trend and s.trend.n >= 2 and not s.trend.flat:
+            name = s.key[len(own):] if s.key.startswith(own) else s.key
+            text = f"{name} {_num(s.value)} {s.unit} {s.direction} ({_num(s.normal[0])}-{_num(s.normal[1])}"
+            if s.trend and s.trend.n >= 2 and not s.trend.flat and abs(s.change) >= 1.0:
                 text += f", {s.trend.slope_per_min:+.2g}/min"
-            if s.contribution >= 0.05:
-                text += f", share {s.contribution:.0%}"
             lines.append(text + ")")
-        if self.candidates:
-            lines.append("runbook match: " + ", ".join(f"{f} {fit:.2f}" for f, fit in self.candidates))
-        else:
-            lines.append("runbook match: none")
+        lines.append("fits: " + (", ".join(f"{f} {fit:.1f}" for f, fit in self.candidates) or "no known fault"))
         # steps by their number in this list (a token each), not by their runbook id (a dozen): see step_labels
-        book = None
+        fault = None
         for label, sid in zip(self.step_labels(), self.step_ids):
-            if sid.partition("#")[0] != book:
-                book = sid.partition("#")[0]
-                lines.append(f"steps of {book}:")
-            lines.append(f"{label}: {_trim(self.step_texts.get(sid, ''), step_chars)}")
+            if self.step_faults.get(sid) != fault:
+                fault = self.step_faults.get(sid)
+                lines.append(f"steps for {fault}:")
+            lines.append(f"{label} {_trim(self.step_texts.get(sid, '').replace('`', ''), step_chars)}")
         for i in self.incidents[:2]:
             lines.append(f"past: {_flat(i.fault_type or i.actual_cause or 'unknown')} {i.verdict}"
                          + (f", fix: {_trim(i.fix, 40)}" if i.fix else ""))
@@ -322,7 +322,7 @@ def build_evidence(
     memory: IncidentMemory | None = None,
     max_signals: int = 6,
     max_passages: int = 3,
-    max_steps: int = 5,
+    max_steps: int = 4,
 ) -> EvidencePack:
     """Gather the evidence for one alarm from the line file, the recent history, the line's runbooks and past incidents."""
     anomaly = alarm.anomaly
@@ -408,11 +408,13 @@ def build_evidence(
     books = list({b.id: b for b in [primary] + [c.runbook for c in ranked[:2]] if b is not None}.values())
     offered: list[tuple[str, str]] = []
     for rank, book in enumerate(books):
-        for anchor, n in (("checks", 2 if rank == 0 else 1), ("actions", 2 if rank == 0 else 1)):
+        for anchor, n in (("checks", 2 if rank == 0 else 1), ("actions", 1)):
             p = book.passage(anchor)
             offered += [(f"{p.id}.{i + 1}", item) for i, item in enumerate(p.items[:n])] if p else []
     pack.step_ids = [sid for sid, _ in offered[:max_steps]]
     pack.step_texts = dict(offered[:max_steps])
+    by_book = {b.id: (b.faults[0] if b.faults else b.id) for b in books}
+    pack.step_faults = {sid: by_book[sid.partition("#")[0]] for sid in pack.step_ids}
     return pack
 
 
