@@ -99,8 +99,8 @@ def test_similar_incidents_reach_the_pack():
 def model_text(**over) -> str:
     body = {
         "summary": "Bearing wear on the product pump.",
-        "causes": [{"fault": "bearing_wear", "confidence": "high"}, {"fault": "gremlins", "confidence": "low"}],
-        "steps": ["1", "RB-PUMP-999#checks.1", "RB-PUMP-001#actions.1"],
+        "causes": ["bearing_wear:high", "gremlins:low"],
+        "steps": [1, "RB-PUMP-999#checks.1", "RB-PUMP-001#actions.1"],
     }
     body.update(over)
     return json.dumps(body)
@@ -128,7 +128,7 @@ def test_the_model_chooses_ids_and_the_code_renders_titles_evidence_steps_and_sa
 def test_unknown_from_the_model_is_explained_with_the_evidence():
     cop = pump_bearing_copilot()
     pack = cop.evidence(alarm_for("product_pump"))
-    d = model_diagnosis(model_text(causes=[{"fault": "unknown", "confidence": "medium"}], steps=[]), pack,
+    d = model_diagnosis(model_text(causes=["unknown:medium"], steps=[]), pack,
                         cop.library, cop.faults)
     assert d.causes[0].fault_type == "unknown" and d.causes[0].evidence
     assert d.causes[0].evidence[0].kind == "signal" and d.causes[0].evidence[0].ref == "product_pump.vibration"
@@ -137,7 +137,9 @@ def test_unknown_from_the_model_is_explained_with_the_evidence():
 def test_a_cause_with_an_unknown_fault_is_dropped_and_nothing_left_is_invalid():
     cop = pump_bearing_copilot()
     pack = cop.evidence(alarm_for("product_pump"))
-    bad = model_text(causes=[{"fault": "gremlins", "confidence": "high"}])
+    bad = model_text(causes=["gremlins:high", {"fault": "bearing_wear"}, 7])  # dict forms are read too, but checked
+    assert model_diagnosis(bad, pack, cop.library, cop.faults).causes[0].fault_type == "bearing_wear"
+    bad = model_text(causes=["gremlins:high", 7])
     with pytest.raises(InvalidModelOutput, match="no cause left"):
         model_diagnosis(bad, pack, cop.library, cop.faults)
     with pytest.raises(InvalidModelOutput, match="no JSON"):

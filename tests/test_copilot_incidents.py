@@ -43,7 +43,7 @@ def test_confirmed_incidents_export_as_chat_examples(tmp_path, capsys):
     assert "2 confirmed incident(s)" in capsys.readouterr().out
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["metadata"]["alarm_id"] for r in rows] == ["A-conf", "A-other"]  # the false alarm is left out
-    schema = diagnosis_schema(faults=list(cop.faults), steps=["1", "2", "3", "4"])
+    schema = diagnosis_schema(faults=list(cop.faults), steps=[1, 2, 3, 4])
     for r in rows:
         system, user, answer = r["messages"]
         assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
@@ -51,9 +51,9 @@ def test_confirmed_incidents_export_as_chat_examples(tmp_path, capsys):
         assert user["content"].startswith(DATA_OPEN) and "vibration 6 mm/s high" in user["content"]  # rebuilt evidence
         jsonschema.validate(json.loads(answer["content"]), schema)  # the copilot's own output form
     confirmed, other = (json.loads(r["messages"][2]["content"]) for r in rows)
-    assert confirmed["causes"] == [{"fault": "bearing_wear", "confidence": "high"}] and confirmed["steps"]
+    assert confirmed["causes"] == ["bearing_wear:high"] and confirmed["steps"]
     assert confirmed["summary"].endswith("Fixed by: regreased the DE bearing.")
-    assert other["causes"][0]["fault"] == "unknown" and "loose motor mount" in other["summary"] and not other["steps"]
+    assert other["causes"] == ["unknown:high"] and "loose motor mount" in other["summary"] and not other["steps"]
     assert rows[1]["metadata"]["fix"] == "tightened the mount bolts" and rows[1]["metadata"]["actor"] == "op1"
 
 

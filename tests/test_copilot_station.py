@@ -14,8 +14,7 @@ from tests.support.copilot import alarm_for, ramp
 
 LINE = load_line(SIMULATED_LINE)
 SUMMARY = 'Bearing "wear" on the pump\nat 5.9 mm/s — check grease.'
-REPLY = json.dumps({"summary": SUMMARY, "causes": [{"fault": "bearing_wear", "confidence": "medium"}],
-                    "steps": ["RB-PUMP-001#checks.1"]})
+REPLY = json.dumps({"summary": SUMMARY, "causes": ["bearing_wear:medium"], "steps": [1]})
 
 
 class GatedBackend:

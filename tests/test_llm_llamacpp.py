@@ -68,9 +68,10 @@ async def test_schema_constrained_output_is_parsed_and_citations_checked(backend
     raw = json.loads(backend.last_text, strict=False)  # what the model wrote, under the grammar
     assert list(raw) == ["summary", "causes", "steps"]  # the summary comes first: it streams to the operator
     pack = cop.pack(alarm.alarm_id)
-    assert all(s in pack.step_labels() for s in raw["steps"]) and d.dropped_citations == 0  # the grammar saw to it
+    assert all(str(s) in pack.step_labels() for s in raw["steps"]) and d.dropped_citations == 0  # the grammar saw to it
+    assert all(c.partition(":")[0] in list(cop.faults) + ["unknown"] for c in raw["causes"])
     if raw["steps"]:
-        assert [s.runbook_id for s in d.steps] == [pack.step_for(x).rpartition(".")[0] for x in raw["steps"]]
+        assert [s.runbook_id for s in d.steps] == [pack.step_for(str(x)).rpartition(".")[0] for x in raw["steps"]]
     for cause in d.causes:
         assert cause.origin == "model" and (cause.fault_type in cop.faults or cause.fault_type == "unknown")
         assert cause.title  # rendered from the catalogue, never written by the model
@@ -99,6 +100,7 @@ async def test_timeout_falls_back_to_the_runbook(backend):
     cop = copilot_with(backend, timeout_s=0.2)
     # a 400-character summary: hundreds of tokens, far more than 0.2 s of generation
     cop.schema = diagnosis_schema(faults=list(cop.faults), summary_chars=400)
+    cop.schema["properties"]["summary"]["minLength"] = 399  # the grammar forces them all
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7))
     assert d.source == "runbook" and d.fallback_reason.startswith("timeout")
     assert d.causes[0].fault_type == "bearing_wear" and d.latency_s < 10
@@ -132,6 +134,7 @@ async def test_tokens_stream_before_the_diagnosis_completes(backend):
         pieces.append(piece)
 
     cop.schema = small_schema(cop.faults, cop.library, summary_chars=80)
+    cop.schema["properties"]["summary"]["minLength"] = 60  # enough words to see them come one by one
     started = time.perf_counter()
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=on_token)
     done = time.perf_counter()

@@ -18,8 +18,8 @@ LINE = load_line(SIMULATED_LINE)
 
 REPLY = json.dumps({
     "summary": "Pump bearing wear: vibration rising with bearing temperature.",
-    "causes": [{"fault": "bearing_wear", "confidence": "high"}],
-    "steps": ["RB-PUMP-001#checks.1", "RB-FILL-001#checks.1"],
+    "causes": ["bearing_wear:high"],
+    "steps": [1, "RB-FILL-001#checks.1"],
 })
 
 
@@ -106,7 +106,8 @@ async def test_model_diagnosis_over_http_is_validated(server):
     assert d.causes[0].confidence == 0.8 and [s.runbook_id for s in d.steps] == ["RB-PUMP-001#checks"]
     # the schema went to the server as the grammar: fault ids of this line (and unknown) only
     schema = server.requests[0]["body"]["response_format"]["json_schema"]["schema"]
-    assert schema["properties"]["causes"]["items"]["properties"]["fault"]["enum"][-1] == "unknown"
+    assert schema["properties"]["causes"]["items"]["enum"][-3:] == ["unknown:high", "unknown:medium", "unknown:low"]
+    assert schema["properties"]["steps"]["items"]["enum"] == [1, 2, 3, 4]
     sent = server.requests[0]["body"]["messages"]
     assert sent[0]["role"] == "system" and "PLANT_DATA" in sent[1]["content"]
 

@@ -36,24 +36,16 @@ def diagnosis_schema(faults: list[str] | None = None, steps: list[str] | None = 
     evidence and safety notes are rendered by the code from the runbooks, never written by the
     model. That keeps a diagnosis to about 50 generated tokens and leaves nothing to invent.
     """
-    step_ids = sorted(set(steps or []))
+    step_ids = list(dict.fromkeys(steps or []))
+    # "fault:confidence" in one enum string: every token costs a forward pass, forced by the grammar or not
+    choices = [f"{f}:{c}" for f in list(dict.fromkeys(faults or [])) + [UNKNOWN] for c in CONFIDENCE]
     return {
         "type": "object",
         "properties": {
             "summary": {"type": "string", "minLength": 1, "maxLength": summary_chars},
-            "causes": {
-                "type": "array", "minItems": 1, "maxItems": max_causes,
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "fault": {"type": "string", "enum": sorted(set(faults or [])) + [UNKNOWN]},
-                        # words, not digits: a small model's "0.87" is false precision, and the grammar stays short
-                        "confidence": {"type": "string", "enum": list(CONFIDENCE)},
-                    },
-                    "required": ["fault", "confidence"],
-                },
-            },
-            "steps": ({"type": "array", "maxItems": max_steps, "items": {"type": "string", "enum": step_ids}}
+            "causes": {"type": "array", "minItems": 1, "maxItems": max_causes,
+                       "items": {"type": "string", "enum": choices}},
+            "steps": ({"type": "array", "maxItems": max_steps, "items": {"enum": step_ids}}
                       if step_ids else {"type": "array", "maxItems": 0}),
         },
         "required": ["summary", "causes", "steps"],
@@ -308,11 +300,14 @@ def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, faul
     causes: list[Cause] = []
     raw_causes = data.get("causes") if isinstance(data.get("causes"), list) else []
     for c in raw_causes:
-        if not isinstance(c, dict):
+        if isinstance(c, str):  # "fault:confidence", the schema's form
+            fault, _, word = _clean(c, 80).partition(":")
+        elif isinstance(c, dict):  # {"fault": ..., "confidence": ...}, as a free model or a remote server may write
+            fault, word = _clean(c.get("fault", c.get("fault_type")), 60), _clean(c.get("confidence"), 10)
+        else:
             dropped += 1
             continue
-        fault = _clean(c.get("fault", c.get("fault_type")), 60)
-        confidence = CONFIDENCE.get(_clean(c.get("confidence"), 10).lower(), CONFIDENCE["low"])
+        confidence = CONFIDENCE.get(word.strip().lower(), CONFIDENCE["low"])
         if fault == UNKNOWN:
             if not any(x.fault_type == UNKNOWN for x in causes):
                 causes.append(_unknown_cause(pack, confidence, "model"))
@@ -331,7 +326,7 @@ def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, faul
 
     chosen = []
     for label in data.get("steps") if isinstance(data.get("steps"), list) else []:
-        sid = pack.step_for(_clean(label, 80))
+        sid = pack.step_for(_clean(label, 80)) if isinstance(label, (str, int)) and not isinstance(label, bool) else None
         if sid is not None and sid not in chosen:
             chosen.append(sid)
         else:

@@ -56,8 +56,9 @@ def examples(line: LineConfig, store: Store, since: float = 0.0) -> Iterator[dic
         fixed = f" Fixed by: {' '.join(feedback.fix.split())}." if feedback.fix else ""
         base = " ".join(summary.split())
         summary = base[: max(40, 160 - len(fixed))].rstrip() + fixed  # the schema's bound; the fix is kept whole
-        steps = [label for label, sid in zip(pack.step_labels(), pack.step_ids) if pack.step_faults.get(sid) == cause][:3]
-        answer = {"summary": summary[:160], "causes": [{"fault": cause, "confidence": "high"}],
+        steps = [int(label) for label, sid in zip(pack.step_labels(), pack.step_ids)
+                 if pack.step_faults.get(sid) == cause][:3]
+        answer = {"summary": summary[:160], "causes": [f"{cause}:high"],
                   "steps": steps}
         messages = diagnosis_messages(cop.system, pack)
         messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})

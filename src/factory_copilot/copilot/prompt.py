@@ -23,8 +23,8 @@ DATA_OPEN = "<<<PLANT_DATA"
 DATA_CLOSE = "PLANT_DATA>>>"
 
 # the output form in a few tokens; the grammar enforces the full schema
-OUTPUT_FORM = ('{"summary":"1-2 sentences for the operator","causes":[{"fault":"<fault id or unknown>",'
-               '"confidence":"high|medium|low"}],"steps":["<step id to do first>"]}')
+OUTPUT_FORM = ('{"summary":"1-2 short sentences for the operator","causes":["<fault id or unknown>:<high|medium|low>"],'
+               '"steps":[<numbers of the steps to do first>]}')
 
 
 def system_prompt(site: str, line: str, faults: dict[str, Fault], library: RunbookLibrary, description: str = "") -> str:

@@ -230,7 +230,7 @@ class Copilot:
         labels = pack.step_labels()
         steps = schema["properties"]["steps"]
         if labels:
-            steps["items"] = {"type": "string", "enum": labels}
+            steps["items"] = {"enum": [int(x) for x in labels]}
             steps["maxItems"] = min(3, len(labels))
         else:
             steps.pop("items", None)
