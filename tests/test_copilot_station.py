@@ -82,3 +82,42 @@ async def test_without_a_model_only_the_runbook_diagnosis_goes_out():
     finally:
         task.cancel()
     assert out.qsize() == 0
+
+
+class TwoStepBackend:
+    """A llama.cpp-like backend that continues a prefilled answer: records what it was asked for each step."""
+
+    name = "two-step"
+    supports_prefill = True
+
+    def __init__(self):
+        self.calls = []
+
+    def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None, prefill="", stop=None,
+             grammar=None):
+        self.calls.append({"prefill": prefill, "stop": stop, "grammar": grammar, "schema": schema})
+        text = 'Vibration up \\u00b1 2\\nat the DE bearing\\' if not grammar else 'bearing_wear:high","unknown:low"],"steps":[2,2]}'
+        for i in range(0, len(text), 5):
+            on_token and on_token(text[i:i + 5])
+        return text
+
+
+async def test_two_steps_the_summary_freely_then_the_choices_under_a_grammar():
+    backend = TwoStepBackend()
+    cop = Copilot(LINE, backend=backend)
+    for r in ramp("product_pump.vibration", 2.0, 6.0):
+        cop.observe(r)
+    streamed = []
+    d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=streamed.append)
+    first, second = backend.calls
+    assert first["prefill"] == '{"summary":"' and first["stop"] == ['"'] and not first["grammar"] and not first["schema"]
+    assert second["prefill"].startswith('{"summary":"Vibration up') and second["prefill"].endswith('","causes":["')
+    assert "\\\\u00b1 2\\\\nat the DE bearing\\\\" not in second["prefill"]  # the cut escape at the end was removed
+    grammar = second["grammar"]
+    assert '"bearing_wear:high"' in grammar and '"unknown:low"' in grammar and "pump_cavitation:medium" in grammar
+    assert 'step ::= "1" | "2" | "3" | "4"' in grammar
+    assert d.source == "model" and d.summary == "Vibration up ± 2 at the DE bearing"
+    assert "".join(streamed) == "Vibration up ± 2 at the DE bearing"  # the operator read the same words
+    assert [c.fault_type for c in d.causes] == ["bearing_wear", "unknown"] and d.dropped_citations == 0
+    pack = cop.pack(d.alarm_id)
+    assert [s.runbook_id for s in d.steps] == [pack.step_for("2").rpartition(".")[0]]  # said twice, shown once

@@ -185,28 +185,54 @@ class LlamaCppBackend(OnePerModelFile):
                     log.warning("copilot prompt prefix not saved to %s: %s", path, exc)
             return self.last_stats
 
+    supports_prefill = True  # chat() can continue a started answer (prefill), stop at a string, follow a GBNF grammar
+
+    def _formatter(self, llama: Any) -> Any:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        eos = llama.detokenize([llama.token_eos()], special=True).decode(errors="ignore")
+        bos = llama.detokenize([llama.token_bos()], special=True).decode(errors="ignore")
+        return Jinja2ChatFormatter(llama.metadata["tokenizer.chat_template"], eos_token=eos, bos_token=bos)
+
     def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
-             on_token: OnToken | None = None, timeout_s: float | None = None) -> str:
+             on_token: OnToken | None = None, timeout_s: float | None = None, prefill: str = "",
+             stop: list[str] | None = None, grammar: str | None = None) -> str:
+        """The reply to ``messages``; with ``prefill`` the answer starts with that text (not returned, not generated).
+
+        ``schema`` (JSON schema) or ``grammar`` (GBNF) constrain what is written; ``stop`` ends it at a string.
+        """
         with self._lock:
             llama = self.load()
             self.calls += 1
             started = time.perf_counter()
             deadline = started + timeout_s if timeout_s else None
-            kwargs: dict[str, Any] = {}
-            if schema is not None:
-                kwargs["response_format"] = {"type": "json_object", "schema": schema}
             # always stream: it is how tokens reach listeners and how the deadline is checked between tokens
             # (prompt processing itself runs to completion; keep the varying part of the prompt short)
-            stream = llama.create_chat_completion(
-                messages, max_tokens=max_tokens, temperature=self.temperature, seed=self.seed, stream=True, **kwargs
-            )
+            if prefill or stop or grammar:
+                from llama_cpp import LlamaGrammar
+
+                rendered = self._formatter(llama)(messages=messages)
+                constraint = (LlamaGrammar.from_string(grammar, verbose=False) if grammar else
+                              LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False) if schema else None)
+                stream = llama.create_completion(
+                    rendered.prompt + prefill, max_tokens=max_tokens, temperature=self.temperature, seed=self.seed,
+                    stream=True, grammar=constraint, stop=list(stop or []) + list(rendered.stop or []))
+                text_of = lambda chunk: chunk["choices"][0].get("text") or ""  # noqa: E731
+            else:
+                kwargs: dict[str, Any] = {}
+                if schema is not None:
+                    kwargs["response_format"] = {"type": "json_object", "schema": schema}
+                stream = llama.create_chat_completion(
+                    messages, max_tokens=max_tokens, temperature=self.temperature, seed=self.seed, stream=True, **kwargs
+                )
+                text_of = lambda chunk: chunk["choices"][0].get("delta", {}).get("content") or ""  # noqa: E731
             pieces: list[str] = []
             first = None
             n = 0
             before = llama.n_tokens
             try:
                 for chunk in _guarded(stream):
-                    piece = chunk["choices"][0].get("delta", {}).get("content") or ""
+                    piece = text_of(chunk)
                     if piece:
                         n += 1
                         if first is None:

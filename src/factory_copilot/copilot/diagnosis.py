@@ -295,7 +295,7 @@ def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, faul
     """
     data = parse_json_leniently(text)
     dropped = 0
-    summary = _clean(data.get("summary"), 400)
+    summary = " ".join(_clean(data.get("summary"), 400).split())  # one line, as it streamed to the operator
     ranked = {c.fault: c for c in rank_faults(pack, library)}
     causes: list[Cause] = []
     raw_causes = data.get("causes") if isinstance(data.get("causes"), list) else []
@@ -312,7 +312,9 @@ def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, faul
             if not any(x.fault_type == UNKNOWN for x in causes):
                 causes.append(_unknown_cause(pack, confidence, "model"))
             continue
-        if fault not in faults or any(x.fault_type == fault for x in causes):
+        if any(x.fault_type == fault for x in causes):
+            continue  # said twice (with another confidence word): the first stands
+        if fault not in faults:
             dropped += 1  # a fault the plant does not know is an invented citation
             continue
         evidence = []
@@ -327,10 +329,10 @@ def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, faul
     chosen = []
     for label in data.get("steps") if isinstance(data.get("steps"), list) else []:
         sid = pack.step_for(_clean(label, 80)) if isinstance(label, (str, int)) and not isinstance(label, bool) else None
-        if sid is not None and sid not in chosen:
+        if sid is None:
+            dropped += 1  # a step that was not offered for this alarm
+        elif sid not in chosen:
             chosen.append(sid)
-        else:
-            dropped += 1
     if not summary or not causes:
         raise InvalidModelOutput(
             f"model diagnosis unusable: {'no summary' if not summary else 'no cause left after validation'}"

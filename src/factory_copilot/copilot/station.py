@@ -16,6 +16,7 @@ conversation history per alarm.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -23,7 +24,7 @@ import time
 from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable
 
-from factory_copilot.catalogue import Fault, faults_of
+from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.copilot.answers import runbook_answer
 from factory_copilot.copilot.backends import BackendError, LLMBackend, ModelTimeout
@@ -125,7 +126,38 @@ class SummaryStream:
                 self.sink(new)
 
 
+    def close(self) -> None:
+        """The summary is over (what is pending, a cut escape, is dropped)."""
+        self._done = True
+
+
 _SUMMARY_KEY = re.compile(r'"summary"\s*:\s*"')
+SUMMARY_OPEN = '{"summary":"'
+SUMMARY_TOKENS = 56  # one or two short sentences; a model that has not closed the string by then is cut
+
+
+def json_string_body(raw: str) -> str:
+    """Freely written summary text made a valid JSON string body (a cut escape removed, control characters spaced)."""
+    raw = re.sub(r"\\u[0-9a-fA-F]{0,3}$", "", raw)
+    if (len(raw) - len(raw.rstrip("\\"))) % 2:
+        raw = raw[:-1]  # an escape cut in half by the stop or the token limit
+    # line breaks as spaces, other control characters dropped: as the operator saw it stream (no quote: it stopped there)
+    return "".join(" " if c in "\t\n\r" else c for c in raw if c in "\t\n\r" or c >= " ")
+
+
+def _gbnf(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def choice_grammar(faults: list[str], steps: list[str], max_causes: int = 2, max_steps: int = 3) -> str:
+    """GBNF for the rest of the answer after ``"causes":["``: fault:confidence choices, then step numbers."""
+    causes = " | ".join(_gbnf(f"{f}:{c}") for f in [*faults, UNKNOWN] for c in ("high", "medium", "low"))
+    more_causes = f' ({_gbnf(chr(34) + "," + chr(34))} cause)?' * (max_causes - 1)
+    step = " | ".join(_gbnf(s) for s in steps)
+    n = min(max_steps, len(steps))
+    step_list = f' (step{(" (" + _gbnf(",") + " step)?") * (n - 1)})?' if steps else ""
+    return (f'root ::= cause{more_causes} {_gbnf(chr(34) + "],")} {_gbnf(chr(34) + "steps" + chr(34) + ":[")}'
+            f'{step_list} {_gbnf("]}")}\ncause ::= {causes}\n' + (f"step ::= {step}\n" if steps else ""))
 
 
 class Copilot:
@@ -169,6 +201,7 @@ class Copilot:
         self._turns: dict[str, list[Turn]] = {}
         self.stats = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0}
         self.last_timing: dict[str, float] = {}
+        self.last_text = ""
 
     def model_info(self) -> dict[str, Any] | None:
         """Which model explains alarms, and the manifest it was verified with (``models pull``), for ``/health``."""
@@ -244,11 +277,18 @@ class Copilot:
         summary = SummaryStream(on_token)
         self.last_timing = {}
         try:
-            text = await self._generate(diagnosis_messages(self.system, pack), self.schema_for(pack) if self.constrained else None,
-                                        self.max_tokens, summary)
+            if self.constrained and not self.fixed_schema and getattr(self.backend, "supports_prefill", False):
+                # both steps back to back: another alarm's call in between would evict this one's prompt from the cache
+                self._model_lock = getattr(self, "_model_lock", None) or asyncio.Lock()
+                async with self._model_lock:
+                    text, stats = await self._two_steps(pack, summary)
+            else:  # one call under the schema (a server that takes a JSON schema), or free (constrained=False)
+                text = await self._generate(diagnosis_messages(self.system, pack),
+                                            self.schema_for(pack) if self.constrained else None, self.max_tokens, summary)
+                stats = dict(getattr(self.backend, "last_stats", None) or {})
+            self.last_text = text  # what the model answered (with what was given it), for evaluation and tests
             self.last_timing = {"first_words_s": (summary.first_at or time.perf_counter()) - started,
-                                "complete_s": time.perf_counter() - started,
-                                **{k: v for k, v in (getattr(self.backend, "last_stats", None) or {}).items()}}
+                                "complete_s": time.perf_counter() - started, **stats}
             d = model_diagnosis(text, pack, self.library, self.faults, getattr(self.backend, "name", None))
             self.stats["model"] += 1
             self.stats["dropped_citations"] += d.dropped_citations
@@ -272,21 +312,43 @@ class Copilot:
         return runbook_diagnosis(pack, self.library, self.faults, reason)
 
     async def _generate(self, messages: list[dict[str, str]], schema: dict | None, max_tokens: int,
-                        on_token: TokenSink | None) -> str:
+                        on_token: TokenSink | None, timeout_s: float | None = None, **extra: Any) -> str:
         """Run the blocking backend call in a worker thread; token callbacks come back on the event loop."""
         loop = asyncio.get_running_loop()
         relay = (lambda piece: loop.call_soon_threadsafe(on_token, piece)) if on_token else None
         assert self.backend is not None
+        timeout_s = self.timeout_s if timeout_s is None else max(0.1, timeout_s)
         call = asyncio.ensure_future(
-            asyncio.to_thread(self.backend.chat, messages, schema, max_tokens, relay, self.timeout_s))
+            asyncio.to_thread(functools.partial(self.backend.chat, messages, schema, max_tokens, relay, timeout_s, **extra)))
         # a call abandoned below (timeout, or the station stopping) ends later with an error nobody awaits: expected
         call.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             # the backend checks its deadline between tokens only; prompt processing and grammar set-up can
             # overrun it on a busy CPU, so the caller stops waiting here (the worker ends at its next token)
-            return await asyncio.wait_for(asyncio.shield(call), self.timeout_s + TIMEOUT_GRACE_S)
+            return await asyncio.wait_for(asyncio.shield(call), timeout_s + TIMEOUT_GRACE_S)
         except asyncio.TimeoutError:
-            raise ModelTimeout(f"no answer within {self.timeout_s:g} s") from None
+            raise ModelTimeout(f"no answer within {timeout_s:g} s") from None
+
+    async def _two_steps(self, pack: EvidencePack, summary: SummaryStream) -> tuple[str, dict[str, float]]:
+        """The answer in two calls on one cached prompt: the summary written freely, then the ids under a small grammar.
+
+        The JSON around them is given (prefilled), not generated: every generated token costs a forward pass,
+        and a grammar over the whole vocabulary costs more per token than free writing. The summary ends
+        at its closing quote; the choices are an enum of this line's faults and this alarm's steps.
+        """
+        messages = diagnosis_messages(self.system, pack)
+        started = time.monotonic()
+        summary(SUMMARY_OPEN)
+        raw = await self._generate(messages, None, SUMMARY_TOKENS, summary, prefill=SUMMARY_OPEN, stop=['"'])
+        first = dict(getattr(self.backend, "last_stats", None) or {})
+        summary.close()  # the summary ended at its quote (or the token limit); a cut escape is dropped
+        choices = SUMMARY_OPEN + json_string_body(raw) + '","causes":["'
+        rest = await self._generate(messages, None, 48, None, self.timeout_s - (time.monotonic() - started),
+                                    prefill=choices, grammar=choice_grammar(list(self.faults), pack.step_labels()))
+        second = dict(getattr(self.backend, "last_stats", None) or {})
+        stats = {**second, "ttft_s": first.get("ttft_s", 0.0),
+                 "completion_chunks": first.get("completion_chunks", 0) + second.get("completion_chunks", 0)}
+        return choices + rest, stats
 
     async def warm_up(self) -> bool:
         """Load the model and process the fixed prompt prefix now, so the first alarm finds it in the KV cache."""

@@ -186,9 +186,13 @@ class LocalModel(OnePerModelFile):
         self._call({"warm": system, "timeout_s": timeout_s}, None, timeout_s)
         return self.last_stats
 
+    supports_prefill = True
+
     def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
-             on_token: OnToken | None = None, timeout_s: float | None = None) -> str:
-        request = {"messages": messages, "schema": schema, "max_tokens": max_tokens, "timeout_s": timeout_s}
+             on_token: OnToken | None = None, timeout_s: float | None = None, prefill: str = "",
+             stop: list[str] | None = None, grammar: str | None = None) -> str:
+        request = {"messages": messages, "schema": schema, "max_tokens": max_tokens, "timeout_s": timeout_s,
+                   "prefill": prefill, "stop": stop, "grammar": grammar}
         return self._call(request, on_token, timeout_s)
 
     def _call(self, request: dict[str, Any], on_token: OnToken | None, timeout_s: float | None) -> str:
@@ -272,7 +276,8 @@ def serve(argv: list[str] | None = None) -> int:
                 say({"done": True, "text": "", "stats": stats})
                 continue
             text = backend.chat(req["messages"], req.get("schema"), req.get("max_tokens", 512),
-                                lambda piece: say({"token": piece}), req.get("timeout_s"))
+                                lambda piece: say({"token": piece}), req.get("timeout_s"), req.get("prefill") or "",
+                                req.get("stop"), req.get("grammar"))
             say({"done": True, "text": text, "stats": backend.last_stats})
         except ModelTimeout as exc:
             say({"error": "timeout", "message": str(exc), "partial": exc.partial})
