@@ -95,6 +95,8 @@ def summary(service: LineService, sim: Any, fault_at: float | None, started: flo
             "alarm_after_reading_p50": _p(lat.alarm_after_reading_s, 0.5),
             "alarm_after_reading_max": _p(lat.alarm_after_reading_s, 1.0),
             **{f"diagnosis_after_alarm_{src}_p50": _p(v, 0.5) for src, v in lat.diagnosis_after_alarm_s.items()},
+            # the first alarm's is the model's own time; later ones wait in its queue behind it
+            **{f"diagnosis_after_alarm_{src}_first": round(v[0], 3) for src, v in lat.diagnosis_after_alarm_s.items() if v},
         },
         "published": service.publisher.stats(),
     }

@@ -33,7 +33,7 @@ from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, Signa
 from factory_copilot.copilot.prompt import diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import Alarm, AlarmEvent, Diagnosis, Reading, Turn
+from factory_copilot.records import Alarm, AlarmEvent, Diagnosis, Reading, SourceState, Turn
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ class Copilot:
     (the store implements it). ``faults`` and ``library`` default to the line's own catalogue and
     runbooks (``knowledge`` in the line file); a line without them gets evidence-only diagnoses.
     ``schema`` defaults to ``diagnosis_schema`` over this line's fault ids and runbook steps;
-    ``constrained`` False lets the model write freely (the same validation applies).
+    ``constrained`` False lets the model write freely (the same validation applies); ``two_steps`` writes
+    the summary freely and then the choices under a small grammar (see ``_two_steps``).
     """
 
     def __init__(
@@ -183,6 +184,7 @@ class Copilot:
         schema: dict | None = None,
         keep_alarms: int = 200,
         constrained: bool = True,
+        two_steps: bool = False,
     ):
         self.line = line
         self.library = library if library is not None else runbooks_of(line)
@@ -193,6 +195,9 @@ class Copilot:
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
         self.constrained = constrained
+        # measured with bench/copilot.py: the two-step answer gives the first words ~1 s sooner but costs more in
+        # all (its second call re-reads the summary it wrote), so one call under the schema is the default
+        self.two_steps = two_steps
         self.fixed_schema = schema is not None  # True: this schema as given for every alarm (no per-alarm step numbers)
         self.schema = schema or diagnosis_schema(faults=list(self.faults))
         self.system = system_prompt(line.site, line.line, self.faults, self.library, line.description)
@@ -201,6 +206,7 @@ class Copilot:
         self._turns: dict[str, list[Turn]] = {}
         self.stats = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0}
         self.last_timing: dict[str, float] = {}
+        self.sources: dict[str, SourceState] = {}  # the last state each source reported (up/down)
         self.last_text = ""
 
     def model_info(self) -> dict[str, Any] | None:
@@ -277,7 +283,8 @@ class Copilot:
         summary = SummaryStream(on_token)
         self.last_timing = {}
         try:
-            if self.constrained and not self.fixed_schema and getattr(self.backend, "supports_prefill", False):
+            if (self.two_steps and self.constrained and not self.fixed_schema
+                    and getattr(self.backend, "supports_prefill", False)):
                 # both steps back to back: another alarm's call in between would evict this one's prompt from the cache
                 self._model_lock = getattr(self, "_model_lock", None) or asyncio.Lock()
                 async with self._model_lock:
@@ -413,7 +420,11 @@ class Copilot:
         async def take_readings() -> None:
             assert readings is not None
             while True:
-                self.observe(await readings.get())
+                item = await readings.get()
+                if isinstance(item, Reading):  # the stream also carries SourceState records (a source up or down)
+                    self.observe(item)
+                elif isinstance(item, SourceState):
+                    self.sources[item.source] = item
 
         async def take_alarms() -> None:
             while True:
@@ -443,7 +454,13 @@ class Copilot:
                     tokens.offer((alarm_id, "", True))
                 diagnoses.offer(d)
 
-        jobs = [take_alarms(), model_worker()]
-        if readings is not None:
-            jobs.append(take_readings())
-        await asyncio.gather(*jobs)
+        # one task group: if one part fails, the others stop with it (a restarted station must not leave a
+        # second model worker behind)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(take_alarms(), name="copilot alarms")
+                group.create_task(model_worker(), name="copilot model")
+                if readings is not None:
+                    group.create_task(take_readings(), name="copilot readings")
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0]  # the service names and counts the first failure
