@@ -8,6 +8,7 @@ from the evidence alone. Nothing here falls back to the demo's catalogue.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ from factory_copilot.records import Priority
 
 if TYPE_CHECKING:
     from factory_copilot.config import LineConfig
+
+log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"  # the cause id for "no known fault matches": never a catalogue id
 
@@ -82,4 +85,9 @@ def load_faults(path: str | Path) -> dict[str, Fault]:
 def faults_of(line: "LineConfig") -> dict[str, Fault]:
     """The line's own fault catalogue (``knowledge.faults``, relative to the line file); none named, none known."""
     path, _ = line.knowledge.paths(line.path.parent if line.path else None)
+    if path is not None and line.path is None and not path.is_absolute() and not path.exists():
+        # a line built in code (no file) cannot resolve a path relative to its file: say so, know no faults
+        log.warning("line %s/%s has no file to resolve knowledge.faults %s against; no fault catalogue",
+                    line.site, line.line, path)
+        return {}
     return load_faults(path) if path else {}
