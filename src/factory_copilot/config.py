@@ -396,4 +396,10 @@ def load_line(path: str | Path) -> LineConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise LineConfigError(path, [f"not valid YAML: {exc}"]) from None
-    return parse_line(data, path).with_path(path)
+    line = parse_line(data, path).with_path(path)
+    faults, runbooks = line.knowledge.paths(line.path.parent if line.path else None)
+    if faults or runbooks:
+        # resolved here, against the line file: a copy of this line (model_dump, a file written elsewhere) keeps them
+        knowledge = Knowledge(faults=str(faults) if faults else None, runbooks=str(runbooks) if runbooks else None)
+        line = line.model_copy(update={"knowledge": knowledge}).with_path(path)
+    return line
