@@ -18,16 +18,18 @@ pytest.importorskip("llama_cpp")
 def test_evaluate_copilot_on_the_simulated_faults_with_the_tiny_model(tmp_path, capsys):
     model = make_tiny_qwen(tmp_path / "tiny.gguf")
     out = tmp_path / "eval"
-    assert main(["evaluate", "--copilot", "--model", str(model), "--threads", "2", "--out", str(out)]) == 0
+    faults = ["bearing_wear", "air_leak"]  # two of nine: the mechanics, in CI time
+    assert main(["evaluate", "--copilot", "--model", str(model), "--threads", "2", "--faults", *faults,
+                 "--out", str(out)]) == 0
     report = json.loads((out / "copilot.json").read_text())
-    assert report["cases"] == 18 and set(report["paths"]) == {"runbook", "model"}
+    assert report["cases"] == 4 and set(report["paths"]) == {"runbook", "model"}
     runbook, model_path = report["paths"]["runbook"], report["paths"]["model"]
     # the runbook path names the injected fault first for most simulated faults, and says unknown when it is taken away
-    assert runbook["top1"] >= 0.7 and runbook["top2"] >= runbook["top1"] and runbook["valid_citations"] == 1.0
+    assert runbook["top1"] == 1.0 and runbook["top2"] == 1.0 and runbook["valid_citations"] == 1.0
     assert runbook["unknown_recall"] is not None and runbook["schema_valid"] == 1.0
     # the tiny model's answers are noise (its accuracy means nothing); the figures are what its outcomes say
     model_outcomes = [o for o in report["outcomes"] if o["path"] == "model"]
-    assert model_path["schema_valid"] == round(sum(o["schema_valid"] for o in model_outcomes) / 18, 3)
+    assert model_path["schema_valid"] == round(sum(o["schema_valid"] for o in model_outcomes) / 4, 3)
     assert model_path["valid_citations"] == round(sum(o["valid_citations"] for o in model_outcomes)
                                                   / sum(o["citations"] for o in model_outcomes), 3)
     assert all(o["valid_citations"] <= o["citations"] for o in model_outcomes)
@@ -37,7 +39,7 @@ def test_evaluate_copilot_on_the_simulated_faults_with_the_tiny_model(tmp_path, 
             sum(o["expected"] == "unknown" for o in said_unknown) / len(said_unknown), 3)
     assert model_path["first_words_s_p50"] > 0 and model_path["complete_s_p50"] >= model_path["first_words_s_p50"]
     assert model_path["tokens_in_p50"] > 100 and model_path["tokens_out_p50"] > 5
-    assert len(report["outcomes"]) == 36
+    assert len(report["outcomes"]) == 8
     assert (out / "copilot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "top-1 fault accuracy" in text and "runbook" in text and "model" in text and '"unknown" precision' in text

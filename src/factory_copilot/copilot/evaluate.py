@@ -71,12 +71,17 @@ class Report:
 # ---- cases ----------------------------------------------------------------------------------------------------
 
 
-def simulated_cases(line: LineConfig, at_s: float = 600.0, seed: int = 0) -> list[Case]:
+def simulated_cases(line: LineConfig, at_s: float = 600.0, seed: int = 0, only: list[str] | None = None) -> list[Case]:
     """Every fault of the simulated line, and each again with its knowledge taken away (the answer is then unknown)."""
     from factory_copilot.copilot.explain import simulated_incident
 
     cases = []
+    unknown = sorted(set(only or []) - set(faults_of(line)))
+    if unknown:
+        raise SystemExit(f"error: --faults: {', '.join(unknown)} not in the line's catalogue ({', '.join(faults_of(line))})")
     for i, fault in enumerate(faults_of(line)):
+        if only and fault not in only:
+            continue
         alarm, readings = simulated_incident(line, fault, at_s, seed + i)
         alarm.message = f"{alarm.asset}: multivariate anomaly"  # as the detector words it: the answer is not given away
         if alarm.anomaly is not None:
@@ -254,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     if cases is None:
         if Path(args.line).resolve() != SIMULATED_LINE.resolve():
             raise SystemExit("error: --cases FILE.jsonl is needed for a line other than the simulated one")
-        cases = simulated_cases(line)
+        cases = simulated_cases(line, only=args.faults)
     backend = backend_from_settings(args.model, args.openai_url, args.openai_model, args.threads,
                                     state_dir=Path(args.out) / "copilot-state") if (args.model or args.openai_url) else None
     try:
@@ -282,6 +287,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--openai-url", help="or an OpenAI-compatible endpoint")
     g.add_argument("--openai-model", help="model name for the endpoint")
     g.add_argument("--cases", help="incidents as JSON lines (name, expected, alarm, readings); default: simulated")
+    g.add_argument("--faults", nargs="+", metavar="FAULT", help="only these simulated faults (default: every one)")
     g.add_argument("--threads", type=int, help="llama.cpp threads")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds the model may take per diagnosis")
     detector = parser.get_default("func")
