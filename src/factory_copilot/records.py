@@ -429,6 +429,27 @@ class Incident:
         return dataclasses.asdict(self)
 
 
+@dataclass(slots=True, frozen=True)
+class DiagnosisChunk:
+    """A piece of a diagnosis as the model writes it (``done`` on the last), streamed to the operator."""
+
+    alarm_id: str
+    text: str
+    done: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class AnswerChunk:
+    """A piece of the copilot's answer to a question; the last (``done``) carries the whole text, or the error."""
+
+    request_id: str
+    alarm_id: str | None
+    text: str
+    done: bool = False
+    full_text: str | None = None
+    error: str | None = None
+
+
 @dataclass(slots=True)
 class Question:
     """An operator's question to the copilot (from the dashboard over MQTT), answered in streamed chunks."""

@@ -1,13 +1,15 @@
-"""The service for one line: joins the stations with bounded buffers and runs them together.
+"""The service for one line: builds the stations, joins them with bounded buffers, runs, watches and stops them.
 
-    collector -> readings -> detect -> anomalies -> alarms -> events -> copilot -> diagnoses
-                    |                     |                     |                    |
-                    +-> store, copilot    +-> store             +-> publish, store   +-> publish, store
+    collect -> readings -> detect -> anomalies -> alarms -> events -> copilot -> diagnoses, chunks
+                  |                     |                    |  ^                       |
+                  +-> store, copilot    +-> store            |  +- commands <- publish   +-> publish, store
+                                                             +-> publish, store            publish -> questions -> copilot
 
-Commands and questions come back from MQTT through the publish station. No
-station waits on another: the alarm goes out the moment the engine raises it,
-the copilot's diagnosis follows on its own. ``factory-copilot run`` and the demo
-both use this module.
+Each station is built with its input and output buffers, runs as ``run(stop)`` and reports
+``stats()``; the service knows nothing of what they do inside. No station waits on another:
+the alarm goes out the moment the engine raises it, the copilot's diagnosis follows on its
+own. A station that dies is logged, counted and started again; ``GET /health`` says so.
+``factory-copilot run`` and the demo both use this module.
 """
 
 from __future__ import annotations
@@ -16,35 +18,26 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Coroutine
 
 from factory_copilot.alarms.engine import AlarmEngine, AlarmSettings
 from factory_copilot.alarms.station import AlarmStation
-from factory_copilot.plumbing.buffer import Buffer, fan_out
 from factory_copilot.collect.station import CollectStation
 from factory_copilot.config import LineConfig, MqttConnection, ServicePaths, load_line
 from factory_copilot.copilot.backends import LLMBackend, backend_from_settings
 from factory_copilot.copilot.station import Copilot
-from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector
+from factory_copilot.detect.persist import ModelMismatchError, TrainedDetector, load_detector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.records import AlarmEvent, Anomaly, Diagnosis, OperatorCommand, Question, Reading, SourceState, Turn
+from factory_copilot.plumbing.buffer import Buffer, fan_out
+from factory_copilot.plumbing.signals import stop_on_signals
 from factory_copilot.publish.publisher import InstanceConflict, Publisher
+from factory_copilot.records import Reading
 from factory_copilot.store.station import StoreStation
 from factory_copilot.store.store import Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Latency:
-    """Reading-to-alarm and alarm-to-diagnosis latencies the service observed (for the demo summary)."""
-
-    alarm_after_reading_s: list[float] = field(default_factory=list)
-    diagnosis_after_alarm_s: dict[str, list[float]] = field(default_factory=dict)
 
 
 class LineService:
@@ -69,54 +62,55 @@ class LineService:
         self.paths = paths
         self.health_port = health_port
         settings = line.service
-        b = lambda name, size=buffer_size: Buffer(size, name)  # noqa: E731 - one line per buffer below
-        # collector output and its copies for each consumer
-        self.readings: Buffer[Reading | SourceState] = b("readings")
-        self.readings_detect: Buffer[Reading | SourceState] = b("readings->detect")
-        self.readings_store: Buffer[Reading] = b("readings->store")
-        self.readings_copilot: Buffer[Reading] = b("readings->copilot")
-        self.anomalies: Buffer[Anomaly] = b("anomalies")
-        self.anomalies_alarms: Buffer[Anomaly] = b("anomalies->alarms")
-        self.anomalies_store: Buffer[Anomaly] = b("anomalies->store")
-        self.events: Buffer[AlarmEvent] = b("alarm events")
-        self.events_publish: Buffer[AlarmEvent] = b("events->publish")
-        self.events_store: Buffer[AlarmEvent] = b("events->store")
-        self.events_copilot: Buffer[AlarmEvent] = b("events->copilot", 1000)
-        self.diagnoses: Buffer[Diagnosis] = b("diagnoses", 1000)
-        self.diagnoses_publish: Buffer[Diagnosis] = b("diagnoses->publish", 1000)
-        self.diagnoses_store: Buffer[Diagnosis] = b("diagnoses->store", 1000)
-        self.tokens: Buffer[tuple] = b("diagnosis tokens", 20_000)
-        self.commands: Buffer[OperatorCommand] = b("commands", 1000)
-        self.questions: Buffer[Question] = b("questions", 100)
-        self.turns: Buffer[Turn] = b("conversation turns", 1000)
+        self.buffers: list[Buffer] = []
 
-        self.collector = CollectStation(line, self.readings, pki_dir=paths.pki)
+        def b(name: str, size: int = buffer_size) -> Buffer:
+            buf: Buffer = Buffer(size, name)
+            self.buffers.append(buf)
+            return buf
+
+        readings, anomalies, events, diagnoses = b("readings"), b("anomalies"), b("alarm events"), b("diagnoses", 1000)
+        to_detect, to_store_readings, to_copilot_readings = b("readings->detect"), b("readings->store"), b("readings->copilot")
+        to_alarms, to_store_anomalies = b("anomalies->alarms"), b("anomalies->store")
+        to_publish_events, to_store_events, to_copilot_events = b("events->publish"), b("events->store"), b("events->copilot", 1000)
+        to_publish_diagnoses, to_store_diagnoses = b("diagnoses->publish", 1000), b("diagnoses->store", 1000)
+        chunks, answers, results = b("diagnosis chunks", 20_000), b("answer chunks", 20_000), b("command results", 1000)
+        commands, questions, turns = b("commands", 1000), b("questions", 100), b("conversation turns", 1000)
+
+        self.collector = CollectStation(line, readings, pki_dir=paths.pki)
         self.source = "+".join(self.collector.kinds)
-        self.detect = DetectStation(
-            line, self.readings_detect, self.anomalies, detector=models.detector, classifier=models.classifier,
-            checks=models.checks(line),
-        )
+        self.detect = DetectStation(line, to_detect, anomalies, detector=models.detector, classifier=models.classifier,
+                                    checks=models.checks(line))
         self.engine = AlarmEngine(line, paths.alarms, alarm_settings)
+        self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results)
         self.store = Store(paths.store)
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,
-            max_tokens=settings.copilot.max_tokens,
+            max_tokens=settings.copilot.max_tokens, alarms=to_copilot_events, readings=to_copilot_readings,
+            questions=questions, diagnoses=diagnoses, chunks=chunks, answers=answers, turns=turns,
         )
         self.publisher = Publisher.for_line(
             line, paths.outbox, connection=alerts or line.mqtt or MqttConnection(), prefix=settings.alerts_prefix,
-            commands=self.commands, questions=self.questions,
+            events=to_publish_events, diagnoses=to_publish_diagnoses, chunks=chunks, results=results, answers=answers,
+            commands=commands, questions=questions,
         )
-        self.alarms = AlarmStation(self.engine, self.anomalies_alarms, self.events, self.commands,
-                                   reply=self.publisher.command_reply)
-        self.store_station = StoreStation(
-            self.store, readings=self.readings_store, anomalies=self.anomalies_store, events=self.events_store,
-            diagnoses=self.diagnoses_store, turns=self.turns,
-        )
+        self.store_station = StoreStation(self.store, readings=to_store_readings, anomalies=to_store_anomalies,
+                                          events=to_store_events, diagnoses=to_store_diagnoses, turns=turns)
+        self.stations: dict[str, Callable[[asyncio.Event], Coroutine]] = {
+            "collect": self.collector.run,
+            "detect": self.detect.run,
+            "alarms": self.alarms.run,
+            "copilot": self.copilot.run,
+            "publish": self.publisher.run,
+            "store": self.store_station.run,
+            # copies for every consumer; source states are for detect (lost data): the store and the copilot keep readings
+            "fan-out readings": lambda stop: fan_out(readings, to_detect, to_store_readings, to_copilot_readings,
+                                                     only={to_store_readings: Reading, to_copilot_readings: Reading}),
+            "fan-out anomalies": lambda stop: fan_out(anomalies, to_alarms, to_store_anomalies),
+            "fan-out events": lambda stop: fan_out(events, to_publish_events, to_store_events, to_copilot_events),
+            "fan-out diagnoses": lambda stop: fan_out(diagnoses, to_publish_diagnoses, to_store_diagnoses),
+        }
         self.started_at = time.time()
-        self.latency = Latency()
-        self._raised_at: dict[str, float] = {}
-        self._diagnosed: Buffer[Diagnosis] = b("diagnoses (observed)", 1000)
-        self._events_seen: Buffer[AlarmEvent] = b("events (observed)", 10_000)
         self._tasks: list[asyncio.Task] = []
         self.restarts: dict[str, int] = {}
         self.stopped: dict[str, str] = {}  # station -> why it is not running (between a crash and its restart)
@@ -136,28 +130,7 @@ class LineService:
             self.engine.close()
             self.store.close()
             raise
-        jobs = {
-            "collect": lambda: self.collector.run(stop),
-            "detect": lambda: self.detect.run(stop),
-            "alarms": lambda: self.alarms.run(),
-            "copilot": lambda: self.copilot.run(self.events_copilot, self.diagnoses, readings=self.readings_copilot,
-                                                tokens=self.tokens),
-            "publish": lambda: self.publisher.run(events=self.events_publish, diagnoses=self.diagnoses_publish,
-                                                  tokens=self.tokens),
-            "store": lambda: self.store_station.run(),
-            "questions": lambda: self._answer_questions(),
-            "observe": lambda: self._observe(),
-            # source states are for detect (lost data); the store and the copilot keep readings only
-            "fan-out readings": lambda: fan_out(self.readings, self.readings_detect, self.readings_store,
-                                                self.readings_copilot,
-                                                only={self.readings_store: Reading, self.readings_copilot: Reading}),
-            "fan-out anomalies": lambda: fan_out(self.anomalies, self.anomalies_alarms, self.anomalies_store),
-            "fan-out events": lambda: fan_out(self.events, self.events_publish, self.events_store, self.events_copilot,
-                                              self._events_seen),
-            "fan-out diagnoses": lambda: fan_out(self.diagnoses, self.diagnoses_publish, self.diagnoses_store,
-                                                 self._diagnosed),
-        }
-        self._tasks = [asyncio.create_task(self._station(name, job, stop), name=name) for name, job in jobs.items()]
+        self._tasks = [asyncio.create_task(self._station(name, run, stop), name=name) for name, run in self.stations.items()]
         log.info("serving %s/%s from %s: %d signals, %d active alarms resumed", self.line.site, self.line.line,
                  self.source, len(self.line.signal_keys()), len(self.engine.active()))
         try:
@@ -165,21 +138,20 @@ class LineService:
         finally:
             await self._shutdown(health)
 
-    async def _station(self, name: str, start: Any, stop: asyncio.Event, backoff_max_s: float = 30.0) -> None:
+    async def _station(self, name: str, run: Callable[[asyncio.Event], Coroutine], stop: asyncio.Event,
+                       backoff_max_s: float = 30.0) -> None:
         """Run one station; when it dies, say why, count it and start it again (with back-off) until ``stop``."""
         delay = 1.0
         while True:
             began = time.monotonic()
             try:
-                await start()
+                await run(stop)
                 if stop.is_set():
                     return
                 raise RuntimeError("returned while the service was running")
             except asyncio.CancelledError:
                 raise
-            except BaseException as exc:  # a station that dies is a bug; the service must keep watching the line
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
+            except Exception as exc:  # a station that dies is a bug; the service must keep watching the line
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 self.stopped[name] = f"{type(exc).__name__}: {exc}"
                 log.error("station %s stopped (%s); restart #%d in %.0f s", name, self.stopped[name],
@@ -195,15 +167,14 @@ class LineService:
             self.stopped.pop(name, None)
 
     async def _shutdown(self, health: asyncio.AbstractServer | None) -> None:
-        await asyncio.sleep(0)  # let stations that watch `stop` finish their own close
-        for t in self._tasks:
-            if t.get_name() in ("collect", "detect") and not t.done():
-                try:  # they watch `stop` and close their connections themselves
-                    await asyncio.wait_for(asyncio.shield(t), 10)
-                except (asyncio.TimeoutError, Exception):
-                    t.cancel()
-                continue
+        # every station watches `stop` and ends by itself (the collectors close their connections); wait for that
+        done, late = await asyncio.wait(self._tasks, timeout=10)
+        for t in late:
+            log.warning("station %s did not stop within 10 s; cancelled", t.get_name())
             t.cancel()
+        for t in self._tasks:
+            if t.get_name().startswith("fan-out"):
+                t.cancel()  # the copies have no `stop` of their own
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store_station.drain()
         try:
@@ -212,48 +183,13 @@ class LineService:
             log.warning("%d alerts still in the outbox at shutdown; they go out at the next start",
                         self.publisher.outbox.pending())
         await self.publisher.stop()
-        close_model = getattr(self.copilot.backend, "close", None)  # the model's worker process, if any
-        if close_model:
-            await asyncio.to_thread(close_model)
+        await asyncio.to_thread(self.copilot.close)
         if health:
             health.close()
         self.engine.close()
         self.store.close()
 
-    # ---- questions from the dashboard (over MQTT) -----------------------------------------------------------
-
-    async def _answer_questions(self) -> None:
-        while True:
-            q = await self.questions.get()
-            sink = lambda piece, q=q: self.publisher.answer_chunk(q.request_id, q.alarm_id, piece, False)  # noqa: E731
-            try:
-                turn = await self.copilot.ask(q.alarm_id, q.question, q.actor, q.request_id, on_token=sink)
-            except KeyError as exc:
-                self.publisher.answer_chunk(q.request_id, q.alarm_id, "", True, text=str(exc.args[0]))
-                continue
-            self.publisher.answer_chunk(q.request_id, q.alarm_id, "", True, text=turn.text)
-            for t in self.copilot.conversation(q.alarm_id)[-2:]:
-                self.turns.offer(t)
-
     # ---- observation --------------------------------------------------------------------------------------
-
-    async def _observe(self) -> None:
-        async def events() -> None:
-            while True:
-                ev = await self._events_seen.get()
-                if ev.event == "raised":
-                    self._raised_at[ev.alarm_id] = time.time()
-                    if ev.alarm.anomaly is not None:
-                        self.latency.alarm_after_reading_s.append(max(0.0, ev.ts - ev.alarm.anomaly.ts))
-
-        async def diagnoses() -> None:
-            while True:
-                d = await self._diagnosed.get()
-                raised = self._raised_at.get(d.alarm_id)
-                if raised is not None:
-                    self.latency.diagnosis_after_alarm_s.setdefault(d.source, []).append(time.time() - raised)
-
-        await asyncio.gather(events(), diagnoses())
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -263,15 +199,11 @@ class LineService:
             "collect": self.collector.stats(),
             "detect": self.detect.stats(),
             "alarms": {**self.alarms.stats(), "active": len(self.engine.active())},
-            "copilot": dict(self.copilot.stats),
+            "copilot": self.copilot.stats(),
             "publish": self.publisher.stats(),
-            "store": {"written": dict(self.store_station.written), "failed": dict(self.store_station.failed)},
+            "store": self.store_station.stats(),
             "stations": {"restarts": dict(self.restarts), "stopped": dict(self.stopped)},
-            "buffers": {
-                buf.name: buf.stats()
-                for buf in (self.readings, self.readings_detect, self.readings_store, self.readings_copilot,
-                            self.anomalies_alarms, self.events_publish, self.events_copilot, self.diagnoses_publish)
-            },
+            "buffers": {buf.name: buf.stats() for buf in self.buffers},
         }
 
     def health(self) -> tuple[bool, list[str], dict[str, Any]]:
@@ -346,10 +278,7 @@ async def serve(line_path: Path, source: str | None = None, health_port: int | N
     except ModelMismatchError as exc:
         log.error("%s", exc)
         return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await service.run(stop)
     except InstanceConflict as exc:

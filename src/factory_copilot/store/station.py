@@ -61,11 +61,15 @@ class StoreStation:
             self.store.add_feedback(fb)
         return len(items)
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Write what arrives until ``stop`` is set (or the task is cancelled); ``drain()`` writes the rest."""
         tasks = [asyncio.create_task(self._lane(*lane), name=f"store-{lane[0]}") for lane in self._lanes]
         tasks.append(asyncio.create_task(self._retention(), name="store-retention"))
         try:
-            await asyncio.gather(*tasks)
+            if stop is None:
+                await asyncio.gather(*tasks)
+            else:
+                await stop.wait()
         finally:
             for t in tasks:
                 t.cancel()

@@ -391,6 +391,11 @@ class Store:
         )
         return [Turn(*tuple(r)) for r in rows]
 
+    def diagnoses_since(self, since: float = 0.0) -> list[Diagnosis]:
+        """Every diagnosis written since ``since``, oldest first (runbook and model ones alike)."""
+        rows = self._rows("SELECT body FROM diagnoses WHERE created_at>=? ORDER BY created_at, id", (since,))
+        return [Diagnosis.from_dict(json.loads(r["body"])) for r in rows]
+
     def feedback(self, alarm_id: str | None = None, since: float = 0.0) -> list[Feedback]:
         sql, params = "SELECT alarm_id, verdict, actual_cause, fix, actor, ts FROM feedback WHERE ts>=?", [since]
         if alarm_id:
