@@ -168,13 +168,15 @@ class LineService:
 
     async def _shutdown(self, health: asyncio.AbstractServer | None) -> None:
         # every station watches `stop` and ends by itself (the collectors close their connections); wait for that
-        done, late = await asyncio.wait(self._tasks, timeout=10)
-        for t in late:
-            log.warning("station %s did not stop within 10 s; cancelled", t.get_name())
-            t.cancel()
-        for t in self._tasks:
-            if t.get_name().startswith("fan-out"):
-                t.cancel()  # the copies have no `stop` of their own
+        copies = [t for t in self._tasks if t.get_name().startswith("fan-out")]
+        stations = [t for t in self._tasks if t not in copies]
+        if stations:
+            _, late = await asyncio.wait(stations, timeout=10)
+            for t in late:
+                log.warning("station %s did not stop within 10 s; cancelled", t.get_name())
+                t.cancel()
+        for t in copies:
+            t.cancel()  # the copies between buffers have no `stop` of their own
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store_station.drain()
         try:

@@ -9,7 +9,7 @@ Time. A reading goes into the row of its own timestamp, but the rows follow the 
 clock (wall time live, data time in a replay): a reading stamped ahead of the clock is put in
 the current row, never lets the station run ahead and evaluate empty rows; a reading for a row
 already gone out (a source whose clock lags) is put into the current row when it is at most
-``late_tolerance_s`` late, else dropped; each case is counted. When nothing arrives, the clock
+``samples.max_late_s`` late, else dropped; each case is counted. When nothing arrives, the clock
 closes the rows, so silence shows.
 
 Lost data is a state. The collect station says when a source connects and disconnects
@@ -77,7 +77,7 @@ class DetectStation:
         self.anomalies = anomalies
         self.interval = line.sampling_interval_s
         self.clock = clock
-        self.late_rows = max(1, math.ceil((line.samples.max_future_s if late_tolerance_s is None
+        self.late_rows = max(1, math.ceil((line.samples.max_late_s if late_tolerance_s is None
                                            else late_tolerance_s) / self.interval))
         self.stale_after = line.samples.stale_after_intervals
         self.mode_key = f"{line.mode_signal.asset}.{line.mode_signal.signal}" if line.mode_signal else None
