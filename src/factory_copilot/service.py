@@ -24,6 +24,7 @@ from typing import Any, Callable, Coroutine
 
 from factory_copilot.alarms.engine import AlarmEngine, AlarmSettings
 from factory_copilot.alarms.station import AlarmStation
+from factory_copilot.collect.replay import ReplayClock
 from factory_copilot.collect.station import CollectStation
 from factory_copilot.config import LineConfig, MqttConnection, ServicePaths, load_line
 from factory_copilot.copilot.backends import LLMBackend, backend_from_settings
@@ -55,6 +56,8 @@ class LineService:
         health_port: int | None = None,
         alarm_settings: AlarmSettings | None = None,
         buffer_size: int = 50_000,
+        replay: Path | None = None,
+        speed: float = 1.0,
     ):
         if source is not None:  # one kind of source for this run, whatever the line file says
             line = line.model_copy(update={"service": line.service.model_copy(update={"source": source})})
@@ -77,12 +80,19 @@ class LineService:
         chunks, answers, results = b("diagnosis chunks", 20_000), b("answer chunks", 20_000), b("command results", 1000)
         commands, questions, turns = b("commands", 1000), b("questions", 100), b("conversation turns", 1000)
 
-        self.collector = CollectStation(line, readings, pki_dir=paths.pki)
+        # every clock of the pipeline: the wall clock live, the recording's time in a replay
+        self.clock: Callable[[], float] = time.time
+        if replay is not None:
+            self.clock = ReplayClock(speed)
+            self.collector = CollectStation.replaying(line, readings, Path(replay), self.clock)
+        else:
+            self.collector = CollectStation(line, readings, pki_dir=paths.pki)
         self.source = "+".join(self.collector.kinds)
         self.detect = DetectStation(line, to_detect, anomalies, detector=models.detector, classifier=models.classifier,
-                                    checks=models.checks(line))
-        self.engine = AlarmEngine(line, paths.alarms, alarm_settings)
-        self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results)
+                                    checks=models.checks(line), clock=self.clock)
+        self.engine = AlarmEngine(line, paths.alarms, alarm_settings, clock=self.clock)
+        # the engine's delays are checked each tick: as often in data time, however fast the replay
+        self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results, tick_s=0.25 / speed)
         self.store = Store(paths.store)
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,
@@ -95,7 +105,8 @@ class LineService:
             commands=commands, questions=questions,
         )
         self.store_station = StoreStation(self.store, readings=to_store_readings, anomalies=to_store_anomalies,
-                                          events=to_store_events, diagnoses=to_store_diagnoses, turns=turns)
+                                          events=to_store_events, diagnoses=to_store_diagnoses, turns=turns,
+                                          clock=self.clock)
         self.stations: dict[str, Callable[[asyncio.Event], Coroutine]] = {
             "collect": self.collector.run,
             "detect": self.detect.run,
@@ -270,17 +281,36 @@ def build_service(line: LineConfig, line_path: Path, **overrides: Any) -> LineSe
                        health_port=overrides.pop("health_port", line.service.health_port), **overrides)
 
 
-async def serve(line_path: Path, source: str | None = None, health_port: int | None = None) -> int:
+async def serve(line_path: Path, source: str | None = None, health_port: int | None = None,
+                replay: Path | None = None, speed: float = 1.0, state_dir: Path | None = None) -> int:
     line = load_line(line_path)
     overrides: dict[str, Any] = {"source": source}
     if health_port is not None:
         overrides["health_port"] = health_port
+    if replay is not None:
+        # a commissioning run: its own state, and alerts under their own prefix, so SCADA does not take them for the line's
+        paths = ServicePaths.of_line(line, line_path, state_dir)
+        overrides |= {"replay": replay, "speed": speed, "state_dir": paths.state_dir / "replay"}
+        try:  # the detector the line serves with, not one of the replay's own
+            overrides["models"] = load_detector(paths.detector, line, line_path)
+        except ModelMismatchError as exc:
+            log.error("%s", exc)
+            return 2
+        line = line.model_copy(update={"service": line.service.model_copy(
+            update={"alerts_prefix": f"{line.service.alerts_prefix}-replay"})})
+        for old in ("store.db", "alarms.db", "outbox.db"):
+            for suffix in ("", "-wal", "-shm"):
+                (Path(overrides["state_dir"]) / (old + suffix)).unlink(missing_ok=True)
+    elif state_dir is not None:
+        overrides["state_dir"] = state_dir
     try:
         service = build_service(line, line_path, **overrides)
-    except ModelMismatchError as exc:
+    except (ModelMismatchError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     stop = stop_on_signals()
+    finished = service.collector.finished
+    watcher = asyncio.create_task(_stop_after_replay(service, finished, stop)) if finished is not None else None
     try:
         await service.run(stop)
     except InstanceConflict as exc:
@@ -290,7 +320,40 @@ async def serve(line_path: Path, source: str | None = None, health_port: int | N
         log.error("cannot serve /health on 127.0.0.1:%s: %s (another process uses the port? set service.health_port "
                   "or --health-port)", service.health_port, exc.strerror or exc)
         return 2
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    if watcher is not None and watcher.done() and not watcher.cancelled() and watcher.result() is not None:
+        print(json.dumps(watcher.result(), indent=2, default=str))
     return 0
+
+
+async def _stop_after_replay(service: LineService, finished: asyncio.Event, stop: asyncio.Event,
+                             settle_s: float = 60.0) -> dict[str, Any]:
+    """When the recording has played: let the alarms settle for ``settle_s`` of data time, say what happened, stop."""
+    await finished.wait()
+    clock = service.clock
+    end = clock() + settle_s
+    while clock() < end and not stop.is_set():
+        await asyncio.sleep(0.05)
+    await service.store_station.drain()
+    replay = service.collector.collectors["replay"]
+    first, last = replay.span
+    raised = [e for e in service.engine.audit(since=first) if e.event == "raised"]
+    summary = {
+        "recording": str(replay.path),
+        "data_from": first, "data_to": last, "speed": replay.clock.speed,
+        "readings": replay.readings_in,
+        "alarms_raised": [{"alarm_id": e.alarm_id, "raised_at": round(e.ts, 3), "priority": e.alarm.priority.name.lower(),
+                           "message": e.alarm.message} for e in raised],
+        "faults": [
+            {"fault": fault, "start": start,
+             "first_alarm_after_s": next((round(e.ts - start, 1) for e in raised if e.ts >= start), None)}
+            for start, fault in replay.events
+        ],
+    }
+    stop.set()
+    return summary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -298,4 +361,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, type=Path, help="the line file (YAML)")
     p.add_argument("--source", choices=["opcua", "mqtt"], help="override the line file's service.source")
     p.add_argument("--health-port", type=int, help="override service.health_port")
-    p.set_defaults(func=lambda a: serve(a.config, a.source, a.health_port))
+    p.add_argument("--state-dir", type=Path, help="override service.state_dir")
+    p.add_argument("--replay", type=Path, metavar="RECORDING",
+                   help="commissioning: play a recording (CSV, Parquet or JSON lines; docs/history.md) instead of the "
+                        "line's sources, every clock on the recording's time; prints what was alarmed and exits")
+    p.add_argument("--speed", type=float, default=1.0, help="replay this many times faster than real time")
+    p.set_defaults(func=lambda a: serve(a.config, a.source, a.health_port, a.replay, a.speed, a.state_dir))

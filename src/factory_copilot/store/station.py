@@ -35,8 +35,10 @@ class StoreStation:
         feedback: Buffer[Feedback] | None = None,
         batch_max: int = 20_000,
         retention_every_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
     ):
         self.store = store
+        self.clock = clock  # retention counts in data time when a recording is replayed
         self.batch_max = batch_max
         self.retention_every_s = retention_every_s
         self._lanes: list[tuple[str, Buffer[Any], Callable[[Sequence[Any]], Any]]] = [
@@ -118,7 +120,7 @@ class StoreStation:
         while True:
             await asyncio.sleep(self.retention_every_s)
             try:
-                await asyncio.to_thread(self.store.enforce_retention, time.time())
+                await asyncio.to_thread(self.store.enforce_retention, self.clock())
             except Exception:
                 log.exception("store: retention failed; will retry in %.0f s", self.retention_every_s)
 
