@@ -298,7 +298,9 @@ class LineConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of what a trained model depends on: the assets and signals, not connection details."""
-        body = json.dumps([a.model_dump(mode="json") for a in self.assets], sort_keys=True)
+        # where a signal is read from (node, topic, field) and its description are connection details too
+        body = json.dumps([a.model_dump(mode="json", exclude={"signals": {"__all__": {"source", "description"}}})
+                           for a in self.assets], sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
