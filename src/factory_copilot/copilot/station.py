@@ -281,6 +281,8 @@ class Copilot:
         async def take_readings(readings: Buffer[Reading]) -> None:
             while True:
                 self.observe(await readings.get())
+                for _ in range(readings.qsize()):  # what piled up meanwhile, without a wake-up each
+                    self.observe(readings.get_nowait())
 
         async def take_alarms() -> None:
             while True:
