@@ -127,3 +127,11 @@ def test_sources_serve_each_signal_from_the_first_kind_it_names(raw):
     forced = copy.deepcopy(raw)
     forced["service"] = {"source": "mqtt"}
     assert set(parse_line(forced).sources()) == {"mqtt"}
+
+
+def test_fingerprint_ignores_where_a_signal_is_read_from(raw):
+    a = parse_line(raw)
+    moved = copy.deepcopy(raw)
+    moved["assets"][2]["signals"][0]["source"] = {"mqtt": {"topic": "gw/7/pump", "field": "data.speed"}}
+    moved["assets"][2]["signals"][1]["description"] = "renamed in the HMI"
+    assert parse_line(moved).fingerprint() == a.fingerprint()

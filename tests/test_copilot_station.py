@@ -9,7 +9,7 @@ import threading
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot
-from factory_copilot.records import AlarmEvent, AlarmState
+from factory_copilot.records import AlarmEvent, AlarmState, DiagnosisChunk
 from tests.support.copilot import alarm_for, ramp
 
 LINE = load_line(SIMULATED_LINE)
@@ -38,11 +38,11 @@ async def next_item(buffer: Buffer, timeout: float = 20):
 
 async def test_runbook_first_then_model_with_streamed_tokens():
     backend = GatedBackend()
-    cop = Copilot(LINE, backend=backend)
     alarms, readings, out, tokens = Buffer(100, "alarms"), Buffer(10_000, "readings"), Buffer(100, "diag"), Buffer(1000, "tok")
+    cop = Copilot(LINE, backend=backend, alarms=alarms, diagnoses=out, readings=readings, chunks=tokens)
     for r in ramp("product_pump.vibration", 2.0, 6.0):
         readings.offer(r)
-    task = asyncio.create_task(cop.run(alarms, out, readings=readings, tokens=tokens))
+    task = asyncio.create_task(cop.run())
     try:
         while readings.qsize():  # the station drains the readings before the alarm arrives
             await asyncio.sleep(0)
@@ -59,18 +59,18 @@ async def test_runbook_first_then_model_with_streamed_tokens():
         pieces = []
         while tokens.qsize():
             pieces.append(tokens.get_nowait())
-        assert pieces[-1] == (alarm.alarm_id, "", True)
+        assert pieces[-1] == DiagnosisChunk(alarm.alarm_id, "", True)
         # the operator reads the summary as it is written (escapes decoded), not the JSON around it
-        assert "".join(p[1] for p in pieces[:-1]) == SUMMARY.replace("\n", " ") and len(pieces) > 3
-        assert cop.stats["runbook"] == 1 and cop.stats["model"] == 1
+        assert "".join(p.text for p in pieces[:-1]) == SUMMARY.replace("\n", " ") and len(pieces) > 3
+        assert cop.stats()["runbook"] == 1 and cop.stats()["model"] == 1
     finally:
         task.cancel()
 
 
 async def test_without_a_model_only_the_runbook_diagnosis_goes_out():
-    cop = Copilot(LINE)
     alarms, out = Buffer(10, "alarms"), Buffer(10, "diag")
-    task = asyncio.create_task(cop.run(alarms, out))
+    cop = Copilot(LINE, alarms=alarms, diagnoses=out)
+    task = asyncio.create_task(cop.run())
     try:
         alarms.offer(alarm_for("air_compressor", "air_leak", 0.9))
         d = await next_item(out)
@@ -126,12 +126,12 @@ async def test_two_steps_the_summary_freely_then_the_choices_under_a_grammar():
 async def test_source_states_in_the_reading_stream_are_noted_not_trended():
     from factory_copilot.records import Reading, SourceState
 
-    cop = Copilot(LINE)
     alarms, readings, out = Buffer(10, "alarms"), Buffer(100, "readings"), Buffer(10, "diag")
+    cop = Copilot(LINE, alarms=alarms, diagnoses=out, readings=readings)
     readings.offer(SourceState("opcua", 990.0, False, "connection lost", ("product_pump.vibration",)))
     for r in ramp("product_pump.vibration", 2.0, 6.0)[-20:]:
         readings.offer(r)
-    task = asyncio.create_task(cop.run(alarms, out, readings=readings))
+    task = asyncio.create_task(cop.run())
     try:
         while readings.qsize():
             await asyncio.sleep(0)

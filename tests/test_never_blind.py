@@ -21,7 +21,6 @@ from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.publish import payloads
 from factory_copilot.publish.publisher import InstanceConflict, Publisher
 from factory_copilot.records import AlarmState, Anomaly, Mode, Reading, SourceState
-from tests.support.mqtt import Listener
 from tests.support.opcua import drain
 from tests.support.plant import Plant, condition
 

@@ -27,6 +27,7 @@ COMMANDS: list[str] = [
     "factory_copilot.copilot.knowledge",
     "factory_copilot.copilot.model_files",
     "factory_copilot.copilot.incidents",
+    "factory_copilot.check",
     "factory_copilot.service",
     "factory_copilot.demo",
     "factory_copilot.store.cli",

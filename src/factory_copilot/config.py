@@ -159,6 +159,9 @@ class SampleChecks(_Strict):
 
     max_future_s: float = Field(5.0, gt=0)  # stamped further ahead of the clock: rejected (clock_skew)
     max_age_s: float = Field(86400.0, gt=0)  # stamped further back: rejected (clock_skew)
+    # a sample for a row already evaluated counts for the current row if at most this late (a lagging source
+    # clock, a gateway that sends in batches), else it is dropped and counted
+    max_late_s: float = Field(5.0, ge=0)
     # no sample for this many sampling intervals: the signal is stale; None for sources that report by
     # exception (a value that does not change is not sent), where only a lost connection means lost data
     stale_after_intervals: int | None = Field(5, ge=1)
@@ -317,7 +320,9 @@ class LineConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of what a trained model depends on: the assets and signals, not connection details."""
-        body = json.dumps([a.model_dump(mode="json") for a in self.assets], sort_keys=True)
+        # where a signal is read from (node, topic, field) and its description are connection details too
+        body = json.dumps([a.model_dump(mode="json", exclude={"signals": {"__all__": {"source", "description"}}})
+                           for a in self.assets], sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
 from factory_copilot.config import LineConfig
@@ -33,7 +33,8 @@ from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, Signa
 from factory_copilot.copilot.prompt import diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import Alarm, AlarmEvent, Diagnosis, Reading, SourceState, Turn
+from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, Question, Reading,
+                                     SourceState, Turn)
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,15 @@ class Copilot:
         keep_alarms: int = 200,
         constrained: bool = True,
         two_steps: bool = False,
+        *,
+        alarms: Buffer[AlarmEvent | Alarm] | None = None,
+        readings: Buffer[Reading] | None = None,
+        questions: Buffer[Question] | None = None,
+        diagnoses: Buffer[Diagnosis] | None = None,
+        chunks: Buffer[DiagnosisChunk] | None = None,
+        answers: Buffer[AnswerChunk] | None = None,
+        turns: Buffer[Turn] | None = None,
+        max_pending: int = 16,
     ):
         self.line = line
         self.library = library if library is not None else runbooks_of(line)
@@ -202,12 +212,19 @@ class Copilot:
         self.schema = schema or diagnosis_schema(faults=list(self.faults))
         self.system = system_prompt(line.site, line.line, self.faults, self.library, line.description)
         self.keep_alarms = keep_alarms
+        self.alarms, self.readings, self.questions = alarms, readings, questions
+        self.diagnoses, self.chunks, self.answers, self.turns = diagnoses, chunks, answers, turns
+        self.max_pending = max_pending
         self._packs: OrderedDict[str, EvidencePack] = OrderedDict()
         self._turns: dict[str, list[Turn]] = {}
-        self.stats = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0}
+        self.counts = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0}
         self.last_timing: dict[str, float] = {}
         self.sources: dict[str, SourceState] = {}  # the last state each source reported (up/down)
         self.last_text = ""
+
+    def stats(self) -> dict[str, Any]:
+        """Diagnoses by source, fallbacks, dropped citations, questions answered; the model and its manifest."""
+        return {**self.counts, "model_file": self.model_info()}  # ("model" counts the model's diagnoses)
 
     def model_info(self) -> dict[str, Any] | None:
         """Which model explains alarms, and the manifest it was verified with (``models pull``), for ``/health``."""
@@ -218,6 +235,12 @@ class Copilot:
         path = getattr(self.backend, "model_path", None)
         return {"name": getattr(self.backend, "name", type(self.backend).__name__), "path": path,
                 "constrained": self.constrained, "manifest": manifest_for(path)}
+
+    def close(self) -> None:
+        """Stop the model's worker process, if there is one (at shutdown)."""
+        close_model = getattr(self.backend, "close", None)
+        if close_model:
+            close_model()
 
     # ---- input -------------------------------------------------------------------------------------------
 
@@ -244,7 +267,7 @@ class Copilot:
         started = time.perf_counter()
         d = runbook_diagnosis(self.evidence(alarm), self.library, self.faults, reason)
         d.latency_s = time.perf_counter() - started
-        self.stats["runbook"] += 1
+        self.counts["runbook"] += 1
         return d
 
     async def explain(self, alarm: Alarm, on_token: TokenSink | None = None) -> AsyncIterator[Diagnosis]:
@@ -297,8 +320,8 @@ class Copilot:
             self.last_timing = {"first_words_s": (summary.first_at or time.perf_counter()) - started,
                                 "complete_s": time.perf_counter() - started, **stats}
             d = model_diagnosis(text, pack, self.library, self.faults, getattr(self.backend, "name", None))
-            self.stats["model"] += 1
-            self.stats["dropped_citations"] += d.dropped_citations
+            self.counts["model"] += 1
+            self.counts["dropped_citations"] += d.dropped_citations
             if d.dropped_citations:
                 log.info("alarm %s: %d citations not in the evidence pack were dropped", alarm_id, d.dropped_citations)
         except ModelTimeout as exc:
@@ -314,7 +337,7 @@ class Copilot:
         return d
 
     def _fallback(self, pack: EvidencePack, reason: str) -> Diagnosis:
-        self.stats["fallback"] += 1
+        self.counts["fallback"] += 1
         log.warning("alarm %s: runbook diagnosis instead of the model's (%s)", pack.alarm_id, reason)
         return runbook_diagnosis(pack, self.library, self.faults, reason)
 
@@ -391,7 +414,7 @@ class Copilot:
         turns = self._turns.setdefault(alarm_id, [])
         history = list(turns)
         turns.append(Turn(alarm_id, "operator", question, actor=actor, request_id=request_id))
-        self.stats["questions"] += 1
+        self.counts["questions"] += 1
         answer, source = None, "runbook"
         if self.backend is not None:
             try:
@@ -409,22 +432,22 @@ class Copilot:
 
     # ---- the station loop ---------------------------------------------------------------------------------
 
-    async def run(self, alarms: Buffer[Any], diagnoses: Buffer[Diagnosis], readings: Buffer[Reading] | None = None,
-                  tokens: Buffer[tuple] | None = None, max_pending: int = 16) -> None:
-        """Explain alarms until cancelled: runbook diagnosis out at once, the model's later (one worker, bounded queue).
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Explain alarms until ``stop``: runbook diagnosis out at once, the model's later (one worker, bounded queue);
+        answer questions; keep the recent readings each evidence pack is built from."""
+        if self.alarms is None or self.diagnoses is None:
+            raise RuntimeError("Copilot.run needs its alarms and diagnoses buffers")
+        pending: asyncio.Queue[str] = asyncio.Queue(self.max_pending)
+        alarms, diagnoses, chunks = self.alarms, self.diagnoses, self.chunks
 
-        ``tokens`` receives ``(alarm_id, piece)`` while the model writes and ``(alarm_id, "", True)`` when done.
-        """
-        pending: asyncio.Queue[str] = asyncio.Queue(max_pending)
-
-        async def take_readings() -> None:
-            assert readings is not None
+        async def take_readings(readings: Buffer[Reading]) -> None:
             while True:
-                item = await readings.get()
-                if isinstance(item, Reading):  # the stream also carries SourceState records (a source up or down)
-                    self.observe(item)
-                elif isinstance(item, SourceState):
-                    self.sources[item.source] = item
+                for item in [await readings.get()] + [readings.get_nowait() for _ in range(readings.qsize())]:
+                    # (what piled up meanwhile, without a wake-up each)
+                    if isinstance(item, Reading):
+                        self.observe(item)
+                    elif isinstance(item, SourceState):  # a source up or down, if the stream carries them
+                        self.sources[item.source] = item
 
         async def take_alarms() -> None:
             while True:
@@ -442,25 +465,54 @@ class Copilot:
                 try:
                     pending.put_nowait(alarm.alarm_id)
                 except asyncio.QueueFull:
-                    log.warning("alarm %s: model queue full (%d), runbook diagnosis only", alarm.alarm_id, max_pending)
+                    log.warning("alarm %s: model queue full (%d), runbook diagnosis only", alarm.alarm_id, self.max_pending)
 
         async def model_worker() -> None:
             await self.warm_up()  # alarms queue meanwhile; their runbook diagnoses go out regardless
             while True:
                 alarm_id = await pending.get()
-                sink = (lambda piece, a=alarm_id: tokens.offer((a, piece))) if tokens is not None else None
+                sink = (lambda piece, a=alarm_id: chunks.offer(DiagnosisChunk(a, piece))) if chunks is not None else None
                 d = await self._model_diagnosis(alarm_id, sink)
-                if tokens is not None:
-                    tokens.offer((alarm_id, "", True))
+                if chunks is not None:
+                    chunks.offer(DiagnosisChunk(alarm_id, "", True))
                 diagnoses.offer(d)
 
-        # one task group: if one part fails, the others stop with it (a restarted station must not leave a
-        # second model worker behind)
+        async def take_questions(questions: Buffer[Question]) -> None:
+            while True:
+                await self._answer(await questions.get())
+
+        jobs = [take_alarms(), model_worker()]
+        if self.readings is not None:
+            jobs.append(take_readings(self.readings))
+        if self.questions is not None:
+            jobs.append(take_questions(self.questions))
+        tasks = [asyncio.create_task(job) for job in jobs]
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(take_alarms(), name="copilot alarms")
-                group.create_task(model_worker(), name="copilot model")
-                if readings is not None:
-                    group.create_task(take_readings(), name="copilot readings")
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0]  # the service names and counts the first failure
+            if stop is None:
+                await asyncio.gather(*tasks)
+            else:
+                await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _answer(self, q: Question) -> None:
+        """One question from the dashboard: its answer streamed as chunks, the last with the whole text."""
+        answers = self.answers
+
+        def sink(piece: str) -> None:
+            if answers is not None:
+                answers.offer(AnswerChunk(q.request_id, q.alarm_id, piece))
+
+        try:
+            turn = await self.ask(q.alarm_id, q.question, q.actor, q.request_id, on_token=sink)
+        except KeyError as exc:
+            if answers is not None:
+                answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", True, full_text=str(exc.args[0])))
+            return
+        if answers is not None:
+            answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", True, full_text=turn.text))
+        if self.turns is not None:
+            for t in self.conversation(q.alarm_id)[-2:]:
+                self.turns.offer(t)
