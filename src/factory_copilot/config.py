@@ -57,14 +57,38 @@ class MqttSource(_Strict):
     quality_field: str | None = "quality"
 
 
+class SparkplugSource(_Strict):
+    """A signal published as one metric of a Sparkplug B edge node (``device`` None: a node-level metric)."""
+
+    group: str
+    edge_node: str
+    device: str | None = None
+    metric: str  # the metric's name as its birth declares it, folders included ("Motor/Current")
+
+    @field_validator("group", "edge_node", "device")
+    @classmethod
+    def _sparkplug_id(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/+#")):
+            raise ValueError(f"{v!r} is not a Sparkplug id (non-empty, without '/', '+' or '#')")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_name(cls, v: str) -> str:
+        if not v:
+            raise ValueError("a metric name cannot be empty")
+        return v
+
+
 class SignalSource(_Strict):
     opcua: str | None = None  # node id, e.g. "ns=2;s=product_pump.flow"
     mqtt: MqttSource | None = None
+    sparkplug: SparkplugSource | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "SignalSource":
-        if not self.opcua and not self.mqtt:
-            raise ValueError("a signal needs an opcua node id or an mqtt topic")
+        if not self.opcua and not self.mqtt and not self.sparkplug:
+            raise ValueError("a signal needs an opcua node id, an mqtt topic or a sparkplug metric")
         return self
 
 
@@ -154,6 +178,25 @@ class MqttConnection(_Strict):
     max_payload_bytes: int = 65536
 
 
+class SparkplugHost(_Strict):
+    """How the service reads Sparkplug B edge nodes: as a host application (Sparkplug 3.0, reads 2.2 nodes too)."""
+
+    mqtt: MqttConnection | None = None  # the Sparkplug broker; None: the line's mqtt connection
+    host_id: str | None = None  # STATE topic id; None: factory-copilot-<site>-<line>
+    rebirth: bool = True  # ask an edge node for its births on a gap, an unknown alias or data before birth
+    rebirth_min_interval_s: float = Field(5.0, ge=0)  # at most one Rebirth request per edge node this often
+    reorder_timeout_s: float = Field(2.0, ge=0)  # a missing seq may still arrive this long before it is a gap
+    device_birth_timeout_s: float = Field(5.0, gt=0)  # a mapped device without DBIRTH this long after NBIRTH: lost
+    legacy_state: bool = False  # also publish 2.2's STATE/<host_id> ONLINE/OFFLINE (a second connection)
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/+#")):
+            raise ValueError(f"{v!r} is not a Sparkplug host id (non-empty, without '/', '+' or '#')")
+        return v
+
+
 class SampleChecks(_Strict):
     """What the collectors accept as a plausible sample, and when a silent signal counts as lost."""
 
@@ -207,12 +250,16 @@ class Knowledge(_Strict):
         return resolve(self.faults), resolve(self.runbooks)
 
 
+SourceKind = Literal["opcua", "sparkplug", "mqtt"]
+SOURCE_KINDS: tuple[str, ...] = ("opcua", "sparkplug", "mqtt")  # the order a signal with several sources is read in
+
+
 class ServiceSettings(_Strict):
     """How ``factory-copilot run`` serves this line."""
 
     # where the readings come from; several kinds serve one line (each signal from the first kind it names);
     # None: every kind the line's signals name and the line file connects to
-    source: Literal["opcua", "mqtt"] | list[Literal["opcua", "mqtt"]] | None = None
+    source: SourceKind | list[SourceKind] | None = None
     state_dir: str = "var"  # SQLite files (store, alarms, outbox), PKI and the trained detector; relative to the line file
     detector: str | None = None  # trained detector file; default <state_dir>/detector.joblib
     alerts_prefix: str = "factory-copilot"
@@ -229,6 +276,7 @@ class LineConfig(_Strict):
     samples: SampleChecks = SampleChecks()
     opcua: OpcuaConnection | None = None
     mqtt: MqttConnection | None = None
+    sparkplug: SparkplugHost | None = None
     knowledge: Knowledge = Knowledge()
     service: ServiceSettings = ServiceSettings()
     assets: list[Asset]
@@ -258,6 +306,7 @@ class LineConfig(_Strict):
         problems: list[str] = []
         nodes: dict[str, str] = {}
         fields: dict[tuple[str, str], str] = {}
+        metrics: dict[tuple[str, str, str | None, str], str] = {}
         for i, a in enumerate(self.assets):
             for j, s in enumerate(a.signals):
                 here = f"assets[{i}].signals[{j}].source"
@@ -272,6 +321,14 @@ class LineConfig(_Strict):
                         problems.append(f"{here}.mqtt: topic {key[0]!r} field {key[1]!r} is already read by "
                                         f"{fields[key]}.mqtt")
                     fields.setdefault(key, here)
+                if s.source.sparkplug:
+                    sp = s.source.sparkplug
+                    mkey = (sp.group, sp.edge_node, sp.device, sp.metric)
+                    if mkey in metrics:
+                        where = "/".join(p for p in mkey[:3] if p)
+                        problems.append(f"{here}.sparkplug: metric {sp.metric!r} of {where} is already read by "
+                                        f"{metrics[mkey]}.sparkplug")
+                    metrics.setdefault(mkey, here)
         if self.mode_signal is not None:
             ms = self.mode_signal
             if not any(a.id == ms.asset and any(s.name == ms.signal for s in a.signals) for a in self.assets):
@@ -289,7 +346,8 @@ class LineConfig(_Strict):
         """
         kinds = self.service.source
         if kinds is None:
-            kinds = [k for k in ("opcua", "mqtt") if getattr(self, k) is not None or k == "mqtt"]
+            # MQTT and Sparkplug default to the broker on 127.0.0.1:1883; OPC UA needs an endpoint
+            kinds = [k for k in SOURCE_KINDS if k != "opcua" or self.opcua is not None]
         elif isinstance(kinds, str):
             kinds = [kinds]
         served: dict[str, list[str]] = {k: [] for k in kinds}
@@ -300,6 +358,21 @@ class LineConfig(_Strict):
                         served[k].append(f"{a.id}.{s.name}")
                         break
         return {k: keys for k, keys in served.items() if keys or k in (self.service.source or [])}
+
+    @property
+    def sparkplug_host(self) -> SparkplugHost:
+        """The Sparkplug host settings (defaults when the line file has no ``sparkplug`` section)."""
+        return self.sparkplug or SparkplugHost()
+
+    @property
+    def sparkplug_broker(self) -> MqttConnection:
+        return self.sparkplug_host.mqtt or self.mqtt or MqttConnection()
+
+    def sparkplug_host_id(self) -> str:
+        """This line's Sparkplug host id: configured, else ``factory-copilot-<site>-<line>`` (made topic-safe)."""
+        if self.sparkplug_host.host_id:
+            return self.sparkplug_host.host_id
+        return "factory-copilot-" + "".join("_" if c in "/+# " else c for c in f"{self.site}-{self.line}")
 
     def asset(self, asset_id: str) -> Asset:
         for a in self.assets:

@@ -361,7 +361,7 @@ async def _stop_after_replay(service: LineService, finished: asyncio.Event, stop
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="serve a real line: collect, detect, alarm, explain, publish, store")
     p.add_argument("--config", required=True, type=Path, help="the line file (YAML)")
-    p.add_argument("--source", choices=["opcua", "mqtt"], help="override the line file's service.source")
+    p.add_argument("--source", choices=["opcua", "sparkplug", "mqtt"], help="override the line file's service.source")
     p.add_argument("--health-port", type=int, help="override service.health_port")
     p.add_argument("--state-dir", type=Path, help="override service.state_dir")
     p.add_argument("--replay", type=Path, metavar="RECORDING",

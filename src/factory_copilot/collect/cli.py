@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "collect",
-        help="collect readings from a line over OPC UA or MQTT and print them (or the collector stats)",
+        help="collect readings from a line over OPC UA, Sparkplug B or MQTT and print them (or the collector stats)",
         description="Print the readings a line delivers, as JSON lines, or the collector's stats every few seconds.",
     )
     c.add_argument("--config", required=True, help="line file")
-    c.add_argument("--source", choices=["opcua", "mqtt"], required=True)
+    c.add_argument("--source", choices=["opcua", "sparkplug", "mqtt"], required=True)
     c.add_argument("--stats", action="store_true", help="print stats every --every seconds instead of readings")
     c.add_argument("--every", type=float, default=5.0)
     c.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 async def collect(args: argparse.Namespace) -> int:
     from factory_copilot.collect.mqtt import MqttCollector
     from factory_copilot.collect.opcua import OpcuaCollector, OpcuaConnectError
+    from factory_copilot.collect.sparkplug import SparkplugCollector
 
     line = load_line(args.config)
     buffer: Buffer[Reading] = Buffer(100_000, name="collect")
@@ -68,12 +69,15 @@ async def collect(args: argparse.Namespace) -> int:
         conn = conn.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         collector = OpcuaCollector(line, buffer, conn, pki_dir=args.pki_dir)
     else:
-        conn = line.mqtt or MqttConnection()
+        conn = line.sparkplug_broker if args.source == "sparkplug" else line.mqtt or MqttConnection()
         overrides = {"host": args.mqtt_host, "port": args.mqtt_port}
         if args.user:
             overrides |= {"username": args.user[0], "password": args.user[1]}
         conn = conn.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-        collector = MqttCollector(line, buffer, conn, patterns=args.pattern)
+        if args.source == "sparkplug":
+            collector = SparkplugCollector(line, buffer, conn)
+        else:
+            collector = MqttCollector(line, buffer, conn, patterns=args.pattern)
     stop = stop_on_signals()
     loop = asyncio.get_running_loop()
     if args.duration:

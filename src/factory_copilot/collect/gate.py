@@ -44,6 +44,8 @@ REJECT_REASONS = (
     "unknown_topic",
     "unknown_node",
     "not_decodable",
+    "unknown_metric",  # Sparkplug: an alias or metric name its edge node's birth did not declare
+    "before_birth",  # Sparkplug: data of an edge node or device whose birth this host has not seen
 )
 _QUALITY_WORDS = {"good": Quality.GOOD, "uncertain": Quality.UNCERTAIN, "bad": Quality.BAD}
 

@@ -1,7 +1,7 @@
 """The collect station: every source the line reads from, as one stream of Readings and SourceStates.
 
 The line file says which kinds of source serve which signals (``LineConfig.sources``:
-OPC UA, MQTT, or several at once, each signal from the first kind it names); the station
+OPC UA, Sparkplug B, MQTT, or several at once, each signal from the first kind it names); the station
 runs one collector per kind into its output buffer, and ``stats()`` reports each one.
 """
 
@@ -16,13 +16,14 @@ from typing import Callable
 from factory_copilot.collect.mqtt import MqttCollector
 from factory_copilot.collect.opcua import OpcuaCollector
 from factory_copilot.collect.replay import ReplayClock, ReplayCollector
+from factory_copilot.collect.sparkplug import SparkplugCollector
 from factory_copilot.config import LineConfig
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.records import Reading, SourceState
 
 log = logging.getLogger(__name__)
 
-Collector = OpcuaCollector | MqttCollector | ReplayCollector
+Collector = OpcuaCollector | MqttCollector | SparkplugCollector | ReplayCollector
 
 
 def collectors_for(line: LineConfig, readings: Buffer[Reading | SourceState], *, pki_dir: Path | None = None,
@@ -37,6 +38,8 @@ def collectors_for(line: LineConfig, readings: Buffer[Reading | SourceState], *,
             out[kind] = OpcuaCollector(line, readings, signals=keys, pki_dir=pki_dir, clock=clock)
         elif kind == "mqtt":
             out[kind] = MqttCollector(line, readings, signals=keys, clock=clock)
+        elif kind == "sparkplug":
+            out[kind] = SparkplugCollector(line, readings, signals=keys, clock=clock)
     return out
 
 

@@ -214,11 +214,14 @@ class DetectStation:
         silent = self.stale_signals(ts)
         down: set[str] = set()
         lost: list[Anomaly] = []
+        cut_off = {k for src in self.sources.values() if not src.connected for k in src.signals}
         for src in self.sources.values():
             stale = [k for k in src.signals if k in silent]
             if not src.connected or (src.signals and len(stale) == len(src.signals)):
                 src.down_since = src.down_since or (src.since if not src.connected else ts)
                 down.update(src.signals)
+                if src.connected and cut_off.issuperset(src.signals):
+                    continue  # silent because a lost source above it (a broker, an edge node) serves its signals
                 lost.append(self._source_anomaly(ts, src, stale or list(src.signals)))
             else:
                 src.down_since = None
