@@ -532,3 +532,65 @@ async def test_a_mapped_device_that_never_births_is_reported_lost(broker):
     finally:
         await collector.stop()
         raw.close()
+
+
+# ---- the line file, and detect's view of nested sources -------------------------------------------------
+
+
+def test_line_file_sparkplug_sources_are_validated_with_their_paths(broker):
+    from factory_copilot.config import LineConfigError
+
+    raw = press_line(broker).model_dump(mode="json")
+    raw["assets"][0]["signals"][1]["source"]["sparkplug"] = dict(raw["assets"][0]["signals"][0]["source"]["sparkplug"])
+    raw["assets"][1]["signals"][0]["source"]["sparkplug"]["device"] = "pump/1"
+    raw["sparkplug"]["host_id"] = "host#1"
+    with pytest.raises(LineConfigError) as err:
+        parse_line(raw, "press.yaml")
+    text = str(err.value)
+    assert "assets[1].signals[0].source.sparkplug.device" in text and "not a Sparkplug id" in text
+    assert "sparkplug.host_id" in text
+    raw["assets"][1]["signals"][0]["source"]["sparkplug"]["device"] = "pump"
+    raw["sparkplug"]["host_id"] = None
+    with pytest.raises(LineConfigError, match=r"assets\[0\].signals\[1\].source.sparkplug: metric 'Hydraulics/Pressure' "
+                                              r"of plant-b/gateway-7/press is already read by assets\[0\].signals\[0\]"):
+        parse_line(raw, "press.yaml")
+
+
+def test_sources_pick_sparkplug_and_the_fingerprint_ignores_how_signals_are_reached(broker):
+    line = press_line(broker)
+    assert list(line.sources()) == ["sparkplug"] and len(line.sources()["sparkplug"]) == 7
+    assert line.sparkplug_host_id() == "factory-copilot-plant-b-press-3"
+    moved = line.model_dump(mode="json")
+    for a in moved["assets"]:
+        for s in a["signals"]:
+            s["source"] = {"opcua": f"ns=2;s={a['id']}.{s['name']}"}
+    assert parse_line(moved).fingerprint() == line.fingerprint()
+    assert "sparkplug" not in parse_line(moved).sources()
+
+
+def test_a_source_silent_under_a_lost_source_above_it_raises_no_alarm_of_its_own(broker):
+    line = press_line(broker)
+    now = [1000.0]
+    detect = DetectStation(line, clock=lambda: now[0], checks=SignalChecks(line, stuck_samples=10**9))
+    node, device = node_source(GROUP, NODE), device_source(GROUP, NODE, "pump")
+    every = tuple(line.signal_keys())
+    detect.add(SourceState(node, now[0], True, "born", every))
+    detect.add(SourceState(device, now[0], True, "born", ("pump.flow", "pump.running")))
+    for k in every:
+        detect.add(Reading(now[0], *k.split("."), 1.0))
+    detect.add(SourceState(node, now[0] + 0.1, False, "NDEATH", every))
+    out = []
+    for i in range(1, 40):  # 8 s of rows: the device's signals have long been silent
+        now[0] = 1000.0 + 0.2 * i
+        out += detect.close_until(int(now[0] / line.sampling_interval_s))
+    sources = {a.signal for a in out if a.kind == "source"}
+    assert sources == {node} and not [a for a in out if a.kind != "source"]
+    # the device dies on its own while its node lives: then it is its own alarm
+    detect.add(SourceState(node, now[0], True, "born", every))
+    detect.add(SourceState(device, now[0], False, "DDEATH", ("pump.flow", "pump.running")))
+    for k in every:
+        if not k.startswith("pump."):
+            detect.add(Reading(now[0], *k.split("."), 1.0))
+    now[0] += 0.4
+    later = detect.close_until(int(now[0] / line.sampling_interval_s))
+    assert {a.signal for a in later if a.kind == "source"} == {device}
