@@ -96,8 +96,8 @@ async def simulate(args: argparse.Namespace) -> int:
             conn = base.model_copy(update={k: v for k, v in {"host": args.mqtt_host, "port": args.mqtt_port}.items() if v is not None})
             if not args.no_embedded_broker:
                 broker = ensure_broker(conn.host, conn.port)
-                if broker is not None and conn.protocol == "5":
-                    conn = conn.model_copy(update={"protocol": "3.1.1"})  # amqtt speaks 3.1.1 only
+                if broker is not None and broker.protocol != conn.protocol:
+                    conn = conn.model_copy(update={"protocol": broker.protocol})  # amqtt speaks 3.1.1 only
             publisher = await ReadingPublisher(line, conn, qos=args.mqtt_qos).start(wait_s=5)
         log.info(
             "simulating %s/%s: seed %d, speed %g, %d fault(s)%s",

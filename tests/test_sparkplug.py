@@ -594,3 +594,114 @@ def test_a_source_silent_under_a_lost_source_above_it_raises_no_alarm_of_its_own
     now[0] += 0.4
     later = detect.close_until(int(now[0] / line.sampling_interval_s))
     assert {a.signal for a in later if a.kind == "source"} == {device}
+
+
+# ---- browse --sparkplug ----------------------------------------------------------------------------------
+
+
+async def test_browse_writes_a_line_file_from_the_births_of_a_running_edge_node_and_it_collects(broker, tmp_path):
+    from factory_copilot.cli import main
+
+    line = press_line(broker)
+    edge = await SparkplugPublisher(line, datatypes=DATATYPES).start(wait_s=10)
+    try:
+        async def running() -> None:  # born long before the browser came: only a Rebirth shows its metrics
+            while True:
+                edge.publish(readings_at(line, 0, time.time()))
+                await asyncio.sleep(0.1)
+
+        feeder = asyncio.create_task(running())
+        out = tmp_path / "browsed.yaml"
+        rc = await asyncio.to_thread(main, ["browse", "--sparkplug", f"mqtt://{broker.host}:{broker.port}",
+                                            "--group", GROUP, "--wait", "2", "--site", "plant-b", "--line", "press-3",
+                                            "-o", str(out)])
+        feeder.cancel()
+        assert rc == 0 and edge.nodes[0].stats_["rebirths"] == 1
+        text = out.read_text()
+        assert text.startswith("# Line file browsed from mqtt://") and "TODO: normal running band" in text
+        from factory_copilot.config import load_line
+
+        browsed = load_line(out)
+        by_asset = {a.id: a for a in browsed.assets}
+        assert set(by_asset) == {"press", "pump", "gateway_7"}
+        pressure = by_asset["press"].signal("hydraulics_pressure")
+        assert pressure.unit == "bar" and pressure.normal == (135.0, 165.0)
+        assert pressure.source.sparkplug.model_dump() == {"group": GROUP, "edge_node": NODE, "device": "press",
+                                                          "metric": "Hydraulics/Pressure"}
+        assert by_asset["gateway_7"].signal("cabinet_temperature").source.sparkplug.device is None
+        assert browsed.service.source == "sparkplug" and browsed.mqtt.port == broker.port
+        # the browsed file serves as it is
+        buffer: Buffer = Buffer(1000, "x")
+        collector = SparkplugCollector(browsed, buffer)
+        await collector.start()
+        try:
+            for _ in range(40):
+                edge.publish(readings_at(line, 1, time.time()))
+                await asyncio.sleep(0.05)
+                if collector.readings_in >= 7:
+                    break
+            got = [buffer.get_nowait() for _ in range(buffer.qsize())]
+            assert {r.key for r in got if isinstance(r, Reading)} >= {"press.hydraulics_pressure",
+                                                                       "gateway_7.cabinet_temperature"}
+        finally:
+            await collector.stop()
+    finally:
+        await edge.stop()
+
+
+def test_browse_says_what_is_missing(broker, capsys):
+    from factory_copilot.cli import main
+
+    assert main(["browse", "--sparkplug", f"mqtt://{broker.host}:{broker.port}"]) == 2
+    assert "--group" in capsys.readouterr().err
+    assert main(["browse", "--sparkplug", f"mqtt://{broker.host}:{broker.port}", "--group", "nobody", "--wait",
+                 "0.5"]) == 1
+    assert "no Sparkplug birth from group 'nobody'" in capsys.readouterr().err
+
+
+# ---- the service over Sparkplug --------------------------------------------------------------------------
+
+
+async def test_the_service_over_sparkplug_stores_readings_and_publishes_one_source_alarm_when_the_node_dies(
+        broker, tmp_path):
+    from factory_copilot.config import ServicePaths
+    from factory_copilot.detect.persist import TrainedDetector
+    from factory_copilot.publish import Topics
+    from factory_copilot.service import LineService
+
+    line = press_line(broker)
+    # no trained detector: the plant checks alone (flat test data: the stuck check is off)
+    models = TrainedDetector("press", "plant-b/press-3", detector=None, stuck_exempt=set(line.signal_keys()))
+    service = LineService(line, models, ServicePaths(tmp_path / "state"), health_port=None)
+    edge = await SparkplugPublisher(line, datatypes=DATATYPES).start(wait_s=10)
+    alarms = await Listener(broker, [Topics(line.site, line.line).all_alarms()]).ready()
+    stop = asyncio.Event()
+    run = asyncio.create_task(service.run(stop))
+    step = 0
+
+    async def feed() -> None:
+        nonlocal step
+        while True:
+            edge.publish(readings_at(line, step, time.time()))
+            step += 1
+            await asyncio.sleep(0.1)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        await eventually(lambda: service.store_station.written.get("readings", 0) >= 50, 20)
+        ok, reasons, _ = service.health()
+        assert ok, reasons
+        await edge.nodes[0].kill()
+        msg = await alarms.until(lambda m: m.payload and m.body["condition"].endswith(":source"), 20)
+        assert msg.body["asset"] == "sources" and "gateway-7" in msg.body["message"]
+        ok, reasons, _ = service.health()
+        assert not ok and any("gateway-7" in r for r in reasons)
+        with pytest.raises(asyncio.TimeoutError):  # one alarm for the node, none per signal
+            await alarms.until(lambda m: m.payload and not m.body["condition"].endswith(":source"), 3)
+        assert service.restarts == {} and not any(service.store_station.failed.values())
+    finally:
+        feeder.cancel()
+        stop.set()
+        await asyncio.wait_for(run, 30)
+        alarms.close()
+        await edge.stop()

@@ -1,10 +1,12 @@
 """The one-command demo: a simulated line, a broker, the service and the dashboard, then a fault.
 
-It starts an MQTT broker (embedded when none answers), trains the detector on
-simulated history (faster than real time, with a progress bar), serves the
-simulated line over OPC UA, runs the service against it, opens the dashboard,
-and injects a fault so the operator sees an alarm, its diagnosis and the fix
-within about a minute. ``--headless --duration N`` prints a JSON summary instead.
+It starts its own Mosquitto (generated configuration, 127.0.0.1, persistence in the
+demo's state folder; amqtt only where Mosquitto is not installed), trains the detector on
+simulated history (faster than real time, with a progress bar), serves the simulated
+line over OPC UA or as a Sparkplug B edge node (``--source sparkplug``), runs the service
+against it, opens the dashboard, and injects a fault so the operator sees an alarm, its
+diagnosis and the fix within about a minute. ``--headless --duration N`` prints a JSON
+summary instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from factory_copilot.plumbing.broker import ensure_broker, free_port
+from factory_copilot.plumbing.broker import Broker, broker_reachable, free_port, start_broker
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, LineConfig, MqttConnection, load_line
 from factory_copilot.copilot.choice import backend_from_settings
@@ -43,6 +45,20 @@ def demo_line(line: LineConfig, opcua_port: int, mqtt: MqttConnection) -> LineCo
     assert line.opcua is not None
     opcua = line.opcua.model_copy(update={"endpoint": f"opc.tcp://127.0.0.1:{opcua_port}/factory-copilot/"})
     return line.model_copy(update={"opcua": opcua, "mqtt": mqtt})
+
+
+def demo_broker(requested: int | None, state: Path) -> tuple[Broker | None, int]:
+    """The demo's broker: its own on 1883 (or a free port when 1883 is taken), or on the requested port.
+
+    A requested port where a broker already answers is used as it is (the user's own broker).
+    """
+    if requested is not None and broker_reachable("127.0.0.1", requested):
+        log.info("using the MQTT broker already at 127.0.0.1:%d", requested)
+        return None, requested
+    port = requested or (1883 if not broker_reachable("127.0.0.1", 1883) else free_port())
+    if requested is None and port != 1883:
+        log.warning("port 1883 is taken: the demo's broker listens on 127.0.0.1:%d (alerts tail --port %d)", port, port)
+    return start_broker(port, state / "mosquitto"), port
 
 
 def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> TrainedDetector:
@@ -150,22 +166,34 @@ async def run_demo(args: argparse.Namespace) -> int:
                 Path(str(p) + suffix).unlink(missing_ok=True)
     state.mkdir(parents=True, exist_ok=True)
 
-    broker = ensure_broker("127.0.0.1", args.mqtt_port)
-    # the embedded broker speaks MQTT 3.1.1 only
-    mqtt = MqttConnection(host="127.0.0.1", port=args.mqtt_port, protocol="3.1.1" if broker else "5")
+    broker, mqtt_port = demo_broker(args.mqtt_port, state)
+    # amqtt, the last resort, speaks MQTT 3.1.1 only
+    mqtt = MqttConnection(host="127.0.0.1", port=mqtt_port, protocol=broker.protocol if broker else "5")
     base = load_line(SIMULATED_LINE)
     line = demo_line(base, free_port(), mqtt)
+    if args.source == "sparkplug":
+        from simulators.sparkplug_node import with_sparkplug_sources
+
+        line = with_sparkplug_sources(line)  # group demo-plant, edge node packaging-1, one device per asset
+    print(f"MQTT broker: 127.0.0.1:{mqtt_port} ({broker.kind if broker else 'already running'}); "
+          f"alarms: factory-copilot alerts tail --port {mqtt_port}", flush=True)
     models = trained_models(line, paths.detector, args.train_hours, args.seed)
 
     backend = backend_from_settings(demo_model(args), args.openai_url, n_threads=args.threads,
                                     state_dir=state / "copilot")
-    service = LineService(line, models, paths, source="opcua", backend=backend, health_port=args.health_port)
+    service = LineService(line, models, paths, source=args.source, backend=backend, health_port=args.health_port)
     # start the line already running: its start-up is simulated before serving, faster than real time
     sim = SimulatedLine(line, seed=args.seed + 1000, dt_s=line.sampling_interval_s,
                         schedule=ModeSchedule.running(startup_s=120), start_ts=time.time() - args.warmup_s)
     sim.steps(int(args.warmup_s / sim.dt_s))
-    server = LineServer(line, line.opcua.endpoint, pki_dir=state / "pki-server")
-    await server.start()
+    server = edge = None
+    if args.source == "sparkplug":
+        from simulators.sparkplug_node import SparkplugPublisher
+
+        edge = await SparkplugPublisher(line, mqtt).start()
+    else:
+        server = LineServer(line, line.opcua.endpoint, pki_dir=state / "pki-server")
+        await server.start()
 
     stop = stop_on_signals()  # Ctrl-C or the duration: the summary is read, then everything halts
     halt = asyncio.Event()
@@ -175,7 +203,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         print(f"Dashboard: http://127.0.0.1:{args.dashboard_port}  (Ctrl-C stops the demo)", flush=True)
     started = time.time()
     tasks = [
-        asyncio.create_task(run_simulation(sim, speed=1.0, server=server, stop=halt), name="simulator"),
+        asyncio.create_task(run_simulation(sim, speed=1.0, server=server, publisher=edge, stop=halt), name="simulator"),
         asyncio.create_task(service.run(halt), name="service"),
     ]
     fault_at: float | None = None
@@ -196,7 +224,10 @@ async def run_demo(args: argparse.Namespace) -> int:
     result = summary(service, sim, fault_at, started)
     halt.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await server.stop()
+    if server:
+        await server.stop()
+    if edge:
+        await edge.stop()
     if dashboard:
         dashboard.terminate()
         dashboard.wait(10)
@@ -219,7 +250,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--train-hours", type=float, default=6.0, help="hours of simulated normal running to train on")
     p.add_argument("--warmup-s", type=float, default=600.0, help="simulated running before serving (start-up done)")
-    p.add_argument("--mqtt-port", type=int, default=1883)
+    p.add_argument("--source", choices=["opcua", "sparkplug"], default="opcua",
+                   help="how the simulated line is served: an OPC UA server, or a Sparkplug B edge node on the broker")
+    p.add_argument("--mqtt-port", type=int, default=None,
+                   help="the demo's broker port (default 1883, or a free one when 1883 is taken); a broker already "
+                        "answering on a requested port is used as it is")
     p.add_argument("--dashboard-port", type=int, default=8501)
     p.add_argument("--health-port", type=int, default=None)
     p.add_argument("--state-dir", default=os.environ.get("FACTORY_COPILOT_DEMO_DIR", "var/demo"))

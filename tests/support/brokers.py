@@ -6,15 +6,10 @@ same port, so tests can restart the broker in the middle of a stream.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
-from factory_copilot.plumbing.broker import EmbeddedBroker, broker_reachable, free_port
-
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+from factory_copilot.plumbing import broker
+from factory_copilot.plumbing.broker import MOSQUITTO, EmbeddedBroker, broker_reachable, free_port
 
 
 class TestBroker:
@@ -38,44 +33,17 @@ class TestBroker:
         self.start()
 
 
-class MosquittoBroker(TestBroker):
-    kind = "mosquitto"
-    protocol = "5"
+class MosquittoBroker(broker.MosquittoBroker):
+    """The project's own Mosquitto runner (the demo's), with settings for tests, restartable on the same port."""
 
     def __init__(self, port: int | None = None):
-        super().__init__(port)
-        self._dir = Path(tempfile.mkdtemp(prefix="fc-mosquitto-"))
-        self.conf = self._dir / "mosquitto.conf"
         # the default max_queued_messages (1000) silently drops QoS 1 messages to a slow subscriber
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "max_queued_messages 1000000\n"
-            "max_inflight_messages 0\n"
-            "log_dest stderr\nlog_type error\nlog_type warning\n"
-        )
-        self.proc: subprocess.Popen | None = None
+        super().__init__("127.0.0.1", port or free_port(), persistence=False, max_queued=1_000_000,
+                         settings="max_inflight_messages 0\n")
 
-    def start(self) -> "MosquittoBroker":
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=open(self._dir / "log", "ab")
-        )
-        self.wait_up()
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        deadline = time.monotonic() + 5
-        while broker_reachable(self.host, self.port, 0.1) and time.monotonic() < deadline:
-            time.sleep(0.02)
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 class AmqttBroker(TestBroker):

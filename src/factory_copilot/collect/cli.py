@@ -42,10 +42,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser(
         "browse",
-        help="browse an OPC UA server and print a starting line file",
-        description="Folders become assets, variables become signals (unit from EngineeringUnits); normal bands are TODO placeholders.",
+        help="browse an OPC UA server, or listen to a Sparkplug B group, and print a starting line file",
+        description="OPC UA: folders become assets, variables become signals (unit from EngineeringUnits). "
+                    "Sparkplug B (--sparkplug URL --group G): devices become assets, metrics signals (unit from "
+                    "engUnit), from the births heard (edge nodes already online are asked for a Rebirth). "
+                    "Normal bands are TODO placeholders.",
     )
-    b.add_argument("endpoint", help="opc.tcp://host:port/path")
+    b.add_argument("endpoint", nargs="?", help="opc.tcp://host:port/path")
+    b.add_argument("--sparkplug", metavar="URL", help="mqtt://HOST:PORT (mqtts:// for TLS) of a Sparkplug B broker")
+    b.add_argument("--group", help="the Sparkplug group id to browse (with --sparkplug)")
+    b.add_argument("--wait", type=float, default=10.0, help="seconds to listen for births (with --sparkplug)")
+    b.add_argument("--no-rebirth", action="store_true", help="only listen: do not ask edge nodes for their births")
     b.add_argument("--site", default="TODO-site")
     b.add_argument("--line", default="TODO-line")
     b.add_argument("--user", type=parse_user, metavar="NAME:PASSWORD")
@@ -119,6 +126,12 @@ async def browse(args: argparse.Namespace) -> int:
     from factory_copilot.collect.browse import browse_line
     from factory_copilot.collect.opcua import OpcuaConnectError
 
+    if args.sparkplug:
+        return await _browse_sparkplug(args)
+    if not args.endpoint:
+        print("error: browse needs an OPC UA endpoint, or --sparkplug URL --group G", file=sys.stderr)
+        return 2
+
     conn = OpcuaConnection(
         endpoint=args.endpoint,
         security=args.security,
@@ -128,6 +141,28 @@ async def browse(args: argparse.Namespace) -> int:
     try:
         text = await browse_line(args.endpoint, site=args.site, line=args.line, connection=conn)
     except OpcuaConnectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output:
+        Path(args.output).write_text(text)
+        log.info("wrote %s", args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+async def _browse_sparkplug(args: argparse.Namespace) -> int:
+    from factory_copilot.collect.browse_sparkplug import browse_sparkplug
+
+    if not args.group:
+        print("error: --sparkplug needs --group (the Sparkplug group id to browse)", file=sys.stderr)
+        return 2
+    try:
+        text = await asyncio.to_thread(
+            browse_sparkplug, args.sparkplug, args.group, seconds=args.wait, rebirth=not args.no_rebirth,
+            site=args.site, line=args.line, username=args.user[0] if args.user else None,
+            password=args.user[1] if args.user else None)
+    except (ValueError, LookupError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.output:

@@ -1,19 +1,28 @@
-"""An MQTT broker for users without one: an embedded amqtt broker on loopback.
+"""An MQTT broker for the demo and the simulator: a Mosquitto process of our own, amqtt as the last resort.
 
-A real deployment points to Mosquitto, EMQX or HiveMQ; the demo calls
-``ensure_broker`` which starts the embedded one only when nothing answers at the
-configured address. amqtt speaks MQTT 3.1.1 only, so clients fall back to 3.1.1
-against it.
+A real deployment points to Mosquitto, EMQX or HiveMQ. The demo starts its own Mosquitto
+(``start_broker``): a generated configuration, 127.0.0.1 only, persistence in the demo's state
+folder, stopped when the demo ends. Only on a machine without Mosquitto does it fall back to
+the embedded amqtt broker, with a warning: amqtt speaks MQTT 3.1.1 only, so MQTT 5 clients
+(the Node-RED flow, ``alerts tail`` by default) cannot connect to it; our own clients fall back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
+import time
+from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+MOSQUITTO = shutil.which("mosquitto") or next(
+    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
 
 
 def broker_reachable(host: str, port: int, timeout_s: float = 0.5) -> bool:
@@ -30,8 +39,67 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+class MosquittoBroker:
+    """A Mosquitto process on ``host:port`` with a configuration we write; ``stop()`` ends it (and only it)."""
+
+    kind = "mosquitto"
+    protocol = "5"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, state_dir: str | Path | None = None, *,
+                 persistence: bool = True, max_queued: int = 100_000, settings: str = ""):
+        if MOSQUITTO is None:
+            raise RuntimeError("Mosquitto is not installed (apt-get install mosquitto)")
+        self.host, self.port = host, port
+        self.dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="fc-mosquitto-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "mosquitto.conf"
+        self.log_file = self.dir / "mosquitto.log"
+        self.conf.write_text(
+            f"# written by factory-copilot for this run; edits are overwritten\n"
+            f"listener {port} {host}\n"
+            "allow_anonymous true\n"
+            + (f"persistence true\npersistence_location {self.dir}/\n" if persistence else "persistence false\n")
+            # the default (1000) silently drops QoS 1 messages queued for a slow or offline persistent subscriber
+            + f"max_queued_messages {max_queued}\n"
+            + f"log_dest file {self.log_file}\nlog_type error\nlog_type warning\nlog_type notice\n"
+            + settings
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 10.0) -> "MosquittoBroker":
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while not broker_reachable(self.host, self.port, 0.2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = self.log_file.read_text(errors="replace").strip().splitlines()[-3:] if self.log_file.exists() else []
+                raise RuntimeError(f"Mosquitto did not start on {self.host}:{self.port}"
+                                   + (f": {' / '.join(tail)}" if tail else "") + f" (configuration {self.conf})")
+            time.sleep(0.02)
+        log.info("started Mosquitto (MQTT 5 and 3.1.1) on %s:%d, configuration and log in %s", self.host, self.port,
+                 self.dir)
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # Mosquitto writes its persistence file on SIGTERM
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        deadline = time.monotonic() + 5
+        while broker_reachable(self.host, self.port, 0.1) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
 class EmbeddedBroker:
     """amqtt's broker on its own thread and event loop, bound to loopback only."""
+
+    kind = "amqtt"
+    protocol = "3.1.1"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883):
         self.host, self.port = host, port
@@ -85,12 +153,26 @@ class EmbeddedBroker:
             self._broker = None
 
 
-def ensure_broker(host: str, port: int) -> EmbeddedBroker | None:
-    """Start an embedded broker when nothing answers at host:port; None when one is already there."""
+Broker = MosquittoBroker | EmbeddedBroker
+
+
+def start_broker(port: int, state_dir: str | Path | None = None, host: str = "127.0.0.1",
+                 persistence: bool = True) -> Broker:
+    """A broker of our own on ``host:port``: Mosquitto when installed, else amqtt with a warning."""
+    if MOSQUITTO is not None:
+        return MosquittoBroker(host, port, state_dir, persistence=persistence).start()
+    log.warning("Mosquitto is not installed: starting the embedded amqtt broker instead. It speaks MQTT 3.1.1 only, "
+                "so MQTT 5 clients (the Node-RED flow in seeds/, 'alerts tail' without --protocol 3.1.1) cannot "
+                "connect to it; install Mosquitto (apt-get install mosquitto) for the full demo")
+    return EmbeddedBroker(host, port).start()
+
+
+def ensure_broker(host: str, port: int, state_dir: str | Path | None = None) -> Broker | None:
+    """Start a broker of our own when nothing answers at host:port; None when one is already there."""
     if broker_reachable(host, port):
         log.info("using the MQTT broker at %s:%d", host, port)
         return None
     if host not in ("127.0.0.1", "localhost", "::1"):
-        raise RuntimeError(f"no MQTT broker answers at {host}:{port}, and an embedded one only runs on loopback")
-    log.info("no MQTT broker at %s:%d: starting an embedded one", host, port)
-    return EmbeddedBroker("127.0.0.1", port).start()
+        raise RuntimeError(f"no MQTT broker answers at {host}:{port}, and this one only starts a broker on loopback")
+    log.info("no MQTT broker at %s:%d: starting one", host, port)
+    return start_broker(port, state_dir, persistence=state_dir is not None)
