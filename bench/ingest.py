@@ -1,14 +1,15 @@
 """Ingest benchmark: readings per second through each collector into the stream, and the collector's CPU share.
 
 A generated line of 300 signals (30 assets x 10) updates at 10 Hz (3,000 readings/s
-offered). The OPC UA server / MQTT publisher runs in a separate process so its CPU
-is not counted; this process runs only the collector and a consumer draining its
-Buffer. CPU share = this process's CPU time / wall time over the measured window
-(100% = one core). Mosquitto is the broker when installed.
+offered). The OPC UA server / MQTT publisher / Sparkplug B edge node (one edge node, a
+device per asset, one DDATA per device and step) runs in a separate process so its CPU is
+not counted; this process runs only the collector and a consumer draining its Buffer.
+CPU share = this process's CPU time / wall time over the measured window (100% = one
+core). Mosquitto is the broker when installed.
 
-    .venv/bin/python bench/ingest.py [--signals 300] [--hz 10] [--seconds 15]
+    .venv/bin/python bench/ingest.py [--source opcua,mqtt,sparkplug] [--signals 300] [--hz 10] [--seconds 15]
 
-Last line: ``ingest: <N> readings/s opcua, <M> readings/s mqtt``.
+Last line: ``ingest: <N> readings/s opcua, <M> readings/s mqtt, <K> readings/s sparkplug`` (the sources measured).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def bench_line(n_signals: int, opcua_port: int, mqtt_port: int) -> LineConfig:
                 "name": f"s{s:02d}",
                 "unit": "bar",
                 "normal": [0, 100],
-                "source": {"opcua": f"ns=2;s={aid}.s{s:02d}", "mqtt": {"topic": f"bench/line/{aid}/s{s:02d}"}},
+                "source": {"opcua": f"ns=2;s={aid}.s{s:02d}", "mqtt": {"topic": f"bench/line/{aid}/s{s:02d}"},
+                           "sparkplug": {"group": "bench", "edge_node": "line", "device": aid, "metric": f"s{s:02d}"}},
             }
             for s in range(per_asset)
         ]
@@ -76,6 +78,13 @@ async def _source_main(kind: str, line: LineConfig, hz: float, seconds: float, r
     if kind == "opcua":
         sink = await LineServer(line, line.opcua.endpoint).start()
         send = sink.write
+    elif kind == "sparkplug":
+        from simulators.sparkplug_node import SparkplugPublisher
+
+        sink = await SparkplugPublisher(line, line.mqtt).start(wait_s=10)
+
+        async def send(readings):
+            sink.publish(readings)
     else:
         sink = await ReadingPublisher(line, line.mqtt, qos=qos).start(wait_s=10)
 
@@ -95,9 +104,10 @@ async def _source_main(kind: str, line: LineConfig, hz: float, seconds: float, r
         next_due += 1.0 / hz
         await asyncio.sleep(max(0.0, next_due - time.monotonic()))
     feed_s = time.monotonic() - t0
-    if kind == "mqtt":
+    if kind != "opcua":
         # paho queues what it cannot send yet: let it flush before disconnecting, or the queue is lost
-        while sink.client is not None and sink.client._out_messages and time.monotonic() - t0 < seconds + 60:
+        clients = [n.session.client for n in sink.nodes] if kind == "sparkplug" else [sink.client]
+        while any(c is not None and c._out_messages for c in clients) and time.monotonic() - t0 < seconds + 60:
             await asyncio.sleep(0.05)
     result.put((sent, feed_s, time.monotonic() - t0))
     await asyncio.sleep(1.0)
@@ -110,6 +120,7 @@ async def _source_main(kind: str, line: LineConfig, hz: float, seconds: float, r
 async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts: int = 1, qos: int = 1) -> dict:
     from factory_copilot.collect.mqtt import MqttCollector
     from factory_copilot.collect.opcua import OpcuaCollector
+    from factory_copilot.collect.sparkplug import SparkplugCollector
 
     ctx = mp.get_context("spawn")
     go, result = ctx.Event(), ctx.Queue()
@@ -128,12 +139,17 @@ async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts:
         if not await asyncio.to_thread(ready.wait, 60):
             raise RuntimeError(f"{kind} source did not start")
     buffer: Buffer[Reading] = Buffer(100_000, name=f"bench-{kind}")
-    collector = OpcuaCollector(line, buffer) if kind == "opcua" else MqttCollector(line, buffer, line.mqtt, qos=qos)
+    if kind == "opcua":
+        collector = OpcuaCollector(line, buffer)
+    elif kind == "sparkplug":
+        collector = SparkplugCollector(line, buffer, line.mqtt)
+    else:
+        collector = MqttCollector(line, buffer, line.mqtt, qos=qos)
     stop = asyncio.Event()
     task = asyncio.create_task(collector.run(stop))
     await asyncio.wait_for(collector.connected.wait(), 30)
-    await asyncio.sleep(0.5)
-    while buffer.qsize():  # initial values are not part of the measurement
+    await asyncio.sleep(1.0)
+    while buffer.qsize():  # initial values (and Sparkplug births) are not part of the measurement
         buffer.get_nowait()
     received = 0
     baseline_in = collector.readings_in
@@ -144,12 +160,11 @@ async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts:
     last_rx = wall0
     while True:
         try:
-            await asyncio.wait_for(buffer.get(), 0.5)
-            received += 1
+            item = await asyncio.wait_for(buffer.get(), 0.5)
+            received += isinstance(item, Reading)  # source states are not readings
             last_rx = time.monotonic()
             while buffer.qsize():
-                buffer.get_nowait()
-                received += 1
+                received += isinstance(buffer.get_nowait(), Reading)
         except asyncio.TimeoutError:
             pass
         while not result.empty():
@@ -184,6 +199,7 @@ async def measure(kind: str, line: LineConfig, hz: float, seconds: float, parts:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", default="opcua,mqtt,sparkplug", help="comma-separated: opcua, mqtt, sparkplug")
     ap.add_argument("--signals", type=int, default=300)
     ap.add_argument("--hz", type=float, default=10.0)
     ap.add_argument("--seconds", type=float, default=15.0)
@@ -201,8 +217,14 @@ async def main() -> None:
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine skews these figures)")
         print(f"{len(line.signal_keys())} signals at {args.hz:g} Hz = {len(line.signal_keys()) * args.hz:,.0f} readings/s offered, {args.seconds:g} s per source; broker {broker.kind}")
         results = {}
-        for kind in ("opcua", "mqtt"):
-            r = await measure(kind, line, args.hz, args.seconds, 1 if kind == "opcua" else args.mqtt_publishers, args.mqtt_qos)
+        kinds = [k.strip() for k in args.source.split(",") if k.strip()]
+        unknown = [k for k in kinds if k not in ("opcua", "mqtt", "sparkplug")]
+        if unknown:
+            raise SystemExit(f"--source: unknown {', '.join(unknown)}; use opcua, mqtt, sparkplug")
+        for kind in kinds:
+            # one Sparkplug edge node is one MQTT client (its births and seq are per node)
+            r = await measure(kind, line, args.hz, args.seconds, args.mqtt_publishers if kind == "mqtt" else 1,
+                              args.mqtt_qos)
             results[kind] = r
             print(
                 f"{kind:6s} sent {r['sent']:>7,} ({r['offered_per_s']:,.0f}/s, source done at {r['source_done_s']:.1f} s, "
@@ -211,7 +233,7 @@ async def main() -> None:
             )
     finally:
         broker.stop()
-    print(f"ingest: {results['opcua']['readings_per_s']:.0f} readings/s opcua, {results['mqtt']['readings_per_s']:.0f} readings/s mqtt")
+    print("ingest: " + ", ".join(f"{r['readings_per_s']:.0f} readings/s {k}" for k, r in results.items()))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
-        help="run the simulated packaging line as an OPC UA server and MQTT publisher",
-        description="Run the simulated line: an OPC UA server (asyncua) and JSON over MQTT, with injectable faults.",
+        help="run the simulated packaging line as an OPC UA server and MQTT publisher (JSON or Sparkplug B)",
+        description="Run the simulated line: an OPC UA server (asyncua) and JSON or Sparkplug B over MQTT, with "
+                    "injectable faults.",
     )
     p.add_argument("--line", default=str(SIMULATED_LINE), help="line file (default: the simulated packaging line)")
     p.add_argument("--seed", type=int, default=1)
@@ -46,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mqtt-port", type=int, help="default: the line file's mqtt.port")
     p.add_argument("--mqtt-qos", type=int, choices=[0, 1], default=1)
     p.add_argument("--no-mqtt", action="store_true")
+    p.add_argument("--sparkplug", action="store_true",
+                   help="publish as Sparkplug B edge node(s) (births with aliases, DDATA, Rebirth, NDEATH will) "
+                        "instead of JSON; group/edge node/device from each signal's sparkplug source, else "
+                        "site/line/asset")
+    p.add_argument("--bd-seq", type=int, default=0, help="the edge node's first bdSeq (Sparkplug)")
     p.add_argument("--no-embedded-broker", action="store_true", help="do not start an embedded broker when none answers")
     p.set_defaults(func=simulate)
 
@@ -98,7 +104,12 @@ async def simulate(args: argparse.Namespace) -> int:
                 broker = ensure_broker(conn.host, conn.port)
                 if broker is not None and broker.protocol != conn.protocol:
                     conn = conn.model_copy(update={"protocol": broker.protocol})  # amqtt speaks 3.1.1 only
-            publisher = await ReadingPublisher(line, conn, qos=args.mqtt_qos).start(wait_s=5)
+            if args.sparkplug:
+                from simulators.sparkplug_node import SparkplugPublisher
+
+                publisher = await SparkplugPublisher(line, conn, bd_seq=args.bd_seq).start(wait_s=5)
+            else:
+                publisher = await ReadingPublisher(line, conn, qos=args.mqtt_qos).start(wait_s=5)
         log.info(
             "simulating %s/%s: seed %d, speed %g, %d fault(s)%s",
             line.site,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -62,6 +64,8 @@ class MosquittoBroker:
             # the default (1000) silently drops QoS 1 messages queued for a slow or offline persistent subscriber
             + f"max_queued_messages {max_queued}\n"
             + f"log_dest file {self.log_file}\nlog_type error\nlog_type warning\nlog_type notice\n"
+            # started as root, Mosquitto would switch to its own user, who may not write our folder
+            + (f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else "")
             + settings
         )
         self.proc: subprocess.Popen | None = None
