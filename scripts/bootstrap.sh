@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-demo}"; shift || true
 
-# System packages: Mosquitto (real broker for tests), Chromium (browser test of the dashboard).
+# System packages: Mosquitto (the broker of the demo and the tests), Chromium (browser test of the dashboard).
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 if [ "$what" = test ]; then command -v chromium >/dev/null || need+=(chromium); fi
@@ -14,7 +14,7 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "note: ${need[*]} not installed (needs root and apt-get); tests fall back to the embedded broker" >&2
+    echo "note: ${need[*]} not installed (needs root and apt-get); the demo and tests fall back to the embedded amqtt broker (MQTT 3.1.1 only)" >&2
   fi
 fi
 

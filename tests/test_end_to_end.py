@@ -96,6 +96,7 @@ async def test_broker_restart_during_a_fault_loses_no_alert(persistent_mosquitto
         received.append((m.body["alarm_id"], m.body["event"], m.body["ts"]))
     alarm_id = next(a for a, event, _ in received if event == "raised")
 
+    await scada.synced()  # its PUBACKs reached the broker: a persistent broker must not send them again
     broker.stop()
     await asyncio.wait_for(plant.service.publisher.offline.wait(), 30)
     # while the broker is away the alarm is acknowledged from the dashboard: alerts pile up in the outbox

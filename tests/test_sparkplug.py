@@ -705,3 +705,50 @@ async def test_the_service_over_sparkplug_stores_readings_and_publishes_one_sour
         await asyncio.wait_for(run, 30)
         alarms.close()
         await edge.stop()
+
+
+async def test_legacy_state_for_2_2_edge_nodes_online_then_offline(broker):
+    line = press_line(broker, host_id="scada-22", legacy_state=True)
+    collector = SparkplugCollector(line, Buffer(1000, "x"))
+    listener = await Listener(broker, ["STATE/scada-22"]).ready()
+    await collector.start()
+    try:
+        msg = await listener.until(lambda m: m.topic == "STATE/scada-22")
+        assert msg.payload == b"ONLINE"
+        late = await Listener(broker, ["STATE/scada-22"]).ready()
+        kept = await late.next()
+        late.close()
+        assert (kept.payload, kept.retain) == (b"ONLINE", True)
+        await collector.stop()
+        assert (await listener.next()).payload == b"OFFLINE"
+    finally:
+        listener.close()
+        await collector.stop()
+
+
+def test_the_compiled_module_matches_the_proto_beside_it():
+    """Every field of sparkplug_b.proto has its name and number in the compiled module (regenerate if not)."""
+    import re
+    from pathlib import Path
+
+    from factory_copilot.plumbing import sparkplug_b_pb2 as pb
+
+    text = (Path(pb.__file__).parent / "sparkplug_b.proto").read_text()
+    declared = re.findall(r"^\s*(?:optional|repeated)?\s*[\w.]+\s+(\w+)\s*=\s*(\d+);", text, re.M)
+    known: dict[str, set[int]] = {}
+
+    def walk(desc) -> None:
+        for f in desc.fields:
+            known.setdefault(f.name, set()).add(f.number)
+        for nested in desc.nested_types:
+            walk(nested)
+
+    walk(pb.Payload.DESCRIPTOR)
+    fields = [(n, int(i)) for n, i in declared]
+    assert len(fields) > 60
+    assert [(n, i) for n, i in fields if i not in known.get(n, set())] == []
+    block = text[text.index("enum DataType {"):]
+    block = block[:block.index("}")]
+    enum = {v.name: v.number for v in pb.DESCRIPTOR.enum_types_by_name["DataType"].values}
+    assert {n: int(i) for n, i in re.findall(r"^\s*(\w+)\s*=\s*(\d+);", block, re.M)} == enum
+    assert {d.name: d.value for d in spb.DataType} == enum and len(enum) == 35

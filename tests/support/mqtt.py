@@ -64,6 +64,18 @@ class Listener:
         await asyncio.wait_for(self.subscribed.wait(), WAIT_S)
         return self
 
+    async def synced(self) -> "Listener":
+        """Wait until the broker has processed everything this client sent (its PUBACKs included).
+
+        The broker answers one connection's packets in order, so a SUBACK means every earlier PUBACK
+        is done: stop a persistent broker after this, or it may rightly deliver an unacknowledged
+        QoS 1 message again after its restart.
+        """
+        self.subscribed.clear()
+        self.client.subscribe(f"barrier/{id(self)}", 1)
+        await asyncio.wait_for(self.subscribed.wait(), WAIT_S)
+        return self
+
     async def next(self, timeout=WAIT_S) -> Received:
         return await asyncio.wait_for(self.queue.get(), timeout)
 
@@ -99,7 +111,10 @@ async def retained_now(broker, topic_filter, barrier: str) -> list[Received]:
 
 
 def persistent_broker(broker, tmp_path):
-    """Turn on Mosquitto persistence so a subscriber's session (and its queued QoS 1 messages) outlives a broker restart."""
+    """Turn on Mosquitto persistence so a subscriber's session (and its queued QoS 1 messages) outlives a broker restart.
+
+    Before stopping the broker, ``await listener.synced()``: an unacknowledged QoS 1 message comes again.
+    """
     if broker.kind != "mosquitto":
         pytest.skip("needs Mosquitto persistence to keep the subscriber's session across a restart")
     store = tmp_path / "mosquitto-store"
