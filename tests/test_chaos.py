@@ -98,6 +98,7 @@ async def test_the_service_keeps_watching_through_killed_servers_and_brokers(bro
             if what == "opcua":
                 await plant.kill_opcua()
             else:
+                await scada.synced()  # its PUBACKs reached the broker: a persistent broker must not send them again
                 await asyncio.to_thread(broker.stop)
             await asyncio.sleep(OUTAGE_S)
             back = time.time()
