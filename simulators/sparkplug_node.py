@@ -6,7 +6,7 @@ metric = signal name. Each (group, edge node) is one ``SparkplugEdgeNode`` with 
 session, as a real gateway would be:
 
 * MQTT CONNECT carries the NDEATH will with ``bdSeq``, +1 on every new connection (0-255);
-* on every connect: NCMD/DCMD subscribed, then NBIRTH (bdSeq, ``Node Control/Rebirth`` false,
+* on every connect: NCMD/DCMD subscribed (acknowledged), then NBIRTH (bdSeq, ``Node Control/Rebirth`` false,
   seq 0) and one DBIRTH per device declaring every metric with name, alias, datatype and value;
 * each step, one DDATA per device carrying its metrics by alias, with their timestamps; a
   reading of BAD quality is ``is_null``, UNCERTAIN carries the Quality property 500 (stale);
@@ -102,8 +102,8 @@ class SparkplugEdgeNode:
         subs += [(spb.topic(self.group, "DCMD", self.edge_node, d), 1) for d in self.devices]
         self.session = MqttSession(
             self.conn, role="edge-node", client_id=f"sim-{self.group}-{self.edge_node}-{id(self) % 10_000}",
-            subscriptions=subs, will=self._will(self.next_bd_seq), on_message=self._on_message, on_up=self._on_up,
-            on_down=lambda why: self.born.clear(),
+            subscriptions=subs, will=self._will(self.next_bd_seq), on_message=self._on_message,
+            on_subscribed=self._on_subscribed, on_down=lambda why: self.born.clear(),
         )
         self.session.start()  # after the assignment: on_up may run before start() returns
         if wait_s and not await asyncio.to_thread(self.born.wait, wait_s):
@@ -147,9 +147,10 @@ class SparkplugEdgeNode:
 
     # ---- paho thread ------------------------------------------------------------------------------------
 
-    def _on_up(self) -> None:
+    def _on_subscribed(self) -> None:
+        """NCMD/DCMD subscribed (the spec's order): the births of this connection."""
         session = self.session
-        if session is None or session.client is None:
+        if session is None or session.client is None or self.born.is_set():
             return
         with self._lock:
             self.bd_seq = self.next_bd_seq

@@ -200,6 +200,7 @@ class SparkplugCollector:
         self._pending: list[Reading | SourceState] = []
         self._pending_lock = threading.Lock()
         self._drainer: asyncio.Task | None = None
+        self._subscribed = False  # paho's thread: subscriptions acknowledged on the current connection
 
     @property
     def conn(self) -> MqttConnection:
@@ -255,7 +256,7 @@ class SparkplugCollector:
         # a second service with the same host id is refused as a conflict instead of fighting over it
         self.session = MqttSession(
             self.conn, role="sparkplug host", client_id=self.host_id, subscriptions=[(t, 1) for t in self.subscriptions],
-            will=will, on_message=self._on_message, on_up=self._on_up, on_down=self._on_down,
+            will=will, on_message=self._on_message, on_subscribed=self._on_subscribed, on_down=self._on_down,
         )
         self.session.start()  # after the assignment: on_up may run before start() returns
         if self.settings.legacy_state:
@@ -309,12 +310,13 @@ class SparkplugCollector:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.connected.set if up else self.connected.clear)
 
-    def _on_up(self) -> None:
+    def _on_subscribed(self) -> None:
         session = self.session
-        if session is None or session.client is None:
-            return
-        # the subscriptions went out first (the session sends them before calling us): now the birth,
-        # with the timestamp of the will in this connection's CONNECT
+        if session is None or session.client is None or self._subscribed:
+            return  # (a subscription added later changes nothing)
+        self._subscribed = True
+        # the broker acknowledged the subscriptions: now the STATE birth, with the timestamp of the will in
+        # this connection's CONNECT; no birth an edge node sends in answer can be missed any more
         self._state_ts = self._will_ts
         session.publish(self.state_topic, spb.state_payload(True, self._state_ts), qos=1, retain=True,
                         properties=session.properties(content_type="application/json"))
@@ -338,6 +340,7 @@ class SparkplugCollector:
                 self._rebirth(node, "the host (re)connected", force=True)
 
     def _on_down(self, why: str) -> None:
+        self._subscribed = False
         self._set_connected(False)
         # the node states stay as they are: the broker source speaks for all of them while it is down
         self._state(SOURCE, False, f"Sparkplug broker {self.conn.host}:{self.conn.port} {why}", self.served)
