@@ -202,6 +202,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         dashboard = start_dashboard(paths, SIMULATED_LINE, mqtt, args.dashboard_port)
         print(f"Dashboard: http://127.0.0.1:{args.dashboard_port}  (Ctrl-C stops the demo)", flush=True)
     started = time.time()
+    sim.start_ts = started - sim.t  # the warm-up and the start of the servers took time: stamp from now on
     tasks = [
         asyncio.create_task(run_simulation(sim, speed=1.0, server=server, publisher=edge, stop=halt), name="simulator"),
         asyncio.create_task(service.run(halt), name="service"),

@@ -62,6 +62,9 @@ class Plant:
         self.server = await LineServer(self.line, self.line.opcua.endpoint, pki_dir=self.tmp_path / "pki").start()
         if self.mqtt_assets:
             self.publisher = await ReadingPublisher(self.line, self.line.mqtt).start(wait_s=10)
+        # stamped from now on: the warm-up steps and the start of the servers took a while (seconds, on a busy
+        # machine), and readings that lag the clock by more than max_future_s are late for detect
+        self.sim.start_ts = time.time() - self.sim.t
         self.line_task = asyncio.create_task(run_simulation(self.sim, speed=1.0, server=self.server,
                                                             publisher=self.publisher, stop=self.stop_line))
         await self.start_service()
