@@ -40,6 +40,7 @@ class MosquittoBroker(broker.MosquittoBroker):
         # the default max_queued_messages (1000) silently drops QoS 1 messages to a slow subscriber
         super().__init__("127.0.0.1", port or free_port(), persistence=False, max_queued=1_000_000,
                          settings="max_inflight_messages 0\n")
+        self._dir = self.dir  # where tests put extra files (password file, certificates)
 
     def restart(self) -> None:
         self.stop()
