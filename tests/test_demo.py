@@ -97,7 +97,8 @@ def test_headless_demo_on_sparkplug_for_120_s_alerts_tail_and_the_node_red_flow_
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     demo = subprocess.Popen(
         CLI + ["demo", "--headless", "--duration", "120", "--source", "sparkplug", "--mqtt-port", str(port),
-               "--state-dir", str(tmp_path / "demo"), "--train-hours", "1", "--health-port", str(free_port())],
+               "--state-dir", str(tmp_path / "demo"), "--train-hours", "1", "--health-port", str(free_port()),
+               "--no-model"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     console = Lines(demo)
     tail = flow = None
