@@ -90,7 +90,7 @@ class Signal(_Strict):
         return self.modes.get(mode, self.normal)
 
 
-ALARM_DESIGN = {"criticality", "feeds"}  # asset fields that shape alarms only
+ALARM_DESIGN = {"criticality", "priority", "feeds", "operator_position"}  # asset fields that shape alarms only
 
 
 class Asset(_Strict):

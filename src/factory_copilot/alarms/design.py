@@ -41,8 +41,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections import deque
 from dataclasses import dataclass
-from typing import Collection, Iterable, Mapping
+from typing import Collection, Mapping
 
 from factory_copilot.catalogue import Fault
 from factory_copilot.config import Asset, LineConfig, Signal
@@ -203,20 +204,59 @@ def severity_rank(s: str | None) -> int:
 # ---- priority ----------------------------------------------------------------------------------
 
 
-def trend(samples: Iterable[tuple[float, float]]) -> tuple[float, float] | None:
-    """Least-squares slope (per second) of (ts, level) samples and the span they cover; None if fewer than 3."""
-    pts = list(samples)
-    if len(pts) < 3:
-        return None
-    t0 = pts[0][0]
-    n = len(pts)
-    mt = sum(t - t0 for t, _ in pts) / n
-    ml = sum(v for _, v in pts) / n
-    stt = sum((t - t0 - mt) ** 2 for t, _ in pts)
-    if stt <= 0:
-        return None
-    stl = sum((t - t0 - mt) * (v - ml) for t, v in pts)
-    return stl / stt, pts[-1][0] - t0
+class Trend:
+    """The least-squares slope of a condition's level over a sliding window, kept in O(1) per sample."""
+
+    __slots__ = ("window_s", "samples", "_t0", "_n", "_st", "_sv", "_stt", "_stv", "_adds")
+
+    def __init__(self, window_s: float):
+        self.window_s = window_s
+        self.samples: deque[tuple[float, float]] = deque()
+        self.clear()
+
+    def clear(self) -> None:
+        self.samples.clear()
+        self._t0 = None
+        self._n = self._st = self._sv = self._stt = self._stv = 0.0
+        self._adds = 0
+
+    def add(self, t: float, v: float) -> None:
+        if self._t0 is None:
+            self._t0 = t
+        self.samples.append((t, v))
+        self._sum(t, v, 1.0)
+        while self.samples[0][0] < t - self.window_s:
+            self._sum(*self.samples.popleft(), -1.0)
+        self._adds += 1
+        if self._adds >= 1000:  # start the sums afresh now and then: no drift from rounding
+            kept = list(self.samples)
+            self.clear()
+            for t_, v_ in kept:
+                self._t0 = kept[0][0]
+                self.samples.append((t_, v_))
+                self._sum(t_, v_, 1.0)
+
+    def _sum(self, t: float, v: float, sign: float) -> None:
+        x = t - self._t0
+        self._n += sign
+        self._st += sign * x
+        self._sv += sign * v
+        self._stt += sign * x * x
+        self._stv += sign * x * v
+
+    @property
+    def span(self) -> float:
+        return self.samples[-1][0] - self.samples[0][0] if self.samples else 0.0
+
+    def slope(self) -> float | None:
+        """Change of the level per second, None with fewer than 3 samples."""
+        n = self._n
+        if n < 3:
+            return None
+        var = self._stt - self._st * self._st / n
+        if var <= 1e-12:
+            return None
+        return (self._stv - self._st * self._sv / n) / var
 
 
 def time_to_severe(kind: str, lvl: float, slope: float | None) -> float | None:

@@ -83,7 +83,7 @@ class AlarmSettings:
     off_delay_s: float = 5.0
     on_delay_by_kind: Mapping[str, float] = field(default_factory=dict)  # e.g. {"multivariate": 0.0}
     # a fault comes and goes while it grows (an intermittent slip, a bearing that rattles): its alarm waits longer
-    off_delay_by_kind: Mapping[str, float] = field(default_factory=lambda: {"multivariate": 60.0})
+    off_delay_by_kind: Mapping[str, float] = field(default_factory=lambda: {"multivariate": 120.0})
     deadband: float = 0.05  # fraction of the threshold the level must fall below it to count as cleared
     silence_s: float | None = None  # no anomaly for this long = normal; None: 2.5 x the line's sampling interval
     chatter_window_s: float = 60.0
@@ -93,6 +93,8 @@ class AlarmSettings:
     flood_end_count: int = 5  # the flood ends when fewer than this many remain in the window
     group_consequences: bool = True  # one annunciated alarm per situation (off: every alarm rings on its own)
     group_window_s: float = 600.0  # a root explains alarms raised this long before it, and after it returned
+    distinct_after_s: float = 120.0  # a folded fault alarm the classifier names otherwise this long rings on its own
+    rename_after_s: float = 60.0  # the classifier must name another fault this long before a named alarm takes it
     release_after_s: float = 600.0  # a consequence still active this long after its root returned rings on its own
     trend_window_s: float = 120.0  # urgency: the trend over this much recent evidence ...
     min_trend_s: float = 20.0  # ... once it covers at least this long
@@ -102,7 +104,8 @@ class AlarmSettings:
         problems = [
             f"{name} must be >= 0, got {getattr(self, name)}"
             for name in ("on_delay_s", "off_delay_s", "chatter_window_s", "flood_window_s", "group_window_s",
-                         "release_after_s", "trend_window_s", "min_trend_s", "deescalate_after_s")
+                         "distinct_after_s", "rename_after_s", "release_after_s", "trend_window_s", "min_trend_s",
+                         "deescalate_after_s")
             if getattr(self, name) < 0
         ]
         problems += [f"{table}[{kind!r}] must be >= 0, got {value}"
@@ -143,12 +146,14 @@ class _Condition:
     last_abnormal: float | None = None
     normal_since: float | None = None  # first below-deadband level after the last abnormal one
     last_ts: float | None = None  # newest evidence; a late anomaly never moves the condition back in time
-    trend: deque = field(default_factory=deque)  # (ts, level) of recent abnormal evidence
+    trend: design.Trend = field(default_factory=lambda: design.Trend(0.0))  # level of recent abnormal evidence
     level: float | None = None
     # the engine's clock
     heard_at: float | None = None  # any evidence last arrived
     returned_at: float | None = None
     lower_since: float | None = None  # the condition has been better than its alarm says since
+    rename: tuple[str, float] | None = None  # (another fault the classifier names, data time since)
+    distinct_since: float | None = None  # data time since a folded fault alarm is named unlike its root
     mode_suppressed: bool = False
 
 
@@ -250,7 +255,7 @@ class AlarmEngine:
         if ratio >= (1 - self.settings.deadband if is_active else 1.0):
             self._abnormal(cond, t, design.level(self.line, anomaly))
             if is_active:
-                self._update(alarm, cond, anomaly, now)
+                self._update(alarm, cond, anomaly, t, now)
             elif t - cond.pending_since >= self.settings.on_delay(anomaly.kind):
                 self._activate(cond, alarm, anomaly, now)
         else:
@@ -339,9 +344,7 @@ class AlarmEngine:
         cond.last_abnormal, cond.normal_since = t, None
         if level is not None:
             cond.level = level
-            cond.trend.append((t, level))
-            while cond.trend and cond.trend[0][0] < t - self.settings.trend_window_s:
-                cond.trend.popleft()
+            cond.trend.add(t, level)
 
     def _silent(self, cond: _Condition, now: float) -> bool:
         """No evidence at all for silence + off-delay on the clock: the condition has returned."""
@@ -413,20 +416,58 @@ class AlarmEngine:
         else:
             self._adopt(alarm, now)
 
-    def _update(self, alarm: Alarm, cond: _Condition, anomaly: Anomaly, now: float) -> None:
+    def _update(self, alarm: Alarm, cond: _Condition, anomaly: Anomaly, t: float, now: float) -> None:
         """Another abnormal evaluation of an active alarm: its evidence, name, suppression and severity follow."""
         before = grouping.fault_name(self.line, self.faults, alarm.anomaly)
-        anomaly = self._fitting(anomaly)
-        named = grouping.fault_name(self.line, self.faults, anomaly)
+        fresh = self._fitting(anomaly)
+        named = self._new_name(alarm, cond, fresh, before, t)
         if named is None and before is not None:
-            # an evaluation that names nothing (or a fault that cannot explain this asset) never takes a name away
-            anomaly = dataclasses.replace(anomaly, fault_type=alarm.anomaly.fault_type,
-                                          fault_probability=alarm.anomaly.fault_probability)
-        alarm.anomaly = anomaly
-        if named is not None and named != before:
+            # the alarm keeps its name: an evaluation naming nothing never takes it away, another must hold first
+            fresh = dataclasses.replace(fresh, fault_type=alarm.anomaly.fault_type,
+                                        fault_probability=alarm.anomaly.fault_probability)
+        alarm.anomaly = fresh
+        if named is not None:
             self._reclassify(alarm, cond, before, named, now)
-        self._follow_suppression(alarm, cond, anomaly, now)
+        self._follow_suppression(alarm, cond, fresh, now)
+        if alarm.parent_id is not None and grouping.is_fault_alarm(alarm):
+            self._follow_distinct(alarm, cond, grouping.fault_at_home(self.line, self.faults, anomaly), t, now)
         self._assess(alarm, cond, now)
+
+    def _new_name(self, alarm: Alarm, cond: _Condition, fresh: Anomaly, before: str | None, t: float) -> str | None:
+        """The fault name the alarm takes now, if it changes: a first name at once, another once it held."""
+        named = grouping.fault_name(self.line, self.faults, fresh)
+        if named is None or named == before:
+            if named == before:
+                cond.rename = None
+            return None
+        if before is None:
+            return named
+        if (grouping.fault_at_home(self.line, self.faults, alarm.anomaly) is not None
+                and grouping.fault_at_home(self.line, self.faults, fresh) is None):
+            return None  # a fault of this asset is not replaced by a guess upstream
+        if cond.rename is None or cond.rename[0] != named:
+            cond.rename = (named, t)
+        if t - cond.rename[1] < self.settings.rename_after_s:
+            return None
+        cond.rename = None
+        return named
+
+    def _follow_distinct(self, alarm: Alarm, cond: _Condition, own: str | None, t: float, now: float) -> None:
+        """A folded fault alarm that the classifier keeps naming as a fault of its own asset, unlike its root's, is a
+        situation of its own: let go once the name held for ``distinct_after_s``."""
+        root = self._alarms.get(alarm.parent_id or "")
+        theirs = grouping.fault_name(self.line, self.faults, root.anomaly) if root else None
+        if own is None:
+            return  # an evaluation naming nothing neither makes nor breaks the case
+        if own == theirs:
+            cond.distinct_since = None
+            return
+        if cond.distinct_since is None:
+            cond.distinct_since = t
+        elif t - cond.distinct_since >= self.settings.distinct_after_s:
+            cond.distinct_since = None
+            self._release(alarm, now, f"the classifier names {own} for {alarm.asset} for "
+                                      f"{self.settings.distinct_after_s:g} s, not {theirs or 'unknown'}")
 
     def _fitting(self, anomaly: Anomaly) -> Anomaly:
         """The anomaly as its alarm keeps it: a fault name that cannot explain this asset (a pump fault for the
@@ -454,9 +495,8 @@ class AlarmEngine:
             self._emit(alarm, "cleared", now)
 
     def _reclassify(self, alarm: Alarm, cond: _Condition, before: str | None, named: str, now: float) -> None:
-        """The classifier named the fault of an active alarm (or changed its mind): same alarm, new text and priority."""
-        alarm.severity, alarm.priority = self._target(alarm, cond)
-        cond.lower_since = None
+        """The classifier named the fault of an active alarm (or changed its mind): same alarm, new text; its
+        priority follows by the usual rules (_assess)."""
         alarm.message = self._text(alarm)
         self._emit(alarm, "reclassified", now, comment=f"{before or 'unknown'} -> {named}")
 
@@ -512,9 +552,8 @@ class AlarmEngine:
         """The condition's own (severity, urgency, consequence)."""
         severity = design.severity(cond.kind, cond.level)
         slope = None
-        found = design.trend(cond.trend)
-        if found is not None and found[1] >= self.settings.min_trend_s:
-            slope = found[0]
+        if cond.trend.span >= self.settings.min_trend_s:
+            slope = cond.trend.slope()
         seconds = design.time_to_severe(cond.kind, cond.level, slope) if cond.level is not None else None
         consequence = design.consequence(self.line, self.faults, alarm.anomaly,
                                          grouping.fault_at_home(self.line, self.faults, alarm.anomaly))
@@ -688,7 +727,8 @@ class AlarmEngine:
         key = (anomaly.asset, anomaly.condition)
         cond = self._conditions.get(key)
         if cond is None:
-            cond = _Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset))
+            cond = _Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset),
+                              trend=design.Trend(self.settings.trend_window_s))
             known = self._by_condition.get(key)
             cond.alarm_id = known
             self._conditions[key] = cond
@@ -773,7 +813,8 @@ class AlarmEngine:
             self._alarms[a.alarm_id] = a
             self._by_condition[(a.asset, a.condition)] = a.alarm_id
             kind = a.anomaly.kind if a.anomaly else a.condition.rpartition(":")[2]
-            cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at)
+            cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
+                              trend=design.Trend(self.settings.trend_window_s))
             cond.mode_suppressed = bool(a.anomaly) and design.mode_suppressed(self.line, a.anomaly)
             if a.state.active:
                 # the evidence stopped with the old process; give the condition one silence period to show itself

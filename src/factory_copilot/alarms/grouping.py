@@ -6,19 +6,19 @@ but are not annunciated. A cause explains an alarm when
 
 * it is a process alarm (a wrong sensor causes nothing in the process), and
 * the alarm is on the same asset or downstream of it in the line's flow
-  (``feeds`` in the line file), or, for the detector's fault alarms, shows up in
-  the same continuous departure of the line's detector (its attribution to assets
-  moves as a fault spreads), and
+  (``feeds`` in the line file) and not upstream of it (nothing flows upstream),
+  or, between the detector's fault alarms, shows up in the same continuous
+  departure of the line's detector (its one score spreads over assets as a
+  fault grows and fades), and
 * it is consistent with the classifier: a fault alarm the classifier names with a
-  fault of its own asset is its own situation unless the cause names the same
-  fault; a signal alarm on the cause's own asset must be part of the named fault's
-  signature (catalogue signals or the detector's contributions); an instrument
-  alarm only when its signal is in that signature (a controller output saturates,
-  and reads flat, under a heater fault), and
+  fault of its own asset upstream of the cause is the likelier cause (it takes the
+  other in); one named elsewhere is folded at first and let go by the engine if
+  the classifier keeps naming it; a signal alarm on the cause's own asset must be
+  part of the named fault's signature (catalogue signals or the detector's
+  contributions); an instrument alarm only when its signal is in that signature (a
+  controller output saturates, and reads flat, under a heater fault), and
 * the engine's window holds: the cause is active, or returned less than the
   grouping window ago (the engine checks times).
-
-Nothing flows upstream: an alarm upstream of the cause is never its consequence.
 """
 
 from __future__ import annotations
@@ -98,8 +98,6 @@ def explains(line: LineConfig, faults: Mapping[str, Fault], cause: Alarm, effect
     """
     if cause.alarm_id == effect.alarm_id or kind_of(cause) in INSTRUMENT_KINDS:
         return False
-    if cause.asset != effect.asset and cause.asset in line.downstream(effect.asset) - line.downstream(cause.asset):
-        return False  # the effect is upstream of the cause: nothing flows upstream
     same = effect.asset == cause.asset
     downstream = effect.asset in line.downstream(cause.asset)
     cause_fault = fault_name(line, faults, cause.anomaly) if is_fault_alarm(cause) else None
@@ -108,18 +106,22 @@ def explains(line: LineConfig, faults: Mapping[str, Fault], cause: Alarm, effect
         key = signal_key(effect)
         return is_fault_alarm(cause) and key is not None and key in signature(faults, cause)
     if is_fault_alarm(effect):
-        if same or not is_fault_alarm(cause) and not downstream:
-            return False
-        own = fault_at_home(line, faults, effect.anomaly)
-        if own is not None and own != cause_fault:
-            return False  # the classifier names a fault of its own asset: its own situation
-        return downstream or same_episode
-    # a process signal alarm (limit, rate, ...)
+        if same:
+            return False  # one fault alarm per asset
+        upstream = cause.asset in line.downstream(effect.asset) - line.downstream(cause.asset)
+        if upstream and fault_at_home(line, faults, effect.anomaly) is not None:
+            return False  # a fault named upstream of the cause is the likelier cause: it takes the other in
+        if not is_fault_alarm(cause):
+            return downstream and not upstream
+        # the detector's one score spreads over assets as a departure grows and fades; a distinct fault the
+        # classifier keeps naming for its own asset is let go by the engine (AlarmSettings.distinct_after_s)
+        return same_episode or (downstream and not upstream)
+    # a process signal alarm (limit, rate, ...): nothing flows upstream
     if same:
         if is_fault_alarm(cause) and cause_fault is not None:
             return signal_key(effect) in signature(faults, cause)
         return True
-    return downstream
+    return downstream and cause.asset not in line.downstream(effect.asset)
 
 
 def rank(line: LineConfig, cause: Alarm, effect: Alarm) -> tuple:
