@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from factory_copilot.alarms import annunciated
-from factory_copilot.alarms.evaluate import alarm_runs, evaluate_alarms, replay_alarms
+from factory_copilot.alarms.evaluate import alarm_runs, evaluate_alarms, kpi_table, replay_alarms
 from factory_copilot.alarms.kpi import alarm_kpis
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.detect.evaluate import SIM_DETECTOR, simulated_history, train_models
@@ -65,3 +65,7 @@ def test_eemua_targets_hold_for_every_fault_and_normal_running(models):
         if r["fault"] != "normal":
             assert 1 <= r["alarms"] <= 3, (name, r["shown"])  # it rang, and not as a flood of symptoms
     assert res["manageable"]
+    table = kpi_table(res).splitlines()  # what `factory-copilot evaluate --only sim` prints
+    assert len(table) == 21 and table[0].split()[:3] == ["alarms", "shown", "per"]
+    assert table[-1].startswith("fault scenarios: ") and "16 h normal running: " in table[-1]
+    assert table[-1].endswith("EEMUA 191 manageable (<= 6/h, <= 10 per 10 min, none standing): yes")

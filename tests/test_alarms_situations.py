@@ -379,3 +379,18 @@ def test_mode_suppression_still_applies_to_a_root(engine, clock, line):
     run(engine, clock, 10, at=idle)
     assert not annunciated(engine.get("product_pump.flow-limit"))
     assert engine.get("product_pump.flow-limit").parent_id is None
+
+
+def test_alarms_list_folds_consequences_under_their_root(line, clock, tmp_path, capsys):
+    from factory_copilot.cli import main
+
+    path = tmp_path / "cli.db"
+    engine = AlarmEngine(line, path, AlarmSettings(), clock=clock)
+    run(engine, clock, 30, at=lambda t: [breach(line, t, "product_pump.flow", 40.0),
+                                         breach(line, t, "filler.tank_level", 10.0)])
+    engine.close()
+    assert main(["alarms", "--db", str(path), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "product_pump.flow-limit" in lines[0] and "└" not in lines[0]
+    assert "  └ " in lines[1] and "filler.tank_level-limit" in lines[1] and "[suppressed]" not in lines[1]
+    assert lines[2] == "2 alarm(s), 1 folded under their cause"
