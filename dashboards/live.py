@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar
 
 from factory_copilot.config import MqttConnection
 from factory_copilot.records import Alarm, Diagnosis
-from factory_copilot.plumbing.mqtt import connect, is_failure, make_client, reason_text
+from factory_copilot.plumbing.mqtt import MqttSession
 from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger(__name__)
@@ -69,40 +69,32 @@ class LiveFeed:
         self.topics = Topics(site, line, prefix)
         self._lock = threading.Condition()
         self._snap = Snapshot()
-        self.client = make_client(conn, role="dashboard")
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
+        self.session = MqttSession(conn, role="dashboard", subscriptions=[(self.topics.everything(), 1)],
+                                   on_message=self._on_message, on_up=lambda: self._set_connected(True),
+                                   on_down=lambda why: self._set_connected(False))
         LiveFeed.instances.append(self)
 
+    @property
+    def client(self):
+        return self.session.client
+
     def start(self) -> "LiveFeed":
-        connect(self.client, self.conn)
-        self.client.loop_start()
+        self.session.start()
         return self
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.session.stop()
         if self in LiveFeed.instances:
             LiveFeed.instances.remove(self)
 
     # ---------------------------------------------------------------- paho's thread
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
-        if is_failure(reason_code):
-            log.warning("dashboard: broker %s:%s refused: %s", self.conn.host, self.conn.port, reason_text(reason_code))
-            return
-        client.subscribe(self.topics.everything(), qos=1)
+    def _set_connected(self, up: bool) -> None:
         with self._lock:
-            self._snap.connected = True
+            self._snap.connected = up
             self._lock.notify_all()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
-        with self._lock:
-            self._snap.connected = False
-            self._lock.notify_all()
-
-    def _on_message(self, client, userdata, msg) -> None:
+    def _on_message(self, msg) -> None:
         parts = self.topics.parse(msg.topic)
         if parts is None or parts.kind in ("commands", "ask"):
             return
@@ -172,7 +164,7 @@ class LiveFeed:
         request_id = uuid.uuid4().hex
         body = {"schema": "command/1", "request_id": request_id, "command": command, "alarm_id": alarm_id,
                 "actor": actor, "comment": comment, "shelve_s": shelve_s, "ts": time.time()}
-        self.client.publish(self.topics.commands(), json.dumps(body), qos=1)
+        self.session.publish(self.topics.commands(), json.dumps(body), qos=1)
         return request_id
 
     def ask(self, alarm_id: str | None, question: str, actor: str) -> str:
@@ -180,5 +172,5 @@ class LiveFeed:
         request_id = uuid.uuid4().hex
         body = {"schema": "ask/1", "request_id": request_id, "alarm_id": alarm_id, "question": question,
                 "actor": actor, "ts": time.time()}
-        self.client.publish(self.topics.ask(), json.dumps(body), qos=1)
+        self.session.publish(self.topics.ask(), json.dumps(body), qos=1)
         return request_id

@@ -91,7 +91,8 @@ class LineServer:
             if self.trusted_clients is not None:
                 server.set_certificate_validator(self._trusted_validator(self.trusted_clients))
         if self.users:
-            server.iserver.set_user_manager(LineUsers(self.users))
+            self._user_manager = LineUsers(self.users)
+            server.iserver.set_user_manager(self._user_manager)
             server.set_identity_tokens([ua.UserNameIdentityToken])
         await self._build_address_space(server)
         await server.start()
@@ -106,6 +107,14 @@ class LineServer:
             f", users {', '.join(self.users)}" if self.users else ", anonymous",
         )
         return self
+
+    def set_users(self, users: dict[str, str]) -> None:
+        """Change who may log in, while serving (as a server's operator fixes an account)."""
+        self.users = dict(users)
+        manager = getattr(self, "_user_manager", None)
+        if manager is None:
+            raise RuntimeError("the server was started without users; start it with some to change them")
+        manager.users = dict(users)
 
     async def stop(self) -> None:
         if self.server is not None:

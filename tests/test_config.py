@@ -78,6 +78,57 @@ def test_fingerprint_follows_signals_not_connection(raw):
     assert parse_line(changed).fingerprint() != a.fingerprint()
 
 
+def test_one_node_or_topic_field_read_by_two_signals_is_named_with_both_paths(raw):
+    bad = copy.deepcopy(raw)
+    first, second = bad["assets"][1]["signals"][0], bad["assets"][2]["signals"][1]
+    second["source"]["opcua"] = first["source"]["opcua"]
+    bad["assets"][3]["signals"][0]["source"]["mqtt"] = dict(bad["assets"][3]["signals"][1]["source"]["mqtt"])
+    with pytest.raises(LineConfigError) as err:
+        parse_line(bad, "plant.yaml")
+    problems = " ".join(err.value.problems)
+    assert (f"assets[2].signals[1].source.opcua: node {first['source']['opcua']!r} is already read by "
+            "assets[1].signals[0].source.opcua") in problems
+    assert "assets[3].signals[1].source.mqtt: topic" in problems and "already read by assets[3].signals[0].source.mqtt" in problems
+
+
+def test_several_signals_may_share_a_topic_with_their_own_fields(raw):
+    data = copy.deepcopy(raw)
+    for i, s in enumerate(data["assets"][2]["signals"]):
+        s["source"]["mqtt"] = {"topic": "gw/pump", "field": f"data.s{i}"}
+    line = parse_line(data)
+    assert len({line.signal(f"{data['assets'][2]['id']}.{s['name']}").source.mqtt.topic
+                for s in data["assets"][2]["signals"]}) == 1
+
+
+def test_a_mode_signal_that_is_not_a_signal_is_refused(raw):
+    bad = copy.deepcopy(raw)
+    bad["mode_signal"] = {"asset": "line", "signal": "operating_mode"}
+    with pytest.raises(LineConfigError, match=r"mode_signal: line.operating_mode is not a signal of this line"):
+        parse_line(bad, "plant.yaml")
+    bad["mode_signal"] = None
+    assert parse_line(bad).mode_signal is None
+
+
+def test_sources_serve_each_signal_from_the_first_kind_it_names(raw):
+    line = parse_line(raw)
+    assert set(line.sources()) == {"opcua"}  # every signal has both; OPC UA first
+    mixed = copy.deepcopy(raw)
+    for s in mixed["assets"][5]["signals"]:
+        del s["source"]["opcua"]
+    served = parse_line(mixed).sources()
+    assert set(served["mqtt"]) == {f"{mixed['assets'][5]['id']}.{s['name']}" for s in mixed["assets"][5]["signals"]}
+    assert not set(served["mqtt"]) & set(served["opcua"])
+    mqtt_only = copy.deepcopy(raw)
+    del mqtt_only["opcua"]
+    for a in mqtt_only["assets"]:
+        for s in a["signals"]:
+            del s["source"]["opcua"]
+    assert set(parse_line(mqtt_only).sources()) == {"mqtt"}
+    forced = copy.deepcopy(raw)
+    forced["service"] = {"source": "mqtt"}
+    assert set(parse_line(forced).sources()) == {"mqtt"}
+
+
 def test_flow_and_criticality_of_the_simulated_line():
     line = load_line(SIMULATED_LINE)
     assert line.downstream("infeed_conveyor") == {"product_pump", "filler", "heat_tunnel"}

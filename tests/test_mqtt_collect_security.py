@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import datetime as dt
 import getpass
 import ipaddress
@@ -26,6 +27,9 @@ from tests.support.opcua import drain
 
 pytestmark = pytest.mark.skipif(not MOSQUITTO, reason="needs Mosquitto")
 LINE = load_line(SIMULATED_LINE)
+# samples from an hour ago: plausible to the gate (older than max_age_s is rejected as clock_skew)
+T0 = float(int(time.time()) - 3600)
+ISO_T1 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + 60))
 
 
 class SecureMosquitto(MosquittoBroker):
@@ -91,7 +95,7 @@ async def _roundtrip(conn: MqttConnection) -> Reading:
     await collector.start()
     await asyncio.wait_for(collector.connected.wait(), 10)
     publisher = await ReadingPublisher(LINE, conn).start(wait_s=10)
-    publisher.publish([Reading(1_700_000_000.0, "filler", "tank_level", 61.0)])
+    publisher.publish([Reading(T0, "filler", "tank_level", 61.0)])
     got = await drain(buffer, lambda rs: len(rs) >= 1)
     await publisher.stop()
     await collector.stop()
@@ -143,14 +147,18 @@ def test_a_subscription_the_broker_refuses_is_reported(caplog):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.reasoncodes import ReasonCode
 
-    caplog.set_level(logging.ERROR, logger="factory_copilot.collect.mqtt")
+    from factory_copilot.plumbing.mqtt import MqttSession
+
+    caplog.set_level(logging.ERROR, logger="factory_copilot.plumbing.mqtt")
     collector = MqttCollector(LINE, Buffer(10), MqttConnection())
+    # the collector's session checks the SUBACK against the subscriptions it made
+    session = MqttSession(MqttConnection(), role="collector", subscriptions=[(t, 1) for t in collector.subscriptions])
     granted, denied = ReasonCode(PacketTypes.SUBACK, "Granted QoS 1"), ReasonCode(PacketTypes.SUBACK, "Not authorized")
     codes = [denied if "/filler/" in t else granted for t in collector.subscriptions]
-    collector._on_subscribe(None, None, 1, codes, None)
+    session._on_subscribe(None, None, 1, codes, None)
     refused = [r.getMessage() for r in caplog.records]
     n_filler = sum("/filler/" in t for t in collector.subscriptions)
     assert len(refused) == 1 and f"refused the subscription to {n_filler} topic(s)" in refused[0]
     assert "filler" in refused[0] and "product_pump" not in refused[0]
-    collector._on_subscribe(None, None, 2, [granted] * len(codes), None)
+    session._on_subscribe(None, None, 2, [granted] * len(codes), None)
     assert len(caplog.records) == 1

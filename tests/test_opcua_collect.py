@@ -16,7 +16,7 @@ from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.collect.browse import browse_line
 from factory_copilot.collect.opcua import OpcuaCollector
 from factory_copilot.config import parse_line
-from factory_copilot.records import Quality, Reading
+from factory_copilot.records import SourceState, Quality, Reading
 from tests.support.opcua import drain, line_with_opcua, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -139,18 +139,23 @@ async def test_server_restart_is_survived_and_the_gap_shows(caplog):
         await asyncio.wait_for(collector.connected.wait(), 20)
         after = []
         got: list[Reading] = []
+        states: list[SourceState] = []
         deadline = time.time() + 15
         while not any(r.value == 40.0 and r.ts > down_at for r in got):
             assert time.time() < deadline, "readings did not resume after the server restart"
             after += await feed(server, 2)
             try:
                 while True:
-                    got.append(buffer.get_nowait())
+                    item = buffer.get_nowait()
+                    (states if isinstance(item, SourceState) else got).append(item)
             except asyncio.QueueEmpty:
                 pass
         # the re-created subscription still reports every sample, identical values included (trigger on timestamp)
         more = await feed(server, 5)
-        got += await drain(buffer, lambda rs: sum(1 for r in rs if any(abs(r.ts - m) < 1e-3 for m in more)) >= 5)
+        got += await drain(buffer, lambda rs: sum(1 for r in rs if any(abs(r.ts - m) < 1e-3 for m in more)) >= 5,
+                           states=states)
+        # the outage went downstream as a state, in order with the data: lost, then back
+        assert [s.connected for s in states][-2:] == [False, True] and "unreachable" in states[-2].detail
         resumed = [r for r in got if r.key == "product_pump.flow" and r.value == 40.0 and r.ts > down_at]
         gap = resumed[0].ts - before[-1]
         assert gap > 1.0, f"expected a visible gap in the data, got {gap:.2f} s"

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
 import pytest_asyncio
 
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.collect.opcua import OpcuaCollector, OpcuaConnectError
+from factory_copilot.collect.opcua import OpcuaCollector, OpcuaConnectError, pinned_certificate
 from factory_copilot.plumbing.opcua import ensure_certificate
-from factory_copilot.records import Reading
+from factory_copilot.records import Reading, SourceState
 from tests.support.opcua import drain, line_with_opcua, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -57,13 +58,37 @@ async def test_sign_and_encrypt_with_a_user_streams_readings(secure_server, pki)
     await asyncio.wait_for(task, 10)
 
 
-async def test_wrong_password_gives_one_clear_error(secure_server, pki):
-    line = line_with_opcua(endpoint=secure_server.endpoint, security=SECURE, username="op", password="wrong")
-    collector = OpcuaCollector(line, Buffer(10), pki_dir=pki["client"])
-    with pytest.raises(OpcuaConnectError) as err:
-        await asyncio.wait_for(collector.run(), 20)
-    assert str(err.value) == f"{secure_server.endpoint}: user 'op' rejected (BadUserAccessDenied)"
-    assert err.value.__cause__ is None and err.value.__suppress_context__
+async def test_wrong_password_is_said_clearly_and_retried_until_the_server_accepts_it(pki, caplog):
+    """A rejected login no longer stops the collector for good: it says why, keeps trying, and connects once fixed."""
+    caplog.set_level(logging.WARNING, logger="factory_copilot.collect.opcua")
+    server = await start_server(security="both", users={"op": "other"}, pki_dir=pki["server"],
+                                trusted_clients=pki["trusted"])
+    try:
+        line = line_with_opcua(endpoint=server.endpoint, security=SECURE, username="op", password="s3cret")
+        buffer: Buffer[Reading] = Buffer(1000)
+        collector = OpcuaCollector(line, buffer, pki_dir=pki["client"])
+        stop = asyncio.Event()
+        task = asyncio.create_task(collector.run(stop))
+        states: list[SourceState] = []
+        while collector.connect_attempts < 2:
+            await asyncio.sleep(0.05)
+            assert not task.done(), "the collector gave up on a rejected login"
+        message = f"{server.endpoint}: user 'op' rejected (BadUserAccessDenied)"
+        assert collector.stats()["last_error"] == message
+        said = [r.getMessage() for r in caplog.records if message in r.getMessage()]
+        assert len(said) == 1, "one log line per failure, not one per attempt"
+        # the server's operator fixes the account; the same collector gets in, no restart
+        server.set_users({"op": "s3cret"})
+        await asyncio.wait_for(collector.connected.wait(), 30)
+        t0 = time.time() + 1
+        await server.write([Reading(t0, "product_pump", "flow", 39.0)])
+        await drain(buffer, lambda rs: any(r.ts == pytest.approx(t0, abs=1e-3) for r in rs), states=states)
+        assert [s.connected for s in states] == [False, False, True] and states[1].detail == message
+        assert collector.stats()["last_error"] is None
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await server.stop()
 
 
 async def test_anonymous_is_refused_when_the_server_has_users(secure_server, pki):
@@ -76,9 +101,34 @@ async def test_untrusted_client_certificate_gives_one_clear_error(secure_server,
     line = line_with_opcua(endpoint=secure_server.endpoint, security=SECURE, username="op", password="s3cret")
     stranger = OpcuaCollector(line, Buffer(10), pki_dir=pki["root"] / "stranger")  # makes its own, untrusted, certificate
     with pytest.raises(OpcuaConnectError) as err:
-        await asyncio.wait_for(stranger.run(), 20)
+        await asyncio.wait_for(stranger.connect(), 20)
     assert "client certificate is not trusted by the server (BadCertificateUntrusted)" in str(err.value)
     assert (pki["root"] / "stranger" / "collector_cert.der").exists()
+
+
+async def test_the_server_certificate_is_trusted_on_first_use_and_a_changed_one_refused(pki, tmp_path):
+    first = await start_server(security="both", users={"op": "s3cret"}, pki_dir=tmp_path / "server-a",
+                               trusted_clients=pki["trusted"])
+    port = int(first.endpoint.rsplit(":", 1)[1].split("/")[0])
+    line = line_with_opcua(endpoint=first.endpoint, security=SECURE, username="op", password="s3cret")
+    try:
+        client = await OpcuaCollector(line, Buffer(10), pki_dir=pki["client"]).connect()
+        await client.disconnect()
+    finally:
+        await first.stop()
+    pin = pinned_certificate(first.endpoint, pki["client"])
+    assert pin.read_bytes() == first.certificate.read_bytes()  # the certificate it showed, kept
+    # the same address now answers with another certificate (a replaced box, or someone in the middle)
+    other = await start_server(port=port, security="both", users={"op": "s3cret"}, pki_dir=tmp_path / "server-b",
+                               trusted_clients=pki["trusted"])
+    try:
+        with pytest.raises(OpcuaConnectError, match=r"another certificate .* pinned in .*delete that file"):
+            await OpcuaCollector(line, Buffer(10), pki_dir=pki["client"]).connect()
+        pin.unlink()  # the operator accepts the renewed certificate
+        client = await OpcuaCollector(line, Buffer(10), pki_dir=pki["client"]).connect()
+        await client.disconnect()
+    finally:
+        await other.stop()
 
 
 async def test_a_server_certificate_we_do_not_trust_is_refused(secure_server, pki, tmp_path):

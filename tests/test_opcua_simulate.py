@@ -25,6 +25,8 @@ from tests.support.opcua import drain, line_with_opcua, start_server
 async def test_one_simulated_stream_reaches_both_collectors(broker, tmp_path):
     server = await start_server()
     line = line_with_opcua(endpoint=server.endpoint, publishing_interval_ms=50, queue_size=50)
+    # the simulation runs 40x faster than the clock, so its samples are stamped up to 13 s ahead of it
+    line = line.model_copy(update={"samples": line.samples.model_copy(update={"max_future_s": 30.0})})
     mqtt_conn = MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol)
     from_opcua: Buffer[Reading] = Buffer(10_000)
     from_mqtt: Buffer[Reading] = Buffer(10_000)

@@ -328,7 +328,8 @@ async def test_mqtt311_broker_gets_the_same_payloads_without_properties(tmp_path
             pub.alarm_event(event(make_alarm(), "raised"))
             await pub.wait_idle()
             late = await Listener(amqtt, [T.all_alarms()], protocol="3.1.1").ready()
-            msg = await late.next()
+            # amqtt 0.12 also hands a new subscriber retained messages its filter does not match (the status)
+            msg = await late.until(lambda m: m.topic != T.status())
             assert msg.topic == T.alarm("product_pump", "a1") and msg.retain and payloads.problems(msg.body) == []
             late.close()
     finally:

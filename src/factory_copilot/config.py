@@ -42,7 +42,11 @@ Range = tuple[float, float]
 
 
 class MqttSource(_Strict):
-    """A signal carried in a JSON field of an MQTT message."""
+    """A signal carried in a JSON field of an MQTT message.
+
+    Several signals may share a topic (the usual gateway layout: one JSON object per sample with a
+    field per signal); ``field`` may be a dotted path into nested objects (``data.pump.flow``).
+    """
 
     topic: str
     field: str = "value"
@@ -165,6 +169,14 @@ class MqttConnection(_Strict):
     max_payload_bytes: int = 65536
 
 
+class SampleChecks(_Strict):
+    """What the collectors accept as a plausible sample, and when a silent signal counts as lost."""
+
+    max_future_s: float = Field(5.0, gt=0)  # stamped further ahead of the clock: rejected (clock_skew)
+    max_age_s: float = Field(86400.0, gt=0)  # stamped further back: rejected (clock_skew)
+    stale_after_intervals: int = Field(5, ge=1)  # no sample for this many sampling intervals: the signal is stale
+
+
 class ModeSignal(_Strict):
     """Where the line's operating mode is read from (codes 0 idle, 1 start-up, 2 running, 3 changeover)."""
 
@@ -199,7 +211,9 @@ class Knowledge(_Strict):
 class ServiceSettings(_Strict):
     """How ``factory-copilot run`` serves this line."""
 
-    source: Literal["opcua", "mqtt"] = "opcua"
+    # where the readings come from; several kinds serve one line (each signal from the first kind it names);
+    # None: every kind the line's signals name and the line file connects to
+    source: Literal["opcua", "mqtt"] | list[Literal["opcua", "mqtt"]] | None = None
     state_dir: str = "var"  # SQLite files (store, alarms, outbox), PKI and the trained detector; relative to the line file
     detector: str | None = None  # trained detector file; default <state_dir>/detector.joblib
     alerts_prefix: str = "factory-copilot"
@@ -213,6 +227,7 @@ class LineConfig(_Strict):
     description: str = ""
     sampling_interval_s: float = Field(1.0, gt=0)
     mode_signal: ModeSignal | None = ModeSignal()
+    samples: SampleChecks = SampleChecks()
     opcua: OpcuaConnection | None = None
     mqtt: MqttConnection | None = None
     knowledge: Knowledge = Knowledge()
@@ -227,6 +242,55 @@ class LineConfig(_Strict):
                 raise ValueError(f"asset {a.id!r} appears twice")
             seen.add(a.id)
         return self
+
+    @model_validator(mode="after")
+    def _one_signal_per_source(self) -> "LineConfig":
+        """Two signals read from the same node or the same topic+field would silently leave one unmapped."""
+        problems: list[str] = []
+        nodes: dict[str, str] = {}
+        fields: dict[tuple[str, str], str] = {}
+        for i, a in enumerate(self.assets):
+            for j, s in enumerate(a.signals):
+                here = f"assets[{i}].signals[{j}].source"
+                if s.source.opcua:
+                    node = _node_key(s.source.opcua)
+                    if node in nodes:
+                        problems.append(f"{here}.opcua: node {s.source.opcua!r} is already read by {nodes[node]}.opcua")
+                    nodes.setdefault(node, here)
+                if s.source.mqtt:
+                    key = (s.source.mqtt.topic, s.source.mqtt.field)
+                    if key in fields:
+                        problems.append(f"{here}.mqtt: topic {key[0]!r} field {key[1]!r} is already read by "
+                                        f"{fields[key]}.mqtt")
+                    fields.setdefault(key, here)
+        if self.mode_signal is not None:
+            ms = self.mode_signal
+            if not any(a.id == ms.asset and any(s.name == ms.signal for s in a.signals) for a in self.assets):
+                problems.append(f"mode_signal: {ms.asset}.{ms.signal} is not a signal of this line "
+                                "(name one from assets, or set mode_signal: null)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def sources(self) -> dict[str, list[str]]:
+        """Source kind -> the signal keys it serves (mode signal included), as ``service.source`` says.
+
+        Each signal is read from the first kind in the list it has a source for; a kind is used only
+        when the line file says how to connect to it.
+        """
+        kinds = self.service.source
+        if kinds is None:
+            kinds = [k for k in ("opcua", "mqtt") if getattr(self, k) is not None or k == "mqtt"]
+        elif isinstance(kinds, str):
+            kinds = [kinds]
+        served: dict[str, list[str]] = {k: [] for k in kinds}
+        for a in self.assets:
+            for s in a.signals:
+                for k in kinds:
+                    if getattr(s.source, k) is not None:
+                        served[k].append(f"{a.id}.{s.name}")
+                        break
+        return {k: keys for k, keys in served.items() if keys or k in (self.service.source or [])}
 
     @model_validator(mode="after")
     def _flow(self) -> "LineConfig":
@@ -314,6 +378,11 @@ class ServicePaths:
     @property
     def detector(self) -> Path:
         return self.detector_file or self.state_dir / "detector.joblib"
+
+
+def _node_key(node: str) -> str:
+    """A node id in one spelling, so ``ns=2;s=x`` and ``ns=2; s=x`` are seen as the same node."""
+    return node.replace(" ", "")
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

@@ -85,6 +85,22 @@ class Reading:
         }
 
 
+@dataclass(slots=True, frozen=True)
+class SourceState:
+    """A source's connection came up or went down: the collect station says so, in order with its readings.
+
+    ``source`` names the source ("opcua", "mqtt", or one Sparkplug edge node); ``signals`` are the
+    signal keys it serves. Lost data is a state, not a value: detect turns a source that is down (or
+    whose signals all went silent) into one source alarm, and no alarm on its signals returns meanwhile.
+    """
+
+    source: str
+    ts: float
+    connected: bool
+    detail: str = ""
+    signals: tuple[str, ...] = ()
+
+
 class Priority(int, enum.Enum):
     """ISA-18.2 alarm priority; lower number is more urgent."""
 
@@ -111,7 +127,7 @@ class Anomaly:
     """A departure from normal that the detect station found.
 
     ``kind`` says which check found it: ``multivariate``, ``limit``, ``rate``,
-    ``stuck``, ``range`` or ``quality``. ``signal`` is set for single-signal
+    ``stuck``, ``range``, ``quality`` or ``source`` (a lost source). ``signal`` is set for single-signal
     checks, None for multivariate ones. ``contributions`` maps signal keys
     (``asset.signal``) to their share of the score, largest first.
     """
@@ -128,6 +144,9 @@ class Anomaly:
     fault_probability: float = 0.0
     mode: Mode = Mode.RUNNING
     message: str = ""
+    # signal keys whose data is lost (kind "source", or a silent signal's "quality"): no alarm on them may
+    # return while they stay silent, because silence is not normal
+    stale: tuple[str, ...] = ()
 
     @property
     def condition(self) -> str:
@@ -139,6 +158,8 @@ class Anomaly:
         """
         if self.kind == "multivariate":
             return "fault"
+        if self.kind == "source":
+            return f"{self.signal}:source"
         return f"{self.signal}:{self.kind}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +171,7 @@ class Anomaly:
     def from_dict(cls, d: dict[str, Any]) -> "Anomaly":
         d = dict(d)
         d["mode"] = Mode(d.get("mode", "running"))
+        d["stale"] = tuple(d.get("stale") or ())
         return cls(**{k: v for k, v in d.items() if k in _fields(cls)})
 
 

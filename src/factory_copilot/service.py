@@ -25,14 +25,13 @@ from typing import Any
 from factory_copilot.alarms.engine import AlarmEngine, AlarmSettings
 from factory_copilot.alarms.station import AlarmStation
 from factory_copilot.plumbing.buffer import Buffer, fan_out
-from factory_copilot.collect.mqtt import MqttCollector
-from factory_copilot.collect.opcua import OpcuaCollector
+from factory_copilot.collect.station import CollectStation
 from factory_copilot.config import LineConfig, MqttConnection, ServicePaths, load_line
 from factory_copilot.copilot.backends import LLMBackend, backend_from_settings
 from factory_copilot.copilot.station import Copilot
 from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.records import AlarmEvent, Anomaly, Diagnosis, OperatorCommand, Question, Reading, Turn
+from factory_copilot.records import AlarmEvent, Anomaly, Diagnosis, OperatorCommand, Question, Reading, SourceState, Turn
 from factory_copilot.publish.publisher import Publisher
 from factory_copilot.store.station import StoreStation
 from factory_copilot.store.store import Store
@@ -64,15 +63,16 @@ class LineService:
         alarm_settings: AlarmSettings | None = None,
         buffer_size: int = 50_000,
     ):
+        if source is not None:  # one kind of source for this run, whatever the line file says
+            line = line.model_copy(update={"service": line.service.model_copy(update={"source": source})})
         self.line = line
         self.paths = paths
-        self.source = source or line.service.source
         self.health_port = health_port
         settings = line.service
         b = lambda name, size=buffer_size: Buffer(size, name)  # noqa: E731 - one line per buffer below
         # collector output and its copies for each consumer
-        self.readings: Buffer[Reading] = b("readings")
-        self.readings_detect: Buffer[Reading] = b("readings->detect")
+        self.readings: Buffer[Reading | SourceState] = b("readings")
+        self.readings_detect: Buffer[Reading | SourceState] = b("readings->detect")
         self.readings_store: Buffer[Reading] = b("readings->store")
         self.readings_copilot: Buffer[Reading] = b("readings->copilot")
         self.anomalies: Buffer[Anomaly] = b("anomalies")
@@ -90,10 +90,8 @@ class LineService:
         self.questions: Buffer[Question] = b("questions", 100)
         self.turns: Buffer[Turn] = b("conversation turns", 1000)
 
-        if self.source == "opcua":
-            self.collector: OpcuaCollector | MqttCollector = OpcuaCollector(line, self.readings, pki_dir=paths.pki)
-        else:
-            self.collector = MqttCollector(line, self.readings)
+        self.collector = CollectStation(line, self.readings, pki_dir=paths.pki)
+        self.source = "+".join(self.collector.kinds)
         self.detect = DetectStation(
             line, self.readings_detect, self.anomalies, detector=models.detector, classifier=models.classifier,
             checks=models.checks(line),
@@ -120,6 +118,8 @@ class LineService:
         self._diagnosed: Buffer[Diagnosis] = b("diagnoses (observed)", 1000)
         self._events_seen: Buffer[AlarmEvent] = b("events (observed)", 10_000)
         self._tasks: list[asyncio.Task] = []
+        self.restarts: dict[str, int] = {}
+        self.stopped: dict[str, str] = {}  # station -> why it is not running (between a crash and its restart)
 
     # ---- life cycle ---------------------------------------------------------------------------------------
 
@@ -127,23 +127,25 @@ class LineService:
         await self.publisher.start()
         health = await self._serve_health() if self.health_port else None
         jobs = {
-            "collect": self.collector.run(stop),
-            "detect": self.detect.run(stop),
-            "alarms": self.alarms.run(),
-            "copilot": self.copilot.run(self.events_copilot, self.diagnoses, readings=self.readings_copilot,
-                                        tokens=self.tokens),
-            "publish": self.publisher.run(events=self.events_publish, diagnoses=self.diagnoses_publish,
-                                          tokens=self.tokens),
-            "store": self.store_station.run(),
-            "questions": self._answer_questions(),
-            "observe": self._observe(),
-            "fan-out readings": fan_out(self.readings, self.readings_detect, self.readings_store, self.readings_copilot),
-            "fan-out anomalies": fan_out(self.anomalies, self.anomalies_alarms, self.anomalies_store),
-            "fan-out events": fan_out(self.events, self.events_publish, self.events_store, self.events_copilot,
-                                      self._events_seen),
-            "fan-out diagnoses": fan_out(self.diagnoses, self.diagnoses_publish, self.diagnoses_store, self._diagnosed),
+            "collect": lambda: self.collector.run(stop),
+            "detect": lambda: self.detect.run(stop),
+            "alarms": lambda: self.alarms.run(),
+            "copilot": lambda: self.copilot.run(self.events_copilot, self.diagnoses, readings=self.readings_copilot,
+                                                tokens=self.tokens),
+            "publish": lambda: self.publisher.run(events=self.events_publish, diagnoses=self.diagnoses_publish,
+                                                  tokens=self.tokens),
+            "store": lambda: self.store_station.run(),
+            "questions": lambda: self._answer_questions(),
+            "observe": lambda: self._observe(),
+            "fan-out readings": lambda: fan_out(self.readings, self.readings_detect, self.readings_store,
+                                                self.readings_copilot),
+            "fan-out anomalies": lambda: fan_out(self.anomalies, self.anomalies_alarms, self.anomalies_store),
+            "fan-out events": lambda: fan_out(self.events, self.events_publish, self.events_store, self.events_copilot,
+                                              self._events_seen),
+            "fan-out diagnoses": lambda: fan_out(self.diagnoses, self.diagnoses_publish, self.diagnoses_store,
+                                                 self._diagnosed),
         }
-        self._tasks = [asyncio.create_task(self._station(name, job), name=name) for name, job in jobs.items()]
+        self._tasks = [asyncio.create_task(self._station(name, job, stop), name=name) for name, job in jobs.items()]
         log.info("serving %s/%s from %s: %d signals, %d active alarms resumed", self.line.site, self.line.line,
                  self.source, len(self.line.signal_keys()), len(self.engine.active()))
         try:
@@ -151,19 +153,43 @@ class LineService:
         finally:
             await self._shutdown(health)
 
-    async def _station(self, name: str, job: Any) -> None:
-        try:
-            await job
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # a station that dies is a bug; say so loudly, the others keep serving
-            log.exception("station %s stopped with an error", name)
+    async def _station(self, name: str, start: Any, stop: asyncio.Event, backoff_max_s: float = 30.0) -> None:
+        """Run one station; when it dies, say why, count it and start it again (with back-off) until ``stop``."""
+        delay = 1.0
+        while True:
+            began = time.monotonic()
+            try:
+                await start()
+                if stop.is_set():
+                    return
+                raise RuntimeError("returned while the service was running")
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a station that dies is a bug; the service must keep watching the line
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                self.stopped[name] = f"{type(exc).__name__}: {exc}"
+                log.error("station %s stopped (%s); restart #%d in %.0f s", name, self.stopped[name],
+                          self.restarts[name], delay, exc_info=exc)
+            if time.monotonic() - began > 60:
+                delay = 1.0  # it ran a good while: a new failure starts the back-off again
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, backoff_max_s)
+            self.stopped.pop(name, None)
 
     async def _shutdown(self, health: asyncio.AbstractServer | None) -> None:
         await asyncio.sleep(0)  # let stations that watch `stop` finish their own close
         for t in self._tasks:
-            if t.get_name() in ("collect", "detect"):
+            if t.get_name() in ("collect", "detect") and not t.done():
+                try:  # they watch `stop` and close their connections themselves
+                    await asyncio.wait_for(asyncio.shield(t), 10)
+                except (asyncio.TimeoutError, Exception):
+                    t.cancel()
                 continue
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -223,11 +249,12 @@ class LineService:
             "line": self.line.line,
             "uptime_s": round(time.time() - self.started_at, 1),
             "collect": self.collector.stats(),
-            "detect": {"rows": self.detect.rows, "anomalies": self.detect.emitted},
+            "detect": self.detect.stats(),
             "alarms": {**self.alarms.stats(), "active": len(self.engine.active())},
             "copilot": dict(self.copilot.stats),
             "publish": self.publisher.stats(),
             "store": {"written": dict(self.store_station.written), "failed": dict(self.store_station.failed)},
+            "stations": {"restarts": dict(self.restarts), "stopped": dict(self.stopped)},
             "buffers": {
                 buf.name: buf.stats()
                 for buf in (self.readings, self.readings_detect, self.readings_store, self.readings_copilot,
@@ -235,14 +262,43 @@ class LineService:
             },
         }
 
+    def health(self) -> tuple[bool, list[str], dict[str, Any]]:
+        """(healthy, reasons it is not, the stats): unhealthy while a source is down or stale or a station stopped."""
+        stats = self.stats()
+        reasons: list[str] = []
+        for name, src in stats["detect"]["sources"].items():
+            if not src["connected"]:
+                reasons.append(f"source {name} down: {src['detail']}")
+            elif src["down"]:
+                reasons.append(f"source {name}: no sample from any of its {src['signals']} signals")
+            elif src["stale_signals"]:
+                reasons.append(f"source {name}: {src['stale_signals']} of {src['signals']} signals stale")
+        for kind, c in stats["collect"]["sources"].items():
+            if not c["connected"] and kind not in stats["detect"]["sources"]:
+                reasons.append(f"source {kind} not connected")
+        if not stats["collect"]["sources"]:
+            reasons.append("no source: the line file maps no signal to a source this service reads")
+        for name, why in stats["stations"]["stopped"].items():
+            reasons.append(f"station {name} stopped: {why}")
+        dead = [t.get_name() for t in self._tasks if t.done()]
+        reasons += [f"station {name} is not running" for name in dead if name not in stats["stations"]["stopped"]]
+        publish = stats["publish"]
+        if publish.get("conflict"):
+            reasons.append(f"publisher: {publish['conflict']}")
+        elif not publish["online"]:
+            reasons.append("publisher offline: alerts wait in the outbox")
+        stats["status"] = "ok" if not reasons else "degraded"
+        stats["reasons"] = reasons
+        return not reasons, reasons, stats
+
     async def _serve_health(self) -> asyncio.AbstractServer:
         """GET /health on 127.0.0.1: the stations' counters as JSON (for a supervisor or a load balancer)."""
 
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-                body = json.dumps(self.stats(), default=str).encode()
-                ok = self.collector.stats().get("connected") and self.publisher.online.is_set()
+                ok, _, stats = self.health()
+                body = json.dumps(stats, default=str).encode()
                 status = b"200 OK" if ok else b"503 Service Unavailable"
                 writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
                              + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)

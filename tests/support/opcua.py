@@ -13,7 +13,7 @@ from pathlib import Path
 
 from factory_copilot.plumbing.broker import free_port
 from factory_copilot.config import LineConfig, OpcuaConnection, load_line, SIMULATED_LINE
-from factory_copilot.records import Quality, Reading
+from factory_copilot.records import Quality, Reading, SourceState
 from simulators.opcua_server import LineServer
 
 
@@ -37,8 +37,11 @@ def readings_for(keys: list[str], ts: float | None = None, value: float = 1.0, q
     return [Reading(ts, k.split(".")[0], k.split(".")[1], value, quality) for k in keys]
 
 
-async def drain(buffer, until, timeout_s: float = 10.0) -> list[Reading]:
-    """Take readings from ``buffer`` until ``until(readings)`` is true; fail after ``timeout_s``."""
+async def drain(buffer, until, timeout_s: float = 10.0, states: list[SourceState] | None = None) -> list[Reading]:
+    """Take readings from ``buffer`` until ``until(readings)`` is true; fail after ``timeout_s``.
+
+    The collectors' SourceState records go to ``states`` when given, else are passed over.
+    """
     got: list[Reading] = []
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not until(got):
@@ -46,9 +49,14 @@ async def drain(buffer, until, timeout_s: float = 10.0) -> list[Reading]:
         if left <= 0:
             raise AssertionError(f"timed out after {timeout_s} s with {len(got)} readings: {got[-3:]}")
         try:
-            got.append(await asyncio.wait_for(buffer.get(), left))
+            item = await asyncio.wait_for(buffer.get(), left)
         except asyncio.TimeoutError:
             continue
+        if isinstance(item, SourceState):
+            if states is not None:
+                states.append(item)
+            continue
+        got.append(item)
     return got
 
 

@@ -21,6 +21,7 @@ Priority = consequence x urgency
     ``immediate`` (under 5 min, or severe already), ``prompt`` (under 30 min, or
     no trend known yet), ``deferred`` (longer, or not getting worse);
   * instrument faults are ``prompt``: one step below their consequence.
+  * ``source`` (a lost source: the operator is blind to every signal it served): HIGH.
 
 Designed suppression by operating mode
   A ``limit`` or ``rate`` alarm is suppressed while the line is in idle, start-up
@@ -51,6 +52,7 @@ from factory_copilot.records import Anomaly, Mode, Priority
 
 PROCESS_KINDS = frozenset({"limit", "rate"})
 INSTRUMENT_KINDS = frozenset({"stuck", "range", "quality"})
+DATA_KINDS = INSTRUMENT_KINDS | {"source"}  # the data, not the process, is wrong: no severity, no part in a situation
 UNKNOWN = "unknown"
 
 SEVERITIES = ("slight", "moderate", "severe")
@@ -168,7 +170,7 @@ def level(line: LineConfig, anomaly: Anomaly, asset: str | None = None) -> float
     For the detector's departures, ``asset``'s part of it: the score times the share its signals carry (all of it
     when the detector gives no contributions).
     """
-    if anomaly.kind in INSTRUMENT_KINDS:
+    if anomaly.kind in DATA_KINDS:
         return None
     r = ratio(line, anomaly)
     if anomaly.kind == "multivariate" and anomaly.contributions:
@@ -186,7 +188,7 @@ def share(anomaly: Anomaly, asset: str) -> float:
 
 def severity(kind: str, lvl: float | None) -> str | None:
     """``slight``, ``moderate`` or ``severe`` for a level of a check of ``kind``; None for instrument faults."""
-    if lvl is None or kind in INSTRUMENT_KINDS:
+    if lvl is None or kind in DATA_KINDS:
         return None
     s = scale(kind)
     return "severe" if lvl >= s.severe else "moderate" if lvl >= s.moderate else "slight"
@@ -295,6 +297,8 @@ def consequence(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly,
 
 def priority(consequence_: Priority, urgency_: str, kind: str) -> Priority:
     """The ISA-18.2 priority matrix (instrument faults are 'prompt': one step below their consequence)."""
+    if kind == "source":
+        return Priority.HIGH  # the operator is blind to every signal it served
     column = URGENCIES.index("prompt" if kind in INSTRUMENT_KINDS else urgency_)
     return PRIORITY_MATRIX[consequence_][column]
 
@@ -317,6 +321,17 @@ def mode_suppressed(line: LineConfig, anomaly: Anomaly) -> bool:
     if signal is None:
         return False
     return tuple(signal.normal_for(anomaly.mode)) != tuple(signal.normal)
+
+
+def condition_signals(line: LineConfig, asset: str, condition: str) -> frozenset[str]:
+    """The signal keys a condition is judged on: its signal, or every signal of its asset for a fault."""
+    if condition.endswith(":source"):
+        return frozenset()  # a lost source's own alarm is about the silence: it must return when data flows
+    if condition == "fault" or condition.startswith("fault:"):
+        a = find_asset(line, asset)
+        return frozenset(f"{asset}.{s.name}" for s in a.signals) if a else frozenset()
+    signal = condition.rpartition(":")[0]
+    return frozenset({f"{asset}.{signal}"})
 
 
 def operator_position(line: LineConfig, asset: str) -> str:

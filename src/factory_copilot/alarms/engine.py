@@ -43,6 +43,10 @@ evaluation while a condition is abnormal; silence means normal):
   if one returns while not annunciated it goes straight to NORMAL (nobody was
   shown it, so nobody must acknowledge it); when a shelve ends (unshelve or expiry)
   an alarm still active is annunciated again as ACTIVE_UNACK;
+* lost data is a state, not a value: an anomaly names the signals whose data is lost
+  (``stale``: a lost source, a silent signal); while a signal is stale, every alarm on it
+  (its own checks, and its asset's fault alarm) keeps its state - it never returns on
+  silence - and counts its silence again from when data flows;
 * out of service: not evaluated at all, state NORMAL, until returned to service;
 * flood: more than ``flood_count`` new annunciated alarms within ``flood_window_s``
   at one operator position starts a flood named after its first alarm
@@ -155,6 +159,7 @@ class _Condition:
     rename: tuple[str, float] | None = None  # (another fault the classifier names, data time since)
     distinct_since: float | None = None  # data time since a folded fault alarm is named unlike its root
     mode_suppressed: bool = False
+    signals: frozenset[str] = frozenset()  # the signal keys it is judged on (for lost data)
 
 
 @dataclass(slots=True)
@@ -195,6 +200,7 @@ class AlarmEngine:
         self._flood_changes: dict[str, tuple[str, float] | None] = {}
         self._by_condition: dict[tuple[str, str], str] = {}
         self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
+        self._stale_until: dict[str, float] = {}  # signal key -> until when its data counts as lost
         self._load()
 
     # -- queries -----------------------------------------------------------------------------------
@@ -238,7 +244,10 @@ class AlarmEngine:
                 anomaly.asset, anomaly.condition, anomaly.score, anomaly.threshold,
             )
             return []
-        if design.find_asset(self.line, anomaly.asset) is None and anomaly.asset not in self._unknown_assets:
+        for key in anomaly.stale:
+            self._stale_until[key] = now + self.silence_s
+        if (anomaly.kind != "source" and design.find_asset(self.line, anomaly.asset) is None
+                and anomaly.asset not in self._unknown_assets):
             self._unknown_assets.add(anomaly.asset)
             log.warning("anomaly for asset %r which the line file does not know; alarmed with default priority", anomaly.asset)
         cond = self._condition(anomaly)
@@ -275,6 +284,10 @@ class AlarmEngine:
         for key, cond in list(self._conditions.items()):
             alarm = self._alarms.get(cond.alarm_id) if cond.alarm_id else None
             if alarm is not None and alarm.state.active:
+                if self._frozen(cond, now):
+                    # no data is not normal data: the alarm holds, and its silence counts from when data is back
+                    cond.heard_at, cond.normal_since = now, None
+                    continue
                 if self._silent(cond, now):
                     self._return(alarm, cond, now)
             elif cond.heard_at is not None and now - cond.heard_at > self.silence_s:
@@ -723,12 +736,21 @@ class AlarmEngine:
         self._flood_changes[position] = None
 
     # -- bookkeeping -------------------------------------------------------------------------------
+    def _frozen(self, cond: _Condition, now: float) -> bool:
+        """Whether any signal the condition is judged on has lost its data."""
+        if not self._stale_until:
+            return False
+        for key in [k for k, until in self._stale_until.items() if until <= now]:
+            del self._stale_until[key]
+        return any(k in self._stale_until for k in cond.signals)
+
     def _condition(self, anomaly: Anomaly) -> _Condition:
         key = (anomaly.asset, anomaly.condition)
         cond = self._conditions.get(key)
         if cond is None:
             cond = _Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset),
-                              trend=design.Trend(self.settings.trend_window_s))
+                              trend=design.Trend(self.settings.trend_window_s),
+                              signals=design.condition_signals(self.line, anomaly.asset, anomaly.condition))
             known = self._by_condition.get(key)
             cond.alarm_id = known
             self._conditions[key] = cond
@@ -814,7 +836,8 @@ class AlarmEngine:
             self._by_condition[(a.asset, a.condition)] = a.alarm_id
             kind = a.anomaly.kind if a.anomaly else a.condition.rpartition(":")[2]
             cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
-                              trend=design.Trend(self.settings.trend_window_s))
+                              trend=design.Trend(self.settings.trend_window_s),
+                              signals=design.condition_signals(self.line, a.asset, a.condition))
             cond.mode_suppressed = bool(a.anomaly) and design.mode_suppressed(self.line, a.anomaly)
             if a.state.active:
                 # the evidence stopped with the old process; give the condition one silence period to show itself

@@ -4,7 +4,8 @@ An alarm's *consequences* are the alarms its cause explains (ISA-18.2 designed
 suppression): they are recorded and published with ``parent_id`` = the root alarm,
 but are not annunciated. A cause explains an alarm when
 
-* it is a process alarm (a wrong sensor causes nothing in the process), and
+* it is a process alarm (a wrong sensor or lost data causes nothing in the process; a lost
+  source's own alarm is never folded), and
 * the alarm is on the same asset or downstream of it in the line's flow
   (``feeds`` in the line file) and not upstream of it (nothing flows upstream),
   or, between the detector's fault alarms, shows up in the same continuous
@@ -26,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from factory_copilot.alarms.design import INSTRUMENT_KINDS, UNKNOWN, find_asset
+from factory_copilot.alarms.design import DATA_KINDS, UNKNOWN, find_asset
 from factory_copilot.catalogue import Fault
 from factory_copilot.config import LineConfig
 from factory_copilot.records import Alarm, Anomaly
@@ -96,13 +97,13 @@ def explains(line: LineConfig, faults: Mapping[str, Fault], cause: Alarm, effect
 
     ``same_episode``: both are fault alarms of one continuous departure of the line's detector.
     """
-    if cause.alarm_id == effect.alarm_id or kind_of(cause) in INSTRUMENT_KINDS:
+    if cause.alarm_id == effect.alarm_id or kind_of(cause) in DATA_KINDS or kind_of(effect) == "source":
         return False
     same = effect.asset == cause.asset
     downstream = effect.asset in line.downstream(cause.asset)
     cause_fault = fault_name(line, faults, cause.anomaly) if is_fault_alarm(cause) else None
     effect_kind = kind_of(effect)
-    if effect_kind in INSTRUMENT_KINDS:
+    if effect_kind in DATA_KINDS:
         key = signal_key(effect)
         return is_fault_alarm(cause) and key is not None and key in signature(faults, cause)
     if is_fault_alarm(effect):

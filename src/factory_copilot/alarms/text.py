@@ -50,6 +50,8 @@ def words(name: str) -> str:
 
 def alarm_text(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly, severity: str | None = None) -> str:
     """One line of alarm text for ``anomaly`` (unknown assets and signals are shown by their ids)."""
+    if anomaly.kind == "source":
+        return f"Data lost: {anomaly.message}"
     asset = find_asset(line, anomaly.asset)
     head = asset.name if asset else anomaly.asset
     how = f", {severity}" if severity else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import MqttConnection, OpcuaConnection, load_line
-from factory_copilot.records import Reading
+from factory_copilot.records import Reading, SourceState
 from factory_copilot.cli import parse_user
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ async def collect(args: argparse.Namespace) -> int:
                 reading = await asyncio.wait_for(buffer.get(), 0.2)
             except asyncio.TimeoutError:
                 reading = None
+            if isinstance(reading, SourceState):
+                continue  # the collector logs its connection changes itself
             if reading is not None and not args.stats:
                 print(json.dumps(reading.to_dict()), flush=True)
                 printed += 1

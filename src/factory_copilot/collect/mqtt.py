@@ -1,56 +1,38 @@
 """The MQTT collector: subscribes to the line's topics and offers typed Readings into a Buffer.
 
-Topics map to signals either explicitly (each signal's ``source.mqtt.topic`` in
-the line file) or through patterns such as ``factory/+/+/{asset}/{signal}``,
-subscribed as one wildcard. Each JSON payload is read with the signal's field
-mapping (MqttSource.field / timestamp_field / quality_field). A bad payload is
-counted per reason and logged with its topic (rate-limited); it never stops
-the collector. paho runs its network loop on its own thread, so readings cross
-to asyncio in batches every ``handover_s`` (10 ms; paho never waits); on every (re)connect we subscribe
-again, since a clean session forgets subscriptions.
+Topics map to signals either explicitly (each signal's ``source.mqtt`` in the line
+file: topic + JSON field) or through patterns such as ``factory/+/+/{asset}/{signal}``,
+subscribed as one wildcard. One topic may carry several signals (the usual gateway
+layout: one JSON object per sample, a field per signal; a field may be a dotted path
+into nested objects), so one message can become several Readings.
+
+Every sample passes the gate (``gate.py``): a bad payload, a bad value or a skewed
+timestamp is counted per reason and logged with its topic (rate-limited); it never
+stops the collector. paho runs on its own thread inside the shared ``MqttSession``
+(guarded callbacks, reconnect, one log line per outage); readings cross to asyncio
+in batches every ``handover_s`` (10 ms; paho never waits). Connection changes go
+downstream as ``SourceState`` records, in order with the readings.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from typing import Any, Callable
 
 import paho.mqtt.client as paho
 
-from factory_copilot.plumbing import mqtt
-from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.plumbing.opcua import quality_of
+from factory_copilot.collect.gate import Rejected, SampleGate, parse_json, parse_quality, parse_timestamp
 from factory_copilot.config import LineConfig, MqttConnection, MqttSource
-from factory_copilot.records import Quality, Reading
+from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.plumbing.mqtt import MqttSession
+from factory_copilot.records import Quality, Reading, SourceState
 
 log = logging.getLogger(__name__)
-
-REJECT_REASONS = (
-    "oversized",
-    "not_json",
-    "not_an_object",
-    "missing_field",
-    "not_a_number",
-    "not_finite",
-    "bad_timestamp",
-    "bad_quality",
-    "unknown_topic",
-)
-_QUALITY_WORDS = {"good": Quality.GOOD, "uncertain": Quality.UNCERTAIN, "bad": Quality.BAD}
-
-
-class Rejected(ValueError):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(detail or reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +41,10 @@ class TopicSignal:
     signal: str
     unit: str
     source: MqttSource
+
+    @property
+    def key(self) -> str:
+        return f"{self.asset}.{self.signal}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,80 +76,52 @@ class TopicPattern:
         return cls(pattern, "/".join(sub), re.compile("^" + "/".join(rx) + "$"))
 
 
-def parse_quality(raw: object) -> Quality:
-    """Quality from a payload: a word (good/uncertain/bad) or a numeric OPC UA StatusCode."""
-    if isinstance(raw, str):
-        q = _QUALITY_WORDS.get(raw.strip().lower())
-        if q is None:
-            raise Rejected("bad_quality", f"quality {raw!r} is not good, uncertain or bad")
-        return q
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return quality_of(raw)
-    raise Rejected("bad_quality", f"quality {raw!r} is not a word or a status code")
+def field_of(body: dict, path: str) -> Any:
+    """``body[path]``, where a dotted path walks nested objects (a key with a dot in it is tried whole first)."""
+    if path in body:
+        return body[path]
+    here: Any = body
+    for part in path.split("."):
+        if not isinstance(here, dict) or part not in here:
+            raise KeyError(path)
+        here = here[part]
+    return here
 
 
-def parse_timestamp(raw: object) -> float:
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        ts = float(raw)
-        if not math.isfinite(ts) or ts <= 0:
-            raise Rejected("bad_timestamp", f"timestamp {raw!r} is not a positive epoch time")
-        return ts / 1000.0 if ts > 1e11 else ts  # epoch milliseconds are common on gateways
-    if isinstance(raw, str):
-        try:
-            dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise Rejected("bad_timestamp", f"timestamp {raw!r} is not ISO 8601") from None
-        if dt.tzinfo is None:
-            raise Rejected("bad_timestamp", f"timestamp {raw!r} has no time zone")
-        return dt.timestamp()
-    raise Rejected("bad_timestamp", f"timestamp {raw!r} is not a number or ISO 8601 text")
-
-
-def parse_payload(payload: bytes, where: TopicSignal, max_bytes: int, now: float, source: str = "mqtt") -> Reading:
-    """One Reading from one JSON payload, or Rejected naming the reason."""
-    if len(payload) > max_bytes:
-        raise Rejected("oversized", f"{len(payload)} bytes > max_payload_bytes {max_bytes}")
-    try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise Rejected("not_json", f"not JSON ({exc.__class__.__name__})") from None
+def readings_of(body: Any, signals: list[TopicSignal], gate: SampleGate, now: float,
+                on_reject: Callable[[str, str, str], None]) -> list[Reading]:
+    """The readings one JSON message carries for ``signals``; a field that is missing or bad is rejected alone."""
     if not isinstance(body, dict):
         raise Rejected("not_an_object", f"JSON {type(body).__name__}, expected an object")
-    src = where.source
-    quality = Quality.GOOD
-    if src.quality_field and src.quality_field in body:
-        quality = parse_quality(body[src.quality_field])
-    if src.field not in body:
-        if quality is Quality.BAD:
-            value = None
-        else:
-            raise Rejected("missing_field", f"no field {src.field!r}")
-    else:
-        value = body[src.field]
-        if value is None and quality is Quality.BAD:
-            pass
-        elif isinstance(value, bool):
-            value = float(value)
-        elif isinstance(value, (int, float)):
-            value = float(value)
-            if not math.isfinite(value):
-                raise Rejected("not_finite", f"field {src.field!r} is {value}")
-        else:
-            raise Rejected("not_a_number", f"field {src.field!r} is {type(value).__name__} {str(value)[:40]!r}")
-    if quality is Quality.BAD:
-        value = None
-    ts = now
-    if src.timestamp_field and body.get(src.timestamp_field) is not None:
-        ts = parse_timestamp(body[src.timestamp_field])
-    return Reading(ts, where.asset, where.signal, value, quality, source, where.unit)
+    out: list[Reading] = []
+    for where in signals:
+        src = where.source
+        try:
+            quality = Quality.GOOD
+            if src.quality_field and src.quality_field in body:
+                quality = parse_quality(body[src.quality_field])
+            try:
+                value = field_of(body, src.field)
+            except KeyError:
+                if quality is not Quality.BAD:
+                    raise Rejected("missing_field", f"no field {src.field!r}") from None
+                value = None
+            ts = now
+            if src.timestamp_field and body.get(src.timestamp_field) is not None:
+                ts = parse_timestamp(body[src.timestamp_field])
+            out.append(gate.reading(ts, where.asset, where.signal, value, quality, where.unit, now))
+        except Rejected as exc:
+            on_reject(exc.reason, where.key, exc.detail)
+    return out
 
 
 class MqttCollector:
     """Turns the line's MQTT messages into Readings offered into ``buffer``.
 
-    ``patterns``: extra wildcard topic patterns with ``{asset}`` and ``{signal}``
-    levels; a topic they match is read as that signal of the line file (its unit
-    and field mapping), or rejected as ``unknown_topic`` if the line has no such signal.
+    ``signals``: the signal keys this collector serves (default: every signal with an MQTT source).
+    ``patterns``: extra wildcard topic patterns with ``{asset}`` and ``{signal}`` levels; a topic
+    they match is read as that signal of the line file (its unit and field mapping), or rejected
+    as ``unknown_topic`` if the line has no such signal.
     """
 
     source = "mqtt"
@@ -171,46 +129,51 @@ class MqttCollector:
     def __init__(
         self,
         line: LineConfig,
-        buffer: Buffer[Reading],
+        buffer: Buffer[Reading | SourceState],
         connection: MqttConnection | None = None,
         *,
+        signals: list[str] | None = None,
         patterns: list[str] | None = None,
         qos: int = 1,
         log_every_s: float = 10.0,
         handover_s: float = 0.01,
+        clock: Callable[[], float] = time.time,
     ):
         self.line = line
         self.buffer = buffer
-        self.conn = connection or line.mqtt or MqttConnection()
+        self._conn = connection or line.mqtt or MqttConnection()
         self.qos = qos
-        self.log_every_s = log_every_s
         self.handover_s = handover_s
-        self.topics: dict[str, TopicSignal] = {}
+        self.clock = clock
+        self.gate = SampleGate(line.samples.max_future_s, line.samples.max_age_s, clock, log_every_s, self.source, log)
+        wanted = set(signals) if signals is not None else None
+        self.topics: dict[str, list[TopicSignal]] = {}
         self.by_key: dict[str, TopicSignal] = {}
         for asset in line.assets:
             for signal in asset.signals:
                 ts = TopicSignal(asset.id, signal.name, signal.unit, signal.source.mqtt or MqttSource(topic=""))
-                self.by_key[f"{asset.id}.{signal.name}"] = ts
-                if signal.source.mqtt:
-                    self.topics[signal.source.mqtt.topic] = ts
+                self.by_key[ts.key] = ts
+                if signal.source.mqtt and (wanted is None or ts.key in wanted):
+                    self.topics.setdefault(signal.source.mqtt.topic, []).append(ts)
+        self.served = [s.key for group in self.topics.values() for s in group]
         self.patterns = [TopicPattern.parse(p) for p in patterns or []]
         self.subscriptions = self._subscriptions()
-        self.client: paho.Client | None = None
+        self.session: MqttSession | None = None
         self.connected = asyncio.Event()
         self.readings_in = 0
         self.by_quality = {q.value: 0 for q in Quality}
-        self.rejects = {reason: 0 for reason in REJECT_REASONS}
-        self.connects = 0
-        self.outages = 0
         self.last_reading_ts: float | None = None
+        self.last_arrival: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._pending: list[Reading] = []
+        self._pending: list[Reading | SourceState] = []
         self._pending_lock = threading.Lock()
         self._drainer: asyncio.Task | None = None
-        self._last_log: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
-        self._down_since: float | None = None
+
+    @property
+    def conn(self) -> MqttConnection:
+        """The connection as the session speaks it now (MQTT 3.1.1 after a fallback)."""
+        return self.session.conn if self.session is not None else self._conn
 
     def _subscriptions(self) -> list[str]:
         """The wildcards, plus every explicit topic no wildcard already covers."""
@@ -220,50 +183,53 @@ class MqttCollector:
                 subs.append(topic)
         return subs
 
+    @property
+    def rejects(self) -> dict[str, int]:
+        return dict(self.gate.rejects)
+
+    @property
+    def client(self) -> paho.Client | None:
+        return self.session.client if self.session else None
+
     # -- public --------------------------------------------------------------------
 
     def stats(self) -> dict:
+        session = self.session.stats() if self.session else {}
         with self._lock:
             return {
                 "source": self.source,
                 "broker": f"{self.conn.host}:{self.conn.port}",
                 "connected": self.connected.is_set(),
                 "subscriptions": len(self.subscriptions),
+                "signals": len(self.served),
                 "readings_in": self.readings_in,
                 "by_quality": dict(self.by_quality),
-                "rejects": {k: v for k, v in self.rejects.items() if v},
-                "rejected": sum(self.rejects.values()),
-                "reconnects": max(0, self.connects - 1),
-                "outages": self.outages,
+                "rejects": {k: v for k, v in self.gate.rejects.items() if v},
+                "rejected": sum(self.gate.rejects.values()),
+                "reconnects": session.get("reconnects", 0),
+                "outages": session.get("outages", 0),
+                "callback_errors": session.get("callback_errors", 0),
+                "conflict": session.get("conflict"),
                 "last_reading_ts": self.last_reading_ts,
+                "last_arrival": self.last_arrival,
                 "buffer": self.buffer.stats(),
             }
 
     async def start(self) -> None:
-        """Start paho's network thread; returns at once (the broker may come later: paho keeps trying)."""
+        """Start the session; returns at once (the broker may come later: the session keeps trying)."""
         self._loop = asyncio.get_running_loop()
-        client = mqtt.make_client(self.conn, role="collector")
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_connect_fail = self._on_connect_fail
-        client.on_subscribe = self._on_subscribe
-        self.client = client
-        mqtt.connect(client, self.conn)
-        client.loop_start()
+        self._state(False, f"MQTT broker {self.conn.host}:{self.conn.port}: connecting")
+        self.session = MqttSession(
+            self.conn, role="collector", subscriptions=[(t, self.qos) for t in self.subscriptions],
+            on_message=self._on_message, on_up=self._on_up, on_down=self._on_down,
+        ).start()
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain_every(), name="mqtt-collector-handover")
 
-    async def _restart(self) -> None:
-        await self.stop()
-        await self.start()
-
     async def stop(self) -> None:
-        if self.client is not None:
-            client, self.client = self.client, None
-            client.on_disconnect = None
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+        if self.session is not None:
+            session, self.session = self.session, None
+            await asyncio.to_thread(session.stop)
         if self._drainer is not None:
             self._drainer.cancel()
             try:
@@ -283,127 +249,73 @@ class MqttCollector:
         finally:
             await self.stop()
 
-    # -- paho thread -------------------------------------------------------------------
+    # -- paho thread (guarded by the session) -----------------------------------------
 
     def _set_connected(self, up: bool) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.connected.set if up else self.connected.clear)
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001 - paho's signature
-        if mqtt.is_failure(reason_code):
-            older = mqtt.downgraded(self.conn, reason_code)
-            if older is not None and self._loop is not None:
-                self.conn = older
-                self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._restart()))
-                return
-            self._note_down(f"broker refused the connection ({mqtt.reason_text(reason_code)})")
-            return
-        # subscriptions go in on_connect: after a broker restart a clean session has none
-        client.subscribe([(topic, self.qos) for topic in self.subscriptions])
-        with self._lock:
-            self.connects += 1
-            reconnect = self.connects > 1
-        if self._down_since is not None:
-            log.info(
-                "MQTT reconnected to %s:%d after %.1f s; re-subscribed to %d topics",
-                self.conn.host,
-                self.conn.port,
-                time.monotonic() - self._down_since,
-                len(self.subscriptions),
-            )
-            self._down_since = None
-        elif not reconnect:
-            log.info("MQTT connected to %s:%d; subscribed to %d topics", self.conn.host, self.conn.port, len(self.subscriptions))
+    def _on_up(self) -> None:
+        if self.session is not None and self.session.connects > 1:
+            log.info("MQTT collector re-subscribed to %d topics", len(self.subscriptions))
+        self._state(True, f"MQTT broker {self.conn.host}:{self.conn.port} connected")
         self._set_connected(True)
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
-        refused = [
-            topic for topic, rc in zip(self.subscriptions, reason_codes) if mqtt.is_failure(rc)
-        ]
-        if refused:  # an ACL that hides topics looks exactly like a silent sensor otherwise
-            log.error(
-                "MQTT %s:%d refused the subscription to %d topic(s): %s",
-                self.conn.host,
-                self.conn.port,
-                len(refused),
-                ", ".join(refused[:5]) + (" ..." if len(refused) > 5 else ""),
-            )
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
-        self._note_down(f"disconnected ({mqtt.reason_text(reason_code)})")
-
-    def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
-        self._note_down("cannot reach the broker")
-
-    def _note_down(self, why: str) -> None:
+    def _on_down(self, why: str) -> None:
         self._set_connected(False)
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            with self._lock:
-                self.outages += 1
-            log.warning("MQTT %s:%d %s; reconnecting with back-off", self.conn.host, self.conn.port, why)
+        self._state(False, f"MQTT broker {self.conn.host}:{self.conn.port} {why}")
 
-    def _where(self, topic: str) -> TopicSignal | None:
+    def _state(self, up: bool, detail: str) -> None:
+        with self._pending_lock:
+            self._pending.append(SourceState(self.source, self.clock(), up, detail, tuple(self.served)))
+
+    def _where(self, topic: str) -> list[TopicSignal] | None:
         where = self.topics.get(topic)
         if where is not None:
             return where
         for p in self.patterns:
             m = p.regex.match(topic)
             if m:
-                return self.by_key.get(f"{m['asset']}.{m['signal']}")
+                one = self.by_key.get(f"{m['asset']}.{m['signal']}")
+                return [one] if one else None
         return None
 
-    def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:  # noqa: ANN001
+    def _on_message(self, message: paho.MQTTMessage) -> None:
         topic = message.topic
+        now = self.clock()
         try:
             where = self._where(topic)
             if where is None:
                 raise Rejected("unknown_topic", "no signal of the line file maps to this topic")
-            reading = parse_payload(message.payload, where, self.conn.max_payload_bytes, time.time(), self.source)
+            body = parse_json(message.payload, self.conn.max_payload_bytes)
+            readings = readings_of(body, where, self.gate, now,
+                                   lambda reason, key, detail: self.gate.reject(reason, f"{topic} ({key})", detail))
         except Rejected as exc:
-            self._reject(exc.reason, topic, exc.detail)
+            self.gate.reject(exc.reason, topic, exc.detail)
             return
+        if not readings:
+            return
+        self.gate.accept(len(readings))
         with self._lock:
-            self.readings_in += 1
-            self.by_quality[reading.quality.value] += 1
-            self.last_reading_ts = reading.ts
-        self._hand_over(reading)
-
-    def _hand_over(self, reading: Reading) -> None:
-        """Park the reading for the event loop, which collects the parked ones every ``handover_s``.
-
-        No cross-thread wake-up per message (call_soon_threadsafe costs a self-pipe write and a loop
-        wake-up each; at thousands of messages a second that was most of our CPU); paho never waits.
-        """
+            self.readings_in += len(readings)
+            for r in readings:
+                self.by_quality[r.quality.value] += 1
+            self.last_reading_ts = readings[-1].ts
+            self.last_arrival = now
         with self._pending_lock:
-            self._pending.append(reading)
+            self._pending.extend(readings)
+
+    # -- event loop ----------------------------------------------------------------------
 
     def _drain_pending(self) -> None:
+        """Hand over what paho's thread parked (no cross-thread wake-up per message: that cost most of our CPU)."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
         offer = self.buffer.offer
-        for reading in batch:
-            offer(reading)
+        for item in batch:
+            offer(item)
 
     async def _drain_every(self) -> None:
         while True:
             await asyncio.sleep(self.handover_s)
             self._drain_pending()
-
-    def _reject(self, reason: str, topic: str, detail: str) -> None:
-        with self._lock:
-            self.rejects[reason] += 1
-        # at most one line per reason per log_every_s, with how many were not logged in between
-        now = time.monotonic()
-        if now - self._last_log.get(reason, -math.inf) >= self.log_every_s:
-            skipped = self._unlogged.pop(reason, 0)
-            log.warning(
-                "MQTT payload rejected (%s) on %s: %s%s",
-                reason,
-                topic,
-                detail,
-                f" (+{skipped} more {reason} since the last report)" if skipped else "",
-            )
-            self._last_log[reason] = now
-        else:
-            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1

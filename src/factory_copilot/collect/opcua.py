@@ -3,9 +3,20 @@
 Data-change notifications come through one asyncua subscription (publishing
 interval, sampling interval and monitored-item queue size from the line's
 OpcuaConnection). The StatusCode becomes the reading's Quality (value None when
-Bad). When the server goes away, asyncua's auto-reconnect supervisor brings the
+Bad); every value and SourceTimestamp passes the sample gate (``gate.py``).
+When the server goes away, asyncua's auto-reconnect supervisor brings the
 session back and re-creates the subscription; we say so in one log line per
-outage and count it.
+outage, count it, and tell downstream (``SourceState``) so the outage is a state.
+
+A connect that fails for any reason - server down, user rejected, certificate not
+trusted - is retried with capped back-off for as long as the collector runs: the
+server's operator may fix the user or the trust list, and the line comes back
+without a restart. Each failure is said once, then once per ``retry_log_s``.
+
+With SignAndEncrypt, the server certificate is pinned: from the line file when given
+(``server_certificate``), else trusted on first use and stored in the PKI folder; a
+server that later shows another certificate is refused with a message saying how to
+accept it if the change was intended.
 """
 
 from __future__ import annotations
@@ -13,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import os
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,17 +35,20 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto import security_policies, uacrypto
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.plumbing.opcua import ensure_certificate, quality_of, status_name, to_epoch
+from factory_copilot.collect.gate import Rejected, SampleGate
 from factory_copilot.config import LineConfig, OpcuaConnection
-from factory_copilot.records import Quality, Reading
+from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.plumbing.logs import printable
+from factory_copilot.plumbing.opcua import ensure_certificate, quality_of, status_name, to_epoch
+from factory_copilot.records import Quality, Reading, SourceState
 
 log = logging.getLogger(__name__)
 
 CLIENT_URI = "urn:factory-copilot:collector"
 DEFAULT_PKI_DIR = Path(os.environ.get("FACTORY_COPILOT_PKI", ".factory-copilot/pki"))
-# how long to wait between first-connect attempts while the server is not up yet
+# how long to wait between connect attempts: unreachable servers come back soon, a rejected user waits for a person
 FIRST_CONNECT_MAX_DELAY_S = 10.0
+REJECTED_MAX_DELAY_S = 60.0
 
 
 class OpcuaConnectError(RuntimeError):
@@ -124,21 +138,22 @@ async def _set_security(client: Client, conn: OpcuaConnection, pki_dir: Path) ->
         made_cert, made_key = await ensure_certificate(cert.parent, cert.stem.removesuffix("_cert"), CLIENT_URI, server=False)
         cert, key = made_cert, made_key
         log.info("made a client certificate %s; the server must trust it", cert)
-    server_cert: bytes | None = None
+    endpoints = await client.connect_and_get_server_endpoints()
+    offered = Client.find_endpoint(
+        endpoints, ua.MessageSecurityMode.SignAndEncrypt, security_policies.SecurityPolicyBasic256Sha256.URI
+    )
+    if offered.ServerCertificate is None:
+        raise OpcuaConnectError(f"{conn.endpoint}: the server offers no certificate for SignAndEncrypt (BadCertificateInvalid)")
+    offered_der = uacrypto.x509_from_der(offered.ServerCertificate).public_bytes(Encoding.DER)
     if conn.server_certificate:
         trusted = await uacrypto.load_certificate(conn.server_certificate)
-        endpoints = await client.connect_and_get_server_endpoints()
-        offered = Client.find_endpoint(
-            endpoints, ua.MessageSecurityMode.SignAndEncrypt, security_policies.SecurityPolicyBasic256Sha256.URI
-        )
-        trusted_der = trusted.public_bytes(Encoding.DER)
-        if offered.ServerCertificate is None or _fingerprint(trusted_der) != _fingerprint(
-            uacrypto.x509_from_der(offered.ServerCertificate).public_bytes(Encoding.DER)
-        ):
+        if _fingerprint(trusted.public_bytes(Encoding.DER)) != _fingerprint(offered_der):
             raise OpcuaConnectError(
                 f"{conn.endpoint}: server certificate is not the trusted one in {conn.server_certificate} (BadCertificateUntrusted)"
             )
-        server_cert = trusted_der
+    else:
+        _trust_on_first_use(conn.endpoint, offered_der, pki_dir)
+    server_cert: bytes | None = offered_der
     await client.set_security(
         security_policies.SecurityPolicyBasic256Sha256,
         certificate=str(cert),
@@ -146,6 +161,30 @@ async def _set_security(client: Client, conn: OpcuaConnection, pki_dir: Path) ->
         server_certificate=server_cert,
         mode=ua.MessageSecurityMode.SignAndEncrypt,
     )
+
+
+def pinned_certificate(endpoint: str, pki_dir: Path) -> Path:
+    """Where the server certificate trusted on first use for ``endpoint`` is kept."""
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    return Path(pki_dir) / "trusted-servers" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", host) + ".der")
+
+
+def _trust_on_first_use(endpoint: str, offered_der: bytes, pki_dir: Path) -> None:
+    pin = pinned_certificate(endpoint, pki_dir)
+    if pin.exists():
+        if _fingerprint(pin.read_bytes()) != _fingerprint(offered_der):
+            raise OpcuaConnectError(
+                f"{endpoint}: the server shows another certificate (SHA-256 {_fingerprint(offered_der)[:16]}...) than the one "
+                f"trusted on first use and pinned in {pin} (SHA-256 {_fingerprint(pin.read_bytes())[:16]}...) "
+                "(BadCertificateUntrusted); if the server's certificate was renewed on purpose, delete that file to trust "
+                "the new one")
+        return
+    pin.parent.mkdir(parents=True, exist_ok=True)
+    pin.write_bytes(offered_der)
+    subject = uacrypto.x509_from_der(offered_der).subject.rfc4514_string()
+    log.warning("%s: trusting the server certificate %s (SHA-256 %s) on first use; pinned in %s - compare the "
+                "fingerprint with the server's, or set opcua.server_certificate in the line file",
+                endpoint, subject, _fingerprint(offered_der), pin)
 
 
 class OpcuaCollector:
@@ -159,11 +198,14 @@ class OpcuaCollector:
     def __init__(
         self,
         line: LineConfig,
-        buffer: Buffer[Reading],
+        buffer: Buffer[Reading | SourceState],
         connection: OpcuaConnection | None = None,
         *,
+        signals: list[str] | None = None,
         pki_dir: str | Path | None = None,
         reconnect_max_delay_s: float = 5.0,
+        retry_log_s: float = 300.0,
+        clock=time.time,
     ):
         conn = connection or line.opcua
         if conn is None:
@@ -173,23 +215,34 @@ class OpcuaCollector:
         self.conn = conn
         self.pki_dir = Path(pki_dir) if pki_dir else DEFAULT_PKI_DIR
         self.reconnect_max_delay_s = reconnect_max_delay_s
+        self.retry_log_s = retry_log_s
+        self.clock = clock
+        self.gate = SampleGate(line.samples.max_future_s, line.samples.max_age_s, clock, 10.0, self.source, log)
+        wanted = set(signals) if signals is not None else None
         # node id string -> (asset, signal, unit)
         self.signals: dict[str, tuple[str, str, str]] = {}
         for asset in line.assets:
             for signal in asset.signals:
-                if signal.source.opcua:
+                if signal.source.opcua and (wanted is None or f"{asset.id}.{signal.name}" in wanted):
                     nodeid = ua.NodeId.from_string(signal.source.opcua).to_string()
                     self.signals[nodeid] = (asset.id, signal.name, signal.unit)
         self.client: Client | None = None
         self.connected = asyncio.Event()
+        self.served = tuple(f"{a}.{s}" for a, s, _ in self.signals.values())
         self.readings_in = 0
         self.by_quality = {q.value: 0 for q in Quality}
-        self.rejects: dict[str, int] = {}
         self.reconnects = 0
         self.outages = 0
+        self.connect_attempts = 0
+        self.last_error: str | None = None
         self.last_reading_ts: float | None = None
+        self.last_arrival: float | None = None
         self._tasks: list[asyncio.Task] = []
         self._lost_at: float | None = None
+
+    @property
+    def rejects(self) -> dict[str, int]:
+        return dict(self.gate.rejects)
 
     # -- public -------------------------------------------------------------------
 
@@ -201,10 +254,14 @@ class OpcuaCollector:
             "signals": len(self.signals),
             "readings_in": self.readings_in,
             "by_quality": dict(self.by_quality),
-            "rejects": dict(self.rejects),
+            "rejects": self.rejects,
+            "rejected": sum(self.gate.rejects.values()),
             "reconnects": self.reconnects,
             "outages": self.outages,
+            "connect_attempts": self.connect_attempts,
+            "last_error": self.last_error,
             "last_reading_ts": self.last_reading_ts,
+            "last_arrival": self.last_arrival,
             "buffer": self.buffer.stats(),
         }
 
@@ -214,8 +271,9 @@ class OpcuaCollector:
         return self.client
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Connect (retrying while the server is unreachable), subscribe, and stream until ``stop`` is set."""
+        """Connect (retrying whatever the failure), subscribe, and stream until ``stop`` is set."""
         stop = stop or asyncio.Event()
+        self._state(False, f"OPC UA server {self.conn.endpoint}: connecting")
         # asyncua logs each failed publish and reconnect attempt with a stack trace; the watcher says it in one line
         with quiet_asyncua():
             await self._first_connect(stop)
@@ -225,6 +283,7 @@ class OpcuaCollector:
             try:
                 sub = await self._subscribe(self.client)
                 self.connected.set()
+                self._state(True, f"OPC UA server {self.conn.endpoint} connected")
                 self._tasks = [
                     asyncio.create_task(self._pump(sub), name="opcua-pump"),
                     asyncio.create_task(self._watch_connection(self.client), name="opcua-watch"),
@@ -232,6 +291,9 @@ class OpcuaCollector:
                 await stop.wait()
             finally:
                 await self.close()
+
+    def _state(self, up: bool, detail: str) -> None:
+        self.buffer.offer(SourceState(self.source, self.clock(), up, detail, self.served))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -254,22 +316,34 @@ class OpcuaCollector:
     # -- connection -----------------------------------------------------------------
 
     async def _first_connect(self, stop: asyncio.Event) -> None:
-        delay, waiting_logged = 0.5, False
+        """Try until connected or stopped: an unreachable server and a rejected user alike may be fixed meanwhile."""
+        delay, said, said_at = 0.5, None, -float("inf")
         while not stop.is_set():
+            self.connect_attempts += 1
             try:
                 await self.connect()
-                log.info("OPC UA connected to %s (security %s)", self.conn.endpoint, self.conn.security)
+                if said is not None:
+                    log.info("OPC UA connected to %s after %d attempts", self.conn.endpoint, self.connect_attempts)
+                else:
+                    log.info("OPC UA connected to %s (security %s)", self.conn.endpoint, self.conn.security)
+                self.last_error = None
                 return
             except OpcuaConnectError as exc:
-                if not exc.retryable:
-                    raise  # credentials or certificates: retrying will not help
-                if not waiting_logged:
-                    log.warning("%s; retrying until it answers", exc)
-                    waiting_logged = True
+                message = str(exc)
+                self.last_error = message
+                cap = FIRST_CONNECT_MAX_DELAY_S if exc.retryable else REJECTED_MAX_DELAY_S
+                now = time.monotonic()
+                # once per distinct failure, then once per retry_log_s while it lasts
+                if message != said or now - said_at >= self.retry_log_s:
+                    what = "retrying until it answers" if exc.retryable else (
+                        "retrying with back-off (up to every %.0f s) until the server's operator fixes it" % cap)
+                    log.warning("%s; %s (attempt %d)", message, what, self.connect_attempts)
+                    self._state(False, message)
+                    said, said_at = message, now
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except asyncio.TimeoutError:
-                delay = min(delay * 2, FIRST_CONNECT_MAX_DELAY_S)
+                delay = min(delay * 2, cap)
 
     async def _watch_connection(self, client: Client) -> None:
         """One log line when the session is lost, one when it is back (with the subscription re-created)."""
@@ -280,12 +354,14 @@ class OpcuaCollector:
                     self._lost_at = time.monotonic()
                     self.outages += 1
                     self.connected.clear()
+                    self._state(False, f"OPC UA server {self.conn.endpoint} unreachable")
                     log.warning("OPC UA connection to %s lost; reconnecting with back-off", self.conn.endpoint)
                 elif state is UaClientState.CONNECTED and self._lost_at is not None:
                     gap = time.monotonic() - self._lost_at
                     self._lost_at = None
                     self.reconnects += 1
                     self.connected.set()
+                    self._state(True, f"OPC UA server {self.conn.endpoint} connected")
                     log.info(
                         "OPC UA reconnected to %s after %.1f s; subscription to %d signals re-created",
                         self.conn.endpoint,
@@ -315,8 +391,7 @@ class OpcuaCollector:
         )
         for nid, handle in zip(self.signals, results):
             if isinstance(handle, ua.StatusCode):
-                self.rejects["unknown_node"] = self.rejects.get("unknown_node", 0) + 1
-                log.warning("OPC UA %s: cannot subscribe to %s (%s)", conn.endpoint, nid, status_name(handle))
+                self.gate.reject("unknown_node", nid, f"cannot subscribe ({status_name(handle)}): check the node id")
         return sub
 
     async def _pump(self, sub) -> None:
@@ -330,23 +405,22 @@ class OpcuaCollector:
     def _on_value(self, nodeid: str, dv: ua.DataValue | None) -> None:
         where = self.signals.get(nodeid)
         if where is None or dv is None:
-            self.rejects["unknown_node"] = self.rejects.get("unknown_node", 0) + 1
+            self.gate.reject("unknown_node", nodeid, "a value for a node no signal maps to")
             return
         asset, signal, unit = where
+        now = self.clock()
         quality = quality_of(dv.StatusCode)
         value = dv.Value.Value if dv.Value is not None else None
-        if quality is Quality.BAD:
-            value = None
-        elif value is not None:
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                value, quality = None, Quality.BAD
-            else:
-                if not math.isfinite(value):
-                    value, quality = None, Quality.BAD
-        ts = to_epoch(dv.SourceTimestamp) or to_epoch(dv.ServerTimestamp) or time.time()
+        ts = to_epoch(dv.SourceTimestamp) or to_epoch(dv.ServerTimestamp) or now
+        try:
+            if quality is not Quality.BAD and value is None:
+                raise Rejected("not_a_number", "Good/Uncertain status without a value")
+            reading = self.gate.reading(ts, asset, signal, value, quality, unit, now)
+        except Rejected as exc:
+            self.gate.reject(exc.reason, f"{nodeid} ({asset}.{signal})", exc.detail)
+            return
+        self.gate.accept()
         self.readings_in += 1
         self.by_quality[quality.value] += 1
-        self.last_reading_ts = ts
-        self.buffer.offer(Reading(ts, asset, signal, value, quality, self.source, unit))
+        self.last_reading_ts, self.last_arrival = reading.ts, now
+        self.buffer.offer(reading)

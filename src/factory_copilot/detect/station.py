@@ -4,6 +4,19 @@ Rows hold the latest good value of each signal in the interval and the line's mo
 row goes through the single-signal checks, the multivariate detector and, when the detector
 flags it, the fault classifier. Every evaluation that finds a condition abnormal emits an
 Anomaly (repeated while it persists: the alarm engine owns on/off delays and de-duplication).
+
+Time. A reading goes into the row of its own timestamp, but the rows follow the pipeline's
+clock (wall time live, data time in a replay): a reading stamped ahead of the clock is put in
+the current row, never lets the station run ahead and evaluate empty rows; a reading for a row
+already gone out (a source whose clock lags) is put into the current row when it is at most
+``late_tolerance_s`` late, else dropped; each case is counted. When nothing arrives, the clock
+closes the rows, so silence shows.
+
+Lost data is a state. The collect station says when a source connects and disconnects
+(``SourceState``); a source that is down, or whose signals all went silent for
+``stale_after_intervals``, is one ``source`` anomaly naming its stale signals (instead of one
+quality alarm per signal); a single silent signal is its own ``quality`` anomaly. Both carry the
+stale keys, so the alarm engine keeps the alarms on those signals as they are until data flows.
 """
 
 from __future__ import annotations
@@ -13,37 +26,60 @@ import logging
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import LineConfig
 from factory_copilot.detect.checks import SignalChecks
 from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
-from factory_copilot.records import Anomaly, Mode, Quality, Reading
+from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.plumbing.logs import Throttled, printable
+from factory_copilot.records import Anomaly, Mode, Quality, Reading, SourceState
 
 log = logging.getLogger(__name__)
 
+SOURCES_ASSET = "sources"  # the alarms of lost sources belong to no asset of the line: they sit under this one
+
+
+@dataclass
+class _Source:
+    """What the station knows of one source: connected or not, since when, and the signals it serves."""
+
+    name: str
+    signals: tuple[str, ...]
+    connected: bool = False
+    since: float = 0.0
+    detail: str = ""
+    down_since: float | None = None  # when the source was first seen down (disconnected or all silent)
+
 
 class DetectStation:
-    """Consumes ``Buffer[Reading]``, offers ``Anomaly`` records to ``Buffer[Anomaly]``."""
+    """Consumes ``Buffer[Reading | SourceState]``, offers ``Anomaly`` records to ``Buffer[Anomaly]``."""
 
     def __init__(
         self,
         line: LineConfig,
-        readings: Buffer[Reading] | None = None,
+        readings: Buffer[Reading | SourceState] | None = None,
         anomalies: Buffer[Anomaly] | None = None,
         detector: LineDetector | None = None,
         classifier: FaultClassifier | None = None,
         checks: SignalChecks | None = None,
         top_contributors: int = 5,
         classify_every: int = 30,
+        clock: Callable[[], float] = time.time,
+        late_tolerance_s: float | None = None,
     ):
         self.line = line
         self.readings = readings
         self.anomalies = anomalies
         self.interval = line.sampling_interval_s
+        self.clock = clock
+        self.late_rows = max(1, math.ceil((line.samples.max_future_s if late_tolerance_s is None
+                                           else late_tolerance_s) / self.interval))
+        self.stale_after = line.samples.stale_after_intervals
         self.mode_key = f"{line.mode_signal.asset}.{line.mode_signal.signal}" if line.mode_signal else None
         self.keys = line.signal_keys()
         self._keyset = set(self.keys)
@@ -62,9 +98,15 @@ class DetectStation:
         self._qualities: dict[str, Quality] = {}
         self._episode_rows = 0
         self._fault: tuple[str, float] = (UNKNOWN, 0.0)
+        self.sources: dict[str, _Source] = {}
+        self.last_seen: dict[str, float] = {}  # signal key -> row time of its latest sample, any quality
+        self.started_at = clock()
         self.rows = 0
         self.emitted = 0
+        self.last_row_ts: float | None = None
+        self.counts: dict[str, int] = defaultdict(int)  # ahead_of_clock, late_adjusted, late_dropped, bad_timestamp
         self.ignored: dict[str, int] = defaultdict(int)
+        self._throttle = Throttled(log, 30.0)
 
     def _index(self, signals: list[str]) -> list[str]:
         missing = [s for s in signals if s not in self.keys]
@@ -72,26 +114,43 @@ class DetectStation:
             raise ValueError(f"model signals not in the line file: {', '.join(missing[:5])}")
         return list(signals)
 
-    # ---- one reading at a time -------------------------------------------------------------
-    def add(self, reading: Reading) -> list[Anomaly]:
-        """Take one reading; returns the anomalies of any rows it completed."""
+    # ---- one record at a time ----------------------------------------------------------------
+    def add(self, item: Reading | SourceState) -> list[Anomaly]:
+        """Take one reading (or source state); returns the anomalies of any rows it completed."""
+        if isinstance(item, SourceState):
+            self.source_state(item)
+            return []
+        reading = item
         key = reading.key
         if key != self.mode_key and key not in self._keyset:
             if self.ignored[key] == 0:
-                log.warning("detect: reading for %s, which the line file does not define; ignored", key)
+                log.warning("detect: reading for %s, which the line file does not define; ignored", printable(key))
             self.ignored[key] += 1
             return []
         if not math.isfinite(reading.ts):
-            log.warning("detect: reading for %s without a usable timestamp; ignored", key)
+            self.counts["bad_timestamp"] += 1
+            self._throttle.warning("bad_timestamp", "detect: reading for %s without a usable timestamp; ignored", key)
             return []
         bucket = int(math.floor(reading.ts / self.interval))
+        now_bucket = int(math.floor(self.clock() / self.interval))
+        if bucket > now_bucket:
+            # stamped ahead of the clock (within the gate's skew): it belongs to now, and must not run the rows ahead
+            self.counts["ahead_of_clock"] += 1
+            bucket = now_bucket
         out: list[Anomaly] = []
         if self.bucket is None:
             self.bucket = bucket
         elif bucket > self.bucket:
             out = self.close_until(bucket)
         elif bucket < self.bucket:
-            return []  # late sample of an interval already evaluated: the row has gone out
+            if self.bucket - bucket > self.late_rows:
+                self.counts["late_dropped"] += 1
+                self._throttle.warning(
+                    "late", "detect: reading for %s is %.1f s late (row already evaluated); dropped - check the "
+                    "source's clock and the network", key, (self.bucket - bucket) * self.interval)
+                return out
+            self.counts["late_adjusted"] += 1  # a lagging source clock: its value counts for the current row
+        self.last_seen[key] = self.bucket * self.interval
         if key == self.mode_key:
             if reading.is_process_value:
                 try:
@@ -106,6 +165,17 @@ class DetectStation:
             self._qualities[key] = reading.quality
         return out
 
+    def source_state(self, state: SourceState) -> None:
+        """A source came up or went down (the collect station's word for it)."""
+        src = self.sources.get(state.source)
+        if src is None:
+            src = self.sources[state.source] = _Source(state.source, tuple(state.signals), since=state.ts)
+        if state.signals:
+            src.signals = tuple(state.signals)
+        if src.connected != state.connected:
+            src.since = state.ts
+        src.connected, src.detail = state.connected, state.detail
+
     def close_until(self, bucket: int, max_gap_rows: int = 3600) -> list[Anomaly]:
         """Evaluate the open row and every empty interval before ``bucket`` (so gaps show up as gaps)."""
         out: list[Anomaly] = []
@@ -118,10 +188,54 @@ class DetectStation:
         self.bucket = bucket
         return out
 
+    # ---- lost data ------------------------------------------------------------------------------
+    def stale_signals(self, ts: float) -> set[str]:
+        """Signals without any sample for more than ``stale_after_intervals`` at row time ``ts``."""
+        limit = self.stale_after * self.interval
+        return {k for src in self.sources.values() for k in src.signals
+                if ts - self.last_seen.get(k, self.started_at) > limit}
+
+    def _lost(self, ts: float, out: list[Anomaly]) -> list[Anomaly]:
+        """One ``source`` anomaly per source that is down; per-signal anomalies under it left out."""
+        if not self.sources:
+            return out
+        silent = self.stale_signals(ts)
+        down: set[str] = set()
+        lost: list[Anomaly] = []
+        for src in self.sources.values():
+            stale = [k for k in src.signals if k in silent]
+            if not src.connected or (src.signals and len(stale) == len(src.signals)):
+                src.down_since = src.down_since or (src.since if not src.connected else ts)
+                down.update(src.signals)
+                lost.append(self._source_anomaly(ts, src, stale or list(src.signals)))
+            else:
+                src.down_since = None
+        kept = []
+        for a in out:
+            key = f"{a.asset}.{a.signal}" if a.signal else None
+            if key is not None and key in down:
+                continue  # the source's alarm speaks for its signals
+            if key is not None and key in silent and a.kind == "quality":
+                a.stale = (key,)
+            kept.append(a)
+        return kept + lost
+
+    def _source_anomaly(self, ts: float, src: _Source, stale: list[str]) -> Anomaly:
+        since = time.strftime("%H:%M:%S", time.localtime(src.down_since or ts))
+        why = src.detail or ("disconnected" if not src.connected else "no data")
+        if src.connected:
+            why = f"{src.name}: no sample from any of its signals"
+        return Anomaly(
+            ts=ts, asset=SOURCES_ASSET, kind="source", score=float(len(stale)), threshold=1.0, signal=src.name,
+            mode=self.mode, stale=tuple(src.signals),
+            message=f"{why} since {since}, {len(stale)} of {len(src.signals)} signals stale",
+        )
+
     # ---- one row -----------------------------------------------------------------------------
     def evaluate(self, ts: float, values: dict[str, float], qualities: dict[str, Quality]) -> list[Anomaly]:
         """Run the checks, the detector and (if flagged) the classifier on one assembled row."""
         self.rows += 1
+        self.last_row_ts = ts
         out = self.checks.update(ts, values, qualities, self.mode)
         if self.det_stream is not None:
             x = np.array([values.get(k, np.nan) for k in self._det_index])
@@ -133,6 +247,7 @@ class DetectStation:
                 out.append(self._multivariate(ts, score))
             else:
                 self._episode_rows = 0
+        out = self._lost(ts, out)
         for a in out:
             self.emitted += 1
             if self.anomalies is not None:
@@ -164,21 +279,56 @@ class DetectStation:
         if self.readings is None:
             raise RuntimeError("DetectStation.run needs a readings buffer")
         stop = stop or asyncio.Event()
+        wait = max(self.interval, 0.05)
         while not stop.is_set():
             try:
-                reading = await asyncio.wait_for(self.readings.get(), timeout=max(self.interval, 0.05) * 2)
+                item = await asyncio.wait_for(self.readings.get(), timeout=wait * 2)
             except asyncio.TimeoutError:
                 self._close_by_clock()
                 continue
             try:
-                self.add(reading)
+                self.add(item)
             except Exception:  # one bad record must not stop the station
-                log.exception("detect: could not process reading %r", reading)
+                self.counts["errors"] += 1
+                self._throttle.error("error", "detect: could not process %r", item)
+            # a steady trickle from one live source must not keep a dead source's rows from closing
+            if self.bucket is not None and self.clock() - (self.bucket + 1) * self.interval > 2 * wait:
+                self._close_by_clock()
 
     def _close_by_clock(self) -> None:
-        """Nothing arrived for two intervals: close rows up to now if the source stamps wall-clock time."""
+        """Close every row the clock has passed (nothing arrived for them, or too little to close them)."""
+        now_bucket = int(math.floor(self.clock() / self.interval)) - 1
         if self.bucket is None:
-            return
-        now_bucket = int(math.floor(time.time() / self.interval)) - 1
+            if not self.sources:
+                return
+            self.bucket = now_bucket  # a source that never delivered is a lost source from the start
         if 0 < now_bucket - self.bucket < 86400 / self.interval:
             self.close_until(now_bucket)
+
+    def stats(self) -> dict:
+        """Rows, lag and what is known of each source: for /health and the operator."""
+        now = self.clock()
+        silent = self.stale_signals(now) if self.sources else set()
+        sources = {}
+        for src in self.sources.values():
+            seen = [self.last_seen[k] for k in src.signals if k in self.last_seen]
+            newest = max(seen) if seen else None
+            sources[src.name] = {
+                "connected": src.connected,
+                "detail": src.detail,
+                "signals": len(src.signals),
+                "stale_signals": sum(k in silent for k in src.signals),
+                "newest_sample_age_s": None if newest is None else round(now - newest - self.interval, 1),
+                "down": src.down_since is not None or not src.connected,
+                "down_since": src.down_since,
+            }
+        never = [k for k in self.keys + ([self.mode_key] if self.mode_key else []) if k not in self.last_seen]
+        return {
+            "rows": self.rows,
+            "anomalies": self.emitted,
+            "lag_s": None if self.last_row_ts is None else round(now - self.last_row_ts - self.interval, 2),
+            "mode": self.mode.value,
+            "sources": sources,
+            "never_delivered": never,
+            **{k: v for k, v in self.counts.items() if v},
+        }

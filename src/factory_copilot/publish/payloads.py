@@ -19,6 +19,7 @@ import jsonschema
 from referencing import Registry, Resource
 
 from factory_copilot import __version__
+from factory_copilot.plumbing import safejson
 from factory_copilot.config import REPO_ROOT
 from factory_copilot.records import AlarmEvent, Alarm, CommandResult, Diagnosis, OperatorCommand, Question
 
@@ -112,8 +113,8 @@ def stream_chunk(alarm_id: str, asset: str, seq: int, token: str, done: bool) ->
     return {"schema": STREAM, "alarm_id": alarm_id, "asset": asset, "seq": seq, "token": token, "done": done, "ts": time.time()}
 
 
-def status(state: str, site: str, line: str, started_at: float, client_id: str) -> dict[str, Any]:
-    return {
+def status(state: str, site: str, line: str, started_at: float, client_id: str, instance: str | None = None) -> dict[str, Any]:
+    body = {
         "schema": STATUS,
         "site": site,
         "line": line,
@@ -123,6 +124,9 @@ def status(state: str, site: str, line: str, started_at: float, client_id: str) 
         "client_id": client_id,
         "ts": time.time(),
     }
+    if instance:
+        body["instance"] = instance  # host:pid, so a second instance can name the first
+    return body
 
 
 def command_reply(result: CommandResult) -> dict[str, Any]:
@@ -158,11 +162,14 @@ class Rejected:
     reason: str
 
 
+MAX_INCOMING_BYTES = 64 * 1024  # a command or a question is a few hundred bytes; anything this large is not one
+
+
 def _decode(raw: bytes, kind: str) -> tuple[dict[str, Any] | None, Rejected | None]:
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        return None, Rejected(None, f"payload is not JSON: {exc}")
+        body = safejson.loads(raw, MAX_INCOMING_BYTES)
+    except safejson.BadJson as exc:
+        return None, Rejected(None, f"payload is not usable JSON ({exc.reason}): {exc.detail}")
     if not isinstance(body, dict):
         return None, Rejected(None, f"payload must be a JSON object, got {type(body).__name__}")
     rid = body.get("request_id")

@@ -13,6 +13,10 @@ reconnect, so a row is handed to paho once per process; only a new process
 resends rows that were never acknowledged. After each (re)connect the birth
 message goes first and the outbox is resumed only once the broker acknowledged
 it — by then paho has resent its own unacknowledged messages, so order holds.
+
+One publisher per site/line: at start it reads the retained status, and if another
+instance is online there it waits for that one's will, then refuses to start with a
+message naming it (rather than taking the client id from it, and back, forever).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import json
 import logging
-import threading
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Union
@@ -30,8 +36,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from factory_copilot.plumbing import mqtt
 from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.plumbing.mqtt import MqttSession, Will
 from factory_copilot.config import LineConfig, MqttConnection
 from factory_copilot.records import (
     AlarmEvent,
@@ -49,6 +55,10 @@ from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics
 log = logging.getLogger(__name__)
 
 CommandRunner = Callable[[OperatorCommand], Union[CommandResult, Awaitable[CommandResult]]]
+
+
+class InstanceConflict(RuntimeError):
+    """Another publisher is online for the same site/line on this broker."""
 UNKNOWN_ASSET = "unknown"  # topic level for a diagnosis whose alarm this publisher never saw
 
 
@@ -80,17 +90,17 @@ class Publisher:
         self.questions = questions
         self.window = window  # messages handed to paho and not yet acknowledged
         self.stream_expiry_s = stream_expiry_s
-        self.v5 = self.connection.protocol == "5"
         self.started_at = time.time()
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"
         # set once the broker acknowledged this connection's birth message; cleared on disconnect
         self.online = asyncio.Event()
         self.offline = asyncio.Event()
         self.idle = asyncio.Event()  # nothing pending anywhere
-        self.client: paho.Client | None = None
+        self.session: MqttSession | None = None
         self.counts = collections.Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sender: asyncio.Task | None = None
-        self._watch_protocol_task: asyncio.Task | None = None
+        self._generation = 0  # the session's paho client generation our in-flight messages were handed to
         self._wake = asyncio.Event()
         self._inflight: dict[int, Message] = {}
         self._acked_ids: list[int] = []  # acknowledged, to be deleted from the outbox by the sender
@@ -114,88 +124,84 @@ class Publisher:
 
     # ---- life cycle --------------------------------------------------------------------------------------------
 
-    async def start(self) -> "Publisher":
-        """Start connecting (retrying until the broker answers) and sending; returns at once."""
+    @property
+    def v5(self) -> bool:
+        return self.session.v5 if self.session is not None else self.connection.protocol == "5"
+
+    @property
+    def client(self) -> paho.Client | None:
+        return self.session.client if self.session is not None else None
+
+    async def start(self, check_instance: bool = True) -> "Publisher":
+        """Start connecting (retrying until the broker answers) and sending; returns at once.
+
+        With ``check_instance``, first make sure no other publisher is online for this site/line
+        (InstanceConflict if one is); a broker that does not answer yet is not waited for.
+        """
         self._loop = asyncio.get_running_loop()
-        self._open_client()
+        if check_instance:
+            await self._check_instance()
+        self._open_session()
         self._sender = asyncio.create_task(self._send_forever(), name="publish-sender")
-        if self.v5:
-            self._watch_protocol_task = asyncio.create_task(self._watch_protocol(), name="publish-protocol")
         log.info(
             "publishing %s under %s to %s:%d (MQTT %s), outbox %s",
             self.client_id, self.topics.base, self.connection.host, self.connection.port, self.connection.protocol, self.outbox,
         )
         return self
 
-    def _open_client(self) -> None:
-        client = mqtt.make_client(self.connection, self.client_id, role="publish")
-        client.max_inflight_messages_set(0)  # our own window decides; paho must never hold a message back as "queued"
-        will = payloads.status("offline", self.site, self.line, self.started_at, self.client_id)
-        client.will_set(
-            self.topics.status(), payloads.encode(will), qos=1, retain=True, properties=self._props(payloads.STATUS, will=True)
+    def _open_session(self) -> None:
+        will = payloads.status("offline", self.site, self.line, self.started_at, self.client_id, self.instance)
+        self.session = MqttSession(
+            self.connection, role="publish", client_id=self.client_id,
+            subscriptions=[(self.topics.commands(), 1), (self.topics.ask(), 1)],
+            will=Will(self.topics.status(), payloads.encode(will), qos=1, retain=True, content_type="application/json",
+                      user_properties=(("schema", payloads.STATUS),)),
+            on_up=self._on_up, on_down=self._on_down, on_message=self._on_message, on_publish=self._on_publish,
+            # our own window decides; paho must never hold a message back as "queued"
+            configure=lambda client: client.max_inflight_messages_set(0),
         )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        self.client = client
-        mqtt.connect(client, self.connection)
-        client.loop_start()
+        self.session.start()
 
-    async def _watch_protocol(self, every_s: float = 2.0) -> None:
-        """Fall back to MQTT 3.1.1 when the broker answers but never accepts our MQTT 5 connection.
-
-        amqtt cannot even parse an MQTT 5 CONNECT that carries a last will, so it never
-        says "unsupported protocol" to us; a probe without a will asks it instead.
-        """
-        while not self.online.is_set():
-            try:
-                await asyncio.wait_for(self.online.wait(), every_s)
-                return
-            except asyncio.TimeoutError:
-                pass
-            speaks = await asyncio.to_thread(speaks_mqtt5, self.connection)
-            if speaks is True:
-                return  # the broker speaks MQTT 5: whatever keeps us offline, it is not the protocol
-            if speaks is False:
-                log.warning(
-                    "MQTT broker %s:%d does not speak MQTT 5; publishing with MQTT 3.1.1 (no message properties)",
-                    self.connection.host, self.connection.port,
-                )
-                old, self.client = self.client, None
-                if old is not None:
-                    old.on_disconnect = None
-                    old.disconnect()
-                    await asyncio.to_thread(old.loop_stop)
-                self.connection = self.connection.model_copy(update={"protocol": "3.1.1"})
-                self.v5 = False
-                self._open_client()
-                return
+    async def _check_instance(self, read_s: float = 2.0) -> None:
+        """Refuse to start beside a live publisher of the same site/line (its retained status says online)."""
+        status = await asyncio.to_thread(_retained_status, self.connection, self.topics.status(), read_s)
+        if not status or status.get("state") != "online" or status.get("instance") == self.instance:
+            return
+        # a crashed instance's will arrives within 1.5 keep-alives; a live one stays online
+        wait_s = 1.5 * self.connection.keepalive_s
+        log.warning("another publisher (%s, started %s) says it is online for %s; waiting up to %.0f s for its will",
+                    status.get("instance") or status.get("client_id"), _when(status.get("started_at")),
+                    self.topics.base, wait_s)
+        later = await asyncio.to_thread(_retained_status, self.connection, self.topics.status(), wait_s,
+                                        lambda s: s.get("state") == "offline")
+        if later and later.get("state") == "offline":
+            return
+        raise InstanceConflict(
+            f"another factory-copilot instance ({status.get('instance') or status.get('client_id')}, started "
+            f"{_when(status.get('started_at'))}) is publishing {self.site}/{self.line} on {self.connection.host}:"
+            f"{self.connection.port}; stop it first, or give this line another site/line"
+        )
 
     async def stop(self, timeout_s: float = 3.0) -> None:
         """Say offline (retained), disconnect and close the outbox; what was not acknowledged stays for the next start."""
-        if self._watch_protocol_task:
-            self._watch_protocol_task.cancel()
-            await asyncio.gather(self._watch_protocol_task, return_exceptions=True)
         if self._sender:
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
             self._sender = None
         for task in list(self._tasks):
             task.cancel()
-        if self.client:
-            if self.client.is_connected():
-                bye = payloads.status("offline", self.site, self.line, self.started_at, self.client_id)
-                info = self.client.publish(
+        if self.session:
+            if self.session.connected:
+                bye = payloads.status("offline", self.site, self.line, self.started_at, self.client_id, self.instance)
+                info = self.session.publish(
                     self.topics.status(), payloads.encode(bye), qos=1, retain=True, properties=self._props(payloads.STATUS)
                 )
                 try:
                     await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, timeout_s), timeout_s + 1)
                 except (asyncio.TimeoutError, RuntimeError, ValueError):
                     log.warning("offline status not acknowledged before disconnect; the broker's last will says it instead")
-            self.client.disconnect()
-            self.client.loop_stop()
-            self.client = None
+            await asyncio.to_thread(self.session.stop)
+            self.session = None
         self.online.clear()
         self._closed = True
         self._forget_acked()
@@ -290,6 +296,7 @@ class Publisher:
     def stats(self) -> dict[str, Any]:
         return {
             "online": self.online.is_set(),
+            "conflict": self.session.conflict if self.session else None,
             "outbox_pending": self.outbox.pending(),
             "outbox_dropped": self.outbox.dropped,
             "inflight": len(self._inflight),
@@ -403,13 +410,13 @@ class Publisher:
         return None
 
     def _fill(self) -> None:
-        while self.online.is_set() and self.client and len(self._inflight) < self.window:
+        while self.online.is_set() and self.session and len(self._inflight) < self.window:
             # half the window stays free for alarms, so a diagnosis flood never makes an alarm wait for a slot
             message = self._next(urgent_only=len(self._inflight) >= self.window // 2)
             if message is None:
                 return
             try:
-                info = self.client.publish(
+                info = self.session.publish(
                     message.topic, message.payload, qos=1, retain=message.retain,
                     properties=self._props(message.schema, message.expiry_s, message.extra.get("correlation")),
                 )
@@ -424,38 +431,32 @@ class Publisher:
             self.counts["handed"] += 1
 
     def _props(
-        self, kind: str | None, expiry_s: int | None = None, correlation: bytes | None = None, will: bool = False
+        self, kind: str | None, expiry_s: int | None = None, correlation: bytes | None = None
     ) -> Properties | None:
-        if not self.v5 or kind is None:
-            return None  # MQTT 3.1.1 has no properties; an empty retained clear carries none either
-        props = Properties(PacketTypes.WILLMESSAGE if will else PacketTypes.PUBLISH)
-        props.ContentType = "application/json"
-        props.UserProperty = [("schema", kind)]
-        if expiry_s:
-            props.MessageExpiryInterval = int(expiry_s)
-        if correlation is not None:
-            props.CorrelationData = correlation
-        return props
+        if self.session is None or kind is None:
+            return None  # an empty retained clear carries no properties
+        return self.session.properties(content_type="application/json", user=[("schema", kind)], expiry_s=expiry_s,
+                                       correlation=correlation)
 
-    # ---- paho callbacks (paho's network thread): hand everything over to the event loop ---------------------------
+    # ---- session callbacks (paho's network thread, guarded): hand everything over to the event loop ---------------
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
-        if mqtt.is_failure(reason):
-            log.error("broker %s:%d refused the publisher: %s", self.connection.host, self.connection.port, mqtt.reason_text(reason))
+    def _on_up(self) -> None:
+        session = self.session
+        if session is None:
             return
-        client.subscribe([(self.topics.commands(), 1), (self.topics.ask(), 1)])
-        birth = payloads.status("online", self.site, self.line, self.started_at, self.client_id)
-        info = client.publish(self.topics.status(), payloads.encode(birth), qos=1, retain=True, properties=self._props(payloads.STATUS))
-        # scheduled before its PUBACK can be handed over (same thread, FIFO), so _on_acked will know it
-        self._call(self._birth_sent, info.mid)
+        birth = payloads.status("online", self.site, self.line, self.started_at, self.client_id, self.instance)
+        info = session.publish(self.topics.status(), payloads.encode(birth), qos=1, retain=True,
+                               properties=self._props(payloads.STATUS))
+        # scheduled before its PUBACK can be handed over (same thread, FIFO), so _acked will know it
+        self._call(self._birth_sent, info.mid, session.generation)
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
-        self._call(self._went_offline, mqtt.reason_text(reason))
+    def _on_down(self, reason: str) -> None:
+        self._call(self._went_offline, reason)
 
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any = None, properties: Any = None) -> None:
-        self._call(self._acked, mid, None if reason is None or not mqtt.is_failure(reason) else mqtt.reason_text(reason))
+    def _on_publish(self, mid: int, failure: str | None) -> None:
+        self._call(self._acked, mid, failure)
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation = getattr(props, "CorrelationData", None) if props else None
@@ -473,8 +474,15 @@ class Publisher:
 
     # ---- the same, on the event loop -----------------------------------------------------------------------------
 
-    def _birth_sent(self, mid: int) -> None:
+    def _birth_sent(self, mid: int, generation: int) -> None:
         self._birth_mid = mid
+        if generation != self._generation:
+            # a new paho client (protocol fallback) never saw what the old one held: hand those again
+            self._generation = generation
+            for message in self._inflight.values():
+                queue = self._replies if message.lane < 0 else self._queued[message.lane]
+                queue.appendleft(message)
+            self._inflight.clear()
 
     def _went_offline(self, reason: str) -> None:
         if self.online.is_set():
@@ -557,29 +565,43 @@ class Publisher:
         self.questions.offer(parsed)
 
 
-def speaks_mqtt5(conn: MqttConnection, timeout_s: float = 3.0) -> bool | None:
-    """Ask the broker with a bare MQTT 5 CONNECT: True if it accepts, False if it refuses the version, None if unknown."""
-    answer: list[Any] = []
+def _when(ts: object) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ts)))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return "at an unknown time"
+
+
+def _retained_status(conn: MqttConnection, topic: str, wait_s: float,
+                     until: Callable[[dict], bool] | None = None) -> dict | None:
+    """The retained status on ``topic`` (None if there is none or the broker does not answer in ``wait_s``).
+
+    With ``until``, keep listening up to ``wait_s`` for a status that satisfies it and return that one.
+    """
+    import threading
+
+    seen: list[dict] = []
     done = threading.Event()
-    probe = mqtt.make_client(conn.model_copy(update={"protocol": "5"}), role="probe")
+    subscribed = threading.Event()
 
-    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
-        answer.append(reason)
-        done.set()
+    def on_message(msg: paho.MQTTMessage) -> None:
+        try:
+            body = json.loads(msg.payload) if msg.payload else {}
+        except ValueError:
+            return
+        if isinstance(body, dict):
+            seen.append(body)
+            if until is None or until(body):
+                done.set()
 
-    probe.on_connect = on_connect
+    probe = MqttSession(conn, role="instance-check", subscriptions=[(topic, 1)], on_message=on_message,
+                        on_up=subscribed.set)
+    probe.start()
     try:
-        probe.connect(conn.host, conn.port, keepalive=10)
-    except OSError:
-        return None
-    probe.loop_start()
-    try:
-        if not done.wait(timeout_s):
-            return None
-        reason = answer[0]
-        if not mqtt.is_failure(reason):
-            return True
-        return False if mqtt.unsupported_protocol(reason) else None
+        if not subscribed.wait(wait_s if until else min(wait_s, 5.0)):
+            return None  # no broker yet: nothing to check against; the session will keep trying
+        # a retained message comes right after the subscription; none within a moment means there is none
+        done.wait(wait_s if until else 1.0)
+        return seen[-1] if seen else None
     finally:
-        probe.disconnect()
-        probe.loop_stop()
+        probe.stop()

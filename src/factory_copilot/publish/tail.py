@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from typing import Any, Callable, TextIO
 
 import paho.mqtt.client as paho
 
-from factory_copilot.plumbing import mqtt
+from factory_copilot.plumbing.mqtt import MqttSession
 from factory_copilot.config import MqttConnection
 from factory_copilot.publish import payloads
 from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics, parse
@@ -59,20 +60,10 @@ def follow(
     conn: MqttConnection, topics: Topics, out: TextIO = sys.stdout, count: int | None = None, on_ready: Callable[[], None] | None = None
 ) -> int:
     """Subscribe to the alarm, diagnosis and status topics and print until interrupted (or ``count`` lines)."""
-    client = mqtt.make_client(conn, role="tail")
     printed = 0
+    done = threading.Event()
 
-    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
-        if mqtt.is_failure(reason):
-            print(f"broker {conn.host}:{conn.port} refused: {mqtt.reason_text(reason)}", file=sys.stderr)
-            return
-        client.subscribe([(topics.all_alarms(), 1), (topics.all_diagnoses(), 1), (topics.status(), 1)])
-
-    def on_subscribe(*_: Any) -> None:
-        if on_ready:
-            on_ready()
-
-    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+    def on_message(msg: paho.MQTTMessage) -> None:
         nonlocal printed
         line = describe(msg.topic, bytes(msg.payload), topics.prefix)
         if line is None:
@@ -80,14 +71,22 @@ def follow(
         print(line, file=out, flush=True)
         printed += 1
         if count is not None and printed >= count:
-            client.disconnect()
+            done.set()
 
-    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
-    mqtt.connect(client, conn)
+    def on_down(why: str) -> None:
+        print(f"broker {conn.host}:{conn.port}: {why}; reconnecting", file=sys.stderr)
+
+    session = MqttSession(
+        conn, role="tail", subscriptions=[(topics.all_alarms(), 1), (topics.all_diagnoses(), 1), (topics.status(), 1)],
+        on_message=on_message, on_up=on_ready, on_down=on_down,
+    ).start()
     try:
-        client.loop_forever(retry_first_connection=True)
+        while not done.wait(0.5):
+            pass
     except KeyboardInterrupt:
-        client.disconnect()
+        pass
+    finally:
+        session.stop()
     return 0
 
 

@@ -1,0 +1,88 @@
+"""The collect station: every source the line reads from, as one stream of Readings and SourceStates.
+
+The line file says which kinds of source serve which signals (``LineConfig.sources``:
+OPC UA, MQTT, or several at once, each signal from the first kind it names); the station
+runs one collector per kind into its output buffer, and ``stats()`` reports each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from factory_copilot.collect.mqtt import MqttCollector
+from factory_copilot.collect.opcua import OpcuaCollector
+from factory_copilot.config import LineConfig
+from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.records import Reading, SourceState
+
+log = logging.getLogger(__name__)
+
+Collector = OpcuaCollector | MqttCollector
+
+
+def collectors_for(line: LineConfig, readings: Buffer[Reading | SourceState], *, pki_dir: Path | None = None,
+                   clock: Callable[[], float] = time.time) -> dict[str, Collector]:
+    """One collector per kind of source the line file uses, each serving its own signals."""
+    out: dict[str, Collector] = {}
+    for kind, keys in line.sources().items():
+        if kind == "opcua":
+            if line.opcua is None:
+                raise ValueError(f"line {line.site}/{line.line}: service.source names opcua but the line file has "
+                                 "no opcua connection")
+            out[kind] = OpcuaCollector(line, readings, signals=keys, pki_dir=pki_dir, clock=clock)
+        elif kind == "mqtt":
+            out[kind] = MqttCollector(line, readings, signals=keys, clock=clock)
+    return out
+
+
+class AllConnected:
+    """Every collector's ``connected`` event at once, as one event-like object."""
+
+    def __init__(self, events: list[asyncio.Event]):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return bool(self.events) and all(e.is_set() for e in self.events)
+
+    async def wait(self) -> bool:
+        for e in self.events:
+            await e.wait()
+        return True
+
+
+class CollectStation:
+    """Runs every collector of the line into ``readings``; one dying does not take the others along."""
+
+    def __init__(self, line: LineConfig, readings: Buffer[Reading | SourceState], *, pki_dir: Path | None = None,
+                 clock: Callable[[], float] = time.time, collectors: dict[str, Collector] | None = None):
+        self.line = line
+        self.readings = readings
+        self.collectors = collectors if collectors is not None else collectors_for(line, readings, pki_dir=pki_dir,
+                                                                                   clock=clock)
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.collectors)
+
+    @property
+    def connected(self) -> "AllConnected":
+        """Set when every collector is connected (``await station.connected.wait()``)."""
+        return AllConnected([c.connected for c in self.collectors.values()])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for kind, collector in self.collectors.items():
+                tg.create_task(collector.run(stop), name=f"collect-{kind}")
+
+    def stats(self) -> dict:
+        per = {kind: c.stats() for kind, c in self.collectors.items()}
+        return {
+            "connected": all(s["connected"] for s in per.values()) if per else False,
+            "readings_in": sum(s["readings_in"] for s in per.values()),
+            "rejected": sum(s.get("rejected", 0) for s in per.values()),
+            "sources": per,
+        }
