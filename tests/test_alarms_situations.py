@@ -394,3 +394,39 @@ def test_alarms_list_folds_consequences_under_their_root(line, clock, tmp_path, 
     assert "product_pump.flow-limit" in lines[0] and "└" not in lines[0]
     assert "  └ " in lines[1] and "filler.tank_level-limit" in lines[1] and "[suppressed]" not in lines[1]
     assert lines[2] == "2 alarm(s), 1 folded under their cause"
+
+
+def test_lost_data_holds_the_situation_and_its_own_alarm_rings_apart(engine, clock, line):
+    run(engine, clock, 30, at=lambda t: [breach(line, t, "product_pump.flow", 40.0),
+                                         breach(line, t, "filler.tank_level", 10.0)])
+    signals = ("product_pump.flow", "filler.tank_level")
+    lost = lambda t: [Anomaly(ts=t, asset="sources", kind="source", score=2.0, threshold=1.0,  # noqa: E731
+                              signal="opcua", stale=signals, message="disconnected since 08:00:31")]
+    events = run(engine, clock, 120, at=lost)
+    source = engine.get("sources.opcua-source")
+    assert source.priority is Priority.HIGH and source.severity is None and source.parent_id is None
+    assert annunciated(source) and source.message.startswith("Data lost: ")
+    # no data is not normal data: neither the root nor its consequence returns while the source is gone
+    assert not [e for e in events if e.event in ("returned", "cleared")]
+    assert engine.get("product_pump.flow-limit").state.active
+    assert engine.get("filler.tank_level-limit").parent_id == "product_pump.flow-limit"
+
+
+def test_a_fault_let_go_takes_its_own_signal_alarms_with_it(engine, clock, line):
+    pump = cavitation(line, T0 + 1)
+
+    def at(t):
+        out = pump(t)
+        s = t - T0
+        if s > 300:
+            out.append(departure(t, "air_compressor", 40.0, "air_leak", {"air_compressor.air_flow": 0.7,
+                                                                         "air_compressor.load_duty": 0.3}))
+        if s > 330:
+            out.append(breach(line, t, "air_compressor.load_duty", 93.0))
+        return out
+
+    events = run(engine, clock, 600, at=at)
+    assert engine.get("air_compressor.load_duty-limit").parent_id == "air_compressor.fault"
+    assert engine.get("air_compressor.fault").parent_id is None
+    assert {s.root.alarm_id for s in fold(engine.active())} == {"product_pump.fault", "air_compressor.fault"}
+    assert presented(events) == 3  # the pump, the compressor's limit when it came, the compressor's fault let go

@@ -688,6 +688,7 @@ class AlarmEngine:
         if annunciated(alarm) and cond is not None:
             self._count_towards_flood(cond.position, alarm, now)
         self._emit(alarm, "ungrouped", now, comment=why)
+        self._adopt(alarm, now)  # a situation of its own: what it explains goes with it
 
     def _children(self, alarm_id: str) -> list[Alarm]:
         return [a for a in self._alarms.values() if a.parent_id == alarm_id]
