@@ -159,6 +159,7 @@ class _Condition:
     rename: tuple[str, float] | None = None  # (another fault the classifier names, data time since)
     distinct_since: float | None = None  # data time since a folded fault alarm is named unlike its root
     mode_suppressed: bool = False
+    own: tuple | None = None  # (severity, urgency, consequence) at its last evidence: what a root's situation reads
     signals: frozenset[str] = frozenset()  # the signal keys it is judged on (for lost data)
 
 
@@ -200,6 +201,7 @@ class AlarmEngine:
         self._flood_changes: dict[str, tuple[str, float] | None] = {}
         self._by_condition: dict[tuple[str, str], str] = {}
         self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
+        self._consequence: dict[tuple, Priority] = {}  # (asset, kind, signal, fault) -> consequence: the line is fixed
         self._stale_until: dict[str, float] = {}  # signal key -> until when its data counts as lost
         self._load()
 
@@ -552,9 +554,9 @@ class AlarmEngine:
         if alarm.parent_id is None:
             for child in self._children(alarm.alarm_id):
                 child_cond = self._cond_of(child)
-                if not child.state.active or child_cond is None or child.anomaly is None:
+                if not child.state.active or child_cond is None or child_cond.own is None:
                     continue
-                child_severity, child_urgency, _ = self._own(child, child_cond)
+                child_severity, child_urgency, _ = child_cond.own
                 severity = design.worse_severity(severity, child_severity)
                 urgency = min(urgency, child_urgency, key=design.URGENCIES.index)
                 # the cause's consequence at the situation's urgency, and never below a consequence's own
@@ -562,20 +564,26 @@ class AlarmEngine:
         return severity, priority
 
     def _own(self, alarm: Alarm, cond: _Condition) -> tuple[str | None, str, Priority]:
-        """The condition's own (severity, urgency, consequence)."""
+        """The condition's own (severity, urgency, consequence), kept on the condition for its root to read."""
         severity = design.severity(cond.kind, cond.level)
         slope = None
         if cond.trend.span >= self.settings.min_trend_s:
             slope = cond.trend.slope()
         seconds = design.time_to_severe(cond.kind, cond.level, slope) if cond.level is not None else None
-        consequence = design.consequence(self.line, self.faults, alarm.anomaly,
-                                         grouping.fault_at_home(self.line, self.faults, alarm.anomaly))
-        return severity, design.urgency(seconds), consequence
+        a = alarm.anomaly
+        named = grouping.fault_at_home(self.line, self.faults, a)
+        key = (a.asset, a.kind, a.signal, named)
+        consequence = self._consequence.get(key)
+        if consequence is None:
+            consequence = self._consequence[key] = design.consequence(self.line, self.faults, a, named)
+        cond.own = (severity, design.urgency(seconds), consequence)
+        return cond.own
 
     def _assess(self, alarm: Alarm, cond: _Condition | None, now: float) -> None:
         """Follow the condition's severity and priority (a root: its whole situation's) with the hysteresis rules."""
         if cond is None or not alarm.state.active or alarm.anomaly is None:
             return
+        before = cond.own
         severity, priority = self._target(alarm, cond)
         worse = (design.severity_rank(severity) > design.severity_rank(alarm.severity)
                  or priority.value < alarm.priority.value)
@@ -594,8 +602,8 @@ class AlarmEngine:
                 cond.lower_since = None
         else:
             cond.lower_since = None
-        if alarm.parent_id is not None:
-            parent = self._alarms.get(alarm.parent_id)
+        if alarm.parent_id is not None and (cond.own != before or worse):
+            parent = self._alarms.get(alarm.parent_id)  # its situation changed: the root follows
             if parent is not None:
                 self._assess(parent, self._cond_of(parent), now)
 
