@@ -303,13 +303,6 @@ def priority(consequence_: Priority, urgency_: str, kind: str) -> Priority:
     return PRIORITY_MATRIX[consequence_][column]
 
 
-def priority_for(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly, urgency_: str = "prompt") -> Priority:
-    """The priority of ``anomaly``'s condition at the given urgency (the engine knows the trend; default: unknown)."""
-    from factory_copilot.alarms.grouping import fault_at_home
-
-    return priority(consequence(line, faults, anomaly, fault_at_home(line, faults, anomaly)), urgency_, anomaly.kind)
-
-
 # ---- designed suppression by mode --------------------------------------------------------------------
 
 
