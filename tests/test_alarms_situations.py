@@ -430,3 +430,61 @@ def test_a_fault_let_go_takes_its_own_signal_alarms_with_it(engine, clock, line)
     assert engine.get("air_compressor.fault").parent_id is None
     assert {s.root.alarm_id for s in fold(engine.active())} == {"product_pump.fault", "air_compressor.fault"}
     assert presented(events) == 3  # the pump, the compressor's limit when it came, the compressor's fault let go
+
+
+PLANT = """
+site: plant-7
+line: bottling-2
+assets:
+- id: syrup_tank
+  name: Syrup tank
+  criticality: critical
+  feeds: [dosing_valve]
+  signals:
+  - {name: level, unit: '%', normal: [40, 80], limits: [10, 95], physical: [0, 100], source: {opcua: 'ns=3;s=T1.L'}}
+- id: dosing_valve
+  name: Dosing valve
+  signals:
+  - {name: position, unit: '%', normal: [20, 60], limits: [5, 90], physical: [0, 100], source: {opcua: 'ns=3;s=V1.P'}}
+- id: chiller
+  name: Chiller
+  priority: low
+  signals:
+  - {name: supply_temperature, unit: degC, normal: [4, 8], limits: [2, 12], source: {opcua: 'ns=3;s=C1.T'}}
+mode_signal: null
+"""
+
+
+def test_a_plant_line_of_its_own_flow_and_fault_names(clock, tmp_path):
+    import yaml
+
+    from factory_copilot.config import parse_line
+
+    plant = parse_line(yaml.safe_load(PLANT), "plant-7.yaml")
+    engine = AlarmEngine(plant, tmp_path / "plant.db", AlarmSettings(), clock=clock, faults={})  # no catalogue
+    try:
+        tank = lambda t: departure(t, "syrup_tank", 40.0, "syrup_leak", {"syrup_tank.level": 1.0})  # noqa: E731
+        events = run(engine, clock, 60, at=lambda t: [tank(t), breach(plant, t, "dosing_valve.position", 96.0),
+                                                      breach(plant, t, "chiller.supply_temperature", 13.0)])
+        root = engine.get("syrup_tank.fault")
+        assert root.message.startswith("Syrup tank: likely syrup leak")  # the plant's own fault name, trusted
+        assert engine.get("dosing_valve.position-limit").parent_id == "syrup_tank.fault"  # downstream: folded
+        chiller = engine.get("chiller.supply_temperature-limit")
+        assert chiller.parent_id is None and annunciated(chiller)  # not in the tank's flow: its own
+        assert presented(events) == 2
+        # criticality critical, severe (immediate): critical; the chiller's older 'priority: low' is its criticality
+        run(engine, clock, 30, at=lambda t: [departure(t, "syrup_tank", 900.0, "syrup_leak", {"syrup_tank.level": 1.0})])
+        assert engine.get("syrup_tank.fault").priority is Priority.CRITICAL
+        assert chiller.priority is Priority.LOW
+    finally:
+        engine.close()
+
+
+def test_evidence_that_is_not_a_number_judges_nothing(engine, clock, line):
+    odd = lambda t: [departure(t, "product_pump", 30.0, "pump_cavitation",  # noqa: E731
+                               {"product_pump.flow": float("nan"), "no_dot": 0.5})]
+    run(engine, clock, 30, at=odd)
+    alarm = engine.get("product_pump.fault")
+    assert alarm.state is AlarmState.ACTIVE_UNACK  # the detector flagged it: it alarms
+    run(engine, clock, 30, at=lambda t: [departure(t, "product_pump", 30.0, "pump_cavitation", PUMP)])
+    assert engine.get("product_pump.fault").severity == "severe"  # and the trend was not poisoned

@@ -357,7 +357,7 @@ class AlarmEngine:
         if broken:
             cond.pending_since = t
         cond.last_abnormal, cond.normal_since = t, None
-        if level is not None:
+        if level is not None and math.isfinite(level):  # a share or value that is not a number judges nothing
             cond.level = level
             cond.trend.add(t, level)
 
