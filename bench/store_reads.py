@@ -15,6 +15,7 @@ import pandas  # noqa: F401  (imported up front so the first trend() is not char
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.records import Reading
 from factory_copilot.store import Store
+from dashboards.overview import line_health
 
 
 def timed(fn):
@@ -39,7 +40,7 @@ def main(rate: int, minutes: float) -> None:
                 store.add_readings(batch)
                 batch = []
         store.add_readings(batch)
-        health, t_health = timed(lambda: store.line_health(line, now=now))
+        health, t_health = timed(lambda: line_health(store, line, now=now))
         long, t_long = timed(lambda: store.trend("product_pump", now - 1800, now))
         short, t_short = timed(lambda: store.trend("product_pump", now - 300, now))
         deleted, t_prune = timed(lambda: store.enforce_retention(now + 60))

@@ -23,6 +23,7 @@ import streamlit as st  # noqa: E402
 
 from dashboards import charts  # noqa: E402
 from dashboards.live import LiveFeed, Snapshot  # noqa: E402
+from dashboards.overview import line_health  # noqa: E402
 from factory_copilot.catalogue import load_faults  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
 from factory_copilot.copilot.runbooks import load_runbooks  # noqa: E402
@@ -154,7 +155,7 @@ def sidebar(snap: Snapshot) -> None:
 
 
 def overview(alarms: list[Alarm], now: float) -> None:
-    health = cfg.store.line_health(cfg.line, now=now)
+    health = line_health(cfg.store, cfg.line, now=now)
     by_asset: dict[str, list[Alarm]] = {}
     for a in alarms:
         by_asset.setdefault(a.asset, []).append(a)

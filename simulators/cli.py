@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import time
 from pathlib import Path
 
 from factory_copilot.plumbing.broker import ensure_broker
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line
 from factory_copilot.cli import parse_user
+from factory_copilot.plumbing.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +74,7 @@ async def simulate(args: argparse.Namespace) -> int:
     sim = SimulatedLine(line, seed=args.seed, dt_s=args.dt or line.sampling_interval_s, schedule=schedule, scenarios=scenarios, start_ts=time.time())
 
     server = publisher = broker = None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not on this platform / not the main thread
-            pass
+    stop = stop_on_signals()
     try:
         if not args.no_opcua:
             endpoint = args.opcua_endpoint or (line.opcua.endpoint if line.opcua else "opc.tcp://127.0.0.1:4840/factory-copilot/")

@@ -28,9 +28,9 @@ async def station(tmp_path):
     clock = Clock()
     engine = AlarmEngine(load_line(SIMULATED_LINE), tmp_path / "alarms.db",
                          AlarmSettings(on_delay_s=0, off_delay_s=2, silence_s=2), clock=clock)
-    replies: asyncio.Queue[CommandResult] = asyncio.Queue()
+    replies: Buffer[CommandResult] = Buffer(10, "command results")
     st = AlarmStation(engine, Buffer(100, "anomalies"), Buffer(100, "alarm events"), Buffer(10, "commands"),
-                      reply=replies.put, tick_s=0.01)
+                      results=replies, tick_s=0.01)
     st.clock, st.replies = clock, replies  # type: ignore[attr-defined]
     task = asyncio.create_task(st.run())
     yield st

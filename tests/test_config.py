@@ -129,6 +129,14 @@ def test_sources_serve_each_signal_from_the_first_kind_it_names(raw):
     assert set(parse_line(forced).sources()) == {"mqtt"}
 
 
+def test_fingerprint_ignores_where_a_signal_is_read_from(raw):
+    a = parse_line(raw)
+    moved = copy.deepcopy(raw)
+    moved["assets"][2]["signals"][0]["source"] = {"mqtt": {"topic": "gw/7/pump", "field": "data.speed"}}
+    moved["assets"][2]["signals"][1]["description"] = "renamed in the HMI"
+    assert parse_line(moved).fingerprint() == a.fingerprint()
+
+
 def test_flow_and_criticality_of_the_simulated_line():
     line = load_line(SIMULATED_LINE)
     assert line.downstream("infeed_conveyor") == {"product_pump", "filler", "heat_tunnel"}
@@ -175,4 +183,5 @@ def test_alarm_design_does_not_touch_the_trained_model(raw):
     redesigned["assets"][1]["criticality"] = "critical"
     redesigned["assets"][1]["feeds"] = []
     redesigned["assets"][2]["operator_position"] = "pumps"
+    redesigned["assets"][2]["signals"][0]["priority"] = "critical"
     assert parse_line(redesigned).fingerprint() == a.fingerprint()

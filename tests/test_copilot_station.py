@@ -9,7 +9,7 @@ import threading
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot
-from factory_copilot.records import AlarmEvent, AlarmState
+from factory_copilot.records import AlarmEvent, AlarmState, DiagnosisChunk
 from tests.support.copilot import alarm_for, ramp
 
 LINE = load_line(SIMULATED_LINE)
@@ -41,11 +41,11 @@ async def next_item(buffer: Buffer, timeout: float = 20):
 
 async def test_runbook_first_then_model_with_streamed_tokens():
     backend = GatedBackend()
-    cop = Copilot(LINE, backend=backend)
     alarms, readings, out, tokens = Buffer(100, "alarms"), Buffer(10_000, "readings"), Buffer(100, "diag"), Buffer(1000, "tok")
+    cop = Copilot(LINE, backend=backend, alarms=alarms, diagnoses=out, readings=readings, chunks=tokens)
     for r in ramp("product_pump.vibration", 2.0, 6.0):
         readings.offer(r)
-    task = asyncio.create_task(cop.run(alarms, out, readings=readings, tokens=tokens))
+    task = asyncio.create_task(cop.run())
     try:
         while readings.qsize():  # the station drains the readings before the alarm arrives
             await asyncio.sleep(0)
@@ -62,17 +62,17 @@ async def test_runbook_first_then_model_with_streamed_tokens():
         pieces = []
         while tokens.qsize():
             pieces.append(tokens.get_nowait())
-        assert pieces[-1] == (alarm.alarm_id, "", True)
-        assert "".join(p[1] for p in pieces[:-1]) == REPLY
-        assert cop.stats["runbook"] == 1 and cop.stats["model"] == 1
+        assert pieces[-1] == DiagnosisChunk(alarm.alarm_id, "", True)
+        assert "".join(p.text for p in pieces[:-1]) == REPLY
+        assert cop.stats()["runbook"] == 1 and cop.stats()["model"] == 1
     finally:
         task.cancel()
 
 
 async def test_without_a_model_only_the_runbook_diagnosis_goes_out():
-    cop = Copilot(LINE)
     alarms, out = Buffer(10, "alarms"), Buffer(10, "diag")
-    task = asyncio.create_task(cop.run(alarms, out))
+    cop = Copilot(LINE, alarms=alarms, diagnoses=out)
+    task = asyncio.create_task(cop.run())
     try:
         alarms.offer(alarm_for("air_compressor", "air_leak", 0.9))
         d = await next_item(out)

@@ -14,87 +14,17 @@ import uuid
 
 import pytest
 
-from factory_copilot.plumbing.broker import free_port
-from factory_copilot.config import SIMULATED_LINE, LineConfig, MqttConnection, load_line
-from factory_copilot.detect.evaluate import train_models
+from factory_copilot.publish import payloads
 from factory_copilot.records import AlarmState, OperatorCommand
-from factory_copilot.publish import Topics, payloads
-from factory_copilot.service import LineService, ServicePaths
-from simulators import FaultScenario, ModeSchedule, SimulatedLine, simulate_frame
-from simulators.opcua_server import LineServer
-from simulators.runner import run_simulation
 from tests.support.mqtt import Listener, persistent_broker, retained_now
-from tests.support.opcua import endpoint_on
+from tests.support.plant import Plant, condition
 
 ALARM_WAIT_S = 120  # fault onset to alarm: the fault grows over FAULT_RAMP_S, detection follows
 
 
-@pytest.fixture(scope="module")
-def models():
-    """A detector trained on three hours of simulated normal running (all modes)."""
-    line = load_line(SIMULATED_LINE)
-    history = simulate_frame(line, seed=3, duration_s=3 * 3600, schedule=ModeSchedule.default())
-    return train_models(line, history, progress=False)
-
-
-async def condition(check, timeout_s: float = 30.0) -> None:
-    """Wait until ``check()`` holds (it reads another station's counters, which have no event to await)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-class Plant:
-    """The simulated line served over OPC UA (already running), and the service watching it."""
-
-    def __init__(self, broker, tmp_path, models):
-        base = load_line(SIMULATED_LINE)
-        self.line: LineConfig = base.model_copy(update={
-            "opcua": base.opcua.model_copy(update={"endpoint": endpoint_on(free_port())}),
-            "mqtt": MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol),
-        })
-        self.topics = Topics(self.line.site, self.line.line)
-        self.paths = ServicePaths(tmp_path / "state")
-        self.tmp_path = tmp_path
-        self.models = models
-        self.sim = SimulatedLine(self.line, seed=11, dt_s=1.0, schedule=ModeSchedule.running(startup_s=120),
-                                 start_ts=time.time() - 600)
-        self.sim.steps(600)  # start-up is over before the service connects
-        self.stop_line = asyncio.Event()
-        self.service: LineService | None = None
-
-    async def start(self) -> "Plant":
-        self.server = await LineServer(self.line, self.line.opcua.endpoint, pki_dir=self.tmp_path / "pki").start()
-        self.line_task = asyncio.create_task(run_simulation(self.sim, speed=1.0, server=self.server, stop=self.stop_line))
-        await self.start_service()
-        return self
-
-    async def start_service(self) -> LineService:
-        self.service = LineService(self.line, self.models, self.paths, source="opcua")
-        self.stop_service = asyncio.Event()
-        self.service_task = asyncio.create_task(self.service.run(self.stop_service))
-        await asyncio.wait_for(self.service.collector.connected.wait(), 30)
-        return self.service
-
-    async def stop_service_now(self) -> None:
-        self.stop_service.set()
-        await asyncio.wait_for(self.service_task, 30)
-
-    def inject(self, fault: str = "pump_cavitation") -> None:
-        self.sim.inject(FaultScenario(fault, start_s=0.0, severity=2.0, ramp_s=10.0))
-
-    async def close(self) -> None:
-        if self.service and not self.service_task.done():
-            await self.stop_service_now()
-        self.stop_line.set()
-        await self.line_task
-        await self.server.stop()
-
-
 @pytest.fixture
-async def plant(broker, tmp_path, models):
-    p = await Plant(broker, tmp_path, models).start()
+async def plant(broker, tmp_path, sim_models):
+    p = await Plant(broker, tmp_path, sim_models).start()
     yield p
     await p.close()
 

@@ -121,7 +121,7 @@ async def test_a_copilot_on_a_dead_model_still_diagnoses_every_alarm(tiny_qwen):
                                          alarm_id=alarm_id))
         assert d.source == "runbook" and d.causes and d.steps
         assert "SIGSEGV" in d.fallback_reason and "gave up after 1 crash" in d.fallback_reason
-    assert cop.stats["fallback"] == 2
+    assert cop.stats()["fallback"] == 2
 
 
 def test_a_worker_that_stops_answering_is_killed_at_its_deadline_and_replaced(model):

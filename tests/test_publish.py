@@ -17,6 +17,7 @@ from factory_copilot.plumbing.broker import free_port
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import MqttConnection
 from factory_copilot.records import (
+    DiagnosisChunk,
     Alarm,
     AlarmEvent,
     AlarmState,
@@ -67,6 +68,28 @@ def publisher(broker, tmp_path, name="outbox.db", **kwargs) -> Publisher:
     return Publisher(SITE, LINE, tmp_path / name, connection=conn, **kwargs)
 
 
+class Engine:
+    """Stands in for the alarm station: takes the publisher's commands, gives back results (``answer(cmd)``)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.commands: Buffer[OperatorCommand] = Buffer(100, "commands")
+        self.results: Buffer[CommandResult] = Buffer(100, "command results")
+
+    def wire(self) -> dict:
+        return {"commands": self.commands, "results": self.results}
+
+    async def serve(self, pub: Publisher) -> None:
+        sending = asyncio.create_task(pub.run())
+        try:
+            while True:
+                cmd = await self.commands.get()
+                result = self.answer(cmd)
+                self.results.offer(await result if asyncio.iscoroutine(result) else result)
+        finally:
+            sending.cancel()
+
+
 def command(**fields) -> bytes:
     return json.dumps({"schema": "command/1", **fields}).encode()
 
@@ -74,7 +97,9 @@ def command(**fields) -> bytes:
 async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(broker, tmp_path):
     listen = await Listener(broker, [T.everything()]).ready()
     questions: Buffer[Question] = Buffer(10)
-    async with publisher(broker, tmp_path, questions=questions, commands=lambda cmd: CommandResult(cmd.request_id, True, "ok")) as pub:
+    engine = Engine(lambda cmd: CommandResult(cmd.request_id, True, "ok"))
+    async with publisher(broker, tmp_path, questions=questions, **engine.wire()) as pub:
+        serving = asyncio.create_task(engine.serve(pub))
         await asyncio.wait_for(pub.online.wait(), WAIT_S)
         alarm = make_alarm()
         pub.alarm_event(event(alarm, "raised"))
@@ -99,6 +124,7 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
                 continue
             assert payloads.problems(msg.body) == [], (msg.topic, msg.payload)
             kinds.setdefault(msg.body["schema"], []).append(msg)
+        serving.cancel()
     listen.close()
     assert kinds["answer/1"][-1].body["done"] and kinds["answer/1"][-1].body["text"] == "Because cavitation."
     assert kinds["command-reply/1"][0].topic == T.command_reply("c1") and kinds["command-reply/1"][0].body["ok"]
@@ -120,12 +146,12 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
 async def test_run_publishes_what_the_stations_put_in_their_buffers(broker, tmp_path):
     events, diagnoses, tokens, results = Buffer(10, "events"), Buffer(10, "diagnoses"), Buffer(10, "tokens"), Buffer(10, "results")
     listen = await Listener(broker, [T.events(), T.all_diagnoses(), T.all_streams(), f"{T.commands()}/reply/+"]).ready()
-    async with publisher(broker, tmp_path) as pub:
-        runner = asyncio.create_task(pub.run(events, diagnoses, tokens, results))
+    async with publisher(broker, tmp_path, events=events, diagnoses=diagnoses, chunks=tokens, results=results) as pub:
+        runner = asyncio.create_task(pub.run())
         events.offer(event(make_alarm(), "raised"))
         diagnoses.offer(diagnosis("a1"))
-        tokens.offer(("a1", "Suction ", False))
-        tokens.offer(("a1", "low.", True))
+        tokens.offer(DiagnosisChunk("a1", "Suction "))
+        tokens.offer(DiagnosisChunk("a1", "low.", True))
         results.offer(CommandResult("r1", False, "no such alarm"))
         got = sorted([(await listen.next()).body["schema"] for _ in range(5)])
         runner.cancel()
@@ -207,7 +233,9 @@ async def test_mqtt5_response_topic_and_correlation_are_honoured(broker, tmp_pat
         return CommandResult(cmd.request_id, True, f"{cmd.command} done")
 
     replies = await Listener(broker, ["hmi/replies/#"]).ready()
-    async with publisher(broker, tmp_path, commands=engine) as pub:
+    station = Engine(engine)
+    async with publisher(broker, tmp_path, **station.wire()) as pub:
+        serving = asyncio.create_task(station.serve(pub))
         await asyncio.wait_for(pub.online.wait(), WAIT_S)
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic, props.CorrelationData = "hmi/replies/7", b"corr-7"
@@ -217,6 +245,7 @@ async def test_mqtt5_response_topic_and_correlation_are_honoured(broker, tmp_pat
         reply = await replies.next()
         assert reply.topic == "hmi/replies/7" and reply.properties.CorrelationData == b"corr-7"
         assert reply.body["ok"] and reply.body["message"] == "unshelve done" and [c.request_id for c in seen] == ["r7"]
+        serving.cancel()
     replies.close()
 
 

@@ -84,6 +84,18 @@ async def test_run_serves_the_line_file_with_json_logs_health_and_status(broker,
         assert (body["site"], body["line"]) == (line.site, line.line)
         assert body["collect"]["connected"] and body["publish"]["online"]
 
+        # a second service for the same line on the same broker: one clear line, not a takeover loop
+        second = await asyncio.to_thread(subprocess.run, cmd[:-2] + ["--config", str(path), "--health-port",
+                                         str(free_port())], capture_output=True, text=True, timeout=90)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"is publishing {line.site}/{line.line}" in second.stderr
+        still = await asyncio.to_thread(health, line.service.health_port)
+        assert proc.poll() is None and still[1]["publish"]["online"], "the first one serves on"
+        # and one whose health port is taken says so
+        third = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=90)
+        assert third.returncode == 2 and "Traceback" not in third.stderr
+        assert f"cannot serve /health on 127.0.0.1:{line.service.health_port}" in third.stderr
+
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
         offline = await status.until(lambda m: m.payload and m.body["state"] == "offline", timeout=10)

@@ -27,6 +27,7 @@ from factory_copilot.records import (
     Turn,
 )
 from factory_copilot.store import Retention, Store, StoreStation
+from dashboards.overview import line_health
 
 T0 = 1_700_000_000.0  # a bucket boundary for 5 s buckets
 
@@ -180,7 +181,7 @@ def test_line_health_worst_first(store):
     store.add_alarm_event(alarm_event("A2", now - 5, "raised", AlarmState.ACTIVE_ACK, asset="heat_tunnel",
                                       priority=Priority.CRITICAL, an=anomaly(now - 5, asset="heat_tunnel")))
     store.add_anomalies([anomaly(now - 3, asset="air_compressor", kind="limit", signal="pressure", fault=None)])
-    health = store.line_health(line, now=now)
+    health = line_health(store, line, now=now)
     assert [h.asset for h in health[:4]] == ["heat_tunnel", "product_pump", "air_compressor", "filler"]
     assert [h.status for h in health[:4]] == ["alarm", "alarm", "warning", "stale"]
     assert health[1].unacknowledged == 1 and health[0].worst_priority is Priority.CRITICAL

@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     "factory_copilot.alarms.cli",
     "factory_copilot.publish.tail",
     "factory_copilot.copilot.explain",
+    "factory_copilot.check",
     "factory_copilot.service",
     "factory_copilot.demo",
     "factory_copilot.store.cli",

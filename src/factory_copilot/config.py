@@ -174,7 +174,12 @@ class SampleChecks(_Strict):
 
     max_future_s: float = Field(5.0, gt=0)  # stamped further ahead of the clock: rejected (clock_skew)
     max_age_s: float = Field(86400.0, gt=0)  # stamped further back: rejected (clock_skew)
-    stale_after_intervals: int = Field(5, ge=1)  # no sample for this many sampling intervals: the signal is stale
+    # a sample for a row already evaluated counts for the current row if at most this late (a lagging source
+    # clock, a gateway that sends in batches), else it is dropped and counted
+    max_late_s: float = Field(5.0, ge=0)
+    # no sample for this many sampling intervals: the signal is stale; None for sources that report by
+    # exception (a value that does not change is not sent), where only a lost connection means lost data
+    stale_after_intervals: int | None = Field(5, ge=1)
 
 
 class ModeSignal(_Strict):
@@ -340,8 +345,10 @@ class LineConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of what a trained model depends on: the assets and signals, not connection details."""
-        # the alarm design (criticality, flow) is not what a model learns from: changing it keeps the model
-        body = json.dumps([a.model_dump(mode="json", exclude=ALARM_DESIGN) for a in self.assets], sort_keys=True)
+        # what a model learns from is the signals' behaviour: where a signal is read from (node, topic, field), its
+        # description and the alarm design (criticality, flow, priorities, positions) can change and keep the model
+        exclude = {**dict.fromkeys(ALARM_DESIGN, True), "signals": {"__all__": {"source", "description", "priority"}}}
+        body = json.dumps([a.model_dump(mode="json", exclude=exclude) for a in self.assets], sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

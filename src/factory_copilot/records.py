@@ -14,7 +14,7 @@ import dataclasses
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 
 class Quality(str, enum.Enum):
@@ -429,6 +429,45 @@ class Incident:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def rank_incidents(incidents: "Iterable[Incident]", asset: str, fault_type: str | None, signals: list[str],
+                   limit: int = 3) -> list[Incident]:
+    """The past incidents most like this alarm, best first, each with its ``similarity`` (0..1).
+
+    Same asset counts 1, same fault type 2, the overlap of the signals that stood out up to 1;
+    an incident on another asset says nothing about this one and is left out.
+    """
+    wanted = set(signals)
+    scored = []
+    for inc in incidents:
+        overlap = len(wanted & set(inc.signals)) / max(1, len(wanted | set(inc.signals)))
+        score = (inc.asset == asset) * 1.0 + (fault_type is not None and inc.fault_type == fault_type) * 2.0 + overlap
+        if score >= 1.0:
+            scored.append((score, inc))
+    scored.sort(key=lambda si: (-si[0], -si[1].ts))
+    return [dataclasses.replace(inc, similarity=round(score / 4.0, 3)) for score, inc in scored[:limit]]
+
+
+@dataclass(slots=True, frozen=True)
+class DiagnosisChunk:
+    """A piece of a diagnosis as the model writes it (``done`` on the last), streamed to the operator."""
+
+    alarm_id: str
+    text: str
+    done: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class AnswerChunk:
+    """A piece of the copilot's answer to a question; the last (``done``) carries the whole text, or the error."""
+
+    request_id: str
+    alarm_id: str | None
+    text: str
+    done: bool = False
+    full_text: str | None = None
+    error: str | None = None
 
 
 @dataclass(slots=True)

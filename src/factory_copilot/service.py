@@ -1,13 +1,15 @@
-"""The service for one line: joins the stations with bounded buffers and runs them together.
+"""The service for one line: builds the stations, joins them with bounded buffers, runs, watches and stops them.
 
-    collector -> readings -> detect -> anomalies -> alarms -> events -> copilot -> diagnoses
-                    |                     |                     |                    |
-                    +-> store, copilot    +-> store             +-> publish, store   +-> publish, store
+    collect -> readings -> detect -> anomalies -> alarms -> events -> copilot -> diagnoses, chunks
+                  |                     |                    |  ^                       |
+                  +-> store, copilot    +-> store            |  +- commands <- publish   +-> publish, store
+                                                             +-> publish, store            publish -> questions -> copilot
 
-Commands and questions come back from MQTT through the publish station. No
-station waits on another: the alarm goes out the moment the engine raises it,
-the copilot's diagnosis follows on its own. ``factory-copilot run`` and the demo
-both use this module.
+Each station is built with its input and output buffers, runs as ``run(stop)`` and reports
+``stats()``; the service knows nothing of what they do inside. No station waits on another:
+the alarm goes out the moment the engine raises it, the copilot's diagnosis follows on its
+own. A station that dies is logged, counted and started again; ``GET /health`` says so.
+``factory-copilot run`` and the demo both use this module.
 """
 
 from __future__ import annotations
@@ -16,35 +18,27 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Coroutine
 
 from factory_copilot.alarms.engine import AlarmEngine, AlarmSettings
 from factory_copilot.alarms.station import AlarmStation
-from factory_copilot.plumbing.buffer import Buffer, fan_out
+from factory_copilot.collect.replay import ReplayClock
 from factory_copilot.collect.station import CollectStation
 from factory_copilot.config import LineConfig, MqttConnection, ServicePaths, load_line
 from factory_copilot.copilot.backends import LLMBackend, backend_from_settings
 from factory_copilot.copilot.station import Copilot
-from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector
+from factory_copilot.detect.persist import ModelMismatchError, TrainedDetector, load_detector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.records import AlarmEvent, Anomaly, Diagnosis, OperatorCommand, Question, Reading, SourceState, Turn
-from factory_copilot.publish.publisher import Publisher
+from factory_copilot.plumbing.buffer import Buffer, fan_out
+from factory_copilot.plumbing.signals import stop_on_signals
+from factory_copilot.publish.publisher import InstanceConflict, Publisher
+from factory_copilot.records import Reading
 from factory_copilot.store.station import StoreStation
 from factory_copilot.store.store import Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Latency:
-    """Reading-to-alarm and alarm-to-diagnosis latencies the service observed (for the demo summary)."""
-
-    alarm_after_reading_s: list[float] = field(default_factory=list)
-    diagnosis_after_alarm_s: dict[str, list[float]] = field(default_factory=dict)
 
 
 class LineService:
@@ -62,6 +56,8 @@ class LineService:
         health_port: int | None = None,
         alarm_settings: AlarmSettings | None = None,
         buffer_size: int = 50_000,
+        replay: Path | None = None,
+        speed: float = 1.0,
     ):
         if source is not None:  # one kind of source for this run, whatever the line file says
             line = line.model_copy(update={"service": line.service.model_copy(update={"source": source})})
@@ -69,54 +65,63 @@ class LineService:
         self.paths = paths
         self.health_port = health_port
         settings = line.service
-        b = lambda name, size=buffer_size: Buffer(size, name)  # noqa: E731 - one line per buffer below
-        # collector output and its copies for each consumer
-        self.readings: Buffer[Reading | SourceState] = b("readings")
-        self.readings_detect: Buffer[Reading | SourceState] = b("readings->detect")
-        self.readings_store: Buffer[Reading] = b("readings->store")
-        self.readings_copilot: Buffer[Reading] = b("readings->copilot")
-        self.anomalies: Buffer[Anomaly] = b("anomalies")
-        self.anomalies_alarms: Buffer[Anomaly] = b("anomalies->alarms")
-        self.anomalies_store: Buffer[Anomaly] = b("anomalies->store")
-        self.events: Buffer[AlarmEvent] = b("alarm events")
-        self.events_publish: Buffer[AlarmEvent] = b("events->publish")
-        self.events_store: Buffer[AlarmEvent] = b("events->store")
-        self.events_copilot: Buffer[AlarmEvent] = b("events->copilot", 1000)
-        self.diagnoses: Buffer[Diagnosis] = b("diagnoses", 1000)
-        self.diagnoses_publish: Buffer[Diagnosis] = b("diagnoses->publish", 1000)
-        self.diagnoses_store: Buffer[Diagnosis] = b("diagnoses->store", 1000)
-        self.tokens: Buffer[tuple] = b("diagnosis tokens", 20_000)
-        self.commands: Buffer[OperatorCommand] = b("commands", 1000)
-        self.questions: Buffer[Question] = b("questions", 100)
-        self.turns: Buffer[Turn] = b("conversation turns", 1000)
+        self.buffers: list[Buffer] = []
 
-        self.collector = CollectStation(line, self.readings, pki_dir=paths.pki)
+        def b(name: str, size: int = buffer_size) -> Buffer:
+            buf: Buffer = Buffer(size, name)
+            self.buffers.append(buf)
+            return buf
+
+        readings, anomalies, events, diagnoses = b("readings"), b("anomalies"), b("alarm events"), b("diagnoses", 1000)
+        to_detect, to_store_readings, to_copilot_readings = b("readings->detect"), b("readings->store"), b("readings->copilot")
+        to_alarms, to_store_anomalies = b("anomalies->alarms"), b("anomalies->store")
+        to_publish_events, to_store_events, to_copilot_events = b("events->publish"), b("events->store"), b("events->copilot", 1000)
+        to_publish_diagnoses, to_store_diagnoses = b("diagnoses->publish", 1000), b("diagnoses->store", 1000)
+        chunks, answers, results = b("diagnosis chunks", 20_000), b("answer chunks", 20_000), b("command results", 1000)
+        commands, questions, turns = b("commands", 1000), b("questions", 100), b("conversation turns", 1000)
+
+        # every clock of the pipeline: the wall clock live, the recording's time in a replay
+        self.clock: Callable[[], float] = time.time
+        if replay is not None:
+            self.clock = ReplayClock(speed)
+            self.collector = CollectStation.replaying(line, readings, Path(replay), self.clock)
+        else:
+            self.collector = CollectStation(line, readings, pki_dir=paths.pki)
         self.source = "+".join(self.collector.kinds)
-        self.detect = DetectStation(
-            line, self.readings_detect, self.anomalies, detector=models.detector, classifier=models.classifier,
-            checks=models.checks(line),
-        )
-        self.engine = AlarmEngine(line, paths.alarms, alarm_settings)
+        self.detect = DetectStation(line, to_detect, anomalies, detector=models.detector, classifier=models.classifier,
+                                    checks=models.checks(line), clock=self.clock)
+        self.engine = AlarmEngine(line, paths.alarms, alarm_settings, clock=self.clock)
+        # the engine's delays are checked each tick: as often in data time, however fast the replay
+        self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results, tick_s=0.25 / speed)
         self.store = Store(paths.store)
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,
-            max_tokens=settings.copilot.max_tokens,
+            max_tokens=settings.copilot.max_tokens, alarms=to_copilot_events, readings=to_copilot_readings,
+            questions=questions, diagnoses=diagnoses, chunks=chunks, answers=answers, turns=turns,
         )
         self.publisher = Publisher.for_line(
             line, paths.outbox, connection=alerts or line.mqtt or MqttConnection(), prefix=settings.alerts_prefix,
-            commands=self.commands, questions=self.questions,
+            events=to_publish_events, diagnoses=to_publish_diagnoses, chunks=chunks, results=results, answers=answers,
+            commands=commands, questions=questions,
         )
-        self.alarms = AlarmStation(self.engine, self.anomalies_alarms, self.events, self.commands,
-                                   reply=self.publisher.command_reply)
-        self.store_station = StoreStation(
-            self.store, readings=self.readings_store, anomalies=self.anomalies_store, events=self.events_store,
-            diagnoses=self.diagnoses_store, turns=self.turns,
-        )
+        self.store_station = StoreStation(self.store, readings=to_store_readings, anomalies=to_store_anomalies,
+                                          events=to_store_events, diagnoses=to_store_diagnoses, turns=turns,
+                                          clock=self.clock)
+        self.stations: dict[str, Callable[[asyncio.Event], Coroutine]] = {
+            "collect": self.collector.run,
+            "detect": self.detect.run,
+            "alarms": self.alarms.run,
+            "copilot": self.copilot.run,
+            "publish": self.publisher.run,
+            "store": self.store_station.run,
+            # copies for every consumer; source states are for detect (lost data): the store and the copilot keep readings
+            "fan-out readings": lambda stop: fan_out(readings, to_detect, to_store_readings, to_copilot_readings,
+                                                     only={to_store_readings: Reading, to_copilot_readings: Reading}),
+            "fan-out anomalies": lambda stop: fan_out(anomalies, to_alarms, to_store_anomalies),
+            "fan-out events": lambda stop: fan_out(events, to_publish_events, to_store_events, to_copilot_events),
+            "fan-out diagnoses": lambda stop: fan_out(diagnoses, to_publish_diagnoses, to_store_diagnoses),
+        }
         self.started_at = time.time()
-        self.latency = Latency()
-        self._raised_at: dict[str, float] = {}
-        self._diagnosed: Buffer[Diagnosis] = b("diagnoses (observed)", 1000)
-        self._events_seen: Buffer[AlarmEvent] = b("events (observed)", 10_000)
         self._tasks: list[asyncio.Task] = []
         self.restarts: dict[str, int] = {}
         self.stopped: dict[str, str] = {}  # station -> why it is not running (between a crash and its restart)
@@ -124,28 +129,19 @@ class LineService:
     # ---- life cycle ---------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.publisher.start()
-        health = await self._serve_health() if self.health_port else None
-        jobs = {
-            "collect": lambda: self.collector.run(stop),
-            "detect": lambda: self.detect.run(stop),
-            "alarms": lambda: self.alarms.run(),
-            "copilot": lambda: self.copilot.run(self.events_copilot, self.diagnoses, readings=self.readings_copilot,
-                                                tokens=self.tokens),
-            "publish": lambda: self.publisher.run(events=self.events_publish, diagnoses=self.diagnoses_publish,
-                                                  tokens=self.tokens),
-            "store": lambda: self.store_station.run(),
-            "questions": lambda: self._answer_questions(),
-            "observe": lambda: self._observe(),
-            "fan-out readings": lambda: fan_out(self.readings, self.readings_detect, self.readings_store,
-                                                self.readings_copilot),
-            "fan-out anomalies": lambda: fan_out(self.anomalies, self.anomalies_alarms, self.anomalies_store),
-            "fan-out events": lambda: fan_out(self.events, self.events_publish, self.events_store, self.events_copilot,
-                                              self._events_seen),
-            "fan-out diagnoses": lambda: fan_out(self.diagnoses, self.diagnoses_publish, self.diagnoses_store,
-                                                 self._diagnosed),
-        }
-        self._tasks = [asyncio.create_task(self._station(name, job, stop), name=name) for name, job in jobs.items()]
+        """Serve until ``stop``; InstanceConflict (another service on this line) or OSError (health port taken) at start."""
+        health = None
+        try:
+            health = await self._serve_health() if self.health_port else None
+            await self.publisher.start()
+        except BaseException:
+            if health is not None:
+                health.close()
+            await self.publisher.stop()
+            self.engine.close()
+            self.store.close()
+            raise
+        self._tasks = [asyncio.create_task(self._station(name, run, stop), name=name) for name, run in self.stations.items()]
         log.info("serving %s/%s from %s: %d signals, %d active alarms resumed", self.line.site, self.line.line,
                  self.source, len(self.line.signal_keys()), len(self.engine.active()))
         try:
@@ -153,21 +149,20 @@ class LineService:
         finally:
             await self._shutdown(health)
 
-    async def _station(self, name: str, start: Any, stop: asyncio.Event, backoff_max_s: float = 30.0) -> None:
+    async def _station(self, name: str, run: Callable[[asyncio.Event], Coroutine], stop: asyncio.Event,
+                       backoff_max_s: float = 30.0) -> None:
         """Run one station; when it dies, say why, count it and start it again (with back-off) until ``stop``."""
         delay = 1.0
         while True:
             began = time.monotonic()
             try:
-                await start()
+                await run(stop)
                 if stop.is_set():
                     return
                 raise RuntimeError("returned while the service was running")
             except asyncio.CancelledError:
                 raise
-            except BaseException as exc:  # a station that dies is a bug; the service must keep watching the line
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
+            except Exception as exc:  # a station that dies is a bug; the service must keep watching the line
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 self.stopped[name] = f"{type(exc).__name__}: {exc}"
                 log.error("station %s stopped (%s); restart #%d in %.0f s", name, self.stopped[name],
@@ -183,15 +178,16 @@ class LineService:
             self.stopped.pop(name, None)
 
     async def _shutdown(self, health: asyncio.AbstractServer | None) -> None:
-        await asyncio.sleep(0)  # let stations that watch `stop` finish their own close
-        for t in self._tasks:
-            if t.get_name() in ("collect", "detect") and not t.done():
-                try:  # they watch `stop` and close their connections themselves
-                    await asyncio.wait_for(asyncio.shield(t), 10)
-                except (asyncio.TimeoutError, Exception):
-                    t.cancel()
-                continue
-            t.cancel()
+        # every station watches `stop` and ends by itself (the collectors close their connections); wait for that
+        copies = [t for t in self._tasks if t.get_name().startswith("fan-out")]
+        stations = [t for t in self._tasks if t not in copies]
+        if stations:
+            _, late = await asyncio.wait(stations, timeout=10)
+            for t in late:
+                log.warning("station %s did not stop within 10 s; cancelled", t.get_name())
+                t.cancel()
+        for t in copies:
+            t.cancel()  # the copies between buffers have no `stop` of their own
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store_station.drain()
         try:
@@ -200,48 +196,13 @@ class LineService:
             log.warning("%d alerts still in the outbox at shutdown; they go out at the next start",
                         self.publisher.outbox.pending())
         await self.publisher.stop()
-        close_model = getattr(self.copilot.backend, "close", None)  # the model's worker process, if any
-        if close_model:
-            await asyncio.to_thread(close_model)
+        await asyncio.to_thread(self.copilot.close)
         if health:
             health.close()
         self.engine.close()
         self.store.close()
 
-    # ---- questions from the dashboard (over MQTT) -----------------------------------------------------------
-
-    async def _answer_questions(self) -> None:
-        while True:
-            q = await self.questions.get()
-            sink = lambda piece, q=q: self.publisher.answer_chunk(q.request_id, q.alarm_id, piece, False)  # noqa: E731
-            try:
-                turn = await self.copilot.ask(q.alarm_id, q.question, q.actor, q.request_id, on_token=sink)
-            except KeyError as exc:
-                self.publisher.answer_chunk(q.request_id, q.alarm_id, "", True, text=str(exc.args[0]))
-                continue
-            self.publisher.answer_chunk(q.request_id, q.alarm_id, "", True, text=turn.text)
-            for t in self.copilot.conversation(q.alarm_id)[-2:]:
-                self.turns.offer(t)
-
     # ---- observation --------------------------------------------------------------------------------------
-
-    async def _observe(self) -> None:
-        async def events() -> None:
-            while True:
-                ev = await self._events_seen.get()
-                if ev.event == "raised":
-                    self._raised_at[ev.alarm_id] = time.time()
-                    if ev.alarm.anomaly is not None:
-                        self.latency.alarm_after_reading_s.append(max(0.0, ev.ts - ev.alarm.anomaly.ts))
-
-        async def diagnoses() -> None:
-            while True:
-                d = await self._diagnosed.get()
-                raised = self._raised_at.get(d.alarm_id)
-                if raised is not None:
-                    self.latency.diagnosis_after_alarm_s.setdefault(d.source, []).append(time.time() - raised)
-
-        await asyncio.gather(events(), diagnoses())
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -251,15 +212,11 @@ class LineService:
             "collect": self.collector.stats(),
             "detect": self.detect.stats(),
             "alarms": {**self.alarms.stats(), "active": len(self.engine.active())},
-            "copilot": dict(self.copilot.stats),
+            "copilot": self.copilot.stats(),
             "publish": self.publisher.stats(),
-            "store": {"written": dict(self.store_station.written), "failed": dict(self.store_station.failed)},
+            "store": self.store_station.stats(),
             "stations": {"restarts": dict(self.restarts), "stopped": dict(self.stopped)},
-            "buffers": {
-                buf.name: buf.stats()
-                for buf in (self.readings, self.readings_detect, self.readings_store, self.readings_copilot,
-                            self.anomalies_alarms, self.events_publish, self.events_copilot, self.diagnoses_publish)
-            },
+            "buffers": {buf.name: buf.stats() for buf in self.buffers},
         }
 
     def health(self) -> tuple[bool, list[str], dict[str, Any]]:
@@ -324,22 +281,79 @@ def build_service(line: LineConfig, line_path: Path, **overrides: Any) -> LineSe
                        health_port=overrides.pop("health_port", line.service.health_port), **overrides)
 
 
-async def serve(line_path: Path, source: str | None = None, health_port: int | None = None) -> int:
+async def serve(line_path: Path, source: str | None = None, health_port: int | None = None,
+                replay: Path | None = None, speed: float = 1.0, state_dir: Path | None = None) -> int:
     line = load_line(line_path)
     overrides: dict[str, Any] = {"source": source}
     if health_port is not None:
         overrides["health_port"] = health_port
+    if replay is not None:
+        # a commissioning run: its own state, and alerts under their own prefix, so SCADA does not take them for the line's
+        paths = ServicePaths.of_line(line, line_path, state_dir)
+        overrides |= {"replay": replay, "speed": speed, "state_dir": paths.state_dir / "replay"}
+        try:  # the detector the line serves with, not one of the replay's own
+            overrides["models"] = load_detector(paths.detector, line, line_path)
+        except ModelMismatchError as exc:
+            log.error("%s", exc)
+            return 2
+        line = line.model_copy(update={"service": line.service.model_copy(
+            update={"alerts_prefix": f"{line.service.alerts_prefix}-replay"})})
+        for old in ("store.db", "alarms.db", "outbox.db"):
+            for suffix in ("", "-wal", "-shm"):
+                (Path(overrides["state_dir"]) / (old + suffix)).unlink(missing_ok=True)
+    elif state_dir is not None:
+        overrides["state_dir"] = state_dir
     try:
         service = build_service(line, line_path, **overrides)
-    except ModelMismatchError as exc:
+    except (ModelMismatchError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await service.run(stop)
+    stop = stop_on_signals()
+    finished = service.collector.finished
+    watcher = asyncio.create_task(_stop_after_replay(service, finished, stop)) if finished is not None else None
+    try:
+        await service.run(stop)
+    except InstanceConflict as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot serve /health on 127.0.0.1:%s: %s (another process uses the port? set service.health_port "
+                  "or --health-port)", service.health_port, exc.strerror or exc)
+        return 2
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    if watcher is not None and watcher.done() and not watcher.cancelled() and watcher.result() is not None:
+        print(json.dumps(watcher.result(), indent=2, default=str))
     return 0
+
+
+async def _stop_after_replay(service: LineService, finished: asyncio.Event, stop: asyncio.Event,
+                             settle_s: float = 60.0) -> dict[str, Any]:
+    """When the recording has played: let the alarms settle for ``settle_s`` of data time, say what happened, stop."""
+    await finished.wait()
+    clock = service.clock
+    end = clock() + settle_s
+    while clock() < end and not stop.is_set():
+        await asyncio.sleep(0.05)
+    await service.store_station.drain()
+    replay = service.collector.collectors["replay"]
+    first, last = replay.span
+    raised = [e for e in service.engine.audit(since=first) if e.event == "raised"]
+    summary = {
+        "recording": str(replay.path),
+        "data_from": first, "data_to": last, "speed": replay.clock.speed,
+        "readings": replay.readings_in,
+        "alarms_raised": [{"alarm_id": e.alarm_id, "raised_at": round(e.ts, 3), "priority": e.alarm.priority.name.lower(),
+                           "message": e.alarm.message} for e in raised],
+        "faults": [
+            {"fault": fault, "start": start,
+             "first_alarm_after_s": next((round(e.ts - start, 1) for e in raised if e.ts >= start), None)}
+            for start, fault in replay.events
+        ],
+    }
+    stop.set()
+    return summary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -347,4 +361,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, type=Path, help="the line file (YAML)")
     p.add_argument("--source", choices=["opcua", "mqtt"], help="override the line file's service.source")
     p.add_argument("--health-port", type=int, help="override service.health_port")
-    p.set_defaults(func=lambda a: serve(a.config, a.source, a.health_port))
+    p.add_argument("--state-dir", type=Path, help="override service.state_dir")
+    p.add_argument("--replay", type=Path, metavar="RECORDING",
+                   help="commissioning: play a recording (CSV, Parquet or JSON lines; docs/history.md) instead of the "
+                        "line's sources, every clock on the recording's time; prints what was alarmed and exits")
+    p.add_argument("--speed", type=float, default=1.0, help="replay this many times faster than real time")
+    p.set_defaults(func=lambda a: serve(a.config, a.source, a.health_port, a.replay, a.speed, a.state_dir))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState
-from factory_copilot.plumbing.sqlite import open_db
+from factory_copilot.plumbing.sqlite import open_db, transaction
 
 COMPONENT = "alarms"
 
@@ -123,9 +123,7 @@ class Journal:
         floods: dict[str, tuple[str, float] | None] | None = None,
     ) -> None:
         """Store changed alarms, new audit entries and flood changes in one transaction."""
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn) as conn:
             for s in alarms:
                 a = s.alarm
                 conn.execute(
@@ -152,10 +150,6 @@ class Journal:
                         "ON CONFLICT(position) DO UPDATE SET flood_id=excluded.flood_id, started_at=excluded.started_at",
                         (position, flood[0], flood[1]),
                     )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
 
 def _event(row: sqlite3.Row) -> AlarmEvent:

@@ -2,18 +2,16 @@
 
 Consumes ``Buffer[Anomaly]`` and ``Buffer[OperatorCommand]``, ticks the engine a
 few times a second (delays, shelve expiry, flood end) and offers every
-``AlarmEvent`` to ``Buffer[AlarmEvent]``. Commands from the buffer are answered
-through ``reply`` (sync or async callable); in-process callers (the publish
-station's command callback, a dashboard) ``await station.execute(cmd)`` instead.
-All engine calls happen on the event loop thread, one at a time.
+``AlarmEvent`` to ``Buffer[AlarmEvent]`` and every command's ``CommandResult`` to
+``Buffer[CommandResult]`` (the publish station answers the operator with it);
+in-process callers ``await station.execute(cmd)`` instead. All engine calls happen
+on the event loop thread, one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-from typing import Any, Callable
 
 from factory_copilot.alarms.engine import AlarmEngine
 from factory_copilot.plumbing.buffer import Buffer
@@ -29,25 +27,33 @@ class AlarmStation:
         anomalies: Buffer[Anomaly],
         events: Buffer[AlarmEvent],
         commands: Buffer[OperatorCommand] | None = None,
-        reply: Callable[[CommandResult], Any] | None = None,
+        results: Buffer[CommandResult] | None = None,
         tick_s: float = 0.25,
     ):
         self.engine = engine
         self.anomalies = anomalies
         self.events = events
         self.commands = commands
-        self.reply = reply
+        self.results = results
         self.tick_s = tick_s
         self.counts = {"anomalies": 0, "commands": 0, "rejected": 0, "events": 0, "errors": 0}
         self.ticked = asyncio.Event()  # set after every tick; lets a caller wait for time-driven events
 
-    async def run(self) -> None:
-        """Serve until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._anomaly_loop())
-            tg.create_task(self._tick_loop())
-            if self.commands is not None:
-                tg.create_task(self._command_loop())
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set (or the task is cancelled)."""
+        jobs = [self._anomaly_loop(), self._tick_loop()]
+        if self.commands is not None:
+            jobs.append(self._command_loop())
+        tasks = [asyncio.create_task(job) for job in jobs]
+        try:
+            if stop is None:
+                await asyncio.gather(*tasks)
+            else:
+                await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def execute(self, cmd: OperatorCommand) -> CommandResult:
         """Execute one operator command now and return its result (the events go out as usual)."""
@@ -82,15 +88,8 @@ class AlarmStation:
         while True:
             cmd = await self.commands.get()
             result = await self.execute(cmd)
-            if self.reply is None:
-                continue
-            try:
-                answer = self.reply(result)
-                if inspect.isawaitable(answer):
-                    await answer
-            except Exception:
-                self.counts["errors"] += 1
-                log.exception("reply to command %s (request %s) failed", cmd.command, cmd.request_id)
+            if self.results is not None:
+                self.results.offer(result)
 
     async def _tick_loop(self) -> None:
         while True:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import MqttConnection, OpcuaConnection, load_line
 from factory_copilot.records import Reading, SourceState
 from factory_copilot.cli import parse_user
+from factory_copilot.plumbing.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,8 @@ async def collect(args: argparse.Namespace) -> int:
             overrides |= {"username": args.user[0], "password": args.user[1]}
         conn = conn.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         collector = MqttCollector(line, buffer, conn, patterns=args.pattern)
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
     if args.duration:
         loop.call_later(args.duration, stop.set)
     task = asyncio.create_task(collector.run(stop))

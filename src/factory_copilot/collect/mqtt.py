@@ -169,6 +169,7 @@ class MqttCollector:
         self._pending: list[Reading | SourceState] = []
         self._pending_lock = threading.Lock()
         self._drainer: asyncio.Task | None = None
+        self._subscribed = False  # paho's thread: subscriptions acknowledged on the current connection
 
     @property
     def conn(self) -> MqttConnection:
@@ -221,7 +222,7 @@ class MqttCollector:
         self._state(False, f"MQTT broker {self.conn.host}:{self.conn.port}: connecting")
         self.session = MqttSession(
             self.conn, role="collector", subscriptions=[(t, self.qos) for t in self.subscriptions],
-            on_message=self._on_message, on_up=self._on_up, on_down=self._on_down,
+            on_message=self._on_message, on_subscribed=self._on_subscribed, on_down=self._on_down,
         ).start()
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain_every(), name="mqtt-collector-handover")
@@ -255,13 +256,18 @@ class MqttCollector:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.connected.set if up else self.connected.clear)
 
-    def _on_up(self) -> None:
+    def _on_subscribed(self) -> None:
+        """Connected and subscribed (the SUBACK is in): from now on no sample is missed."""
+        if self._subscribed:
+            return  # a subscription added later: nothing changes for the source
+        self._subscribed = True
         if self.session is not None and self.session.connects > 1:
             log.info("MQTT collector re-subscribed to %d topics", len(self.subscriptions))
         self._state(True, f"MQTT broker {self.conn.host}:{self.conn.port} connected")
         self._set_connected(True)
 
     def _on_down(self, why: str) -> None:
+        self._subscribed = False
         self._set_connected(False)
         self._state(False, f"MQTT broker {self.conn.host}:{self.conn.port} {why}")
 

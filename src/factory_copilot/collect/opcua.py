@@ -38,7 +38,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from factory_copilot.collect.gate import Rejected, SampleGate
 from factory_copilot.config import LineConfig, OpcuaConnection
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.plumbing.logs import printable
 from factory_copilot.plumbing.opcua import ensure_certificate, quality_of, status_name, to_epoch
 from factory_copilot.records import Quality, Reading, SourceState
 

@@ -15,13 +15,14 @@ from typing import Callable
 
 from factory_copilot.collect.mqtt import MqttCollector
 from factory_copilot.collect.opcua import OpcuaCollector
+from factory_copilot.collect.replay import ReplayClock, ReplayCollector
 from factory_copilot.config import LineConfig
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.records import Reading, SourceState
 
 log = logging.getLogger(__name__)
 
-Collector = OpcuaCollector | MqttCollector
+Collector = OpcuaCollector | MqttCollector | ReplayCollector
 
 
 def collectors_for(line: LineConfig, readings: Buffer[Reading | SourceState], *, pki_dir: Path | None = None,
@@ -63,6 +64,18 @@ class CollectStation:
         self.readings = readings
         self.collectors = collectors if collectors is not None else collectors_for(line, readings, pki_dir=pki_dir,
                                                                                    clock=clock)
+
+    @classmethod
+    def replaying(cls, line: LineConfig, readings: Buffer[Reading | SourceState], path: Path,
+                  clock: "ReplayClock") -> "CollectStation":
+        """The station reading a recording instead of the line's sources (``run --replay``)."""
+        return cls(line, readings, collectors={"replay": ReplayCollector(line, readings, path, clock)})
+
+    @property
+    def finished(self) -> asyncio.Event | None:
+        """Set when a replayed recording has been played to its end (None when live)."""
+        replay = self.collectors.get("replay")
+        return getattr(replay, "finished", None)
 
     @property
     def kinds(self) -> list[str]:

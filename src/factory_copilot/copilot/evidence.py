@@ -19,7 +19,7 @@ from typing import Iterable, Protocol
 from factory_copilot.catalogue import Fault, load_faults
 from factory_copilot.config import LineConfig, Signal
 from factory_copilot.copilot.runbooks import Passage, RunbookLibrary
-from factory_copilot.records import Alarm, Anomaly, Incident, Mode, Reading
+from factory_copilot.records import Alarm, Anomaly, Incident, Mode, Reading, rank_incidents
 
 # a signal whose last FLAT_MIN_SAMPLES good values are identical is flat-lined (healthy sensors always show noise)
 FLAT_MIN_SAMPLES = 10
@@ -231,19 +231,7 @@ class InMemoryIncidents:
         self.incidents.append(incident)
 
     def similar(self, asset: str, fault_type: str | None, signals: list[str]) -> list[Incident]:
-        wanted = set(signals)
-        scored = []
-        for inc in self.incidents:
-            overlap = len(wanted & set(inc.signals)) / max(1, len(wanted | set(inc.signals)))
-            score = (inc.asset == asset) * 1.0 + (fault_type is not None and inc.fault_type == fault_type) * 2.0 + overlap
-            if score >= 1.0:  # same asset at least; an incident elsewhere on the line says nothing about this one
-                scored.append((score, inc))
-        scored.sort(key=lambda si: (-si[0], -si[1].ts))
-        out = []
-        for score, inc in scored[: self.limit]:
-            copy = Incident(**{**inc.to_dict(), "similarity": round(score / 4.0, 3)})
-            out.append(copy)
-        return out
+        return rank_incidents(self.incidents, asset, fault_type, signals, self.limit)
 
 
 def deviation(value: float, band: tuple[float, float]) -> float:

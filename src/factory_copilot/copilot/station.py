@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.catalogue import Fault, load_faults
@@ -29,7 +29,7 @@ from factory_copilot.copilot.diagnosis import InvalidModelOutput, diagnosis_sche
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
 from factory_copilot.copilot.prompt import diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, load_runbooks
-from factory_copilot.records import Alarm, AlarmEvent, Diagnosis, Reading, Turn
+from factory_copilot.records import Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, Question, Reading, Turn
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,15 @@ class Copilot:
         max_tokens: int = 600,
         schema: dict | None = None,
         keep_alarms: int = 200,
+        *,
+        alarms: Buffer[AlarmEvent | Alarm] | None = None,
+        readings: Buffer[Reading] | None = None,
+        questions: Buffer[Question] | None = None,
+        diagnoses: Buffer[Diagnosis] | None = None,
+        chunks: Buffer[DiagnosisChunk] | None = None,
+        answers: Buffer[AnswerChunk] | None = None,
+        turns: Buffer[Turn] | None = None,
+        max_pending: int = 16,
     ):
         self.line = line
         self.library = library if library is not None else load_runbooks()
@@ -99,9 +108,22 @@ class Copilot:
         )
         self.system = system_prompt(line.site, line.line, self.faults, self.library)
         self.keep_alarms = keep_alarms
+        self.alarms, self.readings, self.questions = alarms, readings, questions
+        self.diagnoses, self.chunks, self.answers, self.turns = diagnoses, chunks, answers, turns
+        self.max_pending = max_pending
         self._packs: OrderedDict[str, EvidencePack] = OrderedDict()
         self._turns: dict[str, list[Turn]] = {}
-        self.stats = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0}
+        self.counts = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0}
+
+    def stats(self) -> dict[str, int]:
+        """Diagnoses by source, fallbacks, dropped citations, questions answered."""
+        return dict(self.counts)
+
+    def close(self) -> None:
+        """Stop the model's worker process, if there is one (at shutdown)."""
+        close_model = getattr(self.backend, "close", None)
+        if close_model:
+            close_model()
 
     # ---- input -------------------------------------------------------------------------------------------
 
@@ -128,7 +150,7 @@ class Copilot:
         started = time.perf_counter()
         d = runbook_diagnosis(self.evidence(alarm), self.library, reason, self.faults)
         d.latency_s = time.perf_counter() - started
-        self.stats["runbook"] += 1
+        self.counts["runbook"] += 1
         return d
 
     async def explain(self, alarm: Alarm, on_token: TokenSink | None = None) -> AsyncIterator[Diagnosis]:
@@ -151,8 +173,8 @@ class Copilot:
         try:
             text = await self._generate(diagnosis_messages(self.system, pack), self.schema, self.max_tokens, on_token)
             d = model_diagnosis(text, pack, self.library, getattr(self.backend, "name", None), self.faults)
-            self.stats["model"] += 1
-            self.stats["dropped_citations"] += d.dropped_citations
+            self.counts["model"] += 1
+            self.counts["dropped_citations"] += d.dropped_citations
             if d.dropped_citations:
                 log.info("alarm %s: %d citations not in the evidence pack were dropped", alarm_id, d.dropped_citations)
         except ModelTimeout as exc:
@@ -168,7 +190,7 @@ class Copilot:
         return d
 
     def _fallback(self, pack: EvidencePack, reason: str) -> Diagnosis:
-        self.stats["fallback"] += 1
+        self.counts["fallback"] += 1
         log.warning("alarm %s: runbook diagnosis instead of the model's (%s)", pack.alarm_id, reason)
         return runbook_diagnosis(pack, self.library, reason, self.faults)
 
@@ -217,7 +239,7 @@ class Copilot:
         turns = self._turns.setdefault(alarm_id, [])
         history = list(turns)
         turns.append(Turn(alarm_id, "operator", question, actor=actor, request_id=request_id))
-        self.stats["questions"] += 1
+        self.counts["questions"] += 1
         answer, source = None, "runbook"
         if self.backend is not None:
             try:
@@ -248,16 +270,15 @@ class Copilot:
 
     # ---- the station loop ---------------------------------------------------------------------------------
 
-    async def run(self, alarms: Buffer[Any], diagnoses: Buffer[Diagnosis], readings: Buffer[Reading] | None = None,
-                  tokens: Buffer[tuple] | None = None, max_pending: int = 16) -> None:
-        """Explain alarms until cancelled: runbook diagnosis out at once, the model's later (one worker, bounded queue).
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Explain alarms until ``stop``: runbook diagnosis out at once, the model's later (one worker, bounded queue);
+        answer questions; keep the recent readings each evidence pack is built from."""
+        if self.alarms is None or self.diagnoses is None:
+            raise RuntimeError("Copilot.run needs its alarms and diagnoses buffers")
+        pending: asyncio.Queue[str] = asyncio.Queue(self.max_pending)
+        alarms, diagnoses, chunks = self.alarms, self.diagnoses, self.chunks
 
-        ``tokens`` receives ``(alarm_id, piece)`` while the model writes and ``(alarm_id, "", True)`` when done.
-        """
-        pending: asyncio.Queue[str] = asyncio.Queue(max_pending)
-
-        async def take_readings() -> None:
-            assert readings is not None
+        async def take_readings(readings: Buffer[Reading]) -> None:
             while True:
                 self.observe(await readings.get())
 
@@ -277,19 +298,54 @@ class Copilot:
                 try:
                     pending.put_nowait(alarm.alarm_id)
                 except asyncio.QueueFull:
-                    log.warning("alarm %s: model queue full (%d), runbook diagnosis only", alarm.alarm_id, max_pending)
+                    log.warning("alarm %s: model queue full (%d), runbook diagnosis only", alarm.alarm_id, self.max_pending)
 
         async def model_worker() -> None:
             await self.warm_up()  # alarms queue meanwhile; their runbook diagnoses go out regardless
             while True:
                 alarm_id = await pending.get()
-                sink = (lambda piece, a=alarm_id: tokens.offer((a, piece))) if tokens is not None else None
+                sink = (lambda piece, a=alarm_id: chunks.offer(DiagnosisChunk(a, piece))) if chunks is not None else None
                 d = await self._model_diagnosis(alarm_id, sink)
-                if tokens is not None:
-                    tokens.offer((alarm_id, "", True))
+                if chunks is not None:
+                    chunks.offer(DiagnosisChunk(alarm_id, "", True))
                 diagnoses.offer(d)
 
+        async def take_questions(questions: Buffer[Question]) -> None:
+            while True:
+                await self._answer(await questions.get())
+
         jobs = [take_alarms(), model_worker()]
-        if readings is not None:
-            jobs.append(take_readings())
-        await asyncio.gather(*jobs)
+        if self.readings is not None:
+            jobs.append(take_readings(self.readings))
+        if self.questions is not None:
+            jobs.append(take_questions(self.questions))
+        tasks = [asyncio.create_task(job) for job in jobs]
+        try:
+            if stop is None:
+                await asyncio.gather(*tasks)
+            else:
+                await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _answer(self, q: Question) -> None:
+        """One question from the dashboard: its answer streamed as chunks, the last with the whole text."""
+        answers = self.answers
+
+        def sink(piece: str) -> None:
+            if answers is not None:
+                answers.offer(AnswerChunk(q.request_id, q.alarm_id, piece))
+
+        try:
+            turn = await self.ask(q.alarm_id, q.question, q.actor, q.request_id, on_token=sink)
+        except KeyError as exc:
+            if answers is not None:
+                answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", True, full_text=str(exc.args[0])))
+            return
+        if answers is not None:
+            answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", True, full_text=turn.text))
+        if self.turns is not None:
+            for t in self.conversation(q.alarm_id)[-2:]:
+                self.turns.offer(t)

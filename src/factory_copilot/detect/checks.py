@@ -4,7 +4,7 @@ limit   engineering alarm limits from the line file (Signal.limits)
 rate    change faster than physically credible (Signal.max_rate, per second)
 stuck   no change beyond noise for N samples while the line is running
 range   outside what the sensor can physically read (Signal.physical): an instrument fault
-quality Bad/Uncertain quality or no sample for more than k sampling intervals
+quality Bad/Uncertain quality, or no sample for more than k sampling intervals (samples.stale_after_intervals)
 
 Each check keeps O(1) state per signal (numpy vectors, one slot per signal) and is fed one
 assembled row at a time. Limit and rate checks wait out a settling grace period after a mode
@@ -38,7 +38,7 @@ class SignalChecks:
         line: LineConfig,
         stuck_samples: int = 30,
         stuck_tolerance: float | dict[str, float] | None = None,
-        gap_intervals: int = 5,
+        gap_intervals: int | None = None,
         settle_s: float = 180.0,
     ):
         self.line = line
@@ -48,7 +48,8 @@ class SignalChecks:
         self.specs = dict(zip(self.keys, specs))
         self.interval = line.sampling_interval_s
         self.stuck_samples = stuck_samples
-        self.gap_intervals = gap_intervals
+        # no good sample for this many intervals is a quality condition; None (the line's samples say so): never
+        self.gap_intervals = line.samples.stale_after_intervals if gap_intervals is None else gap_intervals
         self.settle_s = settle_s
         self.limit_lo, self.limit_hi = _bounds(specs, "limits")
         self.phys_lo, self.phys_hi = _bounds(specs, "physical")
@@ -126,7 +127,8 @@ class SignalChecks:
             if i is not None and q in (Quality.BAD, Quality.UNCERTAIN) and not good[i]:
                 out.append(self._anomaly(ts, i, "quality", None, 1.0, 0.0, f"quality {q.value}"))
         gap = (ts - self.last_good_ts) / self.interval
-        for i in np.flatnonzero(~good & (gap > self.gap_intervals)):
+        silent = ~good & (gap > self.gap_intervals) if self.gap_intervals is not None else np.zeros(len(good), bool)
+        for i in np.flatnonzero(silent):
             if self.keys[i] not in qualities:
                 out.append(self._anomaly(ts, i, "quality", None, gap[i], self.gap_intervals,
                                          f"no good sample for {gap[i]:.0f} intervals"))

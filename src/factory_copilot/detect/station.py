@@ -9,7 +9,7 @@ Time. A reading goes into the row of its own timestamp, but the rows follow the 
 clock (wall time live, data time in a replay): a reading stamped ahead of the clock is put in
 the current row, never lets the station run ahead and evaluate empty rows; a reading for a row
 already gone out (a source whose clock lags) is put into the current row when it is at most
-``late_tolerance_s`` late, else dropped; each case is counted. When nothing arrives, the clock
+``samples.max_late_s`` late, else dropped; each case is counted. When nothing arrives, the clock
 closes the rows, so silence shows.
 
 Lost data is a state. The collect station says when a source connects and disconnects
@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -77,7 +77,7 @@ class DetectStation:
         self.anomalies = anomalies
         self.interval = line.sampling_interval_s
         self.clock = clock
-        self.late_rows = max(1, math.ceil((line.samples.max_future_s if late_tolerance_s is None
+        self.late_rows = max(1, math.ceil((line.samples.max_late_s if late_tolerance_s is None
                                            else late_tolerance_s) / self.interval))
         self.stale_after = line.samples.stale_after_intervals
         self.mode_key = f"{line.mode_signal.asset}.{line.mode_signal.signal}" if line.mode_signal else None
@@ -131,8 +131,9 @@ class DetectStation:
             self.counts["bad_timestamp"] += 1
             self._throttle.warning("bad_timestamp", "detect: reading for %s without a usable timestamp; ignored", key)
             return []
+        now = self.clock()
         bucket = int(math.floor(reading.ts / self.interval))
-        now_bucket = int(math.floor(self.clock() / self.interval))
+        now_bucket = int(math.floor(now / self.interval))
         if bucket > now_bucket:
             # stamped ahead of the clock (within the gate's skew): it belongs to now, and must not run the rows ahead
             self.counts["ahead_of_clock"] += 1
@@ -150,7 +151,9 @@ class DetectStation:
                     "source's clock and the network", key, (self.bucket - bucket) * self.interval)
                 return out
             self.counts["late_adjusted"] += 1  # a lagging source clock: its value counts for the current row
-        self.last_seen[key] = self.bucket * self.interval
+        seen = min(reading.ts, now)
+        if seen > self.last_seen.get(key, -math.inf):
+            self.last_seen[key] = seen
         if key == self.mode_key:
             if reading.is_process_value:
                 try:
@@ -191,9 +194,18 @@ class DetectStation:
     # ---- lost data ------------------------------------------------------------------------------
     def stale_signals(self, ts: float) -> set[str]:
         """Signals without any sample for more than ``stale_after_intervals`` at row time ``ts``."""
+        if self.stale_after is None:
+            return set()  # report by exception: silence says nothing
         limit = self.stale_after * self.interval
         return {k for src in self.sources.values() for k in src.signals
                 if ts - self.last_seen.get(k, self.started_at) > limit}
+
+    def _source_down(self, ts: float) -> bool:
+        if not self.sources:
+            return False
+        silent = self.stale_signals(ts)
+        return any(not src.connected or (src.signals and all(k in silent for k in src.signals))
+                   for src in self.sources.values())
 
     def _lost(self, ts: float, out: list[Anomaly]) -> list[Anomaly]:
         """One ``source`` anomaly per source that is down; per-signal anomalies under it left out."""
@@ -222,9 +234,10 @@ class DetectStation:
 
     def _source_anomaly(self, ts: float, src: _Source, stale: list[str]) -> Anomaly:
         since = time.strftime("%H:%M:%S", time.localtime(src.down_since or ts))
-        why = src.detail or ("disconnected" if not src.connected else "no data")
         if src.connected:
-            why = f"{src.name}: no sample from any of its signals"
+            why = f"{src.detail or src.name}, but no sample from any of its signals"
+        else:
+            why = src.detail or f"{src.name} disconnected"
         return Anomaly(
             ts=ts, asset=SOURCES_ASSET, kind="source", score=float(len(stale)), threshold=1.0, signal=src.name,
             mode=self.mode, stale=tuple(src.signals),
@@ -237,7 +250,8 @@ class DetectStation:
         self.rows += 1
         self.last_row_ts = ts
         out = self.checks.update(ts, values, qualities, self.mode)
-        if self.det_stream is not None:
+        # a lost source leaves only held values: no evidence, so the detector neither judges nor learns from them
+        if self.det_stream is not None and not self._source_down(ts):
             x = np.array([values.get(k, np.nan) for k in self._det_index])
             score, flagged = self.det_stream.update(x, self.mode)
             if self.cls_stream is not None:
@@ -318,7 +332,7 @@ class DetectStation:
                 "detail": src.detail,
                 "signals": len(src.signals),
                 "stale_signals": sum(k in silent for k in src.signals),
-                "newest_sample_age_s": None if newest is None else round(now - newest - self.interval, 1),
+                "newest_sample_age_s": None if newest is None else round(now - newest, 1),
                 "down": src.down_since is not None or not src.connected,
                 "down_since": src.down_since,
             }

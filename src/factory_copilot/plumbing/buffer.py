@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Generic, TypeVar
+
+from factory_copilot.plumbing.logs import Throttled
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -27,9 +28,7 @@ class Buffer(Generic[T]):
         self.queue: asyncio.Queue[T] = asyncio.Queue(maxsize)
         self.offered = 0
         self.dropped = 0
-        self._log_every_s = log_every_s
-        self._last_log = 0.0
-        self._dropped_at_last_log = 0
+        self._log = Throttled(log, log_every_s)
 
     def offer(self, item: T) -> bool:
         """Put without waiting; on overflow drop the oldest item. Returns False if something was dropped."""
@@ -65,22 +64,19 @@ class Buffer(Generic[T]):
         return {"offered": self.offered, "dropped": self.dropped, "queued": self.queue.qsize(), "maxsize": self.maxsize}
 
     def _log_overflow(self) -> None:
-        now = time.monotonic()
-        if now - self._last_log >= self._log_every_s:
-            log.warning(
-                "%s full (%d items): dropped %d oldest items since last report, %d in total; the consumer is too slow",
-                self.name,
-                self.maxsize,
-                self.dropped - self._dropped_at_last_log,
-                self.dropped,
-            )
-            self._last_log = now
-            self._dropped_at_last_log = self.dropped
+        self._log.warning("overflow", "%s full (%d items): dropped its oldest item, %d in total; the consumer is too slow",
+                          self.name, self.maxsize, self.dropped)
 
 
-async def fan_out(source: Buffer[T], *destinations: Buffer[T]) -> None:
-    """Copy every item of ``source`` to each destination; a slow destination only drops its own oldest items."""
+async def fan_out(source: Buffer[T], *destinations: Buffer[T], only: dict[Buffer, type] | None = None) -> None:
+    """Copy every item of ``source`` to each destination; a slow destination only drops its own oldest items.
+
+    ``only`` maps a destination to the one record type it takes (the others pass it by).
+    """
+    only = only or {}
     while True:
         item = await source.get()
         for dest in destinations:
-            dest.offer(item)
+            kind = only.get(dest)
+            if kind is None or isinstance(item, kind):
+                dest.offer(item)

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 10
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client connected with our client id
+# Mosquitto 2.0 closes a taken-over connection without saying why: this many drops within a minute, each
+# soon after a successful connect to a broker that keeps accepting us, is another client with our id
+TAKEOVER_DROPS = 3
+TAKEOVER_UP_S = 5.0
 # an MQTT 5 connect unanswered this long while the port is open: ask whether the broker speaks 5 at all
 PROBE_AFTER_S = 3.0
 
@@ -116,7 +120,8 @@ class MqttSession:
 
     ``on_up()`` runs after every successful (re)connect, once the subscriptions are sent (publish a birth
     message there); ``on_down(reason)`` when the connection is lost or refused; ``on_message(msg)`` per
-    message; ``on_publish(mid, failure)`` per acknowledged publish (``failure`` is the broker's refusal
+    message; ``on_subscribed()`` when the broker acknowledged the subscriptions (of a connect, or one added
+    later); ``on_publish(mid, failure)`` per acknowledged publish (``failure`` is the broker's refusal
     reason, or None). All run on paho's thread, guarded.
     """
 
@@ -133,6 +138,7 @@ class MqttSession:
         on_down: Callable[[str], None] | None = None,
         on_publish: Callable[[int, str | None], None] | None = None,
         on_refused_subscriptions: Callable[[list[str]], None] | None = None,
+        on_subscribed: Callable[[], None] | None = None,
         persistent: bool = False,
         session_expiry_s: int = 3600,
         configure: Callable[[paho.Client], None] | None = None,
@@ -148,6 +154,7 @@ class MqttSession:
         self.on_down = on_down
         self.on_publish = on_publish
         self.on_refused_subscriptions = on_refused_subscriptions
+        self.on_subscribed = on_subscribed
         self.persistent = persistent
         self.session_expiry_s = session_expiry_s
         self.configure = configure  # queue and in-flight limits, set on every paho client this session makes
@@ -162,6 +169,8 @@ class MqttSession:
         self.last_refusal: str | None = None
         self._connected = threading.Event()
         self._down_since: float | None = None
+        self._up_at: float | None = None
+        self._quick_drops: list[float] = []
         self._stopped = threading.Event()
         self._lock = threading.RLock()
         self._throttle = Throttled(log, log_every_s)
@@ -325,11 +334,12 @@ class MqttSession:
         elif self.connects == 1:
             log.info("MQTT %s connected to %s (MQTT %s, client id %s)", self.role, self.where, self.conn.protocol,
                      self.client_id)
+        self._up_at = time.monotonic()
         self._connected.set()
         self._call("on_up", self.on_up)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
-        if self.v5 and reason_value(reason) == SESSION_TAKEN_OVER:
+        if (self.v5 and reason_value(reason) == SESSION_TAKEN_OVER) or self._taken_over(flags):
             self.conflict = (
                 f"the broker {self.where} gave client id {self.client_id!r} to another client: another instance "
                 "with the same id is running; stop it or give this one another client id"
@@ -337,10 +347,23 @@ class MqttSession:
             log.error("MQTT %s: %s; this session stops", self.role, self.conflict)
             self._connected.clear()
             self._stopped.set()
-            client.disconnect()  # ends paho's loop instead of taking the id back, and back again
+            # end paho's loop instead of taking the id back, and back again; from another thread, since paho
+            # sets its state after this callback and only loop_stop() is sure to end the loop
+            threading.Thread(target=_halt, args=(client,), name=f"mqtt-{self.role}-halt", daemon=True).start()
             self._call("on_down", self.on_down, "client id taken over by another client")
             return
         self._went_down(f"disconnected ({reason_text(reason)})")
+
+    def _taken_over(self, flags: Any) -> bool:
+        """Dropped again and again right after the broker accepted us: someone else connects with our client id."""
+        if self._up_at is None or getattr(flags, "is_disconnect_packet_from_server", False):
+            return False  # a broker that says why is believed
+        now = time.monotonic()
+        if now - self._up_at > TAKEOVER_UP_S:
+            self._quick_drops.clear()
+            return False
+        self._quick_drops = [t for t in self._quick_drops if now - t < 60.0] + [now]
+        return len(self._quick_drops) >= TAKEOVER_DROPS
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self._went_down("cannot reach the broker")
@@ -363,6 +386,8 @@ class MqttSession:
         self._call("on_publish", self.on_publish, mid, failure)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any = None) -> None:
+        # the broker has the subscriptions now: from here on nothing published to them is missed
+        self._call("on_subscribed", self.on_subscribed)
         refused = [topic for (topic, _), rc in zip(self.subscriptions, reason_codes or []) if is_failure(rc)]
         if refused:  # an ACL that hides topics looks exactly like a silent sensor otherwise
             log.error("MQTT %s %s refused the subscription to %d topic(s): %s", self.role, self.where, len(refused),
@@ -405,6 +430,14 @@ class MqttSession:
             if answer is False:
                 self._fall_back("does not speak MQTT 5")
                 return
+
+
+def _halt(client: paho.Client) -> None:
+    try:
+        client.disconnect()
+    except Exception:
+        pass
+    client.loop_stop()
 
 
 def speaks_mqtt5(conn: MqttConnection, timeout_s: float = 3.0) -> bool | None:

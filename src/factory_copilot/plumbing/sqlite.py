@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ def open_db(path: str | Path, migrations: Sequence[str], component: str) -> sqli
             f"{path}: {component} schema is version {current}, newer than this software knows ({len(migrations)})"
         )
     for version in range(current, len(migrations)):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             for statement in _statements(migrations[version]):
                 conn.execute(statement)
             conn.execute(
@@ -49,12 +49,20 @@ def open_db(path: str | Path, migrations: Sequence[str], component: str) -> sqli
                 "ON CONFLICT(component) DO UPDATE SET version=excluded.version",
                 (component, version + 1),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         log.info("%s: %s schema migrated to version %d", path, component, version + 1)
     return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: taken at once (IMMEDIATE, so concurrent writers wait their turn), committed, or rolled back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _statements(script: str) -> list[str]:

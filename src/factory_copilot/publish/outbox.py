@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory_copilot.plumbing.sqlite import open_db
+from factory_copilot.plumbing.sqlite import open_db, transaction
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,8 @@ class Outbox:
         """The broker acknowledged these: they leave the outbox."""
         if not ids:
             return
-        self.conn.execute("BEGIN")
-        self.conn.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
-        self.conn.execute("COMMIT")
+        with transaction(self.conn):
+            self.conn.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
         self._count = max(0, self._count - len(ids))
 
     def pending(self) -> int:

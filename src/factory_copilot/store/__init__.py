@@ -1,6 +1,6 @@
 """Store station: SQLite for trends, alarms, diagnoses, conversations and feedback."""
 
 from factory_copilot.store.station import StoreStation
-from factory_copilot.store.store import AssetHealth, Retention, Store
+from factory_copilot.store.store import Retention, Store
 
-__all__ = ["AssetHealth", "Retention", "Store", "StoreStation"]
+__all__ = ["Retention", "Store", "StoreStation"]

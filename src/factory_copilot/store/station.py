@@ -35,8 +35,10 @@ class StoreStation:
         feedback: Buffer[Feedback] | None = None,
         batch_max: int = 20_000,
         retention_every_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
     ):
         self.store = store
+        self.clock = clock  # retention counts in data time when a recording is replayed
         self.batch_max = batch_max
         self.retention_every_s = retention_every_s
         self._lanes: list[tuple[str, Buffer[Any], Callable[[Sequence[Any]], Any]]] = [
@@ -61,11 +63,15 @@ class StoreStation:
             self.store.add_feedback(fb)
         return len(items)
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Write what arrives until ``stop`` is set (or the task is cancelled); ``drain()`` writes the rest."""
         tasks = [asyncio.create_task(self._lane(*lane), name=f"store-{lane[0]}") for lane in self._lanes]
         tasks.append(asyncio.create_task(self._retention(), name="store-retention"))
         try:
-            await asyncio.gather(*tasks)
+            if stop is None:
+                await asyncio.gather(*tasks)
+            else:
+                await stop.wait()
         finally:
             for t in tasks:
                 t.cancel()
@@ -114,7 +120,7 @@ class StoreStation:
         while True:
             await asyncio.sleep(self.retention_every_s)
             try:
-                await asyncio.to_thread(self.store.enforce_retention, time.time())
+                await asyncio.to_thread(self.store.enforce_retention, self.clock())
             except Exception:
                 log.exception("store: retention failed; will retry in %.0f s", self.retention_every_s)
 

@@ -1,0 +1,165 @@
+"""The store's incidents: diagnoses, conversations and operator feedback, and the incident memory built on them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+
+from factory_copilot.records import (
+    Alarm,
+    Anomaly,
+    Diagnosis,
+    Feedback,
+    Incident,
+    MarkedAlarm,
+    Turn,
+    rank_incidents,
+)
+
+log = logging.getLogger(__name__)
+
+
+class IncidentRecords:
+    """What the copilot said and what people said about it (a part of ``Store``)."""
+
+    def add_diagnoses(self, diagnoses: Iterable[Diagnosis]) -> int:
+        rows = [(d.alarm_id, d.created_at, d.source, json.dumps(d.to_dict())) for d in diagnoses]
+        self._write_many("INSERT INTO diagnoses(alarm_id, created_at, source, body) VALUES(?,?,?,?)", rows)
+        return len(rows)
+
+    def add_diagnosis(self, diagnosis: Diagnosis) -> None:
+        self.add_diagnoses([diagnosis])
+
+    def add_turns(self, turns: Iterable[Turn]) -> int:
+        rows = [(t.alarm_id, t.ts, t.role, t.text, t.actor, t.request_id, t.source) for t in turns]
+        self._write_many(
+            "INSERT OR IGNORE INTO conversations(alarm_id, ts, role, text, actor, request_id, source) VALUES(?,?,?,?,?,?,?)", rows
+        )
+        return len(rows)
+
+    def add_turn(self, turn: Turn) -> None:
+        self.add_turns([turn])
+
+    def add_feedback(self, feedback: Feedback) -> int:
+        """Record an operator's verdict; the alarm's asset, fault and signals are copied for incident memory."""
+        alarm = self.alarm(feedback.alarm_id)
+        asset = condition = fault_type = None
+        signals: list[str] = []
+        raised_at = cleared_at = None
+        actual_cause = feedback.actual_cause
+        if alarm is None:
+            log.warning("feedback for unknown alarm %s is kept, but without asset or fault for incident memory",
+                        feedback.alarm_id)
+        else:
+            asset, condition, raised_at = alarm.asset, alarm.condition, alarm.raised_at
+            fault_type = _fault_of(alarm)
+            signals = _signals_of(alarm)
+            cleared_at = self._cleared_at(alarm.alarm_id, alarm.raised_at)
+            if feedback.verdict == "confirmed" and not actual_cause:
+                diagnosis = self.diagnosis(alarm.alarm_id)
+                top = diagnosis.causes[0].fault_type if diagnosis and diagnosis.causes else fault_type
+                actual_cause = top
+        with self._db as conn:
+            cur = conn.execute(
+                "INSERT INTO feedback(alarm_id, ts, verdict, actual_cause, fix, actor, asset, condition, fault_type, "
+                "signals, raised_at, cleared_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                (feedback.alarm_id, feedback.ts, feedback.verdict, actual_cause, feedback.fix, feedback.actor, asset,
+                 condition, fault_type, json.dumps(signals), raised_at, cleared_at),
+            )
+            return int(cur.lastrowid)
+
+    def diagnosis(self, alarm_id: str) -> Diagnosis | None:
+        """The newest diagnosis of an alarm."""
+        rows = self._rows(
+            "SELECT body FROM diagnoses WHERE alarm_id=? ORDER BY created_at DESC, id DESC LIMIT 1", (alarm_id,)
+        )
+        return Diagnosis.from_dict(json.loads(rows[0][0])) if rows else None
+
+    def diagnoses_since(self, since: float = 0.0) -> list[Diagnosis]:
+        """Every diagnosis written since ``since``, oldest first (runbook and model ones alike)."""
+        rows = self._rows("SELECT body FROM diagnoses WHERE created_at>=? ORDER BY created_at, id", (since,))
+        return [Diagnosis.from_dict(json.loads(r["body"])) for r in rows]
+
+    def conversation(self, alarm_id: str) -> list[Turn]:
+        rows = self._rows(
+            "SELECT alarm_id, role, text, ts, actor, request_id, source FROM conversations WHERE alarm_id=? "
+            "ORDER BY ts, id",
+            (alarm_id,),
+        )
+        return [Turn(*tuple(r)) for r in rows]
+
+    def feedback(self, alarm_id: str | None = None, since: float = 0.0) -> list[Feedback]:
+        sql, params = "SELECT alarm_id, verdict, actual_cause, fix, actor, ts FROM feedback WHERE ts>=?", [since]
+        if alarm_id:
+            sql += " AND alarm_id=?"
+            params.append(alarm_id)
+        return [Feedback(*tuple(r)) for r in self._rows(sql + " ORDER BY ts, id", params)]
+
+    def false_alarms(self, since: float = 0.0) -> list[MarkedAlarm]:
+        """Alarms marked false since ``since``, each with the anomalies of its condition while it stood."""
+        return self.marked_alarms(("false_alarm",), since)
+
+    def marked_alarms(self, verdicts: Sequence[str], since: float = 0.0) -> list[MarkedAlarm]:
+        """Alarms given one of ``verdicts`` since ``since`` (latest verdict per alarm), with their anomalies."""
+        rows = self._rows(
+            "SELECT alarm_id, asset, condition, raised_at, cleared_at, ts, actor, verdict FROM feedback f "
+            f"WHERE verdict IN ({','.join('?' * len(verdicts))}) AND ts>=? "
+            "AND id=(SELECT max(id) FROM feedback g WHERE g.alarm_id=f.alarm_id) ORDER BY ts",
+            (*verdicts, since),
+        )
+        out = []
+        for alarm_id, asset, condition, raised_at, cleared_at, marked_at, actor, verdict in rows:
+            if asset is None:
+                continue  # the alarm was never stored: no window to give back
+            start = raised_at
+            end = cleared_at or self._cleared_at(alarm_id, raised_at) or marked_at
+            anomaly_rows = self._rows(
+                "SELECT body FROM anomalies WHERE asset=? AND condition=? AND ts>=? AND ts<=? ORDER BY ts",
+                (asset, condition, start - self.bucket_s, end),
+            )
+            out.append(
+                MarkedAlarm(alarm_id, asset, condition, start, end, marked_at, verdict, actor,
+                            [Anomaly.from_dict(json.loads(r[0])) for r in anomaly_rows])
+            )
+        return out
+
+    def similar(self, asset: str, fault_type: str | None, signals: Sequence[str] = (), limit: int = 3) -> list[Incident]:
+        """Past alarms on this asset with an operator's verdict, most similar first (the copilot's IncidentMemory).
+
+        Ranking is ``rank_incidents`` beside the Incident record (same asset, same fault type, overlap of
+        the signals that stood out), so a store-backed copilot and an in-memory one agree; the store only
+        supplies the candidates.
+        """
+        rows = self._rows(
+            "SELECT alarm_id, asset, fault_type, verdict, ts, condition, signals, actual_cause, fix, actor "
+            "FROM feedback WHERE asset=? ORDER BY ts DESC LIMIT 2000",
+            (asset,),
+        )
+        candidates = [
+            Incident(r[0], r[1], r[2], r[3], r[4], r[5] or "", json.loads(r[6]), r[7], r[8], r[9]) for r in rows
+        ]
+        found = rank_incidents(candidates, asset, fault_type, list(signals), limit)
+        for incident in found:
+            d = self.diagnosis(incident.alarm_id)
+            incident.diagnosis_summary = d.summary if d else None
+        return found
+
+
+def _fault_of(alarm: Alarm) -> str | None:
+    if alarm.anomaly and alarm.anomaly.fault_type:
+        return alarm.anomaly.fault_type
+    if alarm.condition.startswith("fault:"):
+        fault = alarm.condition.removeprefix("fault:")
+        return None if fault == "unknown" else fault
+    return None
+
+
+def _signals_of(alarm: Alarm) -> list[str]:
+    """The signal keys that stood out in the alarm's anomaly, largest share first."""
+    a = alarm.anomaly
+    if a is None:
+        return []
+    if a.contributions:
+        return [k for k, _ in sorted(a.contributions.items(), key=lambda kv: -kv[1])][:5]
+    return [f"{a.asset}.{a.signal}"] if a.signal else []
