@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from factory_copilot.catalogue import load_faults
+from factory_copilot.config import SIMULATED_FAULTS
 from factory_copilot.records import Mode
 
 # Time (s) for a fault to grow from onset to its full severity; faults grow, they don't step.
@@ -51,7 +52,7 @@ class FaultScenario:
     ramp_s: float | None = None  # default: DEFAULT_RAMP_S[fault_type]
 
     def __post_init__(self) -> None:
-        faults = load_faults()
+        faults = load_faults(SIMULATED_FAULTS)
         if self.fault_type not in faults:
             raise ValueError(f"unknown fault_type {self.fault_type!r}; the catalogue has {', '.join(faults)}")
         entry = faults[self.fault_type]
@@ -256,7 +257,7 @@ def standard_scenarios(seed: int = 0) -> list[ScenarioRun]:
     5-15 min and continues to the end of the run. Seeds differ per run and follow ``seed``.
     """
     runs = []
-    for i, fault_type in enumerate(load_faults()):
+    for i, fault_type in enumerate(load_faults(SIMULATED_FAULTS)):
         runs.append(
             ScenarioRun(
                 name=fault_type,

@@ -74,9 +74,14 @@ async def fan_out(source: Buffer[T], *destinations: Buffer[T], only: dict[Buffer
     ``only`` maps a destination to the one record type it takes (the others pass it by).
     """
     only = only or {}
+    plain = [d for d in destinations if d not in only]
+    typed = [(d, only[d]) for d in destinations if d in only]
     while True:
-        item = await source.get()
-        for dest in destinations:
-            kind = only.get(dest)
-            if kind is None or isinstance(item, kind):
+        batch = [await source.get()]
+        batch += [source.get_nowait() for _ in range(source.qsize())]  # one wake-up for what piled up meanwhile
+        for item in batch:
+            for dest in plain:
                 dest.offer(item)
+            for dest, kind in typed:
+                if isinstance(item, kind):
+                    dest.offer(item)
