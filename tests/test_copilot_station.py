@@ -124,7 +124,7 @@ async def test_two_steps_the_summary_freely_then_the_choices_under_a_grammar():
 
 
 async def test_source_states_in_the_reading_stream_are_noted_not_trended():
-    from factory_copilot.records import Reading, SourceState
+    from factory_copilot.records import SourceState
 
     alarms, readings, out = Buffer(10, "alarms"), Buffer(100, "readings"), Buffer(10, "diag")
     cop = Copilot(LINE, alarms=alarms, diagnoses=out, readings=readings)

@@ -12,7 +12,7 @@ pytest.importorskip("llama_cpp")
 
 from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
 from factory_copilot.copilot import Copilot, LocalModel, ModelTimeout, ModelUnavailable  # noqa: E402
-from factory_copilot.copilot.backends import backend_from_settings  # noqa: E402
+from factory_copilot.copilot.choice import backend_from_settings  # noqa: E402
 from factory_copilot.copilot.diagnosis import diagnosis_schema  # noqa: E402
 from tests.support.copilot import alarm_for, make_tiny_qwen, ramp  # noqa: E402
 

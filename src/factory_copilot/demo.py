@@ -23,7 +23,7 @@ from typing import Any
 from factory_copilot.plumbing.broker import ensure_broker, free_port
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, LineConfig, MqttConnection, load_line
-from factory_copilot.copilot.backends import backend_from_settings
+from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.detect.evaluate import simulated_history, train_models
 from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector, save_detector
 from factory_copilot.service import LineService, ServicePaths

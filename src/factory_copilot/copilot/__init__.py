@@ -13,8 +13,8 @@ from factory_copilot.copilot.backends import (
     ModelTimeout,
     ModelUnavailable,
     OpenAIBackend,
-    backend_from_settings,
 )
+from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.copilot.diagnosis import DIAGNOSIS_SCHEMA, diagnosis_schema, model_diagnosis, runbook_diagnosis
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, InMemoryIncidents, SignalHistory, build_evidence
 from factory_copilot.copilot.runbooks import RunbookLibrary, load_runbooks, runbooks_of

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from factory_copilot.catalogue import Fault
-from factory_copilot.copilot.diagnosis import Candidate, _agreement, _match, rank_faults
+from factory_copilot.copilot.evidence import Candidate, agreement, match, rank_faults
 from factory_copilot.copilot.evidence import EvidencePack, SignalEvidence
 from factory_copilot.copilot.runbooks import RunbookLibrary
 
@@ -97,8 +97,8 @@ def compare_answer(pack: EvidencePack, a: str, b: str, library: RunbookLibrary, 
         c: Candidate | None = ranked.get(fid)
         if c is None:
             return 0.0, f"{faults[fid].name}: no runbook signature to compare"
-        sig = max(c.runbook.signatures, key=lambda sg: sum(_match(d, signals.get(k)) for k, d in sg.items()))
-        shows = [k for k, d in sig.items() if _match(d, signals.get(k)) > 0 and _agreement(d, signals.get(k)) > 0]
+        sig = max(c.runbook.signatures, key=lambda sg: sum(match(d, signals.get(k)) for k, d in sg.items()))
+        shows = [k for k, d in sig.items() if match(d, signals.get(k)) > 0 and agreement(d, signals.get(k)) > 0]
         lacks = [k for k in sig if k not in shows]
         text = f"{faults[fid].name} (fit {c.score:.2f})"
         if shows:

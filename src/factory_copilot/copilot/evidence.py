@@ -18,7 +18,7 @@ from typing import Iterable, Protocol
 
 from factory_copilot.catalogue import Fault
 from factory_copilot.config import LineConfig, Signal
-from factory_copilot.copilot.runbooks import Passage, RunbookLibrary
+from factory_copilot.copilot.runbooks import Passage, Runbook, RunbookLibrary
 from factory_copilot.records import Alarm, Anomaly, Incident, Mode, Reading, rank_incidents
 
 # a signal whose last FLAT_MIN_SAMPLES good values are identical is flat-lined (healthy sensors always show noise)
@@ -347,8 +347,6 @@ def build_evidence(
     # which signals go in the pack: the alarm's own signal, the largest contributors, flat-lined ones,
     # and the key signals of the named fault, in that order of importance
     fault = faults.get(anomaly.fault_type) if anomaly and anomaly.fault_type else None
-    from factory_copilot.copilot.diagnosis import MATCH_MIN, rank_faults  # (diagnosis builds on evidence, not the reverse)
-
     probe = _pack(alarm, asset_name, asset_kind, mode, fault, anomaly, [], [], [], all_signals)
     ranked = [c for c in rank_faults(probe, library) if c.score > MATCH_MIN and c.fault in faults]
     primary = library.for_fault(fault.id) if fault else None
@@ -428,3 +426,93 @@ def _pack(alarm: Alarm, asset_name: str, asset_kind: str, mode: Mode, fault: Fau
         incidents=incidents,
         context=context,
     )
+
+
+MATCH_MIN = 0.1  # a runbook signature that fits less than this is no match
+
+
+# ---------------------------------------------------------------- which faults the evidence fits
+
+
+def match(direction: str, s: SignalEvidence | None) -> float:
+    """How strongly one signal shows the expected direction, 0..1.
+
+    Two views, the stronger counts: against the normal band (band edge ≈ 0.33, twice out ≈ 1;
+    the extreme of the recent window at 70 %, so intermittent belt-slip episodes still show),
+    and against the signal's own recent past (a move of 3 noise widths ≈ 0.25, 6 ≈ 1), which
+    shows a fault that is still growing inside the band when the detector raises the alarm early.
+    """
+    if s is None or s.value is None:
+        return 0.0
+    if direction == "flat":
+        return 1.0 if s.trend and s.trend.flat else 0.0
+    d = s.deviation
+    lo_d = hi_d = d
+    if s.trend:
+        lo_d, hi_d = deviation(s.trend.minimum, s.normal), deviation(s.trend.maximum, s.normal)
+    band = {
+        "up": max(d, 0.7 * hi_d),
+        "down": max(-d, -0.7 * lo_d),
+        "any": max(abs(d), 0.7 * max(abs(lo_d), abs(hi_d))),
+    }[direction]
+    z = s.change
+    move = {"up": z, "down": -z, "any": abs(z)}[direction]
+    return min(1.0, max(0.0, (band - 0.5) / 1.5, (move - 2.0) / 4.0))
+
+
+def agreement(direction: str, s: SignalEvidence | None) -> float:
+    """Does the signal move the way the signature says? 1 yes, 0.5 no clear direction yet, 0 the other way."""
+    if s is None:
+        return 0.0
+    if direction == "flat":
+        return 1.0 if s.trend and s.trend.flat else 0.0
+    if direction == "any":
+        return 1.0
+    if abs(s.change) >= 1.0:
+        lean = s.change
+    elif abs(s.deviation) >= DEVIATION_NORMAL:
+        lean = s.deviation
+    else:
+        return 0.5  # an intermittent fault (belt slip) can look normal at the alarm instant
+    return 1.0 if (lean > 0) == (direction == "up") else 0.0
+
+
+
+
+@dataclass(slots=True)
+class Candidate:
+    fault: str
+    runbook: Runbook
+    score: float
+    matched: list[str]  # signal keys that show the signature
+
+
+def rank_faults(pack: EvidencePack, library: RunbookLibrary) -> list[Candidate]:
+    """Every fault with a runbook signature, scored against the pack; best first.
+
+    Score = how well the signals fit the signature (mean match over its signals)
+          + the detector's share of the anomaly on signature signals moving the right way
+          + the classifier's probability if it named this fault.
+    """
+    signals = pack.context or {s.key: s for s in pack.signals}
+    out = []
+    for rb in library.runbooks.values():
+        best: tuple[float, dict[str, float]] = (-1.0, {})
+        for sig in rb.signatures:
+            matches = {k: match(d, signals.get(k)) for k, d in sig.items()}
+            shares = {k: signals[k].contribution * agreement(d, signals[k]) for k, d in sig.items() if k in signals}
+            fit = sum(matches.values()) / len(matches) + 0.5 * min(1.0, sum(shares.values()))
+            if fit > best[0]:
+                # a signal is evidence if it shows the signature or carries a real share of the anomaly the right way
+                best = (fit, {k: max(m, shares.get(k, 0.0) if shares.get(k, 0.0) >= 0.05 else 0.0)
+                              for k, m in matches.items()})
+        fit, evidence = best
+        if fit < 0:
+            continue
+        matched = [k for k, m in sorted(evidence.items(), key=lambda km: -km[1]) if m > 0]
+        for fault in rb.faults:
+            vote = pack.fault_probability if pack.fault_type == fault else 0.0
+            score = fit + vote + (0.05 if rb.asset == pack.asset else 0.0)
+            out.append(Candidate(fault, rb, score, matched))
+    out.sort(key=lambda c: -c.score)
+    return out

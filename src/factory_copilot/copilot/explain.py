@@ -121,7 +121,7 @@ def format_diagnosis(d: Diagnosis) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from factory_copilot.copilot.backends import backend_from_settings
+    from factory_copilot.copilot.choice import backend_from_settings
     from factory_copilot.copilot.station import Copilot
 
     line = load_line(args.line)

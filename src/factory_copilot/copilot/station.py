@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
 from factory_copilot.config import LineConfig
