@@ -2,9 +2,11 @@
 
 Two workloads on the simulated line with a fake clock (no sleeps) and a fresh file:
   * steady: 34 limit conditions stay active, one anomaly per condition per second
-    (what the detect station sends during a long upset) — no transitions, no writes;
+    (what the detect station sends during a long upset): each one re-assesses its
+    alarm's severity, trend and priority (and its situation's), rarely a transition;
   * churn: conditions raise, return, get acknowledged in turn — every step is a
-    transition written to SQLite in its own transaction (the worst case).
+    transition written to SQLite in its own transaction (the worst case); grouping
+    is off here so that every condition is an alarm of its own that needs an ack.
     .venv/bin/python bench/alarm_engine.py [--seconds 3000]
 """
 
@@ -32,26 +34,31 @@ def main(seconds: int) -> None:
     keys = [k.split(".", 1) for k in line.signal_keys()]
     anomalies = [Anomaly(0, a, "limit", 2.0, 1.0, signal=s, value=1.0) for a, s in keys]
     settings = AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5, flood_count=10_000)
+    churn_settings = AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5, flood_count=10_000,
+                                   group_consequences=False)
     with tempfile.TemporaryDirectory() as tmp:
         clock = Clock()
         engine = AlarmEngine(line, Path(tmp) / "steady.db", settings, clock=clock)
         for an in anomalies:
+            an.ts = clock.t  # stamped with the time it was evaluated, as the detect station does
             engine.ingest(an)
         t0 = time.perf_counter()
         for _ in range(seconds):
             clock.t += 1
             for an in anomalies:
+                an.ts = clock.t
                 engine.ingest(an)
             engine.tick()
         steady = seconds * len(anomalies) / (time.perf_counter() - t0)
         engine.close()
 
         clock = Clock()
-        engine = AlarmEngine(line, Path(tmp) / "churn.db", settings, clock=clock)
+        engine = AlarmEngine(line, Path(tmp) / "churn.db", churn_settings, clock=clock)
         n_transitions, t0 = 0, time.perf_counter()
         rounds = max(1, seconds // 30)
         for _ in range(rounds):
             for an in anomalies:
+                an.ts = clock.t
                 n_transitions += len(engine.ingest(an))  # raised / realarm
             clock.t += 3
             n_transitions += len(engine.tick())  # returned

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from factory_copilot.alarms import AlarmEngine, AlarmSettings, annunciated
@@ -35,6 +37,8 @@ def clock():
 
 
 SETTINGS = AlarmSettings(on_delay_s=2.0, off_delay_s=5.0, deadband=0.1, silence_s=2.5, chatter_window_s=60.0)
+# for tests of one mechanism on alarms of related assets, which would otherwise be folded into one situation
+UNGROUPED = dataclasses.replace(SETTINGS, group_consequences=False)
 
 
 @pytest.fixture
@@ -65,6 +69,11 @@ def fault(fault_type="bearing_wear", asset="product_pump", p=0.87, score=20.0, m
                    fault_probability=p, mode=mode, **kw)
 
 
+def at(clock, anomaly):
+    """The anomaly as the detect station sends it: stamped with the (data) time it was evaluated."""
+    return dataclasses.replace(anomaly, ts=clock.t)
+
+
 def feed(engine, clock, anomaly, seconds, step=1.0):
     """The detect station's stream: one anomaly per second for ``seconds`` (first at now), clock left after the last."""
     events = []
@@ -72,7 +81,7 @@ def feed(engine, clock, anomaly, seconds, step=1.0):
     for i in range(n):
         if i:
             clock.advance(step)
-        events += engine.ingest(anomaly)
+        events += engine.ingest(at(clock, anomaly))
     return events
 
 
@@ -144,10 +153,12 @@ def test_fault_named_later_updates_the_same_alarm_not_a_second_one(engine, clock
     assert [a.alarm_id for a in engine.active()] == ["product_pump.fault"]
 
 
-def test_active_sorted_worst_priority_first(engine, clock):
-    raise_alarm(engine, clock, limit(asset="filler", signal="fill_weight", value=480))  # medium
-    raise_alarm(engine, clock, fault("motor_overload", asset="infeed_conveyor"))  # critical
-    raise_alarm(engine, clock, limit())  # high (asset)
+def test_active_sorted_worst_priority_first(make, clock):
+    engine = make(UNGROUPED)
+    # severe conditions (urgency immediate): the priority is the consequence's
+    raise_alarm(engine, clock, limit(asset="filler", signal="fill_weight", value=480, score=6))  # medium
+    raise_alarm(engine, clock, fault("motor_overload", asset="infeed_conveyor", score=300))  # critical
+    raise_alarm(engine, clock, limit(score=6))  # high (asset)
     assert [a.priority for a in engine.active()] == [Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM]
 
 
@@ -159,7 +170,7 @@ def test_on_delay_needs_continuous_abnormal(engine, clock):
     clock.advance(4)  # a gap longer than silence_s: the stretch is broken
     assert feed(engine, clock, limit(), 2) == []
     clock.advance(1)
-    assert [e.event for e in engine.ingest(limit())] == ["raised"]
+    assert [e.event for e in engine.ingest(at(clock, limit()))] == ["raised"]
 
 
 def test_blip_shorter_than_on_delay_never_alarms(engine, clock):
@@ -170,7 +181,7 @@ def test_blip_shorter_than_on_delay_never_alarms(engine, clock):
 
 def test_on_delay_per_kind(make, clock):
     engine = make(AlarmSettings(on_delay_s=5, on_delay_by_kind={"multivariate": 0.0}, silence_s=2.5))
-    assert [e.event for e in engine.ingest(fault())] == ["raised"]
+    assert [e.event for e in engine.ingest(at(clock, fault()))] == ["raised"]
     assert feed(engine, clock, limit(), 5) == []
 
 
@@ -186,14 +197,14 @@ def test_off_delay_after_explicit_normal_score(engine, clock):
     low = limit(score=0.5)
     assert feed(engine, clock, low, 5) == []  # normal for 4 s
     clock.advance(1)
-    assert [e.event for e in engine.ingest(low)] == ["returned"]  # 5 s normal
+    assert [e.event for e in engine.ingest(at(clock, low))] == ["returned"]  # 5 s normal
 
 
 def test_abnormal_sample_restarts_off_delay(engine, clock):
     raise_alarm(engine, clock, limit())
     feed(engine, clock, limit(score=0.5), 4)
     clock.advance(1)
-    engine.ingest(limit())  # back above the threshold before the off-delay ran out
+    engine.ingest(at(clock, limit()))  # back above the threshold before the off-delay ran out
     feed(engine, clock, limit(score=0.5), 5)
     assert engine.get("product_pump.flow-limit").state is AlarmState.ACTIVE_UNACK
 
@@ -252,7 +263,7 @@ def test_shelve_hides_alarm_and_expiry_annunciates_it_again(engine, clock):
     assert engine.get(a.alarm_id).state.active
     events = []
     for _ in range(32):  # ticks up to shelve time + 60 s
-        events += engine.ingest(limit())
+        events += engine.ingest(at(clock, limit()))
         events += engine.tick()
         clock.advance(1)
     assert [(e.event, e.state, e.actor, e.comment) for e in events] == [
@@ -305,12 +316,13 @@ def test_limit_alarm_of_mode_banded_signal_suppressed_outside_running(engine, cl
     assert not annunciated(events[0].alarm)
     # the line starts running while flow is still low: now it counts
     clock.advance(1)
-    events = engine.ingest(limit(value=40.0, mode=Mode.RUNNING))
+    events = engine.ingest(at(clock, limit(value=40.0, mode=Mode.RUNNING)))
     assert [(e.event, e.state) for e in events] == [("unsuppressed", AlarmState.ACTIVE_UNACK)]
     assert annunciated(events[0].alarm)
 
 
-def test_no_suppression_for_signals_without_mode_band_or_fault_alarms(engine, clock):
+def test_no_suppression_for_signals_without_mode_band_or_fault_alarms(make, clock):
+    engine = make(UNGROUPED)
     temp = limit(asset="filler", signal="product_temperature", value=35.0, mode=Mode.CHANGEOVER)
     assert not raise_alarm(engine, clock, temp).suppressed
     assert not raise_alarm(engine, clock, fault(mode=Mode.STARTUP)).suppressed
@@ -335,14 +347,14 @@ SIGNALS = [("product_pump", s) for s in ("flow", "speed", "suction_pressure", "d
 
 
 def test_flood_groups_under_first_alarm_and_ends(make, clock):
-    engine = make(AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5))
+    engine = make(AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5, group_consequences=False))
     raised = []
     for asset, signal in SIGNALS[:10]:
-        raised += engine.ingest(limit(asset=asset, signal=signal))
+        raised += engine.ingest(at(clock, limit(asset=asset, signal=signal)))
         clock.advance(30)
     assert engine.floods() == {} and all(e.alarm.flood_id is None for e in raised)
     first = raised[0].alarm_id
-    events = engine.ingest(limit(asset=SIGNALS[10][0], signal=SIGNALS[10][1]))  # the 11th within 10 min
+    events = engine.ingest(at(clock, limit(asset=SIGNALS[10][0], signal=SIGNALS[10][1])))  # the 11th within 10 min
     kinds = [e.event for e in events]
     assert kinds[0] == "flood_start" and events[0].alarm_id == first
     assert kinds.count("flood_grouped") == 9 and kinds[-1] == "raised"
@@ -350,7 +362,7 @@ def test_flood_groups_under_first_alarm_and_ends(make, clock):
     assert engine.floods() == {"main": first}
     assert {a.flood_id for a in engine.active()} == {first}
     clock.advance(1)
-    assert engine.ingest(limit(asset=SIGNALS[11][0], signal=SIGNALS[11][1]))[-1].alarm.flood_id == first
+    assert engine.ingest(at(clock, limit(asset=SIGNALS[11][0], signal=SIGNALS[11][1])))[-1].alarm.flood_id == first
     # ten minutes on, fewer than 5 new alarms remain in the window -> the flood ends, named by its first alarm
     events = engine.tick(clock.advance(600))
     assert [(e.event, e.alarm_id) for e in events if e.event.startswith("flood")] == [("flood_end", first)]
@@ -367,17 +379,17 @@ def test_flood_counts_per_operator_position(clock, tmp_path):
         if asset["id"] == "filler":
             asset["operator_position"] = "filling"
     engine = AlarmEngine(parse_line(data), tmp_path / "positions.db",
-                         AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5), clock=clock)
+                         AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5, group_consequences=False), clock=clock)
     try:
         pump = [s for a, s in SIGNALS if a == "product_pump"]  # 8 at position main
         filler = ["fill_weight", "tank_level", "nozzle_pressure", "valve_air_pressure", "reject_rate"]  # 5 at filling
         for signal in pump:
-            engine.ingest(limit(signal=signal))
+            engine.ingest(at(clock, limit(signal=signal)))
         for signal in filler:
-            engine.ingest(limit(asset="filler", signal=signal))
+            engine.ingest(at(clock, limit(asset="filler", signal=signal)))
         assert len(engine.active()) == 13 and engine.floods() == {}
         for signal in ("belt_speed", "motor_speed", "vibration"):  # 11 at main now
-            engine.ingest(limit(asset="infeed_conveyor", signal=signal))
+            engine.ingest(at(clock, limit(asset="infeed_conveyor", signal=signal)))
         assert engine.floods() == {"main": "product_pump.flow-limit"}
         assert all(a.flood_id is None for a in engine.active() if a.asset == "filler")
     finally:
@@ -387,7 +399,7 @@ def test_flood_counts_per_operator_position(clock, tmp_path):
 def test_chattering_and_shelved_alarms_do_not_make_a_flood(make, clock):
     engine = make(AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5))
     for _ in range(15):  # one chattering alarm
-        engine.ingest(limit())
+        engine.ingest(at(clock, limit()))
         engine.tick(clock.advance(5))
     assert engine.floods() == {} and engine.get("product_pump.flow-limit").realarm_count == 14
 
@@ -457,7 +469,7 @@ def test_audit_trail_records_events_and_operator_actions(engine, clock):
 
 def test_restart_resumes_same_alarms(make, clock, tmp_path):
     path = tmp_path / "restart.db"
-    engine = make(path=path)
+    engine = make(UNGROUPED, path=path)
     acked = raise_alarm(engine, clock, limit())
     cmd(engine, "acknowledge", acked.alarm_id)
     chatter = raise_alarm(engine, clock, limit(asset="filler", signal="tank_level", value=10))
@@ -472,7 +484,7 @@ def test_restart_resumes_same_alarms(make, clock, tmp_path):
     engine.close()
 
     clock.advance(1)
-    again = make(path=path)
+    again = make(UNGROUPED, path=path)
     assert again.alarms() == before
     assert [a.alarm_id for a in again.active()] == [shelved.alarm_id, chatter.alarm_id]
     # the same condition continues the same alarm, no duplicate
@@ -488,17 +500,17 @@ def test_restart_resumes_same_alarms(make, clock, tmp_path):
 
 def test_restart_keeps_flood(make, clock, tmp_path):
     path = tmp_path / "flood.db"
-    settings = AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5)
+    settings = AlarmSettings(on_delay_s=0, off_delay_s=0, silence_s=2.5, group_consequences=False)
     engine = make(settings, path)
     for asset, signal in SIGNALS[:11]:
-        engine.ingest(limit(asset=asset, signal=signal))
+        engine.ingest(at(clock, limit(asset=asset, signal=signal)))
         clock.advance(10)
     flood = engine.floods()
     assert flood
     engine.close()
     again = make(settings, path)
     assert again.floods() == flood
-    events = again.ingest(limit(asset=SIGNALS[11][0], signal=SIGNALS[11][1]))
+    events = again.ingest(at(clock, limit(asset=SIGNALS[11][0], signal=SIGNALS[11][1])))
     assert events[-1].alarm.flood_id == flood["main"]
 
 
@@ -508,16 +520,22 @@ def test_restart_keeps_flood(make, clock, tmp_path):
 @pytest.mark.parametrize(
     "anomaly, priority",
     [
-        (fault("bearing_wear"), Priority.HIGH),  # catalogue
-        (fault("motor_overload", asset="infeed_conveyor"), Priority.CRITICAL),
-        (fault("sensor_drift", asset="heat_tunnel"), Priority.LOW),
-        (fault("unknown", asset="filler"), Priority.MEDIUM),  # no fault type -> asset
-        (limit(asset="infeed_conveyor", signal="motor_current"), Priority.HIGH),  # signal priority
-        (limit(asset="infeed_conveyor", signal="vibration"), Priority.MEDIUM),  # asset priority
-        (limit(signal="flow"), Priority.HIGH),  # asset product_pump is high
+        # severe process conditions are urgent ('immediate'): their priority is their consequence
+        (fault("bearing_wear", score=300), Priority.HIGH),  # catalogue
+        (fault("motor_overload", asset="infeed_conveyor", score=300), Priority.CRITICAL),
+        (fault("sensor_drift", asset="heat_tunnel", score=300), Priority.LOW),
+        (fault("unknown", asset="filler", score=300), Priority.MEDIUM),  # no fault type -> asset criticality
+        (limit(asset="infeed_conveyor", signal="motor_current", score=6), Priority.HIGH),  # signal priority
+        (limit(asset="infeed_conveyor", signal="vibration", score=6), Priority.MEDIUM),  # asset criticality
+        (limit(signal="flow", score=6), Priority.HIGH),  # asset product_pump is critical: high
+        # instrument faults are one step below their consequence, whatever the reading
         (Anomaly(0, "heat_tunnel", "stuck", 5, 1, signal="zone1_temperature", value=180), Priority.MEDIUM),
         (Anomaly(0, "filler", "quality", 5, 1, signal="fill_weight"), Priority.LOW),
         (Anomaly(0, "line", "range", 5, 1, signal="speed_setpoint", value=900), Priority.LOW),  # low stays low
+        # not severe and no trend known yet ('prompt'): one step below the consequence
+        (fault("bearing_wear"), Priority.MEDIUM),
+        (fault("motor_overload", asset="infeed_conveyor"), Priority.HIGH),
+        (limit(asset="infeed_conveyor", signal="vibration", score=1.1), Priority.LOW),
     ],
 )
 def test_priority_rule(engine, clock, anomaly, priority):
@@ -531,17 +549,27 @@ def test_alarm_ids_are_topic_safe_and_distinct():
     assert alarm_id("pump", "fault:bearing_wear") == "pump.fault-bearing_wear"
 
 
-def test_alarm_text_reads_like_an_operator_alarm(engine, clock):
+def test_alarm_text_reads_like_an_operator_alarm(make, clock):
+    engine = make(UNGROUPED)
     a = raise_alarm(engine, clock, fault(signal="vibration", value=5.2))
-    assert a.message == "Product transfer pump: likely bearing wear (p=0.87) — vibration 5.2 mm/s (normal 1.0–3.5)"
-    b = raise_alarm(engine, clock, limit(value=42))
-    assert b.message == "Product transfer pump: flow low — 42.0 L/min (normal 95–125, limits 60–150)"
-    c = raise_alarm(engine, clock, fault("air_leak", asset="air_compressor", p=0.6,
+    assert a.message == "Product transfer pump: likely bearing wear, slight — vibration 5.2 mm/s (normal 1.0–3.5)"
+    # as the detect station reports a limit: the value, and the limit it crossed
+    b = raise_alarm(engine, clock, limit(value=42, score=42, threshold=60))
+    assert b.message == "Product transfer pump: flow low, moderate — 42.0 L/min (normal 95–125, limits 60–150)"
+    c = raise_alarm(engine, clock, fault("air_leak", asset="air_compressor", p=0.6, score=150,
                                          contributions={"filler.valve_air_pressure": 0.7, "air_compressor.air_flow": 0.3}))
-    assert c.message == ("Compressed-air compressor: likely air leak (p=0.60) — "
+    assert c.message == ("Compressed-air compressor: likely air leak, moderate — "
                          "mostly Rotary filler valve air pressure (normal 5.6–6.4 bar)")
     d = raise_alarm(engine, clock, Anomaly(0, "filler", "stuck", 5, 1, signal="fill_weight", value=501))
     assert d.message == "Rotary filler: fill weight sensor stuck at 501 g"
+    e = raise_alarm(engine, clock, Anomaly(0, "product_pump", "rate", 58.4, 45, signal="flow", value=72))
+    assert e.message == ("Product transfer pump: flow changing too fast, slight — 58.4 L/min per second "
+                         "(credible at most 45.0 L/min per second), now 72.0 L/min")
+    f = raise_alarm(engine, clock, fault("pump_cavitation", asset="filler", score=400,
+                                         contributions={"filler.tank_level": 1.0}))
+    assert f.message == ("Rotary filler: unusual behaviour, severe, likely from pump cavitation upstream "
+                         "(Product transfer pump) — mostly tank level (normal 45–75 %)")
+    assert "score" not in " ".join(x.message for x in (a, b, c, d, e, f))
 
 
 def test_bad_anomaly_ignored_unknown_asset_still_alarmed(engine, clock, caplog):
@@ -560,7 +588,7 @@ def test_cli_lists_alarms_and_audit(make, clock, tmp_path, capsys):
 
     path = tmp_path / "cli.db"
     engine = make(path=path)
-    a = raise_alarm(engine, clock, fault(signal="vibration", value=5.2))
+    a = raise_alarm(engine, clock, fault(signal="vibration", value=5.2, score=300))  # severe: high now
     cmd(engine, "acknowledge", a.alarm_id, comment="on my way")
     assert main(["alarms", "--db", str(path), "list"]) == 0
     out = capsys.readouterr().out

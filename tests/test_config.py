@@ -135,3 +135,53 @@ def test_fingerprint_ignores_where_a_signal_is_read_from(raw):
     moved["assets"][2]["signals"][0]["source"] = {"mqtt": {"topic": "gw/7/pump", "field": "data.speed"}}
     moved["assets"][2]["signals"][1]["description"] = "renamed in the HMI"
     assert parse_line(moved).fingerprint() == a.fingerprint()
+
+
+def test_flow_and_criticality_of_the_simulated_line():
+    line = load_line(SIMULATED_LINE)
+    assert line.downstream("infeed_conveyor") == {"product_pump", "filler", "heat_tunnel"}
+    assert line.downstream("air_compressor") == {"filler", "heat_tunnel"}
+    assert line.downstream("heat_tunnel") == set()
+    assert line.asset("product_pump").consequence.name == "HIGH"
+    assert line.asset("air_compressor").consequence.name == "MEDIUM"
+
+
+def test_a_bad_flow_entry_is_named_by_its_path(raw):
+    bad = copy.deepcopy(raw)
+    bad["assets"][2]["feeds"] = ["filler", "fillr", "product_pump", "filler"]
+    bad["assets"][1]["criticality"] = "vital"
+    with pytest.raises(LineConfigError) as err:
+        parse_line(bad, "plant.yaml")
+    problems = err.value.problems
+    assert any(p.startswith("assets[1].criticality: unknown priority 'vital'") for p in problems)
+    bad["assets"][1]["criticality"] = "high"
+    with pytest.raises(LineConfigError) as err:
+        parse_line(bad, "plant.yaml")
+    assert err.value.problems == [
+        "assets[2].feeds[1]: no asset 'fillr' on this line (assets: line, infeed_conveyor, product_pump, filler, "
+        "heat_tunnel, air_compressor)",
+        "assets[2].feeds[2]: asset 'product_pump' cannot feed itself",
+        "assets[2].feeds[3]: 'filler' is listed twice",
+    ]
+
+
+def test_criticality_falls_back_to_the_older_priority_and_a_recycle_loop_is_allowed(raw):
+    data = copy.deepcopy(raw)
+    for asset in data["assets"]:
+        asset.pop("criticality", None)
+    data["assets"][3]["priority"] = "critical"
+    data["assets"][3]["feeds"] = ["product_pump"]  # a return line: filler back to the pump
+    line = parse_line(data)
+    assert line.asset("filler").consequence.name == "CRITICAL"
+    assert line.asset("infeed_conveyor").consequence.name == "MEDIUM"
+    assert "product_pump" in line.downstream("product_pump")
+
+
+def test_alarm_design_does_not_touch_the_trained_model(raw):
+    a = parse_line(raw)
+    redesigned = copy.deepcopy(raw)
+    redesigned["assets"][1]["criticality"] = "critical"
+    redesigned["assets"][1]["feeds"] = []
+    redesigned["assets"][2]["operator_position"] = "pumps"
+    redesigned["assets"][2]["signals"][0]["priority"] = "critical"
+    assert parse_line(redesigned).fingerprint() == a.fingerprint()

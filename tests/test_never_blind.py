@@ -7,6 +7,7 @@ running service), then shows what the service does now.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -359,8 +360,8 @@ def test_stale_marks_hold_alarms_only_while_they_are_refreshed():
     now = [1000.0]
     engine = AlarmEngine(LINE, clock=lambda: now[0])
     limit = Anomaly(now[0], "product_pump", "limit", 9.0, 7.1, signal="vibration", value=9.0, mode=Mode.RUNNING)
-    for _ in range(4):
-        engine.ingest(limit)
+    for _ in range(4):  # one evaluation per row, stamped with its time: the on-delay is measured in data time
+        engine.ingest(dataclasses.replace(limit, ts=now[0]))
         now[0] += 1
     alarm = engine.active()[0]
     stale = Anomaly(now[0], "product_pump", "quality", 10, 5, signal="vibration", stale=("product_pump.vibration",))

@@ -11,6 +11,7 @@ import hashlib
 import importlib.resources
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -120,11 +121,18 @@ class Signal(_Strict):
         return self.modes.get(mode, self.normal)
 
 
+ALARM_DESIGN = {"criticality", "priority", "feeds", "operator_position"}  # asset fields that shape alarms only
+
+
 class Asset(_Strict):
     id: str
     name: str
     kind: str = ""
+    # how bad it is when this asset's fault runs its course (low, medium, high, critical): the consequence
+    # half of an alarm's priority (docs/alarms.md); ``priority`` is its older name, read when it is absent
+    criticality: Priority | None = None
     priority: Priority = Priority.MEDIUM
+    feeds: list[str] = []  # the assets this one feeds (product, containers, air, ...): the line's flow
     operator_position: str = "main"
     signals: list[Signal]
 
@@ -132,6 +140,16 @@ class Asset(_Strict):
     @classmethod
     def _priority(cls, v: Any) -> Any:
         return Priority.parse(v)
+
+    @field_validator("criticality", mode="before")
+    @classmethod
+    def _criticality(cls, v: Any) -> Any:
+        return None if v is None else Priority.parse(v)
+
+    @property
+    def consequence(self) -> Priority:
+        """The asset's criticality (its older ``priority`` when the file gives none)."""
+        return self.criticality or self.priority
 
     @model_validator(mode="after")
     def _unique_signals(self) -> "Asset":
@@ -374,6 +392,23 @@ class LineConfig(_Strict):
             return self.sparkplug_host.host_id
         return "factory-copilot-" + "".join("_" if c in "/+# " else c for c in f"{self.site}-{self.line}")
 
+    @model_validator(mode="after")
+    def _flow(self) -> "LineConfig":
+        ids = [a.id for a in self.assets]
+        problems = []
+        for i, a in enumerate(self.assets):
+            for j, target in enumerate(a.feeds):
+                where = f"assets[{i}].feeds[{j}]"
+                if target == a.id:
+                    problems.append(f"{where}: asset {a.id!r} cannot feed itself")
+                elif target not in ids:
+                    problems.append(f"{where}: no asset {target!r} on this line (assets: {', '.join(ids)})")
+                elif a.feeds.index(target) != j:
+                    problems.append(f"{where}: {target!r} is listed twice")
+        if problems:
+            raise ValueError("\n".join(problems))  # each line names its own path (see parse_line)
+        return self
+
     def asset(self, asset_id: str) -> Asset:
         for a in self.assets:
             if a.id == asset_id:
@@ -384,6 +419,18 @@ class LineConfig(_Strict):
         asset, _, name = key.partition(".")
         return self.asset(asset).signal(name)
 
+    def downstream(self, asset_id: str) -> set[str]:
+        """Every asset ``asset_id`` feeds, directly or through others (a recycle loop may include itself)."""
+        feeds = {a.id: a.feeds for a in self.assets}
+        seen: set[str] = set()
+        todo = list(feeds.get(asset_id, ()))
+        while todo:
+            a = todo.pop()
+            if a not in seen:
+                seen.add(a)
+                todo.extend(feeds.get(a, ()))
+        return seen
+
     def signal_keys(self, include_mode: bool = False) -> list[str]:
         """``asset.signal`` for every process signal, in file order (the mode signal left out)."""
         keys = [f"{a.id}.{s.name}" for a in self.assets for s in a.signals]
@@ -393,9 +440,10 @@ class LineConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of what a trained model depends on: the assets and signals, not connection details."""
-        # where a signal is read from (node, topic, field) and its description are connection details too
-        body = json.dumps([a.model_dump(mode="json", exclude={"signals": {"__all__": {"source", "description"}}})
-                           for a in self.assets], sort_keys=True)
+        # what a model learns from is the signals' behaviour: where a signal is read from (node, topic, field), its
+        # description and the alarm design (criticality, flow, priorities, positions) can change and keep the model
+        exclude = {**dict.fromkeys(ALARM_DESIGN, True), "signals": {"__all__": {"source", "description", "priority"}}}
+        body = json.dumps([a.model_dump(mode="json", exclude=exclude) for a in self.assets], sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -449,6 +497,9 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+_PATHED = re.compile(r"^[A-Za-z_][\w.\[\]]*\[\d+\][\w.\[\]]*: ")
+
+
 def parse_line(data: Any, path: str | Path = "<line>") -> LineConfig:
     """Validate a parsed line description; raise LineConfigError naming every bad field."""
     try:
@@ -459,6 +510,9 @@ def parse_line(data: Any, path: str | Path = "<line>") -> LineConfig:
             # pydantic adds the failing union member / validator name to the path; keep the file's path
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
             msg = err["msg"].removeprefix("Value error, ")
+            if not loc and all(_PATHED.match(m) for m in msg.splitlines()):
+                problems.extend(msg.splitlines())  # a check across entries that names each entry's own path
+                continue
             problems.append(f"{_format_loc(loc)}: {msg}")
         raise LineConfigError(path, problems) from None
 

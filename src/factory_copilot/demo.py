@@ -116,7 +116,7 @@ def summary(service: LineService, sim: Any, fault_at: float | None, started: flo
         "injected": truth,
         "alarms_raised": [
             {"alarm_id": a.alarm_id, "priority": a.priority.name.lower(), "state": a.state.value, "message": a.message,
-             "raised_at": a.raised_at}
+             "raised_at": a.raised_at, "parent_id": a.parent_id}  # parent_id: folded under that root, not rung
             for a in raised
         ],
         "detection_delay_s": round(first_fault_alarm - fault_at, 1) if first_fault_alarm and fault_at else None,

@@ -213,6 +213,8 @@ class Alarm:
     suppressed: bool = False
     realarm_count: int = 0
     flood_id: str | None = None
+    parent_id: str | None = None  # the root alarm whose consequence this is (folded under it, not annunciated)
+    severity: str | None = None  # how far the condition has gone: slight, moderate, severe (None: instrument fault)
 
     @property
     def shelved(self) -> bool:
@@ -241,7 +243,7 @@ class AlarmEvent:
 
     alarm_id: str
     ts: float
-    event: str  # raised, acknowledged, returned, cleared, shelved, unshelved, realarm, out_of_service, ...
+    event: str  # raised, acknowledged, returned, cleared, shelved, unshelved, realarm, escalated, grouped, ...
     state: AlarmState
     alarm: Alarm
     actor: str | None = None

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from factory_copilot.alarms.grouping import fold
 from factory_copilot.alarms.journal import Journal
 from factory_copilot.records import AlarmState
 
@@ -52,17 +53,25 @@ def _list(args: argparse.Namespace) -> int:
     if not args.all:
         alarms = [a for a in alarms if a.state is not AlarmState.NORMAL]
     alarms.sort(key=lambda a: (a.priority.value, a.state.acknowledged, -a.raised_at))
-    for a in alarms:
-        if args.json:
+    if args.json:
+        for a in alarms:
             print(json.dumps(a.to_dict()))
-            continue
-        flags = [f for f, on in (("shelved", a.shelved_until), ("suppressed", a.suppressed),
-                                 ("out-of-service", a.out_of_service)) if on]
-        extra = f" [{', '.join(flags)}]" if flags else ""
-        print(f"{_when(a.raised_at)}  {a.priority.name:<8} {a.state.value:<24} {a.alarm_id}  {a.message}{extra}")
-    if not args.json:
-        print(f"{len(alarms)} alarm(s)")
+        return 0
+    folded = 0
+    for situation in fold(alarms):  # each root, then the consequences folded under it
+        print(_line(situation.root))
+        for c in situation.consequences:
+            print(_line(c, "  └ "))
+        folded += len(situation.consequences)
+    print(f"{len(alarms)} alarm(s)" + (f", {folded} folded under their cause" if folded else ""))
     return 0
+
+
+def _line(a, indent: str = "") -> str:
+    flags = [f for f, on in (("shelved", a.shelved_until), ("suppressed", a.suppressed and not a.parent_id),
+                             ("out-of-service", a.out_of_service)) if on]
+    extra = f" [{', '.join(flags)}]" if flags else ""
+    return f"{_when(a.raised_at)}  {indent}{a.priority.name:<8} {a.state.value:<24} {a.alarm_id}  {a.message}{extra}"
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -5,21 +5,41 @@ Pure and clock-injected: nothing happens but in ``ingest``, ``command`` and
 so a test drives it with a fake clock and no sleeps. State lives in SQLite
 (``journal.py``), so a restarted engine resumes the same alarms.
 
+Two times: how long a condition has been abnormal or normal is measured in
+*data time* (the anomalies' ``ts``), so a replay faster than real time behaves
+as live; silence (no anomaly at all) and everything an operator sees (event
+times, shelving, chattering, floods) are measured on the engine's ``clock``.
+
 Rules (the station relies on the detect station emitting an Anomaly for every
 evaluation while a condition is abnormal; silence means normal):
 
 * one alarm per condition (``asset`` + ``Anomaly.condition``), with a stable id;
-* a condition is *abnormal* while ``score >= threshold``; once its alarm is active
-  it stays abnormal until ``score < threshold * (1 - deadband)`` (deadband) or no
-  anomaly arrives for ``silence_s`` (then normal counts from last anomaly + silence_s);
-* on-delay: raised only after being abnormal continuously for ``on_delay_s``;
-  off-delay: returns only after being normal continuously for ``off_delay_s``;
+* a condition is *abnormal* while its level on its check's scale is >= 1
+  (``design.ratio``: score / threshold, or how far past the limit crossed); once
+  its alarm is active it stays abnormal until the level falls below
+  ``1 - deadband``, or no anomaly arrives for ``silence_s`` of the clock;
+* a fault alarm of an asset is also kept abnormal by the line detector's
+  departures attributed to another asset, while its own signals' share of the
+  score is still past the threshold (the detector names the asset that departs
+  most; a pump fault that empties the filler's tank still is a pump fault);
+* on-delay: raised only after being abnormal continuously for ``on_delay(kind)``;
+  off-delay: returns only after being normal continuously for ``off_delay(kind)``;
 * states: NORMAL -> ACTIVE_UNACK (raised) -> ACTIVE_ACK (acknowledged) -> NORMAL (cleared),
   or ACTIVE_UNACK -> RTN_UNACK (returned) -> NORMAL (acknowledged);
+* one alarm per abnormal situation (``grouping.py``): an alarm that an active (or
+  lately returned) root alarm explains is raised as its consequence: ``parent_id``
+  set, suppressed (recorded, not annunciated); a new root that explains earlier
+  roots of the grouping window takes them as consequences (event ``grouped``); a
+  consequence still active ``release_after_s`` after its root returned (or at once
+  when the root is taken out of service) is annunciated on its own (``ungrouped``);
+* severity and priority follow the condition (``design.py``): worse at once (event
+  ``escalated``; an acknowledged alarm whose priority rises must be acknowledged
+  again), better once it held for ``deescalate_after_s`` (``deescalated``); a root
+  is as severe and as urgent as the worst of its situation;
 * chattering: re-activation of an alarm that is RTN_UNACK, or that cleared less
   than ``chatter_window_s`` ago, is the same alarm again: event ``realarm``,
   ``realarm_count`` + 1, no new alarm and not counted towards a flood;
-* shelved and mode-suppressed alarms keep their state but are not annunciated;
+* shelved and suppressed alarms keep their state but are not annunciated;
   if one returns while not annunciated it goes straight to NORMAL (nobody was
   shown it, so nobody must acknowledge it); when a shelve ends (unshelve or expiry)
   an alarm still active is annunciated again as ACTIVE_UNACK;
@@ -48,12 +68,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from factory_copilot.alarms import design
+from factory_copilot.alarms import design, grouping
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
-from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandResult, OperatorCommand
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandResult, OperatorCommand, Priority
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +86,35 @@ class AlarmSettings:
     on_delay_s: float = 2.0
     off_delay_s: float = 5.0
     on_delay_by_kind: Mapping[str, float] = field(default_factory=dict)  # e.g. {"multivariate": 0.0}
-    deadband: float = 0.05  # fraction of the threshold the score must fall below it to count as cleared
+    # a fault comes and goes while it grows (an intermittent slip, a bearing that rattles): its alarm waits longer
+    off_delay_by_kind: Mapping[str, float] = field(default_factory=lambda: {"multivariate": 120.0})
+    deadband: float = 0.05  # fraction of the threshold the level must fall below it to count as cleared
     silence_s: float | None = None  # no anomaly for this long = normal; None: 2.5 x the line's sampling interval
     chatter_window_s: float = 60.0
     max_shelve_s: float = 8 * 3600.0
     flood_count: int = 10  # a flood is MORE than this many new alarms ...
     flood_window_s: float = 600.0  # ... within this window, at one operator position
     flood_end_count: int = 5  # the flood ends when fewer than this many remain in the window
+    group_consequences: bool = True  # one annunciated alarm per situation (off: every alarm rings on its own)
+    group_window_s: float = 600.0  # a root explains alarms raised this long before it, and after it returned
+    distinct_after_s: float = 120.0  # a folded fault alarm the classifier names otherwise this long rings on its own
+    rename_after_s: float = 60.0  # the classifier must name another fault this long before a named alarm takes it
+    release_after_s: float = 600.0  # a consequence still active this long after its root returned rings on its own
+    trend_window_s: float = 120.0  # urgency: the trend over this much recent evidence ...
+    min_trend_s: float = 20.0  # ... once it covers at least this long
+    deescalate_after_s: float = 300.0  # a lower severity or priority must hold this long before the alarm says so
 
     def __post_init__(self) -> None:
         problems = [
             f"{name} must be >= 0, got {getattr(self, name)}"
-            for name in ("on_delay_s", "off_delay_s", "chatter_window_s", "flood_window_s")
+            for name in ("on_delay_s", "off_delay_s", "chatter_window_s", "flood_window_s", "group_window_s",
+                         "distinct_after_s", "rename_after_s", "release_after_s", "trend_window_s", "min_trend_s",
+                         "deescalate_after_s")
             if getattr(self, name) < 0
         ]
+        problems += [f"{table}[{kind!r}] must be >= 0, got {value}"
+                     for table in ("on_delay_by_kind", "off_delay_by_kind")
+                     for kind, value in getattr(self, table).items() if value < 0]
         if not 0 <= self.deadband < 1:
             problems.append(f"deadband must be in [0, 1), got {self.deadband}")
         if self.silence_s is not None and self.silence_s <= 0:
@@ -91,6 +126,9 @@ class AlarmSettings:
 
     def on_delay(self, kind: str) -> float:
         return self.on_delay_by_kind.get(kind, self.on_delay_s)
+
+    def off_delay(self, kind: str) -> float:
+        return self.off_delay_by_kind.get(kind, self.off_delay_s)
 
 
 def annunciated(alarm: Alarm) -> bool:
@@ -107,10 +145,21 @@ class _Condition:
     kind: str
     position: str
     alarm_id: str | None = None
+    # data time (the anomalies' ts)
     pending_since: float | None = None  # start of the current continuous abnormal stretch
     last_abnormal: float | None = None
-    normal_since: float | None = None  # first below-deadband score after the last abnormal one
+    normal_since: float | None = None  # first below-deadband level after the last abnormal one
+    last_ts: float | None = None  # newest evidence; a late anomaly never moves the condition back in time
+    trend: design.Trend = field(default_factory=lambda: design.Trend(0.0))  # level of recent abnormal evidence
+    level: float | None = None
+    # the engine's clock
+    heard_at: float | None = None  # any evidence last arrived
     returned_at: float | None = None
+    lower_since: float | None = None  # the condition has been better than its alarm says since
+    rename: tuple[str, float] | None = None  # (another fault the classifier names, data time since)
+    distinct_since: float | None = None  # data time since a folded fault alarm is named unlike its root
+    mode_suppressed: bool = False
+    own: tuple | None = None  # (severity, urgency, consequence) at its last evidence: what a root's situation reads
     signals: frozenset[str] = frozenset()  # the signal keys it is judged on (for lost data)
 
 
@@ -122,7 +171,8 @@ class _Flood:
 
 
 class AlarmEngine:
-    """One alarm per condition, ISA-18.2 states, SQLite-backed. Not thread-safe: call from one thread/loop."""
+    """One alarm per condition, one annunciated alarm per situation, ISA-18.2 states, SQLite-backed.
+    Not thread-safe: call from one thread/loop."""
 
     def __init__(
         self,
@@ -142,12 +192,16 @@ class AlarmEngine:
         self._conditions: dict[tuple[str, str], _Condition] = {}
         self._floods: dict[str, _Flood] = {}
         self._unknown_assets: set[str] = set()
+        # the line detector's current continuous departure (data time): its fault alarms are one situation
+        self._episode_start: float | None = None
+        self._episode_last: float | None = None
         # what the current step changed, written in one transaction at its end
         self._events: list[Entry] = []
         self._dirty: set[str] = set()
         self._flood_changes: dict[str, tuple[str, float] | None] = {}
         self._by_condition: dict[tuple[str, str], str] = {}
         self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
+        self._consequence: dict[tuple, Priority] = {}  # (asset, kind, signal, fault) -> consequence: the line is fixed
         self._stale_until: dict[str, float] = {}  # signal key -> until when its data counts as lost
         self._load()
 
@@ -165,6 +219,11 @@ class AlarmEngine:
     def alarms(self) -> list[Alarm]:
         """Every alarm the engine knows, including NORMAL and out-of-service ones, by id."""
         return [_copy(a) for _, a in sorted(self._alarms.items())]
+
+    def consequences(self, alarm_id: str) -> list[Alarm]:
+        """The alarms folded under a root alarm (not NORMAL), oldest first: what an operator unfolds."""
+        found = [a for a in self._alarms.values() if a.parent_id == alarm_id and a.state is not AlarmState.NORMAL]
+        return [_copy(a) for a in sorted(found, key=lambda a: a.raised_at)]
 
     def audit(self, alarm_id: str | None = None, since: float | None = None, limit: int | None = None) -> list[AlarmEvent]:
         """Every event and operator action (oldest first), optionally for one alarm and/or since a time."""
@@ -197,49 +256,49 @@ class AlarmEngine:
         alarm = self._alarms.get(cond.alarm_id) if cond.alarm_id else None
         if alarm is not None and alarm.out_of_service:
             return []
+        ts = anomaly.ts if _finite(anomaly.ts) else now
+        t = ts if cond.last_ts is None else max(ts, cond.last_ts)
+        cond.last_ts, cond.heard_at = t, now
+        if anomaly.kind == "multivariate":
+            self._follow_episode(t)
         is_active = alarm is not None and alarm.state.active
-        level = anomaly.threshold * (1 - self.settings.deadband) if is_active else anomaly.threshold
-        if anomaly.score >= level:
-            broken = (
-                cond.pending_since is None
-                or cond.normal_since is not None
-                or (cond.last_abnormal is not None and now - cond.last_abnormal > self.silence_s)
-            )
-            if broken:
-                cond.pending_since = now
-            cond.last_abnormal, cond.normal_since = now, None
+        ratio = design.ratio(self.line, anomaly)
+        if ratio >= (1 - self.settings.deadband if is_active else 1.0):
+            self._abnormal(cond, t, design.level(self.line, anomaly))
             if is_active:
-                before = alarm.anomaly.fault_type if alarm.anomaly else None
-                alarm.anomaly = anomaly
-                if anomaly.fault_type not in (None, "unknown", before):
-                    self._reclassify(alarm, anomaly, before, now)
-                self._follow_suppression(alarm, cond, anomaly, now)
-            elif now - cond.pending_since >= self.settings.on_delay(anomaly.kind):
+                self._update(alarm, cond, anomaly, t, now)
+            elif t - cond.pending_since >= self.settings.on_delay(anomaly.kind):
                 self._activate(cond, alarm, anomaly, now)
         else:
             cond.pending_since = None
             if cond.normal_since is None:
-                cond.normal_since = now
-            if is_active:
-                self._check_return(alarm, cond, now)
+                cond.normal_since = t
+            if is_active and t - cond.normal_since >= self.settings.off_delay(cond.kind):
+                self._return(alarm, cond, now)
+        if anomaly.kind == "multivariate":
+            self._sustain(anomaly, t, now)
         return self._commit()
 
     def tick(self, now: float | None = None) -> list[AlarmEvent]:
-        """Let time pass: off-delays by silence, shelve expiry, flood end. Call a few times a second."""
+        """Let time pass: off-delays by silence, shelve expiry, consequences outliving their root, flood end.
+        Call a few times a second."""
         now = self.clock() if now is None else now
         for key, cond in list(self._conditions.items()):
             alarm = self._alarms.get(cond.alarm_id) if cond.alarm_id else None
             if alarm is not None and alarm.state.active:
                 if self._frozen(cond, now):
                     # no data is not normal data: the alarm holds, and its silence counts from when data is back
-                    cond.last_abnormal, cond.normal_since = now, None
+                    cond.heard_at, cond.normal_since = now, None
                     continue
-                self._check_return(alarm, cond, now)
-            elif cond.last_abnormal is not None and now - cond.last_abnormal > self.silence_s:
+                if self._silent(cond, now):
+                    self._return(alarm, cond, now)
+            elif cond.heard_at is not None and now - cond.heard_at > self.silence_s:
                 cond.pending_since = None
                 if alarm is None:
                     del self._conditions[key]  # a blip that never became an alarm
         for alarm in list(self._alarms.values()):
+            if alarm.parent_id is not None and alarm.state.active:
+                self._release_if_orphaned(alarm, now)
             if alarm.shelved_until is not None and alarm.shelved_until <= now:
                 self._unshelve(alarm, now, SYSTEM, "shelve expired")
         for position, flood in self._floods.items():
@@ -274,6 +333,10 @@ class AlarmEngine:
             alarm.shelved_until = alarm.shelved_by = None
             self._reset_condition(alarm)
             self._emit(alarm, "out_of_service", now, cmd.actor, cmd.comment)
+            alarm.parent_id = None
+            for child in self._children(alarm.alarm_id):  # nobody watches the cause now: its consequences ring
+                if child.state.active:
+                    self._release(child, now, f"its cause {alarm.alarm_id} was taken out of service")
             done = f"{alarm.alarm_id} taken out of service by {cmd.actor}"
         else:  # return_to_service
             alarm.out_of_service = False
@@ -283,55 +346,161 @@ class AlarmEngine:
         events = self._commit()
         return CommandResult(cmd.request_id, True, done, self.get(alarm.alarm_id)), events
 
+    # -- evidence ----------------------------------------------------------------------------------
+    def _abnormal(self, cond: _Condition, t: float, level: float | None) -> None:
+        """One more piece of abnormal evidence at data time ``t``."""
+        broken = (
+            cond.pending_since is None
+            or cond.normal_since is not None
+            or (cond.last_abnormal is not None and t - cond.last_abnormal > self.silence_s)
+        )
+        if broken:
+            cond.pending_since = t
+        cond.last_abnormal, cond.normal_since = t, None
+        if level is not None and math.isfinite(level):  # a share or value that is not a number judges nothing
+            cond.level = level
+            cond.trend.add(t, level)
+
+    def _silent(self, cond: _Condition, now: float) -> bool:
+        """No evidence at all for silence + off-delay on the clock: the condition has returned."""
+        if cond.heard_at is None:
+            cond.heard_at = now  # no evidence either way yet: start the silence period now
+            return False
+        return now - cond.heard_at >= self.silence_s + self.settings.off_delay(cond.kind)
+
+    def _follow_episode(self, t: float) -> None:
+        gap = max(self.silence_s, self.settings.off_delay("multivariate"))
+        if self._episode_last is None or t - self._episode_last > gap:
+            self._episode_start = t
+        self._episode_last = t if self._episode_last is None else max(t, self._episode_last)
+
+    def _sustain(self, anomaly: Anomaly, t: float, now: float) -> None:
+        """The detector's departure keeps other assets' active fault alarms abnormal while their signals' share of
+        the score is past the threshold."""
+        ratio = design.ratio(self.line, anomaly)
+        for asset in {key.partition(".")[0] for key in anomaly.contributions} - {anomaly.asset}:
+            if ratio * design.share(anomaly, asset) < 1 - self.settings.deadband:
+                continue
+            cond = self._conditions.get((asset, grouping.FAULT))
+            alarm = self._alarms.get(cond.alarm_id) if cond and cond.alarm_id else None
+            if alarm is None or not alarm.state.active or alarm.out_of_service:
+                continue
+            cond.last_ts = t if cond.last_ts is None else max(t, cond.last_ts)
+            cond.heard_at = now
+            self._abnormal(cond, cond.last_ts, design.level(self.line, anomaly, asset))
+            self._assess(alarm, cond, now)
+
     # -- transitions -------------------------------------------------------------------------------
     def _activate(self, cond: _Condition, alarm: Alarm | None, anomaly: Anomaly, now: float) -> None:
-        suppressed = design.mode_suppressed(self.line, anomaly)
-        text = alarm_text(self.line, self.faults, anomaly)
+        cond.mode_suppressed = design.mode_suppressed(self.line, anomaly)
         chattering = alarm is not None and (
             alarm.state is AlarmState.RTN_UNACK
             or (cond.returned_at is not None and now - cond.returned_at < self.settings.chatter_window_s)
         )
-        if alarm is not None and chattering:
-            alarm.state = AlarmState.ACTIVE_UNACK
-            alarm.realarm_count += 1
-            alarm.acked_by = alarm.acked_at = None
-            alarm.anomaly, alarm.message, alarm.suppressed = anomaly, text, suppressed
-            self._emit(alarm, "realarm", now, comment=f"re-alarm #{alarm.realarm_count}")
-            return
         if alarm is None:
             alarm_id = design.alarm_id(cond.asset, cond.condition, self._alarms.keys())
             cond.alarm_id = alarm_id
             self._by_condition[(cond.asset, cond.condition)] = alarm_id
-            alarm = Alarm(alarm_id, cond.asset, cond.condition, AlarmState.NORMAL,
-                          design.priority_for(self.line, self.faults, anomaly), text, now, now)
+            alarm = Alarm(alarm_id, cond.asset, cond.condition, AlarmState.NORMAL, Priority.MEDIUM, "", now, now)
             self._alarms[alarm_id] = alarm
+        alarm.anomaly = self._fitting(anomaly)
         alarm.state = AlarmState.ACTIVE_UNACK
-        alarm.priority = design.priority_for(self.line, self.faults, anomaly)
-        alarm.message, alarm.anomaly, alarm.suppressed = text, anomaly, suppressed
-        alarm.raised_at, alarm.realarm_count = now, 0
         alarm.acked_by = alarm.acked_at = None
-        alarm.flood_id = None
-        if annunciated(alarm):
-            self._count_towards_flood(cond.position, alarm, now)
-        self._emit(alarm, "raised", now)
-
-    def _check_return(self, alarm: Alarm, cond: _Condition, now: float) -> None:
-        if cond.normal_since is not None:
-            normal_from = cond.normal_since
-        elif cond.last_abnormal is None:
-            cond.last_abnormal = now  # no evidence either way yet: start the silence period now
-            return
-        elif now - cond.last_abnormal >= self.silence_s:
-            normal_from = cond.last_abnormal + self.silence_s
+        parent = self._cause_for(alarm, now)
+        alarm.parent_id = parent.alarm_id if parent else None
+        alarm.suppressed = cond.mode_suppressed or parent is not None
+        why = f"consequence of {parent.alarm_id}" if parent else None
+        if parent is not None:
+            for child in self._children(alarm.alarm_id):  # one level: its own consequences go with it
+                child.parent_id = parent.alarm_id
+                self._emit(child, "grouped", now, comment=why)
+        alarm.severity, alarm.priority = self._target(alarm, cond)
+        alarm.message = self._text(alarm)
+        cond.lower_since = None
+        if chattering:
+            alarm.realarm_count += 1
+            self._emit(alarm, "realarm", now, comment=f"re-alarm #{alarm.realarm_count}" + (f"; {why}" if why else ""))
         else:
+            alarm.raised_at, alarm.realarm_count = now, 0
+            alarm.flood_id = None
+            if annunciated(alarm):
+                self._count_towards_flood(cond.position, alarm, now)
+            self._emit(alarm, "raised", now, comment=why)
+        if parent is not None:
+            self._assess(parent, self._cond_of(parent), now)  # the situation may be worse now
+        else:
+            self._adopt(alarm, now)
+
+    def _update(self, alarm: Alarm, cond: _Condition, anomaly: Anomaly, t: float, now: float) -> None:
+        """Another abnormal evaluation of an active alarm: its evidence, name, suppression and severity follow."""
+        before = grouping.fault_name(self.line, self.faults, alarm.anomaly)
+        fresh = self._fitting(anomaly)
+        named = self._new_name(alarm, cond, fresh, before, t)
+        if named is None and before is not None:
+            # the alarm keeps its name: an evaluation naming nothing never takes it away, another must hold first
+            fresh = dataclasses.replace(fresh, fault_type=alarm.anomaly.fault_type,
+                                        fault_probability=alarm.anomaly.fault_probability)
+        alarm.anomaly = fresh
+        if named is not None:
+            self._reclassify(alarm, cond, before, named, now)
+        self._follow_suppression(alarm, cond, fresh, now)
+        if alarm.parent_id is not None and grouping.is_fault_alarm(alarm):
+            self._follow_distinct(alarm, cond, grouping.fault_at_home(self.line, self.faults, anomaly), t, now)
+        self._assess(alarm, cond, now)
+
+    def _new_name(self, alarm: Alarm, cond: _Condition, fresh: Anomaly, before: str | None, t: float) -> str | None:
+        """The fault name the alarm takes now, if it changes: a first name at once, another once it held."""
+        named = grouping.fault_name(self.line, self.faults, fresh)
+        if named is None or named == before:
+            if named == before:
+                cond.rename = None
+            return None
+        if before is None:
+            return named
+        if (grouping.fault_at_home(self.line, self.faults, alarm.anomaly) is not None
+                and grouping.fault_at_home(self.line, self.faults, fresh) is None):
+            return None  # a fault of this asset is not replaced by a guess upstream
+        if cond.rename is None or cond.rename[0] != named:
+            cond.rename = (named, t)
+        if t - cond.rename[1] < self.settings.rename_after_s:
+            return None
+        cond.rename = None
+        return named
+
+    def _follow_distinct(self, alarm: Alarm, cond: _Condition, own: str | None, t: float, now: float) -> None:
+        """A folded fault alarm that the classifier keeps naming as a fault of its own asset, unlike its root's, is a
+        situation of its own: let go once the name held for ``distinct_after_s``."""
+        root = self._alarms.get(alarm.parent_id or "")
+        theirs = grouping.fault_name(self.line, self.faults, root.anomaly) if root else None
+        if own is None:
+            return  # an evaluation naming nothing neither makes nor breaks the case
+        if own == theirs:
+            cond.distinct_since = None
             return
-        if now - normal_from < self.settings.off_delay_s:
-            return
+        if cond.distinct_since is None:
+            cond.distinct_since = t
+        elif t - cond.distinct_since >= self.settings.distinct_after_s:
+            cond.distinct_since = None
+            self._release(alarm, now, f"the classifier names {own} for {alarm.asset} for "
+                                      f"{self.settings.distinct_after_s:g} s, not {theirs or 'unknown'}")
+
+    def _fitting(self, anomaly: Anomaly) -> Anomaly:
+        """The anomaly as its alarm keeps it: a fault name that cannot explain this asset (a pump fault for the
+        conveyor that feeds the pump) is the classifier's guess, not the alarm's: kept as unknown."""
+        if grouping.fault_name(self.line, self.faults, anomaly) is None and anomaly.fault_type not in (None, design.UNKNOWN):
+            return dataclasses.replace(anomaly, fault_type=design.UNKNOWN, fault_probability=0.0)
+        return anomaly
+
+    def _return(self, alarm: Alarm, cond: _Condition, now: float) -> None:
         cond.returned_at = now
         cond.pending_since = cond.last_abnormal = cond.normal_since = None
+        cond.trend.clear()
+        cond.lower_since = None
         if not annunciated(alarm):
-            reason = "suppressed by mode" if alarm.suppressed else "shelved"
-            alarm.state, alarm.suppressed = AlarmState.NORMAL, False
+            reason = ("grouped under its cause" if alarm.parent_id else "suppressed by mode" if alarm.suppressed
+                      else "shelved")
+            alarm.state = AlarmState.NORMAL
+            alarm.suppressed = False if alarm.parent_id is None else alarm.suppressed
             self._emit(alarm, "cleared", now, comment=f"returned to normal while {reason}")
         elif alarm.state is AlarmState.ACTIVE_UNACK:
             alarm.state = AlarmState.RTN_UNACK
@@ -340,28 +509,31 @@ class AlarmEngine:
             alarm.state = AlarmState.NORMAL
             self._emit(alarm, "cleared", now)
 
-    def _reclassify(self, alarm: Alarm, anomaly: Anomaly, before: str | None, now: float) -> None:
-        """The classifier named the fault of an active alarm (or changed its mind): same alarm, new text and priority."""
-        alarm.message = alarm_text(self.line, self.faults, anomaly)
-        alarm.priority = design.priority_for(self.line, self.faults, anomaly)
-        self._emit(alarm, "reclassified", now, comment=f"{before or 'unknown'} -> {anomaly.fault_type}")
+    def _reclassify(self, alarm: Alarm, cond: _Condition, before: str | None, named: str, now: float) -> None:
+        """The classifier named the fault of an active alarm (or changed its mind): same alarm, new text; its
+        priority follows by the usual rules (_assess)."""
+        alarm.message = self._text(alarm)
+        self._emit(alarm, "reclassified", now, comment=f"{before or 'unknown'} -> {named}")
 
     def _follow_suppression(self, alarm: Alarm, cond: _Condition, anomaly: Anomaly, now: float) -> None:
         suppressed = design.mode_suppressed(self.line, anomaly)
-        if suppressed == alarm.suppressed:
+        if suppressed == cond.mode_suppressed:
             return
+        cond.mode_suppressed = suppressed
+        if alarm.parent_id is not None:
+            return  # folded under its cause either way
         alarm.suppressed = suppressed
         if suppressed:
             self._emit(alarm, "suppressed", now, comment=f"designed suppression in {anomaly.mode.value}")
         else:
             # still abnormal in a mode where it counts: the operator must see it now
             alarm.state = AlarmState.ACTIVE_UNACK
-            alarm.message = alarm_text(self.line, self.faults, anomaly)
+            alarm.message = self._text(alarm)
             self._emit(alarm, "unsuppressed", now, comment=f"active in {anomaly.mode.value}")
 
     def _unshelve(self, alarm: Alarm, now: float, actor: str, comment: str | None) -> None:
         alarm.shelved_until = alarm.shelved_by = None
-        if alarm.state.active:
+        if alarm.state.active and annunciated(alarm):
             alarm.state = AlarmState.ACTIVE_UNACK  # still active: annunciate again
             alarm.acked_by = alarm.acked_at = None
         elif alarm.state is AlarmState.RTN_UNACK:
@@ -371,7 +543,166 @@ class AlarmEngine:
     def _reset_condition(self, alarm: Alarm) -> None:
         cond = self._conditions.get((alarm.asset, alarm.condition))
         if cond is not None:
-            cond.pending_since = cond.last_abnormal = cond.normal_since = None
+            cond.pending_since = cond.last_abnormal = cond.normal_since = cond.heard_at = None
+            cond.trend.clear()
+
+    # -- severity and priority ---------------------------------------------------------------------
+    def _target(self, alarm: Alarm, cond: _Condition) -> tuple[str | None, Priority]:
+        """What the evidence says now: (severity, priority); a root's is its whole situation's."""
+        severity, urgency, consequence = self._own(alarm, cond)
+        priority = design.priority(consequence, urgency, cond.kind)
+        if alarm.parent_id is None:
+            for child in self._children(alarm.alarm_id):
+                child_cond = self._cond_of(child)
+                if not child.state.active or child_cond is None or child_cond.own is None:
+                    continue
+                child_severity, child_urgency, _ = child_cond.own
+                severity = design.worse_severity(severity, child_severity)
+                urgency = min(urgency, child_urgency, key=design.URGENCIES.index)
+                # the cause's consequence at the situation's urgency, and never below a consequence's own
+                priority = min(priority, design.priority(consequence, urgency, cond.kind), child.priority)
+        return severity, priority
+
+    def _own(self, alarm: Alarm, cond: _Condition) -> tuple[str | None, str, Priority]:
+        """The condition's own (severity, urgency, consequence), kept on the condition for its root to read."""
+        severity = design.severity(cond.kind, cond.level)
+        slope = None
+        if cond.trend.span >= self.settings.min_trend_s:
+            slope = cond.trend.slope()
+        seconds = design.time_to_severe(cond.kind, cond.level, slope) if cond.level is not None else None
+        a = alarm.anomaly
+        named = grouping.fault_at_home(self.line, self.faults, a)
+        key = (a.asset, a.kind, a.signal, named)
+        consequence = self._consequence.get(key)
+        if consequence is None:
+            consequence = self._consequence[key] = design.consequence(self.line, self.faults, a, named)
+        cond.own = (severity, design.urgency(seconds), consequence)
+        return cond.own
+
+    def _assess(self, alarm: Alarm, cond: _Condition | None, now: float) -> None:
+        """Follow the condition's severity and priority (a root: its whole situation's) with the hysteresis rules."""
+        if cond is None or not alarm.state.active or alarm.anomaly is None:
+            return
+        before = cond.own
+        severity, priority = self._target(alarm, cond)
+        worse = (design.severity_rank(severity) > design.severity_rank(alarm.severity)
+                 or priority.value < alarm.priority.value)
+        better = (design.severity_rank(severity) < design.severity_rank(alarm.severity)
+                  or priority.value > alarm.priority.value)
+        if worse:
+            severity = design.worse_severity(severity, alarm.severity)
+            priority = min(priority, alarm.priority, key=lambda p: p.value)
+            self._restate(alarm, severity, priority, "escalated", now)
+            cond.lower_since = None
+        elif better:
+            if cond.lower_since is None:
+                cond.lower_since = now
+            elif now - cond.lower_since >= self.settings.deescalate_after_s:
+                self._restate(alarm, severity, priority, "deescalated", now)
+                cond.lower_since = None
+        else:
+            cond.lower_since = None
+        if alarm.parent_id is not None and (cond.own != before or worse):
+            parent = self._alarms.get(alarm.parent_id)  # its situation changed: the root follows
+            if parent is not None:
+                self._assess(parent, self._cond_of(parent), now)
+
+    def _restate(self, alarm: Alarm, severity: str | None, priority: Priority, event: str, now: float) -> None:
+        changes = []
+        if severity != alarm.severity:
+            changes.append(f"{alarm.severity or 'no severity'} -> {severity}")
+        if priority is not alarm.priority:
+            changes.append(f"priority {alarm.priority.name.lower()} -> {priority.name.lower()}")
+        rises = priority.value < alarm.priority.value
+        alarm.severity, alarm.priority = severity, priority
+        alarm.message = self._text(alarm)
+        if rises and alarm.state is AlarmState.ACTIVE_ACK and annunciated(alarm):
+            # acknowledged at a lower priority: the operator must see that it matters more now
+            alarm.state = AlarmState.ACTIVE_UNACK
+            alarm.acked_by = alarm.acked_at = None
+        self._emit(alarm, event, now, comment="; ".join(changes))
+
+    def _text(self, alarm: Alarm) -> str:
+        return alarm_text(self.line, self.faults, alarm.anomaly, alarm.severity) if alarm.anomaly else alarm.message
+
+    # -- situations --------------------------------------------------------------------------------
+    def _cause_for(self, alarm: Alarm, now: float) -> Alarm | None:
+        """The root alarm that explains ``alarm`` now, if any (grouping.rank picks among several)."""
+        if not self.settings.group_consequences:
+            return None
+        causes = [c for c in self._alarms.values() if self._may_explain(c, now)
+                  and grouping.explains(self.line, self.faults, c, alarm, self._same_episode(c, alarm))]
+        return min(causes, key=lambda c: grouping.rank(self.line, c, alarm), default=None)
+
+    def _may_explain(self, cause: Alarm, now: float) -> bool:
+        """A root in service, not suppressed by mode, active or returned within the grouping window."""
+        if cause.parent_id is not None or cause.out_of_service or cause.anomaly is None:
+            return False
+        cond = self._cond_of(cause)
+        if cond is None or cond.mode_suppressed:
+            return False
+        if cause.state.active:
+            return True
+        return cond.returned_at is not None and now - cond.returned_at <= self.settings.group_window_s
+
+    def _same_episode(self, a: Alarm, b: Alarm) -> bool:
+        """Both are fault alarms with evidence in the line detector's current continuous departure."""
+        if not (grouping.is_fault_alarm(a) and grouping.is_fault_alarm(b)) or self._episode_start is None:
+            return False
+        conds = (self._cond_of(a), self._cond_of(b))
+        return all(c is not None and c.last_ts is not None and c.last_ts >= self._episode_start for c in conds)
+
+    def _adopt(self, root: Alarm, now: float) -> None:
+        """A new root takes the earlier roots of its window that it explains (and that do not explain it)."""
+        if not self.settings.group_consequences:
+            return
+        for other in list(self._alarms.values()):
+            if (other is root or other.parent_id is not None or not other.state.active or other.out_of_service
+                    or other.raised_at < root.raised_at - self.settings.group_window_s):
+                continue
+            same_episode = self._same_episode(root, other)
+            if not grouping.explains(self.line, self.faults, root, other, same_episode):
+                continue
+            if grouping.explains(self.line, self.faults, other, root, same_episode):
+                continue
+            for member in [other, *self._children(other.alarm_id)]:
+                member.parent_id = root.alarm_id
+                member.suppressed = True
+                self._emit(member, "grouped", now, comment=f"consequence of {root.alarm_id}")
+        self._assess(root, self._cond_of(root), now)
+
+    def _release_if_orphaned(self, alarm: Alarm, now: float) -> None:
+        root = self._alarms.get(alarm.parent_id or "")
+        if root is None or root.out_of_service:
+            self._release(alarm, now, f"its cause {alarm.parent_id} is not watched")
+            return
+        if root.state.active:
+            return
+        cond = self._cond_of(root)
+        returned = cond.returned_at if cond and cond.returned_at is not None else root.updated_at
+        if now - returned >= self.settings.release_after_s:
+            self._release(alarm, now, f"still active {now - returned:.0f} s after its cause {root.alarm_id} returned")
+
+    def _release(self, alarm: Alarm, now: float, why: str) -> None:
+        """A consequence its cause no longer explains: annunciated on its own."""
+        cond = self._cond_of(alarm)
+        alarm.parent_id = None
+        alarm.suppressed = bool(cond and cond.mode_suppressed)
+        if not alarm.state.active:
+            self._emit(alarm, "ungrouped", now, comment=why)
+            return
+        alarm.state = AlarmState.ACTIVE_UNACK
+        alarm.acked_by = alarm.acked_at = None
+        if annunciated(alarm) and cond is not None:
+            self._count_towards_flood(cond.position, alarm, now)
+        self._emit(alarm, "ungrouped", now, comment=why)
+        self._adopt(alarm, now)  # a situation of its own: what it explains goes with it
+
+    def _children(self, alarm_id: str) -> list[Alarm]:
+        return [a for a in self._alarms.values() if a.parent_id == alarm_id]
+
+    def _cond_of(self, alarm: Alarm) -> _Condition | None:
+        return self._conditions.get((alarm.asset, alarm.condition))
 
     # -- floods ------------------------------------------------------------------------------------
     def _prune(self, flood: _Flood, now: float) -> None:
@@ -427,6 +758,7 @@ class AlarmEngine:
         cond = self._conditions.get(key)
         if cond is None:
             cond = _Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset),
+                              trend=design.Trend(self.settings.trend_window_s),
                               signals=design.condition_signals(self.line, anomaly.asset, anomaly.condition))
             known = self._by_condition.get(key)
             cond.alarm_id = known
@@ -513,10 +845,13 @@ class AlarmEngine:
             self._by_condition[(a.asset, a.condition)] = a.alarm_id
             kind = a.anomaly.kind if a.anomaly else a.condition.rpartition(":")[2]
             cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
+                              trend=design.Trend(self.settings.trend_window_s),
                               signals=design.condition_signals(self.line, a.asset, a.condition))
+            cond.mode_suppressed = bool(a.anomaly) and design.mode_suppressed(self.line, a.anomaly)
             if a.state.active:
                 # the evidence stopped with the old process; give the condition one silence period to show itself
-                cond.pending_since = cond.last_abnormal = now
+                cond.heard_at = now
+                cond.level = design.level(self.line, a.anomaly) if a.anomaly else None
             self._conditions[(a.asset, a.condition)] = cond
         for position, ts, alarm_id in self.journal.recent_raises(now - self.settings.flood_window_s):
             self._floods.setdefault(position, _Flood()).raises.append((ts, alarm_id))

@@ -1,8 +1,12 @@
-"""Alarm text as an operator reads it, in the line's names and units.
+"""Alarm text as an operator reads it, in the line's names and units, with the condition's severity in words.
 
-    Product transfer pump: likely bearing wear (p=0.87) — vibration 5.2 mm/s (normal 1.0–3.5)
-    Product transfer pump: flow low — 42 L/min (normal 95–125, limits 60–150)
+    Product transfer pump: likely bearing wear, moderate — vibration 5.2 mm/s (normal 1.0–3.5)
+    Product transfer pump: flow low, slight — 42.0 L/min (normal 95–125, limits 60–150)
+    Rotary filler: unusual behaviour, severe, likely from pump cavitation upstream — mostly tank level (normal 45–75 %)
     Rotary filler: fill weight sensor stuck at 501 g
+
+No detector scores or probabilities: an operator reads what departs, how far (slight, moderate,
+severe) and where it is normally; the numbers behind the words are in docs/alarms.md.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from factory_copilot.alarms.design import find_asset, find_signal
+from factory_copilot.alarms.grouping import fault_at_home, fault_upstream
 from factory_copilot.catalogue import Fault
 from factory_copilot.config import LineConfig, Signal
 from factory_copilot.records import Anomaly, Mode
@@ -43,14 +48,15 @@ def words(name: str) -> str:
     return name.replace("_", " ")
 
 
-def alarm_text(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly) -> str:
+def alarm_text(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly, severity: str | None = None) -> str:
     """One line of alarm text for ``anomaly`` (unknown assets and signals are shown by their ids)."""
     if anomaly.kind == "source":
         return f"Data lost: {anomaly.message}"
     asset = find_asset(line, anomaly.asset)
     head = asset.name if asset else anomaly.asset
+    how = f", {severity}" if severity else ""
     if anomaly.kind == "multivariate":
-        return f"{head}: {_fault_text(line, faults, anomaly)}"
+        return f"{head}: {_fault_text(line, faults, anomaly, how)}"
     signal = find_signal(line, anomaly.asset, anomaly.signal)
     name = words(anomaly.signal or "signal")
     unit = f" {signal.unit}" if signal else ""
@@ -59,10 +65,12 @@ def alarm_text(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly) 
     if anomaly.kind == "limit":
         direction = _direction(signal, anomaly.mode, value)
         bands = _bands(signal, anomaly.mode)
-        return f"{head}: {name} {direction} — {shown}{f' ({bands})' if bands else ''}"
+        return f"{head}: {name} {direction}{how} — {shown}{f' ({bands})' if bands else ''}"
     if anomaly.kind == "rate":
-        limit = f" (max {number(signal.max_rate)}{unit}/s)" if signal and signal.max_rate else ""
-        return f"{head}: {name} changing too fast — {shown}{limit}"
+        # the check's score is the rate of change; the value is where the signal is now
+        limit = f" (credible at most {number(signal.max_rate)}{unit} per second)" if signal and signal.max_rate else ""
+        now = f", now {shown}" if value is not None else ""
+        return f"{head}: {name} changing too fast{how} — {number(anomaly.score)}{unit} per second{limit}{now}"
     if anomaly.kind == "stuck":
         return f"{head}: {name} sensor stuck at {shown}"
     if anomaly.kind == "range":
@@ -70,17 +78,21 @@ def alarm_text(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly) 
         return f"{head}: {name} sensor out of range — {shown}{physical}"
     if anomaly.kind == "quality":
         return f"{head}: {name} sensor gives no good value"
-    return f"{head}: {name} {words(anomaly.kind)} (score {number(anomaly.score)} > {number(anomaly.threshold)})"
+    return f"{head}: {name} {words(anomaly.kind)}{how}"
 
 
-def _fault_text(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly) -> str:
-    fault = anomaly.fault_type if anomaly.fault_type not in (None, "unknown") else None
-    if fault:
-        cause = f"likely {words(fault)}"
-        if anomaly.fault_probability:
-            cause += f" (p={anomaly.fault_probability:.2f})"
+def _fault_text(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly, how: str) -> str:
+    own = fault_at_home(line, faults, anomaly)
+    upstream = None if own else fault_upstream(line, faults, anomaly)
+    if own:
+        cause = f"likely {words(own)}{how}"
+    elif upstream:
+        source = find_asset(line, faults[upstream].asset)
+        cause = f"unusual behaviour{how}, likely from {words(upstream)} upstream"
+        if source is not None:
+            cause += f" ({source.name})"
     else:
-        cause = f"unusual behaviour (score {number(anomaly.score)}, threshold {number(anomaly.threshold)})"
+        cause = f"unusual behaviour{how}"
     # the evidence an operator checks first: the signal the detector names, else its top contributor
     key = f"{anomaly.asset}.{anomaly.signal}" if anomaly.signal else next(iter(anomaly.contributions), None)
     if key is None:
