@@ -7,7 +7,6 @@ import yaml
 
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_LINE, LineConfigError, load_line, parse_line
-from factory_copilot.records import Mode
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def test_simulated_line_loads_with_its_assets_and_signals():
     assert "line.mode" not in line.signal_keys()
     pump_flow = line.signal("product_pump.flow")
     assert pump_flow.unit == "L/min"
-    assert pump_flow.normal_for(Mode.IDLE) != pump_flow.normal_for(Mode.RUNNING)
+    assert pump_flow.normal_for("idle") != pump_flow.normal_for("running")
 
 
 def test_every_catalogue_fault_names_signals_of_the_line():

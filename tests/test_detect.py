@@ -191,4 +191,4 @@ def test_recorded_reading_stream_becomes_rows_per_interval():
     table = readings_table(pd.DataFrame(recs), line)
     # latest good value per interval, held through intervals with none; Bad/Uncertain never used as data
     assert table["product_pump.flow"].tolist() == [101.0, 101.0, 101.0, 103.0]
-    assert table["mode"].tolist() == [2, 2, 2, 2]
+    assert table["mode"].tolist() == ["running"] * 4

@@ -187,7 +187,8 @@ class ClassifierStream:
         c = self.classifier
         x = np.where(np.isnan(x), self.last, x)
         self.last = x
-        label = ALL_MODES if mode is None else mode_labels([mode])[0]
+        # a classifier trained without modes keeps one signature across them (regimes of one continuous normal)
+        label = ALL_MODES if mode is None or set(c.reference_) == {ALL_MODES} else str(mode_labels([mode])[0])
         if label != self.mode:
             self.mode = label
             self.fast[:] = self.slow[:] = self.var[:] = 0.0

@@ -61,10 +61,12 @@ def readings_table(readings: pd.DataFrame, line) -> pd.DataFrame:
     )
     table = r.sort_values("ts").pivot_table(index="row", columns="key", values="value", aggfunc="last")
     table = table.reindex(range(table.index.min(), table.index.max() + 1)).ffill()
-    if line.mode_signal:
-        mode_key = f"{line.mode_signal.asset}.{line.mode_signal.signal}"
-        if mode_key in table.columns:
-            table["mode"] = table.pop(mode_key).round().astype(int)
+    if line.modes and line.modes.codes is not None and line.mode_key in table.columns:
+        # a coded mode signal becomes the mode column, by name (a load signal of ranges stays a signal)
+        from factory_copilot.detect.operating import row_modes
+
+        table["mode"] = row_modes(line, table[[line.mode_key]])
+        table = table.drop(columns=[line.mode_key])
     table.index = table.index * line.sampling_interval_s
     return table.reset_index(drop=True)
 

@@ -25,7 +25,8 @@ from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.records import Mode
+from factory_copilot.detect.operating import coverage_report, regimes, row_modes, stretch_tails
+from factory_copilot.records import DEFAULT_MODE, Mode
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,16 @@ SIM_DETECTOR = LINE_DETECTOR
 
 
 # ---- training from history --------------------------------------------------------------------
+def line_detector_params(line: LineConfig) -> dict:
+    """The detector's settings for a line: its operating point, modes and sampling interval decide them."""
+    return {
+        **LINE_DETECTOR,
+        "context": tuple(line.context_keys()),
+        # the production modes are steady; other modes (start-up, changeover) are short and drifting
+        "steady_modes": tuple(line.production_modes()),
+    }
+
+
 def train_models(
     line: LineConfig,
     history: pd.DataFrame,
@@ -50,8 +61,10 @@ def train_models(
 ) -> TrainedDetector:
     """Fit detector (normal rows), classifier (labelled fault rows, if any) and check tolerances on one history table.
 
-    ``history`` holds one column per signal key, optionally ``mode`` and a fault label column;
-    separate recordings should be concatenated with a ``run`` column so smoothing restarts between them.
+    ``history`` holds one column per signal key, the mode (a ``mode`` column, or the line's mode signal)
+    and optionally a fault label column; separate recordings should be concatenated with a ``run``
+    column so smoothing restarts between them. The detector's out-of-sample check and the coverage of
+    every mode or regime are in ``metadata["calibration"]`` and ``metadata["coverage"]``.
     """
     steps = tqdm(total=3, desc="train", unit="model", disable=not progress)
     keys = [k for k in line.signal_keys() if k in history.columns]
@@ -60,31 +73,53 @@ def train_models(
         raise ValueError(f"history lacks signal columns of the line file: {', '.join(missing[:5])}")
     labels = history[fault_column].astype(str) if fault_column in history.columns else pd.Series(normal_label, index=history.index)
     normal = (labels == normal_label).to_numpy()
-    cols = keys + (["mode"] if "mode" in history.columns else [])
+    modes = row_modes(line, history)
+    table = history[keys].copy()
+    run_ids = history["run"].to_numpy() if "run" in history.columns else np.zeros(len(history), dtype=int)
+    table["run"] = run_ids
+    # coded modes each get a normal of their own; load regimes share one, judged by the load itself
+    per_mode = modes is not None and not line.modes_by_range
+    if per_mode:
+        table["mode"] = modes
+    groups = regimes(line, history)
+    if groups is None:
+        groups = modes if modes is not None else np.full(len(history), DEFAULT_MODE, dtype=object)
+    params = {**line_detector_params(line), **(detector_params or {})}
+    cols = keys + (["mode"] if per_mode else [])
     steps.set_postfix_str("detector")
-    detector = LineDetector(**{**LINE_DETECTOR, **(detector_params or {})}).fit(history.loc[normal, cols])
+    detector = LineDetector(**params)
+    holdout = None
+    if not per_mode:
+        # hold out the end of every regime's stretches, not only the end of the recording
+        holdout = stretch_tails(groups[normal], run_ids[normal], detector.holdout)
+    detector.fit(table.loc[normal, cols + ["run"]], holdout=holdout, groups=groups[normal])
     steps.update()
     classifier = None
     if (~normal).any():
         steps.set_postfix_str("classifier")
-        groups = history["run"].to_numpy() if "run" in history.columns else None
         # the classifier names what the detector flags: fault rows that still look normal teach it nothing
-        flagged = detector.predict(history[cols]).astype(bool)
+        flagged = detector.predict(table[cols + ["run"]]).astype(bool)
         keep = normal | flagged
         y = labels.to_numpy()
         if (keep & ~normal).any():
+            groups_run = history["run"].to_numpy() if "run" in history.columns else None
             classifier = FaultClassifier(**(classifier_params or {})).fit(
-                history.loc[keep, cols], y[keep], groups=None if groups is None else groups[keep]
+                table.loc[keep, cols], y[keep], groups=None if groups_run is None else groups_run[keep]
             )
     steps.update()
     steps.set_postfix_str("checks")
-    checks = SignalChecks(line).learn_noise(history.loc[normal, cols])
+    noise_table = table.loc[normal, keys].assign(mode=modes[normal]) if modes is not None else table.loc[normal, keys]
+    checks = SignalChecks(line).learn_noise(noise_table)
     steps.update()
     steps.close()
+    rows_by_group = {str(g): int(n) for g, n in pd.Series(groups[normal]).value_counts(sort=False).items()}
+    calibration = detector.calibration_
     return TrainedDetector(
         fingerprint=line.fingerprint(), line=f"{line.site}/{line.line}", detector=detector, classifier=classifier,
         stuck_tolerance=checks.stuck_tolerance, stuck_exempt=checks.stuck_exempt,
-        metadata={"rows": len(history), "normal_rows": int(normal.sum()), "trained_at": time.time()},
+        metadata={"rows": len(history), "normal_rows": int(normal.sum()), "trained_at": time.time(),
+                  "signals": len(detector.signals_), "modes": list(detector.models_), "calibration": calibration,
+                  "coverage": coverage_report(line, calibration, rows_by_group)},
     )
 
 
@@ -105,10 +140,11 @@ def simulated_history(line: LineConfig, seed: int = 1, normal_hours: float = 24.
 
 # ---- replaying a run through the station --------------------------------------------------------
 def replay(station: DetectStation, frame: pd.DataFrame) -> list[list]:
-    """Feed a simulated frame to the station row by row; the anomalies of each row."""
+    """Feed a recorded frame to the station row by row; the anomalies of each row."""
     keys = [k for k in station.keys if k in frame.columns]
     values = frame[keys].to_numpy(dtype=float)
-    modes = [Mode(m) for m in frame["mode"]] if "mode" in frame.columns else [Mode.RUNNING] * len(frame)
+    found = row_modes(station.line, frame)
+    modes = [Mode(m) for m in found] if found is not None else [Mode(station.line.production_mode)] * len(frame)
     ts = frame.index.to_numpy(dtype=float) if frame.index.dtype.kind == "f" else np.arange(len(frame)) * station.interval
     out = []
     for i in range(len(frame)):

@@ -13,7 +13,7 @@ from factory_copilot.detect.checks import SignalChecks
 from factory_copilot.detect.classify import FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
 
-FORMAT = 1
+FORMAT = 2  # 2: modes declared by the line file, operating-point features, out-of-sample calibration
 
 
 class ModelMismatchError(ValueError):
@@ -54,6 +54,9 @@ def load_detector(path: str | Path, line: LineConfig, line_path: str | Path = "<
         raise ModelMismatchError(f"{path}: no model file; run `factory-copilot train` first") from None
     except Exception as exc:  # pickle errors come in many types
         raise ModelMismatchError(f"{path}: not a readable detect model file ({exc})") from None
+    if isinstance(blob, dict) and isinstance(blob.get("format"), int) and blob["format"] != FORMAT:
+        raise ModelMismatchError(f"{path}: a detect model file of format {blob['format']} (this version reads {FORMAT}); "
+                                 f"retrain with `factory-copilot train --line {line_path}`")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("models"), TrainedDetector):
         raise ModelMismatchError(f"{path}: not a factory-copilot detect model file (format {FORMAT})")
     models: TrainedDetector = blob["models"]
