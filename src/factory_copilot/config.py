@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -571,8 +572,14 @@ def parse_line(data: Any, path: str | Path = "<line>") -> LineConfig:
         for err in exc.errors():
             # pydantic adds the failing union member / validator name to the path; keep the file's path
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{_format_loc(loc)}: {msg}")
+            for msg in err["msg"].removeprefix("Value error, ").split("\n"):
+                # a validator of a whole section names the field inside it: "production: ..." -> "modes.production: ..."
+                inner = re.match(r"^([A-Za-z_][\w]*(?:\.[\w]+|\[\d+\])*): (.*)$", msg, re.S)
+                if inner:
+                    where = f"{_format_loc(loc)}.{inner[1]}" if loc else inner[1]
+                    problems.append(f"{where}: {inner[2]}")
+                else:
+                    problems.append(f"{_format_loc(loc)}: {msg}")
         raise LineConfigError(path, problems) from None
 
 

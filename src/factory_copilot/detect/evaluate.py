@@ -21,11 +21,12 @@ from factory_copilot.config import LineConfig
 from factory_copilot.detect import tep
 from factory_copilot.detect.baselines import PcaMonitor
 from factory_copilot.detect.checks import SignalChecks
+from factory_copilot.detect.features import runs
 from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
+from factory_copilot.detect.operating import coverage_report, regimes, row_modes, stretch_tails
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.detect.operating import coverage_report, regimes, row_modes, stretch_tails
 from factory_copilot.records import DEFAULT_MODE, Mode
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,28 @@ CHECK_FAULTS = {"stuck": "stuck_sensor"}
 # false alarms below one per shift (measured by `factory-copilot evaluate`)
 LINE_DETECTOR = {"false_alarm_rate": 1e-4, "persistence": 3}
 SIM_DETECTOR = LINE_DETECTOR
+# lagged readings of the operating point (s): what follows the load within a minute, a few minutes, twenty
+CONTEXT_LAGS_S = (30.0, 300.0, 1200.0)
+# time constant of the adaptive baseline (s): drift slower than this is followed, faster is flagged
+BASELINE_S = 7200.0
 
 
 # ---- training from history --------------------------------------------------------------------
 def line_detector_params(line: LineConfig) -> dict:
     """The detector's settings for a line: its operating point, modes and sampling interval decide them."""
+    rows = 1.0 / line.sampling_interval_s  # rows per second
     return {
         **LINE_DETECTOR,
         "context": tuple(line.context_keys()),
+        # a curved response to the operating point, and the lagged one of what follows it slowly (temperatures)
+        "context_degree": 2,
+        "context_lags": tuple(max(1.0, s * rows) for s in CONTEXT_LAGS_S),
         # the production modes are steady; other modes (start-up, changeover) are short and drifting
         "steady_modes": tuple(line.production_modes()),
+        # follow a healthy machine's slow drift (the room warming over a shift), frozen while flagging
+        "baseline_rows": BASELINE_S * rows,
+        "baseline_every": max(1, int(round(60 * rows))),
+        "baseline_hold": max(1, int(round(600 * rows))),
     }
 
 
@@ -103,8 +116,13 @@ def train_models(
         y = labels.to_numpy()
         if (keep & ~normal).any():
             groups_run = history["run"].to_numpy() if "run" in history.columns else None
-            classifier = FaultClassifier(**(classifier_params or {})).fit(
-                table.loc[keep, cols], y[keep], groups=None if groups_run is None else groups_run[keep]
+            X = table[cols]
+            on_residuals = bool(len(detector.context_))
+            if on_residuals:
+                # a fault's signature without what the operating point does: the same at every duty point
+                X = detector.residuals(table[cols + ["run"]]).assign(**({"mode": table["mode"]} if per_mode else {}))
+            classifier = FaultClassifier(**{"on_residuals": on_residuals, **(classifier_params or {})}).fit(
+                X.loc[keep], y[keep], groups=None if groups_run is None else groups_run[keep]
             )
     steps.update()
     steps.set_postfix_str("checks")
@@ -313,4 +331,97 @@ def evaluate_tep(tep_dir=tep.TEP_DIR, folds: int = 5, class_folds: int = 4, clas
         "mean_detection_rate_visible": {n: float(np.mean([d[f] for f in visible])) for n, d in detection.items()},
         "classification_accuracy": {n: float(np.mean(v)) for n, v in acc.items()},
         "classification_unknown_rate": float(np.mean(unknown)),
+    }
+
+
+# ---- a plant's own labelled recording ------------------------------------------------------------
+NORMAL_LABELS = frozenset({"normal", "0", "0.0", "false", "", "nan", "none", "ok"})
+
+
+def fault_rows(labels: pd.Series) -> np.ndarray:
+    """True where a label column marks a fault: anything but normal, 0, false, empty or missing."""
+    text = labels.astype(str).str.strip().str.lower()
+    return (~text.isin(NORMAL_LABELS) & labels.notna()).to_numpy()
+
+
+def _row_times(frame: pd.DataFrame, interval: float) -> np.ndarray:
+    """Seconds of each row: the ``ts`` column (epoch seconds or date-times), else the row count times the interval."""
+    if "ts" in frame.columns:
+        ts = frame["ts"]
+        if pd.api.types.is_numeric_dtype(ts):
+            return ts.to_numpy(dtype=float)
+        return pd.to_datetime(ts, utc=True).astype("int64").to_numpy() / 1e9
+    return np.arange(len(frame)) * interval
+
+
+def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.DataFrame, labels: str = "fault",
+                       on_delay: int = ON_DELAY_ROWS) -> dict:
+    """Replay a labelled recording through the detect station, as live; score it point by point and per event.
+
+    A row is flagged when the station raises any anomaly on it (detector or plant check); an alarm is
+    ``on_delay`` consecutive flagged rows (the alarm engine's default). An event is a stretch of rows
+    labelled as a fault; its delay runs from its first row to the first alarm raised inside it.
+    """
+    if labels not in frame.columns:
+        raise ValueError(f"the recording has no label column {labels!r} (columns: {', '.join(map(str, frame.columns[:12]))})")
+    truth = fault_rows(frame[labels])
+    ts = _row_times(frame, line.sampling_interval_s)
+    runs_of = frame["run"].to_numpy() if "run" in frame.columns else np.zeros(len(frame), dtype=int)
+    flagged = np.zeros(len(frame), dtype=bool)
+    kinds: Counter = Counter()
+    named: list[str | None] = [None] * len(frame)
+    score = np.zeros(len(frame))
+    starts: list[int] = []
+    for run in dict.fromkeys(runs_of):
+        idx = np.flatnonzero(runs_of == run)
+        part = frame.iloc[idx].drop(columns=[labels])
+        station = DetectStation(line, detector=models.detector, classifier=models.classifier, checks=models.checks(line))
+        rows = replay(station, part.set_axis(ts[idx], axis=0))
+        for k, r in zip(idx, rows):
+            flagged[k] = bool(r)
+            kinds.update(a.kind for a in r)
+            multi = [a for a in r if a.kind == "multivariate"]
+            named[k] = (multi[0].fault_type or UNKNOWN) if multi else (CHECK_FAULTS.get(r[0].kind) if r else None)
+        X = part[list(models.detector.signals_)].copy()
+        modes = row_modes(line, part)
+        if modes is not None and models.detector.per_mode:
+            X["mode"] = modes
+        score[idx] = models.detector.score_samples(X)
+        starts += [int(idx[s]) for s in alarm_starts(flagged[idx], on_delay)]
+    tp = int((flagged & truth).sum())
+    fp = int((flagged & ~truth).sum())
+    fn = int((~flagged & truth).sum())
+    tn = int((~flagged & ~truth).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    events = []
+    bounds = [(a, b) for a, b in runs(np.where(truth, 1, 0) + 2 * pd.factorize(runs_of)[0]) if truth[a]]
+    for a, b in bounds:
+        inside = [s for s in starts if a <= s < b]
+        label = str(frame[labels].iloc[a])
+        first = inside[0] if inside else None
+        votes = Counter(n for n in named[first - on_delay + 1 : b] if n) if first is not None else Counter()
+        events.append({
+            "label": label, "start_ts": float(ts[a]), "end_ts": float(ts[b - 1]), "rows": b - a,
+            "detected": first is not None,
+            "delay_s": float(ts[first] - ts[a]) if first is not None else None,
+            "named": votes.most_common(1)[0][0] if votes else None,
+        })
+    hours = len(frame) * line.sampling_interval_s / 3600
+    normal_hours = int((~truth).sum()) * line.sampling_interval_s / 3600
+    false_alarms = sum(1 for s in starts if not truth[s])
+    detected = [e for e in events if e["detected"]]
+    return {
+        "rows": len(frame), "hours": hours, "fault_rows": int(truth.sum()),
+        "precision": precision, "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,  # share of normal rows flagged
+        "missed_alarm_rate": fn / (fn + tp) if fn + tp else 0.0,  # share of fault rows not flagged
+        "alarms": len(starts), "alarms_per_hour": len(starts) / hours if hours else 0.0,
+        "false_alarms": false_alarms, "false_alarms_per_hour": false_alarms / normal_hours if normal_hours else 0.0,
+        "events": events, "events_detected": len(detected),
+        "mean_delay_s": float(np.mean([e["delay_s"] for e in detected])) if detected else None,
+        "kinds": dict(kinds), "target_false_alarm_rate": models.detector.false_alarm_rate,
+        "series": {"ts": ts.tolist(), "score": score.tolist(), "flagged": flagged.tolist(), "truth": truth.tolist(),
+                   "alarm_rows": starts},
     }

@@ -19,11 +19,13 @@ returned relative to the threshold (1.0 = limit).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
+from scipy.stats import poisson
 from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 
@@ -119,6 +121,13 @@ def _ewma_from_first(x: np.ndarray, lam: float) -> np.ndarray:
     return out
 
 
+def _pairwise(Z: np.ndarray) -> np.ndarray:
+    """Squares and products of standardised operating-point signals (a curved response, and one signal's
+    effect depending on another's, as a motor's current on both flow and pressure)."""
+    i, j = np.triu_indices(Z.shape[1])
+    return Z[:, i] * Z[:, j]
+
+
 @dataclass
 class _Segment:
     """Rows [start, end) of one mode within one run; scoring begins at ``scored`` (after the settling grace)."""
@@ -140,8 +149,8 @@ class LineDetector(BaseEstimator):
     Every row's result depends only on that row and the rows before it.
 
     ``context``: the operating-point columns (load, setpoints) other signals are judged against;
-    "auto" takes columns named like a setpoint. ``context_degree`` 2 adds their squares (a curved
-    response), ``context_lags`` EWMA time constants in rows (a lagged response). ``holdout``: the
+    "auto" takes columns named like a setpoint. ``context_degree`` 2 adds their squares and products
+    (a curved response), ``context_lags`` EWMA time constants in rows (a lagged response). ``holdout``: the
     share of every normal stretch held out to check the false-alarm rate out of sample.
     ``baseline_rows``: time constant of the adaptive baseline in rows (None: fixed normal).
     """
@@ -163,10 +172,13 @@ class LineDetector(BaseEstimator):
         context: tuple[str, ...] | str = "auto",
         context_degree: int = 1,
         context_lags: tuple[float, ...] = (),
+        context_ridge: float = 1e-6,
         holdout: float = 0.2,
         baseline_rows: float | None = None,
         baseline_every: int = 60,
         baseline_hold: int = 600,
+        baseline_freeze: float = 0.5,
+        interleave: bool = False,
     ):
         self.smoothing = smoothing
         self.false_alarm_rate = false_alarm_rate
@@ -183,10 +195,13 @@ class LineDetector(BaseEstimator):
         self.context = context
         self.context_degree = context_degree
         self.context_lags = context_lags
+        self.context_ridge = context_ridge
         self.holdout = holdout
         self.baseline_rows = baseline_rows
         self.baseline_every = baseline_every
         self.baseline_hold = baseline_hold
+        self.baseline_freeze = baseline_freeze
+        self.interleave = interleave
 
     # ---- shaping the table -------------------------------------------------------------
     def _modes_of(self, X: pd.DataFrame) -> np.ndarray:
@@ -225,11 +240,11 @@ class LineDetector(BaseEstimator):
         C = A[:, self.context_]
         parts = [C]
         if self.context_degree >= 2:
-            parts.append(((C - self.context_centre_) / self.context_spread_) ** 2)
-        if self.context_lags:
-            lagged = [np.empty_like(C) for _ in self.context_lags]
+            parts.append(_pairwise((C - self.context_centre_) / self.context_spread_))
+        if self.context_lags_:
+            lagged = [np.empty_like(C) for _ in self.context_lags_]
             for a, b in runs(run_ids):
-                for k, tau in enumerate(self.context_lags):
+                for k, tau in enumerate(self.context_lags_):
                     lagged[k][a:b] = _ewma_from_first(C[a:b], 1.0 / max(float(tau), 1.0))
             parts.extend(lagged)
         return np.hstack(parts)
@@ -264,10 +279,16 @@ class LineDetector(BaseEstimator):
         modes = self._modes_of(X)
         run_ids = self._runs_of(X)
         segs = self._segments(modes, run_ids)
-        F = self._context_features(A, run_ids)
         usable = np.zeros(len(A), dtype=bool)
         for s in segs:
             usable[s.scored : s.end] = True  # settling rows are left out entirely
+        # lagged readings only where the operating point moves while the mode holds (a load): a setpoint that
+        # changes only with the mode gives them nothing to learn but noise
+        within = np.zeros(len(A), dtype=bool)
+        within[1:] = usable[1:] & usable[:-1] & (run_ids[1:] == run_ids[:-1]) & (modes[1:] == modes[:-1])
+        moving = (np.abs(np.diff(C, axis=0)) > 0)[within[1:]] if len(self.context_) and len(A) > 1 else np.zeros((0, 0))
+        self.context_lags_ = tuple(self.context_lags) if moving.size and moving.mean(axis=0).max() > 0.5 else ()
+        F = self._context_features(A, run_ids)
         overall = np.nanstd(A, axis=0)
         # a signal flat within one mode (a stopped motor) still needs a usable scale
         self.scale_floor_ = np.maximum(0.01 * np.nan_to_num(overall), 1e-9)
@@ -346,7 +367,7 @@ class LineDetector(BaseEstimator):
             coef = np.zeros((F.shape[1], A.shape[1]))
             if keep.any():
                 Ck = Cf[:, keep]
-                coef[keep] = np.linalg.solve(Ck.T @ Ck + 1e-3 * len(rows) * np.diag(spread[keep] ** 2), Ck.T @ R)
+                coef[keep] = np.linalg.solve(Ck.T @ Ck + self.context_ridge * len(rows) * np.diag(spread[keep] ** 2), Ck.T @ R)
             # the load and setpoints themselves are judged against their own spread, not explained away
             coef[:, self.context_] = 0.0
             m.context_mean, m.coef = f_mean, coef
@@ -369,10 +390,17 @@ class LineDetector(BaseEstimator):
     def _fit_mode(self, A: np.ndarray, F: np.ndarray, bounds: list[tuple[int, int]], margin: float) -> ModeModel:
         rows = np.arange(len(A))
         k = max(2, self.n_splits)
-        if len(bounds) >= 2:
+        longest = max(b - a for a, b in bounds)
+        if len(bounds) >= 2 and longest <= len(A) / k:
             # whole stretches per fold: the threshold must cover how one stretch differs from the others
             parts = np.array_split(np.asarray(bounds, dtype=int), min(k, len(bounds)))
             folds = [np.concatenate([np.arange(a, b) for a, b in part]) for part in parts]
+        elif len(bounds) >= 2 or self.interleave:
+            # a stretch holding most of the history (a long recording across regimes) would take a whole
+            # regime out of a fold: cut stretches into blocks and deal them to the folds in turn
+            size = max(self.settle_rows, int(np.ceil(len(A) / (2 * k))))
+            blocks = [np.arange(c, min(c + size, b)) for a, b in bounds for c in range(a, b, size)]
+            folds = [np.concatenate(blocks[j::k]) for j in range(min(k, len(blocks)))]
         else:
             folds = np.array_split(rows, k)
         held_out = np.zeros((len(A), len(self.lams_)))
@@ -412,19 +440,28 @@ class LineDetector(BaseEstimator):
         return float(values[lo])
 
     # ---- the out-of-sample check -------------------------------------------------------------
-    def _rate_entry(self, flagged: int, n: int) -> dict:
-        """What ``n`` held-out rows with ``flagged`` false flags say about the rate (95 % rule of three at zero)."""
+    def _rate_entry(self, flags: np.ndarray) -> dict:
+        """What held-out rows with these false flags say about the rate: measured, and what the rows can show."""
+        n = len(flags)
+        flagged = int(flags.sum())
+        episodes = int(np.sum(flags[1:] & ~flags[:-1]) + (flags[0] if n else 0))
+        # episodes to expect at the target rate: its flagged rows come in episodes as long as those seen
+        expected = n * self.false_alarm_rate / max(1.0, flagged / max(episodes, 1))
         return {
             "held_out": int(n),
-            "flagged": int(flagged),
+            "flagged": flagged,
+            "episodes": episodes,
             "rate": flagged / n if n else None,
             # zero flags in n rows bound the rate below 3/n (95 %); fewer rows cannot show the target
             "shown_below": (3.0 / n) if n else None,
             "estimable": bool(n and 3.0 / n <= self.false_alarm_rate),
+            # the target is missed when more false-alarm episodes came than it allows, at 95 % confidence
+            # (episodes, not rows: the rows of one excursion are not independent evidence)
+            "missed": bool(flagged / max(n, 1) > self.false_alarm_rate and poisson.sf(episodes - 1, expected) < 0.05),
         }
 
     def _check_held_out(self, ev: dict, modes, held, segs, report: dict, groups) -> dict[str, float]:
-        """Measure the held-out rate per mode; the factor on each mode's threshold that brings it to the target."""
+        """Measure the held-out rate per mode; where it misses the target, the factor on the threshold that meets it."""
         bounds = [(s.start, s.end) for s in segs]
         flags = ev["flags"]
         factors: dict[str, float] = {}
@@ -433,9 +470,9 @@ class LineDetector(BaseEstimator):
             n = int(rows.sum())
             if not n:
                 continue
-            entry = self._rate_entry(int(flags[rows].sum()), n)
+            entry = self._rate_entry(flags[rows])
             factor = 1.0
-            if entry["flagged"] / n > self.false_alarm_rate:
+            if entry["missed"]:
                 # widen: the smallest factor on the threshold whose persistent flags meet the target
                 s = ev["score"]
                 cands = np.sort(np.unique(s[rows & (s > 1.0)]))
@@ -450,18 +487,15 @@ class LineDetector(BaseEstimator):
                         hi = mid
                     else:
                         lo = mid + 1
-                factor = float(cands[lo]) * (1 + 1e-9)
-                entry["rate_after"] = rate(factor)
+                factor = float(cands[lo])
+                entry["rate_after"] = float(rate(factor))
             entry["factor"] = factor
             factors[mode] = factor
             report["modes"][mode] = entry
         if groups is not None:
             g = np.asarray(groups, dtype=object)
-            for label in dict.fromkeys(g[held]):
-                rows = held & (g == label)
-                report["groups"][str(label)] = self._rate_entry(int(flags[rows].sum()), int(rows.sum()))
             for label in dict.fromkeys(g):
-                report["groups"].setdefault(str(label), self._rate_entry(0, 0))
+                report["groups"][str(label)] = self._rate_entry(flags[held & (g == label)])
         return factors
 
     # ---- scoring -------------------------------------------------------------------------
@@ -522,6 +556,7 @@ class LineDetector(BaseEstimator):
         win = np.zeros(n, dtype=int)
         Wsel = np.zeros_like(Z)
         base = state.baseline.setdefault(mode, np.zeros(p))
+        pending: deque = deque()
         W_last = np.zeros((len(self.lams_), p))
         streak = 0
         for c in range(0, n, m):
@@ -545,9 +580,20 @@ class LineDetector(BaseEstimator):
             Wsel[c : c + k] = np.stack(Ws)[w, np.arange(k)]
             last_flag = np.flatnonzero(f)
             state.quiet = (k - 1 - last_flag[-1]) if len(last_flag) else state.quiet + k
-            if k == m and state.quiet >= state.hold and not len(last_flag):
-                base += alpha * (Zc.mean(axis=0) - base)
+            if k == m:
+                self._learn_chunk(pending, Zc.mean(axis=0), float(s.mean()), state, base, alpha, m)
         return score, flags, win, Wsel
+
+    def _learn_chunk(self, pending: deque, z_mean, score_mean: float, state: "_BaselineState", base, alpha, m) -> None:
+        """Queue a finished chunk; move the baseline toward the chunk ``baseline_hold`` rows older, if nothing
+        was flagged since it began and its mean score stayed well below the threshold. Learning only from
+        rows that old, a fault growing faster than that is flagged before any of it enters the baseline."""
+        pending.append((z_mean, score_mean))
+        delay = max(0, int(self.baseline_hold) // m)
+        if len(pending) > delay:
+            z_old, score_old = pending.popleft()
+            if state.quiet >= (delay + 1) * m and score_old <= self.baseline_freeze:
+                base += alpha * (z_old - base)
 
     def score_samples(self, X: pd.DataFrame) -> np.ndarray:
         """Anomaly score per row relative to the calibrated threshold: above 1.0 is beyond normal."""
@@ -559,6 +605,22 @@ class LineDetector(BaseEstimator):
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """1 where the row is anomalous (past the threshold for ``persistence`` rows, not settling), else 0."""
         return self._evaluate(X)["flags"].astype(int)
+
+    def residuals(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Each signal's departure from its normal value at the row's mode and operating point (value - expected).
+
+        What a fault does to a signal, with what the load and setpoints do taken out: the fault classifier
+        learns signatures from these, so a fault looks the same at every duty point.
+        """
+        self._check_fitted()
+        A, F, _, segs = self._table(X)
+        R = np.full_like(A, np.nan)
+        for seg in segs:
+            model = self.model_for(seg.mode)
+            if model is not None:
+                R[seg.start : seg.end] = A[seg.start : seg.end] - model.expected(A[seg.start : seg.end], F[seg.start : seg.end])
+        R[:, self.context_] = 0.0  # the operating point itself is no part of a fault's signature
+        return pd.DataFrame(R, index=X.index, columns=self.signals_)
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Each signal's share (0..1, rows sum to 1) of the row's score, from the statistic that dominated it.
@@ -592,8 +654,7 @@ class _BaselineState:
 
     def __init__(self, p: int, hold: int, run: int = 0):
         self.baseline: dict[str, np.ndarray] = {}
-        self.hold = hold
-        self.quiet = hold  # rows since the last flag; the baseline moves only after ``hold`` quiet rows
+        self.quiet = 10**9  # rows since the last flag (none yet)
         self.run = run
 
 
@@ -612,13 +673,15 @@ class DetectorStream:
         self.count = 0
         self.score = 0.0
         self.winner = 0
+        self.residual = np.full(p, np.nan)  # the row's departure from normal at its operating point
         ctx = detector.context_
-        self.lag_lams = np.array([1.0 / max(float(t), 1.0) for t in detector.context_lags])[:, None]
-        self.lagged = np.full((len(detector.context_lags), len(ctx)), np.nan)
+        self.lag_lams = np.array([1.0 / max(float(t), 1.0) for t in detector.context_lags_])[:, None]
+        self.lagged = np.full((len(detector.context_lags_), len(ctx)), np.nan)
         self.baseline = _BaselineState(p, detector.baseline_hold)
         self.chunk_sum = np.zeros(p)
+        self.chunk_score = 0.0
         self.chunk_rows = 0
-        self.chunk_flagged = False
+        self.pending: deque = deque()
 
     def _features(self, x: np.ndarray) -> np.ndarray:
         d = self.detector
@@ -627,7 +690,7 @@ class DetectorStream:
         c = x[d.context_]
         parts = [c]
         if d.context_degree >= 2:
-            parts.append(((c - d.context_centre_) / d.context_spread_) ** 2)
+            parts.append(_pairwise(((c - d.context_centre_) / d.context_spread_)[None, :])[0])
         if len(self.lag_lams):
             start = np.isnan(self.lagged) & np.isfinite(c)
             self.lagged = np.where(start, c, self.lagged + self.lag_lams * (c - self.lagged))
@@ -649,14 +712,17 @@ class DetectorStream:
             self.W[:] = 0.0
             self.count = 0
             self.chunk_sum[:] = 0.0
+            self.chunk_score = 0.0
             self.chunk_rows = 0
-            self.chunk_flagged = False
+            self.pending.clear()
         model = self.model
+        self.residual = x - model.expected(x, f) if model is not None else np.full(len(x), np.nan)
+        z = self.residual / model.scale if model is not None else None
+        self.residual[d.context_] = 0.0  # as LineDetector.residuals: the operating point is no part of a signature
         if self.settle_left > 0 or model is None:
             self.settle_left = max(0, self.settle_left - 1)
             self.score = 0.0
             return 0.0, False
-        z = (x - model.expected(x, f)) / model.scale
         z[np.isnan(z)] = 0.0
         base = self.baseline.baseline.setdefault(label, np.zeros(len(z))) if d.baseline_rows else 0.0
         self.W = self.lams * (z - base) + (1.0 - self.lams) * self.W
@@ -675,16 +741,16 @@ class DetectorStream:
         d = self.detector
         state = self.baseline
         state.quiet = 0 if flagged else state.quiet + 1
-        self.chunk_flagged |= flagged
         self.chunk_sum += z
+        self.chunk_score += self.score
         self.chunk_rows += 1
         m = max(1, int(d.baseline_every))
         if self.chunk_rows == m:
-            if not self.chunk_flagged and state.quiet >= state.hold:
-                base += min(1.0, m / float(d.baseline_rows)) * (self.chunk_sum / m - base)
+            d._learn_chunk(self.pending, self.chunk_sum / m, self.chunk_score / m, state, base,
+                           min(1.0, m / float(d.baseline_rows)), m)
             self.chunk_sum[:] = 0.0
+            self.chunk_score = 0.0
             self.chunk_rows = 0
-            self.chunk_flagged = False
 
     def contributions(self) -> dict[str, float]:
         """Signal key -> share of the current row's score, largest first (only shares above 0)."""

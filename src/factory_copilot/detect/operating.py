@@ -119,13 +119,16 @@ def coverage_report(line: LineConfig, calibration: dict, rows_by_group: dict[str
             continue
         rate = g["flagged"] / n
         head += f", {duration(n, interval)} held out: false-alarm rate {rate:.1e} (target {target:.0e})"
+        if rate > target and not g.get("missed"):
+            head += f"; {g['episodes']} episode(s), within chance for this much history"
         if g.get("estimable"):
-            out.append(head + ("" if rate <= target else "; above the target"))
+            out.append(head + ("; above the target" if g.get("missed") else "; the target holds there"))
         else:
             out.append(head + f"; too short to tell: the false-alarm rate there cannot be held below {g['shown_below']:.0e}")
     for mode, m in calibration["modes"].items():
         if m.get("factor", 1.0) > 1.0:
             scope = "the line's one normal" if mode == "all" else f"mode {mode}"
-            out.append(f"{scope}: held-out false-alarm rate {m['flagged'] / m['held_out']:.1e} was above the target "
-                       f"{target:.0e}: threshold widened x{m['factor']:.2f} (held-out rate now {m.get('rate_after', 0):.1e})")
+            out.append(f"{scope}: held-out false-alarm rate {m['flagged'] / m['held_out']:.1e} in {m['episodes']} episodes "
+                       f"missed the target {target:.0e}: threshold widened x{m['factor']:.2f} "
+                       f"(held-out rate now {m.get('rate_after', 0):.1e})")
     return out

@@ -92,6 +92,9 @@ class DetectStation:
         self.cls_stream = classifier.stream() if classifier is not None else None
         self._det_index = self._index(detector.signals_) if detector is not None else None
         self._cls_index = self._index(classifier.signals_) if classifier is not None else None
+        self._cls_residual = bool(getattr(classifier, "on_residuals", False))
+        if self._cls_residual and (detector is None or list(classifier.signals_) != list(detector.signals_)):
+            raise ValueError("the fault classifier learnt from the detector's residuals: give it that detector")
         self.mode = Mode(line.production_mode)
         self.bucket: int | None = None
         self._values: dict[str, float] = {}
@@ -257,7 +260,10 @@ class DetectStation:
             x = np.array([values.get(k, np.nan) for k in self._det_index])
             score, flagged = self.det_stream.update(x, self.mode)
             if self.cls_stream is not None:
-                xc = x if self._cls_index == self._det_index else np.array([values.get(k, np.nan) for k in self._cls_index])
+                if self._cls_residual:  # signatures of departures at the operating point, as it was trained
+                    xc = self.det_stream.residual
+                else:
+                    xc = x if self._cls_index == self._det_index else np.array([values.get(k, np.nan) for k in self._cls_index])
                 self.cls_stream.update(xc, self.mode)
             if flagged:
                 out.append(self._multivariate(ts, score))
