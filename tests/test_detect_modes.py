@@ -168,3 +168,15 @@ def test_checks_learn_noise_from_production_rows_only():
     checks = SignalChecks(line).learn_noise(X)
     # flat while stopped is no reason to exempt the agitator from the stuck check
     assert "tank.agitator_current" not in checks.stuck_exempt
+
+
+def test_an_alarm_in_a_plant_mode_is_a_valid_mqtt_payload():
+    from factory_copilot.publish import payloads
+    from factory_copilot.records import Alarm, AlarmState, Priority
+
+    anomaly = Anomaly(ts=1.0, asset="tank", kind="multivariate", score=2.0, threshold=1.0, mode="cip")
+    alarm = Alarm("tank.fault", "tank", "fault", AlarmState.ACTIVE_UNACK, Priority.HIGH, "departure", 1.0, 1.0, anomaly)
+    body = payloads.alarm_state(alarm, "south", "mix-1")
+    assert payloads.problems(body) == [] and body["anomaly"]["mode"] == "cip"
+    body["anomaly"]["mode"] = ""
+    assert payloads.problems(body)  # a mode has a name
