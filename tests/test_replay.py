@@ -70,8 +70,9 @@ async def test_a_replay_at_50x_alarms_as_the_line_would_have_in_real_time(record
     wall = time.monotonic() - started
     summary = summary_task.result()
     got = [(a["alarm_id"], a["raised_at"]) for a in summary["alarms_raised"]]
-    assert [a for a, _ in got] == [a for a, _ in expected]
-    for (alarm, at), (_, want) in zip(got, expected):
+    # alarms raised on the same row come in either order: compare them by alarm, then time
+    assert sorted(a for a, _ in got) == sorted(a for a, _ in expected)
+    for (alarm, at), (_, want) in zip(sorted(got), sorted(expected)):
         assert at == pytest.approx(want, abs=2.0), f"{alarm} raised at data time {at:.1f}, in real time {want:.1f}"
     # 600 s of data in well under a minute, and the store kept the two-day-old readings (retention on data time)
     assert wall < 60

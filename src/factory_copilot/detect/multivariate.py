@@ -239,7 +239,7 @@ class LineDetector(BaseEstimator):
             return np.zeros((len(A), 0))
         C = A[:, self.context_]
         parts = [C]
-        if self.context_degree >= 2:
+        if self.context_degree_ >= 2:
             parts.append(_pairwise((C - self.context_centre_) / self.context_spread_))
         if self.context_lags_:
             lagged = [np.empty_like(C) for _ in self.context_lags_]
@@ -282,12 +282,15 @@ class LineDetector(BaseEstimator):
         usable = np.zeros(len(A), dtype=bool)
         for s in segs:
             usable[s.scored : s.end] = True  # settling rows are left out entirely
-        # lagged readings only where the operating point moves while the mode holds (a load): a setpoint that
-        # changes only with the mode gives them nothing to learn but noise
+        # curves and lagged readings only where the operating point moves while the mode holds (a load): a setpoint
+        # that changes only with the mode, between a few values, gives them nothing to learn but noise (a square
+        # through two setpoints extrapolates wildly to a third)
         within = np.zeros(len(A), dtype=bool)
         within[1:] = usable[1:] & usable[:-1] & (run_ids[1:] == run_ids[:-1]) & (modes[1:] == modes[:-1])
         moving = (np.abs(np.diff(C, axis=0)) > 0)[within[1:]] if len(self.context_) and len(A) > 1 else np.zeros((0, 0))
-        self.context_lags_ = tuple(self.context_lags) if moving.size and moving.mean(axis=0).max() > 0.5 else ()
+        load = bool(moving.size and moving.mean(axis=0).max() > 0.5)
+        self.context_lags_ = tuple(self.context_lags) if load else ()
+        self.context_degree_ = self.context_degree if load else 1
         F = self._context_features(A, run_ids)
         overall = np.nanstd(A, axis=0)
         # a signal flat within one mode (a stopped motor) still needs a usable scale
@@ -391,13 +394,13 @@ class LineDetector(BaseEstimator):
         rows = np.arange(len(A))
         k = max(2, self.n_splits)
         longest = max(b - a for a, b in bounds)
-        if len(bounds) >= 2 and longest <= len(A) / k:
+        if len(bounds) >= 2 and longest <= 2 * len(A) / 3:
             # whole stretches per fold: the threshold must cover how one stretch differs from the others
             parts = np.array_split(np.asarray(bounds, dtype=int), min(k, len(bounds)))
             folds = [np.concatenate([np.arange(a, b) for a, b in part]) for part in parts]
         elif len(bounds) >= 2 or self.interleave:
-            # a stretch holding most of the history (a long recording across regimes) would take a whole
-            # regime out of a fold: cut stretches into blocks and deal them to the folds in turn
+            # a stretch holding most of the history (a long recording across regimes) would take whole
+            # regimes out of a fold: cut stretches into blocks and deal them to the folds in turn
             size = max(self.settle_rows, int(np.ceil(len(A) / (2 * k))))
             blocks = [np.arange(c, min(c + size, b)) for a, b in bounds for c in range(a, b, size)]
             folds = [np.concatenate(blocks[j::k]) for j in range(min(k, len(blocks)))]
@@ -689,7 +692,7 @@ class DetectorStream:
             return np.zeros(0)
         c = x[d.context_]
         parts = [c]
-        if d.context_degree >= 2:
+        if d.context_degree_ >= 2:
             parts.append(_pairwise(((c - d.context_centre_) / d.context_spread_)[None, :])[0])
         if len(self.lag_lams):
             start = np.isnan(self.lagged) & np.isfinite(c)
