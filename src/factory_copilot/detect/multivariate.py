@@ -282,15 +282,16 @@ class LineDetector(BaseEstimator):
         usable = np.zeros(len(A), dtype=bool)
         for s in segs:
             usable[s.scored : s.end] = True  # settling rows are left out entirely
-        # curves and lagged readings only where the operating point moves while the mode holds (a load): a setpoint
-        # that changes only with the mode, between a few values, gives them nothing to learn but noise (a square
-        # through two setpoints extrapolates wildly to a third)
+        # lagged readings only where the operating point moves while the mode holds (a load): a setpoint that
+        # changes only with the mode gives them nothing to learn but noise; curves only where the operating
+        # point took enough values to show one (a square through two setpoints extrapolates wildly to a third)
         within = np.zeros(len(A), dtype=bool)
         within[1:] = usable[1:] & usable[:-1] & (run_ids[1:] == run_ids[:-1]) & (modes[1:] == modes[:-1])
         moving = (np.abs(np.diff(C, axis=0)) > 0)[within[1:]] if len(self.context_) and len(A) > 1 else np.zeros((0, 0))
         load = bool(moving.size and moving.mean(axis=0).max() > 0.5)
+        values = min((len(np.unique(c[np.isfinite(c)])) for c in C[usable].T), default=0)
         self.context_lags_ = tuple(self.context_lags) if load else ()
-        self.context_degree_ = self.context_degree if load else 1
+        self.context_degree_ = self.context_degree if load or values >= 5 else 1
         F = self._context_features(A, run_ids)
         overall = np.nanstd(A, axis=0)
         # a signal flat within one mode (a stopped motor) still needs a usable scale
