@@ -150,9 +150,15 @@ class LineDetector(BaseEstimator):
 
     ``context``: the operating-point columns (load, setpoints) other signals are judged against;
     "auto" takes columns named like a setpoint. ``context_degree`` 2 adds their squares and products
-    (a curved response), ``context_lags`` EWMA time constants in rows (a lagged response). ``holdout``: the
-    share of every normal stretch held out to check the false-alarm rate out of sample.
-    ``baseline_rows``: time constant of the adaptive baseline in rows (None: fixed normal).
+    (a curved response) and ``context_lags`` lagged readings of them, EWMA time constants in rows (a
+    lagged response), where the history supports them (``context_degree_``, ``context_lags_``).
+    ``steady_modes``: modes calibrated with ``margin`` (the others, short and drifting, with
+    ``transient_margin``; None: every mode is steady). ``holdout``: the share of every normal stretch
+    held out to check the false-alarm rate out of sample (``calibration_``). ``baseline_rows``: time
+    constant of the adaptive baseline in rows (None: fixed normal); it learns from chunks of
+    ``baseline_every`` rows once they are ``baseline_hold`` rows old, if nothing was flagged since and
+    their mean score stayed under ``baseline_freeze``. ``interleave``: calibration folds of blocks dealt
+    in turn even for one stretch (default: contiguous folds).
     """
 
     def __init__(
