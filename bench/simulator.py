@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from factory_copilot.catalogue import load_faults
-from factory_copilot.config import SIMULATED_LINE, load_line
+from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, load_line
 from simulators import ModeSchedule, SimulatedLine, simulate_frame, standard_scenarios
 
 
@@ -19,7 +19,7 @@ def time_to_abnormal(frame, line, fault_type: str, onset_s: float) -> float | No
     """Seconds from onset until a catalogue signal's 30 s mean leaves its running band (stuck: stops moving)."""
     after = frame[frame.index >= onset_s]
     first = []
-    for key in load_faults()[fault_type].signals:
+    for key in load_faults(SIMULATED_FAULTS)[fault_type].signals:
         s = after[key]
         if fault_type == "stuck_sensor":
             bad = s.rolling(30).std() == 0

@@ -24,9 +24,9 @@ import streamlit as st  # noqa: E402
 from dashboards import charts  # noqa: E402
 from dashboards.live import LiveFeed, Snapshot  # noqa: E402
 from dashboards.overview import line_health  # noqa: E402
-from factory_copilot.catalogue import load_faults  # noqa: E402
+from factory_copilot.catalogue import faults_of  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
-from factory_copilot.copilot.runbooks import load_runbooks  # noqa: E402
+from factory_copilot.copilot.runbooks import runbooks_of  # noqa: E402
 from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, Feedback, Priority, Turn  # noqa: E402
 from factory_copilot.publish.topics import DEFAULT_PREFIX  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
@@ -41,6 +41,7 @@ STATE_LABELS = {
     AlarmState.NORMAL: "normal",
 }
 REPLY_WAIT_S = 10.0
+RUNBOOK_SEARCH = "Runbook search (no model): "  # how the copilot marks an answer given without its model
 
 
 def settings() -> argparse.Namespace:
@@ -68,8 +69,13 @@ def open_line(path: str):
 
 
 @st.cache_resource
-def open_runbooks():
-    return load_runbooks()
+def open_runbooks(path: str):
+    return runbooks_of(open_line(path))  # the line's own runbooks, never the demo's
+
+
+@st.cache_resource
+def open_faults(path: str):
+    return faults_of(open_line(path))
 
 
 @st.cache_resource
@@ -281,21 +287,28 @@ def diagnosis_panel(snap: Snapshot, now: float) -> None:
     live = snap.diagnoses.get(alarm.alarm_id)
     diagnosis = live if live and (stored is None or live.created_at >= stored.created_at) else stored
     streaming = snap.stream_text(alarm.alarm_id)
-    if streaming and (diagnosis is None or alarm.alarm_id not in snap.stream_done):
-        st.markdown("**The copilot is writing…**")
-        st.markdown(streaming + ("" if alarm.alarm_id in snap.stream_done else " ▌"))
+    writing = bool(streaming) and alarm.alarm_id not in snap.stream_done
+    if streaming and (diagnosis is None or diagnosis.source != "model") and (writing or diagnosis is None):
+        # the model's summary as it is written; the runbook diagnosis below stands until the model's is complete
+        st.markdown(badge("MODEL · WRITING", "#6a3d9a") + " &nbsp;the local model's diagnosis replaces the runbook's "
+                    "when it is complete", unsafe_allow_html=True)
+        st.markdown(html.escape(streaming) + (" ▌" if writing else ""))
     if diagnosis is None:
         if not streaming:
             st.info("No diagnosis yet for this alarm.")
         return
     if diagnosis.source == "model":
-        how = f"From the model ({diagnosis.model or 'local LLM'}"
+        how = f"From the local model ({diagnosis.model or 'LLM'}"
         how += f", {diagnosis.latency_s:.1f} s)" if diagnosis.latency_s else ")"
+        how += "; causes, steps and safety notes quoted from the line's runbooks"
         st.markdown(badge("MODEL", "#6a3d9a") + f" &nbsp;{html.escape(how)}", unsafe_allow_html=True)
-    else:
-        why = f": {diagnosis.fallback_reason}" if diagnosis.fallback_reason else ""
-        st.markdown(badge("RUNBOOK FALLBACK", "#455a64") + f" &nbsp;{html.escape('Rule-based from the runbooks' + why)}",
+    elif diagnosis.fallback_reason:
+        st.markdown(badge("RUNBOOK FALLBACK", "#455a64") + " &nbsp;"
+                    + html.escape(f"Rule-based from the runbooks; the model's: {diagnosis.fallback_reason}"),
                     unsafe_allow_html=True)
+    else:
+        st.markdown(badge("RUNBOOK", "#455a64") + " &nbsp;" + html.escape("Rule-based from the line's runbooks, at once"
+                    + ("; the model is writing its own" if writing else "")), unsafe_allow_html=True)
     st.markdown(diagnosis.summary)
     if diagnosis.causes:
         st.markdown("**Likely causes**")
@@ -345,7 +358,7 @@ def evidence_trend(alarm: Alarm, diagnosis, now: float) -> None:
 
 
 def runbook_passage(ref: str) -> None:
-    library = open_runbooks()
+    library = open_runbooks(cfg.args.line)
     runbook = library.get(ref)
     if runbook is None:
         st.caption(f"Runbook {ref} is not in the library.")
@@ -375,7 +388,11 @@ def chat_tab(alarm: Alarm | None) -> None:
             del asks[request_id]
     for turn in cfg.store.conversation(alarm.alarm_id):
         with st.chat_message("user" if turn.role == "operator" else "assistant"):
-            st.markdown(turn.text)
+            if turn.role == "copilot" and turn.text.startswith(RUNBOOK_SEARCH):
+                st.markdown(badge("RUNBOOK SEARCH · NO MODEL", "#455a64"), unsafe_allow_html=True)
+                st.markdown(turn.text[len(RUNBOOK_SEARCH):])
+            else:
+                st.markdown(turn.text)
             who = turn.actor or ("copilot" if turn.role == "copilot" else "operator")
             st.caption(f"{who} · {clock(turn.ts)} UTC" + (f" · {turn.source}" if turn.source else ""))
     for request_id, ask in asks.items():
@@ -396,7 +413,7 @@ def feedback_tab(alarm: Alarm | None) -> None:
     if alarm is None:
         st.caption("Select an alarm to give feedback on it.")
         return
-    faults = load_faults()
+    faults = open_faults(cfg.args.line)
     labels = {"confirmed": "Confirm the diagnosed cause", "false_alarm": "False alarm",
               "other_cause": "Another cause"}
     with st.form(f"feedback:{alarm.alarm_id}", clear_on_submit=True):

@@ -38,7 +38,7 @@ def shaped_path(size: str, directory: Path = HERE) -> Path:
 def corpus_files(limit_bytes: int = 40_000_000) -> list[str]:
     """Local English prose and code to learn merges from: our repo first, then the Python standard library."""
     repo = HERE.parent
-    files = [str(p) for p in sorted(repo.glob("seeds/**/*.md")) + sorted(repo.glob("seeds/**/*.yaml"))
+    files = [str(p) for p in sorted(repo.glob("src/factory_copilot/seeds/**/*.md")) + sorted(repo.glob("src/factory_copilot/seeds/**/*.yaml"))
              + sorted(repo.glob("src/**/*.py")) + sorted(repo.glob("*.md"))]
     total = sum(Path(f).stat().st_size for f in files)
     for p in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):

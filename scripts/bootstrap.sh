@@ -42,7 +42,9 @@ llama_wheelhouse() {
 
 case "$what" in
   demo)
-    extras="${FC_EXTRAS:-}"
+    # the demo shows the model (llama-cpp-python from the wheelhouse, the model pulled once); --no-model skips both
+    extras="${FC_EXTRAS-llm}"
+    case " $* " in *" --no-model "*) extras="${FC_EXTRAS-}" ;; esac
     links=()
     case ",$extras," in *,llm,*) links=(--find-links "$(llama_wheelhouse)") ;; esac
     .venv/bin/python -m pip install -q "${links[@]}" -e ".${extras:+[$extras]}"

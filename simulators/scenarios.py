@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from factory_copilot.catalogue import load_faults
+from factory_copilot.config import SIMULATED_FAULTS
 
 
 class Mode(enum.StrEnum):
@@ -69,7 +70,7 @@ class FaultScenario:
     ramp_s: float | None = None  # default: DEFAULT_RAMP_S[fault_type]
 
     def __post_init__(self) -> None:
-        faults = load_faults()
+        faults = load_faults(SIMULATED_FAULTS)
         if self.fault_type not in faults:
             raise ValueError(f"unknown fault_type {self.fault_type!r}; the catalogue has {', '.join(faults)}")
         entry = faults[self.fault_type]
@@ -274,7 +275,7 @@ def standard_scenarios(seed: int = 0) -> list[ScenarioRun]:
     5-15 min and continues to the end of the run. Seeds differ per run and follow ``seed``.
     """
     runs = []
-    for i, fault_type in enumerate(load_faults()):
+    for i, fault_type in enumerate(load_faults(SIMULATED_FAULTS)):
         runs.append(
             ScenarioRun(
                 name=fault_type,

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from factory_copilot.catalogue import load_faults
-from factory_copilot.config import SIMULATED_LINE, LineConfigError, load_line, parse_line
+from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, LineConfigError, load_line, parse_line
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_simulated_line_loads_with_its_assets_and_signals():
 
 def test_every_catalogue_fault_names_signals_of_the_line():
     line = load_line(SIMULATED_LINE)
-    for fault in load_faults().values():
+    for fault in load_faults(SIMULATED_FAULTS).values():
         line.asset(fault.asset)
         for key in fault.signals:
             line.signal(key)

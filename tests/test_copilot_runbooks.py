@@ -7,15 +7,15 @@ import logging
 import pytest
 
 from factory_copilot.catalogue import load_faults
-from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.copilot.runbooks import RunbookError, load_runbooks, parse_runbook
+from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, load_line
+from factory_copilot.copilot.runbooks import RunbookError, load_runbooks, parse_runbook, runbooks_of
 
 LINE = load_line(SIMULATED_LINE)
-LIB = load_runbooks()
+LIB = runbooks_of(LINE)
 
 
 def test_every_fault_has_a_runbook_with_the_standard_sections():
-    for fault_id, fault in load_faults().items():
+    for fault_id, fault in load_faults(SIMULATED_FAULTS).items():
         rb = LIB.for_fault(fault_id)
         assert rb is not None, f"no runbook for fault {fault_id}"
         assert rb.asset == fault.asset

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from factory_copilot.catalogue import load_faults
-from factory_copilot.config import SIMULATED_LINE, load_line
+from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot
 from factory_copilot.detect import LineDetector
 from factory_copilot.records import Mode, Quality, Reading
@@ -76,4 +76,4 @@ def test_runbook_diagnosis_names_the_injected_fault(run, frames, detector, copil
     cause = d.causes[top_two.index(fault_type)]
     runbook = copilot.library.for_fault(fault_type)
     assert f"{runbook.id}#symptoms" in {e.ref for e in cause.evidence}
-    assert any(e.kind == "signal" and e.ref in load_faults()[fault_type].signals for e in cause.evidence)
+    assert any(e.kind == "signal" and e.ref in load_faults(SIMULATED_FAULTS)[fault_type].signals for e in cause.evidence)

@@ -13,11 +13,8 @@ from factory_copilot.records import AlarmEvent, AlarmState, DiagnosisChunk
 from tests.support.copilot import alarm_for, ramp
 
 LINE = load_line(SIMULATED_LINE)
-REPLY = json.dumps({
-    "summary": "Bearing wear.", "causes": [{"fault_type": "bearing_wear", "title": "Bearing wear", "confidence": "medium",
-                                            "signals": ["product_pump.vibration"], "runbook": ["RB-PUMP-001#checks"]}],
-    "steps": [], "safety": [], "would_change": [],
-})
+SUMMARY = 'Bearing "wear" on the pump\nat 5.9 mm/s — check grease.'
+REPLY = json.dumps({"summary": SUMMARY, "causes": ["bearing_wear:medium"], "steps": [1]})
 
 
 class GatedBackend:
@@ -63,7 +60,8 @@ async def test_runbook_first_then_model_with_streamed_tokens():
         while tokens.qsize():
             pieces.append(tokens.get_nowait())
         assert pieces[-1] == DiagnosisChunk(alarm.alarm_id, "", True)
-        assert "".join(p.text for p in pieces[:-1]) == REPLY
+        # the operator reads the summary as it is written (escapes decoded), not the JSON around it
+        assert "".join(p.text for p in pieces[:-1]) == SUMMARY.replace("\n", " ") and len(pieces) > 3
         assert cop.stats()["runbook"] == 1 and cop.stats()["model"] == 1
     finally:
         task.cancel()
@@ -79,7 +77,67 @@ async def test_without_a_model_only_the_runbook_diagnosis_goes_out():
         assert d.source == "runbook" and d.causes[0].fault_type == "air_leak"
         # a question without a model is answered from the runbooks
         turn = await cop.ask(d.alarm_id, "how do I find the leak?")
-        assert turn.source == "runbook" and "RB-AIR-001" in turn.text
+        assert turn.source == "runbook" and turn.text.startswith("Runbook search (no model): ")
+        assert "RB-AIR-001" in turn.text
     finally:
         task.cancel()
     assert out.qsize() == 0
+
+
+class TwoStepBackend:
+    """A llama.cpp-like backend that continues a prefilled answer: records what it was asked for each step."""
+
+    name = "two-step"
+    supports_prefill = True
+
+    def __init__(self):
+        self.calls = []
+
+    def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None, prefill="", stop=None,
+             grammar=None):
+        self.calls.append({"prefill": prefill, "stop": stop, "grammar": grammar, "schema": schema})
+        text = 'Vibration up \\u00b1 2\\nat the DE bearing\\' if not grammar else 'bearing_wear:high","unknown:low"],"steps":[2,2]}'
+        for i in range(0, len(text), 5):
+            on_token and on_token(text[i:i + 5])
+        return text
+
+
+async def test_two_steps_the_summary_freely_then_the_choices_under_a_grammar():
+    backend = TwoStepBackend()
+    cop = Copilot(LINE, backend=backend, two_steps=True)
+    for r in ramp("product_pump.vibration", 2.0, 6.0):
+        cop.observe(r)
+    streamed = []
+    d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=streamed.append)
+    first, second = backend.calls
+    assert first["prefill"] == '{"summary":"' and first["stop"] == ['"'] and not first["grammar"] and not first["schema"]
+    assert second["prefill"].startswith('{"summary":"Vibration up') and second["prefill"].endswith('","causes":["')
+    assert "\\\\u00b1 2\\\\nat the DE bearing\\\\" not in second["prefill"]  # the cut escape at the end was removed
+    grammar = second["grammar"]
+    assert '"bearing_wear:high"' in grammar and '"unknown:low"' in grammar and "pump_cavitation:medium" in grammar
+    assert 'step ::= "1" | "2" | "3" | "4"' in grammar
+    assert d.source == "model" and d.summary == "Vibration up ± 2 at the DE bearing"
+    assert "".join(streamed) == "Vibration up ± 2 at the DE bearing"  # the operator read the same words
+    assert [c.fault_type for c in d.causes] == ["bearing_wear", "unknown"] and d.dropped_citations == 0
+    pack = cop.pack(d.alarm_id)
+    assert [s.runbook_id for s in d.steps] == [pack.step_for("2").rpartition(".")[0]]  # said twice, shown once
+
+
+async def test_source_states_in_the_reading_stream_are_noted_not_trended():
+    from factory_copilot.records import SourceState
+
+    alarms, readings, out = Buffer(10, "alarms"), Buffer(100, "readings"), Buffer(10, "diag")
+    cop = Copilot(LINE, alarms=alarms, diagnoses=out, readings=readings)
+    readings.offer(SourceState("opcua", 990.0, False, "connection lost", ("product_pump.vibration",)))
+    for r in ramp("product_pump.vibration", 2.0, 6.0)[-20:]:
+        readings.offer(r)
+    task = asyncio.create_task(cop.run())
+    try:
+        while readings.qsize():
+            await asyncio.sleep(0)
+        alarms.offer(alarm_for("product_pump"))
+        d = await next_item(out)
+        assert d.source == "runbook" and not task.done()  # the station kept running
+        assert cop.sources["opcua"].connected is False and cop.history.last("product_pump.vibration")
+    finally:
+        task.cancel()

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from dashboards import charts, sample
 from dashboards.live import LiveFeed
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, MqttConnection, load_line
-from factory_copilot.records import Alarm, AlarmState, Anomaly, Priority, Reading
+from factory_copilot.records import Alarm, AlarmState, Anomaly, Diagnosis, Priority, Reading
 from factory_copilot.publish.topics import Topics
 from factory_copilot.store import Store
 
@@ -172,7 +172,7 @@ def test_page_renders_overview_alarms_and_diagnosis(seeded, monkeypatch, fresh_s
 
     at.button(key=f"select:{sample.CAVITATION_ID}").click().run()
     text = _texts(at)
-    assert "most likely cavitating" in text and "From the model (qwen2.5" in text
+    assert "most likely cavitating" in text and "From the local model (qwen2.5" in text
     assert "Recommended steps" in text
     assert at.get("progress")[0].proto.text == "1. Pump cavitation (starved suction) — 78%"
     step_labels = [e.label for e in at.expander]
@@ -266,5 +266,49 @@ def test_ask_the_copilot_publishes_the_question_and_keeps_the_answer(seeded, mon
             ("operator", "Is the strainer the likely cause?"), ("copilot", "Check filter_dp first.")]
         shown = [m.value for msg in at.chat_message for m in msg.markdown]
         assert shown[-1] == "Check filter_dp first."
+    finally:
+        side.stop()
+
+
+def test_the_runbook_diagnosis_shows_at_once_and_the_model_replaces_it_labelled(seeded, monkeypatch, broker,
+                                                                                 fresh_streamlit):
+    from factory_copilot.copilot import Copilot
+    from tests.support.copilot import alarm_for
+
+    db, _ = seeded
+    alarm = alarm_for("air_compressor", alarm_id=sample.COMPRESSOR_ID, ts=time.time())
+    runbook = Copilot(LINE).explain_now(alarm)
+    with Store(db) as store:
+        store.add_diagnosis(runbook)  # what the copilot sends the moment the alarm is raised
+    side = Listener(broker, TOPICS.commands())
+    try:
+        at = _app(monkeypatch, db, broker).run()
+        [feed] = LiveFeed.instances
+        assert feed.wait_for(lambda s: s.connected, 10)
+        at.button(key=f"select:{sample.COMPRESSOR_ID}").click().run()
+        text = _texts(at)
+        assert "RUNBOOK</span>" in text and "FALLBACK" not in text and "Rule-based from the line" in text
+        assert runbook.summary in text
+        # the model starts writing its summary: shown above, labelled, while the runbook diagnosis stands
+        for seq, token in enumerate(["Header pressure ", "sagging at full duty"]):
+            side.publish(TOPICS.diagnosis_stream("air_compressor", sample.COMPRESSOR_ID),
+                         {"alarm_id": sample.COMPRESSOR_ID, "seq": seq, "token": token, "done": False})
+        assert feed.wait_for(lambda s: len(s.streams.get(sample.COMPRESSOR_ID, {})) == 2, 10)
+        at.run()
+        text = _texts(at)
+        assert "MODEL · WRITING" in text and "Header pressure sagging at full duty ▌" in text
+        assert runbook.summary in text and "the model is writing its own" in text
+        # the model's diagnosis arrives: it replaces the runbook's, labelled as the model's
+        model = Diagnosis.from_dict({**runbook.to_dict(), "summary": "Header pressure sagging at full duty: a leak.",
+                                     "source": "model", "model": "qwen2.5-1.5b", "created_at": time.time() + 1})
+        side.publish(TOPICS.diagnosis_stream("air_compressor", sample.COMPRESSOR_ID),
+                     {"alarm_id": sample.COMPRESSOR_ID, "seq": 2, "token": "", "done": True})
+        side.publish(TOPICS.diagnosis("air_compressor", sample.COMPRESSOR_ID), {**model.to_dict(), "schema": "diagnosis/1"})
+        assert feed.wait_for(lambda s: sample.COMPRESSOR_ID in s.diagnoses, 10)
+        at.run()
+        text = _texts(at)
+        assert "MODEL</span>" in text and "From the local model (qwen2.5-1.5b" in text
+        assert "Header pressure sagging at full duty: a leak." in text and "MODEL · WRITING" not in text
+        assert runbook.summary not in text
     finally:
         side.stop()

@@ -91,7 +91,7 @@ def test_acknowledge_in_a_real_browser(served, broker, tmp_path):
             page.get_by_text("Alarms (3)").wait_for(timeout=60_000)
             click(page, "select:" + sample.CAVITATION_ID)
             page.get_by_text("Recommended steps").wait_for(timeout=30_000)
-            page.get_by_text("From the model (qwen2.5").wait_for(timeout=30_000)
+            page.get_by_text("From the local model (qwen2.5").wait_for(timeout=30_000)
 
             click(page, "ack:" + sample.CAVITATION_ID)
             topic, payload = side.next(timeout=30)

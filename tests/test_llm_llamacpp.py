@@ -13,7 +13,7 @@ pytest.importorskip("llama_cpp")
 
 from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
 from factory_copilot.copilot import Copilot, LlamaCppBackend, TokenStream  # noqa: E402
-from factory_copilot.copilot.diagnosis import diagnosis_schema, parse_json_leniently  # noqa: E402
+from factory_copilot.copilot.diagnosis import diagnosis_schema  # noqa: E402
 from tests.support.copilot import alarm_for, make_tiny_qwen, ramp  # noqa: E402
 
 LINE = load_line(SIMULATED_LINE)
@@ -30,9 +30,9 @@ def backend(tiny_qwen):
 
 
 def small_schema(cop_faults, library, **kw):
-    # short strings and one item each: random weights fill every string to its bound, so bounds set the run time
-    return diagnosis_schema(faults=list(cop_faults), signals=LINE.signal_keys(), refs=[p.id for p in library.passages],
-                            text_chars=4, max_causes=1, max_steps=1, max_refs=3, max_notes=1, **kw)
+    # a short summary and one item each: random weights fill every string to its bound, so bounds set the run time
+    # (the copilot fills in each alarm's step numbers)
+    return diagnosis_schema(faults=list(cop_faults), **{"summary_chars": 4, "max_causes": 1, **kw})
 
 
 def copilot_with(backend, **kw) -> Copilot:
@@ -64,42 +64,45 @@ async def test_schema_constrained_output_is_parsed_and_citations_checked(backend
     alarm = alarm_for("product_pump", "bearing_wear", 0.7)
     stream = TokenStream()
     d = await cop.diagnose(alarm, on_token=stream)
-    raw = parse_json_leniently(stream.text)  # what the model wrote, control characters and all
     assert d.source == "model", d.fallback_reason
+    raw = json.loads(cop.last_text, strict=False)  # what the model wrote, under the grammar
+    assert list(raw) == ["summary", "causes", "steps"]  # the summary comes first: it streams to the operator
     pack = cop.pack(alarm.alarm_id)
-    cited = [k for c in raw["causes"] for k in c["signals"]] + [r for c in raw["causes"] for r in c["runbook"]]
-    cited += [s["runbook"] for s in raw["steps"] if s["runbook"]]
-    allowed = pack.signal_keys() | pack.passage_ids() | pack.runbook_ids()
-    expected_drops = sum(1 for ref in cited if ref not in allowed)
-    assert d.dropped_citations == expected_drops
+    assert all(str(s) in pack.step_labels() for s in raw["steps"]) and d.dropped_citations == 0  # the grammar saw to it
+    assert all(c.partition(":")[0] in list(cop.faults) + ["unknown"] for c in raw["causes"])
+    if raw["steps"]:
+        chosen = list(dict.fromkeys(pack.step_for(str(x)) for x in raw["steps"]))  # a step said twice counts once
+        assert [s.runbook_id for s in d.steps] == [sid.rpartition(".")[0] for sid in chosen]
     for cause in d.causes:
-        assert cause.origin == "model" and cause.fault_type in cop.faults
-        assert all(e.ref in allowed for e in cause.evidence)
-    assert any("RB-PUMP-001#safety" in s for s in d.safety)  # runbook safety notes always present
+        assert cause.origin == "model" and (cause.fault_type in cop.faults or cause.fault_type == "unknown")
+        assert cause.title  # rendered from the catalogue, never written by the model
+    assert all(s.text and s.runbook_id for s in d.steps)  # step text from the runbooks
+    for book in {s.runbook_id.partition("#")[0] for s in d.steps}:  # each step's runbook brings its safety notes
+        assert any(f"{book}#safety" in s for s in d.safety), book
 
 
-async def test_a_cited_signal_missing_from_the_pack_is_dropped_and_counted(backend):
-    # only signals outside this alarm's pack are allowed by the grammar here, so every signal citation must be dropped
+async def test_a_step_not_offered_for_this_alarm_is_dropped_and_counted(backend):
+    # only steps outside this alarm's pack are allowed by the grammar here, so every step must be dropped
     cop = copilot_with(backend)
     alarm = alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-missing")
     pack = cop.evidence(alarm)
-    outside = [k for k in LINE.signal_keys() if k not in pack.signal_keys()]
-    cop.schema = diagnosis_schema(faults=["bearing_wear"], signals=outside, refs=["RB-PUMP-001#checks"], text_chars=4,
-                                  max_causes=1, max_steps=0, max_refs=3, max_notes=0)
-    cop.schema["properties"]["causes"]["items"]["properties"]["signals"]["minItems"] = 1
-    stream = TokenStream()
-    d = await cop.diagnose(alarm, on_token=stream)
-    raw = parse_json_leniently(stream.text)
-    n_signals = len(raw["causes"][0]["signals"])
-    assert n_signals >= 1 and d.source == "model"
-    assert d.dropped_citations == n_signals
-    assert not [e for e in d.causes[0].evidence if e.kind == "signal"]
+    outside = [s for s in cop.library.step_ids() if s not in pack.step_ids][:5]
+    cop.schema = diagnosis_schema(faults=["bearing_wear"], steps=outside, summary_chars=4, max_causes=1, max_steps=2)
+    cop.schema["properties"]["steps"]["minItems"] = 1
+    cop.fixed_schema = True
+    d = await cop.diagnose(alarm)
+    raw = json.loads(cop.last_text, strict=False)
+    assert len(raw["steps"]) >= 1 and d.source == "model"
+    assert d.dropped_citations == len(raw["steps"])
+    assert all(s.origin == "runbook" for s in d.steps)  # the runbook's own order stands in
 
 
 async def test_timeout_falls_back_to_the_runbook(backend):
     cop = copilot_with(backend, timeout_s=0.2)
-    # free-text citations and 40-char strings: hundreds of tokens, far more than 0.2 s of generation
-    cop.schema = diagnosis_schema(faults=list(cop.faults), text_chars=40)
+    # a 400-character summary: hundreds of tokens, far more than 0.2 s of generation
+    cop.schema = diagnosis_schema(faults=list(cop.faults), summary_chars=400)
+    cop.schema["properties"]["summary"]["minLength"] = 399  # the grammar forces them all
+    cop.fixed_schema = True  # one call under this schema
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7))
     assert d.source == "runbook" and d.fallback_reason.startswith("timeout")
     assert d.causes[0].fault_type == "bearing_wear" and d.latency_s < 10
@@ -132,11 +135,14 @@ async def test_tokens_stream_before_the_diagnosis_completes(backend):
         arrivals.append(time.perf_counter())
         pieces.append(piece)
 
+    cop.schema = small_schema(cop.faults, cop.library, summary_chars=80)
+    cop.schema["properties"]["summary"]["minLength"] = 60  # enough words to see them come one by one
     started = time.perf_counter()
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=on_token)
     done = time.perf_counter()
-    assert d.latency_s is not None and len(pieces) >= 10
-    assert json.loads("".join(pieces), strict=False)  # the pieces are the whole reply, in order
+    assert d.source == "model" and d.latency_s is not None and len(pieces) >= 10
+    # the pieces are the summary's words, in order, and nothing else of the JSON
+    assert " ".join("".join(pieces).split()) == " ".join(d.summary.split())
     # the first piece came early, not in one lump at the end
     assert arrivals[0] - started < 0.6 * (done - started), (arrivals[0] - started, done - started)
 
@@ -185,3 +191,34 @@ async def test_warm_up_caches_the_fixed_prefix_that_every_alarm_shares(tiny_qwen
     rendered = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     assert llama.tokenize(rendered.encode(), add_bos=False, special=True)[: len(prefix)] == prefix
     assert not await copilot_with(LlamaCppBackend(tiny_qwen.parent / "nope.gguf")).warm_up()
+
+
+async def test_the_prompt_prefix_is_saved_to_disk_and_restored_after_a_restart(tiny_qwen, tmp_path, caplog):
+    state = tmp_path / "copilot"
+    first = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
+    cop = copilot_with(first)
+    assert await cop.warm_up() and first.last_stats["restored"] == 0.0
+    saved = list(state.glob("prefix-tiny-qwen-*.kv"))
+    assert len(saved) == 1 and saved[0].stat().st_size > 1000
+    # a restart: a new process would load the model again and find the prefix on disk
+    second = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
+    cop2 = copilot_with(second)
+    assert await cop2.warm_up() and second.last_stats["restored"] == 1.0
+    llama = second.load()
+    prefix = llama.tokenize(f"<|im_start|>system\n{cop2.system}<|im_end|>\n".encode(), add_bos=False, special=True)
+    assert list(llama._input_ids[: len(prefix)]) == prefix  # in the KV cache before any alarm
+    d = await cop2.diagnose(alarm_for("product_pump", "bearing_wear", 0.7))
+    assert d.source == "model", d.fallback_reason
+    assert second.last_stats["cached_tokens"] >= len(prefix)  # the alarm started from the restored prefix
+    # another prompt (a changed line file) makes a new file and the stale one goes
+    third = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
+    stats = third.warm(cop2.system + " Changed.")
+    assert stats["restored"] == 0.0 and list(state.glob("prefix-tiny-qwen-*.kv")) != saved
+    assert len(list(state.glob("prefix-tiny-qwen-*.kv"))) == 1
+    # a damaged file costs one warm-up, not the model
+    only = next(state.glob("prefix-tiny-qwen-*.kv"))
+    only.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"tokens\": [1]}garbage")
+    fourth = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
+    with caplog.at_level(logging.WARNING):
+        assert fourth.warm(cop2.system + " Changed.")["restored"] == 0.0
+    assert "not usable" in caplog.text

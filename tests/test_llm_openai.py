@@ -18,10 +18,8 @@ LINE = load_line(SIMULATED_LINE)
 
 REPLY = json.dumps({
     "summary": "Pump bearing wear: vibration rising with bearing temperature.",
-    "causes": [{"fault_type": "bearing_wear", "title": "Bearing wear", "confidence": "high",
-                "signals": ["product_pump.vibration", "filler.nozzle_pressure"], "runbook": ["RB-PUMP-001#checks"]}],
-    "steps": [{"text": "Take a handheld vibration reading", "kind": "check", "runbook": "RB-PUMP-001#checks"}],
-    "safety": ["Lock out the pump"], "would_change": ["Vibration back in band"],
+    "causes": ["bearing_wear:high"],
+    "steps": [1, "RB-FILL-001#checks.1"],
 })
 
 
@@ -102,9 +100,14 @@ async def test_model_diagnosis_over_http_is_validated(server):
     cop = copilot(OpenAIBackend(server.url))
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.8))
     assert d.source == "model" and d.model.startswith("qwen2.5-1.5b-instruct@")
-    assert d.dropped_citations == 1  # filler.nozzle_pressure is not evidence for this alarm
-    assert [e.ref for e in d.causes[0].evidence] == ["product_pump.vibration", "RB-PUMP-001#checks"]
-    assert d.causes[0].confidence == 0.8
+    assert d.dropped_citations == 1  # a filler step was not offered for this alarm
+    refs = [e.ref for e in d.causes[0].evidence]
+    assert refs[0] == "product_pump.vibration" and refs[-1] == "RB-PUMP-001#symptoms"
+    assert d.causes[0].confidence == 0.8 and [s.runbook_id for s in d.steps] == ["RB-PUMP-001#checks"]
+    # the schema went to the server as the grammar: fault ids of this line (and unknown) only
+    schema = server.requests[0]["body"]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["causes"]["items"]["enum"][-3:] == ["unknown:high", "unknown:medium", "unknown:low"]
+    assert schema["properties"]["steps"]["items"]["enum"] == [1, 2, 3, 4]
     sent = server.requests[0]["body"]["messages"]
     assert sent[0]["role"] == "system" and "PLANT_DATA" in sent[1]["content"]
 

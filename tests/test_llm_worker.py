@@ -12,7 +12,7 @@ pytest.importorskip("llama_cpp")
 
 from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
 from factory_copilot.copilot import Copilot, LocalModel, ModelTimeout, ModelUnavailable  # noqa: E402
-from factory_copilot.copilot.backends import backend_from_settings  # noqa: E402
+from factory_copilot.copilot.choice import backend_from_settings  # noqa: E402
 from factory_copilot.copilot.diagnosis import diagnosis_schema  # noqa: E402
 from tests.support.copilot import alarm_for, make_tiny_qwen, ramp  # noqa: E402
 
@@ -109,9 +109,8 @@ def test_after_max_crashes_the_model_is_given_up_for_good(tiny_qwen):
 async def test_a_copilot_on_a_dead_model_still_diagnoses_every_alarm(tiny_qwen):
     m = LocalModel(tiny_qwen, n_threads=1, max_crashes=1)
     cop = Copilot(LINE, backend=m, timeout_s=30)
-    cop.schema = diagnosis_schema(faults=list(cop.faults), signals=LINE.signal_keys(),
-                                  refs=[p.id for p in cop.library.passages], text_chars=4, max_causes=1, max_steps=1,
-                                  max_refs=3, max_notes=1)
+    cop.schema = diagnosis_schema(faults=list(cop.faults), steps=cop.library.step_ids(), summary_chars=4,
+                                  max_causes=1, max_steps=1)
     for r in ramp("product_pump.vibration", 2.0, 6.0):
         cop.observe(r)
     assert await cop.warm_up()
@@ -169,3 +168,19 @@ def test_a_missing_or_broken_file_is_one_clear_error(models_dir, caplog):
 def test_settings_choose_the_process_isolated_model(tiny_qwen):
     backend = backend_from_settings(str(tiny_qwen), n_threads=1)
     assert isinstance(backend, LocalModel) and backend is backend_from_settings(str(tiny_qwen), n_threads=1)
+
+
+def test_the_worker_restores_the_prompt_prefix_a_former_worker_saved(tiny_qwen, tmp_path):
+    system = Copilot(LINE).system
+    first = LocalModel(tiny_qwen, n_ctx=4096, n_threads=1, state_dir=str(tmp_path))
+    try:
+        assert first.warm(system)["restored"] == 0.0
+    finally:
+        first.close()
+    second = LocalModel(tiny_qwen, n_ctx=4096, n_threads=1, state_dir=str(tmp_path))  # the service restarted
+    try:
+        stats = second.warm(system)
+        assert stats["restored"] == 1.0 and stats["prefix_tokens"] > 100
+        assert second.chat(HELLO, max_tokens=2)  # and it answers from there
+    finally:
+        second.close()

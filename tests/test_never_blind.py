@@ -308,19 +308,23 @@ async def test_a_station_that_dies_is_restarted_and_health_says_so_meanwhile(bro
         service = plant.service
         detect = service.detect
 
-        class FailsOnce:
-            """The station's input, failing once as a bug in the station would."""
+        buffer, failing = detect.readings, {"left": 1}
+        real_get, real_get_nowait = buffer.get, buffer.get_nowait
 
-            def __init__(self, real):
-                self.real, self.left = real, 1
+        def fail_once() -> None:  # the station's input failing once, as a bug in the station would
+            if failing["left"]:
+                failing["left"] -= 1
+                raise ZeroDivisionError("a bug in a station")
 
-            async def get(self):
-                if self.left:
-                    self.left -= 1
-                    raise ZeroDivisionError("a bug in a station")
-                return await self.real.get()
+        async def get():
+            fail_once()
+            return await real_get()
 
-        detect.readings = FailsOnce(detect.readings)
+        def get_nowait():
+            fail_once()
+            return real_get_nowait()
+
+        buffer.get, buffer.get_nowait = get, get_nowait
         rows = detect.rows
         await condition(lambda: service.restarts.get("detect") == 1, 30)
         ok, reasons, _ = service.health()

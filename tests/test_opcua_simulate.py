@@ -75,7 +75,7 @@ def test_the_simulate_command_serves_opcua_and_writes_ground_truth(tmp_path, bro
         "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--no-embedded-broker",
     ]  # fmt: skip
     collect = [
-        sys.executable, "-m", "factory_copilot.cli", "collect", "--config", "seeds/lines/packaging_line.yaml",
+        sys.executable, "-m", "factory_copilot.cli", "collect", "--config", "src/factory_copilot/seeds/lines/packaging_line.yaml",
         "--source", "mqtt", "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--count", "40", "--duration", "30",
     ]  # fmt: skip
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from factory_copilot.catalogue import load_faults
-from factory_copilot.config import SIMULATED_LINE, load_line, parse_line
+from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, load_line, parse_line
 from factory_copilot.records import Quality
 from simulators import Mode
 from simulators import (
@@ -49,7 +49,7 @@ def fault_frames(line):
             line, seed=11, duration_s=RUN_S, schedule=ModeSchedule.running(),
             scenarios=[FaultScenario(fault, start_s=ONSET_S)],
         )
-        for fault in load_faults()
+        for fault in load_faults(SIMULATED_FAULTS)
     }
 
 
@@ -231,7 +231,7 @@ EXPECTED = {
 
 
 def test_every_catalogue_fault_has_an_expectation():
-    assert set(EXPECTED) == set(load_faults())
+    assert set(EXPECTED) == set(load_faults(SIMULATED_FAULTS))
 
 
 def _windows(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -393,7 +393,7 @@ def test_mode_schedule():
 
 def test_standard_runs_cover_the_catalogue(line):
     runs = standard_scenarios(seed=0)
-    assert {r.scenarios[0].fault_type for r in runs} == set(load_faults())
+    assert {r.scenarios[0].fault_type for r in runs} == set(load_faults(SIMULATED_FAULTS))
     assert len({r.seed for r in runs}) == len(runs)
     assert all(len(r.scenarios) == 1 and r.scenarios[0].start_s < r.duration_s for r in runs)
     normal = normal_runs(seed=1, hours=0.5)

@@ -8,6 +8,7 @@ engineer can fix the file without reading our code.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import math
 import os
@@ -17,13 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from factory_copilot.records import DEFAULT_MODE, Priority
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SEEDS_DIR = Path(os.environ.get("FACTORY_COPILOT_SEEDS", REPO_ROOT / "seeds"))
+# the demo line, its fault catalogue and runbooks ship inside the package, so an installed wheel has them too
+SEEDS_DIR = Path(os.environ.get("FACTORY_COPILOT_SEEDS") or str(importlib.resources.files("factory_copilot") / "seeds"))
 SIMULATED_LINE = SEEDS_DIR / "lines" / "packaging_line.yaml"
+SIMULATED_FAULTS = SEEDS_DIR / "faults.yaml"  # the simulator injects these (the demo line names them too)
 
 
 class LineConfigError(ValueError):
@@ -314,6 +317,15 @@ class Knowledge(_Strict):
     faults: str | None = None  # fault catalogue (YAML, the format of seeds/faults.yaml)
     runbooks: str | None = None  # runbook folder (Markdown with front matter, the format of seeds/runbooks/)
 
+    def paths(self, base: Path | None) -> tuple[Path | None, Path | None]:
+        """The catalogue file and runbook folder, resolved relative to ``base`` (the line file's folder)."""
+        def resolve(p: str | None) -> Path | None:
+            if not p:
+                return None
+            path = Path(p).expanduser()
+            return path if path.is_absolute() or base is None else (base / path).resolve()
+        return resolve(self.faults), resolve(self.runbooks)
+
 
 class ServiceSettings(_Strict):
     """How ``factory-copilot run`` serves this line."""
@@ -343,6 +355,16 @@ class LineConfig(_Strict):
     knowledge: Knowledge = Knowledge()
     service: ServiceSettings = ServiceSettings()
     assets: list[Asset]
+    _path: Path | None = PrivateAttr(None)  # the file it was read from: the line's own paths are relative to it
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def with_path(self, path: str | Path | None) -> "LineConfig":
+        """This line, remembering the file it came from (``load_line`` does this)."""
+        self._path = Path(path).resolve() if path else None
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -594,4 +616,10 @@ def load_line(path: str | Path) -> LineConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise LineConfigError(path, [f"not valid YAML: {exc}"]) from None
-    return parse_line(data, path)
+    line = parse_line(data, path).with_path(path)
+    faults, runbooks = line.knowledge.paths(line.path.parent if line.path else None)
+    if faults or runbooks:
+        # resolved here, against the line file: a copy of this line (model_dump, a file written elsewhere) keeps them
+        knowledge = Knowledge(faults=str(faults) if faults else None, runbooks=str(runbooks) if runbooks else None)
+        line = line.model_copy(update={"knowledge": knowledge}).with_path(path)
+    return line

@@ -22,8 +22,8 @@ from typing import Any
 
 from factory_copilot.plumbing.broker import ensure_broker, free_port
 from factory_copilot.catalogue import load_faults
-from factory_copilot.config import SIMULATED_LINE, LineConfig, MqttConnection, load_line
-from factory_copilot.copilot.backends import backend_from_settings
+from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, LineConfig, MqttConnection, load_line
+from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.detect.evaluate import simulated_history, train_models
 from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector, save_detector
 from factory_copilot.service import LineService, ServicePaths
@@ -110,13 +110,37 @@ def summary(service: LineService, sim: Any, fault_at: float | None, started: flo
     }
 
 
+def demo_model(args: argparse.Namespace) -> str | None:
+    """The GGUF the demo explains with: ``--model``, else the default model for this machine (pulled once, verified).
+
+    ``--no-model`` (or ``--openai-url``) skips it. Offline or refused: one line, and the demo runs runbook-only.
+    """
+    if args.model or args.no_model or args.openai_url:
+        return args.model
+    from factory_copilot.copilot.model_files import PullError, local_default, pull_default
+
+    here = local_default()
+    if here is not None:
+        print(f"Copilot model: {here}", flush=True)
+        return str(here)
+    print("Fetching the copilot's model for this machine once (factory-copilot models pull; --no-model skips) ...",
+          flush=True)
+    try:
+        path = pull_default(progress=not args.headless)
+    except PullError as exc:
+        print(f"No copilot model: {exc}. The demo explains alarms from the runbooks.", flush=True)
+        return None
+    print(f"Copilot model: {path}", flush=True)
+    return str(path)
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     from simulators import FaultScenario, ModeSchedule, SimulatedLine
     from simulators.opcua_server import LineServer
     from simulators.runner import run_simulation
 
-    if args.fault not in load_faults():
-        print(f"error: unknown fault {args.fault!r}; choose one of {', '.join(load_faults())}", file=sys.stderr)
+    if args.fault not in load_faults(SIMULATED_FAULTS):
+        print(f"error: unknown fault {args.fault!r}; choose one of {', '.join(load_faults(SIMULATED_FAULTS))}", file=sys.stderr)
         return 2
     state = Path(args.state_dir)
     paths = ServicePaths(state)
@@ -133,7 +157,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     line = demo_line(base, free_port(), mqtt)
     models = trained_models(line, paths.detector, args.train_hours, args.seed)
 
-    backend = backend_from_settings(args.model, args.openai_url)
+    backend = backend_from_settings(demo_model(args), args.openai_url, n_threads=args.threads,
+                                    state_dir=state / "copilot")
     service = LineService(line, models, paths, source="opcua", backend=backend, health_port=args.health_port)
     # start the line already running: its start-up is simulated before serving, faster than real time
     sim = SimulatedLine(line, seed=args.seed + 1000, dt_s=line.sampling_interval_s,
@@ -199,7 +224,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--health-port", type=int, default=None)
     p.add_argument("--state-dir", default=os.environ.get("FACTORY_COPILOT_DEMO_DIR", "var/demo"))
     p.add_argument("--keep-state", action="store_true", help="keep alarms and trends of earlier demo runs")
-    p.add_argument("--model", help="a Qwen GGUF file (see models/README.md); default: runbook-only diagnoses")
+    p.add_argument("--model", help="a Qwen GGUF file; default: the model for this machine, pulled once (models pull)")
+    p.add_argument("--no-model", action="store_true", help="runbook-only diagnoses: do not pull or load a model")
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default: the service's, all cores but one)")
     p.add_argument("--openai-url", help="an OpenAI-compatible endpoint instead of a local model")
 
     def run(a: argparse.Namespace):

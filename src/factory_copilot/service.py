@@ -27,7 +27,8 @@ from factory_copilot.alarms.station import AlarmStation
 from factory_copilot.collect.replay import ReplayClock
 from factory_copilot.collect.station import CollectStation
 from factory_copilot.config import LineConfig, MqttConnection, ServicePaths, load_line
-from factory_copilot.copilot.backends import LLMBackend, backend_from_settings
+from factory_copilot.copilot.backends import LLMBackend
+from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.copilot.station import Copilot
 from factory_copilot.detect.persist import ModelMismatchError, TrainedDetector, load_detector
 from factory_copilot.detect.station import DetectStation
@@ -276,7 +277,8 @@ def build_service(line: LineConfig, line_path: Path, **overrides: Any) -> LineSe
     models = overrides.pop("models", None) or load_detector(paths.detector, line, line_path)
     c = line.service.copilot
     backend = overrides.pop("backend", None) or backend_from_settings(
-        c.model_path, c.openai_url, c.openai_model, c.n_threads, c.n_ctx, c.n_gpu_layers)
+        c.model_path, c.openai_url, c.openai_model, c.n_threads, c.n_ctx, c.n_gpu_layers,
+        state_dir=paths.state_dir / "copilot")  # the warm prompt prefix, kept across restarts
     return LineService(line, models, paths, backend=backend,
                        health_port=overrides.pop("health_port", line.service.health_port), **overrides)
 

@@ -51,7 +51,7 @@ from typing import Callable, Mapping
 from factory_copilot.alarms import design
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
-from factory_copilot.catalogue import Fault, load_faults
+from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandResult, OperatorCommand
 
@@ -136,7 +136,7 @@ class AlarmEngine:
         self.settings = settings or AlarmSettings()
         self.silence_s = self.settings.silence_s or 2.5 * line.sampling_interval_s
         self.clock = clock
-        self.faults = load_faults() if faults is None else faults
+        self.faults = faults_of(line) if faults is None else faults
         self.journal = Journal(db_path)
         self._alarms: dict[str, Alarm] = {}
         self._conditions: dict[tuple[str, str], _Condition] = {}

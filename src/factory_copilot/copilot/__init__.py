@@ -13,11 +13,11 @@ from factory_copilot.copilot.backends import (
     ModelTimeout,
     ModelUnavailable,
     OpenAIBackend,
-    backend_from_settings,
 )
+from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.copilot.diagnosis import DIAGNOSIS_SCHEMA, diagnosis_schema, model_diagnosis, runbook_diagnosis
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, InMemoryIncidents, SignalHistory, build_evidence
-from factory_copilot.copilot.runbooks import RunbookLibrary, load_runbooks
+from factory_copilot.copilot.runbooks import RunbookLibrary, load_runbooks, runbooks_of
 from factory_copilot.copilot.station import Copilot, TokenStream
 from factory_copilot.copilot.worker import LocalModel
 
@@ -25,5 +25,5 @@ __all__ = [
     "BackendError", "Copilot", "DIAGNOSIS_SCHEMA", "EvidencePack", "IncidentMemory", "InMemoryIncidents",
     "LLMBackend", "LlamaCppBackend", "LocalModel", "ModelTimeout", "ModelUnavailable", "OpenAIBackend", "RunbookLibrary",
     "SignalHistory", "TokenStream", "backend_from_settings", "build_evidence", "diagnosis_schema", "load_runbooks",
-    "model_diagnosis", "runbook_diagnosis",
+    "model_diagnosis", "runbook_diagnosis", "runbooks_of",
 ]

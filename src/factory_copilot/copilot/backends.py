@@ -11,6 +11,8 @@ concurrent alarms queue instead of fighting over one context.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +51,11 @@ class LLMBackend(Protocol):
              on_token: OnToken | None = None, timeout_s: float | None = None) -> str: ...
 
 
+def default_threads() -> int:
+    """llama.cpp threads when none are configured: all cores but one, so the pipeline keeps a core while the model writes."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 class OnePerModelFile:
     """``shared()`` gives one instance per class, model file and settings in this process (its memory is loaded once)."""
 
@@ -68,12 +75,14 @@ class LlamaCppBackend(OnePerModelFile):
     """A GGUF model in this process via llama-cpp-python; the chat template comes from the model file."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, n_batch: int = 512, temperature: float = 0.2, seed: int = 0):
+                 n_gpu_layers: int = 0, n_batch: int = 512, temperature: float = 0.2, seed: int = 0,
+                 state_dir: str | Path | None = None):
         self.model_path = str(model_path)
+        self.state_dir = Path(state_dir) if state_dir else None  # where the warm prompt prefix is kept across restarts
         self.name = Path(self.model_path).name
         self.n_ctx = n_ctx
         # leave one core to the collectors, detector and alarms: an alarm must never wait on the model
-        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) - 1)
+        self.n_threads = n_threads or default_threads()
         self.n_gpu_layers = n_gpu_layers
         self.n_batch = n_batch
         self.temperature = temperature
@@ -83,6 +92,7 @@ class LlamaCppBackend(OnePerModelFile):
         self._lock = threading.Lock()  # one context: one generation at a time, the others wait their turn
         self.calls = 0
         self.last_stats: dict[str, float] = {}
+        self.last_text = ""
 
     def load(self) -> Any:
         """Load the model once; a missing or broken file is logged in one line and raises ModelUnavailable."""
@@ -111,27 +121,118 @@ class LlamaCppBackend(OnePerModelFile):
         log.error("copilot model unavailable, runbook explanations only: %s", self._failed)
         raise ModelUnavailable(self._failed)
 
+    # ---- the fixed prompt prefix, warm in the KV cache and on disk ----------------------------------------------
+
+    def _state_file(self, system: str) -> Path | None:
+        if self.state_dir is None:
+            return None
+        st = Path(self.model_path).stat()
+        key = hashlib.sha256(json.dumps([Path(self.model_path).name, st.st_size, st.st_mtime_ns, self.n_ctx, self.n_batch,
+                                         self.n_gpu_layers, system]).encode()).hexdigest()[:20]
+        return self.state_dir / f"prefix-{Path(self.model_path).stem}-{key}.kv"
+
+    def warm(self, system: str) -> dict[str, float]:
+        """Have the fixed prefix (the system prompt) in the KV cache: restored from disk if saved before, else computed and saved.
+
+        llama.cpp's state (KV cache of the prefix) is written with ``llama_state_get_data`` and its
+        token ids, not with ``Llama.save_state``, which would also copy a logits array of hundreds of MB.
+        """
+        import llama_cpp
+
+        with self._lock:
+            llama = self.load()
+            started = time.perf_counter()
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": "ready?"}]
+            path = self._state_file(system)
+            if path is not None and path.is_file():
+                try:
+                    blob = path.read_bytes()
+                    head_len = int.from_bytes(blob[:8], "little")
+                    head = json.loads(blob[8 : 8 + head_len])
+                    data = blob[8 + head_len :]
+                    buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+                    if llama_cpp.llama_state_set_data(llama._ctx.ctx, buf, len(data)) != len(data):
+                        raise RuntimeError("llama_state_set_data refused the saved state")
+                    llama.input_ids[: len(head["tokens"])] = head["tokens"]
+                    llama.n_tokens = len(head["tokens"])
+                    llama._requires_eval = True
+                    self.last_stats = {"restored": 1.0, "warm_s": time.perf_counter() - started,
+                                       "prefix_tokens": float(llama.n_tokens)}
+                    log.info("copilot prompt prefix restored from %s (%d tokens) in %.2f s", path, llama.n_tokens,
+                             self.last_stats["warm_s"])
+                    return self.last_stats
+                except Exception as exc:  # a stale or damaged file costs one warm-up, never the model
+                    log.warning("copilot prompt prefix in %s not usable (%s); computing it again", path, exc)
+                    llama.reset()
+            stream = llama.create_chat_completion(messages, max_tokens=1, temperature=0.0, seed=self.seed, stream=True)
+            for _ in stream:
+                pass
+            self.last_stats = {"restored": 0.0, "warm_s": time.perf_counter() - started, "prefix_tokens": float(llama.n_tokens)}
+            if path is not None:
+                try:
+                    size = llama_cpp.llama_state_get_size(llama._ctx.ctx)
+                    buf = (ctypes.c_uint8 * int(size))()
+                    n = llama_cpp.llama_state_get_data(llama._ctx.ctx, buf, size)
+                    head = json.dumps({"tokens": [int(t) for t in llama._input_ids]}).encode()
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_bytes(len(head).to_bytes(8, "little") + head + bytes(buf)[: int(n)])
+                    tmp.replace(path)
+                    for old in path.parent.glob(f"prefix-{Path(self.model_path).stem}-*.kv"):
+                        if old != path:  # one prefix per model file: another prompt or setting made the old one stale
+                            old.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("copilot prompt prefix not saved to %s: %s", path, exc)
+            return self.last_stats
+
+    supports_prefill = True  # chat() can continue a started answer (prefill), stop at a string, follow a GBNF grammar
+
+    def _formatter(self, llama: Any) -> Any:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        eos = llama.detokenize([llama.token_eos()], special=True).decode(errors="ignore")
+        bos = llama.detokenize([llama.token_bos()], special=True).decode(errors="ignore")
+        return Jinja2ChatFormatter(llama.metadata["tokenizer.chat_template"], eos_token=eos, bos_token=bos)
+
     def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
-             on_token: OnToken | None = None, timeout_s: float | None = None) -> str:
+             on_token: OnToken | None = None, timeout_s: float | None = None, prefill: str = "",
+             stop: list[str] | None = None, grammar: str | None = None) -> str:
+        """The reply to ``messages``; with ``prefill`` the answer starts with that text (not returned, not generated).
+
+        ``schema`` (JSON schema) or ``grammar`` (GBNF) constrain what is written; ``stop`` ends it at a string.
+        """
         with self._lock:
             llama = self.load()
             self.calls += 1
             started = time.perf_counter()
             deadline = started + timeout_s if timeout_s else None
-            kwargs: dict[str, Any] = {}
-            if schema is not None:
-                kwargs["response_format"] = {"type": "json_object", "schema": schema}
             # always stream: it is how tokens reach listeners and how the deadline is checked between tokens
             # (prompt processing itself runs to completion; keep the varying part of the prompt short)
-            stream = llama.create_chat_completion(
-                messages, max_tokens=max_tokens, temperature=self.temperature, seed=self.seed, stream=True, **kwargs
-            )
+            if prefill or stop or grammar:
+                from llama_cpp import LlamaGrammar
+
+                rendered = self._formatter(llama)(messages=messages)
+                constraint = (LlamaGrammar.from_string(grammar, verbose=False) if grammar else
+                              LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False) if schema else None)
+                stream = llama.create_completion(
+                    rendered.prompt + prefill, max_tokens=max_tokens, temperature=self.temperature, seed=self.seed,
+                    stream=True, grammar=constraint, stop=list(stop or []) + list(rendered.stop or []))
+                text_of = lambda chunk: chunk["choices"][0].get("text") or ""  # noqa: E731
+            else:
+                kwargs: dict[str, Any] = {}
+                if schema is not None:
+                    kwargs["response_format"] = {"type": "json_object", "schema": schema}
+                stream = llama.create_chat_completion(
+                    messages, max_tokens=max_tokens, temperature=self.temperature, seed=self.seed, stream=True, **kwargs
+                )
+                text_of = lambda chunk: chunk["choices"][0].get("delta", {}).get("content") or ""  # noqa: E731
             pieces: list[str] = []
             first = None
             n = 0
+            before = llama.n_tokens
             try:
                 for chunk in _guarded(stream):
-                    piece = chunk["choices"][0].get("delta", {}).get("content") or ""
+                    piece = text_of(chunk)
                     if piece:
                         n += 1
                         if first is None:
@@ -144,11 +245,13 @@ class LlamaCppBackend(OnePerModelFile):
             finally:
                 stream.close()
             total = time.perf_counter() - started
+            self.last_text = "".join(pieces)
             self.last_stats = {
                 "ttft_s": (first or time.perf_counter()) - started,
                 "total_s": total,
                 "completion_chunks": n,
                 "context_tokens": float(llama.n_tokens),
+                "cached_tokens": float(before),
             }
             return "".join(pieces)
 
@@ -228,27 +331,3 @@ class OpenAIBackend:
             except TimeoutError:
                 raise ModelTimeout(f"{self.base_url} sent nothing for {read_timeout:g} s", "".join(pieces)) from None
             return "".join(pieces)
-
-
-def backend_from_settings(model: str | None = None, openai_url: str | None = None, openai_model: str | None = None,
-                          n_threads: int | None = None, n_ctx: int | None = None,
-                          n_gpu_layers: int | None = None) -> LLMBackend | None:
-    """The backend chosen by arguments, else by FACTORY_COPILOT_* environment variables; None means runbook only.
-
-    A GGUF file is served by a child process (``LocalModel``), so a crash in llama.cpp never stops the service.
-    """
-    env = os.environ
-    openai_url = openai_url or env.get("FACTORY_COPILOT_OPENAI_URL")
-    if openai_url:
-        return OpenAIBackend(openai_url, model=openai_model or env.get("FACTORY_COPILOT_OPENAI_MODEL", "qwen2.5-1.5b-instruct"))
-    model = model or env.get("FACTORY_COPILOT_MODEL")
-    if not model:
-        return None
-    from factory_copilot.copilot.worker import LocalModel  # the model runs in a child process: see worker.py
-
-    return LocalModel.shared(
-        model,
-        n_threads=n_threads or int(env.get("FACTORY_COPILOT_THREADS", "0")) or None,
-        n_ctx=n_ctx or int(env.get("FACTORY_COPILOT_CTX", "4096")),
-        n_gpu_layers=n_gpu_layers if n_gpu_layers is not None else int(env.get("FACTORY_COPILOT_GPU_LAYERS", "0")),
-    )

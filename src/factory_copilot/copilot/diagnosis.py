@@ -1,186 +1,63 @@
-"""Diagnoses from an evidence pack: the deterministic one from the runbooks, and checking the model's against the pack.
+"""Diagnoses from an evidence pack: the deterministic one from the runbooks, and the model's choices rendered.
 
-``runbook_diagnosis`` ranks the catalogued faults by how well the pack's signals
-match each runbook's signature (plus the classifier's vote) and quotes the top
-runbook's checks, actions and safety notes: no model needed, always available.
-``model_diagnosis`` parses the model's JSON leniently and keeps only citations
-that exist in the pack; everything else is dropped and counted.
+``runbook_diagnosis`` ranks the line's catalogued faults by how well the pack's
+signals match each runbook's signature (plus the classifier's vote) and quotes the
+top runbook's checks, actions and safety notes: no model needed, always available.
+When nothing matches it says so ("No known fault matches; the evidence points at ...").
+``model_diagnosis`` reads the model's short JSON (summary, fault ids with confidence
+words, step ids) and renders everything else from the plant's catalogue and runbooks;
+ids that are not the plant's or not offered for this alarm are dropped and counted.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 
-from factory_copilot.catalogue import Fault, load_faults
-from factory_copilot.copilot.evidence import DEVIATION_NORMAL, EvidencePack, SignalEvidence, deviation
+from factory_copilot.catalogue import UNKNOWN, Fault
+from factory_copilot.copilot.evidence import MATCH_MIN, Candidate, EvidencePack, SignalEvidence, rank_faults
 from factory_copilot.copilot.runbooks import Runbook, RunbookLibrary
 from factory_copilot.records import Cause, Diagnosis, Evidence, Step
 
 CONFIDENCE = {"high": 0.8, "medium": 0.5, "low": 0.2}
 
 
-def diagnosis_schema(
-    faults: list[str] | None = None,
-    signals: list[str] | None = None,
-    refs: list[str] | None = None,
-    text_chars: int = 160,
-    max_causes: int = 3,
-    max_steps: int = 5,
-    max_refs: int = 4,
-    max_notes: int = 2,
-) -> dict:
-    """The JSON schema the model's output is constrained to (by grammar) and then checked against the pack.
+def diagnosis_schema(faults: list[str] | None = None, steps: list[str] | None = None, summary_chars: int = 160,
+                     max_causes: int = 2, max_steps: int = 3) -> dict:
+    """The JSON schema of the model's answer: a short summary first (streamed to the operator), then choices.
 
-    ``faults``, ``signals`` and ``refs`` (the plant's fault ids, line signal keys and runbook
-    passage ids) become enums, so the grammar lets the model name only things the plant has;
-    whether they are in *this* alarm's pack is checked afterwards. They are fixed per plant, so
-    the schema (which goes in the cached prompt prefix) does not change from alarm to alarm.
-    The bounds keep a diagnosis short enough to read on a panel and bound the generation time
-    (llama.cpp's grammar sampling slows down with long bounded strings, so keep them modest).
+    The model writes only what needs a model: one or two sentences, which known fault (or
+    ``unknown``) with a confidence word, and which of the retrieved runbook steps to do first.
+    Faults are an enum over the plant's own catalogue; steps an enum over this alarm's offered
+    steps (their numbers in the data block, a token each; ``Copilot`` sets them per alarm, the
+    grammar is built per call and the prompt prefix does not depend on it). Titles, step texts,
+    evidence and safety notes are rendered by the code from the runbooks, never written by the
+    model. That keeps a diagnosis to about 50 generated tokens and leaves nothing to invent.
     """
-
-    def text(n: int = text_chars, required: bool = False) -> dict:
-        return {"type": "string", "maxLength": n, **({"minLength": 1} if required else {})}
-
-    def one_of(values: list[str] | None, n: int) -> dict:
-        return {"type": "string", "enum": sorted(values)} if values else text(n)
-
+    step_ids = list(dict.fromkeys(steps or []))
+    # "fault:confidence" in one enum string: every token costs a forward pass, forced by the grammar or not
+    choices = [f"{f}:{c}" for f in list(dict.fromkeys(faults or [])) + [UNKNOWN] for c in CONFIDENCE]
     return {
         "type": "object",
         "properties": {
-            "summary": text(int(text_chars * 1.5), required=True),
-            "causes": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": max_causes,
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "fault_type": one_of(faults, 32),
-                        "title": text(min(80, text_chars), required=True),
-                        # words, not digits: a small model's "0.87" is false precision, and the grammar stays short
-                        "confidence": {"type": "string", "enum": list(CONFIDENCE)},
-                        "signals": {"type": "array", "maxItems": max_refs, "items": one_of(signals, 48)},
-                        "runbook": {"type": "array", "maxItems": 2, "items": one_of(refs, 24)},
-                    },
-                    "required": ["fault_type", "title", "confidence", "signals", "runbook"],
-                },
-            },
-            "steps": {
-                "type": "array",
-                "maxItems": max_steps,
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "text": text(required=True),
-                        "kind": {"type": "string", "enum": ["check", "action"]},
-                        "runbook": one_of(refs, 24),
-                    },
-                    "required": ["text", "kind", "runbook"],
-                },
-            },
-            "safety": {"type": "array", "maxItems": max_notes, "items": text()},
-            "would_change": {"type": "array", "maxItems": max_notes, "items": text()},
+            "summary": {"type": "string", "minLength": 1, "maxLength": summary_chars},
+            "causes": {"type": "array", "minItems": 1, "maxItems": max_causes,
+                       "items": {"type": "string", "enum": choices}},
+            "steps": ({"type": "array", "maxItems": max_steps, "items": {"enum": step_ids}}
+                      if step_ids else {"type": "array", "maxItems": 0}),
         },
-        "required": ["summary", "causes", "steps", "safety", "would_change"],
+        "required": ["summary", "causes", "steps"],
     }
 
 
-DIAGNOSIS_SCHEMA = diagnosis_schema()
+DIAGNOSIS_SCHEMA = diagnosis_schema()  # the form only; the station builds one over its plant's ids
 
 
 class InvalidModelOutput(ValueError):
     """The model's text is not a usable diagnosis (not JSON, wrong shape, or nothing left after validation)."""
 
 
-# ---------------------------------------------------------------- deterministic ranking
-
-
-def _match(direction: str, s: SignalEvidence | None) -> float:
-    """How strongly one signal shows the expected direction, 0..1.
-
-    Two views, the stronger counts: against the normal band (band edge ≈ 0.33, twice out ≈ 1;
-    the extreme of the recent window at 70 %, so intermittent belt-slip episodes still show),
-    and against the signal's own recent past (a move of 3 noise widths ≈ 0.25, 6 ≈ 1), which
-    shows a fault that is still growing inside the band when the detector raises the alarm early.
-    """
-    if s is None or s.value is None:
-        return 0.0
-    if direction == "flat":
-        return 1.0 if s.trend and s.trend.flat else 0.0
-    d = s.deviation
-    lo_d = hi_d = d
-    if s.trend:
-        lo_d, hi_d = deviation(s.trend.minimum, s.normal), deviation(s.trend.maximum, s.normal)
-    band = {
-        "up": max(d, 0.7 * hi_d),
-        "down": max(-d, -0.7 * lo_d),
-        "any": max(abs(d), 0.7 * max(abs(lo_d), abs(hi_d))),
-    }[direction]
-    z = s.change
-    move = {"up": z, "down": -z, "any": abs(z)}[direction]
-    return min(1.0, max(0.0, (band - 0.5) / 1.5, (move - 2.0) / 4.0))
-
-
-def _agreement(direction: str, s: SignalEvidence | None) -> float:
-    """Does the signal move the way the signature says? 1 yes, 0.5 no clear direction yet, 0 the other way."""
-    if s is None:
-        return 0.0
-    if direction == "flat":
-        return 1.0 if s.trend and s.trend.flat else 0.0
-    if direction == "any":
-        return 1.0
-    if abs(s.change) >= 1.0:
-        lean = s.change
-    elif abs(s.deviation) >= DEVIATION_NORMAL:
-        lean = s.deviation
-    else:
-        return 0.5  # an intermittent fault (belt slip) can look normal at the alarm instant
-    return 1.0 if (lean > 0) == (direction == "up") else 0.0
-
-
 _WORDS = {"up": "rose above its band", "down": "fell below its band", "any": "left its band", "flat": "flat-lined"}
-
-
-@dataclass(slots=True)
-class Candidate:
-    fault: str
-    runbook: Runbook
-    score: float
-    matched: list[str]  # signal keys that show the signature
-
-
-def rank_faults(pack: EvidencePack, library: RunbookLibrary) -> list[Candidate]:
-    """Every fault with a runbook signature, scored against the pack; best first.
-
-    Score = how well the signals fit the signature (mean match over its signals)
-          + the detector's share of the anomaly on signature signals moving the right way
-          + the classifier's probability if it named this fault.
-    """
-    signals = pack.context or {s.key: s for s in pack.signals}
-    out = []
-    for rb in library.runbooks.values():
-        best: tuple[float, dict[str, float]] = (-1.0, {})
-        for sig in rb.signatures:
-            matches = {k: _match(d, signals.get(k)) for k, d in sig.items()}
-            shares = {k: signals[k].contribution * _agreement(d, signals[k]) for k, d in sig.items() if k in signals}
-            fit = sum(matches.values()) / len(matches) + 0.5 * min(1.0, sum(shares.values()))
-            if fit > best[0]:
-                # a signal is evidence if it shows the signature or carries a real share of the anomaly the right way
-                best = (fit, {k: max(m, shares.get(k, 0.0) if shares.get(k, 0.0) >= 0.05 else 0.0)
-                              for k, m in matches.items()})
-        fit, evidence = best
-        if fit < 0:
-            continue
-        matched = [k for k, m in sorted(evidence.items(), key=lambda km: -km[1]) if m > 0]
-        for fault in rb.faults:
-            vote = pack.fault_probability if pack.fault_type == fault else 0.0
-            score = fit + vote + (0.05 if rb.asset == pack.asset else 0.0)
-            out.append(Candidate(fault, rb, score, matched))
-    out.sort(key=lambda c: -c.score)
-    return out
 
 
 def _signal_evidence(s: SignalEvidence) -> Evidence:
@@ -195,41 +72,91 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4g}"
 
 
-def runbook_diagnosis(pack: EvidencePack, library: RunbookLibrary, reason: str | None = None,
-                      faults: dict[str, Fault] | None = None) -> Diagnosis:
-    """The explanation built from the evidence pack and the runbooks alone (no model)."""
-    faults = faults if faults is not None else load_faults()
-    ranked = [c for c in rank_faults(pack, library) if c.score > 0.1][:3]
+def _unknown_cause(pack: EvidencePack, confidence: float, origin: str) -> Cause:
+    """'No known fault matches', with the signals that stand out as its evidence."""
+    return Cause(UNKNOWN, "No known fault matches", confidence, [_signal_evidence(s) for s in _standouts(pack)[:4]],
+                 origin=origin)
+
+
+def _standouts(pack: EvidencePack) -> list[SignalEvidence]:
+    """The pack's signals that stand out (out of band, flat, moving, or a share of the anomaly), most telling first."""
+    out = [s for s in pack.signals if s.value is not None and
+           (s.direction != "in band" or abs(s.change) >= 3.0 or s.contribution >= 0.1)]
+    return sorted(out, key=lambda s: -(s.strength + abs(s.change) / 3.0 + s.contribution))
+
+
+def _facts(signals: list[SignalEvidence]) -> str:
+    parts = []
+    for s in signals:
+        text = f"{s.key} {_fmt(s.value)} {s.unit}".strip()
+        if s.direction != "in band":
+            text += f" {s.direction} (normal {_fmt(s.normal[0])}-{_fmt(s.normal[1])})"
+        if s.trend and s.trend.n >= 2 and not s.trend.flat and abs(s.change) >= 1.0:
+            text += f", {'rising' if s.change > 0 else 'falling'} {s.trend.slope_per_min:+.2g} {s.unit}/min"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def runbook_diagnosis(pack: EvidencePack, library: RunbookLibrary, faults: dict[str, Fault],
+                      reason: str | None = None) -> Diagnosis:
+    """The explanation built from the evidence pack and the line's own runbooks and catalogue alone (no model).
+
+    When no runbook signature fits (or the line has none), it says so plainly and names what the
+    evidence points at: the cause is ``unknown``, with the signals that stand out as evidence.
+    """
+    ranked = [c for c in rank_faults(pack, library) if c.score > MATCH_MIN and c.fault in faults][:3]
     total = sum(c.score for c in ranked) or 1.0
     causes = []
     for c in ranked:
         ev = [_signal_evidence(s) for k in c.matched if (s := pack.signal(k) or pack.context.get(k))]
         ev.append(Evidence("runbook", f"{c.runbook.id}#symptoms", c.runbook.title))
-        name = faults[c.fault].name if c.fault in faults else c.runbook.title
-        causes.append(Cause(c.fault, name, round(c.score / total, 3), ev, origin="runbook"))
-    if not causes and pack.fault_type:
-        causes.append(Cause(pack.fault_type, pack.fault_name or pack.fault_type, pack.fault_probability, [], "runbook"))
+        causes.append(Cause(c.fault, faults[c.fault].name, round(c.score / total, 3), ev, origin="runbook"))
+    if not causes and pack.fault_type in faults:  # the classifier named a known fault no runbook signature shows
+        causes.append(Cause(pack.fault_type, faults[pack.fault_type].name, pack.fault_probability, [], "runbook"))
 
-    top = ranked[0].runbook if ranked else library.for_fault(pack.fault_type)
-    steps: list[Step] = []
-    safety: list[str] = []
-    if top:
-        for anchor, kind, limit in (("checks", "check", 4), ("actions", "action", 5)):
-            p = top.passage(anchor)
-            steps += [Step(item, kind, p.id, "runbook") for item in (p.items[:limit] if p else [])]
-        if (p := top.passage("safety")):
-            safety = [f"{item} ({p.id})" for item in p.items]
+    top = library.for_fault(causes[0].fault_type) if causes else None
+    steps, safety = runbook_steps(top)
 
-    out_of_band = [s for s in pack.signals if s.direction != "in band"]
+    standouts = _standouts(pack)
+    facts = _facts(standouts[:3]) or "no signal outside its band yet"
     if causes:
         lead = causes[0]
-        facts = ", ".join(f"{s.key} {_fmt(s.value)} {s.unit} {s.direction}" for s in out_of_band[:3]) or "no signal outside its band yet"
         summary = f"{pack.asset_name}: most likely {lead.title.lower()} ({lead.confidence:.0%}); {facts}."
         if top:
             summary += f" Follow {top.id}."
     else:
-        summary = f"{pack.asset_name}: {pack.message or pack.condition}; no runbook signature matches the evidence."
+        causes = [_unknown_cause(pack, 0.5 if standouts else 0.0, "runbook")]
+        covered = "no runbook covers it" if len(library) else "this line has no runbooks"
+        summary = (f"{pack.asset_name}: No known fault matches ({covered}); the evidence points at {facts}."
+                   if standouts else f"{pack.asset_name}: {pack.message or pack.condition}; No known fault matches "
+                   f"({covered}) and no signal stands out yet.")
 
+    return Diagnosis(
+        alarm_id=pack.alarm_id, summary=summary, causes=causes, steps=steps, safety=safety,
+        would_change=_would_change(pack, ranked, faults), source="runbook", fallback_reason=reason,
+    )
+
+
+def runbook_steps(runbook: Runbook | None, step_ids: list[str] | None = None,
+                  library: RunbookLibrary | None = None) -> tuple[list[Step], list[str]]:
+    """Steps (the chosen step ids, else the runbook's checks then actions) and its safety notes, quoted."""
+    steps: list[Step] = []
+    if step_ids and library is not None:
+        for sid in step_ids:
+            if (found := library.step(sid)):
+                p, text = found
+                steps.append(Step(text, "check" if p.anchor == "checks" else "action", p.id, "model"))
+    elif runbook:
+        for anchor, kind, limit in (("checks", "check", 4), ("actions", "action", 5)):
+            p = runbook.passage(anchor)
+            steps += [Step(item, kind, p.id, "runbook") for item in (p.items[:limit] if p else [])]
+    safety = []
+    if runbook and (p := runbook.passage("safety")):
+        safety = [f"{item} ({p.id})" for item in p.items]
+    return steps, safety
+
+
+def _would_change(pack: EvidencePack, ranked: list[Candidate], faults: dict[str, Fault]) -> list[str]:
     would_change = []
     if len(ranked) > 1:
         alt = ranked[1]
@@ -237,17 +164,15 @@ def runbook_diagnosis(pack: EvidencePack, library: RunbookLibrary, reason: str |
         missing = [k for k in sig if k not in ranked[0].matched][:2]
         if missing:
             dirs = ", ".join(f"{k} {_WORDS[sig[k]]}" for k in missing)
-            would_change.append(f"If {dirs}, {faults[alt.fault].name if alt.fault in faults else alt.fault} becomes more likely.")
+            would_change.append(f"If {dirs}, {faults[alt.fault].name} becomes more likely.")
+    out_of_band = [s for s in pack.signals if s.direction != "in band"]
     if out_of_band:
         s = out_of_band[0]
         would_change.append(
             f"If {s.key} returns to {_fmt(s.normal[0])}-{_fmt(s.normal[1])} {s.unit} without intervention, "
             "suspect a transient or a measurement problem instead."
         )
-    return Diagnosis(
-        alarm_id=pack.alarm_id, summary=summary, causes=causes, steps=steps, safety=safety,
-        would_change=would_change, source="runbook", fallback_reason=reason,
-    )
+    return would_change
 
 
 # ---------------------------------------------------------------- the model's diagnosis, checked
@@ -274,72 +199,70 @@ def _clean(value: object, limit: int = 400) -> str:
     return text[:limit]
 
 
-def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, model: str | None = None,
-                    faults: dict[str, Fault] | None = None) -> Diagnosis:
-    """Turn the model's JSON into a Diagnosis, keeping only citations that exist in the pack (the rest counted)."""
-    faults = faults if faults is not None else load_faults()
+def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, faults: dict[str, Fault],
+                    model: str | None = None) -> Diagnosis:
+    """Turn the model's JSON choices into a Diagnosis: titles, evidence, steps and safety come from the plant's data.
+
+    Fault ids outside the catalogue and step ids not offered in this alarm's pack are dropped and
+    counted (a grammar-constrained model cannot write them; a free one or a remote server can).
+    """
     data = parse_json_leniently(text)
-    signal_keys, passage_ids, runbook_ids = pack.signal_keys(), pack.passage_ids(), pack.runbook_ids()
     dropped = 0
-
-    def runbook_ref(ref: str) -> str | None:
-        ref = _clean(ref, 60)
-        return ref if ref in passage_ids or ref in runbook_ids else None
-
-    causes = []
-    for c in data.get("causes") or []:
-        if not isinstance(c, dict):
+    summary = " ".join(_clean(data.get("summary"), 400).split())  # one line, as it streamed to the operator
+    ranked = {c.fault: c for c in rank_faults(pack, library)}
+    causes: list[Cause] = []
+    raw_causes = data.get("causes") if isinstance(data.get("causes"), list) else []
+    for c in raw_causes:
+        if isinstance(c, str):  # "fault:confidence", the schema's form
+            fault, _, word = _clean(c, 80).partition(":")
+        elif isinstance(c, dict):  # {"fault": ..., "confidence": ...}, as a free model or a remote server may write
+            fault, word = _clean(c.get("fault", c.get("fault_type")), 60), _clean(c.get("confidence"), 10)
+        else:
             dropped += 1
             continue
-        fault = _clean(c.get("fault_type"), 40)
+        confidence = CONFIDENCE.get(word.strip().lower(), CONFIDENCE["low"])
+        if fault == UNKNOWN:
+            if not any(x.fault_type == UNKNOWN for x in causes):
+                causes.append(_unknown_cause(pack, confidence, "model"))
+            continue
+        if any(x.fault_type == fault for x in causes):
+            continue  # said twice (with another confidence word): the first stands
         if fault not in faults:
             dropped += 1  # a fault the plant does not know is an invented citation
             continue
         evidence = []
-        for key in c.get("signals") or []:
-            key = _clean(key, 60)
-            if key in signal_keys:
-                evidence.append(_signal_evidence(pack.signal(key)))  # values from the pack, never from the model
-            else:
-                dropped += 1
-        for ref in c.get("runbook") or []:
-            if (ok := runbook_ref(ref)):
-                evidence.append(Evidence("runbook", ok, ""))
-            else:
-                dropped += 1
-        raw_conf = c.get("confidence", "low")
-        try:
-            confidence = CONFIDENCE.get(str(raw_conf).strip().lower()) or min(1.0, max(0.0, float(raw_conf)))
-        except (TypeError, ValueError):
-            confidence = CONFIDENCE["low"]
-        causes.append(Cause(fault, _clean(c.get("title"), 120) or faults[fault].name, confidence, evidence, "model"))
+        cand = ranked.get(fault)
+        keys = cand.matched if cand else [k for k in faults[fault].signals if pack.signal(k)]
+        evidence += [_signal_evidence(s) for k in keys if (s := pack.signal(k) or pack.context.get(k))]
+        rb = library.for_fault(fault)
+        if rb is not None:
+            evidence.append(Evidence("runbook", f"{rb.id}#symptoms", rb.title))
+        causes.append(Cause(fault, faults[fault].name, confidence, evidence, "model"))
 
-    steps = []
-    for s in data.get("steps") or []:
-        if not isinstance(s, dict) or not _clean(s.get("text")):
-            continue
-        ref = s.get("runbook")
-        rid = runbook_ref(ref) if ref else None
-        if ref and _clean(ref) and rid is None:
-            dropped += 1
-        kind = "check" if s.get("kind") == "check" else "action"
-        steps.append(Step(_clean(s.get("text"), 240), kind, rid, "model"))
-
-    summary = _clean(data.get("summary"), 400)
+    chosen = []
+    for label in data.get("steps") if isinstance(data.get("steps"), list) else []:
+        sid = pack.step_for(_clean(label, 80)) if isinstance(label, (str, int)) and not isinstance(label, bool) else None
+        if sid is None:
+            dropped += 1  # a step that was not offered for this alarm
+        elif sid not in chosen:
+            chosen.append(sid)
     if not summary or not causes:
         raise InvalidModelOutput(
             f"model diagnosis unusable: {'no summary' if not summary else 'no cause left after validation'}"
             f" ({dropped} citations dropped)"
         )
-    safety = [t for x in data.get("safety") or [] if (t := _clean(x, 240))]
-    would_change = [t for x in data.get("would_change") or [] if (t := _clean(x, 240))]
-
-    # the runbook's safety notes are never left to the model: they are always shown, marked with their passage
-    reference = runbook_diagnosis(pack, library, faults=faults)
+    top = next((library.for_fault(c.fault_type) for c in causes if c.fault_type != UNKNOWN), None)
+    steps, safety = runbook_steps(top, chosen, library)
     if not steps:
-        steps = reference.steps
-    safety = reference.safety + [f"{t} (copilot)" for t in safety]
+        steps, _ = runbook_steps(top)
+    # every runbook a step comes from brings its safety notes, whatever cause the model named
+    for book in dict.fromkeys(s.runbook_id.partition("#")[0] for s in steps if s.runbook_id):
+        rb = library.get(book)
+        if rb is not None and rb is not top:
+            safety += runbook_steps(rb)[1]
+    # the runbook's safety notes are never left to the model: they are always shown, marked with their passage
+    ranked_list = [ranked[c.fault_type] for c in causes if c.fault_type in ranked]
     return Diagnosis(
         alarm_id=pack.alarm_id, summary=summary, causes=causes, steps=steps, safety=safety,
-        would_change=would_change or reference.would_change, source="model", model=model, dropped_citations=dropped,
+        would_change=_would_change(pack, ranked_list, faults), source="model", model=model, dropped_citations=dropped,
     )

@@ -16,9 +16,9 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Protocol
 
-from factory_copilot.catalogue import Fault, load_faults
+from factory_copilot.catalogue import Fault
 from factory_copilot.config import LineConfig, Signal
-from factory_copilot.copilot.runbooks import Passage, RunbookLibrary
+from factory_copilot.copilot.runbooks import Passage, Runbook, RunbookLibrary
 from factory_copilot.records import Alarm, Anomaly, Incident, Mode, Reading, rank_incidents
 
 # a signal whose last FLAT_MIN_SAMPLES good values are identical is flat-lined (healthy sensors always show noise)
@@ -163,7 +163,23 @@ class EvidencePack:
     incidents: list[Incident] = field(default_factory=list)
     # every signal with a recent value (the prompt shows only ``signals``); the runbook ranking reads these
     context: dict[str, SignalEvidence] = field(default_factory=dict)
+    # the known faults whose runbook signature fits, best first (fault id, fit), and the runbook steps offered
+    candidates: list[tuple[str, float]] = field(default_factory=list)
+    step_ids: list[str] = field(default_factory=list)
+    step_texts: dict[str, str] = field(default_factory=dict)
+    step_faults: dict[str, str] = field(default_factory=dict)  # step id -> the fault its runbook answers
     created_at: float = field(default_factory=time.time)
+
+    def step_labels(self) -> list[str]:
+        """What the model writes to choose a step: its number in this alarm's list ("1", "2", ...)."""
+        return [str(i) for i in range(1, len(self.step_ids) + 1)]
+
+    def step_for(self, label: str) -> str | None:
+        """The step id a label (or a full step id offered for this alarm) stands for."""
+        labels = self.step_labels()
+        if label in labels:
+            return self.step_ids[labels.index(label)]
+        return label if label in self.step_ids else None
 
     def signal_keys(self) -> set[str]:
         return {s.key for s in self.signals}
@@ -177,36 +193,56 @@ class EvidencePack:
     def runbook_ids(self) -> set[str]:
         return {p.runbook_id for p in self.passages}
 
-    def to_data(self, passage_chars: int = 260) -> dict:
-        """The pack as plain data for the prompt's data block: compact (every token here is processed per alarm)."""
+    def to_text(self, max_signals: int = 4, step_chars: int = 44) -> str:
+        """The pack as the prompt's compact data block: one short line per signal and step (≈120-180 tokens).
 
-        def num(x: float | None) -> str:
-            return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
-
-        def signal_line(s: SignalEvidence) -> str:
-            text = f"{s.key}={num(s.value)} {s.unit} {s.direction.upper()} (normal {num(s.normal[0])}-{num(s.normal[1])}"
-            if s.contribution:
-                text += f", share {s.contribution:.0%}"
-            if s.trend and s.trend.n >= 2:
-                text += f", trend {s.trend.slope_per_min:+.2g}/min, range {num(s.trend.minimum)}-{num(s.trend.maximum)}"
-            return text + ")"
-
-        asset = f"{self.asset} ({self.asset_name}{', ' + self.asset_kind if self.asset_kind else ''})"
-        return {
-            "alarm": {"id": self.alarm_id, "asset": asset, "priority": self.priority, "message": self.message,
-                      "mode": self.mode.value},
-            "classifier": f"{self.fault_type} p={self.fault_probability:.2f}" if self.fault_type else None,
-            "signals": [signal_line(s) for s in self.signals],
-            "runbook": {p.id: _trim(p.text, passage_chars) for p in self.passages},
-            "past_incidents": [
-                {"fault": i.fault_type, "verdict": i.verdict, "cause": i.actual_cause, "fix": i.fix} for i in self.incidents
-            ],
-        }
+        Every token here is processed per alarm before the first word can come: signals of the
+        alarm's own asset go by their name alone, numbers have 3 digits, bands and trends are
+        terse, steps are cut to their first words and numbered (the model answers with the number;
+        the code quotes the step). Text from the plant floor is put on one line each.
+        """
+        message = _flat(self.message)
+        message = message[len(self.asset) + 2:] if message.startswith(f"{self.asset}: ") else message
+        lines = [f"{self.priority} alarm on {self.asset} ({_flat(self.asset_name)}), mode {_mode_name(self.mode)}: {message}"]
+        if self.fault_type:
+            lines.append(f"classifier: {self.fault_type} p={self.fault_probability:.1f}")
+        own = f"{self.asset}."
+        for s in self.signals[:max_signals]:
+            name = s.key[len(own):] if s.key.startswith(own) else s.key
+            text = f"{name} {_num(s.value)} {s.unit} {s.direction} ({_num(s.normal[0])}-{_num(s.normal[1])}"
+            if s.trend and s.trend.n >= 2 and not s.trend.flat and abs(s.change) >= 1.0:
+                text += f", {s.trend.slope_per_min:+.2g}/min"
+            lines.append(text + ")")
+        lines.append("fits: " + (", ".join(f"{f} {fit:.1f}" for f, fit in self.candidates) or "no known fault"))
+        # steps by their number in this list (a token each), not by their runbook id (a dozen): see step_labels
+        fault = None
+        for label, sid in zip(self.step_labels(), self.step_ids):
+            if self.step_faults.get(sid) != fault:
+                fault = self.step_faults.get(sid)
+                lines.append(f"steps for {fault}:")
+            lines.append(f"{label} {_trim(self.step_texts.get(sid, '').replace('`', ''), step_chars)}")
+        for i in self.incidents[:2]:
+            lines.append(f"past: {_flat(i.fault_type or i.actual_cause or 'unknown')} {i.verdict}"
+                         + (f", fix: {_trim(i.fix, 40)}" if i.fix else ""))
+        return "\n".join(lines)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["mode"] = self.mode.value
+        d["mode"] = _mode_name(self.mode)
         return d
+
+
+def _flat(text: object) -> str:
+    """Text from the plant floor on one line: a newline inside a message must not start a line of its own."""
+    return " ".join(str(text).split())
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
+
+
+def _mode_name(mode: object) -> str:
+    return str(getattr(mode, "value", mode))  # a mode is a name (plant-declared regimes are plain strings)
 
 
 def _trim(text: str, n: int) -> str:
@@ -270,13 +306,13 @@ def build_evidence(
     line: LineConfig,
     history: SignalHistory,
     library: RunbookLibrary,
+    faults: dict[str, Fault],
     memory: IncidentMemory | None = None,
-    faults: dict[str, Fault] | None = None,
     max_signals: int = 6,
     max_passages: int = 3,
+    max_steps: int = 4,
 ) -> EvidencePack:
-    """Gather the evidence for one alarm from the line file, the recent history, the runbooks and past incidents."""
-    faults = faults if faults is not None else load_faults()
+    """Gather the evidence for one alarm from the line file, the recent history, the line's runbooks and past incidents."""
     anomaly = alarm.anomaly
     mode = anomaly.mode if anomaly else Mode(line.production_mode)
     try:
@@ -311,14 +347,12 @@ def build_evidence(
     # which signals go in the pack: the alarm's own signal, the largest contributors, flat-lined ones,
     # and the key signals of the named fault, in that order of importance
     fault = faults.get(anomaly.fault_type) if anomaly and anomaly.fault_type else None
+    probe = _pack(alarm, asset_name, asset_kind, mode, fault, anomaly, [], [], [], all_signals)
+    ranked = [c for c in rank_faults(probe, library) if c.score > MATCH_MIN and c.fault in faults]
     primary = library.for_fault(fault.id) if fault else None
     if primary is None:
         # no classifier vote: the runbook whose signature the signals fit best is the one to quote
-        from factory_copilot.copilot.diagnosis import rank_faults  # (diagnosis builds on evidence, not the reverse)
-
-        probe = _pack(alarm, asset_name, asset_kind, mode, fault, anomaly, [], [], [], all_signals)
-        ranked = rank_faults(probe, library)
-        primary = ranked[0].runbook if ranked and ranked[0].score > 0.1 else None
+        primary = ranked[0].runbook if ranked else None
     chosen: list[str] = []
     if anomaly and anomaly.signal:
         chosen.append(anomaly.signal if "." in anomaly.signal else f"{alarm.asset}.{anomaly.signal}")
@@ -354,7 +388,20 @@ def build_evidence(
             passages.append(p)
 
     incidents = memory.similar(alarm.asset, anomaly.fault_type if anomaly else None, [s.key for s in signals]) if memory else []
-    return _pack(alarm, asset_name, asset_kind, mode, fault, anomaly, signals, passages, incidents, all_signals)
+    pack = _pack(alarm, asset_name, asset_kind, mode, fault, anomaly, signals, passages, incidents, all_signals)
+    pack.candidates = [(c.fault, round(c.score, 2)) for c in ranked[:3]]
+    # the steps the model may choose from: the best-fitting runbooks' checks and actions, first ones first
+    books = list({b.id: b for b in [primary] + [c.runbook for c in ranked[:2]] if b is not None}.values())
+    offered: list[tuple[str, str]] = []
+    for rank, book in enumerate(books):
+        for anchor, n in (("checks", 2 if rank == 0 else 1), ("actions", 1)):
+            p = book.passage(anchor)
+            offered += [(f"{p.id}.{i + 1}", item) for i, item in enumerate(p.items[:n])] if p else []
+    pack.step_ids = [sid for sid, _ in offered[:max_steps]]
+    pack.step_texts = dict(offered[:max_steps])
+    by_book = {b.id: (b.faults[0] if b.faults else b.id) for b in books}
+    pack.step_faults = {sid: by_book[sid.partition("#")[0]] for sid in pack.step_ids}
+    return pack
 
 
 def _pack(alarm: Alarm, asset_name: str, asset_kind: str, mode: Mode, fault: Fault | None, anomaly: Anomaly | None,
@@ -379,3 +426,93 @@ def _pack(alarm: Alarm, asset_name: str, asset_kind: str, mode: Mode, fault: Fau
         incidents=incidents,
         context=context,
     )
+
+
+MATCH_MIN = 0.1  # a runbook signature that fits less than this is no match
+
+
+# ---------------------------------------------------------------- which faults the evidence fits
+
+
+def match(direction: str, s: SignalEvidence | None) -> float:
+    """How strongly one signal shows the expected direction, 0..1.
+
+    Two views, the stronger counts: against the normal band (band edge ≈ 0.33, twice out ≈ 1;
+    the extreme of the recent window at 70 %, so intermittent belt-slip episodes still show),
+    and against the signal's own recent past (a move of 3 noise widths ≈ 0.25, 6 ≈ 1), which
+    shows a fault that is still growing inside the band when the detector raises the alarm early.
+    """
+    if s is None or s.value is None:
+        return 0.0
+    if direction == "flat":
+        return 1.0 if s.trend and s.trend.flat else 0.0
+    d = s.deviation
+    lo_d = hi_d = d
+    if s.trend:
+        lo_d, hi_d = deviation(s.trend.minimum, s.normal), deviation(s.trend.maximum, s.normal)
+    band = {
+        "up": max(d, 0.7 * hi_d),
+        "down": max(-d, -0.7 * lo_d),
+        "any": max(abs(d), 0.7 * max(abs(lo_d), abs(hi_d))),
+    }[direction]
+    z = s.change
+    move = {"up": z, "down": -z, "any": abs(z)}[direction]
+    return min(1.0, max(0.0, (band - 0.5) / 1.5, (move - 2.0) / 4.0))
+
+
+def agreement(direction: str, s: SignalEvidence | None) -> float:
+    """Does the signal move the way the signature says? 1 yes, 0.5 no clear direction yet, 0 the other way."""
+    if s is None:
+        return 0.0
+    if direction == "flat":
+        return 1.0 if s.trend and s.trend.flat else 0.0
+    if direction == "any":
+        return 1.0
+    if abs(s.change) >= 1.0:
+        lean = s.change
+    elif abs(s.deviation) >= DEVIATION_NORMAL:
+        lean = s.deviation
+    else:
+        return 0.5  # an intermittent fault (belt slip) can look normal at the alarm instant
+    return 1.0 if (lean > 0) == (direction == "up") else 0.0
+
+
+
+
+@dataclass(slots=True)
+class Candidate:
+    fault: str
+    runbook: Runbook
+    score: float
+    matched: list[str]  # signal keys that show the signature
+
+
+def rank_faults(pack: EvidencePack, library: RunbookLibrary) -> list[Candidate]:
+    """Every fault with a runbook signature, scored against the pack; best first.
+
+    Score = how well the signals fit the signature (mean match over its signals)
+          + the detector's share of the anomaly on signature signals moving the right way
+          + the classifier's probability if it named this fault.
+    """
+    signals = pack.context or {s.key: s for s in pack.signals}
+    out = []
+    for rb in library.runbooks.values():
+        best: tuple[float, dict[str, float]] = (-1.0, {})
+        for sig in rb.signatures:
+            matches = {k: match(d, signals.get(k)) for k, d in sig.items()}
+            shares = {k: signals[k].contribution * agreement(d, signals[k]) for k, d in sig.items() if k in signals}
+            fit = sum(matches.values()) / len(matches) + 0.5 * min(1.0, sum(shares.values()))
+            if fit > best[0]:
+                # a signal is evidence if it shows the signature or carries a real share of the anomaly the right way
+                best = (fit, {k: max(m, shares.get(k, 0.0) if shares.get(k, 0.0) >= 0.05 else 0.0)
+                              for k, m in matches.items()})
+        fit, evidence = best
+        if fit < 0:
+            continue
+        matched = [k for k, m in sorted(evidence.items(), key=lambda km: -km[1]) if m > 0]
+        for fault in rb.faults:
+            vote = pack.fault_probability if pack.fault_type == fault else 0.0
+            score = fit + vote + (0.05 if rb.asset == pack.asset else 0.0)
+            out.append(Candidate(fault, rb, score, matched))
+    out.sort(key=lambda c: -c.score)
+    return out

@@ -73,9 +73,10 @@ def simulated_incident(line: LineConfig, fault_type: str, at_s: float = 600.0, s
     how far each signal is outside its normal band (the detector's would replace them in the pipeline).
     """
     from factory_copilot.catalogue import load_faults
+    from factory_copilot.config import SIMULATED_FAULTS
     from simulators import FaultScenario, ModeSchedule, simulate_frame
 
-    faults = load_faults()
+    faults = load_faults(SIMULATED_FAULTS)  # the simulator injects the demo's faults
     if fault_type not in faults:
         raise SystemExit(f"error: unknown scenario {fault_type!r}; use one of {', '.join(faults)}")
     onset = 1200.0
@@ -120,7 +121,7 @@ def format_diagnosis(d: Diagnosis) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from factory_copilot.copilot.backends import backend_from_settings
+    from factory_copilot.copilot.choice import backend_from_settings
     from factory_copilot.copilot.station import Copilot
 
     line = load_line(args.line)

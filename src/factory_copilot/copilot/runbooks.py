@@ -1,10 +1,13 @@
 """The runbook library: Markdown runbooks with YAML front matter, split into citable passages and searched lexically.
 
 A runbook file (``seeds/runbooks/RB-PUMP-001-*.md``) has front matter (id, title,
-asset, faults, signals, parts, time_to_fix) and ``## Heading {#anchor}`` sections;
-each section is a passage cited as ``RB-PUMP-001#checks``. Retrieval is TF-IDF
-over the passages (scikit-learn, in-process, no external service). A file that
-cannot be used is skipped with one log line naming it; the others still load.
+asset, faults, signals, signature, parts, time_to_fix, revision; validated with
+pydantic, errors name the file and the field) and ``## Heading {#anchor}`` sections;
+each section is a passage cited as ``RB-PUMP-001#checks``, each numbered item of a
+section a step cited as ``RB-PUMP-001#checks.2``. Retrieval is TF-IDF over the
+passages (scikit-learn, in-process, no external service). A file that cannot be
+used is skipped with one log line naming it; the others still load. A line's
+runbooks are the folder its line file names (``runbooks_of``); there is no default.
 """
 
 from __future__ import annotations
@@ -14,14 +17,20 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from typing import TYPE_CHECKING, Literal
 
-from factory_copilot.config import SEEDS_DIR
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from factory_copilot.config import _format_loc
+
+if TYPE_CHECKING:
+    from factory_copilot.config import LineConfig
 
 log = logging.getLogger(__name__)
 
-RUNBOOKS_DIR = SEEDS_DIR / "runbooks"
 DIRECTIONS = ("up", "down", "any", "flat")
+STANDARD_SECTIONS = ("symptoms", "causes", "checks", "actions", "safety", "parts")
 ID_PATTERN = re.compile(r"^RB-[A-Z0-9]+-\d{3}$")
 _HEADING = re.compile(r"^##\s+(?P<title>.+?)\s*(?:\{#(?P<anchor>[a-z0-9_-]+)\})?\s*$")
 _ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*])\s+(?P<text>.+)$")
@@ -67,6 +76,38 @@ class RunbookError(ValueError):
     pass
 
 
+Direction = Literal["up", "down", "any", "flat"]
+
+
+class FrontMatter(BaseModel):
+    """A runbook's YAML front matter, validated like the line file (unknown fields are typos, and refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    title: str = Field(min_length=1)
+    asset: str = Field(min_length=1)
+    faults: list[str] = []
+    signals: list[str] = []
+    # how the fault shows, as alternatives: each maps signal key -> direction
+    signature: dict[str, Direction] | list[dict[str, Direction]] = []
+    parts: list[str] = []
+    time_to_fix: str = ""
+    revision: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not ID_PATTERN.match(v):
+            raise ValueError(f"{v!r} must look like RB-PUMP-001 (RB-<AREA>-<NNN>)")
+        return v
+
+    @field_validator("revision", "time_to_fix", mode="before")
+    @classmethod
+    def _text(cls, v: object) -> object:
+        return None if v is None else str(v)  # YAML reads "2026-03" as text but 2026-03-01 as a date
+
+
 def parse_runbook(text: str, path: str = "<runbook>") -> Runbook:
     """Parse one runbook file; raise RunbookError naming the file and the problem."""
     if not text.startswith("---"):
@@ -78,16 +119,13 @@ def parse_runbook(text: str, path: str = "<runbook>") -> Runbook:
         raise RunbookError(f"{path}: front matter is not valid YAML: {exc}") from None
     if not isinstance(meta, dict):
         raise RunbookError(f"{path}: front matter must be a mapping")
-    rb_id = str(meta.get("id", ""))
-    if not ID_PATTERN.match(rb_id):
-        raise RunbookError(f"{path}: id {rb_id!r} must look like RB-PUMP-001")
-    for key in ("title", "asset"):
-        if not meta.get(key):
-            raise RunbookError(f"{path}: front matter field {key!r} is missing")
-    signature = meta.get("signature") or []
-    signatures = signature if isinstance(signature, list) else [signature]
-    if any(not isinstance(s, dict) or any(v not in DIRECTIONS for v in s.values()) for s in signatures):
-        raise RunbookError(f"{path}: signature must map signal keys to one of {', '.join(DIRECTIONS)} (or be a list of such maps)")
+    try:
+        front = FrontMatter.model_validate(meta)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_format_loc(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise RunbookError(f"{path}: front matter {problems}") from None
+    rb_id = front.id
+    signatures = front.signature if isinstance(front.signature, list) else [front.signature]
     passages: dict[str, Passage] = {}
     current: Passage | None = None
     for line in body.splitlines():
@@ -110,16 +148,9 @@ def parse_runbook(text: str, path: str = "<runbook>") -> Runbook:
     if not passages:
         raise RunbookError(f"{path}: no '## Heading {{#anchor}}' sections")
     return Runbook(
-        id=rb_id,
-        title=str(meta["title"]),
-        asset=str(meta["asset"]),
-        faults=[str(f) for f in meta.get("faults", []) or []],
-        signals=[str(s) for s in meta.get("signals", []) or []],
-        parts=[str(p) for p in meta.get("parts", []) or []],
-        time_to_fix=str(meta.get("time_to_fix", "")),
-        path=path,
-        signatures=[{str(k): str(v) for k, v in s.items()} for s in signatures if s],
-        passages=passages,
+        id=rb_id, title=front.title, asset=front.asset, faults=front.faults, signals=front.signals,
+        parts=front.parts, time_to_fix=front.time_to_fix, path=path,
+        signatures=[dict(s) for s in signatures if s], passages=passages,
     )
 
 
@@ -157,6 +188,18 @@ class RunbookLibrary:
     def passage(self, passage_id: str) -> Passage | None:
         return self._by_id.get(passage_id)
 
+    def step(self, step_id: str) -> tuple[Passage, str] | None:
+        """The passage and text of a step id ``RB-PUMP-001#checks.2`` (the 2nd item of that section)."""
+        passage_id, _, n = step_id.rpartition(".")
+        p = self._by_id.get(passage_id)
+        if p is None or not n.isdigit() or not 1 <= int(n) <= len(p.items):
+            return None
+        return p, p.items[int(n) - 1]
+
+    def step_ids(self, anchors: tuple[str, ...] = ("checks", "actions")) -> list[str]:
+        """Every step of the library's check and action sections, in file order."""
+        return [f"{p.id}.{i}" for p in self.passages if p.anchor in anchors for i in range(1, len(p.items) + 1)]
+
     def for_fault(self, fault_id: str | None) -> Runbook | None:
         """The runbook written for a fault id (first one if a plant has several)."""
         if not fault_id:
@@ -184,18 +227,26 @@ class RunbookLibrary:
         return out
 
 
-def load_runbooks(directory: str | Path = RUNBOOKS_DIR) -> RunbookLibrary:
+def runbook_files(directory: Path) -> list[Path]:
+    return [p for p in sorted(Path(directory).glob("*.md")) if p.name.lower() != "readme.md"]
+
+
+def load_runbooks(directory: str | Path) -> RunbookLibrary:
     """Load every ``*.md`` runbook under ``directory`` (README.md aside); bad files are logged and skipped."""
     directory = Path(directory)
     books = []
     if not directory.is_dir():
         log.error("runbook directory %s does not exist; the copilot has no runbooks to ground on", directory)
         return RunbookLibrary([])
-    for path in sorted(directory.glob("*.md")):
-        if path.name.lower() == "readme.md":
-            continue
+    for path in runbook_files(directory):
         try:
             books.append(parse_runbook(path.read_text(encoding="utf-8"), str(path)))
         except (RunbookError, OSError, UnicodeDecodeError) as exc:
             log.error("runbook skipped: %s", exc)
     return RunbookLibrary(books)
+
+
+def runbooks_of(line: "LineConfig") -> RunbookLibrary:
+    """The line's own runbooks (``knowledge.runbooks``, relative to the line file); none named, an empty library."""
+    _, directory = line.knowledge.paths(line.path.parent if line.path else None)
+    return load_runbooks(directory) if directory else RunbookLibrary([])

@@ -16,20 +16,25 @@ conversation history per alarm.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
+import re
 import time
 from collections import OrderedDict
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
-from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.catalogue import Fault, load_faults
+from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
 from factory_copilot.config import LineConfig
+from factory_copilot.copilot.answers import runbook_answer
 from factory_copilot.copilot.backends import BackendError, LLMBackend, ModelTimeout
 from factory_copilot.copilot.diagnosis import InvalidModelOutput, diagnosis_schema, model_diagnosis, runbook_diagnosis
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
 from factory_copilot.copilot.prompt import diagnosis_messages, question_messages, system_prompt
-from factory_copilot.copilot.runbooks import RunbookLibrary, load_runbooks
-from factory_copilot.records import Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, Question, Reading, Turn
+from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
+from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, Question, Reading,
+                                     SourceState, Turn)
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +68,108 @@ class TokenStream:
         return piece
 
 
+class SummaryStream:
+    """Turns the model's JSON, piece by piece, into the text of its first field (``summary``) for the operator.
+
+    The schema puts the summary first, so the operator reads the model's words as they come while
+    the rest (ids the code renders) is still being written; JSON escapes are decoded on the way.
+    """
+
+    def __init__(self, sink: TokenSink | None):
+        self.sink = sink
+        self.raw = ""
+        self.text = ""
+        self.first_at: float | None = None
+        self._pos = -1  # index in raw where the summary's characters start; -1 not found yet
+        self._done = False
+
+    def __call__(self, piece: str) -> None:
+        self.raw += piece
+        if self._done:
+            return
+        if self._pos < 0:
+            m = _SUMMARY_KEY.search(self.raw)
+            if not m:
+                return
+            self._pos = m.end()
+        out, i, raw = [], self._pos, self.raw
+        while i < len(raw):
+            c = raw[i]
+            if c == "\\":
+                if i + 1 >= len(raw):
+                    break
+                if raw[i + 1] == "u":
+                    if i + 6 > len(raw):
+                        break
+                    try:
+                        out.append(chr(int(raw[i + 2 : i + 6], 16)))
+                    except ValueError:
+                        pass
+                    i += 6
+                    continue
+                out.append({"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "/": "/"}.get(raw[i + 1], ""))
+                i += 2
+                continue
+            if c == '"':
+                self._done = True
+                i += 1
+                break
+            out.append(c)
+            i += 1
+        self._pos = i
+        # what the operator reads: line breaks as spaces, other control characters dropped (as the diagnosis does)
+        new = "".join(" " if c in "\t\n\r" else c for c in out if c in "\t\n\r" or (c >= " " and c != "\x7f"))
+        if new:
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
+            self.text += new
+            if self.sink:
+                self.sink(new)
+
+
+    def close(self) -> None:
+        """The summary is over (what is pending, a cut escape, is dropped)."""
+        self._done = True
+
+
+_SUMMARY_KEY = re.compile(r'"summary"\s*:\s*"')
+SUMMARY_OPEN = '{"summary":"'
+SUMMARY_TOKENS = 56  # one or two short sentences; a model that has not closed the string by then is cut
+
+
+def json_string_body(raw: str) -> str:
+    """Freely written summary text made a valid JSON string body (a cut escape removed, control characters spaced)."""
+    raw = re.sub(r"\\u[0-9a-fA-F]{0,3}$", "", raw)
+    if (len(raw) - len(raw.rstrip("\\"))) % 2:
+        raw = raw[:-1]  # an escape cut in half by the stop or the token limit
+    # line breaks as spaces, other control characters dropped: as the operator saw it stream (no quote: it stopped there)
+    return "".join(" " if c in "\t\n\r" else c for c in raw if c in "\t\n\r" or c >= " ")
+
+
+def _gbnf(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def choice_grammar(faults: list[str], steps: list[str], max_causes: int = 2, max_steps: int = 3) -> str:
+    """GBNF for the rest of the answer after ``"causes":["``: fault:confidence choices, then step numbers."""
+    causes = " | ".join(_gbnf(f"{f}:{c}") for f in [*faults, UNKNOWN] for c in ("high", "medium", "low"))
+    more_causes = f' ({_gbnf(chr(34) + "," + chr(34))} cause)?' * (max_causes - 1)
+    step = " | ".join(_gbnf(s) for s in steps)
+    n = min(max_steps, len(steps))
+    step_list = f' (step{(" (" + _gbnf(",") + " step)?") * (n - 1)})?' if steps else ""
+    return (f'root ::= cause{more_causes} {_gbnf(chr(34) + "],")} {_gbnf(chr(34) + "steps" + chr(34) + ":[")}'
+            f'{step_list} {_gbnf("]}")}\ncause ::= {causes}\n' + (f"step ::= {step}\n" if steps else ""))
+
+
 class Copilot:
     """The station: evidence per alarm, the runbook diagnosis at once, the model's after, and follow-up questions.
 
     ``backend`` None means runbook explanations only. ``memory`` supplies similar past incidents
-    (the store implements it). ``schema`` defaults to ``diagnosis_schema`` over this plant's faults,
-    signals and runbook passages.
+    (the store implements it). ``faults`` and ``library`` default to the line's own catalogue and
+    runbooks (``knowledge`` in the line file); a line without them gets evidence-only diagnoses.
+    ``schema`` defaults to ``diagnosis_schema`` over this line's fault ids and runbook steps;
+    ``constrained`` False lets the model write freely (the same validation applies); ``two_steps`` writes
+    the summary freely and then the choices under a small grammar (see ``_two_steps``).
     """
 
     def __init__(
@@ -83,6 +184,8 @@ class Copilot:
         max_tokens: int = 600,
         schema: dict | None = None,
         keep_alarms: int = 200,
+        constrained: bool = True,
+        two_steps: bool = False,
         *,
         alarms: Buffer[AlarmEvent | Alarm] | None = None,
         readings: Buffer[Reading] | None = None,
@@ -94,19 +197,20 @@ class Copilot:
         max_pending: int = 16,
     ):
         self.line = line
-        self.library = library if library is not None else load_runbooks()
+        self.library = library if library is not None else runbooks_of(line)
         self.backend = backend
         self.memory = memory
         self.history = history or SignalHistory()
-        self.faults = faults if faults is not None else load_faults()
+        self.faults = faults if faults is not None else faults_of(line)
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
-        self.schema = schema or diagnosis_schema(
-            faults=list(self.faults),
-            signals=line.signal_keys(),
-            refs=[p.id for p in self.library.passages],
-        )
-        self.system = system_prompt(line.site, line.line, self.faults, self.library)
+        self.constrained = constrained
+        # measured with bench/copilot.py: the two-step answer gives the first words ~1 s sooner but costs more in
+        # all (its second call re-reads the summary it wrote), so one call under the schema is the default
+        self.two_steps = two_steps
+        self.fixed_schema = schema is not None  # True: this schema as given for every alarm (no per-alarm step numbers)
+        self.schema = schema or diagnosis_schema(faults=list(self.faults))
+        self.system = system_prompt(line.site, line.line, self.faults, self.library, line.description)
         self.keep_alarms = keep_alarms
         self.alarms, self.readings, self.questions = alarms, readings, questions
         self.diagnoses, self.chunks, self.answers, self.turns = diagnoses, chunks, answers, turns
@@ -114,10 +218,23 @@ class Copilot:
         self._packs: OrderedDict[str, EvidencePack] = OrderedDict()
         self._turns: dict[str, list[Turn]] = {}
         self.counts = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0}
+        self.last_timing: dict[str, float] = {}
+        self.sources: dict[str, SourceState] = {}  # the last state each source reported (up/down)
+        self.last_text = ""
 
-    def stats(self) -> dict[str, int]:
-        """Diagnoses by source, fallbacks, dropped citations, questions answered."""
-        return dict(self.counts)
+    def stats(self) -> dict[str, Any]:
+        """Diagnoses by source, fallbacks, dropped citations, questions answered; the model and its manifest."""
+        return {**self.counts, "model_file": self.model_info()}  # ("model" counts the model's diagnoses)
+
+    def model_info(self) -> dict[str, Any] | None:
+        """Which model explains alarms, and the manifest it was verified with (``models pull``), for ``/health``."""
+        if self.backend is None:
+            return None
+        from factory_copilot.copilot.model_files import manifest_for
+
+        path = getattr(self.backend, "model_path", None)
+        return {"name": getattr(self.backend, "name", type(self.backend).__name__), "path": path,
+                "constrained": self.constrained, "manifest": manifest_for(path)}
 
     def close(self) -> None:
         """Stop the model's worker process, if there is one (at shutdown)."""
@@ -132,7 +249,7 @@ class Copilot:
 
     def evidence(self, alarm: Alarm) -> EvidencePack:
         """Build (and remember, for follow-up questions) the evidence pack for an alarm."""
-        pack = build_evidence(alarm, self.line, self.history, self.library, self.memory, self.faults)
+        pack = build_evidence(alarm, self.line, self.history, self.library, self.faults, self.memory)
         self._packs[alarm.alarm_id] = pack
         self._packs.move_to_end(alarm.alarm_id)
         while len(self._packs) > self.keep_alarms:
@@ -148,7 +265,7 @@ class Copilot:
     def explain_now(self, alarm: Alarm, reason: str | None = None) -> Diagnosis:
         """The runbook diagnosis, synchronously: what the operator sees the moment the alarm is raised."""
         started = time.perf_counter()
-        d = runbook_diagnosis(self.evidence(alarm), self.library, reason, self.faults)
+        d = runbook_diagnosis(self.evidence(alarm), self.library, self.faults, reason)
         d.latency_s = time.perf_counter() - started
         self.counts["runbook"] += 1
         return d
@@ -167,12 +284,42 @@ class Copilot:
         self.evidence(alarm)
         return await self._model_diagnosis(alarm.alarm_id, on_token)
 
+    def schema_for(self, pack: EvidencePack) -> dict:
+        """The grammar of one alarm's answer: the plant's faults, and the numbers of the steps offered for it."""
+        if self.fixed_schema:
+            return self.schema
+        schema = json.loads(json.dumps(self.schema))
+        labels = pack.step_labels()
+        steps = schema["properties"]["steps"]
+        if labels:
+            steps["items"] = {"enum": [int(x) for x in labels]}
+            steps["maxItems"] = min(3, len(labels))
+        else:
+            steps.pop("items", None)
+            steps["maxItems"] = 0
+        return schema
+
     async def _model_diagnosis(self, alarm_id: str, on_token: TokenSink | None) -> Diagnosis:
+        """The model's diagnosis; ``on_token`` gets the summary's words as they are written (the rest is ids)."""
         pack = self._packs[alarm_id]
         started = time.perf_counter()
+        summary = SummaryStream(on_token)
+        self.last_timing = {}
         try:
-            text = await self._generate(diagnosis_messages(self.system, pack), self.schema, self.max_tokens, on_token)
-            d = model_diagnosis(text, pack, self.library, getattr(self.backend, "name", None), self.faults)
+            if (self.two_steps and self.constrained and not self.fixed_schema
+                    and getattr(self.backend, "supports_prefill", False)):
+                # both steps back to back: another alarm's call in between would evict this one's prompt from the cache
+                self._model_lock = getattr(self, "_model_lock", None) or asyncio.Lock()
+                async with self._model_lock:
+                    text, stats = await self._two_steps(pack, summary)
+            else:  # one call under the schema (a server that takes a JSON schema), or free (constrained=False)
+                text = await self._generate(diagnosis_messages(self.system, pack),
+                                            self.schema_for(pack) if self.constrained else None, self.max_tokens, summary)
+                stats = dict(getattr(self.backend, "last_stats", None) or {})
+            self.last_text = text  # what the model answered (with what was given it), for evaluation and tests
+            self.last_timing = {"first_words_s": (summary.first_at or time.perf_counter()) - started,
+                                "complete_s": time.perf_counter() - started, **stats}
+            d = model_diagnosis(text, pack, self.library, self.faults, getattr(self.backend, "name", None))
             self.counts["model"] += 1
             self.counts["dropped_citations"] += d.dropped_citations
             if d.dropped_citations:
@@ -192,24 +339,46 @@ class Copilot:
     def _fallback(self, pack: EvidencePack, reason: str) -> Diagnosis:
         self.counts["fallback"] += 1
         log.warning("alarm %s: runbook diagnosis instead of the model's (%s)", pack.alarm_id, reason)
-        return runbook_diagnosis(pack, self.library, reason, self.faults)
+        return runbook_diagnosis(pack, self.library, self.faults, reason)
 
     async def _generate(self, messages: list[dict[str, str]], schema: dict | None, max_tokens: int,
-                        on_token: TokenSink | None) -> str:
+                        on_token: TokenSink | None, timeout_s: float | None = None, **extra: Any) -> str:
         """Run the blocking backend call in a worker thread; token callbacks come back on the event loop."""
         loop = asyncio.get_running_loop()
         relay = (lambda piece: loop.call_soon_threadsafe(on_token, piece)) if on_token else None
         assert self.backend is not None
+        timeout_s = self.timeout_s if timeout_s is None else max(0.1, timeout_s)
         call = asyncio.ensure_future(
-            asyncio.to_thread(self.backend.chat, messages, schema, max_tokens, relay, self.timeout_s))
+            asyncio.to_thread(functools.partial(self.backend.chat, messages, schema, max_tokens, relay, timeout_s, **extra)))
         # a call abandoned below (timeout, or the station stopping) ends later with an error nobody awaits: expected
         call.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             # the backend checks its deadline between tokens only; prompt processing and grammar set-up can
             # overrun it on a busy CPU, so the caller stops waiting here (the worker ends at its next token)
-            return await asyncio.wait_for(asyncio.shield(call), self.timeout_s + TIMEOUT_GRACE_S)
+            return await asyncio.wait_for(asyncio.shield(call), timeout_s + TIMEOUT_GRACE_S)
         except asyncio.TimeoutError:
-            raise ModelTimeout(f"no answer within {self.timeout_s:g} s") from None
+            raise ModelTimeout(f"no answer within {timeout_s:g} s") from None
+
+    async def _two_steps(self, pack: EvidencePack, summary: SummaryStream) -> tuple[str, dict[str, float]]:
+        """The answer in two calls on one cached prompt: the summary written freely, then the ids under a small grammar.
+
+        The JSON around them is given (prefilled), not generated: every generated token costs a forward pass,
+        and a grammar over the whole vocabulary costs more per token than free writing. The summary ends
+        at its closing quote; the choices are an enum of this line's faults and this alarm's steps.
+        """
+        messages = diagnosis_messages(self.system, pack)
+        started = time.monotonic()
+        summary(SUMMARY_OPEN)
+        raw = await self._generate(messages, None, SUMMARY_TOKENS, summary, prefill=SUMMARY_OPEN, stop=['"'])
+        first = dict(getattr(self.backend, "last_stats", None) or {})
+        summary.close()  # the summary ended at its quote (or the token limit); a cut escape is dropped
+        choices = SUMMARY_OPEN + json_string_body(raw) + '","causes":["'
+        rest = await self._generate(messages, None, 48, None, self.timeout_s - (time.monotonic() - started),
+                                    prefill=choices, grammar=choice_grammar(list(self.faults), pack.step_labels()))
+        second = dict(getattr(self.backend, "last_stats", None) or {})
+        stats = {**second, "ttft_s": first.get("ttft_s", 0.0),
+                 "completion_chunks": first.get("completion_chunks", 0) + second.get("completion_chunks", 0)}
+        return choices + rest, stats
 
     async def warm_up(self) -> bool:
         """Load the model and process the fixed prompt prefix now, so the first alarm finds it in the KV cache."""
@@ -217,12 +386,18 @@ class Copilot:
             return False
         started = time.perf_counter()
         try:
-            await self._generate([{"role": "system", "content": self.system}, {"role": "user", "content": "ready?"}],
-                                 None, 1, None)
+            warm = getattr(self.backend, "warm", None)
+            if warm is not None:  # llama.cpp: restored from disk when this prefix was saved before
+                stats = await asyncio.to_thread(warm, self.system)
+                how = "restored from disk" if stats.get("restored") else "computed and saved"
+            else:
+                await self._generate([{"role": "system", "content": self.system}, {"role": "user", "content": "ready?"}],
+                                     None, 1, None)
+                how = "cached"
         except Exception as exc:  # the alarms will report the same problem with their fallback reason
             log.warning("copilot warm-up failed: %s", exc)
             return False
-        log.info("copilot model warm: fixed prompt prefix cached in %.1f s", time.perf_counter() - started)
+        log.info("copilot model warm: fixed prompt prefix %s in %.1f s", how, time.perf_counter() - started)
         return True
 
     # ---- follow-up questions ---------------------------------------------------------------------------------
@@ -248,25 +423,12 @@ class Copilot:
             except BackendError as exc:
                 log.warning("alarm %s: question answered from the runbooks (%s: %s)", alarm_id, exc.reason, exc)
         if not answer:
-            answer, source = self._runbook_answer(pack, question), "runbook"
+            answer, source = runbook_answer(pack, question, self.library, self.faults), "runbook"
             if on_token:
                 on_token(answer)
         turn = Turn(alarm_id, "copilot", answer, request_id=request_id, source=source)
         turns.append(turn)
         return turn
-
-    def _runbook_answer(self, pack: EvidencePack, question: str) -> str:
-        """Without a model: the runbook passages closest to the question, for this alarm's runbooks first."""
-        hits = self.library.search(question + " " + pack.asset, k=6)
-        own = [h for h in hits if h[0].runbook_id in pack.runbook_ids()] or hits
-        if not own:
-            return "No runbook passage matches the question; ask maintenance."
-        p = own[0][0]
-        lines = p.items[:3] or [p.text[:300]]
-        mentioned = [s for s in pack.signals if s.key in question or s.key.split(".")[-1] in question]
-        facts = "; ".join(f"{s.key} is {s.value:.4g} {s.unit} ({s.direction}, normal {s.normal[0]:g}-{s.normal[1]:g})"
-                          for s in mentioned if s.value is not None)
-        return (f"{facts}. " if facts else "") + f"From {p.id}: " + " ".join(lines)
 
     # ---- the station loop ---------------------------------------------------------------------------------
 
@@ -280,9 +442,12 @@ class Copilot:
 
         async def take_readings(readings: Buffer[Reading]) -> None:
             while True:
-                self.observe(await readings.get())
-                for _ in range(readings.qsize()):  # what piled up meanwhile, without a wake-up each
-                    self.observe(readings.get_nowait())
+                for item in [await readings.get()] + [readings.get_nowait() for _ in range(readings.qsize())]:
+                    # (what piled up meanwhile, without a wake-up each)
+                    if isinstance(item, Reading):
+                        self.observe(item)
+                    elif isinstance(item, SourceState):  # a source up or down, if the stream carries them
+                        self.sources[item.source] = item
 
         async def take_alarms() -> None:
             while True:

@@ -71,10 +71,12 @@ class LocalModel(OnePerModelFile):
     """A GGUF model served by a child process; see the module docstring."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, seed: int = 0, max_crashes: int = 3, start_timeout_s: float = 300.0):
+                 n_gpu_layers: int = 0, seed: int = 0, max_crashes: int = 3, start_timeout_s: float = 300.0,
+                 state_dir: str | None = None):
         self.model_path = str(model_path)
         self.name = Path(self.model_path).name
-        self.settings = {"n_ctx": n_ctx, "n_threads": n_threads, "n_gpu_layers": n_gpu_layers, "seed": seed}
+        self.settings = {"n_ctx": n_ctx, "n_threads": n_threads, "n_gpu_layers": n_gpu_layers, "seed": seed,
+                         "state_dir": str(state_dir) if state_dir else None}
         self.max_crashes = max_crashes
         self.start_timeout_s = start_timeout_s
         self.calls = 0
@@ -179,8 +181,21 @@ class LocalModel(OnePerModelFile):
 
     # ---- one call ------------------------------------------------------------------------------------------
 
+    def warm(self, system: str, timeout_s: float | None = 600.0) -> dict[str, float]:
+        """Have the fixed prompt prefix warm in the child (restored from disk when it was saved before)."""
+        self._call({"warm": system, "timeout_s": timeout_s}, None, timeout_s)
+        return self.last_stats
+
+    supports_prefill = True
+
     def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
-             on_token: OnToken | None = None, timeout_s: float | None = None) -> str:
+             on_token: OnToken | None = None, timeout_s: float | None = None, prefill: str = "",
+             stop: list[str] | None = None, grammar: str | None = None) -> str:
+        request = {"messages": messages, "schema": schema, "max_tokens": max_tokens, "timeout_s": timeout_s,
+                   "prefill": prefill, "stop": stop, "grammar": grammar}
+        return self._call(request, on_token, timeout_s)
+
+    def _call(self, request: dict[str, Any], on_token: OnToken | None, timeout_s: float | None) -> str:
         with self._lock:
             if self._failed:
                 raise ModelUnavailable(self._failed)
@@ -191,7 +206,6 @@ class LocalModel(OnePerModelFile):
                 self._start()
             assert self._proc is not None and self._proc.stdin is not None
             self.calls += 1
-            request = {"messages": messages, "schema": schema, "max_tokens": max_tokens, "timeout_s": timeout_s}
             try:
                 self._proc.stdin.write(json.dumps(request) + "\n")
                 self._proc.stdin.flush()
@@ -233,6 +247,7 @@ def serve(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-threads", type=int)
     ap.add_argument("--n-gpu-layers", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--state-dir", help="where the warm prompt prefix is kept across restarts")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s[worker]: %(message)s")
@@ -245,7 +260,7 @@ def serve(argv: list[str] | None = None) -> int:
         out.write(json.dumps(msg) + "\n")
 
     backend = LlamaCppBackend(args.model, n_ctx=args.n_ctx, n_threads=args.n_threads, n_gpu_layers=args.n_gpu_layers,
-                              seed=args.seed)
+                              seed=args.seed, state_dir=args.state_dir)
     started = time.perf_counter()
     try:
         backend.load()
@@ -256,8 +271,13 @@ def serve(argv: list[str] | None = None) -> int:
     for line in sys.stdin:
         try:
             req = json.loads(line)
+            if "warm" in req:
+                stats = backend.warm(req["warm"])
+                say({"done": True, "text": "", "stats": stats})
+                continue
             text = backend.chat(req["messages"], req.get("schema"), req.get("max_tokens", 512),
-                                lambda piece: say({"token": piece}), req.get("timeout_s"))
+                                lambda piece: say({"token": piece}), req.get("timeout_s"), req.get("prefill") or "",
+                                req.get("stop"), req.get("grammar"))
             say({"done": True, "text": text, "stats": backend.last_stats})
         except ModelTimeout as exc:
             say({"error": "timeout", "message": str(exc), "partial": exc.partial})

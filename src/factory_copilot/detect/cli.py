@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--normal-hours", type=float, default=16.0, help="hours of simulated normal running to count false alarms on")
     e.add_argument("--out", default="eval", help="directory for results.json and results.png (default eval/)")
     e.set_defaults(func=evaluate_command)
+    from factory_copilot.copilot.evaluate import add_arguments as copilot_arguments  # evaluate --copilot
+
+    copilot_arguments(e)
 
 
 def readings_table(readings: pd.DataFrame, line) -> pd.DataFrame:

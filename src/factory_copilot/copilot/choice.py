@@ -1,0 +1,32 @@
+"""Which language model the copilot uses: the line's settings (or FACTORY_COPILOT_* variables) to a backend, or none."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from factory_copilot.copilot.backends import LLMBackend, OpenAIBackend
+from factory_copilot.copilot.worker import LocalModel
+
+
+def backend_from_settings(model: str | None = None, openai_url: str | None = None, openai_model: str | None = None,
+                          n_threads: int | None = None, n_ctx: int | None = None,
+                          n_gpu_layers: int | None = None, state_dir: str | Path | None = None) -> LLMBackend | None:
+    """The backend chosen by arguments, else by FACTORY_COPILOT_* environment variables; None means runbook only.
+
+    A GGUF file is served by a child process (``LocalModel``), so a crash in llama.cpp never stops the service.
+    """
+    env = os.environ
+    openai_url = openai_url or env.get("FACTORY_COPILOT_OPENAI_URL")
+    if openai_url:
+        return OpenAIBackend(openai_url, model=openai_model or env.get("FACTORY_COPILOT_OPENAI_MODEL", "qwen2.5-1.5b-instruct"))
+    model = model or env.get("FACTORY_COPILOT_MODEL")
+    if not model:
+        return None
+    return LocalModel.shared(
+        model,
+        n_threads=n_threads or int(env.get("FACTORY_COPILOT_THREADS", "0")) or None,
+        n_ctx=n_ctx or int(env.get("FACTORY_COPILOT_CTX", "4096")),
+        n_gpu_layers=n_gpu_layers if n_gpu_layers is not None else int(env.get("FACTORY_COPILOT_GPU_LAYERS", "0")),
+        state_dir=str(state_dir) if state_dir else None,
+    )

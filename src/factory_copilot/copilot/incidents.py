@@ -1,0 +1,98 @@
+"""``factory-copilot incidents export``: operator-confirmed incidents as chat-format JSON Lines for fine-tuning.
+
+    factory-copilot incidents export --config LINE.yaml [--out incidents.jsonl] [--since-hours H]
+
+Each alarm an operator confirmed (or corrected with "another cause") becomes one example: the
+system prompt and the evidence block the copilot would send for it (rebuilt from the readings the
+store kept before the alarm), and the answer the operator confirmed, in the copilot's own output
+form (summary, the cause id with "high" confidence, the steps to do first). Alarms marked false
+are left out. The file stays where it is written: nothing leaves the plant unless a person copies
+it. The fine-tuning recipe (LoRA on the same Qwen, back to GGUF) is in models/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from factory_copilot.catalogue import UNKNOWN
+from factory_copilot.config import LineConfig, ServicePaths, load_line
+from factory_copilot.copilot.prompt import diagnosis_messages
+from factory_copilot.copilot.station import Copilot
+from factory_copilot.records import Reading
+from factory_copilot.store.store import Store
+
+WINDOW_S = 600.0  # readings before the alarm that make its evidence (the copilot's own window)
+VERDICTS = ("confirmed", "other_cause")
+
+
+def examples(line: LineConfig, store: Store, since: float = 0.0) -> Iterator[dict[str, Any]]:
+    """One chat example per confirmed or corrected alarm, oldest first."""
+    for marked in store.marked_alarms(VERDICTS, since):
+        alarm = store.alarm(marked.alarm_id)
+        if alarm is None:
+            continue
+        feedback = store.feedback(marked.alarm_id)[-1]
+        cop = Copilot(line)
+        for asset in line.assets:
+            frame = store.trend(asset.id, alarm.raised_at - WINDOW_S, alarm.raised_at)
+            for ts, signal, value in frame[["ts", "signal", "mean"]].itertuples(index=False):
+                if value == value:  # NaN: a bad sample, never data
+                    cop.observe(Reading(float(ts), asset.id, str(signal), float(value)))
+        pack = cop.evidence(alarm)
+        cause = feedback.actual_cause if feedback.actual_cause in cop.faults else UNKNOWN
+        diagnosis = store.diagnosis(alarm.alarm_id)
+        if (cause != UNKNOWN and diagnosis and diagnosis.source == "model" and diagnosis.causes
+                and diagnosis.causes[0].fault_type == cause):
+            summary = diagnosis.summary  # the model's own words, confirmed
+        elif cause != UNKNOWN:
+            summary = f"{pack.asset_name}: {cop.faults[cause].name.lower()}."
+        else:
+            summary = f"{pack.asset_name}: no known fault; the operator found: {feedback.actual_cause or 'another cause'}."
+        fixed = f" Fixed by: {' '.join(feedback.fix.split())}." if feedback.fix else ""
+        base = " ".join(summary.split())
+        summary = base[: max(40, 160 - len(fixed))].rstrip() + fixed  # the schema's bound; the fix is kept whole
+        steps = [int(label) for label, sid in zip(pack.step_labels(), pack.step_ids)
+                 if pack.step_faults.get(sid) == cause][:3]
+        answer = {"summary": summary[:160], "causes": [f"{cause}:high"],
+                  "steps": steps}
+        messages = diagnosis_messages(cop.system, pack)
+        messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
+        yield {"messages": messages,
+               "metadata": {"alarm_id": alarm.alarm_id, "asset": alarm.asset, "raised_at": alarm.raised_at,
+                            "verdict": feedback.verdict, "actor": feedback.actor, "fix": feedback.fix,
+                            "line": f"{line.site}/{line.line}"}}
+
+
+def run(args: argparse.Namespace) -> int:
+    line = load_line(args.config)
+    paths = ServicePaths.of_line(line, args.config, Path(args.state_dir) if args.state_dir else None)
+    if not paths.store.is_file():
+        print(f"error: no store at {paths.store} (the service writes it; --state-dir to point elsewhere)", file=sys.stderr)
+        return 2
+    since = time.time() - args.since_hours * 3600 if args.since_hours else 0.0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with Store(paths.store) as store, open(out, "w", encoding="utf-8") as f:
+        for example in examples(line, store, since):
+            f.write(json.dumps(example, ensure_ascii=False) + "\n")
+            n += 1
+    print(f"{out}: {n} confirmed incident(s) as chat examples (alarms marked false left out); "
+          "see models/README.md for fine-tuning")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("incidents", help="export operator-confirmed incidents for fine-tuning")
+    inner = p.add_subparsers(dest="incidents_command", metavar="ACTION", required=True)
+    e = inner.add_parser("export", help="confirmed incidents as chat-format JSON Lines", description=__doc__.splitlines()[0])
+    e.add_argument("--config", required=True, type=Path, help="the line file the service runs")
+    e.add_argument("--state-dir", help="override the line file's service.state_dir (the demo's is var/demo)")
+    e.add_argument("--out", default="incidents.jsonl", help="file to write (default incidents.jsonl)")
+    e.add_argument("--since-hours", type=float, help="only incidents confirmed within this many hours")
+    e.set_defaults(func=run)
