@@ -20,8 +20,7 @@ from river import anomaly, compose, preprocessing
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.detect import DetectStation
 from factory_copilot.detect.evaluate import SIM_DETECTOR, train_models
-from factory_copilot.records import Mode
-from simulators import normal_runs, simulate_frame, standard_scenarios
+from simulators import Mode, normal_runs, simulate_frame, standard_scenarios
 
 
 def frames(line, runs):

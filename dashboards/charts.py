@@ -11,7 +11,7 @@ import altair as alt
 import pandas as pd
 
 from factory_copilot.config import LineConfig
-from factory_copilot.records import Alarm, Anomaly, Mode, Priority
+from factory_copilot.records import Alarm, Anomaly, Priority
 from factory_copilot.store import Store
 
 # ISA-18.2 style: critical red, high orange, medium yellow, low cyan
@@ -44,13 +44,13 @@ def signal_frame(store: Store, line: LineConfig, asset: str, since: float, until
     frame = frame.sort_values("ts").reset_index(drop=True)
     modes = _mode_series(store, line, since, until)
     if modes.empty:
-        frame["mode"] = Mode.RUNNING.value
+        frame["mode"] = line.production_mode
     else:
         frame = pd.merge_asof(frame, modes, on="ts", direction="backward")
         frame["mode"] = frame["mode"].fillna(modes["mode"].iloc[0])
     spec = {s.name: s for s in line.asset(asset).signals}
     bands = {
-        (name, m.value): spec[name].normal_for(m) for name in frame["signal"].unique() if name in spec for m in Mode
+        (name, m): spec[name].normal_for(m) for name in frame["signal"].unique() if name in spec for m in line.mode_names()
     }
     frame["lo"] = [bands.get((s, m), (float("nan"),) * 2)[0] for s, m in zip(frame["signal"], frame["mode"])]
     frame["hi"] = [bands.get((s, m), (float("nan"),) * 2)[1] for s, m in zip(frame["signal"], frame["mode"])]
@@ -62,14 +62,20 @@ def signal_frame(store: Store, line: LineConfig, asset: str, since: float, until
 
 def _mode_series(store: Store, line: LineConfig, since: float, until: float) -> pd.DataFrame:
     """The line's operating mode over time (from the mode signal), as columns ts, mode."""
-    if line.mode_signal is None:
+    if line.mode_key is None:
         return pd.DataFrame(columns=["ts", "mode"])
     # look back a while so the mode in force at ``since`` is known
-    raw = store.trend(line.mode_signal.asset, since - 3600, until, signals=[line.mode_signal.signal])
+    asset, _, signal = line.mode_key.partition(".")
+    raw = store.trend(asset, since - 3600, until, signals=[signal])
     raw = raw.dropna(subset=["mean"]).sort_values("ts")
+    modes, current = [], None
+    for v in raw["mean"]:
+        current = line.mode_of(v, current) or current
+        modes.append(current)
+    raw = raw.assign(mode=modes).dropna(subset=["mode"])
     if raw.empty:
         return pd.DataFrame(columns=["ts", "mode"])
-    return pd.DataFrame({"ts": raw["ts"].astype(float), "mode": [Mode.from_code(v).value for v in raw["mean"]]})
+    return pd.DataFrame({"ts": raw["ts"].astype(float), "mode": raw["mode"].astype(str)})
 
 
 def anomaly_windows(anomalies: Sequence[Anomaly], gap_s: float = 15.0) -> pd.DataFrame:

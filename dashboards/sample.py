@@ -22,7 +22,6 @@ from factory_copilot.records import (
     Cause,
     Diagnosis,
     Evidence,
-    Mode,
     Priority,
     Reading,
     Step,
@@ -58,7 +57,7 @@ def seed(store: Store, line: LineConfig | None = None, now: float | None = None,
     readings = []
     for k in range(minutes * 60):
         ts = start + k
-        mode = Mode.CHANGEOVER if ts < changeover_end else Mode.RUNNING
+        mode = "changeover" if ts < changeover_end else "running"
         severity = min(1.0, max(0.0, (ts - onset) / 240))
         for asset in line.assets:
             for sig in asset.signals:
@@ -66,8 +65,8 @@ def seed(store: Store, line: LineConfig | None = None, now: float | None = None,
                 centre, width = (lo + hi) / 2, max(hi - lo, 1e-6)
                 value = centre + width * 0.12 * (math.sin(k / 37 + len(sig.name)) + rng.gauss(0, 0.6))
                 if asset.id == "line" and sig.name == "mode":
-                    value = float(mode.code)
-                if asset.id == "product_pump" and sig.name in _CAVITATION and mode is Mode.RUNNING:
+                    value = float(line.modes.code_of(mode))
+                if asset.id == "product_pump" and sig.name in _CAVITATION and mode == "running":
                     value += width * _CAVITATION[sig.name] * severity * (1 + rng.gauss(0, 0.15))
                 if asset.id == "heat_tunnel" and sig.name == "zone1_temperature" and ts > tunnel_at - 60:
                     value += min(1.0, (ts - tunnel_at + 60) / 60) * width * 0.9

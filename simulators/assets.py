@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from factory_copilot.records import Mode
+from simulators.scenarios import Mode
 
 from simulators.noise import Wander, lag_gain, toward
 from simulators.scenarios import Segment

@@ -8,6 +8,7 @@ both for the standard evaluation runs; the ground truth goes to a JSON-lines fil
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,24 @@ from typing import Any, Iterable, Sequence
 
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_FAULTS
-from factory_copilot.records import Mode
+
+
+class Mode(enum.StrEnum):
+    """The simulated packaging line's four operating modes; ``code`` is the value of its line.mode signal
+    (the line file declares the same codes under ``modes.codes``)."""
+
+    IDLE = "idle"
+    STARTUP = "startup"
+    RUNNING = "running"
+    CHANGEOVER = "changeover"
+
+    @property
+    def code(self) -> int:
+        return list(Mode).index(self)
+
+    @classmethod
+    def from_code(cls, code: float | int) -> "Mode":
+        return list(cls)[int(round(float(code)))]
 
 # Time (s) for a fault to grow from onset to its full severity; faults grow, they don't step.
 DEFAULT_RAMP_S: dict[str, float] = {

@@ -264,7 +264,7 @@ class SparkplugPublisher:
         conn = connection or line.sparkplug_broker
         grouped: dict[tuple[str, str], list[_Metric]] = {}
         alias = 0
-        mode_key = f"{line.mode_signal.asset}.{line.mode_signal.signal}" if line.mode_signal else None
+        mode_key = line.modes.signal if line.modes and line.modes.codes is not None else None  # a coded mode is an integer
         for a in line.assets:
             for s in a.signals:
                 key = f"{a.id}.{s.name}"

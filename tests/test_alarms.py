@@ -9,7 +9,7 @@ import pytest
 from factory_copilot.alarms import AlarmEngine, AlarmSettings, annunciated
 from factory_copilot.alarms.design import alarm_id
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.records import AlarmState, Anomaly, Mode, OperatorCommand, Priority
+from factory_copilot.records import AlarmState, Anomaly, OperatorCommand, Priority
 
 T0 = 1_800_000_000.0
 
@@ -60,11 +60,11 @@ def engine(make):
     return make()
 
 
-def limit(asset="product_pump", signal="flow", value=40.0, score=2.0, threshold=1.0, mode=Mode.RUNNING):
+def limit(asset="product_pump", signal="flow", value=40.0, score=2.0, threshold=1.0, mode="running"):
     return Anomaly(ts=0, asset=asset, kind="limit", signal=signal, value=value, score=score, threshold=threshold, mode=mode)
 
 
-def fault(fault_type="bearing_wear", asset="product_pump", p=0.87, score=20.0, mode=Mode.RUNNING, **kw):
+def fault(fault_type="bearing_wear", asset="product_pump", p=0.87, score=20.0, mode="running", **kw):
     return Anomaly(ts=0, asset=asset, kind="multivariate", score=score, threshold=10.0, fault_type=fault_type,
                    fault_probability=p, mode=mode, **kw)
 
@@ -310,29 +310,29 @@ def test_out_of_service_is_not_evaluated(engine, clock):
 
 
 def test_limit_alarm_of_mode_banded_signal_suppressed_outside_running(engine, clock):
-    idle_flow = limit(value=0.0, mode=Mode.IDLE)  # flow has an idle band: no flow is the design
+    idle_flow = limit(value=0.0, mode="idle")  # flow has an idle band: no flow is the design
     events = feed(engine, clock, idle_flow, 3)
     assert [e.event for e in events] == ["raised"] and events[0].alarm.suppressed
     assert not annunciated(events[0].alarm)
     # the line starts running while flow is still low: now it counts
     clock.advance(1)
-    events = engine.ingest(at(clock, limit(value=40.0, mode=Mode.RUNNING)))
+    events = engine.ingest(at(clock, limit(value=40.0, mode="running")))
     assert [(e.event, e.state) for e in events] == [("unsuppressed", AlarmState.ACTIVE_UNACK)]
     assert annunciated(events[0].alarm)
 
 
 def test_no_suppression_for_signals_without_mode_band_or_fault_alarms(make, clock):
     engine = make(UNGROUPED)
-    temp = limit(asset="filler", signal="product_temperature", value=35.0, mode=Mode.CHANGEOVER)
+    temp = limit(asset="filler", signal="product_temperature", value=35.0, mode="changeover")
     assert not raise_alarm(engine, clock, temp).suppressed
-    assert not raise_alarm(engine, clock, fault(mode=Mode.STARTUP)).suppressed
+    assert not raise_alarm(engine, clock, fault(mode="startup")).suppressed
     stuck = Anomaly(ts=0, asset="product_pump", kind="stuck", signal="flow", value=100.0, score=5, threshold=1,
-                    mode=Mode.IDLE)
+                    mode="idle")
     assert not raise_alarm(engine, clock, stuck).suppressed
 
 
 def test_suppressed_alarm_that_returns_needs_no_ack(engine, clock):
-    raise_alarm(engine, clock, limit(value=0.0, mode=Mode.CHANGEOVER))
+    raise_alarm(engine, clock, limit(value=0.0, mode="changeover"))
     events = silence(engine, clock, 10)
     assert [(e.event, e.state) for e in events] == [("cleared", AlarmState.NORMAL)]
     assert engine.active() == []

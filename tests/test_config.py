@@ -7,7 +7,6 @@ import yaml
 
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, LineConfigError, load_line, parse_line
-from factory_copilot.records import Mode
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def test_simulated_line_loads_with_its_assets_and_signals():
     assert "line.mode" not in line.signal_keys()
     pump_flow = line.signal("product_pump.flow")
     assert pump_flow.unit == "L/min"
-    assert pump_flow.normal_for(Mode.IDLE) != pump_flow.normal_for(Mode.RUNNING)
+    assert pump_flow.normal_for("idle") != pump_flow.normal_for("running")
 
 
 def test_every_catalogue_fault_names_signals_of_the_line():
@@ -102,11 +101,16 @@ def test_several_signals_may_share_a_topic_with_their_own_fields(raw):
 
 def test_a_mode_signal_that_is_not_a_signal_is_refused(raw):
     bad = copy.deepcopy(raw)
-    bad["mode_signal"] = {"asset": "line", "signal": "operating_mode"}
-    with pytest.raises(LineConfigError, match=r"mode_signal: line.operating_mode is not a signal of this line"):
+    bad["modes"]["signal"] = "line.operating_mode"
+    with pytest.raises(LineConfigError, match=r"modes.signal: unknown signal 'line.operating_mode'"):
         parse_line(bad, "plant.yaml")
-    bad["mode_signal"] = None
-    assert parse_line(bad).mode_signal is None
+    old = copy.deepcopy(raw)
+    old.pop("modes")
+    old["mode_signal"] = None  # the key the first line files had, empty: accepted and ignored
+    for a in old["assets"]:
+        for s in a["signals"]:
+            s.pop("modes", None)
+    assert parse_line(old).modes is None
 
 
 def test_sources_serve_each_signal_from_the_first_kind_it_names(raw):

@@ -57,7 +57,7 @@ def test_evidence_pack_has_mode_band_trend_contributions_and_runbook():
     assert "steps for bearing_wear:" in lines and lines[lines.index("steps for bearing_wear:") + 1].startswith("1 ")
     # the same value in another mode is judged against that mode's band
     cop.observe(Reading(1001, "product_pump", "vibration", 1.5))
-    changeover = cop.evidence(alarm_for("product_pump", mode=Mode.CHANGEOVER))
+    changeover = cop.evidence(alarm_for("product_pump", mode=Mode("changeover")))
     assert changeover.signal("product_pump.vibration").normal == (0.3, 2.0)
 
 

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from dashboards import charts, sample
 from dashboards.live import LiveFeed
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, MqttConnection, load_line
-from factory_copilot.records import Alarm, AlarmState, Anomaly, Diagnosis, Mode, Priority, Reading
+from factory_copilot.records import Alarm, AlarmState, Anomaly, Diagnosis, Priority, Reading
 from factory_copilot.publish.topics import Topics
 from factory_copilot.store import Store
 
@@ -75,7 +75,7 @@ def seeded(tmp_path):
 
 def test_normal_band_follows_the_line_mode(tmp_path):
     with Store(tmp_path / "c.db") as store:
-        store.add_readings([Reading(T0 + k, "line", "mode", float(Mode.CHANGEOVER.code if k < 30 else Mode.RUNNING.code))
+        store.add_readings([Reading(T0 + k, "line", "mode", float(LINE.modes.code_of("changeover" if k < 30 else "running")))
                             for k in range(60)])
         store.add_readings([Reading(T0 + k, "infeed_conveyor", "belt_speed", 0.5 if k < 30 else 1.3)
                             for k in range(60)])

@@ -191,4 +191,85 @@ def test_recorded_reading_stream_becomes_rows_per_interval():
     table = readings_table(pd.DataFrame(recs), line)
     # latest good value per interval, held through intervals with none; Bad/Uncertain never used as data
     assert table["product_pump.flow"].tolist() == [101.0, 101.0, 101.0, 103.0]
-    assert table["mode"].tolist() == [2, 2, 2, 2]
+    assert table["mode"].tolist() == ["running"] * 4
+
+
+# ---- operating point, out-of-sample calibration, adaptive baseline -----------------------------------
+def loaded(levels: list[tuple[float, int]], seed: int, drift_per_row: float = 0.0) -> pd.DataFrame:
+    """A machine driven by a load: current follows it at once (curved), a temperature with a 200-row lag."""
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(seed)
+    load = np.concatenate([np.full(n, lv) for lv, n in levels]) + rng.normal(scale=0.3, size=sum(n for _, n in levels))
+    load = lfilter([0.05], [1, -0.95], load, zi=[0.95 * load[0]])[0]  # the demand moves smoothly
+    n = len(load)
+    current = 20 + 3 * load + 0.08 * load**2 + rng.normal(scale=0.4, size=n)
+    temp = lfilter([1 / 200], [1, -(1 - 1 / 200)], 40 + 1.5 * load, zi=[(1 - 1 / 200) * (40 + 1.5 * load[0])])[0]
+    temp = temp + rng.normal(scale=0.15, size=n) + drift_per_row * np.arange(n)
+    other = rng.normal(size=n)
+    return pd.DataFrame({"fan.load": load, "fan.current": current, "fan.temperature": temp, "fan.vibration": other})
+
+
+def test_a_duty_point_between_trained_ones_is_normal_when_judged_by_the_load():
+    train = loaded([(5, 3000), (15, 3000), (5, 3000), (15, 3000)], seed=0)
+    between = loaded([(10, 2500)], seed=1)
+    by_load = LineDetector(context=("fan.load",), context_degree=2, context_lags=(30, 200), false_alarm_rate=1e-3,
+                           persistence=3).fit(train)
+    assert by_load.context_lags_ == (30, 200)  # the load moves while the mode holds: its lags are learnt
+    assert by_load.predict(between).mean() < 0.01  # about the target rate
+    blind = LineDetector(context=(), false_alarm_rate=1e-3, persistence=3).fit(train)
+    assert blind.predict(between).mean() > 0.5  # judged by the two trained points alone, 10 is neither
+    # a broken relation at that duty point is still caught
+    broken = between.copy()
+    broken.loc[1000:, "fan.current"] += 4.0
+    assert by_load.predict(broken)[1100:].mean() > 0.9
+    # batch and stream agree with the operating-point features
+    stream = by_load.stream()
+    live = np.array([stream.update(r)[0] for r in broken.to_numpy()])
+    np.testing.assert_allclose(live, by_load.score_samples(broken), rtol=1e-7, atol=1e-9)
+
+
+def test_held_out_check_widens_a_threshold_the_future_does_not_keep_and_says_so():
+    steady = correlated(6000, seed=12)
+    det = LineDetector(false_alarm_rate=1e-3, persistence=3).fit(steady)
+    m = det.calibration_["modes"]["all"]
+    assert m["held_out"] == 1200 and m["flagged"] == 0 and m["factor"] == 1.0 and not m["missed"]
+    assert m["shown_below"] == pytest.approx(3 / 1200) and not m["estimable"]
+    # the last part of the history runs rougher than the first: calibration in-sample would not hold there
+    rough = correlated(6000, seed=12)
+    rough.iloc[4500:, :3] += np.random.default_rng(3).normal(scale=0.6, size=(1500, 3))
+    det = LineDetector(false_alarm_rate=1e-3, persistence=3).fit(rough)
+    m = det.calibration_["modes"]["all"]
+    assert m["missed"] and m["rate"] > 1e-2 and m["factor"] > 1.0 and m["rate_after"] <= 1e-3
+    assert det.models_["all"].widened == m["factor"]
+    plain = LineDetector(false_alarm_rate=1e-3, persistence=3, holdout=0).fit(rough)
+    assert det.models_["all"].threshold == pytest.approx(plain.models_["all"].threshold * m["factor"])
+    # held-out rates are reported by any grouping of the rows (regimes)
+    groups = np.where(np.arange(6000) < 3000, "early", "late")
+    det = LineDetector(false_alarm_rate=1e-3, persistence=3).fit(rough, groups=groups)
+    assert set(det.calibration_["groups"]) == {"early", "late"}
+    assert det.calibration_["groups"]["early"]["held_out"] == 0 and det.calibration_["groups"]["late"]["held_out"] == 1200
+
+
+def test_adaptive_baseline_follows_slow_drift_but_not_a_growing_fault():
+    train = loaded([(5, 3000), (15, 3000)] * 2, seed=2)
+    params = dict(context=("fan.load",), context_degree=2, context_lags=(30, 200), false_alarm_rate=1e-3, persistence=3)
+    fixed = LineDetector(**params).fit(train)
+    adaptive = LineDetector(**params, baseline_rows=150, baseline_every=10, baseline_hold=50).fit(train)
+    drifting = loaded([(10, 12000)], seed=3, drift_per_row=1.0 / 12000)  # 1 degC (7 sd) over the run, slowly
+    assert fixed.predict(drifting)[6000:].mean() > 0.5
+    assert adaptive.predict(drifting).mean() <= 1e-3  # the target rate
+    # a fault growing 18 times faster than that drift is flagged all the same, and the baseline freezes
+    fault = loaded([(10, 6000)], seed=4)
+    fault.loc[2000:, "fan.temperature"] += np.linspace(0, 6, 4000)
+    flags = adaptive.predict(fault)
+    first = int(np.argmax(flags))
+    assert 2000 < first < 3000 and flags[first:].mean() > 0.95
+    stream = adaptive.stream()
+    live = np.array([stream.update(r) for r in fault.to_numpy()], dtype=object)
+    np.testing.assert_allclose(live[:, 0].astype(float), adaptive.score_samples(fault), rtol=1e-7, atol=1e-9)
+    assert np.array_equal(live[:, 1].astype(bool), flags.astype(bool))
+    frozen = stream.baseline.baseline["all"].copy()
+    for r in fault.iloc[-500:].to_numpy():
+        stream.update(r)
+    np.testing.assert_array_equal(stream.baseline.baseline["all"], frozen)

@@ -11,14 +11,15 @@ import pytest
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.detect import TrainedDetector, LineDetector, load_detector, save_detector
 from factory_copilot.detect.retune import retune
-from factory_copilot.records import AlarmEvent, AlarmState, Anomaly, Feedback, MarkedAlarm, Mode
+from factory_copilot.records import AlarmEvent, AlarmState, Anomaly, Feedback, MarkedAlarm
+from simulators import Mode
 from tests.test_detect import correlated
 
-RUNNING, IDLE = Mode.RUNNING.code, Mode.IDLE.code
+RUNNING, IDLE = Mode.RUNNING.value, Mode.IDLE.value  # the detector knows modes by name
 SIGNALS = ["pump.flow", "pump.current", "pump.suction", "tunnel.temp", "tunnel.power"]
 
 
-def with_mode(X: pd.DataFrame, code: int) -> pd.DataFrame:
+def with_mode(X: pd.DataFrame, code: str) -> pd.DataFrame:
     return X.assign(mode=code)
 
 

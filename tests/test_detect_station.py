@@ -11,7 +11,8 @@ import pytest
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.detect import DetectStation, FaultClassifier, LineDetector, SignalChecks
-from factory_copilot.records import Anomaly, Mode, Quality, Reading
+from factory_copilot.records import Anomaly, Quality, Reading
+from simulators import Mode
 
 LINE = load_line(SIMULATED_LINE)
 KEYS = LINE.signal_keys()
@@ -104,7 +105,7 @@ def test_mode_suppression_and_settling_grace():
     rows = feed(st, 65, 50, override={"product_pump.flow": 45.0})
     limit = kinds(rows, "limit", "product_pump.flow")
     assert limit and all(a.ts >= 65 + 30 for a in limit) and limit[0].ts <= 65 + 32
-    assert limit[0].mode is Mode.RUNNING
+    assert limit[0].mode == "running"
 
 
 def history(n: int, seed: int, shift: dict | None = None) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from factory_copilot.detect.station import SOURCES_ASSET, DetectStation
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.publish import payloads
 from factory_copilot.publish.publisher import InstanceConflict, Publisher
-from factory_copilot.records import AlarmState, Anomaly, Mode, Reading, SourceState
+from factory_copilot.records import AlarmState, Anomaly, Reading, SourceState
 from tests.support.opcua import drain
 from tests.support.plant import Plant, condition
 
@@ -359,7 +359,7 @@ def test_detect_stats_name_the_signals_that_never_delivered_and_each_sources_age
 def test_stale_marks_hold_alarms_only_while_they_are_refreshed():
     now = [1000.0]
     engine = AlarmEngine(LINE, clock=lambda: now[0])
-    limit = Anomaly(now[0], "product_pump", "limit", 9.0, 7.1, signal="vibration", value=9.0, mode=Mode.RUNNING)
+    limit = Anomaly(now[0], "product_pump", "limit", 9.0, 7.1, signal="vibration", value=9.0, mode="running")
     for _ in range(4):  # one evaluation per row, stamped with its time: the on-delay is measured in data time
         engine.ingest(dataclasses.replace(limit, ts=now[0]))
         now[0] += 1

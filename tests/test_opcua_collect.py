@@ -93,6 +93,7 @@ async def test_browse_turns_the_address_space_into_a_line_file(server):
     text = await browse_line(server.endpoint, site="demo-plant", line="packaging-1")
     data = yaml.safe_load(text)
     assert "TODO" in text  # normal bands are placeholders the engineer must fill in
+    assert "# WARNING: the proposed normal bands are +-10 % around the single value" in text
     line = parse_line(data, "browsed")  # what browse prints is a valid line file
     original = line_with_opcua()
     assert [a.id for a in line.assets] == [a.id for a in original.assets] + ["chiller_1"]

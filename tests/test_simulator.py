@@ -8,7 +8,8 @@ import pytest
 
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, load_line, parse_line
-from factory_copilot.records import Mode, Quality
+from factory_copilot.records import Quality
+from simulators import Mode
 from simulators import (
     FaultScenario,
     ModeSchedule,

@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from factory_copilot.alarms.engine import AlarmEngine, AlarmSettings
 from factory_copilot.collect.sparkplug import SparkplugCollector, device_source, node_source
-from factory_copilot.config import LineConfig, MqttConnection, parse_line
+from factory_copilot.config import LineConfig, parse_line
 from factory_copilot.detect.checks import SignalChecks
 from factory_copilot.detect.station import DetectStation
 from factory_copilot.plumbing import sparkplug as spb

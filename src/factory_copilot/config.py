@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from factory_copilot.records import Mode, Priority
+from factory_copilot.records import DEFAULT_MODE, Priority
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # the demo line, its fault catalogue and runbooks ship inside the package, so an installed wheel has them too
@@ -96,8 +97,8 @@ class SignalSource(_Strict):
 class Signal(_Strict):
     name: str
     unit: str
-    normal: Range  # normal band while the line is running
-    modes: dict[Mode, Range] = Field(default_factory=dict)  # normal band per other operating mode
+    normal: Range  # normal band while the line produces (its production modes)
+    modes: dict[str, Range] = Field(default_factory=dict)  # normal band in another declared mode, by mode name
     limits: Range | None = None  # engineering alarm limits (low, high)
     physical: Range | None = None  # what the sensor can physically read; outside is a sensor fault
     max_rate: float | None = None  # largest credible change per second
@@ -112,13 +113,22 @@ class Signal(_Strict):
             raise ValueError(f"low {v[0]} is above high {v[1]}")
         return v
 
+    @field_validator("modes")
+    @classmethod
+    def _ordered_modes(cls, v: dict[str, Range]) -> dict[str, Range]:
+        for name, band in v.items():
+            if band[0] > band[1]:
+                raise ValueError(f"{name}: low {band[0]} is above high {band[1]}")
+        return v
+
     @field_validator("priority", mode="before")
     @classmethod
     def _priority(cls, v: Any) -> Any:
         return None if v is None else Priority.parse(v)
 
-    def normal_for(self, mode: Mode) -> Range:
-        return self.modes.get(mode, self.normal)
+    def normal_for(self, mode: str | None) -> Range:
+        """The normal band in ``mode`` (a mode without a band of its own keeps the production band)."""
+        return self.modes.get(str(mode), self.normal) if mode is not None else self.normal
 
 
 ALARM_DESIGN = {"criticality", "priority", "feeds", "operator_position"}  # asset fields that shape alarms only
@@ -228,11 +238,120 @@ class SampleChecks(_Strict):
     stale_after_intervals: int | None = Field(5, ge=1)
 
 
-class ModeSignal(_Strict):
-    """Where the line's operating mode is read from (codes 0 idle, 1 start-up, 2 running, 3 changeover)."""
+class OperatingModes(_Strict):
+    """The machine's own operating modes and how to tell them apart, from one signal.
 
-    asset: str = "line"
-    signal: str = "mode"
+    Either a mode signal whose values name the mode (``codes: {0: idle, 2: running}``), or a
+    load/setpoint signal whose ranges do (``ranges: {night: [4, 8], day: [10, 16]}``). A value
+    between two ranges (healthy running at a duty point between regimes) belongs to the nearer
+    one; the detector judges it by the load itself, continuously, not by the regime's name.
+    """
+
+    signal: str  # "asset.signal"
+    codes: dict[int, str] | None = None
+    ranges: dict[str, Range] | None = None
+    # where the line produces: stuck checks run and every limit applies; default: every range,
+    # or the coded modes in which no signal declares a band of its own
+    production: list[str] | None = None
+    hysteresis: float = Field(0.1, ge=0, lt=0.5)  # ranges: share of the gap to the next range a value must cross
+
+    @field_validator("signal")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if v.count(".") < 1 or not all(v.partition(".")[::2]):
+            raise ValueError(f"{v!r} is not an 'asset.signal' key")
+        return v
+
+    @field_validator("codes", "ranges", mode="before")
+    @classmethod
+    def _no_empty(cls, v: Any) -> Any:
+        if v is not None and not v:
+            raise ValueError("declares no modes")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "OperatingModes":
+        if (self.codes is None) == (self.ranges is None):
+            raise ValueError("give either codes (a mode signal's values) or ranges (of a load or setpoint signal)")
+        if self.codes is not None:
+            names = list(self.codes.values())
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"codes: mode {twice[0]!r} has two codes")
+            for name in names:
+                _mode_name(name)
+        else:
+            spans = sorted(self.ranges.items(), key=lambda kv: kv[1][0])
+            for name, (lo, hi) in spans:
+                _mode_name(name)
+                if lo > hi:
+                    raise ValueError(f"ranges.{name}: low {lo} is above high {hi}")
+            for (a, (_, ahi)), (b, (blo, _)) in zip(spans, spans[1:]):
+                if blo <= ahi:
+                    raise ValueError(f"ranges: {a} and {b} overlap")
+        unknown = [m for m in self.production or [] if m not in self.names]
+        if unknown:
+            raise ValueError(f"production: unknown mode {unknown[0]!r}; declared: {', '.join(self.names)}")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        if self.codes is not None:
+            return list(dict.fromkeys(self.codes.values()))
+        return [n for n, _ in sorted(self.ranges.items(), key=lambda kv: kv[1][0])]
+
+    def code_of(self, mode: str) -> int:
+        """The mode signal's value for ``mode`` (coded modes only)."""
+        for code, name in (self.codes or {}).items():
+            if name == mode:
+                return code
+        raise KeyError(f"mode {mode!r} has no code")
+
+    def mode_of(self, value: Any, current: str | None = None) -> str | None:
+        """The mode a value of the signal means; None for a value that names none (an unknown code, NaN)."""
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            text = str(value).strip()
+            return text if text in self.names else None
+        if not math.isfinite(v):
+            return None
+        if self.codes is not None:
+            return self.codes.get(int(round(v))) if abs(v - round(v)) < 1e-6 else None
+        spans = sorted(self.ranges.items(), key=lambda kv: kv[1][0])
+        for name, (lo, hi) in spans:
+            if lo <= v <= hi:
+                return name
+        if current in self.ranges:
+            # between ranges, stay in the current one until the value is clearly nearer another
+            i = [n for n, _ in spans].index(current)
+            lo, hi = spans[i][1]
+            below = spans[i - 1][1][1] if i > 0 else -math.inf
+            above = spans[i + 1][1][0] if i + 1 < len(spans) else math.inf
+            reach_lo = lo - (0.5 + self.hysteresis) * (lo - below) if math.isfinite(below) else -math.inf
+            reach_hi = hi + (0.5 + self.hysteresis) * (above - hi) if math.isfinite(above) else math.inf
+            if reach_lo <= v <= reach_hi:
+                return current
+        return min(spans, key=lambda kv: (max(kv[1][0] - v, v - kv[1][1]), kv[1][0]))[0]
+
+    def regime_of(self, value: float) -> str:
+        """For reports: the range a load value is in, or ``between A and B`` (ranges only)."""
+        spans = sorted(self.ranges.items(), key=lambda kv: kv[1][0])
+        if not math.isfinite(value):
+            return "unknown"
+        for name, (lo, hi) in spans:
+            if lo <= value <= hi:
+                return name
+        for (a, _), (b, _) in zip(spans, spans[1:]):
+            if self.ranges[a][1] < value < self.ranges[b][0]:
+                return f"between {a} and {b}"
+        return f"below {spans[0][0]}" if value < spans[0][1][0] else f"above {spans[-1][0]}"
+
+
+def _mode_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise ValueError(f"mode name {name!r} must be a non-empty word without leading or trailing spaces")
+    return name
 
 
 class CopilotSettings(_Strict):
@@ -290,7 +409,10 @@ class LineConfig(_Strict):
     line: str
     description: str = ""
     sampling_interval_s: float = Field(1.0, gt=0)
-    mode_signal: ModeSignal | None = ModeSignal()
+    modes: OperatingModes | None = None  # the machine's own operating modes; none: one mode, DEFAULT_MODE
+    # load and setpoint signals ("asset.signal") that set the operating point: the detector judges every
+    # other signal against what is normal there; default: a ranges signal of `modes` and signals named *setpoint*
+    operating_point: list[str] | None = None
     samples: SampleChecks = SampleChecks()
     opcua: OpcuaConnection | None = None
     mqtt: MqttConnection | None = None
@@ -308,6 +430,19 @@ class LineConfig(_Strict):
         """This line, remembering the file it came from (``load_line`` does this)."""
         self._path = Path(path).resolve() if path else None
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_signal(cls, data: Any) -> Any:
+        # the first line files named a mode signal with the demo's four fixed codes; modes are declared now
+        if isinstance(data, dict) and "mode_signal" in data:
+            data = dict(data)
+            old = data.pop("mode_signal")
+            if old is not None:
+                raise ValueError(
+                    "mode_signal: replaced by 'modes: {signal: ASSET.SIGNAL, codes: {0: idle, 2: running, ...}}' "
+                    "(or ranges of a load signal); the machine's modes are declared, not assumed")
+        return data
 
     @model_validator(mode="after")
     def _unique_assets(self) -> "LineConfig":
@@ -347,13 +482,32 @@ class LineConfig(_Strict):
                         problems.append(f"{here}.sparkplug: metric {sp.metric!r} of {where} is already read by "
                                         f"{metrics[mkey]}.sparkplug")
                     metrics.setdefault(mkey, here)
-        if self.mode_signal is not None:
-            ms = self.mode_signal
-            if not any(a.id == ms.asset and any(s.name == ms.signal for s in a.signals) for a in self.assets):
-                problems.append(f"mode_signal: {ms.asset}.{ms.signal} is not a signal of this line "
-                                "(name one from assets, or set mode_signal: null)")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))  # parse_line reports each as a problem of its own
+        return self
+
+    @model_validator(mode="after")
+    def _known_modes_and_signals(self) -> "LineConfig":
+        """Every mode and signal the file names exists (a typo would silently change what is judged normal)."""
+        keys = {f"{a.id}.{s.name}" for a in self.assets for s in a.signals}
+        problems = []
+        if self.modes and self.modes.signal not in keys:
+            problems.append(f"modes.signal: unknown signal {self.modes.signal!r}")
+        for i, key in enumerate(self.operating_point or []):
+            if key not in keys:
+                problems.append(f"operating_point[{i}]: unknown signal {key!r}")
+        names = self.mode_names()
+        for i, a in enumerate(self.assets):
+            for j, s in enumerate(a.signals):
+                for m in s.modes:
+                    if m not in names:
+                        declared = f"declared: {', '.join(names)}" if self.modes else "the line declares no modes (add a 'modes:' section)"
+                        problems.append(f"assets[{i}].signals[{j}].modes.{m}: unknown mode {m!r}; {declared}")
+        if self.modes and not self.production_modes():
+            problems.append("modes.production: no mode left where the line produces; name them "
+                            "(every coded mode has bands of its own, so none could be derived)")
+        if problems:
+            raise ValueError("\n".join(problems))  # parse_line reports each as a problem of its own
         return self
 
     def sources(self) -> dict[str, list[str]]:
@@ -431,19 +585,73 @@ class LineConfig(_Strict):
                 todo.extend(feeds.get(a, ()))
         return seen
 
+    @property
+    def mode_key(self) -> str | None:
+        """The signal the mode is read from (a coded mode signal, or the load signal of ranges)."""
+        return self.modes.signal if self.modes else None
+
     def signal_keys(self, include_mode: bool = False) -> list[str]:
-        """``asset.signal`` for every process signal, in file order (the mode signal left out)."""
+        """``asset.signal`` for every process signal, in file order (a coded mode signal left out).
+
+        A load signal whose ranges tell the modes is a process signal and stays in.
+        """
         keys = [f"{a.id}.{s.name}" for a in self.assets for s in a.signals]
-        if not include_mode and self.mode_signal:
-            keys = [k for k in keys if k != f"{self.mode_signal.asset}.{self.mode_signal.signal}"]
+        if not include_mode and self.modes and self.modes.codes is not None:
+            keys = [k for k in keys if k != self.modes.signal]
         return keys
 
+    # ---- operating modes -------------------------------------------------------------------------
+    def mode_names(self) -> list[str]:
+        """The declared modes, in order; a line that declares none runs in one, DEFAULT_MODE."""
+        return self.modes.names if self.modes else [DEFAULT_MODE]
+
+    def production_modes(self) -> list[str]:
+        """Where the line produces: stuck checks run and every limit applies (declared, else derived)."""
+        if not self.modes:
+            return [DEFAULT_MODE]
+        if self.modes.production:
+            return list(self.modes.production)
+        if self.modes.ranges is not None:
+            return self.modes.names  # a load regime is production at another duty
+        # coded modes: those in which no signal needs a band of its own (the normal band is the production band)
+        banded = {m for a in self.assets for s in a.signals for m in s.modes if not (self.modes.signal == f"{a.id}.{s.name}")}
+        return [m for m in self.modes.names if m not in banded]
+
+    @property
+    def production_mode(self) -> str:
+        """The production mode a record names when it has no mode of its own."""
+        return self.production_modes()[0]
+
+    def is_production(self, mode: str | None) -> bool:
+        return mode is None or str(mode) in self.production_modes()
+
+    def mode_of(self, value: Any, current: str | None = None) -> str | None:
+        """The mode a value of ``mode_key`` means (None: it names none); without declared modes, DEFAULT_MODE."""
+        return self.modes.mode_of(value, current) if self.modes else DEFAULT_MODE
+
+    @property
+    def modes_by_range(self) -> bool:
+        """Modes told by ranges of a load signal: one continuous normal across them, not one per mode."""
+        return bool(self.modes and self.modes.ranges is not None)
+
+    def context_keys(self) -> list[str]:
+        """The signals that set the operating point (see ``operating_point``), in file order."""
+        if self.operating_point is not None:
+            return list(dict.fromkeys(self.operating_point))
+        keys = self.signal_keys()
+        wanted = {k for k in keys if "setpoint" in k.partition(".")[2]}
+        if self.modes_by_range:
+            wanted.add(self.modes.signal)
+        return [k for k in keys if k in wanted]
+
     def fingerprint(self) -> str:
-        """Hash of what a trained model depends on: the assets and signals, not connection details."""
+        """Hash of what a trained model depends on: assets, signals and modes, not connection details."""
         # what a model learns from is the signals' behaviour: where a signal is read from (node, topic, field), its
         # description and the alarm design (criticality, flow, priorities, positions) can change and keep the model
         exclude = {**dict.fromkeys(ALARM_DESIGN, True), "signals": {"__all__": {"source", "description", "priority"}}}
-        body = json.dumps([a.model_dump(mode="json", exclude=exclude) for a in self.assets], sort_keys=True)
+        body = json.dumps([[a.model_dump(mode="json", exclude=exclude) for a in self.assets],
+                           self.modes.model_dump(mode="json") if self.modes else None, self.operating_point],
+                          sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -497,7 +705,6 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-_PATHED = re.compile(r"^[A-Za-z_][\w.\[\]]*\[\d+\][\w.\[\]]*: ")
 
 
 def parse_line(data: Any, path: str | Path = "<line>") -> LineConfig:
@@ -509,11 +716,14 @@ def parse_line(data: Any, path: str | Path = "<line>") -> LineConfig:
         for err in exc.errors():
             # pydantic adds the failing union member / validator name to the path; keep the file's path
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tuple["))))
-            msg = err["msg"].removeprefix("Value error, ")
-            if not loc and all(_PATHED.match(m) for m in msg.splitlines()):
-                problems.extend(msg.splitlines())  # a check across entries that names each entry's own path
-                continue
-            problems.append(f"{_format_loc(loc)}: {msg}")
+            for msg in err["msg"].removeprefix("Value error, ").split("\n"):
+                # a validator of a whole section names the field inside it: "production: ..." -> "modes.production: ..."
+                inner = re.match(r"^([A-Za-z_][\w]*(?:\.[\w]+|\[\d+\])*): (.*)$", msg, re.S)
+                if inner:
+                    where = f"{_format_loc(loc)}.{inner[1]}" if loc else inner[1]
+                    problems.append(f"{where}: {inner[2]}")
+                else:
+                    problems.append(f"{_format_loc(loc)}: {msg}")
         raise LineConfigError(path, problems) from None
 
 

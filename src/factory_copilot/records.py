@@ -25,27 +25,22 @@ class Quality(str, enum.Enum):
     BAD = "bad"
 
 
-class Mode(str, enum.Enum):
-    """Operating mode of the line; each has its own normal behaviour."""
+class Mode(str):
+    """An operating mode's name, as the line file declares it (``running``, ``changeover``, ``night``, ...).
 
-    IDLE = "idle"
-    STARTUP = "startup"
-    RUNNING = "running"
-    CHANGEOVER = "changeover"
+    A plain string: a plant names its own modes (``LineConfig.modes``), and which of them is production is
+    the line file's to say (``LineConfig.is_production``). ``value`` reads the name as the earlier fixed enum did.
+    """
 
-    @classmethod
-    def from_code(cls, code: float | int | str) -> "Mode":
-        """Map the line's numeric mode signal (0 idle, 1 start-up, 2 running, 3 changeover)."""
-        if isinstance(code, str) and not code.lstrip("-").replace(".", "", 1).isdigit():
-            return cls(code.lower())
-        return MODE_CODES[int(round(float(code)))]
+    __slots__ = ()
 
     @property
-    def code(self) -> int:
-        return MODE_CODES.index(self)
+    def value(self) -> str:
+        return str.__str__(self)
 
 
-MODE_CODES: list[Mode] = [Mode.IDLE, Mode.STARTUP, Mode.RUNNING, Mode.CHANGEOVER]
+# the one mode of a line that declares none
+DEFAULT_MODE = Mode("running")
 
 
 @dataclass(slots=True, frozen=True)
@@ -142,11 +137,15 @@ class Anomaly:
     contributions: dict[str, float] = field(default_factory=dict)
     fault_type: str | None = None
     fault_probability: float = 0.0
-    mode: Mode = Mode.RUNNING
+    mode: Mode = DEFAULT_MODE
     message: str = ""
     # signal keys whose data is lost (kind "source", or a silent signal's "quality"): no alarm on them may
     # return while they stay silent, because silence is not normal
     stale: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, Mode):
+            self.mode = Mode(self.mode)
 
     @property
     def condition(self) -> str:
@@ -164,13 +163,13 @@ class Anomaly:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["mode"] = self.mode.value
+        d["mode"] = str(self.mode.value)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Anomaly":
         d = dict(d)
-        d["mode"] = Mode(d.get("mode", "running"))
+        d["mode"] = Mode(d.get("mode") or DEFAULT_MODE)
         d["stale"] = tuple(d.get("stale") or ())
         return cls(**{k: v for k, v in d.items() if k in _fields(cls)})
 

@@ -9,7 +9,7 @@ from factory_copilot.records import Alarm, AlarmState, Anomaly, Mode, Priority, 
 
 def alarm_for(asset: str, fault_type: str | None = None, probability: float = 0.0, contributions: dict | None = None,
               signal: str | None = None, kind: str = "multivariate", alarm_id: str = "A-1", message: str = "",
-              mode: Mode = Mode.RUNNING, ts: float = 1000.0) -> Alarm:
+              mode: Mode = Mode("running"), ts: float = 1000.0) -> Alarm:
     an = Anomaly(ts=ts, asset=asset, kind=kind, score=12.0, threshold=5.0, signal=signal,
                  contributions=contributions or {}, fault_type=fault_type, fault_probability=probability, mode=mode)
     return Alarm(alarm_id, asset, an.condition, AlarmState.ACTIVE_UNACK, Priority.HIGH, message or f"{asset} anomaly",

@@ -24,9 +24,10 @@ Priority = consequence x urgency
   * ``source`` (a lost source: the operator is blind to every signal it served): HIGH.
 
 Designed suppression by operating mode
-  A ``limit`` or ``rate`` alarm is suppressed while the line is in idle, start-up
-  or changeover if its signal has a different normal band in that mode than
-  while running: the process is *meant* to be elsewhere then (a stopped pump
+  A ``limit`` or ``rate`` alarm is suppressed while the line is in a mode that is
+  not production (the line file's ``modes.production``: the demo's idle, start-up,
+  changeover) if its signal has a different normal band in that mode than in
+  production: the process is *meant* to be elsewhere then (a stopped pump
   has no flow), so the engineering limit says nothing. Signals without a mode
   band (e.g. product temperature) keep their limit alarms in every mode.
   Multivariate and instrument alarms are never mode-suppressed: the detect
@@ -48,7 +49,7 @@ from typing import Collection, Mapping
 
 from factory_copilot.catalogue import Fault
 from factory_copilot.config import Asset, LineConfig, Signal
-from factory_copilot.records import Anomaly, Mode, Priority
+from factory_copilot.records import Anomaly, Priority
 
 PROCESS_KINDS = frozenset({"limit", "rate"})
 INSTRUMENT_KINDS = frozenset({"stuck", "range", "quality"})
@@ -308,7 +309,7 @@ def priority(consequence_: Priority, urgency_: str, kind: str) -> Priority:
 
 def mode_suppressed(line: LineConfig, anomaly: Anomaly) -> bool:
     """True when designed suppression applies: a limit/rate alarm of a signal whose band moves in this mode."""
-    if anomaly.kind not in PROCESS_KINDS or anomaly.mode is Mode.RUNNING:
+    if anomaly.kind not in PROCESS_KINDS or line.is_production(anomaly.mode):
         return False
     signal = find_signal(line, anomaly.asset, anomaly.signal)
     if signal is None:

@@ -20,7 +20,13 @@ from factory_copilot.plumbing.opcua import unit_of
 from factory_copilot.config import OpcuaConnection
 
 MAX_DEPTH = 5  # folders below Objects searched for assets
-TODO = "  # TODO: normal running band (placeholder around the value read while browsing)"
+TODO = "  # TODO: normal running band (placeholder: +-10 % of the one value read while browsing)"
+# what browse cannot know, said at the top of the file it writes and on stderr by the command
+BANDS_WARNING = (
+    "the proposed normal bands are +-10 % around the single value each signal had at the moment of browsing "
+    "(during a fault or a stop too): replace them with the bands of normal running before use, and declare the "
+    "machine's operating modes under 'modes:'"
+)
 
 
 def _ident(name: str) -> str:
@@ -93,10 +99,9 @@ async def browse_line(
         "site": site,
         "line": line,
         "description": f"browsed from {endpoint}",
-        "mode_signal": None,
         "opcua": {"endpoint": endpoint, "security": conn.security},
         "assets": assets,
     }
     text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=120)
-    header = f"# Line file browsed from {endpoint}; check every TODO before use.\n"
+    header = f"# Line file browsed from {endpoint}; check every TODO before use.\n# WARNING: {BANDS_WARNING}.\n"
     return header + "\n".join(line + TODO if line.lstrip().startswith("normal:") else line for line in text.splitlines()) + "\n"

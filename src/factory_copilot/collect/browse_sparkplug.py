@@ -136,7 +136,6 @@ class SparkplugBrowser:
             "site": site,
             "line": line,
             "description": f"browsed from {url} (Sparkplug group {self.group})",
-            "mode_signal": None,
             "mqtt": mqtt,
             "service": {"source": "sparkplug"},
             "assets": assets,

@@ -143,11 +143,14 @@ async def browse(args: argparse.Namespace) -> int:
     except OpcuaConnectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    from factory_copilot.collect.browse import BANDS_WARNING
+
     if args.output:
         Path(args.output).write_text(text)
         log.info("wrote %s", args.output)
     else:
         sys.stdout.write(text)
+    print(f"warning: {BANDS_WARNING}", file=sys.stderr)
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from factory_copilot.collect.gate import Rejected, SampleGate
 from factory_copilot.config import LineConfig
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import Mode, Quality, Reading, SourceState
+from factory_copilot.records import Quality, Reading, SourceState
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
             col = table[ts_col]
             stamps = (pd.to_datetime(col, utc=True).astype("int64") / 1e9).tolist() if col.dtype == object \
                 else col.astype(float).tolist()
-        if "mode" in table.columns and line.mode_signal is not None and line.mode_signal.signal not in keys:
+        # a coded mode signal may come as a 'mode' column (names or codes); modes by ranges come from the load itself
+        mode_key = line.mode_key if line.modes and line.modes.codes is not None else None
+        if "mode" in table.columns and mode_key is not None and mode_key not in keys:
             keys.append("mode")
         label = next((c for c in ("fault", "label") if c in table.columns), None)
         if label is not None and events is not None:
@@ -106,8 +108,12 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
         for ts, row in zip(stamps, table[keys].itertuples(index=False)):
             for key, value in zip(keys, row):
                 if key == "mode" and isinstance(value, str):
-                    value = Mode.from_code(value).code  # recordings name the mode; the line's mode signal is its code
-                asset, _, signal = (f"{line.mode_signal.asset}.{line.mode_signal.signal}" if key == "mode" else key).partition(".")
+                    try:  # recordings name the mode; the line's mode signal carries its code
+                        value = float(line.modes.code_of(value))
+                    except KeyError:
+                        raise ValueError(f"{p}: mode {value!r} is none of the line's modes "
+                                         f"({', '.join(line.mode_names())})") from None
+                asset, _, signal = (mode_key if key == "mode" else key).partition(".")
                 good = value is not None and not (isinstance(value, float) and math.isnan(value))
                 out.append(Reading(ts, asset, signal, value if good else None, Quality.GOOD if good else Quality.BAD,
                                    "replay", units.get(f"{asset}.{signal}", "")))

@@ -292,7 +292,7 @@ def band_contributions(deviations: dict[str, float], flats: set[str] = frozenset
 
 def _can_flatline(key: str, value: float, spec: Signal, line: LineConfig) -> bool:
     """A constant value is suspicious only for a measurement: not for the mode, a setpoint, or a value pinned at its range end."""
-    if line.mode_signal and key == f"{line.mode_signal.asset}.{line.mode_signal.signal}":
+    if key == line.mode_key:
         return False
     if key.rsplit(".", 1)[-1].endswith("setpoint"):
         return False
@@ -314,7 +314,7 @@ def build_evidence(
 ) -> EvidencePack:
     """Gather the evidence for one alarm from the line file, the recent history, the line's runbooks and past incidents."""
     anomaly = alarm.anomaly
-    mode = anomaly.mode if anomaly else Mode.RUNNING
+    mode = anomaly.mode if anomaly else Mode(line.production_mode)
     try:
         asset = line.asset(alarm.asset)
         asset_name, asset_kind = asset.name, asset.kind

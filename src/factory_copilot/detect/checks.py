@@ -2,14 +2,16 @@
 
 limit   engineering alarm limits from the line file (Signal.limits)
 rate    change faster than physically credible (Signal.max_rate, per second)
-stuck   no change beyond noise for N samples while the line is running
+stuck   no change beyond noise for N samples while the line produces
 range   outside what the sensor can physically read (Signal.physical): an instrument fault
 quality Bad/Uncertain quality, or no sample for more than k sampling intervals (samples.stale_after_intervals)
 
 Each check keeps O(1) state per signal (numpy vectors, one slot per signal) and is fed one
-assembled row at a time. Limit and rate checks wait out a settling grace period after a mode
-change and, outside running, apply only to signals whose normal band does not move in that
-mode; the stuck check runs only while the line is running (a stopped motor is flat by design).
+assembled row at a time. Which modes are production is the line file's to say. Limit and rate
+checks wait out a settling grace period after a change into or out of a non-production mode
+(a start-up warms up; a change of duty between two production regimes needs none) and, outside
+production, apply only to signals whose normal band does not move in that mode; the stuck check
+runs only in production (a stopped motor is flat by design).
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ class SignalChecks:
         self.limit_lo, self.limit_hi = _bounds(specs, "limits")
         self.phys_lo, self.phys_hi = _bounds(specs, "physical")
         self.max_rate = np.array([s.max_rate if s.max_rate else np.inf for s in specs])
-        # outside running, limit and rate apply only where the mode keeps the running band
+        # outside production, limit and rate apply only where the mode keeps the production band
         self.mode_applies = {
-            m: np.array([m is Mode.RUNNING or tuple(s.normal_for(m)) == tuple(s.normal) for s in specs]) for m in Mode
+            m: np.array([line.is_production(m) or tuple(s.normal_for(m)) == tuple(s.normal) for s in specs])
+            for m in line.mode_names()
         }
+        self._all = np.ones(len(specs), dtype=bool)
         # without learnt noise, 'flat' means within a millionth of the running band
         self.stuck_tolerance: dict[str, float] = {
             k: 1e-6 * max(abs(s.normal[1] - s.normal[0]), 1e-3) for k, s in self.specs.items()
@@ -82,9 +86,9 @@ class SignalChecks:
         self._stuck_ok = np.array([k not in self.stuck_exempt for k in self.keys])
 
     def learn_noise(self, X: pd.DataFrame, mode_column: str = "mode") -> "SignalChecks":
-        """Set each signal's 'flat' tolerance to a small share of its sample-to-sample noise while running."""
+        """Set each signal's 'flat' tolerance to a small share of its sample-to-sample noise while producing."""
         if mode_column in X.columns:
-            X = X[X[mode_column].astype(str).isin([Mode.RUNNING.value, str(Mode.RUNNING.code)])]
+            X = X[X[mode_column].astype(str).isin(self.line.production_modes())]
         for k in self.keys:
             if k in X.columns and len(X) > 10:
                 step = np.abs(np.diff(X[k].to_numpy(dtype=float)))
@@ -103,7 +107,7 @@ class SignalChecks:
         asset, _, signal = key.partition(".")
         value = None if value is None or value != value else float(value)
         return Anomaly(ts=ts, asset=asset, kind=kind, score=float(score), threshold=float(threshold), signal=signal,
-                       value=value, mode=self.mode or Mode.RUNNING, message=f"{key}: {message}")
+                       value=value, mode=self.mode or self.line.production_mode, message=f"{key}: {message}")
 
     def update(self, ts: float, values: dict[str, float | None], qualities: dict[str, Quality], mode: Mode) -> list[Anomaly]:
         """Check one row: ``values`` holds this interval's good values (missing = no good sample)."""
@@ -117,8 +121,12 @@ class SignalChecks:
     def update_vector(self, ts: float, x: np.ndarray, qualities: dict[str, Quality], mode: Mode) -> list[Anomaly]:
         """The same for a row already laid out in ``keys`` order (NaN = no good sample)."""
         if mode != self.mode:
-            self.mode_since = ts if self.mode is not None else None
-            self.mode = mode
+            # a start-up or a stop needs time to settle; a change of duty between production modes does not
+            if self.mode is not None and not (self.line.is_production(mode) and self.line.is_production(self.mode)):
+                self.mode_since = ts
+            elif self.mode is None:
+                self.mode_since = None
+            self.mode = Mode(mode)
         settling = self.mode_since is not None and ts - self.mode_since < self.settle_s
         out: list[Anomaly] = []
         good = np.isfinite(x)
@@ -138,7 +146,7 @@ class SignalChecks:
                 lim = self.phys_hi[i] if x[i] > self.phys_hi[i] else self.phys_lo[i]
                 out.append(self._anomaly(ts, i, "range", x[i], x[i], lim,
                                          f"{x[i]:g} outside the sensor's range [{self.phys_lo[i]:g}, {self.phys_hi[i]:g}]"))
-            applies = self.mode_applies[mode] & good & (not settling)
+            applies = self.mode_applies.get(mode, self._all) & good & (not settling)
             beyond = applies & ~out_phys & ((x < self.limit_lo) | (x > self.limit_hi))
             for i in np.flatnonzero(beyond):
                 lim = self.limit_hi[i] if x[i] > self.limit_hi[i] else self.limit_lo[i]
@@ -153,10 +161,10 @@ class SignalChecks:
                                          f"changing {rate[i]:g}/s, faster than credible {self.max_rate[i]:g}/s"))
             flat = has_prev & (step <= self._tol)
         self.flat_count = np.where(flat, self.flat_count + 1, np.where(has_prev, 0, self.flat_count))
-        if mode is Mode.RUNNING and not settling:
+        if self.line.is_production(mode) and not settling:
             for i in np.flatnonzero(good & self._stuck_ok & (self.flat_count >= self.stuck_samples)):
                 out.append(self._anomaly(ts, i, "stuck", x[i], self.flat_count[i], self.stuck_samples,
-                                         f"flat at {x[i]:g} for {self.flat_count[i]} samples while running"))
+                                         f"flat at {x[i]:g} for {self.flat_count[i]} samples in {mode}"))
         self.last_value = np.where(good, x, self.last_value)
         self.last_ts = np.where(good, ts, self.last_ts)
         self.last_good_ts = np.where(good, ts, self.last_good_ts)

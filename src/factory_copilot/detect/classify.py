@@ -26,6 +26,8 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
     ``fit(X, y, groups=None)``: X a DataFrame of labelled history in time order, y the fault
     label per row (rows labelled ``normal_label`` set the normal reference and are a class too);
     the causal smoothing restarts wherever ``groups`` (or, if not given, the label) changes.
+    ``on_residuals``: X holds each signal's departure from normal at the operating point
+    (``LineDetector.residuals``), not its raw value; whoever feeds it rows must do the same.
     """
 
     def __init__(
@@ -42,6 +44,8 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
         max_rows_per_class: int | None = 5000,
         random_state: int = 0,
         n_jobs: int = 1,
+        on_residuals: bool = False,
+        spread_floor: bool = True,
     ):
         self.n_estimators = n_estimators
         self.smoothing = smoothing
@@ -55,6 +59,8 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
         self.max_rows_per_class = max_rows_per_class
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.on_residuals = on_residuals
+        self.spread_floor = spread_floor
 
     def _modes_of(self, X: pd.DataFrame) -> np.ndarray:
         if self.mode_column and self.mode_column in X.columns:
@@ -124,6 +130,12 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
             Fi = F[y == label]
             self.centres_[i] = Fi.mean(axis=0)
             self.spreads_[i] = np.maximum(Fi.std(axis=0), 1e-6)
+        # a fault seen in a few episodes looks tighter than it is: no class is judged tighter than normal running
+        ref = list(self.classes_).index(self.normal_label) if self.normal_label in self.classes_ else None
+        if ref is not None and self.spread_floor:
+            self.spreads_ = np.maximum(self.spreads_, self.spreads_[ref])
+        for i, label in enumerate(self.classes_):
+            Fi = F[y == label]
             d = self._novelty(Fi, np.full(len(Fi), i))
             self.novelty_limits_[i] = np.quantile(d, self.novelty_quantile) * self.novelty_margin
         return self
@@ -187,7 +199,8 @@ class ClassifierStream:
         c = self.classifier
         x = np.where(np.isnan(x), self.last, x)
         self.last = x
-        label = ALL_MODES if mode is None else mode_labels([mode])[0]
+        # a classifier trained without modes keeps one signature across them (regimes of one continuous normal)
+        label = ALL_MODES if mode is None or set(c.reference_) == {ALL_MODES} else str(mode_labels([mode])[0])
         if label != self.mode:
             self.mode = label
             self.fast[:] = self.slow[:] = self.var[:] = 0.0

@@ -6,8 +6,10 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from factory_copilot.config import SIMULATED_LINE, load_line
@@ -15,17 +17,29 @@ from factory_copilot.config import SIMULATED_LINE, load_line
 log = logging.getLogger(__name__)
 
 
+HISTORY_DOC = "docs/history.md"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="learn a line's normal and its fault signatures from history; save the models")
-    p.add_argument("--line", default=str(SIMULATED_LINE), help="line file (default: the simulated packaging line)")
+    p = sub.add_parser(
+        "train", help="learn a line's normal and its fault signatures from history; save the models",
+        description="Learn a line's normal (per operating mode, judged at its operating point) and its fault "
+                    "signatures from recorded history. Checks the false-alarm rate on the end of every normal "
+                    "stretch held out of the fit, widens the threshold where the target is missed, and reports "
+                    "how much history each mode or regime has.",
+        epilog=f"History formats (CSV, Parquet, JSON lines; columns, mode, labels, runs): {HISTORY_DOC} "
+               "(in the repository and on the project's page).")
+    p.add_argument("--line", "--config", dest="line", default=str(SIMULATED_LINE),
+                   help="line file (default: the simulated packaging line)")
     p.add_argument("--history", nargs="*", default=[], metavar="FILE",
-                   help="CSV or Parquet exports (one column per 'asset.signal', optional 'mode' and 'fault' columns) "
-                        "or recorded readings as JSON lines (.jsonl: ts, asset, signal, value, quality)")
+                   help="CSV or Parquet exports (one column per 'asset.signal', optional 'ts', 'mode', 'fault' and "
+                        f"'run' columns) or recorded readings as JSON lines (.jsonl); see {HISTORY_DOC}")
     p.add_argument("--simulate", action="store_true", help="generate the training history with the line simulator")
     p.add_argument("--normal-hours", type=float, default=24.0, help="simulated normal running to train on (default 24)")
     p.add_argument("--false-alarm-rate", type=float, default=1e-4, help="target share of falsely flagged rows (default 1e-4)")
     p.add_argument("--persistence", type=int, default=3, help="consecutive rows past the threshold to flag (default 3)")
-    p.add_argument("--out", default="models/detect.joblib", help="model file to write (default models/detect.joblib)")
+    p.add_argument("--out", help="model file to write (default: where `run` reads it, the line file's "
+                                 "service.detector or <state_dir>/detector.joblib)")
     p.set_defaults(func=train_command)
 
     r = sub.add_parser("retune", help="raise the detector's thresholds from alarms operators marked false")
@@ -38,11 +52,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     r.set_defaults(func=retune_command)
 
-    e = sub.add_parser("evaluate", help="detection delay, precision/recall/F1, false alarms, fault naming; sim and TEP; "
-                                        "alarm KPIs (EEMUA 191) on the simulated line")
-    e.add_argument("--line", default=str(SIMULATED_LINE), help="line file of the simulated line")
+    e = sub.add_parser(
+        "evaluate", help="detection delay, precision/recall/F1, false alarms, fault naming; sim and TEP (with the "
+                         "alarm KPIs, EEMUA 191, on the simulated line), or your own recording",
+        description="Without --history: the simulated line's fault scenarios and TEP. With --history: the trained "
+                    "detector replayed on a labelled recording of your line, row by row as live.",
+        epilog=f"History formats: {HISTORY_DOC}.")
+    e.add_argument("--line", "--config", dest="line", default=str(SIMULATED_LINE),
+                   help="line file (default: the simulated line)")
+    e.add_argument("--history", metavar="FILE", help="a labelled recording of the line (CSV, Parquet or JSON lines)")
+    e.add_argument("--labels", metavar="COLUMN", default="fault",
+                   help="the recording's label column: 'normal', 0, false or empty for normal rows, anything else "
+                        "(a fault name, 1, true) for a fault (default: fault)")
     e.add_argument("--only", choices=["sim", "tep"], help="run only the simulated line or only TEP")
-    e.add_argument("--models", help="trained model file for the simulated line (default: train afresh from simulated history)")
+    e.add_argument("--models", help="trained model file (default with --history: where `run` reads it; "
+                                    "without: train afresh from simulated history)")
     e.add_argument("--normal-hours", type=float, default=16.0, help="hours of simulated normal running to count false alarms on")
     e.add_argument("--out", default="eval", help="directory for results.json and results.png (default eval/)")
     e.set_defaults(func=evaluate_command)
@@ -65,21 +89,26 @@ def readings_table(readings: pd.DataFrame, line) -> pd.DataFrame:
     )
     table = r.sort_values("ts").pivot_table(index="row", columns="key", values="value", aggfunc="last")
     table = table.reindex(range(table.index.min(), table.index.max() + 1)).ffill()
-    if line.mode_signal:
-        mode_key = f"{line.mode_signal.asset}.{line.mode_signal.signal}"
-        if mode_key in table.columns:
-            table["mode"] = table.pop(mode_key).round().astype(int)
+    if line.modes and line.modes.codes is not None and line.mode_key in table.columns:
+        # a coded mode signal becomes the mode column, by name (a load signal of ranges stays a signal)
+        from factory_copilot.detect.operating import row_modes
+
+        table["mode"] = row_modes(line, table[[line.mode_key]])
+        table = table.drop(columns=[line.mode_key])
     table.index = table.index * line.sampling_interval_s
     return table.reset_index(drop=True)
 
 
 def read_history(paths: list[str], line=None) -> pd.DataFrame:
-    """Concatenate history exports; each file is its own run so causal smoothing restarts between them.
+    """Concatenate history exports; each file (and each 'run' within a file) is its own run, so causal
+    smoothing restarts between them.
 
     CSV/Parquet: one column per 'asset.signal'. JSON lines (.jsonl): a recorded stream of readings.
+    The formats are described in docs/history.md.
     """
     frames = []
-    for i, path in enumerate(paths):
+    offset = 0
+    for path in paths:
         p = Path(path)
         if not p.exists():
             raise SystemExit(f"error: history file {p} does not exist")
@@ -92,17 +121,20 @@ def read_history(paths: list[str], line=None) -> pd.DataFrame:
                 df = pd.read_csv(p)
         except Exception as exc:
             raise SystemExit(f"error: cannot read history file {p}: {exc}") from None
-        frames.append(df.assign(run=i))
+        runs = pd.factorize(df["run"])[0] if "run" in df.columns else np.zeros(len(df), dtype=int)
+        frames.append(df.assign(run=runs + offset))
+        offset += int(runs.max()) + 1 if len(df) else 1
     return pd.concat(frames, ignore_index=True)
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from factory_copilot.config import ServicePaths
     from factory_copilot.detect.evaluate import simulated_history, train_models
     from factory_copilot.detect.persist import save_detector
 
     line = load_line(args.line)
     if not args.history and not args.simulate:
-        print("error: give --history FILE... or --simulate", file=sys.stderr)
+        print(f"error: give --history FILE... or --simulate (history formats: {HISTORY_DOC})", file=sys.stderr)
         return 2
     history = read_history(args.history, line) if args.history else simulated_history(line, normal_hours=args.normal_hours)
     try:
@@ -111,11 +143,18 @@ def train_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = save_detector(args.out, models)
+    out = Path(args.out) if args.out else ServicePaths.of_line(line, Path(args.line)).detector
+    path = save_detector(out, models)
     det = models.detector
     print(f"trained on {len(history)} rows ({models.metadata['normal_rows']} normal); modes {', '.join(det.models_)}"
           + (f"; fault classes {', '.join(map(str, models.classifier.classes_))}" if models.classifier else "; no fault labels"))
-    print(f"saved {path} (line fingerprint {models.fingerprint})")
+    target = det.false_alarm_rate
+    print(f"false-alarm target {target:g} of rows (persistence {det.persistence}); checked on the held-out end of "
+          f"every normal stretch:")
+    for text in models.metadata["coverage"]:
+        print(f"  {text}")
+    print(f"saved {path} (line fingerprint {models.fingerprint})"
+          + ("" if args.out else f"; `factory-copilot run --config {args.line}` loads it from there"))
     return 0
 
 
@@ -221,11 +260,94 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _recording_table(res: dict) -> str:
+    rows = [f"{'event':24s} {'from (UTC)':>20s} {'rows':>7s} {'detected':>8s} {'delay s':>8s} {'named':>22s}"]
+    for e in res["events"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["start_ts"]))
+        delay = f"{e['delay_s']:.0f}" if e["delay_s"] is not None else "-"
+        rows.append(f"{e['label'][:24]:24s} {when:>20s} {e['rows']:7d} {str(e['detected']):>8s} {delay:>8s} {str(e['named'])[:22]:>22s}")
+    delay = f"{res['mean_delay_s']:.0f} s" if res["mean_delay_s"] is not None else "-"
+    rows.append(
+        f"rows {res['rows']} ({res['hours']:.1f} h, {res['fault_rows']} labelled fault): precision {res['precision']:.3f}, "
+        f"recall {res['recall']:.3f}, F1 {res['f1']:.3f}, false-alarm rate {res['false_alarm_rate']:.2e} of normal rows "
+        f"(target {res['target_false_alarm_rate']:g}), missed-alarm rate {res['missed_alarm_rate']:.3f}")
+    rows.append(
+        f"events detected {res['events_detected']}/{len(res['events'])}, mean delay {delay}; alarms {res['alarms']} "
+        f"({res['alarms_per_hour']:.2f} per hour), of which false {res['false_alarms']} "
+        f"({res['false_alarms_per_hour']:.2f} per hour of normal running)")
+    return "\n".join(rows)
+
+
+def _plot_recording(res: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    s = res["series"]
+    t = pd.to_datetime(np.asarray(s["ts"]), unit="s")
+    score = np.asarray(s["score"])
+    truth = np.asarray(s["truth"], dtype=bool)
+    flagged = np.asarray(s["flagged"], dtype=bool)
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(12, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot(t, np.clip(score, 1e-3, None), lw=0.6, color="tab:blue", label="detector score (1 = threshold)")
+    ax.axhline(1.0, color="tab:red", lw=0.8, ls="--", label="threshold")
+    ax.set_yscale("log")
+    for k in s["alarm_rows"]:
+        ax.axvline(t[k], color="tab:orange", lw=0.8)
+    ax.plot([], [], color="tab:orange", label="alarm raised")
+    ax.fill_between(t, 0, 1, where=truth, transform=ax.get_xaxis_transform(), color="tab:red", alpha=0.12,
+                    label="labelled fault")
+    ax.set_ylabel("score / threshold")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title)
+    ax2.fill_between(t, 0, flagged.astype(float), step="post", color="tab:orange", alpha=0.6, label="flagged")
+    ax2.fill_between(t, 0, -truth.astype(float), step="post", color="tab:red", alpha=0.4, label="labelled")
+    ax2.set_yticks([])
+    ax2.legend(loc="upper left", fontsize=8)
+    ax2.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate_recording_command(args: argparse.Namespace) -> int:
+    from factory_copilot.config import ServicePaths
+    from factory_copilot.detect.evaluate import evaluate_recording
+    from factory_copilot.detect.persist import ModelMismatchError, load_detector
+
+    line = load_line(args.line)
+    path = Path(args.models) if args.models else ServicePaths.of_line(line, Path(args.line)).detector
+    try:
+        models = load_detector(path, line, args.line)
+    except ModelMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        frame = read_history([args.history], line)
+        res = evaluate_recording(models, line, frame, args.labels)
+    except (ValueError, KeyError) as exc:
+        print(f"error: {args.history}: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(_recording_table(res))
+    (out / "results.json").write_text(json.dumps({k: v for k, v in res.items() if k != "series"}, indent=2, default=str))
+    _plot_recording(res, out / "recording.png", f"{line.site}/{line.line}: {Path(args.history).name}")
+    print(f"wrote {out / 'results.json'} and {out / 'recording.png'}")
+    return 0
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     from factory_copilot.detect import tep
     from factory_copilot.detect.evaluate import evaluate_sim, evaluate_tep
     from factory_copilot.detect.persist import ModelMismatchError, load_detector
 
+    if args.history:
+        return evaluate_recording_command(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}

@@ -21,11 +21,13 @@ from factory_copilot.config import LineConfig
 from factory_copilot.detect import tep
 from factory_copilot.detect.baselines import PcaMonitor
 from factory_copilot.detect.checks import SignalChecks
+from factory_copilot.detect.features import runs
 from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
+from factory_copilot.detect.operating import coverage_report, regimes, row_modes, stretch_tails
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.records import Mode
+from factory_copilot.records import DEFAULT_MODE, Mode
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,31 @@ CHECK_FAULTS = {"stuck": "stuck_sensor"}
 # false alarms below one per shift (measured by `factory-copilot evaluate`)
 LINE_DETECTOR = {"false_alarm_rate": 1e-4, "persistence": 3}
 SIM_DETECTOR = LINE_DETECTOR
+# lagged readings of the operating point (s): what follows the load within a minute, a few minutes, twenty
+CONTEXT_LAGS_S = (30.0, 300.0, 1200.0)
+# time constant of the adaptive baseline (s): drift slower than this is followed, faster is flagged
+BASELINE_S = 7200.0
 
 
 # ---- training from history --------------------------------------------------------------------
+def line_detector_params(line: LineConfig) -> dict:
+    """The detector's settings for a line: its operating point, modes and sampling interval decide them."""
+    rows = 1.0 / line.sampling_interval_s  # rows per second
+    return {
+        **LINE_DETECTOR,
+        "context": tuple(line.context_keys()),
+        # a curved response to the operating point, and the lagged one of what follows it slowly (temperatures)
+        "context_degree": 2,
+        "context_lags": tuple(max(1.0, s * rows) for s in CONTEXT_LAGS_S),
+        # the production modes are steady; other modes (start-up, changeover) are short and drifting
+        "steady_modes": tuple(line.production_modes()),
+        # follow a healthy machine's slow drift (the room warming over a shift), frozen while flagging
+        "baseline_rows": BASELINE_S * rows,
+        "baseline_every": max(1, int(round(60 * rows))),
+        "baseline_hold": max(1, int(round(600 * rows))),
+    }
+
+
 def train_models(
     line: LineConfig,
     history: pd.DataFrame,
@@ -50,8 +74,10 @@ def train_models(
 ) -> TrainedDetector:
     """Fit detector (normal rows), classifier (labelled fault rows, if any) and check tolerances on one history table.
 
-    ``history`` holds one column per signal key, optionally ``mode`` and a fault label column;
-    separate recordings should be concatenated with a ``run`` column so smoothing restarts between them.
+    ``history`` holds one column per signal key, the mode (a ``mode`` column, or the line's mode signal)
+    and optionally a fault label column; separate recordings should be concatenated with a ``run``
+    column so smoothing restarts between them. The detector's out-of-sample check and the coverage of
+    every mode or regime are in ``metadata["calibration"]`` and ``metadata["coverage"]``.
     """
     steps = tqdm(total=3, desc="train", unit="model", disable=not progress)
     keys = [k for k in line.signal_keys() if k in history.columns]
@@ -60,31 +86,58 @@ def train_models(
         raise ValueError(f"history lacks signal columns of the line file: {', '.join(missing[:5])}")
     labels = history[fault_column].astype(str) if fault_column in history.columns else pd.Series(normal_label, index=history.index)
     normal = (labels == normal_label).to_numpy()
-    cols = keys + (["mode"] if "mode" in history.columns else [])
+    modes = row_modes(line, history)
+    table = history[keys].copy()
+    run_ids = history["run"].to_numpy() if "run" in history.columns else np.zeros(len(history), dtype=int)
+    table["run"] = run_ids
+    # coded modes each get a normal of their own; load regimes share one, judged by the load itself
+    per_mode = modes is not None and not line.modes_by_range
+    if per_mode:
+        table["mode"] = modes
+    groups = regimes(line, history)
+    if groups is None:
+        groups = modes if modes is not None else np.full(len(history), DEFAULT_MODE, dtype=object)
+    params = {**line_detector_params(line), **(detector_params or {})}
+    cols = keys + (["mode"] if per_mode else [])
     steps.set_postfix_str("detector")
-    detector = LineDetector(**{**LINE_DETECTOR, **(detector_params or {})}).fit(history.loc[normal, cols])
+    detector = LineDetector(**params)
+    holdout = None
+    if not per_mode:
+        # hold out the end of every regime's stretches, not only the end of the recording
+        holdout = stretch_tails(groups[normal], run_ids[normal], detector.holdout)
+    detector.fit(table.loc[normal, cols + ["run"]], holdout=holdout, groups=groups[normal])
     steps.update()
     classifier = None
     if (~normal).any():
         steps.set_postfix_str("classifier")
-        groups = history["run"].to_numpy() if "run" in history.columns else None
         # the classifier names what the detector flags: fault rows that still look normal teach it nothing
-        flagged = detector.predict(history[cols]).astype(bool)
+        flagged = detector.predict(table[cols + ["run"]]).astype(bool)
         keep = normal | flagged
         y = labels.to_numpy()
         if (keep & ~normal).any():
-            classifier = FaultClassifier(**(classifier_params or {})).fit(
-                history.loc[keep, cols], y[keep], groups=None if groups is None else groups[keep]
+            groups_run = history["run"].to_numpy() if "run" in history.columns else None
+            X = table[cols]
+            on_residuals = bool(len(detector.context_))
+            if on_residuals:
+                # a fault's signature without what the operating point does: the same at every duty point
+                X = detector.residuals(table[cols + ["run"]]).assign(**({"mode": table["mode"]} if per_mode else {}))
+            classifier = FaultClassifier(**{"on_residuals": on_residuals, **(classifier_params or {})}).fit(
+                X.loc[keep], y[keep], groups=None if groups_run is None else groups_run[keep]
             )
     steps.update()
     steps.set_postfix_str("checks")
-    checks = SignalChecks(line).learn_noise(history.loc[normal, cols])
+    noise_table = table.loc[normal, keys].assign(mode=modes[normal]) if modes is not None else table.loc[normal, keys]
+    checks = SignalChecks(line).learn_noise(noise_table)
     steps.update()
     steps.close()
+    rows_by_group = {str(g): int(n) for g, n in pd.Series(groups[normal]).value_counts(sort=False).items()}
+    calibration = detector.calibration_
     return TrainedDetector(
         fingerprint=line.fingerprint(), line=f"{line.site}/{line.line}", detector=detector, classifier=classifier,
         stuck_tolerance=checks.stuck_tolerance, stuck_exempt=checks.stuck_exempt,
-        metadata={"rows": len(history), "normal_rows": int(normal.sum()), "trained_at": time.time()},
+        metadata={"rows": len(history), "normal_rows": int(normal.sum()), "trained_at": time.time(),
+                  "signals": len(detector.signals_), "modes": list(detector.models_), "calibration": calibration,
+                  "coverage": coverage_report(line, calibration, rows_by_group)},
     )
 
 
@@ -105,10 +158,11 @@ def simulated_history(line: LineConfig, seed: int = 1, normal_hours: float = 24.
 
 # ---- replaying a run through the station --------------------------------------------------------
 def replay(station: DetectStation, frame: pd.DataFrame) -> list[list]:
-    """Feed a simulated frame to the station row by row; the anomalies of each row."""
+    """Feed a recorded frame to the station row by row; the anomalies of each row."""
     keys = [k for k in station.keys if k in frame.columns]
     values = frame[keys].to_numpy(dtype=float)
-    modes = [Mode(m) for m in frame["mode"]] if "mode" in frame.columns else [Mode.RUNNING] * len(frame)
+    found = row_modes(station.line, frame)
+    modes = [Mode(m) for m in found] if found is not None else [Mode(station.line.production_mode)] * len(frame)
     ts = frame.index.to_numpy(dtype=float) if frame.index.dtype.kind == "f" else np.arange(len(frame)) * station.interval
     out = []
     for i in range(len(frame)):
@@ -277,4 +331,97 @@ def evaluate_tep(tep_dir=tep.TEP_DIR, folds: int = 5, class_folds: int = 4, clas
         "mean_detection_rate_visible": {n: float(np.mean([d[f] for f in visible])) for n, d in detection.items()},
         "classification_accuracy": {n: float(np.mean(v)) for n, v in acc.items()},
         "classification_unknown_rate": float(np.mean(unknown)),
+    }
+
+
+# ---- a plant's own labelled recording ------------------------------------------------------------
+NORMAL_LABELS = frozenset({"normal", "0", "0.0", "false", "", "nan", "none", "ok"})
+
+
+def fault_rows(labels: pd.Series) -> np.ndarray:
+    """True where a label column marks a fault: anything but normal, 0, false, empty or missing."""
+    text = labels.astype(str).str.strip().str.lower()
+    return (~text.isin(NORMAL_LABELS) & labels.notna()).to_numpy()
+
+
+def _row_times(frame: pd.DataFrame, interval: float) -> np.ndarray:
+    """Seconds of each row: the ``ts`` column (epoch seconds or date-times), else the row count times the interval."""
+    if "ts" in frame.columns:
+        ts = frame["ts"]
+        if pd.api.types.is_numeric_dtype(ts):
+            return ts.to_numpy(dtype=float)
+        return pd.to_datetime(ts, utc=True).astype("int64").to_numpy() / 1e9
+    return np.arange(len(frame)) * interval
+
+
+def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.DataFrame, labels: str = "fault",
+                       on_delay: int = ON_DELAY_ROWS) -> dict:
+    """Replay a labelled recording through the detect station, as live; score it point by point and per event.
+
+    A row is flagged when the station raises any anomaly on it (detector or plant check); an alarm is
+    ``on_delay`` consecutive flagged rows (the alarm engine's default). An event is a stretch of rows
+    labelled as a fault; its delay runs from its first row to the first alarm raised inside it.
+    """
+    if labels not in frame.columns:
+        raise ValueError(f"the recording has no label column {labels!r} (columns: {', '.join(map(str, frame.columns[:12]))})")
+    truth = fault_rows(frame[labels])
+    ts = _row_times(frame, line.sampling_interval_s)
+    runs_of = frame["run"].to_numpy() if "run" in frame.columns else np.zeros(len(frame), dtype=int)
+    flagged = np.zeros(len(frame), dtype=bool)
+    kinds: Counter = Counter()
+    named: list[str | None] = [None] * len(frame)
+    score = np.zeros(len(frame))
+    starts: list[int] = []
+    for run in dict.fromkeys(runs_of):
+        idx = np.flatnonzero(runs_of == run)
+        part = frame.iloc[idx].drop(columns=[labels])
+        station = DetectStation(line, detector=models.detector, classifier=models.classifier, checks=models.checks(line))
+        rows = replay(station, part.set_axis(ts[idx], axis=0))
+        for k, r in zip(idx, rows):
+            flagged[k] = bool(r)
+            kinds.update(a.kind for a in r)
+            multi = [a for a in r if a.kind == "multivariate"]
+            named[k] = (multi[0].fault_type or UNKNOWN) if multi else (CHECK_FAULTS.get(r[0].kind) if r else None)
+        X = part[list(models.detector.signals_)].copy()
+        modes = row_modes(line, part)
+        if modes is not None and models.detector.per_mode:
+            X["mode"] = modes
+        score[idx] = models.detector.score_samples(X)
+        starts += [int(idx[s]) for s in alarm_starts(flagged[idx], on_delay)]
+    tp = int((flagged & truth).sum())
+    fp = int((flagged & ~truth).sum())
+    fn = int((~flagged & truth).sum())
+    tn = int((~flagged & ~truth).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    events = []
+    bounds = [(a, b) for a, b in runs(np.where(truth, 1, 0) + 2 * pd.factorize(runs_of)[0]) if truth[a]]
+    for a, b in bounds:
+        inside = [s for s in starts if a <= s < b]
+        label = str(frame[labels].iloc[a])
+        first = inside[0] if inside else None
+        votes = Counter(n for n in named[first - on_delay + 1 : b] if n) if first is not None else Counter()
+        events.append({
+            "label": label, "start_ts": float(ts[a]), "end_ts": float(ts[b - 1]), "rows": b - a,
+            "detected": first is not None,
+            "delay_s": float(ts[first] - ts[a]) if first is not None else None,
+            "named": votes.most_common(1)[0][0] if votes else None,
+        })
+    hours = len(frame) * line.sampling_interval_s / 3600
+    normal_hours = int((~truth).sum()) * line.sampling_interval_s / 3600
+    false_alarms = sum(1 for s in starts if not truth[s])
+    detected = [e for e in events if e["detected"]]
+    return {
+        "rows": len(frame), "hours": hours, "fault_rows": int(truth.sum()),
+        "precision": precision, "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,  # share of normal rows flagged
+        "missed_alarm_rate": fn / (fn + tp) if fn + tp else 0.0,  # share of fault rows not flagged
+        "alarms": len(starts), "alarms_per_hour": len(starts) / hours if hours else 0.0,
+        "false_alarms": false_alarms, "false_alarms_per_hour": false_alarms / normal_hours if normal_hours else 0.0,
+        "events": events, "events_detected": len(detected),
+        "mean_delay_s": float(np.mean([e["delay_s"] for e in detected])) if detected else None,
+        "kinds": dict(kinds), "target_false_alarm_rate": models.detector.false_alarm_rate,
+        "series": {"ts": ts.tolist(), "score": score.tolist(), "flagged": flagged.tolist(), "truth": truth.tolist(),
+                   "alarm_rows": starts},
     }

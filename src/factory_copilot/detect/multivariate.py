@@ -1,40 +1,47 @@
-"""LineDetector: learns how a line's signals move together in each operating mode and scores departures from it.
+"""LineDetector: learns how a line's signals move together at each operating point and scores departures from it.
 
-Per mode, signals are standardised and smoothed causally with several EWMA weights
-(raw rows catch sudden faults, slow averages catch small drifts); each smoothed vector
-is scored by its Mahalanobis distance under a shrunk covariance (Ledoit-Wolf) of the
-smoothed normal data, so correlated signals are judged together. The statistics are
-normalised and combined by their maximum, and the alarm threshold is calibrated on
-held-out normal data (time-ordered folds) to a target false-alarm rate with a
-persistence requirement; scores are returned relative to that threshold (1.0 = limit).
+Per mode, each signal's normal value is regressed on the operating point (the load and setpoint
+signals, with their recent history so that slow responses such as a temperature following the
+load are expected, not flagged); the residuals are standardised and smoothed causally with
+several EWMA weights (raw rows catch sudden faults, slow averages catch small drifts); each
+smoothed vector is scored by its Mahalanobis distance under a shrunk covariance (Ledoit-Wolf) of
+the smoothed normal data, so correlated signals are judged together. The statistics are
+normalised and combined by their maximum, and the alarm threshold is calibrated on held-out
+normal data (time-ordered folds) to a target false-alarm rate with a persistence requirement.
+
+That calibration is then checked out of sample: the last part of every normal stretch is held
+out of the fit, the false-alarm rate measured on it, and the threshold widened until it meets
+the target (``calibration_`` says what was measured and whether the history was long enough to
+tell). An optional adaptive baseline follows slow drift of a healthy machine; it is frozen while
+the detector flags and for a while after, so a growing fault is not learnt away. Scores are
+returned relative to the threshold (1.0 = limit).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
+from scipy.stats import poisson
 from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 
-from factory_copilot.detect.features import as_matrix, ewma_runs, hold_last, numeric_signals, runs
-from factory_copilot.records import Mode
+from factory_copilot.detect.features import as_matrix, ewma, hold_last, numeric_signals, runs
 
 ALL_MODES = "all"
 
 
 def mode_labels(values) -> np.ndarray:
-    """Normalise a mode column (codes 0..3, Mode members or names) to mode names."""
+    """A mode column as mode names (strings); integral numbers print without a decimal point."""
     out = []
     for v in values:
-        if isinstance(v, Mode):
-            out.append(v.value)
-            continue
-        try:
-            out.append(Mode.from_code(v).value)
-        except (ValueError, IndexError, KeyError):
-            out.append(str(v).lower())
+        if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
+            out.append(str(int(v)))
+        else:
+            out.append(str(v))
     return np.asarray(out, dtype=object)
 
 
@@ -51,6 +58,14 @@ def flag_persistent(exceed: np.ndarray, persistence: int, bounds: list[tuple[int
     return exceed & (idx - last_quiet >= persistence)
 
 
+def _streak(exceed: np.ndarray, carried: int) -> np.ndarray:
+    """Consecutive exceedances ending at each row, continuing a streak of ``carried`` rows before the first."""
+    idx = np.arange(len(exceed))
+    last_quiet = np.maximum.accumulate(np.where(exceed, -1, idx))
+    count = np.where(last_quiet < 0, idx + 1 + carried, idx - last_quiet)
+    return np.where(exceed, count, 0)
+
+
 @dataclass
 class ModeModel:
     """The learnt normal of one operating mode."""
@@ -61,21 +76,20 @@ class ModeModel:
     norms: np.ndarray  # per-statistic normaliser (99th percentile on held-out normal)
     threshold: float  # on the combined statistic
     n_rows: int
-    context: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # indices of operating-point inputs
-    context_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_context, n_signals)
+    context_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))  # of the operating-point features
+    coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_features, n_signals)
+    widened: float = 1.0  # factor the out-of-sample check put on the calibrated threshold
 
-    def standardise(self, A: np.ndarray) -> np.ndarray:
-        Z = (A - self.expected(A)) / self.scale
+    def expected(self, A: np.ndarray, F: np.ndarray) -> np.ndarray:
+        """Each signal's normal value at the row's operating point (features F), else its mean."""
+        if not self.coef.size:
+            return self.mean
+        return self.mean + np.nan_to_num(F - self.context_mean) @ self.coef
+
+    def standardise(self, A: np.ndarray, F: np.ndarray) -> np.ndarray:
+        Z = (A - self.expected(A, F)) / self.scale
         Z[np.isnan(Z)] = 0.0  # a signal never seen yet counts as at its normal mean
         return Z
-
-    def expected(self, A: np.ndarray) -> np.ndarray:
-        """Each signal's normal value at the row's operating point (setpoints), else its mean."""
-        if not len(self.context):
-            return self.mean
-        C = np.nan_to_num(A[..., self.context] - self.context_mean)
-        return self.mean + C @ self.coef
 
 
 def shrunk_covariance(W: np.ndarray) -> np.ndarray:
@@ -95,14 +109,56 @@ def _distances(W: np.ndarray, P: np.ndarray) -> np.ndarray:
     return np.einsum("ij,jk,ik->i", W, P, W)
 
 
+def _ewma_from_first(x: np.ndarray, lam: float) -> np.ndarray:
+    """EWMA of each column started at its first finite value (NaN before it), as a lagged reading of it."""
+    out = np.full_like(x, np.nan)
+    for j in range(x.shape[1]):
+        finite = np.flatnonzero(np.isfinite(x[:, j]))
+        if not len(finite):
+            continue
+        f = finite[0]
+        out[f:, j] = lfilter([lam], [1.0, -(1.0 - lam)], x[f:, j], zi=[(1.0 - lam) * x[f, j]])[0]
+    return out
+
+
+def _pairwise(Z: np.ndarray) -> np.ndarray:
+    """Squares and products of standardised operating-point signals (a curved response, and one signal's
+    effect depending on another's, as a motor's current on both flow and pressure)."""
+    i, j = np.triu_indices(Z.shape[1])
+    return Z[:, i] * Z[:, j]
+
+
+@dataclass
+class _Segment:
+    """Rows [start, end) of one mode within one run; scoring begins at ``scored`` (after the settling grace)."""
+
+    start: int
+    end: int
+    scored: int
+    mode: str
+    run: int
+
+
 class LineDetector(BaseEstimator):
     """Multivariate, mode-aware, causal anomaly detector with scikit-learn conventions.
 
     ``fit(X)`` takes a DataFrame of normal operation, rows in time order, one numeric column
-    per signal (a ``mode`` column, if present, selects the per-mode normal). ``predict`` gives
-    1 for anomalous rows, ``score_samples`` the score relative to the calibrated threshold,
-    ``contributions`` each signal's share of the score. Every row's result depends only on that
-    row and the rows before it.
+    per signal (a ``mode`` column, if present, selects the per-mode normal; a ``run`` column
+    separates recordings). ``predict`` gives 1 for anomalous rows, ``score_samples`` the score
+    relative to the calibrated threshold, ``contributions`` each signal's share of the score.
+    Every row's result depends only on that row and the rows before it.
+
+    ``context``: the operating-point columns (load, setpoints) other signals are judged against;
+    "auto" takes columns named like a setpoint. ``context_degree`` 2 adds their squares and products
+    (a curved response) and ``context_lags`` lagged readings of them, EWMA time constants in rows (a
+    lagged response), where the history supports them (``context_degree_``, ``context_lags_``).
+    ``steady_modes``: modes calibrated with ``margin`` (the others, short and drifting, with
+    ``transient_margin``; None: every mode is steady). ``holdout``: the share of every normal stretch
+    held out to check the false-alarm rate out of sample (``calibration_``). ``baseline_rows``: time
+    constant of the adaptive baseline in rows (None: fixed normal); it learns from chunks of
+    ``baseline_every`` rows once they are ``baseline_hold`` rows old, if nothing was flagged since and
+    their mean score stayed under ``baseline_freeze``. ``interleave``: calibration folds of blocks dealt
+    in turn even for one stretch (default: contiguous folds).
     """
 
     def __init__(
@@ -113,23 +169,45 @@ class LineDetector(BaseEstimator):
         n_splits: int = 5,
         margin: float = 1.0,
         transient_margin: float = 3.0,
+        steady_modes: tuple[str, ...] | None = None,
         mode_column: str = "mode",
+        run_column: str | None = "run",
         settle_rows: int = 180,
         min_rows: int = 100,
         exclude: tuple[str, ...] = ("fault",),
         context: tuple[str, ...] | str = "auto",
+        context_degree: int = 1,
+        context_lags: tuple[float, ...] = (),
+        context_ridge: float = 1e-6,
+        holdout: float = 0.2,
+        baseline_rows: float | None = None,
+        baseline_every: int = 60,
+        baseline_hold: int = 600,
+        baseline_freeze: float = 0.5,
+        interleave: bool = False,
     ):
-        self.context = context
         self.smoothing = smoothing
         self.false_alarm_rate = false_alarm_rate
         self.persistence = persistence
         self.n_splits = n_splits
         self.margin = margin
         self.transient_margin = transient_margin
+        self.steady_modes = steady_modes
         self.mode_column = mode_column
+        self.run_column = run_column
         self.settle_rows = settle_rows
         self.min_rows = min_rows
         self.exclude = exclude
+        self.context = context
+        self.context_degree = context_degree
+        self.context_lags = context_lags
+        self.context_ridge = context_ridge
+        self.holdout = holdout
+        self.baseline_rows = baseline_rows
+        self.baseline_every = baseline_every
+        self.baseline_hold = baseline_hold
+        self.baseline_freeze = baseline_freeze
+        self.interleave = interleave
 
     # ---- shaping the table -------------------------------------------------------------
     def _modes_of(self, X: pd.DataFrame) -> np.ndarray:
@@ -137,110 +215,217 @@ class LineDetector(BaseEstimator):
             return mode_labels(X[self.mode_column].to_numpy())
         return np.full(len(X), ALL_MODES, dtype=object)
 
-    def _settling(self, bounds: list[tuple[int, int]]) -> np.ndarray:
-        """Rows inside the grace period after a mode change (the table's first run has none)."""
-        mask = np.zeros(bounds[-1][1] if bounds else 0, dtype=bool)
-        for a, b in bounds:
-            if a > 0:
-                mask[a : min(b, a + self.settle_rows)] = True
-        return mask
+    def _runs_of(self, X: pd.DataFrame) -> np.ndarray:
+        if self.run_column and self.run_column in X.columns:
+            r = X[self.run_column].to_numpy()
+            return np.concatenate([[0], np.cumsum(r[1:] != r[:-1])]) if len(r) else np.zeros(0, dtype=int)
+        return np.zeros(len(X), dtype=int)
+
+    def _segments(self, modes: np.ndarray, run_ids: np.ndarray) -> list[_Segment]:
+        """Stretches of one mode within one run; a mode change inside a run earns the settling grace."""
+        keys = np.array([f"{r}|{m}" for r, m in zip(run_ids, modes)], dtype=object)
+        out = []
+        for a, b in runs(keys):
+            changed = a > 0 and run_ids[a - 1] == run_ids[a]
+            out.append(_Segment(a, b, min(b, a + self.settle_rows) if changed else a, str(modes[a]), int(run_ids[a])))
+        return out
+
+    def _table(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[_Segment]]:
+        A = hold_last(as_matrix(X, self.signals_), np.nan)
+        # a detector with one normal for every mode ignores the mode column (as its stream does)
+        modes = self._modes_of(X) if self.per_mode else np.full(len(X), ALL_MODES, dtype=object)
+        run_ids = self._runs_of(X)
+        segs = self._segments(modes, run_ids)
+        return A, self._context_features(A, run_ids), modes, segs
+
+    # ---- the operating point -----------------------------------------------------------
+    def _context_features(self, A: np.ndarray, run_ids: np.ndarray) -> np.ndarray:
+        """Operating-point features per row: each context signal, its square, its lagged readings (causal)."""
+        if not len(self.context_):
+            return np.zeros((len(A), 0))
+        C = A[:, self.context_]
+        parts = [C]
+        if self.context_degree_ >= 2:
+            parts.append(_pairwise((C - self.context_centre_) / self.context_spread_))
+        if self.context_lags_:
+            lagged = [np.empty_like(C) for _ in self.context_lags_]
+            for a, b in runs(run_ids):
+                for k, tau in enumerate(self.context_lags_):
+                    lagged[k][a:b] = _ewma_from_first(C[a:b], 1.0 / max(float(tau), 1.0))
+            parts.extend(lagged)
+        return np.hstack(parts)
 
     # ---- fitting -------------------------------------------------------------------------
-    def fit(self, X: pd.DataFrame, y=None) -> "LineDetector":
+    def fit(self, X: pd.DataFrame, y=None, holdout=None, groups=None) -> "LineDetector":
+        """Learn the normal of each mode from ``X``.
+
+        ``holdout``: rows (boolean, one per row) to hold out for the out-of-sample check; default the
+        last ``self.holdout`` share of every stretch. ``groups``: a label per row (operating regimes) to
+        report the held-out false-alarm rate by, in ``calibration_["groups"]``.
+        """
         # small matrices: BLAS threads only fight each other (and the other stations) for the edge box's cores
         with threadpool_limits(limits=1, user_api="blas"):
-            return self._fit(X)
+            return self._fit(X, holdout, groups)
 
-    def _fit(self, X: pd.DataFrame) -> "LineDetector":
-        exclude = tuple(self.exclude) + ((self.mode_column,) if self.mode_column else ())
+    def _fit(self, X: pd.DataFrame, holdout, groups) -> "LineDetector":
+        exclude = tuple(self.exclude) + tuple(c for c in (self.mode_column, self.run_column) if c)
         self.signals_ = numeric_signals(X, exclude)
         self.feature_names_in_ = np.asarray(self.signals_, dtype=object)
         self.n_features_in_ = len(self.signals_)
         self.lams_ = np.asarray(self.smoothing, dtype=float)
-        # operating-point inputs (setpoints): signals are judged against what normal is at that point
         names = [s for s in self.signals_ if "setpoint" in s] if self.context == "auto" else list(self.context)
         unknown = [c for c in names if c not in self.signals_]
         if unknown:
             raise ValueError(f"context column(s) not among the signals: {', '.join(unknown)}")
         self.context_ = np.array([self.signals_.index(c) for c in names], dtype=int)
         A = hold_last(as_matrix(X, self.signals_), np.nan)
+        C = A[:, self.context_]
+        self.context_centre_ = np.nan_to_num(np.nanmean(C, axis=0)) if len(self.context_) else np.zeros(0)
+        self.context_spread_ = np.maximum(np.nan_to_num(np.nanstd(C, axis=0)), 1e-9) if len(self.context_) else np.zeros(0)
         modes = self._modes_of(X)
-        bounds = runs(modes)
-        settling = self._settling(bounds)
+        run_ids = self._runs_of(X)
+        segs = self._segments(modes, run_ids)
+        usable = np.zeros(len(A), dtype=bool)
+        for s in segs:
+            usable[s.scored : s.end] = True  # settling rows are left out entirely
+        # lagged readings only where the operating point moves while the mode holds (a load): a setpoint that
+        # changes only with the mode gives them nothing to learn but noise; curves only where the operating
+        # point took enough values to show one (a square through two setpoints extrapolates wildly to a third)
+        within = np.zeros(len(A), dtype=bool)
+        within[1:] = usable[1:] & usable[:-1] & (run_ids[1:] == run_ids[:-1]) & (modes[1:] == modes[:-1])
+        moving = (np.abs(np.diff(C, axis=0)) > 0)[within[1:]] if len(self.context_) and len(A) > 1 else np.zeros((0, 0))
+        load = bool(moving.size and moving.mean(axis=0).max() > 0.5)
+        values = min((len(np.unique(c[np.isfinite(c)])) for c in C[usable].T), default=0)
+        self.context_lags_ = tuple(self.context_lags) if load else ()
+        self.context_degree_ = self.context_degree if load or values >= 5 else 1
+        F = self._context_features(A, run_ids)
         overall = np.nanstd(A, axis=0)
         # a signal flat within one mode (a stopped motor) still needs a usable scale
         self.scale_floor_ = np.maximum(0.01 * np.nan_to_num(overall), 1e-9)
-        self.models_: dict[str, ModeModel] = {}
-        self.skipped_modes_: dict[str, int] = {}
-        run_id = np.zeros(len(modes), dtype=int)
-        for i, (a, b) in enumerate(bounds):
-            run_id[a:b] = i
+
+        held = self._holdout_rows(segs, len(A)) if holdout is None else np.asarray(holdout, dtype=bool).copy()
+        if len(held) != len(A):
+            raise ValueError(f"holdout has {len(held)} entries for {len(A)} rows")
+        held &= usable
+        # a mode too short to spare its held-out rows is fitted on all of them, and says so
         for mode in dict.fromkeys(modes):
-            # settling rows are left out entirely: the model and its EWMA start once the mode has settled
-            idx = np.flatnonzero((modes == mode) & ~settling)
-            if len(idx) < self.min_rows:
-                self.skipped_modes_[mode] = len(idx)
-                continue
-            # start-up, changeover and idle are short, few and drifting: a calibrated limit from a handful
-            # of stretches is uncertain, so it is widened rather than alarming on the next stretch
-            margin = self.margin * (1.0 if mode in (Mode.RUNNING.value, ALL_MODES) else self.transient_margin)
-            self.models_[mode] = self._fit_mode(A[idx], runs(run_id[idx]), np.ones(len(idx), dtype=bool), margin)
+            in_mode = modes == mode
+            if (usable & in_mode & ~held).sum() < self.min_rows:
+                held[in_mode] = False
+        report: dict = {"target": self.false_alarm_rate, "persistence": self.persistence, "modes": {}, "groups": {}}
+        factors: dict[str, float] = {}
+        if held.any():
+            self.models_, _ = self._fit_modes(A, F, modes, segs, usable & ~held)
+            ev = self._evaluate_arrays(A, F, segs)
+            factors = self._check_held_out(ev, modes, held, segs, report, groups)
+        self.models_, self.skipped_modes_ = self._fit_modes(A, F, modes, segs, usable)
         if not self.models_:
             raise ValueError(
                 f"too little normal data to learn any mode: need {self.min_rows} rows per mode, "
                 f"got {self.skipped_modes_}"
             )
+        for mode, model in self.models_.items():
+            model.widened = factors.get(mode, 1.0)
+            model.threshold *= model.widened
+            entry = report["modes"].setdefault(mode, {"held_out": 0})
+            entry["rows"] = model.n_rows
+        for mode, n in self.skipped_modes_.items():
+            report["modes"].setdefault(mode, {"held_out": 0})["rows"] = n
+            report["modes"][mode]["skipped"] = True
+        self.calibration_ = report
         return self
 
-    def _normal(self, A: np.ndarray, rows: np.ndarray) -> ModeModel:
+    def _holdout_rows(self, segs: list[_Segment], n: int) -> np.ndarray:
+        """The last ``holdout`` share of every stretch's scored rows."""
+        held = np.zeros(n, dtype=bool)
+        if self.holdout and self.holdout > 0:
+            for s in segs:
+                k = int(np.floor((s.end - s.scored) * self.holdout))
+                if k > 0:
+                    held[s.end - k : s.end] = True
+        return held
+
+    def _fit_modes(self, A, F, modes, segs, rows) -> tuple[dict[str, ModeModel], dict[str, int]]:
+        models: dict[str, ModeModel] = {}
+        skipped: dict[str, int] = {}
+        seg_id = np.zeros(len(A), dtype=int)
+        for i, s in enumerate(segs):
+            seg_id[s.start : s.end] = i
+        for mode in dict.fromkeys(modes):
+            idx = np.flatnonzero((modes == mode) & rows)
+            if len(idx) < self.min_rows:
+                skipped[str(mode)] = len(idx)
+                continue
+            # start-up, changeover and idle are short, few and drifting: a calibrated limit from a handful
+            # of stretches is uncertain, so it is widened rather than alarming on the next stretch
+            steady = self.steady_modes is None or mode in self.steady_modes or mode == ALL_MODES
+            margin = self.margin * (1.0 if steady else self.transient_margin)
+            models[str(mode)] = self._fit_mode(A[idx], F[idx], runs(seg_id[idx]), margin)
+        return models, skipped
+
+    def _normal(self, A: np.ndarray, F: np.ndarray, rows: np.ndarray) -> ModeModel:
         """Mean, operating-point regression and residual scale of each signal on the given rows."""
         mean = np.nan_to_num(np.nanmean(A[rows], axis=0))
-        ctx = self.context_
         m = ModeModel(mean, np.ones(A.shape[1]), np.zeros((0, 0, 0)), np.zeros(0), 1.0, len(rows))
-        if len(ctx):
-            C = np.nan_to_num(A[rows][:, ctx] - mean[ctx])
+        if F.shape[1]:
+            f_mean = np.nan_to_num(np.nanmean(F[rows], axis=0))
+            Cf = np.nan_to_num(F[rows] - f_mean)
             R = np.nan_to_num(A[rows] - mean)
-            # ridge on the setpoints; a setpoint that never moved in this mode explains nothing
-            spread = C.std(axis=0)
+            # ridge on the operating point; a feature that never moved in this mode explains nothing
+            spread = Cf.std(axis=0)
             keep = spread > 1e-9
-            coef = np.zeros((len(ctx), A.shape[1]))
+            coef = np.zeros((F.shape[1], A.shape[1]))
             if keep.any():
-                Ck = C[:, keep]
-                coef[keep] = np.linalg.solve(Ck.T @ Ck + 1e-3 * len(rows) * np.diag(spread[keep] ** 2), Ck.T @ R)
-            m.context, m.context_mean, m.coef = ctx, mean[ctx], coef
-        resid = A[rows] - m.expected(A[rows])
+                Ck = Cf[:, keep]
+                coef[keep] = np.linalg.solve(Ck.T @ Ck + self.context_ridge * len(rows) * np.diag(spread[keep] ** 2), Ck.T @ R)
+            # the load and setpoints themselves are judged against their own spread, not explained away
+            coef[:, self.context_] = 0.0
+            m.context_mean, m.coef = f_mean, coef
+        resid = A[rows] - m.expected(A[rows], F[rows])
         m.scale = np.maximum(np.nan_to_num(np.nanstd(resid, axis=0)), self.scale_floor_)
         return m
 
     def _smoothed(self, Z: np.ndarray, bounds: list[tuple[int, int]]) -> list[np.ndarray]:
-        return [ewma_runs(Z, lam, bounds) for lam in self.lams_]
+        out = []
+        for lam in self.lams_:
+            W = np.empty_like(Z)
+            for a, b in bounds:
+                W[a:b] = ewma(Z[a:b], lam)
+            out.append(W)
+        return out
 
     def _precisions(self, Ws: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
         return np.stack([np.linalg.pinv(shrunk_covariance(W[rows])) for W in Ws])
 
-    def _fit_mode(self, A: np.ndarray, bounds: list[tuple[int, int]], usable: np.ndarray, margin: float) -> ModeModel:
-        rows = np.flatnonzero(usable)
+    def _fit_mode(self, A: np.ndarray, F: np.ndarray, bounds: list[tuple[int, int]], margin: float) -> ModeModel:
+        rows = np.arange(len(A))
         k = max(2, self.n_splits)
-        if len(bounds) >= 2:
+        longest = max(b - a for a, b in bounds)
+        if len(bounds) >= 2 and longest <= 2 * len(A) / 3:
             # whole stretches per fold: the threshold must cover how one stretch differs from the others
             parts = np.array_split(np.asarray(bounds, dtype=int), min(k, len(bounds)))
             folds = [np.concatenate([np.arange(a, b) for a, b in part]) for part in parts]
-            folds = [np.intersect1d(f, rows) for f in folds]
+        elif len(bounds) >= 2 or self.interleave:
+            # a stretch holding most of the history (a long recording across regimes) would take whole
+            # regimes out of a fold: cut stretches into blocks and deal them to the folds in turn
+            size = max(self.settle_rows, int(np.ceil(len(A) / (2 * k))))
+            blocks = [np.arange(c, min(c + size, b)) for a, b in bounds for c in range(a, b, size)]
+            folds = [np.concatenate(blocks[j::k]) for j in range(min(k, len(blocks)))]
         else:
             folds = np.array_split(rows, k)
         held_out = np.zeros((len(A), len(self.lams_)))
         for fold in folds:
             train = np.setdiff1d(rows, fold)
-            Z = self._normal(A, train).standardise(A)
+            Z = self._normal(A, F, train).standardise(A, F)
             Ws = self._smoothed(Z, bounds)
             P = self._precisions(Ws, train)
             for j, W in enumerate(Ws):
                 held_out[fold, j] = _distances(W[fold], P[j])
-        norms = np.maximum(np.quantile(held_out[rows], 0.99, axis=0), 1e-12)
+        norms = np.maximum(np.quantile(held_out, 0.99, axis=0), 1e-12)
         combined = (held_out / norms).max(axis=1)
-        threshold = self._calibrate(combined, usable, bounds) * margin
-        model = self._normal(A, rows)
-        model.precisions = self._precisions(self._smoothed(model.standardise(A), bounds), rows)
+        threshold = self._calibrate(combined, np.ones(len(A), dtype=bool), bounds) * margin
+        model = self._normal(A, F, rows)
+        model.precisions = self._precisions(self._smoothed(model.standardise(A, F), bounds), rows)
         model.norms, model.threshold = norms, float(threshold)
         return model
 
@@ -264,10 +449,74 @@ class LineDetector(BaseEstimator):
                 lo = mid + 1
         return float(values[lo])
 
+    # ---- the out-of-sample check -------------------------------------------------------------
+    def _rate_entry(self, flags: np.ndarray) -> dict:
+        """What held-out rows with these false flags say about the rate: measured, and what the rows can show."""
+        n = len(flags)
+        flagged = int(flags.sum())
+        episodes = int(np.sum(flags[1:] & ~flags[:-1]) + (flags[0] if n else 0))
+        # episodes to expect at the target rate: its flagged rows come in episodes as long as those seen
+        expected = n * self.false_alarm_rate / max(1.0, flagged / max(episodes, 1))
+        return {
+            "held_out": int(n),
+            "flagged": flagged,
+            "episodes": episodes,
+            "rate": flagged / n if n else None,
+            # zero flags in n rows bound the rate below 3/n (95 %); fewer rows cannot show the target
+            "shown_below": (3.0 / n) if n else None,
+            "estimable": bool(n and 3.0 / n <= self.false_alarm_rate),
+            # the target is missed when more false-alarm episodes came than it allows, at 95 % confidence
+            # (episodes, not rows: the rows of one excursion are not independent evidence)
+            "missed": bool(flagged / max(n, 1) > self.false_alarm_rate and poisson.sf(episodes - 1, expected) < 0.05),
+        }
+
+    def _check_held_out(self, ev: dict, modes, held, segs, report: dict, groups) -> dict[str, float]:
+        """Measure the held-out rate per mode; where it misses the target, the factor on the threshold that meets it."""
+        bounds = [(s.start, s.end) for s in segs]
+        flags = ev["flags"]
+        factors: dict[str, float] = {}
+        for mode in self.models_:
+            rows = held & (modes == mode)
+            n = int(rows.sum())
+            if not n:
+                continue
+            entry = self._rate_entry(flags[rows])
+            factor = 1.0
+            if entry["missed"]:
+                # widen: the smallest factor on the threshold whose persistent flags meet the target
+                s = ev["score"]
+                cands = np.sort(np.unique(s[rows & (s > 1.0)]))
+                lo, hi = 0, len(cands) - 1
+
+                def rate(f: float) -> float:
+                    return flag_persistent((s > f) & rows, self.persistence, bounds)[rows].sum() / n
+
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if rate(cands[mid]) <= self.false_alarm_rate:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                factor = float(cands[lo])
+                entry["rate_after"] = float(rate(factor))
+            entry["factor"] = factor
+            factors[mode] = factor
+            report["modes"][mode] = entry
+        if groups is not None:
+            g = np.asarray(groups, dtype=object)
+            for label in dict.fromkeys(g):
+                report["groups"][str(label)] = self._rate_entry(flags[held & (g == label)])
+        return factors
+
     # ---- scoring -------------------------------------------------------------------------
     def model_for(self, mode: str) -> ModeModel | None:
         """The mode's model; a detector trained without modes judges every mode by its one normal."""
-        return self.models_.get(mode) or self.models_.get(ALL_MODES)
+        return self.models_.get(str(mode)) or self.models_.get(ALL_MODES)
+
+    @property
+    def per_mode(self) -> bool:
+        """False for a detector with one normal for every mode (trained without a mode column)."""
+        return ALL_MODES not in self.models_
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "models_"):
@@ -277,34 +526,84 @@ class LineDetector(BaseEstimator):
         """Score every row: combined score (relative to threshold), winning statistic, smoothed vectors."""
         self._check_fitted()
         with threadpool_limits(limits=1, user_api="blas"):
-            return self._evaluate_rows(X)
+            A, F, _, segs = self._table(X)
+            return self._evaluate_arrays(A, F, segs)
 
-    def _evaluate_rows(self, X: pd.DataFrame) -> dict:
-        A = hold_last(as_matrix(X, self.signals_), np.nan)
-        modes = self._modes_of(X)
-        bounds = runs(modes)
+    def _evaluate_arrays(self, A: np.ndarray, F: np.ndarray, segs: list[_Segment]) -> dict:
         n = len(A)
         score = np.zeros(n)
+        flags = np.zeros(n, dtype=bool)
         winner = np.zeros(n, dtype=int)
         Wsel = np.zeros_like(A)
-        modelled = np.zeros(n, dtype=bool)
-        for a, b in bounds:
-            model = self.model_for(modes[a])
-            if a > 0:
-                a = min(b, a + self.settle_rows)  # scoring starts once the new mode has settled
+        state = _BaselineState(len(self.signals_), self.baseline_hold)
+        for seg in segs:
+            if seg.run != state.run:
+                state = _BaselineState(len(self.signals_), self.baseline_hold, seg.run)
+            model = self.model_for(seg.mode)
+            a, b = seg.scored, seg.end
             if model is None or a == b:
                 continue
-            Z = model.standardise(A[a:b])
-            Ws = self._smoothed(Z, [(0, b - a)])
+            Z = model.standardise(A[a:b], F[a:b])
+            if self.baseline_rows:
+                out = self._score_adaptive(model, Z, state, seg.mode)
+            else:
+                Ws = [ewma(Z, lam) for lam in self.lams_]
+                D = np.stack([_distances(W, model.precisions[j]) for j, W in enumerate(Ws)], axis=1) / model.norms
+                win = D.argmax(axis=1)
+                s = D[np.arange(b - a), win] / model.threshold
+                f = _streak(s > 1.0, 0) >= max(1, self.persistence)
+                out = (s, f, win, np.stack(Ws)[win, np.arange(b - a)])
+            score[a:b], flags[a:b], winner[a:b], Wsel[a:b] = out
+        return {"score": score, "flags": flags, "winner": winner, "W": Wsel, "segments": segs}
+
+    def _score_adaptive(self, model: ModeModel, Z: np.ndarray, state: "_BaselineState", mode: str):
+        """Score a segment chunk by chunk, moving the baseline after each quiet chunk (as DetectorStream does)."""
+        m = max(1, int(self.baseline_every))
+        alpha = min(1.0, m / float(self.baseline_rows))
+        n, p = Z.shape
+        score = np.zeros(n)
+        flags = np.zeros(n, dtype=bool)
+        win = np.zeros(n, dtype=int)
+        Wsel = np.zeros_like(Z)
+        base = state.baseline.setdefault(mode, np.zeros(p))
+        pending: deque = deque()
+        W_last = np.zeros((len(self.lams_), p))
+        streak = 0
+        for c in range(0, n, m):
+            Zc = Z[c : c + m]
+            k = len(Zc)
+            Ws = []
+            for j, lam in enumerate(self.lams_):
+                if lam >= 1.0:
+                    W = Zc - base
+                else:
+                    W = lfilter([lam], [1.0, -(1.0 - lam)], Zc - base, axis=0, zi=((1.0 - lam) * W_last[j])[None, :])[0]
+                Ws.append(W)
+                W_last[j] = W[-1]
             D = np.stack([_distances(W, model.precisions[j]) for j, W in enumerate(Ws)], axis=1) / model.norms
-            win = D.argmax(axis=1)
-            score[a:b] = D[np.arange(b - a), win] / model.threshold
-            winner[a:b] = win
-            Wsel[a:b] = np.stack(Ws)[win, np.arange(b - a)]
-            modelled[a:b] = True
-        exceed = (score > 1.0) & modelled
-        flags = flag_persistent(exceed, self.persistence, bounds) if n else exceed
-        return {"score": score, "flags": flags, "winner": winner, "W": Wsel, "modes": modes, "bounds": bounds}
+            w = D.argmax(axis=1)
+            s = D[np.arange(k), w] / model.threshold
+            counts = _streak(s > 1.0, streak)
+            streak = int(counts[-1])
+            f = counts >= max(1, self.persistence)
+            score[c : c + k], flags[c : c + k], win[c : c + k] = s, f, w
+            Wsel[c : c + k] = np.stack(Ws)[w, np.arange(k)]
+            last_flag = np.flatnonzero(f)
+            state.quiet = (k - 1 - last_flag[-1]) if len(last_flag) else state.quiet + k
+            if k == m:
+                self._learn_chunk(pending, Zc.mean(axis=0), float(s.mean()), state, base, alpha, m)
+        return score, flags, win, Wsel
+
+    def _learn_chunk(self, pending: deque, z_mean, score_mean: float, state: "_BaselineState", base, alpha, m) -> None:
+        """Queue a finished chunk; move the baseline toward the chunk ``baseline_hold`` rows older, if nothing
+        was flagged since it began and its mean score stayed well below the threshold. Learning only from
+        rows that old, a fault growing faster than that is flagged before any of it enters the baseline."""
+        pending.append((z_mean, score_mean))
+        delay = max(0, int(self.baseline_hold) // m)
+        if len(pending) > delay:
+            z_old, score_old = pending.popleft()
+            if state.quiet >= (delay + 1) * m and score_old <= self.baseline_freeze:
+                base += alpha * (z_old - base)
 
     def score_samples(self, X: pd.DataFrame) -> np.ndarray:
         """Anomaly score per row relative to the calibrated threshold: above 1.0 is beyond normal."""
@@ -317,6 +616,22 @@ class LineDetector(BaseEstimator):
         """1 where the row is anomalous (past the threshold for ``persistence`` rows, not settling), else 0."""
         return self._evaluate(X)["flags"].astype(int)
 
+    def residuals(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Each signal's departure from its normal value at the row's mode and operating point (value - expected).
+
+        What a fault does to a signal, with what the load and setpoints do taken out: the fault classifier
+        learns signatures from these, so a fault looks the same at every duty point.
+        """
+        self._check_fitted()
+        A, F, _, segs = self._table(X)
+        R = np.full_like(A, np.nan)
+        for seg in segs:
+            model = self.model_for(seg.mode)
+            if model is not None:
+                R[seg.start : seg.end] = A[seg.start : seg.end] - model.expected(A[seg.start : seg.end], F[seg.start : seg.end])
+        R[:, self.context_] = 0.0  # the operating point itself is no part of a fault's signature
+        return pd.DataFrame(R, index=X.index, columns=self.signals_)
+
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Each signal's share (0..1, rows sum to 1) of the row's score, from the statistic that dominated it.
 
@@ -325,10 +640,9 @@ class LineDetector(BaseEstimator):
         """
         ev = self._evaluate(X)
         C = np.zeros((len(X), len(self.signals_)))
-        for a, b in ev["bounds"]:
-            model = self.model_for(ev["modes"][a])
-            if a > 0:
-                a = min(b, a + self.settle_rows)
+        for seg in ev["segments"]:
+            model = self.model_for(seg.mode)
+            a, b = seg.scored, seg.end
             if model is None or a == b:
                 continue
             W = ev["W"][a:b]
@@ -345,47 +659,108 @@ class LineDetector(BaseEstimator):
         return DetectorStream(self)
 
 
+class _BaselineState:
+    """The adaptive baseline of one run: per mode, and how many rows since the detector last flagged."""
+
+    def __init__(self, p: int, hold: int, run: int = 0):
+        self.baseline: dict[str, np.ndarray] = {}
+        self.quiet = 10**9  # rows since the last flag (none yet)
+        self.run = run
+
+
 class DetectorStream:
     """Live state of a LineDetector: O(1) work per row, same results as the batch methods."""
 
     def __init__(self, detector: LineDetector):
         self.detector = detector
         self.lams = detector.lams_[:, None]
-        self.last = np.full(len(detector.signals_), np.nan)
+        p = len(detector.signals_)
+        self.last = np.full(p, np.nan)
         self.mode: str | None = None
         self.model: ModeModel | None = None
-        self.W = np.zeros((len(detector.lams_), len(detector.signals_)))
+        self.W = np.zeros((len(detector.lams_), p))
         self.settle_left = 0
         self.count = 0
         self.score = 0.0
         self.winner = 0
+        self.residual = np.full(p, np.nan)  # the row's departure from normal at its operating point
+        ctx = detector.context_
+        self.lag_lams = np.array([1.0 / max(float(t), 1.0) for t in detector.context_lags_])[:, None]
+        self.lagged = np.full((len(detector.context_lags_), len(ctx)), np.nan)
+        self.baseline = _BaselineState(p, detector.baseline_hold)
+        self.chunk_sum = np.zeros(p)
+        self.chunk_score = 0.0
+        self.chunk_rows = 0
+        self.pending: deque = deque()
 
-    def update(self, x: np.ndarray, mode: "Mode | str | float | None" = None) -> tuple[float, bool]:
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        d = self.detector
+        if not len(d.context_):
+            return np.zeros(0)
+        c = x[d.context_]
+        parts = [c]
+        if d.context_degree_ >= 2:
+            parts.append(_pairwise(((c - d.context_centre_) / d.context_spread_)[None, :])[0])
+        if len(self.lag_lams):
+            start = np.isnan(self.lagged) & np.isfinite(c)
+            self.lagged = np.where(start, c, self.lagged + self.lag_lams * (c - self.lagged))
+            parts.extend(self.lagged)
+        return np.concatenate(parts)
+
+    def update(self, x: np.ndarray, mode: "str | float | None" = None) -> tuple[float, bool]:
         """Feed one row (signals in ``detector.signals_`` order, NaN = no new value); returns (score, anomalous)."""
+        d = self.detector
         x = np.where(np.isnan(x), self.last, x)
         self.last = x
-        label = ALL_MODES if mode is None else mode_labels([mode])[0]
+        f = self._features(x)
+        label = ALL_MODES if mode is None or not d.per_mode else str(mode_labels([mode])[0])
         if label != self.mode:
             if self.mode is not None:
-                self.settle_left = self.detector.settle_rows
+                self.settle_left = d.settle_rows
             self.mode = label
-            self.model = self.detector.model_for(label)
+            self.model = d.model_for(label)
             self.W[:] = 0.0
             self.count = 0
+            self.chunk_sum[:] = 0.0
+            self.chunk_score = 0.0
+            self.chunk_rows = 0
+            self.pending.clear()
         model = self.model
+        self.residual = x - model.expected(x, f) if model is not None else np.full(len(x), np.nan)
+        z = self.residual / model.scale if model is not None else None
+        self.residual[d.context_] = 0.0  # as LineDetector.residuals: the operating point is no part of a signature
         if self.settle_left > 0 or model is None:
             self.settle_left = max(0, self.settle_left - 1)
             self.score = 0.0
             return 0.0, False
-        z = (x - model.expected(x)) / model.scale
         z[np.isnan(z)] = 0.0
-        self.W = self.lams * z + (1.0 - self.lams) * self.W
+        base = self.baseline.baseline.setdefault(label, np.zeros(len(z))) if d.baseline_rows else 0.0
+        self.W = self.lams * (z - base) + (1.0 - self.lams) * self.W
         D = np.einsum("ij,ijk,ik->i", self.W, model.precisions, self.W) / model.norms
         self.winner = int(D.argmax())
         self.score = float(D[self.winner] / model.threshold)
         exceed = self.score > 1.0
         self.count = self.count + 1 if exceed else 0
-        return self.score, self.count >= max(1, self.detector.persistence) and exceed
+        flagged = self.count >= max(1, d.persistence) and exceed
+        if d.baseline_rows:
+            self._follow(z, flagged, base)
+        return self.score, flagged
+
+    def _follow(self, z: np.ndarray, flagged: bool, base: np.ndarray) -> None:
+        """The adaptive baseline: after each quiet chunk of rows, a step toward the chunk's mean residual."""
+        d = self.detector
+        state = self.baseline
+        state.quiet = 0 if flagged else state.quiet + 1
+        self.chunk_sum += z
+        self.chunk_score += self.score
+        self.chunk_rows += 1
+        m = max(1, int(d.baseline_every))
+        if self.chunk_rows == m:
+            d._learn_chunk(self.pending, self.chunk_sum / m, self.chunk_score / m, state, base,
+                           min(1.0, m / float(d.baseline_rows)), m)
+            self.chunk_sum[:] = 0.0
+            self.chunk_score = 0.0
+            self.chunk_rows = 0
 
     def contributions(self) -> dict[str, float]:
         """Signal key -> share of the current row's score, largest first (only shares above 0)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +15,9 @@ from factory_copilot.detect.checks import SignalChecks
 from factory_copilot.detect.classify import FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
 
-FORMAT = 1
+log = logging.getLogger(__name__)
+
+FORMAT = 2  # 2: modes declared by the line file, operating-point features, out-of-sample calibration
 
 
 class ModelMismatchError(ValueError):
@@ -31,6 +35,17 @@ class TrainedDetector:
     stuck_tolerance: dict[str, float] = field(default_factory=dict)
     stuck_exempt: set[str] = field(default_factory=set)
     metadata: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """Which detector this is, in one line: trained when, on what, for which signals and modes."""
+        m = self.metadata
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(m["trained_at"])) if m.get("trained_at") else "unknown"
+        det = self.detector
+        modes = ", ".join(getattr(det, "models_", {})) or "none"
+        classes = [str(c) for c in self.classifier.classes_] if self.classifier is not None else []
+        return (f"trained {when} for {self.line} on {m.get('rows', '?')} rows ({m.get('normal_rows', '?')} normal); "
+                f"{len(getattr(det, 'signals_', []))} signals; modes {modes}; "
+                + (f"fault classes {', '.join(classes)}" if classes else "no fault classes"))
 
     def checks(self, line: LineConfig, **kwargs) -> SignalChecks:
         checks = SignalChecks(line, stuck_tolerance=self.stuck_tolerance or None, **kwargs)
@@ -54,6 +69,9 @@ def load_detector(path: str | Path, line: LineConfig, line_path: str | Path = "<
         raise ModelMismatchError(f"{path}: no model file; run `factory-copilot train` first") from None
     except Exception as exc:  # pickle errors come in many types
         raise ModelMismatchError(f"{path}: not a readable detect model file ({exc})") from None
+    if isinstance(blob, dict) and isinstance(blob.get("format"), int) and blob["format"] != FORMAT:
+        raise ModelMismatchError(f"{path}: a detect model file of format {blob['format']} (this version reads {FORMAT}); "
+                                 f"retrain with `factory-copilot train --line {line_path}`")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("models"), TrainedDetector):
         raise ModelMismatchError(f"{path}: not a factory-copilot detect model file (format {FORMAT})")
     models: TrainedDetector = blob["models"]
@@ -63,4 +81,5 @@ def load_detector(path: str | Path, line: LineConfig, line_path: str | Path = "<
             f"({line.site}/{line.line}) has fingerprint {line.fingerprint()}: its assets or signals differ; "
             f"retrain with `factory-copilot train --line {line_path}`"
         )
+    log.info("detector %s: %s", path, models.describe())
     return models

@@ -80,7 +80,7 @@ class DetectStation:
         self.late_rows = max(1, math.ceil((line.samples.max_late_s if late_tolerance_s is None
                                            else late_tolerance_s) / self.interval))
         self.stale_after = line.samples.stale_after_intervals
-        self.mode_key = f"{line.mode_signal.asset}.{line.mode_signal.signal}" if line.mode_signal else None
+        self.mode_key = line.mode_key
         self.keys = line.signal_keys()
         self._keyset = set(self.keys)
         self.checks = checks or SignalChecks(line)
@@ -92,7 +92,10 @@ class DetectStation:
         self.cls_stream = classifier.stream() if classifier is not None else None
         self._det_index = self._index(detector.signals_) if detector is not None else None
         self._cls_index = self._index(classifier.signals_) if classifier is not None else None
-        self.mode = Mode.RUNNING
+        self._cls_residual = bool(getattr(classifier, "on_residuals", False))
+        if self._cls_residual and (detector is None or list(classifier.signals_) != list(detector.signals_)):
+            raise ValueError("the fault classifier learnt from the detector's residuals: give it that detector")
+        self.mode = Mode(line.production_mode)
         self.bucket: int | None = None
         self._values: dict[str, float] = {}
         self._qualities: dict[str, Quality] = {}
@@ -155,12 +158,14 @@ class DetectStation:
         if seen > self.last_seen.get(key, -math.inf):
             self.last_seen[key] = seen
         if key == self.mode_key:
-            if reading.is_process_value:
-                try:
-                    self.mode = Mode.from_code(reading.value)
-                except (ValueError, IndexError):
-                    log.warning("detect: %s=%r is not a mode code (0..3); mode kept %s", key, reading.value, self.mode.value)
-            return out
+            mode = self.line.mode_of(reading.value, self.mode) if reading.is_process_value else self.mode
+            if mode is None:
+                self._throttle.warning("mode", "detect: %s=%r names none of the line's modes (%s); mode kept %s", key,
+                                       reading.value, ", ".join(self.line.mode_names()), self.mode)
+            else:
+                self.mode = Mode(mode)
+            if key not in self._keyset:  # a coded mode signal is no process value; a load signal is
+                return out
         if reading.is_process_value:
             self._values[key] = float(reading.value)
             self._qualities.pop(key, None)
@@ -258,7 +263,10 @@ class DetectStation:
             x = np.array([values.get(k, np.nan) for k in self._det_index])
             score, flagged = self.det_stream.update(x, self.mode)
             if self.cls_stream is not None:
-                xc = x if self._cls_index == self._det_index else np.array([values.get(k, np.nan) for k in self._cls_index])
+                if self._cls_residual:  # signatures of departures at the operating point, as it was trained
+                    xc = self.det_stream.residual
+                else:
+                    xc = x if self._cls_index == self._det_index else np.array([values.get(k, np.nan) for k in self._cls_index])
                 self.cls_stream.update(xc, self.mode)
             if flagged:
                 out.append(self._multivariate(ts, score))
