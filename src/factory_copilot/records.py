@@ -478,3 +478,15 @@ class Question:
     question: str = ""
     actor: str = ""
     ts: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True, frozen=True)
+class HeldAlarms:
+    """The alarms the engine holds (not NORMAL) when its station starts: alarm id -> asset.
+
+    The publish station reconciles the broker with it: a retained alarm or diagnosis message for an
+    alarm the engine does not hold is a ghost from an earlier run, and is cleared.
+    """
+
+    alarms: dict[str, str]
+    ts: float = field(default_factory=time.time)

@@ -80,6 +80,7 @@ class LineService:
         to_publish_diagnoses, to_store_diagnoses = b("diagnoses->publish", 1000), b("diagnoses->store", 1000)
         chunks, answers, results = b("diagnosis chunks", 20_000), b("answer chunks", 20_000), b("command results", 1000)
         commands, questions, turns = b("commands", 1000), b("questions", 100), b("conversation turns", 1000)
+        held = b("held alarms", 10)  # the engine's alarms at start: the publisher clears retained ghosts of others
 
         # every clock of the pipeline: the wall clock live, the recording's time in a replay
         self.clock: Callable[[], float] = time.time
@@ -93,7 +94,8 @@ class LineService:
                                     checks=models.checks(line), clock=self.clock)
         self.engine = AlarmEngine(line, paths.alarms, alarm_settings, clock=self.clock)
         # the engine's delays are checked each tick: as often in data time, however fast the replay
-        self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results, tick_s=0.25 / speed)
+        self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results, tick_s=0.25 / speed,
+                                   held=held)
         self.store = Store(paths.store)
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,
@@ -103,7 +105,7 @@ class LineService:
         self.publisher = Publisher.for_line(
             line, paths.outbox, connection=alerts or line.mqtt or MqttConnection(), prefix=settings.alerts_prefix,
             events=to_publish_events, diagnoses=to_publish_diagnoses, chunks=chunks, results=results, answers=answers,
-            commands=commands, questions=questions,
+            commands=commands, questions=questions, held=held,
         )
         self.store_station = StoreStation(self.store, readings=to_store_readings, anomalies=to_store_anomalies,
                                           events=to_store_events, diagnoses=to_store_diagnoses, turns=turns,

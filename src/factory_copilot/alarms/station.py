@@ -3,7 +3,9 @@
 Consumes ``Buffer[Anomaly]`` and ``Buffer[OperatorCommand]``, ticks the engine a
 few times a second (delays, shelve expiry, flood end) and offers every
 ``AlarmEvent`` to ``Buffer[AlarmEvent]`` and every command's ``CommandResult`` to
-``Buffer[CommandResult]`` (the publish station answers the operator with it);
+``Buffer[CommandResult]`` (the publish station answers the operator with it).
+At start it offers the alarms the engine holds (``HeldAlarms``) to ``Buffer[HeldAlarms]``,
+before any event, so the publish station can clear retained ghosts of an earlier run;
 in-process callers ``await station.execute(cmd)`` instead. All engine calls happen
 on the event loop thread, one at a time.
 """
@@ -15,7 +17,7 @@ import logging
 
 from factory_copilot.alarms.engine import AlarmEngine
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, OperatorCommand
+from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, HeldAlarms, OperatorCommand
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class AlarmStation:
         commands: Buffer[OperatorCommand] | None = None,
         results: Buffer[CommandResult] | None = None,
         tick_s: float = 0.25,
+        held: Buffer[HeldAlarms] | None = None,
     ):
         self.engine = engine
         self.anomalies = anomalies
@@ -36,11 +39,14 @@ class AlarmStation:
         self.commands = commands
         self.results = results
         self.tick_s = tick_s
+        self.held = held
         self.counts = {"anomalies": 0, "commands": 0, "rejected": 0, "events": 0, "errors": 0}
         self.ticked = asyncio.Event()  # set after every tick; lets a caller wait for time-driven events
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or the task is cancelled)."""
+        if self.held is not None:  # before any event of this run, so nothing raised now is taken for a ghost
+            self.held.offer(HeldAlarms({a.alarm_id: a.asset for a in self.engine.active()}))
         jobs = [self._anomaly_loop(), self._tick_loop()]
         if self.commands is not None:
             jobs.append(self._command_loop())

@@ -9,6 +9,11 @@ copilot), it runs as ``await publisher.run(stop)``. Its jobs live beside it:
 * ``inbound.py``: commands and questions in, refusals answered;
 * ``topics.py`` and ``payloads.py``: the topic scheme and the versioned payloads.
 
+No ghosts: when the alarm station says which alarms the engine holds (``HeldAlarms``, once at its
+start), the retained alarm and diagnosis messages under this line's topics are read back, and
+those of alarms neither the engine holds nor this run published are cleared (an earlier run's,
+whose state was lost or reset). Other lines' and other prefixes' topics are never touched.
+
 Alerts are written to the outbox first and deleted when their PUBACK arrives. paho keeps
 the messages it was handed and resends them itself after a reconnect, so a row is handed
 to paho once per process; only a new process resends rows that were never acknowledged.
@@ -37,6 +42,7 @@ from factory_copilot.records import (
     CommandResult,
     Diagnosis,
     DiagnosisChunk,
+    HeldAlarms,
     OperatorCommand,
     Question,
 )
@@ -67,6 +73,7 @@ class Publisher:
         answers: Buffer[AnswerChunk] | None = None,
         commands: Buffer[OperatorCommand] | None = None,
         questions: Buffer[Question] | None = None,
+        held: Buffer[HeldAlarms] | None = None,
         window: int = 32,
         stream_expiry_s: int = 120,
         stream_max: int = 2000,
@@ -76,7 +83,8 @@ class Publisher:
         self.topics = Topics(site, line, prefix)
         self.connection = connection or MqttConnection()
         self.client_id = client_id or self.connection.client_id or f"factory-copilot-publish-{site}-{line}"
-        self.inputs = {"events": events, "diagnoses": diagnoses, "chunks": chunks, "results": results, "answers": answers}
+        self.inputs = {"events": events, "diagnoses": diagnoses, "chunks": chunks, "results": results, "answers": answers,
+                       "held": held}
         self.counts: collections.Counter = collections.Counter()
         self.outbox = Outbox(outbox_path, max_rows=outbox_max_rows)
         self.session = PublishSession(self.topics, self.connection, self.client_id, on_online=self._online,
@@ -94,6 +102,8 @@ class Publisher:
         self._cleared: set[str] = set()  # alarms back to normal: their diagnosis is no longer retained
         self._stream_seq: dict[str, int] = {}
         self._answer_seq: dict[str, int] = {}
+        self._reconciling: asyncio.Task | None = None
+        self.reconciled = asyncio.Event()  # set once the broker was reconciled with the engine's alarms
 
     @classmethod
     def for_line(cls, line: LineConfig, outbox_path: str | Path, **kwargs: Any) -> "Publisher":
@@ -127,6 +137,10 @@ class Publisher:
 
     async def stop(self, timeout_s: float = 3.0) -> None:
         """Say offline (retained), disconnect and close the outbox; what was not acknowledged stays for the next start."""
+        if self._reconciling:
+            self._reconciling.cancel()
+            await asyncio.gather(self._reconciling, return_exceptions=True)
+            self._reconciling = None
         if self._sending:
             self._sending.cancel()
             await asyncio.gather(self._sending, return_exceptions=True)
@@ -150,6 +164,7 @@ class Publisher:
             "chunks": lambda c: self.diagnosis_token(c.alarm_id, c.text, c.done),
             "results": self.command_reply,
             "answers": lambda a: self.answer_chunk(a.request_id, a.alarm_id, a.text, a.done, a.full_text, a.error),
+            "held": self.held_alarms,
         }
 
         async def drain(buffer: Buffer, take: Callable[[Any], None]) -> None:
@@ -220,9 +235,44 @@ class Publisher:
         self._answer(AnswerChunk(key, alarm_id, token, done, text, error),
                      self.inbound.route(key, self.topics.answer(request_id), forget=done))
 
+    def held_alarms(self, held: HeldAlarms) -> None:
+        """The alarms the engine holds: once online, clear the retained messages of every other alarm (ghosts)."""
+        if self._reconciling is not None and not self._reconciling.done():
+            self._reconciling.cancel()  # a newer word from the engine (its station restarted) replaces it
+        self.reconciled.clear()
+        self._reconciling = asyncio.create_task(self._reconcile(held), name="publish-reconcile")
+
     def command_reply(self, result: CommandResult) -> None:
         """The alarm engine's result for a command that came in over MQTT."""
         self._reply(result, self.inbound.route(result.request_id, self.topics.command_reply(result.request_id)))
+
+    async def _reconcile(self, held: HeldAlarms, wait_s: float = 10.0) -> None:
+        while True:
+            await self.online.wait()
+            retained = await self.session.retained([self.topics.all_alarms(), self.topics.all_diagnoses()], wait_s)
+            if retained is not None:
+                break
+            self.counts["reconcile_retries"] += 1
+            log.warning("could not read the retained alarms on %s:%d within %.0f s; ghosts are not cleared yet, "
+                        "trying again", self.connection.host, self.connection.port, wait_s)
+        ghosts = []
+        for topic in sorted(retained):
+            parts = self.topics.parse(topic)
+            if parts is None or parts.site != self.site or parts.line != self.line or parts.alarm_id is None:
+                continue
+            owner = held.alarms.get(parts.alarm_id) or self._assets.get(parts.alarm_id)
+            if owner == parts.asset:
+                continue  # the engine holds it, or this run published it since: not ours to clear
+            lane = ALARM_LANE if parts.kind == "alarm" else DIAGNOSIS_LANE
+            self.sender.store(Message(topic, b"", retain=True, lane=lane))
+            ghosts.append(f"{parts.kind} {parts.alarm_id}")
+        self.counts["ghosts_cleared"] += len(ghosts)
+        if ghosts:
+            log.warning("cleared %d retained message(s) of alarms the engine does not hold (left by an earlier run): %s",
+                        len(ghosts), ", ".join(ghosts[:10]) + (" ..." if len(ghosts) > 10 else ""))
+        log.info("broker reconciled with the engine: %d alarm(s) held, %d ghost message(s) cleared",
+                 len(held.alarms), len(ghosts))
+        self.reconciled.set()
 
     # ---- observation -------------------------------------------------------------------------------------------
 

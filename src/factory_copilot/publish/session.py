@@ -105,6 +105,15 @@ class PublishSession:
             content_type="application/json", user=[("schema", kind)], expiry_s=expiry_s, correlation=correlation)
         return self.mqtt.publish(topic, payload, qos=1, retain=retain, properties=props)
 
+    async def retained(self, filters: list[str], wait_s: float = 10.0) -> dict[str, bytes] | None:
+        """Every retained message under ``filters`` now (topic -> payload); None if the broker did not answer.
+
+        Read on a second connection, with our own retained status as the barrier: the broker answers one
+        connection's subscriptions in order, so once the status arrives every retained message of the
+        filters subscribed before it has arrived too. Called once online, so the status is there.
+        """
+        return await asyncio.to_thread(_retained_under, self.connection, filters, self.topics.status(), wait_s)
+
     # ---- paho's thread (guarded by MqttSession) -> the event loop ---------------------------------------------------
 
     def _up(self) -> None:
@@ -208,5 +217,32 @@ def _retained_status(conn: MqttConnection, topic: str, wait_s: float,
         # a retained message comes right after the subscription; none within a moment means there is none
         done.wait(wait_s if until else 1.0)
         return seen[-1] if seen else None
+    finally:
+        probe.stop()
+
+
+def _retained_under(conn: MqttConnection, filters: list[str], barrier: str, wait_s: float) -> dict[str, bytes] | None:
+    """The retained messages under ``filters`` (see ``PublishSession.retained``), None after ``wait_s`` without the barrier."""
+    seen: dict[str, bytes] = {}
+    done = threading.Event()
+    subscribed: list[bool] = []
+    probe: MqttSession
+
+    def on_message(msg: paho.MQTTMessage) -> None:
+        if msg.topic == barrier:
+            done.set()
+        elif msg.retain and msg.payload:
+            seen[msg.topic] = bytes(msg.payload)
+
+    def on_subscribed() -> None:
+        if not subscribed:  # the filters are in: the barrier goes in a later SUBSCRIBE, answered after them
+            subscribed.append(True)
+            probe.subscribe(barrier, 1)
+
+    probe = MqttSession(conn, role="reconcile", subscriptions=[(f, 1) for f in filters], on_message=on_message,
+                        on_subscribed=on_subscribed)
+    probe.start()
+    try:
+        return dict(seen) if done.wait(wait_s) else None
     finally:
         probe.stop()
