@@ -1,5 +1,10 @@
 """The operator dashboard: line overview, ISA-18.2 alarm list with acknowledge/shelve, live trends with
-normal bands, the copilot's diagnosis, ask-the-copilot chat and operator feedback.
+normal bands, the copilot's diagnosis, ask-the-copilot chat, operator feedback and the alarm KPIs.
+
+Laid out to read at a glance at 1,280 px: a live header (clock, connection), the assets in line order,
+then the alarm list (stable order, consequences folded under their root) beside the selected alarm's
+tabs (Diagnosis, Trends, Ask, Feedback), then the alarm system's KPIs (EEMUA 191) and history. The live
+parts are Streamlit fragments that rerun on their own; the rest reruns on an operator's action.
 
     streamlit run dashboards/app.py -- --db PATH --line LINE.yaml --mqtt-host H --mqtt-port P
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import html
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +30,8 @@ import streamlit as st  # noqa: E402
 from dashboards import charts  # noqa: E402
 from dashboards.live import LiveFeed, Snapshot  # noqa: E402
 from dashboards.overview import line_health  # noqa: E402
+from factory_copilot.alarms.grouping import Situation, fold  # noqa: E402
+from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TARGET_PER_HOUR, AlarmKpis, alarm_kpis  # noqa: E402
 from factory_copilot.catalogue import faults_of  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
 from factory_copilot.copilot.runbooks import runbooks_of  # noqa: E402
@@ -34,12 +42,14 @@ from factory_copilot.store import Store  # noqa: E402
 SHELVE_CHOICES = {"15 min": 900, "1 h": 3600, "4 h": 4 * 3600, "8 h (shift)": 8 * 3600}
 WINDOWS = {"5 min": 300, "15 min": 900, "30 min": 1800, "1 h": 3600, "4 h": 4 * 3600, "24 h": 86_400}
 STATUS_COLOURS = {"alarm": None, "warning": "#f2c80f", "stale": "#9e9e9e", "no data": "#bdbdbd", "ok": "#2ca02c"}
-STATE_LABELS = {
-    AlarmState.ACTIVE_UNACK: "ACTIVE · UNACK",
-    AlarmState.ACTIVE_ACK: "active · acked",
-    AlarmState.RTN_UNACK: "returned · UNACK",
+STATE_LABELS = {  # what the state asks of the operator, in plain words
+    AlarmState.ACTIVE_UNACK: "new, not acknowledged",
+    AlarmState.ACTIVE_ACK: "acknowledged, still active",
+    AlarmState.RTN_UNACK: "back to normal, not acknowledged",
     AlarmState.NORMAL: "normal",
 }
+SEVERITY_WORDS = {"slight": "slight", "moderate": "moderate", "severe": "severe"}
+GONE = "no alarm with id"  # how the alarm engine refuses a command on an alarm it does not hold
 REPLY_WAIT_S = 10.0
 RUNBOOK_SEARCH = "Runbook search (no model): "  # how the copilot marks an answer given without its model
 
@@ -108,8 +118,14 @@ class Page:
                 by_id[alarm_id] = live
         for alarm_id in snap.cleared:
             by_id.pop(alarm_id, None)
-        alarms = [a for a in by_id.values() if a.state is not AlarmState.NORMAL]
-        return sorted(alarms, key=lambda a: (int(a.priority), a.state.acknowledged, -a.raised_at))
+        gone = st.session_state.get("gone", set())  # refused by the engine: a ghost of an earlier run
+        alarms = [a for a in by_id.values() if a.state is not AlarmState.NORMAL and a.alarm_id not in gone]
+        return stable_order(alarms)
+
+
+def stable_order(alarms: list[Alarm]) -> list[Alarm]:
+    """Most urgent first, then newest first: an operator's action (ack, shelve) never moves a row."""
+    return sorted(alarms, key=lambda a: (int(a.priority), -a.raised_at, a.alarm_id))
 
 
 cfg = Page(settings())
@@ -129,58 +145,119 @@ def ago(ts: float, now: float) -> str:
     return f"{s} s ago" if s < 60 else f"{s // 60} min ago" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min ago"
 
 
+def lasting(ts: float, now: float) -> str:
+    """How long since ``ts``, in the words an operator uses: 40 s, 7 min, 2 h 5 min."""
+    s = max(0, int(now - ts))
+    return f"{s} s" if s < 60 else f"{s // 60} min" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min"
+
+
 def clock(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(ts))
+
+
+def since(alarm: Alarm, now: float) -> str:
+    return f"since {time.strftime('%H:%M', time.gmtime(alarm.raised_at))} ({lasting(alarm.raised_at, now)})"
+
+
+def describe(alarm: Alarm, now: float) -> str:
+    """The second line of an alarm: severity, since when, what it asks of the operator (no scores)."""
+    parts = [SEVERITY_WORDS[alarm.severity]] if alarm.severity in SEVERITY_WORDS else []
+    parts.append(since(alarm, now))
+    state = STATE_LABELS[alarm.state]
+    if alarm.state is AlarmState.ACTIVE_ACK and alarm.acked_by:
+        state = f"acknowledged by {alarm.acked_by}, still active"
+    if alarm.shelved:
+        state += f", shelved until {time.strftime('%H:%M', time.gmtime(alarm.shelved_until))}"
+    parts.append(state)
+    return " · ".join(parts)
+
+
+def asset_name(asset: str) -> str:
+    return next((a.name for a in cfg.line.assets if a.id == asset), asset)
 
 
 def actor() -> str:
     return st.session_state.get("actor") or "operator"
 
 
+def key_class(key: str) -> str:
+    """The CSS class Streamlit gives the element of a widget or container key."""
+    return "st-key-" + re.sub(r"[^a-zA-Z0-9_-]", "-", key)
+
+
 # ---------------------------------------------------------------------------------------------- sidebar
 
 
-def sidebar(snap: Snapshot) -> None:
+def sidebar() -> None:
     with st.sidebar:
         st.markdown(f"### {html.escape(cfg.line.site)} / {html.escape(cfg.line.line)}")
         st.text_input("Operator", value="operator", key="actor")
         st.selectbox("Shelve for", list(SHELVE_CHOICES), key="shelve_for", index=1)
         st.selectbox("Trend window", list(WINDOWS), key="window", index=2)
-        if cfg.feed is None:
-            st.info("No MQTT broker given (--mqtt-host): commands and live updates are off.")
-        elif snap.connected:
-            st.success(f"Live: {cfg.args.mqtt_host}:{cfg.args.mqtt_port}")
-        else:
-            st.error(f"Broker {cfg.args.mqtt_host}:{cfg.args.mqtt_port} not reachable; retrying")
-        if snap.publisher_status:
-            st.caption(f"Copilot service: {snap.publisher_status}")
         st.caption(f"Store: {cfg.args.db}")
+
+
+# ---------------------------------------------------------------------------------------------- header
+
+
+@st.fragment(run_every=1)
+def header() -> None:
+    """The line's name, the clock and whether what the page shows is live."""
+    snap = cfg.snapshot()
+    now = time.time()
+    if cfg.feed is None:
+        state, colour = "Store only: no broker given (--mqtt-host), commands and live updates are off", "#9e9e9e"
+    elif not snap.connected:
+        state, colour = f"Broker {cfg.args.mqtt_host}:{cfg.args.mqtt_port} not reachable; retrying", "#d62728"
+    elif snap.publisher_status == "offline":
+        state, colour = "Live, but the copilot service is offline: no new alarms", "#ff7f0e"
+    else:
+        state, colour = f"Live · broker {cfg.args.mqtt_host}:{cfg.args.mqtt_port}", "#2ca02c"
+    title = html.escape(cfg.line.description.split(":")[0] or cfg.line.line)
+    st.markdown(
+        f'<div style="display:flex;align-items:baseline;gap:1rem;flex-wrap:wrap">'
+        f'<span style="font-size:1.6rem;font-weight:700">{title}</span>'
+        f'<span class="fc-clock" style="font-size:1.1rem;font-variant-numeric:tabular-nums">{clock(now)} UTC</span>'
+        f'<span class="fc-connection" style="font-size:0.85rem"><span style="color:{colour}">●</span> '
+        f'{html.escape(state)}</span></div>',
+        unsafe_allow_html=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- overview
 
 
-def overview(alarms: list[Alarm], now: float) -> None:
-    health = line_health(cfg.store, cfg.line, now=now)
+@st.fragment(run_every=2)
+def overview() -> None:
+    """One card per asset, in the line's own order (the flow the operator knows), coloured by its worst alarm."""
+    now = time.time()
+    alarms = cfg.alarms(cfg.snapshot())
+    health = {h.asset: h for h in line_health(cfg.store, cfg.line, now=now)}
+    order = [a.id for a in cfg.line.assets] + [a for a in health if a not in {x.id for x in cfg.line.assets}]
     by_asset: dict[str, list[Alarm]] = {}
     for a in alarms:
         by_asset.setdefault(a.asset, []).append(a)
-    cols = st.columns(len(health))
-    for col, h in zip(cols, health):
-        own = by_asset.get(h.asset, [])
-        worst = min((a.priority for a in own), default=h.worst_priority)
+    cols = st.columns(len(order), gap="small")
+    for col, asset in zip(cols, order):
+        h = health[asset]
+        own = [a for a in by_asset.get(asset, []) if not a.suppressed]
+        folded = len(by_asset.get(asset, [])) - len(own)
+        worst = min((a.priority for a in own), default=None)
         colour = charts.PRIORITY_COLOURS[worst] if worst else STATUS_COLOURS[h.status]
-        status = f"{worst.name.lower()} alarm" if worst else h.status
+        status = f"{worst.name.lower()} alarm" if worst else {"alarm": "ok", "warning": "watch"}.get(h.status, h.status)
         lines = [f"{len(own)} alarm{'s' if len(own) != 1 else ''}" if own else "no alarms"]
-        if h.anomalies:
-            lines.append(f"{h.anomalies} anomalies · peak {h.peak_ratio:.1f}×")
+        if folded:
+            lines[0] += f" (+{folded} folded)"
+        if h.anomalies and not own:
+            lines.append("unusual readings")
         if h.last_reading:
             lines.append(f"data {ago(h.last_reading, now)}")
         col.markdown(
-            f'<div style="border-left:8px solid {colour};background:rgba(128,128,128,0.07);border-radius:6px;'
-            f'padding:8px 10px;min-height:104px"><div style="font-weight:700">{html.escape(h.name)}</div>'
-            f'<div style="color:{colour};font-weight:700;text-transform:uppercase;font-size:0.8rem">'
-            f'{html.escape(status)}</div><div style="font-size:0.8rem;opacity:0.8">'
+            f'<div class="fc-asset" style="border-left:6px solid {colour};background:rgba(128,128,128,0.07);'
+            f'border-radius:6px;padding:6px 8px;min-height:86px;line-height:1.25">'
+            f'<div style="font-weight:700;font-size:0.85rem">{html.escape(h.name)}</div>'
+            f'<div style="color:{colour};font-weight:700;text-transform:uppercase;font-size:0.72rem">'
+            f'{html.escape(status)}</div><div style="font-size:0.75rem;opacity:0.8">'
             f'{"<br>".join(html.escape(x) for x in lines)}</div></div>',
             unsafe_allow_html=True,
         )
@@ -189,45 +266,83 @@ def overview(alarms: list[Alarm], now: float) -> None:
 # ---------------------------------------------------------------------------------------------- alarm list
 
 
-def alarm_list(alarms: list[Alarm], snap: Snapshot, now: float) -> None:
-    st.subheader(f"Alarms ({len(alarms)})")
+@st.fragment(run_every=2)
+def alarm_list() -> None:
+    now = time.time()
+    snap = cfg.snapshot()
+    forget_refused(snap)
+    alarms = cfg.alarms(snap)
+    st.session_state["live_alarms"] = {a.alarm_id: a for a in alarms}
+    situations = fold(alarms)
+    if "alarm_id" not in st.session_state and situations:
+        st.session_state["alarm_id"] = situations[0].root.alarm_id
+    selected = st.session_state.get("alarm_id")
+    rung = sum(1 for s in situations if not s.root.suppressed)
+    folded = len(alarms) - len(situations)
+    st.markdown(f"#### Alarms ({rung})" + (f" <span style='font-size:0.8rem;opacity:0.7'>+ {folded} folded "
+                f"under their cause</span>" if folded else ""), unsafe_allow_html=True)
+    gone = sorted(st.session_state.get("gone", ()))
+    if gone:
+        st.caption(f"Removed {', '.join(gone)}: the alarm engine does not hold it (left over from an earlier run).")
     if not alarms:
         st.success("No alarms need attention.")
         return
-    pending = st.session_state.setdefault("commands", {})
-    for alarm in alarms:
-        selected = st.session_state.get("alarm_id") == alarm.alarm_id
-        with st.container(border=True):
-            c_badge, c_text, c_buttons = st.columns([1.3, 3.9, 4.4], vertical_alignment="center")
-            c_badge.markdown(priority_badge(alarm.priority), unsafe_allow_html=True)
-            state = STATE_LABELS[alarm.state]
-            if alarm.shelved:
-                state += f" · shelved until {clock(alarm.shelved_until)}"
-            marker = "▶ " if selected else ""
-            c_text.markdown(
-                f"{marker}**{html.escape(alarm.message or alarm.condition)}**  \n"
-                f"<span style='font-size:0.8rem;opacity:0.8'>{html.escape(alarm.asset)} · {state} · raised "
-                f"{clock(alarm.raised_at)} UTC ({ago(alarm.raised_at, now)})"
-                f"{' · acked by ' + html.escape(alarm.acked_by) if alarm.acked_by else ''}</span>",
-                unsafe_allow_html=True,
-            )
-            b1, b2, b3 = c_buttons.columns(3)
-            no_feed = cfg.feed is None
-            if b1.button("Ack", key=f"ack:{alarm.alarm_id}", disabled=no_feed or alarm.state.acknowledged,
-                         type="primary" if not alarm.state.acknowledged else "secondary"):
-                send(alarm, "acknowledge")
-            if alarm.shelved:
-                if b2.button("Unshelve", key=f"unshelve:{alarm.alarm_id}", disabled=no_feed):
-                    send(alarm, "unshelve")
-            elif b2.button("Shelve", key=f"shelve:{alarm.alarm_id}", disabled=no_feed):  # for the sidebar's time
-                send(alarm, "shelve", SHELVE_CHOICES[st.session_state.get("shelve_for", "1 h")])
-            if b3.button("Open", key=f"select:{alarm.alarm_id}", disabled=selected):
-                st.session_state["alarm_id"] = alarm.alarm_id
-                st.session_state["trend_asset"] = alarm.asset  # the trends follow the alarm being looked at
-                st.rerun()
-            sent = pending.get(alarm.alarm_id)
-            if sent:
-                command_reply(sent, snap, now)
+    if selected:  # the row being looked at stands out
+        st.markdown(f"<style>.{key_class('row:' + selected)}{{border-color:#1f77b4 !important;"
+                    f"box-shadow:inset 4px 0 0 #1f77b4}}</style>", unsafe_allow_html=True)
+    for situation in situations:
+        with st.container(border=True, key=f"row:{situation.root.alarm_id}"):
+            alarm_row(situation.root, snap, now, selected)
+            if situation.consequences:
+                consequences(situation, snap, now, selected)
+
+
+def alarm_row(alarm: Alarm, snap: Snapshot, now: float, selected: str | None) -> None:
+    """One alarm: what it is, how bad, since when, and its buttons (in a row that keeps its size after Ack)."""
+    st.markdown(
+        f"{priority_badge(alarm.priority)} &nbsp;<b>{html.escape(alarm.message or alarm.condition)}</b><br>"
+        f"<span style='font-size:0.8rem;opacity:0.8'>{html.escape(asset_name(alarm.asset))}"
+        f" · {html.escape(describe(alarm, now))}</span>",
+        unsafe_allow_html=True,
+    )
+    no_feed = cfg.feed is None
+    with st.container(horizontal=True, gap="small"):
+        if st.button("Ack", key=f"ack:{alarm.alarm_id}", disabled=no_feed or alarm.state.acknowledged,
+                     type="primary" if not alarm.state.acknowledged else "secondary"):
+            send(alarm, "acknowledge")
+        if alarm.shelved:
+            if st.button("Unshelve", key=f"unshelve:{alarm.alarm_id}", disabled=no_feed):
+                send(alarm, "unshelve")
+        elif st.button(f"Shelve {st.session_state.get('shelve_for', '1 h')}", key=f"shelve:{alarm.alarm_id}",
+                       disabled=no_feed):
+            send(alarm, "shelve", SHELVE_CHOICES[st.session_state.get("shelve_for", "1 h")])
+        if st.button("Open" if selected != alarm.alarm_id else "Showing", key=f"select:{alarm.alarm_id}",
+                     disabled=selected == alarm.alarm_id):
+            st.session_state["alarm_id"] = alarm.alarm_id
+            st.session_state["trend_asset"] = alarm.asset  # the trends follow the alarm being looked at
+            st.rerun()
+    sent = st.session_state.setdefault("commands", {}).get(alarm.alarm_id)
+    if sent:
+        command_reply(sent, snap, now)
+
+
+def consequences(situation: Situation, snap: Snapshot, now: float, selected: str | None) -> None:
+    """What the root alarm explains, folded (recorded, not rung): the operator unfolds it when wanted."""
+    n = len(situation.consequences)
+    with st.expander(f"{n} consequence{'s' if n != 1 else ''} of this alarm, folded",
+                     key=f"fold:{situation.root.alarm_id}"):
+        for child in situation.consequences:
+            with st.container(key=f"child:{child.alarm_id}"):
+                alarm_row(child, snap, now, selected)
+
+
+def forget_refused(snap: Snapshot) -> None:
+    """An alarm the engine says it does not hold is a ghost: drop it from the list, say so once."""
+    gone = st.session_state.setdefault("gone", set())
+    for alarm_id, sent in st.session_state.get("commands", {}).items():
+        reply = snap.replies.get(sent["request_id"])
+        if reply and not reply.get("ok") and GONE in str(reply.get("message", "")):
+            gone.add(alarm_id)
 
 
 def send(alarm: Alarm, command: str, shelve_s: float | None = None) -> None:
@@ -244,25 +359,9 @@ def command_reply(sent: dict, snap: Snapshot, now: float) -> None:
         else:
             st.caption(f"{sent['command']} sent; waiting for the alarm engine…")
     elif reply.get("ok"):
-        st.success(f"{sent['command']}: {reply.get('message') or 'done'}")
+        st.caption(f"✓ {sent['command']}: {reply.get('message') or 'done'}")
     else:
         st.error(f"{sent['command']} refused: {reply.get('message') or 'no reason given'}")
-
-
-@st.fragment(run_every=2)
-def live_section() -> None:
-    now = time.time()
-    snap = cfg.snapshot()
-    alarms = cfg.alarms(snap)
-    st.session_state["live_alarms"] = {a.alarm_id: a for a in alarms}
-    if "alarm_id" not in st.session_state and alarms:
-        st.session_state["alarm_id"] = alarms[0].alarm_id
-    overview(alarms, now)
-    left, right = st.columns([11, 9], gap="medium")
-    with left:
-        alarm_list(alarms, snap, now)
-    with right:
-        diagnosis_panel(snap, now)
 
 
 # ---------------------------------------------------------------------------------------------- diagnosis
@@ -275,19 +374,26 @@ def selected_alarm() -> Alarm | None:
     return st.session_state.get("live_alarms", {}).get(alarm_id) or cfg.store.alarm(alarm_id)
 
 
-def diagnosis_panel(snap: Snapshot, now: float) -> None:
+@st.fragment(run_every=2)
+def diagnosis_panel() -> None:
+    """The selected alarm's diagnosis: safety first, then what to check first, the rest folded."""
+    now = time.time()
+    snap = cfg.snapshot()
     alarm = selected_alarm()
-    st.subheader("Diagnosis")
     if alarm is None:
-        st.caption("Select an alarm to see what the copilot says about it.")
+        st.caption("Select an alarm (Open) to see what the copilot says about it.")
         return
-    st.markdown(f"{priority_badge(alarm.priority)} &nbsp;**{html.escape(alarm.message or alarm.condition)}**",
-                unsafe_allow_html=True)
+    st.markdown(f"{priority_badge(alarm.priority)} &nbsp;**{html.escape(alarm.message or alarm.condition)}**  \n"
+                f"<span style='font-size:0.8rem;opacity:0.8'>{html.escape(asset_name(alarm.asset))} · "
+                f"{html.escape(describe(alarm, now))}</span>", unsafe_allow_html=True)
     stored = cfg.store.diagnosis(alarm.alarm_id)
     live = snap.diagnoses.get(alarm.alarm_id)
     diagnosis = live if live and (stored is None or live.created_at >= stored.created_at) else stored
     streaming = snap.stream_text(alarm.alarm_id)
     writing = bool(streaming) and alarm.alarm_id not in snap.stream_done
+    if diagnosis is not None:
+        for s in diagnosis.safety:  # before anything else: what keeps people safe while they act
+            st.warning(s, icon="⚠️")
     if streaming and (diagnosis is None or diagnosis.source != "model") and (writing or diagnosis is None):
         # the model's summary as it is written; the runbook diagnosis below stands until the model's is complete
         st.markdown(badge("MODEL · WRITING", "#6a3d9a") + " &nbsp;the local model's diagnosis replaces the runbook's "
@@ -310,30 +416,33 @@ def diagnosis_panel(snap: Snapshot, now: float) -> None:
         st.markdown(badge("RUNBOOK", "#455a64") + " &nbsp;" + html.escape("Rule-based from the line's runbooks, at once"
                     + ("; the model is writing its own" if writing else "")), unsafe_allow_html=True)
     st.markdown(diagnosis.summary)
+    checks = [s for s in diagnosis.steps if s.kind == "check"][:2]
+    if checks:
+        st.markdown("**Check first**")
+        for step in checks:  # each opens on the runbook passage it comes from
+            if step.runbook_id:
+                with st.expander(f"{step.text}  ·  {step.runbook_id}", key=f"check:{alarm.alarm_id}:{step.runbook_id}:{step.text[:40]}"):
+                    runbook_passage(step.runbook_id)
+            else:
+                st.markdown(f"- {step.text}")
     if diagnosis.causes:
-        st.markdown("**Likely causes**")
-        for rank, cause in enumerate(diagnosis.causes, 1):
-            st.progress(min(1.0, max(0.0, cause.confidence)),
-                        text=f"{rank}. {cause.title} — {cause.confidence:.0%}")
-            cited = [f"`{e.ref}` {e.detail}".strip() for e in cause.evidence]
-            if cited:
-                st.caption(" · ".join(cited))
+        with st.expander(f"Likely causes ({len(diagnosis.causes)})", key=f"causes:{alarm.alarm_id}"):
+            for rank, cause in enumerate(diagnosis.causes, 1):
+                st.progress(min(1.0, max(0.0, cause.confidence)),
+                            text=f"{rank}. {cause.title} — {cause.confidence:.0%}")
+                cited = [f"`{e.ref}` {e.detail}".strip() for e in cause.evidence]
+                if cited:
+                    st.caption(" · ".join(cited))
+    if diagnosis.steps:
+        with st.expander(f"Recommended steps ({len(diagnosis.steps)})", key=f"steps:{alarm.alarm_id}"):
+            for i, step in enumerate(diagnosis.steps, 1):
+                st.markdown(f"{i}. {'Check' if step.kind == 'check' else 'Do'}: {step.text}"
+                            + (f" · `{step.runbook_id}`" if step.runbook_id else ""))
     if alarm.anomaly and alarm.anomaly.contributions:
-        with st.expander("Evidence chart", expanded=True):
+        with st.expander("Evidence", key=f"evidence:{alarm.alarm_id}"):
             st.altair_chart(charts.contribution_chart(alarm.anomaly.contributions), width="stretch",
                             key=f"contributions:{alarm.alarm_id}")
             evidence_trend(alarm, diagnosis, now)
-    if diagnosis.steps:
-        st.markdown("**Recommended steps**")
-        for i, step in enumerate(diagnosis.steps, 1):
-            label = f"{i}. {'Check' if step.kind == 'check' else 'Do'}: {step.text}"
-            if step.runbook_id:
-                with st.expander(f"{label}  ·  {step.runbook_id}"):
-                    runbook_passage(step.runbook_id)
-            else:
-                st.markdown(label)
-    for s in diagnosis.safety:
-        st.warning(s)
     if diagnosis.would_change:
         st.caption("What would change this diagnosis: " + " ".join(diagnosis.would_change))
     if diagnosis.dropped_citations:
@@ -346,13 +455,14 @@ def evidence_trend(alarm: Alarm, diagnosis, now: float) -> None:
     same_asset = [k.partition(".")[2] for k in keys if k.startswith(alarm.asset + ".")][:3]
     if not same_asset:
         return
-    since = alarm.raised_at - 600
-    frame = charts.signal_frame(cfg.store, cfg.line, alarm.asset, since, now, same_asset)
+    since_ts = alarm.raised_at - 600
+    frame = charts.signal_frame(cfg.store, cfg.line, alarm.asset, since_ts, now, same_asset)
     if frame.empty:
         return
-    windows = charts.anomaly_windows(cfg.store.anomalies(alarm.asset, since, now))
+    windows = charts.anomaly_windows(cfg.store.anomalies(alarm.asset, since_ts, now))
     names = list(dict.fromkeys(frame["signal"]))
-    for name, chart in zip(names, charts.signal_charts(frame, windows, charts.alarm_marks([alarm]), height=70)):
+    for name, chart in zip(names, charts.signal_charts(frame, windows, charts.alarm_marks([alarm]), height=70,
+                                                        modes=cfg.line.mode_names())):
         # a key per alarm and signal: the browser must not morph another signal's chart into this one
         st.altair_chart(chart, width="stretch", key=f"evidence:{alarm.alarm_id}:{name}")
 
@@ -452,58 +562,121 @@ def trends_tab(alarm: Alarm | None) -> None:
     assets = [a.id for a in cfg.line.assets]
     if st.session_state.get("trend_asset") not in assets:
         st.session_state["trend_asset"] = alarm.asset if alarm and alarm.asset in assets else assets[0]
-    asset = st.selectbox("Asset", assets, key="trend_asset",
-                         format_func=lambda a: cfg.line.asset(a).name)
-    since = now - WINDOWS[st.session_state.get("window", "30 min")]
-    frame = charts.signal_frame(cfg.store, cfg.line, asset, since, now)
+    asset = st.selectbox("Asset", assets, key="trend_asset", format_func=asset_name)
+    since_ts = now - WINDOWS[st.session_state.get("window", "30 min")]
+    frame = charts.signal_frame(cfg.store, cfg.line, asset, since_ts, now)
     if frame.empty:
-        st.info(f"No readings for {asset} in this window.")
+        st.info(f"No readings for {asset_name(asset)} in this window.")
         return
-    windows = charts.anomaly_windows(cfg.store.anomalies(asset, since, now))
-    raised = [e.alarm for e in cfg.store.alarm_history(asset=asset, since=since) if e.event == "raised"]
+    windows = charts.anomaly_windows(cfg.store.anomalies(asset, since_ts, now))
+    raised = [e.alarm for e in cfg.store.alarm_history(asset=asset, since=since_ts) if e.event == "raised"]
     names = list(dict.fromkeys(frame["signal"]))
-    for name, chart in zip(names, charts.signal_charts(frame, windows, charts.alarm_marks(raised))):
+    for name, chart in zip(names, charts.signal_charts(frame, windows, charts.alarm_marks(raised),
+                                                        modes=cfg.line.mode_names())):
         st.altair_chart(chart, width="stretch", key=f"trend:{asset}:{name}")
-    st.caption("Times in UTC. Green: normal band for the line's mode at the time · blue: mean with min–max · red dots: outside "
-               "the band · red shading: anomalies · dashed rules: alarms, in their priority colour.")
+    st.caption("Times in UTC. Green: normal band for the line's mode at the time · blue: mean with min–max · red dots: "
+               "outside the band · red shading: unusual readings · dashed rules: alarms, in their priority colour.")
 
 
-def history_tab() -> None:
+# ---------------------------------------------------------------------------------------------- alarm system
+
+
+def kpi_panel(now: float, window_s: float = 24 * 3600.0) -> None:
+    """EEMUA 191's measures of the alarm system over the last 24 h (or since the store's first event)."""
+    events = cfg.store.alarm_history(since=now - window_s, limit=100_000)
+    if not events:
+        st.caption("No alarms in the last 24 h.")
+        return
+    start = max(now - window_s, min(e.ts for e in events))
+    k = alarm_kpis(events, start=min(start, now - 3600), end=now)  # at least an hour: a rate needs one
+    c = st.columns(5)
+    c[0].metric("Alarms per hour", f"{k.per_hour:.1f}", help=f"EEMUA 191 target: at most {TARGET_PER_HOUR:g} on average",
+                delta=None if k.per_hour <= TARGET_PER_HOUR else "above target", delta_color="inverse")
+    c[1].metric("Most in 10 min", k.peak_10min, help=f"EEMUA 191 target: at most {TARGET_PEAK_10MIN}",
+                delta=None if k.peak_10min <= TARGET_PEAK_10MIN else "flood", delta_color="inverse")
+    c[2].metric("Time in flood", f"{k.flood_share:.0%}", help="share of the time with more than 10 alarms in 10 min")
+    c[3].metric("Standing", len(k.standing), help="alarms active and rung now")
+    c[4].metric("Chattering", len(k.chattering), help="alarms rung 3 times or more within 60 s")
+    st.caption(kpi_summary(k))
+    if k.top:
+        latest = {e.alarm_id: e.alarm for e in reversed(events)}  # newest last: its message wins
+        st.dataframe([{"most frequent alarms": latest[a].message or a if a in latest else a,
+                       "asset": asset_name(latest[a].asset) if a in latest else "", "times rung": n} for a, n in k.top],
+                     hide_index=True, width="stretch",
+                     column_config={"most frequent alarms": st.column_config.TextColumn(width="large")})
+
+
+def kpi_summary(k: AlarmKpis) -> str:
+    """The KPIs against EEMUA 191's targets in one sentence (standing alarms are the current ones, not a verdict)."""
+    period = f"{k.hours:.1f} h" if k.hours < 23.5 else "24 h"
+    within = k.per_hour <= TARGET_PER_HOUR and k.peak_10min <= TARGET_PEAK_10MIN and k.flood_share <= TARGET_FLOOD_SHARE
+    verdict = ("within EEMUA 191's targets" if within else "above EEMUA 191's targets") + (
+        f" (at most {TARGET_PER_HOUR:g} per hour, {TARGET_PEAK_10MIN} in any 10 min, under "
+        f"{TARGET_FLOOD_SHARE:.0%} of the time in flood)")
+    extra = f"; {k.folded} consequence(s) folded under their cause, not rung" if k.folded else ""
+    stale = f"; standing for over 24 h: {', '.join(k.stale)}" if k.stale else ""
+    return f"Last {period}: {k.alarms} alarm(s) rung, {verdict}{extra}{stale}."
+
+
+def history_table() -> None:
     events = cfg.store.alarm_history(limit=200)
     if not events:
         st.caption("No alarm history yet.")
         return
     st.dataframe(
-        [{"time (UTC)": clock(e.ts), "asset": e.alarm.asset, "alarm": e.alarm.message or e.alarm.condition,
-          "priority": e.alarm.priority.name.lower(), "event": e.event, "state": e.state.value.replace("_", " "),
+        [{"time (UTC)": clock(e.ts), "asset": asset_name(e.alarm.asset), "alarm": e.alarm.message or e.alarm.condition,
+          "priority": e.alarm.priority.name.lower(), "event": e.event, "state": STATE_LABELS[e.state],
           "by": e.actor or ""} for e in events],
-        hide_index=True, width="stretch",
+        hide_index=True, width="stretch", height=320,
+        column_config={
+            "time (UTC)": st.column_config.TextColumn(width="small"),
+            "asset": st.column_config.TextColumn(width="medium"),
+            "alarm": st.column_config.TextColumn(width="large"),
+            "priority": st.column_config.TextColumn(width="small"),
+            "event": st.column_config.TextColumn(width="small"),
+            "state": st.column_config.TextColumn(width="medium"),
+            "by": st.column_config.TextColumn(width="small"),
+        },
     )
 
 
 # ---------------------------------------------------------------------------------------------- page
 
+STYLE = """<style>
+.block-container{padding-top:3rem;padding-left:1.5rem;padding-right:1.5rem;max-width:none}
+section[data-testid="stSidebar"]{width:220px !important;min-width:220px !important}
+h4{margin:0.2rem 0 0.2rem 0}
+div[data-testid="stMetricValue"]{font-size:1.4rem}
+</style>"""
+
 
 def main() -> None:
     st.set_page_config(page_title=f"Factory Copilot · {cfg.line.line}", layout="wide")
-    st.markdown("<style>.block-container{padding-top:2.2rem} h3{margin-bottom:0.2rem}</style>",
-                unsafe_allow_html=True)
-    snap = cfg.snapshot()
-    sidebar(snap)
-    st.markdown(f"## {html.escape(cfg.line.description.split(':')[0] or cfg.line.line)}"
-                f" <span style='font-size:0.9rem;opacity:0.6'>{clock(time.time())} UTC</span>",
-                unsafe_allow_html=True)
-    live_section()
-    alarm = selected_alarm()
-    trends, chat, feedback, history = st.tabs(["Trends", "Ask the copilot", "Feedback", "Alarm history"])
-    with trends:
-        trends_tab(alarm)
-    with chat:
-        chat_tab(alarm)
-    with feedback:
-        feedback_tab(alarm)
+    st.markdown(STYLE, unsafe_allow_html=True)
+    sidebar()
+    header()
+    overview()
+    left, right = st.columns([10, 11], gap="medium")
+    with left:
+        alarm_list()
+    with right:
+        alarm = selected_alarm()
+        diagnosis, trends, chat, feedback = st.tabs(["Diagnosis", "Trends", "Ask the copilot", "Feedback"],
+                                                    key="panel")
+        with diagnosis:
+            diagnosis_panel()
+        with trends:
+            trends_tab(alarm)
+        with chat:
+            chat_tab(alarm)
+        with feedback:
+            feedback_tab(alarm)
+    st.markdown("#### Alarm system")
+    kpis, history = st.tabs(["Alarm KPIs (EEMUA 191)", "Alarm history"], key="system")
+    with kpis:
+        kpi_panel(time.time())
     with history:
-        history_tab()
+        history_table()
 
 
 main()

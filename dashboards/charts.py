@@ -35,12 +35,13 @@ def signal_frame(store: Store, line: LineConfig, asset: str, since: float, until
                  signals: Sequence[str] | None = None) -> pd.DataFrame:
     """Trend of an asset's signals with the normal band for the mode the line was in at each sample.
 
-    Columns: ts, time, signal, unit, mean, min, max, lo, hi, out (mean outside the band).
+    Columns: ts, time, signal, unit, mean, min, max, lo, hi, out (mean outside the band), state (for the line's
+    mode signal: the mode's name, else None).
     """
     wanted = list(signals) if signals else [s.name for s in line.asset(asset).signals]
     frame = store.trend(asset, since, until, signals=wanted)
     if frame.empty:
-        return frame.assign(time=pd.Series(dtype="datetime64[ns]"), unit="", lo=0.0, hi=0.0, out=False)
+        return frame.assign(time=pd.Series(dtype="datetime64[ns]"), unit="", lo=0.0, hi=0.0, out=False, state=None)
     frame = frame.sort_values("ts").reset_index(drop=True)
     modes = _mode_series(store, line, since, until)
     if modes.empty:
@@ -57,6 +58,9 @@ def signal_frame(store: Store, line: LineConfig, asset: str, since: float, until
     frame["unit"] = [spec[s].unit if s in spec else "" for s in frame["signal"]]
     frame["out"] = (frame["mean"] < frame["lo"]) | (frame["mean"] > frame["hi"])
     frame["time"] = _times(frame["ts"])
+    # the mode signal reads as the line's own mode names, not as the codes that carry them
+    is_mode = [f"{asset}.{s}" == line.mode_key for s in frame["signal"]]
+    frame["state"] = [line.mode_of(v) if m and line.modes is not None else None for v, m in zip(frame["mean"], is_mode)]
     return frame
 
 
@@ -111,13 +115,14 @@ def alarm_marks(alarms: Sequence[Alarm]) -> pd.DataFrame:
 
 
 def signal_charts(frame: pd.DataFrame, windows: pd.DataFrame | None = None, alarms: pd.DataFrame | None = None,
-                  height: int = 110) -> list[alt.LayerChart]:
+                  height: int = 110, modes: Sequence[str] | None = None) -> list[alt.LayerChart]:
     """One small chart per signal, on a common time axis (time labels on the last one only).
 
     Green band: normal for the mode the line was in; blue line: bucket mean with
     its min-max envelope; red dots: samples outside the band; red shading:
     anomaly windows; dashed rules: alarms raised, in their priority colour.
-    Separate charts (not a vconcat) so each stretches to the page's width.
+    Separate charts (not a vconcat) so each stretches to the page's width. The line's mode signal is drawn
+    as its mode names over time (``modes``: their order on the axis), never as a code like 2.000000.
     """
     charts = []
     signals = list(dict.fromkeys(frame["signal"]))
@@ -130,6 +135,9 @@ def signal_charts(frame: pd.DataFrame, windows: pd.DataFrame | None = None, alar
         x = alt.X("time:T", scale=scale, axis=axis)
         data = frame[frame["signal"] == name]
         unit = data["unit"].iloc[0] if len(data) else ""
+        if "state" in data and len(data) and data["state"].notna().any():
+            charts.append(_mode_chart(data, name, x, modes, height, last))
+            continue
         base = alt.Chart(data).encode(x=x)
         # a fixed label width keeps the plots of all signals aligned one above the other
         # the name goes in a title above the plot: a vertical axis title longer than the plot squashes it
@@ -138,8 +146,8 @@ def signal_charts(frame: pd.DataFrame, windows: pd.DataFrame | None = None, alar
         if windows is not None and not windows.empty:
             layers.append(alt.Chart(windows).mark_rect(color=ANOMALY_COLOUR, opacity=0.12).encode(
                 x=alt.X("start:T", scale=scale, axis=axis), x2="end:T",
-                tooltip=[alt.Tooltip("what:N", title="anomaly"),
-                         alt.Tooltip("peak:Q", format=".2f", title="score/threshold")]))
+                tooltip=[alt.Tooltip("what:N", title="unusual"), alt.Tooltip("start:T", format="%H:%M:%S", title="from"),
+                         alt.Tooltip("end:T", format="%H:%M:%S", title="to")]))
         layers += [
             base.mark_area(color=BAND_COLOUR, opacity=0.13, interpolate="step-after").encode(
                 y=alt.Y("lo:Q", axis=y_axis, scale=alt.Scale(zero=False)), y2="hi:Q"),
@@ -147,8 +155,9 @@ def signal_charts(frame: pd.DataFrame, windows: pd.DataFrame | None = None, alar
             base.mark_line(color=LINE_COLOUR, strokeWidth=1.6).encode(
                 y="mean:Q",
                 tooltip=[alt.Tooltip("time:T", format="%H:%M:%S", title="time UTC"),
-                         alt.Tooltip("mean:Q", format=".4g", title=name), alt.Tooltip("lo:Q", title="normal low"),
-                         alt.Tooltip("hi:Q", title="normal high")]),
+                         alt.Tooltip("mean:Q", format=".4g", title=f"{name} [{unit}]" if unit else name),
+                         alt.Tooltip("lo:Q", format=".4g", title=f"normal from [{unit}]" if unit else "normal from"),
+                         alt.Tooltip("hi:Q", format=".4g", title=f"normal to [{unit}]" if unit else "normal to")]),
             base.transform_filter(alt.datum.out).mark_circle(color=ANOMALY_COLOUR, size=16).encode(y="mean:Q"),
         ]
         if alarms is not None and not alarms.empty:
@@ -160,6 +169,24 @@ def signal_charts(frame: pd.DataFrame, windows: pd.DataFrame | None = None, alar
         chart = alt.layer(*layers).properties(height=height + (22 if last else 0), title=title)
         charts.append(chart.configure_view(strokeWidth=0))
     return charts
+
+
+def _mode_chart(data: pd.DataFrame, name: str, x: alt.X, modes: Sequence[str] | None, height: int,
+                last: bool) -> alt.LayerChart:
+    """The mode over time as a step line between the mode names (idle, startup, running, ...)."""
+    data = data.dropna(subset=["state"])
+    order = list(modes) if modes else sorted(data["state"].unique())
+    y = alt.Y("state:N", sort=order, scale=alt.Scale(domain=order), title=None,
+              axis=alt.Axis(minExtent=44, maxExtent=70, labelLimit=70))
+    base = alt.Chart(data).encode(x=x)
+    chart = alt.layer(
+        base.mark_line(color=LINE_COLOUR, strokeWidth=1.6, interpolate="step-after").encode(y=y),
+        base.mark_circle(color=LINE_COLOUR, size=10, opacity=0.5).encode(
+            y=y, tooltip=[alt.Tooltip("time:T", format="%H:%M:%S", title="time UTC"), alt.Tooltip("state:N", title="mode")]),
+    ).properties(height=max(60, 18 * len(order)) + (22 if last else 0),
+                 title=alt.TitleParams(f"{name} (operating mode)", anchor="start", fontSize=11, fontWeight="normal",
+                                       offset=2, color="#555"))
+    return chart.configure_view(strokeWidth=0)
 
 
 def contribution_chart(contributions: dict[str, float], limit: int = 8) -> alt.Chart:

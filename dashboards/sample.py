@@ -33,6 +33,9 @@ from factory_copilot.store import Store
 CAVITATION_ID = "product_pump.fault"
 TUNNEL_ID = "heat_tunnel.zone1_temperature-limit"
 COMPRESSOR_ID = "air_compressor.header_pressure-limit"
+# what the cavitation explains, folded under it (recorded, not rung)
+FLOW_ID = "product_pump.flow-limit"
+TANK_ID = "filler.tank_level-limit"
 
 # how each cavitation signal moves at full severity (fraction of its normal band width)
 _CAVITATION = {
@@ -88,18 +91,26 @@ def seed(store: Store, line: LineConfig | None = None, now: float | None = None,
     store.add_anomalies(anomalies)
 
     cav = Alarm(CAVITATION_ID, "product_pump", "fault", AlarmState.ACTIVE_UNACK, Priority.HIGH,
-                "Product pump: cavitation suspected (86 %)", raised, raised, anomaly=anomalies[20])
+                "Product pump: cavitation suspected (86 %)", raised, raised, anomaly=anomalies[20], severity="severe")
+    flow = Alarm(FLOW_ID, "product_pump", "flow-limit", AlarmState.ACTIVE_UNACK, Priority.MEDIUM,
+                 "Product pump flow low (82 L/min, normal 95–125 L/min)", raised + 30, raised + 30,
+                 suppressed=True, parent_id=CAVITATION_ID, severity="moderate")
+    tank = Alarm(TANK_ID, "filler", "tank_level-limit", AlarmState.ACTIVE_UNACK, Priority.LOW,
+                 "Filler bowl level low (41 %, normal 45–75 %)", raised + 75, raised + 75,
+                 suppressed=True, parent_id=CAVITATION_ID, severity="slight")
     tunnel = Alarm(TUNNEL_ID, "heat_tunnel", "zone1_temperature:limit", AlarmState.ACTIVE_ACK, Priority.CRITICAL,
                    "Heat tunnel zone 1 temperature high (193.4 degC)", tunnel_at, tunnel_at + 40,
-                   anomaly=tunnel_anomaly, acked_by="maria", acked_at=tunnel_at + 40)
+                   anomaly=tunnel_anomaly, acked_by="maria", acked_at=tunnel_at + 40, severity="moderate")
     comp_raised = now - 20 * 60
     comp = Alarm(COMPRESSOR_ID, "air_compressor", "header_pressure:limit", AlarmState.RTN_UNACK, Priority.LOW,
-                 "Air header pressure low (6.2 bar)", comp_raised, comp_raised + 90)
+                 "Air header pressure low (6.2 bar)", comp_raised, comp_raised + 90, severity="slight")
     store.add_alarm_events([
         AlarmEvent(COMPRESSOR_ID, comp_raised, "raised", AlarmState.ACTIVE_UNACK,
                    _copy(comp, state=AlarmState.ACTIVE_UNACK, updated_at=comp_raised)),
         AlarmEvent(COMPRESSOR_ID, comp_raised + 90, "returned", AlarmState.RTN_UNACK, comp),
         AlarmEvent(CAVITATION_ID, raised, "raised", AlarmState.ACTIVE_UNACK, cav),
+        AlarmEvent(FLOW_ID, raised + 30, "raised", AlarmState.ACTIVE_UNACK, flow),
+        AlarmEvent(TANK_ID, raised + 75, "raised", AlarmState.ACTIVE_UNACK, tank),
         AlarmEvent(TUNNEL_ID, tunnel_at, "raised", AlarmState.ACTIVE_UNACK,
                    _copy(tunnel, state=AlarmState.ACTIVE_UNACK, updated_at=tunnel_at, acked_by=None, acked_at=None)),
         AlarmEvent(TUNNEL_ID, tunnel_at + 40, "acknowledged", AlarmState.ACTIVE_ACK, tunnel, actor="maria"),

@@ -154,36 +154,95 @@ def _texts(at) -> str:
                                             *at.warning, *at.subheader])
 
 
-def test_page_renders_overview_alarms_and_diagnosis(seeded, monkeypatch, fresh_streamlit):
+def _order(at) -> list[str]:
+    """The alarm ids of the list as shown, top to bottom (roots and their folded consequences)."""
+    return [b.key.partition(":")[2] for b in at.button if b.key and b.key.startswith("ack:")]
+
+
+def test_page_reads_at_a_glance_overview_alarms_and_diagnosis(seeded, monkeypatch, fresh_streamlit):
     db, _ = seeded
     at = _app(monkeypatch, db).run()
     assert not at.exception, [e.value for e in at.exception]
-    tiles = [m.value for m in at.markdown if "border-left:8px" in m.value]
-    assert len(tiles) == len(LINE.assets)
-    # worst first: the critical heat-tunnel alarm, then the pump's high one, then the compressor's low one
-    assert ["Shrink heat tunnel" in tiles[0], "Product transfer pump" in tiles[1], "compressor" in tiles[2]] == [True] * 3
-    assert "CRITICAL ALARM" in tiles[0].upper() and charts.PRIORITY_COLOURS[Priority.CRITICAL] in tiles[0]
-    assert [s.value for s in at.subheader][:2] == ["Alarms (3)", "Diagnosis"]
-    acks = [b for b in at.button if b.key and b.key.startswith("ack:")]
-    assert [b.key for b in acks] == [f"ack:{sample.TUNNEL_ID}", f"ack:{sample.CAVITATION_ID}",
-                                     f"ack:{sample.COMPRESSOR_ID}"]
-    assert acks[0].disabled  # already acknowledged; and without a broker nothing can be sent
+    cards = [m.value for m in at.markdown if 'class="fc-asset"' in m.value]
+    # the assets in the line's own order, whatever their state
+    assert len(cards) == len(LINE.assets)
+    for card, asset in zip(cards, LINE.assets):
+        assert asset.name in card
+    tunnel = next(c for c in cards if "Shrink heat tunnel" in c)
+    assert "CRITICAL ALARM" in tunnel.upper() and charts.PRIORITY_COLOURS[Priority.CRITICAL] in tunnel
+    assert "+1 folded" in next(c for c in cards if "Rotary filler" in c)  # its alarm is the pump's consequence
+    # the list: most urgent first, then newest; the pump's consequences folded under it, not rung
+    assert _order(at) == [sample.TUNNEL_ID, sample.CAVITATION_ID, sample.FLOW_ID, sample.TANK_ID, sample.COMPRESSOR_ID]
+    assert "Alarms (3)" in _texts(at) and "+ 2 folded under their cause" in _texts(at)
+    folded = next(e for e in at.expander if e.label.startswith("2 consequences"))
+    assert [b.key for b in folded.button if b.key.startswith("ack:")] == [f"ack:{sample.FLOW_ID}", f"ack:{sample.TANK_ID}"]
+    acks = {b.key: b for b in at.button if b.key and b.key.startswith("ack:")}
+    assert acks[f"ack:{sample.TUNNEL_ID}"].disabled  # already acknowledged; and without a broker nothing can be sent
+    # plain words, not scores: severity and since when
+    rows = [m.value for m in at.markdown if "since " in m.value]
+    pump = next(r for r in rows if "cavitation suspected" in r)
+    assert "severe · since " in pump and "new, not acknowledged" in pump
+    assert "acknowledged by maria, still active" in next(r for r in rows if "Heat tunnel" in r)
+    assert not any(word in _texts(at) for word in ("score", "threshold", "×"))
+    assert [t.label for t in at.tabs][:4] == ["Diagnosis", "Trends", "Ask the copilot", "Feedback"]
     assert "No diagnosis yet" in _texts(at)
 
     at.button(key=f"select:{sample.CAVITATION_ID}").click().run()
-    text = _texts(at)
+    assert not at.exception, [e.value for e in at.exception]
+    diagnosis = at.tabs[0]
+    flat = [str(getattr(e, "value", "")) for e in diagnosis]  # the tab's elements, top to bottom
+    text = "\n".join(flat)
     assert "most likely cavitating" in text and "From the local model (qwen2.5" in text
-    assert "Recommended steps" in text
+    # safety notes first, then what to check first; the rest folded
+    safety = "Lock out the pump and isolate suction"
+    assert flat.index(next(x for x in flat if safety in x)) < flat.index(next(x for x in flat if "most likely cavitating" in x))
+    assert flat.index(next(x for x in flat if "most likely cavitating" in x)) < flat.index("**Check first**")
+    labels = [e.label for e in diagnosis.expander]
+    assert labels[:2] == ["Check the supply tank level against the suction pressure  ·  RB-PUMP-002#checks",
+                          "Check the filter differential pressure  ·  RB-PUMP-003#checks"]
+    assert {"Likely causes (3)", "Recommended steps (4)", "Evidence"} <= set(labels)
+    assert not any(e.proto.expanded for e in diagnosis.expander)  # folded until the operator opens them
+    # the runbook passage of a check is inside its expander
+    assert "suction_pressure" in "\n".join(m.value for m in diagnosis.expander[0].markdown)
     assert at.get("progress")[0].proto.text == "1. Pump cavitation (starved suction) — 78%"
-    step_labels = [e.label for e in at.expander]
-    assert any("RB-PUMP-002#checks" in label for label in step_labels)
-    # the runbook passage of a step is rendered inside its expander
-    checks = next(e for e in at.expander if "RB-PUMP-002#checks" in e.label)
-    assert "suction_pressure" in "\n".join(m.value for m in checks.markdown)
     assert at.selectbox(key="trend_asset").value == "product_pump"
     assert len(at.get("vega_lite_chart")) >= len(LINE.asset("product_pump").signals)
-    history = at.dataframe[0].value
+
+
+def test_alarm_kpis_and_the_history_table_are_shown(seeded, monkeypatch, fresh_streamlit):
+    db, _ = seeded
+    at = _app(monkeypatch, db).run()
+    metrics = {m.label: m.value for m in at.metric}
+    # three alarms rung in the sample's last half hour (the two consequences are folded, not counted)
+    assert metrics["Alarms per hour"] == "3.0" and metrics["Most in 10 min"] == "2"
+    assert metrics["Standing"] == "2" and metrics["Chattering"] == "0" and metrics["Time in flood"] == "0%"
+    assert "within EEMUA 191's targets" in _texts(at) and "2 consequence(s) folded" in _texts(at)
+    history = next(d.value for d in at.dataframe if "event" in d.value.columns)
+    assert list(history.columns) == ["time (UTC)", "asset", "alarm", "priority", "event", "state", "by"]
     assert set(history["event"]) == {"raised", "acknowledged", "returned"}
+    assert "Product transfer pump" in set(history["asset"])
+
+
+def test_mode_trend_reads_as_the_lines_own_mode_names(tmp_path):
+    with Store(tmp_path / "m.db") as store:
+        store.add_readings([Reading(T0 + k, "line", "mode", float(LINE.modes.code_of("changeover" if k < 30 else "running")))
+                            for k in range(60)])
+        frame = charts.signal_frame(store, LINE, "line", T0, T0 + 59, ["mode"])
+    assert set(frame["state"]) == {"changeover", "running"}
+    [chart] = charts.signal_charts(frame, modes=LINE.mode_names())
+    spec = json.dumps(chart.to_dict())
+    assert '"field": "state"' in spec and '"running"' in spec and "operating mode" in spec
+    assert '"field": "mean"' not in spec  # no code like 2.000000 on the axis
+
+
+def test_trend_tooltips_carry_the_signals_unit(tmp_path):
+    with Store(tmp_path / "u.db") as store:
+        store.add_readings([Reading(T0 + k, "product_pump", "flow", 110.0) for k in range(30)])
+        frame = charts.signal_frame(store, LINE, "product_pump", T0, T0 + 29, ["flow"])
+    [chart] = charts.signal_charts(frame)
+    spec = json.dumps(chart.to_dict())
+    assert "flow [L/min]" in spec and "normal from [L/min]" in spec
+    assert "L/min/s" not in spec and "score/threshold" not in spec
 
 
 def test_feedback_lands_in_the_store(seeded, monkeypatch, fresh_streamlit):
@@ -209,10 +268,16 @@ def test_acknowledge_publishes_a_command_and_shows_the_reply(seeded, monkeypatch
     db, _ = seeded
     side = Listener(broker, TOPICS.commands())
     try:
+        # another HIGH alarm, older and unacknowledged: sorting by acknowledgement would move the pump's below it
+        older = Alarm("air_compressor.vibration-limit", "air_compressor", "vibration-limit", AlarmState.ACTIVE_UNACK,
+                      Priority.HIGH, "Compressor vibration high", time.time() - 1500, time.time() - 1500)
+        side.publish(TOPICS.alarm("air_compressor", older.alarm_id), {**older.to_dict(), "schema": "alarm/1"}, retain=True)
         at = _app(monkeypatch, db, broker).run()
         [feed] = LiveFeed.instances
-        assert feed.wait_for(lambda s: s.connected, 10)
+        assert feed.wait_for(lambda s: s.connected and older.alarm_id in s.alarms, 10)
         at.text_input(key="actor").input("maria").run()
+        before = _order(at)
+        assert before.index(sample.CAVITATION_ID) + 3 == before.index(older.alarm_id)  # its 2 consequences between
         at.button(key=f"ack:{sample.CAVITATION_ID}").click().run()
         assert not at.exception, [e.value for e in at.exception]
         topic, payload = side.next()
@@ -230,9 +295,11 @@ def test_acknowledge_publishes_a_command_and_shows_the_reply(seeded, monkeypatch
         side.publish(TOPICS.alarm("product_pump", sample.CAVITATION_ID), acked.to_dict(), retain=True)
         assert feed.wait_for(lambda s: rid in s.replies and sample.CAVITATION_ID in s.alarms, 10)
         at.run()
-        assert "acknowledge: acknowledged" in [s.value for s in at.success]
+        assert "✓ acknowledge: acknowledged" in [c.value for c in at.caption]
         assert at.button(key=f"ack:{sample.CAVITATION_ID}").disabled  # the live state says acknowledged
+        assert _order(at) == before  # acknowledged, it stays where it was: the cursor stays on it
     finally:
+        side.publish(TOPICS.alarm("air_compressor", "air_compressor.vibration-limit"), b"", retain=True)
         side.stop()
 
 
@@ -311,4 +378,33 @@ def test_the_runbook_diagnosis_shows_at_once_and_the_model_replaces_it_labelled(
         assert "Header pressure sagging at full duty: a leak." in text and "MODEL · WRITING" not in text
         assert runbook.summary not in text
     finally:
+        side.stop()
+
+
+def test_an_alarm_the_engine_does_not_hold_is_dropped_from_the_list(seeded, monkeypatch, broker, fresh_streamlit):
+    db, _ = seeded
+    ghost = Alarm("filler.fill_weight-limit", "filler", "fill_weight-limit", AlarmState.ACTIVE_UNACK, Priority.HIGH,
+                  "Fill weight low", time.time() - 3600, time.time() - 3600)
+    side = Listener(broker, TOPICS.commands())
+    try:
+        # a retained alarm of an earlier run, still on the broker
+        side.publish(TOPICS.alarm("filler", ghost.alarm_id), {**ghost.to_dict(), "schema": "alarm/1"}, retain=True)
+        at = _app(monkeypatch, db, broker).run()
+        [feed] = LiveFeed.instances
+        assert feed.wait_for(lambda s: ghost.alarm_id in s.alarms, 10)
+        at.run()
+        assert ghost.alarm_id in _order(at)
+        at.button(key=f"ack:{ghost.alarm_id}").click().run()
+        _, payload = side.next()
+        rid = json.loads(payload)["request_id"]
+        side.publish(TOPICS.command_reply(rid), {"request_id": rid, "ok": False,
+                                                 "message": f"no alarm with id {ghost.alarm_id!r}"})
+        assert feed.wait_for(lambda s: rid in s.replies, 10)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert ghost.alarm_id not in _order(at)
+        assert sample.CAVITATION_ID in _order(at)  # the rest stays
+        assert f"Removed {ghost.alarm_id}: the alarm engine does not hold it" in _texts(at)
+    finally:
+        side.publish(TOPICS.alarm("filler", ghost.alarm_id), b"", retain=True)
         side.stop()

@@ -19,7 +19,8 @@ def dashboard_command(db: str | Path, line: str | Path, mqtt_host: str | None, m
                       mqtt_protocol: str = "5", port: int = 8501, address: str = "127.0.0.1") -> list[str]:
     """The ``streamlit run`` command line that serves the dashboard on ``address:port``."""
     cmd = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD_APP), "--server.headless", "true",
-           "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false", "--",
+           "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "viewer", "--",  # an operator's page: no Deploy button, no developer menu
            "--db", str(db), "--line", str(line)]
     if mqtt_host:
         cmd += ["--mqtt-host", mqtt_host, "--mqtt-port", str(mqtt_port), "--mqtt-protocol", mqtt_protocol]
