@@ -194,7 +194,7 @@ def sidebar() -> None:
         st.text_input("Operator", value="operator", key="actor")
         st.selectbox("Shelve for", list(SHELVE_CHOICES), key="shelve_for", index=1)
         st.selectbox("Trend window", list(WINDOWS), key="window", index=2)
-        st.caption(f"Store: {cfg.args.db}")
+        st.caption(f"Store: {Path(cfg.args.db).name}", help=str(Path(cfg.args.db).resolve()))
 
 
 # ---------------------------------------------------------------------------------------------- header
@@ -319,7 +319,6 @@ def alarm_row(alarm: Alarm, snap: Snapshot, now: float, selected: str | None) ->
         if st.button("Open" if selected != alarm.alarm_id else "Showing", key=f"select:{alarm.alarm_id}",
                      disabled=selected == alarm.alarm_id):
             st.session_state["alarm_id"] = alarm.alarm_id
-            st.session_state["trend_asset"] = alarm.asset  # the trends follow the alarm being looked at
             st.rerun()
     sent = st.session_state.setdefault("commands", {}).get(alarm.alarm_id)
     if sent:
@@ -560,9 +559,11 @@ def feedback_tab(alarm: Alarm | None) -> None:
 def trends_tab(alarm: Alarm | None) -> None:
     now = time.time()
     assets = [a.id for a in cfg.line.assets]
-    if st.session_state.get("trend_asset") not in assets:
-        st.session_state["trend_asset"] = alarm.asset if alarm and alarm.asset in assets else assets[0]
-    asset = st.selectbox("Asset", assets, key="trend_asset", format_func=asset_name)
+    start = assets.index(alarm.asset) if alarm and alarm.asset in assets else 0
+    # one picker per alarm looked at: the trends follow the alarm the operator opens, and stay where they
+    # put them while they look at it (a widget keeps what its browser copy says over what the script sets)
+    asset = st.selectbox("Asset", assets, index=start, key=f"trend_asset:{alarm.alarm_id if alarm else ''}",
+                         format_func=asset_name)
     since_ts = now - WINDOWS[st.session_state.get("window", "30 min")]
     frame = charts.signal_frame(cfg.store, cfg.line, asset, since_ts, now)
     if frame.empty:

@@ -177,13 +177,13 @@ def _mode_chart(data: pd.DataFrame, name: str, x: alt.X, modes: Sequence[str] | 
     data = data.dropna(subset=["state"])
     order = list(modes) if modes else sorted(data["state"].unique())
     y = alt.Y("state:N", sort=order, scale=alt.Scale(domain=order), title=None,
-              axis=alt.Axis(minExtent=44, maxExtent=70, labelLimit=70))
+              axis=alt.Axis(minExtent=44, maxExtent=70, labelLimit=70, labelOverlap=False, grid=True))
     base = alt.Chart(data).encode(x=x)
     chart = alt.layer(
         base.mark_line(color=LINE_COLOUR, strokeWidth=1.6, interpolate="step-after").encode(y=y),
         base.mark_circle(color=LINE_COLOUR, size=10, opacity=0.5).encode(
             y=y, tooltip=[alt.Tooltip("time:T", format="%H:%M:%S", title="time UTC"), alt.Tooltip("state:N", title="mode")]),
-    ).properties(height=max(60, 18 * len(order)) + (22 if last else 0),
+    ).properties(height=max(60, 24 * len(order)) + (22 if last else 0),
                  title=alt.TitleParams(f"{name} (operating mode)", anchor="start", fontSize=11, fontWeight="normal",
                                        offset=2, color="#555"))
     return chart.configure_view(strokeWidth=0)

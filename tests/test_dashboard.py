@@ -205,7 +205,7 @@ def test_page_reads_at_a_glance_overview_alarms_and_diagnosis(seeded, monkeypatc
     # the runbook passage of a check is inside its expander
     assert "suction_pressure" in "\n".join(m.value for m in diagnosis.expander[0].markdown)
     assert at.get("progress")[0].proto.text == "1. Pump cavitation (starved suction) — 78%"
-    assert at.selectbox(key="trend_asset").value == "product_pump"
+    assert at.selectbox(key=f"trend_asset:{sample.CAVITATION_ID}").value == "product_pump"  # trends follow the alarm
     assert len(at.get("vega_lite_chart")) >= len(LINE.asset("product_pump").signals)
 
 

@@ -1,7 +1,8 @@
-"""The dashboard in a real headless Chromium: served by `streamlit run`, an operator opens the cavitation
-alarm, acknowledges it, the command reaches the broker, the reply shows, and a screenshot is saved.
+"""The dashboard in a real headless Chromium at 1,280x800, served as the demo serves it (`dashboard_command`):
+the clock runs, the alarm list keeps its order under the cursor when the operator acknowledges, the folded
+consequences unfold, the tabs are in view without scrolling, no button label is cut, and no Deploy button shows.
 
-Set FACTORY_COPILOT_SCREENSHOT=docs/dashboard.png to refresh the README's picture as well.
+Set FACTORY_COPILOT_SCREENSHOTS=docs to refresh the screenshots in docs/ (dashboard.png and friends).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import queue
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,18 +20,31 @@ from pathlib import Path
 import pytest
 
 from dashboards import sample
-from factory_copilot.plumbing.broker import free_port
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE
+from factory_copilot.plumbing.broker import free_port
+from factory_copilot.records import Alarm, AlarmState, Priority
 from factory_copilot.store import Store
+from factory_copilot.store.cli import dashboard_command
 from tests.test_dashboard import LINE, TOPICS, Listener
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 
+# another HIGH alarm, older and unacknowledged: a list sorted by acknowledgement would move the pump's below it
+OLDER = Alarm("air_compressor.vibration-limit", "air_compressor", "vibration-limit", AlarmState.ACTIVE_UNACK,
+              Priority.HIGH, "Compressor vibration high (4.1 mm/s, normal 1.0–3.0 mm/s)", time.time() - 1500,
+              time.time() - 1500, severity="moderate")
+
 
 def key_class(key: str) -> str:
     """The CSS class Streamlit gives the element of a widget key."""
     return "st-key-" + re.sub(r"[^a-zA-Z0-9_-]", "-", key)
+
+
+def settled(page) -> None:
+    """Nothing greyed out as stale between reruns: the picture a person sees."""
+    page.wait_for_function("document.querySelectorAll('[data-stale=\"true\"]').length === 0", timeout=30_000,
+                           polling=50)
 
 
 def click(page, key: str) -> None:
@@ -41,20 +54,23 @@ def click(page, key: str) -> None:
     page.locator(selector).click()
 
 
+def row_order(page) -> list[str]:
+    """The Ack buttons' classes (one per alarm shown), top to bottom, as the browser lays them out."""
+    return page.evaluate("""() => [...document.querySelectorAll('[class*="st-key-ack-"]')]
+        .filter(e => e.offsetParent !== null)
+        .map(e => [e.getBoundingClientRect().top, [...e.classList].find(c => c.startsWith('st-key-ack-'))])
+        .sort((a, b) => a[0] - b[0]).map(x => x[1])""")
+
+
 @pytest.fixture
 def served(tmp_path, broker):
-    """`streamlit run dashboards/app.py` on a free loopback port, on a freshly seeded store."""
+    """The dashboard as `factory-copilot dashboard` serves it, on a free loopback port and a freshly seeded store."""
     db = tmp_path / "browser.db"
     with Store(db) as store:
         sample.seed(store, LINE, now=time.time())
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboards" / "app.py"),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false", "--",
-         "--db", str(db), "--line", str(SIMULATED_LINE), "--mqtt-host", broker.host, "--mqtt-port", str(broker.port)],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc = subprocess.Popen(dashboard_command(db, SIMULATED_LINE, broker.host, broker.port, "5", port),
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     output = []
@@ -77,42 +93,105 @@ def served(tmp_path, broker):
             proc.wait()
 
 
-def test_acknowledge_in_a_real_browser(served, broker, tmp_path):
+def test_the_dashboard_in_a_real_browser_at_1280x800(served, broker, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, db = served
     side = Listener(broker, TOPICS.commands())
+    side.publish(TOPICS.alarm("air_compressor", OLDER.alarm_id), {**OLDER.to_dict(), "schema": "alarm/1"}, retain=True)
+    shots: dict[str, Path] = {}
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            page = browser.new_page(viewport={"width": 1500, "height": 2300})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url)
-            page.get_by_text("Alarms (3)").wait_for(timeout=60_000)
-            click(page, "select:" + sample.CAVITATION_ID)
-            page.get_by_text("Recommended steps").wait_for(timeout=30_000)
-            page.get_by_text("From the local model (qwen2.5").wait_for(timeout=30_000)
+            page.get_by_text("Alarms (4)").wait_for(timeout=60_000)
+            page.get_by_text("Live · broker").wait_for(timeout=30_000)
+            assert page.get_by_text("Deploy", exact=True).count() == 0, "Streamlit's Deploy button shows"
 
-            click(page, "ack:" + sample.CAVITATION_ID)
+            # the clock runs on its own (a fragment), with nothing else happening on the page
+            settled(page)
+            first = page.locator(".fc-clock").inner_text()
+            shots["dashboard-clock-1"] = tmp_path / "clock-1.png"
+            page.screenshot(path=str(shots["dashboard-clock-1"]))
+            page.wait_for_function(f"document.querySelector('.fc-clock').innerText !== {first!r}", timeout=10_000)
+            shots["dashboard-clock-2"] = tmp_path / "clock-2.png"
+            page.screenshot(path=str(shots["dashboard-clock-2"]))
+            assert page.locator(".fc-clock").inner_text() != first
+            assert shots["dashboard-clock-1"].read_bytes() != shots["dashboard-clock-2"].read_bytes()
+
+            # the operator opens the pump's alarm: its diagnosis and the tabs are in view without scrolling
+            click(page, "select:" + sample.CAVITATION_ID)
+            page.get_by_text("Check first").wait_for(timeout=30_000)
+            page.get_by_text("From the local model (qwen2.5").wait_for(timeout=30_000)
+            for tab in ("Diagnosis", "Trends", "Ask the copilot", "Feedback"):
+                box = page.get_by_role("tab", name=tab).bounding_box()
+                assert box and box["y"] + box["height"] <= 800, f"tab {tab} is below the fold at 1,280x800"
+            safety = page.get_by_text("Lock out the pump and isolate suction").bounding_box()
+            summary = page.get_by_text("The product pump is most likely cavitating").bounding_box()
+            assert safety["y"] < summary["y"], "the safety note comes first"
+            # no button label is cut at this width
+            cut = page.evaluate("""() => [...document.querySelectorAll('button')]
+                .filter(b => b.offsetParent && b.scrollWidth > b.clientWidth + 1).map(b => b.innerText)""")
+            assert cut == []
+
+            # acknowledge with the mouse on the pump's Ack button: the list keeps its order under the cursor
+            settled(page)
+            before = row_order(page)
+            assert before.index(key_class("ack:" + sample.CAVITATION_ID)) < before.index(key_class("ack:" + OLDER.alarm_id))
+            ack = page.locator(f".{key_class('ack:' + sample.CAVITATION_ID)} button")
+            box = ack.bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.click(x, y)
             topic, payload = side.next(timeout=30)
             body = json.loads(payload)
-            assert (body["schema"], body["command"], body["alarm_id"]) == (
-                "command/1", "acknowledge", sample.CAVITATION_ID)
+            assert (body["schema"], body["command"], body["alarm_id"]) == ("command/1", "acknowledge",
+                                                                           sample.CAVITATION_ID)
             rid = body["request_id"]
             side.publish(TOPICS.command_reply(rid), {"request_id": rid, "ok": True, "message": "acknowledged"})
-            page.get_by_text("acknowledge: acknowledged").wait_for(timeout=30_000)
-            # the pump's trends and the evidence charts have drawn (Vega renders SVG marks)
-            page.wait_for_function("document.querySelectorAll('svg.marks').length >= 8", timeout=30_000)
-            # between the live fragment's reruns nothing is greyed out as stale: the picture a person sees
-            page.wait_for_function("document.querySelectorAll('[data-stale=\"true\"]').length === 0",
-                                   timeout=30_000, polling=50)
-            shot = tmp_path / "dashboard.png"
-            page.screenshot(path=str(shot), full_page=True)
+            with Store(db) as store:
+                acked = store.alarm(sample.CAVITATION_ID)
+            acked.state, acked.acked_by, acked.updated_at = AlarmState.ACTIVE_ACK, "operator", time.time()
+            side.publish(TOPICS.alarm("product_pump", sample.CAVITATION_ID), {**acked.to_dict(), "schema": "alarm/1"},
+                         retain=True)
+            page.get_by_text("acknowledged by operator, still active").first.wait_for(timeout=30_000)
+            page.get_by_text("✓ acknowledge: acknowledged").wait_for(timeout=30_000)
+            settled(page)
+            assert row_order(page) == before
+            under = page.evaluate(f"""() => {{
+                const e = document.elementFromPoint({x}, {y});
+                const row = e && e.closest('[class*="st-key-row-"]');
+                return row ? [...row.classList].find(c => c.startsWith('st-key-row-')) : null; }}""")
+            assert under == key_class("row:" + sample.CAVITATION_ID), "another alarm moved under the cursor"
+            shots["dashboard"] = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shots["dashboard"]))
+
+            # the consequences folded under the pump's alarm unfold
+            flow = page.get_by_text("Product pump flow low")
+            assert not flow.is_visible()
+            page.locator(f".{key_class('fold:' + sample.CAVITATION_ID)} summary").click()
+            flow.wait_for(state="visible", timeout=30_000)
+            page.get_by_text("Filler bowl level low").wait_for(state="visible", timeout=30_000)
+            settled(page)
+            shots["dashboard-consequences"] = tmp_path / "consequences.png"
+            page.screenshot(path=str(shots["dashboard-consequences"]))
+
+            # the trends follow the alarm the operator opened: the pump's
+            page.get_by_role("tab", name="Trends").click()
+            page.wait_for_function("document.querySelectorAll('svg.marks').length >= 6", timeout=30_000)
+            page.locator('text="suction_pressure [bar]" >> visible=true').first.wait_for(timeout=30_000)
+            settled(page)
+            shots["dashboard-trends"] = tmp_path / "trends.png"
+            page.screenshot(path=str(shots["dashboard-trends"]))
             browser.close()
-        assert shot.stat().st_size > 50_000
-        if os.environ.get("FACTORY_COPILOT_SCREENSHOT"):
-            target = REPO_ROOT / os.environ["FACTORY_COPILOT_SCREENSHOT"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, target)
+        for shot in shots.values():
+            assert shot.stat().st_size > 30_000
+        if os.environ.get("FACTORY_COPILOT_SCREENSHOTS"):
+            target = REPO_ROOT / os.environ["FACTORY_COPILOT_SCREENSHOTS"]
+            target.mkdir(parents=True, exist_ok=True)
+            for name in ("dashboard", "dashboard-consequences", "dashboard-trends"):
+                shutil.copy(shots[name], target / f"{name}.png")
     finally:
+        side.publish(TOPICS.alarm("air_compressor", OLDER.alarm_id), b"", retain=True)
         side.stop()

@@ -20,6 +20,7 @@ def dashboard_command(db: str | Path, line: str | Path, mqtt_host: str | None, m
     """The ``streamlit run`` command line that serves the dashboard on ``address:port``."""
     cmd = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD_APP), "--server.headless", "true",
            "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none",  # an operator's page does not reload when a file changes
            "--client.toolbarMode", "viewer", "--",  # an operator's page: no Deploy button, no developer menu
            "--db", str(db), "--line", str(line)]
     if mqtt_host:
