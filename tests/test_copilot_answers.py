@@ -28,7 +28,7 @@ async def test_a_value_question_gets_the_value_with_its_band_and_trend(cavitatio
     turn = await cavitation.ask("A-cav", "what is the current suction pressure?")
     assert turn.source == "runbook" and turn.text.startswith(LABEL)
     assert "product_pump.suction_pressure is 0.45" in turn.text and "bar now, below its normal band 0.8-1.3 bar" in turn.text
-    assert "trend -0.06 bar/min over the last 10 min" in turn.text
+    assert "falling by 0.06 bar per minute over the last 10 min" in turn.text
     assert "RB-" not in turn.text  # a value, not a list of causes
 
 
@@ -59,3 +59,20 @@ async def test_anything_else_says_what_it_can_answer(cavitation):
     turn = await cavitation.ask("A-cav", "tell me a joke")
     assert turn.text.startswith(LABEL + "without the model I can answer about Product transfer pump only")
     assert "current value of a signal" in turn.text and "rather than" in turn.text and "check or do first" in turn.text
+
+
+async def test_a_rate_unit_reads_per_minute_not_per_min_per_min(cavitation):
+    turn = await cavitation.ask("A-cav", "how is the flow doing?")  # "how" asks for the value here, not the steps
+    assert "product_pump.flow is 80" in turn.text and "L/min now, below its normal band 95-125 L/min" in turn.text
+    assert "falling by 3 L/min per minute" in turn.text and "L/min/min" not in turn.text
+
+
+async def test_a_word_of_a_signal_name_finds_the_alarms_own_signals(cavitation):
+    turn = await cavitation.ask("A-cav", "what is the pressure?")
+    assert "product_pump.suction_pressure is 0.45" in turn.text and "product_pump.discharge_pressure is 3.1" in turn.text
+    assert "heat_tunnel" not in turn.text
+
+
+async def test_what_to_check_on_a_named_signal_gets_the_checks_not_the_value(cavitation):
+    turn = await cavitation.ask("A-cav", "what should I check on the suction pressure?")
+    assert "From RB-PUMP-002#checks" in turn.text

@@ -18,9 +18,10 @@ from factory_copilot.copilot.evidence import EvidencePack, SignalEvidence
 from factory_copilot.copilot.runbooks import RunbookLibrary
 
 LABEL = "Runbook search (no model): "
-_VALUE = re.compile(r"\b(what|current|currently|value|reading|how (high|low|much|hot|fast)|now|level|is it)\b")
 _COMPARE = re.compile(r"\b(rather than|instead of|and not|not|vs\.?|versus|over)\b")
 _TODO = re.compile(r"\b(check|do|fix|repair|action|steps?|first|how|procedure|safe|safety)\b")
+_TODO_ONLY = re.compile(r"\b(check|do|fix|repair|action|steps?|procedure|safe|safety)\b")
+_VALUE_ONLY = re.compile(r"\b(current|currently|value|reading|how (high|low|much|hot|fast)|now|level)\b")
 
 
 def _words(text: str) -> str:
@@ -44,9 +45,21 @@ def mentioned_signals(pack: EvidencePack, question: str) -> list[SignalEvidence]
             named_asset = f" {_words(asset).strip()} " in q
             hits.append((0 if asset == pack.asset else 1 if named_asset else 2, s))
     if not hits:
-        return []
+        return _partly_named(pack, signals, q)
     best = min(rank for rank, _ in hits)
     return [s for rank, s in sorted(hits, key=lambda h: (h[0], -len(h[1].key))) if rank == best or rank < 2][:3]
+
+
+_COMMON = set(" what which where when current currently value reading level about there their this that with from "
+               "have does doing going right still".split())
+
+
+def _partly_named(pack: EvidencePack, signals: dict[str, SignalEvidence], q: str) -> list[SignalEvidence]:
+    """The alarm's own signals a word of the question names part of ("the pressure": suction and discharge)."""
+    words = {w for w in q.split() if len(w) >= 4 and w not in _COMMON}
+    found = [s for key, s in sorted(signals.items())
+             if key.startswith(pack.asset + ".") and words & set(_words(key.partition(".")[2]).split())]
+    return found[:3]
 
 
 def value_answer(s: SignalEvidence) -> str:
@@ -58,8 +71,10 @@ def value_answer(s: SignalEvidence) -> str:
         if s.trend.flat:
             text += f"; it has not changed over the last {minutes:.0f} min"
         else:
-            text += (f"; trend {s.trend.slope_per_min:+.3g} {s.unit}/min over the last {minutes:.0f} min "
-                     f"(range {_num(s.trend.minimum)}-{_num(s.trend.maximum)})")
+            # "per minute" in words: a unit that is already a rate ("L/min") must not read "L/min/min"
+            way = "rising" if s.trend.slope_per_min > 0 else "falling"
+            text += (f"; {way} by {abs(s.trend.slope_per_min):.3g} {s.unit} per minute over the last {minutes:.0f} min "
+                     f"(range {_num(s.trend.minimum)}-{_num(s.trend.maximum)} {s.unit})")
     return text + "."
 
 
@@ -129,7 +144,9 @@ def runbook_answer(pack: EvidencePack, question: str, library: RunbookLibrary, f
             a, b = named[0], next((f for f, _ in pack.candidates if f != named[0]), None) or ""
         if b and a in faults and b in faults:
             return LABEL + compare_answer(pack, a, b, library, faults)
-    if signals and (_VALUE.search(q) or not _TODO.search(q)):
+    # a named signal gets its value unless the question asks what to do ("how is the flow?" is a value question,
+    # "what should I check on the suction pressure?" is not)
+    if signals and (_VALUE_ONLY.search(q) or not _TODO_ONLY.search(q)):
         return LABEL + " ".join(value_answer(s) for s in signals)
     if _TODO.search(q):
         lead = pack.candidates[0][0] if pack.candidates else pack.fault_type
