@@ -628,15 +628,16 @@ def history_table() -> None:
         [{"time (UTC)": clock(e.ts), "asset": asset_name(e.alarm.asset), "alarm": e.alarm.message or e.alarm.condition,
           "priority": e.alarm.priority.name.lower(), "event": e.event, "state": STATE_LABELS[e.state],
           "by": e.actor or ""} for e in events],
-        hide_index=True, width="stretch", height=320,
+        hide_index=True, width="stretch",
+        # widths in pixels that add up to less than the page is wide at 1,280 px: every column in view, whole
         column_config={
-            "time (UTC)": st.column_config.TextColumn(width="small"),
-            "asset": st.column_config.TextColumn(width="medium"),
-            "alarm": st.column_config.TextColumn(width="large"),
-            "priority": st.column_config.TextColumn(width="small"),
-            "event": st.column_config.TextColumn(width="small"),
-            "state": st.column_config.TextColumn(width="medium"),
-            "by": st.column_config.TextColumn(width="small"),
+            "time (UTC)": st.column_config.TextColumn(width=68),
+            "asset": st.column_config.TextColumn(width=180),
+            "alarm": st.column_config.TextColumn(width=335),
+            "priority": st.column_config.TextColumn(width=62),
+            "event": st.column_config.TextColumn(width=98),
+            "state": st.column_config.TextColumn(width=195),
+            "by": st.column_config.TextColumn(width=55),
         },
     )
 
@@ -648,6 +649,7 @@ STYLE = """<style>
 section[data-testid="stSidebar"]{width:220px !important;min-width:220px !important}
 h4{margin:0.2rem 0 0.2rem 0}
 div[data-testid="stMetricValue"]{font-size:1.4rem}
+div[data-testid="stStatusWidget"]{visibility:hidden}
 </style>"""
 
 
