@@ -127,3 +127,17 @@ def test_the_service_starts_without_the_heavy_parts_it_does_not_use(entry):
     code = f"import sys, {entry}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
+
+
+def test_one_list_of_commands_for_the_engine_the_schema_and_the_dashboard():
+    import json
+
+    from dashboards.live import COMMANDS as BUTTONS
+    from factory_copilot.alarms.engine import COMMANDS
+    from factory_copilot.records import CommandKind
+
+    kinds = [k.value for k in CommandKind]
+    schema = json.loads((ROOT / "schemas" / "command" / "1.json").read_text())
+    assert schema["properties"]["command"]["enum"] == kinds
+    assert list(COMMANDS) == kinds
+    assert set(BUTTONS) < set(kinds)

@@ -73,11 +73,11 @@ from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
-from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandResult, OperatorCommand, Priority
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandKind, CommandResult, OperatorCommand, Priority
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("acknowledge", "shelve", "unshelve", "out_of_service", "return_to_service")
+COMMANDS = tuple(k.value for k in CommandKind)
 SYSTEM = "system"
 
 
