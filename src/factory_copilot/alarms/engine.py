@@ -268,7 +268,9 @@ class AlarmEngine:
             if is_active:
                 self._update(alarm, cond, anomaly, t, now)
             elif t - cond.pending_since >= self.settings.on_delay(anomaly.kind):
-                self._activate(cond, alarm, anomaly, now)
+                # stamped when the condition met its on-delay in the data, not when this process got to it (a
+                # replay runs many times faster than the line; live the two differ by the transport delay)
+                self._activate(cond, alarm, anomaly, min(t, now))
         else:
             cond.pending_since = None
             if cond.normal_since is None:
