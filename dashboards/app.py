@@ -118,8 +118,10 @@ class Page:
                 by_id[alarm_id] = live
         for alarm_id in snap.cleared:
             by_id.pop(alarm_id, None)
-        gone = st.session_state.get("gone", set())  # refused by the engine: a ghost of an earlier run
-        alarms = [a for a in by_id.values() if a.state is not AlarmState.NORMAL and a.alarm_id not in gone]
+        # refused by the engine: a ghost of an earlier run, until the engine raises that alarm again
+        gone = st.session_state.get("gone", {})
+        alarms = [a for a in by_id.values() if a.state is not AlarmState.NORMAL
+                  and a.updated_at > gone.get(a.alarm_id, float("-inf"))]
         return stable_order(alarms)
 
 
@@ -281,7 +283,7 @@ def alarm_list() -> None:
     folded = len(alarms) - len(situations)
     st.markdown(f"#### Alarms ({rung})" + (f" <span style='font-size:0.8rem;opacity:0.7'>+ {folded} folded "
                 f"under their cause</span>" if folded else ""), unsafe_allow_html=True)
-    gone = sorted(st.session_state.get("gone", ()))
+    gone = sorted(set(st.session_state.get("gone", {})) - {a.alarm_id for a in alarms})
     if gone:
         st.caption(f"Removed {', '.join(gone)}: the alarm engine does not hold it (left over from an earlier run).")
     if not alarms:
@@ -337,11 +339,11 @@ def consequences(situation: Situation, snap: Snapshot, now: float, selected: str
 
 def forget_refused(snap: Snapshot) -> None:
     """An alarm the engine says it does not hold is a ghost: drop it from the list, say so once."""
-    gone = st.session_state.setdefault("gone", set())
+    gone = st.session_state.setdefault("gone", {})  # alarm id -> when the engine said it does not hold it
     for alarm_id, sent in st.session_state.get("commands", {}).items():
         reply = snap.replies.get(sent["request_id"])
         if reply and not reply.get("ok") and GONE in str(reply.get("message", "")):
-            gone.add(alarm_id)
+            gone.setdefault(alarm_id, sent["sent"])
 
 
 def send(alarm: Alarm, command: str, shelve_s: float | None = None) -> None:

@@ -405,6 +405,13 @@ def test_an_alarm_the_engine_does_not_hold_is_dropped_from_the_list(seeded, monk
         assert ghost.alarm_id not in _order(at)
         assert sample.CAVITATION_ID in _order(at)  # the rest stays
         assert f"Removed {ghost.alarm_id}: the alarm engine does not hold it" in _texts(at)
+        # later the engine raises that very alarm for real: it is shown again
+        ghost.raised_at = ghost.updated_at = time.time() + 1
+        side.publish(TOPICS.alarm("filler", ghost.alarm_id), {**ghost.to_dict(), "schema": "alarm/1"}, retain=True)
+        assert feed.wait_for(lambda s: s.alarms.get(ghost.alarm_id) and s.alarms[ghost.alarm_id].updated_at
+                             == ghost.updated_at, 10)
+        at.run()
+        assert ghost.alarm_id in _order(at)
     finally:
         side.publish(TOPICS.alarm("filler", ghost.alarm_id), b"", retain=True)
         side.stop()

@@ -246,15 +246,23 @@ class Publisher:
         """The alarm engine's result for a command that came in over MQTT."""
         self._reply(result, self.inbound.route(result.request_id, self.topics.command_reply(result.request_id)))
 
-    async def _reconcile(self, held: HeldAlarms, wait_s: float = 10.0) -> None:
-        while True:
+    async def _reconcile(self, held: HeldAlarms, wait_s: float = 10.0, attempts: int = 3) -> None:
+        for attempt in range(1, attempts + 1):
             await self.online.wait()
             retained = await self.session.retained([self.topics.all_alarms(), self.topics.all_diagnoses()], wait_s)
             if retained is not None:
                 break
             self.counts["reconcile_retries"] += 1
-            log.warning("could not read the retained alarms on %s:%d within %.0f s; ghosts are not cleared yet, "
-                        "trying again", self.connection.host, self.connection.port, wait_s)
+            log.warning("could not read the retained alarms on %s:%d within %.0f s (attempt %d of %d); ghosts of "
+                        "an earlier run are not cleared yet", self.connection.host, self.connection.port, wait_s,
+                        attempt, attempts)
+        else:
+            # e.g. a broker ACL that refuses the second connection: alarms still go out, ghosts may stay
+            self.counts["reconcile_failed"] += 1
+            log.error("gave up reconciling the broker with the engine's alarms on %s:%d: retained alarms of an "
+                      "earlier run may remain (the dashboard drops those the engine refuses)",
+                      self.connection.host, self.connection.port)
+            return
         ghosts = []
         for topic in sorted(retained):
             parts = self.topics.parse(topic)

@@ -112,7 +112,9 @@ class PublishSession:
         connection's subscriptions in order, so once the status arrives every retained message of the
         filters subscribed before it has arrived too. Called once online, so the status is there.
         """
-        return await asyncio.to_thread(_retained_under, self.connection, filters, self.topics.status(), wait_s)
+        # its own client id: the line's configured one is the publisher's, and a broker drops the older of two
+        return await asyncio.to_thread(_retained_under, self.connection, filters, self.topics.status(), wait_s,
+                                       f"{self.client_id}-reconcile")
 
     # ---- paho's thread (guarded by MqttSession) -> the event loop ---------------------------------------------------
 
@@ -221,7 +223,8 @@ def _retained_status(conn: MqttConnection, topic: str, wait_s: float,
         probe.stop()
 
 
-def _retained_under(conn: MqttConnection, filters: list[str], barrier: str, wait_s: float) -> dict[str, bytes] | None:
+def _retained_under(conn: MqttConnection, filters: list[str], barrier: str, wait_s: float,
+                    client_id: str) -> dict[str, bytes] | None:
     """The retained messages under ``filters`` (see ``PublishSession.retained``), None after ``wait_s`` without the barrier."""
     seen: dict[str, bytes] = {}
     done = threading.Event()
@@ -239,8 +242,8 @@ def _retained_under(conn: MqttConnection, filters: list[str], barrier: str, wait
             subscribed.append(True)
             probe.subscribe(barrier, 1)
 
-    probe = MqttSession(conn, role="reconcile", subscriptions=[(f, 1) for f in filters], on_message=on_message,
-                        on_subscribed=on_subscribed)
+    probe = MqttSession(conn, role="reconcile", client_id=client_id, subscriptions=[(f, 1) for f in filters],
+                        on_message=on_message, on_subscribed=on_subscribed)
     probe.start()
     try:
         return dict(seen) if done.wait(wait_s) else None
