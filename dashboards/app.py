@@ -310,7 +310,8 @@ def alarm_row(alarm: Alarm, snap: Snapshot, now: float, selected: str | None) ->
     no_feed = cfg.feed is None
     with st.container(horizontal=True, gap="small"):
         if st.button("Ack", key=f"ack:{alarm.alarm_id}", disabled=no_feed or alarm.state.acknowledged,
-                     type="primary" if not alarm.state.acknowledged else "secondary"):
+                     # a folded consequence is recorded, not rung: it does not call for the operator in red
+                     type="primary" if not alarm.state.acknowledged and not alarm.suppressed else "secondary"):
             send(alarm, "acknowledge")
         if alarm.shelved:
             if st.button("Unshelve", key=f"unshelve:{alarm.alarm_id}", disabled=no_feed):
