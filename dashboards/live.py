@@ -164,7 +164,7 @@ class LiveFeed:
         request_id = uuid.uuid4().hex
         body = {"schema": "command/1", "request_id": request_id, "command": command, "alarm_id": alarm_id,
                 "actor": actor, "comment": comment, "shelve_s": shelve_s, "ts": time.time()}
-        self.session.publish(self.topics.commands(), json.dumps(body), qos=1)
+        self.session.publish(self.topics.commands(actor), json.dumps(body), qos=1)
         return request_id
 
     def ask(self, alarm_id: str | None, question: str, actor: str) -> str:
@@ -172,5 +172,5 @@ class LiveFeed:
         request_id = uuid.uuid4().hex
         body = {"schema": "ask/1", "request_id": request_id, "alarm_id": alarm_id, "question": question,
                 "actor": actor, "ts": time.time()}
-        self.session.publish(self.topics.ask(), json.dumps(body), qos=1)
+        self.session.publish(self.topics.ask(actor), json.dumps(body), qos=1)
         return request_id
