@@ -33,9 +33,9 @@ class InstanceConflict(RuntimeError):
     """Another publisher is online for the same site/line on this broker."""
 
 
-# what we accept from the broker: a command or question is at most 64 KiB (payloads.MAX_INCOMING_BYTES) plus its
-# topic and properties; alarms and diagnoses only go out
-MAX_PACKET_BYTES = payloads.MAX_INCOMING_BYTES + 4096
+# what we accept from the broker at most, even one without a packet limit of its own; between this and the 64 KiB
+# of a command (payloads.MAX_INCOMING_BYTES) the sender still gets a "too large" reply
+MAX_PACKET_BYTES = 1024 * 1024
 
 
 class PublishSession:
