@@ -36,6 +36,8 @@ KINDS = {
     "reader": "may only read the line's topics (SCADA, MES, Node-RED, the dashboard's live feed)",
     "service": "the Factory Copilot service: reads and writes everything under the prefix and Sparkplug",
     "edge": "a Sparkplug B edge node: reads and writes spBv1.0/# only",
+    "dashboard": "the operator dashboard: reads the line's topics and sends commands and questions on the level of "
+                 "the person logged in to it (it checks their password itself)",
 }
 MAX_PACKET_BYTES = 256 * 1024  # commands and questions are at most 64 KiB; a bigger packet is cut off at the broker
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for $7$
@@ -133,6 +135,9 @@ def acl_text(accounts: list[Account], prefix: str = DEFAULT_PREFIX) -> str:
             lines += ["", f"user {a.name}", f"topic readwrite {prefix}/#", "topic readwrite spBv1.0/#"]
         elif a.kind == "edge":
             lines += ["", f"user {a.name}", "topic readwrite spBv1.0/#"]
+        elif a.kind == "dashboard":  # a gateway: the person logged in to it is the topic level it writes on
+            lines += ["", f"user {a.name}", f"topic read {prefix}/#", f"topic write {prefix}/+/+/commands/+",
+                      f"topic write {prefix}/+/+/ask/+"]
     # writing commands and questions: every user on its own level only, whatever it puts in the payload
     lines += ["", "# any user: its own command and ask level", f"pattern write {prefix}/+/+/commands/%u",
               f"pattern write {prefix}/+/+/ask/%u", ""]
@@ -199,6 +204,7 @@ class SiteFiles:
     tls: bool
     ca_file: Path | None
     credentials: Path | None  # generated passwords, for handing out (0600)
+    logins: Path | None = None  # the dashboard's users file (Argon2id hashes of the people's passwords)
 
 
 def write_site(folder: str | Path, accounts: list[Account], *, bind: str = "0.0.0.0", port: int | None = None,
@@ -259,6 +265,13 @@ def write_site(folder: str | Path, accounts: list[Account], *, bind: str = "0.0.
         conf.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
     conf_path = folder / "mosquitto.conf"
     conf_path.write_text("\n".join(conf) + "\n" + extra)
+    people = [a for a in accounts if a.kind == "person"]
+    logins = None
+    if people:  # the dashboard's log-in: the same password as the person's MQTT account, as an Argon2id hash
+        from factory_copilot.plumbing.logins import Logins, hash_password
+
+        logins = folder / "dashboard-users.yaml"
+        Logins({a.name: hash_password(a.password) for a in people}).write(logins)
     generated = [a for a in accounts if a.generated]
     credentials = None
     if generated:
@@ -266,7 +279,7 @@ def write_site(folder: str | Path, accounts: list[Account], *, bind: str = "0.0.
         _private(credentials, "# generated passwords: hand each to its user, then delete this file\n"
                  + yaml.safe_dump({"users": [{"name": a.name, "kind": a.kind, "password": a.password}
                                              for a in generated]}, sort_keys=False))
-    return SiteFiles(folder, conf_path, log_file, bind, port, tls, ca_path, credentials)
+    return SiteFiles(folder, conf_path, log_file, bind, port, tls, ca_path, credentials, logins)
 
 
 def _default_hostnames(bind: str) -> list[str]:
@@ -319,6 +332,8 @@ def _init(args: argparse.Namespace) -> int:
           f"{' TLS' if site.tls else ''}); start it with: mosquitto -c {site.conf}")
     if site.ca_file:
         print(f"Clients trust {site.ca_file} (mqtt: {{tls: true, ca_file: ...}} in the line file)")
+    if site.logins:
+        print(f"Dashboard log-ins (same passwords): {site.logins} (dashboards/app.py --users ...)")
     if site.credentials:
         print(f"Generated passwords are in {site.credentials} (readable by you only): hand them out, then delete it")
     return 0
