@@ -434,3 +434,66 @@ async def test_the_service_takes_no_20_mb_packet_even_from_a_broker_without_a_li
     assert me.memory_info().rss - before < 4 * 1024 * 1024
     small.close()
     await pub.stop()
+
+
+# ---- broker init and the demo use one mechanism -------------------------------------------------------------------
+
+
+async def test_broker_init_writes_a_site_that_mosquitto_runs(tmp_path, monkeypatch, capsys):
+    from factory_copilot.cli import main
+
+    users = tmp_path / "users.yaml"
+    users.write_text("users:\n  - {name: ann, password_env: ANN_PW}\n  - {name: factory-copilot, kind: service}\n"
+                     "  - {name: scada, kind: reader}\n")
+    monkeypatch.setenv("ANN_PW", PASSWORDS["ann"])
+    out, port = tmp_path / "site", free_port()
+    assert main(["broker", "init", "--users", str(users), "--out", str(out), "--bind", "0.0.0.0", "--no-tls"]) == 2
+    assert "--no-tls sends passwords in clear" in capsys.readouterr().err
+    assert main(["broker", "init", "--users", str(users), "--out", str(out), "--bind", "127.0.0.1", "--port",
+                 str(port), "--hostname", "127.0.0.1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"listener 127.0.0.1:{port} TLS" in printed and "credentials.yaml" in printed
+    conf = (out / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "persistence true" in conf and f"listener {port} 127.0.0.1" in conf
+    assert "pattern write factory-copilot/+/+/commands/%u" in (out / "acl").read_text()
+    assert PASSWORDS["ann"] not in (out / "passwd").read_text()
+    assert oct((out / "certs" / "server.key").stat().st_mode)[-3:] == "600"
+    from factory_copilot.plumbing.broker_site import SiteFiles
+
+    site = SiteFiles(out, out / "mosquitto.conf", out / "mosquitto.log", "127.0.0.1", port, True,
+                     out / "certs" / "ca.crt", out / "credentials.yaml")
+    broker = MosquittoBroker(site=site).start()
+    try:
+        ann = await Client(site, "ann").up()  # the password from the environment, over TLS with the site CA
+        ann.close()
+        generated = {u["name"]: u["password"] for u in
+                     __import__("yaml").safe_load((out / "credentials.yaml").read_text())["users"]}
+        assert set(generated) == {"factory-copilot", "scada"}
+        scada = await Client(site, "scada", generated["scada"]).up()
+        assert (await scada.publish("factory-copilot/s/l/commands/scada", {"x": 1})).is_failure  # a reader only reads
+        scada.close()
+    finally:
+        broker.stop()
+
+
+async def test_the_demo_runs_its_broker_the_broker_init_way(tmp_path):
+    from factory_copilot.demo import DEMO_ROLES, demo_broker, demo_user
+
+    broker, port, site = demo_broker(free_port(), tmp_path)
+    try:
+        assert site is not None and not site.tls and site.host == "127.0.0.1"
+        anonymous = Client(site, None, tls=False)
+        assert (await asyncio.wait_for(anonymous.connack, WAIT_S)).is_failure
+        anonymous.close()
+        name, password = demo_user(site, "ann")
+        assert "ann" in DEMO_ROLES.operators.users and "sam" in DEMO_ROLES.supervisors.users
+        ann = await Client(site, name, password, tls=False).up()
+        assert not (await ann.publish("factory-copilot/demo-plant/packaging-1/commands/ann", {"x": 1})).is_failure
+        assert (await ann.publish("factory-copilot/demo-plant/packaging-1/commands/sam", {"x": 1})).is_failure
+        ann.close()
+        from factory_copilot.plumbing.logins import Logins
+
+        logins = Logins.load(site.logins)
+        assert set(logins.hashes) == {"ann", "sam", "node-red"} and logins.check("ann", password)
+    finally:
+        broker.stop()

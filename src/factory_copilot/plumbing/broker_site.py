@@ -113,12 +113,14 @@ def load_accounts(path: str | Path) -> list[Account]:
 
 
 def demo_accounts() -> list[Account]:
-    """The demo's users, with fresh random passwords: the service, an operator, a supervisor, readers, the edge node."""
+    """The demo's users, with fresh random passwords: the service, two people (an operator and a supervisor in the
+    demo line's roles), Node-RED, the dashboard, a reader for ``alerts tail`` and the simulated edge node."""
     def pw() -> str:
         return secrets.token_urlsafe(12)
     return [Account("factory-copilot", "service", pw(), True), Account("ann", "person", pw(), True),
-            Account("sam", "person", pw(), True), Account("dashboard", "reader", pw(), True),
-            Account("viewer", "reader", pw(), True), Account("edge", "edge", pw(), True)]
+            Account("sam", "person", pw(), True), Account("node-red", "person", pw(), True),
+            Account("dashboard", "dashboard", pw(), True), Account("viewer", "reader", pw(), True),
+            Account("edge", "edge", pw(), True)]
 
 
 def acl_text(accounts: list[Account], prefix: str = DEFAULT_PREFIX) -> str:
@@ -128,11 +130,14 @@ def acl_text(accounts: list[Account], prefix: str = DEFAULT_PREFIX) -> str:
     readers = [a for a in accounts if a.kind == "reader"]
     for a in people:
         lines += ["", f"user {a.name}", f"topic read {prefix}/#"]
-    for a in readers:
-        lines += ["", f"user {a.name}", f"topic read {prefix}/#"]
+    for a in readers:  # denied before the %u pattern below would let it write its own levels
+        lines += ["", f"user {a.name}", f"topic read {prefix}/#", f"topic deny {prefix}/+/+/commands/#",
+                  f"topic deny {prefix}/+/+/ask/#"]
     for a in accounts:
         if a.kind == "service":
-            lines += ["", f"user {a.name}", f"topic readwrite {prefix}/#", "topic readwrite spBv1.0/#"]
+            # Sparkplug B 3.0's STATE lives under spBv1.0/STATE/; 2.2's legacy STATE/<host_id> at the top
+            lines += ["", f"user {a.name}", f"topic readwrite {prefix}/#", "topic readwrite spBv1.0/#",
+                      "topic readwrite STATE/#"]
         elif a.kind == "edge":
             lines += ["", f"user {a.name}", "topic readwrite spBv1.0/#"]
         elif a.kind == "dashboard":  # a gateway: the person logged in to it is the topic level it writes on
