@@ -477,7 +477,7 @@ async def test_broker_init_writes_a_site_that_mosquitto_runs(tmp_path, monkeypat
 
 
 async def test_the_demo_runs_its_broker_the_broker_init_way(tmp_path):
-    from factory_copilot.demo import DEMO_ROLES, demo_broker, demo_user
+    from simulators.demo import DEMO_ROLES, demo_broker, demo_user
 
     broker, port, site = demo_broker(free_port(), tmp_path)
     try:
