@@ -497,3 +497,24 @@ async def test_the_demo_runs_its_broker_the_broker_init_way(tmp_path):
         assert set(logins.hashes) == {"ann", "sam", "node-red"} and logins.check("ann", password)
     finally:
         broker.stop()
+
+
+# ---- roles in the line file ---------------------------------------------------------------------------------------
+
+
+def test_roles_in_the_line_file_keep_their_defaults_and_bad_names_are_refused_with_their_path():
+    import yaml as _yaml
+
+    from factory_copilot.config import LineConfigError, parse_line
+
+    data = _yaml.safe_load(SIMULATED_LINE.read_text())
+    data["roles"] = {"operators": {"users": ["ann"]}, "supervisors": ["sam"]}
+    roles = parse_line(data).roles
+    assert (roles.operators.shelve_max_s, roles.operators.out_of_service) == (1800, False)
+    assert (roles.supervisors.shelve_max_s, roles.supervisors.out_of_service) == (8 * 3600, True)
+    assert roles.refusal("ann", "acknowledge") is None and roles.refusal("sam", "return_to_service") is None
+    assert "in no role" in roles.refusal("eve", "unshelve")
+    data["roles"] = {"operators": {"users": ["ann/+"]}, "admins": ["x"]}
+    with pytest.raises(LineConfigError) as err:
+        parse_line(data, "plant.yaml")
+    assert "plant.yaml" in str(err.value) and "roles.operators.users" in str(err.value) and "roles.admins" in str(err.value)
