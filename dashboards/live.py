@@ -157,7 +157,7 @@ class LiveFeed:
 
     def command(self, command: str, alarm_id: str, actor: str, comment: str | None = None,
                 shelve_s: float | None = None) -> str:
-        """Publish an operator command; returns its request id (the reply comes on commands/reply/<id>)."""
+        """Publish an operator command on ``actor``'s own level (commands/<actor>); returns its request id."""
         if command not in COMMANDS:
             raise ValueError(f"command {command!r}: use one of {', '.join(COMMANDS)}")
         if command == "shelve" and not shelve_s:
