@@ -85,3 +85,26 @@ async def test_a_replay_at_50x_alarms_as_the_line_would_have_in_real_time(record
     assert fault["fault"] == "pump_cavitation" and fault["first_alarm_after_s"] is not None
     with Store(tmp_path / "replay" / "store.db") as store:
         assert store.counts()["readings_raw"] > 0 and store.counts()["trend"] > 0
+
+
+async def test_a_gap_in_the_recording_is_a_lost_source_but_a_busy_machine_is_not(recording, broker, tmp_path, sim_models):
+    """The replay holds its time for the pipeline (nothing late, no silence made up), yet silence in the data shows."""
+    import pandas as pd
+
+    frame = pd.read_csv(recording)
+    gap = frame[(frame.index < 120) | (frame.index >= 180)]  # the recorder lost a minute of every signal
+    path = tmp_path / "with-gap.csv"
+    gap.to_csv(path, index=False)
+    line = load_line(SIMULATED_LINE)
+    line = line.model_copy(update={"mqtt": MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol)})
+    service = LineService(line, sim_models, ServicePaths(tmp_path / "replay"), replay=path, speed=50.0,
+                          health_port=free_port())
+    stop = asyncio.Event()
+    summary_task = asyncio.create_task(_stop_after_replay(service, service.collector.finished, stop, settle_s=20))
+    await asyncio.wait_for(service.run(stop), 120)
+    raised = {a["alarm_id"]: a["raised_at"] for a in summary_task.result()["alarms_raised"]}
+    lost = [a for a in raised if a.startswith("sources.")]
+    assert lost, f"a minute without data must be a lost source: {sorted(raised)}"
+    t0 = float(frame["ts"].iloc[0])
+    assert 120 <= raised[lost[0]] - t0 < 180  # during the gap, not after the busy stretches of the replay
+    assert service.detect.stats().get("late_adjusted", 0) == 0 and service.detect.stats().get("late_dropped", 0) == 0
