@@ -71,7 +71,7 @@ from typing import Callable, Mapping
 from factory_copilot.alarms import design, grouping
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
-from factory_copilot.plumbing.logs import printable
+from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandKind, CommandResult, OperatorCommand, Priority
@@ -202,6 +202,7 @@ class AlarmEngine:
         self._dirty: set[str] = set()
         self._flood_changes: dict[str, tuple[str, float] | None] = {}
         self._by_condition: dict[tuple[str, str], str] = {}
+        self._rejections = Throttled(log, 10.0)  # refused commands: each answered and audited, logged rate-limited
         self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
         self._consequence: dict[tuple, Priority] = {}  # (asset, kind, signal, fault) -> consequence: the line is fixed
         self._stale_until: dict[str, float] = {}  # signal key -> until when its data counts as lost
@@ -324,8 +325,9 @@ class AlarmEngine:
             return CommandResult(cmd.request_id, False, f"refused: {refusal}", self.get(cmd.alarm_id)), []
         problem = self._check(cmd)
         if problem:
-            log.warning("rejected %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id), printable(cmd.actor),
-                        printable(problem))
+            # each is answered; a flood of them is named here once per 10 s with the count of the others
+            self._rejections.warning("rejected", "rejected %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id),
+                                     printable(cmd.actor), printable(problem))
             return CommandResult(cmd.request_id, False, problem, self.get(cmd.alarm_id)), []
         alarm = self._alarms[cmd.alarm_id]
         if cmd.command == "acknowledge":
@@ -787,8 +789,8 @@ class AlarmEngine:
 
     def _audit_refusal(self, cmd: OperatorCommand, now: float, refusal: str) -> None:
         """A refused command leaves an audit row (who tried what), without touching the alarm."""
-        log.warning("refused %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id), printable(cmd.actor),
-                    printable(refusal))
+        self._rejections.warning("refused", "refused %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id),
+                                 printable(cmd.actor), printable(refusal))
         alarm = self._alarms.get(cmd.alarm_id)
         if alarm is None:
             return  # nothing to attach the row to; the log line above is the trace
