@@ -17,7 +17,7 @@ import time
 from typing import Callable
 from pathlib import Path
 
-from factory_copilot.collect.gate import Rejected, SampleGate
+from factory_copilot.collect.gate import BadSample, SampleGate
 from factory_copilot.config import LineConfig
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.records import Quality, Reading, SourceState
@@ -213,7 +213,7 @@ class ReplayCollector:
                 i += 1
                 try:
                     r = self.gate.reading(r.ts, r.asset, r.signal, r.value, r.quality, r.unit)
-                except Rejected as exc:
+                except BadSample as exc:
                     self.gate.reject(exc.reason, f"{self.path.name} ({r.key})", exc.detail)
                     continue
                 self.buffer.offer(r)
