@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO / "models"))
 
 from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
 from factory_copilot.copilot import Copilot, LlamaCppBackend  # noqa: E402
-from factory_copilot.copilot.explain import simulated_incident  # noqa: E402
 from factory_copilot.copilot.prompt import diagnosis_messages  # noqa: E402
+from simulators.evaluation import simulated_incident  # noqa: E402
 
 
 def read_bandwidth(threads: int, mib: int = 1024, repeats: int = 5) -> float:
