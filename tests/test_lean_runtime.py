@@ -225,3 +225,12 @@ def test_runbook_search_scores_equal_scikit_learns_tfidf():
         assert np.allclose(got, want, rtol=1e-12, atol=1e-15), query
         top = [i for i in np.argsort(-want, kind="stable")[:4] if want[i] > 0]
         assert [i for i in np.argsort(-got, kind="stable")[:4] if got[i] > 0] == top, query
+
+
+def test_the_command_line_loads_none_of_them_until_a_command_needs_them():
+    """`factory-copilot run` and `demo` build the parser, importing every command's module: all must stay light."""
+    code = ("import sys; from factory_copilot.cli import build_parser; build_parser(); "
+            f"print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == []
