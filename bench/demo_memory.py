@@ -3,8 +3,9 @@
 Runs `factory-copilot demo --headless` as a child process (simulated line + OPC UA server, broker,
 service with detector, alarms, store, publisher, copilot) and samples the resident memory of its
 whole process tree every 0.2 s. The detector is trained once beforehand, so both runs measure serving.
-First, where the memory goes: the resident size of a fresh interpreter after each group of imports
-the demo loads, in order, then what the libraries it keeps out would add; at the peak, each process.
+First, where the memory goes: what each group of imports, the trained detector and the simulated line's
+OPC UA server add to a fresh interpreter, in the demo's order, then what the libraries serving keeps out
+would add; at the peak, each process of the tree.
 
     .venv/bin/python bench/demo_memory.py [--duration 120] [--model models/shaped-qwen2.5-1.5b-q4_k_m.gguf]
 """
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import psutil
 
+from factory_copilot.config import ServicePaths
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "factory_copilot.cli"]
 
 
-# (what, imports) in the order the demo loads them; the last group is what serving keeps out (training loads it)
+# (what, statements) in the order the demo loads them, then what serving keeps out (training loads it)
 IMPORTS = [
     ("numpy", "import numpy"),
     ("pydantic, PyYAML: line file, records", "import factory_copilot.config, factory_copilot.records"),
@@ -33,15 +36,19 @@ IMPORTS = [
     ("paho-mqtt, joblib, the stations: service", "import factory_copilot.service"),
     ("every command, the simulator: demo", "import factory_copilot.cli, simulators.demo, simulators.runner, "
                                            "simulators.opcua_server; factory_copilot.cli.build_parser()"),
+    ("the trained detector and fault classifier", "import joblib; models = joblib.load({detector!r})"),
+    ("the simulated line's OPC UA server (address space)",
+     "import asyncio, asyncua; server = asyncua.Server(); asyncio.run(server.init())"),
     ("kept out: pandas 3 (+ pyarrow it imports)", "import pandas"),
     ("kept out: scipy.stats, scikit-learn", "import scipy.stats, sklearn.ensemble, sklearn.feature_extraction.text"),
 ]
 RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) * 1024"
 
 
-def import_costs() -> list[tuple[str, int]]:
+def import_costs(detector: Path) -> list[tuple[str, int]]:
     """Resident memory each group of imports adds, in one fresh interpreter (Linux: /proc/self/status)."""
-    code = "\n".join([f"print({RSS}, flush=True)"] + [f"{stmt}\nprint({RSS}, flush=True)" for _, stmt in IMPORTS])
+    steps = [stmt.format(detector=str(detector)) for _, stmt in IMPORTS]
+    code = "\n".join([f"print({RSS}, flush=True)"] + [f"{stmt}\nprint({RSS}, flush=True)" for stmt in steps])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     sizes = [int(v) for v in out.stdout.split()]
     return [("python", sizes[0])] + [(label, b - a) for (label, _), a, b in zip(IMPORTS, sizes, sizes[1:])]
@@ -93,12 +100,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18883)
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="fc-demo-mem-"))
-    print("where the memory goes (resident MiB each group of imports adds, in the order the demo loads them):")
-    for label, size in import_costs():
-        print(f"  {label:45s} {size / 2**20:6.0f}")
-    # train once (not measured) so both runs below measure the serving stack
-    subprocess.run(CLI + ["--log-level", "WARNING", "demo", "--headless", "--duration", "1", "--state-dir", str(state),
-                          "--mqtt-port", str(args.port)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    print("where the memory goes (resident MiB each group adds, in one interpreter, in the order the demo loads them):")
+    for label, size in import_costs(ServicePaths(state).detector):
+        print(f"  {label:52s} {size / 2**20:6.0f}")
     rows = []
     for label, model in (("no LLM", None), (Path(args.model).name, args.model)):
         if model and not Path(model).exists():
