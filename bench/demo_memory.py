@@ -100,6 +100,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18883)
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="fc-demo-mem-"))
+    # train once (not measured) so both runs below measure the serving stack
+    subprocess.run(CLI + ["--log-level", "WARNING", "demo", "--headless", "--duration", "1", "--state-dir", str(state),
+                          "--mqtt-port", str(args.port)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     print("where the memory goes (resident MiB each group adds, in one interpreter, in the order the demo loads them):")
     for label, size in import_costs(ServicePaths(state).detector):
         print(f"  {label:52s} {size / 2**20:6.0f}")
