@@ -35,7 +35,6 @@ from factory_copilot.config import (
     load_line,
 )
 from factory_copilot.copilot.choice import backend_from_settings
-from factory_copilot.detect.evaluate import train_models
 from factory_copilot.detect.persist import (
     ModelMismatchError,
     TrainedDetector,
@@ -117,6 +116,8 @@ def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> Tra
         except ModelMismatchError as exc:
             log.info("retraining: %s", exc)
     print(f"Training the detector on {hours:g} h of simulated normal running and the fault catalogue ...", flush=True)
+    # training only: the demo that loads a trained detector runs without scikit-learn, scipy and pandas
+    from factory_copilot.detect.evaluate import train_models
     from simulators.evaluation import simulated_history
 
     history = simulated_history(line, seed=seed, normal_hours=hours, progress=True)
