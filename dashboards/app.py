@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` 
 import streamlit as st  # noqa: E402
 
 from dashboards import charts  # noqa: E402
+from dashboards import login  # noqa: E402
 from dashboards.live import LiveFeed, Snapshot  # noqa: E402
 from dashboards.overview import line_health  # noqa: E402
 from factory_copilot.alarms.grouping import Situation, fold  # noqa: E402
@@ -63,6 +64,9 @@ def settings() -> argparse.Namespace:
     p.add_argument("--mqtt-port", type=int, default=int(env("FACTORY_COPILOT_MQTT_PORT", "1883")))
     p.add_argument("--mqtt-protocol", default=env("FACTORY_COPILOT_MQTT_PROTOCOL", "5"), choices=["5", "3.1.1"])
     p.add_argument("--topic-prefix", default=env("FACTORY_COPILOT_TOPIC_PREFIX", DEFAULT_PREFIX))
+    # log-ins (Argon2id hashes, from broker init); none: read-only. The dashboard's own MQTT account is given in
+    # the environment (FACTORY_COPILOT_MQTT_USERNAME/_PASSWORD), so no password shows in a process list
+    p.add_argument("--users", default=env("FACTORY_COPILOT_DASHBOARD_USERS"))
     # under a test runner sys.argv holds the runner's own options: ignore what is not ours
     args, _ = p.parse_known_args(sys.argv[1:])
     return args
@@ -92,7 +96,11 @@ def open_faults(path: str):
 def open_feed(host: str, port: int, protocol: str, site: str, line: str, prefix: str,
               _base: MqttConnection | None) -> LiveFeed:
     # the line file's MQTT settings (TLS, credentials) apply; host and port come from the command line
-    conn = (_base or MqttConnection()).model_copy(update={"host": host, "port": port, "protocol": protocol, "client_id": None})
+    update = {"host": host, "port": port, "protocol": protocol, "client_id": None}
+    if os.environ.get("FACTORY_COPILOT_MQTT_USERNAME"):
+        update.update(username=os.environ["FACTORY_COPILOT_MQTT_USERNAME"],
+                      password=os.environ.get("FACTORY_COPILOT_MQTT_PASSWORD"))
+    conn = (_base or MqttConnection()).model_copy(update=update)
     return LiveFeed(conn, site, line, prefix).start()
 
 
@@ -178,8 +186,9 @@ def asset_name(asset: str) -> str:
     return next((a.name for a in cfg.line.assets if a.id == asset), asset)
 
 
-def actor() -> str:
-    return st.session_state.get("actor") or "operator"
+def actor() -> str | None:
+    """The person logged in: every command and question goes out as them (None: read-only)."""
+    return login.current_user()
 
 
 def key_class(key: str) -> str:
@@ -193,7 +202,7 @@ def key_class(key: str) -> str:
 def sidebar() -> None:
     with st.sidebar:
         st.markdown(f"### {html.escape(cfg.line.site)} / {html.escape(cfg.line.line)}")
-        st.text_input("Operator", value="operator", key="actor")
+        login.sidebar_user(cfg.args.users)
         st.selectbox("Shelve for", list(SHELVE_CHOICES), key="shelve_for", index=1)
         st.selectbox("Trend window", list(WINDOWS), key="window", index=2)
         st.caption(f"Store: {Path(cfg.args.db).name}", help=str(Path(cfg.args.db).resolve()))
@@ -348,6 +357,9 @@ def forget_refused(snap: Snapshot) -> None:
 
 
 def send(alarm: Alarm, command: str, shelve_s: float | None = None) -> None:
+    if actor() is None:
+        st.error("Log in to acknowledge or shelve: commands go out as the person logged in.")
+        return
     request_id = cfg.feed.command(command, alarm.alarm_id, actor(), comment="from the dashboard", shelve_s=shelve_s)
     st.session_state.setdefault("commands", {})[alarm.alarm_id] = {"request_id": request_id, "command": command,
                                                                    "sent": time.time()}
@@ -514,7 +526,9 @@ def chat_tab(alarm: Alarm | None) -> None:
             text = snap.answer_text(request_id)
             st.markdown((text + " ▌") if text else "_thinking…_")
     question = st.chat_input(f"Ask the copilot about {alarm.asset}…", key="ask", disabled=cfg.feed is None)
-    if question:
+    if question and actor() is None:
+        st.error("Log in to ask the copilot.")
+    elif question:
         request_id = cfg.feed.ask(alarm.alarm_id, question, actor())
         cfg.store.add_turn(Turn(alarm.alarm_id, "operator", question, time.time(), actor(), request_id))
         asks[request_id] = {"alarm_id": alarm.alarm_id, "question": question}
@@ -658,6 +672,7 @@ div[data-testid="stStatusWidget"]{visibility:hidden}
 
 def main() -> None:
     st.set_page_config(page_title=f"Factory Copilot · {cfg.line.line}", layout="wide")
+    login.require_login(cfg.args.users, f"Factory Copilot · {html.escape(cfg.line.site)} / {html.escape(cfg.line.line)}")
     st.markdown(STYLE, unsafe_allow_html=True)
     sidebar()
     header()

@@ -24,8 +24,10 @@ from factory_copilot.config import REPO_ROOT, SIMULATED_LINE
 from factory_copilot.plumbing.broker import free_port
 from factory_copilot.records import Alarm, AlarmState, Priority
 from factory_copilot.store import Store
+from factory_copilot.plumbing.logins import Logins, hash_password
 from factory_copilot.store.cli import dashboard_command
-from tests.test_dashboard import LINE, TOPICS, Listener
+from tests.test_dashboard import LINE, MARIA_PASSWORD, TOPICS, Listener
+from tests.test_dashboard_login import log_in
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
@@ -66,11 +68,15 @@ def row_order(page) -> list[str]:
 def served(tmp_path, broker):
     """The dashboard as `factory-copilot dashboard` serves it, on a free loopback port and a freshly seeded store."""
     db = tmp_path / "browser.db"
+    users = tmp_path / "dashboard-users.yaml"
+    Logins({"maria": hash_password(MARIA_PASSWORD)}).write(users)
     with Store(db) as store:
         sample.seed(store, LINE, now=time.time())
     port = free_port()
+    # served as `factory-copilot dashboard` serves it; the log-ins come in the environment, as the demo passes them
     proc = subprocess.Popen(dashboard_command(db, SIMULATED_LINE, broker.host, broker.port, "5", port),
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "FACTORY_COPILOT_DASHBOARD_USERS": str(users)})
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     output = []
@@ -97,7 +103,7 @@ def test_the_dashboard_in_a_real_browser_at_1280x800(served, broker, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, db = served
-    side = Listener(broker, TOPICS.commands())
+    side = Listener(broker, TOPICS.commands("maria"))
     side.publish(TOPICS.alarm("air_compressor", OLDER.alarm_id), {**OLDER.to_dict(), "schema": "alarm/1"}, retain=True)
     shots: dict[str, Path] = {}
     try:
@@ -106,6 +112,8 @@ def test_the_dashboard_in_a_real_browser_at_1280x800(served, broker, tmp_path):
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url)
+            assert page.get_by_text("Deploy", exact=True).count() == 0, "Streamlit's Deploy button shows"
+            log_in(page, "maria", MARIA_PASSWORD)
             page.get_by_text("Alarms (4)").wait_for(timeout=60_000)
             page.get_by_text("Live · broker").wait_for(timeout=30_000)
             assert page.get_by_text("Deploy", exact=True).count() == 0, "Streamlit's Deploy button shows"
@@ -152,10 +160,10 @@ def test_the_dashboard_in_a_real_browser_at_1280x800(served, broker, tmp_path):
             side.publish(TOPICS.command_reply(rid), {"request_id": rid, "ok": True, "message": "acknowledged"})
             with Store(db) as store:
                 acked = store.alarm(sample.CAVITATION_ID)
-            acked.state, acked.acked_by, acked.updated_at = AlarmState.ACTIVE_ACK, "operator", time.time()
+            acked.state, acked.acked_by, acked.updated_at = AlarmState.ACTIVE_ACK, "maria", time.time()
             side.publish(TOPICS.alarm("product_pump", sample.CAVITATION_ID), {**acked.to_dict(), "schema": "alarm/1"},
                          retain=True)
-            page.get_by_text("acknowledged by operator, still active").first.wait_for(timeout=30_000)
+            page.get_by_text("acknowledged by maria, still active").nth(1).wait_for(timeout=30_000)
             page.get_by_text("✓ acknowledge: acknowledged").wait_for(timeout=30_000)
             settled(page)
             assert row_order(page) == before
