@@ -50,8 +50,8 @@ from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
 from factory_copilot.copilot import Copilot, LlamaCppBackend  # noqa: E402
 from factory_copilot.copilot.backends import batch_threads_for, default_threads  # noqa: E402
 from factory_copilot.copilot.diagnosis import diagnosis_schema  # noqa: E402
-from factory_copilot.copilot.explain import simulated_incident  # noqa: E402
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, system_prompt  # noqa: E402
+from simulators.evaluation import simulated_incident  # noqa: E402
 
 WAYS = ["grammar", "two-steps", "form/block", "form", "form+fa", "form+tb2", "service"]
 STEM = DATA_OPEN + "\n"

@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
 from factory_copilot.detect import LineDetector, tep  # noqa: E402
-from factory_copilot.detect.evaluate import run_scenario, simulated_history, train_models  # noqa: E402
+from factory_copilot.detect.evaluate import run_scenario, train_models  # noqa: E402
 from factory_copilot.detect.operating import regimes, row_modes  # noqa: E402
 from simulators import normal_runs, simulate_frame, standard_scenarios  # noqa: E402
+from simulators.evaluation import simulated_history  # noqa: E402
 from tests.lines.compressor_station import make_history as station  # noqa: E402
 
 H = 3600

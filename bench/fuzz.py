@@ -156,7 +156,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=500.0, help="random payloads per second")
     ap.add_argument("--good-rate", type=float, default=50.0, help="good readings per second")
     args = ap.parse_args()
-    from tests.support.brokers import start_broker
+    from bench import start_broker
 
     broker = start_broker()
     try:

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: tests.support
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: bench
 
 from factory_copilot.plumbing.broker import free_port  # noqa: E402
 from factory_copilot.plumbing.buffer import Buffer  # noqa: E402
@@ -207,7 +207,7 @@ async def main() -> None:
     ap.add_argument("--mqtt-publishers", type=int, default=2, help="publisher processes (one paho client tops out below 3,000 msg/s)")
     args = ap.parse_args()
 
-    from tests.support.brokers import start_broker
+    from bench import start_broker
 
     broker = start_broker()
     try:

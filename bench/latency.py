@@ -41,7 +41,7 @@ from factory_copilot.publish import Topics  # noqa: E402
 from factory_copilot.service import LineService, ServicePaths  # noqa: E402
 from simulators import ModeSchedule, SimulatedLine, simulate_frame  # noqa: E402
 from simulators.opcua_server import LineServer  # noqa: E402
-from tests.support.brokers import start_broker  # noqa: E402
+from bench import start_broker  # noqa: E402
 
 DT = 0.1
 

@@ -15,16 +15,19 @@ import argparse
 import asyncio
 import statistics
 import tempfile
+import sys
 import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from factory_copilot.config import MqttConnection
-from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Priority
-from factory_copilot.publish import Publisher, Topics
-from tests.support.brokers import start_broker
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: bench
+
+from factory_copilot.config import MqttConnection  # noqa: E402
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Priority  # noqa: E402
+from factory_copilot.publish import Publisher, Topics  # noqa: E402
+from bench import start_broker  # noqa: E402
 
 SITE, LINE = "bench", "line-1"
 

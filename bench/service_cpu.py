@@ -216,7 +216,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--train-rows", type=int, default=6000)
     args = ap.parse_args()
-    from tests.support.brokers import start_broker
+    from bench import start_broker
 
     broker = start_broker()
     try:

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from factory_copilot.config import MqttConnection
-from factory_copilot.records import Alarm, Diagnosis
+from factory_copilot.records import Alarm, CommandKind, Diagnosis
 from factory_copilot.plumbing.mqtt import MqttSession
 from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("acknowledge", "shelve", "unshelve")
+# the operator's buttons; out of service and back are an engineer's commands (MQTT, `alarms` CLI)
+COMMANDS = tuple(k.value for k in (CommandKind.ACKNOWLEDGE, CommandKind.SHELVE, CommandKind.UNSHELVE))
 
 
 @dataclass

@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 
 from factory_copilot.alarms import annunciated
-from factory_copilot.alarms.evaluate import alarm_runs, evaluate_alarms, kpi_table, replay_alarms
+from factory_copilot.alarms.evaluate import kpi_table, replay_alarms
 from factory_copilot.alarms.kpi import alarm_kpis
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.detect.evaluate import SIM_DETECTOR, simulated_history, train_models
+from factory_copilot.detect.evaluate import SIM_DETECTOR, train_models
+from simulators.evaluation import alarm_runs, evaluate_alarms, simulated_history
 
 simulators = pytest.importorskip("simulators")
 

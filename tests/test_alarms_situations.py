@@ -375,7 +375,7 @@ def test_a_late_anomaly_does_not_move_a_condition_back_in_time(engine, clock, li
 
 def test_mode_suppression_still_applies_to_a_root(engine, clock, line):
     idle = lambda t: [Anomaly(ts=t, asset="product_pump", kind="limit", score=0.0, threshold=60.0,  # noqa: E731
-                              signal="flow", value=0.0, mode=Mode.IDLE)]
+                              signal="flow", value=0.0, mode=Mode("idle"))]
     run(engine, clock, 10, at=idle)
     assert not annunciated(engine.get("product_pump.flow-limit"))
     assert engine.get("product_pump.flow-limit").parent_id is None

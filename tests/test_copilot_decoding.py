@@ -13,7 +13,7 @@ from factory_copilot.copilot import Copilot, TokenStream
 from factory_copilot.copilot.backends import batch_threads_for, spare_between
 from factory_copilot.copilot.decoding import AnswerForm, ChoiceList, JsonStringReader
 from factory_copilot.copilot.evidence import step_ref
-from factory_copilot.copilot.explain import simulated_incident
+from simulators.evaluation import simulated_incident
 from factory_copilot.copilot.prompt import DATA_OPEN, STEP_CATALOGUE, diagnosis_messages, system_prompt
 from factory_copilot.copilot.station import SUMMARY_TOKENS
 from tests.support.copilot import alarm_for, make_tiny_qwen, ramp

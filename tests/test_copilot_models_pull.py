@@ -7,7 +7,13 @@ import hashlib
 import pytest
 
 from factory_copilot.cli import main
-from factory_copilot.copilot.model_files import Machine, default_size, local_default, manifest_for, read_manifest
+from factory_copilot.copilot.model_files import (
+    Machine,
+    default_size,
+    local_default,
+    manifest_for,
+    read_manifest,
+)
 from factory_copilot.plumbing.broker import free_port
 from tests.support.copilot import make_tiny_qwen
 from tests.support.hub import COMMIT, FakeHub
@@ -110,7 +116,7 @@ def test_the_default_model_follows_the_machine():
 def test_the_demo_offline_says_one_line_and_runs_runbook_only(models, monkeypatch, capsys):
     from argparse import Namespace
 
-    from factory_copilot.demo import demo_model
+    from simulators.demo import demo_model
 
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     args = Namespace(model=None, no_model=False, openai_url=None, headless=True)
@@ -124,7 +130,7 @@ def test_the_demo_offline_says_one_line_and_runs_runbook_only(models, monkeypatc
 def test_the_demo_uses_a_model_pulled_before_without_the_network(models, gguf, monkeypatch, capsys):
     from argparse import Namespace
 
-    from factory_copilot.demo import demo_model
+    from simulators.demo import demo_model
 
     hub = serve(monkeypatch, gguf)
     try:

@@ -29,7 +29,7 @@ COMMANDS: list[str] = [
     "factory_copilot.copilot.incidents",
     "factory_copilot.check",
     "factory_copilot.service",
-    "factory_copilot.demo",
+    "simulators.demo",
     "factory_copilot.store.cli",
 ]
 

@@ -323,11 +323,21 @@ def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+class CommandKind(str, enum.Enum):
+    """What an operator may ask of an alarm: the one list the engine, the command schema and the dashboard use."""
+
+    ACKNOWLEDGE = "acknowledge"
+    SHELVE = "shelve"
+    UNSHELVE = "unshelve"
+    OUT_OF_SERVICE = "out_of_service"
+    RETURN_TO_SERVICE = "return_to_service"
+
+
 @dataclass(slots=True)
 class OperatorCommand:
     """An operator's request to the alarm engine (from the dashboard or the MQTT command topic)."""
 
-    command: str  # "acknowledge", "shelve", "unshelve", "out_of_service", "return_to_service"
+    command: str  # a CommandKind value (kept a string: an unknown one is refused by the engine with a reply)
     alarm_id: str
     actor: str
     comment: str | None = None

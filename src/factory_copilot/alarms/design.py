@@ -90,9 +90,7 @@ DEFAULT_SCALE = Scale(moderate=2.0, severe=5.0)  # rate and any other check: sco
 
 def alarm_id(asset: str, condition: str, taken: Collection[str] = ()) -> str:
     """A readable, topic-safe id for ``asset`` + ``condition``, distinct from every id in ``taken``."""
-    if condition.startswith("fault:"):
-        slug = "fault-" + condition.removeprefix("fault:")
-    elif ":" in condition:  # "<signal>:<kind>"
+    if ":" in condition:  # "<signal>:<kind>"
         signal, _, kind = condition.rpartition(":")
         slug = f"{signal}-{kind}"
     else:
@@ -321,7 +319,7 @@ def condition_signals(line: LineConfig, asset: str, condition: str) -> frozenset
     """The signal keys a condition is judged on: its signal, or every signal of its asset for a fault."""
     if condition.endswith(":source"):
         return frozenset()  # a lost source's own alarm is about the silence: it must return when data flows
-    if condition == "fault" or condition.startswith("fault:"):
+    if condition == "fault":
         a = find_asset(line, asset)
         return frozenset(f"{asset}.{s.name}" for s in a.signals) if a else frozenset()
     signal = condition.rpartition(":")[0]

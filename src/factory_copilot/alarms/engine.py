@@ -73,11 +73,11 @@ from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
-from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandResult, OperatorCommand, Priority
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandKind, CommandResult, OperatorCommand, Priority
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("acknowledge", "shelve", "unshelve", "out_of_service", "return_to_service")
+COMMANDS = tuple(k.value for k in CommandKind)
 SYSTEM = "system"
 
 
@@ -268,7 +268,9 @@ class AlarmEngine:
             if is_active:
                 self._update(alarm, cond, anomaly, t, now)
             elif t - cond.pending_since >= self.settings.on_delay(anomaly.kind):
-                self._activate(cond, alarm, anomaly, now)
+                # stamped when the condition met its on-delay in the data, not when this process got to it (a
+                # replay runs many times faster than the line; live the two differ by the transport delay)
+                self._activate(cond, alarm, anomaly, min(t, now))
         else:
             cond.pending_since = None
             if cond.normal_since is None:

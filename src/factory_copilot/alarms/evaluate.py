@@ -10,12 +10,9 @@ An operator acknowledges whatever rings ``ack_after_s`` later. The EEMUA 191 KPI
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from typing import Any, Mapping
 
 import pandas as pd
-from tqdm import tqdm
 
 from factory_copilot.alarms.engine import AlarmEngine, AlarmSettings, annunciated
 from factory_copilot.alarms.kpi import TARGET_PEAK_10MIN, TARGET_PER_HOUR, alarm_kpis
@@ -41,19 +38,6 @@ class DataClock:
     def __call__(self) -> float:
         return self.t
 
-
-def alarm_runs(seed: int = 2, normal_hours: float = 16.0) -> list:
-    """The standard fault scenarios with their fault repaired, and one stretch of normal running (all modes)."""
-    from simulators import normal_runs, standard_scenarios
-
-    runs = []
-    for run in standard_scenarios(seed=seed):
-        fault = run.scenarios[0]
-        repaired = dataclasses.replace(fault, end_s=fault.start_s + FAULT_S)
-        runs.append(dataclasses.replace(run, duration_s=repaired.end_s + AFTER_S, scenarios=[repaired]))
-    if normal_hours > 0:
-        runs += normal_runs(seed=seed * 100 + 77, hours=normal_hours)
-    return runs
 
 
 def replay_alarms(
@@ -112,35 +96,6 @@ def summarise(name: str, fault: str, events: list[AlarmEvent], start: float, end
         "escalations": sum(e.event == "escalated" and annunciated(e.alarm) for e in events),
     }
 
-
-def evaluate_alarms(line: LineConfig, models: TrainedDetector, seed: int = 2, normal_hours: float = 16.0,
-                    settings: AlarmSettings | None = None, faults: Mapping[str, Fault] | None = None,
-                    progress: bool = True) -> dict[str, Any]:
-    """Every standard fault scenario (repaired) and ``normal_hours`` of normal running, through detect and alarms."""
-    from simulators import simulate_frame
-
-    results = []
-    t0 = time.perf_counter()
-    rows = 0
-    for run in tqdm(alarm_runs(seed, normal_hours), desc="alarm scenarios", unit="run", disable=not progress):
-        frame = simulate_frame(line, seed=run.seed, duration_s=run.duration_s, schedule=run.schedule,
-                               scenarios=run.scenarios)
-        rows += len(frame)
-        events = replay_alarms(models, line, frame, settings, faults)
-        fault = run.scenarios[0].fault_type if run.scenarios else "normal"
-        start, end = float(frame.index[0]), float(frame.index[-1])
-        results.append(summarise(run.name, fault, events, start, end))
-    elapsed = time.perf_counter() - t0
-    faulty = [r for r in results if r["fault"] != "normal"]
-    hours = sum(r["hours"] for r in faulty) or 1.0
-    return {
-        "scenarios": results,
-        "fault_alarms_per_hour": sum(r["alarms"] for r in faulty) / hours,
-        "worst_peak_10min": max((r["peak_10min"] for r in faulty), default=0),
-        "standing_after_clear": sum(len(r["standing"]) for r in faulty),
-        "manageable": all(r["manageable"] for r in results),
-        "rows_per_s": rows / elapsed if elapsed else None,
-    }
 
 
 def kpi_table(res: dict[str, Any]) -> str:

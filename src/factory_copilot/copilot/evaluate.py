@@ -31,6 +31,7 @@ from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.copilot.station import Copilot
 from factory_copilot.records import Alarm, Diagnosis, Quality, Reading
+from factory_copilot.simulated import simulated_line
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +72,6 @@ class Report:
 
 # ---- cases ----------------------------------------------------------------------------------------------------
 
-
-def simulated_cases(line: LineConfig, at_s: float = 600.0, seed: int = 0, only: list[str] | None = None) -> list[Case]:
-    """Every fault of the simulated line, and each again with its knowledge taken away (the answer is then unknown)."""
-    from factory_copilot.copilot.explain import simulated_incident
-
-    cases = []
-    unknown = sorted(set(only or []) - set(faults_of(line)))
-    if unknown:
-        raise SystemExit(f"error: --faults: {', '.join(unknown)} not in the line's catalogue ({', '.join(faults_of(line))})")
-    for i, fault in enumerate(faults_of(line)):
-        if only and fault not in only:
-            continue
-        alarm, readings = simulated_incident(line, fault, at_s, seed + i)
-        alarm.message = f"{alarm.asset}: multivariate anomaly"  # as the detector words it: the answer is not given away
-        if alarm.anomaly is not None:
-            alarm.anomaly.message = alarm.message
-        cases.append(Case(fault, fault, alarm, readings))
-        cases.append(Case(f"{fault} (not catalogued)", UNKNOWN, alarm, readings, leave_out=fault))
-    return cases
 
 
 def read_cases(path: str | Path) -> list[Case]:
@@ -260,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     if cases is None:
         if Path(args.line).resolve() != SIMULATED_LINE.resolve():
             raise SystemExit("error: --cases FILE.jsonl is needed for a line other than the simulated one")
-        cases = simulated_cases(line, only=args.faults)
+        cases = simulated_line().simulated_cases(line, only=args.faults)
     backend = backend_from_settings(args.model, args.openai_url, args.openai_model, args.threads,
                                     state_dir=Path(args.out) / "copilot-state") if (args.model or args.openai_url) else None
     try:

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from factory_copilot.config import SIMULATED_LINE, LineConfig, load_line
-from factory_copilot.records import Alarm, AlarmState, Anomaly, Diagnosis, Mode, Quality, Reading
+from factory_copilot.config import SIMULATED_LINE, load_line
+from factory_copilot.records import Alarm, Diagnosis, Quality, Reading
+from factory_copilot.simulated import simulated_line
 
 
 def register(subparsers: Any) -> None:
@@ -65,38 +66,6 @@ def load_alarm_file(path: str | Path) -> tuple[Alarm, list[Reading]]:
     return alarm, readings
 
 
-def simulated_incident(line: LineConfig, fault_type: str, at_s: float = 600.0, seed: int = 0,
-                       window_s: float = 600.0) -> tuple[Alarm, list[Reading]]:
-    """Simulate the line with ``fault_type`` injected and return the alarm ``at_s`` after onset with the readings before it.
-
-    The anomaly carries no contributions and no classifier vote: the copilot computes shares from
-    how far each signal is outside its normal band (the detector's would replace them in the pipeline).
-    """
-    from factory_copilot.catalogue import load_faults
-    from factory_copilot.config import SIMULATED_FAULTS
-    from simulators import FaultScenario, ModeSchedule, simulate_frame
-
-    faults = load_faults(SIMULATED_FAULTS)  # the simulator injects the demo's faults
-    if fault_type not in faults:
-        raise SystemExit(f"error: unknown scenario {fault_type!r}; use one of {', '.join(faults)}")
-    onset = 1200.0
-    frame = simulate_frame(line, seed=seed, duration_s=onset + at_s, scenarios=[FaultScenario(fault_type, start_s=onset)],
-                           schedule=ModeSchedule.running())
-    t_alarm = float(frame.index[-1])
-    recent = frame[frame.index > t_alarm - window_s]
-    keys = line.signal_keys()
-    readings = [
-        Reading(float(ts), *k.split(".", 1), float(v), Quality.GOOD, "simulator", line.signal(k).unit)
-        for ts, row in zip(recent.index, recent[keys].itertuples(index=False)) for k, v in zip(keys, row)
-    ]
-    fault = faults[fault_type]
-    mode = Mode(recent["mode"].iloc[-1])
-    anomaly = Anomaly(ts=t_alarm, asset=fault.asset, kind="multivariate", score=0.0, threshold=0.0, mode=mode,
-                      message=f"simulated {fault.name.lower()}")
-    alarm = Alarm(f"sim-{fault_type}", fault.asset, anomaly.condition, AlarmState.ACTIVE_UNACK, fault.priority,
-                  f"{fault.asset}: multivariate anomaly (simulated {fault_type})", t_alarm, t_alarm, anomaly)
-    return alarm, readings
-
 
 def format_diagnosis(d: Diagnosis) -> str:
     head = f"[{d.source}{' / ' + d.model if d.model else ''}]"
@@ -128,7 +97,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.alarm_file:
         alarm, readings = load_alarm_file(args.alarm_file)
     else:
-        alarm, readings = simulated_incident(line, args.scenario, args.at, args.seed)
+        alarm, readings = simulated_line().simulated_incident(line, args.scenario, args.at, args.seed)
     backend = backend_from_settings(args.model, args.openai_url, args.openai_model, args.threads, args.ctx, args.gpu_layers)
     copilot = Copilot(line, backend=backend, timeout_s=args.timeout)
     for r in readings:

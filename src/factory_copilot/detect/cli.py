@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from factory_copilot.config import SIMULATED_LINE, load_line
+from factory_copilot.simulated import simulated_line
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--normal-hours", type=float, default=16.0, help="hours of simulated normal running to count false alarms on")
     e.add_argument("--out", default="eval", help="directory for results.json and results.png (default eval/)")
     e.set_defaults(func=evaluate_command)
-    from factory_copilot.copilot.evaluate import add_arguments as copilot_arguments  # evaluate --copilot
+    from factory_copilot.copilot.evaluate import (
+        add_arguments as copilot_arguments,  # evaluate --copilot
+    )
 
     copilot_arguments(e)
 
@@ -129,14 +132,14 @@ def read_history(paths: list[str], line=None) -> pd.DataFrame:
 
 def train_command(args: argparse.Namespace) -> int:
     from factory_copilot.config import ServicePaths
-    from factory_copilot.detect.evaluate import simulated_history, train_models
+    from factory_copilot.detect.evaluate import train_models
     from factory_copilot.detect.persist import save_detector
 
     line = load_line(args.line)
     if not args.history and not args.simulate:
         print(f"error: give --history FILE... or --simulate (history formats: {HISTORY_DOC})", file=sys.stderr)
         return 2
-    history = read_history(args.history, line) if args.history else simulated_history(line, normal_hours=args.normal_hours)
+    history = read_history(args.history, line) if args.history else simulated_line().simulated_history(line, normal_hours=args.normal_hours)
     try:
         models = train_models(line, history, detector_params={
             "false_alarm_rate": args.false_alarm_rate, "persistence": args.persistence})
@@ -163,7 +166,11 @@ def retune_command(args: argparse.Namespace) -> int:
     import time
 
     from factory_copilot.config import ServicePaths
-    from factory_copilot.detect.persist import ModelMismatchError, load_detector, save_detector
+    from factory_copilot.detect.persist import (
+        ModelMismatchError,
+        load_detector,
+        save_detector,
+    )
     from factory_copilot.detect.retune import retune
     from factory_copilot.store import Store
 
@@ -343,7 +350,7 @@ def evaluate_recording_command(args: argparse.Namespace) -> int:
 
 def evaluate_command(args: argparse.Namespace) -> int:
     from factory_copilot.detect import tep
-    from factory_copilot.detect.evaluate import evaluate_sim, evaluate_tep
+    from factory_copilot.detect.evaluate import evaluate_tep
     from factory_copilot.detect.persist import ModelMismatchError, load_detector
 
     if args.history:
@@ -358,8 +365,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
         else:
             print(f"TEP data not found in {tep.TEP_DIR}; skipped (set FACTORY_COPILOT_TEP)", file=sys.stderr)
     if args.only in (None, "sim"):
-        from factory_copilot.alarms.evaluate import evaluate_alarms, kpi_table
-        from factory_copilot.detect.evaluate import SIM_DETECTOR, simulated_history, train_models
+        from factory_copilot.alarms.evaluate import kpi_table
+        from factory_copilot.detect.evaluate import SIM_DETECTOR, train_models
+
+        sim = simulated_line()
 
         line = load_line(args.line)
         models = None
@@ -370,11 +379,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         else:
-            models = train_models(line, simulated_history(line, seed=1), detector_params=SIM_DETECTOR)
-        results["sim"] = evaluate_sim(line, models, normal_hours=args.normal_hours)
+            models = train_models(line, sim.simulated_history(line, seed=1), detector_params=SIM_DETECTOR)
+        results["sim"] = sim.evaluate_sim(line, models, normal_hours=args.normal_hours)
         print(_sim_table(results["sim"]))
         # the same runs' faults, repaired, through the alarm engine as well: what an operator would be shown
-        results["alarms"] = evaluate_alarms(line, models, normal_hours=args.normal_hours)
+        results["alarms"] = sim.evaluate_alarms(line, models, normal_hours=args.normal_hours)
         print(kpi_table(results["alarms"]))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     _plot(results, out / "results.png")

@@ -21,10 +21,15 @@ from factory_copilot.config import LineConfig
 from factory_copilot.detect import tep
 from factory_copilot.detect.baselines import PcaMonitor
 from factory_copilot.detect.checks import SignalChecks
-from factory_copilot.detect.features import runs
 from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
+from factory_copilot.detect.features import runs
 from factory_copilot.detect.multivariate import LineDetector
-from factory_copilot.detect.operating import coverage_report, regimes, row_modes, stretch_tails
+from factory_copilot.detect.operating import (
+    coverage_report,
+    regimes,
+    row_modes,
+    stretch_tails,
+)
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
 from factory_copilot.records import DEFAULT_MODE, Mode
@@ -141,20 +146,6 @@ def train_models(
     )
 
 
-def simulated_history(line: LineConfig, seed: int = 1, normal_hours: float = 24.0, fault_sets: int = 2,
-                      progress: bool = True) -> pd.DataFrame:
-    """Training history from the simulator: normal shifts (all modes) plus ``fault_sets`` sets of the standard scenarios."""
-    from simulators import normal_runs, simulate_frame, standard_scenarios
-
-    runs = [r for h in range(int(np.ceil(normal_hours / 8))) for r in normal_runs(seed=seed * 100 + h, hours=8)]
-    for k in range(fault_sets):
-        runs += standard_scenarios(seed=seed + 10 * k)
-    frames = []
-    for i, r in enumerate(tqdm(runs, desc="simulate history", unit="run", disable=not progress)):
-        f = simulate_frame(line, seed=r.seed, duration_s=r.duration_s, schedule=r.schedule, scenarios=r.scenarios)
-        frames.append(f.reset_index(drop=True).assign(run=i))
-    return pd.concat(frames, ignore_index=True)
-
 
 # ---- replaying a run through the station --------------------------------------------------------
 def replay(station: DetectStation, frame: pd.DataFrame) -> list[list]:
@@ -231,53 +222,6 @@ def run_scenario(models: TrainedDetector, line: LineConfig, name: str, frame: pd
         fn=int((~anomalous & truth).sum()), rows=len(frame), kinds=dict(kinds),
     )
 
-
-def evaluate_sim(line: LineConfig, models: TrainedDetector | None = None, seed: int = 2, normal_hours: float = 8.0,
-                 progress: bool = True) -> dict:
-    """Every standard fault scenario and normal shifts (seeds unseen in training), replayed as live."""
-    from simulators import normal_runs, simulate_frame, standard_scenarios
-
-    if models is None:
-        models = train_models(line, simulated_history(line, seed=1, progress=progress),
-                              detector_params=SIM_DETECTOR, progress=progress)
-    runs = standard_scenarios(seed=seed) + [
-        r for h in range(int(np.ceil(normal_hours / 8))) for r in normal_runs(seed=seed * 100 + 50 + h, hours=8)
-    ]
-    results = []
-    t0 = time.perf_counter()
-    n_rows = 0
-    for r in tqdm(runs, desc="sim scenarios", unit="run", disable=not progress):
-        frame = simulate_frame(line, seed=r.seed, duration_s=r.duration_s, schedule=r.schedule, scenarios=r.scenarios)
-        n_rows += len(frame)
-        results.append(run_scenario(models, line, r.name, frame))
-    elapsed = time.perf_counter() - t0
-    faults = [r for r in results if r.fault != "normal"]
-    normals = [r for r in results if r.fault == "normal"]
-    tp = sum(r.tp for r in results)
-    fp = sum(r.fp for r in results)
-    fn = sum(r.fn for r in results)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    normal_hours_run = sum(r.rows for r in normals) * line.sampling_interval_s / 3600 or 1.0
-    false_alarms = sum(r.false_alarms_before for r in normals)
-    detected = [r for r in faults if r.detected]
-    return {
-        "scenarios": [r.__dict__ for r in results],
-        "detected": len(detected),
-        "faults": len(faults),
-        "mean_delay_s": float(np.mean([r.delay_s for r in detected])) if detected else None,
-        "precision": precision,
-        "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "normal_hours": normal_hours_run,
-        "false_alarms": false_alarms,
-        "false_alarms_per_8h": false_alarms / normal_hours_run * 8,
-        "classification_accuracy": (sum(r.named == r.fault for r in detected) / len(detected)) if detected else 0.0,
-        "classification_accuracy_first_minute": (
-            sum(r.named_first == r.fault for r in detected) / len(detected) if detected else 0.0
-        ),
-        "rows_per_s_replay": n_rows / elapsed if elapsed else None,
-    }
 
 
 # ---- Tennessee Eastman ------------------------------------------------------------------------

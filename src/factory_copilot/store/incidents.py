@@ -147,12 +147,7 @@ class IncidentRecords:
 
 
 def _fault_of(alarm: Alarm) -> str | None:
-    if alarm.anomaly and alarm.anomaly.fault_type:
-        return alarm.anomaly.fault_type
-    if alarm.condition.startswith("fault:"):
-        fault = alarm.condition.removeprefix("fault:")
-        return None if fault == "unknown" else fault
-    return None
+    return alarm.anomaly.fault_type if alarm.anomaly and alarm.anomaly.fault_type else None
 
 
 def _signals_of(alarm: Alarm) -> list[str]:

@@ -22,15 +22,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-from factory_copilot.plumbing.broker import Broker, broker_reachable, free_port, start_broker
 from factory_copilot.catalogue import load_faults
-from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, LineConfig, MqttConnection, load_line
+from factory_copilot.config import (
+    SIMULATED_FAULTS,
+    SIMULATED_LINE,
+    LineConfig,
+    MqttConnection,
+    load_line,
+)
 from factory_copilot.copilot.choice import backend_from_settings
-from factory_copilot.detect.evaluate import simulated_history, train_models
-from factory_copilot.detect.persist import TrainedDetector, ModelMismatchError, load_detector, save_detector
+from factory_copilot.detect.evaluate import train_models
+from factory_copilot.detect.persist import (
+    ModelMismatchError,
+    TrainedDetector,
+    load_detector,
+    save_detector,
+)
+from factory_copilot.plumbing.broker import (
+    Broker,
+    broker_reachable,
+    free_port,
+    start_broker,
+)
+from factory_copilot.plumbing.signals import stop_on_signals
 from factory_copilot.service import LineService, ServicePaths
 from factory_copilot.store.cli import dashboard_command
-from factory_copilot.plumbing.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +87,8 @@ def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> Tra
         except ModelMismatchError as exc:
             log.info("retraining: %s", exc)
     print(f"Training the detector on {hours:g} h of simulated normal running and the fault catalogue ...", flush=True)
+    from simulators.evaluation import simulated_history
+
     history = simulated_history(line, seed=seed, normal_hours=hours, progress=True)
     models = train_models(line, history, progress=True)
     save_detector(path, models)
@@ -133,7 +151,11 @@ def demo_model(args: argparse.Namespace) -> str | None:
     """
     if args.model or args.no_model or args.openai_url:
         return args.model
-    from factory_copilot.copilot.model_files import PullError, local_default, pull_default
+    from factory_copilot.copilot.model_files import (
+        PullError,
+        local_default,
+        pull_default,
+    )
 
     here = local_default()
     if here is not None:

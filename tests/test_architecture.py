@@ -1,0 +1,143 @@
+"""The house rules, checked by walking the imports of the runtime package (``src/factory_copilot``).
+
+* the runtime imports nothing from the simulator, the tests, the benchmarks or the dashboard;
+* no station imports another station's private names (``_name``);
+* no import loop among the runtime's modules, and no import hidden in a function to dodge one;
+* the service starts without loading the heavy parts only some commands use (streamlit, matplotlib,
+  tqdm, the simulator).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "factory_copilot"
+FORBIDDEN = ("simulators", "tests", "bench", "dashboards")
+STATIONS = {"collect", "detect", "alarms", "copilot", "publish", "store"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> list[tuple[str, list[str], bool, int]]:
+    """(module, names, at top level, line) for every import in the file; relative imports resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    here = module_name(path).split(".")
+    if path.name != "__init__.py":
+        here = here[:-1]
+    top = {id(n) for n in tree.body}
+    for node in tree.body:  # imports under `if TYPE_CHECKING:` never run
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
+            top |= {id(n) for n in ast.walk(node)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, [], id(node) in top, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(here[: len(here) - node.level + 1] + ([base] if base else []))
+            out.append((base, [a.name for a in node.names], id(node) in top, node.lineno))
+    return out
+
+
+def runtime_files() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_the_runtime_imports_no_simulator_test_benchmark_or_dashboard():
+    found = [f"{p.relative_to(ROOT)}:{line} imports {mod}" for p in runtime_files()
+             for mod, _, _, line in imports(p) if mod.split(".")[0] in FORBIDDEN]
+    assert found == []
+
+
+def test_no_station_imports_another_stations_private_names():
+    found = []
+    for p in runtime_files():
+        own = module_name(p).split(".")[1] if "." in module_name(p) else ""
+        for mod, names, _, line in imports(p):
+            parts = mod.split(".")
+            if parts[0] == "factory_copilot" and len(parts) > 1 and parts[1] in STATIONS and parts[1] != own:
+                found += [f"{p.relative_to(ROOT)}:{line} takes {mod}.{n}" for n in names if n.startswith("_")]
+    assert found == []
+
+
+def _graph(top_level_only: bool) -> dict[str, set[str]]:
+    known = {module_name(p) for p in runtime_files()}
+    graph: dict[str, set[str]] = {m: set() for m in known}
+    for p in runtime_files():
+        me = module_name(p)
+        for mod, names, top, _ in imports(p):
+            if top_level_only and not top:
+                continue
+            for target in [f"{mod}.{n}" for n in names] + [mod]:
+                if target in known and target != me:
+                    graph[me].add(target)
+                    break
+    return graph
+
+
+def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        m = todo.pop()
+        if m == goal:
+            return True
+        if m not in seen:
+            seen.add(m)
+            todo += graph.get(m, ())
+    return False
+
+
+def test_no_import_loop_among_the_runtime_modules():
+    graph = _graph(top_level_only=True)
+    loops = sorted({" -> ".join(sorted((a, b))) for a, targets in graph.items() for b in targets
+                    if _reaches(graph, b, a) and not a.startswith(b + ".") and not b.startswith(a + ".")})
+    assert loops == []
+
+
+def test_no_import_is_hidden_in_a_function_to_dodge_a_loop():
+    graph = _graph(top_level_only=True)
+    known = set(graph)
+    found = []
+    for p in runtime_files():
+        me = module_name(p)
+        for mod, names, top, line in imports(p):
+            if top:
+                continue
+            for target in [f"{mod}.{n}" for n in names] + [mod]:
+                if target in known and target != me:
+                    if _reaches(graph, target, me):
+                        found.append(f"{p.relative_to(ROOT)}:{line} imports {target} inside a function: a loop")
+                    break
+    assert found == []
+
+
+@pytest.mark.parametrize("entry", ["factory_copilot.service", "factory_copilot.cli"])
+def test_the_service_starts_without_the_heavy_parts_it_does_not_use(entry):
+    heavy = ["streamlit", "matplotlib", "tqdm", "simulators"]
+    code = f"import sys, {entry}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
+
+
+def test_one_list_of_commands_for_the_engine_the_schema_and_the_dashboard():
+    import json
+
+    from dashboards.live import COMMANDS as BUTTONS
+    from factory_copilot.alarms.engine import COMMANDS
+    from factory_copilot.records import CommandKind
+
+    kinds = [k.value for k in CommandKind]
+    schema = json.loads((ROOT / "schemas" / "command" / "1.json").read_text())
+    assert schema["properties"]["command"]["enum"] == kinds
+    assert list(COMMANDS) == kinds
+    assert set(BUTTONS) < set(kinds)
