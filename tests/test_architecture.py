@@ -137,7 +137,7 @@ def test_one_list_of_commands_for_the_engine_the_schema_and_the_dashboard():
     from factory_copilot.records import CommandKind
 
     kinds = [k.value for k in CommandKind]
-    schema = json.loads((ROOT / "schemas" / "command" / "1.json").read_text())
+    schema = json.loads((PACKAGE / "publish" / "schemas" / "command" / "1.json").read_text())
     assert schema["properties"]["command"]["enum"] == kinds
     assert list(COMMANDS) == kinds
     assert set(BUTTONS) < set(kinds)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from factory_copilot.catalogue import load_faults
-from factory_copilot.config import SIMULATED_LINE, ServicePaths, load_line
+from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, ServicePaths, load_line
 from factory_copilot.detect import UNKNOWN, load_detector
 from factory_copilot.detect.evaluate import run_scenario, train_models
 from tests.lines.compressor_station import make_history as station
@@ -33,7 +33,7 @@ def models(history):
 
 def test_line_is_its_own_not_the_demo(history):
     demo = load_line(SIMULATED_LINE)
-    demo_ids = {a.id for a in demo.assets} | set(demo.signal_keys(include_mode=True)) | set(load_faults())
+    demo_ids = {a.id for a in demo.assets} | set(demo.signal_keys(include_mode=True)) | set(load_faults(SIMULATED_FAULTS))
     ours = {a.id for a in LINE.assets} | set(LINE.signal_keys()) | set(load_faults(LINE_FILE.parent / "faults.yaml"))
     assert not ours & demo_ids
     assert set(load_faults(LINE_FILE.parent / "faults.yaml")) == {"oil_cooler_fouling", "inlet_valve_sticking"}

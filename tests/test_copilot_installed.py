@@ -26,7 +26,10 @@ PROBE = textwrap.dedent("""
         cop.observe(Reading(i * 5.0, "product_pump", "bearing_temperature", 55 + 25 * i / 119))
     an = Anomaly(ts=600.0, asset="product_pump", kind="multivariate", score=9.0, threshold=1.0)
     d = cop.explain_now(Alarm("A-1", "product_pump", "fault", AlarmState.ACTIVE_UNACK, Priority.HIGH, "x", 600.0, 600.0, an))
-    print(json.dumps({"package": factory_copilot.__file__, "seeds": str(SEEDS_DIR), "faults": len(cop.faults),
+    from factory_copilot.publish import payloads
+    rejected = payloads.parse_command(b'{"schema": "command/1", "command": "explode"}')
+    print(json.dumps({"package": factory_copilot.__file__, "schemas": str(payloads.SCHEMAS_DIR),
+                      "command_refused": type(rejected).__name__, "seeds": str(SEEDS_DIR), "faults": len(cop.faults),
                       "runbooks": len(cop.library), "cause": d.causes[0].fault_type,
                       "steps": [s.runbook_id for s in d.steps][:1]}))
 """)
@@ -40,6 +43,7 @@ def test_a_wheel_installed_elsewhere_explains_alarms_from_its_package_data(tmp_p
     names = zipfile.ZipFile(wheel).namelist()
     assert "factory_copilot/seeds/lines/packaging_line.yaml" in names and "factory_copilot/seeds/faults.yaml" in names
     assert sum(n.startswith("factory_copilot/seeds/runbooks/RB-") for n in names) == 9
+    assert "factory_copilot/publish/schemas/alarm/1.json" in names and "factory_copilot/publish/schemas/command/1.json" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # run from an unrelated folder, with the unpacked wheel first on the path (ahead of the editable checkout)
@@ -49,5 +53,6 @@ def test_a_wheel_installed_elsewhere_explains_alarms_from_its_package_data(tmp_p
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["package"].startswith(str(site)) and got["seeds"].startswith(str(site))
+    assert got["schemas"].startswith(str(site)) and got["command_refused"] == "Rejected"  # checked against its schema
     assert got["faults"] == 9 and got["runbooks"] == 9
     assert got["cause"] == "bearing_wear" and got["steps"] == ["RB-PUMP-001#checks"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from factory_copilot.config import LineConfigError, _format_loc
+from factory_copilot.config import LineConfigError, PriorityName, field_path
 from factory_copilot.records import Priority
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class Fault(BaseModel):
     id: str
     name: str
     asset: str
-    priority: Priority = Priority.MEDIUM
+    priority: PriorityName = Priority.MEDIUM
     signals: list[str] = []
 
     @field_validator("id")
@@ -41,11 +41,6 @@ class Fault(BaseModel):
         if v == UNKNOWN:
             raise ValueError(f"{UNKNOWN!r} is reserved for 'no known fault matches'")
         return v
-
-    @field_validator("priority", mode="before")
-    @classmethod
-    def _priority(cls, v: object) -> Priority:
-        return Priority.parse(v)  # type: ignore[arg-type]
 
 
 class _Catalogue(BaseModel):
@@ -71,7 +66,7 @@ def load_faults(path: str | Path) -> dict[str, Fault]:
     try:
         cat = _Catalogue.model_validate(data)
     except ValidationError as exc:
-        raise LineConfigError(path, [f"{_format_loc(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+        raise LineConfigError(path, [f"{field_path(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
                                      for e in exc.errors()]) from None
     faults: dict[str, Fault] = {}
     for i, f in enumerate(cat.faults):

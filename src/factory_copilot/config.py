@@ -15,12 +15,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from factory_copilot.records import DEFAULT_MODE, Priority
+
+# a priority as a line file or a catalogue writes it: low|medium|high|critical or 1-4
+PriorityName = Annotated[Priority, BeforeValidator(Priority.parse)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # the demo line, its fault catalogue and runbooks ship inside the package, so an installed wheel has them too
@@ -102,7 +106,7 @@ class Signal(_Strict):
     limits: Range | None = None  # engineering alarm limits (low, high)
     physical: Range | None = None  # what the sensor can physically read; outside is a sensor fault
     max_rate: float | None = None  # largest credible change per second
-    priority: Priority | None = None
+    priority: PriorityName | None = None
     source: SignalSource
     description: str = ""
 
@@ -121,11 +125,6 @@ class Signal(_Strict):
                 raise ValueError(f"{name}: low {band[0]} is above high {band[1]}")
         return v
 
-    @field_validator("priority", mode="before")
-    @classmethod
-    def _priority(cls, v: Any) -> Any:
-        return None if v is None else Priority.parse(v)
-
     def normal_for(self, mode: str | None) -> Range:
         """The normal band in ``mode`` (a mode without a band of its own keeps the production band)."""
         return self.modes.get(str(mode), self.normal) if mode is not None else self.normal
@@ -140,21 +139,11 @@ class Asset(_Strict):
     kind: str = ""
     # how bad it is when this asset's fault runs its course (low, medium, high, critical): the consequence
     # half of an alarm's priority (docs/alarms.md); ``priority`` is its older name, read when it is absent
-    criticality: Priority | None = None
-    priority: Priority = Priority.MEDIUM
+    criticality: PriorityName | None = None
+    priority: PriorityName = Priority.MEDIUM
     feeds: list[str] = []  # the assets this one feeds (product, containers, air, ...): the line's flow
     operator_position: str = "main"
     signals: list[Signal]
-
-    @field_validator("priority", mode="before")
-    @classmethod
-    def _priority(cls, v: Any) -> Any:
-        return Priority.parse(v)
-
-    @field_validator("criticality", mode="before")
-    @classmethod
-    def _criticality(cls, v: Any) -> Any:
-        return None if v is None else Priority.parse(v)
 
     @property
     def consequence(self) -> Priority:
@@ -695,7 +684,7 @@ def _node_key(node: str) -> str:
     return node.replace(" ", "")
 
 
-def _format_loc(loc: tuple[Any, ...]) -> str:
+def field_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -720,10 +709,10 @@ def parse_line(data: Any, path: str | Path = "<line>") -> LineConfig:
                 # a validator of a whole section names the field inside it: "production: ..." -> "modes.production: ..."
                 inner = re.match(r"^([A-Za-z_][\w]*(?:\.[\w]+|\[\d+\])*): (.*)$", msg, re.S)
                 if inner:
-                    where = f"{_format_loc(loc)}.{inner[1]}" if loc else inner[1]
+                    where = f"{field_path(loc)}.{inner[1]}" if loc else inner[1]
                     problems.append(f"{where}: {inner[2]}")
                 else:
-                    problems.append(f"{_format_loc(loc)}: {msg}")
+                    problems.append(f"{field_path(loc)}: {msg}")
         raise LineConfigError(path, problems) from None
 
 

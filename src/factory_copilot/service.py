@@ -105,6 +105,8 @@ class LineService:
             events=to_publish_events, diagnoses=to_publish_diagnoses, chunks=chunks, results=results, answers=answers,
             commands=commands, questions=questions,
         )
+        if isinstance(self.clock, ReplayClock):  # a replay waits for detect and alarms rather than outrun them
+            self.clock.backlog = lambda: sum(buf.qsize() for buf in (readings, to_detect, anomalies, to_alarms))
         self.store_station = StoreStation(self.store, readings=to_store_readings, anomalies=to_store_anomalies,
                                           events=to_store_events, diagnoses=to_store_diagnoses, turns=turns,
                                           clock=self.clock)
@@ -332,11 +334,14 @@ async def serve(line_path: Path, source: str | None = None, health_port: int | N
 
 async def _stop_after_replay(service: LineService, finished: asyncio.Event, stop: asyncio.Event,
                              settle_s: float = 60.0) -> dict[str, Any]:
-    """When the recording has played: let the alarms settle for ``settle_s`` of data time, say what happened, stop."""
+    """When the recording has played and the pipeline has digested it (at most ``settle_s``): say what happened, stop.
+
+    The recording's time ends with its last reading: nothing is judged on data the recording does not have.
+    """
     await finished.wait()
-    clock = service.clock
-    end = clock() + settle_s
-    while clock() < end and not stop.is_set():
+    deadline = time.monotonic() + settle_s
+    backlog = service.clock.backlog or (lambda: 0)
+    while backlog() > 0 and time.monotonic() < deadline and not stop.is_set():  # the engine ingests as it takes
         await asyncio.sleep(0.05)
     await service.store_station.drain()
     replay = service.collector.collectors["replay"]

@@ -190,6 +190,7 @@ class AlarmEngine:
         self.journal = Journal(db_path)
         self._alarms: dict[str, Alarm] = {}
         self._conditions: dict[tuple[str, str], _Condition] = {}
+        self._data_now = -math.inf  # the newest evidence of any condition: how far the data has got
         self._floods: dict[str, _Flood] = {}
         self._unknown_assets: set[str] = set()
         # the line detector's current continuous departure (data time): its fault alarms are one situation
@@ -259,6 +260,7 @@ class AlarmEngine:
         ts = anomaly.ts if _finite(anomaly.ts) else now
         t = ts if cond.last_ts is None else max(ts, cond.last_ts)
         cond.last_ts, cond.heard_at = t, now
+        self._data_now = max(self._data_now, t)
         if anomaly.kind == "multivariate":
             self._follow_episode(t)
         is_active = alarm is not None and alarm.state.active
@@ -294,7 +296,10 @@ class AlarmEngine:
                     continue
                 if self._silent(cond, now):
                     self._return(alarm, cond, now)
-            elif cond.heard_at is not None and now - cond.heard_at > self.silence_s:
+            elif (cond.heard_at is not None and now - cond.heard_at > self.silence_s
+                  and self._data_now - (cond.last_ts or -math.inf) > self.silence_s):
+                # quiet on the clock and in the data: evaluations that lag the clock (a replay many times faster
+                # than real time, a busy machine) must not break up one episode into blips
                 cond.pending_since = None
                 if alarm is None:
                     del self._conditions[key]  # a blip that never became an alarm

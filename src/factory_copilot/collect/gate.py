@@ -50,7 +50,7 @@ REJECT_REASONS = (
 _QUALITY_WORDS = {"good": Quality.GOOD, "uncertain": Quality.UNCERTAIN, "bad": Quality.BAD}
 
 
-class Rejected(ValueError):
+class BadSample(ValueError):
     """A sample the gate will not let through; ``reason`` is one of REJECT_REASONS."""
 
     def __init__(self, reason: str, detail: str = ""):
@@ -60,24 +60,24 @@ class Rejected(ValueError):
 
 
 def parse_json(raw: bytes | str, max_bytes: int, max_depth: int = safejson.MAX_DEPTH) -> Any:
-    """JSON from outside, or Rejected: size and depth checked first, huge integers and NaN refused."""
+    """JSON from outside, or BadSample: size and depth checked first, huge integers and NaN refused."""
     try:
         return safejson.loads(raw, max_bytes, max_depth)
     except safejson.BadJson as exc:
-        raise Rejected(exc.reason, exc.detail) from None
+        raise BadSample(exc.reason, exc.detail) from None
 
 
 def finite_value(raw: object, what: str = "value") -> float:
-    """A process value as a finite float, or Rejected (booleans and text are not process values)."""
+    """A process value as a finite float, or BadSample (booleans and text are not process values)."""
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         shown = printable(repr(raw), 40)
-        raise Rejected("not_a_number", f"{what} is {type(raw).__name__} {shown}, not a number")
+        raise BadSample("not_a_number", f"{what} is {type(raw).__name__} {shown}, not a number")
     try:
         value = float(raw)
     except OverflowError:
-        raise Rejected("not_finite", f"{what} is beyond the range of a float") from None
+        raise BadSample("not_finite", f"{what} is beyond the range of a float") from None
     if not math.isfinite(value):
-        raise Rejected("not_finite", f"{what} is {value}")
+        raise BadSample("not_finite", f"{what} is {value}")
     return value
 
 
@@ -86,11 +86,11 @@ def parse_quality(raw: object) -> Quality:
     if isinstance(raw, str):
         q = _QUALITY_WORDS.get(raw.strip().lower())
         if q is None:
-            raise Rejected("bad_quality", f"quality {printable(raw, 40)!r} is not good, uncertain or bad")
+            raise BadSample("bad_quality", f"quality {printable(raw, 40)!r} is not good, uncertain or bad")
         return q
     if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 0xFFFFFFFF:
         return quality_of(raw)
-    raise Rejected("bad_quality", f"quality {printable(repr(raw), 40)} is not a word or a status code")
+    raise BadSample("bad_quality", f"quality {printable(repr(raw), 40)} is not a word or a status code")
 
 
 def parse_timestamp(raw: object) -> float:
@@ -101,17 +101,17 @@ def parse_timestamp(raw: object) -> float:
         except OverflowError:
             ts = math.inf
         if not math.isfinite(ts) or ts <= 0:
-            raise Rejected("bad_timestamp", f"timestamp {printable(repr(raw), 40)} is not a positive epoch time")
+            raise BadSample("bad_timestamp", f"timestamp {printable(repr(raw), 40)} is not a positive epoch time")
         return ts / 1000.0 if ts > 1e11 else ts
     if isinstance(raw, str):
         try:
             dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
-            raise Rejected("bad_timestamp", f"timestamp {printable(raw, 40)!r} is not ISO 8601") from None
+            raise BadSample("bad_timestamp", f"timestamp {printable(raw, 40)!r} is not ISO 8601") from None
         if dt.tzinfo is None:
-            raise Rejected("bad_timestamp", f"timestamp {printable(raw, 40)!r} has no time zone")
+            raise BadSample("bad_timestamp", f"timestamp {printable(raw, 40)!r} has no time zone")
         return dt.timestamp()
-    raise Rejected("bad_timestamp", f"timestamp {printable(repr(raw), 40)} is not a number or ISO 8601 text")
+    raise BadSample("bad_timestamp", f"timestamp {printable(repr(raw), 40)} is not a number or ISO 8601 text")
 
 
 class SampleGate:
@@ -139,13 +139,13 @@ class SampleGate:
         self._throttle = Throttled(logger, log_every_s)
 
     def check_time(self, ts: float, now: float | None = None) -> float:
-        """``ts`` if it is plausible against the clock, else Rejected('clock_skew')."""
+        """``ts`` if it is plausible against the clock, else BadSample('clock_skew')."""
         now = self.clock() if now is None else now
         if ts > now + self.max_future_s:
-            raise Rejected("clock_skew", f"timestamp {_iso(ts)} is {ts - now:.1f} s ahead of the clock "
+            raise BadSample("clock_skew", f"timestamp {_iso(ts)} is {ts - now:.1f} s ahead of the clock "
                                          f"(more than {self.max_future_s:g} s): check the source's clock")
         if ts < now - self.max_age_s:
-            raise Rejected("clock_skew", f"timestamp {_iso(ts)} is {now - ts:.0f} s old "
+            raise BadSample("clock_skew", f"timestamp {_iso(ts)} is {now - ts:.0f} s old "
                                          f"(more than {self.max_age_s:g} s): check the source's clock")
         return ts
 
@@ -156,7 +156,7 @@ class SampleGate:
         if quality is Quality.BAD:
             v = None
         elif value is None:
-            raise Rejected("not_a_number", "value is null but quality is not bad")
+            raise BadSample("not_a_number", "value is null but quality is not bad")
         else:
             v = finite_value(value)
         return Reading(ts, asset, signal, v, quality, self.source, unit)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import paho.mqtt.client as paho
 
-from factory_copilot.collect.gate import Rejected, SampleGate, parse_json, parse_quality, parse_timestamp
+from factory_copilot.collect.gate import BadSample, SampleGate, parse_json, parse_quality, parse_timestamp
 from factory_copilot.config import LineConfig, MqttConnection, MqttSource
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.mqtt import MqttSession
@@ -92,7 +92,7 @@ def readings_of(body: Any, signals: list[TopicSignal], gate: SampleGate, now: fl
                 on_reject: Callable[[str, str, str], None]) -> list[Reading]:
     """The readings one JSON message carries for ``signals``; a field that is missing or bad is rejected alone."""
     if not isinstance(body, dict):
-        raise Rejected("not_an_object", f"JSON {type(body).__name__}, expected an object")
+        raise BadSample("not_an_object", f"JSON {type(body).__name__}, expected an object")
     out: list[Reading] = []
     for where in signals:
         src = where.source
@@ -104,13 +104,13 @@ def readings_of(body: Any, signals: list[TopicSignal], gate: SampleGate, now: fl
                 value = field_of(body, src.field)
             except KeyError:
                 if quality is not Quality.BAD:
-                    raise Rejected("missing_field", f"no field {src.field!r}") from None
+                    raise BadSample("missing_field", f"no field {src.field!r}") from None
                 value = None
             ts = now
             if src.timestamp_field and body.get(src.timestamp_field) is not None:
                 ts = parse_timestamp(body[src.timestamp_field])
             out.append(gate.reading(ts, where.asset, where.signal, value, quality, where.unit, now))
-        except Rejected as exc:
+        except BadSample as exc:
             on_reject(exc.reason, where.key, exc.detail)
     return out
 
@@ -292,11 +292,11 @@ class MqttCollector:
         try:
             where = self._where(topic)
             if where is None:
-                raise Rejected("unknown_topic", "no signal of the line file maps to this topic")
+                raise BadSample("unknown_topic", "no signal of the line file maps to this topic")
             body = parse_json(message.payload, self.conn.max_payload_bytes)
             readings = readings_of(body, where, self.gate, now,
                                    lambda reason, key, detail: self.gate.reject(reason, f"{topic} ({key})", detail))
-        except Rejected as exc:
+        except BadSample as exc:
             self.gate.reject(exc.reason, topic, exc.detail)
             return
         if not readings:

@@ -35,7 +35,7 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto import security_policies, uacrypto
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from factory_copilot.collect.gate import Rejected, SampleGate
+from factory_copilot.collect.gate import BadSample, SampleGate
 from factory_copilot.config import LineConfig, OpcuaConnection
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.opcua import ensure_certificate, quality_of, status_name, to_epoch
@@ -413,9 +413,9 @@ class OpcuaCollector:
         ts = to_epoch(dv.SourceTimestamp) or to_epoch(dv.ServerTimestamp) or now
         try:
             if quality is not Quality.BAD and value is None:
-                raise Rejected("not_a_number", "Good/Uncertain status without a value")
+                raise BadSample("not_a_number", "Good/Uncertain status without a value")
             reading = self.gate.reading(ts, asset, signal, value, quality, unit, now)
-        except Rejected as exc:
+        except BadSample as exc:
             self.gate.reject(exc.reason, f"{nodeid} ({asset}.{signal})", exc.detail)
             return
         self.gate.accept()

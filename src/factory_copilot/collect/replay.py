@@ -14,9 +14,10 @@ import asyncio
 import logging
 import math
 import time
+from typing import Callable
 from pathlib import Path
 
-from factory_copilot.collect.gate import Rejected, SampleGate
+from factory_copilot.collect.gate import BadSample, SampleGate
 from factory_copilot.config import LineConfig
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.records import Quality, Reading, SourceState
@@ -28,26 +29,60 @@ NOT_SIGNALS = {"mode", "fault", "run", "label", *TS_COLUMNS}
 
 
 class ReplayClock:
-    """The recording's time, running ``speed`` times faster than the wall clock from ``start`` on (callable)."""
+    """The recording's time, running ``speed`` times faster than the wall clock from ``start`` on (callable).
 
-    def __init__(self, speed: float = 1.0):
+    Two things keep a busy machine from outrunning its own data: the time never runs past the next
+    reading still to be released (a replay stalled by the machine is not a silent source; a gap in the
+    recording still is one), and ``backlog`` (set by whoever wires the pipeline: what the stations have
+    been given and not yet digested) holds it until the pipeline has taken every row released so far
+    (so released data is never late, and rows close on data, not on a clock that ran ahead).
+    """
+
+    def __init__(self, speed: float = 1.0, backlog: Callable[[], int] | None = None):
         if speed <= 0:
             raise ValueError("replay speed must be > 0")
         self.speed = speed
+        self.backlog = backlog
+        self.held_s = 0.0  # wall seconds the replay waited for the pipeline
         self._data0: float | None = None
         self._wall0 = 0.0
+        self._held_at: float | None = None
+        self._frontier = math.inf  # the next reading still to be released
 
     def start(self, data_t0: float) -> None:
-        self._data0, self._wall0 = data_t0, time.monotonic()
+        self._data0, self._wall0, self._frontier = data_t0, time.monotonic(), data_t0
+
+    def next_due(self, data_ts: float) -> None:
+        """The next reading to release is at ``data_ts``: time may not run past it until it is released."""
+        self._frontier = data_ts
 
     def __call__(self) -> float:
         if self._data0 is None:
             return time.time()  # before the replay starts: nothing has happened yet
-        return self._data0 + (time.monotonic() - self._wall0) * self.speed
+        return min(self._scheduled(), self._frontier)
+
+    def _scheduled(self) -> float:
+        """Where the recording's time would be at ``speed``, holds for the pipeline left out."""
+        wall = self._held_at if self._held_at is not None else time.monotonic()
+        return self._data0 + (wall - self._wall0) * self.speed  # type: ignore[operator]
+
+    async def catch_up(self, stop: asyncio.Event, limit: int) -> None:
+        """Hold the recording's time until the pipeline's backlog is down to ``limit`` items (or ``stop``)."""
+        if self.backlog is None or self._data0 is None or self.backlog() <= limit:
+            return
+        self._held_at = time.monotonic()
+        try:
+            while self.backlog() > limit and not stop.is_set():
+                await asyncio.sleep(0.005)  # the stations drain their buffers in batches: a short poll is enough
+        finally:
+            held = time.monotonic() - self._held_at
+            self._wall0 += held
+            self.held_s += held
+            self._held_at = None
 
     def wall_delay(self, data_ts: float) -> float:
         """Wall seconds until ``data_ts`` comes round."""
-        return 0.0 if self._data0 is None else (data_ts - self()) / self.speed
+        return 0.0 if self._data0 is None else (data_ts - self._scheduled()) / self.speed
 
 
 def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float, str]] | None = None) -> list[Reading]:
@@ -147,7 +182,7 @@ class ReplayCollector:
         first, last = self.span
         return {"source": self.source, "recording": str(self.path), "connected": self.connected.is_set(),
                 "readings_in": self.readings_in, "of": len(self.readings), "speed": self.clock.speed,
-                "data_time": self.clock(), "from": first, "to": last, "finished": self.finished.is_set(),
+                "data_time": self.clock(), "held_for_pipeline_s": round(self.clock.held_s, 3), "from": first, "to": last, "finished": self.finished.is_set(),
                 **self.gate.stats()}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -164,6 +199,7 @@ class ReplayCollector:
         i = 0
         while i < len(self.readings) and not stop.is_set():
             ts = self.readings[i].ts
+            self.clock.next_due(ts)
             wait = self.clock.wall_delay(ts)
             if wait > 0:
                 try:
@@ -171,12 +207,13 @@ class ReplayCollector:
                     break
                 except asyncio.TimeoutError:
                     pass
+            await self.clock.catch_up(stop, limit=0)
             while i < len(self.readings) and self.readings[i].ts <= ts:
                 r = self.readings[i]
                 i += 1
                 try:
                     r = self.gate.reading(r.ts, r.asset, r.signal, r.value, r.quality, r.unit)
-                except Rejected as exc:
+                except BadSample as exc:
                     self.gate.reject(exc.reason, f"{self.path.name} ({r.key})", exc.detail)
                     continue
                 self.buffer.offer(r)

@@ -42,7 +42,7 @@ from typing import Callable
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 
-from factory_copilot.collect.gate import Rejected, SampleGate
+from factory_copilot.collect.gate import BadSample, SampleGate
 from factory_copilot.config import LineConfig, MqttConnection, SparkplugSource
 from factory_copilot.plumbing import sparkplug as spb
 from factory_copilot.plumbing.buffer import Buffer
@@ -365,16 +365,16 @@ class SparkplugCollector:
         raw = bytes(message.payload)
         try:
             if len(raw) > MAX_PAYLOAD_BYTES:
-                raise Rejected("oversized", f"{len(raw)} bytes, more than {MAX_PAYLOAD_BYTES}")
+                raise BadSample("oversized", f"{len(raw)} bytes, more than {MAX_PAYLOAD_BYTES}")
             try:
                 payload = spb.decode(raw)
             except ValueError as exc:
-                raise Rejected("not_decodable", str(exc)) from None
+                raise BadSample("not_decodable", str(exc)) from None
             if where.kind != "NDEATH" and not payload.HasField("seq"):
-                raise Rejected("not_decodable", f"{where.kind} without seq: not a Sparkplug B message")
+                raise BadSample("not_decodable", f"{where.kind} without seq: not a Sparkplug B message")
             with self._lock:
                 readings = self._handle(node, where, payload, topic, now)
-        except Rejected as exc:
+        except BadSample as exc:
             self.gate.reject(exc.reason, topic, exc.detail)
             return
         if readings:
@@ -504,7 +504,7 @@ class SparkplugCollector:
         if payload.HasField("timestamp"):  # sent by the edge node itself: its timestamp is the time of the loss
             try:
                 ts = self.gate.check_time(payload.timestamp / 1000.0, now)
-            except Rejected:
+            except BadSample:
                 ts = now
         self._state(device_source(node.group, node.name, device.name), False,
                     f"Sparkplug device {node.label}/{device.name} offline (DDEATH)", device.signals, ts=ts)
@@ -582,15 +582,15 @@ class SparkplugCollector:
             try:
                 quality = spb.quality_of(m)
             except ValueError as exc:
-                raise Rejected("bad_quality", str(exc)) from None
+                raise BadSample("bad_quality", str(exc)) from None
             value: float | None = None
             if quality is not Quality.BAD:
                 try:
                     value = spb.metric_value(m, known.datatype)
                 except spb.NotAProcessValue as exc:
-                    raise Rejected("not_a_number", str(exc)) from None
+                    raise BadSample("not_a_number", str(exc)) from None
             return self.gate.reading(ts, sig.asset, sig.signal, value, quality, sig.unit, now)
-        except Rejected as exc:
+        except BadSample as exc:
             self.gate.reject(exc.reason, f"{topic} ({known.name} -> {sig.key})", exc.detail)
             return None
 

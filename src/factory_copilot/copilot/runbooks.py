@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from factory_copilot.config import _format_loc
+from factory_copilot.config import field_path
 
 if TYPE_CHECKING:
     from factory_copilot.config import LineConfig
@@ -122,7 +122,7 @@ def parse_runbook(text: str, path: str = "<runbook>") -> Runbook:
     try:
         front = FrontMatter.model_validate(meta)
     except ValidationError as exc:
-        problems = "; ".join(f"{_format_loc(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        problems = "; ".join(f"{field_path(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise RunbookError(f"{path}: front matter {problems}") from None
     rb_id = front.id
     signatures = front.signature if isinstance(front.signature, list) else [front.signature]

@@ -8,6 +8,7 @@ commands and questions are parsed here into records or into one clear error.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import os
 import time
@@ -20,10 +21,11 @@ from referencing import Registry, Resource
 
 from factory_copilot import __version__
 from factory_copilot.plumbing import safejson
-from factory_copilot.config import REPO_ROOT
 from factory_copilot.records import AlarmEvent, Alarm, CommandResult, Diagnosis, OperatorCommand, Question
 
-SCHEMAS_DIR = Path(os.environ.get("FACTORY_COPILOT_SCHEMAS", REPO_ROOT / "schemas"))
+# the MQTT contract ships inside the package (an installed wheel validates what it sends and takes)
+SCHEMAS_DIR = Path(os.environ.get("FACTORY_COPILOT_SCHEMAS")
+                   or str(importlib.resources.files("factory_copilot.publish") / "schemas"))
 SCHEMA_BASE = "https://factory-copilot.org/schemas"
 VERSION = 1
 ALARM, EVENT, DIAGNOSIS, STREAM, STATUS = "alarm/1", "event/1", "diagnosis/1", "diagnosis-stream/1", "status/1"
