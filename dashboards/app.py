@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` 
 import streamlit as st  # noqa: E402
 
 from dashboards import charts  # noqa: E402
+from dashboards import login  # noqa: E402
 from dashboards.live import LiveFeed, Snapshot  # noqa: E402
 from dashboards.overview import line_health  # noqa: E402
 from factory_copilot.catalogue import faults_of  # noqa: E402
@@ -53,6 +54,9 @@ def settings() -> argparse.Namespace:
     p.add_argument("--mqtt-port", type=int, default=int(env("FACTORY_COPILOT_MQTT_PORT", "1883")))
     p.add_argument("--mqtt-protocol", default=env("FACTORY_COPILOT_MQTT_PROTOCOL", "5"), choices=["5", "3.1.1"])
     p.add_argument("--topic-prefix", default=env("FACTORY_COPILOT_TOPIC_PREFIX", DEFAULT_PREFIX))
+    # log-ins (Argon2id hashes, from broker init); none: read-only. The dashboard's own MQTT account is given in
+    # the environment (FACTORY_COPILOT_MQTT_USERNAME/_PASSWORD), so no password shows in a process list
+    p.add_argument("--users", default=env("FACTORY_COPILOT_DASHBOARD_USERS"))
     # under a test runner sys.argv holds the runner's own options: ignore what is not ours
     args, _ = p.parse_known_args(sys.argv[1:])
     return args
@@ -82,7 +86,11 @@ def open_faults(path: str):
 def open_feed(host: str, port: int, protocol: str, site: str, line: str, prefix: str,
               _base: MqttConnection | None) -> LiveFeed:
     # the line file's MQTT settings (TLS, credentials) apply; host and port come from the command line
-    conn = (_base or MqttConnection()).model_copy(update={"host": host, "port": port, "protocol": protocol, "client_id": None})
+    update = {"host": host, "port": port, "protocol": protocol, "client_id": None}
+    if os.environ.get("FACTORY_COPILOT_MQTT_USERNAME"):
+        update.update(username=os.environ["FACTORY_COPILOT_MQTT_USERNAME"],
+                      password=os.environ.get("FACTORY_COPILOT_MQTT_PASSWORD"))
+    conn = (_base or MqttConnection()).model_copy(update=update)
     return LiveFeed(conn, site, line, prefix).start()
 
 
@@ -133,8 +141,9 @@ def clock(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(ts))
 
 
-def actor() -> str:
-    return st.session_state.get("actor") or "operator"
+def actor() -> str | None:
+    """The person logged in: every command and question goes out as them (None: read-only)."""
+    return login.current_user()
 
 
 # ---------------------------------------------------------------------------------------------- sidebar
@@ -143,7 +152,7 @@ def actor() -> str:
 def sidebar(snap: Snapshot) -> None:
     with st.sidebar:
         st.markdown(f"### {html.escape(cfg.line.site)} / {html.escape(cfg.line.line)}")
-        st.text_input("Operator", value="operator", key="actor")
+        login.sidebar_user(cfg.args.users)
         st.selectbox("Shelve for", list(SHELVE_CHOICES), key="shelve_for", index=1)
         st.selectbox("Trend window", list(WINDOWS), key="window", index=2)
         if cfg.feed is None:
@@ -231,6 +240,9 @@ def alarm_list(alarms: list[Alarm], snap: Snapshot, now: float) -> None:
 
 
 def send(alarm: Alarm, command: str, shelve_s: float | None = None) -> None:
+    if actor() is None:
+        st.error("Log in to acknowledge or shelve: commands go out as the person logged in.")
+        return
     request_id = cfg.feed.command(command, alarm.alarm_id, actor(), comment="from the dashboard", shelve_s=shelve_s)
     st.session_state.setdefault("commands", {})[alarm.alarm_id] = {"request_id": request_id, "command": command,
                                                                    "sent": time.time()}
@@ -402,7 +414,9 @@ def chat_tab(alarm: Alarm | None) -> None:
             text = snap.answer_text(request_id)
             st.markdown((text + " ▌") if text else "_thinking…_")
     question = st.chat_input(f"Ask the copilot about {alarm.asset}…", key="ask", disabled=cfg.feed is None)
-    if question:
+    if question and actor() is None:
+        st.error("Log in to ask the copilot.")
+    elif question:
         request_id = cfg.feed.ask(alarm.alarm_id, question, actor())
         cfg.store.add_turn(Turn(alarm.alarm_id, "operator", question, time.time(), actor(), request_id))
         asks[request_id] = {"alarm_id": alarm.alarm_id, "question": question}
@@ -486,6 +500,7 @@ def history_tab() -> None:
 
 def main() -> None:
     st.set_page_config(page_title=f"Factory Copilot · {cfg.line.line}", layout="wide")
+    login.require_login(cfg.args.users, f"Factory Copilot · {html.escape(cfg.line.site)} / {html.escape(cfg.line.line)}")
     st.markdown("<style>.block-container{padding-top:2.2rem} h3{margin-bottom:0.2rem}</style>",
                 unsafe_allow_html=True)
     snap = cfg.snapshot()

@@ -157,7 +157,7 @@ class LiveFeed:
 
     def command(self, command: str, alarm_id: str, actor: str, comment: str | None = None,
                 shelve_s: float | None = None) -> str:
-        """Publish an operator command; returns its request id (the reply comes on commands/reply/<id>)."""
+        """Publish an operator command on ``actor``'s own level (commands/<actor>); returns its request id."""
         if command not in COMMANDS:
             raise ValueError(f"command {command!r}: use one of {', '.join(COMMANDS)}")
         if command == "shelve" and not shelve_s:
@@ -165,7 +165,7 @@ class LiveFeed:
         request_id = uuid.uuid4().hex
         body = {"schema": "command/1", "request_id": request_id, "command": command, "alarm_id": alarm_id,
                 "actor": actor, "comment": comment, "shelve_s": shelve_s, "ts": time.time()}
-        self.session.publish(self.topics.commands(), json.dumps(body), qos=1)
+        self.session.publish(self.topics.commands(actor), json.dumps(body), qos=1)
         return request_id
 
     def ask(self, alarm_id: str | None, question: str, actor: str) -> str:
@@ -173,5 +173,5 @@ class LiveFeed:
         request_id = uuid.uuid4().hex
         body = {"schema": "ask/1", "request_id": request_id, "alarm_id": alarm_id, "question": question,
                 "actor": actor, "ts": time.time()}
-        self.session.publish(self.topics.ask(), json.dumps(body), qos=1)
+        self.session.publish(self.topics.ask(actor), json.dumps(body), qos=1)
         return request_id

@@ -1,7 +1,8 @@
 """The one-command demo: a simulated line, a broker, the service and the dashboard, then a fault.
 
-It starts its own Mosquitto (generated configuration, 127.0.0.1, persistence in the
-demo's state folder; amqtt only where Mosquitto is not installed), trains the detector on
+It starts its own Mosquitto, configured as ``broker init`` configures a site's (password file,
+per-user ACL, persistence in the demo's state folder) for generated demo users on 127.0.0.1
+(amqtt, anonymous, only where Mosquitto is not installed), trains the detector on
 simulated history (faster than real time, with a progress bar), serves the simulated
 line over OPC UA or as a Sparkplug B edge node (``--source sparkplug``), runs the service
 against it, opens the dashboard, and injects a fault so the operator sees an alarm, its
@@ -22,16 +23,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import (
     SIMULATED_FAULTS,
     SIMULATED_LINE,
     LineConfig,
     MqttConnection,
+    Roles,
     load_line,
 )
 from factory_copilot.copilot.choice import backend_from_settings
-from factory_copilot.detect.evaluate import train_models
 from factory_copilot.detect.persist import (
     ModelMismatchError,
     TrainedDetector,
@@ -39,11 +42,14 @@ from factory_copilot.detect.persist import (
     save_detector,
 )
 from factory_copilot.plumbing.broker import (
+    MOSQUITTO,
     Broker,
+    MosquittoBroker,
     broker_reachable,
     free_port,
     start_broker,
 )
+from factory_copilot.plumbing.broker_site import SiteFiles, demo_accounts, write_site
 from factory_copilot.plumbing.signals import stop_on_signals
 from factory_copilot.service import LineService, ServicePaths
 from factory_copilot.store.cli import dashboard_command
@@ -56,25 +62,48 @@ DEMO_FAULTS = ("pump_cavitation", "air_leak", "heater_degradation", "clogged_fil
 DEMO_RAMP_S = 30.0
 
 
+# who may do what on the demo line: the demo's generated people (plumbing/broker_site.demo_accounts)
+DEMO_ROLES = Roles.model_validate({"operators": {"users": ["ann", "node-red"], "shelve_max_s": 1800},
+                                   "supervisors": {"users": ["sam"], "shelve_max_s": 8 * 3600}})
+
+
 def demo_line(line: LineConfig, opcua_port: int, mqtt: MqttConnection) -> LineConfig:
-    """The simulated line's file, pointed at this demo's own OPC UA port and broker."""
+    """The simulated line's file, pointed at this demo's own OPC UA port and broker, with the demo's roles."""
     assert line.opcua is not None
     opcua = line.opcua.model_copy(update={"endpoint": f"opc.tcp://127.0.0.1:{opcua_port}/factory-copilot/"})
-    return line.model_copy(update={"opcua": opcua, "mqtt": mqtt})
+    return line.model_copy(update={"opcua": opcua, "mqtt": mqtt, "roles": line.roles or DEMO_ROLES})
 
 
-def demo_broker(requested: int | None, state: Path) -> tuple[Broker | None, int]:
+def demo_broker(requested: int | None, state: Path) -> tuple[Broker | None, int, SiteFiles | None]:
     """The demo's broker: its own on 1883 (or a free port when 1883 is taken), or on the requested port.
 
-    A requested port where a broker already answers is used as it is (the user's own broker).
+    Its own is configured as ``broker init`` configures a site's (password file, per-user ACL, persistence),
+    with generated demo users, on loopback without TLS. A requested port where a broker already answers is
+    used as it is (the user's own broker, anonymous).
     """
     if requested is not None and broker_reachable("127.0.0.1", requested):
         log.info("using the MQTT broker already at 127.0.0.1:%d", requested)
-        return None, requested
+        return None, requested, None
     port = requested or (1883 if not broker_reachable("127.0.0.1", 1883) else free_port())
     if requested is None and port != 1883:
         log.warning("port 1883 is taken: the demo's broker listens on 127.0.0.1:%d (alerts tail --port %d)", port, port)
-    return start_broker(port, state / "mosquitto"), port
+    if MOSQUITTO is None:
+        return start_broker(port, state / "mosquitto"), port, None  # amqtt, anonymous, with its warning
+    site = write_site(state / "mosquitto", demo_accounts(), bind="127.0.0.1", port=port, tls=False)
+    return MosquittoBroker(site=site).start(), port, site
+
+
+def demo_user(site: SiteFiles | None, name: str) -> tuple[str, str] | None:
+    """(name, password) of one of the demo's generated users, from its credentials file."""
+    if site is None or site.credentials is None:
+        return None
+    users = yaml.safe_load(site.credentials.read_text())["users"]
+    return next(((u["name"], u["password"]) for u in users if u["name"] == name), None)
+
+
+def as_user(mqtt: MqttConnection, site: SiteFiles | None, name: str) -> MqttConnection:
+    user = demo_user(site, name)
+    return mqtt if user is None else mqtt.model_copy(update={"username": user[0], "password": user[1]})
 
 
 def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> TrainedDetector:
@@ -87,6 +116,8 @@ def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> Tra
         except ModelMismatchError as exc:
             log.info("retraining: %s", exc)
     print(f"Training the detector on {hours:g} h of simulated normal running and the fault catalogue ...", flush=True)
+    # training only: the demo that loads a trained detector runs without scikit-learn, scipy and pandas
+    from factory_copilot.detect.evaluate import train_models
     from simulators.evaluation import simulated_history
 
     history = simulated_history(line, seed=seed, normal_hours=hours, progress=True)
@@ -95,9 +126,15 @@ def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> Tra
     return models
 
 
-def start_dashboard(paths: ServicePaths, line_path: Path, mqtt: MqttConnection, port: int) -> subprocess.Popen:
+def start_dashboard(paths: ServicePaths, line_path: Path, mqtt: MqttConnection, port: int,
+                    site: SiteFiles | None = None) -> subprocess.Popen:
     cmd = dashboard_command(paths.store, line_path, mqtt.host, mqtt.port, mqtt.protocol, port)
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)
+    dashboard = demo_user(site, "dashboard")
+    if dashboard and site and site.logins:  # its own MQTT account, and the people's log-ins; secrets not in argv
+        env.update(FACTORY_COPILOT_MQTT_USERNAME=dashboard[0], FACTORY_COPILOT_MQTT_PASSWORD=dashboard[1],
+                   FACTORY_COPILOT_DASHBOARD_USERS=str(site.logins))
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
 def _p(values: list[float], q: float) -> float | None:
@@ -188,17 +225,24 @@ async def run_demo(args: argparse.Namespace) -> int:
                 Path(str(p) + suffix).unlink(missing_ok=True)
     state.mkdir(parents=True, exist_ok=True)
 
-    broker, mqtt_port = demo_broker(args.mqtt_port, state)
+    broker, mqtt_port, site = demo_broker(args.mqtt_port, state)
     # amqtt, the last resort, speaks MQTT 3.1.1 only
-    mqtt = MqttConnection(host="127.0.0.1", port=mqtt_port, protocol=broker.protocol if broker else "5")
+    open_mqtt = MqttConnection(host="127.0.0.1", port=mqtt_port, protocol=broker.protocol if broker else "5")
+    mqtt = as_user(open_mqtt, site, "factory-copilot")  # the service's own account
     base = load_line(SIMULATED_LINE)
     line = demo_line(base, free_port(), mqtt)
     if args.source == "sparkplug":
         from simulators.sparkplug_node import with_sparkplug_sources
 
         line = with_sparkplug_sources(line)  # group demo-plant, edge node packaging-1, one device per asset
+    viewer = demo_user(site, "viewer")
+    login = f" --username {viewer[0]} --password {viewer[1]}" if viewer else ""
     print(f"MQTT broker: 127.0.0.1:{mqtt_port} ({broker.kind if broker else 'already running'}); "
-          f"alarms: factory-copilot alerts tail --port {mqtt_port}", flush=True)
+          f"alarms: factory-copilot alerts tail --port {mqtt_port}{login}", flush=True)
+    if site is not None:
+        people = [demo_user(site, name) for name in ("ann", "sam")]
+        print("Demo users (passwords new each run; all in " + str(site.credentials) + "): "
+              + ", ".join(f"{u[0]} / {u[1]}" for u in people if u) + " (ann operator, sam supervisor)", flush=True)
     models = trained_models(line, paths.detector, args.train_hours, args.seed)
 
     backend = backend_from_settings(demo_model(args), args.openai_url, n_threads=args.threads,
@@ -212,7 +256,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     if args.source == "sparkplug":
         from simulators.sparkplug_node import SparkplugPublisher
 
-        edge = await SparkplugPublisher(line, mqtt).start()
+        edge = await SparkplugPublisher(line, as_user(open_mqtt, site, "edge")).start()
     else:
         server = LineServer(line, line.opcua.endpoint, pki_dir=state / "pki-server")
         await server.start()
@@ -221,7 +265,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     halt = asyncio.Event()
     dashboard = None
     if not args.headless:
-        dashboard = start_dashboard(paths, SIMULATED_LINE, mqtt, args.dashboard_port)
+        dashboard = start_dashboard(paths, SIMULATED_LINE, open_mqtt, args.dashboard_port, site)
         print(f"Dashboard: http://127.0.0.1:{args.dashboard_port}  (Ctrl-C stops the demo)", flush=True)
     started = time.time()
     sim.start_ts = started - sim.t  # the warm-up and the start of the servers took time: stamp from now on

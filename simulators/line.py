@@ -8,16 +8,18 @@ evaluation. No networking here: the transport layer runs the real-time loop on t
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from factory_copilot.config import LineConfig
 from factory_copilot.records import Quality, Reading
 
 from simulators.assets import AirCompressor, Conveyor, Filler, HeatTunnel, LineProgram, ProductPump
 from simulators.noise import NormalRows, Wander
+
+if TYPE_CHECKING:
+    import pandas as pd
 from simulators.scenarios import FaultScenario, ModeSchedule, Segment
 
 # Sensor noise per signal: (absolute sd, sd relative to the value). Relative noise vanishes at
@@ -273,6 +275,8 @@ def simulate_frame(
     start_ts: float = 0.0,
 ) -> pd.DataFrame:
     """Run the line offline: index 'ts', one column per process signal, 'mode' and ground-truth 'fault'."""
+    import pandas as pd  # offline tables only: the demo's live line runs without pandas (and pandas 3's pyarrow)
+
     sim = SimulatedLine(line, seed=seed, dt_s=dt_s, schedule=schedule, scenarios=scenarios, start_ts=start_ts)
     n = int(round(duration_s / dt_s))
     keys = line.signal_keys()

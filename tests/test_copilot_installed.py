@@ -27,7 +27,7 @@ PROBE = textwrap.dedent("""
     an = Anomaly(ts=600.0, asset="product_pump", kind="multivariate", score=9.0, threshold=1.0)
     d = cop.explain_now(Alarm("A-1", "product_pump", "fault", AlarmState.ACTIVE_UNACK, Priority.HIGH, "x", 600.0, 600.0, an))
     from factory_copilot.publish import payloads
-    rejected = payloads.parse_command(b'{"schema": "command/1", "command": "explode"}')
+    rejected = payloads.parse_command(b'{"schema": "command/1", "command": "explode"}', "ann")
     print(json.dumps({"package": factory_copilot.__file__, "schemas": str(payloads.SCHEMAS_DIR),
                       "command_refused": type(rejected).__name__, "seeds": str(SEEDS_DIR), "faults": len(cop.faults),
                       "runbooks": len(cop.library), "cause": d.causes[0].fault_type,

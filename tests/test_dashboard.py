@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from dashboards import charts, sample
 from dashboards.live import LiveFeed
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, MqttConnection, load_line
+from factory_copilot.plumbing.logins import Logins, hash_password
 from factory_copilot.records import Alarm, AlarmState, Anomaly, Diagnosis, Priority, Reading
 from factory_copilot.publish.topics import Topics
 from factory_copilot.store import Store
@@ -104,7 +105,7 @@ def _alarm(alarm_id="A1", state=AlarmState.ACTIVE_UNACK, updated=T0):
 
 def test_live_feed_follows_retained_alarms_streams_and_replies(broker, fresh_streamlit):
     feed = LiveFeed(MqttConnection(host=broker.host, port=broker.port), LINE.site, LINE.line).start()
-    side = Listener(broker, TOPICS.commands())
+    side = Listener(broker, TOPICS.commands("+"))
     try:
         assert feed.wait_for(lambda s: s.connected, 10)
         side.publish(TOPICS.alarm("filler", "A/1"), {**_alarm("A/1").to_dict(), "schema": "alarm/1"}, retain=True)
@@ -123,7 +124,7 @@ def test_live_feed_follows_retained_alarms_streams_and_replies(broker, fresh_str
         request_id = feed.command("shelve", "A/1", "maria", shelve_s=900)
         topic, payload = side.next()
         body = json.loads(payload)
-        assert topic == TOPICS.commands()
+        assert topic == TOPICS.commands("maria")  # the sender's own level
         assert body == {**body, "schema": "command/1", "request_id": request_id, "command": "shelve",
                         "alarm_id": "A/1", "actor": "maria", "shelve_s": 900}
         side.publish(TOPICS.command_reply(request_id), {"request_id": request_id, "ok": True, "message": "shelved"})
@@ -138,7 +139,30 @@ def test_live_feed_follows_retained_alarms_streams_and_replies(broker, fresh_str
 # ------------------------------------------------------------------------------------------- the page
 
 
-def _app(monkeypatch, db, broker=None) -> AppTest:
+MARIA_PASSWORD = "maria-secret-7"
+
+
+@pytest.fixture(scope="module")
+def users_file(tmp_path_factory):
+    """The dashboard's log-ins: maria, as broker init writes them (an Argon2id hash)."""
+    path = tmp_path_factory.mktemp("logins") / "dashboard-users.yaml"
+    Logins({"maria": hash_password(MARIA_PASSWORD)}).write(path)
+    return path
+
+
+def _login(at: AppTest, user: str = "maria", password: str = MARIA_PASSWORD) -> AppTest:
+    """Run the page and log in the way a person does: the form, then the page as that person."""
+    at.run()
+    at.text_input(key="login_name").input(user)
+    at.text_input(key="login_password").input(password)
+    return at.button(key="login").click().run()
+
+
+def _app(monkeypatch, db, broker=None, users=None) -> AppTest:
+    if users:
+        monkeypatch.setenv("FACTORY_COPILOT_DASHBOARD_USERS", str(users))
+    else:
+        monkeypatch.delenv("FACTORY_COPILOT_DASHBOARD_USERS", raising=False)
     monkeypatch.setenv("FACTORY_COPILOT_DB", str(db))
     monkeypatch.setenv("FACTORY_COPILOT_LINE", str(SIMULATED_LINE))
     if broker:
@@ -186,14 +210,13 @@ def test_page_renders_overview_alarms_and_diagnosis(seeded, monkeypatch, fresh_s
     assert set(history["event"]) == {"raised", "acknowledged", "returned"}
 
 
-def test_feedback_lands_in_the_store(seeded, monkeypatch, fresh_streamlit):
+def test_feedback_lands_in_the_store(seeded, monkeypatch, fresh_streamlit, users_file):
     db, _ = seeded
-    at = _app(monkeypatch, db).run()
+    at = _login(_app(monkeypatch, db, users=users_file))
     at.button(key=f"select:{sample.CAVITATION_ID}").click().run()
     at.radio(key="fb_verdict").set_value("other_cause")
     at.selectbox(key="fb_cause").set_value("clogged_filter")
     at.text_area(key="fb_fix").input("replaced the inlet filter element")
-    at.text_input(key="actor").input("maria")
     at.button[[b.label for b in at.button].index("Save feedback")].click().run()
     assert not at.exception, [e.value for e in at.exception]
     with Store(db) as store:
@@ -205,18 +228,18 @@ def test_feedback_lands_in_the_store(seeded, monkeypatch, fresh_streamlit):
     assert "Feedback saved" in _texts(at)
 
 
-def test_acknowledge_publishes_a_command_and_shows_the_reply(seeded, monkeypatch, broker, fresh_streamlit):
+def test_acknowledge_publishes_a_command_and_shows_the_reply(seeded, monkeypatch, broker, fresh_streamlit, users_file):
     db, _ = seeded
-    side = Listener(broker, TOPICS.commands())
+    side = Listener(broker, TOPICS.commands("+"))
     try:
-        at = _app(monkeypatch, db, broker).run()
+        at = _login(_app(monkeypatch, db, broker, users=users_file))
         [feed] = LiveFeed.instances
         assert feed.wait_for(lambda s: s.connected, 10)
-        at.text_input(key="actor").input("maria").run()
         at.button(key=f"ack:{sample.CAVITATION_ID}").click().run()
         assert not at.exception, [e.value for e in at.exception]
         topic, payload = side.next()
         body = json.loads(payload)
+        assert topic == TOPICS.commands("maria")  # the logged-in person's own level: the actor the engine records
         assert body["schema"] == "command/1" and body["command"] == "acknowledge"
         assert (body["alarm_id"], body["actor"]) == (sample.CAVITATION_ID, "maria") and body["request_id"]
         assert "acknowledge sent; waiting" in _texts(at)
@@ -236,11 +259,12 @@ def test_acknowledge_publishes_a_command_and_shows_the_reply(seeded, monkeypatch
         side.stop()
 
 
-def test_ask_the_copilot_publishes_the_question_and_keeps_the_answer(seeded, monkeypatch, broker, fresh_streamlit):
+def test_ask_the_copilot_publishes_the_question_and_keeps_the_answer(seeded, monkeypatch, broker, fresh_streamlit,
+                                                                    users_file):
     db, _ = seeded
-    side = Listener(broker, TOPICS.ask())
+    side = Listener(broker, TOPICS.ask("maria"))
     try:
-        at = _app(monkeypatch, db, broker).run()
+        at = _login(_app(monkeypatch, db, broker, users=users_file))
         [feed] = LiveFeed.instances
         assert feed.wait_for(lambda s: s.connected, 10)
         at.button(key=f"select:{sample.CAVITATION_ID}").click().run()
@@ -280,7 +304,7 @@ def test_the_runbook_diagnosis_shows_at_once_and_the_model_replaces_it_labelled(
     runbook = Copilot(LINE).explain_now(alarm)
     with Store(db) as store:
         store.add_diagnosis(runbook)  # what the copilot sends the moment the alarm is raised
-    side = Listener(broker, TOPICS.commands())
+    side = Listener(broker, TOPICS.commands("+"))
     try:
         at = _app(monkeypatch, db, broker).run()
         [feed] = LiveFeed.instances
@@ -310,5 +334,34 @@ def test_the_runbook_diagnosis_shows_at_once_and_the_model_replaces_it_labelled(
         assert "MODEL</span>" in text and "From the local model (qwen2.5-1.5b" in text
         assert "Header pressure sagging at full duty: a leak." in text and "MODEL · WRITING" not in text
         assert runbook.summary not in text
+    finally:
+        side.stop()
+
+
+def test_nothing_shows_before_a_log_in_and_a_wrong_password_is_refused(seeded, monkeypatch, broker, fresh_streamlit,
+                                                                       users_file):
+    db, _ = seeded
+    at = _app(monkeypatch, db, broker, users=users_file).run()
+    assert not [b for b in at.button if b.key and b.key.startswith("ack:")] and not at.dataframe
+    for user, password in [("maria", "not-her-password"), ("eve", MARIA_PASSWORD), ("", "")]:
+        at = _login(at, user, password)
+        assert "Wrong user name or password." in [e.value for e in at.error]
+        assert not [b for b in at.button if b.key and b.key.startswith("ack:")]
+    at = _login(at)
+    assert not at.exception and any(b.key == f"ack:{sample.CAVITATION_ID}" for b in at.button)
+    assert "Logged in as **maria**" in [m.value for m in at.sidebar.markdown]
+    at.button(key="logout").click().run()
+    assert at.text_input(key="login_name") is not None and not [b for b in at.button if b.key and b.key.startswith("ack:")]
+
+
+def test_without_a_users_file_the_page_is_read_only(seeded, monkeypatch, broker, fresh_streamlit):
+    db, _ = seeded
+    side = Listener(broker, TOPICS.commands("+"))
+    try:
+        at = _app(monkeypatch, db, broker).run()
+        at.button(key=f"ack:{sample.CAVITATION_ID}").click().run()
+        assert "Log in to acknowledge or shelve" in " ".join(e.value for e in at.error)
+        with pytest.raises(queue.Empty):
+            side.next(timeout=0.5)  # nothing was published (a bounded wait for an absence)
     finally:
         side.stop()

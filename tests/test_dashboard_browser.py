@@ -23,7 +23,9 @@ from dashboards import sample
 from factory_copilot.plumbing.broker import free_port
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE
 from factory_copilot.store import Store
-from tests.test_dashboard import LINE, TOPICS, Listener
+from factory_copilot.plumbing.logins import Logins, hash_password
+from tests.test_dashboard import LINE, MARIA_PASSWORD, TOPICS, Listener
+from tests.test_dashboard_login import log_in
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
@@ -45,6 +47,8 @@ def click(page, key: str) -> None:
 def served(tmp_path, broker):
     """`streamlit run dashboards/app.py` on a free loopback port, on a freshly seeded store."""
     db = tmp_path / "browser.db"
+    users = tmp_path / "dashboard-users.yaml"
+    Logins({"maria": hash_password(MARIA_PASSWORD)}).write(users)
     with Store(db) as store:
         sample.seed(store, LINE, now=time.time())
     port = free_port()
@@ -54,6 +58,7 @@ def served(tmp_path, broker):
          "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false", "--",
          "--db", str(db), "--line", str(SIMULATED_LINE), "--mqtt-host", broker.host, "--mqtt-port", str(broker.port)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "FACTORY_COPILOT_DASHBOARD_USERS": str(users)},
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -81,13 +86,14 @@ def test_acknowledge_in_a_real_browser(served, broker, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, db = served
-    side = Listener(broker, TOPICS.commands())
+    side = Listener(broker, TOPICS.commands("maria"))
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1500, "height": 2300})
             page.goto(url)
+            log_in(page, "maria", MARIA_PASSWORD)
             page.get_by_text("Alarms (3)").wait_for(timeout=60_000)
             click(page, "select:" + sample.CAVITATION_ID)
             page.get_by_text("Recommended steps").wait_for(timeout=30_000)

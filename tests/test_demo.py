@@ -17,6 +17,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -57,7 +58,7 @@ class Lines:
 class NodeRedFlowClient:
     """The shipped flow's MQTT side: its broker node's settings, its `mqtt in` nodes' topics and QoS, its routing."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, user: tuple[str, str]):
         broker = next(n for n in FLOW if n["type"] == "mqtt-broker")
         self.inputs = [n for n in FLOW if n["type"] == "mqtt in" and n["broker"] == broker["id"]]
         assert broker["protocolVersion"] == "5"
@@ -65,6 +66,7 @@ class NodeRedFlowClient:
         self.connack: list = []
         self.got = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=broker["clientid"] or "", protocol=paho.MQTTv5)
+        self.client.username_pw_set(*user)  # what the flow's broker node's Security tab holds
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)
@@ -103,13 +105,19 @@ def test_headless_demo_on_sparkplug_for_120_s_alerts_tail_and_the_node_red_flow_
     console = Lines(demo)
     tail = flow = None
     try:
-        console.wait_for(f"MQTT broker: 127.0.0.1:{port} (mosquitto)", 60)
+        announced = console.wait_for(f"MQTT broker: 127.0.0.1:{port} (mosquitto)", 60)
         assert broker_reachable("127.0.0.1", port)
-        # as docs/mqtt.md shows it (on this demo's port)
-        tail_proc = subprocess.Popen(CLI + ["alerts", "tail", "--host", "127.0.0.1", "--port", str(port)],
+        # the demo's broker is configured as broker init configures a site's: nobody gets in without a password
+        assert "allow_anonymous false" in (tmp_path / "demo" / "mosquitto" / "mosquitto.conf").read_text()
+        users = {u["name"]: u["password"] for u in
+                 yaml.safe_load((tmp_path / "demo" / "mosquitto" / "credentials.yaml").read_text())["users"]}
+        # as the demo prints it (on this demo's port, as its reader account)
+        tail_cmd = announced[announced.index("factory-copilot alerts tail") + len("factory-copilot "):].split()
+        assert tail_cmd[-4:] == ["--username", "viewer", "--password", users["viewer"]]
+        tail_proc = subprocess.Popen(CLI + tail_cmd + ["--host", "127.0.0.1"],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         tail = Lines(tail_proc)
-        flow = NodeRedFlowClient(port)
+        flow = NodeRedFlowClient(port, ("node-red", users["node-red"]))
         injected = console.wait_for("Injected", 150)
         assert "pump" in injected or "on " in injected
         assert flow.got.wait(120), "the Node-RED flow's alarm input got no alarm"
@@ -135,4 +143,4 @@ def test_headless_demo_on_sparkplug_for_120_s_alerts_tail_and_the_node_red_flow_
     # the broker was the demo's own and is gone with it; its persistence sits in the demo's state folder
     assert not broker_reachable("127.0.0.1", port)
     assert (tmp_path / "demo" / "mosquitto" / "mosquitto.conf").exists()
-    assert any(p.name.endswith(".db") for p in Path(tmp_path / "demo" / "mosquitto").iterdir())
+    assert any(Path(tmp_path / "demo" / "mosquitto").rglob("*.db"))  # persistence in data/, as broker init writes it

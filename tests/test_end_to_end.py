@@ -57,21 +57,21 @@ async def test_fault_to_retained_alarm_then_diagnosis_ack_over_mqtt_and_restart(
     request_id = uuid.uuid4().hex
     replies = await Listener(broker, [T.command_reply(request_id)]).ready()
     cmd = {"schema": "command/1", "request_id": request_id, "command": "acknowledge", "alarm_id": alarm_id,
-           "actor": "operator-7", "comment": "checking the pump"}
+           "actor": "ann", "comment": "checking the pump"}
     assert payloads.problems(cmd) == []
-    listen.client.publish(T.commands(), json.dumps(cmd), qos=1)
+    listen.client.publish(T.commands("ann"), json.dumps(cmd), qos=1)
     reply = (await replies.next()).body
     assert reply["ok"] is True and payloads.problems(reply) == []
     acked = await listen.until(lambda m: m.topic == T.alarm("product_pump", alarm_id) and m.payload
                                and m.body["state"] == "active_acknowledged")
-    assert acked.body["acked_by"] == "operator-7"
-    assert any(e.event == "acknowledged" and e.actor == "operator-7" for e in plant.service.engine.audit(alarm_id))
+    assert acked.body["acked_by"] == "ann"
+    assert any(e.event == "acknowledged" and e.actor == "ann" for e in plant.service.engine.audit(alarm_id))
 
     # the service restarts (same state directory): the same alarm, still acknowledged, is served again
     await plant.stop_service_now()
     service = await plant.start_service()
     resumed = {a.alarm_id: a for a in service.engine.active()}
-    assert resumed[alarm_id].state is AlarmState.ACTIVE_ACK and resumed[alarm_id].acked_by == "operator-7"
+    assert resumed[alarm_id].state is AlarmState.ACTIVE_ACK and resumed[alarm_id].acked_by == "ann"
     late = {m.topic: m.body for m in await retained_now(broker, f"{T.base}/+/alarms/+", T.status())}
     assert late[T.alarm("product_pump", alarm_id)]["state"] == "active_acknowledged"
     listen.close()

@@ -128,9 +128,9 @@ async def test_hostile_payloads_are_counted_and_the_next_good_reading_still_arri
 
 
 def test_a_command_nested_60000_deep_is_rejected_not_raised():
-    parsed = payloads.parse_command(b"[" * 60_000)
+    parsed = payloads.parse_command(b"[" * 60_000, "ann")
     assert isinstance(parsed, payloads.Rejected) and "too_deep" in parsed.reason
-    parsed = payloads.parse_question(b'{"question": ' + b"1" * 5000 + b"}")
+    parsed = payloads.parse_question(b'{"question": ' + b"1" * 5000 + b"}", "ann")
     assert isinstance(parsed, payloads.Rejected) and "not_finite" in parsed.reason
 
 

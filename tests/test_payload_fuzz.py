@@ -89,7 +89,7 @@ def test_any_payload_on_any_topic_becomes_gated_readings_or_named_rejects(topic,
 def test_any_command_or_question_parses_or_is_rejected_with_a_reason(body, noise):
     for raw in (_raw(body), noise, b"[" * 70_000, _raw({**body, "schema": "command/1"})):
         for parse in (payloads.parse_command, payloads.parse_question):
-            parsed = parse(raw)
+            parsed = parse(raw, "ann")
             if isinstance(parsed, payloads.Rejected):
                 assert parsed.reason
             else:

@@ -106,9 +106,9 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
         pub.diagnosis(diagnosis())
         for i, token in enumerate(["Suction ", "pressure ", "low."]):
             pub.diagnosis_token("a1", token, done=i == 2)
-        listen.client.publish(T.commands(), command(request_id="c1", command="acknowledge", alarm_id="a1", actor="ann"), qos=1)
+        listen.client.publish(T.commands("ann"), command(request_id="c1", command="acknowledge", alarm_id="a1", actor="ann"), qos=1)
         listen.client.publish(
-            T.ask(), json.dumps({"schema": "ask/1", "request_id": "q1", "alarm_id": "a1", "question": "why?", "actor": "ann"}), qos=1
+            T.ask("ann"), json.dumps({"schema": "ask/1", "request_id": "q1", "alarm_id": "a1", "question": "why?", "actor": "ann"}), qos=1
         )
         question = await asyncio.wait_for(questions.get(), WAIT_S)
         pub.answer_chunk(question.request_id, question.alarm_id, "Because ", False)
@@ -145,7 +145,7 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
 
 async def test_run_publishes_what_the_stations_put_in_their_buffers(broker, tmp_path):
     events, diagnoses, tokens, results = Buffer(10, "events"), Buffer(10, "diagnoses"), Buffer(10, "tokens"), Buffer(10, "results")
-    listen = await Listener(broker, [T.events(), T.all_diagnoses(), T.all_streams(), f"{T.commands()}/reply/+"]).ready()
+    listen = await Listener(broker, [T.events(), T.all_diagnoses(), T.all_streams(), f"{T.command_replies()}+"]).ready()
     async with publisher(broker, tmp_path, events=events, diagnoses=diagnoses, chunks=tokens, results=results) as pub:
         runner = asyncio.create_task(pub.run())
         events.offer(event(make_alarm(), "raised"))
@@ -194,10 +194,10 @@ async def test_late_subscriber_sees_active_alarm_and_diagnosis_until_normal_and_
 
 async def test_commands_reach_the_engine_only_when_valid_and_every_one_gets_a_reply(broker, tmp_path):
     commands: Buffer[OperatorCommand] = Buffer(10)
-    replies = await Listener(broker, [f"{T.commands()}/reply/+"]).ready()
+    replies = await Listener(broker, [f"{T.command_replies()}+"]).ready()
     async with publisher(broker, tmp_path, commands=commands) as pub:
         await asyncio.wait_for(pub.online.wait(), WAIT_S)
-        send = lambda raw: replies.client.publish(T.commands(), raw, qos=1)  # noqa: E731
+        send = lambda raw: replies.client.publish(T.commands("ann"), raw, qos=1)  # noqa: E731
         send(command(request_id="ok-1", command="acknowledge", alarm_id="a1", actor="ann", comment="seen"))
         cmd = await asyncio.wait_for(commands.get(), WAIT_S)
         assert (cmd.command, cmd.alarm_id, cmd.actor, cmd.comment, cmd.request_id) == ("acknowledge", "a1", "ann", "seen", "ok-1")
@@ -212,6 +212,9 @@ async def test_commands_reach_the_engine_only_when_valid_and_every_one_gets_a_re
             (command(request_id="bad-1", command="reboot", alarm_id="a1", actor="ann"), "bad-1", "command: 'reboot' is not one of"),
             (command(request_id="bad-2", command="acknowledge", actor="ann"), "bad-2", "'alarm_id' is a required property"),
             (command(request_id="bad-3", command="shelve", alarm_id="a1", actor="ann"), "bad-3", "'shelve_s' is a required property"),
+            # the actor is the sender (the topic's user): a payload naming someone else is refused
+            (command(request_id="bad-4", command="acknowledge", alarm_id="a1", actor="plant-manager"), "bad-4",
+             "'plant-manager' is not the sender 'ann'"),
         ]
         for raw, rid, reason in bad:
             send(raw)
@@ -219,11 +222,11 @@ async def test_commands_reach_the_engine_only_when_valid_and_every_one_gets_a_re
             assert reply.topic == T.command_reply(rid)
             assert payloads.problems(reply.body) == [] and reply.body["ok"] is False and reason in reply.body["message"]
         assert commands.qsize() == 0 and commands.offered == 1
-        assert pub.stats()["commands_rejected"] == 4
+        assert pub.stats()["commands_rejected"] == 5
     replies.close()
 
 
-async def test_mqtt5_response_topic_and_correlation_are_honoured(broker, tmp_path):
+async def test_mqtt5_response_topic_is_honoured_under_the_reply_prefix_only(broker, tmp_path):
     if broker.protocol != "5":
         pytest.skip("response topics are MQTT 5")
     seen: list[OperatorCommand] = []
@@ -232,34 +235,46 @@ async def test_mqtt5_response_topic_and_correlation_are_honoured(broker, tmp_pat
         seen.append(cmd)
         return CommandResult(cmd.request_id, True, f"{cmd.command} done")
 
-    replies = await Listener(broker, ["hmi/replies/#"]).ready()
+    mine = f"{T.command_replies()}hmi-7/session-3"
+    replies = await Listener(broker, [f"{T.command_replies()}#", "hmi/#"]).ready()
     station = Engine(engine)
     async with publisher(broker, tmp_path, **station.wire()) as pub:
         serving = asyncio.create_task(station.serve(pub))
         await asyncio.wait_for(pub.online.wait(), WAIT_S)
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic, props.CorrelationData = "hmi/replies/7", b"corr-7"
+        props.ResponseTopic, props.CorrelationData = mine, b"corr-7"
         replies.client.publish(
-            T.commands(), command(request_id="r7", command="unshelve", alarm_id="a1", actor="bob"), qos=1, properties=props
+            T.commands("bob"), command(request_id="r7", command="unshelve", alarm_id="a1"), qos=1, properties=props
         )
         reply = await replies.next()
-        assert reply.topic == "hmi/replies/7" and reply.properties.CorrelationData == b"corr-7"
+        assert reply.topic == mine and reply.properties.CorrelationData == b"corr-7"
         assert reply.body["ok"] and reply.body["message"] == "unshelve done" and [c.request_id for c in seen] == ["r7"]
+        # a response topic elsewhere (another client's topic, the service's own status) gets nothing: the
+        # command is refused on the scheme's reply topic, counted, and never reaches the engine
+        for i, foreign in enumerate(["hmi/replies/7", T.status(), f"{T.command_replies()}#"]):
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = foreign
+            replies.client.publish(T.commands("bob"), command(request_id=f"f{i}", command="unshelve", alarm_id="a1"),
+                                   qos=1, properties=props)
+            reply = await replies.next()
+            assert reply.topic == T.command_reply(f"f{i}"), reply.topic
+            assert not reply.body["ok"] and "outside" in reply.body["message"]
+        assert pub.stats()["foreign_response_topics"] == 3 and [c.request_id for c in seen] == ["r7"]
         serving.cancel()
     replies.close()
 
 
 async def test_questions_become_records_and_bad_ones_get_an_error_answer(broker, tmp_path):
     questions: Buffer[Question] = Buffer(10)
-    answers = await Listener(broker, [f"{T.ask()}/reply/+"]).ready()
+    answers = await Listener(broker, [f"{T.answers()}+"]).ready()
     async with publisher(broker, tmp_path, questions=questions) as pub:
         await asyncio.wait_for(pub.online.wait(), WAIT_S)
-        answers.client.publish(T.ask(), json.dumps({"schema": "ask/1", "request_id": "q1", "question": "why?", "actor": "ann"}), qos=1)
+        answers.client.publish(T.ask("ann"), json.dumps({"schema": "ask/1", "request_id": "q1", "question": "why?", "actor": "ann"}), qos=1)
         reply = await answers.next()
         assert reply.topic == T.answer("q1") and reply.body["done"] and "'alarm_id' is a required property" in reply.body["error"]
         assert questions.qsize() == 0
         answers.client.publish(
-            T.ask(), json.dumps({"schema": "ask/1", "request_id": "q2", "alarm_id": "a1", "question": "why?", "actor": "ann"}), qos=1
+            T.ask("ann"), json.dumps({"schema": "ask/1", "request_id": "q2", "alarm_id": "a1", "question": "why?", "actor": "ann"}), qos=1
         )
         q = await asyncio.wait_for(questions.get(), WAIT_S)
         for i, token in enumerate(["It ", "cavitates."]):

@@ -23,9 +23,9 @@ def test_every_topic_parses_back_to_what_built_it_even_with_reserved_characters(
         t.diagnosis_stream("filler", odd): ("stream", "filler", odd, None),
         t.events(): ("events", None, None, None),
         t.status(): ("status", None, None, None),
-        t.commands(): ("commands", None, None, None),
+        t.commands("ann"): ("commands", None, None, None),
         t.command_reply("r/1"): ("command_reply", None, None, "r/1"),
-        t.ask(): ("ask", None, None, None),
+        t.ask("o.d@x"): ("ask", None, None, None),
         t.answer("q+1"): ("answer", None, None, "q+1"),
     }
     for topic, (kind, asset, alarm_id, request_id) in cases.items():
@@ -35,6 +35,13 @@ def test_every_topic_parses_back_to_what_built_it_even_with_reserved_characters(
             kind, "demo-plant", "packaging-1", asset, alarm_id, request_id,
         ), topic
     assert t.alarm("product_pump", odd).count("/") == t.alarm("product_pump", "a").count("/")
+    # the sender of a command or question is its topic level
+    assert t.parse(t.commands("ann")).user == "ann" and t.parse(t.ask("o.d@x")).user == "o.d@x"
+    assert t.parse(t.commands("ann")).request_id is None
+    # the reply levels are never a user's: a client cannot pose as "reply"
+    assert t.parse(t.command_replies()[:-1]) is None and t.parse(t.answers()[:-1]) is None
+    assert t.parse(f"{t.base}/commands") is None  # the old shared topic names nobody: nothing is read from it
+    assert t.commands("+") == f"{t.base}/commands/+"
 
 
 def test_foreign_topics_and_bad_prefixes():
@@ -94,7 +101,7 @@ def test_payload_builders_match_their_schemas_and_wrong_payloads_do_not():
     ],
 )
 def test_bad_commands_are_rejected_with_a_reason(raw, request_id, reason):
-    parsed = payloads.parse_command(raw)
+    parsed = payloads.parse_command(raw, "ann")
     assert isinstance(parsed, Rejected)
     assert parsed.request_id == request_id
     assert reason in parsed.reason
@@ -102,15 +109,35 @@ def test_bad_commands_are_rejected_with_a_reason(raw, request_id, reason):
 
 def test_good_command_and_question_become_records():
     cmd = payloads.parse_command(
-        b'{"schema":"command/1","request_id":"r1","command":"shelve","alarm_id":"a1","actor":"ann","shelve_s":600,"comment":"pump swap"}'
+        b'{"schema":"command/1","request_id":"r1","command":"shelve","alarm_id":"a1","actor":"ann","shelve_s":600,"comment":"pump swap"}',
+        "ann",
     )
     assert isinstance(cmd, OperatorCommand)
     assert (cmd.command, cmd.alarm_id, cmd.actor, cmd.shelve_s, cmd.comment, cmd.request_id) == (
         "shelve", "a1", "ann", 600, "pump swap", "r1",
     )
-    q = payloads.parse_question(b'{"schema":"ask/1","request_id":"q1","alarm_id":"a1","question":"why?","actor":"ann"}')
+    q = payloads.parse_question(b'{"schema":"ask/1","request_id":"q1","alarm_id":"a1","question":"why?","actor":"ann"}', "ann")
     assert isinstance(q, Question) and (q.request_id, q.alarm_id, q.question, q.actor) == ("q1", "a1", "why?", "ann")
-    assert isinstance(payloads.parse_question(b'{"schema":"ask/1","request_id":"q1","alarm_id":"a1","actor":"ann"}'), Rejected)
+    assert isinstance(payloads.parse_question(b'{"schema":"ask/1","request_id":"q1","alarm_id":"a1","actor":"ann"}', "ann"), Rejected)
+    # the actor is the sender, whether the payload names it or not
+    bare = payloads.parse_command(b'{"schema":"command/1","request_id":"r2","command":"acknowledge","alarm_id":"a1"}', "bob")
+    assert isinstance(bare, OperatorCommand) and bare.actor == "bob"
+
+
+def test_an_actor_that_is_not_the_sender_is_rejected_and_the_reason_is_bounded():
+    forged = payloads.parse_command(
+        b'{"schema":"command/1","request_id":"r1","command":"acknowledge","alarm_id":"a1","actor":"plant-manager"}', "eve")
+    assert isinstance(forged, Rejected) and forged.request_id == "r1"
+    assert "'plant-manager' is not the sender 'eve'" in forged.reason
+    q = payloads.parse_question(b'{"schema":"ask/1","request_id":"q1","alarm_id":null,"question":"?","actor":"ann"}', "eve")
+    assert isinstance(q, Rejected) and "not the sender" in q.reason
+    # documented field limits; the refusal quotes a long value only in part
+    long_comment = json.dumps({"schema": "command/1", "request_id": "r3", "command": "acknowledge", "alarm_id": "a1",
+                               "comment": "x" * 5000}).encode()
+    parsed = payloads.parse_command(long_comment, "ann")
+    assert isinstance(parsed, Rejected) and "comment" in parsed.reason and len(parsed.reason) < 400
+    assert isinstance(payloads.parse_command(long_comment.replace(b"x" * 5000, b"x" * 1000), "ann"), OperatorCommand)
+    assert isinstance(payloads.parse_command(b" " * (payloads.MAX_INCOMING_BYTES + 1), "ann"), Rejected)
 
 
 def test_tail_describes_alarms_diagnoses_status_and_clears():
@@ -152,4 +179,4 @@ def test_node_red_flow_is_a_wired_export_on_our_topics():
     inject = next(n for n in flow if n["type"] == "inject")
     assert payloads.problems(json.loads(inject["payload"]), "command/1") == []
     out = next(n for n in flow if n["type"] == "mqtt out")
-    assert parse(out["topic"]).kind == "commands"
+    assert parse(out["topic"]).kind == "commands" and parse(out["topic"]).user == "node-red"  # its MQTT user

@@ -23,6 +23,7 @@ COMMANDS: list[str] = [
     "factory_copilot.detect.cli",
     "factory_copilot.alarms.cli",
     "factory_copilot.publish.tail",
+    "factory_copilot.plumbing.broker_site",
     "factory_copilot.copilot.explain",
     "factory_copilot.copilot.knowledge",
     "factory_copilot.copilot.model_files",

@@ -380,6 +380,72 @@ SourceKind = Literal["opcua", "sparkplug", "mqtt"]
 SOURCE_KINDS: tuple[str, ...] = ("opcua", "sparkplug", "mqtt")  # the order a signal with several sources is read in
 
 
+class Role(_Strict):
+    """What the users of one role may do to an alarm (unshelving, which only brings an alarm back, anyone listed)."""
+
+    users: list[str] = []
+    acknowledge: bool = True
+    shelve_max_s: float = Field(0.0, ge=0)  # 0: may not shelve
+    out_of_service: bool = False  # may take an alarm out of service and return it
+
+    @field_validator("users")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            # the name is the sender's MQTT user name, read from its topic level
+            if not name or any(c in name for c in "/+#\0") or name != name.strip():
+                raise ValueError(f"{name!r} is not a user name (no '/', '+', '#', surrounding spaces)")
+        return v
+
+
+_ROLE_DEFAULTS = {"operators": {"acknowledge": True, "shelve_max_s": 1800.0},
+                  "supervisors": {"acknowledge": True, "shelve_max_s": 8 * 3600.0, "out_of_service": True}}
+
+
+class Roles(_Strict):
+    """Who may change an alarm's state: the actor is the MQTT user a command came from (``commands/<user>``)."""
+
+    operators: Role = Role(acknowledge=True, shelve_max_s=1800)
+    supervisors: Role = Role(acknowledge=True, shelve_max_s=8 * 3600, out_of_service=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_defaults(cls, data: Any) -> Any:
+        # `operators: {users: [ann]}` keeps the operators' defaults for what it leaves out; `operators: [ann]` too
+        if isinstance(data, dict):
+            data = dict(data)
+            for key, default in _ROLE_DEFAULTS.items():
+                given = data.get(key)
+                if isinstance(given, list):
+                    data[key] = {**default, "users": given}
+                elif isinstance(given, dict):
+                    data[key] = {**default, **given}
+        return data
+
+    def of(self, user: str) -> list[str]:
+        return [name for name, role in self._roles() if user in role.users]
+
+    def _roles(self) -> list[tuple[str, Role]]:
+        return [("operators", self.operators), ("supervisors", self.supervisors)]
+
+    def refusal(self, user: str, command: str, shelve_s: float | None = None) -> str | None:
+        """Why ``user`` may not do ``command`` (None: allowed), in words an operator understands."""
+        mine = [role for _, role in self._roles() if user in role.users]
+        if not mine:
+            return f"{user} is in no role of this line (operators, supervisors): may not {command.replace('_', ' ')}"
+        if command == "acknowledge" and not any(r.acknowledge for r in mine):
+            return f"{user} may not acknowledge alarms on this line"
+        if command == "shelve":
+            most = max(r.shelve_max_s for r in mine)
+            if most <= 0:
+                return f"{user} may not shelve alarms on this line"
+            if shelve_s is not None and shelve_s > most:
+                return f"{user} may shelve for at most {most:g} s, asked for {shelve_s:g} s"
+        if command in ("out_of_service", "return_to_service") and not any(r.out_of_service for r in mine):
+            return f"{user} may not take alarms out of service or return them (supervisors may)"
+        return None
+
+
 class ServiceSettings(_Strict):
     """How ``factory-copilot run`` serves this line."""
 
@@ -408,6 +474,8 @@ class LineConfig(_Strict):
     sparkplug: SparkplugHost | None = None
     knowledge: Knowledge = Knowledge()
     service: ServiceSettings = ServiceSettings()
+    # who may acknowledge, shelve (how long) and take out of service; None: every user the broker lets in may
+    roles: Roles | None = None
     assets: list[Asset]
     _path: Path | None = PrivateAttr(None)  # the file it was read from: the line's own paths are relative to it
 

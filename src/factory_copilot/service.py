@@ -92,6 +92,10 @@ class LineService:
         self.detect = DetectStation(line, to_detect, anomalies, detector=models.detector, classifier=models.classifier,
                                     checks=models.checks(line), clock=self.clock)
         self.engine = AlarmEngine(line, paths.alarms, alarm_settings, clock=self.clock)
+        if line.roles is None:
+            log.warning("%s/%s: the line file has no roles: every user the broker logs in may acknowledge, shelve "
+                        "and take alarms out of service; name operators and supervisors (docs/mqtt.md)",
+                        line.site, line.line)
         # the engine's delays are checked each tick: as often in data time, however fast the replay
         self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results, tick_s=0.25 / speed)
         self.store = Store(paths.store)

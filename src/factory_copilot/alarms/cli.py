@@ -11,6 +11,7 @@ from pathlib import Path
 
 from factory_copilot.alarms.grouping import fold
 from factory_copilot.alarms.journal import Journal
+from factory_copilot.plumbing.logs import printable
 from factory_copilot.records import AlarmState
 
 DEFAULT_DB = os.environ.get("FACTORY_COPILOT_ALARMS_DB", "var/alarms.db")
@@ -71,7 +72,8 @@ def _line(a, indent: str = "") -> str:
     flags = [f for f, on in (("shelved", a.shelved_until), ("suppressed", a.suppressed and not a.parent_id),
                              ("out-of-service", a.out_of_service)) if on]
     extra = f" [{', '.join(flags)}]" if flags else ""
-    return f"{_when(a.raised_at)}  {indent}{a.priority.name:<8} {a.state.value:<24} {a.alarm_id}  {a.message}{extra}"
+    return (f"{_when(a.raised_at)}  {indent}{a.priority.name:<8} {a.state.value:<24} {printable(a.alarm_id)}  "
+            f"{printable(a.message, 500)}{extra}")
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -89,7 +91,9 @@ def _audit(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(e.to_dict()))
             continue
-        who = f" by {e.actor}" if e.actor else ""
-        note = f" — {e.comment}" if e.comment else ""
-        print(f"{_when(e.ts)}  {e.alarm_id:<40} {e.event:<18} -> {e.state.value}{who}{note}")
+        # actor, comment and ids came from outside: printed escaped, so a newline cannot forge a row
+        # nor an ANSI escape repaint the reader's terminal (the file keeps them as they came, as data)
+        who = f" by {printable(e.actor, 100)}" if e.actor else ""
+        note = f" — {printable(e.comment, 1000)}" if e.comment else ""
+        print(f"{_when(e.ts)}  {printable(e.alarm_id):<40} {printable(e.event):<18} -> {e.state.value}{who}{note}")
     return 0

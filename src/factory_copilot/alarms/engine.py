@@ -71,6 +71,7 @@ from typing import Callable, Mapping
 from factory_copilot.alarms import design, grouping
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
+from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandKind, CommandResult, OperatorCommand, Priority
@@ -201,6 +202,7 @@ class AlarmEngine:
         self._dirty: set[str] = set()
         self._flood_changes: dict[str, tuple[str, float] | None] = {}
         self._by_condition: dict[tuple[str, str], str] = {}
+        self._rejections = Throttled(log, 10.0)  # refused commands: each answered and audited, logged rate-limited
         self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
         self._consequence: dict[tuple, Priority] = {}  # (asset, kind, signal, fault) -> consequence: the line is fixed
         self._stale_until: dict[str, float] = {}  # signal key -> until when its data counts as lost
@@ -317,9 +319,15 @@ class AlarmEngine:
     def command(self, cmd: OperatorCommand) -> tuple[CommandResult, list[AlarmEvent]]:
         """Execute an operator command; an invalid one changes nothing and says why."""
         now = self.clock()
+        refusal = self._refusal(cmd)
+        if refusal:
+            self._audit_refusal(cmd, now, refusal)
+            return CommandResult(cmd.request_id, False, f"refused: {refusal}", self.get(cmd.alarm_id)), []
         problem = self._check(cmd)
         if problem:
-            log.warning("rejected %s of %r by %r: %s", cmd.command, cmd.alarm_id, cmd.actor, problem)
+            # each is answered; a flood of them is named here once per 10 s with the count of the others
+            self._rejections.warning("rejected", "rejected %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id),
+                                     printable(cmd.actor), printable(problem))
             return CommandResult(cmd.request_id, False, problem, self.get(cmd.alarm_id)), []
         alarm = self._alarms[cmd.alarm_id]
         if cmd.command == "acknowledge":
@@ -772,6 +780,31 @@ class AlarmEngine:
             self._conditions[key] = cond
         return cond
 
+    def _refusal(self, cmd: OperatorCommand) -> str | None:
+        """Why the line's roles do not let this actor do this (None: they do, or the line names no roles)."""
+        roles = self.line.roles
+        if roles is None or cmd.command not in COMMANDS or cmd.command == "unshelve" and roles.of(cmd.actor or ""):
+            return None
+        return roles.refusal(cmd.actor or "", cmd.command, cmd.shelve_s)
+
+    def _audit_refusal(self, cmd: OperatorCommand, now: float, refusal: str) -> None:
+        """A refused command leaves an audit row (who tried what), without touching the alarm."""
+        self._rejections.warning("refused", "refused %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id),
+                                 printable(cmd.actor), printable(refusal))
+        alarm = self._alarms.get(cmd.alarm_id)
+        if alarm is None:
+            return  # nothing to attach the row to; the log line above is the trace
+        what = cmd.command + (f" for {cmd.shelve_s:g} s" if cmd.shelve_s is not None else "")
+        comment = f"{what} refused: {refusal}" + (f" (comment: {cmd.comment})" if cmd.comment else "")
+        ev = AlarmEvent(alarm.alarm_id, now, "refused", alarm.state, _copy(alarm), cmd.actor, comment)
+        entry = Entry(ev, design.operator_position(self.line, alarm.asset), False)
+        try:
+            self.journal.write([], [entry])
+        except sqlite3.Error as exc:
+            self._unwritten.append(entry)
+            log.error("%s: cannot write the refusal to the audit trail yet (%s); retried with the next write",
+                      self.journal.path, exc)
+
     def _check(self, cmd: OperatorCommand) -> str | None:
         if cmd.command not in COMMANDS:
             return f"unknown command {cmd.command!r}; use one of {', '.join(COMMANDS)}"
@@ -840,8 +873,8 @@ class AlarmEngine:
             self._dirty.clear()
             self._flood_changes = {}
         for e in new:
-            log.info("alarm %s %s -> %s%s", e.event.alarm_id, e.event.event, e.event.state.value,
-                     f" by {e.event.actor}" if e.event.actor else "")
+            log.info("alarm %s %s -> %s%s", printable(e.event.alarm_id), e.event.event, e.event.state.value,
+                     f" by {printable(e.event.actor)}" if e.event.actor else "")
         return [e.event for e in new]
 
     def _load(self) -> None:

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from factory_copilot.config import field_path
+from factory_copilot.copilot.tfidf import TfIdfIndex
 
 if TYPE_CHECKING:
     from factory_copilot.config import LineConfig
@@ -166,13 +167,7 @@ class RunbookLibrary:
             self.runbooks[rb.id] = rb
         self.passages: list[Passage] = [p for rb in self.runbooks.values() for p in rb.passages.values()]
         self._by_id = {p.id: p for p in self.passages}
-        self._vectorizer = None
-        self._matrix = None
-        if self.passages:
-            from sklearn.feature_extraction.text import TfidfVectorizer
-
-            self._vectorizer = TfidfVectorizer(token_pattern=_TOKEN, sublinear_tf=True, ngram_range=(1, 2), min_df=1)
-            self._matrix = self._vectorizer.fit_transform([self._document(p) for p in self.passages])
+        self._index = TfIdfIndex([self._document(p) for p in self.passages], _TOKEN) if self.passages else None
 
     def _document(self, p: Passage) -> str:
         rb = self.runbooks[p.runbook_id]
@@ -211,10 +206,9 @@ class RunbookLibrary:
 
     def search(self, query: str, k: int = 4, asset: str | None = None) -> list[tuple[Passage, float]]:
         """The k passages most similar to ``query`` (TF-IDF cosine), optionally only for one asset."""
-        if self._vectorizer is None or not query.strip():
+        if self._index is None or not query.strip():
             return []
-        q = self._vectorizer.transform([query])
-        scores = (self._matrix @ q.T).toarray().ravel()
+        scores = self._index.scores(query)
         order = scores.argsort()[::-1]
         out = []
         for i in order:

@@ -16,11 +16,15 @@ runs only in production (a stopped motor is flat by design).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from factory_copilot.config import LineConfig
 from factory_copilot.records import Anomaly, Mode, Quality
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 NAN = float("nan")

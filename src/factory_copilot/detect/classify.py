@@ -4,23 +4,28 @@ A row's signature is its signals standardised against normal operation, smoothed
 fast and a slow EWMA weight, plus an EWMA of the spread around the fast average
 (oscillation, sticking valves). An extremely randomised forest maps signatures to fault
 types; the answer is 'unknown' when the top probability is low or the signature lies far
-from every training signature of the named fault (novelty).
+from every training signature of the named fault (novelty). scikit-learn grows the forest; the
+fitted classifier keeps its trees as numpy arrays (``forest.Forest``), so serving needs neither.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.ensemble import ExtraTreesClassifier
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from factory_copilot.detect.estimator import Estimator
 from factory_copilot.detect.features import as_matrix, ewma_runs, hold_last, numeric_signals, runs
+from factory_copilot.detect.forest import Forest
 from factory_copilot.detect.multivariate import ALL_MODES, mode_labels
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 UNKNOWN = "unknown"
 
 
-class FaultClassifier(BaseEstimator, ClassifierMixin):
+class FaultClassifier(Estimator):
     """Causal fault-type classifier with scikit-learn conventions (fit/predict/predict_proba/classes_).
 
     ``fit(X, y, groups=None)``: X a DataFrame of labelled history in time order, y the fault
@@ -118,9 +123,12 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
                 idx = np.flatnonzero(y == label)
                 take[idx[np.linspace(0, len(idx) - 1, min(len(idx), self.max_rows_per_class)).astype(int)]] = True
             F, y = F[take], y[take]
-        self.forest_ = ExtraTreesClassifier(
+        # training only: what the service loads is the forest's trees as arrays, without scikit-learn
+        from sklearn.ensemble import ExtraTreesClassifier
+
+        self.forest_ = Forest.from_sklearn(ExtraTreesClassifier(
             n_estimators=self.n_estimators, random_state=self.random_state, n_jobs=self.n_jobs, min_samples_leaf=2
-        ).fit(F, y)
+        ).fit(F, y))
         self.classes_ = self.forest_.classes_
         # novelty: how far a signature may lie from its class's training signatures
         self.centres_ = np.zeros((len(self.classes_), F.shape[1]))
@@ -175,10 +183,12 @@ class FaultClassifier(BaseEstimator, ClassifierMixin):
         self._check_fitted()
         return self.label(self.features(X))[0]
 
+    def score(self, X: pd.DataFrame, y) -> float:
+        """Share of rows whose predicted fault is the given label (scikit-learn's classifier score)."""
+        return float(np.mean(self.predict(X) == np.asarray([str(v) for v in y], dtype=object)))
+
     def stream(self) -> "ClassifierStream":
         self._check_fitted()
-        # one row at a time: thread start-up would cost more than the trees
-        self.forest_.n_jobs = 1
         return ClassifierStream(self)
 
 

@@ -8,12 +8,15 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.simulated import simulated_line
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,9 @@ def read_history(paths: list[str], line=None) -> pd.DataFrame:
     CSV/Parquet: one column per 'asset.signal'. JSON lines (.jsonl): a recorded stream of readings.
     The formats are described in docs/history.md.
     """
+    # pandas here, not at the top: every command's module is imported to build the command line, the service's too
+    import pandas as pd
+
     frames = []
     offset = 0
     for path in paths:
@@ -292,6 +298,7 @@ def _plot_recording(res: dict, path: Path, title: str) -> None:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     import numpy as np
+    import pandas as pd
 
     s = res["series"]
     t = pd.to_datetime(np.asarray(s["ts"]), unit="s")

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy.signal import lfilter
-from scipy.stats import poisson
-from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 
-from factory_copilot.detect.features import as_matrix, ewma, hold_last, numeric_signals, runs
+from factory_copilot.detect.estimator import Estimator
+from factory_copilot.detect.features import as_matrix, ewma, first_order, hold_last, numeric_signals, runs, table_like
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ALL_MODES = "all"
 
@@ -105,6 +106,14 @@ def shrunk_covariance(W: np.ndarray) -> np.ndarray:
     return (1 - shrink) * S + shrink * mu * np.eye(p)
 
 
+def _poisson_sf(k: int, mu: float) -> float:
+    """P(N > k) for N Poisson with mean ``mu``: how surprising k+1 or more false-alarm episodes are."""
+    # calibration only (fit): the service that runs a trained detector never loads scipy
+    from scipy.stats import poisson
+
+    return float(poisson.sf(k, mu))
+
+
 def _distances(W: np.ndarray, P: np.ndarray) -> np.ndarray:
     return np.einsum("ij,jk,ik->i", W, P, W)
 
@@ -117,7 +126,7 @@ def _ewma_from_first(x: np.ndarray, lam: float) -> np.ndarray:
         if not len(finite):
             continue
         f = finite[0]
-        out[f:, j] = lfilter([lam], [1.0, -(1.0 - lam)], x[f:, j], zi=[(1.0 - lam) * x[f, j]])[0]
+        out[f:, j] = first_order(x[f:, j], lam, start=x[f, j])
     return out
 
 
@@ -139,7 +148,7 @@ class _Segment:
     run: int
 
 
-class LineDetector(BaseEstimator):
+class LineDetector(Estimator):
     """Multivariate, mode-aware, causal anomaly detector with scikit-learn conventions.
 
     ``fit(X)`` takes a DataFrame of normal operation, rows in time order, one numeric column
@@ -467,7 +476,7 @@ class LineDetector(BaseEstimator):
             "estimable": bool(n and 3.0 / n <= self.false_alarm_rate),
             # the target is missed when more false-alarm episodes came than it allows, at 95 % confidence
             # (episodes, not rows: the rows of one excursion are not independent evidence)
-            "missed": bool(flagged / max(n, 1) > self.false_alarm_rate and poisson.sf(episodes - 1, expected) < 0.05),
+            "missed": bool(flagged / max(n, 1) > self.false_alarm_rate and _poisson_sf(episodes - 1, expected) < 0.05),
         }
 
     def _check_held_out(self, ev: dict, modes, held, segs, report: dict, groups) -> dict[str, float]:
@@ -577,7 +586,7 @@ class LineDetector(BaseEstimator):
                 if lam >= 1.0:
                     W = Zc - base
                 else:
-                    W = lfilter([lam], [1.0, -(1.0 - lam)], Zc - base, axis=0, zi=((1.0 - lam) * W_last[j])[None, :])[0]
+                    W = first_order(Zc - base, lam, start=W_last[j])
                 Ws.append(W)
                 W_last[j] = W[-1]
             D = np.stack([_distances(W, model.precisions[j]) for j, W in enumerate(Ws)], axis=1) / model.norms
@@ -630,7 +639,7 @@ class LineDetector(BaseEstimator):
             if model is not None:
                 R[seg.start : seg.end] = A[seg.start : seg.end] - model.expected(A[seg.start : seg.end], F[seg.start : seg.end])
         R[:, self.context_] = 0.0  # the operating point itself is no part of a fault's signature
-        return pd.DataFrame(R, index=X.index, columns=self.signals_)
+        return table_like(X, R, self.signals_)
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Each signal's share (0..1, rows sum to 1) of the row's score, from the statistic that dominated it.
@@ -651,7 +660,7 @@ class LineDetector(BaseEstimator):
             C[a:b] = np.einsum("ijk,ik->ij", P, W) ** 2 / np.diagonal(P, axis1=1, axis2=2)
         total = C.sum(axis=1, keepdims=True)
         C = np.divide(C, total, out=np.zeros_like(C), where=total > 0)
-        return pd.DataFrame(C, index=X.index, columns=self.signals_)
+        return table_like(X, C, self.signals_)
 
     def stream(self) -> "DetectorStream":
         """A one-row-at-a-time runner holding the causal state, for the live station."""

@@ -17,7 +17,9 @@ from factory_copilot.detect.multivariate import LineDetector
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: modes declared by the line file, operating-point features, out-of-sample calibration
+# 2: modes declared by the line file, operating-point features, out-of-sample calibration;
+# 3: no scikit-learn object inside (the classifier's trees as numpy arrays), so serving loads without it
+FORMAT = 3
 
 
 class ModelMismatchError(ValueError):

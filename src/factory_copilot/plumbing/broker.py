@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from factory_copilot.plumbing.broker_site import SiteFiles
+
 log = logging.getLogger(__name__)
 
 MOSQUITTO = shutil.which("mosquitto") or next(
@@ -48,10 +50,18 @@ class MosquittoBroker:
     protocol = "5"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, state_dir: str | Path | None = None, *,
-                 persistence: bool = True, max_queued: int = 100_000, settings: str = ""):
+                 persistence: bool = True, max_queued: int = 100_000, settings: str = "",
+                 site: SiteFiles | None = None):
         if MOSQUITTO is None:
             raise RuntimeError("Mosquitto is not installed (apt-get install mosquitto)")
         self.host, self.port = host, port
+        self.proc: subprocess.Popen | None = None
+        self.site = site
+        if site is not None:  # a configuration broker init wrote: users, ACL, maybe TLS
+            self.host, self.port, self.dir, self.conf, self.log_file = site.host, site.port, site.folder, site.conf, site.log_file
+            if self.host in ("0.0.0.0", "::"):
+                self.host = "127.0.0.1"  # where to look for it coming up
+            return
         self.dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="fc-mosquitto-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "mosquitto.conf"
@@ -68,7 +78,6 @@ class MosquittoBroker:
             + (f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else "")
             + settings
         )
-        self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 10.0) -> "MosquittoBroker":
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdin=subprocess.DEVNULL,

@@ -143,6 +143,7 @@ class MqttSession:
         session_expiry_s: int = 3600,
         configure: Callable[[paho.Client], None] | None = None,
         log_every_s: float = 30.0,
+        max_packet_bytes: int | None = None,
     ):
         self.conn = conn
         self.role = role
@@ -157,6 +158,7 @@ class MqttSession:
         self.on_subscribed = on_subscribed
         self.persistent = persistent
         self.session_expiry_s = session_expiry_s
+        self.max_packet_bytes = max_packet_bytes  # MQTT 5: the broker sends us nothing bigger
         self.configure = configure  # queue and in-flight limits, set on every paho client this session makes
         self.where = f"{conn.host}:{conn.port}"
         self.client: paho.Client | None = None
@@ -289,6 +291,8 @@ class MqttSession:
             props = Properties(PacketTypes.CONNECT)
             if self.persistent:
                 props.SessionExpiryInterval = self.session_expiry_s
+            if self.max_packet_bytes:
+                props.MaximumPacketSize = self.max_packet_bytes
             client.connect_async(self.conn.host, self.conn.port, keepalive=self.conn.keepalive_s,
                                  clean_start=not self.persistent, properties=props)
         else:

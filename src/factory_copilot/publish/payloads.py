@@ -164,7 +164,10 @@ class Rejected:
     reason: str
 
 
-MAX_INCOMING_BYTES = 64 * 1024  # a command or a question is a few hundred bytes; anything this large is not one
+# a command or a question is a few hundred bytes; a larger payload is refused before it is parsed. Fields are
+# limited by the schemas: actor 64, alarm_id 256, comment 1000, question 4000 characters, request_id 128
+MAX_INCOMING_BYTES = 64 * 1024
+MAX_REASON_CHARS = 300  # a refusal quotes the offending value at most this far: a reply never echoes a payload
 
 
 def _decode(raw: bytes, kind: str) -> tuple[dict[str, Any] | None, Rejected | None]:
@@ -178,27 +181,47 @@ def _decode(raw: bytes, kind: str) -> tuple[dict[str, Any] | None, Rejected | No
     rid = rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
     found = problems(body, kind)
     if found:
-        return None, Rejected(rid, "; ".join(found))
+        return None, Rejected(rid, "; ".join(_cut(p) for p in found[:5]))
     return body, None
 
 
-def parse_command(raw: bytes) -> OperatorCommand | Rejected:
-    """An operator command from the command topic, or why it was rejected (then nothing may reach the engine)."""
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS] + f"...(+{len(text) - MAX_REASON_CHARS} chars)"
+
+
+def _sender(body: dict[str, Any], sender: str) -> str | None:
+    """Why the payload's ``actor`` is refused: the sender is the MQTT user of the topic, and only it."""
+    actor = body.get("actor")
+    if actor is not None and actor != sender:
+        return (f"actor: {_cut(repr(actor))} is not the sender {sender!r} (the MQTT user this came from); "
+                "leave actor out or send it as yourself")
+    return None
+
+
+def parse_command(raw: bytes, sender: str) -> OperatorCommand | Rejected:
+    """An operator command from ``commands/<sender>``, or why it was rejected (then nothing may reach the engine)."""
     body, rejected = _decode(raw, COMMAND)
     if rejected:
         return rejected
+    wrong = _sender(body, sender)
+    if wrong:
+        return Rejected(body["request_id"], wrong)
     return OperatorCommand(
         command=body["command"],
         alarm_id=body["alarm_id"],
-        actor=body["actor"],
+        actor=sender,
         comment=body.get("comment"),
         shelve_s=body.get("shelve_s"),
         request_id=body["request_id"],
     )
 
 
-def parse_question(raw: bytes) -> Question | Rejected:
+def parse_question(raw: bytes, sender: str) -> Question | Rejected:
+    """A question from ``ask/<sender>``, or why it was rejected."""
     body, rejected = _decode(raw, ASK)
     if rejected:
         return rejected
-    return Question(request_id=body["request_id"], alarm_id=body["alarm_id"], question=body["question"], actor=body["actor"])
+    wrong = _sender(body, sender)
+    if wrong:
+        return Rejected(body["request_id"], wrong)
+    return Question(request_id=body["request_id"], alarm_id=body["alarm_id"], question=body["question"], actor=sender)

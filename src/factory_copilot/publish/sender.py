@@ -47,7 +47,8 @@ class Sender:
         self._queued: dict[int, collections.deque[Message]] = {ALARM_LANE: collections.deque(),
                                                                DIAGNOSIS_LANE: collections.deque()}
         self._loaded = {ALARM_LANE: 0, DIAGNOSIS_LANE: 0}  # highest outbox id read into _queued, per lane
-        self._replies: collections.deque[Message] = collections.deque(maxlen=1000)
+        # every command is answered: replies wait in memory, bounded only against a runaway (counted, logged)
+        self._replies: collections.deque[Message] = collections.deque(maxlen=20_000)
         self._stream: collections.deque[Message] = collections.deque(maxlen=stream_max)
         self._update_idle()
 
@@ -61,6 +62,10 @@ class Sender:
 
     def reply(self, message: Message) -> None:
         """A reply an operator waits for: in memory, ahead of diagnoses."""
+        if len(self._replies) == self._replies.maxlen:
+            self.counts["replies_dropped"] += 1
+            log.warning("%d replies wait for the broker: dropped the oldest (%d so far)", len(self._replies),
+                        self.counts["replies_dropped"])
         self._replies.append(message)
         self._kick()
 

@@ -33,6 +33,11 @@ class InstanceConflict(RuntimeError):
     """Another publisher is online for the same site/line on this broker."""
 
 
+# what we accept from the broker at most, even one without a packet limit of its own; between this and the 64 KiB
+# of a command (payloads.MAX_INCOMING_BYTES) the sender still gets a "too large" reply
+MAX_PACKET_BYTES = 1024 * 1024
+
+
 class PublishSession:
     """The station's MQTT session; calls back on the event loop: ``on_online()``, ``on_offline(why)``,
     ``on_new_client()``, ``on_acked(mid, failure)``, ``on_message(topic, raw, response_topic, correlation)``."""
@@ -72,7 +77,10 @@ class PublishSession:
         will = self.status("offline")
         self.mqtt = MqttSession(
             self.connection, role="publish", client_id=self.client_id,
-            subscriptions=[(self.topics.commands(), 1), (self.topics.ask(), 1)],
+            # every user's own level; the broker's ACL makes sure the level is the sender's user name
+            subscriptions=[(self.topics.commands("+"), 1), (self.topics.ask("+"), 1)],
+            # MQTT 5: the broker must not forward us a packet beyond this (a 20 MB "command" never reaches us)
+            max_packet_bytes=MAX_PACKET_BYTES,
             will=Will(self.topics.status(), payloads.encode(will), qos=1, retain=True, content_type="application/json",
                       user_properties=(("schema", payloads.STATUS),)),
             on_up=self._up, on_down=lambda why: self._call(self.on_offline, why), on_message=self._message,

@@ -15,6 +15,7 @@ from typing import Any, Callable, TextIO
 
 import paho.mqtt.client as paho
 
+from factory_copilot.plumbing.logs import printable
 from factory_copilot.plumbing.mqtt import MqttSession
 from factory_copilot.config import MqttConnection
 from factory_copilot.publish import payloads
@@ -68,7 +69,8 @@ def follow(
         line = describe(msg.topic, bytes(msg.payload), topics.prefix)
         if line is None:
             return
-        print(line, file=out, flush=True)
+        # whatever a publisher put in a message reaches a terminal here: control characters escaped
+        print(printable(line, 4000), file=out, flush=True)
         printed += 1
         if count is not None and printed >= count:
             done.set()

@@ -7,9 +7,10 @@ Under ``<prefix>/<site>/<line>/`` (prefix default ``factory-copilot``):
     <asset>/diagnosis/<alarm-id>/stream   streamed diagnosis text chunks, not retained
     events                                every alarm transition, not retained
     status                                birth (online) and last will (offline), retained
-    commands                              operator commands in (acknowledge, shelve, unshelve)
-    commands/reply/<request-id>           the reply to one command
-    ask                                   questions to the copilot
+    commands/<user>                       operator commands in, from MQTT user <user> (the broker's ACL lets
+                                          each user publish only on its own level: the actor is the topic's)
+    commands/reply/<request-id>           the reply to one command (the service's only reply prefix)
+    ask/<user>                            questions to the copilot, from MQTT user <user>
     ask/reply/<request-id>                the streamed answer to one question
 
 Topic levels cannot hold ``/``, ``+``, ``#`` or NUL, so those characters (and ``%``)
@@ -24,6 +25,7 @@ from urllib.parse import quote, unquote
 DEFAULT_PREFIX = "factory-copilot"
 # a request whose id could not be read still gets an error reply, on this level
 UNKNOWN_REQUEST = "unknown"
+REPLY = "reply"  # commands/reply/... and ask/reply/...: never a user's level
 
 _SAFE = "-_.:~@!$&'()*,;=[]{}<>|^ "  # kept as is; '/', '+', '#', '%' and NUL are escaped
 
@@ -49,6 +51,7 @@ class TopicParts:
     asset: str | None = None
     alarm_id: str | None = None
     request_id: str | None = None
+    user: str | None = None  # the sender of a command or question: its topic level
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +91,25 @@ class Topics:
     def status(self) -> str:
         return f"{self.base}/status"
 
-    def commands(self) -> str:
-        return f"{self.base}/commands"
+    def commands(self, user: str) -> str:
+        """Where MQTT user ``user`` sends its commands (and only it may: the broker's ACL)."""
+        return f"{self.base}/commands/{self._level(user)}"
 
     def command_reply(self, request_id: str | None) -> str:
-        return f"{self.base}/commands/reply/{encode_level(request_id or UNKNOWN_REQUEST)}"
+        return f"{self.command_replies()}{encode_level(request_id or UNKNOWN_REQUEST)}"
 
-    def ask(self) -> str:
-        return f"{self.base}/ask"
+    def command_replies(self) -> str:
+        """The prefix every command reply goes under; a response topic outside it is refused."""
+        return f"{self.base}/commands/reply/"
+
+    def ask(self, user: str) -> str:
+        return f"{self.base}/ask/{self._level(user)}"
 
     def answer(self, request_id: str | None) -> str:
-        return f"{self.base}/ask/reply/{encode_level(request_id or UNKNOWN_REQUEST)}"
+        return f"{self.answers()}{encode_level(request_id or UNKNOWN_REQUEST)}"
+
+    def answers(self) -> str:
+        return f"{self.base}/ask/reply/"
 
     # subscription filters
     def all_alarms(self) -> str:
@@ -131,10 +142,8 @@ def parse(topic: str, prefix: str = DEFAULT_PREFIX) -> TopicParts | None:
         return TopicParts("events", site, line)
     if rest == ["status"]:
         return TopicParts("status", site, line)
-    if rest == ["commands"]:
-        return TopicParts("commands", site, line)
-    if rest == ["ask"]:
-        return TopicParts("ask", site, line)
+    if len(rest) == 2 and rest[0] in ("commands", "ask") and rest[1] != REPLY:
+        return TopicParts(rest[0], site, line, user=decode_level(rest[1]))
     if len(rest) == 3 and rest[:2] == ["commands", "reply"]:
         return TopicParts("command_reply", site, line, request_id=decode_level(rest[2]))
     if len(rest) == 3 and rest[:2] == ["ask", "reply"]:
