@@ -1,19 +1,31 @@
 """Benchmark the copilot's model path: Qwen2.5-0.5B/1.5B-shaped Q4_K_M GGUFs (random weights) on the CPU.
 
-For each model and thread count (default: the service's, all cores but one): prompt tokens of a
+For each model and generation thread count (default: the service's, all cores but one): prompt tokens of a
 typical alarm (fixed prefix + compact evidence block), then
 - cold: the first alarm after a start with nothing cached (prefix and data processed);
-- warm: after a restart, the fixed prefix restored from disk (``state_dir``), then an alarm;
-each with the time to the first words of the summary the operator reads, the time to a complete,
-validated diagnosis, and tokens in/out; generation speed under the JSON grammar and free (the same
-prompt and token count, so the grammar's own cost shows), and the forward pass's speed as a share
-of the memory-bandwidth limit measured at the same thread count (every weight is read once per
-token; the limit is the model's bytes over the bandwidth that many threads reach reading memory).
+- warm: after a restart, the fixed prefix restored from disk (``state_dir``), then an alarm: the time to the
+  first words of the summary the operator reads, to a complete validated diagnosis, the forward passes and
+  tokens of the answer, and the CPU-seconds the model used (on a shared machine, about what the wall time
+  would be on a quiet one with that many threads);
+- the same warm alarm answered several ways, interleaved over ``--rounds`` (the machine is shared and noisy,
+  so each way sees the same load), medians reported:
+    grammar        one call under the full JSON-schema grammar (the way before this benchmark's last change)
+    two-steps      the summary free, then the choices under a small GBNF grammar
+    form/block     the answer form (decoding.py: summary written, ids chosen from a token trie, JSON given),
+                   runbook steps' text in the data block, prompt on the generation's threads
+    form           the same with the steps' text in the cached prefix (the data block names them)
+    form+fa        the same with llama.cpp's flash attention
+    form+tb2       the same with two threads for the prompt (batch), whatever the machine's load
+    service        what the service does: the answer form, the steps in the prefix, prompt threads chosen by
+                   the cores the machine leaves idle at the time (SpareCores)
+- the forward pass's speed as a share of the memory-bandwidth limit measured at the same thread count (every
+  weight is read once per token; the limit is the model's bytes over the bandwidth that many threads reach).
 
-    python bench/copilot.py [--sizes 0.5b 1.5b] [--threads 1 2]
+    python bench/copilot.py [--sizes 0.5b 1.5b] [--threads 1] [--rounds 3] [--ways grammar form service]
 
-The weights are random, so the text is noise and the grammar fills the summary to its bound
-(160 characters): a real Qwen writes a sentence or two and stops sooner. The models are made by
+The weights are random, so the text is noise: the answer form's summary is forced to its bound of 32 tokens (the
+most a summary may take; a real Qwen writes one short sentence and stops sooner); under a grammar the summary
+fills its 120 characters. The models are made by
 models/make_shaped_qwen.py on first use (a few minutes).
 """
 
@@ -22,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -35,8 +48,13 @@ sys.path.insert(0, str(REPO / "models"))
 
 from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
 from factory_copilot.copilot import Copilot, LlamaCppBackend  # noqa: E402
-from factory_copilot.copilot.prompt import diagnosis_messages  # noqa: E402
+from factory_copilot.copilot.backends import batch_threads_for, default_threads  # noqa: E402
+from factory_copilot.copilot.diagnosis import diagnosis_schema  # noqa: E402
+from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, system_prompt  # noqa: E402
 from simulators.evaluation import simulated_incident  # noqa: E402
+
+WAYS = ["grammar", "two-steps", "form/block", "form", "form+fa", "form+tb2", "service"]
+STEM = DATA_OPEN + "\n"
 
 
 def read_bandwidth(threads: int, mib: int = 1024, repeats: int = 5) -> float:
@@ -64,91 +82,110 @@ def read_bandwidth(threads: int, mib: int = 1024, repeats: int = 5) -> float:
     return a.nbytes / best
 
 
-def chatml(messages: list[dict[str, str]], generation_prompt: bool = True) -> str:
-    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return text + ("<|im_start|>assistant\n" if generation_prompt else "")
-
-
-def copilot_for(backend: LlamaCppBackend, fault: str, alarm_id: str) -> tuple[Copilot, str]:
+def copilot_for(backend: LlamaCppBackend, fault: str, alarm_id: str, steps_in_prefix: bool = True) -> tuple[Copilot, str]:
     line = load_line(SIMULATED_LINE)
     cop = Copilot(line, backend=backend, timeout_s=600)
+    if not steps_in_prefix:
+        cop.system = system_prompt(line.site, line.line, cop.faults, cop.library, line.description, steps=False)
     alarm, readings = simulated_incident(line, fault, at_s=600)
     alarm.alarm_id = alarm_id
     for r in readings:
         cop.observe(r)
     cop.evidence(alarm)
+    # random weights write random tokens (~8 characters each here) and end the summary at a random quote: the answer
+    # form's summary is forced to its token bound (SUMMARY_TOKENS), the same work every time and the most a real
+    # model's summary may take (a real Qwen writes ~4 characters a token and stops at the end of its sentence)
+    cop.schema["properties"]["summary"].update(minLength=10_000, maxLength=10_000)
     return cop, alarm_id
 
 
-def diagnose(cop: Copilot, alarm_id: str, tok) -> dict[str, float]:
-    pack = cop.pack(alarm_id)
-    prompt = tok(chatml(diagnosis_messages(cop.system, pack)))
+def diagnose(cop: Copilot, alarm_id: str) -> dict[str, float]:
+    messages = diagnosis_messages(cop.system, cop.pack(alarm_id))
+    llama = cop.backend.load()
+    prompt = len(llama.tokenize(cop.backend._formatter(llama)(messages=messages).prompt.encode(), add_bos=True,
+                                special=True))
     cpu = time.process_time()
     d = asyncio.run(cop._model_diagnosis(alarm_id, None))
     cpu = time.process_time() - cpu  # the CPU the model used: on a shared machine, what it would take on a quiet one
     t = cop.last_timing
     if d.source != "model":
         raise SystemExit(f"no model diagnosis: {d.fallback_reason}")
-    generated = t["completion_chunks"]
-    return {"first": t["first_words_s"], "complete": t["complete_s"], "prompt": prompt, "generated": generated,
-            "gen_tps": generated / max(1e-9, t["complete_s"] - t["first_words_s"]) if generated > 1 else 0.0,
-            "cpu": cpu}
+    generated = t.get("completion_chunks", 0.0)
+    passes = t.get("passes", generated)  # under a grammar every generated token is a pass
+    return {"first": t["first_words_s"], "complete": t["complete_s"], "prompt": prompt,
+            "new": prompt - cop.backend.last_prefix_tokens, "generated": generated, "passes": passes,
+            "summary": len(d.summary),
+            "gen_tps": (passes - 1) / max(1e-9, t["complete_s"] - t["first_words_s"]) if passes > 1 else 0.0,
+            "cpu": cpu, "threads_batch": t.get("threads_batch", float(cop.backend.n_threads))}
 
 
-def bench(size: str, path: Path, threads: int) -> dict[str, float]:
+def bench(size: str, path: Path, threads: int, rounds: int, ways: list[str]) -> dict[str, float]:
     bandwidth = read_bandwidth(threads)
-    state = Path(tempfile.mkdtemp(prefix="fc-bench-state-"))
+    tag = f"[{size} x{threads}]"
+    states = {k: Path(tempfile.mkdtemp(prefix=f"fc-bench-{k}-")) for k in ("prefix", "block")}
     started = time.perf_counter()
-    backend = LlamaCppBackend(path, n_ctx=4096, n_threads=threads, seed=1, state_dir=state)
+    backend = LlamaCppBackend(path, n_ctx=4096, n_threads=threads, seed=1, state_dir=states["prefix"])
     llama = backend.load()
     load_s = time.perf_counter() - started
     tok = lambda text: len(llama.tokenize(text.encode(), add_bos=False, special=True))  # noqa: E731
-    cop, first_alarm = copilot_for(backend, "bearing_wear", "A-cold")
-    prefix = tok(chatml([{"role": "system", "content": cop.system}], generation_prompt=False))
-    tag = f"[{size} x{threads}]"
     print(f"{tag} {path.name}: {path.stat().st_size / 2**20:.0f} MiB, loaded in {load_s:.2f} s")
 
-    cold = diagnose(cop, first_alarm, tok)
-    print(f"{tag} cold (nothing cached): prompt {cold['prompt']:.0f} tokens (fixed prefix {prefix}, alarm data "
-          f"{cold['prompt'] - prefix:.0f}); first words {cold['first']:.2f} s, complete diagnosis {cold['complete']:.2f} s, "
-          f"{cold['generated']:.0f} tokens out; CPU {cold['cpu']:.2f} s")
+    # cold: nothing cached, the service's way (the prefix and the data block processed for this alarm)
+    cop, first_alarm = copilot_for(backend, "bearing_wear", "A-cold")
+    backend.n_threads_batch = threads
+    backend.last_prefix_tokens = 0
+    cold = diagnose(cop, first_alarm)
+    backend.n_threads_batch = None
+    prefix = {k: tok(backend.prompt_stem(copilot_for(backend, "air_leak", "x", k == "prefix")[0].system, STEM))
+              for k in states}
+    print(f"{tag} cold (nothing cached): prompt {cold['prompt']:.0f} tokens (fixed prefix {prefix['prefix']}); first words "
+          f"{cold['first']:.2f} s, complete diagnosis {cold['complete']:.2f} s, {cold['passes']:.0f} passes; "
+          f"CPU {cold['cpu']:.2f} s")
 
-    backend.warm(cop.system)  # what the service does at start: the prefix computed and saved
-    restarted = LlamaCppBackend(path, n_ctx=4096, n_threads=threads, seed=1, state_dir=state)  # a restart
+    # a restart: a new model instance finds the prefix on disk (saved by the first one's warm-up)
+    for k in states:
+        backend.state_dir = states[k]
+        backend.warm(copilot_for(backend, "air_leak", "x", k == "prefix")[0].system, STEM)
+    restarted = LlamaCppBackend(path, n_ctx=4096, n_threads=threads, seed=1, state_dir=states["prefix"])
     t = time.perf_counter()
     restarted.load()
-    stats = restarted.warm(cop.system)
-    restore_s = time.perf_counter() - t
-    cop2, alarm = copilot_for(restarted, "air_leak", "A-warm")
-    warm = diagnose(cop2, alarm, tok)
-    print(f"{tag} warm (restarted: load + prefix restored from disk {restore_s:.2f} s, of which restore "
-          f"{stats['warm_s']:.2f} s): {warm['prompt'] - prefix:.0f} new prompt tokens; first words {warm['first']:.2f} s, "
-          f"complete diagnosis {warm['complete']:.2f} s, {warm['generated']:.0f} tokens out at {warm['gen_tps']:.1f} tok/s "
-          f"(one call under the schema grammar); CPU {warm['cpu']:.2f} s")
+    stats = restarted.warm(copilot_for(restarted, "air_leak", "x")[0].system, STEM)
+    print(f"{tag} restart: load + prefix restored from disk {time.perf_counter() - t:.2f} s (restore "
+          f"{stats['warm_s']:.2f} s, {stats['prefix_tokens']:.0f} tokens; with the steps' text in the data block the "
+          f"prefix is {prefix['block']} tokens)")
+    fa = (LlamaCppBackend(path, n_ctx=4096, n_threads=threads, seed=1, state_dir=states["prefix"], flash_attn=True)
+          if "form+fa" in ways else None)
 
-    # the same alarm from the same restored prefix, answered in two steps (summary free, choices under a small grammar)
-    restarted.warm(cop.system)
-    cop2.two_steps = True
-    two = diagnose(cop2, alarm, tok)
-    cop2.two_steps = False
-    print(f"{tag} two steps (summary free, then the choices under a small grammar): first words {two['first']:.2f} s, "
-          f"complete {two['complete']:.2f} s, {two['generated']:.0f} tokens out; CPU {two['cpu']:.2f} s")
-    one = warm
-    # and free (no grammar at all), the same number of tokens: what the grammar itself costs per token
-    restarted.warm(cop.system)
-    messages = diagnosis_messages(cop2.system, cop2.pack(alarm))
-    t = time.perf_counter()
-    restarted.chat(messages, schema=None, max_tokens=max(2, int(one["generated"])))
-    s = restarted.last_stats
-    produced = s["context_tokens"] - tok(chatml(messages))  # tokens, not text pieces: random weights print blanks too
-    free_tps = (produced - 1) / max(1e-9, time.perf_counter() - t - s["ttft_s"])
-    print(f"{tag} free generation {free_tps:.1f} tok/s vs {one['gen_tps']:.1f} under the full grammar; kept: "
-          f"{'two steps' if two['cpu'] < one['cpu'] else 'one call under the grammar'} (less CPU for the same validated "
-          f"result: {one['cpu']:.2f} s one call vs {two['cpu']:.2f} s two steps)")
+    def run(way: str) -> dict[str, float]:
+        b = fa if way == "form+fa" else restarted
+        in_prefix = way != "form/block" and way != "grammar" and way != "two-steps"
+        b.state_dir = states["prefix" if in_prefix else "block"]
+        b.n_threads_batch = {"form+tb2": 2, "service": None}.get(way, threads)
+        cop, alarm = copilot_for(b, "air_leak", f"A-{way}", in_prefix)
+        cop.forms = way not in ("grammar", "two-steps")
+        cop.two_steps = way == "two-steps"
+        if not cop.forms:  # under a grammar the summary keeps its character bound (the grammar fills it)
+            cop.schema = diagnosis_schema(faults=list(cop.faults))
+        b.last_prefix_tokens = b.warm(cop.system, STEM)["prefix_tokens"]
+        # (every way starts from the restored prefix, never from the previous way's prompt)
+        return diagnose(cop, alarm)
+
+    results: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
+    for r in range(rounds):
+        for way in ways[r % len(ways):] + ways[: r % len(ways)]:  # each round starts with another way
+            results[way].append(run(way))
+    med = {w: {k: statistics.median(x[k] for x in xs) for k in xs[0]} for w, xs in results.items()}
+    print(f"{tag} warm, the same alarm {rounds}x each way, interleaved (medians; CPU = the model's CPU-seconds):")
+    for w in ways:
+        m = med[w]
+        print(f"{tag}   {w:10s} {m['new']:4.0f} new prompt tokens (batch x{m['threads_batch']:.0f}), first words "
+              f"{m['first']:5.2f} s, complete {m['complete']:5.2f} s, {m['generated']:3.0f} tokens out in "
+              f"{m['passes']:3.0f} passes (summary {m['summary']:.0f} characters), CPU {m['cpu']:5.2f} s")
 
     llama = restarted.load()
     token = llama.tokenize(b" the", add_bos=False)[0]
     llama.reset()
+    llama._ctx.set_n_threads(threads, threads)
     llama.eval([token])
     n_decode = 24
     t = time.perf_counter()
@@ -160,28 +197,35 @@ def bench(size: str, path: Path, threads: int) -> dict[str, float]:
     print(f"{tag} forward pass {decode_tps:.1f} tok/s; bandwidth limit {limit:.1f} tok/s "
           f"({path.stat().st_size / 2**20:.0f} MiB per token at {bandwidth / 1e9:.1f} GB/s with {threads} threads) "
           f"-> {share:.0%}")
-    return {"warm": warm["complete"], "first": warm["first"], "cold": cold["complete"], "gen_tps": warm["gen_tps"],
-            "share": share, "warm_cpu": warm["cpu"]}
+    main_way = "service" if "service" in med else ways[-1]
+    s = med[main_way]
+    return {"warm": s["complete"], "first": s["first"], "cold": cold["complete"], "gen_tps": s["gen_tps"],
+            "share": share, "warm_cpu": s["cpu"], "way": main_way}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", default=["0.5b", "1.5b"])
-    ap.add_argument("--threads", nargs="+", type=int, help="llama.cpp threads (default: the service's)")
+    ap.add_argument("--threads", nargs="+", type=int, help="llama.cpp generation threads (default: the service's)")
+    ap.add_argument("--rounds", type=int, default=3, help="times each way answers the warm alarm (interleaved)")
+    ap.add_argument("--ways", nargs="+", default=WAYS, choices=WAYS)
     args = ap.parse_args()
     from make_shaped_qwen import make, shaped_path, train_vocabulary
-
-    from factory_copilot.copilot.backends import default_threads
 
     threads = args.threads or [default_threads()]
     missing = [s for s in args.sizes if not shaped_path(s).exists()]
     vocabulary = train_vocabulary() if missing else None
     paths = {s: make(s, vocabulary=vocabulary) for s in args.sizes}
-    print(f"{os.cpu_count()} cores; threads {threads} (the service's default: {default_threads()})")
-    results = {(s, n): bench(s, p, n) for s, p in paths.items() for n in threads}
+    cores = os.cpu_count() or 1
+    print(f"{cores} cores, load average {os.getloadavg()[0]:.1f}; generation threads {threads} (the service's "
+          f"default: {default_threads()}); prompt threads: the service's with every core at least 60 % idle = "
+          f"{batch_threads_for(float(cores), default_threads(), cores)}")
+    results = {(s, n): bench(s, p, n, args.rounds, args.ways) for s, p in paths.items() for n in threads}
     key = ("1.5b" if "1.5b" in paths else args.sizes[-1], default_threads() if default_threads() in threads else threads[0])
     r = results[key]
-    print(f"(CPU time of the warm diagnosis: {r['warm_cpu']:.1f} s: with {key[1]} thread(s), about its wall time on a quiet machine)")
+    print(f"(load average at the end {os.getloadavg()[0]:.1f}; the figures below are the '{r['way']}' way; the CPU "
+          f"time of its warm diagnosis, {r['warm_cpu']:.1f} s, is about its wall time on a quiet machine with "
+          f"{key[1]} thread(s))")
     print(f"copilot: {r['warm']:.1f} s to diagnosis ({key[0].upper()}, warm), {r['first']:.1f} s to first words, "
           f"{r['gen_tps']:.1f} tok/s generation, {r['share']:.0%} of bandwidth limit")
 

@@ -56,6 +56,75 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+def batch_threads_for(spare_cores: float | None, n_threads: int, cores: int) -> int:
+    """Threads for prompt processing: every core the rest of the machine leaves (nearly) idle, never fewer than ``n_threads``.
+
+    Prompt processing is compute-bound and scales with cores; but llama.cpp's threads wait for each other at every
+    layer by spinning, so a thread that shares its core with other work holds the others up (measured on a 2-core
+    box at load 4-7: a 120-token prompt took 8.4 s with two threads against 4.5 s with one). A core counts as spare
+    when at least 60 % of it was idle lately.
+    """
+    if spare_cores is None:
+        return n_threads
+    return max(n_threads, min(cores, int(spare_cores + 0.4)))
+
+
+class SpareCores:
+    """How many cores the rest of the machine left idle over the last seconds: sampled twice a second, once started.
+
+    The model's own CPU time counts as spare (it is what the model is about to use again), so back-to-back alarms
+    do not read their own work as load.
+    """
+
+    def __init__(self, window_s: float = 3.0, every_s: float = 0.5):
+        import collections
+
+        import psutil
+
+        self._psutil = psutil
+        self._me = psutil.Process()
+        self.window_s = window_s
+        self.every_s = every_s
+        self.cores = psutil.cpu_count() or 1
+        self._samples: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._sample()
+        threading.Thread(target=self._run, name="copilot-spare-cores", daemon=True).start()
+
+    def _sample(self) -> None:
+        t = self._psutil.cpu_times()
+        own = self._me.cpu_times()
+        with self._lock:
+            self._samples.append((time.monotonic(), sum(t), t.idle + getattr(t, "iowait", 0.0), own.user + own.system))
+            while len(self._samples) > 2 and self._samples[1][0] < time.monotonic() - self.window_s:
+                self._samples.popleft()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.every_s)
+            try:
+                self._sample()
+            except Exception:  # a sampler must never take the model down; the batch threads fall back to n_threads
+                return
+
+    def spare(self) -> float | None:
+        """Cores not used by others lately; None until two samples are a quarter second apart."""
+        self._sample()
+        with self._lock:
+            first, last = self._samples[0], self._samples[-1]
+        return spare_between(first, last, self.cores)
+
+
+def spare_between(first: tuple[float, float, float, float], last: tuple[float, float, float, float],
+                  cores: int) -> float | None:
+    """Cores left to this process between two samples of (time, all CPU time, idle CPU time, this process' CPU time)."""
+    (t0, total0, idle0, own0), (t1, total1, idle1, own1) = first, last
+    if t1 - t0 < 0.25 or total1 <= total0:
+        return None
+    idle_share = (idle1 - idle0) / (total1 - total0)
+    return max(0.0, min(float(cores), cores * idle_share + (own1 - own0) / (t1 - t0)))
+
+
 class OnePerModelFile:
     """``shared()`` gives one instance per class, model file and settings in this process (its memory is loaded once)."""
 
@@ -76,13 +145,19 @@ class LlamaCppBackend(OnePerModelFile):
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, n_batch: int = 512, temperature: float = 0.2, seed: int = 0,
-                 state_dir: str | Path | None = None):
+                 state_dir: str | Path | None = None, n_threads_batch: int | None = None, flash_attn: bool = False):
         self.model_path = str(model_path)
         self.state_dir = Path(state_dir) if state_dir else None  # where the warm prompt prefix is kept across restarts
         self.name = Path(self.model_path).name
         self.n_ctx = n_ctx
         # leave one core to the collectors, detector and alarms: an alarm must never wait on the model
         self.n_threads = n_threads or default_threads()
+        # prompt processing: this many threads, or None for every core the machine leaves idle at the time (see
+        # batch_threads_for); generation keeps n_threads
+        self.n_threads_batch = n_threads_batch
+        self.flash_attn = flash_attn
+        self._spare: SpareCores | None = None
+        self._vocabulary: Any = None
         self.n_gpu_layers = n_gpu_layers
         self.n_batch = n_batch
         self.temperature = temperature
@@ -108,8 +183,9 @@ class LlamaCppBackend(OnePerModelFile):
 
             started = time.perf_counter()
             self._llama = Llama(
-                model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, n_threads_batch=self.n_threads,
-                n_gpu_layers=self.n_gpu_layers, n_batch=self.n_batch, seed=self.seed, verbose=False,
+                model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads,
+                n_threads_batch=self.n_threads_batch or self.n_threads, n_gpu_layers=self.n_gpu_layers,
+                n_batch=self.n_batch, seed=self.seed, flash_attn=self.flash_attn, verbose=False,
             )
             log.info("copilot model %s loaded in %.2f s (%d threads, context %d)", self.name,
                      time.perf_counter() - started, self.n_threads, self.n_ctx)
@@ -121,29 +197,67 @@ class LlamaCppBackend(OnePerModelFile):
         log.error("copilot model unavailable, runbook explanations only: %s", self._failed)
         raise ModelUnavailable(self._failed)
 
+    def batch_threads(self) -> int:
+        """Threads for the next prompt: fixed, or as many as the machine has spare cores now (at least n_threads)."""
+        if self.n_threads_batch:
+            return self.n_threads_batch
+        if self.n_gpu_layers:
+            return self.n_threads  # the GPU processes the prompt
+        if self._spare is None:
+            try:
+                self._spare = SpareCores()
+            except Exception as exc:  # no psutil, no /proc: the prompt gets the generation's threads
+                log.info("copilot: spare cores not measurable (%s); prompt threads = %d", exc, self.n_threads)
+                self.n_threads_batch = self.n_threads
+                return self.n_threads
+        return batch_threads_for(self._spare.spare(), self.n_threads, self._spare.cores)
+
+    def _set_threads(self, llama: Any) -> int:
+        batch = self.batch_threads()
+        llama._ctx.set_n_threads(self.n_threads, batch)
+        return batch
+
+    def vocabulary(self) -> Any:
+        """Each token's text and the masks the written answer needs (read once per model, ~0.2 s for Qwen's 152k)."""
+        if self._vocabulary is None:
+            from factory_copilot.copilot.decoding import Vocabulary
+
+            self._vocabulary = Vocabulary(self.load())
+        return self._vocabulary
+
     # ---- the fixed prompt prefix, warm in the KV cache and on disk ----------------------------------------------
 
-    def _state_file(self, system: str) -> Path | None:
+    def _state_file(self, prefix: str) -> Path | None:
         if self.state_dir is None:
             return None
         st = Path(self.model_path).stat()
         key = hashlib.sha256(json.dumps([Path(self.model_path).name, st.st_size, st.st_mtime_ns, self.n_ctx, self.n_batch,
-                                         self.n_gpu_layers, system]).encode()).hexdigest()[:20]
+                                         self.n_gpu_layers, self.flash_attn, prefix]).encode()).hexdigest()[:20]
         return self.state_dir / f"prefix-{Path(self.model_path).stem}-{key}.kv"
 
-    def warm(self, system: str) -> dict[str, float]:
-        """Have the fixed prefix (the system prompt) in the KV cache: restored from disk if saved before, else computed and saved.
+    def prompt_stem(self, system: str, user_prefix: str = "") -> str:
+        """The rendered prompt up to where the user message's own part starts: the same for every alarm of a line."""
+        mark = "\ue000"  # a private-use character: no template or prompt writes it
+        rendered = self._formatter(self.load())(messages=[{"role": "system", "content": system},
+                                                          {"role": "user", "content": user_prefix + mark}]).prompt
+        return rendered[: rendered.index(mark)]
 
-        llama.cpp's state (KV cache of the prefix) is written with ``llama_state_get_data`` and its
-        token ids, not with ``Llama.save_state``, which would also copy a logits array of hundreds of MB.
+    def warm(self, system: str, user_prefix: str = "") -> dict[str, float]:
+        """Have the fixed prefix in the KV cache: restored from disk if saved before, else computed and saved.
+
+        The prefix is the prompt up to the user message's own part: the system prompt, the chat template's turn
+        markers and ``user_prefix`` (what every user message starts with). llama.cpp's state (the KV cache of the
+        prefix) is written with ``llama_state_get_data`` and its token ids, not with ``Llama.save_state``, which
+        would also copy a logits array of hundreds of MB.
         """
         import llama_cpp
 
         with self._lock:
             llama = self.load()
             started = time.perf_counter()
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": "ready?"}]
-            path = self._state_file(system)
+            self.vocabulary()  # read now, not on the first alarm
+            stem = self.prompt_stem(system, user_prefix)
+            path = self._state_file(stem)
             if path is not None and path.is_file():
                 try:
                     blob = path.read_bytes()
@@ -164,9 +278,15 @@ class LlamaCppBackend(OnePerModelFile):
                 except Exception as exc:  # a stale or damaged file costs one warm-up, never the model
                     log.warning("copilot prompt prefix in %s not usable (%s); computing it again", path, exc)
                     llama.reset()
-            stream = llama.create_chat_completion(messages, max_tokens=1, temperature=0.0, seed=self.seed, stream=True)
-            for _ in stream:
-                pass
+            tokens = llama.tokenize(stem.encode(), add_bos=True, special=True)
+            cached = llama.input_ids[: llama.n_tokens].tolist()
+            same = next((i for i, (a, b) in enumerate(zip(cached, tokens)) if a != b), min(len(cached), len(tokens)))
+            llama.n_tokens = min(same, len(tokens) - 1)
+            self._set_threads(llama)
+            try:
+                llama.eval(tokens[llama.n_tokens :])
+            except (ValueError, RuntimeError) as exc:
+                raise BackendError(f"llama.cpp: {exc}") from None
             self.last_stats = {"restored": 0.0, "warm_s": time.perf_counter() - started, "prefix_tokens": float(llama.n_tokens)}
             if path is not None:
                 try:
@@ -188,11 +308,14 @@ class LlamaCppBackend(OnePerModelFile):
     supports_prefill = True  # chat() can continue a started answer (prefill), stop at a string, follow a GBNF grammar
 
     def _formatter(self, llama: Any) -> Any:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        if getattr(self, "_chat_formatter", None) is None:  # the model's own chat template, compiled once
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        eos = llama.detokenize([llama.token_eos()], special=True).decode(errors="ignore")
-        bos = llama.detokenize([llama.token_bos()], special=True).decode(errors="ignore")
-        return Jinja2ChatFormatter(llama.metadata["tokenizer.chat_template"], eos_token=eos, bos_token=bos)
+            eos = llama.detokenize([llama.token_eos()], special=True).decode(errors="ignore")
+            bos = llama.detokenize([llama.token_bos()], special=True).decode(errors="ignore")
+            self._chat_formatter = Jinja2ChatFormatter(llama.metadata["tokenizer.chat_template"], eos_token=eos,
+                                                       bos_token=bos)
+        return self._chat_formatter
 
     def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
              on_token: OnToken | None = None, timeout_s: float | None = None, prefill: str = "",
@@ -205,6 +328,7 @@ class LlamaCppBackend(OnePerModelFile):
             llama = self.load()
             self.calls += 1
             started = time.perf_counter()
+            self._set_threads(llama)
             deadline = started + timeout_s if timeout_s else None
             # always stream: it is how tokens reach listeners and how the deadline is checked between tokens
             # (prompt processing itself runs to completion; keep the varying part of the prompt short)
@@ -254,6 +378,45 @@ class LlamaCppBackend(OnePerModelFile):
                 "cached_tokens": float(before),
             }
             return "".join(pieces)
+
+    supports_forms = True  # answer(): the diagnosis' JSON written, chosen and given (decoding.py), no grammar
+
+    def answer(self, messages: list[dict[str, str]], form: Any, on_token: OnToken | None = None,
+               timeout_s: float | None = None) -> str:
+        """The reply to ``messages`` in the shape of ``form`` (an ``AnswerForm`` or its dict): see ``decoding.py``."""
+        from factory_copilot.copilot.decoding import AnswerForm, FormDecoder, Sampling
+
+        form = form if isinstance(form, AnswerForm) else AnswerForm.from_dict(form)
+        with self._lock:
+            llama = self.load()
+            self.calls += 1
+            started = time.perf_counter()
+            vocabulary = self.vocabulary()
+            tokens = llama.tokenize(self._formatter(llama)(messages=messages).prompt.encode(), add_bos=True, special=True)
+            threads = (self.n_threads, self.batch_threads())
+            decoder = FormDecoder(llama, vocabulary, Sampling(self.temperature, seed=self.seed), on_token,
+                                  started + timeout_s if timeout_s else None, threads, started)
+            try:
+                decoder.prompt(tokens)
+                text = decoder.answer(form)
+            except ModelTimeout as exc:
+                raise ModelTimeout(f"generation stopped after {timeout_s:g} s", exc.partial) from None
+            except (ValueError, RuntimeError) as exc:  # a prompt longer than the context, a failed decode
+                raise BackendError(f"llama.cpp: {exc}") from None
+            finally:
+                self.last_text = "".join(decoder.out)
+            s = decoder.stats
+            self.last_stats = {
+                "ttft_s": s.get("first_text_s", s.get("total_s", 0.0)),
+                "prompt_s": s.get("prompt_s", 0.0),
+                "total_s": time.perf_counter() - started,
+                "completion_chunks": s.get("answer_tokens", 0.0),  # the answer's tokens: written, chosen and given
+                "passes": s.get("passes", 0.0),  # forward passes after the prompt's (each costs about one token)
+                "context_tokens": s.get("prompt_tokens", 0.0) + s.get("answer_tokens", 0.0),
+                "cached_tokens": s.get("cached_tokens", 0.0),
+                "threads_batch": float(threads[1]),
+            }
+            return text
 
 
 def _guarded(stream: Any) -> Any:

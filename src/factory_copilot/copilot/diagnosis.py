@@ -22,11 +22,14 @@ from factory_copilot.records import Cause, Diagnosis, Evidence, Step
 CONFIDENCE = {"high": 0.8, "medium": 0.5, "low": 0.2}
 
 
-def diagnosis_schema(faults: list[str] | None = None, steps: list[str] | None = None, summary_chars: int = 160,
+SUMMARY_CHARS = 120  # one short sentence: the operator reads it first, and every token of it is a forward pass
+
+
+def diagnosis_schema(faults: list[str] | None = None, steps: list[str] | None = None, summary_chars: int = SUMMARY_CHARS,
                      max_causes: int = 2, max_steps: int = 3) -> dict:
     """The JSON schema of the model's answer: a short summary first (streamed to the operator), then choices.
 
-    The model writes only what needs a model: one or two sentences, which known fault (or
+    The model writes only what needs a model: one short sentence, which known fault (or
     ``unknown``) with a confidence word, and which of the retrieved runbook steps to do first.
     Faults are an enum over the plant's own catalogue; steps an enum over this alarm's offered
     steps (their numbers in the data block, a token each; ``Copilot`` sets them per alarm, the

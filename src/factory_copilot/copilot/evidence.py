@@ -193,13 +193,15 @@ class EvidencePack:
     def runbook_ids(self) -> set[str]:
         return {p.runbook_id for p in self.passages}
 
-    def to_text(self, max_signals: int = 4, step_chars: int = 44) -> str:
-        """The pack as the prompt's compact data block: one short line per signal and step (≈120-180 tokens).
+    def to_text(self, max_signals: int = 4, step_chars: int = 44, steps_by_ref: bool = False) -> str:
+        """The pack as the prompt's compact data block: one short line per signal and step (≈100-180 tokens).
 
         Every token here is processed per alarm before the first word can come: signals of the
         alarm's own asset go by their name alone, numbers have 3 digits, bands and trends are
-        terse, steps are cut to their first words and numbered (the model answers with the number;
-        the code quotes the step). Text from the plant floor is put on one line each.
+        terse (a signal in its band gets words, not numbers), fits are words, steps are cut to their first words and numbered (the model answers
+        with the number; the code quotes the step). With ``steps_by_ref`` a step is named by its
+        place in its runbook ("check 2"), its text being in the prompt's cached step catalogue.
+        Text from the plant floor is put on one line each.
         """
         message = _flat(self.message)
         message = message[len(self.asset) + 2:] if message.startswith(f"{self.asset}: ") else message
@@ -209,27 +211,40 @@ class EvidencePack:
         own = f"{self.asset}."
         for s in self.signals[:max_signals]:
             name = s.key[len(own):] if s.key.startswith(own) else s.key
+            moving = s.trend is not None and s.trend.n >= 2 and not s.trend.flat and abs(s.change) >= 1.0
+            if s.direction == "in band" and s.value is not None:
+                # in its band: where in it and which way, in words (a band and a slope are a dozen tokens of digits)
+                edge = ", near high" if s.deviation >= 0.7 else ", near low" if s.deviation <= -0.7 else ""
+                lines.append(f"{name} {_num(s.value)} {s.unit} in band{edge}"
+                             + (f", {'rising' if s.change > 0 else 'falling'}" if moving else ""))
+                continue
             text = f"{name} {_num(s.value)} {s.unit} {s.direction} ({_num(s.normal[0])}-{_num(s.normal[1])}"
-            if s.trend and s.trend.n >= 2 and not s.trend.flat and abs(s.change) >= 1.0:
+            if moving:
                 text += f", {s.trend.slope_per_min:+.2g}/min"
             lines.append(text + ")")
-        lines.append("fits: " + (", ".join(f"{f} {fit:.1f}" for f, fit in self.candidates) or "no known fault"))
+        lines.append("fits: " + (", ".join(f"{f} {_fit_word(fit)}" for f, fit in self.candidates) or "no known fault"))
         # steps by their number in this list (a token each), not by their runbook id (a dozen): see step_labels
         fault = None
         for label, sid in zip(self.step_labels(), self.step_ids):
             if self.step_faults.get(sid) != fault:
                 fault = self.step_faults.get(sid)
                 lines.append(f"steps for {fault}:")
-            lines.append(f"{label} {_trim(self.step_texts.get(sid, '').replace('`', ''), step_chars)}")
+            lines.append(f"{label} {step_ref(sid)}" if steps_by_ref else
+                         f"{label} {trim_words(self.step_texts.get(sid, '').replace('`', ''), step_chars)}")
         for i in self.incidents[:2]:
             lines.append(f"past: {_flat(i.fault_type or i.actual_cause or 'unknown')} {i.verdict}"
-                         + (f", fix: {_trim(i.fix, 40)}" if i.fix else ""))
+                         + (f", fix: {trim_words(i.fix, 40)}" if i.fix else ""))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mode"] = _mode_name(self.mode)
         return d
+
+
+def _fit_word(fit: float) -> str:
+    """How well a runbook signature fits, in a word (a token, where "1.1" is three)."""
+    return "strong" if fit >= 1.0 else "fair" if fit >= 0.5 else "weak"
 
 
 def _flat(text: object) -> str:
@@ -245,7 +260,8 @@ def _mode_name(mode: object) -> str:
     return str(getattr(mode, "value", mode))  # a mode is a name (plant-declared regimes are plain strings)
 
 
-def _trim(text: str, n: int) -> str:
+def trim_words(text: str, n: int) -> str:
+    """At most ``n`` characters of ``text`` on one line, cut at a word with an ellipsis."""
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1].rsplit(" ", 1)[0] + "…"
 
@@ -392,16 +408,34 @@ def build_evidence(
     pack.candidates = [(c.fault, round(c.score, 2)) for c in ranked[:3]]
     # the steps the model may choose from: the best-fitting runbooks' checks and actions, first ones first
     books = list({b.id: b for b in [primary] + [c.runbook for c in ranked[:2]] if b is not None}.values())
-    offered: list[tuple[str, str]] = []
-    for rank, book in enumerate(books):
-        for anchor, n in (("checks", 2 if rank == 0 else 1), ("actions", 1)):
-            p = book.passage(anchor)
-            offered += [(f"{p.id}.{i + 1}", item) for i, item in enumerate(p.items[:n])] if p else []
+    offered = [step for rank, book in enumerate(books) for step in steps_on_offer(book, first=rank == 0)]
     pack.step_ids = [sid for sid, _ in offered[:max_steps]]
     pack.step_texts = dict(offered[:max_steps])
-    by_book = {b.id: (b.faults[0] if b.faults else b.id) for b in books}
+    by_book = {b.id: step_group(b) for b in books}
     pack.step_faults = {sid: by_book[sid.partition("#")[0]] for sid in pack.step_ids}
     return pack
+
+
+def steps_on_offer(book: Runbook, first: bool = True) -> list[tuple[str, str]]:
+    """The steps of a runbook an alarm may be offered (id, text): its first two checks (one when it is not the best
+    fit) and its first action. The prompt's step catalogue lists exactly these, so the two never disagree."""
+    out: list[tuple[str, str]] = []
+    for anchor, n in (("checks", 2 if first else 1), ("actions", 1)):
+        p = book.passage(anchor)
+        out += [(f"{p.id}.{i + 1}", item) for i, item in enumerate(p.items[:n])] if p else []
+    return out
+
+
+def step_group(book: Runbook) -> str:
+    """What a runbook's steps are listed under: the fault it answers (its id when it names none)."""
+    return book.faults[0] if book.faults else book.id
+
+
+def step_ref(step_id: str) -> str:
+    """A step's short name within its runbook: ``RB-PUMP-001#checks.2`` -> ``check 2``."""
+    passage, _, n = step_id.rpartition(".")
+    anchor = passage.partition("#")[2]
+    return f"{anchor[:-1] if anchor.endswith('s') else anchor} {n}"
 
 
 def _pack(alarm: Alarm, asset_name: str, asset_kind: str, mode: Mode, fault: Fault | None, anomaly: Anomaly | None,

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from factory_copilot.catalogue import UNKNOWN
 from factory_copilot.config import LineConfig, ServicePaths, load_line
+from factory_copilot.copilot.diagnosis import SUMMARY_CHARS
 from factory_copilot.copilot.prompt import diagnosis_messages
 from factory_copilot.copilot.station import Copilot
 from factory_copilot.records import Reading
@@ -55,10 +56,10 @@ def examples(line: LineConfig, store: Store, since: float = 0.0) -> Iterator[dic
             summary = f"{pack.asset_name}: no known fault; the operator found: {feedback.actual_cause or 'another cause'}."
         fixed = f" Fixed by: {' '.join(feedback.fix.split())}." if feedback.fix else ""
         base = " ".join(summary.split())
-        summary = base[: max(40, 160 - len(fixed))].rstrip() + fixed  # the schema's bound; the fix is kept whole
+        summary = base[: max(40, SUMMARY_CHARS - len(fixed))].rstrip() + fixed  # the schema's bound; the fix is kept whole
         steps = [int(label) for label, sid in zip(pack.step_labels(), pack.step_ids)
                  if pack.step_faults.get(sid) == cause][:3]
-        answer = {"summary": summary[:160], "causes": [f"{cause}:high"],
+        answer = {"summary": summary[:SUMMARY_CHARS], "causes": [f"{cause}:high"],
                   "steps": steps}
         messages = diagnosis_messages(cop.system, pack)
         messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})

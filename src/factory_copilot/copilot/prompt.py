@@ -15,22 +15,45 @@ import json
 from typing import Any
 
 from factory_copilot.catalogue import UNKNOWN, Fault
-from factory_copilot.copilot.evidence import EvidencePack
+from factory_copilot.copilot.evidence import EvidencePack, step_group, step_ref, steps_on_offer, trim_words
 from factory_copilot.copilot.runbooks import RunbookLibrary
 from factory_copilot.records import Turn
 
 DATA_OPEN = "<<<PLANT_DATA"
 DATA_CLOSE = "PLANT_DATA>>>"
 
-# the output form in a few tokens; the grammar enforces the full schema
-OUTPUT_FORM = ('{"summary":"1-2 short sentences for the operator","causes":["<fault id or unknown>:<high|medium|low>"],'
+# the output form in a few tokens; the grammar (or the answer form, decoding.py) enforces the full schema
+OUTPUT_FORM = ('{"summary":"one short sentence for the operator","causes":["<fault id or unknown>:<high|medium|low>"],'
                '"steps":[<numbers of the steps to do first>]}')
+# the runbook steps an alarm may be offered, in the fixed prefix (processed once, cached) instead of in every data
+# block (processed per alarm before the first word): a line with more runbook text than this keeps it in the block
+STEP_CATALOGUE = "Runbook steps an alarm may offer (the alarm lists them by number):"
+STEP_CATALOGUE_CHARS = 6000
+STEP_CHARS = 64
 
 
-def system_prompt(site: str, line: str, faults: dict[str, Fault], library: RunbookLibrary, description: str = "") -> str:
-    """The fixed part of every prompt; depends only on the line and its knowledge, never on the alarm."""
+def step_catalogue(library: RunbookLibrary) -> str:
+    """Each runbook's steps on offer, one line per runbook: ``bearing_wear: check 1 Compare ...; action 1 ...``."""
+    lines = []
+    for book in library.runbooks.values():
+        steps = steps_on_offer(book)
+        if steps:
+            text = "; ".join(f"{step_ref(sid)} {trim_words(item.replace('`', ''), STEP_CHARS)}" for sid, item in steps)
+            lines.append(f"{_one_line(step_group(book))}: {_one_line(text)}")
+    return "\n".join(lines)
+
+
+def system_prompt(site: str, line: str, faults: dict[str, Fault], library: RunbookLibrary, description: str = "",
+                  steps: bool | None = None) -> str:
+    """The fixed part of every prompt; depends only on the line and its knowledge, never on the alarm.
+
+    ``steps``: the step catalogue in the prefix (None: when it fits in ``STEP_CATALOGUE_CHARS``).
+    """
     fault_lines = "\n".join(f"- {f.id}: {f.name} ({f.asset})" for f in faults.values()) or "- (none catalogued)"
     what = f"line {line} at {site}" + (f" ({_one_line(description)[:120]})" if description else "")
+    catalogue = step_catalogue(library)
+    if steps is None:
+        steps = 0 < len(catalogue) <= STEP_CATALOGUE_CHARS
     return (
         f"You are the maintenance copilot of {what}. You explain alarms to operators. You are advisory only: "
         "you have no tools and cannot change anything on the line.\n"
@@ -39,7 +62,8 @@ def system_prompt(site: str, line: str, faults: dict[str, Fault], library: Runbo
         f"Pick causes only from the known faults below, or {UNKNOWN} when none fits the evidence "
         "(then say what the evidence points at). Pick steps only by the step ids given with the alarm.\n"
         f"Known faults:\n{fault_lines}\n"
-        f"Diagnosis answer: one JSON object {OUTPUT_FORM}"
+        + (f"{STEP_CATALOGUE}\n{catalogue}\n" if steps and catalogue else "")
+        + f"Diagnosis answer: one JSON object {OUTPUT_FORM}"
     )
 
 
@@ -60,9 +84,11 @@ def quote_data(data: Any) -> str:
 
 
 def diagnosis_messages(system: str, pack: EvidencePack) -> list[dict[str, str]]:
+    """The alarm's prompt; its steps are named by reference when ``system`` carries the step catalogue."""
     return [
         {"role": "system", "content": system},
-        {"role": "user", "content": quote_text(pack.to_text()) + "\nDiagnose this alarm."},
+        {"role": "user", "content": quote_text(pack.to_text(steps_by_ref=STEP_CATALOGUE in system))
+         + "\nDiagnose this alarm."},
     ]
 
 

@@ -28,9 +28,10 @@ from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.copilot.answers import runbook_answer
 from factory_copilot.copilot.backends import BackendError, LLMBackend, ModelTimeout
+from factory_copilot.copilot.decoding import AnswerForm
 from factory_copilot.copilot.diagnosis import InvalidModelOutput, diagnosis_schema, model_diagnosis, runbook_diagnosis
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
-from factory_copilot.copilot.prompt import diagnosis_messages, question_messages, system_prompt
+from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, Question, Reading,
@@ -134,7 +135,9 @@ class SummaryStream:
 
 _SUMMARY_KEY = re.compile(r'"summary"\s*:\s*"')
 SUMMARY_OPEN = '{"summary":"'
-SUMMARY_TOKENS = 56  # one or two short sentences; a model that has not closed the string by then is cut
+# one short sentence (the summary's character bound is the schema's); a model that has not closed it by then is cut.
+# Every token is a forward pass (~0.16 CPU-seconds for the 1.5B on one thread): this bounds the answer's time
+SUMMARY_TOKENS = 32
 
 
 def json_string_body(raw: str) -> str:
@@ -169,7 +172,8 @@ class Copilot:
     runbooks (``knowledge`` in the line file); a line without them gets evidence-only diagnoses.
     ``schema`` defaults to ``diagnosis_schema`` over this line's fault ids and runbook steps;
     ``constrained`` False lets the model write freely (the same validation applies); ``two_steps`` writes
-    the summary freely and then the choices under a small grammar (see ``_two_steps``).
+    the summary freely and then the choices under a small grammar (see ``_two_steps``); ``forms`` (the default)
+    has a llama.cpp backend answer in the schema's form without a grammar (``decoding.py``).
     """
 
     def __init__(
@@ -186,6 +190,7 @@ class Copilot:
         keep_alarms: int = 200,
         constrained: bool = True,
         two_steps: bool = False,
+        forms: bool = True,
         *,
         alarms: Buffer[AlarmEvent | Alarm] | None = None,
         readings: Buffer[Reading] | None = None,
@@ -208,6 +213,9 @@ class Copilot:
         # measured with bench/copilot.py: the two-step answer gives the first words ~1 s sooner but costs more in
         # all (its second call re-reads the summary it wrote), so one call under the schema is the default
         self.two_steps = two_steps
+        # a backend that can (llama.cpp) answers in the form of the schema: the summary written, the ids chosen from a
+        # token trie, the JSON given (decoding.py); measured with bench/copilot.py against the grammar: fewer passes
+        self.forms = forms
         self.fixed_schema = schema is not None  # True: this schema as given for every alarm (no per-alarm step numbers)
         self.schema = schema or diagnosis_schema(faults=list(self.faults))
         self.system = system_prompt(line.site, line.line, self.faults, self.library, line.description)
@@ -312,6 +320,11 @@ class Copilot:
                 self._model_lock = getattr(self, "_model_lock", None) or asyncio.Lock()
                 async with self._model_lock:
                     text, stats = await self._two_steps(pack, summary)
+            elif (self.forms and self.constrained and not self.fixed_schema
+                  and getattr(self.backend, "supports_forms", False) and (form := self._form(pack)) is not None):
+                # llama.cpp: the summary written, the ids chosen from a token trie, the JSON given (decoding.py)
+                text = await self._call(self.backend.answer, diagnosis_messages(self.system, pack), form, summary)
+                stats = dict(getattr(self.backend, "last_stats", None) or {})
             else:  # one call under the schema (a server that takes a JSON schema), or free (constrained=False)
                 text = await self._generate(diagnosis_messages(self.system, pack),
                                             self.schema_for(pack) if self.constrained else None, self.max_tokens, summary)
@@ -341,15 +354,30 @@ class Copilot:
         log.warning("alarm %s: runbook diagnosis instead of the model's (%s)", pack.alarm_id, reason)
         return runbook_diagnosis(pack, self.library, self.faults, reason)
 
+    def _form(self, pack: EvidencePack) -> AnswerForm | None:
+        """This alarm's answer as written, chosen and given parts; None if the schema is not of that shape."""
+        try:
+            return AnswerForm.from_schema(self.schema_for(pack), SUMMARY_TOKENS)
+        except ValueError as exc:
+            log.debug("diagnosis schema not usable as an answer form (%s): the grammar serves", exc)
+            return None
+
     async def _generate(self, messages: list[dict[str, str]], schema: dict | None, max_tokens: int,
                         on_token: TokenSink | None, timeout_s: float | None = None, **extra: Any) -> str:
-        """Run the blocking backend call in a worker thread; token callbacks come back on the event loop."""
+        """``backend.chat`` in a worker thread; token callbacks come back on the event loop."""
+        assert self.backend is not None
+        return await self._call(functools.partial(self.backend.chat, schema=schema, max_tokens=max_tokens, **extra),
+                                messages, None, on_token, timeout_s)
+
+    async def _call(self, method: Callable[..., str], messages: list[dict[str, str]], form: AnswerForm | None,
+                    on_token: TokenSink | None, timeout_s: float | None = None) -> str:
+        """Run a blocking backend call in a worker thread; token callbacks come back on the event loop."""
         loop = asyncio.get_running_loop()
         relay = (lambda piece: loop.call_soon_threadsafe(on_token, piece)) if on_token else None
         assert self.backend is not None
         timeout_s = self.timeout_s if timeout_s is None else max(0.1, timeout_s)
-        call = asyncio.ensure_future(
-            asyncio.to_thread(functools.partial(self.backend.chat, messages, schema, max_tokens, relay, timeout_s, **extra)))
+        args = (messages, form) if form is not None else (messages,)
+        call = asyncio.ensure_future(asyncio.to_thread(functools.partial(method, *args, on_token=relay, timeout_s=timeout_s)))
         # a call abandoned below (timeout, or the station stopping) ends later with an error nobody awaits: expected
         call.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
@@ -388,7 +416,8 @@ class Copilot:
         try:
             warm = getattr(self.backend, "warm", None)
             if warm is not None:  # llama.cpp: restored from disk when this prefix was saved before
-                stats = await asyncio.to_thread(warm, self.system)
+                # the prefix reaches into the user message: every data block starts the same way
+                stats = await asyncio.to_thread(warm, self.system, DATA_OPEN + "\n")
                 how = "restored from disk" if stats.get("restored") else "computed and saved"
             else:
                 await self._generate([{"role": "system", "content": self.system}, {"role": "user", "content": "ready?"}],

@@ -7,6 +7,8 @@ and the publisher down with it. ``LocalModel`` has the same ``chat()`` as the in
 lines over its stdin/stdout:
 
     -> {"messages": [...], "schema": {...} | null, "max_tokens": 600, "timeout_s": 120}
+    -> {"messages": [...], "answer": {AnswerForm}, "timeout_s": 120}     (the diagnosis' form: see decoding.py)
+    -> {"warm": "<system prompt>", "user_prefix": "..."}
     <- {"token": "..."} ...  then  {"done": true, "text": "...", "stats": {...}}
                              or    {"error": "timeout" | "unavailable" | "backend", "message": "...", "partial": "..."}
 
@@ -72,11 +74,12 @@ class LocalModel(OnePerModelFile):
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, seed: int = 0, max_crashes: int = 3, start_timeout_s: float = 300.0,
-                 state_dir: str | None = None):
+                 state_dir: str | None = None, n_threads_batch: int | None = None, flash_attn: bool = False):
         self.model_path = str(model_path)
         self.name = Path(self.model_path).name
         self.settings = {"n_ctx": n_ctx, "n_threads": n_threads, "n_gpu_layers": n_gpu_layers, "seed": seed,
-                         "state_dir": str(state_dir) if state_dir else None}
+                         "state_dir": str(state_dir) if state_dir else None, "n_threads_batch": n_threads_batch,
+                         "flash_attn": 1 if flash_attn else None}
         self.max_crashes = max_crashes
         self.start_timeout_s = start_timeout_s
         self.calls = 0
@@ -181,12 +184,19 @@ class LocalModel(OnePerModelFile):
 
     # ---- one call ------------------------------------------------------------------------------------------
 
-    def warm(self, system: str, timeout_s: float | None = 600.0) -> dict[str, float]:
+    def warm(self, system: str, user_prefix: str = "", timeout_s: float | None = 600.0) -> dict[str, float]:
         """Have the fixed prompt prefix warm in the child (restored from disk when it was saved before)."""
-        self._call({"warm": system, "timeout_s": timeout_s}, None, timeout_s)
+        self._call({"warm": system, "user_prefix": user_prefix, "timeout_s": timeout_s}, None, timeout_s)
         return self.last_stats
 
     supports_prefill = True
+    supports_forms = True
+
+    def answer(self, messages: list[dict[str, str]], form: Any, on_token: OnToken | None = None,
+               timeout_s: float | None = None) -> str:
+        """The reply in the shape of ``form`` (``LlamaCppBackend.answer`` in the child)."""
+        form = form.to_dict() if hasattr(form, "to_dict") else form
+        return self._call({"messages": messages, "answer": form, "timeout_s": timeout_s}, on_token, timeout_s)
 
     def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
              on_token: OnToken | None = None, timeout_s: float | None = None, prefill: str = "",
@@ -248,6 +258,8 @@ def serve(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-gpu-layers", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--state-dir", help="where the warm prompt prefix is kept across restarts")
+    ap.add_argument("--n-threads-batch", type=int, help="prompt threads (default: the cores the machine leaves idle)")
+    ap.add_argument("--flash-attn", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s[worker]: %(message)s")
@@ -260,7 +272,8 @@ def serve(argv: list[str] | None = None) -> int:
         out.write(json.dumps(msg) + "\n")
 
     backend = LlamaCppBackend(args.model, n_ctx=args.n_ctx, n_threads=args.n_threads, n_gpu_layers=args.n_gpu_layers,
-                              seed=args.seed, state_dir=args.state_dir)
+                              seed=args.seed, state_dir=args.state_dir, n_threads_batch=args.n_threads_batch,
+                              flash_attn=bool(args.flash_attn))
     started = time.perf_counter()
     try:
         backend.load()
@@ -272,8 +285,13 @@ def serve(argv: list[str] | None = None) -> int:
         try:
             req = json.loads(line)
             if "warm" in req:
-                stats = backend.warm(req["warm"])
+                stats = backend.warm(req["warm"], req.get("user_prefix") or "")
                 say({"done": True, "text": "", "stats": stats})
+                continue
+            if "answer" in req:
+                text = backend.answer(req["messages"], req["answer"], lambda piece: say({"token": piece}),
+                                      req.get("timeout_s"))
+                say({"done": True, "text": text, "stats": backend.last_stats})
                 continue
             text = backend.chat(req["messages"], req.get("schema"), req.get("max_tokens", 512),
                                 lambda piece: say({"token": piece}), req.get("timeout_s"), req.get("prefill") or "",
