@@ -229,7 +229,7 @@ async def test_eve_cannot_publish_on_anns_topic_and_the_broker_logs_the_refusal(
         assert svc.publisher.stats()["commands"] == 1  # only eve's own command reached the service
         assert svc.engine.get(svc.alarm_id).acked_by is None
         assert [(r.event, r.actor) for r in audit_rows(svc) if r.actor] == [("refused", "eve")]
-        assert f"Denied PUBLISH from eve" in site.log_file.read_text() and topic in site.log_file.read_text()
+        assert "Denied PUBLISH from eve" in site.log_file.read_text() and topic in site.log_file.read_text()
         eve.close()
 
 

@@ -11,7 +11,7 @@ import pytest
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot, TokenStream
 from factory_copilot.copilot.backends import batch_threads_for, spare_between
-from factory_copilot.copilot.decoding import AnswerForm, ChoiceList, JsonStringReader
+from factory_copilot.copilot.decoding import AnswerForm, JsonStringReader
 from factory_copilot.copilot.evidence import step_ref
 from simulators.evaluation import simulated_incident
 from factory_copilot.copilot.prompt import DATA_OPEN, STEP_CATALOGUE, diagnosis_messages, system_prompt

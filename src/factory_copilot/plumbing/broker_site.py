@@ -256,7 +256,7 @@ def write_site(folder: str | Path, accounts: list[Account], *, bind: str = "0.0.
         # a packet beyond this closes the sender's connection before anything is forwarded
         f"max_packet_size {MAX_PACKET_BYTES}",
         f"max_queued_messages {max_queued}",
-        *([f"persistence true", f"persistence_location {data}/"] if persistence else ["persistence false"]),
+        *(["persistence true", f"persistence_location {data}/"] if persistence else ["persistence false"]),
         f"log_dest file {log_file}",
         "log_type error", "log_type warning", "log_type notice", "log_type information",
         # Mosquitto 2.0 names a publish its ACL refused ("Denied PUBLISH from eve ...") only at debug level
