@@ -18,6 +18,7 @@ import logging
 from factory_copilot.alarms.engine import AlarmEngine
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, HeldAlarms, OperatorCommand
+from factory_copilot.plumbing.tasks import run_until
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,7 @@ class AlarmStation:
         if self.commands is not None:
             jobs.append(self._command_loop())
         tasks = [asyncio.create_task(job) for job in jobs]
-        try:
-            if stop is None:
-                await asyncio.gather(*tasks)
-            else:
-                await stop.wait()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await run_until(stop, tasks)
 
     async def execute(self, cmd: OperatorCommand) -> CommandResult:
         """Execute one operator command now and return its result (the events go out as usual)."""

@@ -34,6 +34,7 @@ from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, Signa
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.plumbing.tasks import run_until
 from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, Question, Reading,
                                      SourceState, Turn)
 
@@ -516,15 +517,7 @@ class Copilot:
         if self.questions is not None:
             jobs.append(take_questions(self.questions))
         tasks = [asyncio.create_task(job) for job in jobs]
-        try:
-            if stop is None:
-                await asyncio.gather(*tasks)
-            else:
-                await stop.wait()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await run_until(stop, tasks)
 
     async def _answer(self, q: Question) -> None:
         """One question from the dashboard: its answer streamed as chunks, the last with the whole text."""

@@ -17,6 +17,7 @@ from typing import Any
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.records import AlarmEvent, Anomaly, Diagnosis, Feedback, Reading, Turn
 from factory_copilot.store.store import Store
+from factory_copilot.plumbing.tasks import run_until
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,7 @@ class StoreStation:
         """Write what arrives until ``stop`` is set (or the task is cancelled); ``drain()`` writes the rest."""
         tasks = [asyncio.create_task(self._lane(*lane), name=f"store-{lane[0]}") for lane in self._lanes]
         tasks.append(asyncio.create_task(self._retention(), name="store-retention"))
-        try:
-            if stop is None:
-                await asyncio.gather(*tasks)
-            else:
-                await stop.wait()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await run_until(stop, tasks)
 
     async def _lane(self, name: str, buf: Buffer[Any], write: Callable[[Sequence[Any]], Any]) -> None:
         while True:
