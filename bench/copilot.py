@@ -16,10 +16,12 @@ typical alarm (fixed prefix + compact evidence block), then
     form           the same with the steps' text in the cached prefix (the data block names them)
     form+fa        the same with llama.cpp's flash attention
     form+tb2       the same with two threads for the prompt (batch), whatever the machine's load
-    service        what the service does: the answer form, the steps in the prefix, prompt threads chosen by
-                   the cores the machine leaves idle at the time (SpareCores)
-- the forward pass's speed as a share of the memory-bandwidth limit measured at the same thread count (every
-  weight is read once per token; the limit is the model's bytes over the bandwidth that many threads reach).
+    service        what the service does: the answer form, the steps in the prefix, prompt and generation threads
+                   chosen by the cores the machine leaves idle at the time (SpareCores, asked before every pass;
+                   never fewer than all cores but one), whatever --threads says
+- the forward pass's speed as a share of the memory-bandwidth limit measured at the same thread count as the last
+  way's passes used (every weight is read once per token; the limit is the model's bytes over the bandwidth that
+  many threads reach).
 
     python bench/copilot.py [--sizes 0.5b 1.5b] [--threads 1] [--rounds 3] [--ways grammar form service]
 
@@ -48,7 +50,7 @@ sys.path.insert(0, str(REPO / "models"))
 
 from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
 from factory_copilot.copilot import Copilot, LlamaCppBackend  # noqa: E402
-from factory_copilot.copilot.backends import batch_threads_for, default_threads  # noqa: E402
+from factory_copilot.copilot.backends import threads_for, default_threads  # noqa: E402
 from factory_copilot.copilot.diagnosis import diagnosis_schema  # noqa: E402
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, system_prompt  # noqa: E402
 from simulators.evaluation import simulated_incident  # noqa: E402
@@ -116,11 +118,11 @@ def diagnose(cop: Copilot, alarm_id: str) -> dict[str, float]:
             "new": prompt - cop.backend.last_prefix_tokens, "generated": generated, "passes": passes,
             "summary": len(d.summary),
             "gen_tps": (passes - 1) / max(1e-9, t["complete_s"] - t["first_words_s"]) if passes > 1 else 0.0,
-            "cpu": cpu, "threads_batch": t.get("threads_batch", float(cop.backend.n_threads))}
+            "cpu": cpu, "threads_batch": t.get("threads_batch", float(cop.backend.n_threads)),
+            "threads": t.get("threads", float(cop.backend.n_threads))}
 
 
 def bench(size: str, path: Path, threads: int, rounds: int, ways: list[str]) -> dict[str, float]:
-    bandwidth = read_bandwidth(threads)
     tag = f"[{size} x{threads}]"
     states = {k: Path(tempfile.mkdtemp(prefix=f"fc-bench-{k}-")) for k in ("prefix", "block")}
     started = time.perf_counter()
@@ -132,14 +134,14 @@ def bench(size: str, path: Path, threads: int, rounds: int, ways: list[str]) -> 
 
     # cold: nothing cached, the service's way (the prefix and the data block processed for this alarm)
     cop, first_alarm = copilot_for(backend, "bearing_wear", "A-cold")
-    backend.n_threads_batch = threads
+    backend.fixed_threads = backend.n_threads_batch = None
     backend.last_prefix_tokens = 0
     cold = diagnose(cop, first_alarm)
-    backend.n_threads_batch = None
     prefix = {k: tok(backend.prompt_stem(copilot_for(backend, "air_leak", "x", k == "prefix")[0].system, STEM))
               for k in states}
     print(f"{tag} cold (nothing cached): prompt {cold['prompt']:.0f} tokens (fixed prefix {prefix['prefix']}); first words "
-          f"{cold['first']:.2f} s, complete diagnosis {cold['complete']:.2f} s, {cold['passes']:.0f} passes; "
+          f"{cold['first']:.2f} s, complete diagnosis {cold['complete']:.2f} s, {cold['passes']:.0f} passes on "
+          f"{cold['threads']:.1f} threads (prompt {cold['threads_batch']:.0f}); "
           f"CPU {cold['cpu']:.2f} s")
 
     # a restart: a new model instance finds the prefix on disk (saved by the first one's warm-up)
@@ -161,6 +163,7 @@ def bench(size: str, path: Path, threads: int, rounds: int, ways: list[str]) -> 
         in_prefix = way != "form/block" and way != "grammar" and way != "two-steps"
         b.state_dir = states["prefix" if in_prefix else "block"]
         b.n_threads_batch = {"form+tb2": 2, "service": None}.get(way, threads)
+        b.fixed_threads = None if way == "service" else threads  # the service: as many as the machine leaves idle
         cop, alarm = copilot_for(b, "air_leak", f"A-{way}", in_prefix)
         cop.forms = way not in ("grammar", "two-steps")
         cop.two_steps = way == "two-steps"
@@ -178,14 +181,18 @@ def bench(size: str, path: Path, threads: int, rounds: int, ways: list[str]) -> 
     print(f"{tag} warm, the same alarm {rounds}x each way, interleaved (medians; CPU = the model's CPU-seconds):")
     for w in ways:
         m = med[w]
-        print(f"{tag}   {w:10s} {m['new']:4.0f} new prompt tokens (batch x{m['threads_batch']:.0f}), first words "
+        print(f"{tag}   {w:10s} {m['new']:4.0f} new prompt tokens (x{m['threads_batch']:.0f}; passes x{m['threads']:.1f}), first words "
               f"{m['first']:5.2f} s, complete {m['complete']:5.2f} s, {m['generated']:3.0f} tokens out in "
               f"{m['passes']:3.0f} passes (summary {m['summary']:.0f} characters), CPU {m['cpu']:5.2f} s")
 
+    main_way = "service" if "service" in med else ways[-1]
+    s = med[main_way]
+    n = max(1, round(s["threads"]))  # the limit at the thread count the reported way's passes ran on
+    bandwidth = read_bandwidth(n)
     llama = restarted.load()
     token = llama.tokenize(b" the", add_bos=False)[0]
     llama.reset()
-    llama._ctx.set_n_threads(threads, threads)
+    llama._ctx.set_n_threads(n, n)
     llama.eval([token])
     n_decode = 24
     t = time.perf_counter()
@@ -195,12 +202,10 @@ def bench(size: str, path: Path, threads: int, rounds: int, ways: list[str]) -> 
     limit = bandwidth / path.stat().st_size
     share = decode_tps / limit
     print(f"{tag} forward pass {decode_tps:.1f} tok/s; bandwidth limit {limit:.1f} tok/s "
-          f"({path.stat().st_size / 2**20:.0f} MiB per token at {bandwidth / 1e9:.1f} GB/s with {threads} threads) "
+          f"({path.stat().st_size / 2**20:.0f} MiB per token at {bandwidth / 1e9:.1f} GB/s with {n} threads) "
           f"-> {share:.0%}")
-    main_way = "service" if "service" in med else ways[-1]
-    s = med[main_way]
     return {"warm": s["complete"], "first": s["first"], "cold": cold["complete"], "gen_tps": s["gen_tps"],
-            "share": share, "warm_cpu": s["cpu"], "way": main_way}
+            "share": share, "warm_cpu": s["cpu"], "way": main_way, "threads": s["threads"]}
 
 
 def main() -> None:
@@ -217,15 +222,14 @@ def main() -> None:
     vocabulary = train_vocabulary() if missing else None
     paths = {s: make(s, vocabulary=vocabulary) for s in args.sizes}
     cores = os.cpu_count() or 1
-    print(f"{cores} cores, load average {os.getloadavg()[0]:.1f}; generation threads {threads} (the service's "
-          f"default: {default_threads()}); prompt threads: the service's with every core at least 60 % idle = "
-          f"{batch_threads_for(float(cores), default_threads(), cores)}")
+    print(f"{cores} cores, load average {os.getloadavg()[0]:.1f}; threads {threads} for the fixed ways; the "
+          f"service's: at least {default_threads()}, {threads_for(float(cores), default_threads(), cores)} with "
+          f"every core at least 60 % idle")
     results = {(s, n): bench(s, p, n, args.rounds, args.ways) for s, p in paths.items() for n in threads}
     key = ("1.5b" if "1.5b" in paths else args.sizes[-1], default_threads() if default_threads() in threads else threads[0])
     r = results[key]
-    print(f"(load average at the end {os.getloadavg()[0]:.1f}; the figures below are the '{r['way']}' way; the CPU "
-          f"time of its warm diagnosis, {r['warm_cpu']:.1f} s, is about its wall time on a quiet machine with "
-          f"{key[1]} thread(s))")
+    print(f"(load average at the end {os.getloadavg()[0]:.1f}; the figures below are the '{r['way']}' way, its passes "
+          f"on {r['threads']:.1f} threads on average; the CPU time of its warm diagnosis was {r['warm_cpu']:.1f} s)")
     print(f"copilot: {r['warm']:.1f} s to diagnosis ({key[0].upper()}, warm), {r['first']:.1f} s to first words, "
           f"{r['gen_tps']:.1f} tok/s generation, {r['share']:.0%} of bandwidth limit")
 

@@ -52,17 +52,20 @@ class LLMBackend(Protocol):
 
 
 def default_threads() -> int:
-    """llama.cpp threads when none are configured: all cores but one, so the pipeline keeps a core while the model writes."""
+    """llama.cpp's fewest threads when none are configured: all cores but one, so the pipeline keeps a core while the
+    model writes. More are taken only while the rest of the machine leaves them idle (``threads_for``)."""
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-def batch_threads_for(spare_cores: float | None, n_threads: int, cores: int) -> int:
-    """Threads for prompt processing: every core the rest of the machine leaves (nearly) idle, never fewer than ``n_threads``.
+def threads_for(spare_cores: float | None, n_threads: int, cores: int) -> int:
+    """Threads for the model's next step: every core the rest of the machine leaves (nearly) idle, never fewer than
+    ``n_threads``.
 
-    Prompt processing is compute-bound and scales with cores; but llama.cpp's threads wait for each other at every
-    layer by spinning, so a thread that shares its core with other work holds the others up (measured on a 2-core
-    box at load 4-7: a 120-token prompt took 8.4 s with two threads against 4.5 s with one). A core counts as spare
-    when at least 60 % of it was idle lately.
+    Prompt processing and generation both scale with cores (measured on this 2-core box, quiet, 1.5B Q4_K_M: a
+    160-token prompt at 68 against 31 tokens/s, a forward pass 85 against 151 ms); but llama.cpp's threads wait
+    for each other at every layer by spinning, so a thread that shares its core with other work holds the others
+    up (at load 4-7: a 120-token prompt took 8.4 s with two threads against 4.5 s with one). A core counts as
+    spare when at least 60 % of it was idle lately.
     """
     if spare_cores is None:
         return n_threads
@@ -150,13 +153,15 @@ class LlamaCppBackend(OnePerModelFile):
         self.state_dir = Path(state_dir) if state_dir else None  # where the warm prompt prefix is kept across restarts
         self.name = Path(self.model_path).name
         self.n_ctx = n_ctx
-        # leave one core to the collectors, detector and alarms: an alarm must never wait on the model
+        # generation: this many threads, or None for every core the machine leaves idle at the time, re-read between
+        # forward passes (see threads_for), never fewer than all cores but one: the pipeline's core is the model's
+        # only while the pipeline leaves it idle, and the worker process runs at a lower priority (worker.serve)
+        self.fixed_threads = n_threads
         self.n_threads = n_threads or default_threads()
-        # prompt processing: this many threads, or None for every core the machine leaves idle at the time (see
-        # batch_threads_for); generation keeps n_threads
+        # prompt processing: this many threads, or None for every core the machine leaves idle at the time
         self.n_threads_batch = n_threads_batch
         self.flash_attn = flash_attn
-        self._spare: SpareCores | None = None
+        self._spare: SpareCores | None | bool = None  # False: not measurable here
         self._vocabulary: Any = None
         self.n_gpu_layers = n_gpu_layers
         self.n_batch = n_batch
@@ -187,8 +192,9 @@ class LlamaCppBackend(OnePerModelFile):
                 n_threads_batch=self.n_threads_batch or self.n_threads, n_gpu_layers=self.n_gpu_layers,
                 n_batch=self.n_batch, seed=self.seed, flash_attn=self.flash_attn, verbose=False,
             )
-            log.info("copilot model %s loaded in %.2f s (%d threads, context %d)", self.name,
-                     time.perf_counter() - started, self.n_threads, self.n_ctx)
+            log.info("copilot model %s loaded in %.2f s (%s threads, context %d)", self.name,
+                     time.perf_counter() - started, self.fixed_threads or
+                     f"{self.n_threads}-{os.cpu_count() or self.n_threads}, by the cores idle at the time", self.n_ctx)
             return self._llama
         except ImportError:
             self._failed = "llama-cpp-python is not installed (pip install 'factory-copilot[llm]')"
@@ -197,24 +203,35 @@ class LlamaCppBackend(OnePerModelFile):
         log.error("copilot model unavailable, runbook explanations only: %s", self._failed)
         raise ModelUnavailable(self._failed)
 
-    def batch_threads(self) -> int:
-        """Threads for the next prompt: fixed, or as many as the machine has spare cores now (at least n_threads)."""
-        if self.n_threads_batch:
-            return self.n_threads_batch
-        if self.n_gpu_layers:
-            return self.n_threads  # the GPU processes the prompt
+    def _spare_cores(self) -> tuple[float | None, int]:
+        """Cores the rest of the machine leaves idle now (None: not measurable) and the machine's cores."""
         if self._spare is None:
             try:
                 self._spare = SpareCores()
-            except Exception as exc:  # no psutil, no /proc: the prompt gets the generation's threads
-                log.info("copilot: spare cores not measurable (%s); prompt threads = %d", exc, self.n_threads)
-                self.n_threads_batch = self.n_threads
-                return self.n_threads
-        return batch_threads_for(self._spare.spare(), self.n_threads, self._spare.cores)
+            except Exception as exc:  # no psutil, no /proc: the configured (or default) threads throughout
+                log.info("copilot: spare cores not measurable (%s); threads = %d", exc, self.n_threads)
+                self._spare = False
+        if not self._spare:
+            return None, self.n_threads
+        return self._spare.spare(), self._spare.cores
+
+    def threads(self) -> tuple[int, int]:
+        """Threads for the next step (generation, prompt): fixed where configured, else the cores idle now."""
+        if self.n_gpu_layers:
+            return self.n_threads, self.n_threads_batch or self.n_threads  # the GPU does the arithmetic
+        if self.fixed_threads and self.n_threads_batch:
+            return self.fixed_threads, self.n_threads_batch
+        spare, cores = self._spare_cores()
+        adaptive = threads_for(spare, self.n_threads, cores)
+        return self.fixed_threads or adaptive, self.n_threads_batch or adaptive
+
+    def batch_threads(self) -> int:
+        """Threads for the next prompt: fixed, or as many as the machine has spare cores now (at least n_threads)."""
+        return self.threads()[1]
 
     def _set_threads(self, llama: Any) -> int:
-        batch = self.batch_threads()
-        llama._ctx.set_n_threads(self.n_threads, batch)
+        generation, batch = self.threads()
+        llama._ctx.set_n_threads(generation, batch)
         return batch
 
     def vocabulary(self) -> Any:
@@ -393,9 +410,8 @@ class LlamaCppBackend(OnePerModelFile):
             started = time.perf_counter()
             vocabulary = self.vocabulary()
             tokens = llama.tokenize(self._formatter(llama)(messages=messages).prompt.encode(), add_bos=True, special=True)
-            threads = (self.n_threads, self.batch_threads())
             decoder = FormDecoder(llama, vocabulary, Sampling(self.temperature, seed=self.seed), on_token,
-                                  started + timeout_s if timeout_s else None, threads, started)
+                                  started + timeout_s if timeout_s else None, self.threads, started)
             try:
                 decoder.prompt(tokens)
                 text = decoder.answer(form)
@@ -414,7 +430,8 @@ class LlamaCppBackend(OnePerModelFile):
                 "passes": s.get("passes", 0.0),  # forward passes after the prompt's (each costs about one token)
                 "context_tokens": s.get("prompt_tokens", 0.0) + s.get("answer_tokens", 0.0),
                 "cached_tokens": s.get("cached_tokens", 0.0),
-                "threads_batch": float(threads[1]),
+                "threads_batch": s.get("threads_batch", 0.0),
+                "threads": s.get("threads", 0.0),  # generation threads, averaged over the passes
             }
             return text
 

@@ -29,6 +29,7 @@ def backend_from_settings(model: str | None = None, openai_url: str | None = Non
         n_ctx=n_ctx or int(env.get("FACTORY_COPILOT_CTX", "4096")),
         n_gpu_layers=n_gpu_layers if n_gpu_layers is not None else int(env.get("FACTORY_COPILOT_GPU_LAYERS", "0")),
         state_dir=str(state_dir) if state_dir else None,
-        # prompt threads: unset or 0 = the cores the machine leaves idle at each prompt (see batch_threads_for)
+        # prompt threads: unset or 0 = the cores the machine leaves idle at each prompt (see threads_for); the same
+        # for FACTORY_COPILOT_THREADS, the generation threads
         n_threads_batch=int(env.get("FACTORY_COPILOT_BATCH_THREADS", "0")) or None,
     )

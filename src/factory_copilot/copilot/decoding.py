@@ -195,7 +195,8 @@ class FormDecoder:
     """
 
     def __init__(self, llama: Any, vocabulary: Vocabulary, sampling: Sampling, on_piece: OnPiece | None = None,
-                 deadline: float | None = None, threads: tuple[int, int] | None = None, started: float | None = None):
+                 deadline: float | None = None, threads: Callable[[], tuple[int, int]] | None = None,
+                 started: float | None = None):
         self.llama = llama
         self.started = started or time.perf_counter()  # the times in ``stats`` count from here
         self.vocab = vocabulary
@@ -203,7 +204,11 @@ class FormDecoder:
         self.rng = np.random.default_rng(sampling.seed)
         self.on_piece = on_piece
         self.deadline = deadline
-        self.threads = threads  # (generation, batch): set before the prompt
+        # (generation, prompt) threads for the next pass, asked before each: the model takes the cores the machine
+        # leaves idle and gives one back within a pass when other work wants it
+        self.threads = threads
+        self._set: tuple[int, int] | None = None
+        self._thread_passes = 0
         self.pending: list[int] = []  # given or chosen tokens not yet in the context
         self.passes = 0
         self.tokens = 0
@@ -222,6 +227,15 @@ class FormDecoder:
         """Evaluate what is pending (one forward pass, batched) and return the last position's logits."""
         import llama_cpp
 
+        if self.threads:
+            now = self.threads()
+            if now != self._set:
+                self.llama._ctx.set_n_threads(*now)
+                self._set = now
+            if self.passes == 0:
+                self.stats["threads_batch"] = float(now[1])
+            else:
+                self._thread_passes += now[0]
         self.llama.eval(self.pending)
         self.tokens += len(self.pending)
         self.pending = []
@@ -270,8 +284,6 @@ class FormDecoder:
         llama.n_tokens = same
         self.stats["cached_tokens"] = float(same)
         self.stats["prompt_tokens"] = float(len(tokens))
-        if self.threads:
-            llama._ctx.set_n_threads(*self.threads)
         self.pending = list(tokens[same:])
 
     def answer(self, form: AnswerForm) -> str:
@@ -288,6 +300,8 @@ class FormDecoder:
         self.tokens += len(self.pending) + len(self._tok(given + "}"))  # settled, never needed in the context
         self.stats.update(total_s=time.perf_counter() - self.started, passes=float(self.passes),
                           answer_tokens=float(self.tokens))
+        if self.passes > 1 and self._thread_passes:
+            self.stats["threads"] = self._thread_passes / (self.passes - 1)
         return "".join(self.out)
 
     def _write(self, form: AnswerForm) -> str:
