@@ -10,7 +10,7 @@ import pytest
 
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot, TokenStream
-from factory_copilot.copilot.backends import batch_threads_for, spare_between
+from factory_copilot.copilot.backends import spare_between, threads_for
 from factory_copilot.copilot.decoding import AnswerForm, JsonStringReader
 from factory_copilot.copilot.evidence import step_ref
 from simulators.evaluation import simulated_incident
@@ -157,17 +157,32 @@ def test_the_steps_text_is_in_the_cached_prefix_and_the_data_block_names_them():
     cop = bearing_copilot()
     assert STEP_CATALOGUE in cop.system
     catalogue = cop.system.split(STEP_CATALOGUE, 1)[1]
+    seen_groups = 0
     for fault in ("bearing_wear", "air_leak", "belt_slip", "heater_degradation"):
         alarm, readings = simulated_incident(LINE, fault, at_s=600)
         for r in readings:
             cop.observe(r)
         pack = cop.evidence(alarm)
         user = diagnosis_messages(cop.system, pack)[1]["content"]
-        for label, sid in zip(pack.step_labels(), pack.step_ids):
+        offer = next(line for line in user.splitlines() if line.startswith("fits: "))
+        named = []  # what the block's "fits: air_leak strong 1-3, bearing_wear weak 4" offers, read as the prompt says
+        for part in offer.removeprefix("fits: ").split(", "):
+            fault, *_, numbers = part.split(" ")
+            if not numbers[0].isdigit():
+                continue  # a fit without steps on offer
+            first, _, last = numbers.partition("-")
+            group = next(line for line in catalogue.splitlines() if line.startswith(f"{fault}: "))
+            refs = [item.split(" ", 2)[:2] for item in group.removeprefix(f"{fault}: ").split("; ")]
+            named += [(str(n), fault, " ".join(refs[i])) for i, n in enumerate(range(int(first), int(last or first) + 1))]
+        # the numbers, runbooks and catalogue places the model reads are exactly the steps the alarm offers
+        assert named == [(label, pack.step_faults[sid], step_ref(sid)) for label, sid in zip(pack.step_labels(), pack.step_ids)]
+        assert f"{pack.asset} (" not in user and f"{pack.asset} ({pack.asset_name})" in cop.system  # its name: cached
+        for sid in pack.step_ids:
             group = next(line for line in catalogue.splitlines() if line.startswith(f"{pack.step_faults[sid]}: "))
             assert f"{step_ref(sid)} {pack.step_texts[sid].replace('`', '')[:20]}" in group  # its text, cached
-            assert f"\n{label} {step_ref(sid)}\n" in user  # and only its name, per alarm
-            assert pack.step_texts[sid].replace("`", "")[:20] not in user
+            assert pack.step_texts[sid].replace("`", "")[:20] not in user  # not per alarm
+        seen_groups = max(seen_groups, len({fault for _, fault, _ in named}))
+    assert seen_groups >= 2  # at least one alarm offered steps from two runbooks
 
 
 def test_a_line_with_more_runbook_text_than_the_budget_keeps_the_steps_in_the_block(monkeypatch):
@@ -185,11 +200,11 @@ def test_a_line_with_more_runbook_text_than_the_budget_keeps_the_steps_in_the_bl
 # ---------------------------------------------------------------- prompt threads: the cores the machine leaves idle
 
 
-def test_prompt_threads_take_only_the_cores_others_leave_idle():
-    assert batch_threads_for(None, 1, 2) == 1  # not measured: the generation's threads
-    assert batch_threads_for(1.8, 1, 2) == 2  # the service alone (~20 % of a core): both cores
-    assert batch_threads_for(1.5, 1, 2) == 1  # half of the other core busy: its thread would hold the first up
-    assert batch_threads_for(0.1, 1, 2) == 1 and batch_threads_for(3.7, 3, 4) == 4 and batch_threads_for(0.0, 3, 4) == 3
+def test_model_threads_take_only_the_cores_others_leave_idle():
+    assert threads_for(None, 1, 2) == 1  # not measured: the generation's threads
+    assert threads_for(1.8, 1, 2) == 2  # the service alone (~20 % of a core): both cores
+    assert threads_for(1.5, 1, 2) == 1  # half of the other core busy: its thread would hold the first up
+    assert threads_for(0.1, 1, 2) == 1 and threads_for(3.7, 3, 4) == 4 and threads_for(0.0, 3, 4) == 3
     # (time, all CPU seconds, idle CPU seconds, this process' CPU seconds) over one second of a 2-core machine
     assert spare_between((0.0, 100.0, 50.0, 1.0), (1.0, 102.0, 51.8, 1.0), 2) == pytest.approx(1.8)  # 90 % idle
     assert spare_between((0.0, 100.0, 50.0, 1.0), (1.0, 102.0, 50.8, 2.0), 2) == pytest.approx(1.8)  # we used one core
@@ -197,13 +212,42 @@ def test_prompt_threads_take_only_the_cores_others_leave_idle():
     assert spare_between((0.0, 100.0, 50.0, 1.0), (0.1, 100.2, 50.2, 1.0), 2) is None  # too short to tell
 
 
-def test_the_backend_sizes_its_prompt_threads_from_the_machine(backend):
+def test_the_backend_sizes_its_threads_from_the_machine(backend):
     import os
 
-    backend.n_threads_batch = None
-    threads = backend.batch_threads()
-    assert 1 <= threads <= (os.cpu_count() or 1)
-    spare = backend._spare.spare()
-    assert spare is None or 0.0 <= spare <= (os.cpu_count() or 1)
-    backend.n_threads_batch = 1
-    assert backend.batch_threads() == 1
+    cores = os.cpu_count() or 1
+    fixed, batch = backend.fixed_threads, backend.n_threads_batch
+    try:
+        backend.fixed_threads = backend.n_threads_batch = None
+        generation, prompt = backend.threads()
+        assert backend.n_threads <= generation <= cores and backend.n_threads <= prompt <= cores
+        spare = backend._spare.spare()
+        assert spare is None or 0.0 <= spare <= cores
+        backend.fixed_threads, backend.n_threads_batch = 1, None
+        assert backend.threads()[0] == 1 and backend.batch_threads() >= 1  # configured: kept, whatever the machine
+        backend.n_threads_batch = 1
+        assert backend.threads() == (1, 1)
+    finally:
+        backend.fixed_threads, backend.n_threads_batch = fixed, batch
+
+
+async def test_the_threads_are_asked_again_before_every_pass(backend, monkeypatch):
+    asked: list[tuple[int, int]] = []
+
+    def threads() -> tuple[int, int]:  # the machine's other work comes and goes: 1 thread, then 2, then 1...
+        asked.append((2, 2) if len(asked) % 2 else (1, 1))
+        return asked[-1]
+
+    monkeypatch.setattr(backend, "threads", threads)
+    cop = bearing_copilot(backend)
+    d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-threads"))
+    assert d.source == "model", d.fallback_reason
+    stats = backend.last_stats
+    assert len(asked) == stats["passes"] > 2  # once per forward pass, the prompt's included
+    assert stats["threads_batch"] == 1.0  # the prompt ran on what was asked first
+    later = [g for g, _ in asked[1:]]
+    assert stats["threads"] == pytest.approx(sum(later) / len(later)) and 1.0 < stats["threads"] < 2.0
+    import llama_cpp
+
+    ctx = backend.load()._ctx.ctx  # and llama.cpp was told: it holds what was asked last
+    assert (llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)) == asked[-1]

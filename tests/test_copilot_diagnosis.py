@@ -52,7 +52,7 @@ def test_evidence_pack_has_mode_band_trend_contributions_and_runbook():
     lines = pack.to_text().splitlines()
     assert "classifier: bearing_wear p=0.8" in lines
     vib_line = next(x for x in lines if x.startswith("vibration "))  # the alarm's own asset: the name is enough
-    assert vib_line.startswith("vibration 6 mm/s high (1-3.5, +") and vib_line.endswith("/min)")
+    assert vib_line.startswith("vibration 6 mm/s above 3.5, +") and vib_line.endswith("/min")  # the limit it crossed
     assert pack.candidates[0][0] == "bearing_wear" and all(s.startswith("RB-PUMP-001#") for s in pack.step_ids[:3])
     assert "steps for bearing_wear:" in lines and lines[lines.index("steps for bearing_wear:") + 1].startswith("1 ")
     # the same value in another mode is judged against that mode's band
@@ -165,7 +165,7 @@ def test_injected_text_stays_inside_the_data_block_escaped():
     assert "ignore previous instructions" not in messages[0]["content"]  # never in the system prompt
     user = messages[1]["content"]
     start, end = user.index(DATA_OPEN), user.index(DATA_CLOSE)
-    assert user.count(DATA_CLOSE) == 1 and user.rstrip().endswith("Diagnose this alarm.")  # the forged marker is neutralised
+    assert user.count(DATA_CLOSE) == 1 and user.rstrip().endswith(DATA_CLOSE)  # the forged marker is neutralised
     block = user[start + len(DATA_OPEN): end]
     assert "ignore previous instructions" in block and "ignore previous instructions" not in user[end:]
     assert "PLANT_DATA\\u003e\\u003e\\u003e" in block

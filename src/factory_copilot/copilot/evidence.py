@@ -193,19 +193,23 @@ class EvidencePack:
     def runbook_ids(self) -> set[str]:
         return {p.runbook_id for p in self.passages}
 
-    def to_text(self, max_signals: int = 4, step_chars: int = 44, steps_by_ref: bool = False) -> str:
-        """The pack as the prompt's compact data block: one short line per signal and step (≈100-180 tokens).
+    def to_text(self, max_signals: int = 4, step_chars: int = 44, steps_by_ref: bool = False,
+                asset_name: bool = True) -> str:
+        """The pack as the prompt's compact data block: one short line per signal (≈90-130 tokens in all).
 
         Every token here is processed per alarm before the first word can come: signals of the
         alarm's own asset go by their name alone, numbers have 3 digits, bands and trends are
-        terse (a signal in its band gets words, not numbers), fits are words, steps are cut to their first words and numbered (the model answers
-        with the number; the code quotes the step). With ``steps_by_ref`` a step is named by its
-        place in its runbook ("check 2"), its text being in the prompt's cached step catalogue.
+        terse (a signal in its band gets words, not numbers), fits are words and only the first of the weak ones
+        is named, steps are numbered (the model answers with the number; the code quotes the step). With
+        ``steps_by_ref`` the steps' text is in the prompt's cached step catalogue and the block only says which
+        of each runbook's first steps it offers under which numbers: ``steps: 1-3 air_leak, 4 bearing_wear``.
+        Without ``asset_name`` the asset goes by its id alone (its name is in the cached prefix).
         Text from the plant floor is put on one line each.
         """
         message = _flat(self.message)
         message = message[len(self.asset) + 2:] if message.startswith(f"{self.asset}: ") else message
-        lines = [f"{self.priority} alarm on {self.asset} ({_flat(self.asset_name)}), mode {_mode_name(self.mode)}: {message}"]
+        named = f" ({_flat(self.asset_name)})" if asset_name and self.asset_name and self.asset_name != self.asset else ""
+        lines = [f"{self.priority} alarm on {self.asset}{named}, mode {_mode_name(self.mode)}: {message}"]
         if self.fault_type:
             lines.append(f"classifier: {self.fault_type} p={self.fault_probability:.1f}")
         own = f"{self.asset}."
@@ -218,19 +222,29 @@ class EvidencePack:
                 lines.append(f"{name} {_num(s.value)} {s.unit} in band{edge}"
                              + (f", {'rising' if s.change > 0 else 'falling'}" if moving else ""))
                 continue
-            text = f"{name} {_num(s.value)} {s.unit} {s.direction} ({_num(s.normal[0])}-{_num(s.normal[1])}"
-            if moving:
-                text += f", {s.trend.slope_per_min:+.2g}/min"
-            lines.append(text + ")")
-        lines.append("fits: " + (", ".join(f"{f} {_fit_word(fit)}" for f, fit in self.candidates) or "no known fault"))
-        # steps by their number in this list (a token each), not by their runbook id (a dozen): see step_labels
-        fault = None
+            if s.direction in ("high", "low"):  # out of its band: the limit it crossed is the one that matters
+                text = f"{name} {_num(s.value)} {s.unit} " + (f"above {_num(s.normal[1])}" if s.direction == "high"
+                                                             else f"below {_num(s.normal[0])}")
+            else:
+                text = f"{name} {_num(s.value)} {s.unit} {s.direction} ({_num(s.normal[0])}-{_num(s.normal[1])})"
+            lines.append(text + (f", {s.trend.slope_per_min:+.2g}/min" if moving else ""))
+        # a weak fit says little: the first is named (nothing fits better), the others only when they offer steps
+        offered: dict[str | None, list[str]] = {}  # fault -> the numbers of its runbook's steps on offer, in order
         for label, sid in zip(self.step_labels(), self.step_ids):
-            if self.step_faults.get(sid) != fault:
-                fault = self.step_faults.get(sid)
+            offered.setdefault(self.step_faults.get(sid), []).append(label)
+        fits = [(f, fit) for i, (f, fit) in enumerate(self.candidates)
+                if i == 0 or _fit_word(fit) != "weak" or (steps_by_ref and f in offered)]
+        if steps_by_ref:  # the steps' text is in the cached catalogue: each fit says which of its first steps are on
+            # offer under which numbers ("air_leak strong 1-3"; steps_offered keeps them the catalogue's first)
+            parts = [f"{f} {_fit_word(fit)}{_numbers(offered.get(f))}" for f, fit in fits]
+            parts += [f"{f}{_numbers(labels)}" for f, labels in offered.items() if f not in dict(fits)]
+            lines.append("fits: " + (", ".join(parts) or "no known fault"))
+        else:
+            lines.append("fits: " + (", ".join(f"{f} {_fit_word(fit)}" for f, fit in fits) or "no known fault"))
+            for fault, labels in offered.items():
                 lines.append(f"steps for {fault}:")
-            lines.append(f"{label} {step_ref(sid)}" if steps_by_ref else
-                         f"{label} {trim_words(self.step_texts.get(sid, '').replace('`', ''), step_chars)}")
+                lines += [f"{label} {trim_words(self.step_texts.get(self.step_for(label) or '', '').replace('`', ''), step_chars)}"
+                          for label in labels]
         for i in self.incidents[:2]:
             lines.append(f"past: {_flat(i.fault_type or i.actual_cause or 'unknown')} {i.verdict}"
                          + (f", fix: {trim_words(i.fix, 40)}" if i.fix else ""))
@@ -240,6 +254,13 @@ class EvidencePack:
         d = asdict(self)
         d["mode"] = _mode_name(self.mode)
         return d
+
+
+def _numbers(labels: list[str] | None) -> str:
+    """' 1-3' for steps 1, 2 and 3 (they are always consecutive), ' 4' for one, '' for none."""
+    if not labels:
+        return ""
+    return f" {labels[0]}-{labels[-1]}" if len(labels) > 1 else f" {labels[0]}"
 
 
 def _fit_word(fit: float) -> str:
@@ -408,7 +429,7 @@ def build_evidence(
     pack.candidates = [(c.fault, round(c.score, 2)) for c in ranked[:3]]
     # the steps the model may choose from: the best-fitting runbooks' checks and actions, first ones first
     books = list({b.id: b for b in [primary] + [c.runbook for c in ranked[:2]] if b is not None}.values())
-    offered = [step for rank, book in enumerate(books) for step in steps_on_offer(book, first=rank == 0)]
+    offered = [step for rank, book in enumerate(books) for step in steps_offered(book, first=rank == 0)]
     pack.step_ids = [sid for sid, _ in offered[:max_steps]]
     pack.step_texts = dict(offered[:max_steps])
     by_book = {b.id: step_group(b) for b in books}
@@ -416,14 +437,23 @@ def build_evidence(
     return pack
 
 
-def steps_on_offer(book: Runbook, first: bool = True) -> list[tuple[str, str]]:
-    """The steps of a runbook an alarm may be offered (id, text): its first two checks (one when it is not the best
-    fit) and its first action. The prompt's step catalogue lists exactly these, so the two never disagree."""
+def steps_on_offer(book: Runbook) -> list[tuple[str, str]]:
+    """The steps of a runbook an alarm may be offered (id, text), in order: its first two checks and its first action.
+    The prompt's step catalogue lists exactly these, so the two never disagree."""
     out: list[tuple[str, str]] = []
-    for anchor, n in (("checks", 2 if first else 1), ("actions", 1)):
+    for anchor, n in (("checks", 2), ("actions", 1)):
         p = book.passage(anchor)
         out += [(f"{p.id}.{i + 1}", item) for i, item in enumerate(p.items[:n])] if p else []
     return out
+
+
+def steps_offered(book: Runbook, first: bool) -> list[tuple[str, str]]:
+    """The steps one alarm offers from a runbook: all on offer for the best fit, the first two for another.
+
+    Always the first of ``steps_on_offer``, so the data block can name them by count against the cached catalogue.
+    """
+    steps = steps_on_offer(book)
+    return steps if first else steps[:2]
 
 
 def step_group(book: Runbook) -> str:
