@@ -7,9 +7,10 @@ The simulated line runs at dt 0.1 s; every cycle one signal is pushed past its h
 receives that alarm's active state is t1. The alarm's on-delay is set to 0 for this measurement (it is
 configuration, not latency); everything else is the service as deployed.
 
-With ``--model GGUF`` it measures the same twice more while the copilot's model explains every alarm
-(one llama.cpp thread): once with llama.cpp in the service's own process (``LlamaCppBackend``) and once
-in its worker process (``LocalModel``, what the service uses), side by side in one run.
+With ``--model GGUF`` it measures the same three times more while the copilot's model explains every alarm:
+in its worker process (``LocalModel``, what the service uses) with the service's threads (every core the rest of
+the machine leaves idle, so the model's threads meet the pipeline's work) and with one thread, and with llama.cpp
+in the service's own process (``LlamaCppBackend``, one thread), side by side in one run.
 
     .venv/bin/python bench/latency.py [--alarms 200] [--model models/shaped-qwen2.5-1.5b-q4_k_m.gguf]
 """
@@ -76,7 +77,8 @@ async def main(n_alarms: int, model: str | None) -> None:
     runs = [("no model", None)]
     if model:
         # in-process last: its generation thread cannot be stopped and would run on into the next measurement
-        runs += [("model in its worker process", LocalModel(model, n_threads=1)),
+        runs += [("model in its worker process, the service's threads (the cores left idle)", LocalModel(model)),
+                 ("model in its worker process, one thread", LocalModel(model, n_threads=1)),
                  ("model in the service's process", LlamaCppBackend(model, n_threads=1))]
     figures = []
     for label, backend in runs:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from factory_copilot.alarms.engine import AlarmSettings
 from factory_copilot.alarms.evaluate import AFTER_S, FAULT_S, replay_alarms, summarise
+from factory_copilot.alarms.text import alarm_text
 from factory_copilot.catalogue import UNKNOWN, Fault, faults_of, load_faults
 from factory_copilot.config import SIMULATED_FAULTS, LineConfig
 from factory_copilot.copilot.evaluate import Case
@@ -159,9 +160,10 @@ def simulated_incident(line: LineConfig, fault_type: str, at_s: float = 600.0, s
     fault = faults[fault_type]
     mode = Mode(recent["mode"].iloc[-1])
     anomaly = Anomaly(ts=t_alarm, asset=fault.asset, kind="multivariate", score=0.0, threshold=0.0, mode=mode,
-                      message=f"simulated {fault.name.lower()}")
+                      message="signals departing together")
+    # the alarm text as the alarm engine writes it (no classifier vote here, so no fault named: the answer is not given)
     alarm = Alarm(f"sim-{fault_type}", fault.asset, anomaly.condition, AlarmState.ACTIVE_UNACK, fault.priority,
-                  f"{fault.asset}: multivariate anomaly (simulated {fault_type})", t_alarm, t_alarm, anomaly)
+                  alarm_text(line, faults_of(line), anomaly, "moderate"), t_alarm, t_alarm, anomaly)
     return alarm, readings
 
 
@@ -176,9 +178,6 @@ def simulated_cases(line: LineConfig, at_s: float = 600.0, seed: int = 0, only: 
         if only and fault not in only:
             continue
         alarm, readings = simulated_incident(line, fault, at_s, seed + i)
-        alarm.message = f"{alarm.asset}: multivariate anomaly"  # as the detector words it: the answer is not given away
-        if alarm.anomaly is not None:
-            alarm.anomaly.message = alarm.message
         cases.append(Case(fault, fault, alarm, readings))
         cases.append(Case(f"{fault} (not catalogued)", UNKNOWN, alarm, readings, leave_out=fault))
     return cases

@@ -187,6 +187,8 @@ class LlamaCppBackend(OnePerModelFile):
             from llama_cpp import Llama
 
             started = time.perf_counter()
+            if not (self.fixed_threads and self.n_threads_batch) and not self.n_gpu_layers:
+                self._spare_cores()  # sampling while the model loads: the first prompt (the prefix) knows the idle cores
             self._llama = Llama(
                 model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads,
                 n_threads_batch=self.n_threads_batch or self.n_threads, n_gpu_layers=self.n_gpu_layers,

@@ -198,7 +198,8 @@ class EvidencePack:
         """The pack as the prompt's compact data block: one short line per signal (≈90-130 tokens in all).
 
         Every token here is processed per alarm before the first word can come: signals of the
-        alarm's own asset go by their name alone, numbers have 3 digits, bands and trends are
+        alarm's own asset go by their name alone (another asset's only when it is out of or near the edge of its
+        band), numbers have 3 digits, bands and trends are
         terse (a signal in its band gets words, not numbers), fits are words and only the first of the weak ones
         is named, steps are numbered (the model answers with the number; the code quotes the step). With
         ``steps_by_ref`` the steps' text is in the prompt's cached step catalogue and the block only says which
@@ -207,14 +208,24 @@ class EvidencePack:
         Text from the plant floor is put on one line each.
         """
         message = _flat(self.message)
-        message = message[len(self.asset) + 2:] if message.startswith(f"{self.asset}: ") else message
+        for head in (f"{self.asset}: ", f"{_flat(self.asset_name)}: "):
+            message = message[len(head):] if message.startswith(head) else message
+        # the alarm text's figures ("likely bearing wear, moderate — vibration 5.2 mm/s (normal 1.0–3.5)") are the
+        # signal lines below: a dozen tokens said twice
+        message = message.split(" — ", 1)[0]
         named = f" ({_flat(self.asset_name)})" if asset_name and self.asset_name and self.asset_name != self.asset else ""
         lines = [f"{self.priority} alarm on {self.asset}{named}, mode {_mode_name(self.mode)}: {message}"]
         if self.fault_type:
             lines.append(f"classifier: {self.fault_type} p={self.fault_probability:.1f}")
         own = f"{self.asset}."
-        for s in self.signals[:max_signals]:
+        shown = 0
+        for s in self.signals:
+            if shown == max_signals:
+                break
             name = s.key[len(own):] if s.key.startswith(own) else s.key
+            if name == s.key and s.direction == "in band" and abs(s.deviation) < 0.7:
+                continue  # another asset's signal well inside its band says little about this alarm: tokens for nothing
+            shown += 1
             moving = s.trend is not None and s.trend.n >= 2 and not s.trend.flat and abs(s.change) >= 1.0
             if s.direction == "in band" and s.value is not None:
                 # in its band: where in it and which way, in words (a band and a slope are a dozen tokens of digits)
@@ -428,7 +439,9 @@ def build_evidence(
     pack = _pack(alarm, asset_name, asset_kind, mode, fault, anomaly, signals, passages, incidents, all_signals)
     pack.candidates = [(c.fault, round(c.score, 2)) for c in ranked[:3]]
     # the steps the model may choose from: the best-fitting runbooks' checks and actions, first ones first
-    books = list({b.id: b for b in [primary] + [c.runbook for c in ranked[:2]] if b is not None}.values())
+    # (a weak fit's runbook only when nothing fits better: its steps would be numbers to choose among for nothing)
+    fitting = [c.runbook for i, c in enumerate(ranked[:2]) if i == 0 or _fit_word(c.score) != "weak"]
+    books = list({b.id: b for b in [primary] + fitting if b is not None}.values())
     offered = [step for rank, book in enumerate(books) for step in steps_offered(book, first=rank == 0)]
     pack.step_ids = [sid for sid, _ in offered[:max_steps]]
     pack.step_texts = dict(offered[:max_steps])
