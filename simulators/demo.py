@@ -35,6 +35,7 @@ from factory_copilot.config import (
     load_line,
 )
 from factory_copilot.copilot.choice import backend_from_settings
+from factory_copilot.copilot.station import EXPLAIN_EVENTS
 from factory_copilot.detect.persist import (
     ModelMismatchError,
     TrainedDetector,
@@ -146,12 +147,16 @@ def _p(values: list[float], q: float) -> float | None:
 
 def latencies(service: LineService, started: float) -> dict[str, float | None]:
     """Reading row -> alarm, and alarm -> diagnosis (per source), from the alarm journal and the store."""
-    raised = {e.alarm_id: e for e in service.engine.audit(since=started) if e.event == "raised"}
+    events = service.engine.audit(since=started)
+    raised = {e.alarm_id: e for e in events if e.event == "raised"}
     after_reading = [max(0.0, e.ts - e.alarm.anomaly.ts) for e in raised.values() if e.alarm.anomaly is not None]
     after_alarm: dict[str, list[float]] = {}
     for d in service.store.diagnoses_since(started):
-        if d.alarm_id in raised:
-            after_alarm.setdefault(d.source, []).append(d.created_at - raised[d.alarm_id].ts)
+        # a diagnosis answers the alarm's latest event the copilot explains (raised, realarm, escalated): a
+        # re-diagnosis after a realarm is not minutes late for the first raise
+        cause = [e.ts for e in events if e.alarm_id == d.alarm_id and e.event in EXPLAIN_EVENTS and e.ts <= d.created_at]
+        if cause and d.alarm_id in raised:
+            after_alarm.setdefault(d.source, []).append(d.created_at - cause[-1])
     return {
         "alarm_after_reading_p50": _p(after_reading, 0.5),
         "alarm_after_reading_max": _p(after_reading, 1.0),

@@ -194,9 +194,8 @@ class LlamaCppBackend(OnePerModelFile):
                 n_threads_batch=self.n_threads_batch or self.n_threads, n_gpu_layers=self.n_gpu_layers,
                 n_batch=self.n_batch, seed=self.seed, flash_attn=self.flash_attn, verbose=False,
             )
-            log.info("copilot model %s loaded in %.2f s (%s threads, context %d)", self.name,
-                     time.perf_counter() - started, self.fixed_threads or
-                     f"{self.n_threads}-{os.cpu_count() or self.n_threads}, by the cores idle at the time", self.n_ctx)
+            log.info("copilot model %s loaded in %.2f s (threads: %s; context %d)", self.name,
+                     time.perf_counter() - started, self.threads_text(), self.n_ctx)
             return self._llama
         except ImportError:
             self._failed = "llama-cpp-python is not installed (pip install 'factory-copilot[llm]')"
@@ -226,6 +225,13 @@ class LlamaCppBackend(OnePerModelFile):
         spare, cores = self._spare_cores()
         adaptive = threads_for(spare, self.n_threads, cores)
         return self.fixed_threads or adaptive, self.n_threads_batch or adaptive
+
+    def threads_text(self) -> str:
+        """The thread setting in words, for log lines: '1' or '1-2, by the cores idle at the time'."""
+        most = os.cpu_count() or self.n_threads
+        if self.fixed_threads or self.n_gpu_layers or most <= self.n_threads:
+            return str(self.n_threads)
+        return f"{self.n_threads}-{most}, by the cores idle at the time"
 
     def batch_threads(self) -> int:
         """Threads for the next prompt: fixed, or as many as the machine has spare cores now (at least n_threads)."""

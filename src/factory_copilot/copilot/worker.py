@@ -118,8 +118,8 @@ class LocalModel(OnePerModelFile):
             self._crashed("while loading the model")
         if "error" in ready:
             self._give_up(ready["message"])
-        log.info("copilot model %s serving in worker pid %d (loaded in %.2f s, %s threads)", self.name,
-                 self._proc.pid, ready.get("load_s", 0.0), ready.get("n_threads"))
+        log.info("copilot model %s serving in worker pid %d (loaded in %.2f s, threads: %s)", self.name,
+                 self._proc.pid, ready.get("load_s", 0.0), ready.get("threads"))
 
     @staticmethod
     def _read(proc: subprocess.Popen, lines: queue.Queue) -> None:
@@ -280,7 +280,7 @@ def serve(argv: list[str] | None = None) -> int:
     except ModelUnavailable as exc:
         say({"error": "unavailable", "message": str(exc)})
         return 1
-    say({"ready": True, "load_s": round(time.perf_counter() - started, 3), "n_threads": backend.n_threads})
+    say({"ready": True, "load_s": round(time.perf_counter() - started, 3), "threads": backend.threads_text()})
     for line in sys.stdin:
         try:
             req = json.loads(line)
