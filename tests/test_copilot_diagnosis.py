@@ -207,7 +207,7 @@ def test_the_data_block_shows_what_bears_on_the_alarm_and_leaves_out_what_does_n
                         ], passages=[], candidates=[("cavitation", 1.2), ("seal_leak", 0.6), ("dry_run", 0.2)])
     block = pack.to_text(max_signals=4, asset_name=False).splitlines()
     assert block[0] == "high alarm on pump, mode running: pressure high"  # its name is in the cached prefix
-    assert block[1:5] == ["pressure 12 bar above 10", "flow 5 bar in band", "tank.level 0.8 bar in band, near low",
+    assert block[1:5] == ["pressure 12 bar above 10", "flow 5 bar in band", "tank.level 0.8 bar near low",
                           "speed -1 bar below 0"]
     assert block[5] == "fits: cavitation strong, seal_leak fair"  # a weak fit after the first says little
     assert "(Feed pump)" in pack.to_text()  # where the prefix does not name it, the block does

@@ -228,9 +228,10 @@ class EvidencePack:
             shown += 1
             moving = s.trend is not None and s.trend.n >= 2 and not s.trend.flat and abs(s.change) >= 1.0
             if s.direction == "in band" and s.value is not None:
-                # in its band: where in it and which way, in words (a band and a slope are a dozen tokens of digits)
-                edge = ", near high" if s.deviation >= 0.7 else ", near low" if s.deviation <= -0.7 else ""
-                lines.append(f"{name} {_num(s.value)} {s.unit} in band{edge}"
+                # in its band: where in it and which way, in words (a band and a slope are a dozen tokens of digits),
+                # the value to two figures (it is not what the alarm is about)
+                where = "near high" if s.deviation >= 0.7 else "near low" if s.deviation <= -0.7 else "in band"
+                lines.append(f"{name} {_num(s.value, 2)} {s.unit} {where}"
                              + (f", {'rising' if s.change > 0 else 'falling'}" if moving else ""))
                 continue
             if s.direction in ("high", "low"):  # out of its band: the limit it crossed is the one that matters
@@ -284,8 +285,8 @@ def _flat(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _num(x: float | None) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
+def _num(x: float | None, figures: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{figures}g}"
 
 
 def _mode_name(mode: object) -> str:
