@@ -1,8 +1,8 @@
 """Benchmark the copilot's model path: Qwen2.5-0.5B/1.5B-shaped Q4_K_M GGUFs (random weights) on the CPU.
 
-For each model and generation thread count (default: the service's, all cores but one): prompt tokens of a
-typical alarm (fixed prefix + compact evidence block), then
-- cold: the first alarm after a start with nothing cached (prefix and data processed);
+For each model (and --threads count for the fixed ways; default: all cores but one, the service's fewest): prompt
+tokens of a typical alarm (fixed prefix + compact evidence block), then
+- cold: the first alarm after a start with nothing cached (prefix and data processed), the service's threads;
 - warm: after a restart, the fixed prefix restored from disk (``state_dir``), then an alarm: the time to the
   first words of the summary the operator reads, to a complete validated diagnosis, the forward passes and
   tokens of the answer, and the CPU-seconds the model used (on a shared machine, about what the wall time

@@ -333,7 +333,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-state", action="store_true", help="keep alarms and trends of earlier demo runs")
     p.add_argument("--model", help="a Qwen GGUF file; default: the model for this machine, pulled once (models pull)")
     p.add_argument("--no-model", action="store_true", help="runbook-only diagnoses: do not pull or load a model")
-    p.add_argument("--threads", type=int, help="llama.cpp threads (default: the service's, all cores but one)")
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default: the service's, the cores the machine leaves idle, at least all but one)")
     p.add_argument("--openai-url", help="an OpenAI-compatible endpoint instead of a local model")
 
     def run(a: argparse.Namespace):
