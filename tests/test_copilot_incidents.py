@@ -48,7 +48,7 @@ def test_confirmed_incidents_export_as_chat_examples(tmp_path, capsys):
         system, user, answer = r["messages"]
         assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
         assert system["content"] == cop.system  # the same fixed prefix the copilot serves
-        assert user["content"].startswith(DATA_OPEN) and "vibration 6 mm/s high" in user["content"]  # rebuilt evidence
+        assert user["content"].startswith(DATA_OPEN) and "vibration 6 mm/s above 3.5" in user["content"]  # rebuilt evidence
         jsonschema.validate(json.loads(answer["content"]), schema)  # the copilot's own output form
     confirmed, other = (json.loads(r["messages"][2]["content"]) for r in rows)
     assert confirmed["causes"] == ["bearing_wear:high"] and confirmed["steps"]
