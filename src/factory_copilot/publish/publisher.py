@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from factory_copilot.config import LineConfig, MqttConnection
 from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.plumbing.tasks import run_until
 from factory_copilot.publish import payloads
 from factory_copilot.publish.inbound import Inbound, Route
 from factory_copilot.publish.outbox import ALARM_LANE, DIAGNOSIS_LANE, Message, Outbox
@@ -177,14 +178,8 @@ class Publisher:
 
         jobs = [asyncio.create_task(drain(b, takers[name])) for name, b in self.inputs.items() if b is not None]
         try:
-            if stop is None:
-                await asyncio.gather(*jobs)
-            else:
-                await stop.wait()
+            await run_until(stop, jobs)
         finally:
-            for job in jobs:
-                job.cancel()
-            await asyncio.gather(*jobs, return_exceptions=True)
             for name, buffer in self.inputs.items():  # what was handed in before the stop still goes out
                 while buffer is not None and buffer.qsize():
                     item = buffer.get_nowait()
