@@ -9,7 +9,7 @@ import pytest
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot, InMemoryIncidents, SignalHistory
 from factory_copilot.copilot.diagnosis import InvalidModelOutput, model_diagnosis, parse_json_leniently
-from factory_copilot.copilot.prompt import DATA_CLOSE, DATA_OPEN, diagnosis_messages, question_messages
+from factory_copilot.copilot.prompt import DATA_CLOSE, DATA_OPEN, USUAL_MODE, diagnosis_messages, question_messages
 from factory_copilot.records import Incident, Mode, Reading, Turn
 from tests.support.copilot import alarm_for, ramp
 
@@ -52,7 +52,9 @@ def test_evidence_pack_has_mode_band_trend_contributions_and_runbook():
     lines = pack.to_text().splitlines()
     assert "classifier: bearing_wear p=0.8" in lines
     vib_line = next(x for x in lines if x.startswith("vibration "))  # the alarm's own asset: the name is enough
-    assert vib_line.startswith("vibration 6 mm/s above 3.5, +") and vib_line.endswith("/min")  # the limit it crossed
+    assert vib_line.startswith("vibration 6 mm/s above 3.5, +")  # the limit it crossed, then its change per minute
+    assert float(vib_line.rsplit(", ", 1)[1]) == pytest.approx(vib.trend.slope_per_min, rel=0.05)
+    assert "/min" not in vib_line and "change per minute" in cop.system  # the unit is said once, in the prefix
     assert pack.candidates[0][0] == "bearing_wear" and all(s.startswith("RB-PUMP-001#") for s in pack.step_ids[:3])
     assert "steps for bearing_wear:" in lines and lines[lines.index("steps for bearing_wear:") + 1].startswith("1 ")
     # the same value in another mode is judged against that mode's band
@@ -211,3 +213,24 @@ def test_the_data_block_shows_what_bears_on_the_alarm_and_leaves_out_what_does_n
                           "speed -1 bar below 0"]
     assert block[5] == "fits: cavitation strong, seal_leak fair"  # a weak fit after the first says little
     assert "(Feed pump)" in pack.to_text()  # where the prefix does not name it, the block does
+    # the usual mode is said once in the prefix: the block names a mode only when it is another
+    assert pack.to_text(asset_name=False, usual_mode="running").splitlines()[0] == "high alarm on pump: pressure high"
+    assert pack.to_text(asset_name=False, usual_mode="day").splitlines()[0].startswith("high alarm on pump, mode running:")
+    assert len(pack.to_text().splitlines()) == 5  # three signals by default: the summary has room for two or three
+
+
+def test_figures_in_the_block_never_take_an_exponent():
+    from factory_copilot.copilot.evidence import _num
+
+    # "1.48e+03" is eight tokens and reads as a formula; a display shows 1480
+    assert [_num(x) for x in (1480.3, 126.4, 4.237, 0.0996, -0.22, 0.0)] == ["1480", "126", "4.24", "0.0996", "-0.22", "0"]
+    assert [_num(x, 2) for x in (143.2, 9.96, 0.000123, float("nan"))] == ["140", "10", "0.00012", "n/a"]
+
+
+def test_the_prompt_names_the_mode_only_when_it_is_not_the_usual_one():
+    cop = pump_bearing_copilot()
+    assert USUAL_MODE.format(LINE.production_mode) in cop.system
+    running = diagnosis_messages(cop.system, cop.evidence(alarm_for("product_pump")))[1]["content"]
+    changeover = diagnosis_messages(cop.system, cop.evidence(alarm_for("product_pump", mode=Mode("changeover"))))
+    assert ", mode " not in running.splitlines()[1] and "product_pump" in running.splitlines()[1]
+    assert ", mode changeover:" in changeover[1]["content"].splitlines()[1]

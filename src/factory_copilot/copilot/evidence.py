@@ -193,9 +193,9 @@ class EvidencePack:
     def runbook_ids(self) -> set[str]:
         return {p.runbook_id for p in self.passages}
 
-    def to_text(self, max_signals: int = 4, step_chars: int = 44, steps_by_ref: bool = False,
-                asset_name: bool = True) -> str:
-        """The pack as the prompt's compact data block: one short line per signal (≈90-130 tokens in all).
+    def to_text(self, max_signals: int = 3, step_chars: int = 44, steps_by_ref: bool = False,
+                asset_name: bool = True, usual_mode: str | None = None) -> str:
+        """The pack as the prompt's compact data block: one short line per signal (≈70-110 tokens in all).
 
         Every token here is processed per alarm before the first word can come: signals of the
         alarm's own asset go by their name alone (another asset's only when it is out of or near the edge of its
@@ -204,8 +204,11 @@ class EvidencePack:
         is named, steps are numbered (the model answers with the number; the code quotes the step). With
         ``steps_by_ref`` the steps' text is in the prompt's cached step catalogue and the block only says which
         of each runbook's first steps it offers under which numbers: ``steps: 1-3 air_leak, 4 bearing_wear``.
-        Without ``asset_name`` the asset goes by its id alone (its name is in the cached prefix).
-        Text from the plant floor is put on one line each.
+        Without ``asset_name`` the asset goes by its id alone (its name is in the cached prefix). The mode is named
+        unless it is ``usual_mode`` (the prefix says which that is). A moving signal's signed figure is its change
+        per minute (the prefix says so: "/min" is two tokens a signal). Three signals: the model writes one
+        sentence of at most 120 characters, which has room for two or three; the code renders the rest of the
+        evidence from the pack. Text from the plant floor is put on one line each.
         """
         message = _flat(self.message)
         for head in (f"{self.asset}: ", f"{_flat(self.asset_name)}: "):
@@ -214,7 +217,8 @@ class EvidencePack:
         # signal lines below: a dozen tokens said twice
         message = message.split(" — ", 1)[0]
         named = f" ({_flat(self.asset_name)})" if asset_name and self.asset_name and self.asset_name != self.asset else ""
-        lines = [f"{self.priority} alarm on {self.asset}{named}, mode {_mode_name(self.mode)}: {message}"]
+        mode = "" if _mode_name(self.mode) == usual_mode else f", mode {_mode_name(self.mode)}"
+        lines = [f"{self.priority} alarm on {self.asset}{named}{mode}: {message}"]
         if self.fault_type:
             lines.append(f"classifier: {self.fault_type} p={self.fault_probability:.1f}")
         own = f"{self.asset}."
@@ -239,7 +243,8 @@ class EvidencePack:
                                                              else f"below {_num(s.normal[0])}")
             else:
                 text = f"{name} {_num(s.value)} {s.unit} {s.direction} ({_num(s.normal[0])}-{_num(s.normal[1])})"
-            lines.append(text + (f", {s.trend.slope_per_min:+.2g}/min" if moving else ""))
+            lines.append(text + (f", {'+' if s.trend.slope_per_min > 0 else ''}{_num(s.trend.slope_per_min, 2)}"
+                                 if moving else ""))
         # a weak fit says little: the first is named (nothing fits better), the others only when they offer steps
         offered: dict[str | None, list[str]] = {}  # fault -> the numbers of its runbook's steps on offer, in order
         for label, sid in zip(self.step_labels(), self.step_ids):
@@ -286,7 +291,16 @@ def _flat(text: object) -> str:
 
 
 def _num(x: float | None, figures: int = 3) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{figures}g}"
+    """``figures`` significant figures, never an exponent: 1480 rpm is "1480" (4 tokens), not "1.48e+03" (8)."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    if x == 0:
+        return "0"
+    decimals = figures - 1 - math.floor(math.log10(abs(x)))
+    x = round(x, decimals)
+    if decimals <= 0:
+        return f"{x:.0f}"
+    return f"{x:.{decimals}f}".rstrip("0").rstrip(".")
 
 
 def _mode_name(mode: object) -> str:

@@ -220,7 +220,7 @@ class Copilot:
         self.fixed_schema = schema is not None  # True: this schema as given for every alarm (no per-alarm step numbers)
         self.schema = schema or diagnosis_schema(faults=list(self.faults))
         self.system = system_prompt(line.site, line.line, self.faults, self.library, line.description,
-                                    assets={a.id: a.name for a in line.assets})
+                                    assets={a.id: a.name for a in line.assets}, usual_mode=line.production_mode)
         self.keep_alarms = keep_alarms
         self.alarms, self.readings, self.questions = alarms, readings, questions
         self.diagnoses, self.chunks, self.answers, self.turns = diagnoses, chunks, answers, turns
