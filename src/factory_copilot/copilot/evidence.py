@@ -246,22 +246,22 @@ class EvidencePack:
             lines.append(text + (f", {'+' if s.trend.slope_per_min > 0 else ''}{_num(s.trend.slope_per_min, 2)}"
                                  if moving else ""))
         # a weak fit says little: the first is named (nothing fits better), the others only when they offer steps
-        offered: dict[str | None, list[str]] = {}  # fault -> the numbers of its runbook's steps on offer, in order
+        offered: dict[str | None, list[tuple[str, str]]] = {}  # fault -> its runbook's steps on offer: (number, id)
         for label, sid in zip(self.step_labels(), self.step_ids):
-            offered.setdefault(self.step_faults.get(sid), []).append(label)
+            offered.setdefault(self.step_faults.get(sid), []).append((label, sid))
         fits = [(f, fit) for i, (f, fit) in enumerate(self.candidates)
                 if i == 0 or _fit_word(fit) != "weak" or (steps_by_ref and f in offered)]
         if steps_by_ref:  # the steps' text is in the cached catalogue: each fit says which of its first steps are on
             # offer under which numbers ("air_leak strong 1-3"; steps_offered keeps them the catalogue's first)
             parts = [f"{f} {_fit_word(fit)}{_numbers(offered.get(f))}" for f, fit in fits]
-            parts += [f"{f}{_numbers(labels)}" for f, labels in offered.items() if f not in dict(fits)]
+            parts += [f"{f}{_numbers(steps)}" for f, steps in offered.items() if f not in dict(fits)]
             lines.append("fits: " + (", ".join(parts) or "no known fault"))
         else:
             lines.append("fits: " + (", ".join(f"{f} {_fit_word(fit)}" for f, fit in fits) or "no known fault"))
-            for fault, labels in offered.items():
+            for fault, steps in offered.items():
                 lines.append(f"steps for {fault}:")
-                lines += [f"{label} {trim_words(self.step_texts.get(self.step_for(label) or '', '').replace('`', ''), step_chars)}"
-                          for label in labels]
+                lines += [f"{label} {trim_words(self.step_texts.get(sid, '').replace('`', ''), step_chars)}"
+                          for label, sid in steps]
         for i in self.incidents[:2]:
             lines.append(f"past: {_flat(i.fault_type or i.actual_cause or 'unknown')} {i.verdict}"
                          + (f", fix: {trim_words(i.fix, 40)}" if i.fix else ""))
@@ -273,11 +273,11 @@ class EvidencePack:
         return d
 
 
-def _numbers(labels: list[str] | None) -> str:
-    """' 1-3' for steps 1, 2 and 3 (they are always consecutive), ' 4' for one, '' for none."""
-    if not labels:
+def _numbers(steps: list[tuple[str, str]] | None) -> str:
+    """' 1-3' for steps numbered 1, 2 and 3 (they are always consecutive), ' 4' for one, '' for none."""
+    if not steps:
         return ""
-    return f" {labels[0]}-{labels[-1]}" if len(labels) > 1 else f" {labels[0]}"
+    return f" {steps[0][0]}-{steps[-1][0]}" if len(steps) > 1 else f" {steps[0][0]}"
 
 
 def _fit_word(fit: float) -> str:
