@@ -217,6 +217,9 @@ def test_the_data_block_shows_what_bears_on_the_alarm_and_leaves_out_what_does_n
     assert pack.to_text(asset_name=False, usual_mode="running").splitlines()[0] == "high alarm on pump: pressure high"
     assert pack.to_text(asset_name=False, usual_mode="day").splitlines()[0].startswith("high alarm on pump, mode running:")
     assert len(pack.to_text().splitlines()) == 5  # three signals by default: the summary has room for two or three
+    # a question may be about any signal, and its answer has four sentences: it sees more of them
+    assert "current 20 bar above 10" in question_messages("", pack, "and the current?", [])[1]["content"]
+    assert "current 20" not in diagnosis_messages("", pack)[1]["content"]
 
 
 def test_figures_in_the_block_never_take_an_exponent():

@@ -120,7 +120,8 @@ def diagnosis_messages(system: str, pack: EvidencePack) -> list[dict[str, str]]:
 
 def question_messages(system: str, pack: EvidencePack, question: str, history: list[Turn]) -> list[dict[str, str]]:
     """A follow-up question about an alarm: the same evidence, the conversation so far, the question, all as data."""
-    lines = [pack.to_text()]
+    # an operator's question may be about any signal, and its answer has four sentences: more of the evidence
+    lines = [pack.to_text(max_signals=6, usual_mode=usual_mode(system))]
     lines += [f"{t.role}: {' '.join(t.text.split())}" for t in history[-6:]]
     lines.append(f"operator question: {' '.join(question.split())}")
     return [
