@@ -251,3 +251,18 @@ async def test_the_threads_are_asked_again_before_every_pass(backend, monkeypatc
 
     ctx = backend.load()._ctx.ctx  # and llama.cpp was told: it holds what was asked last
     assert (llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)) == asked[-1]
+
+
+def test_a_free_answer_cannot_end_its_turn_before_it_says_something():
+    import numpy as np
+
+    from factory_copilot.copilot.decoding import says_something
+
+    end = np.array([False, False, True, False, True])  # tokens 2 and 4 end a turn
+    keep = says_something(end, min_tokens=2)
+    prompt = [7] * 10
+    for generated in range(4):
+        scores = keep(prompt + [0] * generated, np.array([0.0, 1.0, 9.0, 2.0, 8.0]))
+        best = int(np.argmax(scores))
+        # the end of turn was the likeliest token: banned for the first two tokens of the answer, allowed after
+        assert best == (3 if generated < 2 else 2), generated

@@ -51,6 +51,9 @@ class LLMBackend(Protocol):
              on_token: OnToken | None = None, timeout_s: float | None = None) -> str: ...
 
 
+FREE_MIN_TOKENS = 4  # a free answer's tokens before it may end its turn
+
+
 def default_threads() -> int:
     """llama.cpp's fewest threads when none are configured: all cores but one, so the pipeline keeps a core while the
     model writes. More are taken only while the rest of the machine leaves them idle (``threads_for``)."""
@@ -371,6 +374,13 @@ class LlamaCppBackend(OnePerModelFile):
                 kwargs: dict[str, Any] = {}
                 if schema is not None:
                     kwargs["response_format"] = {"type": "json_object", "schema": schema}
+                else:  # free text (a question's answer): never an empty one
+                    from llama_cpp import LogitsProcessorList
+
+                    from factory_copilot.copilot.decoding import says_something
+
+                    kwargs["logits_processor"] = LogitsProcessorList([says_something(self.vocabulary().end,
+                                                                                      FREE_MIN_TOKENS)])
                 stream = llama.create_chat_completion(
                     messages, max_tokens=max_tokens, temperature=self.temperature, seed=self.seed, stream=True, **kwargs
                 )

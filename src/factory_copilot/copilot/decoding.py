@@ -166,6 +166,7 @@ class Vocabulary:
         pieces: list[bytes] = []
         normal = np.zeros(n, dtype=bool)
         quote = np.zeros(n, dtype=bool)
+        end = np.zeros(n, dtype=bool)
         usable = llama_cpp.LLAMA_TOKEN_ATTR_NORMAL | llama_cpp.LLAMA_TOKEN_ATTR_BYTE
         for t in range(n):
             size = llama_cpp.llama_token_to_piece(vocab, t, buf, 256, 0, False)
@@ -175,9 +176,11 @@ class Vocabulary:
             # text tokens only: no control token (<|im_end|>), no empty piece, no control character (a summary is one line)
             normal[t] = bool(piece) and bool(attr & usable) and len(piece.translate(None, _CONTROL)) == len(piece)
             quote[t] = 0x22 in piece
+            end[t] = bool(llama_cpp.llama_vocab_is_eog(vocab, t))
         self.pieces = pieces
         self.text = normal
         self.text_no_quote = normal & ~quote
+        self.end = end  # the tokens that end a turn (<|im_end|>, <|endoftext|>)
 
 
 @dataclass(slots=True)
@@ -186,6 +189,24 @@ class Sampling:
     top_k: int = 40
     min_p: float = 0.05
     seed: int = 0
+
+
+def says_something(end: np.ndarray, min_tokens: int) -> Callable[[Any, np.ndarray], np.ndarray]:
+    """A llama-cpp-python logits processor: no end of turn among the first ``min_tokens`` tokens of the answer.
+
+    A free answer (an operator's question) that ends at once says nothing; the copilot would fall back to the
+    runbooks for want of a model that answers.
+    """
+    start: list[int] = []
+
+    def processor(input_ids: Any, scores: np.ndarray) -> np.ndarray:
+        if not start:
+            start.append(len(input_ids))  # the first call sees the prompt alone
+        if len(input_ids) - start[0] < min_tokens:
+            scores[end[: len(scores)]] = -np.inf
+        return scores
+
+    return processor
 
 
 class FormDecoder:
