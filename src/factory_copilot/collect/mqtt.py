@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -27,6 +26,7 @@ from typing import Any, Callable
 import paho.mqtt.client as paho
 
 from factory_copilot.collect.gate import BadSample, SampleGate, parse_json, parse_quality, parse_timestamp
+from factory_copilot.collect.subscriber import BrokerCollector
 from factory_copilot.config import LineConfig, MqttConnection, MqttSource
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.mqtt import MqttSession
@@ -115,7 +115,7 @@ def readings_of(body: Any, signals: list[TopicSignal], gate: SampleGate, now: fl
     return out
 
 
-class MqttCollector:
+class MqttCollector(BrokerCollector):
     """Turns the line's MQTT messages into Readings offered into ``buffer``.
 
     ``signals``: the signal keys this collector serves (default: every signal with an MQTT source).
@@ -139,13 +139,9 @@ class MqttCollector:
         handover_s: float = 0.01,
         clock: Callable[[], float] = time.time,
     ):
-        self.line = line
-        self.buffer = buffer
-        self._conn = connection or line.mqtt or MqttConnection()
+        super().__init__(line, buffer, connection or line.mqtt or MqttConnection(), log_every_s=log_every_s,
+                         handover_s=handover_s, clock=clock, log=log)
         self.qos = qos
-        self.handover_s = handover_s
-        self.clock = clock
-        self.gate = SampleGate(line.samples.max_future_s, line.samples.max_age_s, clock, log_every_s, self.source, log)
         wanted = set(signals) if signals is not None else None
         self.topics: dict[str, list[TopicSignal]] = {}
         self.by_key: dict[str, TopicSignal] = {}
@@ -158,23 +154,6 @@ class MqttCollector:
         self.served = [s.key for group in self.topics.values() for s in group]
         self.patterns = [TopicPattern.parse(p) for p in patterns or []]
         self.subscriptions = self._subscriptions()
-        self.session: MqttSession | None = None
-        self.connected = asyncio.Event()
-        self.readings_in = 0
-        self.by_quality = {q.value: 0 for q in Quality}
-        self.last_reading_ts: float | None = None
-        self.last_arrival: float | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._pending: list[Reading | SourceState] = []
-        self._pending_lock = threading.Lock()
-        self._drainer: asyncio.Task | None = None
-        self._subscribed = False  # paho's thread: subscriptions acknowledged on the current connection
-
-    @property
-    def conn(self) -> MqttConnection:
-        """The connection as the session speaks it now (MQTT 3.1.1 after a fallback)."""
-        return self.session.conn if self.session is not None else self._conn
 
     def _subscriptions(self) -> list[str]:
         """The wildcards, plus every explicit topic no wildcard already covers."""
@@ -185,76 +164,27 @@ class MqttCollector:
         return subs
 
     @property
-    def rejects(self) -> dict[str, int]:
-        return dict(self.gate.rejects)
-
-    @property
     def client(self) -> paho.Client | None:
         return self.session.client if self.session else None
 
     # -- public --------------------------------------------------------------------
 
-    def stats(self) -> dict:
-        session = self.session.stats() if self.session else {}
-        with self._lock:
-            return {
-                "source": self.source,
-                "broker": f"{self.conn.host}:{self.conn.port}",
-                "connected": self.connected.is_set(),
-                "subscriptions": len(self.subscriptions),
-                "signals": len(self.served),
-                "readings_in": self.readings_in,
-                "by_quality": dict(self.by_quality),
-                "rejects": {k: v for k, v in self.gate.rejects.items() if v},
-                "rejected": sum(self.gate.rejects.values()),
-                "reconnects": session.get("reconnects", 0),
-                "outages": session.get("outages", 0),
-                "callback_errors": session.get("callback_errors", 0),
-                "conflict": session.get("conflict"),
-                "last_reading_ts": self.last_reading_ts,
-                "last_arrival": self.last_arrival,
-                "buffer": self.buffer.stats(),
-            }
-
     async def start(self) -> None:
         """Start the session; returns at once (the broker may come later: the session keeps trying)."""
-        self._loop = asyncio.get_running_loop()
+        self._start_handover()
         self._state(False, f"MQTT broker {self.conn.host}:{self.conn.port}: connecting")
         self.session = MqttSession(
             self.conn, role="collector", subscriptions=[(t, self.qos) for t in self.subscriptions],
             on_message=self._on_message, on_subscribed=self._on_subscribed, on_down=self._on_down,
         ).start()
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain_every(), name="mqtt-collector-handover")
 
     async def stop(self) -> None:
         if self.session is not None:
             session, self.session = self.session, None
             await asyncio.to_thread(session.stop)
-        if self._drainer is not None:
-            self._drainer.cancel()
-            try:
-                await self._drainer
-            except asyncio.CancelledError:
-                pass
-            self._drainer = None
-        self._drain_pending()  # what arrived before the stop still goes downstream
-        self.connected.clear()
-
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Collect until ``stop`` is set."""
-        stop = stop or asyncio.Event()
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
+        await self._stop_handover()
 
     # -- paho thread (guarded by the session) -----------------------------------------
-
-    def _set_connected(self, up: bool) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.connected.set if up else self.connected.clear)
 
     def _on_subscribed(self) -> None:
         """Connected and subscribed (the SUBACK is in): from now on no sample is missed."""
@@ -272,8 +202,7 @@ class MqttCollector:
         self._state(False, f"MQTT broker {self.conn.host}:{self.conn.port} {why}")
 
     def _state(self, up: bool, detail: str) -> None:
-        with self._pending_lock:
-            self._pending.append(SourceState(self.source, self.clock(), up, detail, tuple(self.served)))
+        self._park(SourceState(self.source, self.clock(), up, detail, tuple(self.served)))
 
     def _where(self, topic: str) -> list[TopicSignal] | None:
         where = self.topics.get(topic)
@@ -299,29 +228,5 @@ class MqttCollector:
         except BadSample as exc:
             self.gate.reject(exc.reason, topic, exc.detail)
             return
-        if not readings:
-            return
-        self.gate.accept(len(readings))
-        with self._lock:
-            self.readings_in += len(readings)
-            for r in readings:
-                self.by_quality[r.quality.value] += 1
-            self.last_reading_ts = readings[-1].ts
-            self.last_arrival = now
-        with self._pending_lock:
-            self._pending.extend(readings)
-
-    # -- event loop ----------------------------------------------------------------------
-
-    def _drain_pending(self) -> None:
-        """Hand over what paho's thread parked (no cross-thread wake-up per message: that cost most of our CPU)."""
-        with self._pending_lock:
-            batch, self._pending = self._pending, []
-        offer = self.buffer.offer
-        for item in batch:
-            offer(item)
-
-    async def _drain_every(self) -> None:
-        while True:
-            await asyncio.sleep(self.handover_s)
-            self._drain_pending()
+        if readings:
+            self._accepted(readings, now)

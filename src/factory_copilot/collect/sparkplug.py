@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,7 +41,8 @@ from typing import Callable
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 
-from factory_copilot.collect.gate import BadSample, SampleGate
+from factory_copilot.collect.gate import BadSample
+from factory_copilot.collect.subscriber import BrokerCollector
 from factory_copilot.config import LineConfig, MqttConnection, SparkplugSource
 from factory_copilot.plumbing import sparkplug as spb
 from factory_copilot.plumbing.buffer import Buffer
@@ -130,7 +130,7 @@ def _inferred_datatype(metric: spb.Metric) -> int:
             "long_value": spb.DataType.UInt64}.get(metric.WhichOneof("value") or "", spb.DataType.Unknown)
 
 
-class SparkplugCollector:
+class SparkplugCollector(BrokerCollector):
     """A Sparkplug B host application offering the line's Readings (and SourceStates) into ``buffer``.
 
     ``signals``: the signal keys this collector serves (default: every signal with a sparkplug source).
@@ -149,14 +149,10 @@ class SparkplugCollector:
         handover_s: float = 0.01,
         clock: Callable[[], float] = time.time,
     ):
-        self.line = line
-        self.buffer = buffer
+        super().__init__(line, buffer, connection or line.sparkplug_broker, log_every_s=log_every_s,
+                         handover_s=handover_s, clock=clock, log=log)
         self.settings = line.sparkplug_host
-        self._conn = connection or line.sparkplug_broker
         self.host_id = line.sparkplug_host_id()
-        self.handover_s = handover_s
-        self.clock = clock
-        self.gate = SampleGate(line.samples.max_future_s, line.samples.max_age_s, clock, log_every_s, self.source, log)
         self._throttle = Throttled(log, log_every_s)
         wanted = set(signals) if signals is not None else None
         self.by_address: dict[tuple[str, str, str | None, str], MetricSignal] = {}
@@ -184,37 +180,17 @@ class SparkplugCollector:
         self.groups = sorted({g for g, _ in self.nodes})
         self.state_topic = spb.state_topic(self.host_id)
         self.subscriptions = [spb.group_subscription(g) for g in self.groups] + [self.state_topic]
-        self.session: MqttSession | None = None
         self.legacy: MqttSession | None = None
-        self.connected = asyncio.Event()
-        self.readings_in = 0
-        self.by_quality = {q.value: 0 for q in Quality}
         self.counts: Counter[str] = Counter()
-        self.last_reading_ts: float | None = None
-        self.last_arrival: float | None = None
+        self._next_tick = 0.0
         self._will_ts = spb.now_ms()  # the timestamp of the STATE will in the coming CONNECT
         self._state_ts: int | None = None  # the one of the current connection (its "online" STATE)
         self._warned: set[tuple] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.RLock()  # node state: paho's thread and the tick on the event loop
-        self._pending: list[Reading | SourceState] = []
-        self._pending_lock = threading.Lock()
-        self._drainer: asyncio.Task | None = None
-        self._subscribed = False  # paho's thread: subscriptions acknowledged on the current connection
-
-    @property
-    def conn(self) -> MqttConnection:
-        """The connection as the session speaks it now (MQTT 3.1.1 after a fallback)."""
-        return self.session.conn if self.session is not None else self._conn
-
-    @property
-    def rejects(self) -> dict[str, int]:
-        return dict(self.gate.rejects)
+        # (self._lock guards the node state too: paho's thread and the tick on the event loop)
 
     # -- public ---------------------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        session = self.session.stats() if self.session else {}
         with self._lock:
             nodes = {
                 n.label: {
@@ -224,31 +200,13 @@ class SparkplugCollector:
                 }
                 for n in self.nodes.values()
             }
-            return {
-                "source": self.source,
-                "broker": f"{self.conn.host}:{self.conn.port}",
-                "host_id": self.host_id,
-                "connected": self.connected.is_set(),
-                "subscriptions": len(self.subscriptions),
-                "signals": len(self.served),
-                "readings_in": self.readings_in,
-                "by_quality": dict(self.by_quality),
-                "rejects": {k: v for k, v in self.gate.rejects.items() if v},
-                "rejected": sum(self.gate.rejects.values()),
-                "edge_nodes": nodes,
-                **{k: v for k, v in sorted(self.counts.items()) if v},
-                "reconnects": session.get("reconnects", 0),
-                "outages": session.get("outages", 0),
-                "callback_errors": session.get("callback_errors", 0),
-                "conflict": session.get("conflict"),
-                "last_reading_ts": self.last_reading_ts,
-                "last_arrival": self.last_arrival,
-                "buffer": self.buffer.stats(),
-            }
+            counts = {k: v for k, v in sorted(self.counts.items()) if v}
+        return {**super().stats(), "host_id": self.host_id, "edge_nodes": nodes, **counts}
 
     async def start(self) -> None:
         """Start the host application; returns at once (the broker may come later: the session keeps trying)."""
-        self._loop = asyncio.get_running_loop()
+        self._start_handover()
+        self._next_tick = time.monotonic() + TICK_S
         self._state(SOURCE, False, f"Sparkplug broker {self.conn.host}:{self.conn.port}: connecting", self.served)
         will = Will(self.state_topic, spb.state_payload(False, self._will_ts), qos=1, retain=True,
                     content_type="application/json")
@@ -267,8 +225,6 @@ class SparkplugCollector:
                 on_up=lambda: self.legacy and self.legacy.publish(legacy, b"ONLINE", qos=1, retain=True),
             )
             self.legacy.start()
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain_every(), name="sparkplug-collector-handover")
 
     async def stop(self) -> None:
         """Say "offline" on the STATE topic (so edge nodes know at once), then disconnect."""
@@ -285,30 +241,9 @@ class SparkplugCollector:
                     pass
             await asyncio.to_thread(session.stop)
         self.session = self.legacy = None
-        if self._drainer is not None:
-            self._drainer.cancel()
-            try:
-                await self._drainer
-            except asyncio.CancelledError:
-                pass
-            self._drainer = None
-        self._drain_pending()
-        self.connected.clear()
-
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Collect until ``stop`` is set."""
-        stop = stop or asyncio.Event()
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
+        await self._stop_handover()
 
     # -- paho thread (guarded by the session) ---------------------------------------------------------
-
-    def _set_connected(self, up: bool) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.connected.set if up else self.connected.clear)
 
     def _on_subscribed(self) -> None:
         session = self.session
@@ -346,8 +281,7 @@ class SparkplugCollector:
         self._state(SOURCE, False, f"Sparkplug broker {self.conn.host}:{self.conn.port} {why}", self.served)
 
     def _state(self, source: str, up: bool, detail: str, signals, ts: float | None = None) -> None:
-        with self._pending_lock:
-            self._pending.append(SourceState(source, ts if ts is not None else self.clock(), up, detail, tuple(signals)))
+        self._park(SourceState(source, ts if ts is not None else self.clock(), up, detail, tuple(signals)))
 
     def _on_message(self, message: paho.MQTTMessage) -> None:
         topic = message.topic
@@ -378,15 +312,7 @@ class SparkplugCollector:
             self.gate.reject(exc.reason, topic, exc.detail)
             return
         if readings:
-            self.gate.accept(len(readings))
-            with self._lock:
-                self.readings_in += len(readings)
-                for r in readings:
-                    self.by_quality[r.quality.value] += 1
-                self.last_reading_ts = readings[-1].ts
-                self.last_arrival = now
-            with self._pending_lock:
-                self._pending.extend(readings)
+            self._accepted(readings, now)
 
     def _on_own_state(self, raw: bytes) -> None:
         state = spb.parse_state(raw)
@@ -668,24 +594,14 @@ class SparkplugCollector:
 
     # -- event loop -----------------------------------------------------------------------------------
 
-    def _drain_pending(self) -> None:
-        with self._pending_lock:
-            batch, self._pending = self._pending, []
-        offer = self.buffer.offer
-        for item in batch:
-            offer(item)
-
-    async def _drain_every(self) -> None:
-        next_tick = time.monotonic() + TICK_S
-        while True:
-            await asyncio.sleep(self.handover_s)
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + TICK_S
-                try:
-                    self._tick()
-                except Exception as exc:  # the handover must outlive a bug in the tick
-                    self._throttle.error("tick", "Sparkplug collector tick failed: %s: %s", type(exc).__name__, exc)
-            self._drain_pending()
+    def _on_handover(self) -> None:
+        if time.monotonic() < self._next_tick:
+            return
+        self._next_tick = time.monotonic() + TICK_S
+        try:
+            self._tick()
+        except Exception as exc:  # the handover must outlive a bug in the tick
+            self._throttle.error("tick", "Sparkplug collector tick failed: %s: %s", type(exc).__name__, exc)
 
 
 def _wait_published(info: paho.MQTTMessageInfo, timeout_s: float) -> None:
