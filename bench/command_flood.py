@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,27 +35,9 @@ from factory_copilot.plumbing.broker_site import Account, write_site  # noqa: E4
 from factory_copilot.plumbing.buffer import Buffer  # noqa: E402
 from factory_copilot.publish import Publisher  # noqa: E402
 from factory_copilot.records import Anomaly  # noqa: E402
+from tests.support.big_command import send_big_command  # noqa: E402
 
 PASSWORDS = {"factory-copilot": "service-secret-1", "ann": "ann-secret-12"}
-SEND_BIG = """
-import json, threading
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-done = threading.Event()
-c = paho.Client(CallbackAPIVersion.VERSION2, client_id="ann-big", protocol=paho.MQTTv5)
-c.username_pw_set("ann", {password!r})
-if {ca!r}:
-    c.tls_set(ca_certs={ca!r})
-c.on_connect = lambda *a: c.publish({topic!r}, json.dumps({{"schema": "command/1", "request_id": "huge",
-    "command": "unshelve", "alarm_id": {alarm_id!r}, "comment": "x" * (20 * 1024 * 1024)}}), qos=1)
-c.on_publish = lambda *a: (print("acknowledged"), done.set())
-c.on_disconnect = lambda *a: (print("disconnected"), done.set())
-c.connect("127.0.0.1", {port})
-c.loop_start()
-done.wait(60)
-"""
-
-
 async def run(n: int, queue: int, tls: bool) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="fc-bench-flood-"))
     site = write_site(folder / "mosquitto", [Account("factory-copilot", "service", PASSWORDS["factory-copilot"]),
@@ -113,10 +94,8 @@ async def run(n: int, queue: int, tls: bool) -> dict:
     me = psutil.Process()
     rss_before = me.memory_info().rss
     # from another process, so the measurement is the service's memory only
-    sender = SEND_BIG.format(port=site.port, ca=str(site.ca_file) if tls else None, password=PASSWORDS["ann"],
-                             topic=topic, alarm_id=alarm.alarm_id)
-    sent = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", sender], capture_output=True, text=True,
-                                   timeout=120)
+    sent = await asyncio.to_thread(send_big_command, site.port, "ann", PASSWORDS["ann"], topic, alarm.alarm_id,
+                                   str(site.ca_file) if tls else None, 60)
     refused_big = sent.stdout.strip() == "disconnected"
     rss_after = me.memory_info().rss
     client.disconnect()

@@ -15,8 +15,6 @@ import json
 import logging
 import shutil
 import ssl
-import subprocess
-import sys
 import uuid
 from dataclasses import dataclass, field
 
@@ -36,6 +34,7 @@ from factory_copilot.plumbing.broker_site import Account, BrokerSiteError, load_
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.publish import Publisher, Topics
 from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, OperatorCommand
+from tests.support.big_command import send_big_command
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs Mosquitto")
 
@@ -316,24 +315,6 @@ async def test_control_characters_are_stored_as_data_and_printed_escaped(site, t
     assert "\x1b" not in logged and "eve\\x0aok by sam" in logged
 
 
-SEND_BIG = """
-import json, threading
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-done = threading.Event()
-c = paho.Client(CallbackAPIVersion.VERSION2, client_id="ann-big", protocol=paho.MQTTv5)
-c.username_pw_set("ann", {password!r})
-c.tls_set(ca_certs={ca!r})
-c.on_connect = lambda *a: c.publish({topic!r}, json.dumps({{"schema": "command/1", "request_id": "huge",
-    "command": "unshelve", "alarm_id": {alarm_id!r}, "comment": "x" * (20 * 1024 * 1024)}}), qos=1)
-c.on_publish = lambda *a: (print("acknowledged"), done.set())
-c.on_disconnect = lambda *a: (print("disconnected"), done.set())
-c.connect("127.0.0.1", {port})
-c.loop_start()
-done.wait(30)
-"""
-
-
 async def test_a_20_mb_command_is_refused_without_growing_the_service(site, tmp_path):
     async with service(site, tmp_path) as svc:
         ann = await Client(site, "ann").up(f"{svc.topics.command_replies()}#")
@@ -342,10 +323,8 @@ async def test_a_20_mb_command_is_refused_without_growing_the_service(site, tmp_
         me = psutil.Process()
         before = me.memory_info().rss
         # sent from another process, so only the service's own memory is in the measurement
-        sender = SEND_BIG.format(port=site.port, ca=str(site.ca_file), password=PASSWORDS["ann"],
-                                 topic=svc.topics.commands("ann"), alarm_id=svc.alarm_id)
-        sent = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", sender], capture_output=True, text=True,
-                                       timeout=60)
+        sent = await asyncio.to_thread(send_big_command, site.port, "ann", PASSWORDS["ann"],
+                                       svc.topics.commands("ann"), svc.alarm_id, str(site.ca_file), 30)
         # the broker closed the sender's connection: a packet beyond its limit is never forwarded
         assert sent.returncode == 0 and sent.stdout.strip() == "disconnected", sent.stdout + sent.stderr
         # a 100 KB one passes the broker's limit (256 KiB) and is refused by the service before it is parsed
@@ -421,10 +400,7 @@ async def test_the_service_takes_no_20_mb_packet_even_from_a_broker_without_a_li
     await asyncio.wait_for(pub.online.wait(), WAIT_S)
     me = psutil.Process()
     before = me.memory_info().rss
-    sender = SEND_BIG.replace("c.username_pw_set", "# c.username_pw_set").replace("c.tls_set", "# c.tls_set").format(
-        port=broker.port, ca="", password="", topic=pub.topics.commands("ann"), alarm_id="a1")
-    sent = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", sender], capture_output=True, text=True,
-                                   timeout=60)
+    sent = await asyncio.to_thread(send_big_command, broker.port, None, None, pub.topics.commands("ann"), "a1", None, 30)
     assert sent.stdout.strip() == "acknowledged", sent.stdout + sent.stderr  # this broker took it ...
     small = Client(type("S", (), {"port": broker.port})(), None, tls=False)
     await small.up()
