@@ -9,14 +9,13 @@ engineer knows the real one.
 
 from __future__ import annotations
 
-import math
-import re
 
 import yaml
 from asyncua import Node, ua
 
 from factory_copilot.collect.opcua import open_client, quiet_asyncua
 from factory_copilot.plumbing.opcua import unit_of
+from factory_copilot.collect.draft import ident, proposed_band
 from factory_copilot.config import OpcuaConnection
 
 MAX_DEPTH = 5  # folders below Objects searched for assets
@@ -27,10 +26,6 @@ BANDS_WARNING = (
     "(during a fault or a stop too): replace them with the bands of normal running before use, and declare the "
     "machine's operating modes under 'modes:'"
 )
-
-
-def _ident(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_").lower() or "unnamed"
 
 
 async def _signal(var: Node, name: str) -> dict:
@@ -46,11 +41,7 @@ async def _signal(var: Node, name: str) -> dict:
         value = float(dv.Value.Value) if dv.Value is not None and dv.Value.Value is not None else None
     except Exception:  # not a number (string, struct): still listed, band left at zero
         value = None
-    if value is None or not math.isfinite(value):
-        low, high = 0.0, 0.0
-    else:
-        margin = abs(value) * 0.1 or 1.0
-        low, high = round(value - margin, 6), round(value + margin, 6)
+    low, high = proposed_band(value)
     return {
         "name": name,
         "unit": unit,
@@ -66,14 +57,14 @@ async def _collect_assets(obj: Node, path: list[str], assets: list[dict], depth:
     name = (await obj.read_browse_name()).Name
     signals = []
     for var in await obj.get_children(refs=ua.ObjectIds.HasComponent, nodeclassmask=ua.NodeClass.Variable):
-        signals.append(await _signal(var, _ident((await var.read_browse_name()).Name)))
+        signals.append(await _signal(var, ident((await var.read_browse_name()).Name)))
     if signals:
         try:
             title = (await obj.read_description()).Text or name
         except Exception:  # no description attribute: the browse name will do
             title = name
         taken = {a["id"] for a in assets}
-        aid = _ident(name) if _ident(name) not in taken else _ident("_".join([*path[-1:], name]))
+        aid = ident(name) if ident(name) not in taken else ident("_".join([*path[-1:], name]))
         assets.append({"id": aid, "name": title, "signals": signals})
     for child in await obj.get_children(refs=ua.ObjectIds.HierarchicalReferences, nodeclassmask=ua.NodeClass.Object):
         await _collect_assets(child, [*path, name], assets, depth + 1)

@@ -12,8 +12,6 @@ metrics (``bdSeq``, ``Node Control/*``, ``Device Control/*``, ``Properties/*``) 
 from __future__ import annotations
 
 import logging
-import math
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from urllib.parse import urlparse
 import paho.mqtt.client as paho
 import yaml
 
+from factory_copilot.collect.draft import ident, proposed_band
 from factory_copilot.config import MqttConnection
 from factory_copilot.plumbing import sparkplug as spb
 from factory_copilot.plumbing.mqtt import MqttSession
@@ -31,10 +30,6 @@ log = logging.getLogger(__name__)
 TODO = "  # TODO: normal running band (placeholder around the value in the birth)"
 UNIT_KEYS = ("engUnit", "EngUnit", "engineeringUnits", "unit", "units")
 CONTROL_PREFIXES = ("Node Control/", "Device Control/", "Properties/", "Node Info/")
-
-
-def _ident(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_").lower() or "unnamed"
 
 
 def connection_of(url: str, username: str | None = None, password: str | None = None) -> MqttConnection:
@@ -123,9 +118,9 @@ class SparkplugBrowser:
                 signals.append(s)
             if not signals:
                 continue
-            aid = _ident(b.device or b.edge_node)
+            aid = ident(b.device or b.edge_node)
             if aid in taken:
-                aid = _ident(f"{b.edge_node}_{b.device or 'node'}")
+                aid = ident(f"{b.edge_node}_{b.device or 'node'}")
             taken.add(aid)
             title = f"{b.device} on {b.edge_node}" if b.device else f"edge node {b.edge_node}"
             assets.append({"id": aid, "name": title, "signals": signals})
@@ -167,16 +162,12 @@ class SparkplugBrowser:
                 value = spb.metric_value(m, datatype)
             except spb.NotAProcessValue:
                 value = None
-        if value is None or not math.isfinite(value):
-            low, high = 0.0, 0.0
-        else:
-            margin = abs(value) * 0.1 or 1.0
-            low, high = round(value - margin, 6), round(value + margin, 6)
+        low, high = proposed_band(value)
         source = {"group": b.group, "edge_node": b.edge_node}
         if b.device:
             source["device"] = b.device
         source["metric"] = m.name
-        return {"name": _ident(m.name), "unit": unit, "normal": [low, high], "source": {"sparkplug": source}}
+        return {"name": ident(m.name), "unit": unit, "normal": [low, high], "source": {"sparkplug": source}}
 
 
 def browse_sparkplug(url: str, group: str, *, seconds: float = 10.0, rebirth: bool = True, site: str = "TODO-site",

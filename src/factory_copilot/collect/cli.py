@@ -145,11 +145,7 @@ async def browse(args: argparse.Namespace) -> int:
         return 1
     from factory_copilot.collect.browse import BANDS_WARNING
 
-    if args.output:
-        Path(args.output).write_text(text)
-        log.info("wrote %s", args.output)
-    else:
-        sys.stdout.write(text)
+    _write(text, args.output)
     print(f"warning: {BANDS_WARNING}", file=sys.stderr)
     return 0
 
@@ -168,9 +164,14 @@ async def _browse_sparkplug(args: argparse.Namespace) -> int:
     except (ValueError, LookupError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.output:
-        Path(args.output).write_text(text)
-        log.info("wrote %s", args.output)
+    _write(text, args.output)
+    return 0
+
+
+def _write(text: str, output: str | None) -> None:
+    """The browsed line file to ``output``, or to stdout."""
+    if output:
+        Path(output).write_text(text)
+        log.info("wrote %s", output)
     else:
         sys.stdout.write(text)
-    return 0
