@@ -203,7 +203,7 @@ class EvidencePack:
         terse (a signal in its band gets words, not numbers), fits are words and only the first of the weak ones
         is named, steps are numbered (the model answers with the number; the code quotes the step). With
         ``steps_by_ref`` the steps' text is in the prompt's cached step catalogue and the block only says which
-        of each runbook's first steps it offers under which numbers: ``steps: 1-3 air_leak, 4 bearing_wear``.
+        of each runbook's first steps it offers under which numbers: ``fits: air_leak strong 1-3, bearing_wear fair 4``.
         Without ``asset_name`` the asset goes by its id alone (its name is in the cached prefix). The mode is named
         unless it is ``usual_mode`` (the prefix says which that is). A moving signal's signed figure is its change
         per minute (the prefix says so: "/min" is two tokens a signal). Three signals: the model writes one
