@@ -33,9 +33,6 @@ class StderrHandler(logging.StreamHandler):
     every later line, from any thread, a "Logging error" instead of a log line.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
     def stream(self):  # type: ignore[override]
         return sys.stderr
