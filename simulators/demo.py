@@ -150,11 +150,15 @@ def latencies(service: LineService, started: float) -> dict[str, float | None]:
     events = service.engine.audit(since=started)
     raised = {e.alarm_id: e for e in events if e.event == "raised"}
     after_reading = [max(0.0, e.ts - e.alarm.anomaly.ts) for e in raised.values() if e.alarm.anomaly is not None]
+    explained: dict[str, list[float]] = {}  # alarm -> the times of the events the copilot explains, in order
+    for e in events:
+        if e.event in EXPLAIN_EVENTS:
+            explained.setdefault(e.alarm_id, []).append(e.ts)
     after_alarm: dict[str, list[float]] = {}
     for d in service.store.diagnoses_since(started):
         # a diagnosis answers the alarm's latest event the copilot explains (raised, realarm, escalated): a
         # re-diagnosis after a realarm is not minutes late for the first raise
-        cause = [e.ts for e in events if e.alarm_id == d.alarm_id and e.event in EXPLAIN_EVENTS and e.ts <= d.created_at]
+        cause = [ts for ts in explained.get(d.alarm_id, []) if ts <= d.created_at]
         if cause and d.alarm_id in raised:
             after_alarm.setdefault(d.source, []).append(d.created_at - cause[-1])
     return {
