@@ -557,9 +557,11 @@ def test_alarm_text_reads_like_an_operator_alarm(make, clock):
     b = raise_alarm(engine, clock, limit(value=42, score=42, threshold=60))
     assert b.message == "Product transfer pump: flow low, moderate — 42.0 L/min (normal 95–125, limits 60–150)"
     c = raise_alarm(engine, clock, fault("air_leak", asset="air_compressor", p=0.6, score=150,
-                                         contributions={"filler.valve_air_pressure": 0.7, "air_compressor.air_flow": 0.3}))
+                                         contributions={"filler.valve_air_pressure": 0.7, "air_compressor.air_flow": 0.3},
+                                         values={"filler.valve_air_pressure": 5.1, "air_compressor.air_flow": 97.0}))
+    # the alarm is the compressor's: its text names the compressor's own signal, with the value it reads
     assert c.message == ("Compressed-air compressor: likely air leak, moderate — "
-                         "mostly Rotary filler valve air pressure (normal 5.6–6.4 bar)")
+                         "mostly air flow at 97.0 Nm3/h (normal 55–90)")
     d = raise_alarm(engine, clock, Anomaly(0, "filler", "stuck", 5, 1, signal="fill_weight", value=501))
     assert d.message == "Rotary filler: fill weight sensor stuck at 501 g"
     e = raise_alarm(engine, clock, Anomaly(0, "product_pump", "rate", 58.4, 45, signal="flow", value=72))
@@ -567,9 +569,32 @@ def test_alarm_text_reads_like_an_operator_alarm(make, clock):
                          "(credible at most 45.0 L/min per second), now 72.0 L/min")
     f = raise_alarm(engine, clock, fault("pump_cavitation", asset="filler", score=400,
                                          contributions={"filler.tank_level": 1.0}))
+    # an anomaly without the signals' values (an older record) still names the band, with its unit
     assert f.message == ("Rotary filler: unusual behaviour, severe, likely from pump cavitation upstream "
                          "(Product transfer pump) — mostly tank level (normal 45–75 %)")
     assert "score" not in " ".join(x.message for x in (a, b, c, d, e, f))
+
+
+def test_a_fault_alarm_names_a_signal_of_its_own_asset_the_telltale_of_the_named_fault(line):
+    """Issue 25: the tunnel's sensor-drift alarm read "mostly Compressed-air compressor discharge temperature": the
+    detector's top contributor across the whole line, on a machine that does not feed the tunnel."""
+    from factory_copilot.alarms.text import alarm_text
+    from factory_copilot.catalogue import faults_of
+
+    drift = Anomaly(ts=0, asset="heat_tunnel", kind="multivariate", score=40.0, threshold=1.0, fault_type="sensor_drift",
+                    fault_probability=0.8, contributions={"air_compressor.discharge_temperature": 0.34,
+                                                          "heat_tunnel.zone1_temperature": 0.3,
+                                                          "heat_tunnel.heater_duty": 0.2,
+                                                          "heat_tunnel.zone2_temperature": 0.02},
+                    values={"air_compressor.discharge_temperature": 78.0, "heat_tunnel.zone1_temperature": 171.0,
+                            "heat_tunnel.heater_duty": 38.0, "heat_tunnel.zone2_temperature": 214.3})
+    text = alarm_text(line, faults_of(line), drift, "severe")
+    # the drifting sensor: the catalogue's telltale of the fault the classifier named, with what it reads now
+    assert text == "Shrink heat tunnel: likely sensor drift, severe — mostly zone2 temperature at 214 degC (normal 180–195)"
+    # nothing named: the tunnel's own largest contributor, never another asset's
+    unknown = dataclasses.replace(drift, fault_type="unknown", fault_probability=0.0)
+    assert alarm_text(line, faults_of(line), unknown, "severe") == (
+        "Shrink heat tunnel: unusual behaviour, severe — mostly zone1 temperature at 171 degC (normal 175–190)")
 
 
 def test_bad_anomaly_ignored_unknown_asset_still_alarmed(engine, clock, caplog):

@@ -124,7 +124,8 @@ class Anomaly:
     ``kind`` says which check found it: ``multivariate``, ``limit``, ``rate``,
     ``stuck``, ``range``, ``quality`` or ``source`` (a lost source). ``signal`` is set for single-signal
     checks, None for multivariate ones. ``contributions`` maps signal keys
-    (``asset.signal``) to their share of the score, largest first.
+    (``asset.signal``) to their share of the score, largest first; ``values`` holds what those signals (and
+    every signal of ``asset``) read in the evaluated row, so the alarm text can say the value, not only the band.
     """
 
     ts: float
@@ -135,6 +136,7 @@ class Anomaly:
     signal: str | None = None
     value: float | None = None
     contributions: dict[str, float] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)
     fault_type: str | None = None
     fault_probability: float = 0.0
     mode: Mode = DEFAULT_MODE
