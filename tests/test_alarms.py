@@ -230,10 +230,45 @@ def test_chattering_counts_realarms_on_one_alarm(engine, clock):
     for n in (1, 2, 3):
         silence(engine, clock, 8)  # returned (unacknowledged)
         events = feed(engine, clock, limit(), 3)
-        assert [(e.event, e.alarm.realarm_count) for e in events] == [("realarm", n)]
+        assert [(e.event, e.alarm.realarm_count) for e in events] == [("realarm", n)] + [("chattering", 3)] * (n == 3)
     assert [x.alarm_id for x in engine.alarms()] == [a.alarm_id]
     assert engine.get(a.alarm_id).raised_at == a.raised_at  # the first raise stands
     assert [e.event for e in engine.audit(a.alarm_id)].count("raised") == 1
+
+
+def test_an_alarm_that_keeps_re_alarming_is_named_chattering_and_its_off_delay_grows(make, clock):
+    """ISA-18.2's chattering alarm: 3 s past the limit, 9 s back, again and again. It re-alarmed every 12 s for as long
+    as it went on; now the third re-alarm names it chattering and lengthens its off-delay, so it holds."""
+    engine = make(UNGROUPED)
+    events = []
+    for _ in range(30):  # six minutes
+        events += feed(engine, clock, limit(), 3)
+        events += silence(engine, clock, 9)
+    assert [e.event for e in events].count("realarm") == 3
+    chattering = [e for e in events if e.event == "chattering"]
+    assert len(chattering) == 1 and "off-delay" in chattering[0].comment
+    assert engine.get("product_pump.flow-limit").state is AlarmState.ACTIVE_UNACK  # standing, not blinking
+    events += silence(engine, clock, 60)  # back inside its limit for good: it returns after the longer off-delay
+    assert engine.get("product_pump.flow-limit").state is AlarmState.RTN_UNACK
+
+
+def test_a_folded_consequence_that_chatters_is_counted_as_chattering(make, clock):
+    """Issue 25: the chattering figure stayed 0 while a folded consequence re-alarmed: it was never rung."""
+    from factory_copilot.alarms.kpi import alarm_kpis
+
+    engine = make(SETTINGS)
+    events = feed(engine, clock, limit(), 3)  # the pump's flow is low: the root
+    for _ in range(10):  # the filler's tank, downstream, dips past its limit 3 s of every 12
+        for i in range(12):
+            events += engine.ingest(at(clock, limit()))
+            if i < 3:
+                events += engine.ingest(at(clock, limit("filler", "tank_level", 12.0, 12.0, 15.0)))
+            clock.advance(1)
+            events += engine.tick()
+    tank = [e for e in events if e.alarm_id == "filler.tank_level-limit"]
+    assert tank[0].alarm.parent_id == "product_pump.flow-limit" and not annunciated(tank[0].alarm)
+    assert alarm_kpis(events).chattering == ["filler.tank_level-limit"]
+    assert alarm_kpis(events).alarms == 1  # still: only the root was shown
 
 
 def test_realarm_within_window_after_clear_is_counted_after_window_is_new(engine, clock):
