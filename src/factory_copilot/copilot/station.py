@@ -34,13 +34,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
-from factory_copilot.alarms.design import DATA_KINDS
 from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.copilot.answers import runbook_answer
 from factory_copilot.copilot.backends import BackendError, LLMBackend, ModelTimeout
 from factory_copilot.copilot.decoding import AnswerForm
-from factory_copilot.copilot.diagnosis import InvalidModelOutput, diagnosis_schema, model_diagnosis, runbook_diagnosis
+from factory_copilot.copilot.diagnosis import (DATA_SOURCE_KINDS, InvalidModelOutput, diagnosis_schema, model_diagnosis,
+                                                runbook_diagnosis)
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
@@ -56,9 +56,6 @@ TokenSink = Callable[[str], None]
 TIMEOUT_GRACE_S = 1.0  # how long past its timeout a model call may take to stop by itself
 # a new fault name deserves a new diagnosis; a consequence let go from its root is a situation of its own
 EXPLAIN_EVENTS = ("raised", "realarm", "reclassified", "ungrouped")
-# the data, not the process, is wrong: the runbook's data-source diagnosis says what to check, no model needed
-# (a stuck sensor keeps its runbook and the model: a flat line needs telling apart from a process at rest)
-DATA_SOURCE_KINDS = DATA_KINDS - {"stuck"}
 DIAGNOSIS_JOB, ANSWER_JOB = "diagnosis", "answer"
 REDIAGNOSE_AFTER_S = 600.0  # a re-alarm of the same situation this soon after its diagnosis: that diagnosis stands
 ANNOUNCE_EVERY_S = 5.0  # waiting jobs' states go out again this often (not retained: a late subscriber catches up)
