@@ -660,6 +660,38 @@ def test_cli_lists_alarms_and_audit(make, clock, tmp_path, capsys):
     assert "no alarm engine file" in capsys.readouterr().err
 
 
+def test_alarms_list_finds_the_lines_state_and_says_which_file_it_read(line, clock, tmp_path, monkeypatch, capsys):
+    """Issue 25: `alarms list` read var/alarms.db while the demo writes var/demo/alarms.db (and a line's service
+    its state folder): "no alarm engine file here" where the alarms were."""
+    import yaml
+
+    from factory_copilot.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACTORY_COPILOT_ALARMS_DB", raising=False)
+    monkeypatch.delenv("FACTORY_COPILOT_DEMO_DIR", raising=False)
+    demo = AlarmEngine(line, tmp_path / "var" / "demo" / "alarms.db", SETTINGS, clock=clock)  # where the demo writes
+    raise_alarm(demo, clock, limit())
+    demo.close()
+    assert main(["alarms", "list"]) == 0
+    got = capsys.readouterr()
+    assert "product_pump.flow-limit" in got.out and "1 alarm(s)" in got.out
+    assert "var/demo/alarms.db" in got.err and "--config" in got.err  # which file, and how to read another
+    # a line file: its own state folder (relative to the line file), wherever the command runs
+    data = line.model_dump(mode="json")
+    data["service"] = {**data["service"], "state_dir": "plant-state"}
+    (tmp_path / "lines").mkdir()
+    path = tmp_path / "lines" / "line.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    own = AlarmEngine(line, tmp_path / "lines" / "plant-state" / "alarms.db", SETTINGS, clock=clock)
+    raise_alarm(own, clock, fault(signal="vibration", value=5.2))
+    own.close()
+    assert main(["alarms", "--config", str(path), "list"]) == 0
+    got = capsys.readouterr()
+    assert "product_pump.fault" in got.out and "flow-limit" not in got.out and "plant-state/alarms.db" in got.err
+    assert main(["alarms", "--config", str(path), "audit"]) == 0 and "raised" in capsys.readouterr().out
+
+
 def test_alarms_go_on_when_the_file_fails_and_catch_up(engine, clock, monkeypatch, caplog):
     import sqlite3
 
