@@ -130,7 +130,8 @@ class LiveFeed:
                 s.stream_done.add(parts.alarm_id)
         elif parts.kind == "command_reply" and body is not None:
             s.replies[parts.request_id] = body
-        elif parts.kind == "answer" and body is not None:
+        elif parts.kind == "answer" and body is not None and body.get("schema", "answer/1") == "answer/1":
+            # (model-job/1 shares the reply topic: where the model's answer stands, not a piece of it)
             chunks = s.answers.setdefault(parts.request_id, {})
             chunks[int(body.get("seq", 0))] = str(body.get("token") or "")
             if body.get("done"):

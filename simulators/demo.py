@@ -26,12 +26,14 @@ from typing import Any
 import yaml
 
 from factory_copilot.catalogue import load_faults
+from factory_copilot.cli import command as cli_command
 from factory_copilot.config import (
     SIMULATED_FAULTS,
     SIMULATED_LINE,
     LineConfig,
     MqttConnection,
     Roles,
+    demo_state_dir,
     load_line,
 )
 from factory_copilot.copilot.choice import backend_from_settings
@@ -246,8 +248,9 @@ async def run_demo(args: argparse.Namespace) -> int:
         line = with_sparkplug_sources(line)  # group demo-plant, edge node packaging-1, one device per asset
     viewer = demo_user(site, "viewer")
     login = f" --username {viewer[0]} --password {viewer[1]}" if viewer else ""
+    # the next step as it runs in this shell (after the quick start the CLI is in .venv/bin, not on the PATH)
     print(f"MQTT broker: 127.0.0.1:{mqtt_port} ({broker.kind if broker else 'already running'}); "
-          f"alarms: factory-copilot alerts tail --port {mqtt_port}{login}", flush=True)
+          f"alarms: {cli_command()} alerts tail --port {mqtt_port}{login}", flush=True)
     if site is not None:
         people = [demo_user(site, name) for name in ("ann", "sam")]
         print("Demo users (passwords new each run; all in " + str(site.credentials) + "): "
@@ -333,7 +336,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "answering on a requested port is used as it is")
     p.add_argument("--dashboard-port", type=int, default=8501)
     p.add_argument("--health-port", type=int, default=None)
-    p.add_argument("--state-dir", default=os.environ.get("FACTORY_COPILOT_DEMO_DIR", "var/demo"))
+    p.add_argument("--state-dir", default=str(demo_state_dir()))
     p.add_argument("--keep-state", action="store_true", help="keep alarms and trends of earlier demo runs")
     p.add_argument("--model", help="a Qwen GGUF file; default: the model for this machine, pulled once (models pull)")
     p.add_argument("--no-model", action="store_true", help="runbook-only diagnoses: do not pull or load a model")

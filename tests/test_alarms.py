@@ -230,10 +230,45 @@ def test_chattering_counts_realarms_on_one_alarm(engine, clock):
     for n in (1, 2, 3):
         silence(engine, clock, 8)  # returned (unacknowledged)
         events = feed(engine, clock, limit(), 3)
-        assert [(e.event, e.alarm.realarm_count) for e in events] == [("realarm", n)]
+        assert [(e.event, e.alarm.realarm_count) for e in events] == [("realarm", n)] + [("chattering", 3)] * (n == 3)
     assert [x.alarm_id for x in engine.alarms()] == [a.alarm_id]
     assert engine.get(a.alarm_id).raised_at == a.raised_at  # the first raise stands
     assert [e.event for e in engine.audit(a.alarm_id)].count("raised") == 1
+
+
+def test_an_alarm_that_keeps_re_alarming_is_named_chattering_and_its_off_delay_grows(make, clock):
+    """ISA-18.2's chattering alarm: 3 s past the limit, 9 s back, again and again. It re-alarmed every 12 s for as long
+    as it went on; now the third re-alarm names it chattering and lengthens its off-delay, so it holds."""
+    engine = make(UNGROUPED)
+    events = []
+    for _ in range(30):  # six minutes
+        events += feed(engine, clock, limit(), 3)
+        events += silence(engine, clock, 9)
+    assert [e.event for e in events].count("realarm") == 3
+    chattering = [e for e in events if e.event == "chattering"]
+    assert len(chattering) == 1 and "off-delay" in chattering[0].comment
+    assert engine.get("product_pump.flow-limit").state is AlarmState.ACTIVE_UNACK  # standing, not blinking
+    events += silence(engine, clock, 60)  # back inside its limit for good: it returns after the longer off-delay
+    assert engine.get("product_pump.flow-limit").state is AlarmState.RTN_UNACK
+
+
+def test_a_folded_consequence_that_chatters_is_counted_as_chattering(make, clock):
+    """Issue 25: the chattering figure stayed 0 while a folded consequence re-alarmed: it was never rung."""
+    from factory_copilot.alarms.kpi import alarm_kpis
+
+    engine = make(SETTINGS)
+    events = feed(engine, clock, limit(), 3)  # the pump's flow is low: the root
+    for _ in range(10):  # the filler's tank, downstream, dips past its limit 3 s of every 12
+        for i in range(12):
+            events += engine.ingest(at(clock, limit()))
+            if i < 3:
+                events += engine.ingest(at(clock, limit("filler", "tank_level", 12.0, 12.0, 15.0)))
+            clock.advance(1)
+            events += engine.tick()
+    tank = [e for e in events if e.alarm_id == "filler.tank_level-limit"]
+    assert tank[0].alarm.parent_id == "product_pump.flow-limit" and not annunciated(tank[0].alarm)
+    assert alarm_kpis(events).chattering == ["filler.tank_level-limit"]
+    assert alarm_kpis(events).alarms == 1  # still: only the root was shown
 
 
 def test_realarm_within_window_after_clear_is_counted_after_window_is_new(engine, clock):
@@ -557,9 +592,11 @@ def test_alarm_text_reads_like_an_operator_alarm(make, clock):
     b = raise_alarm(engine, clock, limit(value=42, score=42, threshold=60))
     assert b.message == "Product transfer pump: flow low, moderate — 42.0 L/min (normal 95–125, limits 60–150)"
     c = raise_alarm(engine, clock, fault("air_leak", asset="air_compressor", p=0.6, score=150,
-                                         contributions={"filler.valve_air_pressure": 0.7, "air_compressor.air_flow": 0.3}))
+                                         contributions={"filler.valve_air_pressure": 0.7, "air_compressor.air_flow": 0.3},
+                                         values={"filler.valve_air_pressure": 5.1, "air_compressor.air_flow": 97.0}))
+    # the alarm is the compressor's: its text names the compressor's own signal, with the value it reads
     assert c.message == ("Compressed-air compressor: likely air leak, moderate — "
-                         "mostly Rotary filler valve air pressure (normal 5.6–6.4 bar)")
+                         "mostly air flow at 97.0 Nm3/h (normal 55–90)")
     d = raise_alarm(engine, clock, Anomaly(0, "filler", "stuck", 5, 1, signal="fill_weight", value=501))
     assert d.message == "Rotary filler: fill weight sensor stuck at 501 g"
     e = raise_alarm(engine, clock, Anomaly(0, "product_pump", "rate", 58.4, 45, signal="flow", value=72))
@@ -567,9 +604,32 @@ def test_alarm_text_reads_like_an_operator_alarm(make, clock):
                          "(credible at most 45.0 L/min per second), now 72.0 L/min")
     f = raise_alarm(engine, clock, fault("pump_cavitation", asset="filler", score=400,
                                          contributions={"filler.tank_level": 1.0}))
+    # an anomaly without the signals' values (an older record) still names the band, with its unit
     assert f.message == ("Rotary filler: unusual behaviour, severe, likely from pump cavitation upstream "
                          "(Product transfer pump) — mostly tank level (normal 45–75 %)")
     assert "score" not in " ".join(x.message for x in (a, b, c, d, e, f))
+
+
+def test_a_fault_alarm_names_a_signal_of_its_own_asset_the_telltale_of_the_named_fault(line):
+    """Issue 25: the tunnel's sensor-drift alarm read "mostly Compressed-air compressor discharge temperature": the
+    detector's top contributor across the whole line, on a machine that does not feed the tunnel."""
+    from factory_copilot.alarms.text import alarm_text
+    from factory_copilot.catalogue import faults_of
+
+    drift = Anomaly(ts=0, asset="heat_tunnel", kind="multivariate", score=40.0, threshold=1.0, fault_type="sensor_drift",
+                    fault_probability=0.8, contributions={"air_compressor.discharge_temperature": 0.34,
+                                                          "heat_tunnel.zone1_temperature": 0.3,
+                                                          "heat_tunnel.heater_duty": 0.2,
+                                                          "heat_tunnel.zone2_temperature": 0.02},
+                    values={"air_compressor.discharge_temperature": 78.0, "heat_tunnel.zone1_temperature": 171.0,
+                            "heat_tunnel.heater_duty": 38.0, "heat_tunnel.zone2_temperature": 214.3})
+    text = alarm_text(line, faults_of(line), drift, "severe")
+    # the drifting sensor: the catalogue's telltale of the fault the classifier named, with what it reads now
+    assert text == "Shrink heat tunnel: likely sensor drift, severe — mostly zone2 temperature at 214 degC (normal 180–195)"
+    # nothing named: the tunnel's own largest contributor, never another asset's
+    unknown = dataclasses.replace(drift, fault_type="unknown", fault_probability=0.0)
+    assert alarm_text(line, faults_of(line), unknown, "severe") == (
+        "Shrink heat tunnel: unusual behaviour, severe — mostly zone1 temperature at 171 degC (normal 175–190)")
 
 
 def test_bad_anomaly_ignored_unknown_asset_still_alarmed(engine, clock, caplog):
@@ -598,6 +658,38 @@ def test_cli_lists_alarms_and_audit(make, clock, tmp_path, capsys):
     assert len(lines) == 2 and "acknowledged" in lines[1] and "by op.anna — on my way" in lines[1]
     assert main(["alarms", "--db", str(tmp_path / "missing.db"), "list"]) == 2
     assert "no alarm engine file" in capsys.readouterr().err
+
+
+def test_alarms_list_finds_the_lines_state_and_says_which_file_it_read(line, clock, tmp_path, monkeypatch, capsys):
+    """Issue 25: `alarms list` read var/alarms.db while the demo writes var/demo/alarms.db (and a line's service
+    its state folder): "no alarm engine file here" where the alarms were."""
+    import yaml
+
+    from factory_copilot.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACTORY_COPILOT_ALARMS_DB", raising=False)
+    monkeypatch.delenv("FACTORY_COPILOT_DEMO_DIR", raising=False)
+    demo = AlarmEngine(line, tmp_path / "var" / "demo" / "alarms.db", SETTINGS, clock=clock)  # where the demo writes
+    raise_alarm(demo, clock, limit())
+    demo.close()
+    assert main(["alarms", "list"]) == 0
+    got = capsys.readouterr()
+    assert "product_pump.flow-limit" in got.out and "1 alarm(s)" in got.out
+    assert "var/demo/alarms.db" in got.err and "--config" in got.err  # which file, and how to read another
+    # a line file: its own state folder (relative to the line file), wherever the command runs
+    data = line.model_dump(mode="json")
+    data["service"] = {**data["service"], "state_dir": "plant-state"}
+    (tmp_path / "lines").mkdir()
+    path = tmp_path / "lines" / "line.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    own = AlarmEngine(line, tmp_path / "lines" / "plant-state" / "alarms.db", SETTINGS, clock=clock)
+    raise_alarm(own, clock, fault(signal="vibration", value=5.2))
+    own.close()
+    assert main(["alarms", "--config", str(path), "list"]) == 0
+    got = capsys.readouterr()
+    assert "product_pump.fault" in got.out and "flow-limit" not in got.out and "plant-state/alarms.db" in got.err
+    assert main(["alarms", "--config", str(path), "audit"]) == 0 and "raised" in capsys.readouterr().out
 
 
 def test_alarms_go_on_when_the_file_fails_and_catch_up(engine, clock, monkeypatch, caplog):

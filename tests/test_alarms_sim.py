@@ -70,3 +70,19 @@ def test_eemua_targets_hold_for_every_fault_and_normal_running(models):
     assert len(table) == 21 and table[0].split()[:3] == ["alarms", "shown", "per"]
     assert table[-1].startswith("fault scenarios: ") and "16 h normal running: " in table[-1]
     assert table[-1].endswith("EEMUA 191 manageable (<= 6/h, <= 10 per 10 min, none standing): yes")
+
+
+@pytest.mark.parametrize("name", ["sensor_drift", "sensor_drift_mild"])
+def test_the_sensor_drift_alarm_names_the_drifting_sensor_of_the_tunnel_with_its_value(models, name):
+    """Issue 25: both sensor-drift scenarios rang "Shrink heat tunnel: likely sensor drift, ... — mostly Compressed-air
+    compressor discharge temperature (normal 72–92 degC)": another machine's signal, and no value."""
+    run = next(r for r in alarm_runs(seed=2, normal_hours=0) if r.name == name)
+    fault = run.scenarios[0]
+    events = replay_alarms(models, LINE, frame(run))
+    during = [e for e in events if fault.start_s <= e.ts < fault.end_s and e.alarm_id == "heat_tunnel.fault"]
+    texts = [e.alarm.message for e in during if e.event in ("raised", "escalated", "realarm")]
+    assert texts, f"the drift rang no tunnel alarm: {[e.alarm_id for e in events if e.event == 'raised']}"
+    for text in texts:
+        assert text.startswith("Shrink heat tunnel: likely sensor drift"), text
+        assert "Compressed-air" not in text and "Product transfer pump" not in text, text
+        assert " — mostly zone2 temperature at " in text and "degC (normal 180–195)" in text, text

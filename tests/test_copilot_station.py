@@ -141,3 +141,159 @@ async def test_source_states_in_the_reading_stream_are_noted_not_trended():
         assert cop.sources["opcua"].connected is False and cop.history.last("product_pump.vibration")
     finally:
         task.cancel()
+
+
+# -- the model's queue: questions first, nothing repeated, every wait announced -----------------------------------
+
+
+class Clock:
+    def __init__(self, t: float):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class OneAtATime:
+    """A model the test lets answer one call at a time: between calls the test reads the queue and what went out."""
+
+    name = "one-at-a-time"
+
+    def __init__(self):
+        self.calls: list[str] = []  # "diagnosis" or "answer", in the order the model got them
+        self.started = threading.Semaphore(0)
+        self.go = threading.Semaphore(0)
+
+    def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None):
+        if max_tokens == 1:
+            return "ok"  # the warm-up
+        self.calls.append("answer" if schema is None else "diagnosis")
+        self.started.release()
+        assert self.go.acquire(timeout=30)
+        text = "Check the suction strainer first." if schema is None else REPLY
+        on_token and on_token(text)
+        return text
+
+    async def next_call(self) -> str:
+        assert await asyncio.to_thread(self.started.acquire, True, 30), "the model got no call"
+        return self.calls[-1]
+
+
+def drain(buffer: Buffer) -> list:
+    out = []
+    while buffer.qsize():
+        out.append(buffer.get_nowait())
+    return out
+
+
+async def job_state(jobs: Buffer, job: str, key: str, state: str | None = None):
+    """The newest ModelJob of one job (``key``: alarm id or request id), once one (in ``state``) has gone out."""
+    seen = {}
+    while True:
+        item = await next_item(jobs)
+        seen[(item.job, item.request_id if item.job == "answer" else item.alarm_id)] = item
+        found = seen.get((job, key))
+        if found is not None and (state is None or found.state == state) and not jobs.qsize():
+            return found, seen
+
+
+def raised(alarm, ts, event="raised"):
+    return AlarmEvent(alarm.alarm_id, ts, event, AlarmState.ACTIVE_UNACK, alarm)
+
+
+async def test_a_question_goes_ahead_of_waiting_diagnoses_and_every_wait_says_where_it_stands():
+    """Issue 25: on a loaded box a question showed "thinking..." for 120 s with no queue position, its runbook answer
+    came only after a reload, and a diagnosis reached the page 143 s after its alarm while its label said 32.4 s."""
+    from factory_copilot.records import Question
+
+    clock, backend = Clock(1000.0), OneAtATime()
+    alarms, out, questions = Buffer(100, "alarms"), Buffer(100, "diag"), Buffer(10, "questions")
+    answers, jobs = Buffer(1000, "answers"), Buffer(1000, "jobs")
+    cop = Copilot(LINE, backend=backend, alarms=alarms, diagnoses=out, questions=questions, answers=answers,
+                  jobs=jobs, clock=clock)
+    task = asyncio.create_task(cop.run())
+    try:
+        a = alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="product_pump.fault")
+        b = alarm_for("air_compressor", "air_leak", 0.9, alarm_id="air_compressor.fault")
+        alarms.offer(raised(a, 1000.0))
+        alarms.offer(raised(b, 1001.0))
+        assert await backend.next_call() == "diagnosis"  # the pump's, first come
+        assert [d.source for d in [await next_item(out), await next_item(out)]] == ["runbook", "runbook"]
+        running, states = await job_state(jobs, "diagnosis", a.alarm_id, "running")
+        queued = states[("diagnosis", b.alarm_id)]
+        assert running.since == 1000.0 and running.position == 0
+        assert (queued.state, queued.position, queued.waiting, queued.since) == ("queued", 1, 1, 1001.0)
+
+        questions.offer(Question("q1", a.alarm_id, "what do I check first?", "ann"))
+        first = await next_item(answers)  # the runbook's answer, at once: the model is busy
+        assert (first.done, first.source, first.request_id) == (False, "runbook", "q1") and first.full_text
+        asked, states = await job_state(jobs, "answer", "q1")
+        assert (asked.state, asked.position, asked.alarm_id) == ("queued", 1, a.alarm_id)  # behind the running one only
+        assert states[("diagnosis", b.alarm_id)].position == 2  # the question went ahead of the compressor's diagnosis
+
+        clock.t = 1043.0
+        backend.go.release()  # the pump's diagnosis is written ...
+        assert await backend.next_call() == "answer"  # ... and the operator's question comes next, not the compressor
+        model = await next_item(out)
+        assert model.source == "model" and model.alarm_id == a.alarm_id
+        assert model.latency_s == 43.0  # from the alarm event, the wait in the queue included
+        backend.go.release()
+        while True:
+            chunk = await next_item(answers)
+            if chunk.done:
+                break
+        assert chunk.source == "model" and chunk.full_text == "Check the suction strainer first."
+        assert await backend.next_call() == "diagnosis"
+        backend.go.release()
+        assert (await next_item(out)).alarm_id == b.alarm_id
+        done, _ = await job_state(jobs, "diagnosis", b.alarm_id, "done")
+        assert backend.calls == ["diagnosis", "answer", "diagnosis"]
+    finally:
+        task.cancel()
+
+
+async def test_a_folded_consequence_and_a_re_alarm_of_the_same_situation_queue_no_model_job():
+    """Issue 25: a folded consequence re-alarmed every ~20 s and was diagnosed each time (6 model, 9 runbook
+    diagnoses in 6 minutes) while an operator's question waited."""
+    from factory_copilot.records import Alarm, Anomaly, Priority
+
+    calls = []
+
+    class Instant:
+        name = "instant"
+
+        def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None):
+            if max_tokens > 1:  # not the warm-up
+                calls.append(schema is not None)
+            return REPLY
+
+    alarms, out = Buffer(100, "alarms"), Buffer(100, "diag")
+    cop = Copilot(LINE, backend=Instant(), alarms=alarms, diagnoses=out)
+    task = asyncio.create_task(cop.run())
+    try:
+        root = alarm_for("product_pump", "pump_cavitation", 0.8, alarm_id="product_pump.fault")
+        flow = Anomaly(1000.0, "product_pump", "limit", 50.0, 60.0, signal="flow", value=50.0)
+        folded = Alarm("product_pump.flow-limit", "product_pump", "flow:limit", AlarmState.ACTIVE_UNACK, Priority.HIGH,
+                       "Product transfer pump: flow low", 1000.0, 1000.0, flow, suppressed=True,
+                       parent_id=root.alarm_id)
+        alarms.offer(raised(root, 1000.0))
+        alarms.offer(raised(folded, 1001.0))
+        for i in range(10):
+            alarms.offer(raised(folded, 1020.0 + 20 * i, "realarm"))
+        for i in range(3):
+            alarms.offer(raised(root, 1100.0 + i, "realarm"))
+        got = [await next_item(out) for _ in range(3)]
+        assert sorted((d.alarm_id, d.source) for d in got) == [
+            ("product_pump.fault", "model"), ("product_pump.fault", "runbook"), ("product_pump.flow-limit", "runbook")]
+        # the classifier changes its mind: a new fault name is a new diagnosis
+        renamed = alarm_for("product_pump", "clogged_filter", 0.8, alarm_id="product_pump.fault")
+        alarms.offer(raised(renamed, 1200.0, "reclassified"))
+        got = [await next_item(out) for _ in range(2)]
+        assert [(d.alarm_id, d.source) for d in got] == [("product_pump.fault", "runbook"), ("product_pump.fault", "model")]
+        while alarms.qsize():
+            await asyncio.sleep(0)
+    finally:
+        task.cancel()
+    assert calls == [True, True] and out.qsize() == 0
+    assert cop.stats()["covered"] == 13  # 10 re-alarms of the folded one, 3 of its root
+    assert cop.stats()["covered"] == 13  # 10 re-alarms of the folded one, 3 of its root

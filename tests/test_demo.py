@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 
 from factory_copilot.config import SEEDS_DIR
 from factory_copilot.plumbing.broker import MOSQUITTO, broker_reachable, free_port
+from tests.support.node_red import route
 
 FLOW = json.loads((SEEDS_DIR / "node-red-flow.json").read_text())
 CLI = [sys.executable, "-m", "factory_copilot.cli"]
@@ -80,12 +81,11 @@ class NodeRedFlowClient:
 
     def _on_message(self, client, userdata, msg) -> None:
         node = next(n for n in self.inputs if paho.topic_matches_sub(n["topic"], msg.topic))
-        if node["id"] == "fc_alarms_in" and msg.payload:  # the flow's "cleared?" switch, then "parse alarm/1"
-            body = json.loads(msg.payload)
-            route = next(n for n in FLOW if n["id"] == "fc_priority")  # "by priority": one debug node per priority
-            if any(r["v"] == body["priority"] for r in route["rules"]):
-                self.alarms.append(body)
-                self.got.set()
+        # the flow's own routing: what reaches one of its ringing nodes (one debug node per priority)
+        reached = route(FLOW, node["id"], msg.topic, bytes(msg.payload))
+        if node["id"] == "fc_alarms_in" and any(n["name"].endswith(" alarm") for n in reached):
+            self.alarms.append(json.loads(msg.payload))
+            self.got.set()
 
     def close(self) -> None:
         self.client.disconnect()

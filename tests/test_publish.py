@@ -25,6 +25,7 @@ from factory_copilot.records import (
     CommandResult,
     Diagnosis,
     Evidence,
+    ModelJob,
     OperatorCommand,
     Priority,
     Question,
@@ -111,12 +112,20 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
             T.ask("ann"), json.dumps({"schema": "ask/1", "request_id": "q1", "alarm_id": "a1", "question": "why?", "actor": "ann"}), qos=1
         )
         question = await asyncio.wait_for(questions.get(), WAIT_S)
+        # where the model's jobs stand: a diagnosis on its alarm's job topic, an answer beside its chunks
+        now = time.time()
+        pub.model_job(ModelJob("diagnosis", "a1", "queued", 2, 3, 41.5, now - 3, now))
+        pub.answer_chunk(question.request_id, question.alarm_id, "", False, text="Runbook search (no model): ...",
+                         source="runbook")
+        pub.model_job(ModelJob("answer", "a1", "queued", 1, 3, 12.0, now, now, request_id=question.request_id))
         pub.answer_chunk(question.request_id, question.alarm_id, "Because ", False)
-        pub.answer_chunk(question.request_id, question.alarm_id, "cavitation.", True, text="Because cavitation.")
+        pub.answer_chunk(question.request_id, question.alarm_id, "cavitation.", True, text="Because cavitation.",
+                         source="model")
         kinds: dict[str, list[Received]] = {}
 
         def complete():
-            return set(kinds) == set(payloads.KINDS) and len(kinds["diagnosis-stream/1"]) == 3 and len(kinds["answer/1"]) == 2
+            return (set(kinds) == set(payloads.KINDS) and len(kinds["diagnosis-stream/1"]) == 3
+                    and len(kinds["answer/1"]) == 3 and len(kinds["model-job/1"]) == 2)
 
         while not complete():
             msg = await listen.next()
@@ -127,6 +136,13 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
         serving.cancel()
     listen.close()
     assert kinds["answer/1"][-1].body["done"] and kinds["answer/1"][-1].body["text"] == "Because cavitation."
+    assert [(m.body["done"], m.body.get("source")) for m in kinds["answer/1"]] == [
+        (False, "runbook"), (False, None), (True, "model")]
+    jobs = {m.body["job"]: m for m in kinds["model-job/1"]}
+    assert jobs["diagnosis"].topic == T.diagnosis_job("product_pump", "a1") and not jobs["diagnosis"].retain
+    assert (jobs["diagnosis"].body["position"], jobs["diagnosis"].body["estimate_s"]) == (2, 41.5)
+    assert jobs["answer"].topic == T.answer("q1") and jobs["answer"].body["request_id"] == "q1"
+    assert T.parse(jobs["diagnosis"].topic).kind == "diagnosis_job"
     assert kinds["command-reply/1"][0].topic == T.command_reply("c1") and kinds["command-reply/1"][0].body["ok"]
     assert [m.body["seq"] for m in kinds["diagnosis-stream/1"]] == [0, 1, 2] and kinds["diagnosis-stream/1"][-1].body["done"]
     assert kinds["alarm/1"][0].topic == T.alarm("product_pump", "a1")
@@ -396,7 +412,7 @@ def test_alerts_tail_prints_active_alarms_and_diagnoses(broker, tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    lines = sorted(out.stdout.splitlines())
+    lines = sorted(ln for ln in out.stdout.splitlines() if not ln.startswith("-- "))
     assert len(lines) == 3
     assert any("HIGH" in l and "active_unacknowledged" in l and "product_pump" in l and "flow below 40 l/min" in l for l in lines)
     assert any("Suction pressure low and flow unsteady: cavitation." in l for l in lines)

@@ -10,7 +10,10 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import shlex
+import shutil
 import sys
+from pathlib import Path
 
 from factory_copilot import __version__
 from factory_copilot.config import LineConfigError
@@ -33,6 +36,22 @@ COMMANDS: list[str] = [
     "simulators.demo",
     "factory_copilot.store.cli",
 ]
+
+
+def command() -> str:
+    """How to run this CLI from here, as a user can type it in the shell that started it: ``factory-copilot`` when the
+    shell finds this install's, else the path of this install's script (``.venv/bin/factory-copilot`` after the quick
+    start, whose virtual environment is not on the PATH), else ``python -m factory_copilot.cli``."""
+    script = Path(sys.executable).with_name("factory-copilot")  # a console script sits beside its interpreter
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m factory_copilot.cli"
+    found = shutil.which("factory-copilot")
+    if found and Path(found).resolve() == script.resolve():
+        return "factory-copilot"
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
 
 
 def parse_user(text: str) -> tuple[str, str]:

@@ -30,6 +30,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # the demo line, its fault catalogue and runbooks ship inside the package, so an installed wheel has them too
 SEEDS_DIR = Path(os.environ.get("FACTORY_COPILOT_SEEDS") or str(importlib.resources.files("factory_copilot") / "seeds"))
 SIMULATED_LINE = SEEDS_DIR / "lines" / "packaging_line.yaml"
+
+
+def demo_state_dir() -> Path:
+    """Where the demo keeps its state (relative to where it runs): the default of the commands that read it."""
+    return Path(os.environ.get("FACTORY_COPILOT_DEMO_DIR") or "var/demo")
 SIMULATED_FAULTS = SEEDS_DIR / "faults.yaml"  # the simulator injects these (the demo line names them too)
 
 

@@ -124,7 +124,8 @@ class Anomaly:
     ``kind`` says which check found it: ``multivariate``, ``limit``, ``rate``,
     ``stuck``, ``range``, ``quality`` or ``source`` (a lost source). ``signal`` is set for single-signal
     checks, None for multivariate ones. ``contributions`` maps signal keys
-    (``asset.signal``) to their share of the score, largest first.
+    (``asset.signal``) to their share of the score, largest first; ``values`` holds what those signals (and
+    every signal of ``asset``) read in the evaluated row, so the alarm text can say the value, not only the band.
     """
 
     ts: float
@@ -135,6 +136,7 @@ class Anomaly:
     signal: str | None = None
     value: float | None = None
     contributions: dict[str, float] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)
     fault_type: str | None = None
     fault_probability: float = 0.0
     mode: Mode = DEFAULT_MODE
@@ -469,7 +471,11 @@ class DiagnosisChunk:
 
 @dataclass(slots=True, frozen=True)
 class AnswerChunk:
-    """A piece of the copilot's answer to a question; the last (``done``) carries the whole text, or the error."""
+    """A piece of the copilot's answer to a question; the last (``done``) carries the whole text, or the error.
+
+    With a model, the runbook's answer goes out first, at once, as a chunk that is not ``done`` with its
+    ``full_text`` and ``source`` "runbook"; the model's words follow, and the last chunk says which answer stands.
+    """
 
     request_id: str
     alarm_id: str | None
@@ -477,6 +483,32 @@ class AnswerChunk:
     done: bool = False
     full_text: str | None = None
     error: str | None = None
+    source: str | None = None  # "model" or "runbook", on chunks that carry a whole answer
+
+
+@dataclass(slots=True, frozen=True)
+class ModelJob:
+    """Where a job for the model stands, for whoever waits on it: the model's diagnosis of an alarm, or its answer.
+
+    ``state``: ``queued`` (``position`` jobs before it, 0 = next), ``running``, ``done`` or ``dropped`` (``detail``
+    says why; the runbook's diagnosis or answer stands). ``estimate_s``: seconds from ``ts`` until it is expected
+    complete, from the model's recent jobs (None while the model loads or before one was measured). ``since``:
+    when the wait began, on the pipeline's clock (the alarm event's time, the question's).
+    """
+
+    job: str  # "diagnosis" or "answer"
+    alarm_id: str | None
+    state: str
+    position: int
+    waiting: int  # jobs queued in all (not counting the one running)
+    estimate_s: float | None
+    since: float
+    ts: float
+    request_id: str | None = None  # for an answer: the question's
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(slots=True)

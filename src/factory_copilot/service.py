@@ -81,6 +81,7 @@ class LineService:
         chunks, answers, results = b("diagnosis chunks", 20_000), b("answer chunks", 20_000), b("command results", 1000)
         commands, questions, turns = b("commands", 1000), b("questions", 100), b("conversation turns", 1000)
         held = b("held alarms", 10)  # the engine's alarms at start: the publisher clears retained ghosts of others
+        model_jobs = b("model jobs", 1000)  # where each job for the model stands: what an operator waits for
 
         # every clock of the pipeline: the wall clock live, the recording's time in a replay
         self.clock: Callable[[], float] = time.time
@@ -104,12 +105,13 @@ class LineService:
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,
             max_tokens=settings.copilot.max_tokens, alarms=to_copilot_events, readings=to_copilot_readings,
-            questions=questions, diagnoses=diagnoses, chunks=chunks, answers=answers, turns=turns,
+            questions=questions, diagnoses=diagnoses, chunks=chunks, answers=answers, turns=turns, jobs=model_jobs,
+            clock=self.clock,
         )
         self.publisher = Publisher.for_line(
             line, paths.outbox, connection=alerts or line.mqtt or MqttConnection(), prefix=settings.alerts_prefix,
             events=to_publish_events, diagnoses=to_publish_diagnoses, chunks=chunks, results=results, answers=answers,
-            commands=commands, questions=questions, held=held,
+            commands=commands, questions=questions, held=held, jobs=model_jobs,
         )
         if isinstance(self.clock, ReplayClock):  # a replay waits for detect and alarms rather than outrun them
             self.clock.backlog = lambda: sum(buf.qsize() for buf in (readings, to_detect, anomalies, to_alarms))

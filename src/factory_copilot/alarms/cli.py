@@ -1,4 +1,9 @@
-"""The ``alarms`` sub-command: read the alarm engine's file — current alarms and the audit trail."""
+"""The ``alarms`` sub-command: read the alarm engine's file — current alarms and the audit trail.
+
+Which file: ``--db FILE`` (or ``FACTORY_COPILOT_ALARMS_DB``); else the state folder of ``--config LINE.yaml``
+(its ``service.state_dir``, as ``run`` writes it); else the demo's (``var/demo/alarms.db``, as the demo writes it).
+It says on stderr which file it read, and how to point it elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,17 @@ from pathlib import Path
 
 from factory_copilot.alarms.grouping import fold
 from factory_copilot.alarms.journal import Journal
+from factory_copilot.config import ServicePaths, demo_state_dir, load_line
 from factory_copilot.plumbing.logs import printable
 from factory_copilot.records import AlarmState
-
-DEFAULT_DB = os.environ.get("FACTORY_COPILOT_ALARMS_DB", "var/alarms.db")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("alarms", help="show current alarms or the alarm audit trail from the engine's file")
-    p.add_argument("--db", default=DEFAULT_DB, help=f"alarm engine SQLite file (default {DEFAULT_DB})")
+    p.add_argument("--config", type=Path, help="the line file: read the alarms of its state folder (service.state_dir)")
+    p.add_argument("--state-dir", type=Path, help="with --config: override service.state_dir")
+    p.add_argument("--db", help="the alarm engine's SQLite file itself (default: the line's with --config, else "
+                                "FACTORY_COPILOT_ALARMS_DB, else the demo's var/demo/alarms.db)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     sub = p.add_subparsers(dest="alarms_command", metavar="WHAT", required=True)
     ls = sub.add_parser("list", help="alarms not normal, worst priority first (--all: every alarm)")
@@ -36,15 +43,30 @@ def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _open(db: str) -> Journal | None:
+def _db(args: argparse.Namespace) -> tuple[str, str]:
+    """The file to read and whose it is."""
+    if args.db:
+        return args.db, "--db"
+    if args.config is not None:
+        line = load_line(args.config)
+        return str(ServicePaths.of_line(line, args.config, args.state_dir).alarms), f"{line.site}/{line.line}'s"
+    if os.environ.get("FACTORY_COPILOT_ALARMS_DB"):
+        return os.environ["FACTORY_COPILOT_ALARMS_DB"], "FACTORY_COPILOT_ALARMS_DB's"
+    return str(demo_state_dir() / "alarms.db"), "the demo's"
+
+
+def _open(args: argparse.Namespace) -> Journal | None:
+    db, whose = _db(args)
+    elsewhere = "--config LINE.yaml reads a line's state folder, --db FILE any file"
     if db != ":memory:" and not Path(db).exists():
-        print(f"error: {db}: no alarm engine file here (is the alarm station writing to another --db?)", file=sys.stderr)
+        print(f"error: {db} ({whose}): no alarm engine file here; {elsewhere}", file=sys.stderr)
         return None
+    print(f"alarms of {db} ({whose}; {elsewhere})", file=sys.stderr)
     return Journal(db)
 
 
 def _list(args: argparse.Namespace) -> int:
-    journal = _open(args.db)
+    journal = _open(args)
     if journal is None:
         return 2
     try:
@@ -77,7 +99,7 @@ def _line(a, indent: str = "") -> str:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    journal = _open(args.db)
+    journal = _open(args)
     if journal is None:
         return 2
     try:

@@ -38,7 +38,12 @@ evaluation while a condition is abnormal; silence means normal):
   is as severe and as urgent as the worst of its situation;
 * chattering: re-activation of an alarm that is RTN_UNACK, or that cleared less
   than ``chatter_window_s`` ago, is the same alarm again: event ``realarm``,
-  ``realarm_count`` + 1, no new alarm and not counted towards a flood;
+  ``realarm_count`` + 1, no new alarm and not counted towards a flood; the ``chatter_count``-th
+  re-alarm names it chattering (event ``chattering``, rung or folded alike) and every re-alarm from then on
+  doubles its off-delay (up to ``chatter_off_delay_max_s``), so it stands instead of blinking;
+* a consequence folded under an active root returns only once it was normal for its root's off-delay
+  (at least): a fault's consequences come and go as the fault grows (a vibration crossing its limit on and
+  off), and that is one situation, not an alarm cleared and re-raised every few seconds;
 * shelved and suppressed alarms keep their state but are not annunciated;
   if one returns while not annunciated it goes straight to NORMAL (nobody was
   shown it, so nobody must acknowledge it); when a shelve ends (unshelve or expiry)
@@ -92,6 +97,8 @@ class AlarmSettings:
     deadband: float = 0.05  # fraction of the threshold the level must fall below it to count as cleared
     silence_s: float | None = None  # no anomaly for this long = normal; None: 2.5 x the line's sampling interval
     chatter_window_s: float = 60.0
+    chatter_count: int = 3  # this many re-alarms, each within chatter_window_s of returning, make it chattering ...
+    chatter_off_delay_max_s: float = 600.0  # ... and its off-delay doubles with each further one, up to this
     max_shelve_s: float = 8 * 3600.0
     flood_count: int = 10  # a flood is MORE than this many new alarms ...
     flood_window_s: float = 600.0  # ... within this window, at one operator position
@@ -108,7 +115,8 @@ class AlarmSettings:
     def __post_init__(self) -> None:
         problems = [
             f"{name} must be >= 0, got {getattr(self, name)}"
-            for name in ("on_delay_s", "off_delay_s", "chatter_window_s", "flood_window_s", "group_window_s",
+            for name in ("on_delay_s", "off_delay_s", "chatter_window_s", "chatter_off_delay_max_s", "flood_window_s",
+                         "group_window_s",
                          "distinct_after_s", "rename_after_s", "release_after_s", "trend_window_s", "min_trend_s",
                          "deescalate_after_s")
             if getattr(self, name) < 0
@@ -120,6 +128,8 @@ class AlarmSettings:
             problems.append(f"deadband must be in [0, 1), got {self.deadband}")
         if self.silence_s is not None and self.silence_s <= 0:
             problems.append(f"silence_s must be > 0, got {self.silence_s}")
+        if self.chatter_count < 1:
+            problems.append(f"chatter_count must be >= 1, got {self.chatter_count}")
         if self.max_shelve_s <= 0:
             problems.append(f"max_shelve_s must be > 0, got {self.max_shelve_s}")
         if problems:
@@ -162,6 +172,7 @@ class _Condition:
     mode_suppressed: bool = False
     own: tuple | None = None  # (severity, urgency, consequence) at its last evidence: what a root's situation reads
     signals: frozenset[str] = frozenset()  # the signal keys it is judged on (for lost data)
+    hold_s: float = 0.0  # the off-delay a chattering alarm has earned (0: its kind's)
 
 
 @dataclass(slots=True)
@@ -279,7 +290,7 @@ class AlarmEngine:
             cond.pending_since = None
             if cond.normal_since is None:
                 cond.normal_since = t
-            if is_active and t - cond.normal_since >= self.settings.off_delay(cond.kind):
+            if is_active and t - cond.normal_since >= self._off_delay(cond, alarm):
                 self._return(alarm, cond, now)
         if anomaly.kind == "multivariate":
             self._sustain(anomaly, t, now)
@@ -381,7 +392,18 @@ class AlarmEngine:
         if cond.heard_at is None:
             cond.heard_at = now  # no evidence either way yet: start the silence period now
             return False
-        return now - cond.heard_at >= self.silence_s + self.settings.off_delay(cond.kind)
+        alarm = self._alarms.get(cond.alarm_id) if cond.alarm_id else None
+        return now - cond.heard_at >= self.silence_s + self._off_delay(cond, alarm)
+
+    def _off_delay(self, cond: _Condition, alarm: Alarm | None) -> float:
+        """How long the condition must be normal before its alarm returns: its kind's off-delay, for a consequence
+        folded under an active root at least the root's, for a chattering alarm what it earned (module docstring)."""
+        delay = self.settings.off_delay(cond.kind)
+        root = self._alarms.get(alarm.parent_id) if alarm is not None and alarm.parent_id else None
+        if root is not None and root.state.active:
+            root_cond = self._cond_of(root)
+            delay = max(delay, self.settings.off_delay(root_cond.kind if root_cond else grouping.kind_of(root)))
+        return max(delay, cond.hold_s)
 
     def _follow_episode(self, t: float) -> None:
         gap = max(self.silence_s, self.settings.off_delay("multivariate"))
@@ -435,7 +457,14 @@ class AlarmEngine:
         if chattering:
             alarm.realarm_count += 1
             self._emit(alarm, "realarm", now, comment=f"re-alarm #{alarm.realarm_count}" + (f"; {why}" if why else ""))
+            if alarm.realarm_count >= self.settings.chatter_count:
+                cond.hold_s = min(self.settings.chatter_off_delay_max_s, 2 * self._off_delay(cond, alarm))
+                if alarm.realarm_count == self.settings.chatter_count:
+                    self._emit(alarm, "chattering", now, comment=(
+                        f"re-alarmed {alarm.realarm_count} times, each within {self.settings.chatter_window_s:g} s of "
+                        f"returning: off-delay now {cond.hold_s:g} s, doubling with each re-alarm"))
         else:
+            cond.hold_s = 0.0
             alarm.raised_at, alarm.realarm_count = now, 0
             alarm.flood_id = None
             if annunciated(alarm):

@@ -15,7 +15,9 @@ operator position at a time (filter the events by asset first).
 
 Targets (EEMUA 191 "manageable"): at most 6 alarms per hour on average, at most 10
 in any 10 minutes, no standing alarms once a fault is cleared; below 1 % of the
-time in flood; no chattering alarms.
+time in flood; no chattering alarms. Chattering counts every alarm that came on (raised or re-alarmed) 3 times
+within 60 s, or that the engine named chattering, rung or folded: a consequence blinking under its root is
+a nuisance to fix in the alarm design even though nobody is shown it.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class AlarmKpis:
     top_share: float = 0.0  # share of all alarms the top 10 make
     standing: list[str] = field(default_factory=list)  # active and annunciated at the end
     stale: list[str] = field(default_factory=list)  # standing, and active for more than 24 h
-    chattering: list[str] = field(default_factory=list)  # presented 3 times or more within 60 s
+    chattering: list[str] = field(default_factory=list)  # came on 3 times or more within 60 s (rung or folded)
     by_priority: dict[str, int] = field(default_factory=dict)
     folded: int = 0  # consequences raised under their cause: recorded, not presented
     events: int = 0
@@ -90,6 +92,8 @@ def alarm_kpis(
     last: dict[str, Alarm] = {}
     presented: list[tuple[float, str]] = []
     priorities: Counter = Counter()
+    came_on: dict[str, list[float]] = defaultdict(list)  # raised or re-alarmed, rung or not: what chatters
+    named: set[str] = set()  # the engine said chattering
     folded = counted = 0
     for e in evs:
         if e.ts > end:
@@ -106,6 +110,10 @@ def alarm_kpis(
                 priorities[alarm.priority.name.lower()] += 1
             elif e.event == "raised" and alarm.parent_id is not None:
                 folded += 1
+            if e.event in ("raised", "realarm"):
+                came_on[e.alarm_id].append(e.ts)
+            elif e.event == "chattering":
+                named.add(e.alarm_id)
         shown[e.alarm_id] = ringing
         if e.state.active:
             active_since.setdefault(e.alarm_id, e.ts)
@@ -132,7 +140,8 @@ def alarm_kpis(
         top_share=sum(n for _, n in top) / len(presented) if presented else 0.0,
         standing=standing,
         stale=[a for a in standing if end - active_since.get(a, end) > stale_after_s],
-        chattering=sorted(a for a, ts in per_alarm.items() if _peak(ts, chatter_window_s) >= chatter_count),
+        chattering=sorted(named | {a for series in (per_alarm, came_on) for a, ts in series.items()
+                                   if _peak(ts, chatter_window_s) >= chatter_count}),
         by_priority=dict(priorities),
         folded=folded,
         events=counted,

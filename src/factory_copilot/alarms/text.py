@@ -2,11 +2,13 @@
 
     Product transfer pump: likely bearing wear, moderate — vibration 5.2 mm/s (normal 1.0–3.5)
     Product transfer pump: flow low, slight — 42.0 L/min (normal 95–125, limits 60–150)
-    Rotary filler: unusual behaviour, severe, likely from pump cavitation upstream — mostly tank level (normal 45–75 %)
+    Rotary filler: unusual behaviour, severe, likely from pump cavitation upstream — mostly tank level at 12.0 % (normal 45–75)
+    Shrink heat tunnel: likely sensor drift, moderate — mostly zone2 temperature at 203 degC (normal 180–195)
     Rotary filler: fill weight sensor stuck at 501 g
 
-No detector scores or probabilities: an operator reads what departs, how far (slight, moderate,
-severe) and where it is normally; the numbers behind the words are in docs/alarms.md.
+No detector scores or probabilities: an operator reads what departs, on the alarm's own asset, what it
+reads, how far (slight, moderate, severe) and where it is normally; the numbers behind the words are in
+docs/alarms.md.
 """
 
 from __future__ import annotations
@@ -93,20 +95,38 @@ def _fault_text(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly,
             cause += f" ({source.name})"
     else:
         cause = f"unusual behaviour{how}"
-    # the evidence an operator checks first: the signal the detector names, else its top contributor
-    key = f"{anomaly.asset}.{anomaly.signal}" if anomaly.signal else next(iter(anomaly.contributions), None)
+    key = evidence_signal(faults, anomaly, own)
     if key is None:
         return cause
-    asset_id, _, signal_name = key.partition(".")
-    signal = find_signal(line, asset_id, signal_name)
-    other = find_asset(line, asset_id)
-    label = words(signal_name) if asset_id == anomaly.asset else f"{other.name if other else asset_id} {words(signal_name)}"
-    normal = f"normal {band(signal.normal_for(anomaly.mode))}" if signal else ""
-    if anomaly.signal and anomaly.value is not None:
-        unit = f" {signal.unit}" if signal else ""
-        return f"{cause} — {label} {number(anomaly.value)}{unit}{f' ({normal})' if normal else ''}"
+    signal = find_signal(line, anomaly.asset, key.partition(".")[2])
+    label = words(key.partition(".")[2])
     unit = f" {signal.unit}" if signal else ""
-    return f"{cause} — mostly {label}{f' ({normal}{unit})' if normal else ''}"
+    normal = f"normal {band(signal.normal_for(anomaly.mode))}" if signal else ""
+    value = anomaly.value if anomaly.signal else anomaly.values.get(key)
+    if value is None:  # an anomaly that did not carry the row's values: the band, with its unit
+        return f"{cause} — mostly {label}{f' ({normal}{unit})' if normal else ''}"
+    if anomaly.signal:
+        return f"{cause} — {label} {number(value)}{unit}{f' ({normal})' if normal else ''}"
+    return f"{cause} — mostly {label} at {number(value)}{unit}{f' ({normal})' if normal else ''}"
+
+
+def evidence_signal(faults: Mapping[str, Fault], anomaly: Anomaly, named: str | None) -> str | None:
+    """The signal a fault alarm's text points the technician to: always one of the alarm's own asset.
+
+    The detector's signal if it names one; for a fault the classifier names on this asset, the catalogue's
+    telltale (the first of the fault's signals on the asset: the drifting sensor of a drift, the vibration of
+    a bearing); otherwise the asset's own largest contributor. Another asset's contributor is never named: the
+    detector's shares spread over correlated signals of the whole line, and a text naming another machine
+    sends the technician to the wrong place.
+    """
+    own = anomaly.asset + "."
+    if anomaly.signal:
+        return own + anomaly.signal.removeprefix(own)
+    fault = faults.get(named or "")
+    telltale = next((k for k in (fault.signals if fault else []) if k.startswith(own)), None)
+    if telltale is not None:
+        return telltale
+    return next((k for k, _ in sorted(anomaly.contributions.items(), key=lambda kv: -kv[1]) if k.startswith(own)), None)
 
 
 def _direction(signal: Signal | None, mode: Mode, value: float | None) -> str:

@@ -1,9 +1,15 @@
 """Diagnoses from an evidence pack: the deterministic one from the runbooks, and the model's choices rendered.
 
 ``runbook_diagnosis`` ranks the line's catalogued faults by how well the pack's
-signals match each runbook's signature (plus the classifier's vote) and quotes the
-top runbook's checks, actions and safety notes: no model needed, always available.
-When nothing matches it says so ("No known fault matches; the evidence points at ...").
+signals match each runbook's signature (plus the classifier's vote; evidence against a
+signature lowers it) and quotes the top runbook's checks, actions and safety notes: no
+model needed, always available. Its confidences are shares among the candidates and
+"none of them" (``UNKNOWN_WEIGHT``), so a lone fit is never certain; a lead with less than
+``SUPPORT_MIN`` of support behind it gives way to "unknown" with the evidence ("No known fault fits
+well ..."), and when nothing matches it says so ("No known fault matches; the evidence
+points at ..."). An alarm about the data itself (lost, stale, bad quality, out of the
+sensor's range) gets a data-source diagnosis (``DATA_SOURCE``): what to check on the
+source, never a process fault fitted to what the lost data left behind.
 ``model_diagnosis`` reads the model's short JSON (summary, fault ids with confidence
 words, step ids) and renders everything else from the plant's catalogue and runbooks;
 ids that are not the plant's or not offered for this alarm are dropped and counted.
@@ -14,12 +20,22 @@ from __future__ import annotations
 import json
 import re
 
+from factory_copilot.alarms.design import DATA_KINDS
 from factory_copilot.catalogue import UNKNOWN, Fault
 from factory_copilot.copilot.evidence import MATCH_MIN, Candidate, EvidencePack, SignalEvidence, rank_faults
 from factory_copilot.copilot.runbooks import Runbook, RunbookLibrary
 from factory_copilot.records import Cause, Diagnosis, Evidence, Step
 
 CONFIDENCE = {"high": 0.8, "medium": 0.5, "low": 0.2}
+# "none of the catalogued faults" weighs one full signature's worth against the candidates' scores
+UNKNOWN_WEIGHT = 1.0
+# a lead cause needs this much support (its score: more than half its signature shown, or a classifier's vote
+# not contradicted), or "unknown" leads with the evidence; two faults that both fit split the confidence, and
+# the better one still leads
+SUPPORT_MIN = 0.6
+DATA_SOURCE = "data_source"  # the cause of a data-quality alarm: the data, not the process
+# the data, not the process, is wrong (a stuck sensor keeps its runbook: a flat line needs telling from a process at rest)
+DATA_SOURCE_KINDS = DATA_KINDS - {"stuck"}
 
 
 SUMMARY_CHARS = 120  # one short sentence: the operator reads it first, and every token of it is a forward pass
@@ -107,27 +123,43 @@ def runbook_diagnosis(pack: EvidencePack, library: RunbookLibrary, faults: dict[
     When no runbook signature fits (or the line has none), it says so plainly and names what the
     evidence points at: the cause is ``unknown``, with the signals that stand out as evidence.
     """
+    if pack.anomaly_kind in DATA_SOURCE_KINDS:
+        return data_source_diagnosis(pack, reason)
     ranked = [c for c in rank_faults(pack, library) if c.score > MATCH_MIN and c.fault in faults][:3]
-    total = sum(c.score for c in ranked) or 1.0
+    total = sum(c.score for c in ranked) + UNKNOWN_WEIGHT
     causes = []
     for c in ranked:
         ev = [_signal_evidence(s) for k in c.matched if (s := pack.signal(k) or pack.context.get(k))]
         ev.append(Evidence("runbook", f"{c.runbook.id}#symptoms", c.runbook.title))
         causes.append(Cause(c.fault, faults[c.fault].name, round(c.score / total, 3), ev, origin="runbook"))
     if not causes and pack.fault_type in faults:  # the classifier named a known fault no runbook signature shows
-        causes.append(Cause(pack.fault_type, faults[pack.fault_type].name, pack.fault_probability, [], "runbook"))
-
-    top = library.for_fault(causes[0].fault_type) if causes else None
-    steps, safety = runbook_steps(top)
+        p = pack.fault_probability
+        causes.append(Cause(pack.fault_type, faults[pack.fault_type].name, round(p / (p + UNKNOWN_WEIGHT), 3), [],
+                            "runbook"))
 
     standouts = _standouts(pack)
     facts = _facts(standouts[:3]) or "no signal outside its band yet"
-    if causes:
+    weak = bool(ranked) and ranked[0].score < SUPPORT_MIN
+    if causes and not weak:
+        top = library.for_fault(causes[0].fault_type)
+        steps, safety = runbook_steps(top)
         lead = causes[0]
         summary = f"{pack.asset_name}: most likely {lead.title.lower()} ({lead.confidence:.0%}); {facts}."
         if top:
             summary += f" Follow {top.id}."
+    elif weak:
+        # the best fit is too thin to lead: unknown leads with the evidence; the candidate's checks may rule it in or out
+        best = ranked[0]
+        top = best.runbook
+        steps, safety = runbook_steps(top)
+        steps = [s for s in steps if s.kind == "check"]
+        contrary = ", ".join(f"{k} {_motion(pack.signal(k) or pack.context.get(k))}" for k in best.contrary[:2])
+        causes = [_unknown_cause(pack, round(UNKNOWN_WEIGHT / total, 3), "runbook"), *causes]
+        summary = (f"{pack.asset_name}: No known fault fits well (best: {faults[best.fault].name.lower()}, "
+                   f"{causes[1].confidence:.0%}" + (f"; against it: {contrary}" if contrary else "")
+                   + f"); the evidence points at {facts}. Checks in {top.id} may rule it in or out.")
     else:
+        steps, safety = [], []
         causes = [_unknown_cause(pack, 0.5 if standouts else 0.0, "runbook")]
         covered = "no runbook covers it" if len(library) else "this line has no runbooks"
         summary = (f"{pack.asset_name}: No known fault matches ({covered}); the evidence points at {facts}."
@@ -138,6 +170,55 @@ def runbook_diagnosis(pack: EvidencePack, library: RunbookLibrary, faults: dict[
         alarm_id=pack.alarm_id, summary=summary, causes=causes, steps=steps, safety=safety,
         would_change=_would_change(pack, ranked, faults), source="runbook", fallback_reason=reason,
     )
+
+
+def _motion(s: SignalEvidence | None) -> str:
+    if s is None:
+        return "not seen"
+    if s.direction in ("high", "low"):
+        return s.direction
+    return "falling" if s.change < 0 else "rising" if s.change > 0 else "in band"
+
+
+def data_source_diagnosis(pack: EvidencePack, reason: str | None = None) -> Diagnosis:
+    """What an alarm about the data itself calls for: check the source or the instrument, not the process.
+
+    Lost data leaves signals held or gapped, and a bad sensor reads what the process is not doing: a process
+    fault fitted to them would send the technician to the wrong machine."""
+    message = pack.message.removeprefix("Data lost: ")
+    keys = pack.stale or [s.key for s in pack.signals if s.key.startswith(pack.asset + ".")][:1]
+    signal = next((s for s in pack.signals if s.key in keys), None)
+    name = keys[0] if keys else pack.asset
+    if pack.anomaly_kind == "source":
+        what = f"the data stopped coming ({message})"
+        steps = [Step(f"Check that the source is up and reachable from this machine: {message}.", "check", None),
+                 Step("Check the way to it: network, switch, the gateway or PLC, the broker's log for refused or "
+                      "dropped connections.", "check", None),
+                 Step("GET /health shows which source is down and since when (collect.sources); `factory-copilot "
+                      "check --config LINE.yaml` tries every source with the service's settings.", "check", None),
+                 Step("Restore the connection (restart a hung gateway or server); the alarms on its signals hold their "
+                      "state until data flows again.", "action", None)]
+    else:
+        if pack.anomaly_kind == "range":
+            what = f"{name} reads what its sensor cannot measure ({message.partition(' — ')[2] or message})"
+            first = (f"Check {name} at the instrument: wiring (open or short circuit), scaling in the PLC or gateway, "
+                     "the transmitter's own diagnostics.")
+        else:
+            what = f"{name} gives no good value ({message})"
+            first = (f"Check {name} at the instrument: transmitter powered, wiring and connector intact, its status "
+                     "in the PLC or SCADA.")
+        steps = [Step(first, "check", None),
+                 Step(f"Compare with a local gauge or a neighbouring sensor before acting on the process.", "check", None),
+                 Step(f"Repair or replace the instrument; until then treat {name} as unknown, not as its last value.",
+                      "action", None)]
+    evidence = [Evidence("signal", k, "no good data", None) for k in keys[:5]] or (
+        [_signal_evidence(signal)] if signal else [])
+    cause = Cause(DATA_SOURCE, "Data source or instrument problem, not a process fault", 0.9, evidence, "runbook")
+    summary = (f"{pack.asset_name}: {what}; a data problem, not a process fault: check the data source first. No process "
+               "diagnosis is made on data that is lost or wrong.")
+    would_change = ["Once good data flows again, an alarm that still stands is diagnosed on that data."]
+    return Diagnosis(alarm_id=pack.alarm_id, summary=summary, causes=[cause], steps=steps, safety=[],
+                     would_change=would_change, source="runbook", fallback_reason=reason)
 
 
 def runbook_steps(runbook: Runbook | None, step_ids: list[str] | None = None,

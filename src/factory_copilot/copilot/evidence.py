@@ -168,6 +168,7 @@ class EvidencePack:
     step_ids: list[str] = field(default_factory=list)
     step_texts: dict[str, str] = field(default_factory=dict)
     step_faults: dict[str, str] = field(default_factory=dict)  # step id -> the fault its runbook answers
+    stale: list[str] = field(default_factory=list)  # signal keys whose data is lost (a lost source, a silent signal)
     created_at: float = field(default_factory=time.time)
 
     def step_labels(self) -> list[str]:
@@ -517,6 +518,7 @@ def _pack(alarm: Alarm, asset_name: str, asset_kind: str, mode: Mode, fault: Fau
         passages=passages,
         incidents=incidents,
         context=context,
+        stale=list(anomaly.stale) if anomaly else [],
     )
 
 
@@ -569,6 +571,20 @@ def agreement(direction: str, s: SignalEvidence | None) -> float:
     return 1.0 if (lean > 0) == (direction == "up") else 0.0
 
 
+def against(direction: str, s: SignalEvidence | None) -> bool:
+    """Does the signal go against the signature now? Out of its band the other way, or, inside it, moving the other
+    way (an accelerometer falling back into its band shows no imbalance, however high it was earlier in the
+    window). A signal out of its band the expected way never counts against."""
+    if s is None or s.value is None or direction not in ("up", "down"):
+        return False
+    sign = 1.0 if direction == "up" else -1.0
+    if sign * s.deviation > DEVIATION_NORMAL:
+        return False
+    return -sign * s.deviation > DEVIATION_NORMAL or sign * s.change <= -1.0
+
+
+CONTRARY_WEIGHT = 0.5  # a signature signal going the other way takes this much off the fit (per share of the signature)
+
 
 
 @dataclass(slots=True)
@@ -577,34 +593,39 @@ class Candidate:
     runbook: Runbook
     score: float
     matched: list[str]  # signal keys that show the signature
+    contrary: list[str] = field(default_factory=list)  # signature signals that go the other way
 
 
 def rank_faults(pack: EvidencePack, library: RunbookLibrary) -> list[Candidate]:
     """Every fault with a runbook signature, scored against the pack; best first.
 
     Score = how well the signals fit the signature (mean match over its signals)
+          - the share of its signals that go against it (``against``), at ``CONTRARY_WEIGHT``
           + the detector's share of the anomaly on signature signals moving the right way
-          + the classifier's probability if it named this fault.
+          + the classifier's probability if it named this fault (never below 0 in all).
+    A signal that goes against the signature is no evidence for it, whatever its window's extremes showed.
     """
     signals = pack.context or {s.key: s for s in pack.signals}
     out = []
     for rb in library.runbooks.values():
-        best: tuple[float, dict[str, float]] = (-1.0, {})
+        best: tuple[float, dict[str, float], list[str]] | None = None
         for sig in rb.signatures:
-            matches = {k: match(d, signals.get(k)) for k, d in sig.items()}
+            contrary = [k for k, d in sig.items() if against(d, signals.get(k))]
+            matches = {k: 0.0 if k in contrary else match(d, signals.get(k)) for k, d in sig.items()}
             shares = {k: signals[k].contribution * agreement(d, signals[k]) for k, d in sig.items() if k in signals}
-            fit = sum(matches.values()) / len(matches) + 0.5 * min(1.0, sum(shares.values()))
-            if fit > best[0]:
+            fit = (sum(matches.values()) - CONTRARY_WEIGHT * len(contrary)) / len(matches) \
+                + 0.5 * min(1.0, sum(shares.values()))
+            if best is None or fit > best[0]:
                 # a signal is evidence if it shows the signature or carries a real share of the anomaly the right way
                 best = (fit, {k: max(m, shares.get(k, 0.0) if shares.get(k, 0.0) >= 0.05 else 0.0)
-                              for k, m in matches.items()})
-        fit, evidence = best
-        if fit < 0:
+                              for k, m in matches.items() if k not in contrary}, contrary)
+        if best is None:
             continue
+        fit, evidence, contrary = best
         matched = [k for k, m in sorted(evidence.items(), key=lambda km: -km[1]) if m > 0]
         for fault in rb.faults:
             vote = pack.fault_probability if pack.fault_type == fault else 0.0
-            score = fit + vote + (0.05 if rb.asset == pack.asset else 0.0)
-            out.append(Candidate(fault, rb, score, matched))
+            score = max(0.0, fit + vote + (0.05 if rb.asset == pack.asset else 0.0))
+            out.append(Candidate(fault, rb, score, matched, contrary))
     out.sort(key=lambda c: -c.score)
     return out

@@ -11,6 +11,15 @@ Design (the alarm and the dashboard never wait on the model):
    invalid output) is emitted instead.
 Follow-up questions (``ask``) are answered against the same pack with a
 conversation history per alarm.
+
+The model is one worker with one queue (``run``): an operator's question goes ahead of every diagnosis job
+(its runbook answer goes out at once, the model's follows), a diagnosis job waits behind the others. What the
+model would only repeat is not queued: a consequence folded under its root (the root's diagnosis covers it: it
+gets one runbook diagnosis, for when the operator unfolds it), a re-alarm of the same situation within
+``rediagnose_after_s`` of its last diagnosis, a second job for an alarm already waiting, and data-quality alarms
+(lost data, stale or bad values, a sensor out of its range: the runbook's data-source diagnosis is all there is to
+say). Each job's place, state and an estimate go out as ``ModelJob`` records while it waits and runs; a
+diagnosis' ``latency_s`` counts from its alarm event, on the pipeline's clock.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
@@ -29,21 +39,40 @@ from factory_copilot.config import LineConfig
 from factory_copilot.copilot.answers import runbook_answer
 from factory_copilot.copilot.backends import BackendError, LLMBackend, ModelTimeout
 from factory_copilot.copilot.decoding import AnswerForm
-from factory_copilot.copilot.diagnosis import InvalidModelOutput, diagnosis_schema, model_diagnosis, runbook_diagnosis
+from factory_copilot.copilot.diagnosis import (DATA_SOURCE_KINDS, InvalidModelOutput, diagnosis_schema, model_diagnosis,
+                                                runbook_diagnosis)
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.tasks import run_until
-from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, Question, Reading,
-                                     SourceState, Turn)
+from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, ModelJob, Question,
+                                     Reading, SourceState, Turn)
 
 log = logging.getLogger(__name__)
 
 TokenSink = Callable[[str], None]
 # alarm events that deserve an explanation; acknowledgements and clearings do not
 TIMEOUT_GRACE_S = 1.0  # how long past its timeout a model call may take to stop by itself
-EXPLAIN_EVENTS = ("raised", "realarm", "reclassified")  # a new fault name deserves a new diagnosis
+# a new fault name deserves a new diagnosis; a consequence let go from its root is a situation of its own
+EXPLAIN_EVENTS = ("raised", "realarm", "reclassified", "ungrouped")
+DIAGNOSIS_JOB, ANSWER_JOB = "diagnosis", "answer"
+REDIAGNOSE_AFTER_S = 600.0  # a re-alarm of the same situation this soon after its diagnosis: that diagnosis stands
+ANNOUNCE_EVERY_S = 5.0  # waiting jobs' states go out again this often (not retained: a late subscriber catches up)
+
+
+@dataclass(eq=False)
+class _Job:
+    """One job for the model: the diagnosis of an alarm, or the answer to a question."""
+
+    kind: str
+    alarm_id: str | None
+    since: float  # the pipeline's clock: when the wait began
+    question: Question | None = None
+    pack: EvidencePack | None = None
+    history: list[Turn] = field(default_factory=list)
+    fallback: str | None = None  # the runbook's answer, out already; it stands if the model fails
+    started: float | None = None  # perf_counter when the model took it
 
 
 class TokenStream:
@@ -200,7 +229,10 @@ class Copilot:
         chunks: Buffer[DiagnosisChunk] | None = None,
         answers: Buffer[AnswerChunk] | None = None,
         turns: Buffer[Turn] | None = None,
+        jobs: Buffer[ModelJob] | None = None,
         max_pending: int = 16,
+        clock: Callable[[], float] = time.time,
+        rediagnose_after_s: float = REDIAGNOSE_AFTER_S,
     ):
         self.line = line
         self.library = library if library is not None else runbooks_of(line)
@@ -224,17 +256,29 @@ class Copilot:
         self.keep_alarms = keep_alarms
         self.alarms, self.readings, self.questions = alarms, readings, questions
         self.diagnoses, self.chunks, self.answers, self.turns = diagnoses, chunks, answers, turns
+        self.jobs = jobs
         self.max_pending = max_pending
+        self.clock = clock
+        self.rediagnose_after_s = rediagnose_after_s
         self._packs: OrderedDict[str, EvidencePack] = OrderedDict()
         self._turns: dict[str, list[Turn]] = {}
-        self.counts = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0}
+        self.counts = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0,
+                       "model_jobs": 0, "covered": 0, "dropped_jobs": 0}
+        # the model's queue (run): waiting jobs in order, the one it works on, how long recent jobs took
+        self._queue: list[_Job] = []
+        self._running: _Job | None = None
+        self._kick = asyncio.Event()
+        self._took: dict[str, float] = {}
+        self._warm = False
+        self._diagnosed: dict[str, tuple[float, str | None]] = {}  # alarm id -> (when, its fault name then)
         self.last_timing: dict[str, float] = {}
         self.sources: dict[str, SourceState] = {}  # the last state each source reported (up/down)
         self.last_text = ""
 
     def stats(self) -> dict[str, Any]:
         """Diagnoses by source, fallbacks, dropped citations, questions answered; the model and its manifest."""
-        return {**self.counts, "model_file": self.model_info()}  # ("model" counts the model's diagnoses)
+        return {**self.counts, "model_queue": len(self._queue), "model_busy": self._running is not None,
+                "model_file": self.model_info()}  # ("model" counts the model's diagnoses)
 
     def model_info(self) -> dict[str, Any] | None:
         """Which model explains alarms, and the manifest it was verified with (``models pull``), for ``/health``."""
@@ -272,12 +316,15 @@ class Copilot:
 
     # ---- diagnoses -------------------------------------------------------------------------------------------
 
-    def explain_now(self, alarm: Alarm, reason: str | None = None) -> Diagnosis:
-        """The runbook diagnosis, synchronously: what the operator sees the moment the alarm is raised."""
+    def explain_now(self, alarm: Alarm, reason: str | None = None, since: float | None = None) -> Diagnosis:
+        """The runbook diagnosis, synchronously: what the operator sees the moment the alarm is raised.
+
+        ``since``: the alarm event's time (pipeline clock): ``latency_s`` counts from it (else from this call)."""
         started = time.perf_counter()
         d = runbook_diagnosis(self.evidence(alarm), self.library, self.faults, reason)
-        d.latency_s = time.perf_counter() - started
+        d.latency_s = time.perf_counter() - started if since is None else max(0.0, self.clock() - since)
         self.counts["runbook"] += 1
+        self._diagnosed[alarm.alarm_id] = (self.clock(), _fault_of(alarm))
         return d
 
     async def explain(self, alarm: Alarm, on_token: TokenSink | None = None) -> AsyncIterator[Diagnosis]:
@@ -439,6 +486,18 @@ class Copilot:
     async def ask(self, alarm_id: str, question: str, actor: str | None = None, request_id: str | None = None,
                   on_token: TokenSink | None = None) -> Turn:
         """Answer an operator's question about an alarm, against its evidence pack and the conversation so far."""
+        pack, history = self._open_question(alarm_id, question, actor, request_id)
+        answer, source = None, "runbook"
+        if self.backend is not None:
+            answer, source = await self._model_answer(pack, question, history, on_token), "model"
+        if not answer:
+            answer, source = runbook_answer(pack, question, self.library, self.faults), "runbook"
+            if on_token:
+                on_token(answer)
+        return self._close_question(alarm_id, answer, source, request_id)
+
+    def _open_question(self, alarm_id: str, question: str, actor: str | None,
+                       request_id: str | None) -> tuple[EvidencePack, list[Turn]]:
         pack = self._packs.get(alarm_id)
         if pack is None:
             raise KeyError(f"no evidence for alarm {alarm_id!r}: the copilot has not seen it (or forgot it)")
@@ -446,30 +505,31 @@ class Copilot:
         history = list(turns)
         turns.append(Turn(alarm_id, "operator", question, actor=actor, request_id=request_id))
         self.counts["questions"] += 1
-        answer, source = None, "runbook"
-        if self.backend is not None:
-            try:
-                text = await self._generate(question_messages(self.system, pack, question, history), None, 200, on_token)
-                answer, source = text.strip() or None, "model"
-            except BackendError as exc:
-                log.warning("alarm %s: question answered from the runbooks (%s: %s)", alarm_id, exc.reason, exc)
-        if not answer:
-            answer, source = runbook_answer(pack, question, self.library, self.faults), "runbook"
-            if on_token:
-                on_token(answer)
+        return pack, history
+
+    async def _model_answer(self, pack: EvidencePack, question: str, history: list[Turn],
+                            on_token: TokenSink | None) -> str | None:
+        """The model's answer, or None when it could not give one (the runbook's stands)."""
+        try:
+            text = await self._generate(question_messages(self.system, pack, question, history), None, 200, on_token)
+        except BackendError as exc:
+            log.warning("alarm %s: question answered from the runbooks (%s: %s)", pack.alarm_id, exc.reason, exc)
+            return None
+        return text.strip() or None
+
+    def _close_question(self, alarm_id: str, answer: str, source: str, request_id: str | None) -> Turn:
         turn = Turn(alarm_id, "copilot", answer, request_id=request_id, source=source)
-        turns.append(turn)
+        self._turns.setdefault(alarm_id, []).append(turn)
         return turn
 
     # ---- the station loop ---------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Explain alarms until ``stop``: runbook diagnosis out at once, the model's later (one worker, bounded queue);
-        answer questions; keep the recent readings each evidence pack is built from."""
+        """Explain alarms until ``stop``: runbook diagnosis out at once, the model's later (one worker, one queue,
+        questions first); answer questions; keep the recent readings each evidence pack is built from."""
         if self.alarms is None or self.diagnoses is None:
             raise RuntimeError("Copilot.run needs its alarms and diagnoses buffers")
-        pending: asyncio.Queue[str] = asyncio.Queue(self.max_pending)
-        alarms, diagnoses, chunks = self.alarms, self.diagnoses, self.chunks
+        alarms, diagnoses = self.alarms, self.diagnoses
 
         async def take_readings(readings: Buffer[Reading]) -> None:
             while True:
@@ -483,36 +543,62 @@ class Copilot:
         async def take_alarms() -> None:
             while True:
                 item = await alarms.get()
+                event = item.event if isinstance(item, AlarmEvent) else "raised"
                 alarm = item.alarm if isinstance(item, AlarmEvent) else item
-                if isinstance(item, AlarmEvent) and item.event not in EXPLAIN_EVENTS:
+                if event not in EXPLAIN_EVENTS:
+                    continue
+                since = item.ts if isinstance(item, AlarmEvent) else self.clock()
+                plan = self._plan(event, alarm)
+                if plan is None:
+                    self.counts["covered"] += 1
                     continue
                 try:
-                    diagnoses.offer(self.explain_now(alarm))
+                    diagnoses.offer(self.explain_now(alarm, since=since))
                 except Exception:  # one alarm we cannot explain must not stop the others
                     log.exception("alarm %s: could not build a diagnosis", alarm.alarm_id)
                     continue
-                if self.backend is None:
-                    continue
-                try:
-                    pending.put_nowait(alarm.alarm_id)
-                except asyncio.QueueFull:
-                    log.warning("alarm %s: model queue full (%d), runbook diagnosis only", alarm.alarm_id, self.max_pending)
+                if plan == "model" and self.backend is not None:
+                    self._enqueue(_Job(DIAGNOSIS_JOB, alarm.alarm_id, since))
 
         async def model_worker() -> None:
-            await self.warm_up()  # alarms queue meanwhile; their runbook diagnoses go out regardless
+            await self.warm_up()  # jobs queue meanwhile; the runbook diagnoses and answers go out regardless
+            self._warm = True
+            self._announce()
             while True:
-                alarm_id = await pending.get()
-                sink = (lambda piece, a=alarm_id: chunks.offer(DiagnosisChunk(a, piece))) if chunks is not None else None
-                d = await self._model_diagnosis(alarm_id, sink)
-                if chunks is not None:
-                    chunks.offer(DiagnosisChunk(alarm_id, "", True))
-                diagnoses.offer(d)
+                if not self._queue:
+                    self._kick.clear()
+                    await self._kick.wait()
+                    continue
+                job = self._queue.pop(0)
+                self._running, job.started = job, time.perf_counter()
+                self._announce()
+                try:
+                    if job.kind == DIAGNOSIS_JOB:
+                        await self._diagnosis_job(job)
+                    else:
+                        await self._answer_job(job)
+                except Exception:  # a broken job costs that job (its runbook answer stands), never the worker
+                    log.exception("copilot: model job %s for %s failed", job.kind, job.alarm_id)
+                took = time.perf_counter() - job.started
+                old = self._took.get(job.kind)
+                self._took[job.kind] = took if old is None else 0.7 * old + 0.3 * took
+                self._running = None
+                self._state(job, "done", 0)
+                self._announce()
+
+        async def announce() -> None:
+            while True:
+                await asyncio.sleep(ANNOUNCE_EVERY_S)
+                if self._queue or self._running is not None:
+                    self._announce()
 
         async def take_questions(questions: Buffer[Question]) -> None:
             while True:
                 await self._answer(await questions.get())
 
-        jobs = [take_alarms(), model_worker()]
+        jobs = [take_alarms()]
+        if self.backend is not None:
+            jobs += [model_worker(), announce()]
         if self.readings is not None:
             jobs.append(take_readings(self.readings))
         if self.questions is not None:
@@ -520,8 +606,101 @@ class Copilot:
         tasks = [asyncio.create_task(job) for job in jobs]
         await run_until(stop, tasks)
 
+    # ---- the model's queue ---------------------------------------------------------------------------------
+
+    def _plan(self, event: str, alarm: Alarm) -> str | None:
+        """What an alarm event gets: a runbook diagnosis and a model job ("model"), the runbook's only ("runbook"),
+        or nothing new (None: the diagnosis it has covers it)."""
+        seen = self._diagnosed.get(alarm.alarm_id)
+        if alarm.parent_id is not None:  # folded under its root: the root's diagnosis covers it
+            return None if seen is not None else "runbook"
+        if event == "realarm" and seen is not None and (
+                self.clock() - seen[0] < self.rediagnose_after_s and seen[1] == _fault_of(alarm)):
+            return None  # the same situation again, soon: its diagnosis stands (and its model job, if waiting)
+        if alarm.anomaly is not None and alarm.anomaly.kind in DATA_SOURCE_KINDS:
+            return "runbook"
+        return "model"
+
+    def _enqueue(self, job: _Job) -> None:
+        if job.kind == DIAGNOSIS_JOB:
+            if any(j.kind == DIAGNOSIS_JOB and j.alarm_id == job.alarm_id for j in self._queue):
+                self.counts["covered"] += 1  # waiting already: it reads the newest evidence when its turn comes
+                return
+            waiting = sum(j.kind == DIAGNOSIS_JOB for j in self._queue)
+            if waiting >= self.max_pending:
+                self.counts["dropped_jobs"] += 1
+                log.warning("alarm %s: model queue full (%d diagnoses waiting), runbook diagnosis only",
+                            job.alarm_id, waiting)
+                self._state(job, "dropped", len(self._queue), f"model queue full ({waiting} diagnoses waiting): the "
+                                                              "runbook diagnosis stands")
+                return
+            self._queue.append(job)
+        else:  # an operator waits: ahead of every diagnosis, behind earlier questions
+            at = next((i for i, j in enumerate(self._queue) if j.kind == DIAGNOSIS_JOB), len(self._queue))
+            self._queue.insert(at, job)
+        self.counts["model_jobs"] += 1
+        self._announce()
+        self._kick.set()
+
+    def _announce(self) -> None:
+        """Every waiting job's place and estimate, and the running one's state (see ``ModelJob``)."""
+        if self._running is not None:
+            self._state(self._running, "running", 0)
+        for i, job in enumerate(self._queue):
+            self._state(job, "queued", i + (self._running is not None))
+
+    def _state(self, job: _Job, state: str, position: int, detail: str | None = None) -> None:
+        if self.jobs is None:
+            return
+        estimate = self._estimate(job) if state in ("queued", "running") else None
+        self.jobs.offer(ModelJob(job.kind, job.alarm_id, state, position, len(self._queue),
+                                 None if estimate is None else round(estimate, 1), job.since, self.clock(),
+                                 request_id=job.question.request_id if job.question else None, detail=detail))
+
+    def _estimate(self, job: _Job) -> float | None:
+        """Seconds until ``job`` is expected complete: what the running job has left, then every job ahead, then it."""
+        if not self._warm:
+            return None
+        now = time.perf_counter()
+        total = 0.0
+        ahead = self._queue[: self._queue.index(job)] if job in self._queue else []
+        for j in ([self._running] if self._running is not None else []) + ahead + ([job] if job is not self._running else []):
+            took = self._took.get(j.kind) or next(iter(self._took.values()), None)
+            if took is None:
+                return None
+            total += max(0.0, took - (now - j.started)) if j.started is not None else took
+        return total
+
+    async def _diagnosis_job(self, job: _Job) -> None:
+        assert self.diagnoses is not None and job.alarm_id is not None
+        if job.alarm_id not in self._packs:
+            self._state(job, "dropped", 0, "the alarm's evidence was forgotten (too many alarms since)")
+            return
+        chunks = self.chunks
+        sink = (lambda piece, a=job.alarm_id: chunks.offer(DiagnosisChunk(a, piece))) if chunks is not None else None
+        d = await self._model_diagnosis(job.alarm_id, sink)
+        d.latency_s = max(0.0, self.clock() - job.since)  # what the operator waited: from the alarm, queue included
+        if chunks is not None:
+            chunks.offer(DiagnosisChunk(job.alarm_id, "", True))
+        self.diagnoses.offer(d)
+        self._diagnosed[job.alarm_id] = (self.clock(), self._diagnosed.get(job.alarm_id, (0.0, None))[1])
+
+    async def _answer_job(self, job: _Job) -> None:
+        q = job.question
+        assert q is not None and job.pack is not None and job.fallback is not None
+        answers = self.answers
+
+        def sink(piece: str) -> None:
+            if answers is not None:
+                answers.offer(AnswerChunk(q.request_id, q.alarm_id, piece))
+
+        text = await self._model_answer(job.pack, q.question, job.history, sink)
+        answer, source = (text, "model") if text else (job.fallback, "runbook")
+        self._finish_answer(q, self._close_question(q.alarm_id, answer, source, q.request_id))
+
     async def _answer(self, q: Question) -> None:
-        """One question from the dashboard: its answer streamed as chunks, the last with the whole text."""
+        """One question from the dashboard: with a model, the runbook's answer at once and the model's queued ahead of
+        diagnoses; its chunks stream, the last with the whole text (and which answer it is)."""
         answers = self.answers
 
         def sink(piece: str) -> None:
@@ -529,13 +708,27 @@ class Copilot:
                 answers.offer(AnswerChunk(q.request_id, q.alarm_id, piece))
 
         try:
-            turn = await self.ask(q.alarm_id, q.question, q.actor, q.request_id, on_token=sink)
+            if self.backend is None:
+                self._finish_answer(q, await self.ask(q.alarm_id, q.question, q.actor, q.request_id, on_token=sink))
+                return
+            pack, history = self._open_question(q.alarm_id, q.question, q.actor, q.request_id)
         except KeyError as exc:
             if answers is not None:
                 answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", True, full_text=str(exc.args[0])))
             return
-        if answers is not None:
-            answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", True, full_text=turn.text))
+        fallback = runbook_answer(pack, q.question, self.library, self.faults)
+        if answers is not None:  # what the runbooks say is ready now: the operator reads it while the model works
+            answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", False, full_text=fallback, source="runbook"))
+        self._enqueue(_Job(ANSWER_JOB, q.alarm_id, self.clock(), question=q, pack=pack, history=history,
+                           fallback=fallback))
+
+    def _finish_answer(self, q: Question, turn: Turn) -> None:
+        if self.answers is not None:
+            self.answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", True, full_text=turn.text, source=turn.source))
         if self.turns is not None:
             for t in self.conversation(q.alarm_id)[-2:]:
                 self.turns.offer(t)
+
+
+def _fault_of(alarm: Alarm) -> str | None:
+    return alarm.anomaly.fault_type if alarm.anomaly else None

@@ -62,8 +62,11 @@ def save_detector(path: str | Path, models: TrainedDetector) -> Path:
     return path
 
 
-def load_detector(path: str | Path, line: LineConfig, line_path: str | Path = "<line>") -> TrainedDetector:
-    """Load models; fails with a clear message if they were trained for a different line file."""
+def load_detector(path: str | Path, line: LineConfig, line_path: str | Path = "<line>",
+                  announce: bool = True) -> TrainedDetector:
+    """Load models; fails with a clear message if they were trained for a different line file.
+
+    ``announce``: log which detector it is (a caller that reports it itself, like ``check``, says False)."""
     path = Path(path)
     try:
         blob = joblib.load(path)
@@ -83,5 +86,6 @@ def load_detector(path: str | Path, line: LineConfig, line_path: str | Path = "<
             f"({line.site}/{line.line}) has fingerprint {line.fingerprint()}: its assets or signals differ; "
             f"retrain with `factory-copilot train --line {line_path}`"
         )
-    log.info("detector %s: %s", path, models.describe())
+    if announce:
+        log.info("detector %s: %s", path, models.describe())
     return models

@@ -292,8 +292,13 @@ class DetectStation:
         self._episode_rows += 1
         fault, prob = self._fault if self.cls_stream is not None else (UNKNOWN, 0.0)
         lead = ", ".join(f"{k} {v:.0%}" for k, v in list(top.items())[:3])
+        # what the contributors and the asset's own signals read (held values): the alarm text quotes the value
+        own = asset + "."
+        held = self.det_stream.last
+        values = {k: float(v) for k, v in zip(self._det_index, held)
+                  if (k in top or k.startswith(own)) and math.isfinite(v)}
         return Anomaly(
-            ts=ts, asset=asset, kind="multivariate", score=score, threshold=1.0, contributions=top,
+            ts=ts, asset=asset, kind="multivariate", score=score, threshold=1.0, contributions=top, values=values,
             fault_type=fault, fault_probability=prob, mode=self.mode,
             message=f"signals departing together from {self.mode.value} normal: {lead}",
         )

@@ -21,7 +21,7 @@ from referencing import Registry, Resource
 
 from factory_copilot import __version__
 from factory_copilot.plumbing import safejson
-from factory_copilot.records import AlarmEvent, Alarm, CommandResult, Diagnosis, OperatorCommand, Question
+from factory_copilot.records import AlarmEvent, Alarm, CommandResult, Diagnosis, ModelJob, OperatorCommand, Question
 
 # the MQTT contract ships inside the package (an installed wheel validates what it sends and takes)
 SCHEMAS_DIR = Path(os.environ.get("FACTORY_COPILOT_SCHEMAS")
@@ -30,7 +30,8 @@ SCHEMA_BASE = "https://factory-copilot.org/schemas"
 VERSION = 1
 ALARM, EVENT, DIAGNOSIS, STREAM, STATUS = "alarm/1", "event/1", "diagnosis/1", "diagnosis-stream/1", "status/1"
 COMMAND, COMMAND_REPLY, ASK, ANSWER = "command/1", "command-reply/1", "ask/1", "answer/1"
-KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER)
+MODEL_JOB = "model-job/1"
+KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER, MODEL_JOB)
 
 
 class PayloadError(ValueError):
@@ -135,8 +136,13 @@ def command_reply(result: CommandResult) -> dict[str, Any]:
     return {"schema": COMMAND_REPLY, **result.to_dict(), "ts": time.time()}
 
 
+def model_job(job: ModelJob, site: str, line: str) -> dict[str, Any]:
+    return {"schema": MODEL_JOB, "site": site, "line": line, **job.to_dict()}
+
+
 def answer(
-    request_id: str | None, alarm_id: str | None, seq: int, token: str, done: bool, text: str | None = None, error: str | None = None
+    request_id: str | None, alarm_id: str | None, seq: int, token: str, done: bool, text: str | None = None,
+    error: str | None = None, source: str | None = None,
 ) -> dict[str, Any]:
     body = {
         "schema": ANSWER,
@@ -150,6 +156,8 @@ def answer(
     }
     if error is not None:
         body["error"] = error
+    if source is not None:
+        body["source"] = source
     return body
 
 

@@ -44,6 +44,7 @@ from factory_copilot.records import (
     Diagnosis,
     DiagnosisChunk,
     HeldAlarms,
+    ModelJob,
     OperatorCommand,
     Question,
 )
@@ -75,6 +76,7 @@ class Publisher:
         commands: Buffer[OperatorCommand] | None = None,
         questions: Buffer[Question] | None = None,
         held: Buffer[HeldAlarms] | None = None,
+        jobs: Buffer[ModelJob] | None = None,
         window: int = 32,
         stream_expiry_s: int = 120,
         stream_max: int = 2000,
@@ -85,7 +87,7 @@ class Publisher:
         self.connection = connection or MqttConnection()
         self.client_id = client_id or self.connection.client_id or f"factory-copilot-publish-{site}-{line}"
         self.inputs = {"events": events, "diagnoses": diagnoses, "chunks": chunks, "results": results, "answers": answers,
-                       "held": held}
+                       "held": held, "jobs": jobs}
         self.counts: collections.Counter = collections.Counter()
         self.outbox = Outbox(outbox_path, max_rows=outbox_max_rows)
         self.session = PublishSession(self.topics, self.connection, self.client_id, on_online=self._online,
@@ -164,8 +166,10 @@ class Publisher:
             "diagnoses": self.diagnosis,
             "chunks": lambda c: self.diagnosis_token(c.alarm_id, c.text, c.done),
             "results": self.command_reply,
-            "answers": lambda a: self.answer_chunk(a.request_id, a.alarm_id, a.text, a.done, a.full_text, a.error),
+            "answers": lambda a: self.answer_chunk(a.request_id, a.alarm_id, a.text, a.done, a.full_text, a.error,
+                                                   a.source),
             "held": self.held_alarms,
+            "jobs": self.model_job,
         }
 
         async def drain(buffer: Buffer, take: Callable[[Any], None]) -> None:
@@ -224,11 +228,26 @@ class Publisher:
         self.sender.ephemeral(self._json(self.topics.diagnosis_stream(asset, alarm_id), body, payloads.STREAM, False, -1))
 
     def answer_chunk(self, request_id: str, alarm_id: str | None, token: str, done: bool, text: str | None = None,
-                     error: str | None = None) -> None:
+                     error: str | None = None, source: str | None = None) -> None:
         """A piece of the copilot's answer to a question; the last one (``done``) carries the full text."""
         key = request_id or ""  # "" also keys the response topic of a question whose id could not be read
-        self._answer(AnswerChunk(key, alarm_id, token, done, text, error),
+        self._answer(AnswerChunk(key, alarm_id, token, done, text, error, source),
                      self.inbound.route(key, self.topics.answer(request_id), forget=done))
+
+    def model_job(self, job: ModelJob) -> None:
+        """Where a job for the model stands: a diagnosis' on its alarm's ``.../job`` topic, an answer's on the
+        question's reply route. Not retained (a restart leaves no stale "queued"): it goes out again while it waits."""
+        body = payloads.model_job(job, self.site, self.line)
+        if job.job == "answer":
+            key = job.request_id or ""
+            topic, correlation = self.inbound.route(key, self.topics.answer(job.request_id), forget=False)
+        else:
+            if job.alarm_id is None:
+                return
+            topic, correlation = self.topics.diagnosis_job(self._asset_of(job.alarm_id), job.alarm_id), None
+        message = self._json(topic, body, payloads.MODEL_JOB, False, -1)
+        message.extra["correlation"] = correlation
+        self.sender.ephemeral(message)
 
     def held_alarms(self, held: HeldAlarms) -> None:
         """The alarms the engine holds: once online, clear the retained messages of every other alarm (ghosts)."""
@@ -328,7 +347,7 @@ class Publisher:
             self._answer_seq.pop(key, None)
         topic, correlation = route
         body = payloads.answer(chunk.request_id or None, chunk.alarm_id, seq, chunk.text, chunk.done, chunk.full_text,
-                               chunk.error)
+                               chunk.error, chunk.source)
         message = self._json(topic, body, payloads.ANSWER, False, -1)
         message.extra["correlation"] = correlation
         if chunk.error:

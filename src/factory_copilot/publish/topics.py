@@ -5,13 +5,14 @@ Under ``<prefix>/<site>/<line>/`` (prefix default ``factory-copilot``):
     <asset>/alarms/<alarm-id>             current alarm state, retained; empty retained payload once normal and acknowledged
     <asset>/diagnosis/<alarm-id>          the copilot's diagnosis, retained while the alarm lives
     <asset>/diagnosis/<alarm-id>/stream   streamed diagnosis text chunks, not retained
+    <asset>/diagnosis/<alarm-id>/job      where the model's diagnosis of the alarm stands (queued, running, ...)
     events                                every alarm transition, not retained
     status                                birth (online) and last will (offline), retained
     commands/<user>                       operator commands in, from MQTT user <user> (the broker's ACL lets
                                           each user publish only on its own level: the actor is the topic's)
     commands/reply/<request-id>           the reply to one command (the service's only reply prefix)
     ask/<user>                            questions to the copilot, from MQTT user <user>
-    ask/reply/<request-id>                the streamed answer to one question
+    ask/reply/<request-id>                the streamed answer to one question (and where its model job stands)
 
 Topic levels cannot hold ``/``, ``+``, ``#`` or NUL, so those characters (and ``%``)
 are percent-encoded in ids and decoded again by ``parse``.
@@ -43,7 +44,8 @@ def decode_level(level: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TopicParts:
-    """What a topic says: ``kind`` is alarm, diagnosis, stream, events, status, commands, command_reply, ask or answer."""
+    """What a topic says: ``kind`` is alarm, diagnosis, stream, diagnosis_job, events, status, commands, command_reply,
+    ask or answer."""
 
     kind: str
     site: str
@@ -85,6 +87,9 @@ class Topics:
     def diagnosis_stream(self, asset: str, alarm_id: str) -> str:
         return self.diagnosis(asset, alarm_id) + "/stream"
 
+    def diagnosis_job(self, asset: str, alarm_id: str) -> str:
+        return self.diagnosis(asset, alarm_id) + "/job"
+
     def events(self) -> str:
         return f"{self.base}/events"
 
@@ -121,6 +126,9 @@ class Topics:
     def all_streams(self) -> str:
         return f"{self.base}/+/diagnosis/+/stream"
 
+    def all_diagnosis_jobs(self) -> str:
+        return f"{self.base}/+/diagnosis/+/job"
+
     def everything(self) -> str:
         return f"{self.base}/#"
 
@@ -152,6 +160,6 @@ def parse(topic: str, prefix: str = DEFAULT_PREFIX) -> TopicParts | None:
         asset, alarm_id = decode_level(rest[0]), decode_level(rest[2])
         if len(rest) == 3:
             return TopicParts("alarm" if rest[1] == "alarms" else "diagnosis", site, line, asset, alarm_id)
-        if rest[1] == "diagnosis" and rest[3] == "stream":
-            return TopicParts("stream", site, line, asset, alarm_id)
+        if rest[1] == "diagnosis" and rest[3] in ("stream", "job"):
+            return TopicParts("stream" if rest[3] == "stream" else "diagnosis_job", site, line, asset, alarm_id)
     return None
