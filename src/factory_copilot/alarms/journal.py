@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState
-from factory_copilot.plumbing.sqlite import open_db, transaction
+from factory_copilot.plumbing.sqlite import open_db, open_reader, transaction
 
 COMPONENT = "alarms"
 
@@ -76,9 +76,11 @@ class Entry:
 
 
 class Journal:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        """The engine's file; ``read_only`` for a reader beside the running engine (nothing created, nothing written)."""
         self.path = str(path)
-        self.conn: sqlite3.Connection = open_db(path, MIGRATIONS, COMPONENT)
+        self.conn: sqlite3.Connection = (open_reader(path, len(MIGRATIONS), COMPONENT) if read_only
+                                         else open_db(path, MIGRATIONS, COMPONENT))
 
     def close(self) -> None:
         self.conn.close()
@@ -114,6 +116,60 @@ class Journal:
             sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) ORDER BY seq"
             args.append(limit)
         return [_event(r) for r in self.conn.execute(sql, args)]
+
+    def entries(self, alarm_id: str | None = None, since: float | None = None, until: float | None = None,
+                limit: int | None = None) -> list[tuple[int, AlarmEvent]]:
+        """Audit rows with their sequence number (what a report cites), oldest first; ``limit`` keeps the newest."""
+        sql, args = "SELECT * FROM alarm_audit WHERE 1=1", []
+        for clause, value in (("alarm_id=?", alarm_id), ("ts>=?", since), ("ts<=?", until)):
+            if value is not None:
+                sql += f" AND {clause}"
+                args.append(value)
+        sql += " ORDER BY seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [(r["seq"], _event(r)) for r in reversed(self.conn.execute(sql, args).fetchall())]
+
+    def alarm_ids(self) -> list[str]:
+        """Every alarm the engine has held (its state table keeps them, normal ones included)."""
+        return [r[0] for r in self.conn.execute("SELECT alarm_id FROM alarm_engine_state ORDER BY alarm_id")]
+
+    def state_at(self, ts: float, before: bool = False) -> dict[str, tuple[int, AlarmEvent]]:
+        """Each alarm's newest audit row at (or, ``before``, strictly before) ``ts``: how it stood then.
+
+        One index lookup per alarm the engine has held.
+        """
+        out = {}
+        op = "<" if before else "<="
+        for alarm_id in self.alarm_ids():
+            row = self.conn.execute(f"SELECT * FROM alarm_audit WHERE alarm_id=? AND ts{op}? ORDER BY ts DESC, seq DESC "
+                                    "LIMIT 1", (alarm_id, ts)).fetchone()
+            if row is not None:
+                out[alarm_id] = (row["seq"], _event(row))
+        return out
+
+    def period(self, start: float, end: float) -> list[tuple[int, AlarmEvent]]:
+        """The audit rows of [start, end] and what comes before them that a period's KPIs depend on, oldest first.
+
+        ``kpi.alarm_kpis`` reads each alarm's state when the period begins from its earlier events: for an alarm
+        active at ``start`` that is every row since its activity began, else its last row. With those, the
+        figures equal those computed from the whole trail, without reading the whole trail.
+        """
+        rows: dict[int, AlarmEvent] = {}
+        for alarm_id, (seq, last) in self.state_at(start, before=True).items():
+            if not last.state.active:
+                rows[seq] = last
+                continue
+            began = self.conn.execute(
+                "SELECT max(ts) FROM alarm_audit WHERE alarm_id=? AND ts<? AND state NOT IN (?, ?)",
+                (alarm_id, start, AlarmState.ACTIVE_UNACK.value, AlarmState.ACTIVE_ACK.value)).fetchone()[0]
+            for r in self.conn.execute("SELECT * FROM alarm_audit WHERE alarm_id=? AND ts<? AND ts>=? ORDER BY seq",
+                                       (alarm_id, start, began if began is not None else float("-inf"))):
+                rows[r["seq"]] = _event(r)
+        for r in self.conn.execute("SELECT * FROM alarm_audit WHERE ts>=? AND ts<=? ORDER BY seq", (start, end)):
+            rows[r["seq"]] = _event(r)
+        return sorted(rows.items())
 
     # -- writing -----------------------------------------------------------------------------------
     def write(

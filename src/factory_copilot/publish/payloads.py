@@ -21,7 +21,8 @@ from referencing import Registry, Resource
 
 from factory_copilot import __version__
 from factory_copilot.plumbing import safejson
-from factory_copilot.records import AlarmEvent, Alarm, CommandResult, Diagnosis, OperatorCommand, Question
+from factory_copilot.records import (AlarmEvent, Alarm, CommandResult, Diagnosis, Handover, HandoverAck,
+                                     OperatorCommand, Question)
 
 # the MQTT contract ships inside the package (an installed wheel validates what it sends and takes)
 SCHEMAS_DIR = Path(os.environ.get("FACTORY_COPILOT_SCHEMAS")
@@ -30,7 +31,8 @@ SCHEMA_BASE = "https://factory-copilot.org/schemas"
 VERSION = 1
 ALARM, EVENT, DIAGNOSIS, STREAM, STATUS = "alarm/1", "event/1", "diagnosis/1", "diagnosis-stream/1", "status/1"
 COMMAND, COMMAND_REPLY, ASK, ANSWER = "command/1", "command-reply/1", "ask/1", "answer/1"
-KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER)
+HANDOVER, HANDOVER_ACK = "handover/1", "handover-ack/1"
+KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER, HANDOVER, HANDOVER_ACK)
 
 
 class PayloadError(ValueError):
@@ -131,6 +133,11 @@ def status(state: str, site: str, line: str, started_at: float, client_id: str, 
     return body
 
 
+def handover(h: Handover) -> dict[str, Any]:
+    """The handover/1 payload: the handover's body with who acknowledged it so far."""
+    return {**h.body, "schema": HANDOVER, "acknowledged": list(h.acknowledged)}
+
+
 def command_reply(result: CommandResult) -> dict[str, Any]:
     return {"schema": COMMAND_REPLY, **result.to_dict(), "ts": time.time()}
 
@@ -214,6 +221,24 @@ def parse_command(raw: bytes, sender: str) -> OperatorCommand | Rejected:
         shelve_s=body.get("shelve_s"),
         request_id=body["request_id"],
     )
+
+
+def parse_command_level(raw: bytes, sender: str) -> OperatorCommand | HandoverAck | Rejected:
+    """What arrives on ``commands/<sender>``: an alarm command (command/1) or a handover acknowledgement (handover-ack/1)."""
+    try:
+        kind = safejson.loads(raw, MAX_INCOMING_BYTES).get("schema")
+    except (safejson.BadJson, AttributeError):
+        kind = None
+    if kind != HANDOVER_ACK:
+        return parse_command(raw, sender)
+    body, rejected = _decode(raw, HANDOVER_ACK)
+    if rejected:
+        return rejected
+    wrong = _sender(body, sender)
+    if wrong:
+        return Rejected(body["request_id"], wrong)
+    return HandoverAck(handover_id=body["handover_id"], actor=sender, comment=body.get("comment"),
+                       request_id=body["request_id"])
 
 
 def parse_question(raw: bytes, sender: str) -> Question | Rejected:

@@ -110,6 +110,29 @@ class Trends:
             frame = pd.DataFrame([tuple(r) for r in rows], columns=["ts", "signal", "mean", "min", "max", "n"])
         return frame.astype({"ts": float, "mean": float, "min": float, "max": float, "n": int})
 
+    def trend_points(self, asset: str, signal: str, since: float, until: float,
+                     max_points: int) -> list[tuple[float, float | None, float | None, float | None, int]]:
+        """One signal over [since, until] in at most ``max_points`` points: (ts, mean, min, max, n) each.
+
+        Read from the buckets and merged in SQL into ``max_points`` equal spans (a span's ts is its start), so
+        what is read back is bounded whatever the window; spans without a good sample are left out.
+        """
+        if max_points < 1 or until <= since:
+            return []
+        first = math.floor(since / self.bucket_s) * self.bucket_s
+        span = max(self.bucket_s, math.ceil((until - first) / max_points / self.bucket_s) * self.bucket_s)
+        rows = self._rows(
+            "SELECT CAST((bucket - ?) / ? AS INTEGER) AS k, sum(total) / sum(n), min(vmin), max(vmax), sum(n) "
+            "FROM trend WHERE asset=? AND signal=? AND bucket>=? AND bucket<=? AND n > 0 GROUP BY k ORDER BY k",
+            (first, span, asset, signal, first, until))
+        return [(first + k * span, mean, lo, hi, n) for k, mean, lo, hi, n in rows]
+
+    def signal_means(self, since: float, until: float) -> dict[str, tuple[float, int]]:
+        """Every signal's mean of good samples over [since, until): ``asset.signal`` -> (mean, samples)."""
+        rows = self._rows("SELECT asset, signal, sum(total) / sum(n), sum(n) FROM trend WHERE bucket>=? AND bucket<? "
+                          "AND n > 0 GROUP BY asset, signal", (since, until))
+        return {f"{a}.{s}": (mean, n) for a, s, mean, n in rows}
+
     def latest_readings(self, asset: str | None = None) -> dict[str, tuple[float, float | None, str]]:
         """Newest raw sample per ``asset.signal``: (ts, value, quality)."""
         sql = "SELECT asset, signal, max(ts), value, quality FROM readings_raw"
