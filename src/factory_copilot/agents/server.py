@@ -24,6 +24,7 @@ from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver.exceptions import ToolError as Refusal
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import ToolAnnotations
 from pydantic import AnyHttpUrl, Field
@@ -64,6 +65,14 @@ class LineTokens(TokenVerifier):
         return None
 
 
+def ask(read: Any, *args: Any) -> Any:
+    """A tool's answer; what cannot be answered is the SDK's tool error, whose message the agent reads."""
+    try:
+        return read(*args)
+    except ToolError as exc:
+        raise Refusal(str(exc)) from None
+
+
 def build_server(records: LineRecords, sender: CommandSender | None = None,
                  stdio_user: str | None = None, tokens: LineTokens | None = None,
                  url: str | None = None) -> MCPServer:
@@ -73,7 +82,9 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
     who = "the user the HTTP bearer token names" if tokens else f"MQTT user {stdio_user!r}"
     auth = None
     if tokens is not None:
-        auth = AuthSettings(issuer_url=AnyHttpUrl(url), resource_server_url=AnyHttpUrl(url), required_scopes=[SCOPE])
+        # the tokens are this server's own (no authorization server issues them for other resources)
+        auth = AuthSettings(issuer_url=AnyHttpUrl(url), resource_server_url=AnyHttpUrl(url), required_scopes=[SCOPE],
+                            validate_token_resource=False)
     mcp = MCPServer(
         f"factory-copilot {line.site}/{line.line}", version=__version__,
         instructions=INSTRUCTIONS.format(site=line.site, line=line.line, writes=WRITES.format(who=who) if writes else ""),
@@ -90,14 +101,14 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
         limit: Annotated[int, Field(ge=1, description="at most this many (at most 200)")] = 50,
     ) -> dict[str, Any]:
         """The line's alarms with state (ISA-18.2), priority, severity, who acknowledged or shelved them and until when."""
-        return records.list_alarms(which, hours, asset, limit)
+        return ask(records.list_alarms, which, hours, asset, limit)
 
     @mcp.tool(title="One alarm in full", annotations=READ)
     def get_alarm(alarm_id: Annotated[str, Field(min_length=1, max_length=256, description="the alarm's id")]
                   ) -> dict[str, Any]:
         """One alarm: its evidence (what the detector saw, signal by signal), the copilot's diagnosis (causes,
         steps, safety), the consequences folded under it, its audit trail (newest 100 rows) and operators' verdicts."""
-        return records.get_alarm(alarm_id)
+        return ask(records.get_alarm, alarm_id)
 
     @mcp.tool(title="Trend of a signal", annotations=READ)
     def signal_trend(
@@ -108,7 +119,7 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
     ) -> dict[str, Any]:
         """A signal's mean, min and max over a window, downsampled to at most `points` spans, with its unit, normal
         band and limits. A longer window than 168 h is cut to the newest 168 h and the answer says so."""
-        return records.signal_trend(signal, hours, until, points)
+        return ask(records.signal_trend, signal, hours, until, points)
 
     @mcp.tool(title="Search the runbooks", annotations=READ)
     def search_runbooks(
@@ -117,7 +128,7 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
         k: Annotated[int, Field(ge=1, description="passages to return (at most 10)")] = 4,
     ) -> dict[str, Any]:
         """Runbook passages of this line that match, best first, each with the id to cite it by (RB-...#section)."""
-        return records.search_runbooks(query, asset, k)
+        return ask(records.search_runbooks, query, asset, k)
 
     @mcp.tool(title="Similar past incidents", annotations=READ)
     def similar_incidents(
@@ -127,14 +138,14 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
         limit: Annotated[int, Field(ge=1, description="at most this many (at most 10)")] = 3,
     ) -> dict[str, Any]:
         """Past alarms operators gave a verdict on (confirmed, false alarm, other cause) most like this one."""
-        return records.similar_incidents(alarm_id, asset, fault_type, limit)
+        return ask(records.similar_incidents, alarm_id, asset, fault_type, limit)
 
     @mcp.tool(title="Health of the line", annotations=READ)
     def line_health(hours: Annotated[float, Field(gt=0, description="alarm figures over the last hours "
                                                                    "(at most 720)")] = 24.0) -> dict[str, Any]:
         """The service's own health (sources, stations, publisher), each asset's newest sample, and the EEMUA 191
         alarm figures: alarms per hour, peak in 10 minutes, time in flood, standing, stale and chattering alarms."""
-        return records.line_health(hours)
+        return ask(records.line_health, hours)
 
     @mcp.tool(title="Shift handover", annotations=READ)
     def shift_report(
@@ -144,7 +155,7 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
     ) -> dict[str, Any]:
         """A shift's handover: what alarmed and what it was, what operators did, what still stands, is shelved or out
         of service and until when, incidents, the shift's EEMUA figures and what to watch; each sentence cites rows."""
-        return records.shift_report(shift, date)
+        return ask(records.shift_report, shift, date)
 
     if writes:
         assert sender is not None
@@ -153,7 +164,7 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
             token = get_access_token()
             user = token.client_id if token is not None else stdio_user
             if not user:
-                raise ToolError("write tools need an identity: over stdio, the MQTT account the server logs in with "
+                raise Refusal("write tools need an identity: over stdio, the MQTT account the server logs in with "
                                 "(FACTORY_COPILOT_MQTT_USERNAME); over HTTP, a bearer token")
             return user
 
@@ -162,9 +173,9 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
             try:
                 reply = sender.send(user, command, alarm_id, comment, shelve_s)
             except NoReply as exc:
-                raise ToolError(str(exc)) from None
+                raise Refusal(str(exc)) from None
             if not reply.get("ok"):
-                raise ToolError(f"{command} of {alarm_id} as {user}: {reply.get('message')}")
+                raise Refusal(f"{command} of {alarm_id} as {user}: {reply.get('message')}")
             alarm = Alarm.from_dict(reply["alarm"]) if reply.get("alarm") else None
             return {"ok": True, "actor": user, "message": reply.get("message"),
                     "alarm": records.brief(alarm) if alarm else None}

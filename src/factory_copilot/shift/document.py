@@ -72,7 +72,7 @@ def acknowledgements(h: Handover) -> list[str]:
             for a in h.acknowledged]
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|])")
 
 
 def _md(text: str) -> str:
@@ -84,7 +84,7 @@ def markdown(h: Handover) -> str:
     for heading, found in sections(h):
         lines += [f"## {heading}", ""]
         for s in found:
-            ref = f" <sub>[{_md(cite(s['refs']))}]</sub>" if s.get("refs") else ""
+            ref = f" _\\[{_md(cite(s['refs']))}\\]_" if s.get("refs") else ""
             lines.append(f"- {_md(s['text'])}{ref}")
         lines.append("")
     lines += ["## Acknowledged by the incoming shift", ""]

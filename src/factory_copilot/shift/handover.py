@@ -47,6 +47,7 @@ class _Writer:
     window: ShiftWindow
     zone: zoneinfo.ZoneInfo
     sentences: list[dict[str, Any]]
+    until: float  # the end of the shift, or now for a shift still running
 
     def say(self, section: str, text: str, refs: list[str]) -> None:
         self.sentences.append({"section": section, "text": text, "refs": list(dict.fromkeys(refs))})
@@ -68,16 +69,17 @@ def write_handover(line: LineConfig, window: ShiftWindow, store: Store, journal:
     """The handover of ``window`` from the store and the journal as they are now (same rows, same handover)."""
     now = time.time() if now is None else now
     zone = zoneinfo.ZoneInfo(line.timezone)
-    w = _Writer(line, window, zone, [])
-    period = journal.period(window.start, window.end)
-    inside = [(seq, e) for seq, e in period if window.start <= e.ts <= window.end]
-    at_end = journal.state_at(window.end)
+    until = min(window.end, now)
+    w = _Writer(line, window, zone, [], until)
+    period = journal.period(window.start, until)
+    inside = [(seq, e) for seq, e in period if window.start <= e.ts <= until]
+    at_end = journal.state_at(until)
 
     alarms = _alarms(w, inside, at_end, store)
     actions = _actions(w, inside)
     standing = _standing(w, at_end, journal)
     incidents = _incidents(w, store)
-    kpis = alarm_kpis([e for _, e in period if e.event != "refused"], window.start, window.end)
+    kpis = alarm_kpis([e for _, e in period if e.event != "refused"], window.start, until)
     _figures(w, kpis)
     watch = _watch(w, store)
     body = {
@@ -104,8 +106,11 @@ def write_handover(line: LineConfig, window: ShiftWindow, store: Store, journal:
     return Handover(window.handover_id, window.name, window.date, window.start, window.end, now, body)
 
 
-def _message(alarm: Alarm) -> str:
-    return printable(alarm.message or alarm.condition, 300)
+def _what(w: _Writer, alarm: Alarm) -> str:
+    """The alarm as its message says it, led by the asset's name (which the message usually starts with)."""
+    name = w.asset(alarm.asset)
+    text = printable(alarm.message or alarm.condition, 300)
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 def _alarms(w: _Writer, inside: list[tuple[int, AlarmEvent]], at_end: dict[str, tuple[int, AlarmEvent]],
@@ -126,7 +131,7 @@ def _alarms(w: _Writer, inside: list[tuple[int, AlarmEvent]], at_end: dict[str, 
     for alarm_id, (seq, e) in sorted(first.items(), key=lambda kv: kv[1][1].ts):
         alarm = e.alarm
         refs = [f"alarm:{alarm_id}", f"audit:{seq}"]
-        parts = [f"{w.when(e.ts)} {alarm.priority.name} {w.asset(alarm.asset)}: {_message(alarm)}"]
+        parts = [f"{w.when(e.ts)} {alarm.priority.name} {_what(w, alarm)}"]
         if alarm.parent_id:
             parts.append(f"folded under {printable(alarm.parent_id)} as its consequence")
         if again.get(alarm_id):
@@ -184,7 +189,7 @@ def _actions(w: _Writer, inside: list[tuple[int, AlarmEvent]]) -> list[dict[str,
 
 def _standing(w: _Writer, at_end: dict[str, tuple[int, AlarmEvent]], journal: Journal) -> list[dict[str, Any]]:
     """Alarms not normal at the end, and every shelved or out-of-service one, with until when."""
-    end = w.window.end
+    end = w.until
     out = []
     rows = sorted(at_end.items(), key=lambda kv: (int(kv[1][1].alarm.priority), kv[1][1].alarm.raised_at))
     for alarm_id, (seq, e) in rows:
@@ -193,7 +198,7 @@ def _standing(w: _Writer, at_end: dict[str, tuple[int, AlarmEvent]], journal: Jo
         if a.state is AlarmState.NORMAL and not shelved and not a.out_of_service:
             continue
         refs = [f"alarm:{alarm_id}", f"audit:{seq}"]
-        text = f"{a.priority.name} {w.asset(a.asset)}: {_message(a)} — {STATE_WORDS[a.state]}"
+        text = f"{a.priority.name} {_what(w, a)} — {STATE_WORDS[a.state]}"
         if a.state is not AlarmState.NORMAL:
             text += f" since {w.when(a.raised_at)}"
         if a.state is AlarmState.ACTIVE_ACK and a.acked_by:
@@ -228,7 +233,7 @@ def _incidents(w: _Writer, store: Store) -> list[dict[str, Any]]:
     """Faults operators confirmed during the shift (the incidents the copilot learns from)."""
     out = []
     for fb in store.feedback(since=w.window.start):
-        if fb.ts > w.window.end or fb.verdict not in ("confirmed", "other_cause"):
+        if fb.ts > w.until or fb.verdict not in ("confirmed", "other_cause"):
             continue
         alarm = store.alarm(fb.alarm_id)
         where = f" on {w.asset(alarm.asset)}" if alarm else ""
@@ -243,22 +248,27 @@ def _incidents(w: _Writer, store: Store) -> list[dict[str, Any]]:
 
 
 def _figures(w: _Writer, k) -> None:
-    verdict = "within" if k.manageable else "outside"
+    rates = (k.per_hour <= TARGET_PER_HOUR and k.peak_10min <= TARGET_PEAK_10MIN
+             and k.flood_share <= TARGET_FLOOD_SHARE)
     text = (f"{k.alarms} alarm(s) rung in {k.hours:.1f} h: {k.per_hour:.1f} per hour (EEMUA 191: at most "
             f"{TARGET_PER_HOUR:g}), at most {k.peak_10min} in any 10 minutes (at most {TARGET_PEAK_10MIN}), "
-            f"{k.flood_share:.1%} of the shift in flood (under {TARGET_FLOOD_SHARE:.0%}), {len(k.standing)} standing "
-            f"at the end, {len(k.chattering)} chattering, {k.folded} consequence(s) folded under their cause; "
-            f"{verdict} EEMUA 191's targets")
-    w.say("figures", text + ".", [f"alarm:{a}" for a, _ in k.top] + [f"alarm:{a}" for a in k.standing])
+            f"{k.flood_share:.1%} of the time in flood (under {TARGET_FLOOD_SHARE:.0%}): "
+            f"{'within' if rates else 'above'} EEMUA 191's rate targets")
+    w.say("figures", text + ".", [f"alarm:{a}" for a, _ in k.top])
+    text = (f"{len(k.standing)} alarm(s) standing and rung at the end (EEMUA 191 wants none once a fault is "
+            f"cleared), {len(k.stale)} standing for over 24 h, {len(k.chattering)} chattering, {k.folded} "
+            f"consequence(s) folded under their cause: {'manageable' if k.manageable else 'not manageable'} by "
+            "EEMUA 191's measure")
+    w.say("figures", text + ".", [f"alarm:{a}" for a in k.standing + k.chattering])
 
 
 def _watch(w: _Writer, store: Store) -> list[dict[str, Any]]:
     """Signals whose last stretch of the shift drifts toward a limit they would reach during the next shift."""
-    end, start = w.window.end, w.window.start
+    end, start = w.until, w.window.start
     span = min(3600.0, (end - start) / 4)
     before = store.signal_means(end - 2 * span, end - span)
     last = store.signal_means(end - span, end)
-    horizon_h = (shift_at(w.line, end).end - end) / 3600.0
+    horizon_h = (shift_at(w.line, w.window.end).end - end) / 3600.0  # to the end of the next shift
     found = []
     for key in w.line.signal_keys():
         if key not in before or key not in last:
