@@ -258,7 +258,7 @@ async def test_without_write_tools_in_the_line_file_there_are_none(served, tmp_p
         records.close()
 
 
-def test_http_refuses_to_start_without_a_way_to_authenticate(tmp_path, capsys):
+async def test_http_refuses_to_start_without_a_way_to_authenticate(tmp_path, capsys):
     from factory_copilot.cli import main
 
     assert main(["mcp", "--config", "src/factory_copilot/seeds/lines/packaging_line.yaml", "--transport", "http"]) == 2

@@ -142,8 +142,9 @@ def _alarms(w: _Writer, inside: list[tuple[int, AlarmEvent]], at_end: dict[str, 
             top = diagnosis.causes[0]
             what = {"fault_type": top.fault_type, "title": top.title, "confidence": top.confidence,
                     "source": diagnosis.source}
-            parts.append(f"diagnosis ({diagnosis.source}): {printable(top.title, 120)} "
-                         f"({top.confidence:.0%})")
+            known = top.fault_type not in (None, "", "unknown") and top.confidence > 0
+            parts.append(f"diagnosis ({diagnosis.source}): {printable(top.title, 120)}"
+                         + (f" ({top.confidence:.0%})" if known else ""))
         verdicts = store.feedback(alarm_id)
         verdict = None
         if verdicts:
@@ -172,18 +173,25 @@ def _alarms(w: _Writer, inside: list[tuple[int, AlarmEvent]], at_end: dict[str, 
 def _actions(w: _Writer, inside: list[tuple[int, AlarmEvent]]) -> list[dict[str, Any]]:
     """What people did to alarms in the shift, from the audit trail: who, what, when (refusals too)."""
     out = []
+    said: dict[tuple, list] = {}  # the same person doing the same to the same alarm again: one sentence
     for seq, e in inside:
         if e.actor in SYSTEM_ACTORS:
             continue
+        out.append({"seq": seq, "ts": e.ts, "actor": e.actor, "event": e.event, "alarm_id": e.alarm_id,
+                    "comment": e.comment, "shelved_until": e.alarm.shelved_until if e.event == "shelved" else None})
+        key = (e.actor, e.event, e.alarm_id) if e.event == "acknowledged" and not e.comment else (seq,)
+        said.setdefault(key, []).append((seq, e))
+    for rows in said.values():
+        seq, e = rows[0]
         what = ACTION_WORDS.get(e.event, e.event.replace("_", " "))
         text = f"{w.when(e.ts)} {printable(e.actor, 64)} {what} {printable(e.alarm_id)}"
+        if len(rows) > 1:
+            text += f" {len(rows)} times, the last at {w.when(rows[-1][1].ts)} (it rang again)"
         if e.event == "shelved" and e.alarm.shelved_until:
             text += f" until {w.when(e.alarm.shelved_until)}"
         if e.comment:
             text += f" ({printable(e.comment, 300)})"
-        w.say("actions", text + ".", [f"audit:{seq}", f"alarm:{e.alarm_id}"])
-        out.append({"seq": seq, "ts": e.ts, "actor": e.actor, "event": e.event, "alarm_id": e.alarm_id,
-                    "comment": e.comment, "shelved_until": e.alarm.shelved_until if e.event == "shelved" else None})
+        w.say("actions", text + ".", [*(f"audit:{s}" for s, _ in rows), f"alarm:{e.alarm_id}"])
     return out
 
 
@@ -281,16 +289,16 @@ def _watch(w: _Writer, store: Store) -> list[dict[str, Any]]:
         if abs(m1 - m0) < 0.02 * max(high - low, 1e-9) or not low < m1 < high:
             continue  # steady, or already beyond (then it is alarmed, not to be watched)
         side, target = ("high", high) if rate_h > 0 else ("low", low)
-        hours = (target - m1) / rate_h
+        hours = (target - m1) / rate_h - span / 2 / 3600.0  # a mean stands for the middle of its stretch
         if hours > horizon_h:
             continue
         found.append((hours, key, signal, m1, rate_h, side, target, kind))
     out = []
     for hours, key, signal, m1, rate_h, side, target, kind in sorted(found, key=lambda f: f[0])[:WATCH_MAX]:
         unit = signal.unit
-        text = (f"{key} is at {m1:.4g} {unit} and {'rising' if rate_h > 0 else 'falling'} {abs(rate_h):.3g} {unit}/h "
-                f"over the last {span / 60:.0f} min: at this rate it reaches its {side} {kind} {target:g} {unit} in "
-                f"about {hours:.1f} h, in the next shift")
+        text = (f"{key} averaged {m1:.4g} {unit} over the last {span / 60:.0f} min, "
+                f"{'rising' if rate_h > 0 else 'falling'} {abs(rate_h):.3g} {unit}/h: at this rate it reaches its "
+                f"{side} {kind} {target:g} {unit} in about {max(hours, 0):.1f} h, in the next shift")
         w.say("watch", text + ".", [f"trend:{key}"])
         out.append({"signal": key, "unit": unit, "mean": m1, "rate_per_h": rate_h, "side": side, "limit": target,
                     "limit_kind": kind, "hours_to_limit": hours})

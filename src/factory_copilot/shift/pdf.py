@@ -39,7 +39,7 @@ def handover_pdf(h: Handover) -> bytes:
     pdf.add_page()
     width = pdf.w - pdf.l_margin - pdf.r_margin
     pdf.set_font(font, "B", 15)
-    pdf.multi_cell(width, 8, _text(font, title(h)), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(width, 8, _text(font, title(h)), new_x="LMARGIN", new_y="NEXT", align="L")
     pdf.set_font(font, "", 9)
     pdf.set_text_color(90, 90, 90)
     pdf.multi_cell(width, 5, _text(font, subtitle(h)), new_x="LMARGIN", new_y="NEXT")
@@ -53,7 +53,7 @@ def handover_pdf(h: Handover) -> bytes:
         for s in found:
             pdf.set_font(font, "", 9.5)
             pdf.set_x(pdf.l_margin)
-            pdf.multi_cell(width, 5, _text(font, "• " + s["text"]), new_x="LMARGIN", new_y="NEXT")
+            pdf.multi_cell(width, 5, _text(font, "• " + s["text"]), new_x="LMARGIN", new_y="NEXT", align="L")
             if s.get("refs"):
                 pdf.set_font(font, "", 7.5)
                 pdf.set_text_color(110, 110, 110)

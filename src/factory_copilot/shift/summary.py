@@ -43,7 +43,7 @@ def cited_sentences(text: str, numbered: dict[str, dict[str, Any]], model: str) 
     kept, dropped = [], 0
     for raw in _SENTENCE.split(text.strip()):
         ids = [f"S{n}" for n in _CITE.findall(raw)]
-        sentence = _CITE.sub("", raw).strip()
+        sentence = re.sub(r"\s+([.!?,;:])", r"\1", _CITE.sub("", raw)).strip()
         if not sentence or not ids or any(i not in numbered for i in ids):
             dropped += bool(raw.strip())
             continue
