@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -319,8 +320,9 @@ class Diagnosis:
         return cls(**d)
 
 
-def _fields(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+@functools.cache  # a record's fields never change; from_dict runs for every stored alarm and event read back
+def _fields(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 class CommandKind(str, enum.Enum):

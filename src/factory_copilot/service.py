@@ -119,8 +119,8 @@ class LineService:
         self.store_station = StoreStation(self.store, readings=to_store_readings, anomalies=to_store_anomalies,
                                           events=to_store_events, diagnoses=to_store_diagnoses, turns=turns,
                                           clock=self.clock)
-        self.shift = ShiftStation(line, self.store, paths.alarms, handovers, acks, results,
-                                  clock=self.clock) if line.shifts else None
+        self.shift = ShiftStation(line, self.store, paths.alarms, handovers, acks, results, clock=self.clock,
+                                  catch_up=replay is None) if line.shifts else None
         self.stations: dict[str, Callable[[asyncio.Event], Coroutine]] = {
             "collect": self.collector.run,
             "detect": self.detect.run,

@@ -315,10 +315,11 @@ class LineRecords:
         start = now - hours * 3600
         period = self._journal_do(lambda j: j.period(start, now))
         k = alarm_kpis([e for _, e in period if e.event != "refused"], start, now)
-        ages = {asset: round(now - ts, 1) for asset, ts in self.store.last_reading_by_asset(now - 3600).items()}
+        ages = {asset: round(now - ts, 1) for asset, ts in self.store.newest_sample_by_asset().items()}
         return {
             "line": f"{self.line.site}/{self.line.line}",
             "service": self._service_health(),
+            # None: no sample within the store's raw window (15 min by default)
             "data": {a.id: {"newest_sample_age_s": ages.get(a.id), "name": a.name} for a in self.line.assets},
             "alarm_figures": {
                 "from": iso(start), "to": iso(now), "alarms_rung": k.alarms, "per_hour": round(k.per_hour, 3),

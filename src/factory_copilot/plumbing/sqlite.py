@@ -73,10 +73,12 @@ def open_reader(path: str | Path, known_versions: int, component: str) -> sqlite
     if row is None:
         conn.close()
         raise FileNotFoundError(f"{path}: holds no {component} tables (is it the right file?)")
-    if row[0] > known_versions:
+    if row[0] != known_versions:
         conn.close()
-        raise RuntimeError(f"{path}: {component} schema is version {row[0]}, newer than this software knows "
-                           f"({known_versions})")
+        newer = row[0] > known_versions
+        raise RuntimeError(f"{path}: {component} schema is version {row[0]}, "
+                           + (f"newer than this software knows ({known_versions})" if newer else
+                              f"older than this software's {known_versions}: start the service once, it migrates the file"))
     return conn
 
 

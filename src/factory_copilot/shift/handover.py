@@ -274,11 +274,12 @@ def _watch(w: _Writer, store: Store) -> list[dict[str, Any]]:
     """Signals whose last stretch of the shift drifts toward a limit they would reach during the next shift."""
     end, start = w.until, w.window.start
     span = min(3600.0, (end - start) / 4)
-    before = store.signal_means(end - 2 * span, end - span)
-    last = store.signal_means(end - span, end)
+    keys = w.line.signal_keys()
+    before = store.signal_means(keys, end - 2 * span, end - span)
+    last = store.signal_means(keys, end - span, end)
     horizon_h = (shift_at(w.line, w.window.end).end - end) / 3600.0  # to the end of the next shift
     found = []
-    for key in w.line.signal_keys():
+    for key in keys:
         if key not in before or key not in last:
             continue
         signal = w.line.signal(key)

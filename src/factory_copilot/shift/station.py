@@ -41,6 +41,7 @@ class ShiftStation:
         results: Buffer[CommandResult] | None = None,
         clock: Callable[[], float] = time.time,
         tick_s: float = 1.0,
+        catch_up: bool = True,
     ):
         self.line = line
         self.store = store
@@ -50,6 +51,7 @@ class ShiftStation:
         self.results = results
         self.clock = clock
         self.tick_s = tick_s
+        self.catch_up = catch_up  # at start, write the newest ended shift if the store has none (not in a replay)
         self.counts = {"written": 0, "acknowledged": 0, "refused": 0, "errors": 0}
         self.last_written: str | None = None
         self.written = asyncio.Event()  # set after each handover is written (tests wait on it)
@@ -88,13 +90,20 @@ class ShiftStation:
     async def _changes(self) -> None:
         current = shift_at(self.line, self.clock())
         ended = last_completed(self.line, self.clock())
-        if self.journal_path.exists() and await asyncio.to_thread(self.store.handover, ended.handover_id) is None:
+        if (self.catch_up and self.journal_path.exists()
+                and await asyncio.to_thread(self.store.handover, ended.handover_id) is None):
             await self._try(ended)  # the service was not running when that shift ended
         while True:
             await asyncio.sleep(self.tick_s)
             now = self.clock()
-            if now >= current.end:
-                ended, current = current, shift_at(self.line, now)
+            if now < current.start:  # the clock went back (a replay runs on its recording's time): follow it
+                current = shift_at(self.line, now)
+            elif now >= current.end:
+                ended = last_completed(self.line, now)
+                if ended.start > current.start:
+                    log.warning("shift handovers from %s to before %s not written: the clock jumped past them",
+                                current.handover_id, ended.handover_id)
+                current = shift_at(self.line, now)
                 await self._try(ended)
 
     async def _try(self, window) -> None:

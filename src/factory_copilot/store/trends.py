@@ -127,27 +127,25 @@ class Trends:
             (first, span, asset, signal, first, until))
         return [(first + k * span, mean, lo, hi, n) for k, mean, lo, hi, n in rows]
 
-    def signal_means(self, since: float, until: float) -> dict[str, tuple[float, int]]:
-        """Every signal's mean of good samples over [since, until): ``asset.signal`` -> (mean, samples)."""
-        rows = self._rows("SELECT asset, signal, sum(total) / sum(n), sum(n) FROM trend WHERE bucket>=? AND bucket<? "
-                          "AND n > 0 GROUP BY asset, signal", (since, until))
-        return {f"{a}.{s}": (mean, n) for a, s, mean, n in rows}
+    def signal_means(self, keys: Sequence[str], since: float, until: float) -> dict[str, tuple[float, int]]:
+        """The mean of good samples over [since, until) of each ``asset.signal`` in ``keys``: key -> (mean, samples).
 
-    def latest_readings(self, asset: str | None = None) -> dict[str, tuple[float, float | None, str]]:
-        """Newest raw sample per ``asset.signal``: (ts, value, quality)."""
-        sql = "SELECT asset, signal, max(ts), value, quality FROM readings_raw"
-        params: list[Any] = []
-        if asset:
-            sql += " WHERE asset=?"
-            params.append(asset)
-        rows = self._rows(sql + " GROUP BY asset, signal", params)
-        return {f"{r[0]}.{r[1]}": (r[2], r[3], r[4]) for r in rows}
+        One range of the primary key per signal: through the time index every row would be a lookup of its own.
+        """
+        pairs = [k.split(".", 1) for k in keys]
+        if not pairs:
+            return {}
+        values = ",".join("(?,?)" for _ in pairs)
+        rows = self._rows(
+            f"WITH wanted(asset, signal) AS (VALUES {values}) SELECT w.asset, w.signal, sum(t.total) / sum(t.n), "
+            "sum(t.n) FROM wanted w JOIN trend t ON t.asset=w.asset AND t.signal=w.signal AND t.bucket>=? "
+            "AND t.bucket<? AND t.n > 0 GROUP BY w.asset, w.signal",
+            [*(x for p in pairs for x in p), since, until])
+        return {f"{a}.{s}": (mean, n) for a, s, mean, n in rows if mean is not None}
 
-    def quality_by_asset(self, since: float) -> dict[str, float]:
-        """Share of samples that were not good, per asset, since ``since`` (from the buckets, not the raw rows)."""
-        rows = self._rows("SELECT asset, sum(n) + sum(not_good), sum(not_good) FROM trend WHERE bucket>=? GROUP BY asset",
-                          (since,))
-        return {asset: (not_good or 0) / total if total else 0.0 for asset, total, not_good in rows}
+    def newest_sample_by_asset(self) -> dict[str, float]:
+        """Time of each asset's newest raw sample (assets with none in the raw retention are left out)."""
+        return {asset: ts for asset, ts in self._rows("SELECT asset, max(ts) FROM readings_raw GROUP BY asset")}
 
     def last_reading_by_asset(self, since: float) -> dict[str, float]:
         """Time of each asset's newest sample (assets with a bucket since ``since``)."""
