@@ -258,6 +258,36 @@ async def test_without_write_tools_in_the_line_file_there_are_none(served, tmp_p
         records.close()
 
 
+async def test_http_answers_only_a_host_it_is_reached_by_and_the_stored_handover_of_the_last_shift(served):
+    async with httpx2.AsyncClient(timeout=10) as http:
+        r = await http.post(served.url, headers={"Host": "attacker.example", "Authorization":
+                                                 f"Bearer {served.tokens['ann']}"}, json={})
+        assert r.status_code == 421  # DNS rebinding: a page that rebinds its name to 127.0.0.1 gets nothing
+        r = await http.post(served.url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert r.status_code == 401 and "invalid_token" in r.text
+    plant = served.plant
+    assert plant.service.shift.stats()["written"] >= 1  # the service wrote the shift that ended before it started
+    last = plant.service.store.handovers(limit=1)[0]
+    http, c = served.client("eve")
+    async with http, c:
+        report = data(await c.call_tool("shift_report", {"shift": last.shift, "date": last.date}))
+    assert report["complete"] is True and report["handover_id"] == last.handover_id
+
+
+async def test_the_brokers_users_authenticate_with_their_own_password(tmp_path):
+    from factory_copilot.agents.access import BrokerUsers
+    from factory_copilot.plumbing.logins import Logins, hash_password
+
+    Logins({"ann": hash_password(PASSWORDS["ann"])}).write(tmp_path / "dashboard-users.yaml")
+    users = BrokerUsers(tmp_path / "dashboard-users.yaml")
+    check = server.LineTokens(users)
+    token = await check.verify_token(f"ann:{PASSWORDS['ann']}")
+    assert token is not None and token.client_id == "ann" and token.scopes == [server.SCOPE]
+    for wrong in ("ann:guess-guess", f"eve:{PASSWORDS['ann']}", PASSWORDS["ann"], "ann:"):
+        assert await check.verify_token(wrong) is None, wrong
+    assert users.user_of(f"ann:{PASSWORDS['ann']}") == "ann"  # remembered: no second Argon2id run needed
+
+
 async def test_http_refuses_to_start_without_a_way_to_authenticate(tmp_path, capsys):
     from factory_copilot.cli import main
 

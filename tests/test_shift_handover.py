@@ -100,3 +100,25 @@ def test_the_pdf_renders(early, tmp_path):
     assert pages and all(p.stat().st_size > 5_000 for p in pages)
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     assert "Shift handover" in text and "Still standing" in text and "sam" in text
+
+
+@pytest.mark.slow
+def test_shift_report_writes_any_past_shift_from_the_state_files(day, tmp_path, capsys):
+    import yaml
+
+    from factory_copilot.cli import main
+
+    data = day.line.model_dump(mode="json")
+    data["service"] = {**data["service"], "state_dir": str(day.paths.state_dir)}
+    line_file = tmp_path / "line.yaml"
+    line_file.write_text(yaml.safe_dump(data))
+    assert main(["shift", "report", "--config", str(line_file), "--shift", "early", "--date", DAY]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Shift handover: demo-plant / packaging-1, early shift of 2026-12-03")
+    assert main(["shift", "report", "--config", str(line_file), "--shift", "early", "--date", DAY, "--format", "pdf",
+                 "--out", str(tmp_path / "early.pdf")]) == 0
+    assert (tmp_path / "early.pdf").read_bytes().startswith(b"%PDF")
+    assert main(["shift", "report", "--config", str(line_file), "--shift", "noon", "--date", DAY]) == 2
+    assert "the line's shifts are early, late, night" in capsys.readouterr().err
+    assert main(["shift", "report", "--config", str(line_file), "--date", DAY]) == 2
+    assert "needs a shift name" in capsys.readouterr().err

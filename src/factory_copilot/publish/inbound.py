@@ -91,7 +91,7 @@ class Inbound:
     def _command(self, sender: str, raw: bytes, response_topic: str | None, correlation: bytes | None) -> None:
         foreign = self._own(response_topic, self.topics.command_replies(), sender, "command")
         big = self._too_big(raw, sender, "command")
-        parsed = Rejected(None, big) if big else payloads.parse_command_level(raw, sender)
+        parsed = Rejected(None, big) if big else payloads.parse_command(raw, sender)
         if foreign and not isinstance(parsed, Rejected):
             parsed = Rejected(parsed.request_id, foreign)
         if isinstance(parsed, Rejected):

@@ -177,19 +177,21 @@ MAX_INCOMING_BYTES = 64 * 1024
 MAX_REASON_CHARS = 300  # a refusal quotes the offending value at most this far: a reply never echoes a payload
 
 
-def _decode(raw: bytes, kind: str) -> tuple[dict[str, Any] | None, Rejected | None]:
+def _decode(raw: bytes, kind: str, sender: str, alternative: str | None = None) -> dict[str, Any] | Rejected:
+    """The payload of ``kind`` (or of ``alternative`` when it names that schema) from ``sender``, or why not."""
     try:
         body = safejson.loads(raw, MAX_INCOMING_BYTES)
     except safejson.BadJson as exc:
-        return None, Rejected(None, f"payload is not usable JSON ({exc.reason}): {exc.detail}")
+        return Rejected(None, f"payload is not usable JSON ({exc.reason}): {exc.detail}")
     if not isinstance(body, dict):
-        return None, Rejected(None, f"payload must be a JSON object, got {type(body).__name__}")
+        return Rejected(None, f"payload must be a JSON object, got {type(body).__name__}")
     rid = body.get("request_id")
     rid = rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
-    found = problems(body, kind)
+    found = problems(body, alternative if alternative and body.get("schema") == alternative else kind)
     if found:
-        return None, Rejected(rid, "; ".join(_cut(p) for p in found[:5]))
-    return body, None
+        return Rejected(rid, "; ".join(_cut(p) for p in found[:5]))
+    wrong = _sender(body, sender)
+    return Rejected(rid, wrong) if wrong else body
 
 
 def _cut(text: str) -> str:
@@ -205,14 +207,15 @@ def _sender(body: dict[str, Any], sender: str) -> str | None:
     return None
 
 
-def parse_command(raw: bytes, sender: str) -> OperatorCommand | Rejected:
-    """An operator command from ``commands/<sender>``, or why it was rejected (then nothing may reach the engine)."""
-    body, rejected = _decode(raw, COMMAND)
-    if rejected:
-        return rejected
-    wrong = _sender(body, sender)
-    if wrong:
-        return Rejected(body["request_id"], wrong)
+def parse_command(raw: bytes, sender: str) -> OperatorCommand | HandoverAck | Rejected:
+    """What arrives on ``commands/<sender>``: an alarm command (command/1) or a handover acknowledgement
+    (handover-ack/1), or why it was rejected (then nothing may reach the engine)."""
+    body = _decode(raw, COMMAND, sender, alternative=HANDOVER_ACK)
+    if isinstance(body, Rejected):
+        return body
+    if body["schema"] == HANDOVER_ACK:
+        return HandoverAck(handover_id=body["handover_id"], actor=sender, comment=body.get("comment"),
+                           request_id=body["request_id"])
     return OperatorCommand(
         command=body["command"],
         alarm_id=body["alarm_id"],
@@ -223,30 +226,9 @@ def parse_command(raw: bytes, sender: str) -> OperatorCommand | Rejected:
     )
 
 
-def parse_command_level(raw: bytes, sender: str) -> OperatorCommand | HandoverAck | Rejected:
-    """What arrives on ``commands/<sender>``: an alarm command (command/1) or a handover acknowledgement (handover-ack/1)."""
-    try:
-        kind = safejson.loads(raw, MAX_INCOMING_BYTES).get("schema")
-    except (safejson.BadJson, AttributeError):
-        kind = None
-    if kind != HANDOVER_ACK:
-        return parse_command(raw, sender)
-    body, rejected = _decode(raw, HANDOVER_ACK)
-    if rejected:
-        return rejected
-    wrong = _sender(body, sender)
-    if wrong:
-        return Rejected(body["request_id"], wrong)
-    return HandoverAck(handover_id=body["handover_id"], actor=sender, comment=body.get("comment"),
-                       request_id=body["request_id"])
-
-
 def parse_question(raw: bytes, sender: str) -> Question | Rejected:
     """A question from ``ask/<sender>``, or why it was rejected."""
-    body, rejected = _decode(raw, ASK)
-    if rejected:
-        return rejected
-    wrong = _sender(body, sender)
-    if wrong:
-        return Rejected(body["request_id"], wrong)
+    body = _decode(raw, ASK, sender)
+    if isinstance(body, Rejected):
+        return body
     return Question(request_id=body["request_id"], alarm_id=body["alarm_id"], question=body["question"], actor=sender)

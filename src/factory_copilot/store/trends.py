@@ -143,6 +143,22 @@ class Trends:
             [*(x for p in pairs for x in p), since, until])
         return {f"{a}.{s}": (mean, n) for a, s, mean, n in rows if mean is not None}
 
+    def latest_readings(self, asset: str | None = None) -> dict[str, tuple[float, float | None, str]]:
+        """Newest raw sample per ``asset.signal``: (ts, value, quality)."""
+        sql = "SELECT asset, signal, max(ts), value, quality FROM readings_raw"
+        params: list[Any] = []
+        if asset:
+            sql += " WHERE asset=?"
+            params.append(asset)
+        rows = self._rows(sql + " GROUP BY asset, signal", params)
+        return {f"{r[0]}.{r[1]}": (r[2], r[3], r[4]) for r in rows}
+
+    def quality_by_asset(self, since: float) -> dict[str, float]:
+        """Share of samples that were not good, per asset, since ``since`` (from the buckets, not the raw rows)."""
+        rows = self._rows("SELECT asset, sum(n) + sum(not_good), sum(not_good) FROM trend WHERE bucket>=? GROUP BY asset",
+                          (since,))
+        return {asset: (not_good or 0) / total if total else 0.0 for asset, total, not_good in rows}
+
     def newest_sample_by_asset(self) -> dict[str, float]:
         """Time of each asset's newest raw sample (assets with none in the raw retention are left out)."""
         return {asset: ts for asset, ts in self._rows("SELECT asset, max(ts) FROM readings_raw GROUP BY asset")}
