@@ -12,6 +12,7 @@ import pytest
 
 from factory_copilot.alarms.evaluate import summarise
 from factory_copilot.alarms.journal import Journal
+from factory_copilot.alarms.kpi import alarm_kpis
 from factory_copilot.records import AlarmState
 from factory_copilot.shift.calendar import shift_window
 from factory_copilot.shift.document import markdown
@@ -68,6 +69,13 @@ def test_the_figures_are_evaluates_for_the_shift(day, early):
                 "by_priority", "manageable", "events"):
         assert h.body["figures"][key] == expected[key], key
     assert h.body["figures"]["top"] == [list(t) for t in expected["top"]]
+    journal = Journal(day.paths.alarms, read_only=True)  # the health tool reads only the figures' columns
+    try:
+        light = alarm_kpis([e for _, e in journal.period(window.start, window.end, light="kpi")
+                            if e.event != "refused"], window.start, window.end).to_dict()
+    finally:
+        journal.close()
+    assert {k: light[k] for k in expected if k in light} == {k: expected[k] for k in light if k in expected}
 
 
 @pytest.mark.slow

@@ -177,9 +177,8 @@ class LineRecords:
         out = self.brief(alarm)
         out["evidence"] = self._evidence(alarm)
         out["diagnosis"] = self._diagnosis(alarm_id)
-        out["consequences"] = [self.brief(c) for c in self.store.standing_alarms(self.clock())
-                               if c.parent_id == alarm_id]
-        rows = self._journal_do(lambda j: j.entries(alarm_id, limit=LIMITS["audit_rows"] + 1))
+        out["consequences"] = [self.brief(c) for c in self.store.consequences(alarm_id)]
+        rows = self._journal_do(lambda j: j.entries(alarm_id, limit=LIMITS["audit_rows"] + 1, light=True))
         cut = len(rows) > LIMITS["audit_rows"]
         out["audit_trail"] = [self._audit_row(seq, e) for seq, e in rows[-LIMITS["audit_rows"]:]]
         out["audit_trail_cut"] = (f"only the newest {LIMITS['audit_rows']} rows; `factory-copilot alarms audit "
@@ -313,7 +312,7 @@ class LineRecords:
         cuts: list[str] = []
         hours = self._cut(hours, LIMITS["hours"], "hours", cuts)
         start = now - hours * 3600
-        period = self._journal_do(lambda j: j.period(start, now))
+        period = self._journal_do(lambda j: j.period(start, now, light="kpi"))
         k = alarm_kpis([e for _, e in period if e.event != "refused"], start, now)
         ages = {asset: round(now - ts, 1) for asset, ts in self.store.newest_sample_by_asset().items()}
         return {

@@ -71,9 +71,9 @@ def write_handover(line: LineConfig, window: ShiftWindow, store: Store, journal:
     zone = zoneinfo.ZoneInfo(line.timezone)
     until = min(window.end, now)
     w = _Writer(line, window, zone, [], until)
-    period = journal.period(window.start, until)
+    period = journal.period(window.start, until, light=True)
     inside = [(seq, e) for seq, e in period if window.start <= e.ts <= until]
-    at_end = journal.state_at(until)
+    at_end = journal.state_at(until, light=True)
 
     alarms = _alarms(w, inside, at_end, store)
     actions = _actions(w, inside)
@@ -222,7 +222,7 @@ def _standing(w: _Writer, at_end: dict[str, tuple[int, AlarmEvent]], journal: Jo
                      "(it rings again then if still active)")
             item["until"] = a.shelved_until
         if a.out_of_service:
-            taken = next(((s, x) for s, x in reversed(journal.entries(alarm_id, until=end, limit=200))
+            taken = next(((s, x) for s, x in reversed(journal.entries(alarm_id, until=end, limit=200, light=True))
                           if x.event == "out_of_service"), None)
             since = f" since {w.when(taken[1].ts)} by {printable(taken[1].actor or 'someone', 64)}" if taken else ""
             text += f"; out of service{since}: not watched until someone returns it to service"

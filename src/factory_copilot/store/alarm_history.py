@@ -89,6 +89,12 @@ class AlarmHistory:
         rows = self._rows(sql + " ORDER BY priority, raised_at DESC", params)
         return [Alarm.from_dict(json.loads(r[0])) for r in rows]
 
+    def consequences(self, alarm_id: str) -> list[Alarm]:
+        """The alarms folded under ``alarm_id`` that are not normal, oldest first."""
+        rows = self._rows("SELECT body FROM alarms WHERE state != ? AND json_extract(body, '$.parent_id') = ? "
+                          "ORDER BY raised_at", (AlarmState.NORMAL.value, alarm_id))
+        return [Alarm.from_dict(json.loads(r[0])) for r in rows]
+
     def recent_alarms(self, since: float, asset: str | None = None, limit: int = 100) -> list[Alarm]:
         """Alarms that changed since ``since`` (active, returned or cleared), the latest change first."""
         sql, params = "SELECT body FROM alarms WHERE updated_at>=?", [since]
