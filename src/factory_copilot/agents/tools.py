@@ -73,6 +73,7 @@ class LineRecords:
         self._store: Store | None = None
         self._journal: Journal | None = None
         self._lock = threading.Lock()  # the journal's connection is used by one thread at a time
+        self._figures_rows: dict = {}  # audit rows never change: the health tool's figures parse each once
 
     # ---- the files, opened when first needed (the service may start after the MCP server) -------------------------
 
@@ -312,7 +313,9 @@ class LineRecords:
         cuts: list[str] = []
         hours = self._cut(hours, LIMITS["hours"], "hours", cuts)
         start = now - hours * 3600
-        period = self._journal_do(lambda j: j.period(start, now, light="kpi"))
+        if len(self._figures_rows) > 50_000:  # bounded: a few MB
+            self._figures_rows.clear()
+        period = self._journal_do(lambda j: j.period(start, now, light="kpi", cache=self._figures_rows))
         k = alarm_kpis([e for _, e in period if e.event != "refused"], start, now)
         ages = {asset: round(now - ts, 1) for asset, ts in self.store.newest_sample_by_asset().items()}
         return {

@@ -152,28 +152,54 @@ class Journal:
             "FROM alarm_engine_state s)", (ts,))
         return {r["alarm_id"]: (r["seq"], _event(r)) for r in rows}
 
-    def period(self, start: float, end: float, light: str | bool = False) -> list[tuple[int, AlarmEvent]]:
+    def standing_at(self, ts: float, light: str | bool = False) -> dict[str, tuple[int, AlarmEvent]]:
+        """``state_at(ts)`` of the alarms that stood then: not normal, shelved past ``ts``, or out of service."""
+        rows = self.conn.execute(
+            f"SELECT {_columns(light)} FROM alarm_audit WHERE seq IN (SELECT (SELECT seq FROM alarm_audit a "
+            "WHERE a.alarm_id=s.alarm_id AND a.ts<=? ORDER BY a.ts DESC, a.seq DESC LIMIT 1) FROM alarm_engine_state s) "
+            "AND (state != ? OR json_extract(alarm_audit.body, '$.out_of_service') "
+            "OR json_extract(alarm_audit.body, '$.shelved_until') > ?)", (ts, AlarmState.NORMAL.value, ts))
+        return {r["alarm_id"]: (r["seq"], _event(r)) for r in rows}
+
+    def period(self, start: float, end: float, light: str | bool = False,
+               cache: dict[int, AlarmEvent] | None = None) -> list[tuple[int, AlarmEvent]]:
         """The audit rows of [start, end] and what comes before them that a period's KPIs depend on, oldest first.
 
         ``kpi.alarm_kpis`` reads each alarm's state when the period begins from its earlier events: for an alarm
         active at ``start`` that is every row since its activity began, else its last row. With those, the
-        figures equal those computed from the whole trail, without reading the whole trail.
+        figures equal those computed from the whole trail, without reading the whole trail. Rows never change
+        once written, so a reader asking again may keep them in ``cache`` (seq -> event, of one ``light``).
         """
-        cols = _columns(light)
-        rows: dict[int, AlarmEvent] = {}
-        for alarm_id, (seq, last) in self.state_at(start, before=True, light=light).items():
-            if not last.state.active:
-                rows[seq] = last
+        seqs: set[int] = set()
+        newest = self.conn.execute(
+            "SELECT seq, alarm_id, state, ts FROM alarm_audit WHERE seq IN (SELECT (SELECT seq FROM alarm_audit a "
+            "WHERE a.alarm_id=s.alarm_id AND a.ts<? ORDER BY a.ts DESC, a.seq DESC LIMIT 1) FROM alarm_engine_state s)",
+            (start,)).fetchall()
+        active = (AlarmState.ACTIVE_UNACK.value, AlarmState.ACTIVE_ACK.value)
+        for seq, alarm_id, state, _ in newest:
+            seqs.add(seq)
+            if state not in active:
                 continue
-            began = self.conn.execute(
-                "SELECT max(ts) FROM alarm_audit WHERE alarm_id=? AND ts<? AND state NOT IN (?, ?)",
-                (alarm_id, start, AlarmState.ACTIVE_UNACK.value, AlarmState.ACTIVE_ACK.value)).fetchone()[0]
-            for r in self.conn.execute(f"SELECT {cols} FROM alarm_audit WHERE alarm_id=? AND ts<? AND ts>=? "
-                                       "ORDER BY seq", (alarm_id, start, began if began is not None else float("-inf"))):
-                rows[r["seq"]] = _event(r)
-        for r in self.conn.execute(f"SELECT {cols} FROM alarm_audit WHERE ts>=? AND ts<=? ORDER BY seq", (start, end)):
-            rows[r["seq"]] = _event(r)
-        return sorted(rows.items())
+            began = self.conn.execute("SELECT max(ts) FROM alarm_audit WHERE alarm_id=? AND ts<? AND state NOT IN (?, ?)",
+                                      (alarm_id, start, *active)).fetchone()[0]
+            seqs.update(r[0] for r in self.conn.execute(
+                "SELECT seq FROM alarm_audit WHERE alarm_id=? AND ts<? AND ts>=?",
+                (alarm_id, start, began if began is not None else float("-inf"))))
+        seqs.update(r[0] for r in self.conn.execute("SELECT seq FROM alarm_audit WHERE ts>=? AND ts<=?", (start, end)))
+        return self._by_seq(sorted(seqs), light, cache)
+
+    def _by_seq(self, seqs: list[int], light: str | bool, cache: dict[int, AlarmEvent] | None) -> list[tuple[int, AlarmEvent]]:
+        known = cache if cache is not None else {}
+        missing = [s for s in seqs if s not in known]
+        found: dict[int, AlarmEvent] = {}
+        for i in range(0, len(missing), 900):  # within SQLite's limit of bound parameters
+            chunk = missing[i:i + 900]
+            for r in self.conn.execute(f"SELECT {_columns(light)} FROM alarm_audit WHERE seq IN "
+                                       f"({','.join('?' * len(chunk))})", chunk):
+                found[r["seq"]] = _event(r)
+        if cache is not None:
+            cache.update(found)
+        return [(s, known.get(s) or found[s]) for s in seqs if s in known or s in found]
 
     # -- writing -----------------------------------------------------------------------------------
     def write(

@@ -71,9 +71,9 @@ def write_handover(line: LineConfig, window: ShiftWindow, store: Store, journal:
     zone = zoneinfo.ZoneInfo(line.timezone)
     until = min(window.end, now)
     w = _Writer(line, window, zone, [], until)
-    period = journal.period(window.start, until, light=True)
-    inside = [(seq, e) for seq, e in period if window.start <= e.ts <= until]
-    at_end = journal.state_at(until, light=True)
+    period = journal.period(window.start, until, light="kpi")  # the figures' rows: only what they read
+    inside = journal.entries(since=window.start, until=until, light=True)
+    at_end = journal.standing_at(until, light=True)
 
     alarms = _alarms(w, inside, at_end, store)
     actions = _actions(w, inside)
@@ -127,6 +127,7 @@ def _alarms(w: _Writer, inside: list[tuple[int, AlarmEvent]], at_end: dict[str, 
                 first[e.alarm_id] = (seq, e)
         elif e.alarm_id in first and e.state is AlarmState.NORMAL and e.alarm_id not in cleared:
             cleared[e.alarm_id] = (seq, e)
+    last = {e.alarm_id: (seq, e) for seq, e in inside}  # raised in the shift: its newest row is how it ended
     out = []
     for alarm_id, (seq, e) in sorted(first.items(), key=lambda kv: kv[1][1].ts):
         alarm = e.alarm
@@ -153,7 +154,7 @@ def _alarms(w: _Writer, inside: list[tuple[int, AlarmEvent]], at_end: dict[str, 
             cause = f" ({printable(v.actual_cause, 120)})" if v.verdict == "other_cause" and v.actual_cause else ""
             parts.append(f"{VERDICT_WORDS.get(v.verdict, v.verdict)} {printable(v.actor or 'someone', 64)} at "
                          f"{w.when(v.ts)}{cause}")
-        end_state = at_end.get(alarm_id)
+        end_state = at_end.get(alarm_id) or last.get(alarm_id)
         if alarm_id in cleared:
             cseq, ce = cleared[alarm_id]
             parts.append(f"back to normal at {w.when(ce.ts)}")
