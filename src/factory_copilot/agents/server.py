@@ -32,6 +32,7 @@ from pydantic import AnyHttpUrl, Field
 from factory_copilot import __version__
 from factory_copilot.agents.commands import CommandSender, NoReply
 from factory_copilot.agents.tools import LineRecords, ToolError
+from factory_copilot.plumbing.logs import Throttled
 from factory_copilot.records import Alarm
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,17 @@ class LineTokens(TokenVerifier):
 
     def __init__(self, *checks: Any):
         self.checks = [c for c in checks if c is not None]
+        self.refused = 0
+        self._log = Throttled(log, 10.0)
 
     async def verify_token(self, token: str) -> AccessToken | None:
         for check in self.checks:
             user = await anyio.to_thread.run_sync(check.user_of, token)  # Argon2id takes tens of ms: off the loop
             if user:
                 return AccessToken(token=token, client_id=user, scopes=[SCOPE])
+        self.refused += 1
+        self._log.warning("refused-token", "MCP: refused a request with an unknown bearer token (%d so far)",
+                          self.refused)
         return None
 
 
