@@ -4,7 +4,7 @@ What alarmed and what it was (the copilot's diagnosis, the operators' verdict), 
 (the alarm journal's audit trail), what still stands at the end, shelved or out of service and until when,
 incidents opened (faults operators confirmed), the shift's EEMUA 191 figures (``alarms.kpi``, computed as
 ``evaluate`` computes them), and what to watch: signals whose last hour drifts toward a limit they would
-reach in the next shift. Each sentence carries ``refs``: ``alarm:<id>``, ``audit:<seq>`` (a row of the alarm
+reach in the next shift (two 10-minute means an hour apart). Each sentence carries ``refs``: ``alarm:<id>``, ``audit:<seq>`` (a row of the alarm
 journal, as ``factory-copilot alarms audit`` lists it) or ``trend:<asset.signal>``.
 """
 
@@ -274,10 +274,11 @@ def _figures(w: _Writer, k) -> None:
 def _watch(w: _Writer, store: Store) -> list[dict[str, Any]]:
     """Signals whose last stretch of the shift drifts toward a limit they would reach during the next shift."""
     end, start = w.until, w.window.start
-    span = min(3600.0, (end - start) / 4)
+    span = min(3600.0, (end - start) / 4)  # the rate: between two means this far apart ...
+    width = min(600.0, span / 3)  # ... each over this long (what is read stays small at any bucket width)
     keys = w.line.signal_keys()
-    before = store.signal_means(keys, end - 2 * span, end - span)
-    last = store.signal_means(keys, end - span, end)
+    before = store.signal_means(keys, end - span - width, end - span)
+    last = store.signal_means(keys, end - width, end)
     horizon_h = (shift_at(w.line, w.window.end).end - end) / 3600.0  # to the end of the next shift
     found = []
     for key in keys:
@@ -291,15 +292,16 @@ def _watch(w: _Writer, store: Store) -> list[dict[str, Any]]:
         if abs(m1 - m0) < 0.02 * max(high - low, 1e-9) or not low < m1 < high:
             continue  # steady, or already beyond (then it is alarmed, not to be watched)
         side, target = ("high", high) if rate_h > 0 else ("low", low)
-        hours = (target - m1) / rate_h - span / 2 / 3600.0  # a mean stands for the middle of its stretch
+        hours = (target - m1) / rate_h - width / 2 / 3600.0  # a mean stands for the middle of its stretch
         if hours > horizon_h:
             continue
         found.append((hours, key, signal, m1, rate_h, side, target, kind))
     out = []
     for hours, key, signal, m1, rate_h, side, target, kind in sorted(found, key=lambda f: f[0])[:WATCH_MAX]:
         unit = signal.unit
-        text = (f"{key} averaged {m1:.4g} {unit} over the last {span / 60:.0f} min, "
-                f"{'rising' if rate_h > 0 else 'falling'} {abs(rate_h):.3g} {unit}/h: at this rate it reaches its "
+        text = (f"{key} averaged {m1:.4g} {unit} over the last {width / 60:.0f} min, "
+                f"{'rising' if rate_h > 0 else 'falling'} {abs(rate_h):.3g} {unit}/h over the last "
+                f"{(span + width) / 60:.0f} min: at this rate it reaches its "
                 f"{side} {kind} {target:g} {unit} in about {max(hours, 0):.1f} h, in the next shift")
         w.say("watch", text + ".", [f"trend:{key}"])
         out.append({"signal": key, "unit": unit, "mean": m1, "rate_per_h": rate_h, "side": side, "limit": target,
