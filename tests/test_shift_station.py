@@ -198,3 +198,25 @@ def test_the_models_summary_keeps_only_sentences_that_cite_facts_that_exist(tmp_
     out = cited_sentences(text, numbered, "test-model")
     assert [s["text"] for s in out["sentences"]] == ["The pump's flow alarm still stands."]
     assert out["sentences"][0]["refs"] == numbered["S1"]["refs"] and out["dropped"] == 3
+
+
+def test_the_summary_from_a_real_model_keeps_only_cited_sentences(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from factory_copilot.copilot import LlamaCppBackend
+    from factory_copilot.shift.summary import summarise
+    from tests.support.copilot import make_tiny_qwen
+
+    line = shift_line()
+    raise_alarm(line, tmp_path, local("13:00"))
+    store, journal = Store(tmp_path / "store.db"), Journal(tmp_path / "alarms.db", read_only=True)
+    try:
+        h = write_handover(line, shift_window(line, "early", "2026-12-03"), store, journal, now=local("14:01"))
+    finally:
+        store.close()
+        journal.close()
+    backend = LlamaCppBackend(make_tiny_qwen(tmp_path / "tiny.gguf"), n_ctx=4096, n_threads=2, seed=7)
+    out = summarise(h, backend, max_tokens=48, timeout_s=120)  # random weights: what it writes is noise
+    allowed = {r for s in h.body["sentences"] for r in s["refs"]}
+    assert out["model"] and out["dropped"] >= 0
+    assert all(s["refs"] and set(s["refs"]) <= allowed for s in out["sentences"])
+    assert payloads.problems({**payloads.handover(h), "summary": out}, payloads.HANDOVER) == []
