@@ -544,7 +544,8 @@ class LineConfig(_Strict):
     @classmethod
     def _zone(cls, v: str) -> str:
         try:
-            zoneinfo.ZoneInfo(v)
+            if v != "UTC":  # needs no zone database
+                zoneinfo.ZoneInfo(v)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"{v!r} is not a time zone this machine knows (an IANA name such as Europe/Berlin)") from None
         return v

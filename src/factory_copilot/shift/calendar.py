@@ -27,6 +27,11 @@ class ShiftWindow:
         return f"{self.date}/{self.name}"
 
 
+def zone(name: str) -> dt.tzinfo:
+    """The line's time zone; UTC needs no zone database (a machine without tzdata still has it)."""
+    return dt.timezone.utc if name == "UTC" else zoneinfo.ZoneInfo(name)
+
+
 class NoShifts(ValueError):
     """The line file names no shifts."""
 
@@ -38,15 +43,15 @@ def _day(line: LineConfig) -> list[Shift]:
     return sorted(line.shifts, key=lambda s: s.minute_of_day)
 
 
-def _at(date: dt.date, shift: Shift, zone: zoneinfo.ZoneInfo) -> float:
+def _at(date: dt.date, shift: Shift, tz: dt.tzinfo) -> float:
     hours, minutes = divmod(shift.minute_of_day, 60)
-    return dt.datetime(date.year, date.month, date.day, hours, minutes, tzinfo=zone).timestamp()
+    return dt.datetime(date.year, date.month, date.day, hours, minutes, tzinfo=tz).timestamp()
 
 
 def shift_window(line: LineConfig, name: str, date: str | dt.date) -> ShiftWindow:
     """The shift ``name`` that starts on local ``date`` (YYYY-MM-DD)."""
     day = _day(line)
-    zone = zoneinfo.ZoneInfo(line.timezone)
+    tz = zone(line.timezone)
     if isinstance(date, str):
         try:
             date = dt.date.fromisoformat(date)
@@ -56,18 +61,18 @@ def shift_window(line: LineConfig, name: str, date: str | dt.date) -> ShiftWindo
     if name not in names:
         raise ValueError(f"shift {name!r}: the line's shifts are {', '.join(names)}")
     i = names.index(name)
-    start = _at(date, day[i], zone)
+    start = _at(date, day[i], tz)
     if i + 1 < len(day):
-        end = _at(date, day[i + 1], zone)
+        end = _at(date, day[i + 1], tz)
     else:
-        end = _at(date + dt.timedelta(days=1), day[0], zone)
+        end = _at(date + dt.timedelta(days=1), day[0], tz)
     return ShiftWindow(name, date.isoformat(), start, end)
 
 
 def shift_at(line: LineConfig, ts: float) -> ShiftWindow:
     """The shift running at ``ts``."""
     day = _day(line)
-    local = dt.datetime.fromtimestamp(ts, zoneinfo.ZoneInfo(line.timezone)).date()
+    local = dt.datetime.fromtimestamp(ts, zone(line.timezone)).date()
     for date in (local, local - dt.timedelta(days=1)):
         for s in reversed(day):
             w = shift_window(line, s.name, date)

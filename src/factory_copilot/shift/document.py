@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import zoneinfo
 from typing import Any
 
 from factory_copilot.records import Handover
+from factory_copilot.shift.calendar import zone as tz_of
 
 TITLES = {
     "summary": "Summary (written by the model; every sentence cites its rows)",
@@ -26,7 +26,7 @@ NONE_SAID = {"alarms": "No alarm was raised in this shift.", "actions": "Nobody 
 
 
 def local(ts: float, zone: str, fmt: str = "%Y-%m-%d %H:%M") -> str:
-    return dt.datetime.fromtimestamp(ts, zoneinfo.ZoneInfo(zone)).strftime(fmt)
+    return dt.datetime.fromtimestamp(ts, tz_of(zone)).strftime(fmt)
 
 
 def title(h: Handover) -> str:

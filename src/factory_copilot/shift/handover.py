@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TA
 from factory_copilot.config import LineConfig
 from factory_copilot.plumbing.logs import printable
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Handover
-from factory_copilot.shift.calendar import ShiftWindow, shift_at
+from factory_copilot.shift.calendar import ShiftWindow, shift_at, zone
 from factory_copilot.store.store import Store
 
 SCHEMA = "handover/1"
@@ -45,7 +44,7 @@ SYSTEM_ACTORS = (None, "", "system")
 class _Writer:
     line: LineConfig
     window: ShiftWindow
-    zone: zoneinfo.ZoneInfo
+    zone: dt.tzinfo
     sentences: list[dict[str, Any]]
     until: float  # the end of the shift, or now for a shift still running
 
@@ -68,9 +67,9 @@ def write_handover(line: LineConfig, window: ShiftWindow, store: Store, journal:
                    now: float | None = None) -> Handover:
     """The handover of ``window`` from the store and the journal as they are now (same rows, same handover)."""
     now = time.time() if now is None else now
-    zone = zoneinfo.ZoneInfo(line.timezone)
+    tz = zone(line.timezone)
     until = min(window.end, now)
-    w = _Writer(line, window, zone, [], until)
+    w = _Writer(line, window, tz, [], until)
     period = journal.period(window.start, until, light="kpi")  # the figures' rows: only what they read
     inside = journal.entries(since=window.start, until=until, light=True)
     at_end = journal.standing_at(until, light=True)
