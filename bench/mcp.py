@@ -198,7 +198,7 @@ async def measure(client: Client, plan, n: int) -> dict[str, list[float]]:
     return out
 
 
-async def run(path: Path, n: int, bucket_s: float) -> None:
+async def run(path: Path, n: int, bucket_s: float, days: float) -> None:
     line = load_line(path)
     paths = ServicePaths.of_line(line, path)
     records = LineRecords(line, paths)
@@ -239,7 +239,8 @@ async def run(path: Path, n: int, bucket_s: float) -> None:
             worst = (label, row[3])
     every = [v for d in (mem, over_http) for vs in d.values() for v in vs]
     print(f"all calls: p50 {statistics.median(every):.1f} ms, p99 {pct(every, 0.99):.1f} ms")
-    print(f"mcp tools on a month of a {sum(len(a.signals) for a in line.assets)}-signal line: {len(every)} calls, "
+    print(f"mcp tools on {days:g} days of a {sum(len(a.signals) for a in line.assets)}-signal line "
+          f"({bucket_s:g} s trend buckets): {len(every)} calls, "
           f"p50 {statistics.median(every):.1f} ms, worst p99 {worst[1]:.1f} ms ({worst[0]}, HTTP); "
           f"all under 200 ms: {'yes' if worst[1] < 200 else 'NO'}")
 
@@ -258,7 +259,7 @@ def main() -> None:
         path = folder / "line.yaml"
         if not (folder / "state" / "store.db").exists():
             path, _ = build(folder, a.days, a.signals, a.bucket_s)
-        asyncio.run(run(path, a.calls, a.bucket_s))
+        asyncio.run(run(path, a.calls, a.bucket_s, a.days))
 
 
 if __name__ == "__main__":
