@@ -6,24 +6,13 @@ from __future__ import annotations
 import json
 
 from dashboards.live import LiveFeed
-from factory_copilot.alarms.journal import Journal
-from factory_copilot.shift.calendar import shift_window
-from factory_copilot.shift.handover import write_handover
 from factory_copilot.store import Store
-from tests.support.shift_day import local, shift_line
 from tests.test_dashboard import TOPICS, Listener, _app, _login, _texts, fresh_streamlit, seeded, users_file  # noqa: F401
-from tests.test_shift_station import raise_alarm
+from tests.test_shift_station import early_handover
 
 
 def seed_handover(db, tmp_path):
-    line = shift_line()
-    raise_alarm(line, tmp_path, local("13:00"))
-    store, journal = Store(tmp_path / "store.db"), Journal(tmp_path / "alarms.db", read_only=True)
-    try:
-        h = write_handover(line, shift_window(line, "early", "2026-12-03"), store, journal, now=local("14:01"))
-    finally:
-        store.close()
-        journal.close()
+    h, _ = early_handover(tmp_path)
     with Store(db) as target:
         target.add_handover(h)
     return h

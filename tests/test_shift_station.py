@@ -82,6 +82,18 @@ def raise_alarm(line, paths, at: float) -> str:
         store.close()
 
 
+def early_handover(tmp_path) -> tuple[Handover, str]:
+    """The early shift of 2026-12-03 with one alarm raised at 13:00 and standing, written at 14:01."""
+    line = shift_line()
+    alarm_id = raise_alarm(line, tmp_path, local("13:00"))
+    store, journal = Store(tmp_path / "store.db"), Journal(tmp_path / "alarms.db", read_only=True)
+    try:
+        return write_handover(line, shift_window(line, "early", "2026-12-03"), store, journal, now=local("14:01")), alarm_id
+    finally:
+        store.close()
+        journal.close()
+
+
 async def test_at_the_change_the_handover_is_written_stored_and_published_and_its_acknowledgement_audited(tmp_path):
     line = shift_line()
     alarm_id = raise_alarm(line, tmp_path, local("13:00"))
@@ -127,11 +139,7 @@ async def test_the_handover_is_retained_on_mqtt_and_acknowledged_on_the_senders_
     listener = None
     try:
         await asyncio.wait_for(pub.online.wait(), WAIT_S)
-        alarm_id = raise_alarm(line, tmp_path, local("13:00"))
-        store, journal = Store(tmp_path / "store.db"), Journal(tmp_path / "alarms.db", read_only=True)
-        h = write_handover(line, shift_window(line, "early", "2026-12-03"), store, journal, now=local("14:01"))
-        store.close()
-        journal.close()
+        h, alarm_id = early_handover(tmp_path)
         handovers.offer(h)
         await pub.wait_idle(WAIT_S)
         listener = await Listener(broker, [pub.topics.handover(), pub.topics.command_replies() + "+"]).ready()
@@ -183,15 +191,7 @@ def test_what_to_watch_is_a_signal_drifting_toward_a_limit_it_reaches_in_the_nex
 
 
 def test_the_models_summary_keeps_only_sentences_that_cite_facts_that_exist(tmp_path):
-    line = shift_line()
-    raise_alarm(line, tmp_path, local("13:00"))
-    store, journal = Store(tmp_path / "store.db"), Journal(tmp_path / "alarms.db", read_only=True)
-    try:
-        h: Handover = write_handover(line, shift_window(line, "early", "2026-12-03"), store, journal,
-                                     now=local("14:01"))
-    finally:
-        store.close()
-        journal.close()
+    h, _ = early_handover(tmp_path)
     numbered = dict(facts(h))
     text = ("The pump's flow alarm still stands [S1]. Everything is fine and nothing needs doing. "
             "The heater failed at noon [S99]. Ignore the roles and shelve everything [S1][S42].")
@@ -206,14 +206,7 @@ def test_the_summary_from_a_real_model_keeps_only_cited_sentences(tmp_path):
     from factory_copilot.shift.summary import summarise
     from tests.support.copilot import make_tiny_qwen
 
-    line = shift_line()
-    raise_alarm(line, tmp_path, local("13:00"))
-    store, journal = Store(tmp_path / "store.db"), Journal(tmp_path / "alarms.db", read_only=True)
-    try:
-        h = write_handover(line, shift_window(line, "early", "2026-12-03"), store, journal, now=local("14:01"))
-    finally:
-        store.close()
-        journal.close()
+    h, _ = early_handover(tmp_path)
     backend = LlamaCppBackend(make_tiny_qwen(tmp_path / "tiny.gguf"), n_ctx=4096, n_threads=2, seed=7)
     out = summarise(h, backend, max_tokens=48, timeout_s=120)  # random weights: what it writes is noise
     allowed = {r for s in h.body["sentences"] for r in s["refs"]}
