@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` 
 import streamlit as st  # noqa: E402
 
 from dashboards import charts  # noqa: E402
+from dashboards.handover import handover_panel  # noqa: E402
 from dashboards import login  # noqa: E402
 from dashboards.live import LiveFeed, Snapshot  # noqa: E402
 from dashboards.overview import line_health  # noqa: E402
@@ -693,11 +694,13 @@ def main() -> None:
         with feedback:
             feedback_tab(alarm)
     st.markdown("#### Alarm system")
-    kpis, history = st.tabs(["Alarm KPIs (EEMUA 191)", "Alarm history"], key="system")
+    kpis, history, handover = st.tabs(["Alarm KPIs (EEMUA 191)", "Alarm history", "Shift handover"], key="system")
     with kpis:
         kpi_panel(time.time())
     with history:
         history_table()
+    with handover:
+        handover_panel(cfg.store, cfg.feed, actor())
 
 
 main()

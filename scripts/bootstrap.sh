@@ -6,10 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-demo}"; shift || true
 
-# System packages: Mosquitto (the broker of the demo and the tests), Chromium (browser test of the dashboard).
+# System packages: Mosquitto (the broker of the demo and the tests), DejaVu fonts (shift handovers as PDF),
+# Chromium (browser test of the dashboard) and poppler-utils (the tests look at the handover PDF as a picture).
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
-if [ "$what" = test ]; then command -v chromium >/dev/null || need+=(chromium); fi
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+if [ "$what" = test ]; then
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v pdftoppm >/dev/null || need+=(poppler-utils)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

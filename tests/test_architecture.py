@@ -4,7 +4,7 @@
 * no station imports another station's private names (``_name``);
 * no import loop among the runtime's modules, and no import hidden in a function to dodge one;
 * the service starts without loading the heavy parts only some commands use (streamlit, matplotlib,
-  tqdm, the simulator).
+  tqdm, the simulator, the MCP SDK and its web server, the PDF library).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def test_no_import_is_hidden_in_a_function_to_dodge_a_loop():
 
 @pytest.mark.parametrize("entry", ["factory_copilot.service", "factory_copilot.cli"])
 def test_the_service_starts_without_the_heavy_parts_it_does_not_use(entry):
-    heavy = ["streamlit", "matplotlib", "tqdm", "simulators"]
+    heavy = ["streamlit", "matplotlib", "tqdm", "simulators", "mcp", "uvicorn", "fpdf"]  # mcp and fpdf2: their commands only
     code = f"import sys, {entry}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []

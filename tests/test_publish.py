@@ -18,6 +18,7 @@ from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import MqttConnection
 from factory_copilot.records import (
     DiagnosisChunk,
+    Handover,
     Alarm,
     AlarmEvent,
     AlarmState,
@@ -95,6 +96,14 @@ def command(**fields) -> bytes:
     return json.dumps({"schema": "command/1", **fields}).encode()
 
 
+def handover() -> Handover:
+    """The smallest handover/1 a shift with nothing in it gives (shift/handover.py writes the real ones)."""
+    body = {"schema": "handover/1", "site": SITE, "line": LINE, "handover_id": "2026-12-03/early", "shift": "early",
+            "date": "2026-12-03", "start": 1.0, "end": 2.0, "timezone": "UTC", "written_at": 2.0, "alarms": [],
+            "actions": [], "standing": [], "incidents": [], "figures": {}, "watch": [], "sentences": []}
+    return Handover("2026-12-03/early", "early", "2026-12-03", 1.0, 2.0, 2.0, body)
+
+
 async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(broker, tmp_path):
     listen = await Listener(broker, [T.everything()]).ready()
     questions: Buffer[Question] = Buffer(10)
@@ -121,6 +130,9 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
         pub.answer_chunk(question.request_id, question.alarm_id, "Because ", False)
         pub.answer_chunk(question.request_id, question.alarm_id, "cavitation.", True, text="Because cavitation.",
                          source="model")
+        pub.handover(handover())
+        listen.client.publish(T.commands("ann"), json.dumps({"schema": "handover-ack/1", "request_id": "h1",
+                                                             "handover_id": "2026-12-03/early"}), qos=1)
         kinds: dict[str, list[Received]] = {}
 
         def complete():
@@ -150,7 +162,7 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
     assert kinds["diagnosis-stream/1"][0].topic == T.diagnosis_stream("product_pump", "a1")
     if broker.protocol == "5":
         for kind, group in kinds.items():
-            if kind in ("command/1", "ask/1"):
+            if kind in ("command/1", "ask/1", "handover-ack/1"):
                 continue  # sent by this test, not by the publisher
             for msg in group:
                 assert msg.properties.ContentType == "application/json"

@@ -35,6 +35,8 @@ COMMANDS: list[str] = [
     "factory_copilot.service",
     "simulators.demo",
     "factory_copilot.store.cli",
+    "factory_copilot.shift.cli",
+    "factory_copilot.agents.cli",
 ]
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -451,6 +452,41 @@ class Roles(_Strict):
         return None
 
 
+class Shift(_Strict):
+    """One shift of the line's day: its name and the local time it starts (it ends where the next one starts)."""
+
+    name: str
+    start: str  # "HH:MM" in the line's ``timezone``
+
+    @field_validator("name")
+    @classmethod
+    def _shift_name(cls, v: str) -> str:
+        if not v or v != v.strip() or any(c in v for c in "/+#\0"):
+            raise ValueError(f"{v!r} is not a shift name (non-empty, no '/', '+', '#', surrounding spaces)")
+        return v
+
+    @field_validator("start")
+    @classmethod
+    def _clock_time(cls, v: str) -> str:
+        m = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", str(v))
+        if not m:
+            raise ValueError(f"{v!r} is not a time of day: write it as HH:MM, e.g. \"06:00\"")
+        return v
+
+    @property
+    def minute_of_day(self) -> int:
+        hours, minutes = self.start.split(":")
+        return int(hours) * 60 + int(minutes)
+
+
+class AgentAccess(_Strict):
+    """What ``factory-copilot mcp`` offers agents: read tools always; write tools only when enabled here."""
+
+    write_tools: bool = False  # acknowledge and shelve, as the authenticated user, under ``roles:``
+    host: str = "127.0.0.1"  # where the streamable HTTP transport listens
+    port: int = Field(8765, ge=1, le=65535)
+
+
 class ServiceSettings(_Strict):
     """How ``factory-copilot run`` serves this line."""
 
@@ -481,6 +517,9 @@ class LineConfig(_Strict):
     service: ServiceSettings = ServiceSettings()
     # who may acknowledge, shelve (how long) and take out of service; None: every user the broker lets in may
     roles: Roles | None = None
+    timezone: str = "UTC"  # the plant's local time (an IANA name, e.g. Europe/Berlin): shift starts are in it
+    shifts: list[Shift] | None = None  # the line's shifts, in the order of the day; a handover is written at each change
+    mcp: AgentAccess = AgentAccess()
     assets: list[Asset]
     _path: Path | None = PrivateAttr(None)  # the file it was read from: the line's own paths are relative to it
 
@@ -505,6 +544,33 @@ class LineConfig(_Strict):
                     "mode_signal: replaced by 'modes: {signal: ASSET.SIGNAL, codes: {0: idle, 2: running, ...}}' "
                     "(or ranges of a load signal); the machine's modes are declared, not assumed")
         return data
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            if v != "UTC":  # needs no zone database
+                zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not a time zone this machine knows (an IANA name such as Europe/Berlin)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _day_of_shifts(self) -> "LineConfig":
+        if self.shifts is None:
+            return self
+        if not self.shifts:
+            raise ValueError("shifts: names no shift; leave 'shifts:' out for a line without shifts")
+        problems = []
+        for i, s in enumerate(self.shifts):
+            for j, earlier in enumerate(self.shifts[:i]):
+                if earlier.name == s.name:
+                    problems.append(f"shifts[{i}].name: {s.name!r} is already the name of shifts[{j}]")
+                if earlier.start == s.start:
+                    problems.append(f"shifts[{i}].start: {s.start} is already the start of shifts[{j}] ({earlier.name})")
+        if problems:
+            raise ValueError("\n".join(problems))  # parse_line reports each as a problem of its own
+        return self
 
     @model_validator(mode="after")
     def _unique_assets(self) -> "LineConfig":

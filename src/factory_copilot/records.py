@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -321,8 +322,9 @@ class Diagnosis:
         return cls(**d)
 
 
-def _fields(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+@functools.cache  # a record's fields never change; from_dict runs for every stored alarm and event read back
+def _fields(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 class CommandKind(str, enum.Enum):
@@ -531,4 +533,33 @@ class HeldAlarms:
     """
 
     alarms: dict[str, str]
+    ts: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class Handover:
+    """A shift handed over: what the shift that ended leaves the incoming one, written from the store (``shift/``).
+
+    ``body`` is the ``handover/1`` payload (sections of sentences, each citing the alarm and audit rows it
+    comes from); ``acknowledged`` lists who of the incoming shift read it (actor, ts, comment), oldest first.
+    """
+
+    handover_id: str  # "<date>/<shift>", the date the shift started on, in the line's time zone
+    shift: str
+    date: str
+    start: float
+    end: float
+    written_at: float
+    body: dict[str, Any]
+    acknowledged: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class HandoverAck:
+    """The incoming operator's acknowledgement of a handover, from their own command level (``commands/<user>``)."""
+
+    handover_id: str
+    actor: str
+    comment: str | None = None
+    request_id: str | None = None
     ts: float = field(default_factory=time.time)

@@ -36,6 +36,7 @@ from factory_copilot.plumbing.buffer import Buffer, fan_out
 from factory_copilot.plumbing.signals import stop_on_signals
 from factory_copilot.publish.publisher import InstanceConflict, Publisher
 from factory_copilot.records import Reading
+from factory_copilot.shift.station import ShiftStation
 from factory_copilot.store.station import StoreStation
 from factory_copilot.store.store import Store
 
@@ -82,6 +83,8 @@ class LineService:
         commands, questions, turns = b("commands", 1000), b("questions", 100), b("conversation turns", 1000)
         held = b("held alarms", 10)  # the engine's alarms at start: the publisher clears retained ghosts of others
         model_jobs = b("model jobs", 1000)  # where each job for the model stands: what an operator waits for
+        # a line with shifts gets a handover at each change, acknowledged by the incoming operator
+        handovers, acks = (b("handovers", 100), b("handover acks", 100)) if line.shifts else (None, None)
 
         # every clock of the pipeline: the wall clock live, the recording's time in a replay
         self.clock: Callable[[], float] = time.time
@@ -111,13 +114,15 @@ class LineService:
         self.publisher = Publisher.for_line(
             line, paths.outbox, connection=alerts or line.mqtt or MqttConnection(), prefix=settings.alerts_prefix,
             events=to_publish_events, diagnoses=to_publish_diagnoses, chunks=chunks, results=results, answers=answers,
-            commands=commands, questions=questions, held=held, jobs=model_jobs,
+            commands=commands, questions=questions, held=held, jobs=model_jobs, handovers=handovers, handover_acks=acks,
         )
         if isinstance(self.clock, ReplayClock):  # a replay waits for detect and alarms rather than outrun them
             self.clock.backlog = lambda: sum(buf.qsize() for buf in (readings, to_detect, anomalies, to_alarms))
         self.store_station = StoreStation(self.store, readings=to_store_readings, anomalies=to_store_anomalies,
                                           events=to_store_events, diagnoses=to_store_diagnoses, turns=turns,
                                           clock=self.clock)
+        self.shift = ShiftStation(line, self.store, paths.alarms, handovers, acks, results, clock=self.clock,
+                                  catch_up=replay is None) if line.shifts else None
         self.stations: dict[str, Callable[[asyncio.Event], Coroutine]] = {
             "collect": self.collector.run,
             "detect": self.detect.run,
@@ -125,6 +130,7 @@ class LineService:
             "copilot": self.copilot.run,
             "publish": self.publisher.run,
             "store": self.store_station.run,
+            **({"shift": self.shift.run} if self.shift else {}),
             # copies for every consumer; source states are for detect (lost data): the store and the copilot keep readings
             "fan-out readings": lambda stop: fan_out(readings, to_detect, to_store_readings, to_copilot_readings,
                                                      only={to_store_readings: Reading, to_copilot_readings: Reading}),
@@ -226,6 +232,7 @@ class LineService:
             "copilot": self.copilot.stats(),
             "publish": self.publisher.stats(),
             "store": self.store_station.stats(),
+            **({"shift": self.shift.stats()} if self.shift else {}),
             "stations": {"restarts": dict(self.restarts), "stopped": dict(self.stopped)},
             "buffers": {buf.name: buf.stats() for buf in self.buffers},
         }

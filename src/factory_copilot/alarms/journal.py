@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from factory_copilot.records import Alarm, AlarmEvent, AlarmState
-from factory_copilot.plumbing.sqlite import open_db, transaction
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Priority
+from factory_copilot.plumbing.sqlite import open_db, open_reader, transaction
 
 COMPONENT = "alarms"
 
@@ -76,9 +76,11 @@ class Entry:
 
 
 class Journal:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        """The engine's file; ``read_only`` for a reader beside the running engine (nothing created, nothing written)."""
         self.path = str(path)
-        self.conn: sqlite3.Connection = open_db(path, MIGRATIONS, COMPONENT)
+        self.conn: sqlite3.Connection = (open_reader(path, len(MIGRATIONS), COMPONENT) if read_only
+                                         else open_db(path, MIGRATIONS, COMPONENT))
 
     def close(self) -> None:
         self.conn.close()
@@ -114,6 +116,90 @@ class Journal:
             sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT ?) ORDER BY seq"
             args.append(limit)
         return [_event(r) for r in self.conn.execute(sql, args)]
+
+    def entries(self, alarm_id: str | None = None, since: float | None = None, until: float | None = None,
+                limit: int | None = None, light: str | bool = False) -> list[tuple[int, AlarmEvent]]:
+        """Audit rows with their sequence number (what a report cites), oldest first; ``limit`` keeps the newest.
+
+        ``light``: each row's alarm without its anomaly (the evidence), which readers of the trail rarely need and
+        which is most of a row's size; ``"kpi"``: only what ``kpi.alarm_kpis`` reads (state, priority, whether
+        annunciated, the root), taken out of the JSON by SQLite: a month of rows reads many times faster.
+        """
+        sql, args = f"SELECT {_columns(light)} FROM alarm_audit WHERE 1=1", []
+        for clause, value in (("alarm_id=?", alarm_id), ("ts>=?", since), ("ts<=?", until)):
+            if value is not None:
+                sql += f" AND {clause}"
+                args.append(value)
+        sql += " ORDER BY seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [(r["seq"], _event(r)) for r in reversed(self.conn.execute(sql, args).fetchall())]
+
+    def alarm_ids(self) -> list[str]:
+        """Every alarm the engine has held (its state table keeps them, normal ones included)."""
+        return [r[0] for r in self.conn.execute("SELECT alarm_id FROM alarm_engine_state ORDER BY alarm_id")]
+
+    def state_at(self, ts: float, before: bool = False, light: str | bool = False) -> dict[str, tuple[int, AlarmEvent]]:
+        """Each alarm's newest audit row at (or, ``before``, strictly before) ``ts``: how it stood then.
+
+        One index lookup per alarm the engine has held, all in one statement.
+        """
+        op = "<" if before else "<="
+        rows = self.conn.execute(
+            f"SELECT {_columns(light)} FROM alarm_audit WHERE seq IN (SELECT (SELECT seq FROM alarm_audit a "
+            f"WHERE a.alarm_id=s.alarm_id AND a.ts{op}? ORDER BY a.ts DESC, a.seq DESC LIMIT 1) "
+            "FROM alarm_engine_state s)", (ts,))
+        return {r["alarm_id"]: (r["seq"], _event(r)) for r in rows}
+
+    def standing_at(self, ts: float, light: str | bool = False) -> dict[str, tuple[int, AlarmEvent]]:
+        """``state_at(ts)`` of the alarms that stood then: not normal, shelved past ``ts``, or out of service."""
+        rows = self.conn.execute(
+            f"SELECT {_columns(light)} FROM alarm_audit WHERE seq IN (SELECT (SELECT seq FROM alarm_audit a "
+            "WHERE a.alarm_id=s.alarm_id AND a.ts<=? ORDER BY a.ts DESC, a.seq DESC LIMIT 1) FROM alarm_engine_state s) "
+            "AND (state != ? OR json_extract(alarm_audit.body, '$.out_of_service') "
+            "OR json_extract(alarm_audit.body, '$.shelved_until') > ?)", (ts, AlarmState.NORMAL.value, ts))
+        return {r["alarm_id"]: (r["seq"], _event(r)) for r in rows}
+
+    def period(self, start: float, end: float, light: str | bool = False,
+               cache: dict[int, AlarmEvent] | None = None) -> list[tuple[int, AlarmEvent]]:
+        """The audit rows of [start, end] and what comes before them that a period's KPIs depend on, oldest first.
+
+        ``kpi.alarm_kpis`` reads each alarm's state when the period begins from its earlier events: for an alarm
+        active at ``start`` that is every row since its activity began, else its last row. With those, the
+        figures equal those computed from the whole trail, without reading the whole trail. Rows never change
+        once written, so a reader asking again may keep them in ``cache`` (seq -> event, of one ``light``).
+        """
+        seqs: set[int] = set()
+        newest = self.conn.execute(
+            "SELECT seq, alarm_id, state, ts FROM alarm_audit WHERE seq IN (SELECT (SELECT seq FROM alarm_audit a "
+            "WHERE a.alarm_id=s.alarm_id AND a.ts<? ORDER BY a.ts DESC, a.seq DESC LIMIT 1) FROM alarm_engine_state s)",
+            (start,)).fetchall()
+        active = (AlarmState.ACTIVE_UNACK.value, AlarmState.ACTIVE_ACK.value)
+        for seq, alarm_id, state, _ in newest:
+            seqs.add(seq)
+            if state not in active:
+                continue
+            began = self.conn.execute("SELECT max(ts) FROM alarm_audit WHERE alarm_id=? AND ts<? AND state NOT IN (?, ?)",
+                                      (alarm_id, start, *active)).fetchone()[0]
+            seqs.update(r[0] for r in self.conn.execute(
+                "SELECT seq FROM alarm_audit WHERE alarm_id=? AND ts<? AND ts>=?",
+                (alarm_id, start, began if began is not None else float("-inf"))))
+        seqs.update(r[0] for r in self.conn.execute("SELECT seq FROM alarm_audit WHERE ts>=? AND ts<=?", (start, end)))
+        return self._by_seq(sorted(seqs), light, cache)
+
+    def _by_seq(self, seqs: list[int], light: str | bool, cache: dict[int, AlarmEvent] | None) -> list[tuple[int, AlarmEvent]]:
+        known = cache if cache is not None else {}
+        missing = [s for s in seqs if s not in known]
+        found: dict[int, AlarmEvent] = {}
+        for i in range(0, len(missing), 900):  # within SQLite's limit of bound parameters
+            chunk = missing[i:i + 900]
+            for r in self.conn.execute(f"SELECT {_columns(light)} FROM alarm_audit WHERE seq IN "
+                                       f"({','.join('?' * len(chunk))})", chunk):
+                found[r["seq"]] = _event(r)
+        if cache is not None:
+            cache.update(found)
+        return [(s, known.get(s) or found[s]) for s in seqs if s in known or s in found]
 
     # -- writing -----------------------------------------------------------------------------------
     def write(
@@ -152,7 +238,25 @@ class Journal:
                     )
 
 
+_KPI = ("seq, ts, alarm_id, event, state, actor, comment, json_extract(body, '$.priority') AS priority, "
+        "json_extract(body, '$.shelved_until') AS shelved_until, json_extract(body, '$.suppressed') AS suppressed, "
+        "json_extract(body, '$.out_of_service') AS out_of_service, json_extract(body, '$.parent_id') AS parent_id, "
+        "NULL AS body")
+
+
+def _columns(light: str | bool) -> str:
+    if light == "kpi":
+        return _KPI
+    return "seq, ts, alarm_id, event, state, actor, comment, json_remove(body, '$.anomaly') AS body" if light else "*"
+
+
 def _event(row: sqlite3.Row) -> AlarmEvent:
+    if row["body"] is None:  # the KPI columns: an alarm with only what the figures read
+        state = AlarmState(row["state"])
+        alarm = Alarm(row["alarm_id"], "", "", state, Priority.parse(row["priority"]), "", row["ts"], row["ts"],
+                      shelved_until=row["shelved_until"], suppressed=bool(row["suppressed"]),
+                      out_of_service=bool(row["out_of_service"]), parent_id=row["parent_id"])
+        return AlarmEvent(row["alarm_id"], row["ts"], row["event"], state, alarm, row["actor"], row["comment"])
     return AlarmEvent(
         alarm_id=row["alarm_id"],
         ts=row["ts"],

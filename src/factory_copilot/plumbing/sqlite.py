@@ -53,6 +53,35 @@ def open_db(path: str | Path, migrations: Sequence[str], component: str) -> sqli
     return conn
 
 
+def open_reader(path: str | Path, known_versions: int, component: str) -> sqlite3.Connection:
+    """A connection that only reads ``path`` (``PRAGMA query_only``), beside the process that writes it (WAL).
+
+    Nothing is created or migrated: a file that does not exist is FileNotFoundError, one written by newer
+    software than this (``known_versions``) a RuntimeError, each naming the file.
+    """
+    path = str(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no {component} file here (has the service run with this state directory?)")
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA query_only=ON")
+    try:
+        row = conn.execute("SELECT version FROM schema_version WHERE component=?", (component,)).fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    if row is None:
+        conn.close()
+        raise FileNotFoundError(f"{path}: holds no {component} tables (is it the right file?)")
+    if row[0] != known_versions:
+        conn.close()
+        newer = row[0] > known_versions
+        raise RuntimeError(f"{path}: {component} schema is version {row[0]}, "
+                           + (f"newer than this software knows ({known_versions})" if newer else
+                              f"older than this software's {known_versions}: start the service once, it migrates the file"))
+    return conn
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction: taken at once (IMMEDIATE, so concurrent writers wait their turn), committed, or rolled back."""

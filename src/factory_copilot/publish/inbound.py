@@ -21,7 +21,7 @@ from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.publish import payloads
 from factory_copilot.publish.payloads import Rejected
 from factory_copilot.publish.topics import Topics
-from factory_copilot.records import AnswerChunk, CommandResult, OperatorCommand, Question
+from factory_copilot.records import AnswerChunk, CommandResult, HandoverAck, OperatorCommand, Question
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,11 @@ class Inbound:
 
     def __init__(self, topics: Topics, commands: Buffer[OperatorCommand] | None, questions: Buffer[Question] | None,
                  reply: Callable[[CommandResult, Route], None], answer: Callable[[AnswerChunk, Route], None],
-                 counts: collections.Counter, max_routes: int = 1000):
+                 counts: collections.Counter, max_routes: int = 1000,
+                 handover_acks: Buffer[HandoverAck] | None = None):
         self.topics = topics
         self.commands = commands
+        self.handover_acks = handover_acks  # acknowledgements of shift handovers: same level, same identity
         self.questions = questions
         self.reply = reply
         self.answer = answer
@@ -102,6 +104,14 @@ class Inbound:
             return
         self.counts["commands"] += 1
         route = (response_topic, correlation) if response_topic else (self.topics.command_reply(parsed.request_id), None)
+        if isinstance(parsed, HandoverAck):
+            if self.handover_acks is None:
+                self.reply(CommandResult(parsed.request_id, False, "this service writes no shift handovers (the line "
+                                         "file names no shifts); nothing changed"), route)
+                return
+            self._remember(parsed.request_id, response_topic, correlation)
+            self.handover_acks.offer(parsed)
+            return
         if self.commands is None:
             self.reply(CommandResult(parsed.request_id, False, "no alarm engine is attached to this publisher; "
                                      "nothing changed"), route)

@@ -21,7 +21,8 @@ from referencing import Registry, Resource
 
 from factory_copilot import __version__
 from factory_copilot.plumbing import safejson
-from factory_copilot.records import AlarmEvent, Alarm, CommandResult, Diagnosis, ModelJob, OperatorCommand, Question
+from factory_copilot.records import (AlarmEvent, Alarm, CommandResult, Diagnosis, Handover, HandoverAck,
+                                     ModelJob, OperatorCommand, Question)
 
 # the MQTT contract ships inside the package (an installed wheel validates what it sends and takes)
 SCHEMAS_DIR = Path(os.environ.get("FACTORY_COPILOT_SCHEMAS")
@@ -31,7 +32,8 @@ VERSION = 1
 ALARM, EVENT, DIAGNOSIS, STREAM, STATUS = "alarm/1", "event/1", "diagnosis/1", "diagnosis-stream/1", "status/1"
 COMMAND, COMMAND_REPLY, ASK, ANSWER = "command/1", "command-reply/1", "ask/1", "answer/1"
 MODEL_JOB = "model-job/1"
-KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER, MODEL_JOB)
+HANDOVER, HANDOVER_ACK = "handover/1", "handover-ack/1"
+KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER, MODEL_JOB, HANDOVER, HANDOVER_ACK)
 
 
 class PayloadError(ValueError):
@@ -132,6 +134,11 @@ def status(state: str, site: str, line: str, started_at: float, client_id: str, 
     return body
 
 
+def handover(h: Handover) -> dict[str, Any]:
+    """The handover/1 payload: the handover's body with who acknowledged it so far."""
+    return {**h.body, "schema": HANDOVER, "acknowledged": list(h.acknowledged)}
+
+
 def command_reply(result: CommandResult) -> dict[str, Any]:
     return {"schema": COMMAND_REPLY, **result.to_dict(), "ts": time.time()}
 
@@ -178,19 +185,21 @@ MAX_INCOMING_BYTES = 64 * 1024
 MAX_REASON_CHARS = 300  # a refusal quotes the offending value at most this far: a reply never echoes a payload
 
 
-def _decode(raw: bytes, kind: str) -> tuple[dict[str, Any] | None, Rejected | None]:
+def _decode(raw: bytes, kind: str, sender: str, alternative: str | None = None) -> dict[str, Any] | Rejected:
+    """The payload of ``kind`` (or of ``alternative`` when it names that schema) from ``sender``, or why not."""
     try:
         body = safejson.loads(raw, MAX_INCOMING_BYTES)
     except safejson.BadJson as exc:
-        return None, Rejected(None, f"payload is not usable JSON ({exc.reason}): {exc.detail}")
+        return Rejected(None, f"payload is not usable JSON ({exc.reason}): {exc.detail}")
     if not isinstance(body, dict):
-        return None, Rejected(None, f"payload must be a JSON object, got {type(body).__name__}")
+        return Rejected(None, f"payload must be a JSON object, got {type(body).__name__}")
     rid = body.get("request_id")
     rid = rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
-    found = problems(body, kind)
+    found = problems(body, alternative if alternative and body.get("schema") == alternative else kind)
     if found:
-        return None, Rejected(rid, "; ".join(_cut(p) for p in found[:5]))
-    return body, None
+        return Rejected(rid, "; ".join(_cut(p) for p in found[:5]))
+    wrong = _sender(body, sender)
+    return Rejected(rid, wrong) if wrong else body
 
 
 def _cut(text: str) -> str:
@@ -206,14 +215,15 @@ def _sender(body: dict[str, Any], sender: str) -> str | None:
     return None
 
 
-def parse_command(raw: bytes, sender: str) -> OperatorCommand | Rejected:
-    """An operator command from ``commands/<sender>``, or why it was rejected (then nothing may reach the engine)."""
-    body, rejected = _decode(raw, COMMAND)
-    if rejected:
-        return rejected
-    wrong = _sender(body, sender)
-    if wrong:
-        return Rejected(body["request_id"], wrong)
+def parse_command(raw: bytes, sender: str) -> OperatorCommand | HandoverAck | Rejected:
+    """What arrives on ``commands/<sender>``: an alarm command (command/1) or a handover acknowledgement
+    (handover-ack/1), or why it was rejected (then nothing may reach the engine)."""
+    body = _decode(raw, COMMAND, sender, alternative=HANDOVER_ACK)
+    if isinstance(body, Rejected):
+        return body
+    if body["schema"] == HANDOVER_ACK:
+        return HandoverAck(handover_id=body["handover_id"], actor=sender, comment=body.get("comment"),
+                           request_id=body["request_id"])
     return OperatorCommand(
         command=body["command"],
         alarm_id=body["alarm_id"],
@@ -226,10 +236,7 @@ def parse_command(raw: bytes, sender: str) -> OperatorCommand | Rejected:
 
 def parse_question(raw: bytes, sender: str) -> Question | Rejected:
     """A question from ``ask/<sender>``, or why it was rejected."""
-    body, rejected = _decode(raw, ASK)
-    if rejected:
-        return rejected
-    wrong = _sender(body, sender)
-    if wrong:
-        return Rejected(body["request_id"], wrong)
+    body = _decode(raw, ASK, sender)
+    if isinstance(body, Rejected):
+        return body
     return Question(request_id=body["request_id"], alarm_id=body["alarm_id"], question=body["question"], actor=sender)

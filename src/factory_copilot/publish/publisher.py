@@ -43,6 +43,8 @@ from factory_copilot.records import (
     CommandResult,
     Diagnosis,
     DiagnosisChunk,
+    Handover,
+    HandoverAck,
     HeldAlarms,
     ModelJob,
     OperatorCommand,
@@ -77,6 +79,8 @@ class Publisher:
         questions: Buffer[Question] | None = None,
         held: Buffer[HeldAlarms] | None = None,
         jobs: Buffer[ModelJob] | None = None,
+        handovers: Buffer[Handover] | None = None,
+        handover_acks: Buffer[HandoverAck] | None = None,
         window: int = 32,
         stream_expiry_s: int = 120,
         stream_max: int = 2000,
@@ -87,7 +91,7 @@ class Publisher:
         self.connection = connection or MqttConnection()
         self.client_id = client_id or self.connection.client_id or f"factory-copilot-publish-{site}-{line}"
         self.inputs = {"events": events, "diagnoses": diagnoses, "chunks": chunks, "results": results, "answers": answers,
-                       "held": held, "jobs": jobs}
+                       "held": held, "jobs": jobs, "handovers": handovers}
         self.counts: collections.Counter = collections.Counter()
         self.outbox = Outbox(outbox_path, max_rows=outbox_max_rows)
         self.session = PublishSession(self.topics, self.connection, self.client_id, on_online=self._online,
@@ -96,7 +100,8 @@ class Publisher:
                                       on_message=lambda *m: self.inbound.message(*m))
         self.sender = Sender(self.outbox, self._hand, window=window, stream_expiry_s=stream_expiry_s,
                              stream_max=stream_max, counts=self.counts)
-        self.inbound = Inbound(self.topics, commands, questions, self._reply, self._answer, self.counts)
+        self.inbound = Inbound(self.topics, commands, questions, self._reply, self._answer, self.counts,
+                               handover_acks=handover_acks)
         self.online = self.sender.online  # set once the broker acknowledged this connection's birth message
         self.offline = asyncio.Event()
         self.idle = self.sender.idle  # nothing pending anywhere
@@ -170,6 +175,7 @@ class Publisher:
                                                    a.source),
             "held": self.held_alarms,
             "jobs": self.model_job,
+            "handovers": self.handover,
         }
 
         async def drain(buffer: Buffer, take: Callable[[Any], None]) -> None:
@@ -255,6 +261,10 @@ class Publisher:
             self._reconciling.cancel()  # a newer word from the engine (its station restarted) replaces it
         self.reconciled.clear()
         self._reconciling = asyncio.create_task(self._reconcile(held), name="publish-reconcile")
+
+    def handover(self, h: Handover) -> None:
+        """A shift handover, retained as the line's newest (stored first, sent with the alarms' priority)."""
+        self.sender.store(self._json(self.topics.handover(), payloads.handover(h), payloads.HANDOVER, True, ALARM_LANE))
 
     def command_reply(self, result: CommandResult) -> None:
         """The alarm engine's result for a command that came in over MQTT."""

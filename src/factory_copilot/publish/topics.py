@@ -8,6 +8,7 @@ Under ``<prefix>/<site>/<line>/`` (prefix default ``factory-copilot``):
     <asset>/diagnosis/<alarm-id>/job      where the model's diagnosis of the alarm stands (queued, running, ...)
     events                                every alarm transition, not retained
     status                                birth (online) and last will (offline), retained
+    handover                              the newest shift handover, retained (updated when acknowledged)
     commands/<user>                       operator commands in, from MQTT user <user> (the broker's ACL lets
                                           each user publish only on its own level: the actor is the topic's)
     commands/reply/<request-id>           the reply to one command (the service's only reply prefix)
@@ -44,8 +45,8 @@ def decode_level(level: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TopicParts:
-    """What a topic says: ``kind`` is alarm, diagnosis, stream, diagnosis_job, events, status, commands, command_reply,
-    ask or answer."""
+    """What a topic says: ``kind`` is alarm, diagnosis, stream, diagnosis_job, events, status, handover, commands,
+    command_reply, ask or answer."""
 
     kind: str
     site: str
@@ -95,6 +96,9 @@ class Topics:
 
     def status(self) -> str:
         return f"{self.base}/status"
+
+    def handover(self) -> str:
+        return f"{self.base}/handover"
 
     def commands(self, user: str) -> str:
         """Where MQTT user ``user`` sends its commands (and only it may: the broker's ACL)."""
@@ -150,6 +154,8 @@ def parse(topic: str, prefix: str = DEFAULT_PREFIX) -> TopicParts | None:
         return TopicParts("events", site, line)
     if rest == ["status"]:
         return TopicParts("status", site, line)
+    if rest == ["handover"]:
+        return TopicParts("handover", site, line)
     if len(rest) == 2 and rest[0] in ("commands", "ask") and rest[1] != REPLY:
         return TopicParts(rest[0], site, line, user=decode_level(rest[1]))
     if len(rest) == 3 and rest[:2] == ["commands", "reply"]:

@@ -78,6 +78,32 @@ class AlarmHistory:
         rows = self._rows(sql + " ORDER BY priority, raised_at DESC", params)
         return [Alarm.from_dict(json.loads(r[0])) for r in rows]
 
+    def standing_alarms(self, now: float, asset: str | None = None) -> list[Alarm]:
+        """Alarms not normal, and every shelved or out-of-service one (those are normal while not watched)."""
+        sql = ("SELECT body FROM alarms WHERE (state != ? OR json_extract(body, '$.out_of_service') "
+               "OR json_extract(body, '$.shelved_until') > ?)")
+        params: list = [AlarmState.NORMAL.value, now]
+        if asset:
+            sql += " AND asset=?"
+            params.append(asset)
+        rows = self._rows(sql + " ORDER BY priority, raised_at DESC", params)
+        return [Alarm.from_dict(json.loads(r[0])) for r in rows]
+
+    def consequences(self, alarm_id: str) -> list[Alarm]:
+        """The alarms folded under ``alarm_id`` that are not normal, oldest first."""
+        rows = self._rows("SELECT body FROM alarms WHERE state != ? AND json_extract(body, '$.parent_id') = ? "
+                          "ORDER BY raised_at", (AlarmState.NORMAL.value, alarm_id))
+        return [Alarm.from_dict(json.loads(r[0])) for r in rows]
+
+    def recent_alarms(self, since: float, asset: str | None = None, limit: int = 100) -> list[Alarm]:
+        """Alarms that changed since ``since`` (active, returned or cleared), the latest change first."""
+        sql, params = "SELECT body FROM alarms WHERE updated_at>=?", [since]
+        if asset:
+            sql += " AND asset=?"
+            params.append(asset)
+        rows = self._rows(sql + " ORDER BY updated_at DESC LIMIT ?", [*params, limit])
+        return [Alarm.from_dict(json.loads(r[0])) for r in rows]
+
     def alarm_history(
         self, alarm_id: str | None = None, since: float = 0.0, asset: str | None = None, limit: int = 500
     ) -> list[AlarmEvent]:

@@ -120,4 +120,30 @@ MIGRATIONS: list[str] = [
     """
     CREATE UNIQUE INDEX conversations_request_role ON conversations(request_id, role) WHERE request_id IS NOT NULL;
     """,
+    # version 3: alarms by when they last changed (recent alarms for agents); shift handovers and their audit trail
+    """
+    CREATE INDEX alarms_updated ON alarms(updated_at);
+
+    CREATE TABLE handovers (
+        handover_id TEXT PRIMARY KEY,
+        shift TEXT NOT NULL,
+        date TEXT NOT NULL,
+        start REAL NOT NULL,
+        "end" REAL NOT NULL,
+        written_at REAL NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX handovers_end ON handovers("end");
+
+    -- append-only: who acknowledged a handover, when, with what comment
+    CREATE TABLE handover_events (
+        id INTEGER PRIMARY KEY,
+        handover_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        event TEXT NOT NULL,
+        actor TEXT,
+        comment TEXT
+    );
+    CREATE INDEX handover_events_handover ON handover_events(handover_id, ts);
+    """,
 ]

@@ -4,8 +4,8 @@ Readings are kept raw for a few minutes and downsampled into per-signal buckets
 (mean/min/max) for trends; anomalies, alarms with their event history,
 diagnoses, conversations and operator feedback sit beside them. Writes are
 batched in transactions; every table has its own retention. Each subject has its
-own module: ``trends.py``, ``alarm_history.py``, ``incidents.py``; ``Store`` is all
-three on one connection.
+own module: ``trends.py``, ``alarm_history.py``, ``incidents.py``, ``handovers.py``; ``Store`` is all
+of them on one connection (``Store.reader`` one that only reads, beside the service that writes).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from factory_copilot.plumbing.sqlite import Locked, open_db, transaction
+from factory_copilot.plumbing.sqlite import Locked, open_db, open_reader, transaction
 from factory_copilot.records import AlarmState
 from factory_copilot.store.alarm_history import AlarmHistory
+from factory_copilot.store.handovers import Handovers
 from factory_copilot.store.incidents import IncidentRecords
 from factory_copilot.store.schema import COMPONENT, MIGRATIONS
 from factory_copilot.store.trends import Trends
@@ -41,19 +42,27 @@ class Retention:
     diagnoses: float | None = 180 * DAY
     conversations: float | None = 180 * DAY
     feedback: float | None = None  # incident memory: kept unless asked otherwise
+    handovers: float | None = 365 * DAY
 
 
-class Store(Trends, AlarmHistory, IncidentRecords):
+class Store(Trends, AlarmHistory, IncidentRecords, Handovers):
     """SQLite store; thread-safe (one connection under a lock); open several on one file from several processes."""
 
-    def __init__(self, path: str | Path, bucket_s: float = 5.0, retention: Retention | None = None):
+    def __init__(self, path: str | Path, bucket_s: float = 5.0, retention: Retention | None = None, *,
+                 read_only: bool = False):
         if bucket_s <= 0:
             raise ValueError("store bucket_s must be > 0")
         self.path = str(path)
         self.bucket_s = float(bucket_s)
         self.max_raw_points = 20_000  # above this many samples in a window, trend(resolution="auto") uses buckets
         self.retention = retention or Retention()
-        self._db = Locked(open_db(self.path, MIGRATIONS, COMPONENT))
+        conn = open_reader(self.path, len(MIGRATIONS), COMPONENT) if read_only else open_db(self.path, MIGRATIONS, COMPONENT)
+        self._db = Locked(conn)
+
+    @classmethod
+    def reader(cls, path: str | Path, bucket_s: float = 5.0) -> "Store":
+        """A store that only reads (its own connection, ``query_only``), beside the service that writes the file."""
+        return cls(path, bucket_s, read_only=True)
 
     def close(self) -> None:
         with self._db as conn:
@@ -84,6 +93,7 @@ class Store(Trends, AlarmHistory, IncidentRecords):
             ("diagnoses", "created_at", r.diagnoses, ""),
             ("conversations", "ts", r.conversations, ""),
             ("feedback", "ts", r.feedback, ""),
+            ("handovers", '"end"', r.handovers, ""),
         ]
         deleted: dict[str, int] = {}
         with self._db as conn:
@@ -103,5 +113,5 @@ class Store(Trends, AlarmHistory, IncidentRecords):
     def counts(self) -> dict[str, int]:
         """Rows per table (for status pages and tests)."""
         tables = ["readings_raw", "trend", "anomalies", "alarms", "alarm_events", "diagnoses", "conversations",
-                  "feedback"]
+                  "feedback", "handovers"]
         return {t: self._rows(f"SELECT count(*) FROM {t}")[0][0] for t in tables}

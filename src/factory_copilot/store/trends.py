@@ -110,6 +110,39 @@ class Trends:
             frame = pd.DataFrame([tuple(r) for r in rows], columns=["ts", "signal", "mean", "min", "max", "n"])
         return frame.astype({"ts": float, "mean": float, "min": float, "max": float, "n": int})
 
+    def trend_points(self, asset: str, signal: str, since: float, until: float,
+                     max_points: int) -> list[tuple[float, float | None, float | None, float | None, int]]:
+        """One signal over [since, until] in at most ``max_points`` points: (ts, mean, min, max, n) each.
+
+        Read from the buckets and merged in SQL into ``max_points`` equal spans (a span's ts is its start), so
+        what is read back is bounded whatever the window; spans without a good sample are left out.
+        """
+        if max_points < 1 or until <= since:
+            return []
+        first = math.floor(since / self.bucket_s) * self.bucket_s
+        span = max(self.bucket_s, math.ceil((until - first) / max_points / self.bucket_s) * self.bucket_s)
+        rows = self._rows(
+            "SELECT CAST((bucket - ?) / ? AS INTEGER) AS k, sum(total) / sum(n), min(vmin), max(vmax), sum(n) "
+            "FROM trend WHERE asset=? AND signal=? AND bucket>=? AND bucket<=? AND n > 0 GROUP BY k ORDER BY k",
+            (first, span, asset, signal, first, until))
+        return [(first + k * span, mean, lo, hi, n) for k, mean, lo, hi, n in rows]
+
+    def signal_means(self, keys: Sequence[str], since: float, until: float) -> dict[str, tuple[float, int]]:
+        """The mean of good samples over [since, until) of each ``asset.signal`` in ``keys``: key -> (mean, samples).
+
+        One range of the primary key per signal: through the time index every row would be a lookup of its own.
+        """
+        pairs = [k.split(".", 1) for k in keys]
+        if not pairs:
+            return {}
+        values = ",".join("(?,?)" for _ in pairs)
+        rows = self._rows(
+            f"WITH wanted(asset, signal) AS (VALUES {values}) SELECT w.asset, w.signal, sum(t.total) / sum(t.n), "
+            "sum(t.n) FROM wanted w JOIN trend t ON t.asset=w.asset AND t.signal=w.signal AND t.bucket>=? "
+            "AND t.bucket<? AND t.n > 0 GROUP BY w.asset, w.signal",
+            [*(x for p in pairs for x in p), since, until])
+        return {f"{a}.{s}": (mean, n) for a, s, mean, n in rows if mean is not None}
+
     def latest_readings(self, asset: str | None = None) -> dict[str, tuple[float, float | None, str]]:
         """Newest raw sample per ``asset.signal``: (ts, value, quality)."""
         sql = "SELECT asset, signal, max(ts), value, quality FROM readings_raw"
@@ -125,6 +158,10 @@ class Trends:
         rows = self._rows("SELECT asset, sum(n) + sum(not_good), sum(not_good) FROM trend WHERE bucket>=? GROUP BY asset",
                           (since,))
         return {asset: (not_good or 0) / total if total else 0.0 for asset, total, not_good in rows}
+
+    def newest_sample_by_asset(self) -> dict[str, float]:
+        """Time of each asset's newest raw sample (assets with none in the raw retention are left out)."""
+        return {asset: ts for asset, ts in self._rows("SELECT asset, max(ts) FROM readings_raw GROUP BY asset")}
 
     def last_reading_by_asset(self, since: float) -> dict[str, float]:
         """Time of each asset's newest sample (assets with a bucket since ``since``)."""
