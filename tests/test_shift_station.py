@@ -127,6 +127,36 @@ async def test_at_the_change_the_handover_is_written_stored_and_published_and_it
         store.close()
 
 
+async def test_every_shift_that_ended_while_the_service_was_down_gets_its_handover_oldest_first(tmp_path):
+    line = shift_line()
+    raise_alarm(line, tmp_path, local("05:00"))
+    store = Store(tmp_path / "store.db")
+    journal = Journal(tmp_path / "alarms.db", read_only=True)
+    try:  # the service wrote the night's handover, then was down through the early and late changes
+        store.add_handover(write_handover(line, last_completed(line, local("06:00") + 1), store, journal,
+                                          now=local("06:01")))
+    finally:
+        journal.close()
+    assert [h.handover_id for h in store.handovers(0.0, 10)] == ["2026-12-02/night"]
+    clock = Clock(local("22:00") + 300)
+    handovers = Buffer(10, "handovers")
+    station = ShiftStation(line, store, tmp_path / "alarms.db", handovers, clock=clock, tick_s=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(station.run(stop))
+    try:
+        got = [(await asyncio.wait_for(handovers.get(), WAIT_S)).handover_id for _ in range(2)]
+        assert got == ["2026-12-03/early", "2026-12-03/late"]
+        clock.t = local("22:00") + 2 * 86400.0 + 60  # the clock jumps two days: the last day's shifts, in order
+        got = [(await asyncio.wait_for(handovers.get(), WAIT_S)).handover_id for _ in range(3)]
+        assert got == ["2026-12-04/night", "2026-12-05/early", "2026-12-05/late"]
+        assert store.handover("2026-12-04/late") is None and store.handover("2026-12-03/night") is None
+        assert station.stats()["written"] == 5 and station.stats()["errors"] == 0
+    finally:
+        stop.set()
+        await task
+        store.close()
+
+
 async def test_the_handover_is_retained_on_mqtt_and_acknowledged_on_the_senders_command_level(broker, tmp_path):
     line = shift_line()
     conn = MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol)

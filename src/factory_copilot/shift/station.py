@@ -4,8 +4,9 @@ Built with the store, the alarm journal's file and its buffers: handovers out (t
 retains the newest on ``<prefix>/<site>/<line>/handover``), acknowledgements in (the incoming operator's
 ``handover-ack/1`` from their own ``commands/<user>`` level) and command results out (their reply). It
 reads its clock (the service's: data time in a replay) every ``tick_s``; a change it finds past writes that
-shift's handover, and at start the newest ended shift is written if the store has none (the service was
-down at the change). The handover is stored before it is published, so a restart never loses one.
+shift's handover. Shifts that ended while the service was down (or while its clock jumped) are written at
+start, oldest first, back to the newest stored handover and at most a day back (older ones: ``shift report``);
+a store with no handover yet gets only the newest ended shift's. The handover is stored before it is published, so a restart never loses one.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logs import printable
 from factory_copilot.plumbing.tasks import run_until
 from factory_copilot.records import CommandResult, Handover, HandoverAck
-from factory_copilot.shift.calendar import last_completed, shift_at
+from factory_copilot.shift.calendar import last_completed, previous, shift_at
 from factory_copilot.shift.handover import write_handover
 from factory_copilot.store.store import Store
 
 log = logging.getLogger(__name__)
+
+MISSED_BACK_S = 24 * 3600.0  # handovers missed longer ago are written on demand by `shift report`
 
 
 class ShiftStation:
@@ -89,10 +92,9 @@ class ShiftStation:
 
     async def _changes(self) -> None:
         current = shift_at(self.line, self.clock())
-        ended = last_completed(self.line, self.clock())
-        if (self.catch_up and self.journal_path.exists()
-                and await asyncio.to_thread(self.store.handover, ended.handover_id) is None):
-            await self._try(ended)  # the service was not running when that shift ended
+        if self.catch_up and self.journal_path.exists():
+            for window in await asyncio.to_thread(self._missed, last_completed(self.line, self.clock())):
+                await self._try(window)  # the service was not running when that shift ended
         while True:
             await asyncio.sleep(self.tick_s)
             now = self.clock()
@@ -100,11 +102,36 @@ class ShiftStation:
                 current = shift_at(self.line, now)
             elif now >= current.end:
                 ended = last_completed(self.line, now)
-                if ended.start > current.start:
-                    log.warning("shift handovers from %s to before %s not written: the clock jumped past them",
-                                current.handover_id, ended.handover_id)
+                skipped = self._between(current, ended)
+                if len(skipped) > 1 or skipped[0].start > current.start:
+                    log.warning("the clock jumped from shift %s to after %s: writing the handovers of %s "
+                                "(older ones on demand: shift report)", current.handover_id, ended.handover_id,
+                                ", ".join(w.handover_id for w in skipped))
                 current = shift_at(self.line, now)
-                await self._try(ended)
+                for window in skipped:
+                    await self._try(window)
+
+    def _back(self, last, written) -> list:
+        """``last`` and the shifts before it back to the first that ``written`` says has its handover, at most a
+        day back, oldest first."""
+        windows = [last]
+        while True:
+            before = previous(self.line, windows[-1])
+            if before.start <= last.start - MISSED_BACK_S or written(before):
+                return windows[::-1]
+            windows.append(before)
+
+    def _between(self, first, last) -> list:
+        """The ended shifts after ``first`` up to ``last``, with ``first`` itself (it ended too)."""
+        return self._back(last, lambda w: w.start < first.start)
+
+    def _missed(self, ended) -> list:
+        """Ended shifts without a handover, oldest first: back to the newest stored one, at most a day back."""
+        if self.store.handover(ended.handover_id) is not None:
+            return []
+        if not self.store.handovers(0.0, 1):
+            return [ended]  # a new store: the newest ended shift only, not a day before the line was watched
+        return self._back(ended, lambda w: self.store.handover(w.handover_id) is not None)
 
     async def _try(self, window) -> None:
         try:
