@@ -92,6 +92,8 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
     """
     import pandas as pd  # a commissioning command; the service does not need pandas otherwise
 
+    from factory_copilot.plumbing.history import epoch_seconds
+
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{p}: no such recording")
@@ -111,10 +113,11 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
         missing = {"ts", "asset", "signal", "value"} - set(stream.columns)
         if missing:
             raise ValueError(f"{p}: a reading needs {', '.join(sorted(missing))}")
-        for r in stream.itertuples(index=False):
+        stamps = epoch_seconds(stream["ts"], where=f"{p}: field 'ts'").tolist()
+        for ts, r in zip(stamps, stream.itertuples(index=False)):
             q = Quality(str(getattr(r, "quality", "good") or "good").lower())
             value = None if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)) else r.value
-            out.append(Reading(float(pd.Timestamp(r.ts).timestamp()) if isinstance(r.ts, str) else float(r.ts),
+            out.append(Reading(ts,
                                str(r.asset), str(r.signal), value, q, "replay", units.get(f"{r.asset}.{r.signal}", "")))
     else:
         keys = [c for c in table.columns if c not in NOT_SIGNALS]
@@ -126,9 +129,7 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
             start = time.time() - len(table) * line.sampling_interval_s
             stamps = [start + i * line.sampling_interval_s for i in range(len(table))]
         else:
-            col = table[ts_col]
-            stamps = (pd.to_datetime(col, utc=True).astype("int64") / 1e9).tolist() if col.dtype == object \
-                else col.astype(float).tolist()
+            stamps = epoch_seconds(table[ts_col], where=f"{p}: column {ts_col!r}").tolist()
         # a coded mode signal may come as a 'mode' column (names or codes); modes by ranges come from the load itself
         mode_key = line.mode_key if line.modes and line.modes.codes is not None else None
         if "mode" in table.columns and mode_key is not None and mode_key not in keys:

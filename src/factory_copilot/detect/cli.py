@@ -83,17 +83,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def readings_table(readings: pd.DataFrame, line) -> pd.DataFrame:
     """A recorded Reading stream (ts, asset, signal, value, quality) as rows per sampling interval, as the station sees it."""
+    import pandas as pd  # as read_history: not at the top
+
+    from factory_copilot.plumbing.history import epoch_seconds
+
     missing = {"ts", "asset", "signal", "value"} - set(readings.columns)
     if missing:
         raise ValueError(f"recorded readings lack field(s) {', '.join(sorted(missing))}")
     r = readings
     if "quality" in r.columns:
         r = r[r["quality"].fillna("good").astype(str).str.lower() == "good"]  # only good values are process values
+    seconds = pd.Series(epoch_seconds(r["ts"], where="recorded readings' field 'ts'"), index=r.index)
     r = r.dropna(subset=["value"]).assign(
         key=r["asset"].astype(str) + "." + r["signal"].astype(str),
-        row=(r["ts"].astype(float) // line.sampling_interval_s).astype("int64"),
+        seconds=seconds,
+        row=(seconds // line.sampling_interval_s).astype("int64"),
     )
-    table = r.sort_values("ts").pivot_table(index="row", columns="key", values="value", aggfunc="last")
+    table = r.sort_values("seconds", kind="stable").pivot_table(index="row", columns="key", values="value", aggfunc="last")
     table = table.reindex(range(table.index.min(), table.index.max() + 1)).ffill()
     if line.modes and line.modes.codes is not None and line.mode_key in table.columns:
         # a coded mode signal becomes the mode column, by name (a load signal of ranges stays a signal)

@@ -32,6 +32,7 @@ from factory_copilot.detect.operating import (
 )
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
+from factory_copilot.plumbing.history import NORMAL_LABELS, epoch_seconds, fault_rows  # noqa: F401 (NORMAL_LABELS: re-exported)
 from factory_copilot.records import DEFAULT_MODE, Mode
 
 log = logging.getLogger(__name__)
@@ -279,22 +280,10 @@ def evaluate_tep(tep_dir=tep.TEP_DIR, folds: int = 5, class_folds: int = 4, clas
 
 
 # ---- a plant's own labelled recording ------------------------------------------------------------
-NORMAL_LABELS = frozenset({"normal", "0", "0.0", "false", "", "nan", "none", "ok"})
-
-
-def fault_rows(labels: pd.Series) -> np.ndarray:
-    """True where a label column marks a fault: anything but normal, 0, false, empty or missing."""
-    text = labels.astype(str).str.strip().str.lower()
-    return (~text.isin(NORMAL_LABELS) & labels.notna()).to_numpy()
-
-
 def _row_times(frame: pd.DataFrame, interval: float) -> np.ndarray:
     """Seconds of each row: the ``ts`` column (epoch seconds or date-times), else the row count times the interval."""
     if "ts" in frame.columns:
-        ts = frame["ts"]
-        if pd.api.types.is_numeric_dtype(ts):
-            return ts.to_numpy(dtype=float)
-        return pd.to_datetime(ts, utc=True).astype("int64").to_numpy() / 1e9
+        return epoch_seconds(frame["ts"])
     return np.arange(len(frame)) * interval
 
 

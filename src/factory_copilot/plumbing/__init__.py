@@ -1,1 +1,1 @@
-"""Shared plumbing, one home each: buffers between stations, the MQTT session, SQLite, OPC UA vocabulary, logging, brokers."""
+"""Shared plumbing, one home each: buffers between stations, the MQTT session, SQLite, OPC UA vocabulary, logging, brokers, history files' time and label rules."""
