@@ -73,6 +73,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--normal-hours", type=float, default=24.0, help="simulated normal running to train on (default 24)")
     ap.add_argument("--days", type=int, default=2, help="unseen days of the compressor station (default 2)")
+    ap.add_argument("--tep", default=str(tep.folder() or ROOT.parent / "shared" / "data" / "tep"),
+                    help="the Tennessee Eastman folder (default: $FACTORY_COPILOT_TEP, else ../shared/data/tep)")
     args = ap.parse_args()
     table: list[dict] = []
     faults: dict[str, dict] = {}
@@ -117,8 +119,8 @@ def main() -> None:
 
     # ---- TEP -------------------------------------------------------------------------------------
     tep_target = None
-    if tep.available():
-        normal, tep_faults = tep.load_all()
+    if tep.available(args.tep):
+        normal, tep_faults = tep.load_all(args.tep)
         cut = int(len(normal) * 0.7)
         det = LineDetector().fit(normal.iloc[:cut])
         tep_target = det.false_alarm_rate
@@ -131,7 +133,7 @@ def main() -> None:
         fp = int(flags[cut:].sum())
         faults["TEP (18 visible faults)"] = {**scores(tp, fp, fn, len(normal) - cut), "tp": tp, "fp": fp, "fn": fn}
     else:
-        print(f"TEP data not found in {tep.TEP_DIR}; skipped", flush=True)
+        print(f"TEP data not found in {args.tep}; skipped", flush=True)
 
     # ---- report ----------------------------------------------------------------------------------
     print(f"\n{'recording':36s} {'mode/regime':26s} {'rows':>7s} {'flagged':>7s} {'rate':>9s} {'target':>7s} {'can show':>9s}")

@@ -6,18 +6,19 @@ import pytest
 
 from factory_copilot.detect import tep
 from factory_copilot.detect.evaluate import evaluate_tep
+from tests.support.tep_data import SKIP_REASON, TEP_DIR
 
-pytestmark = pytest.mark.skipif(not tep.available(), reason=f"TEP data not in {tep.TEP_DIR}")
+pytestmark = pytest.mark.skipif(not tep.available(TEP_DIR), reason=SKIP_REASON)
 
 
 @pytest.fixture(scope="module")
 def results():
     # detection: 5 time-ordered folds over d00; classification: the last time block of every file held out
-    return evaluate_tep(folds=5, class_folds=4, class_folds_run=1, progress=False)
+    return evaluate_tep(TEP_DIR, folds=5, class_folds=4, class_folds_run=1, progress=False)
 
 
 def test_tep_files_are_read_in_the_right_orientation():
-    normal, faults = tep.load_all(faults=[1])
+    normal, faults = tep.load_all(TEP_DIR, faults=[1])
     assert normal.shape == (500, 52) and faults[1].shape == (480, 52)
     # xmeas_7 is the reactor pressure, ~2705 kPa in normal operation
     assert 2690 < normal["xmeas_7"].mean() < 2720

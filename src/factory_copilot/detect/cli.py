@@ -69,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the recording's label column: 'normal', 0, false or empty for normal rows, anything else "
                         "(a fault name, 1, true) for a fault (default: fault)")
     e.add_argument("--only", choices=["sim", "tep"], help="run only the simulated line or only TEP")
+    e.add_argument("--tep", metavar="DIR", help="the Tennessee Eastman set's folder (d00.dat..d21.dat; default: "
+                                                "$FACTORY_COPILOT_TEP; without either, TEP is skipped)")
     e.add_argument("--models", help="trained model file (default with --history: where `run` reads it; "
                                     "without: train afresh from simulated history)")
     e.add_argument("--normal-hours", type=float, default=16.0, help="hours of simulated normal running to count false alarms on")
@@ -372,11 +374,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     if args.only in (None, "tep"):
-        if tep.available():
-            results["tep"] = evaluate_tep()
+        where = tep.folder(args.tep)
+        if tep.available(where):
+            results["tep"] = evaluate_tep(where)
             print(_tep_table(results["tep"]))
         else:
-            print(f"TEP data not found in {tep.TEP_DIR}; skipped (set FACTORY_COPILOT_TEP)", file=sys.stderr)
+            why = f"no {where / 'd00.dat'}" if where is not None else "no TEP folder given"
+            if args.only == "tep":
+                print(f"error: {why}; {tep.HOW}", file=sys.stderr)
+                return 2
+            print(f"TEP skipped: {why} ({tep.HOW})", file=sys.stderr)
     if args.only in (None, "sim"):
         from factory_copilot.alarms.evaluate import kpi_table
         from factory_copilot.detect.evaluate import SIM_DETECTOR, train_models

@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -226,7 +227,7 @@ def run_scenario(models: TrainedDetector, line: LineConfig, name: str, frame: pd
 
 
 # ---- Tennessee Eastman ------------------------------------------------------------------------
-def evaluate_tep(tep_dir=tep.TEP_DIR, folds: int = 5, class_folds: int = 4, class_folds_run: int | None = None,
+def evaluate_tep(tep_dir: str | Path, folds: int = 5, class_folds: int = 4, class_folds_run: int | None = None,
                  progress: bool = True) -> dict:
     """Detector vs PCA T²/SPE (time-ordered CV over d00, every fault file), classifier vs 200-tree RF (blocked CV)."""
     from sklearn.ensemble import RandomForestClassifier
