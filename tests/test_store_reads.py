@@ -107,3 +107,60 @@ def test_store_reads_answer_while_a_write_transaction_is_open(tmp_path):
         assert [i.alarm_id for i in found] == [old_id]
     finally:
         store.close()
+
+
+class SlowMemory:
+    """Incident memory on a disk that is busy: ``similar()`` answers only when the test opens the gate."""
+
+    def __init__(self):
+        self.asked, self.gate = threading.Event(), threading.Event()
+
+    def similar(self, asset, fault_type, signals):
+        self.asked.set()
+        assert self.gate.wait(10)
+        return []
+
+
+async def test_a_slow_incident_look_up_runs_off_the_event_loop():
+    memory = SlowMemory()
+    alarms, out = Buffer(10, "alarms"), Buffer(10, "diagnoses")
+    cop = Copilot(LINE, memory=memory, alarms=alarms, diagnoses=out)
+    stop, gaps = asyncio.Event(), []
+    station = asyncio.create_task(cop.run())
+    probe = asyncio.create_task(loop_lag_probe(stop, gaps))
+    try:
+        alarm = alarm_for("air_compressor", "air_leak", 0.9)
+        alarms.offer(AlarmEvent(alarm.alarm_id, alarm.raised_at, "raised", AlarmState.ACTIVE_UNACK, alarm))
+        assert await asyncio.to_thread(memory.asked.wait, 10)
+        seen = len(gaps)
+        while len(gaps) < seen + 20:  # the loop keeps ticking while the look-up waits for the disk
+            await asyncio.sleep(0)
+        assert out.qsize() == 0  # the diagnosis waits for its evidence, the loop does not
+        memory.gate.set()
+        d = await asyncio.wait_for(out.get(), 20)
+        assert d.alarm_id == alarm.alarm_id and d.causes[0].fault_type == "air_leak"
+        stop.set()
+        await probe
+        assert max(gaps) * 1000 < 250
+    finally:
+        memory.gate.set()
+        station.cancel()
+
+
+async def test_a_failing_incident_look_up_is_counted_and_the_diagnosis_still_goes_out(caplog):
+    class BrokenMemory:
+        def similar(self, asset, fault_type, signals):
+            raise OSError("disk I/O error")
+
+    alarms, out = Buffer(10, "alarms"), Buffer(10, "diagnoses")
+    cop = Copilot(LINE, memory=BrokenMemory(), alarms=alarms, diagnoses=out)
+    station = asyncio.create_task(cop.run())
+    try:
+        alarm = alarm_for("air_compressor", "air_leak", 0.9)
+        alarms.offer(alarm)
+        d = await asyncio.wait_for(out.get(), 20)
+        assert d.alarm_id == alarm.alarm_id and cop.pack(alarm.alarm_id).incidents == []
+        assert cop.stats()["incident_lookups_failed"] == 1
+        assert "past incidents could not be looked up (OSError: disk I/O error)" in caplog.text
+    finally:
+        station.cancel()
