@@ -53,7 +53,7 @@ from factory_copilot.records import (
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_ASSET = "unknown"  # topic level for a diagnosis whose alarm this publisher never saw
+UNKNOWN_ASSET = "unknown"  # topic level for a diagnosis chunk or job (or an old diagnosis) whose alarm was never seen
 
 __all__ = ["InstanceConflict", "Publisher", "UNKNOWN_ASSET"]
 
@@ -218,7 +218,9 @@ class Publisher:
 
     def diagnosis(self, d: Diagnosis, asset: str | None = None) -> None:
         """The copilot's diagnosis, retained while its alarm lives (a diagnosis for a cleared alarm is not retained)."""
-        asset = asset or self._asset_of(d.alarm_id)
+        asset = asset or d.asset or self._asset_of(d.alarm_id)  # the record names it; older ones (stored) may not
+        if d.asset and d.alarm_id not in self._assets:
+            self._assets[d.alarm_id] = d.asset  # its streamed text and model job go out under the same asset
         body = payloads.diagnosis(d, asset, self.site, self.line)
         retain = d.alarm_id not in self._cleared
         self.sender.store(self._json(self.topics.diagnosis(asset, d.alarm_id), body, payloads.DIAGNOSIS, retain, DIAGNOSIS_LANE))
