@@ -9,8 +9,6 @@ import asyncio
 import json
 import ssl
 import stat
-import subprocess
-import sys
 
 import paho.mqtt.client as paho
 import pytest
@@ -21,6 +19,8 @@ from paho.mqtt.properties import Properties
 from factory_copilot.plumbing.broker import MOSQUITTO, MosquittoBroker, free_port
 from factory_copilot.plumbing.broker_site import (BRIDGE_IN, BRIDGE_OUT, Account, Bridge, BrokerSiteError,
                                                   bridge_state_topic, write_site)
+from factory_copilot.config import MqttConnection
+from factory_copilot.publish import Publisher
 from factory_copilot.publish.topics import Topics
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs Mosquitto")
@@ -83,8 +83,20 @@ def site_and_edge(tmp_path):
     site_broker.stop()
 
 
-async def test_alarms_reach_the_site_in_order_and_those_of_an_outage_follow_none_lost(site_and_edge):
+async def link_is(pub: Publisher, up: bool) -> bool:
+    """Wait until the service's publisher sees the bridge up (or down); its callbacks run on this loop."""
+    while pub.stats()["site_links"].get("site", {}).get("up") is not up:
+        pub.site_link_changed.clear()
+        await asyncio.wait_for(pub.site_link_changed.wait(), WAIT_S)
+    return True
+
+
+async def test_alarms_reach_the_site_in_order_and_those_of_an_outage_follow_none_lost(site_and_edge, tmp_path):
     site, edge, site_broker, _ = site_and_edge
+    conn = MqttConnection(host="127.0.0.1", port=edge.port, username="factory-copilot",
+                          password=PW["factory-copilot"], protocol="5", client_id="the-line-service")
+    pub = Publisher("plant", "line1", tmp_path / "outbox.db", connection=conn)
+    await pub.__aenter__()
     service = Client("127.0.0.1", edge.port, "factory-copilot")
     scada = Client("127.0.0.1", site.port, "scada", site.ca_file)
     ann = Client("127.0.0.1", site.port, "ann", site.ca_file)
@@ -102,12 +114,15 @@ async def test_alarms_reach_the_site_in_order_and_those_of_an_outage_follow_none
         got = [json.loads((await scada.until(lambda m: m[0].endswith("/events")))[1])["seq"] for _ in range(20)]
         assert got == list(range(20))
 
+        await link_is(pub, True)  # the service sees the link up (retained)
         site_broker.stop()  # the WAN is down: the line keeps publishing on its own broker
         await service.until(lambda m: m[0] == bridge_state_topic("plant") and m[1] == b"0")
+        await link_is(pub, False)  # the service's /health says so
         for n in range(20, 70):
             publish(n)
         site_broker.start()
         await service.until(lambda m: m[0] == bridge_state_topic("plant") and m[1] == b"1")
+        await link_is(pub, True)
         seqs = []
         while not set(range(20, 70)) <= set(seqs):
             topic, payload, _ = await scada.until(lambda m: m[0].endswith("/events"))
@@ -125,12 +140,13 @@ async def test_alarms_reach_the_site_in_order_and_those_of_an_outage_follow_none
         ann.client.publish(f"{BASE}/commands/ann", b'{"cmd": "ack"}', qos=1).wait_for_publish(WAIT_S)
         topic, payload, _ = await service.until(lambda m: "/commands/" in m[0])
         assert topic == f"{BASE}/commands/ann" and payload == b'{"cmd": "ack"}'
-        service.client.publish(f"{BASE}/commands/reply/r1", b'{"ok": true}', qos=1).wait_for_publish(WAIT_S)
+        # the line's service answered it (a command without its fields is refused, saying which): back at the site
         topic, payload, _ = await ann.until(lambda m: "/commands/reply/" in m[0])
-        assert payload == b'{"ok": true}'
+        assert "'request_id' is a required property" in json.loads(payload)["message"]
     finally:
         for c in (service, scada, ann):
             c.close()
+        await pub.__aexit__(None, None, None)
 
 
 def test_every_topic_a_line_publishes_is_carried_out_and_every_topic_a_person_writes_is_carried_in():
@@ -155,18 +171,22 @@ def test_every_topic_a_line_publishes_is_carried_out_and_every_topic_a_person_wr
     assert [x for x in out if covered(x, BRIDGE_IN)] == []  # nothing goes both ways: no loop
 
 
-def test_broker_init_writes_the_bridge_and_refuses_what_cannot_work(tmp_path):
+def test_broker_init_writes_the_bridge_and_refuses_what_cannot_work(tmp_path, monkeypatch, capsys):
+    from factory_copilot.cli import main
+
     users = tmp_path / "users.yaml"
     users.write_text("users: [{name: factory-copilot, kind: service, password: service-secret-1}]\n")
 
-    def init(*args, env=None):
-        return subprocess.run([sys.executable, "-m", "factory_copilot.cli", "broker", "init", "--users", str(users),
-                               "--out", str(tmp_path / "edge"), "--bind", "127.0.0.1", "--no-tls", *args],
-                              capture_output=True, text=True, env=env)
+    def init(*args) -> tuple[int, str, str]:
+        rc = main(["broker", "init", "--users", str(users), "--out", str(tmp_path / "edge"), "--bind", "127.0.0.1",
+                   "--no-tls", *args])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
 
-    done = init("--bridge-to", "127.0.0.1:8883", "--bridge-line", "plant/line1", "--bridge-line", "plant/line2",
-                env={"FC_BRIDGE_PASSWORD": "bridge-secret-1", "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("FC_BRIDGE_PASSWORD", "bridge-secret-1")
+    rc, printed, err = init("--bridge-to", "127.0.0.1:8883", "--bridge-line", "plant/line1", "--bridge-line",
+                            "plant/line2")
+    assert rc == 0, err
     conf = tmp_path / "edge" / "mosquitto.conf"
     text = conf.read_text()
     assert "connection site" in text and "address 127.0.0.1:8883" in text and "cleansession false" in text
@@ -174,17 +194,18 @@ def test_broker_init_writes_the_bridge_and_refuses_what_cannot_work(tmp_path):
     assert "topic commands/+ in 1 factory-copilot/plant/line2/ factory-copilot/plant/line2/" in text
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600  # it holds the bridge's password
     assert "autosave_interval 10" in text
-    assert "factory-copilot/plant/bridge/site" in done.stdout
+    assert "factory-copilot/plant/bridge/site" in printed
 
-    missing = init("--bridge-to", "127.0.0.1:8883", "--bridge-line", "plant/line1", env={"PATH": "/usr/bin:/bin"})
-    assert missing.returncode == 2 and "FC_BRIDGE_PASSWORD" in missing.stderr
     for args, why in [(["--bridge-to", "site.example:8883"], "--bridge-line SITE/LINE"),
                       (["--bridge-to", "site.example", "--bridge-line", "p/l"], "HOST:PORT"),
                       (["--bridge-to", "site.example:8883", "--bridge-line", "p/+"], "SITE/LINE"),
                       (["--bridge-to", "site.example:8883", "--bridge-line", "p/l", "--bridge-no-tls"], "in clear"),
                       (["--bridge-line", "p/l"], "--bridge-to")]:
-        bad = init(*args, env={"FC_BRIDGE_PASSWORD": "bridge-secret-1", "PATH": "/usr/bin:/bin"})
-        assert bad.returncode == 2 and why in bad.stderr, (args, bad.stderr)
+        rc, _, err = init(*args)
+        assert rc == 2 and why in err, (args, err)
+    monkeypatch.delenv("FC_BRIDGE_PASSWORD")
+    rc, _, err = init("--bridge-to", "127.0.0.1:8883", "--bridge-line", "plant/line1")
+    assert rc == 2 and "FC_BRIDGE_PASSWORD" in err
     with pytest.raises(BrokerSiteError, match="--no-persistence"):
         write_site(tmp_path / "x", [Account("factory-copilot", "service", "service-secret-1")], tls=False,
                    persistence=False, bridge=Bridge.parse("h:1", "edge-bridge", "bridge-secret-1", ["p/l"]))
