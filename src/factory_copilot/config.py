@@ -442,6 +442,10 @@ class Roles(_Strict):
     def of(self, user: str) -> list[str]:
         return [name for name, role in self._roles() if user in role.users]
 
+    def shelve_max_s(self, user: str) -> float:
+        """The longest ``user`` may shelve an alarm for (0: not at all)."""
+        return max((role.shelve_max_s for _, role in self._roles() if user in role.users), default=0.0)
+
     def _roles(self) -> list[tuple[str, Role]]:
         return [("operators", self.operators), ("supervisors", self.supervisors)]
 
