@@ -41,7 +41,8 @@ from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, Feedba
 from factory_copilot.publish.topics import DEFAULT_PREFIX  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
 
-SHELVE_CHOICES = {"15 min": 900, "1 h": 3600, "4 h": 4 * 3600, "8 h (shift)": 8 * 3600}
+SHELVE_CHOICES = {"15 min": 900, "30 min": 1800, "1 h": 3600, "4 h": 4 * 3600, "8 h (shift)": 8 * 3600}
+SHELVE_DEFAULT = "1 h"
 WINDOWS = {"5 min": 300, "15 min": 900, "30 min": 1800, "1 h": 3600, "4 h": 4 * 3600, "24 h": 86_400}
 STATUS_COLOURS = {"alarm": None, "warning": "#f2c80f", "stale": "#9e9e9e", "no data": "#bdbdbd", "ok": "#2ca02c"}
 STATE_LABELS = {  # what the state asks of the operator, in plain words
@@ -151,6 +152,38 @@ def priority_badge(p: Priority) -> str:
     return badge(p.name, charts.PRIORITY_COLOURS[p], "black" if p in (Priority.MEDIUM, Priority.LOW) else "white")
 
 
+SHELVED_COLOUR = "#757575"
+
+
+def alarm_badge(alarm: Alarm) -> str:
+    """The priority badge; a shelved alarm is not calling for anyone: it says shelved, and until when."""
+    if alarm.shelved:
+        return badge(f"{alarm.priority.name} · SHELVED UNTIL {hhmm(alarm.shelved_until)}", SHELVED_COLOUR)
+    return priority_badge(alarm.priority)
+
+
+def hhmm(ts: float) -> str:
+    return time.strftime("%H:%M", time.gmtime(ts))
+
+
+def shelve_choices(user: str | None) -> dict[str, float]:
+    """The shelving durations this person may ask for under the line's ``roles:`` (all without roles)."""
+    roles = cfg.line.roles
+    if roles is None or user is None:  # nobody logged in sends nothing; the engine keeps its own limit
+        return dict(SHELVE_CHOICES)
+    most = roles.shelve_max_s(user)
+    return {label: s for label, s in SHELVE_CHOICES.items() if s <= most}
+
+
+def shelve_for(choices: dict[str, float]) -> str | None:
+    """The duration picked in the sidebar, if it is still one this person may ask for."""
+    picked = st.session_state.get("shelve_for")
+    if picked in choices:
+        return picked
+    allowed = [label for label in choices if choices[label] <= SHELVE_CHOICES[SHELVE_DEFAULT]]
+    return SHELVE_DEFAULT if SHELVE_DEFAULT in choices else (allowed or list(choices) or [None])[-1]
+
+
 def ago(ts: float, now: float) -> str:
     s = max(0, int(now - ts))
     return f"{s} s ago" if s < 60 else f"{s // 60} min ago" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min ago"
@@ -178,7 +211,7 @@ def describe(alarm: Alarm, now: float) -> str:
     if alarm.state is AlarmState.ACTIVE_ACK and alarm.acked_by:
         state = f"acknowledged by {alarm.acked_by}, still active"
     if alarm.shelved:
-        state += f", shelved until {time.strftime('%H:%M', time.gmtime(alarm.shelved_until))}"
+        state += f", shelved until {hhmm(alarm.shelved_until)}" + (f" by {alarm.shelved_by}" if alarm.shelved_by else "")
     parts.append(state)
     return " · ".join(parts)
 
@@ -204,7 +237,11 @@ def sidebar() -> None:
     with st.sidebar:
         st.markdown(f"### {html.escape(cfg.line.site)} / {html.escape(cfg.line.line)}")
         login.sidebar_user(cfg.args.users)
-        st.selectbox("Shelve for", list(SHELVE_CHOICES), key="shelve_for", index=1)
+        choices = shelve_choices(actor())
+        if choices:
+            st.selectbox("Shelve for", list(choices), key="shelve_for", index=list(choices).index(shelve_for(choices)))
+        else:
+            st.caption("Your role may not shelve alarms on this line.")
         st.selectbox("Trend window", list(WINDOWS), key="window", index=2)
         st.caption(f"Store: {Path(cfg.args.db).name}", help=str(Path(cfg.args.db).resolve()))
 
@@ -252,14 +289,17 @@ def overview() -> None:
     cols = st.columns(len(order), gap="small")
     for col, asset in zip(cols, order):
         h = health[asset]
-        own = [a for a in by_asset.get(asset, []) if not a.suppressed]
-        folded = len(by_asset.get(asset, [])) - len(own)
+        own = [a for a in by_asset.get(asset, []) if not a.suppressed and not a.shelved]
+        shelved = [a for a in by_asset.get(asset, []) if a.shelved and not a.suppressed]
+        folded = len(by_asset.get(asset, [])) - len(own) - len(shelved)
         worst = min((a.priority for a in own), default=None)
         colour = charts.PRIORITY_COLOURS[worst] if worst else STATUS_COLOURS[h.status]
         status = f"{worst.name.lower()} alarm" if worst else {"alarm": "ok", "warning": "watch"}.get(h.status, h.status)
         lines = [f"{len(own)} alarm{'s' if len(own) != 1 else ''}" if own else "no alarms"]
         if folded:
             lines[0] += f" (+{folded} folded)"
+        if shelved:
+            lines.append(f"{len(shelved)} shelved until {hhmm(min(a.shelved_until for a in shelved))}")
         if h.anomalies and not own:
             lines.append("unusual readings")
         if h.last_reading:
@@ -312,7 +352,7 @@ def alarm_list() -> None:
 def alarm_row(alarm: Alarm, snap: Snapshot, now: float, selected: str | None) -> None:
     """One alarm: what it is, how bad, since when, and its buttons (in a row that keeps its size after Ack)."""
     st.markdown(
-        f"{priority_badge(alarm.priority)} &nbsp;<b>{html.escape(alarm.message or alarm.condition)}</b><br>"
+        f"{alarm_badge(alarm)} &nbsp;<b>{html.escape(alarm.message or alarm.condition)}</b><br>"
         f"<span style='font-size:0.8rem;opacity:0.8'>{html.escape(asset_name(alarm.asset))}"
         f" · {html.escape(describe(alarm, now))}</span>",
         unsafe_allow_html=True,
@@ -326,9 +366,9 @@ def alarm_row(alarm: Alarm, snap: Snapshot, now: float, selected: str | None) ->
         if alarm.shelved:
             if st.button("Unshelve", key=f"unshelve:{alarm.alarm_id}", disabled=no_feed):
                 send(alarm, "unshelve")
-        elif st.button(f"Shelve {st.session_state.get('shelve_for', '1 h')}", key=f"shelve:{alarm.alarm_id}",
-                       disabled=no_feed):
-            send(alarm, "shelve", SHELVE_CHOICES[st.session_state.get("shelve_for", "1 h")])
+        elif (choices := shelve_choices(actor())) and st.button(
+                f"Shelve {shelve_for(choices)}", key=f"shelve:{alarm.alarm_id}", disabled=no_feed):
+            send(alarm, "shelve", choices[shelve_for(choices)])
         if st.button("Open" if selected != alarm.alarm_id else "Showing", key=f"select:{alarm.alarm_id}",
                      disabled=selected == alarm.alarm_id):
             st.session_state["alarm_id"] = alarm.alarm_id
@@ -376,7 +416,9 @@ def command_reply(sent: dict, snap: Snapshot, now: float) -> None:
     elif reply.get("ok"):
         st.caption(f"✓ {sent['command']}: {reply.get('message') or 'done'}")
     else:
-        st.error(f"{sent['command']} refused: {reply.get('message') or 'no reason given'}")
+        # the engine's message already says "refused: ..."; the operator reads it once
+        reason = re.sub(r"^(refused:\s*)+", "", str(reply.get("message") or "")).strip() or "no reason given"
+        st.error(f"{sent['command'].replace('_', ' ').capitalize()} refused: {reason}")
 
 
 # ---------------------------------------------------------------------------------------------- diagnosis
@@ -398,7 +440,7 @@ def diagnosis_panel() -> None:
     if alarm is None:
         st.caption("Select an alarm (Open) to see what the copilot says about it.")
         return
-    st.markdown(f"{priority_badge(alarm.priority)} &nbsp;**{html.escape(alarm.message or alarm.condition)}**  \n"
+    st.markdown(f"{alarm_badge(alarm)} &nbsp;**{html.escape(alarm.message or alarm.condition)}**  \n"
                 f"<span style='font-size:0.8rem;opacity:0.8'>{html.escape(asset_name(alarm.asset))} · "
                 f"{html.escape(describe(alarm, now))}</span>", unsafe_allow_html=True)
     stored = cfg.store.diagnosis(alarm.alarm_id)
@@ -625,6 +667,29 @@ def kpi_panel(now: float, window_s: float = 24 * 3600.0) -> None:
                      column_config={"most frequent alarms": st.column_config.TextColumn(width="large")})
 
 
+# the alarm system's parts read the store on their own, like the alarm list: a page left open follows the line, and
+# says as of when, so a part that stopped can never pass for a quiet line
+SYSTEM_EVERY_S = 10
+
+
+def as_of(now: float) -> None:
+    st.markdown(f'<span class="fc-as-of" style="font-size:0.8rem;opacity:0.7">As of {clock(now)} UTC</span>',
+                unsafe_allow_html=True)
+
+
+@st.fragment(run_every=SYSTEM_EVERY_S)
+def alarm_kpis_live() -> None:
+    now = time.time()
+    as_of(now)
+    kpi_panel(now)
+
+
+@st.fragment(run_every=SYSTEM_EVERY_S)
+def alarm_history_live() -> None:
+    as_of(time.time())
+    history_table()
+
+
 def kpi_summary(k: AlarmKpis) -> str:
     """The KPIs against EEMUA 191's targets in one sentence (standing alarms are the current ones, not a verdict)."""
     period = f"{k.hours:.1f} h" if k.hours < 23.5 else "24 h"
@@ -696,9 +761,9 @@ def main() -> None:
     st.markdown("#### Alarm system")
     kpis, history, handover = st.tabs(["Alarm KPIs (EEMUA 191)", "Alarm history", "Shift handover"], key="system")
     with kpis:
-        kpi_panel(time.time())
+        alarm_kpis_live()
     with history:
-        history_table()
+        alarm_history_live()
     with handover:
         handover_panel(cfg.store, cfg.feed, actor())
 

@@ -44,9 +44,11 @@ def require_login(users_file: str | None, title: str) -> str | None:
         st.stop()
     st.markdown(f"## {title}")
     st.caption("Log in to see and acknowledge this line's alarms.")
-    name = st.text_input("User name", key="login_name")
-    password = st.text_input("Password", type="password", key="login_password")
-    if st.button("Log in", key="login", type="primary"):
+    with st.form("login_form", clear_on_submit=False, border=False):  # a form: Enter in either box logs in
+        name = st.text_input("User name", key="login_name")
+        password = st.text_input("Password", type="password", key="login_password")
+        submitted = st.form_submit_button("Log in", key="login", type="primary")
+    if submitted:
         if name and password and logins.check(name.strip(), password):
             st.session_state[USER_KEY] = name.strip()
             st.session_state.pop("login_password", None)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import subprocess
+import socket
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,19 @@ def demo_line(line: LineConfig, opcua_port: int, mqtt: MqttConnection) -> LineCo
     assert line.opcua is not None
     opcua = line.opcua.model_copy(update={"endpoint": f"opc.tcp://127.0.0.1:{opcua_port}/factory-copilot/"})
     return line.model_copy(update={"opcua": opcua, "mqtt": mqtt, "roles": line.roles or DEMO_ROLES})
+
+
+def demo_opcua_port(requested: int | None) -> int:
+    """The simulated line's OPC UA port: the requested one (it must be free on 127.0.0.1), else a free one."""
+    if requested is None:
+        return free_port()
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", requested))
+        except OSError as exc:
+            raise ValueError(f"--opcua-port {requested}: 127.0.0.1:{requested} is taken ({exc.strerror}); "
+                             "choose a free port or leave the flag out for a free one") from None
+    return requested
 
 
 def demo_broker(requested: int | None, state: Path) -> tuple[Broker | None, int, SiteFiles | None]:
@@ -228,6 +242,11 @@ async def run_demo(args: argparse.Namespace) -> int:
     if args.fault not in load_faults(SIMULATED_FAULTS):
         print(f"error: unknown fault {args.fault!r}; choose one of {', '.join(load_faults(SIMULATED_FAULTS))}", file=sys.stderr)
         return 2
+    try:
+        opcua_port = demo_opcua_port(args.opcua_port)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     state = Path(args.state_dir)
     paths = ServicePaths(state)
     if not args.keep_state:
@@ -241,7 +260,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     open_mqtt = MqttConnection(host="127.0.0.1", port=mqtt_port, protocol=broker.protocol if broker else "5")
     mqtt = as_user(open_mqtt, site, "factory-copilot")  # the service's own account
     base = load_line(SIMULATED_LINE)
-    line = demo_line(base, free_port(), mqtt)
+    line = demo_line(base, opcua_port, mqtt)
     if args.source == "sparkplug":
         from simulators.sparkplug_node import with_sparkplug_sources
 
@@ -272,6 +291,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     else:
         server = LineServer(line, line.opcua.endpoint, pki_dir=state / "pki-server")
         await server.start()
+        print(f"OPC UA server: {line.opcua.endpoint} (the simulated line; --opcua-port to choose)", flush=True)
 
     stop = stop_on_signals()  # Ctrl-C or the duration: the summary is read, then everything halts
     halt = asyncio.Event()
@@ -334,6 +354,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mqtt-port", type=int, default=None,
                    help="the demo's broker port (default 1883, or a free one when 1883 is taken); a broker already "
                         "answering on a requested port is used as it is")
+    p.add_argument("--opcua-port", type=int, default=None,
+                   help="the simulated line's OPC UA server port on 127.0.0.1 (default: a free one); must be free")
     p.add_argument("--dashboard-port", type=int, default=8501)
     p.add_argument("--health-port", type=int, default=None)
     p.add_argument("--state-dir", default=str(demo_state_dir()))

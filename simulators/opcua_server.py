@@ -1,8 +1,11 @@
 """Serves the simulated line as a real OPC UA server (asyncua).
 
-One folder per asset under Objects, one Double variable per signal with its
-EngineeringUnits property; each write carries the reading's StatusCode (Good,
-Uncertain, Bad) and source timestamp. Security None and/or Basic256Sha256
+One folder per asset under Objects, one Double variable per signal (the mode
+an Int32 enumeration) with its EngineeringUnits (a UNECE UnitId), EURange and,
+where the line file gives one, InstrumentRange; each write carries the
+reading's StatusCode (Good, Uncertain, Bad), its source timestamp and the
+server's own. A source timestamp is never later than the server's: a reading
+stamped ahead of the server's clock is served at the server's time, counted. Security None and/or Basic256Sha256
 SignAndEncrypt with a self-signed server certificate kept in ``pki_dir``, and
 username/password users when any are given.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -22,7 +26,8 @@ from asyncua.crypto.permission_rules import User, UserRole
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from factory_copilot.plumbing.opcua import STATUS_FOR_QUALITY, ensure_certificate, eu_information, from_epoch
+from factory_copilot.plumbing.logs import Throttled
+from factory_copilot.plumbing.opcua import STATUS_FOR_QUALITY, ensure_certificate, eu_information, eu_range, from_epoch
 from factory_copilot.config import LineConfig
 from factory_copilot.records import Reading
 
@@ -69,7 +74,10 @@ class LineServer:
         self.server: Server | None = None
         self.certificate: Path | None = None
         self._nodes: dict[str, ua.NodeId] = {}
+        self._types: dict[str, ua.VariantType] = {}
         self.writes = 0
+        self.stamped_ahead = 0  # readings stamped later than the server's clock, served at the server's time
+        self._throttle = Throttled(log, 30.0)
 
     @property
     def signal_keys(self) -> list[str]:
@@ -136,11 +144,23 @@ class LineServer:
             nodeid = self._nodes.get(r.key)
             if nodeid is None:
                 continue
-            value = float("nan") if r.value is None else float(r.value)
+            vtype = self._types[r.key]
+            if vtype is ua.VariantType.Int32:
+                # a BAD reading carries no value; an enumeration has no NaN, its status says it is not usable
+                value: float | int = 0 if r.value is None else int(round(r.value))
+            else:
+                value = float("nan") if r.value is None else float(r.value)
+            now = time.time()
+            if r.ts > now:
+                self.stamped_ahead += 1
+                self._throttle.warning("ahead", "OPC UA server: %d reading(s) stamped ahead of the server's clock "
+                                       "(latest %s, %.3f s ahead), served at the server's time", self.stamped_ahead,
+                                       r.key, r.ts - now)
             dv = ua.DataValue(
-                ua.Variant(value, ua.VariantType.Double),
+                ua.Variant(value, vtype),
                 StatusCode=ua.StatusCode(STATUS_FOR_QUALITY[r.quality]),
-                SourceTimestamp=from_epoch(r.ts),
+                SourceTimestamp=from_epoch(min(r.ts, now)),
+                ServerTimestamp=from_epoch(now),
             )
             await iserver.write_attribute_value(nodeid, dv)
             self.writes += 1
@@ -164,9 +184,10 @@ class LineServer:
             for signal in asset.signals:
                 key = f"{asset.id}.{signal.name}"
                 nodeid = ua.NodeId.from_string(signal.source.opcua) if signal.source.opcua else ua.NodeId(key, ns)
-                var = await folder.add_variable(
-                    nodeid, ua.QualifiedName(signal.name, ns), math.nan, ua.VariantType.Double
-                )
+                # the mode is an enumeration of codes (Int32), every other signal an analog value (Double)
+                vtype = ua.VariantType.Int32 if key == self.line.mode_key else ua.VariantType.Double
+                initial = 0 if vtype is ua.VariantType.Int32 else math.nan
+                var = await folder.add_variable(nodeid, ua.QualifiedName(signal.name, ns), initial, vtype)
                 await var.add_property(
                     ua.NodeId(f"{key}.EngineeringUnits", nodeid.NamespaceIndex),
                     "EngineeringUnits",
@@ -174,15 +195,38 @@ class LineServer:
                     ua.VariantType.ExtensionObject,
                     ua.NodeId(ua.ObjectIds.EUInformation),
                 )
+                # EURange: the range of normal operation (Part 8, 5.3.2): the alarm limits, else the normal band;
+                # for the mode, the span of its codes, each named in EnumValues (as a MultiStateValueDiscrete)
+                codes = (self.line.modes.codes or {}) if self.line.modes and vtype is ua.VariantType.Int32 else {}
+                band = (min(codes), max(codes)) if codes else signal.limits or signal.normal
+                if codes:
+                    await var.add_property(
+                        ua.NodeId(f"{key}.EnumValues", nodeid.NamespaceIndex), "EnumValues",
+                        [ua.EnumValueType(Value=int(c), DisplayName=ua.LocalizedText(name),
+                                          Description=ua.LocalizedText(name)) for c, name in sorted(codes.items())],
+                        ua.VariantType.ExtensionObject, ua.NodeId(ua.ObjectIds.EnumValueType),
+                    )
+                await var.add_property(
+                    ua.NodeId(f"{key}.EURange", nodeid.NamespaceIndex), "EURange", eu_range(*band),
+                    ua.VariantType.ExtensionObject, ua.NodeId(ua.ObjectIds.Range),
+                )
+                if signal.physical:
+                    await var.add_property(
+                        ua.NodeId(f"{key}.InstrumentRange", nodeid.NamespaceIndex), "InstrumentRange",
+                        eu_range(*signal.physical), ua.VariantType.ExtensionObject, ua.NodeId(ua.ObjectIds.Range),
+                    )
                 if signal.description:
                     await var.write_attribute(
                         ua.AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(signal.description)))
                     )
                 # no value yet: the sensor has not reported since the server started
-                await server.write_attribute_value(
-                    nodeid, ua.DataValue(ua.Variant(math.nan, ua.VariantType.Double), StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
-                )
+                now = from_epoch(time.time())
+                await server.write_attribute_value(nodeid, ua.DataValue(
+                    ua.Variant(initial, vtype), StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData),
+                    SourceTimestamp=now, ServerTimestamp=now,
+                ))
                 self._nodes[key] = nodeid
+                self._types[key] = vtype
 
     @staticmethod
     def _trusted_validator(paths: list[Path]):

@@ -60,13 +60,8 @@ async def run_simulation(
     next_due = time.monotonic()
     try:
         while not stop.is_set() and (duration_s is None or sim.t < duration_s):
-            readings = sim.step()
-            if server is not None:
-                await server.write(readings)
-            if publisher is not None:
-                publisher.publish(readings)
-            stats.steps += 1
-            stats.readings += len(readings)
+            # a step is written once its time has come, as a sensor reports what it has measured: at speed 1 a
+            # line stamped from now on (the demo) is never served ahead of the clock
             next_due += step_wall
             delay = next_due - time.monotonic()
             if delay < -MAX_LAG_S:
@@ -81,6 +76,15 @@ async def run_simulation(
                 next_due = time.monotonic()
                 delay = 0.0
             await asyncio.sleep(max(delay, 0.0))  # always yield, even when behind
+            if stop.is_set():
+                break
+            readings = sim.step()
+            if server is not None:
+                await server.write(readings)
+            if publisher is not None:
+                publisher.publish(readings)
+            stats.steps += 1
+            stats.readings += len(readings)
     finally:
         if ground_truth:
             write_ground_truth(ground_truth, sim)

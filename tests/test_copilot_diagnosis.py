@@ -83,6 +83,19 @@ def test_runbook_diagnosis_names_the_fault_cites_the_runbook_and_keeps_safety():
     assert d.would_change and "product_pump.vibration" in d.summary
 
 
+def test_every_diagnosis_names_its_alarm_s_asset_and_keeps_it_when_stored(tmp_path):
+    from factory_copilot.store.store import Store
+
+    cop = pump_bearing_copilot()
+    alarm = alarm_for("product_pump", "bearing_wear", 0.7)
+    runbook = cop.explain_now(alarm)
+    model = model_diagnosis(model_text(), cop.evidence(alarm), cop.library, cop.faults, "tiny")
+    assert runbook.asset == model.asset == "product_pump"
+    with Store(tmp_path / "store.db") as store:
+        store.add_diagnosis(model)
+        assert store.diagnosis(alarm.alarm_id).asset == "product_pump"
+
+
 def test_similar_incidents_reach_the_pack():
     memory = InMemoryIncidents([
         Incident("old-1", "product_pump", "bearing_wear", "confirmed", 10.0, signals=["product_pump.vibration"],

@@ -18,7 +18,7 @@ from dashboards import charts, sample
 from dashboards.live import LiveFeed
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, MqttConnection, load_line
 from factory_copilot.plumbing.logins import Logins, hash_password
-from factory_copilot.records import Alarm, AlarmState, Anomaly, Diagnosis, Priority, Reading
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, Diagnosis, Priority, Reading
 from factory_copilot.publish.topics import Topics
 from factory_copilot.store import Store
 
@@ -470,3 +470,86 @@ def test_without_a_users_file_the_page_is_read_only(seeded, monkeypatch, broker,
             side.next(timeout=0.5)  # nothing was published (a bounded wait for an absence)
     finally:
         side.stop()
+
+
+# ------------------------------------------------------------------------------------------- shelving (issue 25)
+
+
+def _line_with_roles(tmp_path, roles: dict):
+    """The simulated line with a ``roles:`` section: the line file a site writes, its knowledge paths kept."""
+    import yaml
+
+    body = yaml.safe_load(SIMULATED_LINE.read_text())
+    body["knowledge"] = {k: str((SIMULATED_LINE.parent / v).resolve()) for k, v in body["knowledge"].items()}
+    body["roles"] = roles
+    path = tmp_path / "line-with-roles.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    load_line(path)  # a valid line file
+    return path
+
+
+def test_the_sidebar_offers_only_the_shelving_the_role_allows(seeded, monkeypatch, tmp_path, fresh_streamlit,
+                                                             users_file):
+    db, _ = seeded
+    at = _app(monkeypatch, db, users=users_file)
+    monkeypatch.setenv("FACTORY_COPILOT_LINE", str(_line_with_roles(tmp_path, {"operators": ["maria"]})))
+    at = _login(at)
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="shelve_for").options == ["15 min", "30 min"]  # an operator: at most 30 min
+    assert at.button(key=f"shelve:{sample.CAVITATION_ID}").label == "Shelve 30 min"
+
+
+def test_a_supervisor_is_offered_a_shift_and_nobody_in_a_role_no_shelving(seeded, monkeypatch, tmp_path,
+                                                                         fresh_streamlit, users_file):
+    db, _ = seeded
+    at = _app(monkeypatch, db, users=users_file)
+    line = _line_with_roles(tmp_path, {"supervisors": ["maria"]})
+    monkeypatch.setenv("FACTORY_COPILOT_LINE", str(line))
+    at = _login(at)
+    assert at.selectbox(key="shelve_for").options == ["15 min", "30 min", "1 h", "4 h", "8 h (shift)"]
+    assert at.button(key=f"shelve:{sample.CAVITATION_ID}").label == "Shelve 1 h"
+
+    st.cache_resource.clear()
+    at = _app(monkeypatch, db, users=users_file)
+    monkeypatch.setenv("FACTORY_COPILOT_LINE", str(_line_with_roles(tmp_path, {"operators": ["ann"]})))
+    at = _login(at)
+    assert not [b for b in at.button if b.key and b.key.startswith("shelve:")]
+    assert "Your role may not shelve alarms on this line." in [c.value for c in at.sidebar.caption]
+
+
+def test_a_refused_shelve_reads_once(seeded, monkeypatch, broker, fresh_streamlit, users_file):
+    db, _ = seeded
+    side = Listener(broker, TOPICS.commands("+"))
+    try:
+        at = _login(_app(monkeypatch, db, broker, users=users_file))
+        [feed] = LiveFeed.instances
+        assert feed.wait_for(lambda s: s.connected, 10)
+        at.button(key=f"shelve:{sample.CAVITATION_ID}").click().run()
+        _, payload = side.next()
+        rid = json.loads(payload)["request_id"]
+        # what the alarm engine answers (alarms/engine.py: "refused: " + the role's reason)
+        side.publish(TOPICS.command_reply(rid), {"request_id": rid, "ok": False, "message":
+                                                 "refused: maria may shelve for at most 1800 s, asked for 3600 s"})
+        assert feed.wait_for(lambda s: rid in s.replies, 10)
+        at.run()
+        errors = [e.value for e in at.error]
+        assert errors == ["Shelve refused: maria may shelve for at most 1800 s, asked for 3600 s"]
+    finally:
+        side.stop()
+
+
+def test_a_shelved_alarm_shows_shelved_until_when_not_its_alarm_colour(seeded, monkeypatch, fresh_streamlit):
+    db, _ = seeded
+    until = time.time() + 1800
+    with Store(db) as store:
+        cav = store.alarm(sample.CAVITATION_ID)
+        cav.shelved_until, cav.shelved_by, cav.updated_at = until, "maria", time.time()
+        store.add_alarm_event(AlarmEvent(cav.alarm_id, time.time(), "shelved", cav.state, cav, actor="maria"))
+    at = _app(monkeypatch, db).run()
+    assert not at.exception, [e.value for e in at.exception]
+    hhmm = time.strftime("%H:%M", time.gmtime(until))
+    row = next(m.value for m in at.markdown if "cavitation suspected" in m.value and "since " in m.value)
+    assert f"SHELVED UNTIL {hhmm}" in row and f"shelved until {hhmm} by maria" in row
+    assert charts.PRIORITY_COLOURS[Priority.HIGH] not in row  # not in the colour that calls for the operator
+    pump = next(m.value for m in at.markdown if 'class="fc-asset"' in m.value and "Product transfer pump" in m.value)
+    assert "HIGH ALARM" not in pump.upper() and f"1 shelved until {hhmm}" in pump

@@ -7,6 +7,7 @@ Set FACTORY_COPILOT_SCREENSHOTS=docs to refresh the screenshots in docs/ (dashbo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -22,7 +23,7 @@ import pytest
 from dashboards import sample
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE
 from factory_copilot.plumbing.broker import free_port
-from factory_copilot.records import Alarm, AlarmState, Priority
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Priority
 from factory_copilot.store import Store
 from factory_copilot.plumbing.logins import Logins, hash_password
 from factory_copilot.store.cli import dashboard_command
@@ -64,14 +65,16 @@ def row_order(page) -> list[str]:
         .sort((a, b) => a[0] - b[0]).map(x => x[1])""")
 
 
-@pytest.fixture
-def served(tmp_path, broker):
-    """The dashboard as `factory-copilot dashboard` serves it, on a free loopback port and a freshly seeded store."""
+@contextlib.contextmanager
+def serving(tmp_path, broker, seed: bool = True):
+    """The dashboard as `factory-copilot dashboard` serves it, on a free loopback port, on a freshly seeded store
+    (or an empty one: a quiet line)."""
     db = tmp_path / "browser.db"
     users = tmp_path / "dashboard-users.yaml"
     Logins({"maria": hash_password(MARIA_PASSWORD)}).write(users)
     with Store(db) as store:
-        sample.seed(store, LINE, now=time.time())
+        if seed:
+            sample.seed(store, LINE, now=time.time())
     port = free_port()
     # served as `factory-copilot dashboard` serves it; the log-ins come in the environment, as the demo passes them
     proc = subprocess.Popen(dashboard_command(db, SIMULATED_LINE, broker.host, broker.port, "5", port),
@@ -99,6 +102,24 @@ def served(tmp_path, broker):
             proc.wait()
 
 
+@pytest.fixture
+def served(tmp_path, broker):
+    with serving(tmp_path, broker) as served:
+        yield served
+
+
+@pytest.fixture
+def quiet(tmp_path, broker):
+    """The dashboard on a line that has rung no alarm yet."""
+    with serving(tmp_path, broker, seed=False) as served:
+        yield served
+
+
+def launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
 def test_the_dashboard_in_a_real_browser_at_1280x800(served, broker, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -108,8 +129,7 @@ def test_the_dashboard_in_a_real_browser_at_1280x800(served, broker, tmp_path):
     shots: dict[str, Path] = {}
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = launch(p)
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url)
             assert page.get_by_text("Deploy", exact=True).count() == 0, "Streamlit's Deploy button shows"
@@ -203,3 +223,54 @@ def test_the_dashboard_in_a_real_browser_at_1280x800(served, broker, tmp_path):
     finally:
         side.publish(TOPICS.alarm("air_compressor", OLDER.alarm_id), b"", retain=True)
         side.stop()
+
+
+def test_a_page_opened_before_the_fault_follows_the_alarm_system_without_a_reload(quiet, broker):
+    """Issue 25: the "Alarm system" panel of a page opened on a quiet line still said "No alarms in the last 24 h."
+    minutes after a HIGH alarm rang. It must follow the store, and say as of when, on its own."""
+    from playwright.sync_api import sync_playwright
+
+    url, db = quiet
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        log_in(page, "maria", MARIA_PASSWORD)
+        page.get_by_text("No alarms in the last 24 h.").wait_for(timeout=60_000)
+        settled(page)
+
+        # the fault: the alarm engine raises a HIGH alarm and the store station writes it
+        now = time.time()
+        alarm = Alarm("product_pump.vibration-limit", "product_pump", "vibration-limit", AlarmState.ACTIVE_UNACK,
+                      Priority.HIGH, "Product pump vibration high", now, now, severity="moderate")
+        with Store(db) as store:
+            store.add_alarm_event(AlarmEvent(alarm.alarm_id, now, "raised", alarm.state, alarm))
+        # no reload, no click: the panel follows the line
+        page.get_by_text("1 alarm(s) rung").wait_for(timeout=30_000)
+        assert page.get_by_text("No alarms in the last 24 h.").count() == 0
+
+        # it says as of when; that time moves on with nothing else happening on the page
+        as_of = page.locator(".fc-as-of").first
+        first = as_of.inner_text()
+        assert re.fullmatch(r"As of \d\d:\d\d:\d\d UTC", first), first
+        page.wait_for_function(f"document.querySelector('.fc-as-of').innerText !== {first!r}", timeout=30_000)
+        page.get_by_role("tab", name="Alarm history").click()
+        page.get_by_text("Product pump vibration high").first.wait_for(timeout=30_000)
+        browser.close()
+
+
+def test_enter_in_the_password_box_logs_in(served):
+    """Issue 25: a person types the name, the password, and presses Enter, as on every log-in form."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = served
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        page.get_by_label("User name", exact=True).fill("maria")
+        page.get_by_label("Password", exact=True).fill(MARIA_PASSWORD)
+        page.get_by_label("Password", exact=True).press("Enter")
+        page.get_by_text("Logged in as").wait_for(timeout=30_000)
+        page.get_by_text("Alarms (").first.wait_for(timeout=30_000)
+        browser.close()

@@ -40,7 +40,7 @@ async def test_readings_arrive_with_asset_signal_unit_and_quality(server):
     stop = asyncio.Event()
     task = asyncio.create_task(collector.run(stop))
     await asyncio.wait_for(collector.connected.wait(), 10)
-    t0 = time.time() + 1  # stamped in the future so they cannot be confused with initial values
+    t0 = time.time() - 30  # stamped in the past (the server serves no future stamps): not an initial value
     await server.write(
         [
             Reading(t0, "product_pump", "flow", 41.5),
@@ -73,7 +73,7 @@ async def test_every_signal_of_the_line_is_subscribed(server):
     task = asyncio.create_task(collector.run(stop))
     await asyncio.wait_for(collector.connected.wait(), 10)
     keys = line.signal_keys(include_mode=True)
-    t0 = time.time() + 2
+    t0 = time.time() - 30
     await server.write([Reading(t0, *k.split("."), float(i)) for i, k in enumerate(keys)])
     got = await drain(buffer, lambda rs: len({r.key for r in rs if r.ts == pytest.approx(t0, abs=1e-3)}) == len(keys))
     values = {r.key: r.value for r in got if r.ts == pytest.approx(t0, abs=1e-3)}
@@ -187,7 +187,7 @@ async def test_a_collector_started_before_its_server_waits_for_it(caplog):
     server = await start_server(port=port)
     try:
         await asyncio.wait_for(collector.connected.wait(), 20)
-        t0 = time.time() + 1
+        t0 = time.time() - 30
         await server.write([Reading(t0, "product_pump", "speed", 1450.0)])
         got = await drain(buffer, lambda rs: any(r.ts == pytest.approx(t0, abs=1e-3) for r in rs))
         assert got[-1].key == "product_pump.speed"

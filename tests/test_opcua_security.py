@@ -50,7 +50,7 @@ async def test_sign_and_encrypt_with_a_user_streams_readings(secure_server, pki)
     await asyncio.wait_for(collector.connected.wait(), 15)
     policy = collector.client.security_policy
     assert policy.URI.endswith("Basic256Sha256") and collector.client.security_policy.Mode.name == "SignAndEncrypt"
-    t0 = time.time() + 1
+    t0 = time.time() - 30
     await secure_server.write([Reading(t0, "product_pump", "flow", 39.0)])
     got = await drain(buffer, lambda rs: any(r.ts == pytest.approx(t0, abs=1e-3) for r in rs))
     assert got[-1].value == 39.0
@@ -80,7 +80,7 @@ async def test_wrong_password_is_said_clearly_and_retried_until_the_server_accep
         # the server's operator fixes the account; the same collector gets in, no restart
         server.set_users({"op": "s3cret"})
         await asyncio.wait_for(collector.connected.wait(), 30)
-        t0 = time.time() + 1
+        t0 = time.time() - 30
         await server.write([Reading(t0, "product_pump", "flow", 39.0)])
         await drain(buffer, lambda rs: any(r.ts == pytest.approx(t0, abs=1e-3) for r in rs), states=states)
         assert [s.connected for s in states] == [False, False, True] and states[1].detail == message

@@ -451,3 +451,17 @@ async def test_alarms_go_before_replies_diagnoses_and_streamed_text(broker, tmp_
                 got.append(msg.body["schema"])
     listen.close()
     assert got == ["alarm/1", "event/1"] * 2 + ["command-reply/1", "diagnosis/1"] + ["diagnosis-stream/1"] * 3
+
+
+async def test_a_diagnosis_goes_out_under_its_own_asset_when_its_alarm_event_was_never_seen(broker, tmp_path):
+    # issue 21: the publisher guessed the asset from earlier alarm events and fell back to the level "unknown"
+    listen = await Listener(broker, [T.all_diagnoses()]).ready()
+    async with publisher(broker, tmp_path) as pub:
+        await asyncio.wait_for(pub.online.wait(), WAIT_S)
+        d = diagnosis("a9")
+        d.asset = "filler"
+        pub.diagnosis(d)  # no alarm event for a9 came before it (a restart, a dropped event)
+        got = await asyncio.wait_for(listen.next(), WAIT_S)
+        assert got.topic == T.diagnosis("filler", "a9") and got.body["asset"] == "filler"
+        assert "unknown" not in got.topic.split("/")
+    listen.close()

@@ -104,6 +104,16 @@ class SignalSource(_Strict):
         return self
 
 
+class SignalCheckSwitches(_Strict):
+    """Which single-signal checks watch a signal (all by default); a signal flat by design opts out of ``stuck``."""
+
+    limit: bool = True
+    rate: bool = True
+    stuck: bool = True
+    range: bool = True
+    quality: bool = True
+
+
 class Signal(_Strict):
     name: str
     unit: str
@@ -115,6 +125,7 @@ class Signal(_Strict):
     priority: PriorityName | None = None
     source: SignalSource
     description: str = ""
+    checks: SignalCheckSwitches = Field(default_factory=SignalCheckSwitches)  # e.g. {stuck: false}
 
     @field_validator("normal", "limits", "physical")
     @classmethod
@@ -430,6 +441,10 @@ class Roles(_Strict):
 
     def of(self, user: str) -> list[str]:
         return [name for name, role in self._roles() if user in role.users]
+
+    def shelve_max_s(self, user: str) -> float:
+        """The longest ``user`` may shelve an alarm for (0: not at all)."""
+        return max((role.shelve_max_s for _, role in self._roles() if user in role.users), default=0.0)
 
     def _roles(self) -> list[tuple[str, Role]]:
         return [("operators", self.operators), ("supervisors", self.supervisors)]
@@ -774,9 +789,9 @@ class LineConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of what a trained model depends on: assets, signals and modes, not connection details."""
-        # what a model learns from is the signals' behaviour: where a signal is read from (node, topic, field), its
+        # what a model learns from is the signals' behaviour: where a signal is read from (node, topic, field), the checks it opts out of, its
         # description and the alarm design (criticality, flow, priorities, positions) can change and keep the model
-        exclude = {**dict.fromkeys(ALARM_DESIGN, True), "signals": {"__all__": {"source", "description", "priority"}}}
+        exclude = {**dict.fromkeys(ALARM_DESIGN, True), "signals": {"__all__": {"source", "description", "priority", "checks"}}}
         body = json.dumps([[a.model_dump(mode="json", exclude=exclude) for a in self.assets],
                            self.modes.model_dump(mode="json") if self.modes else None, self.operating_point],
                           sort_keys=True)

@@ -308,6 +308,7 @@ class Diagnosis:
     dropped_citations: int = 0
     fallback_reason: str | None = None
     latency_s: float | None = None
+    asset: str | None = None  # the alarm's asset: where the diagnosis is published (None: read before it was kept)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

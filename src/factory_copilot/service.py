@@ -264,6 +264,10 @@ class LineService:
             reasons.append(f"publisher: {publish['conflict']}")
         elif not publish["online"]:
             reasons.append("publisher offline: alerts wait in the outbox")
+        for name, link in publish.get("site_links", {}).items():
+            if not link["up"]:
+                reasons.append(f"site link {name} down since {_utc(link['since'])}: alarms reach the line's own "
+                               f"broker and wait in its queue for the site")
         stats["status"] = "ok" if not reasons else "degraded"
         stats["reasons"] = reasons
         return not reasons, reasons, stats
@@ -288,6 +292,10 @@ class LineService:
         server = await asyncio.start_server(answer, "127.0.0.1", self.health_port)
         log.info("health on http://127.0.0.1:%d/health", self.health_port)
         return server
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 def build_service(line: LineConfig, line_path: Path, **overrides: Any) -> LineService:

@@ -167,7 +167,7 @@ def runbook_diagnosis(pack: EvidencePack, library: RunbookLibrary, faults: dict[
                    f"({covered}) and no signal stands out yet.")
 
     return Diagnosis(
-        alarm_id=pack.alarm_id, summary=summary, causes=causes, steps=steps, safety=safety,
+        alarm_id=pack.alarm_id, asset=pack.asset, summary=summary, causes=causes, steps=steps, safety=safety,
         would_change=_would_change(pack, ranked, faults), source="runbook", fallback_reason=reason,
     )
 
@@ -217,7 +217,7 @@ def data_source_diagnosis(pack: EvidencePack, reason: str | None = None) -> Diag
     summary = (f"{pack.asset_name}: {what}; a data problem, not a process fault: check the data source first. No process "
                "diagnosis is made on data that is lost or wrong.")
     would_change = ["Once good data flows again, an alarm that still stands is diagnosed on that data."]
-    return Diagnosis(alarm_id=pack.alarm_id, summary=summary, causes=[cause], steps=steps, safety=[],
+    return Diagnosis(alarm_id=pack.alarm_id, asset=pack.asset, summary=summary, causes=[cause], steps=steps, safety=[],
                      would_change=would_change, source="runbook", fallback_reason=reason)
 
 
@@ -347,6 +347,6 @@ def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, faul
     # the runbook's safety notes are never left to the model: they are always shown, marked with their passage
     ranked_list = [ranked[c.fault_type] for c in causes if c.fault_type in ranked]
     return Diagnosis(
-        alarm_id=pack.alarm_id, summary=summary, causes=causes, steps=steps, safety=safety,
+        alarm_id=pack.alarm_id, asset=pack.asset, summary=summary, causes=causes, steps=steps, safety=safety,
         would_change=_would_change(pack, ranked_list, faults), source="model", model=model, dropped_citations=dropped,
     )

@@ -45,6 +45,7 @@ from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, Signa
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.plumbing.logs import Throttled
 from factory_copilot.plumbing.tasks import run_until
 from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, ModelJob, Question,
                                      Reading, SourceState, Turn)
@@ -263,7 +264,7 @@ class Copilot:
         self._packs: OrderedDict[str, EvidencePack] = OrderedDict()
         self._turns: dict[str, list[Turn]] = {}
         self.counts = {"runbook": 0, "model": 0, "fallback": 0, "dropped_citations": 0, "questions": 0,
-                       "model_jobs": 0, "covered": 0, "dropped_jobs": 0}
+                       "model_jobs": 0, "covered": 0, "dropped_jobs": 0, "incident_lookups_failed": 0}
         # the model's queue (run): waiting jobs in order, the one it works on, how long recent jobs took
         self._queue: list[_Job] = []
         self._running: _Job | None = None
@@ -274,6 +275,7 @@ class Copilot:
         self.last_timing: dict[str, float] = {}
         self.sources: dict[str, SourceState] = {}  # the last state each source reported (up/down)
         self.last_text = ""
+        self._log = Throttled(log, 30.0)
 
     def stats(self) -> dict[str, Any]:
         """Diagnoses by source, fallbacks, dropped citations, questions answered; the model and its manifest."""
@@ -303,9 +305,26 @@ class Copilot:
 
     def evidence(self, alarm: Alarm) -> EvidencePack:
         """Build (and remember, for follow-up questions) the evidence pack for an alarm."""
-        pack = build_evidence(alarm, self.line, self.history, self.library, self.faults, self.memory)
-        self._packs[alarm.alarm_id] = pack
-        self._packs.move_to_end(alarm.alarm_id)
+        return self._remember(build_evidence(alarm, self.line, self.history, self.library, self.faults, self.memory))
+
+    async def gather(self, alarm: Alarm) -> EvidencePack:
+        """``evidence``, with the past incidents looked up off the event loop: the memory (the store) reads a disk
+        that a batch or a retention sweep may keep busy, and the collectors, alarms and publisher share this loop."""
+        pack = build_evidence(alarm, self.line, self.history, self.library, self.faults, None)
+        if self.memory is not None:
+            fault_type = alarm.anomaly.fault_type if alarm.anomaly else None
+            try:
+                pack.incidents = await asyncio.to_thread(self.memory.similar, alarm.asset, fault_type,
+                                                         [s.key for s in pack.signals])
+            except Exception as exc:  # the diagnosis goes out without past incidents rather than not at all
+                self.counts["incident_lookups_failed"] += 1
+                self._log.error("incidents", "alarm %s: past incidents could not be looked up (%s: %s); explained "
+                                "without them", alarm.alarm_id, type(exc).__name__, exc)
+        return self._remember(pack)
+
+    def _remember(self, pack: EvidencePack) -> EvidencePack:
+        self._packs[pack.alarm_id] = pack
+        self._packs.move_to_end(pack.alarm_id)
         while len(self._packs) > self.keep_alarms:
             old, _ = self._packs.popitem(last=False)
             self._turns.pop(old, None)
@@ -316,12 +335,14 @@ class Copilot:
 
     # ---- diagnoses -------------------------------------------------------------------------------------------
 
-    def explain_now(self, alarm: Alarm, reason: str | None = None, since: float | None = None) -> Diagnosis:
+    def explain_now(self, alarm: Alarm, reason: str | None = None, since: float | None = None,
+                    pack: EvidencePack | None = None) -> Diagnosis:
         """The runbook diagnosis, synchronously: what the operator sees the moment the alarm is raised.
 
-        ``since``: the alarm event's time (pipeline clock): ``latency_s`` counts from it (else from this call)."""
+        ``since``: the alarm event's time (pipeline clock): ``latency_s`` counts from it (else from this call);
+        ``pack``: the alarm's evidence, already gathered (``gather``), else built here."""
         started = time.perf_counter()
-        d = runbook_diagnosis(self.evidence(alarm), self.library, self.faults, reason)
+        d = runbook_diagnosis(pack or self.evidence(alarm), self.library, self.faults, reason)
         d.latency_s = time.perf_counter() - started if since is None else max(0.0, self.clock() - since)
         self.counts["runbook"] += 1
         self._diagnosed[alarm.alarm_id] = (self.clock(), _fault_of(alarm))
@@ -553,7 +574,7 @@ class Copilot:
                     self.counts["covered"] += 1
                     continue
                 try:
-                    diagnoses.offer(self.explain_now(alarm, since=since))
+                    diagnoses.offer(self.explain_now(alarm, since=since, pack=await self.gather(alarm)))
                 except Exception:  # one alarm we cannot explain must not stop the others
                     log.exception("alarm %s: could not build a diagnosis", alarm.alarm_id)
                     continue

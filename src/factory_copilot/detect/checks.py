@@ -31,8 +31,9 @@ NAN = float("nan")
 
 
 def _bounds(specs, attr: str) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.array([getattr(s, attr)[0] if getattr(s, attr) else -np.inf for s in specs])
-    hi = np.array([getattr(s, attr)[1] if getattr(s, attr) else np.inf for s in specs])
+    """Low and high bound of each signal (None: a signal without one, unbounded)."""
+    lo = np.array([getattr(s, attr)[0] if s is not None and getattr(s, attr) else -np.inf for s in specs])
+    hi = np.array([getattr(s, attr)[1] if s is not None and getattr(s, attr) else np.inf for s in specs])
     return lo, hi
 
 
@@ -57,9 +58,11 @@ class SignalChecks:
         # no good sample for this many intervals is a quality condition; None (the line's samples say so): never
         self.gap_intervals = line.samples.stale_after_intervals if gap_intervals is None else gap_intervals
         self.settle_s = settle_s
-        self.limit_lo, self.limit_hi = _bounds(specs, "limits")
-        self.phys_lo, self.phys_hi = _bounds(specs, "physical")
-        self.max_rate = np.array([s.max_rate if s.max_rate else np.inf for s in specs])
+        # a signal the line file opts out of a check (``checks: {limit: false}``) gets no bound for it
+        self.limit_lo, self.limit_hi = _bounds([s if s.checks.limit else None for s in specs], "limits")
+        self.phys_lo, self.phys_hi = _bounds([s if s.checks.range else None for s in specs], "physical")
+        self.max_rate = np.array([s.max_rate if s.max_rate and s.checks.rate else np.inf for s in specs])
+        self.quality_on = np.array([s.checks.quality for s in specs], dtype=bool)
         # outside production, limit and rate apply only where the mode keeps the production band
         self.mode_applies = {
             m: np.array([line.is_production(m) or tuple(s.normal_for(m)) == tuple(s.normal) for s in specs])
@@ -74,8 +77,9 @@ class SignalChecks:
             self.stuck_tolerance.update(stuck_tolerance)
         elif stuck_tolerance is not None:
             self.stuck_tolerance = dict.fromkeys(self.keys, float(stuck_tolerance))
-        # setpoints hold still by design; learn_noise adds signals found flat in normal running
-        self.stuck_exempt: set[str] = {k for k in self.keys if "setpoint" in k}
+        # setpoints hold still by design, and so does a signal the line file opts out (checks: {stuck: false});
+        # learn_noise adds signals found flat in normal running
+        self.stuck_exempt: set[str] = {k for k, s in self.specs.items() if "setpoint" in k or not s.checks.stuck}
         n = len(self.keys)
         self.last_value = np.full(n, NAN)
         self.last_ts = np.full(n, NAN)
@@ -89,22 +93,31 @@ class SignalChecks:
         self._tol = np.array([self.stuck_tolerance[k] for k in self.keys])
         self._stuck_ok = np.array([k not in self.stuck_exempt for k in self.keys])
 
+    def exempt_from_stuck(self, keys) -> "SignalChecks":
+        """No stuck check for these signals (found flat in normal running, or marked so by a retune)."""
+        self.stuck_exempt |= set(keys)
+        self._vectors()
+        return self
+
     def learn_noise(self, X: pd.DataFrame, mode_column: str = "mode") -> "SignalChecks":
-        """Set each signal's 'flat' tolerance to a small share of its sample-to-sample noise while producing."""
+        """Set each signal's 'flat' tolerance to a small share of its sample-to-sample noise while producing.
+
+        A signal that does not move in normal running (constant, or flat for more than a fifth of its steps)
+        is listed in ``flat_in_normal_`` and gets no stuck check: flat is its normal."""
         if mode_column in X.columns:
             X = X[X[mode_column].astype(str).isin(self.line.production_modes())]
+        self.flat_in_normal_: list[str] = []
         for k in self.keys:
             if k in X.columns and len(X) > 10:
                 step = np.abs(np.diff(X[k].to_numpy(dtype=float)))
                 step = step[np.isfinite(step)]
                 if len(step) and np.mean(step == 0) > 0.2:
-                    self.stuck_exempt.add(k)
+                    self.flat_in_normal_.append(k)
                     continue
                 step = step[step > 0]
                 if len(step):
                     self.stuck_tolerance[k] = 0.01 * float(np.median(step))
-        self._vectors()
-        return self
+        return self.exempt_from_stuck(self.flat_in_normal_)
 
     def _anomaly(self, ts, i, kind, value, score, threshold, message) -> Anomaly:
         key = self.keys[i]
@@ -136,10 +149,10 @@ class SignalChecks:
         good = np.isfinite(x)
         for k, q in qualities.items():
             i = self.index.get(k)
-            if i is not None and q in (Quality.BAD, Quality.UNCERTAIN) and not good[i]:
+            if i is not None and self.quality_on[i] and q in (Quality.BAD, Quality.UNCERTAIN) and not good[i]:
                 out.append(self._anomaly(ts, i, "quality", None, 1.0, 0.0, f"quality {q.value}"))
         gap = (ts - self.last_good_ts) / self.interval
-        silent = ~good & (gap > self.gap_intervals) if self.gap_intervals is not None else np.zeros(len(good), bool)
+        silent = self.quality_on & ~good & (gap > self.gap_intervals) if self.gap_intervals is not None else np.zeros(len(good), bool)
         for i in np.flatnonzero(silent):
             if self.keys[i] not in qualities:
                 out.append(self._anomaly(ts, i, "quality", None, gap[i], self.gap_intervals,

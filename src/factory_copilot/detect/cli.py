@@ -162,6 +162,10 @@ def train_command(args: argparse.Namespace) -> int:
           f"every normal stretch:")
     for text in models.metadata["coverage"]:
         print(f"  {text}")
+    flat = models.metadata.get("flat_in_normal")
+    if flat:
+        print(f"constant in healthy history, so stuck check off for: {', '.join(flat)} (flat is their normal; "
+              "a signal that should move here is worth a look at its source)")
     print(f"saved {path} (line fingerprint {models.fingerprint})"
           + ("" if args.out else f"; `factory-copilot run --config {args.line}` loads it from there"))
     return 0
@@ -288,6 +292,10 @@ def _recording_table(res: dict) -> str:
         f"events detected {res['events_detected']}/{len(res['events'])}, mean delay {delay}; alarms {res['alarms']} "
         f"({res['alarms_per_hour']:.2f} per hour), of which false {res['false_alarms']} "
         f"({res['false_alarms_per_hour']:.2f} per hour of normal running)")
+    if res["kinds"]:
+        # why rows were flagged: the detector, or which single-signal check
+        rows.append("flagged by (anomalies per kind): " + ", ".join(
+            f"{kind} {n}" for kind, n in sorted(res["kinds"].items(), key=lambda kv: -kv[1])))
     return "\n".join(rows)
 
 

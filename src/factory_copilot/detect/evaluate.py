@@ -142,6 +142,7 @@ def train_models(
         stuck_tolerance=checks.stuck_tolerance, stuck_exempt=checks.stuck_exempt,
         metadata={"rows": len(history), "normal_rows": int(normal.sum()), "trained_at": time.time(),
                   "signals": len(detector.signals_), "modes": list(detector.models_), "calibration": calibration,
+                  "flat_in_normal": list(checks.flat_in_normal_),
                   "coverage": coverage_report(line, calibration, rows_by_group)},
     )
 

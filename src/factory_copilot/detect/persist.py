@@ -50,9 +50,9 @@ class TrainedDetector:
                 + (f"fault classes {', '.join(classes)}" if classes else "no fault classes"))
 
     def checks(self, line: LineConfig, **kwargs) -> SignalChecks:
-        checks = SignalChecks(line, stuck_tolerance=self.stuck_tolerance or None, **kwargs)
-        checks.stuck_exempt |= self.stuck_exempt
-        return checks
+        """The single-signal checks as trained: learnt tolerances, and no stuck check where normal is flat."""
+        return SignalChecks(line, stuck_tolerance=self.stuck_tolerance or None, **kwargs).exempt_from_stuck(
+            self.stuck_exempt)
 
 
 def save_detector(path: str | Path, models: TrainedDetector) -> Path:

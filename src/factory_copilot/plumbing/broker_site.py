@@ -7,6 +7,12 @@ Identity comes from the broker, not from the payload: each person may publish on
 ``<prefix>/+/+/commands/<own name>`` and ``.../ask/<own name>`` (Mosquitto's ``%u`` pattern), so
 the service reads who sent a command from its topic. Passwords are stored as Mosquitto's own
 ``$7$`` hashes (PBKDF2-SHA512, what ``mosquitto_passwd`` writes), never in clear.
+
+An edge broker may also bridge its lines to a site broker (``--bridge-to``): Mosquitto's own bridge carries
+the lines' alarms, diagnoses, events, status, handovers and replies out and the site's commands and questions
+in, at QoS 1 on a persistent session, so what is published while the WAN is down waits in the edge broker's
+queue (on disk) and follows in order when the site is back. The bridge's state is a retained ``1``/``0`` on
+``<prefix>/<site>/bridge/<name>`` on the edge broker, which the service reads for its /health.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ KINDS = {
     "reader": "may only read the line's topics (SCADA, MES, Node-RED, the dashboard's live feed)",
     "service": "the Factory Copilot service: reads and writes everything under the prefix and Sparkplug",
     "edge": "a Sparkplug B edge node: reads and writes spBv1.0/# only",
+    "bridge": "an edge broker's bridge to this (site) broker: writes its lines' topics, reads their commands",
     "dashboard": "the operator dashboard: reads the line's topics and sends commands and questions on the level of "
                  "the person logged in to it (it checks their password itself)",
 }
@@ -138,6 +145,8 @@ def acl_text(accounts: list[Account], prefix: str = DEFAULT_PREFIX) -> str:
             # Sparkplug B 3.0's STATE lives under spBv1.0/STATE/; 2.2's legacy STATE/<host_id> at the top
             lines += ["", f"user {a.name}", f"topic readwrite {prefix}/#", "topic readwrite spBv1.0/#",
                       "topic readwrite STATE/#"]
+        elif a.kind == "bridge":  # carries many lines' topics, as each edge service wrote them
+            lines += ["", f"user {a.name}", f"topic readwrite {prefix}/#"]
         elif a.kind == "edge":
             lines += ["", f"user {a.name}", "topic readwrite spBv1.0/#"]
         elif a.kind == "dashboard":  # a gateway: the person logged in to it is the topic level it writes on
@@ -147,6 +156,90 @@ def acl_text(accounts: list[Account], prefix: str = DEFAULT_PREFIX) -> str:
     lines += ["", "# any user: its own command and ask level", f"pattern write {prefix}/+/+/commands/%u",
               f"pattern write {prefix}/+/+/ask/%u", ""]
     return "\n".join(lines)
+
+
+# what a bridge carries, under each line's <prefix>/<site>/<line>/ (the scheme is publish/topics.py's; a test
+# checks every topic the publisher writes is carried out, and every topic a site user may write is carried in)
+BRIDGE_OUT = ("+/alarms/#", "+/diagnosis/#", "events", "status", "handover", "commands/reply/#", "ask/reply/#")
+BRIDGE_IN = ("commands/+", "ask/+")  # the site broker's ACL has already held each sender to its own level
+
+
+def bridge_state_topic(site: str, name: str = "site", prefix: str = DEFAULT_PREFIX) -> str:
+    """The edge broker's retained bridge state for a site's lines (``bridge`` is no line's topics: no kind)."""
+    return f"{prefix}/{site}/bridge/{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Bridge:
+    """An edge broker's connection to the site broker, for the lines ``lines`` ((site, line) pairs)."""
+
+    address: str  # host:port of the site broker
+    username: str
+    password: str
+    lines: tuple[tuple[str, str], ...]
+    ca_file: Path | None = None  # None with tls: the system's trust store
+    tls: bool = True
+    name: str = "site"
+
+    @classmethod
+    def parse(cls, address: str, username: str, password: str, lines: list[str], ca_file: str | None = None,
+              tls: bool = True, name: str = "site") -> "Bridge":
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BrokerSiteError(f"--bridge-to {address!r}: expected HOST:PORT of the site broker")
+        if not lines:
+            raise BrokerSiteError("--bridge-to needs --bridge-line SITE/LINE for each line this edge box serves")
+        pairs = []
+        for spec in lines:
+            site, _, line = spec.partition("/")
+            if not site or not line or any(c in spec for c in "+# "):
+                raise BrokerSiteError(f"--bridge-line {spec!r}: expected SITE/LINE as in the line file")
+            pairs.append((site, line))
+        check_username(username, "--bridge-user")
+        if not password or len(password) < 8:
+            raise BrokerSiteError("the bridge's password (--bridge-password-env) needs at least 8 characters")
+        if ca_file is not None and not Path(ca_file).is_file():
+            raise BrokerSiteError(f"--bridge-ca {ca_file}: no such file")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
+            raise BrokerSiteError(f"bridge name {name!r}: letters, digits, '_' or '-'")
+        return cls(address, username, password, tuple(pairs), Path(ca_file).resolve() if ca_file else None, tls,
+                   name)
+
+    def state_topic(self, prefix: str = DEFAULT_PREFIX) -> str:
+        """Where the edge broker keeps the bridge's state (retained ``1`` up, ``0`` down) for the lines' services."""
+        return bridge_state_topic(self.lines[0][0], self.name, prefix)
+
+
+def bridge_text(bridge: Bridge, prefix: str = DEFAULT_PREFIX) -> str:
+    """The ``connection`` section of mosquitto.conf for ``bridge``."""
+    first_site, first_line = bridge.lines[0]
+    client_id = f"factory-copilot-edge-{first_site}-{first_line}"[:64]
+    conf = [
+        "", f"# bridge to the site broker: the lines' alarms out, the site's commands in (docs/site.md)",
+        f"connection {bridge.name}",
+        f"address {bridge.address}",
+        "bridge_protocol_version mqttv311",
+        f"remote_clientid {client_id}",
+        f"remote_username {bridge.username}",
+        f"remote_password {bridge.password}",
+        # a persistent session at both ends: what the edge queued while the WAN was down is sent when it is back
+        "cleansession false",
+        "start_type automatic",
+        "restart_timeout 2 30",  # reconnect after 2 s, backing off to 30 s
+        "keepalive_interval 20",
+        "try_private true",  # the site broker knows a bridge and does not echo its own messages back
+        "notifications true",
+        "notifications_local_only true",
+        f"notification_topic {bridge.state_topic(prefix)}",
+    ]
+    if bridge.tls:
+        conf += [f"bridge_cafile {bridge.ca_file}" if bridge.ca_file else "bridge_capath /etc/ssl/certs",
+                 "bridge_tls_version tlsv1.2", "bridge_insecure false"]
+    for site, line in bridge.lines:
+        base = f"{prefix}/{site}/{line}/"
+        conf += [f"topic {t} out 1 {base} {base}" for t in BRIDGE_OUT]
+        conf += [f"topic {t} in 1 {base} {base}" for t in BRIDGE_IN]
+    return "\n".join(conf) + "\n"
 
 
 def make_certificates(folder: Path, hostnames: list[str], days: int = 825) -> tuple[Path, Path, Path]:
@@ -215,7 +308,8 @@ class SiteFiles:
 def write_site(folder: str | Path, accounts: list[Account], *, bind: str = "0.0.0.0", port: int | None = None,
                tls: bool = True, cert_file: str | Path | None = None, key_file: str | Path | None = None,
                hostnames: list[str] | None = None, prefix: str = DEFAULT_PREFIX, persistence: bool = True,
-               max_queued: int = 100_000, log_packets: bool = False, extra: str = "") -> SiteFiles:
+               max_queued: int = 100_000, log_packets: bool = False, extra: str = "",
+               bridge: Bridge | None = None) -> SiteFiles:
     """Write mosquitto.conf, the password file, the ACL (and certificates) into ``folder``."""
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -257,6 +351,8 @@ def write_site(folder: str | Path, accounts: list[Account], *, bind: str = "0.0.
         f"max_packet_size {MAX_PACKET_BYTES}",
         f"max_queued_messages {max_queued}",
         *(["persistence true", f"persistence_location {data}/"] if persistence else ["persistence false"]),
+        # a bridge's queue is kept on disk: saved every 10 s (and at shutdown), not only every 30 minutes
+        *(["autosave_interval 10"] if persistence and bridge else []),
         f"log_dest file {log_file}",
         "log_type error", "log_type warning", "log_type notice", "log_type information",
         # Mosquitto 2.0 names a publish its ACL refused ("Denied PUBLISH from eve ...") only at debug level
@@ -269,7 +365,15 @@ def write_site(folder: str | Path, accounts: list[Account], *, bind: str = "0.0.
         import pwd
         conf.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
     conf_path = folder / "mosquitto.conf"
-    conf_path.write_text("\n".join(conf) + "\n" + extra)
+    if bridge is not None:
+        if not persistence:
+            raise BrokerSiteError("a bridge keeps its queue on disk: --no-persistence cannot go with --bridge-to")
+        conf.append(bridge_text(bridge, prefix))
+    conf_path = folder / "mosquitto.conf"
+    if bridge is not None:  # it holds the bridge's password
+        _private(conf_path, "\n".join(conf) + "\n" + extra)
+    else:
+        conf_path.write_text("\n".join(conf) + "\n" + extra)
     people = [a for a in accounts if a.kind == "person"]
     logins = None
     if people:  # the dashboard's log-in: the same password as the person's MQTT account, as an Argon2id hash
@@ -317,6 +421,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--log-packets", action="store_true", help="log every packet, naming each publish the ACL "
                                                                  "refused (Mosquitto 2.0 logs those at debug only); "
                                                                  "for an audit period: the log grows fast")
+    init.add_argument("--bridge-to", metavar="HOST:PORT", help="bridge this (edge) broker to the site broker there")
+    init.add_argument("--bridge-line", action="append", default=[], metavar="SITE/LINE",
+                      help="a line this edge box serves, as its line file names site and line (repeatable)")
+    init.add_argument("--bridge-user", default="edge-bridge", help="the bridge's user on the site broker")
+    init.add_argument("--bridge-password-env", default="FC_BRIDGE_PASSWORD", metavar="VAR",
+                      help="environment variable holding that user's password (default FC_BRIDGE_PASSWORD)")
+    init.add_argument("--bridge-ca", help="CA file the site broker's certificate is checked against (default: "
+                                          "the system's trust store)")
+    init.add_argument("--bridge-no-tls", action="store_true", help="plain MQTT to the site (a site broker on "
+                                                                   "loopback only, for trying it)")
     init.set_defaults(func=_init)
 
 
@@ -326,15 +440,32 @@ def _init(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
+        bridge = None
+        if args.bridge_to:
+            host = args.bridge_to.rpartition(":")[0]
+            if args.bridge_no_tls and host not in ("127.0.0.1", "::1", "[::1]", "localhost"):
+                raise BrokerSiteError(f"--bridge-no-tls sends the bridge's password in clear: only to a site broker "
+                                      f"on loopback (got {args.bridge_to})")
+            password = os.environ.get(args.bridge_password_env, "")
+            if not password:
+                raise BrokerSiteError(f"--bridge-to: environment variable {args.bridge_password_env} (the bridge "
+                                      f"user's password on the site broker) is not set")
+            bridge = Bridge.parse(args.bridge_to, args.bridge_user, password, args.bridge_line, args.bridge_ca,
+                                  tls=not args.bridge_no_tls)
+        elif args.bridge_line:
+            raise BrokerSiteError("--bridge-line goes with --bridge-to HOST:PORT")
         accounts = load_accounts(args.users)
         site = write_site(args.out, accounts, bind=args.bind, port=args.port, tls=not args.no_tls,
                           cert_file=args.cert, key_file=args.key, hostnames=args.hostname, prefix=args.prefix,
-                          persistence=not args.no_persistence, log_packets=args.log_packets)
+                          persistence=not args.no_persistence, log_packets=args.log_packets, bridge=bridge)
     except BrokerSiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"Wrote {site.conf} ({len(accounts)} users, listener {site.host}:{site.port}"
           f"{' TLS' if site.tls else ''}); start it with: mosquitto -c {site.conf}")
+    if bridge is not None:
+        print(f"Bridged to the site broker {bridge.address} as {bridge.username} for "
+              f"{', '.join(f'{a}/{b}' for a, b in bridge.lines)}; its state: {bridge.state_topic(args.prefix)}")
     if site.ca_file:
         print(f"Clients trust {site.ca_file} (mqtt: {{tls: true, ca_file: ...}} in the line file)")
     if site.logins:

@@ -15,14 +15,13 @@ from asyncua import ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from factory_copilot.plumbing.units import NO_UNIT_ID, UNITS_NAMESPACE, unece
 from factory_copilot.records import Quality
 
 # OPC UA Part 4, 7.39: the two top bits of a StatusCode are its severity
 _SEVERITY_MASK = 0xC0000000
 _UNCERTAIN = 0x40000000
 _BAD = 0x80000000
-
-UNITS_NAMESPACE = "http://www.opcfoundation.org/UA/units/un/cefact"
 
 STATUS_FOR_QUALITY = {
     Quality.GOOD: ua.StatusCodes.Good,
@@ -53,13 +52,22 @@ def status_name(status: ua.StatusCode | int) -> str:
 
 
 def eu_information(unit: str) -> ua.EUInformation:
-    """EngineeringUnits property value; the unit text is carried in DisplayName (UnitId -1: not a UNECE code)."""
+    """EngineeringUnits property value: the UNECE code's UnitId, the line file's unit text as DisplayName.
+
+    A unit text the UNECE table (plumbing/units.py) does not know keeps UnitId -1, OPC UA's "no code".
+    """
+    known = unece(unit)
     eu = ua.EUInformation()
     eu.NamespaceUri = UNITS_NAMESPACE
-    eu.UnitId = -1
-    eu.DisplayName = ua.LocalizedText(unit)
-    eu.Description = ua.LocalizedText(unit)
+    eu.UnitId = known.unit_id if known else NO_UNIT_ID
+    eu.DisplayName = ua.LocalizedText(unit)  # the collector reads the unit text back from here (unit_of)
+    eu.Description = ua.LocalizedText(known.name if known else unit)
     return eu
+
+
+def eu_range(low: float, high: float) -> ua.Range:
+    """EURange / InstrumentRange property value."""
+    return ua.Range(Low=float(low), High=float(high))
 
 
 def unit_of(eu: object) -> str:

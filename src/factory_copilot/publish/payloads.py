@@ -111,7 +111,7 @@ def event(ev: AlarmEvent, site: str, line: str) -> dict[str, Any]:
 
 
 def diagnosis(d: Diagnosis, asset: str, site: str, line: str) -> dict[str, Any]:
-    return {"schema": DIAGNOSIS, "site": site, "line": line, "asset": asset, **d.to_dict()}
+    return {"schema": DIAGNOSIS, "site": site, "line": line, **d.to_dict(), "asset": asset}
 
 
 def stream_chunk(alarm_id: str, asset: str, seq: int, token: str, done: bool) -> dict[str, Any]:

@@ -24,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from factory_copilot.config import LineConfig, MqttConnection
 from factory_copilot.plumbing.buffer import Buffer
+from factory_copilot.plumbing.logs import printable
 from factory_copilot.plumbing.tasks import run_until
 from factory_copilot.publish import payloads
 from factory_copilot.publish.inbound import Inbound, Route
@@ -53,7 +55,7 @@ from factory_copilot.records import (
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_ASSET = "unknown"  # topic level for a diagnosis whose alarm this publisher never saw
+UNKNOWN_ASSET = "unknown"  # topic level for a diagnosis chunk or job (or an old diagnosis) whose alarm was never seen
 
 __all__ = ["InstanceConflict", "Publisher", "UNKNOWN_ASSET"]
 
@@ -97,7 +99,7 @@ class Publisher:
         self.session = PublishSession(self.topics, self.connection, self.client_id, on_online=self._online,
                                       on_offline=self._offline, on_new_client=lambda: self.sender.new_client(),
                                       on_acked=lambda mid, failure: self.sender.acked(mid, failure),
-                                      on_message=lambda *m: self.inbound.message(*m))
+                                      on_message=self._message)
         self.sender = Sender(self.outbox, self._hand, window=window, stream_expiry_s=stream_expiry_s,
                              stream_max=stream_max, counts=self.counts)
         self.inbound = Inbound(self.topics, commands, questions, self._reply, self._answer, self.counts,
@@ -107,6 +109,8 @@ class Publisher:
         self.idle = self.sender.idle  # nothing pending anywhere
         self._sending: asyncio.Task | None = None
         self._assets: dict[str, str] = {}  # alarm id -> asset, learnt from alarm events
+        self.site_links: dict[str, dict[str, Any]] = {}  # the edge broker's bridges to the site: name -> up, since
+        self.site_link_changed = asyncio.Event()  # set at each change of a link's state (tests wait on it)
         self._cleared: set[str] = set()  # alarms back to normal: their diagnosis is no longer retained
         self._stream_seq: dict[str, int] = {}
         self._answer_seq: dict[str, int] = {}
@@ -218,7 +222,9 @@ class Publisher:
 
     def diagnosis(self, d: Diagnosis, asset: str | None = None) -> None:
         """The copilot's diagnosis, retained while its alarm lives (a diagnosis for a cleared alarm is not retained)."""
-        asset = asset or self._asset_of(d.alarm_id)
+        asset = asset or d.asset or self._asset_of(d.alarm_id)  # the record names it; older ones (stored) may not
+        if d.asset and d.alarm_id not in self._assets:
+            self._assets[d.alarm_id] = d.asset  # its streamed text and model job go out under the same asset
         body = payloads.diagnosis(d, asset, self.site, self.line)
         retain = d.alarm_id not in self._cleared
         self.sender.store(self._json(self.topics.diagnosis(asset, d.alarm_id), body, payloads.DIAGNOSIS, retain, DIAGNOSIS_LANE))
@@ -316,6 +322,7 @@ class Publisher:
             "outbox_dropped": self.outbox.dropped,
             "inflight": self.sender.inflight,
             "stream_queued": self.sender.stream_queued,
+            "site_links": {name: dict(link) for name, link in self.site_links.items()},
             **self.counts,
         }
 
@@ -324,6 +331,27 @@ class Publisher:
         await asyncio.wait_for(self.idle.wait(), timeout_s)
 
     # ---- inside --------------------------------------------------------------------------------------------------
+
+    def _message(self, topic: str, raw: bytes, response_topic: str | None, correlation: bytes | None) -> None:
+        name = self.topics.site_link_name(topic)
+        if name is None:
+            self.inbound.message(topic, raw, response_topic, correlation)
+            return
+        up = raw.strip() == b"1"
+        if raw.strip() not in (b"0", b"1", b""):
+            self.counts["site_link_unreadable"] += 1
+            log.warning("site link %s: unreadable state %r on %s (expected 1 or 0)", printable(name),
+                        printable(raw[:40].decode(errors="replace")), topic)
+            return
+        if not raw.strip():  # the bridge was removed from the edge broker's configuration
+            self.site_links.pop(name, None)
+            return
+        link = self.site_links.get(name)
+        if link is None or link["up"] != up:
+            self.site_links[name] = {"up": up, "since": time.time()}
+            self.site_link_changed.set()
+            (log.info if up else log.warning)("site link %s %s%s", printable(name), "up" if up else "down",
+                                              "" if up else ": alarms wait in the edge broker's queue until it is back")
 
     def _online(self) -> None:
         self.offline.clear()

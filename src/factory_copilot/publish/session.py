@@ -78,7 +78,7 @@ class PublishSession:
         self.mqtt = MqttSession(
             self.connection, role="publish", client_id=self.client_id,
             # every user's own level; the broker's ACL makes sure the level is the sender's user name
-            subscriptions=[(self.topics.commands("+"), 1), (self.topics.ask("+"), 1)],
+            subscriptions=[(self.topics.commands("+"), 1), (self.topics.ask("+"), 1), (self.topics.site_links(), 1)],
             # MQTT 5: the broker must not forward us a packet beyond this (a 20 MB "command" never reaches us)
             max_packet_bytes=MAX_PACKET_BYTES,
             will=Will(self.topics.status(), payloads.encode(will), qos=1, retain=True, content_type="application/json",

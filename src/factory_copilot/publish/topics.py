@@ -9,6 +9,9 @@ Under ``<prefix>/<site>/<line>/`` (prefix default ``factory-copilot``):
     events                                every alarm transition, not retained
     status                                birth (online) and last will (offline), retained
     handover                              the newest shift handover, retained (updated when acknowledged)
+
+and, beside the site's lines, ``<prefix>/<site>/bridge/<name>``: an edge broker's bridge to the site broker,
+retained ``1`` while it is up and ``0`` while it is down (written by Mosquitto, read by the service's /health).
     commands/<user>                       operator commands in, from MQTT user <user> (the broker's ACL lets
                                           each user publish only on its own level: the actor is the topic's)
     commands/reply/<request-id>           the reply to one command (the service's only reply prefix)
@@ -119,6 +122,17 @@ class Topics:
 
     def answers(self) -> str:
         return f"{self.base}/ask/reply/"
+
+    def site_links(self) -> str:
+        """The edge broker's bridges to the site broker (``broker init --bridge-to``), retained ``1`` up, ``0`` down;
+        a level beside the site's lines, so no line's topics (plumbing/broker_site.py writes it)."""
+        return f"{self.prefix}/{self._level(self.site)}/bridge/+"
+
+    def site_link_name(self, topic: str) -> str | None:
+        """The bridge a ``site_links`` topic names; None for any other topic."""
+        head = self.site_links()[:-1]
+        rest = topic[len(head):] if topic.startswith(head) else ""
+        return rest if rest and "/" not in rest else None
 
     # subscription filters
     def all_alarms(self) -> str:

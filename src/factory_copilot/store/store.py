@@ -5,7 +5,8 @@ Readings are kept raw for a few minutes and downsampled into per-signal buckets
 diagnoses, conversations and operator feedback sit beside them. Writes are
 batched in transactions; every table has its own retention. Each subject has its
 own module: ``trends.py``, ``alarm_history.py``, ``incidents.py``, ``handovers.py``; ``Store`` is all
-of them on one connection (``Store.reader`` one that only reads, beside the service that writes).
+of them: writes on one connection, reads on a second (WAL), so a long batch or retention sweep never holds up
+a look-up (``Store.reader`` only reads, beside the service that writes).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Retention:
 
 
 class Store(Trends, AlarmHistory, IncidentRecords, Handovers):
-    """SQLite store; thread-safe (one connection under a lock); open several on one file from several processes."""
+    """SQLite store; thread-safe (a write connection and a read connection, each under its own lock); open several
+    on one file from several processes."""
 
     def __init__(self, path: str | Path, bucket_s: float = 5.0, retention: Retention | None = None, *,
                  read_only: bool = False):
@@ -58,6 +60,10 @@ class Store(Trends, AlarmHistory, IncidentRecords, Handovers):
         self.retention = retention or Retention()
         conn = open_reader(self.path, len(MIGRATIONS), COMPONENT) if read_only else open_db(self.path, MIGRATIONS, COMPONENT)
         self._db = Locked(conn)
+        # reads see the last committed state (WAL) without waiting for the writer's lock; one in-memory database
+        # cannot be opened twice, and a reader has nothing to wait for
+        shared = read_only or self.path == ":memory:"
+        self._reads = self._db if shared else Locked(open_reader(self.path, len(MIGRATIONS), COMPONENT))
 
     @classmethod
     def reader(cls, path: str | Path, bucket_s: float = 5.0) -> "Store":
@@ -65,6 +71,9 @@ class Store(Trends, AlarmHistory, IncidentRecords, Handovers):
         return cls(path, bucket_s, read_only=True)
 
     def close(self) -> None:
+        if self._reads is not self._db:
+            with self._reads as conn:
+                conn.close()
         with self._db as conn:
             conn.close()
 
@@ -107,7 +116,7 @@ class Store(Trends, AlarmHistory, IncidentRecords, Handovers):
         return deleted
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._db as conn:
+        with self._reads as conn:
             return conn.execute(sql, params).fetchall()
 
     def counts(self) -> dict[str, int]:
