@@ -89,7 +89,7 @@ class LineService:
         # every clock of the pipeline: the wall clock live, the recording's time in a replay
         self.clock: Callable[[], float] = time.time
         if replay is not None:
-            self.clock = ReplayClock(speed)
+            self.clock = ReplayClock(speed, step_s=line.sampling_interval_s)
             self.collector = CollectStation.replaying(line, readings, Path(replay), self.clock)
         else:
             self.collector = CollectStation(line, readings, pki_dir=paths.pki)
@@ -101,9 +101,10 @@ class LineService:
             log.warning("%s/%s: the line file has no roles: every user the broker logs in may acknowledge, shelve "
                         "and take alarms out of service; name operators and supervisors (docs/mqtt.md)",
                         line.site, line.line)
-        # the engine's delays are checked each tick: as often in data time, however fast the replay
-        self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results, tick_s=0.25 / speed,
-                                   held=held)
+        # live the engine's delays are checked 4 times a second; in a replay once per step of data time, after
+        # the step's anomalies (the replay clock calls the tick), so no wall-clock timer decides an alarm
+        self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results,
+                                   tick_s=None if replay is not None else 0.25, held=held)
         self.store = Store(paths.store)
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,
@@ -118,6 +119,7 @@ class LineService:
         )
         if isinstance(self.clock, ReplayClock):  # a replay waits for detect and alarms rather than outrun them
             self.clock.backlog = lambda: sum(buf.qsize() for buf in (readings, to_detect, anomalies, to_alarms))
+            self.clock.on_step.append(self.alarms.tick)
         self.store_station = StoreStation(self.store, readings=to_store_readings, anomalies=to_store_anomalies,
                                           events=to_store_events, diagnoses=to_store_diagnoses, turns=turns,
                                           clock=self.clock)

@@ -31,7 +31,7 @@ class AlarmStation:
         events: Buffer[AlarmEvent],
         commands: Buffer[OperatorCommand] | None = None,
         results: Buffer[CommandResult] | None = None,
-        tick_s: float = 0.25,
+        tick_s: float | None = 0.25,
         held: Buffer[HeldAlarms] | None = None,
     ):
         self.engine = engine
@@ -48,7 +48,9 @@ class AlarmStation:
         """Serve until ``stop`` is set (or the task is cancelled)."""
         if self.held is not None:  # before any event of this run, so nothing raised now is taken for a ghost
             self.held.offer(HeldAlarms({a.alarm_id: a.asset for a in self.engine.active()}))
-        jobs = [self._anomaly_loop(), self._tick_loop()]
+        jobs = [self._anomaly_loop()]
+        if self.tick_s is not None:  # None: whoever drives the time calls tick() (a replay, once per step of data)
+            jobs.append(self._tick_loop())
         if self.commands is not None:
             jobs.append(self._command_loop())
         tasks = [asyncio.create_task(job) for job in jobs]
@@ -90,15 +92,20 @@ class AlarmStation:
             if self.results is not None:
                 self.results.offer(result)
 
+    def tick(self) -> None:
+        """Let the engine's time pass now: delays, shelve expiry, flood end; the events go out as usual."""
+        try:
+            self._offer(self.engine.tick())
+        except Exception:
+            self.counts["errors"] += 1
+            log.exception("alarm engine tick failed")
+        self.ticked.set()
+        self.ticked.clear()
+
     async def _tick_loop(self) -> None:
+        assert self.tick_s is not None
         while True:
-            try:
-                self._offer(self.engine.tick())
-            except Exception:
-                self.counts["errors"] += 1
-                log.exception("alarm engine tick failed")
-            self.ticked.set()
-            self.ticked.clear()
+            self.tick()
             await asyncio.sleep(self.tick_s)
 
     def _offer(self, events: list[AlarmEvent]) -> None:

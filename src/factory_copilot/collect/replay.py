@@ -29,60 +29,77 @@ NOT_SIGNALS = {"mode", "fault", "run", "label", *TS_COLUMNS}
 
 
 class ReplayClock:
-    """The recording's time, running ``speed`` times faster than the wall clock from ``start`` on (callable).
+    """The recording's time (callable): it moves only with the data, never with the wall clock.
 
-    Two things keep a busy machine from outrunning its own data: the time never runs past the next
-    reading still to be released (a replay stalled by the machine is not a silent source; a gap in the
-    recording still is one), and ``backlog`` (set by whoever wires the pipeline: what the stations have
-    been given and not yet digested) holds it until the pipeline has taken every row released so far
-    (so released data is never late, and rows close on data, not on a clock that ran ahead).
+    The time steps from one reading to the next, at most ``step_s`` at a time (a gap in the recording
+    still passes second by second, so a silent source shows up where it fell silent). Each step
+    waits for its wall time at ``speed`` (``math.inf``: as fast as the machine goes), then until the
+    pipeline has digested every reading released so far (``backlog``, set by whoever wires the
+    pipeline: what the stations have been given and not yet taken), then runs the step's timers
+    (``on_step``: the alarm engine's tick) at the time the data was digested, and only then moves on.
+    So every station reads the same time for the same data, and a replay at 1x, 50x or flat out
+    gives the same alarms at the same data times, however the machine schedules the loop; the wall
+    clock only decides how long the replay takes.
     """
 
-    def __init__(self, speed: float = 1.0, backlog: Callable[[], int] | None = None):
-        if speed <= 0:
+    def __init__(self, speed: float = 1.0, backlog: Callable[[], int] | None = None, step_s: float = 1.0):
+        if not speed > 0:
             raise ValueError("replay speed must be > 0")
+        if not step_s > 0:
+            raise ValueError("replay step must be > 0 s")
         self.speed = speed
         self.backlog = backlog
+        self.step_s = step_s
+        self.on_step: list[Callable[[], object]] = []  # timers of the pipeline, run once per step of data time
         self.held_s = 0.0  # wall seconds the replay waited for the pipeline
-        self._data0: float | None = None
+        self.steps = 0
+        self.now: float | None = None  # the data time; None before the replay starts
+        self._data0 = 0.0
         self._wall0 = 0.0
-        self._held_at: float | None = None
-        self._frontier = math.inf  # the next reading still to be released
 
     def start(self, data_t0: float) -> None:
-        self._data0, self._wall0, self._frontier = data_t0, time.monotonic(), data_t0
-
-    def next_due(self, data_ts: float) -> None:
-        """The next reading to release is at ``data_ts``: time may not run past it until it is released."""
-        self._frontier = data_ts
+        self._data0, self._wall0, self.now = data_t0, time.monotonic(), data_t0
 
     def __call__(self) -> float:
-        if self._data0 is None:
-            return time.time()  # before the replay starts: nothing has happened yet
-        return min(self._scheduled(), self._frontier)
-
-    def _scheduled(self) -> float:
-        """Where the recording's time would be at ``speed``, holds for the pipeline left out."""
-        wall = self._held_at if self._held_at is not None else time.monotonic()
-        return self._data0 + (wall - self._wall0) * self.speed  # type: ignore[operator]
-
-    async def catch_up(self, stop: asyncio.Event, limit: int) -> None:
-        """Hold the recording's time until the pipeline's backlog is down to ``limit`` items (or ``stop``)."""
-        if self.backlog is None or self._data0 is None or self.backlog() <= limit:
-            return
-        self._held_at = time.monotonic()
-        try:
-            while self.backlog() > limit and not stop.is_set():
-                await asyncio.sleep(0.005)  # the stations drain their buffers in batches: a short poll is enough
-        finally:
-            held = time.monotonic() - self._held_at
-            self._wall0 += held
-            self.held_s += held
-            self._held_at = None
+        return time.time() if self.now is None else self.now  # before the replay starts: nothing has happened yet
 
     def wall_delay(self, data_ts: float) -> float:
-        """Wall seconds until ``data_ts`` comes round."""
-        return 0.0 if self._data0 is None else (data_ts - self._scheduled()) / self.speed
+        """Wall seconds until ``data_ts`` comes round at ``speed``."""
+        if self.now is None or math.isinf(self.speed):
+            return 0.0
+        return (data_ts - self._data0) / self.speed - (time.monotonic() - self._wall0)
+
+    async def advance(self, data_ts: float, stop: asyncio.Event) -> bool:
+        """Step the time to ``data_ts`` (the next reading to release); False if ``stop`` came first."""
+        assert self.now is not None, "start the clock first"
+        while self.now < data_ts:
+            target = min(data_ts, self.now + self.step_s)
+            wait = self.wall_delay(target)
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+            if stop.is_set() or not await self.settle(stop):
+                return False
+            self.now = target
+        return not stop.is_set()
+
+    async def settle(self, stop: asyncio.Event) -> bool:
+        """Hold the time until the pipeline has taken everything released so far, then run ``on_step`` at it."""
+        if self.backlog is not None and self.backlog() > 0:
+            held_at = time.monotonic()
+            while self.backlog() > 0 and not stop.is_set():
+                await asyncio.sleep(0.002)  # the stations drain their buffers in batches: a short poll is enough
+            held = time.monotonic() - held_at
+            self._wall0 += held  # a busy machine delays the replay; it does not make the data late
+            self.held_s += held
+        if stop.is_set():
+            return False
+        for timer in self.on_step:
+            timer()
+        self.steps += 1
+        return True
 
 
 def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float, str]] | None = None) -> list[Reading]:
@@ -198,17 +215,8 @@ class ReplayCollector:
         self.buffer.offer(SourceState(self.source, first, True, f"recording {self.path.name}", self.served))
         self.connected.set()
         i = 0
-        while i < len(self.readings) and not stop.is_set():
+        while i < len(self.readings) and await self.clock.advance(self.readings[i].ts, stop):
             ts = self.readings[i].ts
-            self.clock.next_due(ts)
-            wait = self.clock.wall_delay(ts)
-            if wait > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), wait)
-                    break
-                except asyncio.TimeoutError:
-                    pass
-            await self.clock.catch_up(stop, limit=0)
             while i < len(self.readings) and self.readings[i].ts <= ts:
                 r = self.readings[i]
                 i += 1
@@ -219,6 +227,8 @@ class ReplayCollector:
                     continue
                 self.buffer.offer(r)
                 self.readings_in += 1
+        if i >= len(self.readings):
+            await self.clock.settle(stop)  # the last readings digested and their timers run, as for every step
         self.finished.set()
         if i >= len(self.readings):
             log.info("replay of %s finished at data time %s", self.path,
