@@ -4,8 +4,8 @@ One folder per asset under Objects, one Double variable per signal (the mode
 an Int32 enumeration) with its EngineeringUnits (a UNECE UnitId), EURange and,
 where the line file gives one, InstrumentRange; each write carries the
 reading's StatusCode (Good, Uncertain, Bad), its source timestamp and the
-server's own. A source timestamp is never later than the server's: a reading
-stamped ahead of the server's clock is served at the server's time, counted. Security None and/or Basic256Sha256
+server's own. A reading stamped ahead of the server's clock is served as stamped, as a device with a
+wrong clock serves it (the collector's gate is what catches it), counted and logged. Security None and/or Basic256Sha256
 SignAndEncrypt with a self-signed server certificate kept in ``pki_dir``, and
 username/password users when any are given.
 """
@@ -76,7 +76,7 @@ class LineServer:
         self._nodes: dict[str, ua.NodeId] = {}
         self._types: dict[str, ua.VariantType] = {}
         self.writes = 0
-        self.stamped_ahead = 0  # readings stamped later than the server's clock, served at the server's time
+        self.stamped_ahead = 0  # readings stamped later than the server's clock, served as stamped
         self._throttle = Throttled(log, 30.0)
 
     @property
@@ -154,12 +154,12 @@ class LineServer:
             if r.ts > now:
                 self.stamped_ahead += 1
                 self._throttle.warning("ahead", "OPC UA server: %d reading(s) stamped ahead of the server's clock "
-                                       "(latest %s, %.3f s ahead), served at the server's time", self.stamped_ahead,
+                                       "(latest %s, %.3f s ahead), served as stamped", self.stamped_ahead,
                                        r.key, r.ts - now)
             dv = ua.DataValue(
                 ua.Variant(value, vtype),
                 StatusCode=ua.StatusCode(STATUS_FOR_QUALITY[r.quality]),
-                SourceTimestamp=from_epoch(min(r.ts, now)),
+                SourceTimestamp=from_epoch(r.ts),
                 ServerTimestamp=from_epoch(now),
             )
             await iserver.write_attribute_value(nodeid, dv)

@@ -48,7 +48,8 @@ async def test_one_simulated_stream_reaches_both_collectors(broker, tmp_path):
         )
         n_signals = len(line.signal_keys(include_mode=True))
         assert stats.steps == steps and stats.readings == steps * n_signals
-        fresh = lambda rs: [r for r in rs if start_ts < r.ts <= start_ts + steps]  # noqa: E731
+        # half a step of slack: a timestamp comes back through OPC UA's DateTime rounded to the microsecond
+        fresh = lambda rs: [r for r in rs if start_ts + 0.5 < r.ts < start_ts + steps + 0.5]  # noqa: E731
         via_opcua = fresh(await drain(from_opcua, lambda rs: len(fresh(rs)) >= steps * n_signals))
         via_mqtt = fresh(await drain(from_mqtt, lambda rs: len(fresh(rs)) >= steps * n_signals))
         as_set = lambda rs: {(r.key, round(r.ts, 3), r.value, r.quality, r.unit) for r in rs}  # noqa: E731

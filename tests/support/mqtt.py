@@ -34,6 +34,7 @@ class Listener:
     def __init__(self, broker, topics, client_id=None, persistent=False, protocol=None):
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Received] = asyncio.Queue()
+        self.seen: list[Received] = []  # every message taken from the queue, in order
         self.topics = topics
         self.subscribed = asyncio.Event()
         v5 = (protocol or broker.protocol) == "5"
@@ -77,7 +78,17 @@ class Listener:
         return self
 
     async def next(self, timeout=WAIT_S) -> Received:
-        return await asyncio.wait_for(self.queue.get(), timeout)
+        msg = await asyncio.wait_for(self.queue.get(), timeout)
+        self.seen.append(msg)
+        return msg
+
+    async def since_start(self, predicate, timeout=WAIT_S) -> Received:
+        """The first message since this listener subscribed that matches, one already passed over by ``until`` included
+        (a diagnosis may go out before the alarm's later change a test waited for)."""
+        for msg in self.seen:
+            if predicate(msg):
+                return msg
+        return await self.until(predicate, timeout)
 
     async def until(self, predicate, timeout=WAIT_S) -> Received:
         deadline = time.monotonic() + timeout
