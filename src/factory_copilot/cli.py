@@ -69,12 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
         prog="factory-copilot", description="Factory Copilot: an edge copilot for factory-line diagnostics."
     )
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--log-level", default=None,
+                        help="DEBUG, INFO, WARNING (default INFO; WARNING for the report commands train and evaluate, "
+                             "whose --verbose gives INFO)")
     parser.add_argument("--log-json", action="store_true", help="structured JSON log lines (for services)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for path in COMMANDS:
         importlib.import_module(path).register(sub)
     return parser
+
+
+def log_level(args: argparse.Namespace) -> str:
+    """The level asked for; else a report command's own quiet default (its output is its report), which its
+    ``--verbose`` lifts to INFO; else INFO, as a service logs."""
+    if args.log_level:
+        return args.log_level
+    if getattr(args, "verbose", False):
+        return "INFO"
+    return getattr(args, "default_log_level", "INFO")
+
+
+def report_command(parser: argparse.ArgumentParser) -> None:
+    """Make a sub-command a report: its standard output is the report alone, its log lines go to standard error at
+    WARNING unless ``--verbose`` (or ``--log-level``) asks for more, as a compiler or a test runner keeps its
+    progress out of what it prints."""
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what it does (INFO) to standard error; by default only warnings and errors")
+    parser.set_defaults(default_log_level="WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    setup_logging(args.log_level, args.log_json)
+    setup_logging(log_level(args), args.log_json)
     try:
         result = args.func(args)
         if inspect.iscoroutine(result):

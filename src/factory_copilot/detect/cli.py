@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from factory_copilot.cli import report_command
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.simulated import simulated_line
 
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="model file to write (default: where `run` reads it, the line file's "
                                  "service.detector or <state_dir>/detector.joblib)")
     p.set_defaults(func=train_command)
+    report_command(p)
 
     r = sub.add_parser("retune", help="raise the detector's thresholds from alarms operators marked false")
     r.add_argument("--config", required=True, help="the line file the service runs (its service section names the files)")
@@ -76,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--normal-hours", type=float, default=16.0, help="hours of simulated normal running to count false alarms on")
     e.add_argument("--out", default="eval", help="directory for results.json and results.png (default eval/)")
     e.set_defaults(func=evaluate_command)
+    report_command(e)
     from factory_copilot.copilot.evaluate import (
         add_arguments as copilot_arguments,  # evaluate --copilot
     )

@@ -1,0 +1,46 @@
+"""What `train` and `evaluate` print, read as a plant engineer reads a report on a terminal (issue 25)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from factory_copilot.cli import main
+from tests.test_detect_onboarding import engine_line, engine_runs
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR)", re.M)
+
+
+def _trained(tmp_path):
+    line = engine_line(tmp_path)
+    runs = engine_runs(units=3, cycles=120, worn_from=90)
+    runs[runs["fault"] == "normal"].drop(columns="fault").to_csv(tmp_path / "healthy.csv", index=False)
+    runs.to_csv(tmp_path / "worn.csv", index=False)
+    assert main(["train", "--line", line, "--history", str(tmp_path / "healthy.csv"),
+                 "--out", str(tmp_path / "m.joblib")]) == 0
+    return line
+
+
+def _evaluate(tmp_path, line, *extra, **run):
+    return subprocess.run(
+        [sys.executable, "-m", "factory_copilot.cli", "evaluate", *extra, "--line", line, "--history",
+         str(tmp_path / "worn.csv"), "--models", str(tmp_path / "m.joblib"), "--out", str(tmp_path / "eval")],
+        text=True, timeout=300, **run)
+
+
+def test_evaluate_on_a_terminal_shows_its_report_and_no_log_lines(tmp_path):
+    line = _trained(tmp_path)
+    # a terminal shows both streams together: the report must not be interleaved with INFO lines
+    shown = _evaluate(tmp_path, line, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert shown.returncode == 0, shown.stdout
+    assert "events detected" in shown.stdout
+    assert not LOG_LINE.findall(shown.stdout), shown.stdout
+
+
+def test_evaluate_verbose_logs_to_stderr_and_keeps_stdout_the_report(tmp_path):
+    line = _trained(tmp_path)
+    said = _evaluate(tmp_path, line, "--verbose", capture_output=True)
+    assert said.returncode == 0, said.stderr
+    assert "events detected" in said.stdout and not LOG_LINE.findall(said.stdout)
+    assert re.search(r" INFO +factory_copilot\.detect\.persist: detector ", said.stderr), said.stderr
