@@ -32,6 +32,7 @@ from dashboards.handover import handover_panel  # noqa: E402
 from dashboards import login  # noqa: E402
 from dashboards.live import LiveFeed, Snapshot  # noqa: E402
 from dashboards.overview import line_health  # noqa: E402
+from dashboards.waits import wait_words  # noqa: E402
 from factory_copilot.alarms.grouping import Situation, fold  # noqa: E402
 from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TARGET_PER_HOUR, AlarmKpis, alarm_kpis  # noqa: E402
 from factory_copilot.catalogue import faults_of  # noqa: E402
@@ -456,8 +457,11 @@ def diagnosis_panel() -> None:
         st.markdown(badge("MODEL · WRITING", "#6a3d9a") + " &nbsp;the local model's diagnosis replaces the runbook's "
                     "when it is complete", unsafe_allow_html=True)
         st.markdown(html.escape(streaming) + (" ▌" if writing else ""))
+    job = snap.diagnosis_jobs.get(alarm.alarm_id)
+    if job and diagnosis is not None and diagnosis.source == "model" and diagnosis.created_at >= float(job["since"]):
+        job = None  # the model's diagnosis it was waiting for is here
     if diagnosis is None:
-        if not streaming:
+        if not model_wait(job, now, "model diagnosis") and not streaming:
             st.info("No diagnosis yet for this alarm.")
         return
     if diagnosis.source == "model":
@@ -472,6 +476,7 @@ def diagnosis_panel() -> None:
     else:
         st.markdown(badge("RUNBOOK", "#455a64") + " &nbsp;" + html.escape("Rule-based from the line's runbooks, at once"
                     + ("; the model is writing its own" if writing else "")), unsafe_allow_html=True)
+    model_wait(job, now, "model diagnosis")
     st.markdown(diagnosis.summary)
     checks = [s for s in diagnosis.steps if s.kind == "check"][:2]
     if checks:
@@ -504,6 +509,21 @@ def diagnosis_panel() -> None:
         st.caption("What would change this diagnosis: " + " ".join(diagnosis.would_change))
     if diagnosis.dropped_citations:
         st.caption(f"{diagnosis.dropped_citations} citation(s) without evidence were dropped.")
+
+
+WAIT_COLOURS = {"waiting": "#6a3d9a", "quiet": "#ff7f0e", "dropped": "#757575"}
+
+
+def model_wait(job: dict | None, now: float, what: str) -> bool:
+    """Say where the model's job stands (queued, its place, about how long); False when there is nothing to say."""
+    said = wait_words(job, now, what)
+    if said is None:
+        return False
+    kind, words = said
+    icon = "⏳ " if kind == "waiting" else ""
+    st.markdown(f'<div class="fc-model-wait" style="font-size:0.85rem;border-left:4px solid {WAIT_COLOURS[kind]};'
+                f'padding:2px 8px;margin:4px 0">{icon}{html.escape(words)}</div>', unsafe_allow_html=True)
+    return True
 
 
 def evidence_trend(alarm: Alarm, diagnosis, now: float) -> None:
@@ -545,29 +565,17 @@ def chat_tab(alarm: Alarm | None) -> None:
         st.caption("Select an alarm to ask the copilot about it.")
         return
     asks = st.session_state.setdefault("asks", {})
-    snap = cfg.snapshot()
-    # answers that finished are written to the store once (the store keeps one turn per request)
-    for request_id, ask in list(asks.items()):
-        final = snap.answer_done.get(request_id)
-        if final is not None:
-            cfg.store.add_turn(Turn(ask["alarm_id"], "copilot", snap.answer_text(request_id), time.time(),
-                                    request_id=request_id, source=final.get("source")))
-            del asks[request_id]
+    finish_answers(cfg.snapshot())
     for turn in cfg.store.conversation(alarm.alarm_id):
         with st.chat_message("user" if turn.role == "operator" else "assistant"):
-            if turn.role == "copilot" and turn.text.startswith(RUNBOOK_SEARCH):
-                st.markdown(badge("RUNBOOK SEARCH · NO MODEL", "#455a64"), unsafe_allow_html=True)
-                st.markdown(turn.text[len(RUNBOOK_SEARCH):])
+            if turn.role == "copilot":
+                copilot_text(turn.text)
             else:
                 st.markdown(turn.text)
             who = turn.actor or ("copilot" if turn.role == "copilot" else "operator")
             st.caption(f"{who} · {clock(turn.ts)} UTC" + (f" · {turn.source}" if turn.source else ""))
-    for request_id, ask in asks.items():
-        if ask["alarm_id"] != alarm.alarm_id:
-            continue
-        with st.chat_message("assistant"):
-            text = snap.answer_text(request_id)
-            st.markdown((text + " ▌") if text else "_thinking…_")
+    if any(a["alarm_id"] == alarm.alarm_id for a in asks.values()):  # only then a timer runs for them
+        pending_answers(alarm.alarm_id)
     question = st.chat_input(f"Ask the copilot about {alarm.asset}…", key="ask", disabled=cfg.feed is None)
     if question and actor() is None:
         st.error("Log in to ask the copilot.")
@@ -576,6 +584,54 @@ def chat_tab(alarm: Alarm | None) -> None:
         cfg.store.add_turn(Turn(alarm.alarm_id, "operator", question, time.time(), actor(), request_id))
         asks[request_id] = {"alarm_id": alarm.alarm_id, "question": question}
         st.rerun()
+
+
+def copilot_text(text: str) -> None:
+    """A copilot answer; one given without the model says so in a badge."""
+    if text.startswith(RUNBOOK_SEARCH):
+        st.markdown(badge("RUNBOOK SEARCH · NO MODEL", "#455a64"), unsafe_allow_html=True)
+        st.markdown(text[len(RUNBOOK_SEARCH):])
+    else:
+        st.markdown(text)
+
+
+def finish_answers(snap: Snapshot) -> bool:
+    """Answers that finished are written to the store once (it keeps one turn per request); True if any did."""
+    asks = st.session_state.setdefault("asks", {})
+    finished = False
+    for request_id, ask in list(asks.items()):
+        final = snap.answer_done.get(request_id)
+        if final is not None:
+            cfg.store.add_turn(Turn(ask["alarm_id"], "copilot", snap.answer_text(request_id), time.time(),
+                                    request_id=request_id, source=final.get("source")))
+            del asks[request_id]
+            finished = True
+    return finished
+
+
+@st.fragment(run_every=1)
+def pending_answers(alarm_id: str) -> None:
+    """The answers still coming, on their own: the runbook's at once, the model's words as they come, and where the
+    model's job stands; the finished answer takes its place in the conversation without a reload."""
+    asks = st.session_state.get("asks", {})
+    snap = cfg.snapshot()
+    if finish_answers(snap):
+        st.rerun(scope="app")  # the conversation above is the store's: it shows the answer now
+    now = time.time()
+    for request_id, ask in asks.items():
+        if ask["alarm_id"] != alarm_id:
+            continue
+        with st.chat_message("assistant"):
+            first = snap.answer_first.get(request_id)
+            tokens = snap.answer_tokens(request_id)
+            if first:
+                copilot_text(str(first["text"]))
+            if tokens:
+                st.markdown(badge("MODEL · WRITING", "#6a3d9a"), unsafe_allow_html=True)
+                st.markdown(html.escape(tokens) + " ▌")
+            job = snap.answer_jobs.get(request_id)
+            if not model_wait(job, now, "model answer") and not first and not tokens:
+                st.markdown("_sent; waiting for the copilot…_")
 
 
 def feedback_tab(alarm: Alarm | None) -> None:

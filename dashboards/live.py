@@ -45,6 +45,10 @@ class Snapshot:
     answers: dict[str, dict[int, str]] = field(default_factory=dict)  # ask request id -> seq -> token
     answer_done: dict[str, dict[str, Any]] = field(default_factory=dict)  # ask request id -> final chunk, once complete
     answer_end: dict[str, dict[str, Any]] = field(default_factory=dict)  # final chunks whose predecessors may lag
+    answer_first: dict[str, dict[str, Any]] = field(default_factory=dict)  # ask request id -> the runbook's answer,
+    # sent at once while the model works (answer/1 with done false and text set)
+    diagnosis_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # alarm id -> newest model-job/1
+    answer_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # ask request id -> newest model-job/1
     events: deque = field(default_factory=lambda: deque(maxlen=200))
     rejected: int = 0  # payloads that could not be read (logged, skipped)
 
@@ -57,6 +61,10 @@ class Snapshot:
             return str(final["text"])
         if final and final.get("error"):
             return f"The copilot could not answer: {final['error']}"
+        return self.answer_tokens(request_id)
+
+    def answer_tokens(self, request_id: str) -> str:
+        """The model's words so far (the runbook's answer, sent whole, is ``answer_first``)."""
         return "".join(t for _, t in sorted(self.answers.get(request_id, {}).items()))
 
 
@@ -130,8 +138,14 @@ class LiveFeed:
                 s.stream_done.add(parts.alarm_id)
         elif parts.kind == "command_reply" and body is not None:
             s.replies[parts.request_id] = body
+        elif parts.kind == "answer" and isinstance(body, dict) and body.get("schema") == "model-job/1":
+            # model-job/1 shares the reply topic: where the model's answer stands, not a piece of it
+            self._job(s.answer_jobs, parts.request_id, body)
+        elif parts.kind == "diagnosis_job" and isinstance(body, dict):
+            self._job(s.diagnosis_jobs, parts.alarm_id, body)
         elif parts.kind == "answer" and body is not None and body.get("schema", "answer/1") == "answer/1":
-            # (model-job/1 shares the reply topic: where the model's answer stands, not a piece of it)
+            if not body.get("done") and body.get("text"):  # the runbook's answer, whole, ahead of the model's
+                s.answer_first[parts.request_id] = body
             chunks = s.answers.setdefault(parts.request_id, {})
             chunks[int(body.get("seq", 0))] = str(body.get("token") or "")
             if body.get("done"):
@@ -144,6 +158,14 @@ class LiveFeed:
             s.publisher_status = (body.get("state") or body.get("status")) if isinstance(body, dict) else str(body)
         elif parts.kind == "events" and body is not None:
             s.events.appendleft(body)
+
+    @staticmethod
+    def _job(jobs: dict[str, dict[str, Any]], key: str, body: dict[str, Any]) -> None:
+        """Keep a job's newest state (QoS 1 may deliver out of order), stamped with when the page heard it."""
+        old = jobs.get(key)
+        if old is not None and float(old.get("ts") or 0) > float(body.get("ts") or 0):
+            return
+        jobs[key] = {**body, "received": time.time()}
 
     # ---------------------------------------------------------------- the script's thread
 

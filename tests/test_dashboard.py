@@ -553,3 +553,145 @@ def test_a_shelved_alarm_shows_shelved_until_when_not_its_alarm_colour(seeded, m
     assert charts.PRIORITY_COLOURS[Priority.HIGH] not in row  # not in the colour that calls for the operator
     pump = next(m.value for m in at.markdown if 'class="fc-asset"' in m.value and "Product transfer pump" in m.value)
     assert "HIGH ALARM" not in pump.upper() and f"1 shelved until {hhmm}" in pump
+
+
+# ------------------------------------------------------------------------------------------- waits for the model (issue 25)
+
+
+def _job(state: str, position: int = 0, estimate: float | None = 41.0, alarm_id: str = sample.COMPRESSOR_ID,
+         request_id: str | None = None, detail: str | None = None, since: float | None = None) -> dict:
+    """A model-job/1 message as the publisher sends it (publish/payloads.py model_job)."""
+    now = time.time()
+    return {"schema": "model-job/1", "site": LINE.site, "line": LINE.line, "job": "answer" if request_id else "diagnosis",
+            "alarm_id": alarm_id, "request_id": request_id, "state": state, "position": position, "waiting": 3,
+            "estimate_s": estimate, "since": now - 5 if since is None else since, "ts": now, "detail": detail}
+
+
+def test_wait_words_say_the_place_the_estimate_and_when_the_copilot_went_quiet():
+    from dashboards.waits import wait_words
+
+    now = time.time()
+    job = {**_job("queued", 1, 41.0, since=now - 65), "received": now}
+    assert wait_words(job, now) == ("waiting", "Model diagnosis coming: 2nd in queue, about 40 s (waiting 1 min 5 s)")
+    assert wait_words({**job, "position": 10}, now)[1].startswith("Model diagnosis coming: 11th in queue")
+    assert wait_words({**job, "received": now - 6}, now)[1].startswith("Model diagnosis coming: 2nd in queue, about 35 s")
+    assert "no time estimate yet" in wait_words({**job, "estimate_s": None}, now)[1]
+    assert wait_words({**job, "state": "running", "position": 0, "estimate_s": 8.4}, now, "model answer")[1] == (
+        "Model answer coming: the model is writing it, about 8 s (waiting 1 min 5 s)")
+    assert wait_words({**job, "estimate_s": 3.0, "received": now - 10}, now)[1].startswith(
+        "Model diagnosis coming: 2nd in queue, any moment now")
+    kind, words = wait_words({**job, "received": now - 40}, now)
+    assert kind == "quiet" and "40 s ago; no word from the copilot since" in words
+    assert wait_words({**job, "state": "dropped", "detail": "model queue full"}, now) == (
+        "dropped", "No model diagnosis: model queue full; the runbook's stands.")
+    assert wait_words({**job, "state": "done"}, now) is None and wait_words(None, now) is None
+
+
+def _waits(at) -> list[str]:
+    return [m.value for m in at.markdown if "fc-model-wait" in m.value]
+
+
+def test_the_diagnosis_card_says_a_model_diagnosis_is_coming_its_place_and_about_when(seeded, monkeypatch, broker,
+                                                                                    fresh_streamlit):
+    """Issue 25: on a loaded box the model's diagnosis reached the page 143 s after the alarm, nothing saying one
+    was coming. The copilot's model-job/1 states show on the card: queued (place, estimate), writing, dropped."""
+    from factory_copilot.copilot import Copilot
+    from tests.support.copilot import alarm_for
+
+    db, _ = seeded
+    alarm = alarm_for("air_compressor", alarm_id=sample.COMPRESSOR_ID, ts=time.time())
+    runbook = Copilot(LINE).explain_now(alarm)
+    with Store(db) as store:
+        store.add_diagnosis(runbook)
+    side = Listener(broker, TOPICS.commands("+"))
+    topic = TOPICS.diagnosis_job("air_compressor", sample.COMPRESSOR_ID)
+    try:
+        at = _app(monkeypatch, db, broker).run()
+        [feed] = LiveFeed.instances
+        assert feed.wait_for(lambda s: s.connected, 10)
+        at.button(key=f"select:{sample.COMPRESSOR_ID}").click().run()
+        assert _waits(at) == []  # no job heard of: nothing promised
+
+        side.publish(topic, _job("queued", 1, 41.0))
+        assert feed.wait_for(lambda s: sample.COMPRESSOR_ID in s.diagnosis_jobs, 10)
+        at.run()
+        [wait] = _waits(at)
+        assert "Model diagnosis coming: 2nd in queue, about 40 s (waiting 5 s)" in wait
+        assert runbook.summary in _texts(at)  # the runbook's diagnosis stands meanwhile
+
+        side.publish(topic, _job("running", 0, 61.0))
+        assert feed.wait_for(lambda s: s.diagnosis_jobs[sample.COMPRESSOR_ID]["state"] == "running", 10)
+        at.run()
+        assert "Model diagnosis coming: the model is writing it, about 60 s" in _waits(at)[0]
+
+        model = Diagnosis.from_dict({**runbook.to_dict(), "summary": "A leak downstream of the receiver.",
+                                     "source": "model", "model": "qwen2.5-1.5b", "created_at": time.time()})
+        side.publish(TOPICS.diagnosis("air_compressor", sample.COMPRESSOR_ID), {**model.to_dict(), "schema": "diagnosis/1"})
+        assert feed.wait_for(lambda s: sample.COMPRESSOR_ID in s.diagnoses, 10)
+        at.run()
+        assert _waits(at) == [] and "A leak downstream of the receiver." in _texts(at)  # it came: no wait left
+    finally:
+        side.stop()
+
+
+def test_a_dropped_model_diagnosis_says_why_and_that_the_runbook_stands(seeded, monkeypatch, broker, fresh_streamlit):
+    db, _ = seeded
+    side = Listener(broker, TOPICS.commands("+"))
+    try:
+        at = _app(monkeypatch, db, broker).run()
+        [feed] = LiveFeed.instances
+        assert feed.wait_for(lambda s: s.connected, 10)
+        at.button(key=f"select:{sample.COMPRESSOR_ID}").click().run()
+        side.publish(TOPICS.diagnosis_job("air_compressor", sample.COMPRESSOR_ID),
+                     _job("dropped", detail="model queue full (16 diagnoses waiting): the runbook diagnosis stands"))
+        assert feed.wait_for(lambda s: sample.COMPRESSOR_ID in s.diagnosis_jobs, 10)
+        at.run()
+        [wait] = _waits(at)
+        assert "No model diagnosis: model queue full (16 diagnoses waiting)" in wait
+        assert "No diagnosis yet" not in _texts(at)
+    finally:
+        side.stop()
+
+
+def test_a_question_shows_the_runbook_answer_at_once_and_its_place_in_the_models_queue(seeded, monkeypatch, broker,
+                                                                                      fresh_streamlit, users_file):
+    """Issue 25: a question showed "thinking…" for 120 s with no queue position, and the runbook's answer (sent at
+    once) appeared only after a reload, once the model's was done."""
+    db, _ = seeded
+    side = Listener(broker, TOPICS.ask("maria"))
+    try:
+        at = _login(_app(monkeypatch, db, broker, users=users_file))
+        [feed] = LiveFeed.instances
+        assert feed.wait_for(lambda s: s.connected, 10)
+        at.button(key=f"select:{sample.CAVITATION_ID}").click().run()
+        at.chat_input(key="ask").set_value("Is the strainer the likely cause?").run()
+        rid = json.loads(side.next()[1])["request_id"]
+        assert "_sent; waiting for the copilot…_" in [m.value for msg in at.chat_message for m in msg.markdown]
+        reply = TOPICS.answer(rid)
+        side.publish(reply, {"schema": "answer/1", "request_id": rid, "alarm_id": sample.CAVITATION_ID, "seq": 0,
+                             "token": "", "done": False, "source": "runbook",
+                             "text": "Runbook search (no model): Check the strainer's differential pressure."})
+        side.publish(reply, _job("queued", 1, 41.0, alarm_id=sample.CAVITATION_ID, request_id=rid))
+        assert feed.wait_for(lambda s: rid in s.answer_first and rid in s.answer_jobs, 10)
+        at.run()
+        pending = [m.value for m in at.chat_message[-1].markdown]
+        assert "Check the strainer's differential pressure." in pending
+        assert any("RUNBOOK SEARCH · NO MODEL" in m for m in pending)
+        assert any("Model answer coming: 2nd in queue, about 40 s" in m for m in pending)
+
+        side.publish(reply, _job("running", 0, 61.0, alarm_id=sample.CAVITATION_ID, request_id=rid))
+        side.publish(reply, {"schema": "answer/1", "request_id": rid, "alarm_id": sample.CAVITATION_ID, "seq": 1,
+                             "token": "The strainer ", "done": False})
+        assert feed.wait_for(lambda s: s.answer_tokens(rid) == "The strainer ", 10)
+        at.run()
+        pending = [m.value for m in at.chat_message[-1].markdown]
+        assert "The strainer  ▌" in pending and any("the model is writing it, about 60 s" in m for m in pending)
+
+        side.publish(reply, {"schema": "answer/1", "request_id": rid, "alarm_id": sample.CAVITATION_ID, "seq": 2,
+                             "token": "", "done": True, "source": "model", "text": "The strainer is the likely cause."})
+        assert feed.wait_for(lambda s: rid in s.answer_done, 10)
+        at.run()
+        shown = [m.value for msg in at.chat_message for m in msg.markdown]
+        assert shown[-1] == "The strainer is the likely cause." and not _waits(at)
+    finally:
+        side.stop()
