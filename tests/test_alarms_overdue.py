@@ -147,3 +147,16 @@ def test_a_bad_escalation_rule_is_refused_naming_the_field(rule, words, tmp_path
     with pytest.raises(LineConfigError) as err:
         load_line(path)
     assert "escalation" in str(err.value) and words in str(err.value)
+
+
+def test_the_overdue_event_goes_out_as_event_1_naming_the_group_and_the_retained_state_keeps_who_was_told(make, clock):
+    from factory_copilot.publish import payloads
+    engine = make()
+    raised(engine, clock, HIGH)
+    (ev,) = overdue(run(engine, clock, HIGH, 125))
+    body = payloads.event(ev, "demo-plant", "packaging-1")
+    assert payloads.problems(body, payloads.EVENT) == []
+    assert body["notify"] == "supervisors" and body["actor"] == "system"
+    state = payloads.alarm_state(ev.alarm, "demo-plant", "packaging-1")
+    assert payloads.problems(state, payloads.ALARM) == [] and state["overdue"] == ["supervisors"]
+    assert payloads.problems({**state, "overdue": "supervisors"}, payloads.ALARM) != []  # the schema does check it
