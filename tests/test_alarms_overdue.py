@@ -160,3 +160,50 @@ def test_the_overdue_event_goes_out_as_event_1_naming_the_group_and_the_retained
     state = payloads.alarm_state(ev.alarm, "demo-plant", "packaging-1")
     assert payloads.problems(state, payloads.ALARM) == [] and state["overdue"] == ["supervisors"]
     assert payloads.problems({**state, "overdue": "supervisors"}, payloads.ALARM) != []  # the schema does check it
+
+
+async def test_a_replayed_fault_nobody_acknowledges_goes_out_overdue_once_per_alarm_at_its_time(broker, tmp_path, sim_models):
+    """The whole service on a recorded pump fault (50x): the pager's contract on MQTT, in data time."""
+    import asyncio
+    import json
+    import time
+
+    from factory_copilot.config import MqttConnection, ServicePaths
+    from factory_copilot.plumbing.broker import free_port
+    from factory_copilot.publish.topics import Topics
+    from factory_copilot.service import LineService, _stop_after_replay
+    from simulators import FaultScenario, ModeSchedule, simulate_frame
+    from tests.support.mqtt import Listener
+
+    line = parse_line({**yaml.safe_load(SIMULATED_LINE.read_text()),
+                       "escalation": [{"priority": "low", "after_s": 60, "notify": "supervisors"}]},
+                      SIMULATED_LINE).with_path(SIMULATED_LINE)
+    line = line.model_copy(update={"mqtt": MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol)})
+    frame = simulate_frame(line, seed=21, duration_s=480, schedule=ModeSchedule.running(startup_s=60),
+                           scenarios=[FaultScenario("pump_cavitation", start_s=240, severity=2.0, ramp_s=20)])
+    frame["ts"] = time.time() - 86_400 + frame.index.to_numpy() * line.sampling_interval_s
+    recording = tmp_path / "pump.csv"
+    frame.to_csv(recording, index=False)
+    topics = Topics(site=line.site, line=line.line)
+    listener = await Listener(broker, [topics.events(), topics.status()]).ready()
+    try:
+        service = LineService(line, sim_models, ServicePaths(tmp_path / "replay"), replay=recording, speed=50.0,
+                              health_port=free_port())
+        stop = asyncio.Event()
+        summary = asyncio.create_task(_stop_after_replay(service, service.collector.finished, stop, settle_s=20))
+        await asyncio.wait_for(service.run(stop), 120)
+        await summary
+        # the service's last word is its retained 'offline'; the broker keeps one client's messages in order
+        await listener.until(lambda m: m.topic == topics.status() and json.loads(m.payload)["state"] == "offline", 30)
+    finally:
+        listener.close()
+    events = [m.body for m in listener.seen if m.topic == topics.events()]
+    rang = {e["alarm_id"]: e["ts"] for e in events if e["event"] == "raised" and not e["alarm"]["suppressed"]}
+    told = [e for e in events if e["event"] == "overdue"]
+    assert any(a.startswith("product_pump.") for a in rang), "the fault must ring"
+    assert told, "nobody acknowledged a ringing alarm for minutes: someone must be told"
+    assert len({e["alarm_id"] for e in told}) == len(told)  # once per alarm, not again
+    for e in told:
+        assert e["notify"] == "supervisors" and e["actor"] == "system" and not e["alarm"]["suppressed"]
+        assert e["ts"] - e["alarm"]["unacked_since"] == pytest.approx(60, abs=1.5)
+        assert e["alarm"]["state"] == "active_unacknowledged"
