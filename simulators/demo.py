@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
 import os
 import subprocess
 import socket
@@ -133,14 +134,24 @@ def trained_models(line: LineConfig, path: Path, hours: float, seed: int) -> Tra
         except ModelMismatchError as exc:
             log.info("retraining: %s", exc)
     print(f"Training the detector on {hours:g} h of simulated normal running and the fault catalogue ...", flush=True)
-    # training only: the demo that loads a trained detector runs without scikit-learn, scipy and pandas
+    # in a child process: training's libraries (scikit-learn, scipy, pandas) and its peak (~300 MB) leave with it,
+    # so the first demo serves in what every later one does
+    child = multiprocessing.get_context("spawn").Process(target=train_and_save, args=(line, path, hours, seed),
+                                                         name="train-detector")
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"training the detector failed (exit code {child.exitcode}); see the lines above")
+    return load_detector(path, line)
+
+
+def train_and_save(line: LineConfig, path: Path, hours: float, seed: int) -> None:
+    """Train the simulated line's detector on ``hours`` of simulated normal running and save it to ``path``."""
     from factory_copilot.detect.evaluate import train_models
     from simulators.evaluation import simulated_history
 
     history = simulated_history(line, seed=seed, normal_hours=hours, progress=True)
-    models = train_models(line, history, progress=True)
-    save_detector(path, models)
-    return models
+    save_detector(path, train_models(line, history, progress=True))
 
 
 def start_dashboard(paths: ServicePaths, line_path: Path, mqtt: MqttConnection, port: int,
