@@ -11,7 +11,7 @@ from factory_copilot.config import LineConfig
 
 # ASCII spellings of units, as line files write them, and how an operator reads them
 UNITS = {"degC": "°C", "degF": "°F", "deg": "°", "m3/min": "m³/min", "Nm3/h": "Nm³/h", "m3/h": "m³/h",
-         "m3": "m³", "mm2": "mm²", "m2": "m²", "um": "µm", "us": "µs"}
+         "m3": "m³", "mm2": "mm²", "m2": "m²"}  # not "us"/"um": English words too
 # a unit stands alone (after a number or a space, before punctuation or the end), never inside a word or a tag
 _UNIT = re.compile(r"(?<![\w.])(" + "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True)) + r")(?![\w/³])")
 
