@@ -87,7 +87,7 @@ def anomaly_windows(anomalies: Sequence[Anomaly], gap_s: float = 15.0) -> pd.Dat
     """Anomalies merged into shaded windows: columns start, end, what, peak (score/threshold)."""
     rows: list[dict] = []
     for a in sorted(anomalies, key=lambda a: a.ts):
-        what = a.fault_type or (f"{a.signal} {a.kind}" if a.signal else a.kind)
+        what = a.fault_type or (f"{signal_words(a.signal)} {a.kind}" if a.signal else a.kind)
         ratio = a.score / a.threshold if a.threshold else 1.0
         if rows and a.ts - rows[-1]["end_ts"] <= gap_s:
             rows[-1]["end_ts"] = a.ts

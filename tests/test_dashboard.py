@@ -93,7 +93,7 @@ def test_anomaly_windows_merge_close_anomalies():
 
     windows = charts.anomaly_windows([a(T0), a(T0 + 5), a(T0 + 10), a(T0 + 100)], gap_s=15)
     assert list(zip(windows["start_ts"], windows["end_ts"])) == [(T0, T0 + 10), (T0 + 100, T0 + 102)]
-    assert windows["what"].iloc[0] == "tank_level limit"
+    assert windows["what"].iloc[0] == "tank level limit"  # the signal in words, not its id
 
 
 # ------------------------------------------------------------------------------------------- live feed
