@@ -33,6 +33,7 @@ from dashboards import login  # noqa: E402
 from dashboards.live import LiveFeed, Snapshot  # noqa: E402
 from dashboards.overview import line_health  # noqa: E402
 from dashboards.waits import wait_words  # noqa: E402
+from dashboards.words import plant_units, signal_label  # noqa: E402
 from factory_copilot.alarms.grouping import Situation, fold  # noqa: E402
 from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TARGET_PER_HOUR, AlarmKpis, alarm_kpis  # noqa: E402
 from factory_copilot.catalogue import faults_of  # noqa: E402
@@ -219,6 +220,11 @@ def describe(alarm: Alarm, now: float) -> str:
     return " · ".join(parts)
 
 
+def evidence_words(kind: str, ref: str) -> str:
+    """A cited piece of evidence: a signal by its name in the line file, anything else (a runbook, an alarm) as cited."""
+    return signal_label(cfg.line, ref) if kind == "signal" else f"`{ref}`"
+
+
 def asset_name(asset: str) -> str:
     return next((a.name for a in cfg.line.assets if a.id == asset), asset)
 
@@ -246,7 +252,6 @@ def sidebar() -> None:
         else:
             st.caption("Your role may not shelve alarms on this line.")
         st.selectbox("Trend window", list(WINDOWS), key="window", index=2)
-        st.caption(f"Store: {Path(cfg.args.db).name}", help=str(Path(cfg.args.db).resolve()))
 
 
 # ---------------------------------------------------------------------------------------------- header
@@ -355,7 +360,7 @@ def alarm_list() -> None:
 def alarm_row(alarm: Alarm, snap: Snapshot, now: float, selected: str | None) -> None:
     """One alarm: what it is, how bad, since when, and its buttons (in a row that keeps its size after Ack)."""
     st.markdown(
-        f"{alarm_badge(alarm)} &nbsp;<b>{html.escape(alarm.message or alarm.condition)}</b><br>"
+        f"{alarm_badge(alarm)} &nbsp;<b>{html.escape(plant_units(alarm.message or alarm.condition))}</b><br>"
         f"<span style='font-size:0.8rem;opacity:0.8'>{html.escape(asset_name(alarm.asset))}"
         f" · {html.escape(describe(alarm, now))}</span>",
         unsafe_allow_html=True,
@@ -372,7 +377,7 @@ def alarm_row(alarm: Alarm, snap: Snapshot, now: float, selected: str | None) ->
         elif (choices := shelve_choices(actor())) and st.button(
                 f"Shelve {shelve_for(choices)}", key=f"shelve:{alarm.alarm_id}", disabled=no_feed):
             send(alarm, "shelve", choices[shelve_for(choices)])
-        if st.button("Open" if selected != alarm.alarm_id else "Showing", key=f"select:{alarm.alarm_id}",
+        if st.button("Details" if selected != alarm.alarm_id else "Shown below", key=f"select:{alarm.alarm_id}",
                      disabled=selected == alarm.alarm_id):
             st.session_state["alarm_id"] = alarm.alarm_id
             st.rerun()
@@ -443,7 +448,7 @@ def diagnosis_panel() -> None:
     if alarm is None:
         st.caption("Select an alarm (Open) to see what the copilot says about it.")
         return
-    st.markdown(f"{alarm_badge(alarm)} &nbsp;**{html.escape(alarm.message or alarm.condition)}**  \n"
+    st.markdown(f"{alarm_badge(alarm)} &nbsp;**{html.escape(plant_units(alarm.message or alarm.condition))}**  \n"
                 f"<span style='font-size:0.8rem;opacity:0.8'>{html.escape(asset_name(alarm.asset))} · "
                 f"{html.escape(describe(alarm, now))}</span>", unsafe_allow_html=True)
     stored = cfg.store.diagnosis(alarm.alarm_id)
@@ -494,7 +499,7 @@ def diagnosis_panel() -> None:
             for rank, cause in enumerate(diagnosis.causes, 1):
                 st.progress(min(1.0, max(0.0, cause.confidence)),
                             text=f"{rank}. {cause.title} — {cause.confidence:.0%}")
-                cited = [f"`{e.ref}` {e.detail}".strip() for e in cause.evidence]
+                cited = [f"{evidence_words(e.kind, e.ref)} {plant_units(e.detail)}".strip() for e in cause.evidence]
                 if cited:
                     st.caption(" · ".join(cited))
     if diagnosis.steps:
@@ -504,7 +509,8 @@ def diagnosis_panel() -> None:
                             + (f" · `{step.runbook_id}`" if step.runbook_id else ""))
     if alarm.anomaly and alarm.anomaly.contributions:
         with st.expander("Evidence", key=f"evidence:{alarm.alarm_id}"):
-            st.altair_chart(charts.contribution_chart(alarm.anomaly.contributions), width="stretch",
+            st.altair_chart(charts.contribution_chart(
+                {signal_label(cfg.line, tag): share for tag, share in alarm.anomaly.contributions.items()}), width="stretch",
                             key=f"contributions:{alarm.alarm_id}")
             evidence_trend(alarm, diagnosis, now)
     if diagnosis.would_change:
@@ -719,7 +725,7 @@ def kpi_panel(now: float, window_s: float = 24 * 3600.0) -> None:
     st.caption(kpi_summary(k))
     if k.top:
         latest = {e.alarm_id: e.alarm for e in reversed(events)}  # newest last: its message wins
-        st.dataframe([{"most frequent alarms": latest[a].message or a if a in latest else a,
+        st.dataframe([{"most frequent alarms": plant_units(latest[a].message or a) if a in latest else a,
                        "asset": asset_name(latest[a].asset) if a in latest else "", "times rung": n} for a, n in k.top],
                      hide_index=True, width="stretch",
                      column_config={"most frequent alarms": st.column_config.TextColumn(width="large")})
@@ -766,7 +772,7 @@ def history_table() -> None:
         st.caption("No alarm history yet.")
         return
     st.dataframe(
-        [{"time (UTC)": clock(e.ts), "asset": asset_name(e.alarm.asset), "alarm": e.alarm.message or e.alarm.condition,
+        [{"time (UTC)": clock(e.ts), "asset": asset_name(e.alarm.asset), "alarm": plant_units(e.alarm.message or e.alarm.condition),
           "priority": e.alarm.priority.name.lower(), "event": e.event, "state": STATE_LABELS[e.state],
           "by": e.actor or ""} for e in events],
         hide_index=True, width="stretch",

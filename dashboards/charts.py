@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import altair as alt
 import pandas as pd
 
+from dashboards.words import plant_units, signal_words
 from factory_copilot.config import LineConfig
 from factory_copilot.records import Alarm, Anomaly, Priority
 from factory_copilot.store import Store
@@ -86,7 +87,7 @@ def anomaly_windows(anomalies: Sequence[Anomaly], gap_s: float = 15.0) -> pd.Dat
     """Anomalies merged into shaded windows: columns start, end, what, peak (score/threshold)."""
     rows: list[dict] = []
     for a in sorted(anomalies, key=lambda a: a.ts):
-        what = a.fault_type or (f"{a.signal} {a.kind}" if a.signal else a.kind)
+        what = a.fault_type or (f"{signal_words(a.signal)} {a.kind}" if a.signal else a.kind)
         ratio = a.score / a.threshold if a.threshold else 1.0
         if rows and a.ts - rows[-1]["end_ts"] <= gap_s:
             rows[-1]["end_ts"] = a.ts
@@ -106,7 +107,7 @@ def anomaly_windows(anomalies: Sequence[Anomaly], gap_s: float = 15.0) -> pd.Dat
 
 def alarm_marks(alarms: Sequence[Alarm]) -> pd.DataFrame:
     frame = pd.DataFrame(
-        [{"ts": a.raised_at, "alarm": a.message or a.condition, "priority": a.priority.name.lower(),
+        [{"ts": a.raised_at, "alarm": plant_units(a.message or a.condition), "priority": a.priority.name.lower(),
           "colour": PRIORITY_COLOURS[a.priority], "state": a.state.value.replace("_", " ")} for a in alarms],
         columns=["ts", "alarm", "priority", "colour", "state"],
     )
@@ -134,7 +135,7 @@ def signal_charts(frame: pd.DataFrame, windows: pd.DataFrame | None = None, alar
                 else alt.Axis(labels=False, ticks=False, title=None, domain=False))
         x = alt.X("time:T", scale=scale, axis=axis)
         data = frame[frame["signal"] == name]
-        unit = data["unit"].iloc[0] if len(data) else ""
+        unit = plant_units(data["unit"].iloc[0]) if len(data) else ""
         if "state" in data and len(data) and data["state"].notna().any():
             charts.append(_mode_chart(data, name, x, modes, height, last))
             continue
@@ -155,7 +156,7 @@ def signal_charts(frame: pd.DataFrame, windows: pd.DataFrame | None = None, alar
             base.mark_line(color=LINE_COLOUR, strokeWidth=1.6).encode(
                 y="mean:Q",
                 tooltip=[alt.Tooltip("time:T", format="%H:%M:%S", title="time UTC"),
-                         alt.Tooltip("mean:Q", format=".4g", title=f"{name} [{unit}]" if unit else name),
+                         alt.Tooltip("mean:Q", format=".4g", title=f"{signal_words(name)} [{unit}]" if unit else signal_words(name)),
                          alt.Tooltip("lo:Q", format=".4g", title=f"normal from [{unit}]" if unit else "normal from"),
                          alt.Tooltip("hi:Q", format=".4g", title=f"normal to [{unit}]" if unit else "normal to")]),
             base.transform_filter(alt.datum.out).mark_circle(color=ANOMALY_COLOUR, size=16).encode(y="mean:Q"),
@@ -164,7 +165,7 @@ def signal_charts(frame: pd.DataFrame, windows: pd.DataFrame | None = None, alar
             layers.append(alt.Chart(alarms).mark_rule(strokeWidth=2, strokeDash=[4, 2]).encode(
                 x=alt.X("time:T", scale=scale, axis=axis), color=alt.Color("colour:N", scale=None),
                 tooltip=["alarm:N", "priority:N", "state:N", alt.Tooltip("time:T", format="%H:%M:%S")]))
-        title = alt.TitleParams(f"{name} [{unit}]" if unit else name, anchor="start", fontSize=11,
+        title = alt.TitleParams(f"{signal_words(name)} [{unit}]" if unit else signal_words(name), anchor="start", fontSize=11,
                                 fontWeight="normal", offset=2, color="#555")
         chart = alt.layer(*layers).properties(height=height + (22 if last else 0), title=title)
         charts.append(chart.configure_view(strokeWidth=0))

@@ -18,6 +18,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import subprocess
 import socket
 import sys
@@ -90,6 +91,21 @@ def demo_opcua_port(requested: int | None) -> int:
             raise ValueError(f"--opcua-port {requested}: 127.0.0.1:{requested} is taken ({exc.strerror}); "
                              "choose a free port or leave the flag out for a free one") from None
     return requested
+
+
+def forget_last_run(state: Path) -> None:
+    """A fresh demo: the last run's store, alarm journal, outbox and its broker's retained messages go.
+
+    The broker's persistence goes too, before the broker starts: else it hands a subscriber the last
+    run's alarms as active until the new service clears them (issue 25).
+    """
+    paths = ServicePaths(state)
+    for p in (paths.store, paths.alarms, paths.outbox):
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(p) + suffix).unlink(missing_ok=True)
+    broker_dir = state / "mosquitto"
+    shutil.rmtree(broker_dir / "data", ignore_errors=True)  # the demo's own Mosquitto (broker init layout)
+    (broker_dir / "mosquitto.db").unlink(missing_ok=True)  # the plain generated configuration's
 
 
 def demo_broker(requested: int | None, state: Path) -> tuple[Broker | None, int, SiteFiles | None]:
@@ -261,9 +277,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     state = Path(args.state_dir)
     paths = ServicePaths(state)
     if not args.keep_state:
-        for p in (paths.store, paths.alarms, paths.outbox):
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(p) + suffix).unlink(missing_ok=True)
+        forget_last_run(state)
     state.mkdir(parents=True, exist_ok=True)
 
     broker, mqtt_port, site = demo_broker(args.mqtt_port, state)

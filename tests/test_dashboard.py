@@ -93,7 +93,7 @@ def test_anomaly_windows_merge_close_anomalies():
 
     windows = charts.anomaly_windows([a(T0), a(T0 + 5), a(T0 + 10), a(T0 + 100)], gap_s=15)
     assert list(zip(windows["start_ts"], windows["end_ts"])) == [(T0, T0 + 10), (T0 + 100, T0 + 102)]
-    assert windows["what"].iloc[0] == "tank_level limit"
+    assert windows["what"].iloc[0] == "tank level limit"  # the signal in words, not its id
 
 
 # ------------------------------------------------------------------------------------------- live feed
@@ -207,6 +207,11 @@ def test_page_reads_at_a_glance_overview_alarms_and_diagnosis(seeded, monkeypatc
     pump = next(r for r in rows if "cavitation suspected" in r)
     assert "severe · since " in pump and "new, not acknowledged" in pump
     assert "acknowledged by maria, still active" in next(r for r in rows if "Heat tunnel" in r)
+    # plant words: units as the plant writes them, buttons that say what they do, no file names (issue 25)
+    tunnel_row = next(r for r in rows if "Heat tunnel" in r)
+    assert "193.4 °C" in tunnel_row and "degC" not in _texts(at)
+    assert at.button(key=f"select:{sample.CAVITATION_ID}").label == "Details"
+    assert not any("store.db" in c.value or c.value.startswith("Store:") for c in at.sidebar.caption)
     assert not any(word in _texts(at) for word in ("score", "threshold", "×"))
     assert [t.label for t in at.tabs][:4] == ["Diagnosis", "Trends", "Ask the copilot", "Feedback"]
     assert "No diagnosis yet" in _texts(at)
@@ -229,6 +234,10 @@ def test_page_reads_at_a_glance_overview_alarms_and_diagnosis(seeded, monkeypatc
     # the runbook passage of a check is inside its expander
     assert "suction_pressure" in "\n".join(m.value for m in diagnosis.expander[0].markdown)
     assert at.get("progress")[0].proto.text == "1. Pump cavitation (starved suction) — 78%"
+    assert at.button(key=f"select:{sample.CAVITATION_ID}").label == "Shown below"
+    cited = "\n".join(c.value for c in diagnosis.expander[labels.index("Likely causes (3)")].caption)
+    # evidence by the line file's names, not the raw tag
+    assert "Product transfer pump · suction pressure" in cited and "`product_pump.suction_pressure`" not in cited
     assert at.selectbox(key=f"trend_asset:{sample.CAVITATION_ID}").value == "product_pump"  # trends follow the alarm
     assert len(at.get("vega_lite_chart")) >= len(LINE.asset("product_pump").signals)
 

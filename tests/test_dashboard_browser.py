@@ -208,7 +208,7 @@ def test_the_dashboard_in_a_real_browser_at_1280x800(served, broker, tmp_path):
             # the trends follow the alarm the operator opened: the pump's
             page.get_by_role("tab", name="Trends").click()
             page.wait_for_function("document.querySelectorAll('svg.marks').length >= 6", timeout=30_000)
-            page.locator('text="suction_pressure [bar]" >> visible=true').first.wait_for(timeout=30_000)
+            page.locator('text="suction pressure [bar]" >> visible=true').first.wait_for(timeout=30_000)  # the signal in words (issue 25)
             settled(page)
             shots["dashboard-trends"] = tmp_path / "trends.png"
             page.screenshot(path=str(shots["dashboard-trends"]))

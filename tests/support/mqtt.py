@@ -31,7 +31,7 @@ class Received:
 class Listener:
     """A paho subscriber whose messages are awaited from the test's event loop."""
 
-    def __init__(self, broker, topics, client_id=None, persistent=False, protocol=None):
+    def __init__(self, broker, topics, client_id=None, persistent=False, protocol=None, login=None):
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Received] = asyncio.Queue()
         self.seen: list[Received] = []  # every message taken from the queue, in order
@@ -43,6 +43,8 @@ class Listener:
             CallbackAPIVersion.VERSION2, client_id=client_id or "", protocol=paho.MQTTv5 if v5 else paho.MQTTv311, **kwargs
         )
         self.client.reconnect_delay_set(0.2, 1)
+        if login:  # (user, password) on a broker that asks
+            self.client.username_pw_set(*login)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self.loop.call_soon_threadsafe(self.subscribed.set)
         self.client.on_message = lambda c, u, m: self.loop.call_soon_threadsafe(
