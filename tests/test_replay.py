@@ -210,6 +210,8 @@ async def test_a_replay_does_not_take_the_lines_health_port(tmp_path, broker, si
         port = live.getsockname()[1]
         data.setdefault("service", {})["health_port"] = port
         data["service"]["state_dir"] = str(tmp_path / "state")
+        seeds = SIMULATED_LINE.parent.parent  # the line file's knowledge, found from the copy too
+        data["knowledge"] = {"faults": str(seeds / "faults.yaml"), "runbooks": str(seeds / "runbooks")}
         data["mqtt"] = {"host": broker.host, "port": broker.port, "protocol": broker.protocol}
         line_file.write_text(yaml.safe_dump(data))
         monkeypatch.setattr(service_module, "load_detector", lambda *a, **k: sim_models)
