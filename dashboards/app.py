@@ -213,6 +213,8 @@ def describe(alarm: Alarm, now: float) -> str:
         state = f"acknowledged by {alarm.acked_by}, still active"
     if alarm.shelved:
         state += f", shelved until {hhmm(alarm.shelved_until)}" + (f" by {alarm.shelved_by}" if alarm.shelved_by else "")
+    if alarm.overdue:
+        state += f", overdue: {', '.join(alarm.overdue)} told"
     parts.append(state)
     return " · ".join(parts)
 

@@ -467,6 +467,28 @@ class Roles(_Strict):
         return None
 
 
+class Escalation(_Strict):
+    """Who hears of an alarm nobody acknowledged: an annunciated alarm of ``priority`` or more urgent, still
+    active and unacknowledged ``after_s`` after it rang, is *overdue*; ``notify`` (a group a pager gateway or
+    Node-RED knows) is told once per unacknowledged stretch, over MQTT."""
+
+    priority: str
+    after_s: float = Field(gt=0)
+    notify: str = Field(min_length=1)
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, v: str) -> str:
+        return Priority.parse(v).name.lower()
+
+    @field_validator("notify")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        if v != v.strip() or any(c in v for c in "/+#\0"):
+            raise ValueError(f"{v!r} is not a group name (no '/', '+', '#', surrounding spaces)")
+        return v
+
+
 class Shift(_Strict):
     """One shift of the line's day: its name and the local time it starts (it ends where the next one starts)."""
 
@@ -532,6 +554,8 @@ class LineConfig(_Strict):
     service: ServiceSettings = ServiceSettings()
     # who may acknowledge, shelve (how long) and take out of service; None: every user the broker lets in may
     roles: Roles | None = None
+    # who is told of an alarm nobody acknowledges, after how long (docs/alarms.md "Overdue alarms")
+    escalation: list[Escalation] = []
     timezone: str = "UTC"  # the plant's local time (an IANA name, e.g. Europe/Berlin): shift starts are in it
     shifts: list[Shift] | None = None  # the line's shifts, in the order of the day; a handover is written at each change
     mcp: AgentAccess = AgentAccess()

@@ -217,6 +217,8 @@ class Alarm:
     flood_id: str | None = None
     parent_id: str | None = None  # the root alarm whose consequence this is (folded under it, not annunciated)
     severity: str | None = None  # how far the condition has gone: slight, moderate, severe (None: instrument fault)
+    unacked_since: float | None = None  # since when it rings unacknowledged (None: acknowledged or not shown)
+    overdue: list[str] = field(default_factory=list)  # the groups told it is overdue since (replaced, never mutated)
 
     @property
     def shelved(self) -> bool:

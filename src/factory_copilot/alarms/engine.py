@@ -53,6 +53,10 @@ evaluation while a condition is abnormal; silence means normal):
   (its own checks, and its asset's fault alarm) keeps its state - it never returns on
   silence - and counts its silence again from when data flows;
 * out of service: not evaluated at all, state NORMAL, until returned to service;
+* overdue (the line file's ``escalation``): an annunciated alarm active and unacknowledged for a rule's
+  ``after_s`` (engine clock) since it rang, of the rule's priority or more urgent, is overdue: event
+  ``overdue`` naming the group to tell, once per group per unacknowledged stretch (acknowledging, shelving,
+  folding or clearing it ends the stretch; a restarted engine remembers who was told);
 * flood: more than ``flood_count`` new annunciated alarms within ``flood_window_s``
   at one operator position starts a flood named after its first alarm
   (``flood_id``); it ends when fewer than ``flood_end_count`` remain in the window.
@@ -321,6 +325,8 @@ class AlarmEngine:
                 self._release_if_orphaned(alarm, now)
             if alarm.shelved_until is not None and alarm.shelved_until <= now:
                 self._unshelve(alarm, now, SYSTEM, "shelve expired")
+            if alarm.state is AlarmState.ACTIVE_UNACK:
+                self._follow_overdue(alarm, now)
         for position, flood in self._floods.items():
             self._prune(flood, now)
             if flood.flood_id and len(flood.raises) < self.settings.flood_end_count:
@@ -868,8 +874,22 @@ class AlarmEngine:
                 return f"alarm {alarm.alarm_id} is in service"
         return None
 
+    def _follow_overdue(self, alarm: Alarm, now: float) -> None:
+        if alarm.unacked_since is None:
+            return
+        waited = now - alarm.unacked_since
+        for rule in overdue_rules(self.line, alarm.priority):
+            if rule.after_s <= waited and rule.notify not in alarm.overdue:
+                alarm.overdue = [*alarm.overdue, rule.notify]
+                self._emit(alarm, "overdue", now, SYSTEM,
+                           f"unacknowledged for {rule.after_s:g} s ({alarm.priority.name.lower()}): notify {rule.notify}")
+
     def _emit(self, alarm: Alarm, event: str, now: float, actor: str | None = None, comment: str | None = None) -> None:
         alarm.updated_at = now
+        if alarm.state.acknowledged or not annunciated(alarm):
+            alarm.unacked_since, alarm.overdue = None, []  # the stretch nobody answered is over
+        elif alarm.unacked_since is None:
+            alarm.unacked_since = now
         self._dirty.add(alarm.alarm_id)
         position = design.operator_position(self.line, alarm.asset)
         ev = AlarmEvent(alarm.alarm_id, now, event, alarm.state, _copy(alarm), actor, comment)
@@ -929,6 +949,12 @@ class AlarmEngine:
             flood.flood_id, flood.started_at = flood_id, started_at
         if self._alarms:
             log.info("resumed %d alarms (%d not normal) from %s", len(self._alarms), len(self.active()), self.journal.path)
+
+
+def overdue_rules(line: LineConfig, priority: Priority) -> list:
+    """The line's escalation rules that apply to an alarm of ``priority`` (theirs or more urgent), soonest first."""
+    return sorted((r for r in line.escalation if priority.value <= Priority.parse(r.priority).value),
+                  key=lambda r: r.after_s)
 
 
 def _copy(alarm: Alarm) -> Alarm:

@@ -107,7 +107,10 @@ def alarm_state(alarm: Alarm, site: str, line: str) -> dict[str, Any]:
 
 
 def event(ev: AlarmEvent, site: str, line: str) -> dict[str, Any]:
-    return {"schema": EVENT, "site": site, "line": line, **ev.to_dict()}
+    body = {"schema": EVENT, "site": site, "line": line, **ev.to_dict()}
+    if ev.event == "overdue" and ev.alarm.overdue:
+        body["notify"] = ev.alarm.overdue[-1]  # the group told by this event: what a pager gateway routes on
+    return body
 
 
 def diagnosis(d: Diagnosis, asset: str, site: str, line: str) -> dict[str, Any]:
