@@ -10,6 +10,7 @@ engine's timers ran on the wall clock while detection ran on data time (a 2 s on
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
@@ -132,3 +133,87 @@ async def test_a_gap_in_the_recording_is_a_lost_source_but_a_busy_machine_is_not
     t0 = float(frame["ts"].iloc[0])
     assert 120 <= raised[lost[0]] - t0 < 180  # during the gap, not after the busy stretches of the replay
     assert service.detect.stats().get("late_adjusted", 0) == 0 and service.detect.stats().get("late_dropped", 0) == 0
+
+
+# ---- issue 25: replay reads what train and evaluate read, scores as evaluate does ------------------
+def _small_recording(tmp_path, labels, name="small.csv", **extra):
+    """A few rows of every signal of the simulated line, one row a second, with ``labels`` and ``extra`` columns."""
+    import pandas as pd
+
+    line = load_line(SIMULATED_LINE)
+    rows = len(labels)
+    frame = pd.DataFrame({k: [1.0] * rows for k in line.signal_keys()})
+    frame["ts"] = 1_700_000_000.0 + frame.index.to_numpy() * line.sampling_interval_s
+    for column, values in extra.items():
+        frame[column] = values
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return line, path
+
+
+def test_a_recording_train_accepts_replays_with_its_extra_columns_named_once(tmp_path, caplog):
+    """Before: ValueError 'columns that are no signal of the line file: operator_note' (train ignores them)."""
+    line, path = _small_recording(tmp_path, ["normal"] * 4, operator_note=["ok", "ok", "check", "ok"],
+                                  fault=["normal"] * 4)
+    with caplog.at_level("INFO", logger="factory_copilot.collect.replay"):
+        readings = load_recording(path, line)
+    assert {r.key for r in readings} == set(line.signal_keys())
+    named = [m for m in caplog.messages if "operator_note" in m]
+    assert len(named) == 1 and "ignored" in named[0]
+
+
+def test_replay_reads_healthy_labels_by_evaluates_rule(tmp_path):
+    """0, 0.0, '0', 'normal' and empty are healthy, as evaluate scores them; before, 0.0 was a fault."""
+    from factory_copilot.plumbing.history import fault_rows
+
+    values = ["0", "0.0", "normal", "", "blocked_nozzle", "blocked_nozzle", "0.0", "1", "1", "0"]
+    line, path = _small_recording(tmp_path, values, state=values)
+    events: list = []
+    load_recording(path, line, events, labels="state")
+    import pandas as pd
+
+    truth = fault_rows(pd.read_csv(path)["state"])
+    starts = [1_700_000_000.0 + i for i in range(len(values)) if truth[i] and (i == 0 or not truth[i - 1])]
+    assert [(e[0], e[2]) for e in events] == [(starts[0], "blocked_nozzle"), (starts[1], "1")]
+    # each event ends where its labelled rows end: the first healthy row after it
+    assert [e[1] for e in events] == [1_700_000_006.0, 1_700_000_009.0]
+
+
+def test_replay_without_the_labels_column_says_so(tmp_path):
+    line, path = _small_recording(tmp_path, ["normal"] * 3, fault=["normal"] * 3)
+    with pytest.raises(ValueError, match="state"):
+        load_recording(path, line, [], labels="state")
+
+
+def test_an_alarm_after_the_event_ended_is_not_its_detection():
+    """Before: a 'Data lost' alarm raised after the event ended counted as its first alarm."""
+    from factory_copilot.plumbing.history import event_delay
+
+    assert event_delay(100.0, 160.0, [50.0, 170.0]) is None  # before it, and after it ended
+    assert event_delay(100.0, 160.0, [50.0, 104.0, 130.0]) == 4.0
+    assert event_delay(100.0, 160.0, [160.0]) is None  # the first healthy row is no longer the event
+
+
+async def test_a_replay_does_not_take_the_lines_health_port(tmp_path, broker, sim_models, monkeypatch):
+    """Before: a replay bound service.health_port, so beside the live service it failed with 'address in use'."""
+    import socket
+
+    import yaml
+
+    from factory_copilot import service as service_module
+
+    line_file = tmp_path / "line.yaml"
+    data = yaml.safe_load(SIMULATED_LINE.read_text())
+    with socket.socket() as live:  # the live service's health port
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        port = live.getsockname()[1]
+        data.setdefault("service", {})["health_port"] = port
+        data["service"]["state_dir"] = str(tmp_path / "state")
+        seeds = SIMULATED_LINE.parent.parent  # the line file's knowledge, found from the copy too
+        data["knowledge"] = {"faults": str(seeds / "faults.yaml"), "runbooks": str(seeds / "runbooks")}
+        data["mqtt"] = {"host": broker.host, "port": broker.port, "protocol": broker.protocol}
+        line_file.write_text(yaml.safe_dump(data))
+        monkeypatch.setattr(service_module, "load_detector", lambda *a, **k: sim_models)
+        _, path = _small_recording(tmp_path, ["normal"] * 5, fault=["normal"] * 5)
+        assert await asyncio.wait_for(service_module.serve(line_file, replay=path, speed=math.inf), 120) == 0

@@ -33,6 +33,7 @@ from factory_copilot.copilot.station import Copilot
 from factory_copilot.detect.persist import ModelMismatchError, TrainedDetector, load_detector
 from factory_copilot.detect.station import DetectStation
 from factory_copilot.plumbing.buffer import Buffer, fan_out
+from factory_copilot.plumbing.history import event_delay
 from factory_copilot.plumbing.signals import stop_on_signals
 from factory_copilot.publish.publisher import InstanceConflict, Publisher
 from factory_copilot.records import Reading
@@ -60,6 +61,7 @@ class LineService:
         buffer_size: int = 50_000,
         replay: Path | None = None,
         speed: float = 1.0,
+        labels: str | None = None,
     ):
         if source is not None:  # one kind of source for this run, whatever the line file says
             line = line.model_copy(update={"service": line.service.model_copy(update={"source": source})})
@@ -90,7 +92,7 @@ class LineService:
         self.clock: Callable[[], float] = time.time
         if replay is not None:
             self.clock = ReplayClock(speed, step_s=line.sampling_interval_s)
-            self.collector = CollectStation.replaying(line, readings, Path(replay), self.clock)
+            self.collector = CollectStation.replaying(line, readings, Path(replay), self.clock, labels)
         else:
             self.collector = CollectStation(line, readings, pki_dir=paths.pki)
         self.source = "+".join(self.collector.kinds)
@@ -311,7 +313,8 @@ def build_service(line: LineConfig, line_path: Path, **overrides: Any) -> LineSe
 
 
 async def serve(line_path: Path, source: str | None = None, health_port: int | None = None,
-                replay: Path | None = None, speed: float = 1.0, state_dir: Path | None = None) -> int:
+                replay: Path | None = None, speed: float = 1.0, state_dir: Path | None = None,
+                labels: str | None = None) -> int:
     line = load_line(line_path)
     overrides: dict[str, Any] = {"source": source}
     if health_port is not None:
@@ -319,7 +322,9 @@ async def serve(line_path: Path, source: str | None = None, health_port: int | N
     if replay is not None:
         # a commissioning run: its own state, and alerts under their own prefix, so SCADA does not take them for the line's
         paths = ServicePaths.of_line(line, line_path, state_dir)
-        overrides |= {"replay": replay, "speed": speed, "state_dir": paths.state_dir / "replay"}
+        overrides |= {"replay": replay, "speed": speed, "labels": labels, "state_dir": paths.state_dir / "replay"}
+        # the line's health port belongs to the live service: a replay answers /health only on a port it is given
+        overrides["health_port"] = health_port
         try:  # the detector the line serves with, not one of the replay's own
             overrides["models"] = load_detector(paths.detector, line, line_path)
         except ModelMismatchError as exc:
@@ -378,10 +383,11 @@ async def _stop_after_replay(service: LineService, finished: asyncio.Event, stop
         "readings": replay.readings_in,
         "alarms_raised": [{"alarm_id": e.alarm_id, "raised_at": round(e.ts, 3), "priority": e.alarm.priority.name.lower(),
                            "message": e.alarm.message} for e in raised],
+        # an event is detected by an alarm raised while it is on, measured from its first row, as evaluate does
         "faults": [
-            {"fault": fault, "start": start,
-             "first_alarm_after_s": next((round(e.ts - start, 1) for e in raised if e.ts >= start), None)}
-            for start, fault in replay.events
+            {"fault": fault, "start": start, "end": end,
+             "first_alarm_after_s": None if (d := event_delay(start, end, [e.ts for e in raised])) is None else round(d, 1)}
+            for start, end, fault in replay.events
         ],
     }
     stop.set()
@@ -392,10 +398,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="serve a real line: collect, detect, alarm, explain, publish, store")
     p.add_argument("--config", required=True, type=Path, help="the line file (YAML)")
     p.add_argument("--source", choices=["opcua", "sparkplug", "mqtt"], help="override the line file's service.source")
-    p.add_argument("--health-port", type=int, help="override service.health_port")
+    p.add_argument("--health-port", type=int, help="override service.health_port (a replay answers /health only on this port; by default on none)")
     p.add_argument("--state-dir", type=Path, help="override service.state_dir")
     p.add_argument("--replay", type=Path, metavar="RECORDING",
                    help="commissioning: play a recording (CSV, Parquet or JSON lines; docs/history.md) instead of the "
                         "line's sources, every clock on the recording's time; prints what was alarmed and exits")
     p.add_argument("--speed", type=float, default=1.0, help="replay this many times faster than real time")
-    p.set_defaults(func=lambda a: serve(a.config, a.source, a.health_port, a.replay, a.speed, a.state_dir))
+    p.add_argument("--labels", metavar="COLUMN",
+                   help="with --replay: the recording's label column, read as `evaluate --labels` reads it ('normal', "
+                        "0, false or empty for normal rows; default: fault, else label)")
+    p.set_defaults(func=lambda a: serve(a.config, a.source, a.health_port, a.replay, a.speed, a.state_dir, a.labels))

@@ -102,28 +102,21 @@ class ReplayClock:
         return True
 
 
-def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float, str]] | None = None) -> list[Reading]:
+def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float, float, str]] | None = None,
+                   labels: str | None = None) -> list[Reading]:
     """Every reading of a recording, oldest first (mode signal included), or ValueError naming the file and why.
 
-    ``events`` receives the start of each labelled fault of a wide table (its ``fault`` or ``label`` column).
+    The file is read as train and evaluate read it (``plumbing.history.read_table``): columns that are no
+    signal of the line are ignored, named in one log line. ``events`` receives each labelled fault of a wide
+    table as (start, end, label), healthy rows by evaluate's rule; the label column is ``labels`` (as
+    evaluate's ``--labels``), by default ``fault`` or else ``label``.
     """
-    import pandas as pd  # a commissioning command; the service does not need pandas otherwise
-
-    from factory_copilot.plumbing.history import epoch_seconds
+    from factory_copilot.plumbing.history import epoch_seconds, fault_events, read_table
 
     p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{p}: no such recording")
     suffix = p.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            stream = pd.read_json(p, lines=True)
-        elif suffix in (".parquet", ".pq"):
-            table = pd.read_parquet(p)
-        else:
-            table = pd.read_csv(p)
-    except Exception as exc:
-        raise ValueError(f"{p}: cannot read ({type(exc).__name__}: {exc})") from None
+    frame = read_table(p, "recording")
+    stream = table = frame
     units = {f"{a.id}.{s.name}": s.unit for a in line.assets for s in a.signals}
     out: list[Reading] = []
     if suffix in (".jsonl", ".ndjson"):
@@ -137,10 +130,15 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
             out.append(Reading(ts,
                                str(r.asset), str(r.signal), value, q, "replay", units.get(f"{r.asset}.{r.signal}", "")))
     else:
-        keys = [c for c in table.columns if c not in NOT_SIGNALS]
-        unknown = [k for k in keys if k not in units]
-        if unknown:
-            raise ValueError(f"{p}: columns that are no signal of the line file: {', '.join(unknown[:5])}")
+        if labels is not None and labels not in table.columns:
+            raise ValueError(f"{p}: no label column {labels!r} (columns: {', '.join(map(str, table.columns[:12]))})")
+        label = labels or next((c for c in ("fault", "label") if c in table.columns), None)
+        keys = [c for c in table.columns if c not in NOT_SIGNALS and c != label]
+        ignored = [str(k) for k in keys if k not in units]
+        if ignored:  # as train: a recording may carry more than the line's signals
+            log.info("%s: ignored %d column(s) that are no signal of the line file: %s", p, len(ignored),
+                     ", ".join(ignored[:10]) + (", ..." if len(ignored) > 10 else ""))
+        keys = [k for k in keys if k in units]
         ts_col = next((c for c in TS_COLUMNS if c in table.columns), None)
         if ts_col is None:
             start = time.time() - len(table) * line.sampling_interval_s
@@ -151,13 +149,8 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
         mode_key = line.mode_key if line.modes and line.modes.codes is not None else None
         if "mode" in table.columns and mode_key is not None and mode_key not in keys:
             keys.append("mode")
-        label = next((c for c in ("fault", "label") if c in table.columns), None)
         if label is not None and events is not None:
-            previous = "normal"
-            for ts, value in zip(stamps, table[label].astype(str)):
-                if value not in ("normal", "0", "nan", "") and value != previous:
-                    events.append((ts, value))
-                previous = value if value not in ("0", "nan", "") else "normal"
+            events.extend(fault_events(table[label], stamps, line.sampling_interval_s))
         for ts, row in zip(stamps, table[keys].itertuples(index=False)):
             for key, value in zip(keys, row):
                 if key == "mode" and isinstance(value, str):
@@ -179,13 +172,14 @@ class ReplayCollector:
 
     source = "replay"
 
-    def __init__(self, line: LineConfig, buffer: Buffer[Reading | SourceState], path: str | Path, clock: ReplayClock):
+    def __init__(self, line: LineConfig, buffer: Buffer[Reading | SourceState], path: str | Path, clock: ReplayClock,
+                 labels: str | None = None):
         self.line = line
         self.buffer = buffer
         self.path = Path(path)
         self.clock = clock
-        self.events: list[tuple[float, str]] = []  # (start, fault) of each labelled fault in the recording
-        self.readings = load_recording(self.path, line, self.events)
+        self.events: list[tuple[float, float, str]] = []  # (start, end, fault) of each labelled fault in the recording
+        self.readings = load_recording(self.path, line, self.events, labels)
         self.gate = SampleGate(line.samples.max_future_s, float("inf"), clock, 10.0, self.source, log)
         self.connected = asyncio.Event()
         self.finished = asyncio.Event()

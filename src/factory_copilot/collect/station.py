@@ -70,9 +70,9 @@ class CollectStation:
 
     @classmethod
     def replaying(cls, line: LineConfig, readings: Buffer[Reading | SourceState], path: Path,
-                  clock: "ReplayClock") -> "CollectStation":
+                  clock: "ReplayClock", labels: str | None = None) -> "CollectStation":
         """The station reading a recording instead of the line's sources (``run --replay``)."""
-        return cls(line, readings, collectors={"replay": ReplayCollector(line, readings, path, clock)})
+        return cls(line, readings, collectors={"replay": ReplayCollector(line, readings, path, clock, labels)})
 
     @property
     def finished(self) -> asyncio.Event | None:

@@ -129,18 +129,15 @@ def read_history(paths: list[str], line=None) -> pd.DataFrame:
     frames = []
     offset = 0
     for path in paths:
+        from factory_copilot.plumbing.history import read_table  # the one reader of train, evaluate and replay
+
         p = Path(path)
-        if not p.exists():
-            raise SystemExit(f"error: history file {p} does not exist")
         try:
-            if p.suffix.lower() in (".parquet", ".pq"):
-                df = pd.read_parquet(p)
-            elif p.suffix.lower() in (".jsonl", ".ndjson"):
-                df = readings_table(pd.read_json(p, lines=True), line)
-            else:
-                df = pd.read_csv(p)
-        except Exception as exc:
-            raise SystemExit(f"error: cannot read history file {p}: {exc}") from None
+            df = read_table(p)
+            if p.suffix.lower() in (".jsonl", ".ndjson"):
+                df = readings_table(df, line)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
         runs = pd.factorize(df["run"])[0] if "run" in df.columns else np.zeros(len(df), dtype=int)
         frames.append(df.assign(run=runs + offset))
         offset += int(runs.max()) + 1 if len(df) else 1

@@ -33,7 +33,7 @@ from factory_copilot.detect.operating import (
 )
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.plumbing.history import NORMAL_LABELS, epoch_seconds, fault_rows  # noqa: F401 (NORMAL_LABELS: re-exported)
+from factory_copilot.plumbing.history import NORMAL_LABELS, epoch_seconds, event_delay, fault_rows  # noqa: F401 (NORMAL_LABELS: re-exported)
 from factory_copilot.records import DEFAULT_MODE, Mode
 
 log = logging.getLogger(__name__)
@@ -335,11 +335,13 @@ def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.Data
         inside = [s for s in starts if a <= s < b]
         label = str(frame[labels].iloc[a])
         first = inside[0] if inside else None
+        # the event is on from its first labelled row until its first healthy one (replay measures it so too)
+        end = float(ts[b]) if b < len(ts) else float(ts[b - 1]) + line.sampling_interval_s
         votes = Counter(n for n in named[first - on_delay + 1 : b] if n) if first is not None else Counter()
         events.append({
             "label": label, "start_ts": float(ts[a]), "end_ts": float(ts[b - 1]), "rows": b - a,
             "detected": first is not None,
-            "delay_s": float(ts[first] - ts[a]) if first is not None else None,
+            "delay_s": event_delay(float(ts[a]), end, [float(ts[s]) for s in inside]),
             "named": votes.most_common(1)[0][0] if votes else None,
         })
     hours = len(frame) * line.sampling_interval_s / 3600

@@ -50,3 +50,55 @@ def fault_rows(labels: pd.Series) -> np.ndarray:
     """True where a label column marks a fault: anything but normal, 0, false, empty or missing."""
     text = labels.astype(str).str.strip().str.lower()
     return (~text.isin(NORMAL_LABELS) & labels.notna()).to_numpy()
+
+
+def read_table(path, what: str = "history file"):
+    """A history file as read (CSV, Parquet, JSON lines: the raw rows), or ValueError naming the file and why.
+
+    Train, evaluate and replay all read files through here, so a file one accepts the others accept.
+    """
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{what} {p} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(p)
+        if suffix in (".jsonl", ".ndjson"):
+            return pd.read_json(p, lines=True)
+        return pd.read_csv(p)
+    except Exception as exc:
+        raise ValueError(f"cannot read {what} {p}: {exc}") from None
+
+
+def fault_events(labels: pd.Series, ts: np.ndarray, interval: float) -> list[tuple[float, float, str]]:
+    """Each labelled fault as (start, end, label): end is the first healthy row's time (or the last row's + interval).
+
+    As evaluate counts them: a stretch of consecutive fault rows is one event, named by its first row.
+    """
+    truth = fault_rows(labels)
+    text = labels.astype(str).to_numpy()
+    out: list[tuple[float, float, str]] = []
+    i = 0
+    while i < len(truth):
+        if not truth[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(truth) and truth[j + 1]:
+            j += 1
+        end = float(ts[j + 1]) if j + 1 < len(truth) else float(ts[j]) + interval
+        out.append((float(ts[i]), end, str(text[i])))
+        i = j + 1
+    return out
+
+
+def event_delay(start: float, end: float, alarm_times) -> float | None:
+    """Seconds from an event's first labelled row to the first alarm raised while it is on ([start, end)), or None.
+
+    Evaluate and replay both measure detection delays with this, from the same reference: the event's first row.
+    """
+    inside = [t for t in alarm_times if start <= t < end]
+    return float(min(inside) - start) if inside else None
