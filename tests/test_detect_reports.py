@@ -44,3 +44,27 @@ def test_evaluate_verbose_logs_to_stderr_and_keeps_stdout_the_report(tmp_path):
     assert said.returncode == 0, said.stderr
     assert "events detected" in said.stdout and not LOG_LINE.findall(said.stdout)
     assert re.search(r" INFO +factory_copilot\.detect\.persist: detector ", said.stderr), said.stderr
+
+
+def test_train_reads_a_semicolon_separated_history(tmp_path, capsys):
+    """A spreadsheet export with ';' (or tabs) between columns trains as the same file with commas would."""
+    line = engine_line(tmp_path)
+    runs = engine_runs(units=2, cycles=60, worn_from=90)
+    runs = runs[runs["fault"] == "normal"].drop(columns="fault")
+    for name, sep in (("semi.csv", ";"), ("tabs.csv", "\t")):
+        runs.to_csv(tmp_path / name, index=False, sep=sep)
+        assert main(["train", "--line", line, "--history", str(tmp_path / name),
+                     "--out", str(tmp_path / f"{name}.joblib")]) == 0, capsys.readouterr().err
+
+
+def test_train_names_every_missing_column_and_the_file(tmp_path, capsys):
+    line = engine_line(tmp_path)
+    runs = engine_runs(units=2, cycles=60, worn_from=90)
+    runs[["run"]].to_csv(tmp_path / "bare.csv", index=False)
+    assert main(["train", "--line", line, "--history", str(tmp_path / "bare.csv"),
+                 "--out", str(tmp_path / "m.joblib")]) == 2
+    err = capsys.readouterr().err
+    from factory_copilot.config import load_line
+    for key in load_line(line).signal_keys():
+        assert key in err, err
+    assert "bare.csv" in err, err

@@ -139,6 +139,9 @@ def read_history(paths: list[str], line=None) -> pd.DataFrame:
                 df = readings_table(pd.read_json(p, lines=True), line)
             else:
                 df = pd.read_csv(p)
+                # a spreadsheet export with ';' or tabs between columns reads as one column: re-read with that separator
+                if len(df.columns) == 1 and any(sep in str(df.columns[0]) for sep in (";", "\t")):
+                    df = pd.read_csv(p, sep=";" if ";" in str(df.columns[0]) else "\t")
         except Exception as exc:
             raise SystemExit(f"error: cannot read history file {p}: {exc}") from None
         runs = pd.factorize(df["run"])[0] if "run" in df.columns else np.zeros(len(df), dtype=int)
@@ -161,7 +164,8 @@ def train_command(args: argparse.Namespace) -> int:
         models = train_models(line, history, detector_params={
             "false_alarm_rate": args.false_alarm_rate, "persistence": args.persistence})
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        source = ", ".join(args.history) if args.history else "the simulated history"
+        print(f"error: {exc} (in {source})", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else ServicePaths.of_line(line, Path(args.line)).detector
     path = save_detector(out, models)

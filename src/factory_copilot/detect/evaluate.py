@@ -90,7 +90,7 @@ def train_models(
     keys = [k for k in line.signal_keys() if k in history.columns]
     missing = sorted(set(line.signal_keys()) - set(keys))
     if missing:
-        raise ValueError(f"history lacks signal columns of the line file: {', '.join(missing[:5])}")
+        raise ValueError(f"history lacks signal columns of the line file: {', '.join(missing)}")
     labels = history[fault_column].astype(str) if fault_column in history.columns else pd.Series(normal_label, index=history.index)
     normal = (labels == normal_label).to_numpy()
     modes = row_modes(line, history)
