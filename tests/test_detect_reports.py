@@ -68,3 +68,10 @@ def test_train_names_every_missing_column_and_the_file(tmp_path, capsys):
     for key in load_line(line).signal_keys():
         assert key in err, err
     assert "bare.csv" in err, err
+
+
+def test_train_on_a_line_without_modes_mentions_no_mode(tmp_path, capsys):
+    _trained(tmp_path)
+    out = capsys.readouterr().out
+    assert "trained on" in out
+    assert not re.search(r"\bmodes?\b", out), out

@@ -170,7 +170,7 @@ def train_command(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else ServicePaths.of_line(line, Path(args.line)).detector
     path = save_detector(out, models)
     det = models.detector
-    print(f"trained on {len(history)} rows ({models.metadata['normal_rows']} normal); modes {', '.join(det.models_)}"
+    print(f"trained on {len(history)} rows ({models.metadata['normal_rows']} normal)" + (f"; modes {', '.join(det.models_)}" if line.modes else "")
           + (f"; fault classes {', '.join(map(str, models.classifier.classes_))}" if models.classifier else "; no fault labels"))
     target = det.false_alarm_rate
     print(f"false-alarm target {target:g} of rows (persistence {det.persistence}); checked on the held-out end of "

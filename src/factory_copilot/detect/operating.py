@@ -95,6 +95,8 @@ def _describe(line: LineConfig, name: str) -> str:
             lo, hi = line.modes.ranges[name]
             return f"regime {name} ({line.mode_key} {lo:g}-{hi:g} {unit})".rstrip()
         return f"{line.mode_key} {name}"
+    if not line.modes:
+        return "the line"  # a line without operating modes: there is no mode to name
     return f"mode {name}"
 
 
