@@ -75,3 +75,30 @@ def test_train_on_a_line_without_modes_mentions_no_mode(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "trained on" in out
     assert not re.search(r"\bmodes?\b", out), out
+
+
+def test_evaluate_says_when_a_file_runs_in_a_mode_the_model_never_saw(tmp_path, capsys):
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from tests.test_detect_modes import tank
+
+    line = tmp_path / "tank.yaml"
+    line.write_text(yaml.safe_dump(tank()))
+    rng = np.random.default_rng(3)
+
+    def rows(state, level, temperature, n=400):
+        return pd.DataFrame({"tank.state": float(state), "tank.level": level + rng.normal(0, 1, n),
+                             "tank.temperature": temperature + rng.normal(0, 0.5, n),
+                             "tank.agitator_current": 7 + rng.normal(0, 0.2, n), "fault": "normal"})
+
+    rows(2, 55, 50).drop(columns="fault").to_csv(tmp_path / "mixing.csv", index=False)
+    rows(5, 15, 75).to_csv(tmp_path / "cleaning.csv", index=False)
+    assert main(["train", "--line", str(line), "--history", str(tmp_path / "mixing.csv"),
+                 "--out", str(tmp_path / "m.joblib")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--line", str(line), "--history", str(tmp_path / "cleaning.csv"),
+                 "--models", str(tmp_path / "m.joblib"), "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"cleaning\.csv: all 400 rows .*mode cip.*not trained", out), out

@@ -354,6 +354,7 @@ def _plot_recording(res: dict, path: Path, title: str) -> None:
 def evaluate_recording_command(args: argparse.Namespace) -> int:
     from factory_copilot.config import ServicePaths
     from factory_copilot.detect.evaluate import evaluate_recording
+    from factory_copilot.detect.operating import untrained_note
     from factory_copilot.detect.persist import ModelMismatchError, load_detector
 
     line = load_line(args.line)
@@ -372,6 +373,9 @@ def evaluate_recording_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(_recording_table(res))
+    note = untrained_note(line, Path(args.history).name, res["rows"], res["untrained_rows"])
+    if note:
+        print(note)
     (out / "results.json").write_text(json.dumps({k: v for k, v in res.items() if k != "series"}, indent=2, default=str))
     _plot_recording(res, out / "recording.png", f"{line.site}/{line.line}: {Path(args.history).name}")
     print(f"wrote {out / 'results.json'} and {out / 'recording.png'}")
