@@ -102,3 +102,14 @@ def test_evaluate_says_when_a_file_runs_in_a_mode_the_model_never_saw(tmp_path, 
                  "--models", str(tmp_path / "m.joblib"), "--out", str(tmp_path / "eval")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"cleaning\.csv: all 400 rows .*mode cip.*not trained", out), out
+
+
+def test_the_untrained_mode_note_says_most_and_stays_quiet_for_a_few_rows():
+    from factory_copilot.config import parse_line
+    from factory_copilot.detect.operating import untrained_note
+    from tests.test_detect_modes import tank
+
+    line = parse_line(tank())
+    assert untrained_note(line, "x.csv", 400, {"cip": 300, "stopped": 20}).startswith(
+        "x.csv: most rows (320 of 400) are in mode cip (300 rows) and mode stopped (20 rows), which the model was not trained on")
+    assert untrained_note(line, "x.csv", 400, {"cip": 30}) is None

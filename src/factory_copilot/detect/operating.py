@@ -84,9 +84,10 @@ def untrained_note(line: LineConfig, source: str, rows: int, untrained: dict[str
     n = sum(untrained.values())
     if not rows or n < 0.1 * rows:
         return None
-    share = "all" if n == rows else "most" if n > rows / 2 else "some"
-    where = ", ".join(f"{_describe(line, g)} ({n_g})" for g, n_g in sorted(untrained.items(), key=lambda kv: -kv[1]))
-    return (f"{source}: {share} {rows if n == rows else n} rows {'' if n == rows else f'of {rows} '}are in {where}, "
+    names = sorted(untrained.items(), key=lambda kv: -kv[1])
+    where = " and ".join(_describe(line, g) + ("" if len(names) == 1 else f" ({n_g} rows)") for g, n_g in names)
+    how_many = f"all {rows} rows" if n == rows else f"{'most' if n > rows / 2 else 'some'} rows ({n} of {rows})"
+    return (f"{source}: {how_many} are in {where}, "
             "which the model was not trained on: its figures there say little (train with normal history of it)")
 
 
