@@ -587,16 +587,16 @@ def test_alarm_ids_are_topic_safe_and_distinct():
 def test_alarm_text_reads_like_an_operator_alarm(make, clock):
     engine = make(UNGROUPED)
     a = raise_alarm(engine, clock, fault(signal="vibration", value=5.2))
-    assert a.message == "Product transfer pump: likely bearing wear, slight — vibration 5.2 mm/s (normal 1.0–3.5)"
+    assert a.message == "Product transfer pump: likely bearing wear, slight — vibration 5.2 mm/s (normal 1.0–3.5 mm/s)"
     # as the detect station reports a limit: the value, and the limit it crossed
     b = raise_alarm(engine, clock, limit(value=42, score=42, threshold=60))
-    assert b.message == "Product transfer pump: flow low, moderate — 42.0 L/min (normal 95–125, limits 60–150)"
+    assert b.message == "Product transfer pump: flow low, moderate — 42.0 L/min (normal 95–125 L/min, limits 60–150 L/min)"
     c = raise_alarm(engine, clock, fault("air_leak", asset="air_compressor", p=0.6, score=150,
                                          contributions={"filler.valve_air_pressure": 0.7, "air_compressor.air_flow": 0.3},
                                          values={"filler.valve_air_pressure": 5.1, "air_compressor.air_flow": 97.0}))
     # the alarm is the compressor's: its text names the compressor's own signal, with the value it reads
     assert c.message == ("Compressed-air compressor: likely air leak, moderate — "
-                         "mostly air flow at 97.0 Nm3/h (normal 55–90)")
+                         "mostly air flow at 97.0 Nm3/h (normal 55–90 Nm3/h)")
     d = raise_alarm(engine, clock, Anomaly(0, "filler", "stuck", 5, 1, signal="fill_weight", value=501))
     assert d.message == "Rotary filler: fill weight sensor stuck at 501 g"
     e = raise_alarm(engine, clock, Anomaly(0, "product_pump", "rate", 58.4, 45, signal="flow", value=72))
@@ -625,11 +625,11 @@ def test_a_fault_alarm_names_a_signal_of_its_own_asset_the_telltale_of_the_named
                             "heat_tunnel.heater_duty": 38.0, "heat_tunnel.zone2_temperature": 214.3})
     text = alarm_text(line, faults_of(line), drift, "severe")
     # the drifting sensor: the catalogue's telltale of the fault the classifier named, with what it reads now
-    assert text == "Shrink heat tunnel: likely sensor drift, severe — mostly zone2 temperature at 214 degC (normal 180–195)"
+    assert text == "Shrink heat tunnel: likely sensor drift, severe — mostly zone2 temperature at 214 degC (normal 180–195 degC)"
     # nothing named: the tunnel's own largest contributor, never another asset's
     unknown = dataclasses.replace(drift, fault_type="unknown", fault_probability=0.0)
     assert alarm_text(line, faults_of(line), unknown, "severe") == (
-        "Shrink heat tunnel: unusual behaviour, severe — mostly zone1 temperature at 171 degC (normal 175–190)")
+        "Shrink heat tunnel: unusual behaviour, severe — mostly zone1 temperature at 171 degC (normal 175–190 degC)")
 
 
 def test_bad_anomaly_ignored_unknown_asset_still_alarmed(engine, clock, caplog):

@@ -85,4 +85,4 @@ def test_the_sensor_drift_alarm_names_the_drifting_sensor_of_the_tunnel_with_its
     for text in texts:
         assert text.startswith("Shrink heat tunnel: likely sensor drift"), text
         assert "Compressed-air" not in text and "Product transfer pump" not in text, text
-        assert " — mostly zone2 temperature at " in text and "degC (normal 180–195)" in text, text
+        assert " — mostly zone2 temperature at " in text and "degC (normal 180–195 degC)" in text, text

@@ -1,9 +1,9 @@
 """Alarm text as an operator reads it, in the line's names and units, with the condition's severity in words.
 
-    Product transfer pump: likely bearing wear, moderate — vibration 5.2 mm/s (normal 1.0–3.5)
-    Product transfer pump: flow low, slight — 42.0 L/min (normal 95–125, limits 60–150)
-    Rotary filler: unusual behaviour, severe, likely from pump cavitation upstream — mostly tank level at 12.0 % (normal 45–75)
-    Shrink heat tunnel: likely sensor drift, moderate — mostly zone2 temperature at 203 degC (normal 180–195)
+    Product transfer pump: likely bearing wear, moderate — vibration 5.2 mm/s (normal 1.0–3.5 mm/s)
+    Product transfer pump: flow low, slight — 42.0 L/min (normal 95–125 L/min, limits 60–150 L/min)
+    Rotary filler: unusual behaviour, severe, likely from pump cavitation upstream — mostly tank level at 12.0 % (normal 45–75 %)
+    Shrink heat tunnel: likely sensor drift, moderate — mostly zone2 temperature at 203 degC (normal 180–195 degC)
     Rotary filler: fill weight sensor stuck at 501 g
 
 No detector scores or probabilities: an operator reads what departs, on the alarm's own asset, what it
@@ -101,10 +101,10 @@ def _fault_text(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly,
     signal = find_signal(line, anomaly.asset, key.partition(".")[2])
     label = words(key.partition(".")[2])
     unit = f" {signal.unit}" if signal else ""
-    normal = f"normal {band(signal.normal_for(anomaly.mode))}" if signal else ""
+    normal = f"normal {band(signal.normal_for(anomaly.mode))}{unit}" if signal else ""
     value = anomaly.value if anomaly.signal else anomaly.values.get(key)
     if value is None:  # an anomaly that did not carry the row's values: the band, with its unit
-        return f"{cause} — mostly {label}{f' ({normal}{unit})' if normal else ''}"
+        return f"{cause} — mostly {label}{f' ({normal})' if normal else ''}"
     if anomaly.signal:
         return f"{cause} — {label} {number(value)}{unit}{f' ({normal})' if normal else ''}"
     return f"{cause} — mostly {label} at {number(value)}{unit}{f' ({normal})' if normal else ''}"
@@ -144,7 +144,8 @@ def _direction(signal: Signal | None, mode: Mode, value: float | None) -> str:
 def _bands(signal: Signal | None, mode: Mode) -> str:
     if signal is None:
         return ""
-    parts = [f"normal {band(signal.normal_for(mode))}"]
+    unit = f" {signal.unit}" if signal.unit else ""
+    parts = [f"normal {band(signal.normal_for(mode))}{unit}"]
     if signal.limits:
-        parts.append(f"limits {band(signal.limits)}")
+        parts.append(f"limits {band(signal.limits)}{unit}")
     return ", ".join(parts)

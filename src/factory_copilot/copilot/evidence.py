@@ -214,7 +214,7 @@ class EvidencePack:
         message = _flat(self.message)
         for head in (f"{self.asset}: ", f"{_flat(self.asset_name)}: "):
             message = message[len(head):] if message.startswith(head) else message
-        # the alarm text's figures ("likely bearing wear, moderate — vibration 5.2 mm/s (normal 1.0–3.5)") are the
+        # the alarm text's figures ("likely bearing wear, moderate — vibration 5.2 mm/s (normal 1.0–3.5 mm/s)") are the
         # signal lines below: a dozen tokens said twice
         message = message.split(" — ", 1)[0]
         named = f" ({_flat(self.asset_name)})" if asset_name and self.asset_name and self.asset_name != self.asset else ""

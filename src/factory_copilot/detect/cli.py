@@ -158,12 +158,13 @@ def train_command(args: argparse.Namespace) -> int:
         models = train_models(line, history, detector_params={
             "false_alarm_rate": args.false_alarm_rate, "persistence": args.persistence})
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        source = ", ".join(args.history) if args.history else "the simulated history"
+        print(f"error: {exc} (in {source})", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else ServicePaths.of_line(line, Path(args.line)).detector
     path = save_detector(out, models)
     det = models.detector
-    print(f"trained on {len(history)} rows ({models.metadata['normal_rows']} normal); modes {', '.join(det.models_)}"
+    print(f"trained on {len(history)} rows ({models.metadata['normal_rows']} normal)" + (f"; modes {', '.join(det.models_)}" if line.modes else "")
           + (f"; fault classes {', '.join(map(str, models.classifier.classes_))}" if models.classifier else "; no fault labels"))
     target = det.false_alarm_rate
     print(f"false-alarm target {target:g} of rows (persistence {det.persistence}); checked on the held-out end of "
@@ -347,6 +348,7 @@ def _plot_recording(res: dict, path: Path, title: str) -> None:
 def evaluate_recording_command(args: argparse.Namespace) -> int:
     from factory_copilot.config import ServicePaths
     from factory_copilot.detect.evaluate import evaluate_recording
+    from factory_copilot.detect.operating import untrained_note
     from factory_copilot.detect.persist import ModelMismatchError, load_detector
 
     line = load_line(args.line)
@@ -365,6 +367,9 @@ def evaluate_recording_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(_recording_table(res))
+    note = untrained_note(line, Path(args.history).name, res["rows"], res["untrained_rows"])
+    if note:
+        print(note)
     (out / "results.json").write_text(json.dumps({k: v for k, v in res.items() if k != "series"}, indent=2, default=str))
     _plot_recording(res, out / "recording.png", f"{line.site}/{line.line}: {Path(args.history).name}")
     print(f"wrote {out / 'results.json'} and {out / 'recording.png'}")

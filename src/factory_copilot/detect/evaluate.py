@@ -27,9 +27,10 @@ from factory_copilot.detect.features import runs
 from factory_copilot.detect.multivariate import LineDetector
 from factory_copilot.detect.operating import (
     coverage_report,
-    regimes,
+    row_groups,
     row_modes,
     stretch_tails,
+    untrained_rows,
 )
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
@@ -90,7 +91,7 @@ def train_models(
     keys = [k for k in line.signal_keys() if k in history.columns]
     missing = sorted(set(line.signal_keys()) - set(keys))
     if missing:
-        raise ValueError(f"history lacks signal columns of the line file: {', '.join(missing[:5])}")
+        raise ValueError(f"history lacks signal columns of the line file: {', '.join(missing)}")
     labels = history[fault_column].astype(str) if fault_column in history.columns else pd.Series(normal_label, index=history.index)
     normal = (labels == normal_label).to_numpy()
     modes = row_modes(line, history)
@@ -101,9 +102,7 @@ def train_models(
     per_mode = modes is not None and not line.modes_by_range
     if per_mode:
         table["mode"] = modes
-    groups = regimes(line, history)
-    if groups is None:
-        groups = modes if modes is not None else np.full(len(history), DEFAULT_MODE, dtype=object)
+    groups = row_groups(line, history, DEFAULT_MODE)
     params = {**line_detector_params(line), **(detector_params or {})}
     cols = keys + (["mode"] if per_mode else [])
     steps.set_postfix_str("detector")
@@ -145,7 +144,8 @@ def train_models(
         metadata={"rows": len(history), "normal_rows": int(normal.sum()), "trained_at": time.time(),
                   "signals": len(detector.signals_), "modes": list(detector.models_), "calibration": calibration,
                   "flat_in_normal": list(checks.flat_in_normal_),
-                  "coverage": coverage_report(line, calibration, rows_by_group)},
+                  "coverage": coverage_report(line, calibration, rows_by_group),
+                  "normal_rows_by_group": rows_by_group},
     )
 
 
@@ -301,6 +301,8 @@ def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.Data
         raise ValueError(f"the recording has no label column {labels!r} (columns: {', '.join(map(str, frame.columns[:12]))})")
     truth = fault_rows(frame[labels])
     ts = _row_times(frame, line.sampling_interval_s)
+    trained = models.metadata.get("normal_rows_by_group")  # absent from model files saved before it was recorded
+    untrained = untrained_rows(line, frame, trained, DEFAULT_MODE) if trained is not None else {}
     runs_of = frame["run"].to_numpy() if "run" in frame.columns else np.zeros(len(frame), dtype=int)
     flagged = np.zeros(len(frame), dtype=bool)
     kinds: Counter = Counter()
@@ -359,6 +361,7 @@ def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.Data
         "events": events, "events_detected": len(detected),
         "mean_delay_s": float(np.mean([e["delay_s"] for e in detected])) if detected else None,
         "kinds": dict(kinds), "target_false_alarm_rate": models.detector.false_alarm_rate,
+        "untrained_rows": untrained,  # rows per mode or regime the model had no normal history of
         "series": {"ts": ts.tolist(), "score": score.tolist(), "flagged": flagged.tolist(), "truth": truth.tolist(),
                    "alarm_rows": starts},
     }

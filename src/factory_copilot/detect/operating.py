@@ -64,6 +64,33 @@ def regimes(line: LineConfig, table: pd.DataFrame) -> np.ndarray | None:
     return np.array([line.modes.regime_of(v) for v in table[line.mode_key].to_numpy(dtype=float)], dtype=object)
 
 
+def row_groups(line: LineConfig, table: pd.DataFrame, default: str) -> np.ndarray:
+    """What the detector keeps a normal for, row by row: the load regime, else the mode, else ``default``."""
+    groups = regimes(line, table)
+    if groups is None:
+        modes = row_modes(line, table)
+        groups = modes if modes is not None else np.full(len(table), default, dtype=object)
+    return groups
+
+
+def untrained_rows(line: LineConfig, table: pd.DataFrame, trained: dict[str, int], default: str) -> dict[str, int]:
+    """Rows of ``table`` per mode or regime that had no normal history in training (``trained``: rows per group)."""
+    counts = pd.Series(row_groups(line, table, default)).astype(str).value_counts(sort=False)
+    return {g: int(n) for g, n in counts.items() if not trained.get(g)}
+
+
+def untrained_note(line: LineConfig, source: str, rows: int, untrained: dict[str, int]) -> str | None:
+    """One line for a file whose rows sit in modes or regimes the model was not trained on, or None."""
+    n = sum(untrained.values())
+    if not rows or n < 0.1 * rows:
+        return None
+    names = sorted(untrained.items(), key=lambda kv: -kv[1])
+    where = " and ".join(_describe(line, g) + ("" if len(names) == 1 else f" ({n_g} rows)") for g, n_g in names)
+    how_many = f"all {rows} rows" if n == rows else f"{'most' if n > rows / 2 else 'some'} rows ({n} of {rows})"
+    return (f"{source}: {how_many} are in {where}, "
+            "which the model was not trained on: its figures there say little (train with normal history of it)")
+
+
 def stretch_tails(labels: np.ndarray, run_ids: np.ndarray, share: float) -> np.ndarray:
     """The last ``share`` of every stretch of equal labels within a run (the held-out rows of each stretch)."""
     held = np.zeros(len(labels), dtype=bool)
@@ -95,6 +122,8 @@ def _describe(line: LineConfig, name: str) -> str:
             lo, hi = line.modes.ranges[name]
             return f"regime {name} ({line.mode_key} {lo:g}-{hi:g} {unit})".rstrip()
         return f"{line.mode_key} {name}"
+    if not line.modes:
+        return "the line"  # a line without operating modes: there is no mode to name
     return f"mode {name}"
 
 

@@ -68,7 +68,11 @@ def read_table(path, what: str = "history file"):
             return pd.read_parquet(p)
         if suffix in (".jsonl", ".ndjson"):
             return pd.read_json(p, lines=True)
-        return pd.read_csv(p)
+        df = pd.read_csv(p)
+        # a spreadsheet export with ';' or tabs between columns reads as one column: re-read with that separator
+        if len(df.columns) == 1 and any(sep in str(df.columns[0]) for sep in (";", "\t")):
+            df = pd.read_csv(p, sep=";" if ";" in str(df.columns[0]) else "\t")
+        return df
     except Exception as exc:
         raise ValueError(f"cannot read {what} {p}: {exc}") from None
 
