@@ -108,7 +108,8 @@ def test_train_writes_where_run_reads_and_evaluate_scores_a_labelled_recording(t
     line["knowledge"] = {"faults": str(LINE_FILE.parent / "faults.yaml")}
     line_file = tmp_path / "cs2.yaml"
     line_file.write_text(yaml.safe_dump(line))
-    assert main(["train", "--line", str(line_file), "--history", str(station.HISTORY)]) == 0
+    # --verbose: train is a report (WARNING on stderr by default); the service at start logs at INFO
+    assert main(["train", "--verbose", "--line", str(line_file), "--history", str(station.HISTORY)]) == 0
     out = capsys.readouterr().out
     where = ServicePaths.of_line(load_line(line_file), line_file).detector
     assert f"saved {where}" in out and "regime peak (header.flow 18-24 m3/min)" in out and "held out" in out
