@@ -33,7 +33,6 @@ from factory_copilot.copilot.station import Copilot
 from factory_copilot.detect.persist import ModelMismatchError, TrainedDetector, load_detector
 from factory_copilot.detect.station import DetectStation
 from factory_copilot.plumbing.buffer import Buffer, fan_out
-from factory_copilot.plumbing.history import event_delay
 from factory_copilot.plumbing.signals import stop_on_signals
 from factory_copilot.publish.publisher import InstanceConflict, Publisher
 from factory_copilot.records import Reading
@@ -374,6 +373,8 @@ async def _stop_after_replay(service: LineService, finished: asyncio.Event, stop
     while backlog() > 0 and time.monotonic() < deadline and not stop.is_set():  # the engine ingests as it takes
         await asyncio.sleep(0.05)
     await service.store_station.drain()
+    from factory_copilot.plumbing.history import event_delay  # replay only: a live service never loads pandas
+
     replay = service.collector.collectors["replay"]
     first, last = replay.span
     raised = [e for e in service.engine.audit(since=first) if e.event == "raised"]
