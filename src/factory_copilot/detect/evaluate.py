@@ -68,6 +68,9 @@ def line_detector_params(line: LineConfig) -> dict:
         "baseline_rows": BASELINE_S * rows,
         "baseline_every": max(1, int(round(60 * rows))),
         "baseline_hold": max(1, int(round(600 * rows))),
+        # the threshold must hold on running as far past the history as the history is long: half of every
+        # stretch is held out, and a shift the later half shows widens the limit (LineDetector._drift_factor)
+        "holdout": 0.5,
     }
 
 
