@@ -273,3 +273,21 @@ def test_adaptive_baseline_follows_slow_drift_but_not_a_growing_fault():
     for r in fault.iloc[-500:].to_numpy():
         stream.update(r)
     np.testing.assert_array_equal(stream.baseline.baseline["all"], frozen)
+
+
+
+def test_holding_out_half_the_history_sees_a_drift_the_last_fifth_hides_and_widens_for_it():
+    # a rig warming up: one signal's level wanders slowly through its short history and on after it
+    frame = correlated(1200, seed=21)
+    frame["tunnel.temp"] += np.cumsum(np.random.default_rng(121).normal(scale=0.05, size=1200))
+    history, later = frame.iloc[:400].reset_index(drop=True), frame.iloc[400:800].reset_index(drop=True)
+    half = LineDetector(false_alarm_rate=1e-3, persistence=3, holdout=0.5).fit(history)
+    fifth = LineDetector(false_alarm_rate=1e-3, persistence=3, holdout=0.2).fit(history)
+    m = half.calibration_["modes"]["all"]
+    assert m["held_out"] == 200 and m["missed"] and m["factor"] > 1.0
+    assert fifth.calibration_["modes"]["all"]["factor"] < m["factor"]
+    assert half.predict(later).mean() < fifth.predict(later).mean()
+    # a fault is still caught on the drifting machine
+    broken = later.copy()
+    broken.loc[200:, "pump.current"] += 4.0
+    assert half.predict(broken)[220:].mean() > 0.9

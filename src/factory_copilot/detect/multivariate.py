@@ -80,7 +80,6 @@ class ModeModel:
     context_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))  # of the operating-point features
     coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_features, n_signals)
     widened: float = 1.0  # factor the out-of-sample check put on the calibrated threshold
-    cv_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # cross-fitted scores (fit time only)
 
     def expected(self, A: np.ndarray, F: np.ndarray) -> np.ndarray:
         """Each signal's normal value at the row's operating point (features F), else its mean."""
@@ -168,8 +167,7 @@ class LineDetector(Estimator):
     constant of the adaptive baseline in rows (None: fixed normal); it learns from chunks of
     ``baseline_every`` rows once they are ``baseline_hold`` rows old, if nothing was flagged since and
     their mean score stayed under ``baseline_freeze``. ``interleave``: calibration folds of blocks dealt
-    in turn even for one stretch (default: contiguous folds). ``drift_check``: widen the threshold by the shift
-    the held-out rows show over the cross-fitted ones (``calibration_["modes"][mode]["drift"]``).
+    in turn even for one stretch (default: contiguous folds).
     """
 
     def __init__(
@@ -196,7 +194,6 @@ class LineDetector(Estimator):
         baseline_hold: int = 600,
         baseline_freeze: float = 0.5,
         interleave: bool = False,
-        drift_check: bool = True,
     ):
         self.smoothing = smoothing
         self.false_alarm_rate = false_alarm_rate
@@ -220,7 +217,6 @@ class LineDetector(Estimator):
         self.baseline_hold = baseline_hold
         self.baseline_freeze = baseline_freeze
         self.interleave = interleave
-        self.drift_check = drift_check
 
     # ---- shaping the table -------------------------------------------------------------
     def _modes_of(self, X: pd.DataFrame) -> np.ndarray:
@@ -440,7 +436,6 @@ class LineDetector(Estimator):
         model = self._normal(A, F, rows)
         model.precisions = self._precisions(self._smoothed(model.standardise(A, F), bounds), rows)
         model.norms, model.threshold = norms, float(threshold)
-        model.cv_scores = combined / model.threshold
         return model
 
     def _calibrate(self, combined: np.ndarray, usable: np.ndarray, bounds: list[tuple[int, int]]) -> float:
@@ -484,29 +479,6 @@ class LineDetector(Estimator):
             "missed": bool(flagged / max(n, 1) > self.false_alarm_rate and _poisson_sf(episodes - 1, expected) < 0.05),
         }
 
-    @staticmethod
-    def _drift_factor(held: np.ndarray, cv: np.ndarray, entry: dict, level: float = 0.99) -> float:
-        """The factor on the threshold that the later, held-out running asks for: how far its scores' upper quantile
-        lies above the cross-fitted scores' (1.0 when the difference is within what the held-out rows can tell).
-
-        A history that drifts (a rig warming up over its first minutes) scores its own later part higher than its
-        folds score each other; the target rate is then out of reach of any quantile of the history, so the limit
-        moves with the measured shift. The shift counts only when a lower confidence bound of the held-out quantile
-        (binomial, 95 %, on the rows' effective number: consecutive scores are not independent) is above it.
-        """
-        if len(held) < 20 or len(cv) < 20:
-            return 1.0
-        y = held - held.mean()
-        den = float(y @ y)
-        rho = float(np.clip((y[1:] @ y[:-1]) / den, 0.0, 0.999)) if den > 0 else 0.0
-        n_eff = len(held) * (1 - rho) / (1 + rho)
-        low = max(0.0, level - 1.645 * np.sqrt(level * (1 - level) / n_eff))
-        reference = float(np.quantile(cv, level))
-        ratio = float(np.quantile(held, level)) / reference if reference > 0 else 1.0
-        shifted = reference > 0 and float(np.quantile(held, low)) > reference
-        entry["drift"] = {"level": level, "ratio": ratio, "effective_rows": float(n_eff), "shifted": bool(shifted)}
-        return max(1.0, ratio) if shifted else 1.0
-
     def _check_held_out(self, ev: dict, modes, held, segs, report: dict, groups) -> dict[str, float]:
         """Measure the held-out rate per mode; where it misses the target, the factor on the threshold that meets it."""
         bounds = [(s.start, s.end) for s in segs]
@@ -518,7 +490,7 @@ class LineDetector(Estimator):
             if not n:
                 continue
             entry = self._rate_entry(flags[rows])
-            factor = self._drift_factor(ev["score"][rows], self.models_[mode].cv_scores, entry) if self.drift_check else 1.0
+            factor = 1.0
             if entry["missed"]:
                 # widen: the smallest factor on the threshold whose persistent flags meet the target
                 s = ev["score"]
@@ -534,13 +506,11 @@ class LineDetector(Estimator):
                         hi = mid
                     else:
                         lo = mid + 1
-                factor = max(factor, float(cands[lo]))
+                factor = float(cands[lo])
                 entry["rate_after"] = float(rate(factor))
             entry["factor"] = factor
             factors[mode] = factor
             report["modes"][mode] = entry
-        for model in self.models_.values():
-            model.cv_scores = np.zeros(0)
         if groups is not None:
             g = np.asarray(groups, dtype=object)
             for label in dict.fromkeys(g):
