@@ -10,6 +10,7 @@ import asyncio
 import time
 
 import pytest
+import yaml
 from asyncua import Client, ua
 from asyncua.ua.uaerrors import UaStatusCodeError
 
@@ -220,3 +221,51 @@ def test_severity_bands_round_trip_and_the_line_file_names_a_bad_endpoint():
     with pytest.raises(LineConfigError) as half:
         parse_line(data, "line.yaml")
     assert "service.opcua_server.certificate:" in str(half.value)
+
+
+async def test_the_service_serves_its_alarms_when_the_line_file_says_so_and_an_operator_acknowledges(tmp_path):
+    """The real service (plant checks, broker init's Mosquitto): a value past its limit is a condition on the
+    service's OPC UA server; its Acknowledge, as the broker's person ann, is the engine's, audited as hers."""
+    from factory_copilot.config import ServicePaths
+    from factory_copilot.detect.persist import TrainedDetector
+    from factory_copilot.service import LineService
+    from tests.support.agents import PASSWORDS as BROKER_PASSWORDS, Gateway, start_site, write_line
+
+    site, broker = start_site(tmp_path)
+    path = write_line(tmp_path, site, free_port())
+    data = yaml.safe_load(path.read_text())
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/factory-copilot/alarms/"
+    # the users file relative to the line file, as a plant writes it next to its broker's configuration
+    data["service"]["opcua_server"] = {"endpoint": endpoint, "security": "none",
+                                       "users": str(site.logins.relative_to(tmp_path))}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    line = load_line(path)
+    service = LineService(line, TrainedDetector(line.fingerprint(), line.line, detector=None),
+                          ServicePaths.of_line(line, path), health_port=None)
+    gateway, stop = Gateway(line), asyncio.Event()
+    tasks = [asyncio.create_task(service.run(stop)), asyncio.create_task(gateway.run())]
+    try:
+        assert service.opcua_server is not None
+        await asyncio.wait_for(service.opcua_server.serving.wait(), 30)
+        client = Client(endpoint, timeout=10)
+        client.set_user("ann")
+        client.set_password(BROKER_PASSWORDS["ann"])
+        async with client:
+            events, _ = await watch(client)
+            gateway.values["rinser.water_pressure"] = 6.0  # past its limit of 5 bar
+            raised = await events.next(lambda e: e.SourceName == "rinser" and field(e, "ActiveState/Id"), 60)
+            assert raised.Severity == severity_of(service.engine.get(
+                next(a.alarm_id for a in service.engine.active() if a.asset == "rinser")).priority)
+            await client.get_node(raised.NodeId).call_method(
+                ACK, ua.Variant(raised.EventId, ua.VariantType.ByteString), ua.LocalizedText("nozzles checked"))
+            acked = await events.next(lambda e: e.NodeId == raised.NodeId and field(e, "AckedState/Id"))
+            assert acked.ClientUserId == "ann"
+        alarm_id = raised.NodeId.Identifier
+        assert service.engine.get(alarm_id).acked_by == "ann"
+        assert ("acknowledged", "ann") in [(e.event, e.actor) for e in service.engine.audit(alarm_id)]
+        assert service.stats()["opcua_server"]["commands"] == 1
+    finally:
+        gateway.stop.set()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        broker.stop()
