@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 from asyncua import Client, ua
-from asyncua.ua.uaerrors import UaStatusCodeError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from factory_copilot.alarms import AlarmEngine, AlarmSettings, AlarmStation
 from factory_copilot.config import SIMULATED_LINE, LineConfigError, OpcuaAlarmServer, Roles, load_line, parse_line
@@ -32,14 +32,14 @@ TIMED_SHELVED = ua.NodeId(ua.ObjectIds.ShelvedStateMachineType_TimedShelved)
 class Rig:
     """Engine, alarm station and alarm server joined as the service joins them."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, security: str = "none"):
         users = tmp_path / "dashboard-users.yaml"
         Logins({name: hash_password(pw) for name, pw in PASSWORDS.items()}).write(users)
         line = load_line(SIMULATED_LINE)
         # operators acknowledge but may not shelve: supervisors only
         roles = Roles.model_validate({"operators": {"users": ["ann"], "shelve_max_s": 0}, "supervisors": ["sam"]})
         self.endpoint = f"opc.tcp://127.0.0.1:{free_port()}/factory-copilot/alarms/"
-        served = OpcuaAlarmServer(endpoint=self.endpoint, security="none", users=str(users))
+        served = OpcuaAlarmServer(endpoint=self.endpoint, security=security, users=str(users))
         self.line = line.model_copy(update={"roles": roles, "service": line.service.model_copy(
             update={"opcua_server": served})})
         self.engine = AlarmEngine(self.line, tmp_path / "alarms.db",
@@ -195,6 +195,33 @@ async def test_an_anonymous_session_sees_the_alarms_after_a_condition_refresh_an
                 ACK, ua.Variant(refreshed.EventId, ua.VariantType.ByteString), ua.LocalizedText(""))
         assert refused.value.code == ua.StatusCodes.BadUserAccessDenied
     assert rig.engine.get("product_pump.flow-limit").state is AlarmState.ACTIVE_UNACK
+
+
+async def test_signed_and_encrypted_by_default_with_a_certificate_made_on_first_use(tmp_path):
+    from factory_copilot.plumbing.opcua import ensure_certificate
+
+    assert OpcuaAlarmServer().security == "basic256sha256_sign_encrypt"
+    rig = Rig(tmp_path, security=OpcuaAlarmServer().security)
+    try:
+        await asyncio.wait_for(rig.server.serving.wait(), 30)
+        assert (tmp_path / "pki" / "opcua-alarm-server_cert.der").exists()
+        plain = logged_in(rig.endpoint, "sam")
+        with pytest.raises(UaError, match="No matching endpoints"):  # none without security: no password in clear
+            await plain.connect()
+        plain.disconnect_socket()
+        cert, key = await ensure_certificate(tmp_path / "client-pki", "scada", "urn:test:scada", server=False)
+        client = logged_in(rig.endpoint, "sam")
+        await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{key}")
+        async with client:
+            events, _ = await watch(client)
+            rig.raise_alarm()
+            raised = await events.next()
+            shelving = await client.get_node(raised.NodeId).get_child("0:ShelvingState")
+            await shelving.call_method(TIMED_SHELVE, ua.Variant(30_000.0, ua.VariantType.Double))
+            shelved = await events.next(lambda e: field(e, "ShelvingState/CurrentState/Id") == TIMED_SHELVED)
+            assert shelved.ClientUserId == "sam"
+    finally:
+        await rig.close()
 
 
 async def test_a_wrong_password_is_refused_at_log_in(rig):
