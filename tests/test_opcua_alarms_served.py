@@ -21,7 +21,7 @@ from factory_copilot.plumbing.buffer import Buffer, fan_out
 from factory_copilot.plumbing.logins import Logins, hash_password
 from factory_copilot.plumbing.opcua import priority_of, severity_of
 from factory_copilot.publish.opcua_server import AlarmServer
-from factory_copilot.records import AlarmState, Anomaly, Priority
+from factory_copilot.records import AlarmState, Anomaly, Diagnosis, Priority
 
 PASSWORDS = {"ann": "ann-secret-1", "sam": "sam-secret-2"}
 ACK = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
@@ -46,9 +46,11 @@ class Rig:
                                   AlarmSettings(on_delay_s=0, off_delay_s=3600, silence_s=3600))
         self.anomalies, events = Buffer(100, "anomalies"), Buffer(100, "alarm events")
         self.to_server = Buffer(100, "events->opcua")
+        self.diagnoses = Buffer(100, "diagnoses->opcua")
         self.alarms = AlarmStation(self.engine, self.anomalies, events, tick_s=0.05)
         self.server = AlarmServer(self.line, served, self.to_server, self.alarms.execute, self.engine.active,
-                                  pki_dir=tmp_path / "pki", max_shelve_s=self.engine.settings.max_shelve_s)
+                                  pki_dir=tmp_path / "pki", max_shelve_s=self.engine.settings.max_shelve_s,
+                                  diagnoses=self.diagnoses)
         self.stop = asyncio.Event()
         self.tasks = [asyncio.create_task(self.alarms.run(self.stop)), asyncio.create_task(self.server.run(self.stop)),
                       asyncio.create_task(fan_out(events, self.to_server))]
@@ -153,6 +155,22 @@ async def test_an_operator_acknowledges_over_opc_ua_and_the_audit_trail_names_he
         with pytest.raises(UaStatusCodeError) as again:  # the engine says it is acknowledged already
             await cond.call_method(ACK, ua.Variant(acked.EventId, ua.VariantType.ByteString), ua.LocalizedText(""))
         assert again.value.code == ua.StatusCodes.BadConditionBranchAlreadyAcked
+
+
+async def test_the_copilots_diagnosis_is_the_conditions_comment_until_another_comment_comes(rig):
+    async with logged_in(rig.endpoint, "ann") as client:
+        events, _ = await watch(client)
+        rig.raise_alarm()
+        raised = await events.next()
+        rig.diagnoses.offer(Diagnosis("product_pump.flow-limit", "Suction side starved: check the inlet filter.",
+                                      [], [], [], [], "runbook"))
+        told = await events.next(lambda e: "inlet filter" in e.Comment.Text)
+        assert told.ClientUserId == "copilot" and told.Comment.Text.startswith("copilot (runbook): ")
+        assert field(told, "AckedState/Id") is False and told.Retain is True and told.EventId != raised.EventId
+        await client.get_node(told.NodeId).call_method(ACK, ua.Variant(told.EventId, ua.VariantType.ByteString),
+                                                       ua.LocalizedText(""))
+        acked = await events.next(lambda e: field(e, "AckedState/Id"))
+        assert acked.ClientUserId == "ann" and "inlet filter" in acked.Comment.Text  # no comment of hers: kept
 
 
 async def test_an_operator_may_not_shelve_where_supervisors_only_may_and_a_supervisor_may(rig):

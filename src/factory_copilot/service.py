@@ -131,9 +131,10 @@ class LineService:
         # the alarms as OPC UA conditions for an HMI or SCADA; not in a replay, whose alarms are no line's
         served = settings.opcua_server if replay is None else None
         to_opcua = b("events->opcua", 1000) if served else None
+        to_opcua_diagnoses = b("diagnoses->opcua", 1000) if served else None
         self.opcua_server = AlarmServer(
             line, served, to_opcua, self.alarms.execute, self.engine.active, pki_dir=paths.pki,
-            max_shelve_s=self.engine.settings.max_shelve_s) if served and to_opcua else None
+            max_shelve_s=self.engine.settings.max_shelve_s, diagnoses=to_opcua_diagnoses) if served and to_opcua else None
         self.stations: dict[str, Callable[[asyncio.Event], Coroutine]] = {
             "collect": self.collector.run,
             "detect": self.detect.run,
@@ -149,7 +150,8 @@ class LineService:
             "fan-out anomalies": lambda stop: fan_out(anomalies, to_alarms, to_store_anomalies),
             "fan-out events": lambda stop: fan_out(events, to_publish_events, to_store_events, to_copilot_events,
                                                    *([to_opcua] if to_opcua else [])),
-            "fan-out diagnoses": lambda stop: fan_out(diagnoses, to_publish_diagnoses, to_store_diagnoses),
+            "fan-out diagnoses": lambda stop: fan_out(diagnoses, to_publish_diagnoses, to_store_diagnoses,
+                                                      *([to_opcua_diagnoses] if to_opcua_diagnoses else [])),
         }
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []

@@ -10,7 +10,8 @@ Pure: no server here (``publish/opcua_server.py`` serves them). The mapping, als
 * SuppressedState/Id: folded under its root (a consequence) or suppressed by the operating mode;
 * ShelvingState: TimedShelved while shelved (with UnshelveTime left, ms), else Unshelved;
 * OutOfServiceState/Id: taken out of service (the engine holds it ``normal`` until it is returned);
-* Message: the alarm's text; Comment and ClientUserId: the comment and the user of the change that fired it.
+* Message: the alarm's text; ClientUserId: the user of the change that fired the event; Comment: its comment
+  (the server keeps the last one when a change brings none, as Part 9 does, e.g. the copilot's diagnosis).
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 An HMI or SCADA that speaks A&C subscribes to events of the Server object (an EventFilter on
 AlarmConditionType) and sees every alarm of the engine as one AlarmConditionType instance, under an
 object per asset (``<line>/<asset>/<alarm_id>``, HasCondition from the asset), with an event on each of its
-changes (fields: ``publish/conditions.py``). ConditionRefresh is asyncua's own: it sends again the newest
-event of every condition whose Retain is true.
+changes (fields: ``publish/conditions.py``). The copilot's diagnosis summary is the condition's Comment
+(user ``copilot``), told by an event of its own as a comment is in Part 9; the Comment stays until another
+change brings one. ConditionRefresh is asyncua's own: it sends again the newest event of every condition whose
+Retain is true.
 
 Acknowledge, TimedShelve and Unshelve are implemented here (asyncua ships the types, not the methods),
 linked both on the type's method (a client calls it with the condition as object, as Part 9 says) and on
@@ -23,6 +25,7 @@ variable the method reads (the same task runs the check and the call).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -44,7 +47,7 @@ from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.plumbing.opcua import ensure_certificate
 from factory_copilot.plumbing.tasks import run_until
 from factory_copilot.publish.conditions import EXTRA_FIELDS, condition_fields, two_states, utc
-from factory_copilot.records import Alarm, AlarmEvent, CommandResult, OperatorCommand
+from factory_copilot.records import Alarm, AlarmEvent, CommandResult, Diagnosis, OperatorCommand
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ class _Served:
     since: dict[str, float] = field(default_factory=dict)
     event_ids: deque = field(default_factory=lambda: deque(maxlen=_RECENT_EVENTS))
     severity: int | None = None
+    comment: tuple[str, str] | None = None  # (text, user) of the last comment: Part 9 keeps it until the next
 
 
 class AlarmServer:
@@ -117,8 +121,10 @@ class AlarmServer:
         base_dir: Path | None = None,
         max_shelve_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        diagnoses: Buffer[Diagnosis] | None = None,
     ):
         self.line = line
+        self.diagnoses = diagnoses
         self.settings = settings
         self.events = events
         self.execute = execute
@@ -147,7 +153,8 @@ class AlarmServer:
             self.serving.set()
             log.info("serving %d alarms as OPC UA conditions on %s (%s)", len(self._served), self.endpoint,
                      self.settings.security)
-            await run_until(stop, [asyncio.create_task(self._event_loop())])
+            loops = [self._event_loop()] + ([self._diagnosis_loop()] if self.diagnoses is not None else [])
+            await run_until(stop, [asyncio.create_task(loop) for loop in loops])
         finally:
             self.serving.clear()
             self.server = None
@@ -195,7 +202,12 @@ class AlarmServer:
         self._method_of = {"Acknowledge": self._acknowledge, "ShelvingState/TimedShelve": self._timed_shelve,
                            "ShelvingState/OneShotShelve": self._one_shot_shelve,
                            "ShelvingState/Unshelve": self._unshelve}
-        await server.start()
+        try:
+            await server.start()
+        except BaseException:  # e.g. the port is taken: what init started goes too, and the watchdog retries
+            with contextlib.suppress(Exception):
+                await server.stop()
+            raise
         self.server = server
         return server
 
@@ -216,22 +228,42 @@ class AlarmServer:
                 self.counts["errors"] += 1
                 log.exception("alarm %s could not be served as an OPC UA condition", printable(ev.alarm_id))
 
-    async def _tell(self, alarm: Alarm, ev: AlarmEvent | None) -> None:
-        """Bring ``alarm``'s condition to its state and fire its event."""
+    async def _diagnosis_loop(self) -> None:
+        assert self.diagnoses is not None
+        while True:
+            diagnosis = await self.diagnoses.get()
+            served = self._served.get(diagnosis.alarm_id)
+            if served is None or not diagnosis.summary:
+                continue  # an alarm this server has not told (yet): its comment comes with the next diagnosis
+            try:
+                served.comment = (f"copilot ({diagnosis.source}): {diagnosis.summary}", "copilot")
+                await self._tell(served.alarm, None, told=diagnosis.created_at)
+            except Exception:
+                self.counts["errors"] += 1
+                log.exception("the diagnosis of %s could not be told as an OPC UA comment", printable(diagnosis.alarm_id))
+
+    async def _tell(self, alarm: Alarm, ev: AlarmEvent | None, told: float | None = None) -> None:
+        """Bring ``alarm``'s condition to its state and fire its event (at ``told``: a comment's time)."""
         served = self._served.get(alarm.alarm_id) or await self._condition(alarm)
         if ev is not None and alarm.updated_at < served.alarm.updated_at:
             return  # older than what the condition shows (the engine's alarms at start came first)
+        if ev is not None and ev.comment:
+            served.comment = (ev.comment, ev.actor or "")
         now = self.clock()
         for name, on in two_states(alarm, now).items():
             if served.states.get(name) != on:
                 served.states[name], served.since[name] = on, ev.ts if ev else alarm.updated_at
         fields = condition_fields(alarm, now, since=served.since, event=ev, max_shelve_s=self.max_shelve_s,
                                   last_severity=served.severity)
+        if served.comment is not None:
+            fields["Comment"] = (ua.LocalizedText(served.comment[0]), ua.VariantType.LocalizedText)
+        if ev is None and told is not None:
+            fields["ClientUserId"] = (served.comment[1] if served.comment else "", ua.VariantType.String)
         for name, (value, vtype) in fields.items():
             # asyncua declares some fields by DataType node (UtcTime, Duration), which a Variant cannot carry
             served.event.add_property(name, value, vtype)
         served.alarm, served.severity = alarm, fields["Severity"][0]
-        await served.generator.trigger(utc(ev.ts if ev else alarm.updated_at), alarm.message)
+        await served.generator.trigger(utc(ev.ts if ev else told or alarm.updated_at), alarm.message)
         event_id = served.event.EventId
         served.event_ids.append(event_id.Value if isinstance(event_id, ua.Variant) else event_id)
         self.counts["events"] += 1
