@@ -48,7 +48,7 @@ class Rig:
         self.to_server = Buffer(100, "events->opcua")
         self.diagnoses = Buffer(100, "diagnoses->opcua")
         self.alarms = AlarmStation(self.engine, self.anomalies, events, tick_s=0.05)
-        self.server = AlarmServer(self.line, served, self.to_server, self.alarms.execute, self.engine.active,
+        self.server = AlarmServer(self.line, served, self.to_server, self.alarms.execute, tmp_path / "alarms.db",
                                   pki_dir=tmp_path / "pki", max_shelve_s=self.engine.settings.max_shelve_s,
                                   diagnoses=self.diagnoses)
         self.stop = asyncio.Event()
@@ -240,6 +240,35 @@ async def test_signed_and_encrypted_by_default_with_a_certificate_made_on_first_
             assert shelved.ClientUserId == "sam"
     finally:
         await rig.close()
+
+
+async def test_a_restarted_server_serves_the_alarms_that_stand_and_a_refresh_finds_them(tmp_path):
+    first = Rig(tmp_path)
+    try:
+        await asyncio.wait_for(first.server.serving.wait(), 20)
+        async with logged_in(first.endpoint, "ann") as client:
+            events, _ = await watch(client)
+            first.raise_alarm()
+            raised = await events.next()
+    finally:
+        await first.close()
+    again = Rig(tmp_path)  # the same state folder: the engine resumes the alarm, the server serves it
+    try:
+        await asyncio.wait_for(again.server.serving.wait(), 20)
+        async with logged_in(again.endpoint, "ann") as client:
+            events, sub = await watch(client)
+            await client.get_node(ua.ObjectIds.ConditionType).call_method(
+                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                ua.Variant(sub.subscription_id, ua.VariantType.UInt32))
+            refreshed = await events.next(lambda e: e.EventType == ua.NodeId(ua.ObjectIds.AlarmConditionType))
+            assert (refreshed.NodeId, refreshed.Message.Text) == (raised.NodeId, raised.Message.Text)
+            assert field(refreshed, "ActiveState/Id") is True and field(refreshed, "AckedState/Id") is False
+            await client.get_node(refreshed.NodeId).call_method(  # its EventId is one this server sent
+                ACK, ua.Variant(refreshed.EventId, ua.VariantType.ByteString), ua.LocalizedText(""))
+            await events.next(lambda e: field(e, "AckedState/Id"))
+        assert again.engine.get("product_pump.flow-limit").acked_by == "ann"
+    finally:
+        await again.close()
 
 
 async def test_a_wrong_password_is_refused_at_log_in(rig):

@@ -133,7 +133,7 @@ class LineService:
         to_opcua = b("events->opcua", 1000) if served else None
         to_opcua_diagnoses = b("diagnoses->opcua", 1000) if served else None
         self.opcua_server = AlarmServer(
-            line, served, to_opcua, self.alarms.execute, self.engine.active, pki_dir=paths.pki,
+            line, served, to_opcua, self.alarms.execute, paths.alarms, pki_dir=paths.pki,
             max_shelve_s=self.engine.settings.max_shelve_s, diagnoses=to_opcua_diagnoses) if served and to_opcua else None
         self.stations: dict[str, Callable[[asyncio.Event], Coroutine]] = {
             "collect": self.collector.run,

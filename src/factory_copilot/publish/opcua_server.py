@@ -8,6 +8,9 @@ changes (fields: ``publish/conditions.py``). The copilot's diagnosis summary is 
 change brings one. ConditionRefresh is asyncua's own: it sends again the newest event of every condition whose
 Retain is true.
 
+At start it serves the alarms that stand in the engine's journal (read only), so ConditionRefresh finds
+them before any of them changes; an event older than what a condition shows is passed over.
+
 Acknowledge, TimedShelve and Unshelve are implemented here (asyncua ships the types, not the methods),
 linked both on the type's method (a client calls it with the condition as object, as Part 9 says) and on
 each instance's copy. They go the engine's command path (``execute``: the alarm station's, as MQTT
@@ -40,6 +43,7 @@ from asyncua.common import event_objects
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
 from asyncua.server.event_generator import EventGenerator
 
+from factory_copilot.alarms.journal import Journal
 from factory_copilot.config import LineConfig, OpcuaAlarmServer
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logins import Logins
@@ -47,7 +51,7 @@ from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.plumbing.opcua import ensure_certificate
 from factory_copilot.plumbing.tasks import run_until
 from factory_copilot.publish.conditions import EXTRA_FIELDS, condition_fields, two_states, utc
-from factory_copilot.records import Alarm, AlarmEvent, CommandResult, Diagnosis, OperatorCommand
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, CommandResult, Diagnosis, OperatorCommand
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ class AlarmServer:
         settings: OpcuaAlarmServer,
         events: Buffer[AlarmEvent],
         execute: Callable[[OperatorCommand], Awaitable[CommandResult]],
-        alarms: Callable[[], list[Alarm]] = list,
+        journal_path: Path | None = None,
         *,
         pki_dir: Path,
         base_dir: Path | None = None,
@@ -128,7 +132,7 @@ class AlarmServer:
         self.settings = settings
         self.events = events
         self.execute = execute
-        self.alarms = alarms  # the engine's alarms at start: served before any event of this run
+        self.journal_path = Path(journal_path) if journal_path else None  # the engine's file: its alarms at start
         self.pki_dir = Path(pki_dir)
         self.base_dir = Path(base_dir) if base_dir else (line.path.parent if line.path else Path.cwd())
         self.max_shelve_s = max_shelve_s
@@ -148,7 +152,7 @@ class AlarmServer:
         """Serve until ``stop``; OSError when the endpoint's port is taken (the service restarts the station)."""
         server = await self._start()
         try:
-            for alarm in self.alarms():
+            for alarm in await asyncio.to_thread(self._standing):
                 await self._tell(alarm, None)
             self.serving.set()
             log.info("serving %d alarms as OPC UA conditions on %s (%s)", len(self._served), self.endpoint,
@@ -160,6 +164,16 @@ class AlarmServer:
             self.server = None
             self._served, self._by_node, self._assets = {}, {}, {}
             await server.stop()
+
+    def _standing(self) -> list[Alarm]:
+        """The alarms that stand in the engine's journal (read beside the engine, as the shift station reads it)."""
+        if self.journal_path is None or not self.journal_path.exists():
+            return []
+        journal = Journal(self.journal_path, read_only=True)
+        try:
+            return [s.alarm for s in journal.load_alarms() if s.alarm.state is not AlarmState.NORMAL]
+        finally:
+            journal.close()
 
     def stats(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "serving": self.serving.is_set(), "served": len(self._served),
