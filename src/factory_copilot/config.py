@@ -524,6 +524,34 @@ class AgentAccess(_Strict):
     port: int = Field(8765, ge=1, le=65535)
 
 
+class OpcuaAlarmServer(_Strict):
+    """The service's own OPC UA server: its alarms as Alarms & Conditions for an HMI or SCADA (docs/opcua.md)."""
+
+    endpoint: str = "opc.tcp://0.0.0.0:4841/factory-copilot/alarms/"
+    security: Literal["none", "basic256sha256_sign_encrypt"] = "basic256sha256_sign_encrypt"
+    # who may log in (dashboard-users.yaml from broker init: the broker's people, the same passwords), relative
+    # to the line file; None: nobody logs in, so nobody acknowledges or shelves here
+    users: str | None = None
+    anonymous: bool = True  # anonymous sessions may browse, subscribe and refresh, never change an alarm
+    certificate: str | None = None  # the server's certificate (DER); made in <state_dir>/pki/ on first use if None
+    private_key: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _opc_tcp(cls, v: str) -> str:
+        if not re.fullmatch(r"opc\.tcp://[^/:\s]+:\d{1,5}(/\S*)?", v):
+            raise ValueError(f"{v!r} is not an endpoint this server can listen on: write opc.tcp://HOST:PORT/PATH, "
+                             "e.g. opc.tcp://0.0.0.0:4841/factory-copilot/alarms/")
+        return v
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> "OpcuaAlarmServer":
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate: give the server's certificate and its private_key together (or neither: "
+                             "one is made on first use)")
+        return self
+
+
 class ServiceSettings(_Strict):
     """How ``factory-copilot run`` serves this line."""
 
@@ -535,6 +563,7 @@ class ServiceSettings(_Strict):
     alerts_prefix: str = "factory-copilot"
     health_port: int | None = 8089  # GET /health on 127.0.0.1; None to disable
     copilot: CopilotSettings = CopilotSettings()
+    opcua_server: OpcuaAlarmServer | None = None  # serve the alarms as OPC UA Alarms & Conditions (docs/opcua.md)
 
 
 class LineConfig(_Strict):

@@ -4,6 +4,7 @@
                   |                     |                    |  ^                       |
                   +-> store, copilot    +-> store            |  +- commands <- publish   +-> publish, store
                                                              +-> publish, store            publish -> questions -> copilot
+                                                             +-> opcua-server (if configured; its methods -> commands)
 
 Each station is built with its input and output buffers, runs as ``run(stop)`` and reports
 ``stats()``; the service knows nothing of what they do inside. No station waits on another:
@@ -34,6 +35,7 @@ from factory_copilot.detect.persist import ModelMismatchError, TrainedDetector, 
 from factory_copilot.detect.station import DetectStation
 from factory_copilot.plumbing.buffer import Buffer, fan_out
 from factory_copilot.plumbing.signals import stop_on_signals
+from factory_copilot.publish.opcua_server import AlarmServer
 from factory_copilot.publish.publisher import InstanceConflict, Publisher
 from factory_copilot.records import Reading
 from factory_copilot.shift.station import ShiftStation
@@ -126,6 +128,13 @@ class LineService:
                                           clock=self.clock)
         self.shift = ShiftStation(line, self.store, paths.alarms, handovers, acks, results, clock=self.clock,
                                   catch_up=replay is None) if line.shifts else None
+        # the alarms as OPC UA conditions for an HMI or SCADA; not in a replay, whose alarms are no line's
+        served = settings.opcua_server if replay is None else None
+        to_opcua = b("events->opcua", 1000) if served else None
+        to_opcua_diagnoses = b("diagnoses->opcua", 1000) if served else None
+        self.opcua_server = AlarmServer(
+            line, served, to_opcua, self.alarms.execute, paths.alarms, pki_dir=paths.pki,
+            max_shelve_s=self.engine.settings.max_shelve_s, diagnoses=to_opcua_diagnoses) if served and to_opcua else None
         self.stations: dict[str, Callable[[asyncio.Event], Coroutine]] = {
             "collect": self.collector.run,
             "detect": self.detect.run,
@@ -134,12 +143,15 @@ class LineService:
             "publish": self.publisher.run,
             "store": self.store_station.run,
             **({"shift": self.shift.run} if self.shift else {}),
+            **({"opcua-server": self.opcua_server.run} if self.opcua_server else {}),
             # copies for every consumer; source states are for detect (lost data): the store and the copilot keep readings
             "fan-out readings": lambda stop: fan_out(readings, to_detect, to_store_readings, to_copilot_readings,
                                                      only={to_store_readings: Reading, to_copilot_readings: Reading}),
             "fan-out anomalies": lambda stop: fan_out(anomalies, to_alarms, to_store_anomalies),
-            "fan-out events": lambda stop: fan_out(events, to_publish_events, to_store_events, to_copilot_events),
-            "fan-out diagnoses": lambda stop: fan_out(diagnoses, to_publish_diagnoses, to_store_diagnoses),
+            "fan-out events": lambda stop: fan_out(events, to_publish_events, to_store_events, to_copilot_events,
+                                                   *([to_opcua] if to_opcua else [])),
+            "fan-out diagnoses": lambda stop: fan_out(diagnoses, to_publish_diagnoses, to_store_diagnoses,
+                                                      *([to_opcua_diagnoses] if to_opcua_diagnoses else [])),
         }
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
@@ -236,6 +248,7 @@ class LineService:
             "publish": self.publisher.stats(),
             "store": self.store_station.stats(),
             **({"shift": self.shift.stats()} if self.shift else {}),
+            **({"opcua_server": self.opcua_server.stats()} if self.opcua_server else {}),
             "stations": {"restarts": dict(self.restarts), "stopped": dict(self.stopped)},
             "buffers": {buf.name: buf.stats() for buf in self.buffers},
         }

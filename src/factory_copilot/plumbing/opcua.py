@@ -1,8 +1,9 @@
 """OPC UA vocabulary shared by the collector and the simulator's server.
 
-Status code <-> Quality, engineering units as EUInformation, and the
-self-signed application certificates both sides make on first use. One home,
-so the server and the collector can never disagree on what "Uncertain" means.
+Status code <-> Quality, engineering units as EUInformation, alarm priority <->
+Alarms & Conditions Severity, and the self-signed application certificates both
+sides make on first use. One home, so the server and the collector can never
+disagree on what "Uncertain" or a severity of 700 means.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from factory_copilot.plumbing.units import NO_UNIT_ID, UNITS_NAMESPACE, unece
-from factory_copilot.records import Quality
+from factory_copilot.records import Priority, Quality
 
 # OPC UA Part 4, 7.39: the two top bits of a StatusCode are its severity
 _SEVERITY_MASK = 0xC0000000
@@ -41,6 +42,27 @@ def quality_of(status: ua.StatusCode | int | None) -> Quality:
     if severity == _UNCERTAIN:
         return Quality.UNCERTAIN
     return Quality.BAD
+
+
+# Part 9's severity is 1-1000; its guidance splits it into bands of 200 (801-1000 high ... 1-200 low). A
+# priority is served as the middle of its band, and a severity read in falls to the band it lies in.
+SEVERITY_FOR_PRIORITY = {Priority.CRITICAL: 900, Priority.HIGH: 700, Priority.MEDIUM: 500, Priority.LOW: 300}
+
+
+def severity_of(priority: Priority) -> int:
+    """The OPC UA Severity (1-1000) an alarm of ``priority`` is served with."""
+    return SEVERITY_FOR_PRIORITY[priority]
+
+
+def priority_of(severity: int) -> Priority:
+    """The priority of an OPC UA Severity: 801-1000 critical, 601-800 high, 401-600 medium, 1-400 low."""
+    if severity > 800:
+        return Priority.CRITICAL
+    if severity > 600:
+        return Priority.HIGH
+    if severity > 400:
+        return Priority.MEDIUM
+    return Priority.LOW
 
 
 def status_name(status: ua.StatusCode | int) -> str:
