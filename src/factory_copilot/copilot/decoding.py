@@ -2,7 +2,8 @@
 
 Under a JSON-schema grammar the model generates every token of ``{"summary":"...","causes":["bearing_wear:high"],
 "steps":[1,2]}``, the ones the grammar leaves no choice about too ('{"', 'summary', '":"', ...), and each costs a
-forward pass (~0.15-0.2 s for a 1.5B model on one CPU thread). An ``AnswerForm`` says which part is which:
+forward pass (~0.15-0.2 s for a 1.5B model on one CPU thread). An ``AnswerForm`` (``language_model.py``) says which
+part is which:
 
 - **given**: the JSON around the values is appended to the model's context in one batch with what comes next, never
   generated (a batch of a few tokens costs about what one token does: the weights are read once);
@@ -23,74 +24,18 @@ from __future__ import annotations
 import codecs
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+from factory_copilot.copilot.language_model import AnswerForm, ChoiceList, ModelTimeout
 
 OnPiece = Callable[[str], None]
 _ESCAPES = {ord('"'): '"', ord("\\"): "\\", ord("/"): "/", ord("b"): " ", ord("f"): " ", ord("n"): " ", ord("r"): " ",
             ord("t"): " "}
 _HEX = set(b"0123456789abcdefABCDEF")
 _CONTROL = bytes(range(0x20)) + b"\x7f"
-
-
-@dataclass(slots=True)
-class ChoiceList:
-    """A JSON array whose items are picked from ``options`` (each already JSON: ``'"bearing_wear:high"'``, ``'1'``)."""
-
-    key: str
-    options: list[str]
-    min_items: int = 0
-    max_items: int = 1
-    # options whose text before this separator is the same exclude each other once one is chosen (one fault, one
-    # confidence word): the validation keeps only the first anyway, so a second would be passes for nothing
-    distinct_before: str | None = None
-
-
-@dataclass(slots=True)
-class AnswerForm:
-    """``{"<text_key>": "<written>", "<list key>": [<chosen>, ...], ...}``: one written string first, then lists."""
-
-    text_key: str = "summary"
-    min_chars: int = 1
-    max_chars: int = 120
-    max_tokens: int = 32
-    lists: list[ChoiceList] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AnswerForm":
-        return cls(**{**data, "lists": [ChoiceList(**x) for x in data.get("lists", [])]})
-
-    @classmethod
-    def from_schema(cls, schema: dict, max_tokens: int) -> "AnswerForm":
-        """The form of a JSON schema shaped like the diagnosis': a string property first, then arrays of enum items.
-
-        Raises ValueError for any other shape (the caller then uses the schema as a grammar).
-        """
-        props = schema.get("properties") or {}
-        keys = list(props)
-        if not keys or props[keys[0]].get("type") != "string" or "enum" in props[keys[0]]:
-            raise ValueError("the first property is not a free string")
-        text = props[keys[0]]
-        lists = []
-        for key in keys[1:]:
-            p = props[key]
-            if p.get("type") != "array":
-                raise ValueError(f"{key}: not an array")
-            items = p.get("items") or {}
-            enum = items.get("enum", [])
-            if items and not enum:
-                raise ValueError(f"{key}: items are not an enum")
-            max_items = min(int(p.get("maxItems", len(enum))), len(enum)) if enum else 0
-            lists.append(ChoiceList(key, [json.dumps(v, ensure_ascii=False) for v in enum],
-                                    min(int(p.get("minItems", 0)), max_items), max_items,
-                                    ":" if all(isinstance(v, str) and ":" in v for v in enum) and enum else None))
-        # the token bound comes first: a minimum length is kept within it (the quote is not allowed before)
-        return cls(keys[0], int(text.get("minLength", 0)), int(text.get("maxLength", 10_000)), max_tokens, lists)
 
 
 class JsonStringReader:
@@ -267,8 +212,6 @@ class FormDecoder:
 
     def _check_deadline(self) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline:
-            from factory_copilot.copilot.backends import ModelTimeout
-
             raise ModelTimeout("generation stopped at its deadline", "".join(self.out))
 
     def _sample(self, logits: np.ndarray, allowed: np.ndarray) -> int:
