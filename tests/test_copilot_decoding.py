@@ -50,6 +50,11 @@ def test_a_json_string_is_read_across_any_split_and_ends_at_its_quote():
     assert whole.feed(raw) == (text, end)  # in one piece or byte by byte: the same text, the same end
 
 
+def test_a_surrogate_pair_is_one_character_and_control_characters_go_as_the_diagnosis_drops_them():
+    text, end = read_bytewise(b'a\\ud83d\\ude00b \\ud83d\\nc\\bd\\fe\\u0001f\x02g"')
+    assert text == "a\U0001f600b  cdefg" and end is not None  # half a pair, alone, is dropped; \\n is a space
+
+
 def test_a_stray_escape_or_control_character_cannot_break_the_answer():
     text, end = read_bytewise(b'bad \\q escape\ttab \\u00zz and\x01 on"')
     assert end is not None and "\t" not in text and "\x01" not in text

@@ -78,6 +78,27 @@ async def test_runbook_first_then_model_with_streamed_tokens():
         task.cancel()
 
 
+async def test_the_operator_reads_a_servers_summary_as_the_diagnosis_shows_it():
+    """One JSON-string reader (decoding.JsonStringReader) streams the summary: escapes, a surrogate pair and control
+    characters come out as the diagnosis, parsed from the same JSON, says them."""
+    summary = 'Seal \\ud83d\\ude00 leak\\bing\\f at\\u0001 the\x01 \\"DE\\" end,\\u00e9\ttoo\\u000a!'
+    reply = '{"summary": "' + summary + '", "causes": ["bearing_wear:low"], "steps": []}'
+
+    class Server(LLMBackend):
+        name = "server"
+
+        def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None, **_):
+            for i in range(0, len(reply), 3):  # escapes cut anywhere
+                on_token and on_token(reply[i:i + 3])
+            return Reply(reply)
+
+    cop = Copilot(LINE, backend=Server())
+    streamed = []
+    d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=streamed.append)
+    assert d.source == "model" and d.summary == 'Seal \U0001f600 leaking at the "DE" end,\u00e9 too !'
+    assert " ".join("".join(streamed).split()) == d.summary
+
+
 async def test_without_a_model_only_the_runbook_diagnosis_goes_out():
     alarms, out = Buffer(10, "alarms"), Buffer(10, "diag")
     cop = Copilot(LINE, alarms=alarms, diagnoses=out)

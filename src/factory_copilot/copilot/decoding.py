@@ -32,7 +32,7 @@ import numpy as np
 from factory_copilot.copilot.language_model import AnswerForm, ChoiceList, ModelTimeout
 
 OnPiece = Callable[[str], None]
-_ESCAPES = {ord('"'): '"', ord("\\"): "\\", ord("/"): "/", ord("b"): " ", ord("f"): " ", ord("n"): " ", ord("r"): " ",
+_ESCAPES = {ord('"'): '"', ord("\\"): "\\", ord("/"): "/", ord("b"): "", ord("f"): "", ord("n"): " ", ord("r"): " ",
             ord("t"): " "}
 _HEX = set(b"0123456789abcdefABCDEF")
 _CONTROL = bytes(range(0x20)) + b"\x7f"
@@ -41,8 +41,10 @@ _CONTROL = bytes(range(0x20)) + b"\x7f"
 class JsonStringReader:
     """The text a JSON string body means, read as the model writes it (bytes, any split), and where it ends.
 
-    Escapes are decoded (an invalid one keeps its character, a lone surrogate is dropped) and line breaks and
-    other control characters become spaces: a summary is one line for the operator.
+    Escapes are decoded (an invalid one keeps its character, a surrogate pair is joined, a lone half dropped), line breaks and tabs
+    become spaces and other control characters are dropped: a summary is one line for the operator, and reads as
+    the diagnosis will show it (``diagnosis.model_diagnosis`` cleans the parsed JSON the same way). The station's
+    stream of a server's JSON (``SummaryStream``) reads it with this reader too.
     """
 
     def __init__(self) -> None:
@@ -50,6 +52,7 @@ class JsonStringReader:
         self.ended = False
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self._escape: bytes | None = None  # after a backslash: what of the escape has come so far
+        self._high: int | None = None  # a surrogate pair's first half, waiting for its second (the next escape)
 
     def feed(self, data: bytes) -> tuple[str, int | None]:
         """The new text in ``data``, and the index just past its closing quote (None while the string is open)."""
@@ -62,21 +65,29 @@ class JsonStringReader:
                 run.clear()
 
         for i, b in enumerate(data):
+            if self._escape is None and b != ord("\\"):
+                self._high = None  # a first half not followed by its second: dropped
             if self._escape is not None:
                 esc = self._escape + bytes([b])
                 if esc[0] == ord("u"):
                     if len(esc) > 1 and b not in _HEX:  # \u followed by no hex: drop the escape, read this byte afresh
-                        self._escape = None
+                        self._escape = self._high = None
                     elif len(esc) < 5:
                         self._escape = esc
                         continue
                     else:
                         self._escape = None
                         code = int(esc[1:].decode(), 16)
-                        out.append("" if 0xD800 <= code <= 0xDFFF else chr(code))
+                        high, self._high = self._high, None
+                        if 0xD800 <= code < 0xDC00:
+                            self._high = code
+                        elif not 0xDC00 <= code <= 0xDFFF:
+                            out.append(chr(code))
+                        elif high is not None:
+                            out.append(chr(0x10000 + ((high - 0xD800) << 10) + code - 0xDC00))
                         continue
                 else:
-                    self._escape = None
+                    self._escape = self._high = None
                     out.append(_ESCAPES.get(b, chr(b) if 0x20 <= b < 0x7F else ""))
                     continue
             if b == ord("\\"):
@@ -92,7 +103,7 @@ class JsonStringReader:
         return self._append(out), None
 
     def _append(self, out: list[str]) -> str:
-        new = "".join(" " if c < " " or c == "\x7f" else c for c in "".join(out))
+        new = "".join(" " if c in "\t\n\r" else c for c in "".join(out) if c in "\t\n\r" or " " <= c != "\x7f")
         self.text += new
         return new
 

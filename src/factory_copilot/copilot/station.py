@@ -37,10 +37,11 @@ from typing import Any, AsyncIterator, Callable
 from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.copilot.answers import runbook_answer
-from factory_copilot.copilot.language_model import AnswerForm, BackendError, LLMBackend, Messages, ModelTimeout, Reply
+from factory_copilot.copilot.decoding import JsonStringReader
 from factory_copilot.copilot.diagnosis import (DATA_SOURCE_KINDS, InvalidModelOutput, diagnosis_schema, model_diagnosis,
                                                 runbook_diagnosis)
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
+from factory_copilot.copilot.language_model import AnswerForm, BackendError, LLMBackend, Messages, ModelTimeout, Reply
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.plumbing.buffer import Buffer
@@ -103,64 +104,41 @@ class SummaryStream:
     """Turns the model's JSON, piece by piece, into the text of its first field (``summary``) for the operator.
 
     The schema puts the summary first, so the operator reads the model's words as they come while
-    the rest (ids the code renders) is still being written; JSON escapes are decoded on the way.
+    the rest (ids the code renders) is still being written; the string is read by ``decoding.JsonStringReader``.
     """
 
     def __init__(self, sink: TokenSink | None):
         self.sink = sink
         self.raw = ""
-        self.text = ""
         self.first_at: float | None = None
-        self._pos = -1  # index in raw where the summary's characters start; -1 not found yet
-        self._done = False
+        self._reader: JsonStringReader | None = None  # from the summary's opening quote on
+        self._closed = False
+
+    @property
+    def text(self) -> str:
+        return self._reader.text if self._reader is not None else ""
 
     def __call__(self, piece: str) -> None:
         self.raw += piece
-        if self._done:
+        if self._closed:
             return
-        if self._pos < 0:
+        if self._reader is None:
             m = _SUMMARY_KEY.search(self.raw)
             if not m:
                 return
-            self._pos = m.end()
-        out, i, raw = [], self._pos, self.raw
-        while i < len(raw):
-            c = raw[i]
-            if c == "\\":
-                if i + 1 >= len(raw):
-                    break
-                if raw[i + 1] == "u":
-                    if i + 6 > len(raw):
-                        break
-                    try:
-                        out.append(chr(int(raw[i + 2 : i + 6], 16)))
-                    except ValueError:
-                        pass
-                    i += 6
-                    continue
-                out.append({"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "/": "/"}.get(raw[i + 1], ""))
-                i += 2
-                continue
-            if c == '"':
-                self._done = True
-                i += 1
-                break
-            out.append(c)
-            i += 1
-        self._pos = i
-        # what the operator reads: line breaks as spaces, other control characters dropped (as the diagnosis does)
-        new = "".join(" " if c in "\t\n\r" else c for c in out if c in "\t\n\r" or (c >= " " and c != "\x7f"))
+            self._reader, piece = JsonStringReader(), self.raw[m.end():]
+        if self._reader.ended:
+            return
+        new, _ = self._reader.feed(piece.encode())
         if new:
             if self.first_at is None:
                 self.first_at = time.perf_counter()
-            self.text += new
             if self.sink:
                 self.sink(new)
 
-
     def close(self) -> None:
         """The summary is over (what is pending, a cut escape, is dropped)."""
-        self._done = True
+        self._closed = True
 
 
 _SUMMARY_KEY = re.compile(r'"summary"\s*:\s*"')
@@ -168,15 +146,6 @@ SUMMARY_OPEN = '{"summary":"'
 # one short sentence (the summary's character bound is the schema's); a model that has not closed it by then is cut.
 # Every token is a forward pass (~0.16 CPU-seconds for the 1.5B on one thread): this bounds the answer's time
 SUMMARY_TOKENS = 32
-
-
-def json_string_body(raw: str) -> str:
-    """Freely written summary text made a valid JSON string body (a cut escape removed, control characters spaced)."""
-    raw = re.sub(r"\\u[0-9a-fA-F]{0,3}$", "", raw)
-    if (len(raw) - len(raw.rstrip("\\"))) % 2:
-        raw = raw[:-1]  # an escape cut in half by the stop or the token limit
-    # line breaks as spaces, other control characters dropped: as the operator saw it stream (no quote: it stopped there)
-    return "".join(" " if c in "\t\n\r" else c for c in raw if c in "\t\n\r" or c >= " ")
 
 
 def _gbnf(text: str) -> str:
@@ -469,7 +438,8 @@ class Copilot:
         summary(SUMMARY_OPEN)
         first = await self._generate(messages, None, SUMMARY_TOKENS, summary, prefill=SUMMARY_OPEN, stop=['"'])
         summary.close()  # the summary ended at its quote (or the token limit); a cut escape is dropped
-        choices = SUMMARY_OPEN + json_string_body(first.text) + '","causes":["'
+        # the summary as the operator read it, encoded again: a stray escape of the model cannot break the JSON
+        choices = SUMMARY_OPEN + json.dumps(summary.text, ensure_ascii=False)[1:-1] + '","causes":["'
         rest = await self._generate(messages, None, 48, None, self.timeout_s - (time.monotonic() - started),
                                     prefill=choices, grammar=choice_grammar(list(self.faults), pack.step_labels()))
         stats = {**rest.stats, "ttft_s": first.stats.get("ttft_s", 0.0),
