@@ -4,7 +4,8 @@
 * no station imports another station's private names (``_name``);
 * no import loop among the runtime's modules, not even through an import inside a function;
 * the service starts without loading the heavy parts only some commands use (streamlit, matplotlib,
-  tqdm, the simulator, the MCP SDK and its web server, the PDF library).
+  tqdm, the simulator, the MCP SDK and its web server, the PDF library);
+* the command line imports the simulator for its own commands only (``run --help`` loads none of it).
 """
 
 from __future__ import annotations
@@ -150,6 +151,48 @@ def test_the_service_starts_without_the_heavy_parts_it_does_not_use(entry):
     code = f"import sys, {entry}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
+
+
+CLI = """
+import sys
+from factory_copilot.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("imported:", *sorted(sys.modules), file=sys.stderr)
+"""
+
+
+def imported_by(*argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """``factory-copilot ARGV`` in a fresh interpreter, and every module it had imported at the end (sys.modules:
+    ``-X importtime`` misses the modules the CLI loads with importlib)."""
+    ran = subprocess.run([sys.executable, "-c", CLI, *argv], capture_output=True, text=True, timeout=120)
+    return ran, set(ran.stderr.rpartition("imported: ")[2].split())
+
+
+def test_run_and_the_other_commands_of_a_real_line_import_no_simulator_module():
+    """docs/architecture.md: the runtime never imports the simulator; the command line did, for every command."""
+    ran, modules = imported_by("run", "--help")
+    assert ran.returncode == 0 and ran.stdout.startswith("usage: factory-copilot run"), ran.stderr[-2000:]
+    assert "factory_copilot.service" in modules and [m for m in modules if m.split(".")[0] == "simulators"] == []
+    ran, modules = imported_by("demo", "--help")  # the simulator's own command loads it (the check above can see it)
+    assert ran.returncode == 0 and "simulators.demo" in modules
+    ran, _ = imported_by("--help")  # and the list of commands still has them all
+    assert " simulate " in ran.stdout and " demo " in ran.stdout
+
+
+def test_the_cli_knows_which_commands_the_simulator_registers():
+    import argparse
+    import importlib
+
+    from factory_copilot.cli import COMMANDS, SIMULATOR
+
+    assert [p for p in COMMANDS if p.split(".")[0] == "simulators"] == list(SIMULATOR)
+    for path, names in SIMULATOR.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(path).register(sub)
+        assert tuple(sub.choices) == names, path
 
 
 def test_one_list_of_commands_for_the_engine_the_schema_and_the_dashboard():
