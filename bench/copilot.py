@@ -151,7 +151,7 @@ def bench(size: str, path: Path, threads: int, rounds: int, ways: list[str]) -> 
     restarted = LlamaCppBackend(path, n_ctx=4096, n_threads=threads, seed=1, state_dir=states["prefix"])
     t = time.perf_counter()
     restarted.load()
-    stats = restarted.warm(copilot_for(restarted, "air_leak", "x")[0].system, STEM)
+    stats = restarted.warm(copilot_for(restarted, "air_leak", "x")[0].system, STEM).stats
     print(f"{tag} restart: load + prefix restored from disk {time.perf_counter() - t:.2f} s (restore "
           f"{stats['warm_s']:.2f} s, {stats['prefix_tokens']:.0f} tokens; with the steps' text in the data block the "
           f"prefix is {prefix['block']} tokens)")
@@ -169,7 +169,7 @@ def bench(size: str, path: Path, threads: int, rounds: int, ways: list[str]) -> 
         cop.two_steps = way == "two-steps"
         if not cop.forms:  # under a grammar the summary keeps its character bound (the grammar fills it)
             cop.schema = diagnosis_schema(faults=list(cop.faults))
-        b.last_prefix_tokens = b.warm(cop.system, STEM)["prefix_tokens"]
+        b.last_prefix_tokens = b.warm(cop.system, STEM).stats["prefix_tokens"]
         # (every way starts from the restored prefix, never from the previous way's prompt)
         return diagnose(cop, alarm)
 

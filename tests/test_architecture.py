@@ -2,9 +2,10 @@
 
 * the runtime imports nothing from the simulator, the tests, the benchmarks or the dashboard;
 * no station imports another station's private names (``_name``);
-* no import loop among the runtime's modules, and no import hidden in a function to dodge one;
+* no import loop among the runtime's modules, not even through an import inside a function;
 * the service starts without loading the heavy parts only some commands use (streamlit, matplotlib,
-  tqdm, the simulator, the MCP SDK and its web server, the PDF library).
+  tqdm, the simulator, the MCP SDK and its web server, the PDF library);
+* the command line imports the simulator for its own commands only (``run --help`` loads none of it).
 """
 
 from __future__ import annotations
@@ -70,55 +71,78 @@ def test_no_station_imports_another_stations_private_names():
     assert found == []
 
 
-def _graph(top_level_only: bool) -> dict[str, set[str]]:
+def _graph() -> dict[str, dict[str, str]]:
+    """module -> {module it imports: where (file:line, and "in a function" unless at top level)}."""
     known = {module_name(p) for p in runtime_files()}
-    graph: dict[str, set[str]] = {m: set() for m in known}
+    graph: dict[str, dict[str, str]] = {m: {} for m in known}
     for p in runtime_files():
         me = module_name(p)
-        for mod, names, top, _ in imports(p):
-            if top_level_only and not top:
-                continue
+        for mod, names, top, line in imports(p):
             for target in [f"{mod}.{n}" for n in names] + [mod]:
                 if target in known and target != me:
-                    graph[me].add(target)
+                    where = f"{p.relative_to(ROOT)}:{line}" + ("" if top else ", in a function")
+                    graph[me].setdefault(target, where)
                     break
     return graph
 
 
-def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
-    seen, todo = set(), [start]
-    while todo:
-        m = todo.pop()
-        if m == goal:
-            return True
-        if m not in seen:
-            seen.add(m)
-            todo += graph.get(m, ())
-    return False
+def import_loops(graph: dict[str, dict[str, str]]) -> list[str]:
+    """One loop per knot of modules that import each other (strongly connected), named with each import's place."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    knots: list[set[str]] = []
 
-
-def test_no_import_loop_among_the_runtime_modules():
-    graph = _graph(top_level_only=True)
-    loops = sorted({" -> ".join(sorted((a, b))) for a, targets in graph.items() for b in targets
-                    if _reaches(graph, b, a) and not a.startswith(b + ".") and not b.startswith(a + ".")})
-    assert loops == []
-
-
-def test_no_import_is_hidden_in_a_function_to_dodge_a_loop():
-    graph = _graph(top_level_only=True)
-    known = set(graph)
-    found = []
-    for p in runtime_files():
-        me = module_name(p)
-        for mod, names, top, line in imports(p):
-            if top:
-                continue
-            for target in [f"{mod}.{n}" for n in names] + [mod]:
-                if target in known and target != me:
-                    if _reaches(graph, target, me):
-                        found.append(f"{p.relative_to(ROOT)}:{line} imports {target} inside a function: a loop")
+    def visit(m: str) -> None:  # Tarjan's strongly connected components
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        for t in graph[m]:
+            if t not in index:
+                visit(t)
+                low[m] = min(low[m], low[t])
+            elif t in stack:
+                low[m] = min(low[m], index[t])
+        if low[m] == index[m]:
+            knot = set()
+            while True:
+                t = stack.pop()
+                knot.add(t)
+                if t == m:
                     break
-    assert found == []
+            if len(knot) > 1:
+                knots.append(knot)
+
+    for m in sorted(graph):
+        if m not in index:
+            visit(m)
+    loops = []
+    for knot in knots:
+        start = min(knot)
+        came: dict[str, str] = {}
+        todo = [start]
+        while start not in came:  # breadth first: the shortest way back to the start within the knot
+            m = todo.pop(0)
+            for t in sorted(graph[m]):
+                if t in knot and t not in came:
+                    came[t] = m
+                    todo.append(t)
+        path = [start]
+        while came[path[-1]] != start:
+            path.append(came[path[-1]])
+        path = [start] + path[:0:-1] + [start]
+        loops.append(" -> ".join(f"{a} ({graph[a][b]})" for a, b in zip(path, path[1:])) + f" -> {start}")
+    return sorted(loops)
+
+
+def test_no_import_loop_among_the_runtime_modules_not_even_through_an_import_in_a_function():
+    """Every import counts, the ones inside functions too: a lazy import hides a loop from Python, not from the reader."""
+    assert import_loops(_graph()) == []
+
+
+def test_the_loop_finder_sees_a_loop_through_imports_in_functions():
+    graph = {"a": {"b": "a.py:3, in a function"}, "b": {"c": "b.py:1"}, "c": {"a": "c.py:9, in a function"}, "d": {}}
+    assert import_loops(graph) == ["a (a.py:3, in a function) -> b (b.py:1) -> c (c.py:9, in a function) -> a"]
+    assert import_loops({"a": {"b": "a.py:1"}, "b": {}}) == []
 
 
 @pytest.mark.parametrize("entry", ["factory_copilot.service", "factory_copilot.cli"])
@@ -127,6 +151,48 @@ def test_the_service_starts_without_the_heavy_parts_it_does_not_use(entry):
     code = f"import sys, {entry}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
+
+
+CLI = """
+import sys
+from factory_copilot.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("imported:", *sorted(sys.modules), file=sys.stderr)
+"""
+
+
+def imported_by(*argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """``factory-copilot ARGV`` in a fresh interpreter, and every module it had imported at the end (sys.modules:
+    ``-X importtime`` misses the modules the CLI loads with importlib)."""
+    ran = subprocess.run([sys.executable, "-c", CLI, *argv], capture_output=True, text=True, timeout=120)
+    return ran, set(ran.stderr.rpartition("imported: ")[2].split())
+
+
+def test_run_and_the_other_commands_of_a_real_line_import_no_simulator_module():
+    """docs/architecture.md: the runtime never imports the simulator; the command line did, for every command."""
+    ran, modules = imported_by("run", "--help")
+    assert ran.returncode == 0 and ran.stdout.startswith("usage: factory-copilot run"), ran.stderr[-2000:]
+    assert "factory_copilot.service" in modules and [m for m in modules if m.split(".")[0] == "simulators"] == []
+    ran, modules = imported_by("demo", "--help")  # the simulator's own command loads it (the check above can see it)
+    assert ran.returncode == 0 and "simulators.demo" in modules
+    ran, _ = imported_by("--help")  # and the list of commands still has them all
+    assert " simulate " in ran.stdout and " demo " in ran.stdout
+
+
+def test_the_cli_knows_which_commands_the_simulator_registers():
+    import argparse
+    import importlib
+
+    from factory_copilot.cli import COMMANDS, SIMULATOR
+
+    assert [p for p in COMMANDS if p.split(".")[0] == "simulators"] == list(SIMULATOR)
+    for path, names in SIMULATOR.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(path).register(sub)
+        assert tuple(sub.choices) == names, path
 
 
 def test_one_list_of_commands_for_the_engine_the_schema_and_the_dashboard():

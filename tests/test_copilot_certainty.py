@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from factory_copilot.copilot import Copilot
+from factory_copilot.copilot import Copilot, LLMBackend, Reply
 from factory_copilot.copilot.diagnosis import DATA_SOURCE
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.records import AlarmEvent, AlarmState
@@ -101,13 +101,13 @@ def test_lost_data_on_the_compressor_station_says_check_the_source(tmp_path):
 async def test_a_data_quality_alarm_queues_no_model_job(line):
     calls = []
 
-    class Instant:
+    class Instant(LLMBackend):
         name = "instant"
 
         def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None):
             if max_tokens > 1:
                 calls.append(schema is not None)
-            return '{"summary": "The valve.", "causes": ["outlet_valve_partly_closed:high"], "steps": []}'
+            return Reply('{"summary": "The valve.", "causes": ["outlet_valve_partly_closed:high"], "steps": []}')
 
     alarms, out = Buffer(10, "alarms"), Buffer(10, "diag")
     cop = Copilot(line, backend=Instant(), alarms=alarms, diagnoses=out)

@@ -50,6 +50,11 @@ def test_a_json_string_is_read_across_any_split_and_ends_at_its_quote():
     assert whole.feed(raw) == (text, end)  # in one piece or byte by byte: the same text, the same end
 
 
+def test_a_surrogate_pair_is_one_character_and_control_characters_go_as_the_diagnosis_drops_them():
+    text, end = read_bytewise(b'a\\ud83d\\ude00b \\ud83d\\nc\\bd\\fe\\u0001f\x02g"')
+    assert text == "a\U0001f600b  cdefg" and end is not None  # half a pair, alone, is dropped; \\n is a space
+
+
 def test_a_stray_escape_or_control_character_cannot_break_the_answer():
     text, end = read_bytewise(b'bad \\q escape\ttab \\u00zz and\x01 on"')
     assert end is not None and "\t" not in text and "\x01" not in text
@@ -103,7 +108,7 @@ async def test_the_model_writes_the_summary_and_chooses_the_ids_the_json_is_give
     jsonschema.validate(answer, cop.schema_for(pack))  # what a grammar would have allowed
     faults = [c.partition(":")[0] for c in answer["causes"]]
     assert len(set(faults)) == len(faults) and len(set(answer["steps"])) == len(answer["steps"])  # nothing said twice
-    stats = backend.last_stats
+    stats = cop.last_timing  # what the backend measured of the answer
     # every pass wrote or chose something; the JSON between (keys, quotes, brackets) never cost one
     assert stats["passes"] < stats["completion_chunks"]
     assert stats["context_tokens"] > stats["completion_chunks"] and d.dropped_citations == 0
@@ -132,7 +137,7 @@ async def test_the_warm_prefix_reaches_into_the_data_block(backend):
     stem_tokens = llama.tokenize(stem.encode(), add_bos=True, special=True)
     assert llama.input_ids[: llama.n_tokens].tolist() == stem_tokens
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-warm"))
-    assert d.source == "model" and backend.last_stats["cached_tokens"] == len(stem_tokens)  # only the alarm's own part was new
+    assert d.source == "model" and cop.last_timing["cached_tokens"] == len(stem_tokens)  # only the alarm's own part was new
 
 
 def test_the_child_process_answers_in_the_form_too(tiny_qwen):
@@ -144,7 +149,7 @@ def test_the_child_process_answers_in_the_form_too(tiny_qwen):
         pieces: list[str] = []
         d = asyncio.run(cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=pieces.append))
         assert d.source == "model", d.fallback_reason
-        assert model.last_stats["passes"] < model.last_stats["completion_chunks"]
+        assert cop.last_timing["passes"] < cop.last_timing["completion_chunks"]
         assert " ".join("".join(pieces).split()) == d.summary
     finally:
         model.close()
@@ -242,7 +247,7 @@ async def test_the_threads_are_asked_again_before_every_pass(backend, monkeypatc
     cop = bearing_copilot(backend)
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-threads"))
     assert d.source == "model", d.fallback_reason
-    stats = backend.last_stats
+    stats = cop.last_timing
     assert len(asked) == stats["passes"] > 2  # once per forward pass, the prompt's included
     assert stats["threads_batch"] == 1.0  # the prompt ran on what was asked first
     later = [g for g, _ in asked[1:]]

@@ -20,7 +20,7 @@ from factory_copilot.alarms.text import alarm_text
 from factory_copilot.catalogue import faults_of
 from factory_copilot.cli import main
 from factory_copilot.config import load_line
-from factory_copilot.copilot import Copilot
+from factory_copilot.copilot import Copilot, LLMBackend, Reply
 from factory_copilot.copilot.knowledge import check_knowledge
 from factory_copilot.copilot.prompt import diagnosis_messages, question_messages
 from factory_copilot.records import Anomaly
@@ -105,7 +105,7 @@ def test_an_out_of_catalogue_fault_is_explained_as_unknown_with_evidence(line):
     assert not d.steps  # no runbook covers it: no steps are invented
 
 
-class Replies:
+class Replies(LLMBackend):
     name = "scripted"
 
     def __init__(self, reply: dict):
@@ -114,7 +114,7 @@ class Replies:
     def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None):
         for i in range(0, len(self.reply), 8):
             on_token and on_token(self.reply[i:i + 8])
-        return self.reply
+        return Reply(self.reply)
 
 
 async def test_the_model_may_say_unknown_and_the_code_shows_the_evidence(line):

@@ -8,7 +8,7 @@ import threading
 
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.copilot import Copilot
+from factory_copilot.copilot import Copilot, LLMBackend, Reply
 from factory_copilot.records import AlarmEvent, AlarmState, DiagnosisChunk
 from tests.support.copilot import alarm_for, ramp
 
@@ -17,7 +17,7 @@ SUMMARY = 'Bearing "wear" on the pump\nat 5.9 mm/s — check grease.'
 REPLY = json.dumps({"summary": SUMMARY, "causes": ["bearing_wear:medium"], "steps": [1]})
 
 
-class GatedBackend:
+class GatedBackend(LLMBackend):
     """A model that answers only when the test opens the gate, so the test sees what went out before it."""
 
     name = "gated"
@@ -29,7 +29,18 @@ class GatedBackend:
         assert self.gate.wait(30)
         for i in range(0, len(REPLY), 10):
             on_token and on_token(REPLY[i:i + 10])
-        return REPLY
+        return Reply(REPLY)
+
+
+def test_every_backend_is_an_llm_backend_with_what_its_flags_promise():
+    """The station calls the protocol's members and nothing else: each backend implements them (issue 21)."""
+    from factory_copilot.copilot import LlamaCppBackend, LocalModel, OpenAIBackend
+
+    for cls in (LlamaCppBackend, LocalModel, OpenAIBackend):
+        assert LLMBackend in cls.__mro__ and cls.chat is not LLMBackend.chat, cls
+        assert (cls.answer is not LLMBackend.answer) == cls.supports_forms, cls  # a form where it says so, only there
+    assert LlamaCppBackend.warm is not LLMBackend.warm and LocalModel.warm is not LLMBackend.warm  # from disk
+    assert LocalModel.close is not LLMBackend.close  # its child process
 
 
 async def next_item(buffer: Buffer, timeout: float = 20):
@@ -67,6 +78,27 @@ async def test_runbook_first_then_model_with_streamed_tokens():
         task.cancel()
 
 
+async def test_the_operator_reads_a_servers_summary_as_the_diagnosis_shows_it():
+    """One JSON-string reader (decoding.JsonStringReader) streams the summary: escapes, a surrogate pair and control
+    characters come out as the diagnosis, parsed from the same JSON, says them."""
+    summary = 'Seal \\ud83d\\ude00 leak\\bing\\f at\\u0001 the\x01 \\"DE\\" end,\\u00e9\ttoo\\u000a!'
+    reply = '{"summary": "' + summary + '", "causes": ["bearing_wear:low"], "steps": []}'
+
+    class Server(LLMBackend):
+        name = "server"
+
+        def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None, **_):
+            for i in range(0, len(reply), 3):  # escapes cut anywhere
+                on_token and on_token(reply[i:i + 3])
+            return Reply(reply)
+
+    cop = Copilot(LINE, backend=Server())
+    streamed = []
+    d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=streamed.append)
+    assert d.source == "model" and d.summary == 'Seal \U0001f600 leaking at the "DE" end,\u00e9 too !'
+    assert " ".join("".join(streamed).split()) == d.summary
+
+
 async def test_without_a_model_only_the_runbook_diagnosis_goes_out():
     alarms, out = Buffer(10, "alarms"), Buffer(10, "diag")
     cop = Copilot(LINE, alarms=alarms, diagnoses=out)
@@ -84,7 +116,7 @@ async def test_without_a_model_only_the_runbook_diagnosis_goes_out():
     assert out.qsize() == 0
 
 
-class TwoStepBackend:
+class TwoStepBackend(LLMBackend):
     """A llama.cpp-like backend that continues a prefilled answer: records what it was asked for each step."""
 
     name = "two-step"
@@ -99,7 +131,7 @@ class TwoStepBackend:
         text = 'Vibration up \\u00b1 2\\nat the DE bearing\\' if not grammar else 'bearing_wear:high","unknown:low"],"steps":[2,2]}'
         for i in range(0, len(text), 5):
             on_token and on_token(text[i:i + 5])
-        return text
+        return Reply(text)
 
 
 async def test_two_steps_the_summary_freely_then_the_choices_under_a_grammar():
@@ -154,7 +186,7 @@ class Clock:
         return self.t
 
 
-class OneAtATime:
+class OneAtATime(LLMBackend):
     """A model the test lets answer one call at a time: between calls the test reads the queue and what went out."""
 
     name = "one-at-a-time"
@@ -166,13 +198,13 @@ class OneAtATime:
 
     def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None):
         if max_tokens == 1:
-            return "ok"  # the warm-up
+            return Reply("ok")  # the warm-up
         self.calls.append("answer" if schema is None else "diagnosis")
         self.started.release()
         assert self.go.acquire(timeout=30)
         text = "Check the suction strainer first." if schema is None else REPLY
         on_token and on_token(text)
-        return text
+        return Reply(text)
 
     async def next_call(self) -> str:
         assert await asyncio.to_thread(self.started.acquire, True, 30), "the model got no call"
@@ -259,13 +291,13 @@ async def test_a_folded_consequence_and_a_re_alarm_of_the_same_situation_queue_n
 
     calls = []
 
-    class Instant:
+    class Instant(LLMBackend):
         name = "instant"
 
         def chat(self, messages, schema=None, max_tokens=512, on_token=None, timeout_s=None):
             if max_tokens > 1:  # not the warm-up
                 calls.append(schema is not None)
-            return REPLY
+            return Reply(REPLY)
 
     alarms, out = Buffer(100, "alarms"), Buffer(100, "diag")
     cop = Copilot(LINE, backend=Instant(), alarms=alarms, diagnoses=out)

@@ -52,11 +52,11 @@ def test_tiny_model_loads_fast_with_the_chat_template_from_the_file(tiny_qwen, b
     assert llama.chat_format == "chat_template.default"  # the template came from the GGUF, not a built-in guess
     assert "<|im_start|>" in llama.metadata["tokenizer.chat_template"]
     messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello"}]
-    backend.chat(messages, max_tokens=1)
+    reply = backend.chat(messages, max_tokens=1)
     rendered = "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
     prompt_tokens = llama.tokenize(rendered.encode(), add_bos=False, special=True)
     assert prompt_tokens[0] == llama.tokenize(b"<|im_start|>", add_bos=False, special=True)[0]  # one control token
-    assert backend.last_stats["context_tokens"] - len(prompt_tokens) in (0, 1)  # prompt (+ the generated token)
+    assert reply.stats["context_tokens"] - len(prompt_tokens) in (0, 1)  # prompt (+ the generated token)
 
 
 async def test_schema_constrained_output_is_parsed_and_citations_checked(backend):
@@ -197,22 +197,22 @@ async def test_the_prompt_prefix_is_saved_to_disk_and_restored_after_a_restart(t
     state = tmp_path / "copilot"
     first = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
     cop = copilot_with(first)
-    assert await cop.warm_up() and first.last_stats["restored"] == 0.0
+    assert await cop.warm_up() and cop.warm_stats["restored"] == 0.0
     saved = list(state.glob("prefix-tiny-qwen-*.kv"))
     assert len(saved) == 1 and saved[0].stat().st_size > 1000
     # a restart: a new process would load the model again and find the prefix on disk
     second = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
     cop2 = copilot_with(second)
-    assert await cop2.warm_up() and second.last_stats["restored"] == 1.0
+    assert await cop2.warm_up() and cop2.warm_stats["restored"] == 1.0
     llama = second.load()
     prefix = llama.tokenize(f"<|im_start|>system\n{cop2.system}<|im_end|>\n".encode(), add_bos=False, special=True)
     assert list(llama._input_ids[: len(prefix)]) == prefix  # in the KV cache before any alarm
     d = await cop2.diagnose(alarm_for("product_pump", "bearing_wear", 0.7))
     assert d.source == "model", d.fallback_reason
-    assert second.last_stats["cached_tokens"] >= len(prefix)  # the alarm started from the restored prefix
+    assert cop2.last_timing["cached_tokens"] >= len(prefix)  # the alarm started from the restored prefix
     # another prompt (a changed line file) makes a new file and the stale one goes
     third = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
-    stats = third.warm(cop2.system + " Changed.")
+    stats = third.warm(cop2.system + " Changed.").stats
     assert stats["restored"] == 0.0 and list(state.glob("prefix-tiny-qwen-*.kv")) != saved
     assert len(list(state.glob("prefix-tiny-qwen-*.kv"))) == 1
     # a damaged file costs one warm-up, not the model
@@ -220,5 +220,5 @@ async def test_the_prompt_prefix_is_saved_to_disk_and_restored_after_a_restart(t
     only.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"tokens\": [1]}garbage")
     fourth = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)
     with caplog.at_level(logging.WARNING):
-        assert fourth.warm(cop2.system + " Changed.")["restored"] == 0.0
+        assert fourth.warm(cop2.system + " Changed.").stats["restored"] == 0.0
     assert "not usable" in caplog.text

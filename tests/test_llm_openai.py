@@ -10,7 +10,8 @@ import pytest
 
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot, OpenAIBackend
-from factory_copilot.copilot.backends import ModelTimeout, ModelUnavailable
+from factory_copilot.copilot.backends import BackendError, ModelTimeout, ModelUnavailable
+from factory_copilot.copilot.language_model import AnswerForm
 from factory_copilot.plumbing.broker import free_port
 from tests.support.copilot import alarm_for, ramp
 
@@ -87,9 +88,9 @@ def copilot(backend) -> Copilot:
 def test_streams_pieces_and_sends_the_schema(server):
     backend = OpenAIBackend(server.url, model="qwen2.5-1.5b-instruct", api_key="k")
     pieces: list[str] = []
-    text = backend.chat([{"role": "user", "content": "hi"}], schema={"type": "object"}, max_tokens=50,
-                        on_token=pieces.append)
-    assert text == REPLY and len(pieces) > 10 and "".join(pieces) == REPLY
+    reply = backend.chat([{"role": "user", "content": "hi"}], schema={"type": "object"}, max_tokens=50,
+                         on_token=pieces.append)
+    assert reply.text == REPLY and len(pieces) > 10 and "".join(pieces) == REPLY
     req = server.requests[0]
     assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer k"
     assert req["body"]["stream"] is True and req["body"]["max_tokens"] == 50
@@ -142,3 +143,20 @@ def test_a_stalled_stream_times_out():
         assert info.value.partial == REPLY[:14] and "".join(got) == REPLY[:14]
     finally:
         s.stop()
+
+
+async def test_a_server_is_warmed_with_one_token_and_refuses_what_it_cannot_do(server):
+    backend = OpenAIBackend(server.url)
+    cop = copilot(backend)
+    assert await cop.warm_up()  # the protocol's default: one token, so the server caches the system prompt
+    warm = server.requests[-1]["body"]
+    assert warm["max_tokens"] == 1 and warm["messages"][0] == {"role": "system", "content": cop.system}
+    assert not backend.supports_prefill and not backend.supports_forms and backend.model_path is None
+    backend.chat([{"role": "user", "content": "x"}], stop=['"'])
+    assert server.requests[-1]["body"]["stop"] == ['"']  # a server takes stop strings
+    sent = len(server.requests)
+    with pytest.raises(BackendError, match="no prefill"):
+        backend.chat([{"role": "user", "content": "x"}], prefill='{"summary":"')
+    with pytest.raises(BackendError, match="cannot answer in a form"):
+        backend.answer([{"role": "user", "content": "x"}], AnswerForm())
+    assert len(server.requests) == sent  # refused before anything went out

@@ -46,12 +46,12 @@ def model(tiny_qwen):
 
 def test_the_model_runs_in_a_child_and_streams_what_it_returns(model):
     pieces: list[str] = []
-    text = model.chat(HELLO, max_tokens=8, on_token=pieces.append)
-    assert pieces and "".join(pieces) == text
+    reply = model.chat(HELLO, max_tokens=8, on_token=pieces.append)
+    assert pieces and "".join(pieces) == reply.text
     assert model.pid is not None and model.pid != os.getpid()
-    assert model.last_stats["completion_chunks"] == len(pieces) and model.last_stats["context_tokens"] > 0
+    assert reply.stats["completion_chunks"] == len(pieces) and reply.stats["context_tokens"] > 0
     schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}, "required": ["a"]}
-    assert set(json.loads(model.chat(HELLO, schema=schema, max_tokens=40))) == {"a"}  # grammar-constrained there too
+    assert set(json.loads(model.chat(HELLO, schema=schema, max_tokens=40).text)) == {"a"}  # grammar-constrained there too
     pid = model.pid
     model.close()
     assert model.pid is None
@@ -64,12 +64,12 @@ def test_a_k_quant_model_like_the_published_qwen_runs_a_batched_prompt(tiny_q4_k
     m = LocalModel(tiny_q4_k_m, n_ctx=4096, n_threads=1)
     try:
         prompt = [{"role": "user", "content": "pump vibration rising while flow holds steady " * 40}]
-        m.chat(prompt, max_tokens=2)
+        stats = m.chat(prompt, max_tokens=2).stats
     except ModelUnavailable as exc:
         pytest.fail(f"this machine's llama-cpp-python cannot run a Q4_K_M model: {exc}")
     finally:
         m.close()
-    assert m.last_stats["context_tokens"] > 200 and m.crashes == 0
+    assert stats["context_tokens"] > 200 and m.crashes == 0
 
 
 def kill_on_first_token(model: LocalModel, sig: signal.Signals):
@@ -92,7 +92,7 @@ def test_a_crash_is_reported_by_its_signal_and_the_next_call_starts_a_new_worker
     [first] = crash.killed
     assert "illegal instruction" in str(err.value) and "-mno-amx-tile" in str(err.value)
     assert any("SIGILL" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
-    assert model.chat(HELLO, max_tokens=2)  # a new worker
+    assert model.chat(HELLO, max_tokens=2).text  # a new worker
     assert model.pid != first and model.crashes == 1
 
 
@@ -131,7 +131,7 @@ def test_a_worker_that_stops_answering_is_killed_at_its_deadline_and_replaced(mo
         model.chat(HELLO, max_tokens=4, timeout_s=0.5)
     with pytest.raises(ProcessLookupError):
         os.kill(stuck, 0)
-    assert model.chat(HELLO, max_tokens=2) and model.pid != stuck
+    assert model.chat(HELLO, max_tokens=2).text and model.pid != stuck
     assert model.crashes == 0  # a hang is a timeout, not a crash
 
 
@@ -148,7 +148,7 @@ def test_closing_stops_a_worker_mid_answer_without_counting_a_crash(model):
     with pytest.raises(ProcessLookupError):
         os.kill(pids[0], 0)
     assert model.crashes == 0
-    assert model.chat(HELLO, max_tokens=2) and model.pid not in (None, pids[0])  # a later call starts afresh
+    assert model.chat(HELLO, max_tokens=2).text and model.pid not in (None, pids[0])  # a later call starts afresh
 
 
 def test_a_missing_or_broken_file_is_one_clear_error(models_dir, caplog):
@@ -174,13 +174,13 @@ def test_the_worker_restores_the_prompt_prefix_a_former_worker_saved(tiny_qwen, 
     system = Copilot(LINE).system
     first = LocalModel(tiny_qwen, n_ctx=4096, n_threads=1, state_dir=str(tmp_path))
     try:
-        assert first.warm(system)["restored"] == 0.0
+        assert first.warm(system).stats["restored"] == 0.0
     finally:
         first.close()
     second = LocalModel(tiny_qwen, n_ctx=4096, n_threads=1, state_dir=str(tmp_path))  # the service restarted
     try:
-        stats = second.warm(system)
+        stats = second.warm(system).stats
         assert stats["restored"] == 1.0 and stats["prefix_tokens"] > 100
-        assert second.chat(HELLO, max_tokens=2)  # and it answers from there
+        assert second.chat(HELLO, max_tokens=2).text  # and it answers from there
     finally:
         second.close()

@@ -1,7 +1,9 @@
 """The ``factory-copilot`` command: one sub-command per job, each defined beside the station it drives.
 
 Every module listed in COMMANDS has ``register(subparsers)`` that adds its
-sub-command(s) and sets ``func`` (sync or async) on the parser.
+sub-command(s) and sets ``func`` (sync or async) on the parser. The simulator's modules (``SIMULATOR``, outside the
+runtime package) are imported only for their own commands and for the list of them all (``--help``): ``run``
+and the other commands of a real line never load the simulator.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ COMMANDS: list[str] = [
     "factory_copilot.shift.cli",
     "factory_copilot.agents.cli",
 ]
+# the simulator's modules in COMMANDS, and the sub-commands each registers (tests/test_architecture.py checks them)
+SIMULATOR: dict[str, tuple[str, ...]] = {"simulators.cli": ("simulate",), "simulators.demo": ("demo",)}
 
 
 def command() -> str:
@@ -64,7 +68,36 @@ def parse_user(text: str) -> tuple[str, str]:
     return name, password
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (the arguments after the program name): without the simulator's modules unless
+    ``argv`` names one of their commands, or none (the list of commands), or one the others do not know (the error
+    lists them all). ``argv`` None: every command."""
+    command = _command_in(argv) if argv is not None else None
+    if command is None or any(command in names for names in SIMULATOR.values()):
+        return _parser(with_simulator=True)
+    parser = _parser(with_simulator=False)
+    if command not in _subcommands(parser):
+        return _parser(with_simulator=True)
+    return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The sub-command ``argv`` names, read past the options that come before it (None if it names none); a misread
+    (an abbreviated option) is no command the others know, so it costs the simulator's import, not the command."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--log-level":
+            next(args, None)  # its value
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _parser(with_simulator: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="factory-copilot", description="Factory Copilot: an edge copilot for factory-line diagnostics."
     )
@@ -75,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="structured JSON log lines (for services)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for path in COMMANDS:
-        importlib.import_module(path).register(sub)
+        if with_simulator or path not in SIMULATOR:
+            importlib.import_module(path).register(sub)
     return parser
 
 
@@ -99,7 +133,8 @@ def report_command(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

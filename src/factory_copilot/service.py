@@ -28,7 +28,7 @@ from factory_copilot.alarms.station import AlarmStation
 from factory_copilot.collect.replay import ReplayClock
 from factory_copilot.collect.station import CollectStation
 from factory_copilot.config import LineConfig, MqttConnection, ServicePaths, load_line
-from factory_copilot.copilot.backends import LLMBackend
+from factory_copilot.copilot.language_model import LLMBackend
 from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.copilot.station import Copilot
 from factory_copilot.detect.persist import ModelMismatchError, TrainedDetector, load_detector

@@ -1,12 +1,8 @@
-"""Language-model backends behind one small interface: in-process llama.cpp (GGUF) or an OpenAI-compatible server.
+"""The language-model backends: in-process llama.cpp (GGUF) and an OpenAI-compatible server, each an ``LLMBackend``.
 
-``chat(messages, schema=None, max_tokens=..., on_token=None, timeout_s=None) -> str``
-returns the reply text, calls ``on_token`` with each piece as it is generated,
-and raises ``ModelUnavailable`` (no/broken model or server: logged once),
-``ModelTimeout`` (generation stopped at the deadline) or ``BackendError``. Calls
-are blocking; the station runs them in a worker thread. The llama.cpp backend
-holds one model instance per file and serialises calls with a lock, so
-concurrent alarms queue instead of fighting over one context.
+What a backend offers the station, returns and raises is ``language_model.py``'s protocol. Calls are blocking; the
+station runs them in a worker thread. The llama.cpp backend holds one model instance per file and serialises calls
+with a lock, so concurrent alarms queue instead of fighting over one context.
 """
 
 from __future__ import annotations
@@ -21,35 +17,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
+
+from factory_copilot.copilot.decoding import FormDecoder, Sampling, Vocabulary, says_something
+from factory_copilot.copilot.language_model import (AnswerForm, BackendError, LLMBackend, Messages, ModelTimeout,
+                                                    ModelUnavailable, OnToken, Reply)
+
+__all__ = ["BackendError", "LLMBackend", "LlamaCppBackend", "ModelTimeout", "ModelUnavailable", "OnToken",
+           "OpenAIBackend", "Reply"]
 
 log = logging.getLogger(__name__)
-
-OnToken = Callable[[str], None]
-
-
-class BackendError(RuntimeError):
-    reason = "backend error"
-
-
-class ModelUnavailable(BackendError):
-    reason = "model unavailable"
-
-
-class ModelTimeout(BackendError):
-    reason = "timeout"
-
-    def __init__(self, message: str, partial: str = ""):
-        super().__init__(message)
-        self.partial = partial
-
-
-class LLMBackend(Protocol):
-    name: str
-
-    def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
-             on_token: OnToken | None = None, timeout_s: float | None = None) -> str: ...
-
 
 FREE_MIN_TOKENS = 4  # a free answer's tokens before it may end its turn
 
@@ -146,8 +123,11 @@ class OnePerModelFile:
             return OnePerModelFile._instances[key]
 
 
-class LlamaCppBackend(OnePerModelFile):
+class LlamaCppBackend(OnePerModelFile, LLMBackend):
     """A GGUF model in this process via llama-cpp-python; the chat template comes from the model file."""
+
+    supports_prefill = True  # chat() can continue a started answer (prefill), stop at a string, follow a GBNF grammar
+    supports_forms = True  # answer(): the diagnosis' JSON written, chosen and given (decoding.py), no grammar
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, n_batch: int = 512, temperature: float = 0.2, seed: int = 0,
@@ -165,17 +145,16 @@ class LlamaCppBackend(OnePerModelFile):
         self.n_threads_batch = n_threads_batch
         self.flash_attn = flash_attn
         self._spare: SpareCores | None | bool = None  # False: not measurable here
-        self._vocabulary: Any = None
+        self._vocabulary: Vocabulary | None = None
         self.n_gpu_layers = n_gpu_layers
         self.n_batch = n_batch
         self.temperature = temperature
         self.seed = seed
         self._llama: Any = None
+        self._chat_formatter: Any = None  # the model's own chat template, compiled on first use
         self._failed: str | None = None
         self._lock = threading.Lock()  # one context: one generation at a time, the others wait their turn
         self.calls = 0
-        self.last_stats: dict[str, float] = {}
-        self.last_text = ""
 
     def load(self) -> Any:
         """Load the model once; a missing or broken file is logged in one line and raises ModelUnavailable."""
@@ -245,11 +224,9 @@ class LlamaCppBackend(OnePerModelFile):
         llama._ctx.set_n_threads(generation, batch)
         return batch
 
-    def vocabulary(self) -> Any:
+    def vocabulary(self) -> Vocabulary:
         """Each token's text and the masks the written answer needs (read once per model, ~0.2 s for Qwen's 152k)."""
         if self._vocabulary is None:
-            from factory_copilot.copilot.decoding import Vocabulary
-
             self._vocabulary = Vocabulary(self.load())
         return self._vocabulary
 
@@ -270,13 +247,13 @@ class LlamaCppBackend(OnePerModelFile):
                                                           {"role": "user", "content": user_prefix + mark}]).prompt
         return rendered[: rendered.index(mark)]
 
-    def warm(self, system: str, user_prefix: str = "") -> dict[str, float]:
+    def warm(self, system: str, user_prefix: str = "", timeout_s: float | None = None) -> Reply:
         """Have the fixed prefix in the KV cache: restored from disk if saved before, else computed and saved.
 
         The prefix is the prompt up to the user message's own part: the system prompt, the chat template's turn
         markers and ``user_prefix`` (what every user message starts with). llama.cpp's state (the KV cache of the
         prefix) is written with ``llama_state_get_data`` and its token ids, not with ``Llama.save_state``, which
-        would also copy a logits array of hundreds of MB.
+        would also copy a logits array of hundreds of MB. Runs to the end whatever ``timeout_s`` (it is one batch).
         """
         import llama_cpp
 
@@ -298,11 +275,11 @@ class LlamaCppBackend(OnePerModelFile):
                     llama.input_ids[: len(head["tokens"])] = head["tokens"]
                     llama.n_tokens = len(head["tokens"])
                     llama._requires_eval = True
-                    self.last_stats = {"restored": 1.0, "warm_s": time.perf_counter() - started,
-                                       "prefix_tokens": float(llama.n_tokens)}
+                    stats = {"restored": 1.0, "warm_s": time.perf_counter() - started,
+                             "prefix_tokens": float(llama.n_tokens)}
                     log.info("copilot prompt prefix restored from %s (%d tokens) in %.2f s", path, llama.n_tokens,
-                             self.last_stats["warm_s"])
-                    return self.last_stats
+                             stats["warm_s"])
+                    return Reply("", stats)
                 except Exception as exc:  # a stale or damaged file costs one warm-up, never the model
                     log.warning("copilot prompt prefix in %s not usable (%s); computing it again", path, exc)
                     llama.reset()
@@ -315,7 +292,7 @@ class LlamaCppBackend(OnePerModelFile):
                 llama.eval(tokens[llama.n_tokens :])
             except (ValueError, RuntimeError) as exc:
                 raise BackendError(f"llama.cpp: {exc}") from None
-            self.last_stats = {"restored": 0.0, "warm_s": time.perf_counter() - started, "prefix_tokens": float(llama.n_tokens)}
+            stats = {"restored": 0.0, "warm_s": time.perf_counter() - started, "prefix_tokens": float(llama.n_tokens)}
             if path is not None:
                 try:
                     size = llama_cpp.llama_state_get_size(llama._ctx.ctx)
@@ -331,12 +308,10 @@ class LlamaCppBackend(OnePerModelFile):
                             old.unlink(missing_ok=True)
                 except OSError as exc:
                     log.warning("copilot prompt prefix not saved to %s: %s", path, exc)
-            return self.last_stats
-
-    supports_prefill = True  # chat() can continue a started answer (prefill), stop at a string, follow a GBNF grammar
+            return Reply("", stats)
 
     def _formatter(self, llama: Any) -> Any:
-        if getattr(self, "_chat_formatter", None) is None:  # the model's own chat template, compiled once
+        if self._chat_formatter is None:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             eos = llama.detokenize([llama.token_eos()], special=True).decode(errors="ignore")
@@ -345,9 +320,9 @@ class LlamaCppBackend(OnePerModelFile):
                                                        bos_token=bos)
         return self._chat_formatter
 
-    def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
+    def chat(self, messages: Messages, schema: dict | None = None, max_tokens: int = 512,
              on_token: OnToken | None = None, timeout_s: float | None = None, prefill: str = "",
-             stop: list[str] | None = None, grammar: str | None = None) -> str:
+             stop: list[str] | None = None, grammar: str | None = None) -> Reply:
         """The reply to ``messages``; with ``prefill`` the answer starts with that text (not returned, not generated).
 
         ``schema`` (JSON schema) or ``grammar`` (GBNF) constrain what is written; ``stop`` ends it at a string.
@@ -377,8 +352,6 @@ class LlamaCppBackend(OnePerModelFile):
                 else:  # free text (a question's answer): never an empty one
                     from llama_cpp import LogitsProcessorList
 
-                    from factory_copilot.copilot.decoding import says_something
-
                     kwargs["logits_processor"] = LogitsProcessorList([says_something(self.vocabulary().end,
                                                                                       FREE_MIN_TOKENS)])
                 stream = llama.create_chat_completion(
@@ -404,23 +377,17 @@ class LlamaCppBackend(OnePerModelFile):
             finally:
                 stream.close()
             total = time.perf_counter() - started
-            self.last_text = "".join(pieces)
-            self.last_stats = {
+            return Reply("".join(pieces), {
                 "ttft_s": (first or time.perf_counter()) - started,
                 "total_s": total,
                 "completion_chunks": n,
                 "context_tokens": float(llama.n_tokens),
                 "cached_tokens": float(before),
-            }
-            return "".join(pieces)
+            })
 
-    supports_forms = True  # answer(): the diagnosis' JSON written, chosen and given (decoding.py), no grammar
-
-    def answer(self, messages: list[dict[str, str]], form: Any, on_token: OnToken | None = None,
-               timeout_s: float | None = None) -> str:
+    def answer(self, messages: Messages, form: AnswerForm | dict[str, Any], on_token: OnToken | None = None,
+               timeout_s: float | None = None) -> Reply:
         """The reply to ``messages`` in the shape of ``form`` (an ``AnswerForm`` or its dict): see ``decoding.py``."""
-        from factory_copilot.copilot.decoding import AnswerForm, FormDecoder, Sampling
-
         form = form if isinstance(form, AnswerForm) else AnswerForm.from_dict(form)
         with self._lock:
             llama = self.load()
@@ -437,10 +404,8 @@ class LlamaCppBackend(OnePerModelFile):
                 raise ModelTimeout(f"generation stopped after {timeout_s:g} s", exc.partial) from None
             except (ValueError, RuntimeError) as exc:  # a prompt longer than the context, a failed decode
                 raise BackendError(f"llama.cpp: {exc}") from None
-            finally:
-                self.last_text = "".join(decoder.out)
             s = decoder.stats
-            self.last_stats = {
+            return Reply(text, {
                 "ttft_s": s.get("first_text_s", s.get("total_s", 0.0)),
                 "prompt_s": s.get("prompt_s", 0.0),
                 "total_s": time.perf_counter() - started,
@@ -450,8 +415,7 @@ class LlamaCppBackend(OnePerModelFile):
                 "cached_tokens": s.get("cached_tokens", 0.0),
                 "threads_batch": s.get("threads_batch", 0.0),
                 "threads": s.get("threads", 0.0),  # generation threads, averaged over the passes
-            }
-            return text
+            })
 
 
 def _guarded(stream: Any) -> Any:
@@ -462,8 +426,10 @@ def _guarded(stream: Any) -> Any:
         raise BackendError(f"llama.cpp: {exc}") from None
 
 
-class OpenAIBackend:
-    """An OpenAI-compatible chat endpoint (llama-server, vLLM, Ollama), streamed over SSE with the stdlib."""
+class OpenAIBackend(LLMBackend):
+    """An OpenAI-compatible chat endpoint (llama-server, vLLM, Ollama), streamed over SSE with the stdlib.
+
+    A server takes a JSON schema and stop strings, but no prefill and no grammar: the protocol's defaults say so."""
 
     def __init__(self, base_url: str, model: str = "qwen2.5-1.5b-instruct", api_key: str | None = None,
                  temperature: float = 0.2, connect_timeout_s: float = 10.0):
@@ -478,12 +444,17 @@ class OpenAIBackend:
         self._lock = threading.Lock()  # the server queues too, but one request at a time keeps latency honest
         self.calls = 0
 
-    def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
-             on_token: OnToken | None = None, timeout_s: float | None = None) -> str:
+    def chat(self, messages: Messages, schema: dict | None = None, max_tokens: int = 512,
+             on_token: OnToken | None = None, timeout_s: float | None = None, prefill: str = "",
+             stop: list[str] | None = None, grammar: str | None = None) -> Reply:
+        if prefill or grammar:
+            raise BackendError(f"{self.base_url}: an OpenAI-compatible server takes no prefill and no grammar")
         body: dict[str, Any] = {
             "model": self.model, "messages": messages, "max_tokens": max_tokens,
             "temperature": self.temperature, "stream": True,
         }
+        if stop:
+            body["stop"] = list(stop)
         if schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "diagnosis", "schema": schema}}
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -528,4 +499,4 @@ class OpenAIBackend:
                                 on_token(piece)
             except TimeoutError:
                 raise ModelTimeout(f"{self.base_url} sent nothing for {read_timeout:g} s", "".join(pieces)) from None
-            return "".join(pieces)
+            return Reply("".join(pieces))

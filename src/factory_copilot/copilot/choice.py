@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from factory_copilot.copilot.backends import LLMBackend, OpenAIBackend
+from factory_copilot.copilot.backends import OpenAIBackend
+from factory_copilot.copilot.language_model import LLMBackend
 from factory_copilot.copilot.worker import LocalModel
 
 

@@ -2,7 +2,8 @@
 
 Under a JSON-schema grammar the model generates every token of ``{"summary":"...","causes":["bearing_wear:high"],
 "steps":[1,2]}``, the ones the grammar leaves no choice about too ('{"', 'summary', '":"', ...), and each costs a
-forward pass (~0.15-0.2 s for a 1.5B model on one CPU thread). An ``AnswerForm`` says which part is which:
+forward pass (~0.15-0.2 s for a 1.5B model on one CPU thread). An ``AnswerForm`` (``language_model.py``) says which
+part is which:
 
 - **given**: the JSON around the values is appended to the model's context in one batch with what comes next, never
   generated (a batch of a few tokens costs about what one token does: the weights are read once);
@@ -23,81 +24,27 @@ from __future__ import annotations
 import codecs
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+from factory_copilot.copilot.language_model import AnswerForm, ChoiceList, ModelTimeout
+
 OnPiece = Callable[[str], None]
-_ESCAPES = {ord('"'): '"', ord("\\"): "\\", ord("/"): "/", ord("b"): " ", ord("f"): " ", ord("n"): " ", ord("r"): " ",
+_ESCAPES = {ord('"'): '"', ord("\\"): "\\", ord("/"): "/", ord("b"): "", ord("f"): "", ord("n"): " ", ord("r"): " ",
             ord("t"): " "}
 _HEX = set(b"0123456789abcdefABCDEF")
 _CONTROL = bytes(range(0x20)) + b"\x7f"
 
 
-@dataclass(slots=True)
-class ChoiceList:
-    """A JSON array whose items are picked from ``options`` (each already JSON: ``'"bearing_wear:high"'``, ``'1'``)."""
-
-    key: str
-    options: list[str]
-    min_items: int = 0
-    max_items: int = 1
-    # options whose text before this separator is the same exclude each other once one is chosen (one fault, one
-    # confidence word): the validation keeps only the first anyway, so a second would be passes for nothing
-    distinct_before: str | None = None
-
-
-@dataclass(slots=True)
-class AnswerForm:
-    """``{"<text_key>": "<written>", "<list key>": [<chosen>, ...], ...}``: one written string first, then lists."""
-
-    text_key: str = "summary"
-    min_chars: int = 1
-    max_chars: int = 120
-    max_tokens: int = 32
-    lists: list[ChoiceList] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AnswerForm":
-        return cls(**{**data, "lists": [ChoiceList(**x) for x in data.get("lists", [])]})
-
-    @classmethod
-    def from_schema(cls, schema: dict, max_tokens: int) -> "AnswerForm":
-        """The form of a JSON schema shaped like the diagnosis': a string property first, then arrays of enum items.
-
-        Raises ValueError for any other shape (the caller then uses the schema as a grammar).
-        """
-        props = schema.get("properties") or {}
-        keys = list(props)
-        if not keys or props[keys[0]].get("type") != "string" or "enum" in props[keys[0]]:
-            raise ValueError("the first property is not a free string")
-        text = props[keys[0]]
-        lists = []
-        for key in keys[1:]:
-            p = props[key]
-            if p.get("type") != "array":
-                raise ValueError(f"{key}: not an array")
-            items = p.get("items") or {}
-            enum = items.get("enum", [])
-            if items and not enum:
-                raise ValueError(f"{key}: items are not an enum")
-            max_items = min(int(p.get("maxItems", len(enum))), len(enum)) if enum else 0
-            lists.append(ChoiceList(key, [json.dumps(v, ensure_ascii=False) for v in enum],
-                                    min(int(p.get("minItems", 0)), max_items), max_items,
-                                    ":" if all(isinstance(v, str) and ":" in v for v in enum) and enum else None))
-        # the token bound comes first: a minimum length is kept within it (the quote is not allowed before)
-        return cls(keys[0], int(text.get("minLength", 0)), int(text.get("maxLength", 10_000)), max_tokens, lists)
-
-
 class JsonStringReader:
     """The text a JSON string body means, read as the model writes it (bytes, any split), and where it ends.
 
-    Escapes are decoded (an invalid one keeps its character, a lone surrogate is dropped) and line breaks and
-    other control characters become spaces: a summary is one line for the operator.
+    Escapes are decoded (an invalid one keeps its character, a surrogate pair is joined, a lone half dropped), line breaks and tabs
+    become spaces and other control characters are dropped: a summary is one line for the operator, and reads as
+    the diagnosis will show it (``diagnosis.model_diagnosis`` cleans the parsed JSON the same way). The station's
+    stream of a server's JSON (``SummaryStream``) reads it with this reader too.
     """
 
     def __init__(self) -> None:
@@ -105,6 +52,7 @@ class JsonStringReader:
         self.ended = False
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self._escape: bytes | None = None  # after a backslash: what of the escape has come so far
+        self._high: int | None = None  # a surrogate pair's first half, waiting for its second (the next escape)
 
     def feed(self, data: bytes) -> tuple[str, int | None]:
         """The new text in ``data``, and the index just past its closing quote (None while the string is open)."""
@@ -117,21 +65,29 @@ class JsonStringReader:
                 run.clear()
 
         for i, b in enumerate(data):
+            if self._escape is None and b != ord("\\"):
+                self._high = None  # a first half not followed by its second: dropped
             if self._escape is not None:
                 esc = self._escape + bytes([b])
                 if esc[0] == ord("u"):
                     if len(esc) > 1 and b not in _HEX:  # \u followed by no hex: drop the escape, read this byte afresh
-                        self._escape = None
+                        self._escape = self._high = None
                     elif len(esc) < 5:
                         self._escape = esc
                         continue
                     else:
                         self._escape = None
                         code = int(esc[1:].decode(), 16)
-                        out.append("" if 0xD800 <= code <= 0xDFFF else chr(code))
+                        high, self._high = self._high, None
+                        if 0xD800 <= code < 0xDC00:
+                            self._high = code
+                        elif not 0xDC00 <= code <= 0xDFFF:
+                            out.append(chr(code))
+                        elif high is not None:
+                            out.append(chr(0x10000 + ((high - 0xD800) << 10) + code - 0xDC00))
                         continue
                 else:
-                    self._escape = None
+                    self._escape = self._high = None
                     out.append(_ESCAPES.get(b, chr(b) if 0x20 <= b < 0x7F else ""))
                     continue
             if b == ord("\\"):
@@ -147,7 +103,7 @@ class JsonStringReader:
         return self._append(out), None
 
     def _append(self, out: list[str]) -> str:
-        new = "".join(" " if c < " " or c == "\x7f" else c for c in "".join(out))
+        new = "".join(" " if c in "\t\n\r" else c for c in "".join(out) if c in "\t\n\r" or " " <= c != "\x7f")
         self.text += new
         return new
 
@@ -267,8 +223,6 @@ class FormDecoder:
 
     def _check_deadline(self) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline:
-            from factory_copilot.copilot.backends import ModelTimeout
-
             raise ModelTimeout("generation stopped at its deadline", "".join(self.out))
 
     def _sample(self, logits: np.ndarray, allowed: np.ndarray) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
 from factory_copilot.config import SIMULATED_LINE, LineConfig, load_line
-from factory_copilot.copilot.backends import LLMBackend
+from factory_copilot.copilot.language_model import LLMBackend
 from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.copilot.station import Copilot
@@ -126,7 +126,7 @@ def _knowledge(line: LineConfig, leave_out: str | None) -> tuple[dict[str, Fault
 
 async def evaluate(line: LineConfig, cases: list[Case], backend: LLMBackend | None, timeout_s: float = 120.0,
                    progress: bool = False) -> Report:
-    report = Report(line=f"{line.site}/{line.line}", model=getattr(backend, "name", None), cases=len(cases))
+    report = Report(line=f"{line.site}/{line.line}", model=backend.name if backend is not None else None, cases=len(cases))
     outcomes: list[Outcome] = []
     knowledge: dict[str | None, tuple] = {}
     copilots: dict[str | None, Copilot] = {}
@@ -246,13 +246,12 @@ def run(args: argparse.Namespace) -> int:
     backend = backend_from_settings(args.model, args.openai_url, args.openai_model, args.threads,
                                     state_dir=Path(args.out) / "copilot-state") if (args.model or args.openai_url) else None
     try:
-        if backend is not None and hasattr(backend, "warm"):
+        if backend is not None:
             backend.warm(Copilot(line).system)
         report = asyncio.run(evaluate(line, cases, backend, args.timeout, progress=True))
     finally:
-        close = getattr(backend, "close", None)
-        if close:
-            close()
+        if backend is not None:
+            backend.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "copilot.json").write_text(json.dumps(report.__dict__, indent=2, default=str))

@@ -37,11 +37,11 @@ from typing import Any, AsyncIterator, Callable
 from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.copilot.answers import runbook_answer
-from factory_copilot.copilot.backends import BackendError, LLMBackend, ModelTimeout
-from factory_copilot.copilot.decoding import AnswerForm
+from factory_copilot.copilot.decoding import JsonStringReader
 from factory_copilot.copilot.diagnosis import (DATA_SOURCE_KINDS, InvalidModelOutput, diagnosis_schema, model_diagnosis,
                                                 runbook_diagnosis)
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
+from factory_copilot.copilot.language_model import AnswerForm, BackendError, LLMBackend, Messages, ModelTimeout, Reply
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.plumbing.buffer import Buffer
@@ -104,64 +104,41 @@ class SummaryStream:
     """Turns the model's JSON, piece by piece, into the text of its first field (``summary``) for the operator.
 
     The schema puts the summary first, so the operator reads the model's words as they come while
-    the rest (ids the code renders) is still being written; JSON escapes are decoded on the way.
+    the rest (ids the code renders) is still being written; the string is read by ``decoding.JsonStringReader``.
     """
 
     def __init__(self, sink: TokenSink | None):
         self.sink = sink
         self.raw = ""
-        self.text = ""
         self.first_at: float | None = None
-        self._pos = -1  # index in raw where the summary's characters start; -1 not found yet
-        self._done = False
+        self._reader: JsonStringReader | None = None  # from the summary's opening quote on
+        self._closed = False
+
+    @property
+    def text(self) -> str:
+        return self._reader.text if self._reader is not None else ""
 
     def __call__(self, piece: str) -> None:
         self.raw += piece
-        if self._done:
+        if self._closed:
             return
-        if self._pos < 0:
+        if self._reader is None:
             m = _SUMMARY_KEY.search(self.raw)
             if not m:
                 return
-            self._pos = m.end()
-        out, i, raw = [], self._pos, self.raw
-        while i < len(raw):
-            c = raw[i]
-            if c == "\\":
-                if i + 1 >= len(raw):
-                    break
-                if raw[i + 1] == "u":
-                    if i + 6 > len(raw):
-                        break
-                    try:
-                        out.append(chr(int(raw[i + 2 : i + 6], 16)))
-                    except ValueError:
-                        pass
-                    i += 6
-                    continue
-                out.append({"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "/": "/"}.get(raw[i + 1], ""))
-                i += 2
-                continue
-            if c == '"':
-                self._done = True
-                i += 1
-                break
-            out.append(c)
-            i += 1
-        self._pos = i
-        # what the operator reads: line breaks as spaces, other control characters dropped (as the diagnosis does)
-        new = "".join(" " if c in "\t\n\r" else c for c in out if c in "\t\n\r" or (c >= " " and c != "\x7f"))
+            self._reader, piece = JsonStringReader(), self.raw[m.end():]
+        if self._reader.ended:
+            return
+        new, _ = self._reader.feed(piece.encode())
         if new:
             if self.first_at is None:
                 self.first_at = time.perf_counter()
-            self.text += new
             if self.sink:
                 self.sink(new)
 
-
     def close(self) -> None:
         """The summary is over (what is pending, a cut escape, is dropped)."""
-        self._done = True
+        self._closed = True
 
 
 _SUMMARY_KEY = re.compile(r'"summary"\s*:\s*"')
@@ -169,15 +146,6 @@ SUMMARY_OPEN = '{"summary":"'
 # one short sentence (the summary's character bound is the schema's); a model that has not closed it by then is cut.
 # Every token is a forward pass (~0.16 CPU-seconds for the 1.5B on one thread): this bounds the answer's time
 SUMMARY_TOKENS = 32
-
-
-def json_string_body(raw: str) -> str:
-    """Freely written summary text made a valid JSON string body (a cut escape removed, control characters spaced)."""
-    raw = re.sub(r"\\u[0-9a-fA-F]{0,3}$", "", raw)
-    if (len(raw) - len(raw.rstrip("\\"))) % 2:
-        raw = raw[:-1]  # an escape cut in half by the stop or the token limit
-    # line breaks as spaces, other control characters dropped: as the operator saw it stream (no quote: it stopped there)
-    return "".join(" " if c in "\t\n\r" else c for c in raw if c in "\t\n\r" or c >= " ")
 
 
 def _gbnf(text: str) -> str:
@@ -271,8 +239,11 @@ class Copilot:
         self._kick = asyncio.Event()
         self._took: dict[str, float] = {}
         self._warm = False
+        self._model_lock = asyncio.Lock()  # the two-step answer's calls go back to back
         self._diagnosed: dict[str, tuple[float, str | None]] = {}  # alarm id -> (when, its fault name then)
-        self.last_timing: dict[str, float] = {}
+        self.last_timing: dict[str, float] = {}  # the last model diagnosis: seconds to first words and to the end,
+        # and what the backend measured of it
+        self.warm_stats: dict[str, float] = {}  # what the backend measured of its warm-up (``restored``: from disk)
         self.sources: dict[str, SourceState] = {}  # the last state each source reported (up/down)
         self.last_text = ""
         self._log = Throttled(log, 30.0)
@@ -288,15 +259,14 @@ class Copilot:
             return None
         from factory_copilot.copilot.model_files import manifest_for
 
-        path = getattr(self.backend, "model_path", None)
-        return {"name": getattr(self.backend, "name", type(self.backend).__name__), "path": path,
-                "constrained": self.constrained, "manifest": manifest_for(path)}
+        path = self.backend.model_path
+        return {"name": self.backend.name, "path": path, "constrained": self.constrained,
+                "manifest": manifest_for(path)}
 
     def close(self) -> None:
         """Stop the model's worker process, if there is one (at shutdown)."""
-        close_model = getattr(self.backend, "close", None)
-        if close_model:
-            close_model()
+        if self.backend is not None:
+            self.backend.close()
 
     # ---- input -------------------------------------------------------------------------------------------
 
@@ -379,30 +349,29 @@ class Copilot:
 
     async def _model_diagnosis(self, alarm_id: str, on_token: TokenSink | None) -> Diagnosis:
         """The model's diagnosis; ``on_token`` gets the summary's words as they are written (the rest is ids)."""
+        assert self.backend is not None
         pack = self._packs[alarm_id]
         started = time.perf_counter()
         summary = SummaryStream(on_token)
         self.last_timing = {}
         try:
-            if (self.two_steps and self.constrained and not self.fixed_schema
-                    and getattr(self.backend, "supports_prefill", False)):
+            if self.two_steps and self.constrained and not self.fixed_schema and self.backend.supports_prefill:
                 # both steps back to back: another alarm's call in between would evict this one's prompt from the cache
-                self._model_lock = getattr(self, "_model_lock", None) or asyncio.Lock()
                 async with self._model_lock:
-                    text, stats = await self._two_steps(pack, summary)
-            elif (self.forms and self.constrained and not self.fixed_schema
-                  and getattr(self.backend, "supports_forms", False) and (form := self._form(pack)) is not None):
+                    reply = await self._two_steps(pack, summary)
+            elif (self.forms and self.constrained and not self.fixed_schema and self.backend.supports_forms
+                  and (form := self._form(pack)) is not None):
                 # llama.cpp: the summary written, the ids chosen from a token trie, the JSON given (decoding.py)
-                text = await self._call(self.backend.answer, diagnosis_messages(self.system, pack), form, summary)
-                stats = dict(getattr(self.backend, "last_stats", None) or {})
+                reply = await self._call(self.backend.answer, diagnosis_messages(self.system, pack), form, summary)
             else:  # one call under the schema (a server that takes a JSON schema), or free (constrained=False)
-                text = await self._generate(diagnosis_messages(self.system, pack),
-                                            self.schema_for(pack) if self.constrained else None, self.max_tokens, summary)
-                stats = dict(getattr(self.backend, "last_stats", None) or {})
+                reply = await self._generate(diagnosis_messages(self.system, pack),
+                                             self.schema_for(pack) if self.constrained else None, self.max_tokens,
+                                             summary)
+            text = reply.text
             self.last_text = text  # what the model answered (with what was given it), for evaluation and tests
             self.last_timing = {"first_words_s": (summary.first_at or time.perf_counter()) - started,
-                                "complete_s": time.perf_counter() - started, **stats}
-            d = model_diagnosis(text, pack, self.library, self.faults, getattr(self.backend, "name", None))
+                                "complete_s": time.perf_counter() - started, **reply.stats}
+            d = model_diagnosis(text, pack, self.library, self.faults, self.backend.name)
             self.counts["model"] += 1
             self.counts["dropped_citations"] += d.dropped_citations
             if d.dropped_citations:
@@ -432,15 +401,15 @@ class Copilot:
             log.debug("diagnosis schema not usable as an answer form (%s): the grammar serves", exc)
             return None
 
-    async def _generate(self, messages: list[dict[str, str]], schema: dict | None, max_tokens: int,
-                        on_token: TokenSink | None, timeout_s: float | None = None, **extra: Any) -> str:
+    async def _generate(self, messages: Messages, schema: dict | None, max_tokens: int,
+                        on_token: TokenSink | None, timeout_s: float | None = None, **extra: Any) -> Reply:
         """``backend.chat`` in a worker thread; token callbacks come back on the event loop."""
         assert self.backend is not None
         return await self._call(functools.partial(self.backend.chat, schema=schema, max_tokens=max_tokens, **extra),
                                 messages, None, on_token, timeout_s)
 
-    async def _call(self, method: Callable[..., str], messages: list[dict[str, str]], form: AnswerForm | None,
-                    on_token: TokenSink | None, timeout_s: float | None = None) -> str:
+    async def _call(self, method: Callable[..., Reply], messages: Messages, form: AnswerForm | None,
+                    on_token: TokenSink | None, timeout_s: float | None = None) -> Reply:
         """Run a blocking backend call in a worker thread; token callbacks come back on the event loop."""
         loop = asyncio.get_running_loop()
         relay = (lambda piece: loop.call_soon_threadsafe(on_token, piece)) if on_token else None
@@ -457,7 +426,7 @@ class Copilot:
         except asyncio.TimeoutError:
             raise ModelTimeout(f"no answer within {timeout_s:g} s") from None
 
-    async def _two_steps(self, pack: EvidencePack, summary: SummaryStream) -> tuple[str, dict[str, float]]:
+    async def _two_steps(self, pack: EvidencePack, summary: SummaryStream) -> Reply:
         """The answer in two calls on one cached prompt: the summary written freely, then the ids under a small grammar.
 
         The JSON around them is given (prefilled), not generated: every generated token costs a forward pass,
@@ -467,16 +436,15 @@ class Copilot:
         messages = diagnosis_messages(self.system, pack)
         started = time.monotonic()
         summary(SUMMARY_OPEN)
-        raw = await self._generate(messages, None, SUMMARY_TOKENS, summary, prefill=SUMMARY_OPEN, stop=['"'])
-        first = dict(getattr(self.backend, "last_stats", None) or {})
+        first = await self._generate(messages, None, SUMMARY_TOKENS, summary, prefill=SUMMARY_OPEN, stop=['"'])
         summary.close()  # the summary ended at its quote (or the token limit); a cut escape is dropped
-        choices = SUMMARY_OPEN + json_string_body(raw) + '","causes":["'
+        # the summary as the operator read it, encoded again: a stray escape of the model cannot break the JSON
+        choices = SUMMARY_OPEN + json.dumps(summary.text, ensure_ascii=False)[1:-1] + '","causes":["'
         rest = await self._generate(messages, None, 48, None, self.timeout_s - (time.monotonic() - started),
                                     prefill=choices, grammar=choice_grammar(list(self.faults), pack.step_labels()))
-        second = dict(getattr(self.backend, "last_stats", None) or {})
-        stats = {**second, "ttft_s": first.get("ttft_s", 0.0),
-                 "completion_chunks": first.get("completion_chunks", 0) + second.get("completion_chunks", 0)}
-        return choices + rest, stats
+        stats = {**rest.stats, "ttft_s": first.stats.get("ttft_s", 0.0),
+                 "completion_chunks": first.stats.get("completion_chunks", 0) + rest.stats.get("completion_chunks", 0)}
+        return Reply(choices + rest.text, stats)
 
     async def warm_up(self) -> bool:
         """Load the model and process the fixed prompt prefix now, so the first alarm finds it in the KV cache."""
@@ -484,15 +452,12 @@ class Copilot:
             return False
         started = time.perf_counter()
         try:
-            warm = getattr(self.backend, "warm", None)
-            if warm is not None:  # llama.cpp: restored from disk when this prefix was saved before
-                # the prefix reaches into the user message: every data block starts the same way
-                stats = await asyncio.to_thread(warm, self.system, DATA_OPEN + "\n")
-                how = "restored from disk" if stats.get("restored") else "computed and saved"
-            else:
-                await self._generate([{"role": "system", "content": self.system}, {"role": "user", "content": "ready?"}],
-                                     None, 1, None)
-                how = "cached"
+            # the prefix reaches into the user message: every data block starts the same way (llama.cpp restores it
+            # from disk when it was saved before; a server caches the system prompt)
+            reply = await asyncio.to_thread(self.backend.warm, self.system, DATA_OPEN + "\n")
+            self.warm_stats = dict(reply.stats)
+            how = ("cached" if "restored" not in reply.stats else
+                   "restored from disk" if reply.stats["restored"] else "computed and saved")
         except Exception as exc:  # the alarms will report the same problem with their fallback reason
             log.warning("copilot warm-up failed: %s", exc)
             return False
@@ -532,11 +497,11 @@ class Copilot:
                             on_token: TokenSink | None) -> str | None:
         """The model's answer, or None when it could not give one (the runbook's stands)."""
         try:
-            text = await self._generate(question_messages(self.system, pack, question, history), None, 200, on_token)
+            reply = await self._generate(question_messages(self.system, pack, question, history), None, 200, on_token)
         except BackendError as exc:
             log.warning("alarm %s: question answered from the runbooks (%s: %s)", pack.alarm_id, exc.reason, exc)
             return None
-        return text.strip() or None
+        return reply.text.strip() or None
 
     def _close_question(self, alarm_id: str, answer: str, source: str, request_id: str | None) -> Turn:
         turn = Turn(alarm_id, "copilot", answer, request_id=request_id, source=source)

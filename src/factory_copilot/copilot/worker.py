@@ -2,7 +2,7 @@
 
 llama.cpp is native code: an illegal instruction (a build for another CPU, AMX in a VM),
 an out-of-memory kill or a stuck prompt would otherwise take the collectors, the alarms
-and the publisher down with it. ``LocalModel`` has the same ``chat()`` as the in-process
+and the publisher down with it. ``LocalModel`` is the same ``LLMBackend`` as the in-process
 ``LlamaCppBackend`` and runs that backend in a child process (``serve()`` below), talking JSON
 lines over its stdin/stdout:
 
@@ -34,14 +34,9 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from factory_copilot.copilot.backends import (
-    BackendError,
-    LlamaCppBackend,
-    ModelTimeout,
-    ModelUnavailable,
-    OnePerModelFile,
-    OnToken,
-)
+from factory_copilot.copilot.backends import LlamaCppBackend, OnePerModelFile
+from factory_copilot.copilot.language_model import (AnswerForm, BackendError, LLMBackend, Messages, ModelTimeout,
+                                                    ModelUnavailable, OnToken, Reply)
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +64,11 @@ def crash_text(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
-class LocalModel(OnePerModelFile):
+class LocalModel(OnePerModelFile, LLMBackend):
     """A GGUF model served by a child process; see the module docstring."""
+
+    supports_prefill = True
+    supports_forms = True
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_gpu_layers: int = 0, seed: int = 0, max_crashes: int = 3, start_timeout_s: float = 300.0,
@@ -84,7 +82,6 @@ class LocalModel(OnePerModelFile):
         self.start_timeout_s = start_timeout_s
         self.calls = 0
         self.crashes = 0
-        self.last_stats: dict[str, float] = {}
         self._proc: subprocess.Popen | None = None
         self._lines: queue.Queue = queue.Queue()
         self._failed: str | None = None
@@ -184,28 +181,24 @@ class LocalModel(OnePerModelFile):
 
     # ---- one call ------------------------------------------------------------------------------------------
 
-    def warm(self, system: str, user_prefix: str = "", timeout_s: float | None = 600.0) -> dict[str, float]:
+    def warm(self, system: str, user_prefix: str = "", timeout_s: float | None = 600.0) -> Reply:
         """Have the fixed prompt prefix warm in the child (restored from disk when it was saved before)."""
-        self._call({"warm": system, "user_prefix": user_prefix, "timeout_s": timeout_s}, None, timeout_s)
-        return self.last_stats
+        return self._call({"warm": system, "user_prefix": user_prefix, "timeout_s": timeout_s}, None, timeout_s)
 
-    supports_prefill = True
-    supports_forms = True
-
-    def answer(self, messages: list[dict[str, str]], form: Any, on_token: OnToken | None = None,
-               timeout_s: float | None = None) -> str:
+    def answer(self, messages: Messages, form: AnswerForm | dict[str, Any], on_token: OnToken | None = None,
+               timeout_s: float | None = None) -> Reply:
         """The reply in the shape of ``form`` (``LlamaCppBackend.answer`` in the child)."""
-        form = form.to_dict() if hasattr(form, "to_dict") else form
+        form = form.to_dict() if isinstance(form, AnswerForm) else form
         return self._call({"messages": messages, "answer": form, "timeout_s": timeout_s}, on_token, timeout_s)
 
-    def chat(self, messages: list[dict[str, str]], schema: dict | None = None, max_tokens: int = 512,
+    def chat(self, messages: Messages, schema: dict | None = None, max_tokens: int = 512,
              on_token: OnToken | None = None, timeout_s: float | None = None, prefill: str = "",
-             stop: list[str] | None = None, grammar: str | None = None) -> str:
+             stop: list[str] | None = None, grammar: str | None = None) -> Reply:
         request = {"messages": messages, "schema": schema, "max_tokens": max_tokens, "timeout_s": timeout_s,
                    "prefill": prefill, "stop": stop, "grammar": grammar}
         return self._call(request, on_token, timeout_s)
 
-    def _call(self, request: dict[str, Any], on_token: OnToken | None, timeout_s: float | None) -> str:
+    def _call(self, request: dict[str, Any], on_token: OnToken | None, timeout_s: float | None) -> Reply:
         with self._lock:
             if self._failed:
                 raise ModelUnavailable(self._failed)
@@ -237,8 +230,7 @@ class LocalModel(OnePerModelFile):
                     if on_token:
                         on_token(msg["token"])
                 elif msg.get("done"):
-                    self.last_stats = msg.get("stats", {})
-                    return msg["text"]
+                    return Reply(msg["text"], msg.get("stats", {}))
                 elif msg.get("error") == "timeout":
                     raise ModelTimeout(msg["message"], msg.get("partial", ""))
                 elif msg.get("error") == "unavailable":
@@ -285,18 +277,15 @@ def serve(argv: list[str] | None = None) -> int:
         try:
             req = json.loads(line)
             if "warm" in req:
-                stats = backend.warm(req["warm"], req.get("user_prefix") or "")
-                say({"done": True, "text": "", "stats": stats})
-                continue
-            if "answer" in req:
-                text = backend.answer(req["messages"], req["answer"], lambda piece: say({"token": piece}),
-                                      req.get("timeout_s"))
-                say({"done": True, "text": text, "stats": backend.last_stats})
-                continue
-            text = backend.chat(req["messages"], req.get("schema"), req.get("max_tokens", 512),
-                                lambda piece: say({"token": piece}), req.get("timeout_s"), req.get("prefill") or "",
-                                req.get("stop"), req.get("grammar"))
-            say({"done": True, "text": text, "stats": backend.last_stats})
+                reply = backend.warm(req["warm"], req.get("user_prefix") or "")
+            elif "answer" in req:
+                reply = backend.answer(req["messages"], req["answer"], lambda piece: say({"token": piece}),
+                                       req.get("timeout_s"))
+            else:
+                reply = backend.chat(req["messages"], req.get("schema"), req.get("max_tokens", 512),
+                                     lambda piece: say({"token": piece}), req.get("timeout_s"),
+                                     req.get("prefill") or "", req.get("stop"), req.get("grammar"))
+            say({"done": True, "text": reply.text, "stats": reply.stats})
         except ModelTimeout as exc:
             say({"error": "timeout", "message": str(exc), "partial": exc.partial})
         except ModelUnavailable as exc:

@@ -11,7 +11,7 @@ import logging
 import re
 from typing import Any
 
-from factory_copilot.copilot.backends import LLMBackend
+from factory_copilot.copilot.language_model import LLMBackend
 from factory_copilot.records import Handover
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,10 @@ def summarise(h: Handover, backend: LLMBackend, max_tokens: int = 220, timeout_s
     """The model's paragraph as sentences with the refs of the facts each cites; uncited sentences are dropped."""
     numbered = facts(h)
     block = "\n".join(f"{fid}: {s['text']}" for fid, s in numbered) or "(no facts: nothing happened in this shift)"
-    text = backend.chat([{"role": "system", "content": SYSTEM},
+    reply = backend.chat([{"role": "system", "content": SYSTEM},
                          {"role": "user", "content": f"Facts of the {h.shift} shift of {h.date}:\n{block}"}],
-                        max_tokens=max_tokens, timeout_s=timeout_s)
-    return cited_sentences(text, dict(numbered), getattr(backend, "name", "model"))
+                         max_tokens=max_tokens, timeout_s=timeout_s)
+    return cited_sentences(reply.text, dict(numbered), backend.name)
 
 
 def cited_sentences(text: str, numbered: dict[str, dict[str, Any]], model: str) -> dict[str, Any]:
