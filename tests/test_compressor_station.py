@@ -129,6 +129,18 @@ def test_train_writes_where_run_reads_and_evaluate_scores_a_labelled_recording(t
     assert res["precision"] > 0.95 and 0 < res["recall"] < 1 and res["false_alarms"] == 0
     assert res["missed_alarm_rate"] == pytest.approx(1 - res["recall"])
     assert "events detected 1/1" in text and (tmp_path / "eval" / "recording.png").stat().st_size > 10_000
+    # beside the simple methods, fitted on the history train read (the model file records it)
+    assert f"fitted on the 96000 healthy rows of {station.HISTORY.resolve()}" in text
+    table = text.split("beside the simple methods")[1]
+    assert all(name in table for name in ("line detector", "PCA T2+Q", "IsolationForest"))
+    for name in ("PCA T2+Q", "IsolationForest"):
+        b = res["baselines"][name]
+        assert 0 <= b["false_alarm_rate"] <= 1 and b["events"] == 1 and f"{b['f1']:6.3f}" in table
+    # without that history: the recording's own healthy rows before its fault, and it says why
+    assert main(["evaluate", "--config", str(line_file), "--history", str(tmp_path / "run.csv"), "--labels",
+                 "state_label", "--out", str(tmp_path / "eval2"), "--baselines-on", str(tmp_path / "gone.csv")]) == 0
+    text = capsys.readouterr().out
+    assert f"the recording's 3600 healthy rows before its first fault ({tmp_path / 'gone.csv'} not found" in text
     assert main(["evaluate", "--config", str(line_file), "--history", str(tmp_path / "run.csv"),
                  "--labels", "label"]) == 2
     assert "no label column 'label'" in capsys.readouterr().err

@@ -44,3 +44,52 @@ class PcaMonitor:
 
     def predict_spe(self, X) -> np.ndarray:
         return (self.statistics(X)[1] > self.spe_limit_).astype(int)
+
+
+# ---- the simple methods beside the line detector, on a plant's own recording -----------------------------------
+PCA_VARIANCE = 0.85  # components kept: the fewest explaining this share of the normal variance
+PCA_CONFIDENCE = 0.999  # T² and Q limits
+
+
+def _filled(table: pd.DataFrame, means: pd.Series) -> np.ndarray:
+    """Signals with a gap carried forward (as the live station holds the last value), else the normal mean."""
+    return table.ffill().fillna(means).to_numpy(dtype=float)
+
+
+def baseline_flags(normal: pd.DataFrame, recording: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Rows flagged by PCA T²+Q (85 % variance, 99.9 % limits) and by scikit-learn's IsolationForest as it ships,
+    both fitted on ``normal`` (healthy rows, one column per signal) and applied to ``recording``'s same columns."""
+    from sklearn.ensemble import IsolationForest
+
+    cols = [c for c in normal.columns if normal[c].nunique(dropna=True) > 1]  # a constant column has no variance
+    means = normal[cols].mean()
+    X, Y = _filled(normal[cols], means), _filled(recording[cols], means)
+    Z = (X - X.mean(axis=0)) / X.std(axis=0, ddof=1)
+    share = np.cumsum(np.linalg.eigvalsh(np.cov(Z, rowvar=False))[::-1])
+    k = int(min(np.searchsorted(share / share[-1], PCA_VARIANCE) + 1, len(cols) - 1, len(X) - 2))
+    monitor = PcaMonitor(n_components=max(k, 1), confidence=PCA_CONFIDENCE).fit(X)
+    forest = IsolationForest(random_state=0).fit(X)
+    return {"PCA T2+Q": (monitor.predict_t2(Y) | monitor.predict_spe(Y)).astype(bool),
+            "IsolationForest": forest.predict(Y) == -1}
+
+
+def flag_figures(flags: np.ndarray, truth: np.ndarray, ts: np.ndarray, interval_s: float, on_delay: int) -> dict:
+    """Point-wise F1, FAR, MAR; alarms (``on_delay`` consecutive flagged rows) starting on normal rows per normal
+    hour; labelled events with an alarm starting inside them (as ``evaluate_recording`` counts the detector's)."""
+    flags, truth = np.asarray(flags, dtype=bool), np.asarray(truth, dtype=bool)
+    tp, fp = int((flags & truth).sum()), int((flags & ~truth).sum())
+    fn, tn = int((~flags & truth).sum()), int((~flags & ~truth).sum())
+    count = np.zeros(len(flags), dtype=int)
+    run = 0
+    for i, f in enumerate(flags):
+        run = run + 1 if f else 0
+        count[i] = run
+    starts = np.flatnonzero(count == on_delay)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], truth.astype(int), [0]])))
+    events = list(zip(edges[::2], edges[1::2]))
+    normal_h = (~truth).sum() * interval_s / 3600
+    false = int(sum(1 for s in starts if not truth[s]))
+    return {"f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0, "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,
+            "missed_alarm_rate": fn / (fn + tp) if fn + tp else 0.0, "false_alarms": false,
+            "false_alarms_per_hour": false / normal_h if normal_h else 0.0,
+            "events_detected": sum(1 for a, b in events if any(a <= s < b for s in starts)), "events": len(events)}

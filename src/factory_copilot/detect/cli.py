@@ -70,6 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--labels", metavar="COLUMN", default="fault",
                    help="the recording's label column: 'normal', 0, false or empty for normal rows, anything else "
                         "(a fault name, 1, true) for a fault (default: fault)")
+    e.add_argument("--baselines-on", nargs="+", metavar="FILE",
+                   help="with --history: healthy history to fit PCA T2+Q and IsolationForest on, scored beside the "
+                        "detector (default: the files `train` read, as the model file records them)")
+    e.add_argument("--no-baselines", action="store_true", help="with --history: do not run the baselines")
     e.add_argument("--only", choices=["sim", "tep"], help="run only the simulated line or only TEP")
     e.add_argument("--tep", metavar="DIR", help="the Tennessee Eastman set's folder (d00.dat..d21.dat; default: "
                                                 "$FACTORY_COPILOT_TEP; without either, TEP is skipped)")
@@ -161,14 +165,17 @@ def train_command(args: argparse.Namespace) -> int:
         source = ", ".join(args.history) if args.history else "the simulated history"
         print(f"error: {exc} (in {source})", file=sys.stderr)
         return 2
+    if args.history:
+        # evaluate fits its baselines (PCA T2+Q, IsolationForest) on the same history, if it is still there
+        models.metadata["history_files"] = [str(Path(p).resolve()) for p in args.history]
     out = Path(args.out) if args.out else ServicePaths.of_line(line, Path(args.line)).detector
     path = save_detector(out, models)
     det = models.detector
     print(f"trained on {len(history)} rows ({models.metadata['normal_rows']} normal)" + (f"; modes {', '.join(det.models_)}" if line.modes else "")
           + (f"; fault classes {', '.join(map(str, models.classifier.classes_))}" if models.classifier else "; no fault labels"))
     target = det.false_alarm_rate
-    print(f"false-alarm target {target:g} of rows (persistence {det.persistence}); checked on the held-out end of "
-          f"every normal stretch:")
+    print(f"false-alarm target {target:g} of rows (persistence {det.persistence}); checked on the held-out later half "
+          f"of every normal stretch:")
     for text in models.metadata["coverage"]:
         print(f"  {text}")
     flat = models.metadata.get("flat_in_normal")
@@ -345,6 +352,44 @@ def _plot_recording(res: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _baselines(args: argparse.Namespace, line, models, frame, res: dict) -> dict:
+    """PCA T²+Q and IsolationForest fitted on healthy history and scored on the recording beside the detector,
+    printed as a table: does the product beat the simple methods on this machine?"""
+    from factory_copilot.detect.baselines import baseline_flags, flag_figures
+    from factory_copilot.detect.evaluate import ON_DELAY_ROWS
+    from factory_copilot.plumbing.history import fault_rows
+
+    signals = list(models.detector.signals_)
+    files = args.baselines_on or models.metadata.get("history_files") or []
+    missing = [f for f in files if not Path(f).exists()]
+    truth = np.asarray(res["series"]["truth"], dtype=bool)
+    if files and not missing:
+        history = read_history(files, line)
+        healthy = fault_rows(history["fault"]) == 0 if "fault" in history.columns else np.ones(len(history), dtype=bool)
+        normal, source = history.loc[healthy, signals], f"the {int(healthy.sum())} healthy rows of {', '.join(map(str, files))}"
+    else:
+        # no training history at hand: the recording's own healthy rows before its first labelled fault
+        first = int(np.argmax(truth)) if truth.any() else len(truth)
+        normal = frame.iloc[:first][signals]
+        why = f"{', '.join(missing)} not found" if missing else "the model file names no training history"
+        source = f"the recording's {first} healthy rows before its first fault ({why}; --baselines-on FILE to choose)"
+        if first < 2 * len(signals) + 10:
+            print(f"baselines skipped: {why}, and the recording has only {first} healthy rows before its first fault")
+            return {}
+    ts = np.asarray(res["series"]["ts"], dtype=float)
+    figures = {name: flag_figures(flags, truth, ts, line.sampling_interval_s, ON_DELAY_ROWS)
+               for name, flags in baseline_flags(normal, frame).items()}
+    print(f"beside the simple methods (fitted on {source}):")
+    print(f"  {'method':16s} {'F1':>6s} {'FAR':>9s} {'MAR':>7s} {'events':>8s} {'false alarms/h':>15s}")
+    rows = [("line detector", {"f1": res["f1"], "false_alarm_rate": res["false_alarm_rate"],
+                               "missed_alarm_rate": res["missed_alarm_rate"], "events_detected": res["events_detected"],
+                               "events": len(res["events"]), "false_alarms_per_hour": res["false_alarms_per_hour"]})]
+    for name, f in rows + list(figures.items()):
+        print(f"  {name:16s} {f['f1']:6.3f} {f['false_alarm_rate']:9.2e} {f['missed_alarm_rate']:7.3f} "
+              f"{f['events_detected']:>3d}/{f['events']:<4d} {f['false_alarms_per_hour']:15.2f}")
+    return {"fitted_on": source, **figures}
+
+
 def evaluate_recording_command(args: argparse.Namespace) -> int:
     from factory_copilot.config import ServicePaths
     from factory_copilot.detect.evaluate import evaluate_recording
@@ -370,6 +415,8 @@ def evaluate_recording_command(args: argparse.Namespace) -> int:
     note = untrained_note(line, Path(args.history).name, res["rows"], res["untrained_rows"])
     if note:
         print(note)
+    if not args.no_baselines:
+        res["baselines"] = _baselines(args, line, models, frame, res)
     (out / "results.json").write_text(json.dumps({k: v for k, v in res.items() if k != "series"}, indent=2, default=str))
     _plot_recording(res, out / "recording.png", f"{line.site}/{line.line}: {Path(args.history).name}")
     print(f"wrote {out / 'results.json'} and {out / 'recording.png'}")
