@@ -270,7 +270,7 @@ def forest_limit_flags(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
 
 def line_flags(params: dict):
     def flags(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
-        return LineDetector(**params).fit(train.reset_index(drop=True)).predict(test.reset_index(drop=True))
+        return LineDetector(**params).fit(train.reset_index(drop=True)).flag(test.reset_index(drop=True))
 
     return flags
 

@@ -44,7 +44,7 @@ def rates(models, line, frame: pd.DataFrame, groups: np.ndarray, name: str) -> l
     modes = row_modes(line, frame)
     if modes is not None and det.per_mode:
         X["mode"] = modes
-    flags = det.predict(X).astype(bool)
+    flags = det.flag(X).astype(bool)
     out = [{"recording": name, "group": "all", "rows": len(frame), "flagged": int(flags.sum())}]
     for g in dict.fromkeys(groups):
         rows = groups == g
@@ -124,11 +124,11 @@ def main() -> None:
         cut = int(len(normal) * 0.7)
         det = LineDetector().fit(normal.iloc[:cut])
         tep_target = det.false_alarm_rate
-        flags = det.predict(normal).astype(bool)
+        flags = det.flag(normal).astype(bool)
         table.append({"recording": "TEP d00, last 30 %", "group": "all", "rows": len(normal) - cut,
                       "flagged": int(flags[cut:].sum()), "target": tep_target})
         visible = [f for f in tep_faults if f not in tep.INVISIBLE_FAULTS]
-        tp = sum(int(det.predict(tep_faults[f]).sum()) for f in visible)
+        tp = sum(int(det.flag(tep_faults[f]).sum()) for f in visible)
         fn = sum(len(tep_faults[f]) for f in visible) - tp
         fp = int(flags[cut:].sum())
         faults["TEP (18 visible faults)"] = {**scores(tp, fp, fn, len(normal) - cut), "tp": tp, "fp": fp, "fn": fn}

@@ -70,7 +70,7 @@ def line(holdout: float | None = None):
         params = batadal.product_params(sampling_s)
         if holdout is not None:
             params = {**params, "holdout": holdout}
-        return LineDetector(**params).fit(train.reset_index(drop=True)).predict(test.reset_index(drop=True))
+        return LineDetector(**params).fit(train.reset_index(drop=True)).flag(test.reset_index(drop=True))
 
     return flags
 

@@ -49,7 +49,7 @@ def test_runbook_diagnosis_names_the_injected_fault(run, frames, detector, copil
     onset = run.scenarios[0].start_s
     frame = frames[run.name]
     X = frame.drop(columns=["fault"])
-    flags = detector.predict(X)
+    flags = detector.flag(X)
     # the alarm is raised once the detector has flagged ON_DELAY rows in a row (the alarm engine's on-delay)
     run_len = pd.Series(flags).groupby((pd.Series(flags) != pd.Series(flags).shift()).cumsum()).cumcount().to_numpy() + 1
     after = np.flatnonzero((flags == 1) & (run_len >= ON_DELAY) & (frame.index.to_numpy() >= onset))

@@ -39,24 +39,24 @@ def detector() -> LineDetector:
 def test_predictions_are_causal_and_stream_matches_batch(detector):
     X = correlated(600, seed=1)
     X.iloc[300:, 1] += 3.0
-    full = detector.predict(X)
+    full = detector.flag(X)
     for k in (1, 150, 301, 450):
-        assert np.array_equal(detector.predict(X.iloc[:k]), full[:k])
+        assert np.array_equal(detector.flag(X.iloc[:k]), full[:k])
     stream = detector.stream()
     live = np.array([stream.update(row) for row in X.to_numpy()], dtype=object)
-    np.testing.assert_allclose(live[:, 0].astype(float), detector.score_samples(X), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(live[:, 0].astype(float), detector.anomaly_score(X), rtol=1e-9, atol=1e-12)
     assert np.array_equal(live[:, 1].astype(bool), full.astype(bool))
 
 
 def test_broken_correlation_is_flagged_even_inside_each_signals_band(detector):
     X = correlated(400, seed=2)
-    normal_rate = detector.predict(X).mean()
+    normal_rate = detector.flag(X).mean()
     assert normal_rate < 0.03
     # current falls while flow holds: each value stays inside its own normal spread, the relation does not
     broken = X.copy()
     broken.iloc[200:, 1] = broken.iloc[200:, 0] * 0.5
     assert (broken.iloc[200:, 1].abs() < X.iloc[:, 1].abs().max()).all()
-    assert detector.predict(broken)[230:].mean() > 0.9
+    assert detector.flag(broken)[230:].mean() > 0.9
     shares = detector.contributions(broken).iloc[230:].mean()
     assert shares.idxmax() == "pump.current"
     assert np.allclose(detector.contributions(broken).iloc[230:].sum(axis=1), 1.0)
@@ -65,7 +65,7 @@ def test_broken_correlation_is_flagged_even_inside_each_signals_band(detector):
 def test_slow_drift_is_caught_by_the_smoothed_statistics(detector):
     X = correlated(1200, seed=3)
     X.iloc[400:, 3] += np.linspace(0, 1.5, 800)  # a creeping bias of ~1.5 sigma
-    flags = detector.predict(X)
+    flags = detector.flag(X)
     assert flags[:400].mean() < 0.03
     assert flags[900:].mean() > 0.5
 
@@ -74,8 +74,8 @@ def test_threshold_is_calibrated_to_the_target_rate():
     loose = LineDetector(false_alarm_rate=0.05).fit(correlated(3000))
     tight = LineDetector(false_alarm_rate=0.001).fit(correlated(3000))
     X = correlated(5000, seed=9)
-    assert 0.01 < loose.predict(X).mean() < 0.15
-    assert tight.predict(X).mean() < 0.01
+    assert 0.01 < loose.flag(X).mean() < 0.15
+    assert tight.flag(X).mean() < 0.01
     assert tight.models_["all"].threshold > loose.models_["all"].threshold
 
 
@@ -88,22 +88,22 @@ def test_each_mode_has_its_own_normal_and_a_settling_grace():
     assert set(det.models_) == {"running", "idle"}
     test = pd.concat([correlated(300, 6).assign(mode="running"), (correlated(300, 7) * 0.1).assign(mode="idle")],
                      ignore_index=True)
-    flags = det.predict(test)
+    flags = det.flag(test)
     assert flags.mean() < 0.03
     # the same idle rows judged against running's normal would all be anomalous
-    assert det.predict(test.assign(mode="running"))[300:].mean() > 0.9
+    assert det.flag(test.assign(mode="running"))[300:].mean() > 0.9
     # right after a mode change nothing is flagged, even a gross departure
     gross = test.copy()
     gross.iloc[300:, 0] += 100
-    flags = det.predict(gross)
+    flags = det.flag(gross)
     assert flags[300:350].sum() == 0 and flags[360:].mean() > 0.9
 
 
 def test_detector_refuses_unfitted_and_missing_columns(detector):
     with pytest.raises(RuntimeError, match="not fitted"):
-        LineDetector().predict(correlated(10))
+        LineDetector().flag(correlated(10))
     with pytest.raises(ValueError, match="pump.current"):
-        detector.predict(correlated(10).drop(columns=["pump.current"]))
+        detector.flag(correlated(10).drop(columns=["pump.current"]))
 
 
 def faulty(seed: int, fault: str, n: int = 400) -> pd.DataFrame:
@@ -147,7 +147,7 @@ def test_models_round_trip_and_refuse_another_line(tmp_path):
     det = LineDetector().fit(X)
     path = save_detector(tmp_path / "m.joblib", TrainedDetector(line.fingerprint(), "demo", det))
     loaded = load_detector(path, line)
-    np.testing.assert_allclose(loaded.detector.score_samples(X), det.score_samples(X))
+    np.testing.assert_allclose(loaded.detector.anomaly_score(X), det.anomaly_score(X))
     other = line.model_dump(mode="json")
     other["assets"][1]["signals"][0]["normal"] = [0.5, 1.5]
     with pytest.raises(ModelMismatchError, match="fingerprint.*retrain"):
@@ -216,17 +216,17 @@ def test_a_duty_point_between_trained_ones_is_normal_when_judged_by_the_load():
     by_load = LineDetector(context=("fan.load",), context_degree=2, context_lags=(30, 200), false_alarm_rate=1e-3,
                            persistence=3).fit(train)
     assert by_load.context_lags_ == (30, 200)  # the load moves while the mode holds: its lags are learnt
-    assert by_load.predict(between).mean() < 0.01  # about the target rate
+    assert by_load.flag(between).mean() < 0.01  # about the target rate
     blind = LineDetector(context=(), false_alarm_rate=1e-3, persistence=3).fit(train)
-    assert blind.predict(between).mean() > 0.5  # judged by the two trained points alone, 10 is neither
+    assert blind.flag(between).mean() > 0.5  # judged by the two trained points alone, 10 is neither
     # a broken relation at that duty point is still caught
     broken = between.copy()
     broken.loc[1000:, "fan.current"] += 4.0
-    assert by_load.predict(broken)[1100:].mean() > 0.9
+    assert by_load.flag(broken)[1100:].mean() > 0.9
     # batch and stream agree with the operating-point features
     stream = by_load.stream()
     live = np.array([stream.update(r)[0] for r in broken.to_numpy()])
-    np.testing.assert_allclose(live, by_load.score_samples(broken), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(live, by_load.anomaly_score(broken), rtol=1e-7, atol=1e-9)
 
 
 def test_held_out_check_widens_a_threshold_the_future_does_not_keep_and_says_so():
@@ -257,17 +257,17 @@ def test_adaptive_baseline_follows_slow_drift_but_not_a_growing_fault():
     fixed = LineDetector(**params).fit(train)
     adaptive = LineDetector(**params, baseline_rows=150, baseline_every=10, baseline_hold=50).fit(train)
     drifting = loaded([(10, 12000)], seed=3, drift_per_row=1.0 / 12000)  # 1 degC (7 sd) over the run, slowly
-    assert fixed.predict(drifting)[6000:].mean() > 0.5
-    assert adaptive.predict(drifting).mean() <= 1e-3  # the target rate
+    assert fixed.flag(drifting)[6000:].mean() > 0.5
+    assert adaptive.flag(drifting).mean() <= 1e-3  # the target rate
     # a fault growing 18 times faster than that drift is flagged all the same, and the baseline freezes
     fault = loaded([(10, 6000)], seed=4)
     fault.loc[2000:, "fan.temperature"] += np.linspace(0, 6, 4000)
-    flags = adaptive.predict(fault)
+    flags = adaptive.flag(fault)
     first = int(np.argmax(flags))
     assert 2000 < first < 3000 and flags[first:].mean() > 0.95
     stream = adaptive.stream()
     live = np.array([stream.update(r) for r in fault.to_numpy()], dtype=object)
-    np.testing.assert_allclose(live[:, 0].astype(float), adaptive.score_samples(fault), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(live[:, 0].astype(float), adaptive.anomaly_score(fault), rtol=1e-7, atol=1e-9)
     assert np.array_equal(live[:, 1].astype(bool), flags.astype(bool))
     frozen = stream.baseline.baseline["all"].copy()
     for r in fault.iloc[-500:].to_numpy():
@@ -286,8 +286,8 @@ def test_holding_out_half_the_history_sees_a_drift_the_last_fifth_hides_and_wide
     m = half.calibration_["modes"]["all"]
     assert m["held_out"] == 200 and m["missed"] and m["factor"] > 1.0
     assert fifth.calibration_["modes"]["all"]["factor"] < m["factor"]
-    assert half.predict(later).mean() < fifth.predict(later).mean()
+    assert half.flag(later).mean() < fifth.flag(later).mean()
     # a fault is still caught on the drifting machine
     broken = later.copy()
     broken.loc[200:, "pump.current"] += 4.0
-    assert half.predict(broken)[220:].mean() > 0.9
+    assert half.flag(broken)[220:].mean() > 0.9

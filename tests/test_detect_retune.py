@@ -41,8 +41,8 @@ def drifted(shift: float, seed: int = 1) -> pd.DataFrame:
 def marked(alarm_id: str, verdict: str, models: TrainedDetector, X: pd.DataFrame, mode: Mode = Mode.RUNNING,
            t0: float = 1000.0) -> MarkedAlarm:
     """The alarm the live station would have raised on ``X``: one multivariate anomaly per flagged row."""
-    scores = models.detector.score_samples(X)
-    flagged = np.flatnonzero(models.detector.predict(X))
+    scores = models.detector.anomaly_score(X)
+    flagged = np.flatnonzero(models.detector.flag(X))
     assert len(flagged), "the premise: this table raises an alarm"
     anomalies = [Anomaly(ts=t0 + i, asset="tunnel", kind="multivariate", score=float(scores[i]), threshold=1.0,
                          mode=mode) for i in flagged]
@@ -51,7 +51,7 @@ def marked(alarm_id: str, verdict: str, models: TrainedDetector, X: pd.DataFrame
 
 
 def alarmed_share(models: TrainedDetector, X: pd.DataFrame) -> float:
-    return float(models.detector.predict(X)[250:].mean())
+    return float(models.detector.flag(X)[250:].mean())
 
 
 def test_a_false_alarm_stops_alarming_while_a_confirmed_fault_still_does(models):
@@ -71,7 +71,7 @@ def test_a_false_alarm_stops_alarming_while_a_confirmed_fault_still_does(models)
     assert change.factor == pytest.approx(peak * 1.05)
     assert models.detector.models_["running"].threshold == pytest.approx(running_before * peak * 1.05)
     assert models.detector.models_["idle"].threshold == idle_before  # the false alarm said nothing about idle
-    assert models.detector.predict(mild).sum() == 0
+    assert models.detector.flag(mild).sum() == 0
     assert alarmed_share(models, fault) > 0.9
     assert models.metadata["retuned_alarms"] == ["FA1"] and models.metadata["retunes"][0]["by"] == "eng"
 

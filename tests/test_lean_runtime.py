@@ -188,9 +188,9 @@ def test_detector_scores_as_with_scipys_filter(monkeypatch):
     monkeypatch.setattr(multivariate, "first_order", scipy_filter)
     theirs = LineDetector(**params).fit(X)
     assert ours.context_lags_ == (50.0,)
-    for a, b in ((ours.score_samples(test), theirs.score_samples(test)), (ours.score_samples(X), theirs.score_samples(X))):
+    for a, b in ((ours.anomaly_score(test), theirs.anomaly_score(test)), (ours.anomaly_score(X), theirs.anomaly_score(X))):
         assert np.allclose(a, b, rtol=1e-9, atol=1e-12)
-    assert np.array_equal(ours.predict(test), theirs.predict(test)) and ours.predict(test)[1300:].mean() > 0.5
+    assert np.array_equal(ours.flag(test), theirs.flag(test)) and ours.flag(test)[1300:].mean() > 0.5
 
 
 def test_detectors_keep_scikit_learns_estimator_contract():
@@ -205,6 +205,27 @@ def test_detectors_keep_scikit_learns_estimator_contract():
         det.set_params(margn=2.0)
     assert repr(det) == "LineDetector(margin=2.0, persistence=3, smoothing=(1.0, 0.2))"
     assert clone(FaultClassifier(n_estimators=7)).n_estimators == 7
+
+
+def test_the_detectors_outlier_methods_mean_what_scikit_learns_mean():
+    from sklearn.ensemble import IsolationForest
+
+    rng = np.random.default_rng(4)
+    X = pd.DataFrame(rng.normal(size=(2000, 3)), columns=["a.x", "a.y", "a.z"])
+    test = X.iloc[:400].copy()
+    test.iloc[200:, 0] += 8.0  # an outlying stretch
+    det = LineDetector(persistence=1).fit(X)
+    forest = IsolationForest(random_state=0).fit(X.to_numpy())
+    for ours, theirs in ((det.predict(test), forest.predict(test.to_numpy())),):
+        assert set(np.unique(ours)) <= {-1, 1} and set(np.unique(theirs)) <= {-1, 1}
+        assert (ours[200:] == -1).mean() > 0.9 and (ours[:200] == 1).mean() > 0.9  # -1 = outlier, as theirs
+    # higher score_samples = more normal, in both
+    assert det.score_samples(test)[200:].mean() < det.score_samples(test)[:200].mean()
+    assert forest.score_samples(test.to_numpy())[200:].mean() < forest.score_samples(test.to_numpy())[:200].mean()
+    np.testing.assert_allclose(det.score_samples(test), -det.anomaly_score(test))
+    # negative decision = beyond the limit; flag (1 = anomalous) is the plant's word for predict == -1
+    assert np.array_equal(det.decision_function(test) < 0, det.anomaly_score(test) > 1.0)
+    assert np.array_equal(det.flag(test) == 1, det.predict(test) == -1)
 
 
 def test_runbook_search_scores_equal_scikit_learns_tfidf():

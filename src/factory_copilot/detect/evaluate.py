@@ -121,7 +121,7 @@ def train_models(
     if (~normal).any():
         steps.set_postfix_str("classifier")
         # the classifier names what the detector flags: fault rows that still look normal teach it nothing
-        flagged = detector.predict(table[cols + ["run"]]).astype(bool)
+        flagged = detector.flag(table[cols + ["run"]]).astype(bool)
         keep = normal | flagged
         y = labels.to_numpy()
         if (keep & ~normal).any():
@@ -245,7 +245,7 @@ def evaluate_tep(tep_dir: str | Path, folds: int = 5, class_folds: int = 4, clas
         train = normal.iloc[np.setdiff1d(idx, held)]
         detector = LineDetector(n_splits=folds - 1).fit(train)
         pca = PcaMonitor().fit(train)
-        predictors = {"detector": detector.predict, "pca_t2": pca.predict_t2, "pca_spe": pca.predict_spe}
+        predictors = {"detector": detector.flag, "pca_t2": pca.predict_t2, "pca_spe": pca.predict_spe}
         for name, predict in predictors.items():
             far[name].append(float(np.mean(predict(normal.iloc[held]))))
             for f, data in faults.items():
@@ -327,7 +327,7 @@ def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.Data
         modes = row_modes(line, part)
         if modes is not None and models.detector.per_mode:
             X["mode"] = modes
-        score[idx] = models.detector.score_samples(X)
+        score[idx] = models.detector.anomaly_score(X)
         starts += [int(idx[s]) for s in alarm_starts(flagged[idx], on_delay)]
     tp = int((flagged & truth).sum())
     fp = int((flagged & ~truth).sum())

@@ -153,7 +153,7 @@ class LineDetector(Estimator):
 
     ``fit(X)`` takes a DataFrame of normal operation, rows in time order, one numeric column
     per signal (a ``mode`` column, if present, selects the per-mode normal; a ``run`` column
-    separates recordings). ``predict`` gives 1 for anomalous rows, ``score_samples`` the score
+    separates recordings). ``flag`` gives 1 for anomalous rows, ``anomaly_score`` the score
     relative to the calibrated threshold, ``contributions`` each signal's share of the score.
     Every row's result depends only on that row and the rows before it.
 
@@ -614,16 +614,28 @@ class LineDetector(Estimator):
             if state.quiet >= (delay + 1) * m and score_old <= self.baseline_freeze:
                 base += alpha * (z_old - base)
 
-    def score_samples(self, X: pd.DataFrame) -> np.ndarray:
+    # the plant's words: a row's anomaly score (1.0 = the limit) and whether it is flagged
+    def anomaly_score(self, X: pd.DataFrame) -> np.ndarray:
         """Anomaly score per row relative to the calibrated threshold: above 1.0 is beyond normal."""
         return self._evaluate(X)["score"]
 
-    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
-        return self.score_samples(X) - 1.0
-
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
+    def flag(self, X: pd.DataFrame) -> np.ndarray:
         """1 where the row is anomalous (past the threshold for ``persistence`` rows, not settling), else 0."""
         return self._evaluate(X)["flags"].astype(int)
+
+    # scikit-learn's outlier-detector meanings (IsolationForest, LocalOutlierFactor): higher is more normal,
+    # negative decision is an outlier, predict is -1 for outliers and +1 for inliers
+    def score_samples(self, X: pd.DataFrame) -> np.ndarray:
+        """The negated anomaly score, as scikit-learn's outlier detectors: the lower, the more abnormal."""
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
+        """1 - anomaly score: negative beyond the limit, as scikit-learn's (persistence not applied; see ``flag``)."""
+        return 1.0 - self.anomaly_score(X)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """-1 for a flagged (outlying) row, +1 for a normal one, as scikit-learn's outlier detectors."""
+        return 1 - 2 * self.flag(X)
 
     def residuals(self, X: pd.DataFrame) -> pd.DataFrame:
         """Each signal's departure from its normal value at the row's mode and operating point (value - expected).
