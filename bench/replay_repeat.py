@@ -1,0 +1,92 @@
+"""Benchmark: is a replay exact? The same recording replayed again and again at 1x, 50x and as fast as possible.
+
+The reference is the recording as the line would have lived it (tests/test_replay.py's ``reference``: every
+reading fed to the detect station and the alarm engine on a clock that steps with the data). Each replay runs
+the whole service (collect, detect, alarms, store, publish through a real broker) on the recording's time; a
+run is a miss when it raises a different set of alarms, or one more than 2 s of data time from the reference.
+Run it on a loaded machine too (``yes > /dev/null &`` twice): the data clock must not care.
+
+    .venv/bin/python bench/replay_repeat.py [--repeats 20] [--speeds 1,50,inf] [--repeats-1x 2] [--seconds 600]
+
+Last line: replay: <runs> runs at <speeds>, <misses> missed the reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
+from factory_copilot.detect.evaluate import train_models  # noqa: E402
+from simulators import FaultScenario, ModeSchedule, simulate_frame  # noqa: E402
+from tests.support.brokers import start_broker  # noqa: E402
+from tests.test_replay import DAY, reference, replayed  # noqa: E402
+
+
+def same(summary: dict, expected: list[tuple[str, float]]) -> tuple[bool, str]:
+    got: dict[str, list[float]] = {}
+    want: dict[str, list[float]] = {}
+    for a in summary["alarms_raised"]:
+        got.setdefault(a["alarm_id"], []).append(a["raised_at"])
+    for alarm, at in expected:
+        want.setdefault(alarm, []).append(at)
+    if {a: len(t) for a, t in got.items()} != {a: len(t) for a, t in want.items()}:
+        return False, f"alarms {sorted((a, len(t)) for a, t in got.items())} vs {sorted((a, len(t)) for a, t in want.items())}"
+    worst = max((abs(g - w) for a in want for g, w in zip(sorted(got[a]), sorted(want[a]))), default=0.0)
+    return worst <= 2.0, f"worst {worst:.2f} s of data time"
+
+
+async def main_async(args) -> None:
+    line = load_line(SIMULATED_LINE)
+    history = simulate_frame(line, seed=3, duration_s=3 * 3600, schedule=ModeSchedule.default())
+    models = train_models(line, history, progress=False)
+    frame = simulate_frame(line, seed=21, duration_s=args.seconds, schedule=ModeSchedule.running(startup_s=60),
+                           scenarios=[FaultScenario("pump_cavitation", start_s=args.seconds / 2, severity=2.0, ramp_s=20)])
+    frame["ts"] = time.time() - 2 * DAY + frame.index.to_numpy() * line.sampling_interval_s
+    work = Path(tempfile.mkdtemp(prefix="replay-repeat-"))
+    path = work / "recording.csv"
+    frame.to_csv(path, index=False)
+    broker = start_broker()
+    try:
+        line = line.model_copy(update={"mqtt": MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol)})
+        expected = reference(line, models, path)
+        print(f"reference: {len(expected)} alarms raised: " + ", ".join(f"{a} at +{t - frame['ts'].iloc[0]:.0f} s" for a, t in expected))
+        speeds = [math.inf if s in ("inf", "max") else float(s) for s in args.speeds.split(",")]
+        runs = misses = 0
+        for speed in speeds:
+            n = args.repeats_1x if speed == 1.0 else args.repeats
+            walls = []
+            for k in range(n):
+                summary, wall, _ = await replayed(line, models, path, work / f"run-{speed}-{k}", speed=speed)
+                ok, why = same(summary, expected)
+                runs, misses = runs + 1, misses + (not ok)
+                walls.append(wall)
+                if not ok:
+                    print(f"  {speed:g}x run {k + 1}: MISS ({why})")
+            print(f"{speed:g}x: {n} runs, {sum(1 for _ in walls)} done, wall {min(walls):.1f}-{max(walls):.1f} s each")
+    finally:
+        broker.stop()
+    print(f"replay: {runs} runs at {args.speeds}, {misses} missed the reference")
+
+
+def main() -> None:
+    logging.disable(logging.WARNING)  # each run's start-up notes (no roles, retained alarms cleared) are not figures
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=20, help="runs per speed (default 20)")
+    ap.add_argument("--repeats-1x", type=int, default=2, help="runs at 1x (each takes the recording's length)")
+    ap.add_argument("--speeds", default="1,50,inf")
+    ap.add_argument("--seconds", type=float, default=600.0, help="length of the recording (default 600 s)")
+    asyncio.run(main_async(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
