@@ -133,3 +133,26 @@ def test_evaluate_says_which_checks_fired_in_its_text(tmp_path, capsys):
     kinds = json.loads((tmp_path / "eval" / "results.json").read_text())["kinds"]
     assert kinds.get("stuck") and kinds.get("multivariate")
     assert f"stuck {kinds['stuck']}" in text and f"multivariate {kinds['multivariate']}" in text
+
+
+def test_a_line_whose_rows_are_cycles_is_reported_in_cycles_not_seconds(tmp_path, capsys):
+    body = json.loads(json.dumps(ENGINE)) | {"time_unit": "cycle"}
+    line = tmp_path / "engine.yaml"
+    line.write_text(yaml.safe_dump(body))
+    runs = engine_runs()
+    runs[runs["fault"] == "normal"].drop(columns="fault").to_csv(tmp_path / "healthy.csv", index=False)
+    runs.to_csv(tmp_path / "run-to-failure.csv", index=False)
+    assert main(["train", "--line", str(line), "--history", str(tmp_path / "healthy.csv"),
+                 "--out", str(tmp_path / "m.joblib")]) == 0
+    out = capsys.readouterr().out
+    assert "2040 cycles of normal history" in out and " min " not in out and " s of" not in out
+    assert main(["evaluate", "--line", str(line), "--history", str(tmp_path / "run-to-failure.csv"),
+                 "--models", str(tmp_path / "m.joblib"), "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "from (cycle)" in out and "delay cy" in out and "2400 cycles, 360 labelled fault" in out
+    assert "per 1000 cycles" in out and "per hour" not in out and "UTC" not in out
+    # a unit that is not a word is refused, naming the field
+    body["time_unit"] = "Cycles!"
+    line.write_text(yaml.safe_dump(body))
+    with pytest.raises(Exception, match="time_unit"):
+        load_line(line)

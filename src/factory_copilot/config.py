@@ -571,6 +571,9 @@ class LineConfig(_Strict):
     line: str
     description: str = ""
     sampling_interval_s: float = Field(1.0, gt=0)
+    # what a row's time counts when it is not seconds (a run-to-failure set in engine cycles, a batch line in
+    # batches): sampling_interval_s is then in that unit, and train's and evaluate's reports speak in it
+    time_unit: str | None = Field(None, pattern=r"^[a-z][a-z ]{0,19}$")
     modes: OperatingModes | None = None  # the machine's own operating modes; none: one mode, DEFAULT_MODE
     # load and setpoint signals ("asset.signal") that set the operating point: the detector judges every
     # other signal against what is normal there; default: a ranges signal of `modes` and signals named *setpoint*

@@ -293,21 +293,29 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _recording_table(res: dict) -> str:
-    rows = [f"{'event':24s} {'from (UTC)':>20s} {'rows':>7s} {'detected':>8s} {'delay s':>8s} {'named':>22s}"]
+def _per(unit: str | None) -> tuple[str, float]:
+    """How rates are said: per hour, or per 1,000 of the line's own time unit (the factor from a rate per hour)."""
+    return ("per hour", 1.0) if not unit else (f"per 1000 {unit}s", 1000 / 3600)
+
+
+def _recording_table(res: dict, unit: str | None = None) -> str:
+    when_head, delay_head = ("from (UTC)", "delay s") if not unit else (f"from ({unit})", f"delay {unit}s"[:8])
+    rows = [f"{'event':24s} {when_head:>20s} {'rows':>7s} {'detected':>8s} {delay_head:>8s} {'named':>22s}"]
     for e in res["events"]:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["start_ts"]))
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["start_ts"])) if not unit else f"{e['start_ts']:g}"
         delay = f"{e['delay_s']:.0f}" if e["delay_s"] is not None else "-"
         rows.append(f"{e['label'][:24]:24s} {when:>20s} {e['rows']:7d} {str(e['detected']):>8s} {delay:>8s} {str(e['named'])[:22]:>22s}")
-    delay = f"{res['mean_delay_s']:.0f} s" if res["mean_delay_s"] is not None else "-"
+    delay = (f"{res['mean_delay_s']:.0f} " + (unit + "s" if unit else "s")) if res["mean_delay_s"] is not None else "-"
+    span = f"{res['hours']:.1f} h" if not unit else f"{res['hours'] * 3600:g} {unit}s"
+    per, k = _per(unit)
     rows.append(
-        f"rows {res['rows']} ({res['hours']:.1f} h, {res['fault_rows']} labelled fault): precision {res['precision']:.3f}, "
+        f"rows {res['rows']} ({span}, {res['fault_rows']} labelled fault): precision {res['precision']:.3f}, "
         f"recall {res['recall']:.3f}, F1 {res['f1']:.3f}, false-alarm rate {res['false_alarm_rate']:.2e} of normal rows "
         f"(target {res['target_false_alarm_rate']:g}), missed-alarm rate {res['missed_alarm_rate']:.3f}")
     rows.append(
         f"events detected {res['events_detected']}/{len(res['events'])}, mean delay {delay}; alarms {res['alarms']} "
-        f"({res['alarms_per_hour']:.2f} per hour), of which false {res['false_alarms']} "
-        f"({res['false_alarms_per_hour']:.2f} per hour of normal running)")
+        f"({res['alarms_per_hour'] * k:.2f} {per}), of which false {res['false_alarms']} "
+        f"({res['false_alarms_per_hour'] * k:.2f} {per} of normal running)")
     if res["kinds"]:
         # why rows were flagged: the detector, or which single-signal check
         rows.append("flagged by (anomalies per kind): " + ", ".join(
@@ -315,7 +323,7 @@ def _recording_table(res: dict) -> str:
     return "\n".join(rows)
 
 
-def _plot_recording(res: dict, path: Path, title: str) -> None:
+def _plot_recording(res: dict, path: Path, title: str, unit: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,7 +333,7 @@ def _plot_recording(res: dict, path: Path, title: str) -> None:
     import pandas as pd
 
     s = res["series"]
-    t = pd.to_datetime(np.asarray(s["ts"]), unit="s")
+    t = pd.to_datetime(np.asarray(s["ts"]), unit="s") if not unit else np.asarray(s["ts"], dtype=float)
     score = np.asarray(s["score"])
     truth = np.asarray(s["truth"], dtype=bool)
     flagged = np.asarray(s["flagged"], dtype=bool)
@@ -345,8 +353,11 @@ def _plot_recording(res: dict, path: Path, title: str) -> None:
     ax2.fill_between(t, 0, -truth.astype(float), step="post", color="tab:red", alpha=0.4, label="labelled")
     ax2.set_yticks([])
     ax2.legend(loc="upper left", fontsize=8)
-    ax2.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    fig.autofmt_xdate()
+    if unit:
+        ax2.set_xlabel(unit)
+    else:
+        ax2.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+        fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -380,13 +391,14 @@ def _baselines(args: argparse.Namespace, line, models, frame, res: dict) -> dict
     figures = {name: flag_figures(flags, truth, ts, line.sampling_interval_s, ON_DELAY_ROWS)
                for name, flags in baseline_flags(normal, frame).items()}
     print(f"beside the simple methods (fitted on {source}):")
-    print(f"  {'method':16s} {'F1':>6s} {'FAR':>9s} {'MAR':>7s} {'events':>8s} {'false alarms/h':>15s}")
+    per, k = _per(line.time_unit)
+    print(f"  {'method':16s} {'F1':>6s} {'FAR':>9s} {'MAR':>7s} {'events':>8s}  false alarms {per}")
     rows = [("line detector", {"f1": res["f1"], "false_alarm_rate": res["false_alarm_rate"],
                                "missed_alarm_rate": res["missed_alarm_rate"], "events_detected": res["events_detected"],
                                "events": len(res["events"]), "false_alarms_per_hour": res["false_alarms_per_hour"]})]
     for name, f in rows + list(figures.items()):
         print(f"  {name:16s} {f['f1']:6.3f} {f['false_alarm_rate']:9.2e} {f['missed_alarm_rate']:7.3f} "
-              f"{f['events_detected']:>3d}/{f['events']:<4d} {f['false_alarms_per_hour']:15.2f}")
+              f"{f['events_detected']:>3d}/{f['events']:<4d}  {f['false_alarms_per_hour'] * k:.2f}")
     return {"fitted_on": source, **figures}
 
 
@@ -411,14 +423,14 @@ def evaluate_recording_command(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(_recording_table(res))
+    print(_recording_table(res, line.time_unit))
     note = untrained_note(line, Path(args.history).name, res["rows"], res["untrained_rows"])
     if note:
         print(note)
     if not args.no_baselines:
         res["baselines"] = _baselines(args, line, models, frame, res)
     (out / "results.json").write_text(json.dumps({k: v for k, v in res.items() if k != "series"}, indent=2, default=str))
-    _plot_recording(res, out / "recording.png", f"{line.site}/{line.line}: {Path(args.history).name}")
+    _plot_recording(res, out / "recording.png", f"{line.site}/{line.line}: {Path(args.history).name}", line.time_unit)
     print(f"wrote {out / 'results.json'} and {out / 'recording.png'}")
     return 0
 

@@ -105,7 +105,11 @@ def stretch_tails(labels: np.ndarray, run_ids: np.ndarray, share: float) -> np.n
     return held
 
 
-def duration(rows: int, interval_s: float) -> str:
+def duration(rows: int, interval_s: float, unit: str | None = None) -> str:
+    """How long ``rows`` rows last: seconds to hours, or counted in the line's own ``unit`` (cycles) if it has one."""
+    if unit:
+        n = rows * interval_s
+        return f"{n:g} {unit}" + ("" if n == 1 or unit.endswith("s") else "s")
     s = rows * interval_s
     if s < 120:
         return f"{s:.0f} s"
@@ -142,12 +146,12 @@ def coverage_report(line: LineConfig, calibration: dict, rows_by_group: dict[str
             continue
         g = groups.get(name) or calibration["modes"].get(name) or {}
         n = g.get("held_out", 0)
-        head = f"{what}: {duration(rows, interval)} of normal history"
+        head = f"{what}: {duration(rows, interval, line.time_unit)} of normal history"
         if not n:
             out.append(f"{head}; none held out (too short to spare): its false-alarm rate is not checked")
             continue
         rate = g["flagged"] / n
-        head += f", {duration(n, interval)} held out: false-alarm rate {rate:.1e} (target {target:.0e})"
+        head += f", {duration(n, interval, line.time_unit)} held out: false-alarm rate {rate:.1e} (target {target:.0e})"
         if rate > target and not g.get("missed"):
             head += f"; {g['episodes']} episode(s), within chance for this much history"
         if g.get("estimable"):
