@@ -23,6 +23,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       model_validator)
 
 from factory_copilot.records import DEFAULT_MODE, Priority
+from factory_copilot.errors import GiveUp
 
 # a priority as a line file or a catalogue writes it: low|medium|high|critical or 1-4
 PriorityName = Annotated[Priority, BeforeValidator(Priority.parse)]
@@ -39,7 +40,7 @@ def demo_state_dir() -> Path:
 SIMULATED_FAULTS = SEEDS_DIR / "faults.yaml"  # the simulator injects these (the demo line names them too)
 
 
-class LineConfigError(ValueError):
+class LineConfigError(GiveUp, ValueError):
     """A line file that cannot be used; the message names the file and every bad field."""
 
     def __init__(self, path: str | Path, problems: list[str]):

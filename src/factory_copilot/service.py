@@ -33,6 +33,7 @@ from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.copilot.station import Copilot
 from factory_copilot.detect.persist import ModelMismatchError, TrainedDetector, load_detector
 from factory_copilot.detect.station import DetectStation
+from factory_copilot.errors import AuthRefused, GiveUp, Transient
 from factory_copilot.plumbing.buffer import Buffer, fan_out
 from factory_copilot.plumbing.signals import stop_on_signals
 from factory_copilot.publish.opcua_server import AlarmServer
@@ -182,9 +183,10 @@ class LineService:
             await self._shutdown(health)
 
     async def _station(self, name: str, run: Callable[[asyncio.Event], Coroutine], stop: asyncio.Event,
-                       backoff_max_s: float = 30.0) -> None:
-        """Run one station; when it dies, say why, count it and start it again (with back-off) until ``stop``."""
-        delay = 1.0
+                       backoff_max_s: float = 30.0, backoff_s: float = 1.0) -> None:
+        """Run one station; when it dies, say why, count it and start it again (with back-off) until ``stop``;
+        one that gives up (``errors.GiveUp``) stays stopped, one refused its credentials retries at the slow pace."""
+        delay = backoff_s
         while True:
             began = time.monotonic()
             try:
@@ -194,13 +196,24 @@ class LineService:
                 raise RuntimeError("returned while the service was running")
             except asyncio.CancelledError:
                 raise
+            except GiveUp as exc:  # nothing changes without a person: stay stopped, and /health says why
+                self.stopped[name] = f"gave up: {exc}"
+                log.error("station %s stopped for good: %s", name, exc)
+                await stop.wait()
+                return
+            except AuthRefused as exc:  # retrying at once cannot help: slowly, until someone fixes the credentials
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                self.stopped[name] = f"credentials refused: {exc}"
+                delay = max(delay, backoff_max_s)
+                log.error("station %s stopped (%s); retry #%d in %.0f s", name, self.stopped[name],
+                          self.restarts[name], delay)
             except Exception as exc:  # a station that dies is a bug; the service must keep watching the line
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 self.stopped[name] = f"{type(exc).__name__}: {exc}"
                 log.error("station %s stopped (%s); restart #%d in %.0f s", name, self.stopped[name],
-                          self.restarts[name], delay, exc_info=exc)
+                          self.restarts[name], delay, exc_info=None if isinstance(exc, Transient) else exc)
             if time.monotonic() - began > 60:
-                delay = 1.0  # it ran a good while: a new failure starts the back-off again
+                delay = backoff_s  # it ran a good while: a new failure starts the back-off again
             try:
                 await asyncio.wait_for(stop.wait(), delay)
                 return

@@ -24,9 +24,10 @@ import yaml
 
 from factory_copilot.config import Role
 from factory_copilot.plumbing.logins import Logins
+from factory_copilot.errors import FactoryCopilotError
 
 
-class AccessError(ValueError):
+class AccessError(FactoryCopilotError, ValueError):
     """A tokens or users file that cannot be used; the message names the file and the entry."""
 
 

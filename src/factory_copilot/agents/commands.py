@@ -20,11 +20,12 @@ from typing import Any
 from factory_copilot.config import MqttConnection
 from factory_copilot.plumbing.mqtt import MqttSession
 from factory_copilot.publish.topics import Topics
+from factory_copilot.errors import Transient
 
 log = logging.getLogger(__name__)
 
 
-class NoReply(RuntimeError):
+class NoReply(Transient, RuntimeError):
     """The alarm engine did not answer in time (the service is down, or the broker dropped the command)."""
 
 

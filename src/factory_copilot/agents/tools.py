@@ -26,6 +26,7 @@ from factory_copilot.shift.calendar import NoShifts, named_or_last, shift_at
 from factory_copilot.shift.document import markdown
 from factory_copilot.shift.handover import write_handover
 from factory_copilot.store.store import Store
+from factory_copilot.errors import FactoryCopilotError
 
 LIMITS = {
     "alarms": 200,  # per list
@@ -40,7 +41,7 @@ LIMITS = {
 }
 
 
-class ToolError(ValueError):
+class ToolError(FactoryCopilotError, ValueError):
     """A tool call that cannot be answered; the message says what was wrong and what would be right."""
 
 

@@ -27,6 +27,7 @@ from factory_copilot.plumbing import safejson
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.plumbing.opcua import quality_of
 from factory_copilot.records import Quality, Reading
+from factory_copilot.errors import FactoryCopilotError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ REJECT_REASONS = (
 _QUALITY_WORDS = {"good": Quality.GOOD, "uncertain": Quality.UNCERTAIN, "bad": Quality.BAD}
 
 
-class BadSample(ValueError):
+class BadSample(FactoryCopilotError, ValueError):
     """A sample the gate will not let through; ``reason`` is one of REJECT_REASONS."""
 
     def __init__(self, reason: str, detail: str = ""):

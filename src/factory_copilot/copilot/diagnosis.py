@@ -25,6 +25,7 @@ from factory_copilot.catalogue import UNKNOWN, Fault
 from factory_copilot.copilot.evidence import MATCH_MIN, Candidate, EvidencePack, SignalEvidence, rank_faults
 from factory_copilot.copilot.runbooks import Runbook, RunbookLibrary
 from factory_copilot.records import Cause, Diagnosis, Evidence, Step
+from factory_copilot.errors import FactoryCopilotError
 
 CONFIDENCE = {"high": 0.8, "medium": 0.5, "low": 0.2}
 # "none of the catalogued faults" weighs one full signature's worth against the candidates' scores
@@ -72,7 +73,7 @@ def diagnosis_schema(faults: list[str] | None = None, steps: list[str] | None = 
 DIAGNOSIS_SCHEMA = diagnosis_schema()  # the form only; the station builds one over its plant's ids
 
 
-class InvalidModelOutput(ValueError):
+class InvalidModelOutput(FactoryCopilotError, ValueError):
     """The model's text is not a usable diagnosis (not JSON, wrong shape, or nothing left after validation)."""
 
 

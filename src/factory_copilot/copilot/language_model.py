@@ -11,6 +11,8 @@ left on the backend for the caller to read afterwards, where another call could 
 from __future__ import annotations
 
 import json
+
+from factory_copilot.errors import Transient
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -18,7 +20,7 @@ OnToken = Callable[[str], None]
 Messages = list[dict[str, str]]
 
 
-class BackendError(RuntimeError):
+class BackendError(Transient, RuntimeError):
     reason = "backend error"
 
 

@@ -24,6 +24,8 @@ import os
 import shutil
 import sys
 import time
+
+from factory_copilot.errors import FactoryCopilotError
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,7 +54,7 @@ CHOICES = {
 }
 
 
-class PullError(RuntimeError):
+class PullError(FactoryCopilotError, RuntimeError):
     """A pull that did not give a verified file; the message is the one line the user reads."""
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from factory_copilot.config import field_path
 from factory_copilot.copilot.tfidf import TfIdfIndex
+from factory_copilot.errors import GiveUp
 
 if TYPE_CHECKING:
     from factory_copilot.config import LineConfig
@@ -73,7 +74,7 @@ class Runbook:
         return self.passages.get(anchor)
 
 
-class RunbookError(ValueError):
+class RunbookError(GiveUp, ValueError):
     pass
 
 

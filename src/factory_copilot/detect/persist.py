@@ -14,6 +14,7 @@ from factory_copilot.config import LineConfig
 from factory_copilot.detect.checks import SignalChecks
 from factory_copilot.detect.classify import FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
+from factory_copilot.errors import GiveUp
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 FORMAT = 3
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(GiveUp, ValueError):
     """The model file was trained for another line file (or is not a detect model)."""
 
 

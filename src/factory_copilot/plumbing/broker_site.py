@@ -32,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from factory_copilot.errors import GiveUp
+
 DEFAULT_PREFIX = "factory-copilot"  # the topic scheme's (publish/topics.py); plumbing imports no station
 
 # a user name is one topic level and a Mosquitto ACL %u substitution: no '/', '+', '#', spaces or controls
@@ -50,7 +52,7 @@ MAX_PACKET_BYTES = 256 * 1024  # commands and questions are at most 64 KiB; a bi
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for $7$
 
 
-class BrokerSiteError(ValueError):
+class BrokerSiteError(GiveUp, ValueError):
     """A users file that cannot be used; the message names the file and the entry."""
 
 

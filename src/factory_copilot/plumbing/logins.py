@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 
 import yaml
+
+from factory_copilot.errors import GiveUp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -19,7 +21,7 @@ _HASHER = PasswordHasher()  # Argon2id, 64 MiB, 3 passes, 16-byte salt: argon2-c
 _DUMMY = _HASHER.hash("not a password of anyone")  # an unknown user costs as much as a known one
 
 
-class LoginsError(ValueError):
+class LoginsError(GiveUp, ValueError):
     """A users file that cannot be used; the message names the file and the entry."""
 
 

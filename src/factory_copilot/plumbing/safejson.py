@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+
+from factory_copilot.errors import FactoryCopilotError
 from typing import Any
 
 MAX_DEPTH = 32
@@ -18,7 +20,7 @@ MAX_INT_DIGITS = 30  # beyond float64's 17 significant digits anyway
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
-class BadJson(ValueError):
+class BadJson(FactoryCopilotError, ValueError):
     """Why a payload is not usable JSON: ``reason`` is oversized, too_deep, not_json or not_finite."""
 
     def __init__(self, reason: str, detail: str):

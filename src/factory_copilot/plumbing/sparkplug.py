@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from factory_copilot.plumbing import sparkplug_b_pb2 as pb
 from factory_copilot.records import Quality
+from factory_copilot.errors import FactoryCopilotError
 
 NAMESPACE = "spBv1.0"
 REBIRTH = "Node Control/Rebirth"
@@ -88,7 +89,7 @@ FLOATS = frozenset({DataType.Float, DataType.Double})
 PROCESS_TYPES = frozenset({*SIGNED_BITS, *UNSIGNED, *FLOATS, DataType.Boolean})
 
 
-class NotAProcessValue(ValueError):
+class NotAProcessValue(FactoryCopilotError, ValueError):
     """A metric whose value is not one finite number (text, a data set, an array, a missing value)."""
 
 

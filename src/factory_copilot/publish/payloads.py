@@ -23,6 +23,7 @@ from factory_copilot import __version__
 from factory_copilot.plumbing import safejson
 from factory_copilot.records import (AlarmEvent, Alarm, CommandResult, Diagnosis, Handover, HandoverAck,
                                      ModelJob, OperatorCommand, Question)
+from factory_copilot.errors import FactoryCopilotError
 
 # the MQTT contract ships inside the package (an installed wheel validates what it sends and takes)
 SCHEMAS_DIR = Path(os.environ.get("FACTORY_COPILOT_SCHEMAS")
@@ -36,7 +37,7 @@ HANDOVER, HANDOVER_ACK = "handover/1", "handover-ack/1"
 KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER, MODEL_JOB, HANDOVER, HANDOVER_ACK)
 
 
-class PayloadError(ValueError):
+class PayloadError(FactoryCopilotError, ValueError):
     """A payload that does not match its schema; the message names the field and the problem."""
 
 

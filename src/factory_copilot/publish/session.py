@@ -25,11 +25,12 @@ from factory_copilot.config import MqttConnection
 from factory_copilot.plumbing.mqtt import MqttSession, Will
 from factory_copilot.publish import payloads
 from factory_copilot.publish.topics import Topics
+from factory_copilot.errors import GiveUp
 
 log = logging.getLogger(__name__)
 
 
-class InstanceConflict(RuntimeError):
+class InstanceConflict(GiveUp, RuntimeError):
     """Another publisher is online for the same site/line on this broker."""
 
 

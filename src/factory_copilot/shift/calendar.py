@@ -13,6 +13,7 @@ import zoneinfo
 from dataclasses import dataclass
 
 from factory_copilot.config import LineConfig, Shift
+from factory_copilot.errors import GiveUp
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,7 @@ def zone(name: str) -> dt.tzinfo:
     return dt.timezone.utc if name == "UTC" else zoneinfo.ZoneInfo(name)
 
 
-class NoShifts(ValueError):
+class NoShifts(GiveUp, ValueError):
     """The line file names no shifts."""
 
 
