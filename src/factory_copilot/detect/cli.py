@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=f"History formats: {HISTORY_DOC}.")
     e.add_argument("--line", "--config", dest="line", default=str(SIMULATED_LINE),
                    help="line file (default: the simulated line)")
-    e.add_argument("--history", metavar="FILE", help="a labelled recording of the line (CSV, Parquet or JSON lines)")
+    e.add_argument("--history", metavar="FILE", help="a labelled recording of the line (CSV or Parquet with a label "
+                                                     "column; a JSON-lines reading stream carries no labels)")
     e.add_argument("--labels", metavar="COLUMN", default="fault",
                    help="the recording's label column: 'normal', 0, false or empty for normal rows, anything else "
                         "(a fault name, 1, true) for a fault (default: fault)")
@@ -357,6 +358,10 @@ def evaluate_recording_command(args: argparse.Namespace) -> int:
         models = load_detector(path, line, args.line)
     except ModelMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if Path(args.history).suffix.lower() in (".jsonl", ".ndjson"):
+        print(f"error: {args.history}: a reading stream (JSON lines) carries no labels, so it cannot be scored; "
+              f"evaluate a CSV or Parquet table with a label column ({HISTORY_DOC})", file=sys.stderr)
         return 2
     try:
         frame = read_history([args.history], line)
