@@ -219,6 +219,27 @@ async def test_a_replay_does_not_take_the_lines_health_port(tmp_path, broker, si
         assert await asyncio.wait_for(service_module.serve(line_file, replay=path, speed=math.inf), 120) == 0
 
 
+async def test_evaluate_reports_the_alarms_and_delays_a_replay_reports_on_the_same_recording(
+        recording, broker, tmp_path, sim_models):
+    """Before: evaluate counted an alarm at the 5th consecutive flagged row, the replay at the engine's on-delay in
+    data time, so the same recording's event was detected 2-3 s later in evaluate than in the replay."""
+    from factory_copilot.detect.cli import read_history
+    from factory_copilot.detect.evaluate import evaluate_recording
+
+    line = load_line(SIMULATED_LINE)
+    line = line.model_copy(update={"mqtt": MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol)})
+    res = evaluate_recording(sim_models, line, read_history([str(recording)], line))
+    summary, _, _ = await replayed(line, sim_models, recording, tmp_path, speed=math.inf)
+    assert [(e["label"], e["start_ts"]) for e in res["events"]] == [(f["fault"], f["start"]) for f in summary["faults"]]
+    replay_delays = [f["first_alarm_after_s"] for f in summary["faults"]]
+    assert None not in replay_delays, "the fault must be alarmed at all"
+    assert [None if e["delay_s"] is None else round(e["delay_s"], 1) for e in res["events"]] == replay_delays
+    # the same alarms at the same data times, so the counts per hour agree too
+    assert sorted((a["alarm_id"], a["raised_at"]) for a in res["alarms_raised"]) == sorted(
+        (a["alarm_id"], a["raised_at"]) for a in summary["alarms_raised"])
+    assert res["alarms"] == len(summary["alarms_raised"])
+
+
 def test_replay_of_a_reading_stream_refuses_labels_it_cannot_read(tmp_path):
     """Before: `run --replay stream.jsonl --labels fault` played the stream and scored no event, saying nothing."""
     import json

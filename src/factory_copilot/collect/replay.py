@@ -115,7 +115,7 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
     evaluate's ``--labels``), by default ``fault`` or else ``label``. A reading stream has no labels: ``labels``
     with one is refused, as is ``labels`` naming a file, rather than replayed with no fault scored.
     """
-    from factory_copilot.plumbing.history import epoch_seconds, fault_events, read_table
+    from factory_copilot.plumbing.history import epoch_seconds, fault_events, read_table, row_times
 
     p = Path(path)
     suffix = p.suffix.lower()
@@ -161,7 +161,8 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
         if "mode" in table.columns and mode_key is not None and mode_key not in keys:
             keys.append("mode")
         if label is not None and events is not None:
-            events.extend(fault_events(table[label], stamps, line.sampling_interval_s))
+            # on the rows' times, as the station stamps its rows and so the alarms raised on them (and as evaluate)
+            events.extend(fault_events(table[label], row_times(stamps, line.sampling_interval_s), line.sampling_interval_s))
         for ts, row in zip(stamps, table[keys].itertuples(index=False)):
             for key, value in zip(keys, row):
                 if key == "mode" and isinstance(value, str):

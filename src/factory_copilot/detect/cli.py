@@ -300,7 +300,8 @@ def _recording_table(res: dict) -> str:
         f"(target {res['target_false_alarm_rate']:g}), missed-alarm rate {res['missed_alarm_rate']:.3f}")
     rows.append(
         f"events detected {res['events_detected']}/{len(res['events'])}, mean delay {delay}; alarms {res['alarms']} "
-        f"({res['alarms_per_hour']:.2f} per hour), of which false {res['false_alarms']} "
+        f"({res['alarms_per_hour']:.2f} per hour; {res['alarms_rung']} rung, the rest folded under their root), "
+        f"of which false {res['false_alarms']} "
         f"({res['false_alarms_per_hour']:.2f} per hour of normal running)")
     if res["kinds"]:
         # why rows were flagged: the detector, or which single-signal check
