@@ -704,3 +704,18 @@ def test_a_question_shows_the_runbook_answer_at_once_and_its_place_in_the_models
         assert shown[-1] == "The strainer is the likely cause." and not _waits(at)
     finally:
         side.stop()
+
+
+def test_the_dashboard_server_runs_no_full_garbage_collection_after_every_rerun():
+    """Before: Streamlit's default gc.collect(2) after every fragment rerun was ~40 % of the server's CPU with two
+    pages open (bench/dashboard_cpu.py: 52.8 % -> 27.0 % of one core); both ways of serving it turn it off."""
+    import tomllib
+
+    from factory_copilot.config import REPO_ROOT
+    from factory_copilot.store.cli import dashboard_command
+
+    cmd = dashboard_command("store.db", "line.yaml", None)
+    flags = cmd[: cmd.index("--")]
+    assert flags[flags.index("--runner.postScriptGC") + 1] == "false"
+    config = tomllib.loads((REPO_ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["postScriptGC"] is False  # `streamlit run dashboards/app.py` from the repository

@@ -217,3 +217,84 @@ async def test_a_replay_does_not_take_the_lines_health_port(tmp_path, broker, si
         monkeypatch.setattr(service_module, "load_detector", lambda *a, **k: sim_models)
         _, path = _small_recording(tmp_path, ["normal"] * 5, fault=["normal"] * 5)
         assert await asyncio.wait_for(service_module.serve(line_file, replay=path, speed=math.inf), 120) == 0
+
+
+async def test_evaluate_reports_the_alarms_and_delays_a_replay_reports_on_the_same_recording(
+        recording, broker, tmp_path, sim_models):
+    """Before: evaluate counted an alarm at the 5th consecutive flagged row, the replay at the engine's on-delay in
+    data time, so the same recording's event was detected 2-3 s later in evaluate than in the replay."""
+    from factory_copilot.detect.cli import read_history
+    from factory_copilot.detect.evaluate import evaluate_recording
+
+    line = load_line(SIMULATED_LINE)
+    line = line.model_copy(update={"mqtt": MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol)})
+    res = evaluate_recording(sim_models, line, read_history([str(recording)], line))
+    summary, _, _ = await replayed(line, sim_models, recording, tmp_path, speed=math.inf)
+    assert [(e["label"], e["start_ts"]) for e in res["events"]] == [(f["fault"], f["start"]) for f in summary["faults"]]
+    replay_delays = [f["first_alarm_after_s"] for f in summary["faults"]]
+    assert None not in replay_delays, "the fault must be alarmed at all"
+    assert [None if e["delay_s"] is None else round(e["delay_s"], 1) for e in res["events"]] == replay_delays
+    # the same alarms at the same data times, so the counts per hour agree too
+    assert sorted((a["alarm_id"], a["raised_at"]) for a in res["alarms_raised"]) == sorted(
+        (a["alarm_id"], a["raised_at"]) for a in summary["alarms_raised"])
+    assert res["alarms"] == len(summary["alarms_raised"])
+
+
+def test_replay_of_a_reading_stream_refuses_labels_it_cannot_read(tmp_path):
+    """Before: `run --replay stream.jsonl --labels fault` played the stream and scored no event, saying nothing."""
+    import json
+
+    line = load_line(SIMULATED_LINE)
+    path = tmp_path / "stream.jsonl"
+    path.write_text("".join(json.dumps({"ts": 1_700_000_000.0 + i, "asset": "product_pump", "signal": "flow",
+                                        "value": 1.0, "fault": "normal"}) + "\n" for i in range(3)))
+    assert load_recording(path, line)  # without --labels a stream replays, as normal running
+    with pytest.raises(ValueError, match=r"stream\.jsonl.*JSON lines.*no labels.*CSV or Parquet"):
+        load_recording(path, line, [], labels="fault")
+
+
+def test_replay_labels_name_a_column_not_a_file(tmp_path):
+    """A labels file given to --labels: the error says the labels are a column of the recording."""
+    line, path = _small_recording(tmp_path, ["normal"] * 3, fault=["normal"] * 3)
+    (tmp_path / "labels.jsonl").write_text('{"ts": 1700000000, "fault": "normal"}\n')
+    with pytest.raises(ValueError, match=r"small\.csv.*labels\.jsonl'.*a column of the recording, not a file"):
+        load_recording(path, line, [], labels=str(tmp_path / "labels.jsonl"))
+
+
+async def test_run_replay_with_labels_it_cannot_read_fails_naming_the_file(tmp_path, sim_models, monkeypatch, caplog):
+    """The whole command: exit 2 and the reason in its log, before anything is replayed."""
+    import json
+
+    import yaml
+
+    from factory_copilot import service as service_module
+
+    data = yaml.safe_load(SIMULATED_LINE.read_text())
+    data.setdefault("service", {})["state_dir"] = str(tmp_path / "state")
+    seeds = SIMULATED_LINE.parent.parent
+    data["knowledge"] = {"faults": str(seeds / "faults.yaml"), "runbooks": str(seeds / "runbooks")}
+    line_file = tmp_path / "line.yaml"
+    line_file.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(service_module, "load_detector", lambda *a, **k: sim_models)
+    path = tmp_path / "stream.jsonl"
+    path.write_text(json.dumps({"ts": 1_700_000_000.0, "asset": "product_pump", "signal": "flow", "value": 1.0}) + "\n")
+    with caplog.at_level("ERROR"):
+        rc = await asyncio.wait_for(service_module.serve(line_file, replay=path, speed=math.inf, labels="fault"), 60)
+    assert rc == 2
+    assert any("stream.jsonl" in m and "no labels" in m for m in caplog.messages), caplog.messages
+
+
+def test_evaluate_of_a_reading_stream_says_a_stream_has_no_labels(tmp_path, sim_models, capsys):
+    """Before: 'no label column 'fault'' listing the stream's own fields, as if a column name were wrong."""
+    import json
+
+    from factory_copilot.cli import main
+    from factory_copilot.detect.persist import save_detector
+
+    path = tmp_path / "stream.jsonl"
+    path.write_text(json.dumps({"ts": 1_700_000_000.0, "asset": "product_pump", "signal": "flow", "value": 1.0}) + "\n")
+    models = save_detector(tmp_path / "m.joblib", sim_models)
+    assert main(["evaluate", "--line", str(SIMULATED_LINE), "--history", str(path), "--models", str(models),
+                 "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert "stream.jsonl" in err and "carries no labels" in err and "CSV or Parquet" in err

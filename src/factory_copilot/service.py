@@ -433,5 +433,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", type=float, default=1.0, help="replay this many times faster than real time")
     p.add_argument("--labels", metavar="COLUMN",
                    help="with --replay: the recording's label column, read as `evaluate --labels` reads it ('normal', "
-                        "0, false or empty for normal rows; default: fault, else label)")
+                        "0, false or empty for normal rows; default: fault, else label); a column of a CSV or Parquet "
+                        "recording, not a file (a JSON-lines stream has none)")
     p.set_defaults(func=lambda a: serve(a.config, a.source, a.health_port, a.replay, a.speed, a.state_dir, a.labels))

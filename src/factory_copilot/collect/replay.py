@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 TS_COLUMNS = ("ts", "time", "timestamp")
 NOT_SIGNALS = {"mode", "fault", "run", "label", *TS_COLUMNS}
+STREAM_SUFFIXES = (".jsonl", ".ndjson")
+# what a recording's file is named like: --labels given one of these means a file, not a column
+RECORDING_SUFFIXES = (".csv", ".parquet", ".pq", ".txt", ".json", ".tsv", *STREAM_SUFFIXES)
 
 
 class ReplayClock:
@@ -109,17 +112,22 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
     The file is read as train and evaluate read it (``plumbing.history.read_table``): columns that are no
     signal of the line are ignored, named in one log line. ``events`` receives each labelled fault of a wide
     table as (start, end, label), healthy rows by evaluate's rule; the label column is ``labels`` (as
-    evaluate's ``--labels``), by default ``fault`` or else ``label``.
+    evaluate's ``--labels``), by default ``fault`` or else ``label``. A reading stream has no labels: ``labels``
+    with one is refused, as is ``labels`` naming a file, rather than replayed with no fault scored.
     """
-    from factory_copilot.plumbing.history import epoch_seconds, fault_events, read_table
+    from factory_copilot.plumbing.history import epoch_seconds, fault_events, read_table, row_times
 
     p = Path(path)
     suffix = p.suffix.lower()
+    if labels is not None and suffix in STREAM_SUFFIXES:
+        raise ValueError(f"{p}: a reading stream (JSON lines) carries no labels, so --labels {labels!r} cannot be read "
+                         "from it; replay a CSV or Parquet table with a label column to score its faults, or drop "
+                         "--labels (docs/history.md)")
     frame = read_table(p, "recording")
     stream = table = frame
     units = {f"{a.id}.{s.name}": s.unit for a in line.assets for s in a.signals}
     out: list[Reading] = []
-    if suffix in (".jsonl", ".ndjson"):
+    if suffix in STREAM_SUFFIXES:
         missing = {"ts", "asset", "signal", "value"} - set(stream.columns)
         if missing:
             raise ValueError(f"{p}: a reading needs {', '.join(sorted(missing))}")
@@ -131,6 +139,9 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
                                str(r.asset), str(r.signal), value, q, "replay", units.get(f"{r.asset}.{r.signal}", "")))
     else:
         if labels is not None and labels not in table.columns:
+            if Path(labels).suffix.lower() in RECORDING_SUFFIXES:
+                raise ValueError(f"{p}: no label column {labels!r}: --labels names a column of the recording, not a "
+                                 f"file; add the labels to {p.name} as a column and give its name (docs/history.md)")
             raise ValueError(f"{p}: no label column {labels!r} (columns: {', '.join(map(str, table.columns[:12]))})")
         label = labels or next((c for c in ("fault", "label") if c in table.columns), None)
         keys = [c for c in table.columns if c not in NOT_SIGNALS and c != label]
@@ -150,7 +161,8 @@ def load_recording(path: str | Path, line: LineConfig, events: list[tuple[float,
         if "mode" in table.columns and mode_key is not None and mode_key not in keys:
             keys.append("mode")
         if label is not None and events is not None:
-            events.extend(fault_events(table[label], stamps, line.sampling_interval_s))
+            # on the rows' times, as the station stamps its rows and so the alarms raised on them (and as evaluate)
+            events.extend(fault_events(table[label], row_times(stamps, line.sampling_interval_s), line.sampling_interval_s))
         for ts, row in zip(stamps, table[keys].itertuples(index=False)):
             for key, value in zip(keys, row):
                 if key == "mode" and isinstance(value, str):

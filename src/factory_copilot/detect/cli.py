@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=f"History formats: {HISTORY_DOC}.")
     e.add_argument("--line", "--config", dest="line", default=str(SIMULATED_LINE),
                    help="line file (default: the simulated line)")
-    e.add_argument("--history", metavar="FILE", help="a labelled recording of the line (CSV, Parquet or JSON lines)")
+    e.add_argument("--history", metavar="FILE", help="a labelled recording of the line (CSV or Parquet with a label "
+                                                     "column; a JSON-lines reading stream carries no labels)")
     e.add_argument("--labels", metavar="COLUMN", default="fault",
                    help="the recording's label column: 'normal', 0, false or empty for normal rows, anything else "
                         "(a fault name, 1, true) for a fault (default: fault)")
@@ -314,7 +316,8 @@ def _recording_table(res: dict, unit: str | None = None) -> str:
         f"(target {res['target_false_alarm_rate']:g}), missed-alarm rate {res['missed_alarm_rate']:.3f}")
     rows.append(
         f"events detected {res['events_detected']}/{len(res['events'])}, mean delay {delay}; alarms {res['alarms']} "
-        f"({res['alarms_per_hour'] * k:.2f} {per}), of which false {res['false_alarms']} "
+        f"({res['alarms_per_hour'] * k:.2f} {per}; {res['alarms_rung']} rung, the rest folded under their root), "
+        f"of which false {res['false_alarms']} "
         f"({res['false_alarms_per_hour'] * k:.2f} {per} of normal running)")
     if res["kinds"]:
         # why rows were flagged: the detector, or which single-signal check
@@ -367,7 +370,7 @@ def _baselines(args: argparse.Namespace, line, models, frame, res: dict) -> dict
     """PCA T²+Q and IsolationForest fitted on healthy history and scored on the recording beside the detector,
     printed as a table: does the product beat the simple methods on this machine?"""
     from factory_copilot.detect.baselines import baseline_flags, flag_figures
-    from factory_copilot.detect.evaluate import ON_DELAY_ROWS
+    from factory_copilot.alarms.engine import AlarmSettings
     from factory_copilot.plumbing.history import fault_rows
 
     signals = list(models.detector.signals_)
@@ -388,7 +391,9 @@ def _baselines(args: argparse.Namespace, line, models, frame, res: dict) -> dict
             print(f"baselines skipped: {why}, and the recording has only {first} healthy rows before its first fault")
             return {}
     ts = np.asarray(res["series"]["ts"], dtype=float)
-    figures = {name: flag_figures(flags, truth, ts, line.sampling_interval_s, ON_DELAY_ROWS)
+    # their alarms wait the alarm engine's default on-delay, in rows (the detector's go through the engine itself)
+    on_delay = 1 + math.ceil(AlarmSettings().on_delay_s / line.sampling_interval_s)
+    figures = {name: flag_figures(flags, truth, ts, line.sampling_interval_s, on_delay)
                for name, flags in baseline_flags(normal, frame).items()}
     print(f"beside the simple methods (fitted on {source}):")
     per, k = _per(line.time_unit)
@@ -414,6 +419,10 @@ def evaluate_recording_command(args: argparse.Namespace) -> int:
         models = load_detector(path, line, args.line)
     except ModelMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if Path(args.history).suffix.lower() in (".jsonl", ".ndjson"):
+        print(f"error: {args.history}: a reading stream (JSON lines) carries no labels, so it cannot be scored; "
+              f"evaluate a CSV or Parquet table with a label column ({HISTORY_DOC})", file=sys.stderr)
         return 2
     try:
         frame = read_history([args.history], line)

@@ -2,8 +2,10 @@
 
 Simulated runs are replayed row by row through a DetectStation (checks + detector + classifier,
 exactly as live) and alarms are counted as the alarm engine would: a stretch of consecutive
-anomalous rows lasting the on-delay is one alarm. TEP compares the detector with PCA T²/SPE
-and the classifier with a 200-tree random forest on the same time-ordered splits.
+anomalous rows lasting the on-delay is one alarm. A plant's labelled recording goes further:
+its anomalies drive the real alarm engine on the recording's time, as ``run --replay`` does, so
+both report the same alarms and delays. TEP compares the detector with PCA T²/SPE and the
+classifier with a 200-tree random forest on the same time-ordered splits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from factory_copilot.alarms.engine import AlarmEngine, AlarmSettings, annunciated
 from factory_copilot.config import LineConfig
 from factory_copilot.detect import tep
 from factory_copilot.detect.baselines import PcaMonitor
@@ -34,8 +37,8 @@ from factory_copilot.detect.operating import (
 )
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.plumbing.history import NORMAL_LABELS, epoch_seconds, event_delay, fault_rows  # noqa: F401 (NORMAL_LABELS: re-exported)
-from factory_copilot.records import DEFAULT_MODE, Mode
+from factory_copilot.plumbing.history import NORMAL_LABELS, epoch_seconds, event_delay, fault_rows, row_times  # noqa: F401 (NORMAL_LABELS: re-exported)
+from factory_copilot.records import DEFAULT_MODE, AlarmEvent, Anomaly, Mode
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +183,27 @@ def alarm_starts(anomalous: np.ndarray, on_delay: int = ON_DELAY_ROWS) -> list[i
     return starts
 
 
+def alarms_raised(line: LineConfig, ts: np.ndarray, rows: list[list[Anomaly]],
+                  settings: AlarmSettings | None = None) -> list[tuple[int, AlarmEvent]]:
+    """(row, event) of every alarm the alarm engine raises on one run's anomalies, fed to it as ``run --replay`` does.
+
+    A row closes when the next row's readings arrive: its anomalies reach the engine, and the engine's timers
+    run once, at the next row's time; the last row never closes (the recording's time ends with it). So the
+    alarms, and the data times they are raised at, are the replay's.
+    """
+    now = [float(ts[0]) if len(ts) else 0.0]
+    engine = AlarmEngine(line, ":memory:", settings, clock=lambda: now[0])
+    out: list[tuple[int, AlarmEvent]] = []
+    try:
+        for i in range(len(rows) - 1):
+            now[0] = float(ts[i + 1])
+            events = [e for anomaly in rows[i] for e in engine.ingest(anomaly)] + engine.tick()
+            out += [(i, e) for e in events if e.event == "raised"]
+    finally:
+        engine.close()
+    return out
+
+
 @dataclass
 class ScenarioResult:
     name: str
@@ -287,19 +311,21 @@ def evaluate_tep(tep_dir: str | Path, folds: int = 5, class_folds: int = 4, clas
 
 # ---- a plant's own labelled recording ------------------------------------------------------------
 def _row_times(frame: pd.DataFrame, interval: float) -> np.ndarray:
-    """Seconds of each row: the ``ts`` column (epoch seconds or date-times), else the row count times the interval."""
+    """Each row's time as the detect station stamps it (``row_times`` of the ``ts`` column), else row count × interval."""
     if "ts" in frame.columns:
-        return epoch_seconds(frame["ts"])
+        return row_times(epoch_seconds(frame["ts"]), interval)
     return np.arange(len(frame)) * interval
 
 
 def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.DataFrame, labels: str = "fault",
-                       on_delay: int = ON_DELAY_ROWS) -> dict:
-    """Replay a labelled recording through the detect station, as live; score it point by point and per event.
+                       settings: AlarmSettings | None = None) -> dict:
+    """Replay a labelled recording through the detect station and the alarm engine, as live; score it point by point
+    and per event.
 
-    A row is flagged when the station raises any anomaly on it (detector or plant check); an alarm is
-    ``on_delay`` consecutive flagged rows (the alarm engine's default). An event is a stretch of rows
-    labelled as a fault; its delay runs from its first row to the first alarm raised inside it.
+    A row is flagged when the station raises any anomaly on it (detector or plant check); alarms are what the
+    alarm engine (``settings``: the service's, by default) raises on those anomalies in the recording's time,
+    as ``run --replay`` raises them. An event is a stretch of rows labelled as a fault; its delay runs from its
+    first row to the first alarm raised while it is on.
     """
     if labels not in frame.columns:
         raise ValueError(f"the recording has no label column {labels!r} (columns: {', '.join(map(str, frame.columns[:12]))})")
@@ -312,7 +338,7 @@ def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.Data
     kinds: Counter = Counter()
     named: list[str | None] = [None] * len(frame)
     score = np.zeros(len(frame))
-    starts: list[int] = []
+    raised: list[tuple[int, AlarmEvent]] = []
     for run in dict.fromkeys(runs_of):
         idx = np.flatnonzero(runs_of == run)
         part = frame.iloc[idx].drop(columns=[labels])
@@ -328,7 +354,9 @@ def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.Data
         if modes is not None and models.detector.per_mode:
             X["mode"] = modes
         score[idx] = models.detector.anomaly_score(X)
-        starts += [int(idx[s]) for s in alarm_starts(flagged[idx], on_delay)]
+        raised += [(int(idx[i]), e) for i, e in alarms_raised(line, ts[idx], rows, settings)]  # each run its own line
+    starts = [k for k, _ in raised]
+    raised_at = [e.ts for _, e in raised]
     tp = int((flagged & truth).sum())
     fp = int((flagged & ~truth).sum())
     fn = int((~flagged & truth).sum())
@@ -338,16 +366,19 @@ def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.Data
     events = []
     bounds = [(a, b) for a, b in runs(np.where(truth, 1, 0) + 2 * pd.factorize(runs_of)[0]) if truth[a]]
     for a, b in bounds:
-        inside = [s for s in starts if a <= s < b]
-        label = str(frame[labels].iloc[a])
-        first = inside[0] if inside else None
         # the event is on from its first labelled row until its first healthy one (replay measures it so too)
         end = float(ts[b]) if b < len(ts) else float(ts[b - 1]) + line.sampling_interval_s
-        votes = Counter(n for n in named[first - on_delay + 1 : b] if n) if first is not None else Counter()
+        in_run = [(t, k) for k, t in zip(starts, raised_at) if runs_of[k] == runs_of[a]]  # runs may share times
+        delay = event_delay(float(ts[a]), end, [t for t, _ in in_run])
+        label = str(frame[labels].iloc[a])
+        first = min(((t, k) for t, k in in_run if ts[a] <= t < end), default=(None, None))[1]
+        back = first
+        while back is not None and back > 0 and flagged[back - 1] and runs_of[back - 1] == runs_of[first]:
+            back -= 1  # the name the operator sees: what the anomalies say from where the alarm's stretch began
+        votes = Counter(n for n in named[back:b] if n) if back is not None else Counter()
         events.append({
             "label": label, "start_ts": float(ts[a]), "end_ts": float(ts[b - 1]), "rows": b - a,
-            "detected": first is not None,
-            "delay_s": event_delay(float(ts[a]), end, [float(ts[s]) for s in inside]),
+            "detected": delay is not None, "delay_s": delay,
             "named": votes.most_common(1)[0][0] if votes else None,
         })
     hours = len(frame) * line.sampling_interval_s / 3600
@@ -361,6 +392,10 @@ def evaluate_recording(models: TrainedDetector, line: LineConfig, frame: pd.Data
         "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,  # share of normal rows flagged
         "missed_alarm_rate": fn / (fn + tp) if fn + tp else 0.0,  # share of fault rows not flagged
         "alarms": len(starts), "alarms_per_hour": len(starts) / hours if hours else 0.0,
+        "alarms_rung": sum(annunciated(e.alarm) for _, e in raised),  # the rest folded under their root when raised
+        # as the replay summary lists them: every alarm raised, folded consequences too, at its data time
+        "alarms_raised": [{"alarm_id": e.alarm_id, "raised_at": round(e.ts, 3), "priority": e.alarm.priority.name.lower(),
+                           "message": e.alarm.message} for _, e in raised],
         "false_alarms": false_alarms, "false_alarms_per_hour": false_alarms / normal_hours if normal_hours else 0.0,
         "events": events, "events_detected": len(detected),
         "mean_delay_s": float(np.mean([e["delay_s"] for e in detected])) if detected else None,

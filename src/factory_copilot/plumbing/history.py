@@ -38,6 +38,14 @@ def epoch_seconds(ts: pd.Series, where: str = "ts") -> np.ndarray:
     return ((stamps - _EPOCH) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
 
 
+def row_times(seconds: np.ndarray, interval: float) -> np.ndarray:
+    """The time the detect station stamps each sample's row with: the start of its sampling interval.
+
+    Evaluate's rows and replay's labelled events are timed so, as the alarms raised on those rows are.
+    """
+    return np.floor(np.asarray(seconds, dtype=float) / interval) * interval
+
+
 def _not_a_time(value) -> bool:
     try:
         pd.to_datetime(pd.Series([value]), utc=True, format="ISO8601")
