@@ -156,3 +156,23 @@ def test_a_line_whose_rows_are_cycles_is_reported_in_cycles_not_seconds(tmp_path
     line.write_text(yaml.safe_dump(body))
     with pytest.raises(Exception, match="time_unit"):
         load_line(line)
+
+
+def test_train_names_a_signal_whose_other_state_is_too_rare_in_healthy_history(tmp_path, capsys):
+    # a standby pump: its flow is 0 in healthy running but for 12 rows, as a water network's pump 6 over a year
+    body = json.loads(json.dumps(ENGINE))
+    body["assets"][0]["signals"].append({"name": "standby_flow", "unit": "l/s", "normal": [0, 30],
+                                         "source": {"mqtt": {"topic": "cell/engine", "field": "standby_flow"}}})
+    line = tmp_path / "engine.yaml"
+    line.write_text(yaml.safe_dump(body))
+    runs = engine_runs()
+    healthy = runs[runs["fault"] == "normal"].drop(columns="fault").reset_index(drop=True)
+    healthy["engine.standby_flow"] = 0.0
+    healthy.loc[1000:1011, "engine.standby_flow"] = 25.0
+    healthy.to_csv(tmp_path / "healthy.csv", index=False)
+    assert main(["train", "--line", str(line), "--history", str(tmp_path / "healthy.csv"),
+                 "--out", str(tmp_path / "m.joblib")]) == 0
+    out = capsys.readouterr().out
+    said = out.split("too few to learn that state from: ")[1].splitlines()[0]
+    assert said.startswith("engine.standby_flow (12 of 2040)") and "engine.t24" not in said
+    assert load_detector(tmp_path / "m.joblib", load_line(line)).metadata["rare_states"] == {"engine.standby_flow": 12}

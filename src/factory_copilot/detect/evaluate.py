@@ -144,17 +144,34 @@ def train_models(
     steps.update()
     steps.close()
     rows_by_group = {str(g): int(n) for g, n in pd.Series(groups[normal]).value_counts(sort=False).items()}
+    rare = rare_states(table.loc[normal, keys])
     calibration = detector.calibration_
     return TrainedDetector(
         fingerprint=line.fingerprint(), line=f"{line.site}/{line.line}", detector=detector, classifier=classifier,
         stuck_tolerance=checks.stuck_tolerance, stuck_exempt=checks.stuck_exempt,
         metadata={"rows": len(history), "normal_rows": int(normal.sum()), "trained_at": time.time(),
                   "signals": len(detector.signals_), "modes": list(detector.models_), "calibration": calibration,
-                  "flat_in_normal": list(checks.flat_in_normal_),
+                  "flat_in_normal": list(checks.flat_in_normal_), "rare_states": rare,
                   "coverage": coverage_report(line, calibration, rows_by_group),
                   "normal_rows_by_group": rows_by_group},
     )
 
+
+
+def rare_states(normal: pd.DataFrame, share: float = 0.99, at_most: int = 50) -> dict[str, int]:
+    """Signals that sit at one value in healthy history but leave it in only a few rows (a standby pump that ran
+    16 hours of a year): signal -> those rows. The detector cannot learn that state from them, and the rows it
+    scores far off set its calibrated threshold high for every other signal."""
+    out = {}
+    for col in normal.columns:
+        values = normal[col].dropna()
+        if len(values) < 100:
+            continue
+        top = int(values.value_counts().iloc[0])
+        rest = len(values) - top
+        if 0 < rest <= min(at_most, (1 - share) * len(values)):
+            out[str(col)] = rest
+    return out
 
 
 # ---- replaying a run through the station --------------------------------------------------------
