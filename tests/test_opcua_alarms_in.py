@@ -192,3 +192,19 @@ def test_line_file_names_the_field_of_a_wrong_plc_mapping(tmp_path):
         load_line(line)
     assert "service.plc_alarms.map[0].asset: unknown asset 'nowhere'" in str(err.value)
     assert str(line) in str(err.value)
+
+
+def test_the_collect_station_reads_plc_alarms_even_without_opcua_signals():
+    from factory_copilot.collect.station import collectors_for
+
+    line = load_line(SIMULATED_LINE)
+    line = line.model_copy(update={
+        "opcua": OpcuaConnection(endpoint="opc.tcp://127.0.0.1:4840/"),
+        "service": line.service.model_copy(update={"source": "mqtt", "plc_alarms": PlcAlarms()})})
+    plc = Buffer(10, "plc")
+    found = collectors_for(line, Buffer(10, "readings"), plc=plc)
+    assert set(found) == {"mqtt", "opcua"}
+    assert found["opcua"].plc is plc and found["opcua"].signals == {}
+    assert found["opcua"].plc_notifiers == [ua.NodeId(ua.ObjectIds.Server)]
+    without = line.model_copy(update={"service": line.service.model_copy(update={"plc_alarms": None})})
+    assert set(collectors_for(without, Buffer(10, "readings"), plc=plc)) == {"mqtt"}
