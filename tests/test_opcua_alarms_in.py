@@ -12,13 +12,14 @@ import time
 
 import pytest
 from asyncua import Server, ua
+from asyncua.common.methods import uamethod
 
 from factory_copilot.alarms import AlarmEngine, AlarmSettings, AlarmStation
 from factory_copilot.collect.opcua import OpcuaCollector
 from factory_copilot.config import SIMULATED_LINE, LineConfigError, OpcuaConnection, PlcAlarms, load_line, parse_line
 from factory_copilot.plumbing.broker import free_port
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import AlarmState, Priority
+from factory_copilot.records import AlarmState, OperatorCommand, Priority
 
 
 class Plc:
@@ -40,9 +41,13 @@ class Plc:
             node = await server.nodes.objects.add_object(ua.NodeId(name, self.ns), name)
             await node.set_event_notifier([ua.EventNotifier.SubscribeToEvents])
             self.sources[name] = node
+        server.iserver.isession.add_method_callback(
+            ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge), self._acknowledge)
         await server.start()
         self.server = server
         self.conditions = {}
+        self.acks: asyncio.Queue = asyncio.Queue()
+        self.states: dict[str, dict] = {}
 
     async def stop(self) -> None:
         assert self.server is not None
@@ -55,7 +60,11 @@ class Plc:
         assert self.server is not None
         if name not in self.conditions:
             gen = await self.server.get_event_generator(etype, ua.ObjectIds.Server)
+            # the condition's node, so an Acknowledge can be called on it
+            await self.sources[source].add_object(ua.NodeId(f"{source}.{name}", self.ns), name)
             self.conditions[name] = (gen,)
+        self.states[f"{source}.{name}"] = dict(name=name, source=source, etype=etype, active=active, severity=severity,
+                                               message=message)
         gen = self.conditions[name][0]
         ev = gen.event
         ev.add_property("NodeId", ua.NodeId(f"{source}.{name}", self.ns), ua.VariantType.NodeId)
@@ -69,6 +78,21 @@ class Plc:
         await gen.trigger(message=message)
 
 
+    @uamethod
+    async def _acknowledge(self, parent, event_id, comment):
+        """The condition's Acknowledge: the EventId must be its newest, then it is acked as the PLC does it."""
+        state = self.states.get(parent.Identifier)
+        if state is None:
+            return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
+        newest = self.conditions[state["name"]][0].event.EventId
+        if event_id != (newest.Value if isinstance(newest, ua.Variant) else newest):
+            return ua.StatusCode(ua.StatusCodes.BadEventIdUnknown)
+        self.acks.put_nowait((parent.Identifier, event_id, comment.Text))
+        await self.set(state["name"], state["source"], state["etype"], active=state["active"], acked=True,
+                       severity=state["severity"], message=state["message"])
+        return None
+
+
 class Rig:
     def __init__(self, tmp_path, endpoint: str):
         line = load_line(SIMULATED_LINE)
@@ -78,9 +102,11 @@ class Rig:
             "service": line.service.model_copy(update={"plc_alarms": plc})})
         self.engine = AlarmEngine(self.line, tmp_path / "alarms.db", AlarmSettings(on_delay_s=0))
         self.readings, self.plc, self.events = Buffer(1000, "readings"), Buffer(1000, "plc"), Buffer(1000, "events")
+        self.acks = Buffer(100, "plc acks")
         self.collector = OpcuaCollector(self.line, self.readings, signals=[], plc=self.plc, reconnect_max_delay_s=0.5,
-                                        pki_dir=tmp_path / "pki")
-        self.station = AlarmStation(self.engine, Buffer(10, "anomalies"), self.events, tick_s=0.1, plc=self.plc)
+                                        pki_dir=tmp_path / "pki", plc_acks=self.acks)
+        self.station = AlarmStation(self.engine, Buffer(10, "anomalies"), self.events, tick_s=0.1, plc=self.plc,
+                                    plc_acks=self.acks)
         self.stop = asyncio.Event()
         self.tasks = [asyncio.create_task(self.collector.run(self.stop)), asyncio.create_task(self.station.run(self.stop))]
         self.seen: list = []
@@ -208,3 +234,29 @@ def test_the_collect_station_reads_plc_alarms_even_without_opcua_signals():
     assert found["opcua"].plc_notifiers == [ua.NodeId(ua.ObjectIds.Server)]
     without = line.model_copy(update={"service": line.service.model_copy(update={"plc_alarms": None})})
     assert set(collectors_for(without, Buffer(10, "readings"), plc=plc)) == {"mqtt"}
+
+
+async def test_an_operator_acknowledgement_goes_to_the_plc_with_the_event_id_and_the_user(tmp_path):
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/plc/"
+    plc = Plc(endpoint)
+    await plc.start()
+    rig = Rig(tmp_path, endpoint)
+    try:
+        await asyncio.wait_for(rig.collector.connected.wait(), 10)
+        await plc.set("Overload", "Pump1", OFF_NORMAL, active=True, acked=False, severity=750, message="Pump1 overload")
+        raised = await rig.event(lambda e: e.event == "raised")
+        event_id = rig.engine.plc_event_id(raised.alarm_id)
+        result = await rig.station.execute(OperatorCommand("acknowledge", raised.alarm_id, "ann", comment="seen"))
+        assert result.ok
+        condition, told_id, comment = await asyncio.wait_for(plc.acks.get(), 10)
+        assert condition == "Pump1.Overload" and told_id.hex() == event_id
+        assert comment == "acknowledged by ann on factory-copilot: seen"
+        # the PLC's acked event comes back: the alarm already stands acknowledged, so nothing is told twice
+        await plc.set("Overload", "Pump1", OFF_NORMAL, active=False, acked=True, severity=750, message="Pump1 overload")
+        await rig.event(lambda e: e.event == "cleared")
+        trail = [(e.event, e.actor) for e in rig.engine.audit(raised.alarm_id)]
+        assert trail == [("raised", "plc"), ("acknowledged", "ann"), ("cleared", "plc")]
+        assert rig.collector.acks_sent == 1 and rig.collector.acks_refused == 0
+    finally:
+        await rig.close()
+        await plc.stop()

@@ -269,6 +269,16 @@ class PlcCondition:
     endpoint: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class PlcAcknowledge:
+    """An operator's acknowledgement of a PLC's alarm, to be passed to the PLC's condition (alarms -> collect)."""
+
+    condition_id: str
+    event_id: str  # hex, the newest EventId the PLC sent for the condition
+    actor: str
+    comment: str
+
+
 @dataclass(slots=True)
 class AlarmEvent:
     """A transition of an alarm, as it goes to the events topic and the audit trail."""

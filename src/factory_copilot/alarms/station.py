@@ -8,7 +8,8 @@ At start it offers the alarms the engine holds (``HeldAlarms``) to ``Buffer[Held
 before any event, so the publish station can clear retained ghosts of an earlier run;
 in-process callers ``await station.execute(cmd)`` instead. All engine calls happen
 on the event loop thread, one at a time. A PLC's own alarms (``PlcCondition``, from the OPC UA collector)
-come in on ``Buffer[PlcCondition]`` and become the line's alarms as the PLC states them.
+come in on ``Buffer[PlcCondition]`` and become the line's alarms as the PLC states them; an operator's
+acknowledgement of one goes back to the PLC as a ``PlcAcknowledge`` on ``plc_acks``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from factory_copilot.alarms.engine import AlarmEngine
+from factory_copilot.alarms.engine import PLC_PREFIX, AlarmEngine
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, HeldAlarms, OperatorCommand, PlcCondition
+from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, HeldAlarms, OperatorCommand, PlcAcknowledge, PlcCondition
 from factory_copilot.plumbing.tasks import run_until
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class AlarmStation:
         tick_s: float | None = 0.25,
         held: Buffer[HeldAlarms] | None = None,
         plc: Buffer[PlcCondition] | None = None,
+        plc_acks: Buffer[PlcAcknowledge] | None = None,
     ):
         self.engine = engine
         self.anomalies = anomalies
@@ -44,6 +46,7 @@ class AlarmStation:
         self.tick_s = tick_s
         self.held = held
         self.plc = plc
+        self.plc_acks = plc_acks
         self.counts = {"plc_conditions": 0, "anomalies": 0, "commands": 0, "rejected": 0, "events": 0, "errors": 0}
         self.ticked = asyncio.Event()  # set after every tick; lets a caller wait for time-driven events
 
@@ -72,8 +75,18 @@ class AlarmStation:
             return CommandResult(cmd.request_id, False, f"{cmd.command} of {cmd.alarm_id!r} failed: {exc}")
         if not result.ok:
             self.counts["rejected"] += 1
+        elif cmd.command == "acknowledge" and self.plc_acks is not None and result.alarm is not None:
+            self._tell_plc(cmd, result.alarm.alarm_id, result.alarm.condition)
         self._offer(events)
         return result
+
+    def _tell_plc(self, cmd: OperatorCommand, alarm_id: str, condition: str) -> None:
+        """A PLC's alarm acknowledged here is acknowledged on the PLC too, naming the user."""
+        event_id = self.engine.plc_event_id(alarm_id)
+        if not condition.startswith(PLC_PREFIX) or not event_id or self.plc_acks is None:
+            return
+        comment = f"acknowledged by {cmd.actor} on factory-copilot" + (f": {cmd.comment}" if cmd.comment else "")
+        self.plc_acks.offer(PlcAcknowledge(condition[len(PLC_PREFIX):], event_id, cmd.actor, comment))
 
     def stats(self) -> dict[str, int]:
         return dict(self.counts)

@@ -44,7 +44,7 @@ from factory_copilot.collect.gate import BadSample, SampleGate
 from factory_copilot.config import LineConfig, OpcuaConnection
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.opcua import ensure_certificate, quality_of, status_name, to_epoch
-from factory_copilot.records import PlcCondition, Quality, Reading, SourceState
+from factory_copilot.records import PlcAcknowledge, PlcCondition, Quality, Reading, SourceState
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,7 @@ class OpcuaCollector:
         retry_log_s: float = 300.0,
         clock=time.time,
         plc: Buffer[PlcCondition] | None = None,
+        plc_acks: Buffer[PlcAcknowledge] | None = None,
     ):
         conn = connection or line.opcua
         if conn is None:
@@ -245,6 +246,9 @@ class OpcuaCollector:
         self._tasks: list[asyncio.Task] = []
         self._lost_at: float | None = None
         self.plc = plc
+        self.plc_acks = plc_acks
+        self.acks_sent = 0
+        self.acks_refused = 0
         settings = line.service.plc_alarms
         self.plc_notifiers = [ua.NodeId.from_string(n) for n in (settings.notifiers if settings else ["i=2253"])]
         # source node id string -> (asset, signal)
@@ -305,6 +309,8 @@ class OpcuaCollector:
                     asyncio.create_task(self._pump(sub), name="opcua-pump"),
                     asyncio.create_task(self._watch_connection(self.client), name="opcua-watch"),
                 ]
+                if self.plc is not None and self.plc_acks is not None:
+                    self._tasks.append(asyncio.create_task(self._acknowledge_loop(), name="opcua-plc-acks"))
                 await stop.wait()
             finally:
                 await self.close()
@@ -472,6 +478,23 @@ class OpcuaCollector:
         except Exception as exc:  # a server without ConditionRefresh still sends what changes from now on
             log.warning("OPC UA %s: ConditionRefresh failed (%s); the PLC's standing alarms show when they next change",
                         self.conn.endpoint, exc)
+
+    async def _acknowledge_loop(self) -> None:
+        """An operator's acknowledgement of a PLC's alarm: the condition's Acknowledge with its EventId."""
+        assert self.plc_acks is not None
+        while True:
+            ack = await self.plc_acks.get()
+            try:
+                assert self.client is not None
+                await self.client.get_node(ack.condition_id).call_method(
+                    ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge),
+                    ua.Variant(bytes.fromhex(ack.event_id), ua.VariantType.ByteString),
+                    ua.Variant(ua.LocalizedText(ack.comment), ua.VariantType.LocalizedText))
+                self.acks_sent += 1
+            except Exception as exc:  # the PLC says no (already acked, EventId unknown) or is away: said, not fatal
+                self.acks_refused += 1
+                log.warning("OPC UA %s: the PLC did not take %s's acknowledgement of %s (%s)", self.conn.endpoint,
+                            ack.actor, ack.condition_id, exc)
 
     def _on_event(self, ev) -> None:
         kind = getattr(ev, "EventType", None)

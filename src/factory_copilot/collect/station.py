@@ -21,7 +21,7 @@ from factory_copilot.collect.replay import ReplayClock, ReplayCollector
 from factory_copilot.collect.sparkplug import SparkplugCollector
 from factory_copilot.config import LineConfig
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import PlcCondition, Reading, SourceState
+from factory_copilot.records import PlcAcknowledge, PlcCondition, Reading, SourceState
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ Collector = OpcuaCollector | MqttCollector | SparkplugCollector | ReplayCollecto
 
 def collectors_for(line: LineConfig, readings: Buffer[Reading | SourceState], *, pki_dir: Path | None = None,
                    clock: Callable[[], float] = time.time,
-                   plc: Buffer[PlcCondition] | None = None) -> dict[str, Collector]:
+                   plc: Buffer[PlcCondition] | None = None,
+                   plc_acks: Buffer[PlcAcknowledge] | None = None) -> dict[str, Collector]:
     """One collector per kind of source the line file uses, each serving its own signals."""
     out: dict[str, Collector] = {}
     sources = line.sources()
@@ -42,7 +43,8 @@ def collectors_for(line: LineConfig, readings: Buffer[Reading | SourceState], *,
             if line.opcua is None:
                 raise ValueError(f"line {line.site}/{line.line}: service.source names opcua but the line file has "
                                  "no opcua connection")
-            out[kind] = OpcuaCollector(line, readings, signals=keys, pki_dir=pki_dir, clock=clock, plc=plc)
+            out[kind] = OpcuaCollector(line, readings, signals=keys, pki_dir=pki_dir, clock=clock, plc=plc,
+                                       plc_acks=plc_acks)
         elif kind == "mqtt":
             out[kind] = MqttCollector(line, readings, signals=keys, clock=clock)
         elif kind == "sparkplug":
@@ -70,11 +72,11 @@ class CollectStation:
 
     def __init__(self, line: LineConfig, readings: Buffer[Reading | SourceState], *, pki_dir: Path | None = None,
                  clock: Callable[[], float] = time.time, collectors: dict[str, Collector] | None = None,
-                 plc: Buffer[PlcCondition] | None = None):
+                 plc: Buffer[PlcCondition] | None = None, plc_acks: Buffer[PlcAcknowledge] | None = None):
         self.line = line
         self.readings = readings
         self.collectors = collectors if collectors is not None else collectors_for(line, readings, pki_dir=pki_dir,
-                                                                                   clock=clock, plc=plc)
+                                                                                   clock=clock, plc=plc, plc_acks=plc_acks)
 
     @classmethod
     def replaying(cls, line: LineConfig, readings: Buffer[Reading | SourceState], path: Path,
