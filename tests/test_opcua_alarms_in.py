@@ -55,7 +55,7 @@ class Plc:
         self.server = None
 
     async def set(self, name: str, source: str, etype: int, *, active: bool, acked: bool, severity: int,
-                  message: str, retain: bool | None = None) -> None:
+                  message: str, retain: bool | None = None, user: str = "") -> None:
         """Bring condition ``name`` to a state and fire its event, as the PLC's alarm block does."""
         assert self.server is not None
         if name not in self.conditions:
@@ -75,6 +75,7 @@ class Plc:
         ev.add_property("AckedState/Id", acked, ua.VariantType.Boolean)
         ev.add_property("ConfirmedState/Id", acked, ua.VariantType.Boolean)
         ev.Retain = (active or not acked) if retain is None else retain
+        ev.add_property("ClientUserId", user, ua.VariantType.String)
         await gen.trigger(message=message)
 
 
@@ -150,9 +151,11 @@ async def test_plc_alarms_followed_through_a_server_restart(tmp_path):
         assert tank.alarm.priority is Priority.MEDIUM
 
         # acknowledged on the HMI: the same alarm's state change, audited as the PLC's
-        await plc.set("Overload", "Pump1", OFF_NORMAL, active=True, acked=True, severity=750, message="Pump1 motor overload")
+        await plc.set("Overload", "Pump1", OFF_NORMAL, active=True, acked=True, severity=750, message="Pump1 motor overload",
+                      user="hmi-panel-3")
         acked = await rig.event(lambda e: e.alarm_id == pump.alarm_id and e.event == "acknowledged")
         assert acked.state is AlarmState.ACTIVE_ACK and acked.actor == "plc"
+        assert acked.comment.startswith(f"PLC {endpoint} EventId ") and acked.comment.endswith(", user hmi-panel-3")
         assert rig.engine.plc_event_id(pump.alarm_id) != first_event_id  # the newest EventId is kept
 
         # the PLC restarts; meanwhile the tank's alarm went away for good

@@ -267,6 +267,7 @@ class PlcCondition:
     shelved: bool = False
     retain: bool = False
     endpoint: str = ""
+    user: str = ""  # ClientUserId: who made the change on the PLC or HMI, where it says
 
 
 @dataclass(frozen=True, slots=True)

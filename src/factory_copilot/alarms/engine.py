@@ -337,7 +337,7 @@ class AlarmEngine:
             state = AlarmState.NORMAL if plc.acked else AlarmState.RTN_UNACK
         priority = priority_of(plc.severity)
         message = plc.message or f"{asset}: PLC alarm {plc.source_name or plc.condition_id}"
-        where = f"PLC {plc.endpoint} EventId {plc.event_id}".strip()
+        where = f"PLC {plc.endpoint} EventId {plc.event_id}" + (f", user {plc.user}" if plc.user else "")
         if alarm is None:
             if state is AlarmState.NORMAL:
                 return []  # gone before we heard it stand: nothing to show

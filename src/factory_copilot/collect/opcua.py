@@ -526,7 +526,8 @@ class OpcuaCollector:
             confirmed=None if confirmed is None else bool(confirmed),
             shelved=shelving is not None and shelving != ua.NodeId(ua.ObjectIds.ShelvedStateMachineType_Unshelved)
             and not (isinstance(shelving, ua.NodeId) and shelving.is_null()),
-            retain=bool(getattr(ev, "Retain", False)), endpoint=self.conn.endpoint))
+            retain=bool(getattr(ev, "Retain", False)), endpoint=self.conn.endpoint,
+            user=str(getattr(ev, "ClientUserId", None) or "")))
 
 
 class _PlcEvents:
