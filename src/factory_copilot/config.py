@@ -553,6 +553,39 @@ class OpcuaAlarmServer(_Strict):
         return self
 
 
+_NODE_ID = re.compile(r"(ns=\d+;)?[isgb]=.+")  # OPC UA Part 6, 5.3.1.10: a node id as text
+
+
+class PlcAlarmSource(_Strict):
+    """Which of the line's assets (and signal) a PLC's alarm source node stands for."""
+
+    source: str  # the SourceNode of the PLC's conditions, an OPC UA node id (ns=2;s=Pump1)
+    asset: str
+    signal: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _node_id(cls, v: str) -> str:
+        if not _NODE_ID.fullmatch(v):
+            raise ValueError(f"{v!r} is not an OPC UA node id (write e.g. ns=2;s=Pump1)")
+        return v
+
+
+class PlcAlarms(_Strict):
+    """The PLC's own Alarms & Conditions, read in by the OPC UA collector (docs/opcua.md, "What is read")."""
+
+    notifiers: list[str] = ["i=2253"]  # nodes whose events are subscribed: the Server object by default
+    map: list[PlcAlarmSource] = []  # source nodes not named here keep their SourceName as the asset
+
+    @field_validator("notifiers")
+    @classmethod
+    def _node_ids(cls, v: list[str]) -> list[str]:
+        for n in v:
+            if not _NODE_ID.fullmatch(n):
+                raise ValueError(f"{n!r} is not an OPC UA node id (write e.g. i=2253, the Server object)")
+        return v
+
+
 class ServiceSettings(_Strict):
     """How ``factory-copilot run`` serves this line."""
 
@@ -565,6 +598,7 @@ class ServiceSettings(_Strict):
     health_port: int | None = 8089  # GET /health on 127.0.0.1; None to disable
     copilot: CopilotSettings = CopilotSettings()
     opcua_server: OpcuaAlarmServer | None = None  # serve the alarms as OPC UA Alarms & Conditions (docs/opcua.md)
+    plc_alarms: PlcAlarms | None = None  # read the PLC's own alarms through the OPC UA collector (docs/opcua.md)
 
 
 class LineConfig(_Strict):
@@ -703,6 +737,17 @@ class LineConfig(_Strict):
                     if m not in names:
                         declared = f"declared: {', '.join(names)}" if self.modes else "the line declares no modes (add a 'modes:' section)"
                         problems.append(f"assets[{i}].signals[{j}].modes.{m}: unknown mode {m!r}; {declared}")
+        plc = self.service.plc_alarms
+        assets = {a.id: {s.name for s in a.signals} for a in self.assets}
+        for i, m in enumerate(plc.map if plc else []):
+            where = f"service.plc_alarms.map[{i}]"
+            if m.asset not in assets:
+                problems.append(f"{where}.asset: unknown asset {m.asset!r}")
+            elif m.signal is not None and m.signal not in assets[m.asset]:
+                problems.append(f"{where}.signal: {m.asset} has no signal {m.signal!r}")
+        if plc and self.opcua is None:
+            problems.append("service.plc_alarms: the PLC's alarms are read over OPC UA; the line file has no 'opcua:' "
+                            "connection")
         if self.modes and not self.production_modes():
             problems.append("modes.production: no mode left where the line produces; name them "
                             "(every coded mode has bands of its own, so none could be derived)")

@@ -241,6 +241,45 @@ class Alarm:
         return cls(**d)
 
 
+@dataclass(frozen=True, slots=True)
+class PlcCondition:
+    """One OPC UA Alarms & Conditions event of a PLC's condition, as the collector read it (collect -> alarms).
+
+    ``condition_id`` (the ConditionId, a node id string) names the condition across events and reconnects;
+    ``event_id`` is the newest EventId (hex), the one an Acknowledge must name. ``retain`` false: the condition
+    is gone (inactive and acknowledged). ``kind`` "refresh_start"/"refresh_end" brackets a ConditionRefresh
+    (no condition then): what stood before and was not refreshed is gone.
+    """
+
+    condition_id: str
+    ts: float
+    kind: str = "condition"
+    event_id: str = ""
+    source_node: str = ""
+    source_name: str = ""
+    asset: str = ""
+    signal: str | None = None
+    severity: int = 0
+    message: str = ""
+    active: bool = False
+    acked: bool = True
+    confirmed: bool | None = None
+    shelved: bool = False
+    retain: bool = False
+    endpoint: str = ""
+    user: str = ""  # ClientUserId: who made the change on the PLC or HMI, where it says
+
+
+@dataclass(frozen=True, slots=True)
+class PlcAcknowledge:
+    """An operator's acknowledgement of a PLC's alarm, to be passed to the PLC's condition (alarms -> collect)."""
+
+    condition_id: str
+    event_id: str  # hex, the newest EventId the PLC sent for the condition
+    actor: str
+    comment: str
+
+
 @dataclass(slots=True)
 class AlarmEvent:
     """A transition of an alarm, as it goes to the events topic and the audit trail."""

@@ -90,13 +90,15 @@ class LineService:
         # a line with shifts gets a handover at each change, acknowledged by the incoming operator
         handovers, acks = (b("handovers", 100), b("handover acks", 100)) if line.shifts else (None, None)
 
+        plc = b("plc conditions", 10_000) if settings.plc_alarms is not None and replay is None else None
+        plc_acks = b("plc acknowledgements", 1000) if plc is not None else None
         # every clock of the pipeline: the wall clock live, the recording's time in a replay
         self.clock: Callable[[], float] = time.time
         if replay is not None:
             self.clock = ReplayClock(speed, step_s=line.sampling_interval_s)
             self.collector = CollectStation.replaying(line, readings, Path(replay), self.clock, labels)
         else:
-            self.collector = CollectStation(line, readings, pki_dir=paths.pki)
+            self.collector = CollectStation(line, readings, pki_dir=paths.pki, plc=plc, plc_acks=plc_acks)
         self.source = "+".join(self.collector.kinds)
         self.detect = DetectStation(line, to_detect, anomalies, detector=models.detector, classifier=models.classifier,
                                     checks=models.checks(line), clock=self.clock)
@@ -108,7 +110,8 @@ class LineService:
         # live the engine's delays are checked 4 times a second; in a replay once per step of data time, after
         # the step's anomalies (the replay clock calls the tick), so no wall-clock timer decides an alarm
         self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results,
-                                   tick_s=None if replay is not None else 0.25, held=held)
+                                   tick_s=None if replay is not None else 0.25, held=held, plc=plc,
+                                   plc_acks=plc_acks)
         self.store = Store(paths.store)
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,

@@ -83,7 +83,9 @@ from factory_copilot.alarms.text import alarm_text
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
-from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, CommandKind, CommandResult, OperatorCommand, Priority
+from factory_copilot.plumbing.opcua import priority_of
+from factory_copilot.records import (Alarm, AlarmEvent, AlarmState, Anomaly, CommandKind, CommandResult, OperatorCommand,
+                                    PlcCondition, Priority)
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +223,8 @@ class AlarmEngine:
         self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
         self._consequence: dict[tuple, Priority] = {}  # (asset, kind, signal, fault) -> consequence: the line is fixed
         self._stale_until: dict[str, float] = {}  # signal key -> until when its data counts as lost
+        self._plc_event_ids: dict[str, str] = {}  # PLC alarm id -> its condition's newest EventId (hex)
+        self._plc_refreshed: set[str] | None = None  # ConditionIds a ConditionRefresh in progress sent again
         self._load()
 
     # -- queries -----------------------------------------------------------------------------------
@@ -299,6 +303,73 @@ class AlarmEngine:
         if anomaly.kind == "multivariate":
             self._sustain(anomaly, t, now)
         return self._commit()
+
+    def follow_plc(self, plc: PlcCondition) -> list[AlarmEvent]:
+        """Take one A&C event of a PLC's condition: the PLC's alarm raised, changed or gone as the PLC says.
+
+        The PLC owns the state (no delays or deadband here); one alarm per ConditionId, so the events a
+        ConditionRefresh sends again change nothing. A refresh's end clears what it did not send again.
+        """
+        now = self.clock()
+        if plc.kind == "refresh_start":
+            self._plc_refreshed = set()
+            return []
+        if plc.kind == "refresh_end":
+            seen, self._plc_refreshed = self._plc_refreshed, None
+            if seen is not None:
+                for alarm in self._alarms.values():
+                    if (alarm.condition.startswith(PLC_PREFIX) and alarm.state is not AlarmState.NORMAL
+                            and alarm.condition[len(PLC_PREFIX):] not in seen):
+                        alarm.state = AlarmState.NORMAL
+                        self._emit(alarm, "cleared", now, PLC_ACTOR, "not sent again by the PLC's ConditionRefresh")
+            return self._commit()
+        if self._plc_refreshed is not None:
+            self._plc_refreshed.add(plc.condition_id)
+        asset = plc.asset or plc.source_name or "plc"
+        condition = PLC_PREFIX + plc.condition_id
+        alarm_id = self._by_condition.get((asset, condition))
+        alarm = self._alarms.get(alarm_id) if alarm_id else None
+        if not plc.retain:
+            state = AlarmState.NORMAL
+        elif plc.active:
+            state = AlarmState.ACTIVE_ACK if plc.acked else AlarmState.ACTIVE_UNACK
+        else:
+            state = AlarmState.NORMAL if plc.acked else AlarmState.RTN_UNACK
+        priority = priority_of(plc.severity)
+        message = plc.message or f"{asset}: PLC alarm {plc.source_name or plc.condition_id}"
+        where = f"PLC {plc.endpoint} EventId {plc.event_id}" + (f", user {plc.user}" if plc.user else "")
+        if alarm is None:
+            if state is AlarmState.NORMAL:
+                return []  # gone before we heard it stand: nothing to show
+            alarm_id = design.alarm_id(asset, "plc_" + (plc.source_name or plc.condition_id), self._alarms.keys())
+            alarm = Alarm(alarm_id, asset, condition, state, priority, message, now, now)
+            self._alarms[alarm_id] = alarm
+            self._by_condition[(asset, condition)] = alarm_id
+            self._plc_event_ids[alarm_id] = plc.event_id
+            self._emit(alarm, "raised", now, PLC_ACTOR, where)
+            return self._commit()
+        self._plc_event_ids[alarm.alarm_id] = plc.event_id
+        before = alarm.state
+        if before is state and alarm.priority is priority and alarm.message == message:
+            return []  # the same state told again (a refresh): no event, no duplicate
+        alarm.priority, alarm.message = priority, message
+        alarm.state = state
+        if before is AlarmState.NORMAL and state.active:
+            alarm.raised_at, alarm.acked_by, alarm.acked_at = now, None, None
+            event = "raised"
+        elif state.acknowledged and not before.acknowledged:
+            alarm.acked_by, alarm.acked_at = PLC_ACTOR, now
+            event = "acknowledged" if state.active else "cleared"
+        elif before.active and not state.active:
+            event = "returned" if state is AlarmState.RTN_UNACK else "cleared"
+        else:
+            event = "updated"
+        self._emit(alarm, event, now, PLC_ACTOR, where)
+        return self._commit()
+
+    def plc_event_id(self, alarm_id: str) -> str | None:
+        """The newest EventId (hex) of a PLC's alarm: what its Acknowledge must name."""
+        return self._plc_event_ids.get(alarm_id)
 
     def tick(self, now: float | None = None) -> list[AlarmEvent]:
         """Let time pass: off-delays by silence, shelve expiry, consequences outliving their root, flood end.
@@ -932,6 +1003,8 @@ class AlarmEngine:
             a = s.alarm
             self._alarms[a.alarm_id] = a
             self._by_condition[(a.asset, a.condition)] = a.alarm_id
+            if a.condition.startswith(PLC_PREFIX):
+                continue  # the PLC owns its state: its ConditionRefresh tells it again
             kind = a.anomaly.kind if a.anomaly else a.condition.rpartition(":")[2]
             cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
                               trend=design.Trend(self.settings.trend_window_s),
@@ -949,6 +1022,10 @@ class AlarmEngine:
             flood.flood_id, flood.started_at = flood_id, started_at
         if self._alarms:
             log.info("resumed %d alarms (%d not normal) from %s", len(self._alarms), len(self.active()), self.journal.path)
+
+
+PLC_PREFIX = "plc:"  # the condition of a PLC's alarm: plc:<ConditionId>
+PLC_ACTOR = "plc"  # who changed a PLC alarm's state when the PLC did
 
 
 def overdue_rules(line: LineConfig, priority: Priority) -> list:

@@ -7,7 +7,9 @@ few times a second (delays, shelve expiry, flood end) and offers every
 At start it offers the alarms the engine holds (``HeldAlarms``) to ``Buffer[HeldAlarms]``,
 before any event, so the publish station can clear retained ghosts of an earlier run;
 in-process callers ``await station.execute(cmd)`` instead. All engine calls happen
-on the event loop thread, one at a time.
+on the event loop thread, one at a time. A PLC's own alarms (``PlcCondition``, from the OPC UA collector)
+come in on ``Buffer[PlcCondition]`` and become the line's alarms as the PLC states them; an operator's
+acknowledgement of one goes back to the PLC as a ``PlcAcknowledge`` on ``plc_acks``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from factory_copilot.alarms.engine import AlarmEngine
+from factory_copilot.alarms.engine import PLC_PREFIX, AlarmEngine
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, HeldAlarms, OperatorCommand
+from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, HeldAlarms, OperatorCommand, PlcAcknowledge, PlcCondition
 from factory_copilot.plumbing.tasks import run_until
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ class AlarmStation:
         results: Buffer[CommandResult] | None = None,
         tick_s: float | None = 0.25,
         held: Buffer[HeldAlarms] | None = None,
+        plc: Buffer[PlcCondition] | None = None,
+        plc_acks: Buffer[PlcAcknowledge] | None = None,
     ):
         self.engine = engine
         self.anomalies = anomalies
@@ -41,7 +45,9 @@ class AlarmStation:
         self.results = results
         self.tick_s = tick_s
         self.held = held
-        self.counts = {"anomalies": 0, "commands": 0, "rejected": 0, "events": 0, "errors": 0}
+        self.plc = plc
+        self.plc_acks = plc_acks
+        self.counts = {"plc_conditions": 0, "anomalies": 0, "commands": 0, "rejected": 0, "events": 0, "errors": 0}
         self.ticked = asyncio.Event()  # set after every tick; lets a caller wait for time-driven events
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -53,6 +59,8 @@ class AlarmStation:
             jobs.append(self._tick_loop())
         if self.commands is not None:
             jobs.append(self._command_loop())
+        if self.plc is not None:
+            jobs.append(self._plc_loop())
         tasks = [asyncio.create_task(job) for job in jobs]
         await run_until(stop, tasks)
 
@@ -67,8 +75,18 @@ class AlarmStation:
             return CommandResult(cmd.request_id, False, f"{cmd.command} of {cmd.alarm_id!r} failed: {exc}")
         if not result.ok:
             self.counts["rejected"] += 1
+        elif cmd.command == "acknowledge" and self.plc_acks is not None and result.alarm is not None:
+            self._tell_plc(cmd, result.alarm.alarm_id, result.alarm.condition)
         self._offer(events)
         return result
+
+    def _tell_plc(self, cmd: OperatorCommand, alarm_id: str, condition: str) -> None:
+        """A PLC's alarm acknowledged here is acknowledged on the PLC too, naming the user."""
+        event_id = self.engine.plc_event_id(alarm_id)
+        if not condition.startswith(PLC_PREFIX) or not event_id or self.plc_acks is None:
+            return
+        comment = f"acknowledged by {cmd.actor} on factory-copilot" + (f": {cmd.comment}" if cmd.comment else "")
+        self.plc_acks.offer(PlcAcknowledge(condition[len(PLC_PREFIX):], event_id, cmd.actor, comment))
 
     def stats(self) -> dict[str, int]:
         return dict(self.counts)
@@ -83,6 +101,17 @@ class AlarmStation:
                 self.counts["errors"] += 1
                 log.exception("anomaly for %s %s could not be processed", getattr(anomaly, "asset", "?"),
                               getattr(anomaly, "kind", "?"))
+
+    async def _plc_loop(self) -> None:
+        assert self.plc is not None
+        while True:
+            plc = await self.plc.get()
+            self.counts["plc_conditions"] += 1
+            try:
+                self._offer(self.engine.follow_plc(plc))
+            except Exception:  # one malformed PLC event must not stop the alarms
+                self.counts["errors"] += 1
+                log.exception("PLC condition %s could not be processed", plc.condition_id)
 
     async def _command_loop(self) -> None:
         assert self.commands is not None

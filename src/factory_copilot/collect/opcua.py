@@ -17,6 +17,11 @@ With SignAndEncrypt, the server certificate is pinned: from the line file when g
 (``server_certificate``), else trusted on first use and stored in the PKI folder; a
 server that later shows another certificate is refused with a message saying how to
 accept it if the change was intended.
+
+With ``plc`` (a ``Buffer[PlcCondition]``), it also subscribes to the Alarms & Conditions events of the
+server (or of the notifier nodes the line file's ``service.plc_alarms`` names), AlarmConditionType and its
+subtypes, calls ConditionRefresh after every connect and reconnect, and offers each event as a
+``PlcCondition``: the source node mapped to the line's asset and signal where the line file says so.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from factory_copilot.collect.gate import BadSample, SampleGate
 from factory_copilot.config import LineConfig, OpcuaConnection
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.opcua import ensure_certificate, quality_of, status_name, to_epoch
-from factory_copilot.records import Quality, Reading, SourceState
+from factory_copilot.records import PlcAcknowledge, PlcCondition, Quality, Reading, SourceState
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +210,8 @@ class OpcuaCollector:
         reconnect_max_delay_s: float = 5.0,
         retry_log_s: float = 300.0,
         clock=time.time,
+        plc: Buffer[PlcCondition] | None = None,
+        plc_acks: Buffer[PlcAcknowledge] | None = None,
     ):
         conn = connection or line.opcua
         if conn is None:
@@ -238,6 +245,18 @@ class OpcuaCollector:
         self.last_arrival: float | None = None
         self._tasks: list[asyncio.Task] = []
         self._lost_at: float | None = None
+        self.plc = plc
+        self.plc_acks = plc_acks
+        self.acks_sent = 0
+        self.acks_refused = 0
+        settings = line.service.plc_alarms
+        self.plc_notifiers = [ua.NodeId.from_string(n) for n in (settings.notifiers if settings else ["i=2253"])]
+        # source node id string -> (asset, signal)
+        self.plc_sources = {ua.NodeId.from_string(m.source).to_string(): (m.asset, m.signal)
+                            for m in (settings.map if settings else [])}
+        self.plc_events = 0
+        self.refreshes = 0
+        self._plc_sub = None
 
     @property
     def rejects(self) -> dict[str, int]:
@@ -262,6 +281,7 @@ class OpcuaCollector:
             "last_reading_ts": self.last_reading_ts,
             "last_arrival": self.last_arrival,
             "buffer": self.buffer.stats(),
+            **({"plc_events": self.plc_events, "condition_refreshes": self.refreshes} if self.plc is not None else {}),
         }
 
     async def connect(self) -> Client:
@@ -281,12 +301,16 @@ class OpcuaCollector:
             assert self.client is not None
             try:
                 sub = await self._subscribe(self.client)
+                if self.plc is not None:
+                    await self._subscribe_alarms(self.client)
                 self.connected.set()
                 self._state(True, f"OPC UA server {self.conn.endpoint} connected")
                 self._tasks = [
                     asyncio.create_task(self._pump(sub), name="opcua-pump"),
                     asyncio.create_task(self._watch_connection(self.client), name="opcua-watch"),
                 ]
+                if self.plc is not None and self.plc_acks is not None:
+                    self._tasks.append(asyncio.create_task(self._acknowledge_loop(), name="opcua-plc-acks"))
                 await stop.wait()
             finally:
                 await self.close()
@@ -423,3 +447,97 @@ class OpcuaCollector:
         self.by_quality[quality.value] += 1
         self.last_reading_ts, self.last_arrival = reading.ts, now
         self.buffer.offer(reading)
+
+    # -- alarms of the PLC ------------------------------------------------------------------
+
+    async def _subscribe_alarms(self, client: Client) -> None:
+        """Events of AlarmConditionType (and subtypes) and a refresh's brackets, then a ConditionRefresh."""
+        self._plc_sub = await client.create_subscription(self.conn.publishing_interval_ms, _PlcEvents(self))
+        types = [client.get_node(ua.ObjectIds.AlarmConditionType),
+                 client.get_node(ua.ObjectIds.RefreshStartEventType), client.get_node(ua.ObjectIds.RefreshEndEventType)]
+        for notifier in self.plc_notifiers:
+            await self._plc_sub.subscribe_events(client.get_node(notifier), types, queuesize=1000)
+        await self._refresh()
+        # CONNECTED is told before asyncua has re-created the subscriptions; only after that can a refresh reach them
+        finalize = getattr(client, "_finalize_reconnect", None)
+        if finalize is not None:
+            async def then_refresh(reused: bool) -> None:
+                await finalize(reused)
+                await self._refresh()
+            client._finalize_reconnect = then_refresh  # type: ignore[method-assign]
+        else:
+            log.warning("this asyncua has no reconnect hook: the PLC's alarms are not refreshed after a reconnect")
+
+    async def _refresh(self) -> None:
+        assert self.client is not None and self._plc_sub is not None
+        try:
+            await self.client.get_node(ua.ObjectIds.ConditionType).call_method(
+                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                ua.Variant(self._plc_sub.subscription_id, ua.VariantType.UInt32))
+            self.refreshes += 1
+        except Exception as exc:  # a server without ConditionRefresh still sends what changes from now on
+            log.warning("OPC UA %s: ConditionRefresh failed (%s); the PLC's standing alarms show when they next change",
+                        self.conn.endpoint, exc)
+
+    async def _acknowledge_loop(self) -> None:
+        """An operator's acknowledgement of a PLC's alarm: the condition's Acknowledge with its EventId."""
+        assert self.plc_acks is not None
+        while True:
+            ack = await self.plc_acks.get()
+            try:
+                assert self.client is not None
+                await self.client.get_node(ack.condition_id).call_method(
+                    ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge),
+                    ua.Variant(bytes.fromhex(ack.event_id), ua.VariantType.ByteString),
+                    ua.Variant(ua.LocalizedText(ack.comment), ua.VariantType.LocalizedText))
+                self.acks_sent += 1
+            except Exception as exc:  # the PLC says no (already acked, EventId unknown) or is away: said, not fatal
+                self.acks_refused += 1
+                log.warning("OPC UA %s: the PLC did not take %s's acknowledgement of %s (%s)", self.conn.endpoint,
+                            ack.actor, ack.condition_id, exc)
+
+    def _on_event(self, ev) -> None:
+        kind = getattr(ev, "EventType", None)
+        now = self.clock()
+        if kind == ua.NodeId(ua.ObjectIds.RefreshStartEventType) or kind == ua.NodeId(ua.ObjectIds.RefreshEndEventType):
+            which = "refresh_start" if kind == ua.NodeId(ua.ObjectIds.RefreshStartEventType) else "refresh_end"
+            self.plc.offer(PlcCondition("", now, which, endpoint=self.conn.endpoint))  # type: ignore[union-attr]
+            return
+        condition = getattr(ev, "NodeId", None)
+        if condition is None:
+            self.gate.reject("not_a_condition", str(kind), "an alarm event without a ConditionId")
+            return
+        source = getattr(ev, "SourceNode", None)
+        source_id = source.to_string() if isinstance(source, ua.NodeId) else ""
+        source_name = getattr(ev, "SourceName", None) or ""
+        asset, signal = self.plc_sources.get(source_id, (source_name or source_id, None))
+        event_id = getattr(ev, "EventId", None) or b""
+        message = getattr(ev, "Message", None)
+        shelving = getattr(ev, "ShelvingState/CurrentState/Id", None)
+        confirmed = getattr(ev, "ConfirmedState/Id", None)
+        self.plc_events += 1
+        self.plc.offer(PlcCondition(  # type: ignore[union-attr]
+            condition.to_string(), to_epoch(getattr(ev, "Time", None)) or now,
+            event_id=event_id.hex() if isinstance(event_id, bytes) else str(event_id),
+            source_node=source_id, source_name=source_name, asset=asset, signal=signal,
+            severity=int(getattr(ev, "Severity", 0) or 0),
+            message=(message.Text or "") if isinstance(message, ua.LocalizedText) else str(message or ""),
+            active=bool(getattr(ev, "ActiveState/Id", False)), acked=bool(getattr(ev, "AckedState/Id", True)),
+            confirmed=None if confirmed is None else bool(confirmed),
+            shelved=shelving is not None and shelving != ua.NodeId(ua.ObjectIds.ShelvedStateMachineType_Unshelved)
+            and not (isinstance(shelving, ua.NodeId) and shelving.is_null()),
+            retain=bool(getattr(ev, "Retain", False)), endpoint=self.conn.endpoint,
+            user=str(getattr(ev, "ClientUserId", None) or "")))
+
+
+class _PlcEvents:
+    """asyncua's subscription handler for the PLC's alarm events."""
+
+    def __init__(self, collector: OpcuaCollector):
+        self.collector = collector
+
+    def event_notification(self, event) -> None:
+        try:
+            self.collector._on_event(event)
+        except Exception:  # one odd event must not end the subscription
+            log.exception("OPC UA alarm event could not be read: %r", event)

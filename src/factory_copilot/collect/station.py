@@ -2,7 +2,9 @@
 
 The line file says which kinds of source serve which signals (``LineConfig.sources``:
 OPC UA, Sparkplug B, MQTT, or several at once, each signal from the first kind it names); the station
-runs one collector per kind into its output buffer, and ``stats()`` reports each one.
+runs one collector per kind into its output buffer, and ``stats()`` reports each one. With
+``service.plc_alarms`` the OPC UA collector also reads the PLC's own alarms into ``plc`` (even when no
+signal is read over OPC UA).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from factory_copilot.collect.replay import ReplayClock, ReplayCollector
 from factory_copilot.collect.sparkplug import SparkplugCollector
 from factory_copilot.config import LineConfig
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import Reading, SourceState
+from factory_copilot.records import PlcAcknowledge, PlcCondition, Reading, SourceState
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +29,22 @@ Collector = OpcuaCollector | MqttCollector | SparkplugCollector | ReplayCollecto
 
 
 def collectors_for(line: LineConfig, readings: Buffer[Reading | SourceState], *, pki_dir: Path | None = None,
-                   clock: Callable[[], float] = time.time) -> dict[str, Collector]:
+                   clock: Callable[[], float] = time.time,
+                   plc: Buffer[PlcCondition] | None = None,
+                   plc_acks: Buffer[PlcAcknowledge] | None = None) -> dict[str, Collector]:
     """One collector per kind of source the line file uses, each serving its own signals."""
     out: dict[str, Collector] = {}
-    for kind, keys in line.sources().items():
+    sources = line.sources()
+    plc = plc if line.service.plc_alarms is not None else None
+    if plc is not None and "opcua" not in sources:
+        sources["opcua"] = []  # the PLC's alarms alone
+    for kind, keys in sources.items():
         if kind == "opcua":
             if line.opcua is None:
                 raise ValueError(f"line {line.site}/{line.line}: service.source names opcua but the line file has "
                                  "no opcua connection")
-            out[kind] = OpcuaCollector(line, readings, signals=keys, pki_dir=pki_dir, clock=clock)
+            out[kind] = OpcuaCollector(line, readings, signals=keys, pki_dir=pki_dir, clock=clock, plc=plc,
+                                       plc_acks=plc_acks)
         elif kind == "mqtt":
             out[kind] = MqttCollector(line, readings, signals=keys, clock=clock)
         elif kind == "sparkplug":
@@ -62,11 +71,12 @@ class CollectStation:
     """Runs every collector of the line into ``readings``; one dying does not take the others along."""
 
     def __init__(self, line: LineConfig, readings: Buffer[Reading | SourceState], *, pki_dir: Path | None = None,
-                 clock: Callable[[], float] = time.time, collectors: dict[str, Collector] | None = None):
+                 clock: Callable[[], float] = time.time, collectors: dict[str, Collector] | None = None,
+                 plc: Buffer[PlcCondition] | None = None, plc_acks: Buffer[PlcAcknowledge] | None = None):
         self.line = line
         self.readings = readings
         self.collectors = collectors if collectors is not None else collectors_for(line, readings, pki_dir=pki_dir,
-                                                                                   clock=clock)
+                                                                                   clock=clock, plc=plc, plc_acks=plc_acks)
 
     @classmethod
     def replaying(cls, line: LineConfig, readings: Buffer[Reading | SourceState], path: Path,
