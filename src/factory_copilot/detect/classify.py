@@ -92,7 +92,7 @@ class FaultClassifier(Estimator):
     def _signature(self, Z: np.ndarray, bounds: list[tuple[int, int]]) -> np.ndarray:
         fast, slow = (ewma_runs(Z, lam, bounds) for lam in self.smoothing)
         spread = np.sqrt(ewma_runs((Z - fast) ** 2, self.spread_smoothing, bounds))
-        if not self.lags:
+        if not getattr(self, "lags", ()):  # a model saved before lags existed reads the snapshot only
             return np.hstack([fast, slow, spread])
         return np.hstack([fast, slow, spread, *self._course(fast, bounds)])
 
