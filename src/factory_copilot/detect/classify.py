@@ -97,7 +97,11 @@ class FaultClassifier(Estimator):
         return np.hstack([fast, slow, spread, *self._course(fast, bounds)])
 
     def _course(self, fast: np.ndarray, bounds: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Change of the fast average over each lag, and rows since each signal departed (capped at the longest lag)."""
+        """Change of the fast average over each lag, and rows since each signal departed (capped at the longest lag).
+
+        A signal departs when its fast average passes ``departure_z`` and is back within half of that:
+        the count restarts with each excursion, so one old excursion does not mark a signal for good.
+        """
         cap = max(self.lags)
         out = [np.empty_like(fast) for _ in self.lags]
         since = np.zeros_like(fast)
@@ -107,10 +111,14 @@ class FaultClassifier(Estimator):
                 # before the run's start the average was zero (its restart), as the live ring buffer holds
                 before = np.vstack([np.zeros((min(lag, b - a), run.shape[1])), run[: max(0, b - a - lag)]])
                 o[a:b] = run - before
-            gone = np.maximum.accumulate(np.abs(run) > self.departure_z, axis=0)
-            first = np.argmax(gone, axis=0)
-            rows = np.arange(b - a)[:, None]
-            since[a:b] = np.where(gone, np.minimum(rows - first + 1, cap), 0) / cap
+            # departed when the fast average passes departure_z, back when it falls within half of it
+            n = b - a
+            rows = np.arange(n)[:, None]
+            last_back = np.maximum.accumulate(np.where(np.abs(run) < self.departure_z / 2, rows, -1), axis=0)
+            next_gone = np.minimum.accumulate(np.where(np.abs(run) > self.departure_z, rows, n)[::-1], axis=0)[::-1]
+            next_gone = np.vstack([next_gone, np.full((1, run.shape[1]), n)])
+            start = np.take_along_axis(next_gone, last_back + 1, axis=0)
+            since[a:b] = np.where(start <= rows, np.minimum(rows - start + 1, cap), 0) / cap
         return [*out, since]
 
     def features(self, X: pd.DataFrame, groups=None) -> np.ndarray:
@@ -260,8 +268,9 @@ class ClassifierStream:
         s = c.spread_smoothing
         self.var = s * (z - self.fast) ** 2 + (1 - s) * self.var
         if self.cap:
-            self.since = np.where((self.since > 0) | (np.abs(self.fast) > c.departure_z),
-                                  np.minimum(self.since + 1, self.cap), 0)
+            gone = np.abs(self.fast) > c.departure_z
+            back = np.abs(self.fast) < c.departure_z / 2
+            self.since = np.where(~back & ((self.since > 0) | gone), np.minimum(self.since + 1, self.cap), 0)
             self.past[self.t % self.size] = self.fast
             self.t += 1
 
