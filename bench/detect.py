@@ -3,7 +3,8 @@
 Both learn from the same simulated normal history, get a threshold for the same target false-alarm
 rate on held-out normal running, and then see the same stream: every standard fault scenario
 plus a normal shift. Printed: rows per second for each (ours through the full DetectStation row
-path: checks + multivariate detector; HalfSpaceTrees: score_one), row-level precision/recall/F1.
+path: checks + multivariate detector, and with the fault classifier on the row's signature alone and
+on the windowed signature that reads the course; HalfSpaceTrees: score_one), row-level precision/recall/F1.
 
     .venv/bin/python bench/detect.py [--normal-hours 16]
 """
@@ -19,7 +20,9 @@ from river import anomaly, compose, preprocessing
 
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.detect import DetectStation
+from factory_copilot.detect.classify import WINDOW_LAGS
 from factory_copilot.detect.evaluate import SIM_DETECTOR, train_models
+from factory_copilot.simulated import simulated_line
 from simulators import Mode, normal_runs, simulate_frame, standard_scenarios
 
 
@@ -50,6 +53,10 @@ def main() -> None:
     t0 = time.perf_counter()
     models = train_models(line, history, detector_params=SIM_DETECTOR, progress=False)
     print(f"ours: trained in {time.perf_counter() - t0:.1f} s")
+    # the classifier learns from labelled faults: the simulated history `evaluate` trains on
+    labelled = simulated_line().simulated_history(line, seed=1)
+    named = {name: train_models(line, labelled, detector_params=SIM_DETECTOR, classifier_params={"lags": lags},
+                                progress=False) for name, lags in (("snapshot", ()), ("windowed", WINDOW_LAGS))}
 
     # HalfSpaceTrees: min-max scaled signals plus the mode code, learnt on the same history
     hst = compose.Pipeline(preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(n_trees=25, height=15, window_size=250, seed=0))
@@ -66,6 +73,7 @@ def main() -> None:
 
     ours_pred, hst_scores, truth = [], [], []
     ours_s = hst_s = det_s = 0.0
+    named_s = dict.fromkeys(named, 0.0)
     for frame in stream:
         station = DetectStation(line, detector=models.detector, checks=models.checks(line))
         values = frame[keys].to_numpy()
@@ -77,6 +85,13 @@ def main() -> None:
             station.mode = modes[i]
             ours_pred.append(bool(station.evaluate(ts[i], row, {})))
         ours_s += time.perf_counter() - t0
+        for name, m in named.items():  # the same row path with the fault classifier: its signature per row
+            st = DetectStation(line, detector=m.detector, classifier=m.classifier, checks=m.checks(line))
+            t0 = time.perf_counter()
+            for i, row in enumerate(rows):
+                st.mode = modes[i]
+                st.evaluate(ts[i], row, {})
+            named_s[name] += time.perf_counter() - t0
         det = models.detector.stream()  # the multivariate model alone, for a model-to-model speed figure
         t0 = time.perf_counter()
         for v, m in zip(values, modes):
@@ -99,10 +114,13 @@ def main() -> None:
                key=lambda r: r[2])
     print(f"{'':30s} {'rows/s':>9s} {'precision':>9s} {'recall':>7s} {'F1':>6s}")
     print(f"{'DetectStation (checks+model)':30s} {ours_rate:9.0f} {po:9.3f} {ro:7.3f} {fo:6.3f}")
+    for name, sec in named_s.items():
+        print(f"{'  + classifier, ' + name:30s} {n / sec:9.0f}")
     print(f"{'LineDetector stream alone':30s} {det_rate:9.0f}")
     print(f"{'HalfSpaceTrees (score_one)':30s} {hst_rate:9.0f} {ph:9.3f} {rh:7.3f} {fh:6.3f}   same false-alarm target")
     print(f"{'HalfSpaceTrees, oracle limit':30s} {'':9s} {best[0]:9.3f} {best[1]:7.3f} {best[2]:6.3f}   threshold tuned on the test stream")
-    print(f"detect: {ours_rate:.0f} rows/s ({ours_rate / hst_rate:.1f}x HalfSpaceTrees), F1 {fo:.3f} vs {fh:.3f}")
+    print(f"detect: {ours_rate:.0f} rows/s ({ours_rate / hst_rate:.1f}x HalfSpaceTrees), F1 {fo:.3f} vs {fh:.3f}; "
+          f"with classifier {n / named_s['snapshot']:.0f} (snapshot) vs {n / named_s['windowed']:.0f} (windowed) rows/s")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,31 @@ def test_classifier_names_faults_causally_and_says_unknown_for_novel_signatures(
     assert stream.classify()[0] == "blockage"
 
 
+def test_windowed_classifier_reads_the_course_causally_and_the_live_stream_agrees():
+    faults = ["normal", "blockage", "heater", "oscillation"]
+    X = pd.concat([faulty(s, f) for s, f in enumerate(faults)], ignore_index=True)
+    y = np.repeat(faults, 400)
+    clf = FaultClassifier(n_estimators=40, lags=(3, 10)).fit(X, y)
+    Xt = faulty(31, "heater")
+    Xt.iloc[5:8, 2] = np.nan  # a held value, as the live row holds it
+    F = clf.features(Xt)
+    # the signature plus one block per lag and the rows since each signal departed
+    assert F.shape == (400, 6 * X.shape[1])
+    # causal: the rows after a row change nothing of its features
+    assert np.allclose(clf.features(Xt.iloc[:150]), F[:150])
+    stream = clf.stream()
+    live = []
+    for row in Xt.to_numpy():
+        stream.update(row)
+        live.append(stream.signature()[0])
+    assert np.allclose(np.array(live), F, atol=1e-9)
+    assert np.mean(clf.label(F[50:])[0] == "heater") > 0.9
+    # an untrained course is still judged by the snapshot's novelty check: a far signature stays unknown
+    novel = correlated(400, 22)
+    novel.iloc[:, 1] += 40.0
+    assert np.mean(clf.predict(novel)[50:] == UNKNOWN) > 0.9
+
+
 def test_models_round_trip_and_refuse_another_line(tmp_path):
     line = load_line(SIMULATED_LINE)
     keys = line.signal_keys()

@@ -2,7 +2,9 @@
 
 A row's signature is its signals standardised against normal operation, smoothed at a
 fast and a slow EWMA weight, plus an EWMA of the spread around the fast average
-(oscillation, sticking valves). An extremely randomised forest maps signatures to fault
+(oscillation, sticking valves). With ``lags`` the signature also reads the signals' course: the
+change of the fast average over each lag (rows), and how long ago each signal departed normal
+(the order in which signals departed), all from the row and the rows before it. An extremely randomised forest maps signatures to fault
 types; the answer is 'unknown' when the top probability is low or the signature lies far
 from every training signature of the named fault (novelty). scikit-learn grows the forest; the
 fitted classifier keeps its trees as numpy arrays (``forest.Forest``), so serving needs neither.
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 UNKNOWN = "unknown"
+# rows over which the windowed signature reads the course (best of 3 tried on TEP's blocked folds)
+WINDOW_LAGS = (3, 10, 30)
 
 
 class FaultClassifier(Estimator):
@@ -51,6 +55,8 @@ class FaultClassifier(Estimator):
         n_jobs: int = 1,
         on_residuals: bool = False,
         spread_floor: bool = True,
+        lags: tuple[int, ...] = (),
+        departure_z: float = 3.0,
     ):
         self.n_estimators = n_estimators
         self.smoothing = smoothing
@@ -66,6 +72,8 @@ class FaultClassifier(Estimator):
         self.n_jobs = n_jobs
         self.on_residuals = on_residuals
         self.spread_floor = spread_floor
+        self.lags = lags
+        self.departure_z = departure_z
 
     def _modes_of(self, X: pd.DataFrame) -> np.ndarray:
         if self.mode_column and self.mode_column in X.columns:
@@ -84,7 +92,34 @@ class FaultClassifier(Estimator):
     def _signature(self, Z: np.ndarray, bounds: list[tuple[int, int]]) -> np.ndarray:
         fast, slow = (ewma_runs(Z, lam, bounds) for lam in self.smoothing)
         spread = np.sqrt(ewma_runs((Z - fast) ** 2, self.spread_smoothing, bounds))
-        return np.hstack([fast, slow, spread])
+        if not getattr(self, "lags", ()):  # a model saved before lags existed reads the snapshot only
+            return np.hstack([fast, slow, spread])
+        return np.hstack([fast, slow, spread, *self._course(fast, bounds)])
+
+    def _course(self, fast: np.ndarray, bounds: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Change of the fast average over each lag, and rows since each signal departed (capped at the longest lag).
+
+        A signal departs when its fast average passes ``departure_z`` and is back within half of that:
+        the count restarts with each excursion, so one old excursion does not mark a signal for good.
+        """
+        cap = max(self.lags)
+        out = [np.empty_like(fast) for _ in self.lags]
+        since = np.zeros_like(fast)
+        for a, b in bounds:
+            run = fast[a:b]
+            for o, lag in zip(out, self.lags):
+                # before the run's start the average was zero (its restart), as the live ring buffer holds
+                before = np.vstack([np.zeros((min(lag, b - a), run.shape[1])), run[: max(0, b - a - lag)]])
+                o[a:b] = run - before
+            # departed when the fast average passes departure_z, back when it falls within half of it
+            n = b - a
+            rows = np.arange(n)[:, None]
+            last_back = np.maximum.accumulate(np.where(np.abs(run) < self.departure_z / 2, rows, -1), axis=0)
+            next_gone = np.minimum.accumulate(np.where(np.abs(run) > self.departure_z, rows, n)[::-1], axis=0)[::-1]
+            next_gone = np.vstack([next_gone, np.full((1, run.shape[1]), n)])
+            start = np.take_along_axis(next_gone, last_back + 1, axis=0)
+            since[a:b] = np.where(start <= rows, np.minimum(rows - start + 1, cap), 0) / cap
+        return [*out, since]
 
     def features(self, X: pd.DataFrame, groups=None) -> np.ndarray:
         """The causal signature of every row (smoothing restarts at mode changes and group changes)."""
@@ -149,7 +184,10 @@ class FaultClassifier(Estimator):
         return self
 
     def _novelty(self, F: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return np.sqrt(np.mean(((F - self.centres_[idx]) / self.spreads_[idx]) ** 2, axis=1))
+        # judged on the snapshot (averages and spread) only: a known fault met at a new point of its course is no novelty
+        k = self.centres_.shape[1] if not getattr(self, "lags", ()) else 3 * len(self.signals_)
+        F = F[:, :k]
+        return np.sqrt(np.mean(((F - self.centres_[idx, :k]) / self.spreads_[idx, :k]) ** 2, axis=1))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "forest_"):
@@ -204,6 +242,12 @@ class ClassifierStream:
         self.last = np.full(n, np.nan)
         self.mode: str | None = None
         self.lam_fast, self.lam_slow = classifier.smoothing
+        self.lags = tuple(getattr(classifier, "lags", ()))  # models saved before lags existed read no course
+        self.cap = max(self.lags) if self.lags else 0
+        self.size = self.cap + 1
+        self.past = np.zeros((self.size, n))  # ring buffer of the fast averages, this row's too: row t at t % size
+        self.t = 0
+        self.since = np.zeros(n)
 
     def update(self, x: np.ndarray, mode=None) -> None:
         c = self.classifier
@@ -214,6 +258,8 @@ class ClassifierStream:
         if label != self.mode:
             self.mode = label
             self.fast[:] = self.slow[:] = self.var[:] = 0.0
+            self.past[:] = self.since[:] = 0.0
+            self.t = 0
         mean, scale = c.reference_.get(label, c.reference_[ALL_MODES])
         z = (x - mean) / scale
         z[np.isnan(z)] = 0.0
@@ -221,9 +267,21 @@ class ClassifierStream:
         self.slow = self.lam_slow * z + (1 - self.lam_slow) * self.slow
         s = c.spread_smoothing
         self.var = s * (z - self.fast) ** 2 + (1 - s) * self.var
+        if self.cap:
+            gone = np.abs(self.fast) > c.departure_z
+            back = np.abs(self.fast) < c.departure_z / 2
+            self.since = np.where(~back & ((self.since > 0) | gone), np.minimum(self.since + 1, self.cap), 0)
+            self.past[self.t % self.size] = self.fast
+            self.t += 1
 
     def signature(self) -> np.ndarray:
-        return np.concatenate([self.fast, self.slow, np.sqrt(self.var)])[None, :]
+        parts = [self.fast, self.slow, np.sqrt(self.var)]
+        if self.cap:
+            # the fast average lag rows ago; zero before the run had that many rows (its restart)
+            t = self.t - 1
+            parts += [self.fast - (self.past[(t - lag) % self.size] if t - lag >= 0 else 0.0) for lag in self.lags]
+            parts.append(self.since / self.cap)
+        return np.concatenate(parts)[None, :]
 
     def classify(self, anomalous: bool = True) -> tuple[str, float]:
         """The likely fault of the current row (called when the detector flagged it)."""

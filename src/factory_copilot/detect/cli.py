@@ -268,6 +268,9 @@ def _tep_table(res: dict) -> str:
     a = res["classification_accuracy"]
     rows.append(f"classification accuracy: FaultClassifier {a['classifier']:.3f} (with 'unknown' {a['classifier_named']:.3f}, "
                 f"unknown {res['classification_unknown_rate']:.0%}) vs RandomForest(200) {a['random_forest']:.3f}")
+    if "windowed" in a:  # results saved before the windowed classifier was measured lack it
+        rows.append(f"windowed (course over lags {', '.join(map(str, res['windowed_lags']))} rows): {a['windowed']:.3f} (with 'unknown' "
+                    f"{a['windowed_named']:.3f}, unknown {res['classification_unknown_rate_windowed']:.0%})")
     return "\n".join(rows)
 
 

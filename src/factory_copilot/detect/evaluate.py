@@ -25,7 +25,7 @@ from factory_copilot.config import LineConfig
 from factory_copilot.detect import tep
 from factory_copilot.detect.baselines import PcaMonitor
 from factory_copilot.detect.checks import SignalChecks
-from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
+from factory_copilot.detect.classify import UNKNOWN, WINDOW_LAGS, FaultClassifier
 from factory_copilot.detect.features import runs
 from factory_copilot.detect.multivariate import LineDetector
 from factory_copilot.detect.operating import (
@@ -300,20 +300,22 @@ def evaluate_tep(tep_dir: str | Path, folds: int = 5, class_folds: int = 4, clas
     y = np.concatenate([[k] * len(v) for k, v in files.items()]).astype(object)
     file_id = np.concatenate([[k] * len(v) for k, v in files.items()]).astype(object)
     block = np.concatenate([np.arange(len(v)) * class_folds // len(v) for v in files.values()])
-    acc = {"classifier": [], "classifier_named": [], "random_forest": []}
-    unknown = []
+    acc = {"classifier": [], "classifier_named": [], "windowed": [], "windowed_named": [], "random_forest": []}
+    unknown = {"classifier": [], "windowed": []}
     for k in tqdm(range(class_folds if class_folds_run is None else class_folds_run), desc="TEP classification folds",
                   disable=not progress):
         train, test = block != k, block == k
         groups = np.array([f"{f}#{b}" for f, b in zip(file_id, block)], dtype=object)
-        clf = FaultClassifier(n_jobs=2).fit(X[train], y[train], groups=groups[train])
-        # features over each whole file, as live: test rows see the history before them
-        F = np.vstack([clf.features(files[name]) for name in files])
-        named, _ = clf.label(F[test])
-        top = clf.classes_[clf.forest_.predict_proba(F[test]).argmax(axis=1)]
-        acc["classifier"].append(float(np.mean(top == y[test])))
-        acc["classifier_named"].append(float(np.mean(named == y[test])))
-        unknown.append(float(np.mean(named == UNKNOWN)))
+        # the row's signature alone, and with the course over a window (lags): side by side
+        for name, lags in (("classifier", ()), ("windowed", WINDOW_LAGS)):
+            clf = FaultClassifier(n_jobs=2, lags=lags).fit(X[train], y[train], groups=groups[train])
+            # features over each whole file, as live: test rows see the history before them
+            F = np.vstack([clf.features(files[f]) for f in files])
+            named, _ = clf.label(F[test])
+            top = clf.classes_[clf.forest_.predict_proba(F[test]).argmax(axis=1)]
+            acc[name].append(float(np.mean(top == y[test])))
+            acc[f"{name}_named"].append(float(np.mean(named == y[test])))
+            unknown[name].append(float(np.mean(named == UNKNOWN)))
         rf = RandomForestClassifier(n_estimators=200, n_jobs=2, random_state=0).fit(X[train].to_numpy(), y[train])
         acc["random_forest"].append(float(np.mean(rf.predict(X[test].to_numpy()) == y[test])))
     visible = [f for f in faults if f not in tep.INVISIBLE_FAULTS]
@@ -322,7 +324,9 @@ def evaluate_tep(tep_dir: str | Path, folds: int = 5, class_folds: int = 4, clas
         "false_alarm_rate": false_alarm,
         "mean_detection_rate_visible": {n: float(np.mean([d[f] for f in visible])) for n, d in detection.items()},
         "classification_accuracy": {n: float(np.mean(v)) for n, v in acc.items()},
-        "classification_unknown_rate": float(np.mean(unknown)),
+        "classification_unknown_rate": float(np.mean(unknown["classifier"])),
+        "classification_unknown_rate_windowed": float(np.mean(unknown["windowed"])),
+        "windowed_lags": list(WINDOW_LAGS),
     }
 
 
