@@ -503,3 +503,111 @@ def test_evidence_that_is_not_a_number_judges_nothing(engine, clock, line):
     assert alarm.state is AlarmState.ACTIVE_UNACK  # the detector flagged it: it alarms
     run(engine, clock, 30, at=lambda t: [departure(t, "product_pump", 30.0, "pump_cavitation", PUMP)])
     assert engine.get("product_pump.fault").severity == "severe"  # and the trend was not poisoned
+
+
+# -- a PLC's own alarm is the situation's root --------------------------------------------------------
+
+
+def plc_alarm(t, asset="product_pump", *, active=True, acked=False, cid="ns=2;s=Pump1.HighVibration", severity=750):
+    """One A&C event of a PLC's condition, as the OPC UA collector reads it (tests/test_opcua_alarms_in.py reads real
+    ones from an asyncua server)."""
+    from factory_copilot.records import PlcCondition
+    return PlcCondition(cid, t, event_id=f"{int(t):x}", source_name=asset.title(), asset=asset, severity=severity,
+                        message=f"{asset}: high vibration (PLC)", active=active, acked=acked,
+                        retain=active or not acked, endpoint="opc.tcp://plc")
+
+
+def _pump_fault(line, t):
+    return [departure(t, "product_pump", 3.0, "pump_cavitation", PUMP)]
+
+
+def test_the_copilots_standing_alarm_folds_under_the_plcs_alarm_of_its_situation(engine, clock, line):
+    """The copilot saw the pump's fault first; when the PLC's own alarm on the pump rings, the situation rings once,
+    by the PLC's name, with the copilot's alarm folded under it (not two alarms for one pump)."""
+    events = run(engine, clock, 60, at=lambda t: _pump_fault(line, t))
+    own = engine.get("product_pump.fault")
+    assert own.state.active and own.parent_id is None and annunciated(own)
+    events = engine.follow_plc(plc_alarm(clock.t))
+    plc = next(e.alarm for e in events if e.event == "raised")
+    assert plc.parent_id is None and annunciated(plc)
+    grouped = [e for e in events if e.event == "grouped"]
+    assert [e.alarm_id for e in grouped] == ["product_pump.fault"]
+    assert grouped[0].comment == f"the situation of the PLC's alarm {plc.alarm_id}"
+    own = engine.get("product_pump.fault")
+    assert own.parent_id == plc.alarm_id and not annunciated(own)
+    # the copilot's evidence keeps coming and its classifier names a pump fault: it stays folded (no "distinct"
+    # situation split off, as it would be under a copilot root that names another fault)
+    events = run(engine, clock, 600, at=lambda t: _pump_fault(line, t))
+    assert not [e for e in events if e.event == "ungrouped"]
+    assert engine.get("product_pump.fault").parent_id == plc.alarm_id
+    assert [s.root.alarm_id for s in fold(engine.active())] == [plc.alarm_id]
+
+
+def test_an_alarm_raised_while_the_plcs_alarm_stands_is_raised_folded_downstream_too(engine, clock, line):
+    engine.follow_plc(plc_alarm(clock.t))
+    plc_id = next(a.alarm_id for a in engine.active())
+    events = run(engine, clock, 60, at=lambda t: _pump_fault(line, t) + [breach(line, t, "filler.tank_level", 3.0)])
+    raised = {e.alarm_id: e for e in events if e.event == "raised"}
+    assert set(raised) == {"product_pump.fault", "filler.tank_level-limit"}
+    for e in raised.values():  # the filler is downstream of the pump: its low tank is the pump's situation
+        assert e.alarm.parent_id == plc_id and not annunciated(e.alarm)
+    assert presented(events) == 0  # nothing new rings: the PLC's alarm already did
+
+
+def test_upstream_data_and_unmapped_plc_alarms_fold_nothing(engine, clock, line):
+    """Nothing flows upstream, a sensor's or a source's alarm is about the data, and a PLC's alarm on a source the
+    line file does not map to an asset cannot say whose situation it is: each of these rings on its own."""
+    engine.follow_plc(plc_alarm(clock.t, "filler", cid="ns=2;s=Filler.Low"))
+    engine.follow_plc(plc_alarm(clock.t, "Tank7", cid="ns=2;s=Tank7.High"))
+    stuck = Anomaly(ts=0, asset="filler", kind="stuck", score=1.0, threshold=1.0, signal="tank_level")
+    events = run(engine, clock, 90, at=lambda t: _pump_fault(line, t) + [dataclasses.replace(stuck, ts=t)])
+    raised = {e.alarm_id: e.alarm for e in events if e.event == "raised"}
+    assert "product_pump.fault" in raised and raised["product_pump.fault"].parent_id is None  # upstream of the filler
+    stuck_alarm = next(a for k, a in raised.items() if "stuck" in k)
+    assert stuck_alarm.parent_id is None and annunciated(stuck_alarm)
+    assert not [e for e in events if e.event == "grouped"]
+
+
+def test_the_plcs_alarm_is_never_folded_under_the_copilots_and_its_end_lets_the_copilots_ring(engine, clock, line):
+    run(engine, clock, 60, at=lambda t: _pump_fault(line, t))
+    # a PLC alarm downstream of the copilot's pump fault: the copilot's root does not take the plant's alarm in
+    events = engine.follow_plc(plc_alarm(clock.t, "filler", cid="ns=2;s=Filler.Low"))
+    filler = next(e.alarm for e in events if e.event == "raised")
+    assert filler.parent_id is None and annunciated(filler)
+    assert engine.get("product_pump.fault").parent_id is None  # the pump is upstream of the filler's PLC alarm
+    # the PLC's pump alarm rings and then clears on the PLC while the copilot still sees the fault
+    engine.follow_plc(plc_alarm(clock.t))
+    plc_id = engine.get("product_pump.fault").parent_id
+    assert plc_id is not None
+    engine.follow_plc(plc_alarm(clock.t + 1, active=False, acked=True))
+    release = engine.settings.release_after_s
+    events = run(engine, clock, release + 30, at=lambda t: _pump_fault(line, t))
+    ungrouped = [e for e in events if e.event == "ungrouped" and e.alarm_id == "product_pump.fault"]
+    assert len(ungrouped) == 1 and plc_id in ungrouped[0].comment
+    own = engine.get("product_pump.fault")
+    assert own.parent_id is None and own.state is AlarmState.ACTIVE_UNACK and annunciated(own)
+    # a situation of its own again, it takes in what it explains, but never the filler's PLC alarm
+    assert engine.get(filler.alarm_id).parent_id is None and annunciated(engine.get(filler.alarm_id))
+
+
+def test_a_plc_alarm_shelved_on_the_hmi_is_shelved_here_for_as_long_and_unshelved_with_it(engine, clock, line):
+    events = engine.follow_plc(plc_alarm(clock.t))
+    plc = next(e.alarm for e in events if e.event == "raised")
+    shelved = dataclasses.replace(plc_alarm(clock.t + 5), shelved=True, unshelve_in_s=1800.0, user="hmi-3")
+    events = engine.follow_plc(shelved)
+    assert [e.event for e in events] == ["shelved"] and events[0].actor == "plc"
+    alarm = engine.get(plc.alarm_id)
+    assert alarm.shelved_until == pytest.approx(clock.t + 1800.0) and not annunciated(alarm)
+    # a refresh tells the same shelving again, its countdown moved on: nothing new
+    clock.t += 60
+    assert engine.follow_plc(dataclasses.replace(shelved, unshelve_in_s=1740.0)) == []
+    # the PLC unshelves: the alarm, still active, rings again
+    events = engine.follow_plc(plc_alarm(clock.t))
+    assert [e.event for e in events] == ["unshelved"]
+    alarm = engine.get(plc.alarm_id)
+    assert alarm.shelved_until is None and alarm.state is AlarmState.ACTIVE_UNACK and annunciated(alarm)
+    # an operator's own shelving here is not ended by the PLC telling its (unshelved) state again
+    result, _ = engine.command(OperatorCommand("shelve", plc.alarm_id, "op.anna", shelve_s=600))
+    assert result.ok, result.message
+    assert engine.follow_plc(plc_alarm(clock.t + 1, severity=760)) == []  # same priority band, same state
+    assert engine.get(plc.alarm_id).shelved_by == "op.anna" and engine.get(plc.alarm_id).shelved_until

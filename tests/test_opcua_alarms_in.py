@@ -55,7 +55,7 @@ class Plc:
         self.server = None
 
     async def set(self, name: str, source: str, etype: int, *, active: bool, acked: bool, severity: int,
-                  message: str, retain: bool | None = None, user: str = "") -> None:
+                  message: str, retain: bool | None = None, user: str = "", shelved_s: float = 0.0) -> None:
         """Bring condition ``name`` to a state and fire its event, as the PLC's alarm block does."""
         assert self.server is not None
         if name not in self.conditions:
@@ -76,6 +76,9 @@ class Plc:
         ev.add_property("ConfirmedState/Id", acked, ua.VariantType.Boolean)
         ev.Retain = (active or not acked) if retain is None else retain
         ev.add_property("ClientUserId", user, ua.VariantType.String)
+        shelving = ua.ObjectIds.ShelvedStateMachineType_TimedShelved if shelved_s else ua.ObjectIds.ShelvedStateMachineType_Unshelved
+        ev.add_property("ShelvingState/CurrentState/Id", ua.NodeId(shelving), ua.VariantType.NodeId)
+        ev.add_property("ShelvingState/UnshelveTime", shelved_s * 1000.0, ua.VariantType.Double)
         await gen.trigger(message=message)
 
 
@@ -260,6 +263,40 @@ async def test_an_operator_acknowledgement_goes_to_the_plc_with_the_event_id_and
         trail = [(e.event, e.actor) for e in rig.engine.audit(raised.alarm_id)]
         assert trail == [("raised", "plc"), ("acknowledged", "ann"), ("cleared", "plc")]
         assert rig.collector.acks_sent == 1 and rig.collector.acks_refused == 0
+    finally:
+        await rig.close()
+        await plc.stop()
+
+
+async def test_a_plc_alarm_shelved_on_the_hmi_is_shelved_here_and_the_copilots_own_alarm_folds_under_it(tmp_path):
+    """The PLC's shelving (TimedShelved, UnshelveTime) read from its events; the copilot's alarm of the same pump
+    is folded under the PLC's alarm when it rings (tests/test_alarms_situations.py has the rules)."""
+    from factory_copilot.records import Anomaly
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/plc/"
+    plc = Plc(endpoint)
+    await plc.start()
+    rig = Rig(tmp_path, endpoint)
+    try:
+        await asyncio.wait_for(rig.collector.connected.wait(), 10)
+        now = time.time()
+        for i in range(3):  # the copilot's own limit alarm on the pump's vibration (no on-delay in this rig)
+            rig.engine.ingest(Anomaly(ts=now + i, asset="product_pump", kind="limit", score=9.0, threshold=7.1,
+                                      signal="vibration", value=9.0))
+        own = next(a for a in rig.engine.active() if not a.condition.startswith("plc:"))
+        await plc.set("Cavitation", "Pump1", OFF_NORMAL, active=True, acked=False, severity=750,
+                      message="Pump1 cavitation")
+        raised = await rig.event(lambda e: e.event == "raised" and e.alarm.condition.startswith("plc:"))
+        grouped = await rig.event(lambda e: e.event == "grouped" and e.alarm_id == own.alarm_id)
+        assert grouped.alarm.parent_id == raised.alarm_id
+        await plc.set("Cavitation", "Pump1", OFF_NORMAL, active=True, acked=False, severity=750,
+                      message="Pump1 cavitation", shelved_s=1800, user="hmi-panel-3")
+        shelved = await rig.event(lambda e: e.event == "shelved" and e.alarm_id == raised.alarm_id)
+        assert shelved.actor == "plc" and shelved.comment.startswith(f"PLC {endpoint} EventId ")
+        assert shelved.alarm.shelved_until == pytest.approx(time.time() + 1800, abs=30)
+        await plc.set("Cavitation", "Pump1", OFF_NORMAL, active=True, acked=False, severity=750,
+                      message="Pump1 cavitation")
+        back = await rig.event(lambda e: e.event == "unshelved" and e.alarm_id == raised.alarm_id)
+        assert back.alarm.shelved_until is None and back.state is AlarmState.ACTIVE_UNACK
     finally:
         await rig.close()
         await plc.stop()

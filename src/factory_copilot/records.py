@@ -265,6 +265,7 @@ class PlcCondition:
     acked: bool = True
     confirmed: bool | None = None
     shelved: bool = False
+    unshelve_in_s: float | None = None  # ShelvingState/UnshelveTime: how long the PLC's shelving has left
     retain: bool = False
     endpoint: str = ""
     user: str = ""  # ClientUserId: who made the change on the PLC or HMI, where it says

@@ -55,6 +55,7 @@ PROCESS_KINDS = frozenset({"limit", "rate"})
 INSTRUMENT_KINDS = frozenset({"stuck", "range", "quality"})
 DATA_KINDS = INSTRUMENT_KINDS | {"source"}  # the data, not the process, is wrong: no severity, no part in a situation
 UNKNOWN = "unknown"
+PLC_PREFIX = "plc:"  # the condition of a PLC's alarm: plc:<ConditionId>
 
 SEVERITIES = ("slight", "moderate", "severe")
 URGENCIES = ("immediate", "prompt", "deferred")

@@ -32,6 +32,9 @@ evaluation while a condition is abnormal; silence means normal):
   roots of the grouping window takes them as consequences (event ``grouped``); a
   consequence still active ``release_after_s`` after its root returned (or at once
   when the root is taken out of service) is annunciated on its own (``ungrouped``);
+  a PLC's own alarm (``follow_plc``) is the root of the copilot's alarms of its situation
+  (``grouping.plc_explains``): those standing when it rings are folded under it, those raised while it
+  stands are raised folded; the PLC's alarm is never folded under the copilot's;
 * severity and priority follow the condition (``design.py``): worse at once (event
   ``escalated``; an acknowledged alarm whose priority rises must be acknowledged
   again), better once it held for ``deescalate_after_s`` (``deescalated``); a root
@@ -347,11 +350,14 @@ class AlarmEngine:
             self._by_condition[(asset, condition)] = alarm_id
             self._plc_event_ids[alarm_id] = plc.event_id
             self._emit(alarm, "raised", now, PLC_ACTOR, where)
+            self._follow_plc_shelving(alarm, plc, now, where)
+            self._fold_under_plc(alarm, now)
             return self._commit()
         self._plc_event_ids[alarm.alarm_id] = plc.event_id
         before = alarm.state
+        shelving = self._follow_plc_shelving(alarm, plc, now, where)
         if before is state and alarm.priority is priority and alarm.message == message:
-            return []  # the same state told again (a refresh): no event, no duplicate
+            return self._commit() if shelving else []  # the same state told again (a refresh): no duplicate
         alarm.priority, alarm.message = priority, message
         alarm.state = state
         if before is AlarmState.NORMAL and state.active:
@@ -365,7 +371,24 @@ class AlarmEngine:
         else:
             event = "updated"
         self._emit(alarm, event, now, PLC_ACTOR, where)
+        if event == "raised":
+            self._fold_under_plc(alarm, now)
         return self._commit()
+
+    def _follow_plc_shelving(self, alarm: Alarm, plc: PlcCondition, now: float, where: str) -> bool:
+        """The PLC's shelving of its alarm, followed (ISA-18.2: shelved on the HMI is shelved here too, for as long
+        as the PLC says); an unshelve on the PLC ends only the PLC's shelving, not an operator's made here."""
+        if plc.shelved and plc.retain:  # a gone condition's shelving means nothing
+            until = now + (plc.unshelve_in_s or self.settings.max_shelve_s)
+            if alarm.shelved_until is not None and abs(alarm.shelved_until - until) < PLC_SHELVE_SLACK_S:
+                return False  # the same shelving told again, its countdown moved on
+            alarm.shelved_until, alarm.shelved_by = until, PLC_ACTOR
+            self._emit(alarm, "shelved", now, PLC_ACTOR, f"{where}; until {until:.0f}")
+            return True
+        if alarm.shelved_until is not None and alarm.shelved_by == PLC_ACTOR:
+            self._unshelve(alarm, now, PLC_ACTOR, where)
+            return True
+        return False
 
     def plc_event_id(self, alarm_id: str) -> str | None:
         """The newest EventId (hex) of a PLC's alarm: what its Acknowledge must name."""
@@ -592,6 +615,8 @@ class AlarmEngine:
         """A folded fault alarm that the classifier keeps naming as a fault of its own asset, unlike its root's, is a
         situation of its own: let go once the name held for ``distinct_after_s``."""
         root = self._alarms.get(alarm.parent_id or "")
+        if root is not None and grouping.is_plc_alarm(root):
+            return  # the PLC names the situation, the classifier its cause: no contradiction to let go on
         theirs = grouping.fault_name(self.line, self.faults, root.anomaly) if root else None
         if own is None:
             return  # an evaluation naming nothing neither makes nor breaks the case
@@ -748,9 +773,13 @@ class AlarmEngine:
 
     # -- situations --------------------------------------------------------------------------------
     def _cause_for(self, alarm: Alarm, now: float) -> Alarm | None:
-        """The root alarm that explains ``alarm`` now, if any (grouping.rank picks among several)."""
-        if not self.settings.group_consequences:
+        """The root alarm that explains ``alarm`` now, if any: a PLC's alarm of its situation first (the plant's own
+        name for it, on the HMI already), else the copilot's root that grouping.rank picks among several."""
+        if not self.settings.group_consequences or grouping.is_plc_alarm(alarm):
             return None
+        plcs = [c for c in self._alarms.values() if self._plc_stands(c, now) and grouping.plc_explains(self.line, c, alarm)]
+        if plcs:
+            return min(plcs, key=lambda c: (c.asset != alarm.asset, c.raised_at))
         causes = [c for c in self._alarms.values() if self._may_explain(c, now)
                   and grouping.explains(self.line, self.faults, c, alarm, self._same_episode(c, alarm))]
         return min(causes, key=lambda c: grouping.rank(self.line, c, alarm), default=None)
@@ -772,6 +801,26 @@ class AlarmEngine:
             return False
         conds = (self._cond_of(a), self._cond_of(b))
         return all(c is not None and c.last_ts is not None and c.last_ts >= self._episode_start for c in conds)
+
+    def _plc_stands(self, alarm: Alarm, now: float) -> bool:
+        """A PLC's alarm in service that is active, or returned within the grouping window."""
+        if not grouping.is_plc_alarm(alarm) or alarm.out_of_service or alarm.parent_id is not None:
+            return False
+        return alarm.state.active or now - alarm.updated_at <= self.settings.group_window_s
+
+    def _fold_under_plc(self, plc: Alarm, now: float) -> None:
+        """The PLC's alarm just rang: the copilot's standing alarms of its situation (and their consequences) fold
+        under it, so the operator hears the situation once, by the name the HMI gives it."""
+        if not self.settings.group_consequences:
+            return
+        for other in list(self._alarms.values()):
+            if (other is plc or other.parent_id is not None or not other.state.active or other.out_of_service
+                    or not grouping.plc_explains(self.line, plc, other)):
+                continue
+            for member in [other, *self._children(other.alarm_id)]:
+                member.parent_id = plc.alarm_id
+                member.suppressed = True
+                self._emit(member, "grouped", now, comment=f"the situation of the PLC's alarm {plc.alarm_id}")
 
     def _adopt(self, root: Alarm, now: float) -> None:
         """A new root takes the earlier roots of its window that it explains (and that do not explain it)."""
@@ -1024,8 +1073,9 @@ class AlarmEngine:
             log.info("resumed %d alarms (%d not normal) from %s", len(self._alarms), len(self.active()), self.journal.path)
 
 
-PLC_PREFIX = "plc:"  # the condition of a PLC's alarm: plc:<ConditionId>
+PLC_PREFIX = design.PLC_PREFIX  # the condition of a PLC's alarm: plc:<ConditionId>
 PLC_ACTOR = "plc"  # who changed a PLC alarm's state when the PLC did
+PLC_SHELVE_SLACK_S = 5.0  # a shelving told again whose end moved less than this is the same shelving
 
 
 def overdue_rules(line: LineConfig, priority: Priority) -> list:

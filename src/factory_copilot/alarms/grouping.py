@@ -20,6 +20,11 @@ but are not annunciated. A cause explains an alarm when
   controller output saturates, and reads flat, under a heater fault), and
 * the engine's window holds: the cause is active, or returned less than the
   grouping window ago (the engine checks times).
+
+A PLC's own alarm (read over OPC UA A&C) is the plant's name for a situation, already on the HMI: the
+copilot's process and fault alarms on its asset or downstream of it are folded under it while it stands
+(``plc_explains``), never the other way round; an alarm about the data (a sensor, a lost source) is not
+the PLC's situation and rings on its own.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from factory_copilot.alarms.design import DATA_KINDS, UNKNOWN, find_asset
+from factory_copilot.alarms.design import DATA_KINDS, PLC_PREFIX, UNKNOWN, find_asset
 from factory_copilot.catalogue import Fault
 from factory_copilot.config import LineConfig
 from factory_copilot.records import Alarm, Anomaly
@@ -67,6 +72,22 @@ def _named(anomaly: Anomaly | None) -> str | None:
     return anomaly.fault_type
 
 
+def is_plc_alarm(alarm: Alarm) -> bool:
+    return alarm.condition.startswith(PLC_PREFIX)
+
+
+def plc_explains(line: LineConfig, plc: Alarm, effect: Alarm) -> bool:
+    """Whether the PLC's alarm ``plc`` is the situation of the copilot's alarm ``effect``: a process or fault alarm
+    on the PLC alarm's asset (one the line file knows) or downstream of it, and not upstream."""
+    if not is_plc_alarm(plc) or is_plc_alarm(effect) or find_asset(line, plc.asset) is None:
+        return False
+    if kind_of(effect) in DATA_KINDS:
+        return False
+    if effect.asset == plc.asset:
+        return True
+    return effect.asset in line.downstream(plc.asset) and plc.asset not in line.downstream(effect.asset)
+
+
 def kind_of(alarm: Alarm) -> str:
     return alarm.anomaly.kind if alarm.anomaly else alarm.condition.rpartition(":")[2] or alarm.condition
 
@@ -99,6 +120,8 @@ def explains(line: LineConfig, faults: Mapping[str, Fault], cause: Alarm, effect
     """
     if cause.alarm_id == effect.alarm_id or kind_of(cause) in DATA_KINDS or kind_of(effect) == "source":
         return False
+    if is_plc_alarm(cause) or is_plc_alarm(effect):
+        return False  # the PLC's alarm is a situation of its own (plc_explains), never a copilot alarm's consequence
     same = effect.asset == cause.asset
     downstream = effect.asset in line.downstream(cause.asset)
     cause_fault = fault_name(line, faults, cause.anomaly) if is_fault_alarm(cause) else None

@@ -515,6 +515,7 @@ class OpcuaCollector:
         message = getattr(ev, "Message", None)
         shelving = getattr(ev, "ShelvingState/CurrentState/Id", None)
         confirmed = getattr(ev, "ConfirmedState/Id", None)
+        unshelve_ms = getattr(ev, "ShelvingState/UnshelveTime", None)
         self.plc_events += 1
         self.plc.offer(PlcCondition(  # type: ignore[union-attr]
             condition.to_string(), to_epoch(getattr(ev, "Time", None)) or now,
@@ -526,6 +527,7 @@ class OpcuaCollector:
             confirmed=None if confirmed is None else bool(confirmed),
             shelved=shelving is not None and shelving != ua.NodeId(ua.ObjectIds.ShelvedStateMachineType_Unshelved)
             and not (isinstance(shelving, ua.NodeId) and shelving.is_null()),
+            unshelve_in_s=float(unshelve_ms) / 1000.0 if isinstance(unshelve_ms, (int, float)) and unshelve_ms > 0 else None,
             retain=bool(getattr(ev, "Retain", False)), endpoint=self.conn.endpoint,
             user=str(getattr(ev, "ClientUserId", None) or "")))
 
