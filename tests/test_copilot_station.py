@@ -329,3 +329,30 @@ async def test_a_folded_consequence_and_a_re_alarm_of_the_same_situation_queue_n
     assert calls == [True, True] and out.qsize() == 0
     assert cop.stats()["covered"] == 13  # 10 re-alarms of the folded one, 3 of its root
     assert cop.stats()["covered"] == 13  # 10 re-alarms of the folded one, 3 of its root
+
+
+async def test_a_plcs_alarm_is_explained_like_its_own_from_the_signals_of_its_asset():
+    """A PLC's alarm (OPC UA A&C, issue 23) carries no detector evidence: the copilot explains it from what its asset's
+    signals did around it and the runbooks, every cited signal one it heard."""
+    from factory_copilot.records import Alarm, Priority
+
+    alarms, readings, out = Buffer(100, "alarms"), Buffer(10_000, "readings"), Buffer(100, "diag")
+    cop = Copilot(LINE, backend=None, alarms=alarms, diagnoses=out, readings=readings)
+    heard = ramp("product_pump.vibration", 2.0, 9.0) + ramp("filler.tank_level", 50.0, 50.5)
+    for r in heard:
+        readings.offer(r)
+    task = asyncio.create_task(cop.run())
+    try:
+        while readings.qsize():
+            await asyncio.sleep(0)
+        alarm = Alarm("product_pump.plc_Pump1", "product_pump", "plc:ns=2;s=Pump1.HighVibration", AlarmState.ACTIVE_UNACK,
+                      Priority.HIGH, "Pump1 vibration high", 1000.0, 1000.0)
+        alarms.offer(AlarmEvent(alarm.alarm_id, 1000.0, "raised", AlarmState.ACTIVE_UNACK, alarm, actor="plc"))
+        d = await next_item(out)
+        assert d.alarm_id == alarm.alarm_id and d.asset == "product_pump" and d.source == "runbook"
+        assert d.causes and d.causes[0].fault_type in {"bearing_wear", "pump_cavitation", "pump_imbalance"}
+        cited = {e.ref for c in d.causes for e in c.evidence if e.kind == "signal"}
+        assert cited and cited <= {r.key for r in heard} and "product_pump.vibration" in cited
+        assert "product_pump.vibration" in d.summary and d.steps and d.safety
+    finally:
+        task.cancel()
