@@ -207,3 +207,105 @@ def test_one_list_of_commands_for_the_engine_the_schema_and_the_dashboard():
     assert schema["properties"]["command"]["enum"] == kinds
     assert list(COMMANDS) == kinds
     assert set(BUTTONS) < set(kinds)
+
+
+# -- the bus: what each station takes and gives, declared, wired and documented alike -------------------------
+
+def _documented_lanes() -> dict[str, tuple[set[str], set[str]]]:
+    """docs/architecture.md's station table: station -> (record names taken, record names given)."""
+    import re
+
+    from factory_copilot import records
+
+    names = {n for n in dir(records) if isinstance(getattr(records, n), type)}
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text[text.index("| Station | Package | Takes | Gives |"):].split("\n\n")[0].splitlines()[2:]
+    out = {}
+    for row in table:
+        station, _, takes, gives = [c.strip() for c in row.strip("|").split("|")]
+        pick = lambda cell: {n for n in re.findall(r"`(\w+)`", cell) if n in names}  # noqa: E731
+        out[station.split(" (")[0]] = (pick(takes), pick(gives))
+    return out
+
+
+def _full_service(tmp_path):
+    """A service with every optional station and lane wired: shifts, the PLC's alarms, the OPC UA alarm server."""
+    from factory_copilot.config import SIMULATED_LINE, LineConfig, ServicePaths, load_line
+    from factory_copilot.detect.persist import TrainedDetector
+    from factory_copilot.service import LineService
+
+    data = load_line(SIMULATED_LINE).model_dump()
+    data["shifts"] = [{"name": "early", "start": "06:00"}, {"name": "late", "start": "18:00"}]
+    data["service"]["plc_alarms"] = {"map": [{"source": "ns=2;s=Pump1", "asset": "product_pump"}]}
+    data["service"]["opcua_server"] = {"endpoint": "opc.tcp://127.0.0.1:4999/x/", "security": "none"}
+    line = LineConfig.model_validate(data)
+    return LineService(line, TrainedDetector(line.fingerprint(), line.line, detector=None), ServicePaths(tmp_path),
+                       health_port=None)
+
+
+def test_the_architecture_table_is_what_the_stations_declare_and_the_service_wires(tmp_path):
+    service = _full_service(tmp_path)
+    try:
+        documented = _documented_lanes()
+        stations = {"collect": service.collector, "detect": service.detect, "alarms": service.alarms,
+                    "copilot": service.copilot, "publish": service.publisher, "store": service.store_station,
+                    "shift": service.shift, "opcua-server": service.opcua_server}
+        wired = service.bus.wiring()
+        assert set(documented) == set(stations) == set(wired)
+        for name, station in stations.items():
+            declared = ({t.__name__ for t in station.takes}, {t.__name__ for t in station.gives})
+            assert documented[name] == declared, f"docs/architecture.md's row for {name} is not what its class declares"
+            as_wired = wired.get(name, {"takes": set(), "gives": set()})
+            assert ({t.__name__ for t in as_wired["takes"]}, {t.__name__ for t in as_wired["gives"]}) == declared, name
+    finally:
+        service.engine.close()
+        service.store.close()
+
+
+def test_every_record_given_is_taken_and_every_record_taken_is_given():
+    """No dead lanes: a record a station gives that nobody takes, or one a station waits for that nobody gives."""
+    from factory_copilot.alarms.station import AlarmStation
+    from factory_copilot.collect.station import CollectStation
+    from factory_copilot.copilot.station import Copilot
+    from factory_copilot.detect.station import DetectStation
+    from factory_copilot.publish.opcua_server import AlarmServer
+    from factory_copilot.publish.publisher import Publisher
+    from factory_copilot.shift.station import ShiftStation
+    from factory_copilot.store.station import StoreStation
+
+    classes = [CollectStation, DetectStation, AlarmStation, Copilot, Publisher, StoreStation, ShiftStation, AlarmServer]
+    given = {t for c in classes for t in c.gives}
+    taken = {t for c in classes for t in c.takes}
+    assert given - taken == set(), "given and taken by nobody"
+    assert taken - given == set(), "taken and given by nobody"
+
+
+def test_the_bus_refuses_a_lane_a_station_does_not_declare_and_delivers_by_type_in_order():
+    from factory_copilot.plumbing.bus import Bus
+    from factory_copilot.records import Anomaly, Reading, SourceState
+
+    class Detect:
+        takes, gives = (Reading, SourceState), (Anomaly,)
+
+    bus = Bus(10)
+    inbox = bus.subscribe("detect", Reading, SourceState)
+    store = bus.subscribe("store", Reading, size=2)
+    out = bus.outlet("collect", Reading, SourceState)
+    lost = SourceState("opcua", 2.0, False, "gone", ())
+    for item in (Reading(1.0, "a", "x", 1.0), lost, Reading(3.0, "a", "x", 2.0), Reading(4.0, "a", "x", 3.0)):
+        out.offer(item)
+    assert [inbox.get_nowait().ts for _ in range(inbox.qsize())] == [1.0, 2.0, 3.0, 4.0]  # both types, in order
+    assert store.qsize() == 2 and store.dropped == 1  # the slow taker drops only its own oldest
+    try:
+        out.offer(Anomaly(ts=1.0, asset="a", kind="limit", score=1.0, threshold=1.0))
+    except TypeError as exc:
+        assert "collect" in str(exc) and "Anomaly" in str(exc)
+    else:
+        raise AssertionError("an outlet gave a record type it does not declare")
+    bus.outlet("detect", Anomaly)
+    bus.check({"detect": Detect(), "store": type("Store", (), {"takes": (Reading,), "gives": ()})(),
+               "collect": type("Collect", (), {"takes": (), "gives": (Reading, SourceState)})()})
+    bus.subscribe("detect", Anomaly)  # not what Detect takes
+    with pytest.raises(TypeError, match="wired to take Anomaly"):
+        bus.check({"detect": Detect(), "store": type("Store", (), {"takes": (Reading,), "gives": ()})(),
+                   "collect": type("Collect", (), {"takes": (), "gives": (Reading, SourceState)})()})

@@ -155,26 +155,6 @@ async def test_two_steps_the_summary_freely_then_the_choices_under_a_grammar():
     assert [s.runbook_id for s in d.steps] == [pack.step_for("2").rpartition(".")[0]]  # said twice, shown once
 
 
-async def test_source_states_in_the_reading_stream_are_noted_not_trended():
-    from factory_copilot.records import SourceState
-
-    alarms, readings, out = Buffer(10, "alarms"), Buffer(100, "readings"), Buffer(10, "diag")
-    cop = Copilot(LINE, alarms=alarms, diagnoses=out, readings=readings)
-    readings.offer(SourceState("opcua", 990.0, False, "connection lost", ("product_pump.vibration",)))
-    for r in ramp("product_pump.vibration", 2.0, 6.0)[-20:]:
-        readings.offer(r)
-    task = asyncio.create_task(cop.run())
-    try:
-        while readings.qsize():
-            await asyncio.sleep(0)
-        alarms.offer(alarm_for("product_pump"))
-        d = await next_item(out)
-        assert d.source == "runbook" and not task.done()  # the station kept running
-        assert cop.sources["opcua"].connected is False and cop.history.last("product_pump.vibration")
-    finally:
-        task.cancel()
-
-
 # -- the model's queue: questions first, nothing repeated, every wait announced -----------------------------------
 
 

@@ -34,11 +34,29 @@ from factory_copilot.copilot.station import Copilot
 from factory_copilot.detect.persist import ModelMismatchError, TrainedDetector, load_detector
 from factory_copilot.detect.station import DetectStation
 from factory_copilot.errors import AuthRefused, GiveUp, Transient
-from factory_copilot.plumbing.buffer import Buffer, fan_out
+from factory_copilot.plumbing.bus import Bus
 from factory_copilot.plumbing.signals import stop_on_signals
 from factory_copilot.publish.opcua_server import AlarmServer
 from factory_copilot.publish.publisher import InstanceConflict, Publisher
-from factory_copilot.records import Reading
+from factory_copilot.records import (
+    AlarmEvent,
+    Anomaly,
+    AnswerChunk,
+    CommandResult,
+    Diagnosis,
+    DiagnosisChunk,
+    Handover,
+    HandoverAck,
+    HeldAlarms,
+    ModelJob,
+    OperatorCommand,
+    PlcAcknowledge,
+    PlcCondition,
+    Question,
+    Reading,
+    SourceState,
+    Turn,
+)
 from factory_copilot.shift.station import ShiftStation
 from factory_copilot.store.station import StoreStation
 from factory_copilot.store.store import Store
@@ -71,27 +89,16 @@ class LineService:
         self.paths = paths
         self.health_port = health_port
         settings = line.service
-        self.buffers: list[Buffer] = []
+        # the stations' records travel on one typed bus: each station takes and gives the records its class
+        # declares (``takes``/``gives``), each subscription a bounded, counted, drop-oldest buffer of its own
+        self.bus = bus = Bus(buffer_size)
+        plc_wired = settings.plc_alarms is not None and replay is None
+        served = settings.opcua_server if replay is None else None  # a replay's alarms are no line's to serve
 
-        def b(name: str, size: int = buffer_size) -> Buffer:
-            buf: Buffer = Buffer(size, name)
-            self.buffers.append(buf)
-            return buf
-
-        readings, anomalies, events, diagnoses = b("readings"), b("anomalies"), b("alarm events"), b("diagnoses", 1000)
-        to_detect, to_store_readings, to_copilot_readings = b("readings->detect"), b("readings->store"), b("readings->copilot")
-        to_alarms, to_store_anomalies = b("anomalies->alarms"), b("anomalies->store")
-        to_publish_events, to_store_events, to_copilot_events = b("events->publish"), b("events->store"), b("events->copilot", 1000)
-        to_publish_diagnoses, to_store_diagnoses = b("diagnoses->publish", 1000), b("diagnoses->store", 1000)
-        chunks, answers, results = b("diagnosis chunks", 20_000), b("answer chunks", 20_000), b("command results", 1000)
-        commands, questions, turns = b("commands", 1000), b("questions", 100), b("conversation turns", 1000)
-        held = b("held alarms", 10)  # the engine's alarms at start: the publisher clears retained ghosts of others
-        model_jobs = b("model jobs", 1000)  # where each job for the model stands: what an operator waits for
-        # a line with shifts gets a handover at each change, acknowledged by the incoming operator
-        handovers, acks = (b("handovers", 100), b("handover acks", 100)) if line.shifts else (None, None)
-
-        plc = b("plc conditions", 10_000) if settings.plc_alarms is not None and replay is None else None
-        plc_acks = b("plc acknowledgements", 1000) if plc is not None else None
+        # collect
+        readings = bus.outlet("collect", Reading, SourceState)
+        plc = bus.outlet("collect", PlcCondition) if plc_wired else None
+        plc_acks = bus.subscribe("collect", PlcAcknowledge, size=1000) if plc_wired else None
         # every clock of the pipeline: the wall clock live, the recording's time in a replay
         self.clock: Callable[[], float] = time.time
         if replay is not None:
@@ -100,45 +107,76 @@ class LineService:
         else:
             self.collector = CollectStation(line, readings, pki_dir=paths.pki, plc=plc, plc_acks=plc_acks)
         self.source = "+".join(self.collector.kinds)
-        self.detect = DetectStation(line, to_detect, anomalies, detector=models.detector, classifier=models.classifier,
-                                    checks=models.checks(line), clock=self.clock)
+
+        # detect
+        to_detect = bus.subscribe("detect", Reading, SourceState)
+        self.detect = DetectStation(line, to_detect, bus.outlet("detect", Anomaly), detector=models.detector,
+                                    classifier=models.classifier, checks=models.checks(line), clock=self.clock)
+
+        # alarms
         self.engine = AlarmEngine(line, paths.alarms, alarm_settings, clock=self.clock)
         if line.roles is None:
             log.warning("%s/%s: the line file has no roles: every user the broker logs in may acknowledge, shelve "
                         "and take alarms out of service; name operators and supervisors (docs/mqtt.md)",
                         line.site, line.line)
+        to_alarms = bus.subscribe("alarms", Anomaly)
+        commands = bus.subscribe("alarms", OperatorCommand, size=1000)
         # live the engine's delays are checked 4 times a second; in a replay once per step of data time, after
         # the step's anomalies (the replay clock calls the tick), so no wall-clock timer decides an alarm
-        self.alarms = AlarmStation(self.engine, to_alarms, events, commands, results,
-                                   tick_s=None if replay is not None else 0.25, held=held, plc=plc,
-                                   plc_acks=plc_acks)
+        self.alarms = AlarmStation(
+            self.engine, to_alarms, bus.outlet("alarms", AlarmEvent), commands, bus.outlet("alarms", CommandResult),
+            tick_s=None if replay is not None else 0.25,
+            held=bus.outlet("alarms", HeldAlarms),  # the alarms at start: the publisher clears retained ghosts
+            plc=bus.subscribe("alarms", PlcCondition, size=10_000) if plc_wired else None,
+            plc_acks=bus.outlet("alarms", PlcAcknowledge) if plc_wired else None)
+
+        # copilot
         self.store = Store(paths.store)
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,
-            max_tokens=settings.copilot.max_tokens, alarms=to_copilot_events, readings=to_copilot_readings,
-            questions=questions, diagnoses=diagnoses, chunks=chunks, answers=answers, turns=turns, jobs=model_jobs,
+            max_tokens=settings.copilot.max_tokens, alarms=bus.subscribe("copilot", AlarmEvent, size=1000),
+            readings=bus.subscribe("copilot", Reading), questions=bus.subscribe("copilot", Question, size=100),
+            diagnoses=bus.outlet("copilot", Diagnosis), chunks=bus.outlet("copilot", DiagnosisChunk),
+            answers=bus.outlet("copilot", AnswerChunk), turns=bus.outlet("copilot", Turn),
+            jobs=bus.outlet("copilot", ModelJob),  # where each job for the model stands: what an operator waits for
             clock=self.clock,
         )
+
+        # publish
         self.publisher = Publisher.for_line(
             line, paths.outbox, connection=alerts or line.mqtt or MqttConnection(), prefix=settings.alerts_prefix,
-            events=to_publish_events, diagnoses=to_publish_diagnoses, chunks=chunks, results=results, answers=answers,
-            commands=commands, questions=questions, held=held, jobs=model_jobs, handovers=handovers, handover_acks=acks,
+            events=bus.subscribe("publish", AlarmEvent), diagnoses=bus.subscribe("publish", Diagnosis, size=1000),
+            chunks=bus.subscribe("publish", DiagnosisChunk, size=20_000),
+            results=bus.subscribe("publish", CommandResult, size=1000),
+            answers=bus.subscribe("publish", AnswerChunk, size=20_000), commands=bus.outlet("publish", OperatorCommand),
+            questions=bus.outlet("publish", Question), held=bus.subscribe("publish", HeldAlarms, size=10),
+            jobs=bus.subscribe("publish", ModelJob, size=1000),
+            handovers=bus.subscribe("publish", Handover, size=100) if line.shifts else None,
+            handover_acks=bus.outlet("publish", HandoverAck) if line.shifts else None,
         )
         if isinstance(self.clock, ReplayClock):  # a replay waits for detect and alarms rather than outrun them
-            self.clock.backlog = lambda: sum(buf.qsize() for buf in (readings, to_detect, anomalies, to_alarms))
+            self.clock.backlog = lambda: to_detect.qsize() + to_alarms.qsize()
             self.clock.on_step.append(self.alarms.tick)
-        self.store_station = StoreStation(self.store, readings=to_store_readings, anomalies=to_store_anomalies,
-                                          events=to_store_events, diagnoses=to_store_diagnoses, turns=turns,
-                                          clock=self.clock)
-        self.shift = ShiftStation(line, self.store, paths.alarms, handovers, acks, results, clock=self.clock,
-                                  catch_up=replay is None) if line.shifts else None
-        # the alarms as OPC UA conditions for an HMI or SCADA; not in a replay, whose alarms are no line's
-        served = settings.opcua_server if replay is None else None
-        to_opcua = b("events->opcua", 1000) if served else None
-        to_opcua_diagnoses = b("diagnoses->opcua", 1000) if served else None
+
+        # store
+        self.store_station = StoreStation(
+            self.store, readings=bus.subscribe("store", Reading), anomalies=bus.subscribe("store", Anomaly),
+            events=bus.subscribe("store", AlarmEvent), diagnoses=bus.subscribe("store", Diagnosis, size=1000),
+            turns=bus.subscribe("store", Turn, size=1000), clock=self.clock)
+
+        # shift: a line with shifts gets a handover at each change, acknowledged by the incoming operator
+        self.shift = ShiftStation(
+            line, self.store, paths.alarms, bus.outlet("shift", Handover), bus.subscribe("shift", HandoverAck, size=100),
+            bus.outlet("shift", CommandResult), clock=self.clock, catch_up=replay is None) if line.shifts else None
+
+        # the alarms as OPC UA conditions for an HMI or SCADA
         self.opcua_server = AlarmServer(
-            line, served, to_opcua, self.alarms.execute, paths.alarms, pki_dir=paths.pki,
-            max_shelve_s=self.engine.settings.max_shelve_s, diagnoses=to_opcua_diagnoses) if served and to_opcua else None
+            line, served, bus.subscribe("opcua-server", AlarmEvent, size=1000), self.alarms.execute, paths.alarms,
+            pki_dir=paths.pki, max_shelve_s=self.engine.settings.max_shelve_s,
+            diagnoses=bus.subscribe("opcua-server", Diagnosis, size=1000)) if served else None
+        bus.check({"collect": self.collector, "detect": self.detect, "alarms": self.alarms, "copilot": self.copilot,
+                   "publish": self.publisher, "store": self.store_station, "shift": self.shift,
+                   "opcua-server": self.opcua_server})
         self.stations: dict[str, Callable[[asyncio.Event], Coroutine]] = {
             "collect": self.collector.run,
             "detect": self.detect.run,
@@ -148,14 +186,6 @@ class LineService:
             "store": self.store_station.run,
             **({"shift": self.shift.run} if self.shift else {}),
             **({"opcua-server": self.opcua_server.run} if self.opcua_server else {}),
-            # copies for every consumer; source states are for detect (lost data): the store and the copilot keep readings
-            "fan-out readings": lambda stop: fan_out(readings, to_detect, to_store_readings, to_copilot_readings,
-                                                     only={to_store_readings: Reading, to_copilot_readings: Reading}),
-            "fan-out anomalies": lambda stop: fan_out(anomalies, to_alarms, to_store_anomalies),
-            "fan-out events": lambda stop: fan_out(events, to_publish_events, to_store_events, to_copilot_events,
-                                                   *([to_opcua] if to_opcua else [])),
-            "fan-out diagnoses": lambda stop: fan_out(diagnoses, to_publish_diagnoses, to_store_diagnoses,
-                                                      *([to_opcua_diagnoses] if to_opcua_diagnoses else [])),
         }
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
@@ -227,15 +257,12 @@ class LineService:
 
     async def _shutdown(self, health: asyncio.AbstractServer | None) -> None:
         # every station watches `stop` and ends by itself (the collectors close their connections); wait for that
-        copies = [t for t in self._tasks if t.get_name().startswith("fan-out")]
-        stations = [t for t in self._tasks if t not in copies]
+        stations = list(self._tasks)
         if stations:
             _, late = await asyncio.wait(stations, timeout=10)
             for t in late:
                 log.warning("station %s did not stop within 10 s; cancelled", t.get_name())
                 t.cancel()
-        for t in copies:
-            t.cancel()  # the copies between buffers have no `stop` of their own
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store_station.drain()
         try:
@@ -266,7 +293,8 @@ class LineService:
             **({"shift": self.shift.stats()} if self.shift else {}),
             **({"opcua_server": self.opcua_server.stats()} if self.opcua_server else {}),
             "stations": {"restarts": dict(self.restarts), "stopped": dict(self.stopped)},
-            "buffers": {buf.name: buf.stats() for buf in self.buffers},
+            "buffers": {buf.name: buf.stats() for buf in self.bus.buffers()},
+            "unrouted": dict(self.bus.unrouted),
         }
 
     def health(self) -> tuple[bool, list[str], dict[str, Any]]:

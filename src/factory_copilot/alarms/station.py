@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class AlarmStation:
+    """The alarm engine as a station: anomalies, commands and the PLC's conditions in; alarm events out."""
+
+    # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
+    takes = (Anomaly, OperatorCommand, PlcCondition)
+    gives = (AlarmEvent, CommandResult, HeldAlarms, PlcAcknowledge)
+
     def __init__(
         self,
         engine: AlarmEngine,

@@ -70,6 +70,10 @@ class AllConnected:
 class CollectStation:
     """Runs every collector of the line into ``readings``; one dying does not take the others along."""
 
+    # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
+    takes = (PlcAcknowledge,)
+    gives = (Reading, SourceState, PlcCondition)
+
     def __init__(self, line: LineConfig, readings: Buffer[Reading | SourceState], *, pki_dir: Path | None = None,
                  clock: Callable[[], float] = time.time, collectors: dict[str, Collector] | None = None,
                  plc: Buffer[PlcCondition] | None = None, plc_acks: Buffer[PlcAcknowledge] | None = None):

@@ -48,7 +48,7 @@ from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logs import Throttled
 from factory_copilot.plumbing.tasks import run_until
 from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, ModelJob, Question,
-                                     Reading, SourceState, Turn)
+                                     Reading, Turn)
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,10 @@ class Copilot:
     has a llama.cpp backend answer in the schema's form without a grammar (``decoding.py``).
     """
 
+    # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
+    takes = (AlarmEvent, Reading, Question)
+    gives = (Diagnosis, DiagnosisChunk, AnswerChunk, Turn, ModelJob)
+
     def __init__(
         self,
         line: LineConfig,
@@ -244,7 +248,6 @@ class Copilot:
         self.last_timing: dict[str, float] = {}  # the last model diagnosis: seconds to first words and to the end,
         # and what the backend measured of it
         self.warm_stats: dict[str, float] = {}  # what the backend measured of its warm-up (``restored``: from disk)
-        self.sources: dict[str, SourceState] = {}  # the last state each source reported (up/down)
         self.last_text = ""
         self._log = Throttled(log, 30.0)
 
@@ -520,11 +523,7 @@ class Copilot:
         async def take_readings(readings: Buffer[Reading]) -> None:
             while True:
                 for item in [await readings.get()] + [readings.get_nowait() for _ in range(readings.qsize())]:
-                    # (what piled up meanwhile, without a wake-up each)
-                    if isinstance(item, Reading):
-                        self.observe(item)
-                    elif isinstance(item, SourceState):  # a source up or down, if the stream carries them
-                        self.sources[item.source] = item
+                    self.observe(item)  # (what piled up meanwhile, without a wake-up each)
 
         async def take_alarms() -> None:
             while True:

@@ -59,6 +59,10 @@ class _Source:
 class DetectStation:
     """Consumes ``Buffer[Reading | SourceState]``, offers ``Anomaly`` records to ``Buffer[Anomaly]``."""
 
+    # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
+    takes = (Reading, SourceState)
+    gives = (Anomaly,)
+
     def __init__(
         self,
         line: LineConfig,

@@ -113,6 +113,10 @@ class _Served:
 class AlarmServer:
     """The publish station's OPC UA side: ``run(stop)`` serves the conditions until ``stop``; ``stats()``."""
 
+    # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
+    takes = (AlarmEvent, Diagnosis)
+    gives = ()
+
     def __init__(
         self,
         line: LineConfig,

@@ -63,6 +63,11 @@ __all__ = ["InstanceConflict", "Publisher", "UNKNOWN_ASSET"]
 class Publisher:
     """Publishes one line's alarms and diagnoses under ``<prefix>/<site>/<line>``; see the module docstring."""
 
+    # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
+    takes = (AlarmEvent, Diagnosis, DiagnosisChunk, CommandResult, AnswerChunk, HeldAlarms, ModelJob,
+             Handover)
+    gives = (OperatorCommand, Question, HandoverAck)
+
     def __init__(
         self,
         site: str,

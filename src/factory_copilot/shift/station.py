@@ -34,6 +34,12 @@ MISSED_BACK_S = 24 * 3600.0  # handovers missed longer ago are written on demand
 
 
 class ShiftStation:
+    """A handover at each shift change, published; the incoming operator's acknowledgement taken."""
+
+    # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
+    takes = (HandoverAck,)
+    gives = (Handover, CommandResult)
+
     def __init__(
         self,
         line: LineConfig,

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 class StoreStation:
     """Consumes any of the given buffers; ``run()`` until cancelled, ``drain()`` to flush what is queued."""
 
+    # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
+    takes = (Reading, Anomaly, AlarmEvent, Diagnosis, Turn)
+    gives = ()
+
     def __init__(
         self,
         store: Store,
