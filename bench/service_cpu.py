@@ -60,7 +60,7 @@ class Timed(collections.abc.Coroutine):
             task = asyncio.current_task()
             name = task.get_name() if task else ""
             if name in self.stations:
-                STATION.set("fan-out (buffers)" if name.startswith("fan-out") else name)
+                STATION.set(name)
             self.station = STATION.get()
         return self.station
 

@@ -17,7 +17,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from factory_copilot.alarms import AlarmEngine, AlarmSettings, AlarmStation
 from factory_copilot.config import SIMULATED_LINE, LineConfigError, OpcuaAlarmServer, Roles, load_line, parse_line
 from factory_copilot.plumbing.broker import free_port
-from factory_copilot.plumbing.buffer import Buffer, fan_out
+from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logins import Logins, hash_password
 from factory_copilot.plumbing.opcua import priority_of, severity_of
 from factory_copilot.publish.opcua_server import AlarmServer
@@ -44,16 +44,15 @@ class Rig:
             update={"opcua_server": served})})
         self.engine = AlarmEngine(self.line, tmp_path / "alarms.db",
                                   AlarmSettings(on_delay_s=0, off_delay_s=3600, silence_s=3600))
-        self.anomalies, events = Buffer(100, "anomalies"), Buffer(100, "alarm events")
-        self.to_server = Buffer(100, "events->opcua")
+        self.anomalies = Buffer(100, "anomalies")
+        self.to_server = events = Buffer(100, "alarm events -> opcua-server")
         self.diagnoses = Buffer(100, "diagnoses->opcua")
         self.alarms = AlarmStation(self.engine, self.anomalies, events, tick_s=0.05)
         self.server = AlarmServer(self.line, served, self.to_server, self.alarms.execute, tmp_path / "alarms.db",
                                   pki_dir=tmp_path / "pki", max_shelve_s=self.engine.settings.max_shelve_s,
                                   diagnoses=self.diagnoses)
         self.stop = asyncio.Event()
-        self.tasks = [asyncio.create_task(self.alarms.run(self.stop)), asyncio.create_task(self.server.run(self.stop)),
-                      asyncio.create_task(fan_out(events, self.to_server))]
+        self.tasks = [asyncio.create_task(self.alarms.run(self.stop)), asyncio.create_task(self.server.run(self.stop))]
 
     def raise_alarm(self, asset="product_pump", signal="flow", ts=None):
         self.anomalies.offer(Anomaly(ts or time.time(), asset, "limit", 2.0, 1.0, signal=signal, value=40.0,
@@ -61,8 +60,7 @@ class Rig:
 
     async def close(self):
         self.stop.set()
-        await asyncio.wait_for(asyncio.gather(*self.tasks[:2]), 10)
-        self.tasks[2].cancel()
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 10)
         self.engine.close()
 
 

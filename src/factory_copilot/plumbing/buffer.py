@@ -67,21 +67,3 @@ class Buffer(Generic[T]):
         self._log.warning("overflow", "%s full (%d items): dropped its oldest item, %d in total; the consumer is too slow",
                           self.name, self.maxsize, self.dropped)
 
-
-async def fan_out(source: Buffer[T], *destinations: Buffer[T], only: dict[Buffer, type] | None = None) -> None:
-    """Copy every item of ``source`` to each destination; a slow destination only drops its own oldest items.
-
-    ``only`` maps a destination to the one record type it takes (the others pass it by).
-    """
-    only = only or {}
-    plain = [d for d in destinations if d not in only]
-    typed = [(d, only[d]) for d in destinations if d in only]
-    while True:
-        batch = [await source.get()]
-        batch += [source.get_nowait() for _ in range(source.qsize())]  # one wake-up for what piled up meanwhile
-        for item in batch:
-            for dest in plain:
-                dest.offer(item)
-            for dest, kind in typed:
-                if isinstance(item, kind):
-                    dest.offer(item)
