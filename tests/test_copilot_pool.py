@@ -109,6 +109,7 @@ class HandMadeExplainer:
     def __init__(self, broker, answer_twice: bool = False, hold: bool = False):
         self.jobs: queue.Queue = queue.Queue()
         self.received: list[str] = []
+        self.priorities: dict[str, int] = {}
         self.answer_twice, self.hold = answer_twice, hold
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="hand-made", protocol=paho.MQTTv5)
         subscribed = threading.Event()
@@ -122,6 +123,7 @@ class HandMadeExplainer:
     def _on_message(self, client, userdata, msg) -> None:
         body = json.loads(msg.payload)
         self.received.append(body["key"])
+        self.priorities[body["key"]] = body["priority"]
         job = (body, msg.properties.ResponseTopic, msg.properties.CorrelationData)
         if self.hold:
             self.jobs.put(job)
@@ -332,3 +334,32 @@ def test_the_line_file_sends_the_copilot_to_the_pool_and_names_its_mistakes(brok
     assert "pool.lease_s: 200 s is not shorter" in problems({"pool": {"lease_s": 200}})
     assert "service.copilot.pool.mqtt.protocol: the explainer pool needs MQTT 5" in problems(
         {"pool": {"mqtt": {"protocol": "3.1.1"}}})
+
+
+async def test_the_station_names_each_job_by_its_alarm_event_or_question_and_questions_go_first(broker):
+    import asyncio
+
+    from factory_copilot.plumbing.buffer import Buffer
+    from factory_copilot.records import AlarmEvent, AlarmState, Question
+
+    explainer = HandMadeExplainer(broker)
+    backend = pool(broker, deadline_s=10)
+    alarms, out, questions, answers = Buffer(10, "alarms"), Buffer(10, "diag"), Buffer(10, "q"), Buffer(100, "a")
+    cop = Copilot(load_line(SIMULATED_LINE), backend=backend, alarms=alarms, diagnoses=out, questions=questions,
+                  answers=answers, timeout_s=10)
+    task = asyncio.create_task(cop.run())
+    try:
+        alarm = alarm_for("product_pump", "bearing_wear", 0.7)  # a high-priority alarm
+        alarms.offer(AlarmEvent(alarm.alarm_id, 1000.0, "raised", AlarmState.ACTIVE_UNACK, alarm))
+        assert (await asyncio.wait_for(out.get(), 10)).source == "runbook"
+        model = await asyncio.wait_for(out.get(), 10)
+        assert model.fallback_reason.startswith("invalid output")  # the hand-made explainer's words are no diagnosis
+        questions.offer(Question("q-7", alarm.alarm_id, "what first?", "ann"))
+        while not (chunk := await asyncio.wait_for(answers.get(), 10)).done:
+            pass
+        assert (chunk.source, chunk.full_text) == ("model", "answer to q-7 #1")
+        assert explainer.priorities == {f"{alarm.alarm_id}@1000.000": 3, "q-7": 5}
+    finally:
+        task.cancel()
+        backend.close()
+        explainer.close()

@@ -7,7 +7,8 @@ Every explainer of a site subscribes to ``$share/explainers/<prefix>/<site>/expl
 each job to one of them, so another explainer started anywhere adds capacity, and one that dies holds up its jobs
 only until their lease runs out (the line publishes them again). The jobs it holds wait the most urgent first; one
 past its deadline is dropped unrun and counted (its caller has given up; the site's clocks must agree, NTP). Its
-counters go to the log every ``--report-every`` seconds and to standard output, one JSON line, when it stops.
+counters go to the log every ``--report-every`` seconds and to standard output, one JSON line, when it stops
+(SIGTERM: after the job it is running; the jobs it held are published again by their lines when their lease ends).
 """
 
 from __future__ import annotations

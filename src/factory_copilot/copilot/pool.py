@@ -214,7 +214,10 @@ class PoolBackend(LLMBackend):
         left = max(1, math.ceil(job.deadline - time.monotonic()))
         props = self.session.properties(content_type=JSON, response_topic=self.reply_topic,
                                         correlation=job.key.encode(), expiry_s=left)
-        self.session.publish(self.jobs_topic, json.dumps(job.body), qos=1, properties=props)
+        try:
+            self.session.publish(self.jobs_topic, json.dumps(job.body), qos=1, properties=props)
+        except RuntimeError as exc:  # the session stopped: the copilot is shutting down
+            raise ModelUnavailable(f"{self.name}: {exc}") from None
         with self._cond:
             job.sent += 1
             job.lease_until = time.monotonic() + self.lease_s
@@ -232,8 +235,9 @@ class PoolBackend(LLMBackend):
                 return self._result(job, outcome)
             if now >= job.deadline:
                 self._count("timeouts")
+                away = "" if self.session.connected else f"; the broker {self.session.where} is not connected"
                 raise ModelTimeout(f"no explainer at {self.jobs_topic} answered within {budget:g} s "
-                                   f"(sent {job.sent} time{'s' if job.sent > 1 else ''})", "".join(job.pieces))
+                                   f"(sent {job.sent} time{'s' if job.sent > 1 else ''}{away})", "".join(job.pieces))
             if lease_over and job.sent <= self.retries:
                 self._count("republished")
                 self._log.warning("lease", "explainer pool %s: no explainer spoke of job %s for %g s: published "
