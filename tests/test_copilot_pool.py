@@ -363,3 +363,14 @@ async def test_the_station_names_each_job_by_its_alarm_event_or_question_and_que
         task.cancel()
         backend.close()
         explainer.close()
+
+
+def test_an_explainer_that_cannot_run_its_model_or_reach_its_broker_says_so_and_takes_no_job(tmp_path, capsys):
+    from factory_copilot.cli import main
+
+    assert main(["explainer", "--broker", "http://x", "--site", SITE, "--model", "m.gguf"]) == 2
+    assert "--broker 'http://x': expected mqtt://HOST:PORT" in capsys.readouterr().err
+    missing = tmp_path / "missing.gguf"
+    assert main(["explainer", "--broker", "mqtt://127.0.0.1:1", "--site", SITE, "--model", str(missing)]) == 2
+    assert f"the explainer's model: model unavailable: cannot load model {missing}: file not found" in (
+        capsys.readouterr().err)
