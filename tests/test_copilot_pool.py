@@ -25,11 +25,20 @@ from factory_copilot.copilot import Copilot
 from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.copilot.language_model import CALL_FOR, AnswerForm, CallFor, ModelTimeout
 from factory_copilot.copilot.pool import PoolBackend
+from tests.support.brokers import MosquittoBroker
 from tests.support.copilot import alarm_for, make_tiny_qwen, ramp
 
 SITE, LINE_NAME = "plant-a", "line-1"
 JOBS = f"factory-copilot/{SITE}/explain/jobs"
 ASK = [{"role": "user", "content": "why is the pump hot?"}]
+
+
+@pytest.fixture
+def broker(broker):
+    """The conftest's broker, if it is Mosquitto: the pool needs MQTT 5 and shared subscriptions (amqtt has neither)."""
+    if not isinstance(broker, MosquittoBroker):
+        pytest.skip("the explainer pool needs an MQTT 5 broker with shared subscriptions (Mosquitto)")
+    return broker
 
 
 @pytest.fixture(scope="module")

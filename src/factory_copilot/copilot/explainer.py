@@ -30,6 +30,7 @@ import paho.mqtt.client as paho
 from factory_copilot.config import MqttConnection
 from factory_copilot.copilot.language_model import (AnswerForm, BackendError, LLMBackend, ModelTimeout,
                                                     ModelUnavailable, Reply)
+from factory_copilot.copilot.pool import JOB_VERSION
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.plumbing.mqtt import MqttSession, connection_of
 from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics, encode_level
@@ -95,6 +96,8 @@ class Explainer:
             body = json.loads(msg.payload)
             if not isinstance(body, dict):
                 raise ValueError("not a JSON object")
+            if body.get("v") != JOB_VERSION:
+                raise ValueError(f"job version {printable(body.get('v'))}: this explainer reads version {JOB_VERSION}")
             key, call = body.get("key"), body.get("call")
             if not isinstance(key, str) or not key:
                 raise ValueError("no job key")
