@@ -75,6 +75,9 @@ class PoolBackend(LLMBackend):
     """The site's explainers as this line's model; see the module docstring. ``forms``: the explainers run GGUF
     models (the diagnosis' form, prefill and grammar work), False for explainers in front of OpenAI servers."""
 
+    supports_prefill = True  # as the explainers' GGUF models do; ``forms=False`` says otherwise for servers
+    supports_forms = True
+
     def __init__(self, conn: MqttConnection, site: str, line: str, *, prefix: str = DEFAULT_PREFIX,
                  lease_s: float = 10.0, retries: int = 2, deadline_s: float = 120.0, max_pending: int = 4,
                  forms: bool = True, client_id: str | None = None, log_every_s: float = 30.0):
@@ -84,7 +87,8 @@ class PoolBackend(LLMBackend):
         self.reply_topic = self.topics.explain_reply(self.client_id)
         self.line = f"{site}/{line}"
         self.name = f"explainers@{site}"
-        self.supports_prefill = self.supports_forms = forms
+        if not forms:
+            self.supports_prefill = self.supports_forms = False
         self.lease_s, self.retries, self.deadline_s, self.max_pending = lease_s, retries, deadline_s, max_pending
         self.session = MqttSession(conn, role="explainer pool", client_id=self.client_id,
                                    subscriptions=[(self.reply_topic, 1)], on_message=self._on_reply)
