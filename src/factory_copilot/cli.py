@@ -30,6 +30,7 @@ COMMANDS: list[str] = [
     "factory_copilot.publish.tail",
     "factory_copilot.plumbing.broker_site",
     "factory_copilot.copilot.explain",
+    "factory_copilot.copilot.explainer",
     "factory_copilot.copilot.knowledge",
     "factory_copilot.copilot.model_files",
     "factory_copilot.copilot.incidents",

@@ -361,17 +361,52 @@ def _mode_name(name: str) -> str:
     return name
 
 
+class ExplainerPool(_Strict):
+    """The site's explainers (``factory-copilot explainer`` workers), reached over MQTT 5: the line's model calls go
+    to them as jobs instead of to a model of its own (copilot/pool.py)."""
+
+    mqtt: MqttConnection | None = None  # the site broker the explainers listen on; None: the line's mqtt connection
+    site: str | None = None  # whose explainers; None: the line's site
+    prefix: str = "factory-copilot"  # the jobs go to <prefix>/<site>/explain/jobs
+    lease_s: float = Field(10.0, gt=0)  # no word from any explainer this long: the job is published again
+    retries: int = Field(2, ge=0)  # that often at most
+    deadline_s: float | None = Field(None, gt=0)  # a job's latest answer; None: the copilot's timeout_s
+    max_pending: int = Field(4, gt=0)  # jobs out at once; the rest wait here, the most urgent first
+    forms: bool = True  # the explainers run GGUF models (the diagnosis' form, prefill, grammar); False: servers
+
+    @model_validator(mode="after")
+    def _lease_within_deadline(self) -> "ExplainerPool":
+        if self.deadline_s is not None and self.lease_s >= self.deadline_s:
+            raise ValueError(f"lease_s: {self.lease_s:g} s is not shorter than deadline_s ({self.deadline_s:g} s): "
+                             "a job would never be published again")
+        if self.mqtt is not None and self.mqtt.protocol != "5":
+            raise ValueError("mqtt.protocol: the explainer pool needs MQTT 5 (response topic, correlation data)")
+        return self
+
+
 class CopilotSettings(_Strict):
     """Which language model explains alarms; none configured means runbook-only diagnoses."""
 
     model_path: str | None = None  # a GGUF file (see models/README.md)
     openai_url: str | None = None  # or an OpenAI-compatible endpoint (llama-server, vLLM, Ollama)
     openai_model: str | None = None
+    pool: ExplainerPool | None = None  # or the site's explainers, over MQTT
     n_threads: int | None = None
     n_ctx: int = 4096
     n_gpu_layers: int = 0
     timeout_s: float = Field(120.0, gt=0)
     max_tokens: int = Field(600, gt=0)
+
+    @model_validator(mode="after")
+    def _one_model(self) -> "CopilotSettings":
+        if self.pool is not None and (self.model_path or self.openai_url):
+            given = "model_path" if self.model_path else "openai_url"
+            raise ValueError(f"pool: given with {given}: a line's alarms are explained by one of model_path, "
+                             "openai_url or pool")
+        if self.pool is not None and self.pool.lease_s >= (self.pool.deadline_s or self.timeout_s):
+            raise ValueError(f"pool.lease_s: {self.pool.lease_s:g} s is not shorter than the job's deadline "
+                             f"({self.timeout_s:g} s, timeout_s): a job would never be published again")
+        return self
 
 
 class Knowledge(_Strict):
@@ -676,6 +711,17 @@ class LineConfig(_Strict):
                     problems.append(f"shifts[{i}].start: {s.start} is already the start of shifts[{j}] ({earlier.name})")
         if problems:
             raise ValueError("\n".join(problems))  # parse_line reports each as a problem of its own
+        return self
+
+    @model_validator(mode="after")
+    def _pool_broker(self) -> "LineConfig":
+        pool = self.service.copilot.pool
+        if pool is not None and pool.mqtt is None and self.mqtt is None:
+            raise ValueError("service.copilot.pool.mqtt: no broker for the explainer pool: give one here, or the "
+                             "line's mqtt connection")
+        if pool is not None and pool.mqtt is None and self.mqtt is not None and self.mqtt.protocol != "5":
+            raise ValueError("service.copilot.pool.mqtt: the line's mqtt connection speaks MQTT 3.1.1; the explainer "
+                             "pool needs MQTT 5 (response topic, correlation data): give it a connection of its own")
         return self
 
     @model_validator(mode="after")

@@ -363,7 +363,7 @@ def build_service(line: LineConfig, line_path: Path, **overrides: Any) -> LineSe
     c = line.service.copilot
     backend = overrides.pop("backend", None) or backend_from_settings(
         c.model_path, c.openai_url, c.openai_model, c.n_threads, c.n_ctx, c.n_gpu_layers,
-        state_dir=paths.state_dir / "copilot")  # the warm prompt prefix, kept across restarts
+        state_dir=paths.state_dir / "copilot", line=line)  # the warm prompt prefix, kept across restarts
     return LineService(line, models, paths, backend=backend,
                        health_port=overrides.pop("health_port", line.service.health_port), **overrides)
 

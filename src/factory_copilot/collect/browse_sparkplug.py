@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 import paho.mqtt.client as paho
 import yaml
@@ -23,23 +22,13 @@ import yaml
 from factory_copilot.collect.draft import ident, proposed_band
 from factory_copilot.config import MqttConnection
 from factory_copilot.plumbing import sparkplug as spb
-from factory_copilot.plumbing.mqtt import MqttSession
+from factory_copilot.plumbing.mqtt import MqttSession, connection_of
 
 log = logging.getLogger(__name__)
 
 TODO = "  # TODO: normal running band (placeholder around the value in the birth)"
 UNIT_KEYS = ("engUnit", "EngUnit", "engineeringUnits", "unit", "units")
 CONTROL_PREFIXES = ("Node Control/", "Device Control/", "Properties/", "Node Info/")
-
-
-def connection_of(url: str, username: str | None = None, password: str | None = None) -> MqttConnection:
-    """``mqtt://host:port`` (or ``mqtts://`` for TLS) as a connection."""
-    u = urlparse(url if "://" in url else f"mqtt://{url}")
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-        raise ValueError(f"{url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
-    tls = u.scheme in ("mqtts", "ssl")
-    return MqttConnection(host=u.hostname, port=u.port or (8883 if tls else 1883), tls=tls,
-                          username=username or u.username, password=password or u.password)
 
 
 @dataclass

@@ -11,6 +11,7 @@ left on the backend for the caller to read afterwards, where another call could 
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 
 from factory_copilot.errors import Transient
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,19 @@ from typing import Any, Callable, Protocol
 
 OnToken = Callable[[str], None]
 Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class CallFor:
+    """What a call is for, as its caller names it: the alarm event or the question (its request id), and how urgent
+    (higher first). A backend that sends its calls elsewhere (pool.py) keys and orders its jobs by it."""
+
+    key: str
+    priority: int = 0
+
+
+# set by the caller around a call; asyncio.to_thread carries it into the worker thread the backend runs in
+CALL_FOR: ContextVar[CallFor | None] = ContextVar("call_for", default=None)
 
 
 class BackendError(Transient, RuntimeError):
@@ -133,3 +147,7 @@ class LLMBackend(Protocol):
 
     def close(self) -> None:
         """Free what the backend holds (a child process); at shutdown, even mid-answer."""
+
+    def stats(self) -> dict[str, Any]:
+        """What the backend counts, for ``/health`` (a pool: its jobs, retries, duplicates); {} for most."""
+        return {}

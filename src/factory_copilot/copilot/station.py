@@ -41,14 +41,15 @@ from factory_copilot.copilot.decoding import JsonStringReader
 from factory_copilot.copilot.diagnosis import (DATA_SOURCE_KINDS, InvalidModelOutput, diagnosis_schema, model_diagnosis,
                                                 runbook_diagnosis)
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
-from factory_copilot.copilot.language_model import AnswerForm, BackendError, LLMBackend, Messages, ModelTimeout, Reply
+from factory_copilot.copilot.language_model import (CALL_FOR, AnswerForm, BackendError, CallFor, LLMBackend, Messages,
+                                                    ModelTimeout, Reply)
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logs import Throttled
 from factory_copilot.plumbing.tasks import run_until
-from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, ModelJob, Question,
-                                     Reading, Turn)
+from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, DiagnosisChunk, ModelJob, Priority,
+                                     Question, Reading, Turn)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ TIMEOUT_GRACE_S = 1.0  # how long past its timeout a model call may take to stop
 EXPLAIN_EVENTS = ("raised", "realarm", "reclassified", "ungrouped")
 DIAGNOSIS_JOB, ANSWER_JOB = "diagnosis", "answer"
 REDIAGNOSE_AFTER_S = 600.0  # a re-alarm of the same situation this soon after its diagnosis: that diagnosis stands
+ANSWER_URGENCY = 5  # an operator waits: ahead of every diagnosis, at a pool of explainers too (``_urgency``)
 ANNOUNCE_EVERY_S = 5.0  # waiting jobs' states go out again this often (not retained: a late subscriber catches up)
 
 
@@ -263,8 +265,9 @@ class Copilot:
         from factory_copilot.copilot.model_files import manifest_for
 
         path = self.backend.model_path
-        return {"name": self.backend.name, "path": path, "constrained": self.constrained,
-                "manifest": manifest_for(path)}
+        info = {"name": self.backend.name, "path": path, "constrained": self.constrained, "manifest": manifest_for(path)}
+        counted = getattr(self.backend, "stats", dict)()  # a pool's jobs, retries and duplicates
+        return {**info, "backend": counted} if counted else info
 
     def close(self) -> None:
         """Stop the model's worker process, if there is one (at shutdown)."""
@@ -663,7 +666,12 @@ class Copilot:
             return
         chunks = self.chunks
         sink = (lambda piece, a=job.alarm_id: chunks.offer(DiagnosisChunk(a, piece))) if chunks is not None else None
-        d = await self._model_diagnosis(job.alarm_id, sink)
+        # the call's name and urgency for a backend that sends it elsewhere (pool.py): the alarm event, its priority
+        called = CALL_FOR.set(CallFor(f"{job.alarm_id}@{job.since:.3f}", _urgency(self._packs[job.alarm_id].priority)))
+        try:
+            d = await self._model_diagnosis(job.alarm_id, sink)
+        finally:
+            CALL_FOR.reset(called)
         d.latency_s = max(0.0, self.clock() - job.since)  # what the operator waited: from the alarm, queue included
         if chunks is not None:
             chunks.offer(DiagnosisChunk(job.alarm_id, "", True))
@@ -679,7 +687,11 @@ class Copilot:
             if answers is not None:
                 answers.offer(AnswerChunk(q.request_id, q.alarm_id, piece))
 
-        text = await self._model_answer(job.pack, q.question, job.history, sink)
+        called = CALL_FOR.set(CallFor(q.request_id or f"{q.alarm_id}?{job.since:.3f}", ANSWER_URGENCY))
+        try:
+            text = await self._model_answer(job.pack, q.question, job.history, sink)
+        finally:
+            CALL_FOR.reset(called)
         answer, source = (text, "model") if text else (job.fallback, "runbook")
         self._finish_answer(q, self._close_question(q.alarm_id, answer, source, q.request_id))
 
@@ -713,6 +725,14 @@ class Copilot:
         if self.turns is not None:
             for t in self.conversation(q.alarm_id)[-2:]:
                 self.turns.offer(t)
+
+
+def _urgency(priority: str) -> int:
+    """A diagnosis' urgency for a pool of explainers: 1 (a low alarm) to 4 (critical); questions are 5."""
+    try:
+        return 5 - Priority.parse(priority).value
+    except ValueError:
+        return 1
 
 
 def _fault_of(alarm: Alarm) -> str | None:

@@ -27,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -48,6 +49,16 @@ TAKEOVER_DROPS = 3
 TAKEOVER_UP_S = 5.0
 # an MQTT 5 connect unanswered this long while the port is open: ask whether the broker speaks 5 at all
 PROBE_AFTER_S = 3.0
+
+
+def connection_of(url: str, username: str | None = None, password: str | None = None) -> MqttConnection:
+    """``mqtt://host:port`` (or ``mqtts://`` for TLS) as a connection."""
+    u = urlparse(url if "://" in url else f"mqtt://{url}")
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+        raise ValueError(f"{url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+    tls = u.scheme in ("mqtts", "ssl")
+    return MqttConnection(host=u.hostname, port=u.port or (8883 if tls else 1883), tls=tls,
+                          username=username or u.username, password=password or u.password)
 
 
 def protocol_of(conn: MqttConnection) -> paho.MQTTProtocolVersion:

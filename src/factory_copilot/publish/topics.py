@@ -11,12 +11,14 @@ Under ``<prefix>/<site>/<line>/`` (prefix default ``factory-copilot``):
     handover                              the newest shift handover, retained (updated when acknowledged)
 
 and, beside the site's lines, ``<prefix>/<site>/bridge/<name>``: an edge broker's bridge to the site broker,
-retained ``1`` while it is up and ``0`` while it is down (written by Mosquitto, read by the service's /health).
+retained ``1`` while it is up and ``0`` while it is down (written by Mosquitto, read by the service's /health);
+``<prefix>/<site>/explain/jobs``: the lines' model calls to the site's pool of explainers (copilot/pool.py).
     commands/<user>                       operator commands in, from MQTT user <user> (the broker's ACL lets
                                           each user publish only on its own level: the actor is the topic's)
     commands/reply/<request-id>           the reply to one command (the service's only reply prefix)
     ask/<user>                            questions to the copilot, from MQTT user <user>
     ask/reply/<request-id>                the streamed answer to one question (and where its model job stands)
+    explain/reply/<client>                the explainers' replies to one copilot's jobs (correlation data: the job key)
 
 Topic levels cannot hold ``/``, ``+``, ``#`` or NUL, so those characters (and ``%``)
 are percent-encoded in ids and decoded again by ``parse``.
@@ -133,6 +135,17 @@ class Topics:
         head = self.site_links()[:-1]
         rest = topic[len(head):] if topic.startswith(head) else ""
         return rest if rest and "/" not in rest else None
+
+    def explain_jobs(self) -> str:
+        """The site's explain jobs (copilot/pool.py), to its pool of explainers: a level beside the site's lines."""
+        return f"{self.prefix}/{self._level(self.site)}/explain/jobs"
+
+    def explain_replies(self) -> str:
+        """The prefix every explainer's reply goes under: one level per line's client (``explain_reply``)."""
+        return f"{self.base}/explain/reply/"
+
+    def explain_reply(self, client: str) -> str:
+        return f"{self.explain_replies()}{encode_level(client)}"
 
     # subscription filters
     def all_alarms(self) -> str:

@@ -59,10 +59,10 @@ def report(line_path: Path, shift: str | None = None, date: str | None = None, s
 
         c = line.service.copilot
         backend = backend_from_settings(c.model_path, c.openai_url, c.openai_model, c.n_threads, c.n_ctx,
-                                        c.n_gpu_layers)
+                                        c.n_gpu_layers, line=line)
         if backend is None:
-            raise ValueError("--summary: the line file configures no model (service.copilot.model_path or "
-                             "openai_url), and no FACTORY_COPILOT_MODEL is set")
+            raise ValueError("--summary: the line file configures no model (service.copilot.model_path, "
+                             "openai_url or pool), and no FACTORY_COPILOT_MODEL is set")
         handover.body["summary"] = summarise(handover, backend, timeout_s=c.timeout_s)
     return handover
 
