@@ -209,3 +209,55 @@ def test_broker_init_writes_the_bridge_and_refuses_what_cannot_work(tmp_path, mo
     with pytest.raises(BrokerSiteError, match="--no-persistence"):
         write_site(tmp_path / "x", [Account("factory-copilot", "service", "service-secret-1")], tls=False,
                    persistence=False, bridge=Bridge.parse("h:1", "edge-bridge", "bridge-secret-1", ["p/l"]))
+
+
+async def test_only_the_explainers_read_the_sites_explain_jobs_and_they_answer_only_on_reply_levels(tmp_path):
+    """The explain jobs carry the lines' prompts: a reader or a person subscribed to the whole prefix, or joining the
+    $share/explainers group itself, reads none of them; an explainer account takes every job and may write only on a
+    line's explain/reply level (docs/site.md: on Mosquitto 2.0 a reader in the group still costs the jobs the broker
+    hands it, which the pool's lease publishes again)."""
+    pw = {"factory-copilot": PW["factory-copilot"], "scada": PW["scada"], "ann": PW["ann"], "pool-1": "pool-secret-1"}
+    PW.setdefault("pool-1", pw["pool-1"])
+    site = write_site(tmp_path / "site", [Account(n, k, pw[n]) for n, k in (
+        ("factory-copilot", "service"), ("scada", "reader"), ("ann", "person"), ("pool-1", "explainer"))],
+        bind="127.0.0.1", port=free_port(), tls=False)
+    broker = MosquittoBroker(site=site).start()
+    jobs, shared = "factory-copilot/plant/explain/jobs", "$share/explainers/factory-copilot/plant/explain/jobs"
+    clients = {n: Client("127.0.0.1", site.port, n) for n in pw}
+    service = clients["factory-copilot"]
+
+    def send(*seqs: int) -> None:
+        for n in seqs:
+            service.client.publish(jobs, json.dumps({"seq": n}), qos=1).wait_for_publish(WAIT_S)
+        service.client.publish(f"{BASE}/events", b"marker", qos=1).wait_for_publish(WAIT_S)
+
+    async def nothing_of_the_jobs(nosy: str) -> None:
+        seen = []
+        await clients[nosy].until(lambda m: seen.append(m[0]) or m[1] == b"marker")
+        assert not [t for t in seen if "/explain/" in t], (nosy, seen)
+
+    try:
+        await clients["pool-1"].subscribe(shared)
+        for nosy in ("scada", "ann"):
+            await clients[nosy].subscribe("factory-copilot/#")
+        await service.subscribe("factory-copilot/#")
+        send(*range(6))
+        taken = [json.loads((await clients["pool-1"].until(lambda m: m[0] == jobs))[1])["seq"] for _ in range(6)]
+        assert taken == list(range(6))
+        for nosy in ("scada", "ann"):
+            await nothing_of_the_jobs(nosy)
+        for nosy in ("scada", "ann"):  # joining the explainers' group reads nothing either
+            await clients[nosy].subscribe(shared)
+        send(*range(6, 12))
+        for nosy in ("scada", "ann"):
+            await nothing_of_the_jobs(nosy)
+        explainer = clients["pool-1"].client
+        explainer.publish(f"{BASE}/alarms/high/x", b"forged", qos=1).wait_for_publish(WAIT_S)
+        explainer.publish(f"{BASE}/explain/reply/c1", b"answer", qos=1).wait_for_publish(WAIT_S)
+        seen = []
+        await service.until(lambda m: seen.append(m[0]) or m[1] == b"answer")
+        assert f"{BASE}/alarms/high/x" not in seen  # an explainer writes nowhere but on the reply levels
+    finally:
+        for c in clients.values():
+            c.close()
+        broker.stop()

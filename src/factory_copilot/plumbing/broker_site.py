@@ -47,6 +47,8 @@ KINDS = {
     "bridge": "an edge broker's bridge to this (site) broker: writes its lines' topics, reads their commands",
     "dashboard": "the operator dashboard: reads the line's topics and sends commands and questions on the level of "
                  "the person logged in to it (it checks their password itself)",
+    "explainer": "one of the site's pool of explainers (factory-copilot explainer): takes the lines' explain jobs and "
+                 "answers on their reply levels, nothing else",
 }
 MAX_PACKET_BYTES = 256 * 1024  # commands and questions are at most 64 KiB; a bigger packet is cut off at the broker
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for $7$
@@ -137,11 +139,14 @@ def acl_text(accounts: list[Account], prefix: str = DEFAULT_PREFIX) -> str:
              "# each person publishes commands and questions on its own topic level only (%u = its user name)"]
     people = [a for a in accounts if a.kind == "person"]
     readers = [a for a in accounts if a.kind == "reader"]
+    # the explain jobs and their answers carry the lines' prompts: only the service (it sends them) and the
+    # explainers may read them
+    explain = [f"topic deny {prefix}/+/explain/#", f"topic deny {prefix}/+/+/explain/#"]
     for a in people:
-        lines += ["", f"user {a.name}", f"topic read {prefix}/#"]
+        lines += ["", f"user {a.name}", f"topic read {prefix}/#", *explain]
     for a in readers:  # denied before the %u pattern below would let it write its own levels
         lines += ["", f"user {a.name}", f"topic read {prefix}/#", f"topic deny {prefix}/+/+/commands/#",
-                  f"topic deny {prefix}/+/+/ask/#"]
+                  f"topic deny {prefix}/+/+/ask/#", *explain]
     for a in accounts:
         if a.kind == "service":
             # Sparkplug B 3.0's STATE lives under spBv1.0/STATE/; 2.2's legacy STATE/<host_id> at the top
@@ -153,7 +158,10 @@ def acl_text(accounts: list[Account], prefix: str = DEFAULT_PREFIX) -> str:
             lines += ["", f"user {a.name}", "topic readwrite spBv1.0/#"]
         elif a.kind == "dashboard":  # a gateway: the person logged in to it is the topic level it writes on
             lines += ["", f"user {a.name}", f"topic read {prefix}/#", f"topic write {prefix}/+/+/commands/+",
-                      f"topic write {prefix}/+/+/ask/+"]
+                      f"topic write {prefix}/+/+/ask/+", *explain]
+        elif a.kind == "explainer":  # the jobs of every line of the site, and the reply levels of their copilots
+            lines += ["", f"user {a.name}", f"topic read {prefix}/+/explain/jobs",
+                      f"topic write {prefix}/+/+/explain/reply/#"]
     # writing commands and questions: every user on its own level only, whatever it puts in the payload
     lines += ["", "# any user: its own command and ask level", f"pattern write {prefix}/+/+/commands/%u",
               f"pattern write {prefix}/+/+/ask/%u", ""]
