@@ -284,3 +284,29 @@ def test_store_command_prunes_and_lists_false_alarms(tmp_path, capsys):
     assert (listed["alarm_id"], listed["marked_by"]) == ("A1", "op2")
     assert main(["store", "--db", str(tmp_path / "missing.db"), "stats"]) == 2
     assert "no such store file" in capsys.readouterr().err
+
+
+async def test_a_batch_being_written_when_the_station_stops_is_counted_once_and_not_written_again(tmp_path):
+    store = Store(tmp_path / "store.db")
+    writing, gate = threading.Event(), threading.Event()
+    add_readings = store.add_readings
+
+    def slow_disk(batch):
+        writing.set()
+        assert gate.wait(10)
+        return add_readings(batch)
+
+    store.add_readings = slow_disk
+    readings = Buffer(100, "readings")
+    station = StoreStation(store, readings=readings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(station.run(stop))
+    for i in range(5):
+        readings.offer(Reading(T0 + i, "filler", "bowl_level", float(i)))
+    assert await asyncio.to_thread(writing.wait, 10)
+    stop.set()  # the service stopping: its lanes are cancelled while the thread is in the transaction
+    asyncio.get_running_loop().call_later(0.1, gate.set)  # the disk answers after the lane was told to stop
+    await asyncio.wait_for(task, 10)
+    await station.drain()
+    assert store.counts()["readings_raw"] == station.written["readings"] == 5
+    store.close()

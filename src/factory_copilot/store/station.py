@@ -98,8 +98,7 @@ class StoreStation:
                 held.append(batch)
             delay = self.retry_s
             while held:
-                if await self._write(name, write, held[0]):
-                    held.pop(0)
+                if await self._write(name, write, held):
                     continue
                 # the database is away: keep what arrives meanwhile too (the buffer drops its oldest beyond that)
                 room = self.hold_max - sum(map(len, held))
@@ -119,12 +118,28 @@ class StoreStation:
                 break
         return items
 
-    async def _write(self, name: str, write: Callable[[Sequence[Any]], Any], batch: list[Any]) -> bool:
-        """Write ``batch``: True when done with it (written, or dropped as bad), False when it must be tried again."""
-        size = len(batch)
+    async def _write(self, name: str, write: Callable[[Sequence[Any]], Any], held: list[list[Any]]) -> bool:
+        """Write the lane's oldest held batch: True when done with it (written, or dropped as bad; it leaves
+        ``held``), False when the database is away and it stays to be tried again."""
+        size = len(held[0])
+        job = asyncio.ensure_future(asyncio.to_thread(write, held[0]))
         try:
-            await asyncio.to_thread(write, batch)
-        except ConnectionError as exc:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # stopped mid-write: the thread finishes its transaction; settled here, so drain() does not write it twice
+            await asyncio.wait([job])
+            self._settle(name, held, size, job.exception())
+            raise
+        except Exception:
+            pass  # settled below from the job
+        done = self._settle(name, held, size, job.exception())
+        async with self._progress:
+            self._progress.notify_all()
+        return done
+
+    def _settle(self, name: str, held: list[list[Any]], size: int, exc: BaseException | None) -> bool:
+        batch = held[0]
+        if isinstance(exc, ConnectionError):
             self.written[name] += size - len(batch)  # what a one-by-one writer wrote before the server went
             self.write_retries += 1
             if self.unavailable is None:
@@ -132,13 +147,12 @@ class StoreStation:
             self.unavailable = str(exc)
             self._log.warning("unavailable", "store: database unavailable (%s); %d items held, writing them when it "
                               "is back", exc, self.held_items())
-            async with self._progress:
-                self._progress.notify_all()
             return False
-        except Exception:
+        held.pop(0)
+        if exc is not None:
             # a bad batch (disk full, a malformed record) is logged and dropped; the station keeps serving
             self.failed[name] += len(batch)
-            log.exception("store: could not write %d %s", len(batch), name)
+            log.error("store: could not write %d %s", len(batch), name, exc_info=exc)
             return True
         if self.unavailable is not None:
             log.info("store: database back after %.0f s; writing the %d items held", time.time() - (
@@ -146,8 +160,6 @@ class StoreStation:
             self.unavailable = self.unavailable_since = None
         self.written[name] += size
         self.batches += 1
-        async with self._progress:
-            self._progress.notify_all()
         return True
 
     def held_items(self) -> int:
@@ -169,8 +181,8 @@ class StoreStation:
             held = self._held[name]
             while buf.qsize():
                 held.append(self._take(buf, self.batch_max))
-            while held and await self._write(name, write, held[0]):
-                held.pop(0)
+            while held and await self._write(name, write, held):
+                pass
             if held:
                 log.error("store: %d %s not written: the database is unavailable (%s)",
                           sum(map(len, held)), name, self.unavailable)
