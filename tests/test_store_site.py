@@ -120,3 +120,34 @@ async def test_a_database_away_for_a_while_loses_and_duplicates_nothing(own_pg_c
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         store.close()
+
+
+@pytest.mark.slow
+async def test_the_service_says_in_health_that_its_database_is_away_and_catches_up(broker, tmp_path, sim_models,
+                                                                                   own_pg_cluster):
+    from tests.support.plant import Plant, condition
+
+    url = own_pg_cluster.create_database("site_history")
+    plant = Plant(broker, tmp_path, sim_models)
+    plant.line = plant.line.model_copy(update={"store": StoreSettings(url=url)})
+    await plant.start()
+    try:
+        service = plant.service
+        assert isinstance(service.store, PostgresStore) and service.store.line == line_id(plant.line)
+        await condition(lambda: service.store_station.written["readings"] > 0, 30)
+        await asyncio.to_thread(own_pg_cluster.stop)
+        await condition(lambda: any(r.startswith("store unavailable since") for r in service.health()[1]), 30)
+        held = service.store_station.stats()["held"]["readings"]
+        await condition(lambda: service.store_station.stats()["held"]["readings"] > held, 30)  # the line goes on
+        await asyncio.to_thread(own_pg_cluster.start)
+        await condition(lambda: service.store_station.stats()["unavailable"] is None, 60)
+        await condition(lambda: service.health()[0], 30)
+        await plant.stop_service_now()  # drains what is queued
+        stats = service.store_station.stats()
+        to_store = next(b for b in service.buffers if b is service.store_station._lanes[0][1]).stats()
+        assert to_store["dropped"] == 0 and stats["failed"]["readings"] == 0
+        with PostgresStore.reader(url, line_id(plant.line)) as check:
+            stored = check.counts()["readings_raw"]
+            assert stored == stats["written"]["readings"] == to_store["offered"], (stored, stats, to_store)
+    finally:
+        await plant.close()
