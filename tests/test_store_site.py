@@ -144,7 +144,7 @@ async def test_the_service_says_in_health_that_its_database_is_away_and_catches_
         await condition(lambda: service.health()[0], 30)
         await plant.stop_service_now()  # drains what is queued
         stats = service.store_station.stats()
-        to_store = next(b for b in service.buffers if b is service.store_station._lanes[0][1]).stats()
+        to_store = service.store_station._lanes[0][1].stats()  # the readings subscription
         assert to_store["dropped"] == 0 and stats["failed"]["readings"] == 0
         with PostgresStore.reader(url, line_id(plant.line)) as check:
             stored = check.counts()["readings_raw"]
