@@ -5,7 +5,9 @@ SQLite work runs in a worker thread so the event loop (and the stations sharing 
 never waits on the disk; readings are written in batches of whatever has queued
 up, which is how it keeps up with thousands of readings a second. While a database
 server is away (``ConnectionError``) each lane keeps its batches, up to ``hold_max``
-items, and writes them when the server is back.
+items, and writes them when the server is back. (A batch whose COMMIT reached the server
+but whose answer was lost with the connection is written again: the one case that can
+store a batch twice.)
 """
 
 from __future__ import annotations
