@@ -42,6 +42,7 @@ from factory_copilot.copilot.runbooks import runbooks_of  # noqa: E402
 from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, Feedback, Priority, Turn  # noqa: E402
 from factory_copilot.publish.topics import DEFAULT_PREFIX  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
+from factory_copilot.store.store import PostgresStore, line_id  # noqa: E402
 
 SHELVE_CHOICES = {"15 min": 900, "30 min": 1800, "1 h": 3600, "4 h": 4 * 3600, "8 h (shift)": 8 * 3600}
 SHELVE_DEFAULT = "1 h"
@@ -77,8 +78,9 @@ def settings() -> argparse.Namespace:
 
 
 @st.cache_resource
-def open_store(path: str) -> Store:
-    return Store(path)
+def open_store(path: str, url: str | None = None, line: str = "") -> Store:
+    # a line whose history is in the site's PostgreSQL (the line file's store.url) is read there, not from --db
+    return PostgresStore(url, line) if url else Store(path)
 
 
 @st.cache_resource
@@ -114,7 +116,7 @@ class Page:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.line = open_line(args.line)
-        self.store = open_store(args.db)
+        self.store = open_store(args.db, self.line.store.url if self.line.store else None, line_id(self.line))
         self.feed = (open_feed(args.mqtt_host, args.mqtt_port, args.mqtt_protocol, self.line.site, self.line.line,
                                args.topic_prefix, self.line.mqtt) if args.mqtt_host else None)
 

@@ -7,13 +7,15 @@ cd "$(dirname "$0")/.."
 what="${1:-demo}"; shift || true
 
 # System packages: Mosquitto (the broker of the demo and the tests), DejaVu fonts (shift handovers as PDF),
-# Chromium (browser test of the dashboard) and poppler-utils (the tests look at the handover PDF as a picture).
+# Chromium (browser test of the dashboard), poppler-utils (the tests look at the handover PDF as a picture) and
+# PostgreSQL (its binaries: the tests of the site-wide store run a throwaway server of their own).
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ "$what" = test ]; then
   command -v chromium >/dev/null || need+=(chromium)
   command -v pdftoppm >/dev/null || need+=(poppler-utils)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

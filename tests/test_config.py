@@ -189,3 +189,15 @@ def test_alarm_design_does_not_touch_the_trained_model(raw):
     redesigned["assets"][2]["operator_position"] = "pumps"
     redesigned["assets"][2]["signals"][0]["priority"] = "critical"
     assert parse_line(redesigned).fingerprint() == a.fingerprint()
+
+
+def test_store_url_must_be_postgresql_and_without_a_password(raw):
+    line = parse_line({**raw, "store": {"url": "postgresql://copilot@db.site:5432/history"}})
+    assert line.store.url == "postgresql://copilot@db.site:5432/history"
+    assert parse_line(raw).store is None  # SQLite under service.state_dir
+    with pytest.raises(LineConfigError, match=r"store\.url: 'mysql://db/history' is not a PostgreSQL URL"):
+        parse_line({**raw, "store": {"url": "mysql://db/history"}}, "plant.yaml")
+    with pytest.raises(LineConfigError, match=r"store\.url: the URL holds a password"):
+        parse_line({**raw, "store": {"url": "postgresql://copilot:secret@db/history"}}, "plant.yaml")
+    with pytest.raises(LineConfigError, match=r"store\.host: Extra inputs are not permitted"):
+        parse_line({**raw, "store": {"url": "postgresql://db/history", "host": "x"}}, "plant.yaml")

@@ -27,6 +27,7 @@ from factory_copilot.records import (
     Turn,
 )
 from factory_copilot.store import Retention, Store, StoreStation
+from tests.support.postgres import open_backend
 from dashboards.overview import line_health
 
 T0 = 1_700_000_000.0  # a bucket boundary for 5 s buckets
@@ -45,10 +46,8 @@ def alarm_event(alarm_id, ts, event, state, asset="product_pump", priority=Prior
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "store.db")
-    yield s
-    s.close()
+def store(make_store):
+    return make_store()
 
 
 def test_trend_buckets_hold_mean_min_max_and_skip_bad_values(store):
@@ -156,8 +155,8 @@ def test_false_alarms_give_the_anomaly_window(store):
     assert (real.alarm_id, real.verdict, real.actor, len(real.anomalies)) == ("A1", "confirmed", "op3", 2)
 
 
-def test_retention_per_table(tmp_path):
-    store = Store(tmp_path / "r.db", retention=Retention(readings_raw=60, trend=3600, anomalies=None))
+def test_retention_per_table(make_store):
+    store = make_store(retention=Retention(readings_raw=60, trend=3600, anomalies=None))
     store.add_readings([Reading(T0 - 120, "filler", "bowl_level", 1.0), Reading(T0, "filler", "bowl_level", 2.0)])
     store.add_anomalies([anomaly(T0 - 10 * 86400)])
     store.add_alarm_events([alarm_event("old", T0 - 400 * 86400, "returned", AlarmState.NORMAL),
@@ -189,17 +188,17 @@ def test_line_health_worst_first(store):
     assert len(health) == len(line.assets)
 
 
-def _write_from_process(path, asset, n):
-    s = Store(path)
+def _write_from_process(spec, asset, n):
+    s = open_backend(spec)
     for i in range(0, n, 100):
         s.add_readings([Reading(T0 + i + j, asset, "x", float(j)) for j in range(100)])
         s.add_anomalies([anomaly(T0 + i, asset=asset)])
     s.close()
 
 
-def test_two_processes_and_two_threads_write_concurrently(tmp_path):
-    path = tmp_path / "shared.db"
-    Store(path).close()  # migrate once up front
+def test_two_processes_and_two_threads_write_concurrently(store_backend):
+    path = store_backend
+    open_backend(path).close()  # migrate once up front
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_write_from_process, args=(path, f"p{k}", 2000)) for k in range(2)]
     for p in procs:
@@ -212,7 +211,7 @@ def test_two_processes_and_two_threads_write_concurrently(tmp_path):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    s = Store(path)
+    s = open_backend(path)
     assert s.counts()["readings_raw"] == 8000 and s.counts()["anomalies"] == 80
     s.close()
 
@@ -285,3 +284,29 @@ def test_store_command_prunes_and_lists_false_alarms(tmp_path, capsys):
     assert (listed["alarm_id"], listed["marked_by"]) == ("A1", "op2")
     assert main(["store", "--db", str(tmp_path / "missing.db"), "stats"]) == 2
     assert "no such store file" in capsys.readouterr().err
+
+
+async def test_a_batch_being_written_when_the_station_stops_is_counted_once_and_not_written_again(tmp_path):
+    store = Store(tmp_path / "store.db")
+    writing, gate = threading.Event(), threading.Event()
+    add_readings = store.add_readings
+
+    def slow_disk(batch):
+        writing.set()
+        assert gate.wait(10)
+        return add_readings(batch)
+
+    store.add_readings = slow_disk
+    readings = Buffer(100, "readings")
+    station = StoreStation(store, readings=readings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(station.run(stop))
+    for i in range(5):
+        readings.offer(Reading(T0 + i, "filler", "bowl_level", float(i)))
+    assert await asyncio.to_thread(writing.wait, 10)
+    stop.set()  # the service stopping: its lanes are cancelled while the thread is in the transaction
+    asyncio.get_running_loop().call_later(0.1, gate.set)  # the disk answers after the lane was told to stop
+    await asyncio.wait_for(task, 10)
+    await station.drain()
+    assert store.counts()["readings_raw"] == station.written["readings"] == 5
+    store.close()

@@ -13,7 +13,6 @@ import time
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.copilot import Copilot
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.plumbing.sqlite import transaction
 from factory_copilot.records import AlarmEvent, AlarmState, Feedback
 from factory_copilot.store.store import Store
 from tests.support.copilot import alarm_for
@@ -31,7 +30,7 @@ def past_incident(store: Store) -> str:
 
 
 class WriterBusy:
-    """The store's writer in the middle of a long write: its lock taken, an IMMEDIATE transaction open on its
+    """The store's writer in the middle of a long write: its lock taken, a write transaction open on its
     connection, for ``HOLD_S`` or until the test says it has seen what it waited for."""
 
     def __init__(self, store: Store):
@@ -40,7 +39,7 @@ class WriterBusy:
         self.thread = threading.Thread(target=self._hold, name="writer-busy", daemon=True)
 
     def _hold(self) -> None:
-        with self.store._db as conn, transaction(conn):
+        with self.store._writing() as conn:
             conn.execute("DELETE FROM readings_raw")  # a sweep's write: the database's write lock is taken too
             self.holding.set()
             self.done.wait(HOLD_S)
@@ -66,8 +65,8 @@ async def loop_lag_probe(stop: asyncio.Event, gaps: list[float], tick_s: float =
         last = now
 
 
-async def test_similar_incidents_do_not_stall_the_loop_while_the_writer_holds_its_lock(tmp_path):
-    store = Store(tmp_path / "store.db")
+async def test_similar_incidents_do_not_stall_the_loop_while_the_writer_holds_its_lock(make_store):
+    store = make_store()
     old_id = past_incident(store)
     alarms, out = Buffer(10, "alarms"), Buffer(10, "diagnoses")
     cop = Copilot(LINE, memory=store, alarms=alarms, diagnoses=out)  # as the service wires it
@@ -97,8 +96,8 @@ async def test_similar_incidents_do_not_stall_the_loop_while_the_writer_holds_it
         store.close()
 
 
-def test_store_reads_answer_while_a_write_transaction_is_open(tmp_path):
-    store = Store(tmp_path / "store.db")
+def test_store_reads_answer_while_a_write_transaction_is_open(make_store):
+    store = make_store()
     try:
         old_id = past_incident(store)
         with WriterBusy(store) as writer:

@@ -20,6 +20,7 @@ from pathlib import Path
 from factory_copilot import __version__
 from factory_copilot.config import LineConfigError
 from factory_copilot.plumbing.logs import setup_logging
+from factory_copilot.plumbing.postgres import Unavailable
 
 # module paths, in the order their sub-commands are listed in --help
 COMMANDS: list[str] = [
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except LineConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:  # the line file's store.url: a server that does not answer
+        print(f"error: the store's database is unavailable: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return int(result or 0)

@@ -621,6 +621,23 @@ class PlcAlarms(_Strict):
         return v
 
 
+class StoreSettings(_Strict):
+    """The PostgreSQL database the site's lines share, holding this line's history instead of SQLite under state_dir."""
+
+    # postgresql://USER@HOST:PORT/DB; the password comes from ~/.pgpass or PGPASSWORD, not from the line file
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql(cls, v: str) -> str:
+        if not re.fullmatch(r"postgres(ql)?://[^\s/]*(/[^\s/?]+)?(\?\S*)?", v):
+            raise ValueError(f"{v!r} is not a PostgreSQL URL: write postgresql://USER@HOST:PORT/DATABASE (or leave "
+                             "store: out to keep the history in SQLite under service.state_dir)")
+        if re.match(r"[^:]+://[^/@]*:[^/@]*@", v):
+            raise ValueError("the URL holds a password: keep it in ~/.pgpass or PGPASSWORD, not in the line file")
+        return v
+
+
 class ServiceSettings(_Strict):
     """How ``factory-copilot run`` serves this line."""
 
@@ -654,6 +671,7 @@ class LineConfig(_Strict):
     sparkplug: SparkplugHost | None = None
     knowledge: Knowledge = Knowledge()
     service: ServiceSettings = ServiceSettings()
+    store: StoreSettings | None = None  # a site's shared PostgreSQL; None: SQLite under service.state_dir
     # who may acknowledge, shelve (how long) and take out of service; None: every user the broker lets in may
     roles: Roles | None = None
     # who is told of an alarm nobody acknowledges, after how long (docs/alarms.md "Overdue alarms")

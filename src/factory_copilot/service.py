@@ -59,7 +59,7 @@ from factory_copilot.records import (
 )
 from factory_copilot.shift.station import ShiftStation
 from factory_copilot.store.station import StoreStation
-from factory_copilot.store.store import Store
+from factory_copilot.store.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class LineService:
             plc_acks=bus.outlet("alarms", PlcAcknowledge) if plc_wired else None)
 
         # copilot
-        self.store = Store(paths.store)
+        self.store = open_store(line, paths)
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,
             max_tokens=settings.copilot.max_tokens, alarms=bus.subscribe("copilot", AlarmEvent, size=1000),
@@ -317,6 +317,10 @@ class LineService:
             reasons.append(f"station {name} stopped: {why}")
         dead = [t.get_name() for t in self._tasks if t.done()]
         reasons += [f"station {name} is not running" for name in dead if name not in stats["stations"]["stopped"]]
+        store = stats["store"]
+        if store.get("unavailable"):
+            reasons.append(f"store unavailable since {_utc(store['unavailable_since'])} ({store['unavailable']}): "
+                           f"{sum(store['held'].values())} items held, written when it is back")
         publish = stats["publish"]
         if publish.get("conflict"):
             reasons.append(f"publisher: {publish['conflict']}")

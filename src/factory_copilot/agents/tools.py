@@ -25,7 +25,7 @@ from factory_copilot.records import Alarm, AlarmEvent
 from factory_copilot.shift.calendar import NoShifts, named_or_last, shift_at
 from factory_copilot.shift.document import markdown
 from factory_copilot.shift.handover import write_handover
-from factory_copilot.store.store import Store
+from factory_copilot.store.store import Store, open_store
 from factory_copilot.errors import FactoryCopilotError
 
 LIMITS = {
@@ -82,8 +82,8 @@ class LineRecords:
     def store(self) -> Store:
         if self._store is None:
             try:
-                self._store = Store.reader(self.paths.store)
-            except (FileNotFoundError, RuntimeError) as exc:
+                self._store = open_store(self.line, self.paths, read_only=True)
+            except (FileNotFoundError, RuntimeError, ConnectionError) as exc:
                 raise ToolError(f"the line's store cannot be read: {exc}") from None
         return self._store
 

@@ -25,7 +25,7 @@ from factory_copilot.copilot.diagnosis import SUMMARY_CHARS
 from factory_copilot.copilot.prompt import diagnosis_messages
 from factory_copilot.copilot.station import Copilot
 from factory_copilot.records import Reading
-from factory_copilot.store.store import Store
+from factory_copilot.store.store import Store, open_store, store_missing
 
 WINDOW_S = 600.0  # readings before the alarm that make its evidence (the copilot's own window)
 VERDICTS = ("confirmed", "other_cause")
@@ -72,14 +72,14 @@ def examples(line: LineConfig, store: Store, since: float = 0.0) -> Iterator[dic
 def run(args: argparse.Namespace) -> int:
     line = load_line(args.config)
     paths = ServicePaths.of_line(line, args.config, Path(args.state_dir) if args.state_dir else None)
-    if not paths.store.is_file():
+    if store_missing(line, paths):
         print(f"error: no store at {paths.store} (the service writes it; --state-dir to point elsewhere)", file=sys.stderr)
         return 2
     since = time.time() - args.since_hours * 3600 if args.since_hours else 0.0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with Store(paths.store) as store, open(out, "w", encoding="utf-8") as f:
+    with open_store(line, paths) as store, open(out, "w", encoding="utf-8") as f:
         for example in examples(line, store, since):
             f.write(json.dumps(example, ensure_ascii=False) + "\n")
             n += 1

@@ -207,12 +207,12 @@ def retune_command(args: argparse.Namespace) -> int:
         save_detector,
     )
     from factory_copilot.detect.retune import retune
-    from factory_copilot.store import Store
+    from factory_copilot.store.store import open_store, store_missing
 
     line = load_line(args.config)
     paths = ServicePaths.of_line(line, Path(args.config), args.state_dir)
-    if not paths.store.exists():
-        print(f"error: {paths.store}: no store file; the service writes it (check --state-dir)", file=sys.stderr)
+    if missing := store_missing(line, paths):
+        print(f"error: {missing}", file=sys.stderr)
         return 2
     try:
         models = load_detector(paths.detector, line, args.config)
@@ -220,7 +220,7 @@ def retune_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     since = time.time() - args.since_hours * 3600
-    with Store(paths.store) as store:
+    with open_store(line, paths) as store:
         false_alarms = store.false_alarms(since)
         confirmed = store.marked_alarms(("confirmed", "other_cause"))  # every confirmed fault guards, however old
     try:

@@ -15,7 +15,7 @@ from factory_copilot.records import Handover
 from factory_copilot.shift.calendar import NoShifts, named_or_last
 from factory_copilot.shift.document import markdown
 from factory_copilot.shift.handover import write_handover
-from factory_copilot.store.store import Store
+from factory_copilot.store.store import open_store
 
 FORMATS = ("markdown", "pdf", "json")
 
@@ -43,7 +43,7 @@ def report(line_path: Path, shift: str | None = None, date: str | None = None, s
     now = time.time() if now is None else now
     window = named_or_last(line, shift, date, now)
     paths = ServicePaths.of_line(line, line_path, state_dir)
-    store = Store.reader(paths.store)
+    store = open_store(line, paths, read_only=True)
     journal = Journal(paths.alarms, read_only=True)
     try:
         handover = write_handover(line, window, store, journal, now=now)

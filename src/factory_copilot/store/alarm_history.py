@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import Iterable
 
-from factory_copilot.plumbing.sqlite import transaction
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly
 
 # events after which an alarm's condition is no longer present
@@ -38,7 +37,7 @@ class AlarmHistory:
             history.append((e.alarm_id, e.ts, e.event, e.state.value, e.actor, e.comment, body))
             a = e.alarm
             latest.append((a.alarm_id, a.asset, a.condition, a.state.value, int(a.priority), a.raised_at, a.updated_at, body))
-        with self._db as conn, transaction(conn):
+        with self._writing() as conn:
             conn.executemany(
                 "INSERT INTO alarm_events(alarm_id, ts, event, state, actor, comment, alarm) VALUES(?,?,?,?,?,?,?)",
                 history,
@@ -80,8 +79,8 @@ class AlarmHistory:
 
     def standing_alarms(self, now: float, asset: str | None = None) -> list[Alarm]:
         """Alarms not normal, and every shelved or out-of-service one (those are normal while not watched)."""
-        sql = ("SELECT body FROM alarms WHERE (state != ? OR json_extract(body, '$.out_of_service') "
-               "OR json_extract(body, '$.shelved_until') > ?)")
+        sql = (f"SELECT body FROM alarms WHERE (state != ? OR {self._json('body', 'out_of_service', 'boolean')} "
+               f"OR {self._json('body', 'shelved_until', 'number')} > ?)")
         params: list = [AlarmState.NORMAL.value, now]
         if asset:
             sql += " AND asset=?"
@@ -91,7 +90,7 @@ class AlarmHistory:
 
     def consequences(self, alarm_id: str) -> list[Alarm]:
         """The alarms folded under ``alarm_id`` that are not normal, oldest first."""
-        rows = self._rows("SELECT body FROM alarms WHERE state != ? AND json_extract(body, '$.parent_id') = ? "
+        rows = self._rows(f"SELECT body FROM alarms WHERE state != ? AND {self._json('body', 'parent_id')} = ? "
                           "ORDER BY raised_at", (AlarmState.NORMAL.value, alarm_id))
         return [Alarm.from_dict(json.loads(r[0])) for r in rows]
 

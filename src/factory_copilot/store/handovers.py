@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from factory_copilot.plumbing.sqlite import transaction
 from factory_copilot.records import Handover, HandoverAck
 
 
@@ -13,7 +12,7 @@ class Handovers:
 
     def add_handover(self, handover: Handover) -> None:
         """Keep a handover; writing the same shift again replaces its body, never its acknowledgements."""
-        with self._db as conn, transaction(conn):
+        with self._writing() as conn:
             conn.execute(
                 'INSERT INTO handovers(handover_id, shift, date, start, "end", written_at, body) VALUES(?,?,?,?,?,?,?) '
                 "ON CONFLICT(handover_id) DO UPDATE SET written_at=excluded.written_at, body=excluded.body",
@@ -22,7 +21,7 @@ class Handovers:
 
     def acknowledge_handover(self, ack: HandoverAck) -> Handover | None:
         """Record who acknowledged a handover (an audit row); None when there is no such handover."""
-        with self._db as conn, transaction(conn):
+        with self._writing() as conn:
             if conn.execute("SELECT 1 FROM handovers WHERE handover_id=?", (ack.handover_id,)).fetchone() is None:
                 return None
             conn.execute("INSERT INTO handover_events(handover_id, ts, event, actor, comment) VALUES(?,?,?,?,?)",

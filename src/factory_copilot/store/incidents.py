@@ -34,7 +34,8 @@ class IncidentRecords:
     def add_turns(self, turns: Iterable[Turn]) -> int:
         rows = [(t.alarm_id, t.ts, t.role, t.text, t.actor, t.request_id, t.source) for t in turns]
         self._write_many(
-            "INSERT OR IGNORE INTO conversations(alarm_id, ts, role, text, actor, request_id, source) VALUES(?,?,?,?,?,?,?)", rows
+            "INSERT INTO conversations(alarm_id, ts, role, text, actor, request_id, source) VALUES(?,?,?,?,?,?,?) "
+            "ON CONFLICT DO NOTHING", rows
         )
         return len(rows)
 
@@ -63,11 +64,11 @@ class IncidentRecords:
         with self._db as conn:
             cur = conn.execute(
                 "INSERT INTO feedback(alarm_id, ts, verdict, actual_cause, fix, actor, asset, condition, fault_type, "
-                "signals, raised_at, cleared_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                "signals, raised_at, cleared_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (feedback.alarm_id, feedback.ts, feedback.verdict, actual_cause, feedback.fix, feedback.actor, asset,
                  condition, fault_type, json.dumps(signals), raised_at, cleared_at),
             )
-            return int(cur.lastrowid)
+            return int(cur.fetchone()[0])
 
     def diagnosis(self, alarm_id: str) -> Diagnosis | None:
         """The newest diagnosis of an alarm."""
@@ -79,7 +80,7 @@ class IncidentRecords:
     def diagnoses_since(self, since: float = 0.0) -> list[Diagnosis]:
         """Every diagnosis written since ``since``, oldest first (runbook and model ones alike)."""
         rows = self._rows("SELECT body FROM diagnoses WHERE created_at>=? ORDER BY created_at, id", (since,))
-        return [Diagnosis.from_dict(json.loads(r["body"])) for r in rows]
+        return [Diagnosis.from_dict(json.loads(r[0])) for r in rows]
 
     def conversation(self, alarm_id: str) -> list[Turn]:
         rows = self._rows(

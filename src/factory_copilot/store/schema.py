@@ -147,3 +147,152 @@ MIGRATIONS: list[str] = [
     CREATE INDEX handover_events_handover ON handover_events(handover_id, ts);
     """,
 ]
+
+
+# The same tables in PostgreSQL, where the lines of a site share one database: every row carries its line, every
+# key and index leads with it. Applied by ``plumbing.postgres.migrate`` (component ``store``); append, never edit.
+PG_TABLES = ["readings_raw", "trend", "anomalies", "alarms", "alarm_events", "diagnoses", "conversations", "feedback",
+             "handovers", "handover_events"]
+
+PG_MIGRATIONS: list[str] = [
+    # version 1: what SQLite's versions 1-3 hold
+    """
+    CREATE TABLE readings_raw (
+        line TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        asset TEXT NOT NULL,
+        signal TEXT NOT NULL,
+        value DOUBLE PRECISION,
+        quality TEXT NOT NULL
+    );
+    CREATE INDEX readings_raw_asset_ts ON readings_raw(line, asset, ts);
+    CREATE INDEX readings_raw_ts ON readings_raw(line, ts);
+
+    CREATE TABLE trend (
+        line TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        signal TEXT NOT NULL,
+        bucket DOUBLE PRECISION NOT NULL,
+        n INTEGER NOT NULL,
+        total DOUBLE PRECISION NOT NULL,
+        vmin DOUBLE PRECISION,
+        vmax DOUBLE PRECISION,
+        not_good INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (line, asset, signal, bucket)
+    );
+    CREATE INDEX trend_bucket ON trend(line, bucket);
+
+    CREATE TABLE anomalies (
+        line TEXT NOT NULL,
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        ts DOUBLE PRECISION NOT NULL,
+        asset TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        signal TEXT,
+        condition TEXT NOT NULL,
+        score DOUBLE PRECISION NOT NULL,
+        threshold DOUBLE PRECISION NOT NULL,
+        fault_type TEXT,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX anomalies_asset_ts ON anomalies(line, asset, ts);
+    CREATE INDEX anomalies_ts ON anomalies(line, ts);
+
+    CREATE TABLE alarms (
+        line TEXT NOT NULL,
+        alarm_id TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        condition TEXT NOT NULL,
+        state TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        raised_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (line, alarm_id)
+    );
+    CREATE INDEX alarms_state ON alarms(line, state);
+    CREATE INDEX alarms_updated ON alarms(line, updated_at);
+
+    CREATE TABLE alarm_events (
+        line TEXT NOT NULL,
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        alarm_id TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        event TEXT NOT NULL,
+        state TEXT NOT NULL,
+        actor TEXT,
+        comment TEXT,
+        alarm TEXT NOT NULL
+    );
+    CREATE INDEX alarm_events_alarm ON alarm_events(line, alarm_id, ts);
+    CREATE INDEX alarm_events_ts ON alarm_events(line, ts);
+
+    CREATE TABLE diagnoses (
+        line TEXT NOT NULL,
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        alarm_id TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        source TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX diagnoses_alarm ON diagnoses(line, alarm_id, created_at);
+
+    CREATE TABLE conversations (
+        line TEXT NOT NULL,
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        alarm_id TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        role TEXT NOT NULL,
+        text TEXT NOT NULL,
+        actor TEXT,
+        request_id TEXT,
+        source TEXT
+    );
+    CREATE INDEX conversations_alarm ON conversations(line, alarm_id, ts);
+    CREATE UNIQUE INDEX conversations_request_role ON conversations(line, request_id, role)
+        WHERE request_id IS NOT NULL;
+
+    CREATE TABLE feedback (
+        line TEXT NOT NULL,
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        alarm_id TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        verdict TEXT NOT NULL,
+        actual_cause TEXT,
+        fix TEXT,
+        actor TEXT,
+        asset TEXT,
+        condition TEXT,
+        fault_type TEXT,
+        signals TEXT NOT NULL DEFAULT '[]',
+        raised_at DOUBLE PRECISION,
+        cleared_at DOUBLE PRECISION
+    );
+    CREATE INDEX feedback_alarm ON feedback(line, alarm_id);
+    CREATE INDEX feedback_asset ON feedback(line, asset, fault_type);
+
+    CREATE TABLE handovers (
+        line TEXT NOT NULL,
+        handover_id TEXT NOT NULL,
+        shift TEXT NOT NULL,
+        date TEXT NOT NULL,
+        start DOUBLE PRECISION NOT NULL,
+        "end" DOUBLE PRECISION NOT NULL,
+        written_at DOUBLE PRECISION NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (line, handover_id)
+    );
+    CREATE INDEX handovers_end ON handovers(line, "end");
+
+    CREATE TABLE handover_events (
+        line TEXT NOT NULL,
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        handover_id TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        event TEXT NOT NULL,
+        actor TEXT,
+        comment TEXT
+    );
+    CREATE INDEX handover_events_handover ON handover_events(line, handover_id, ts);
+    """,
+]

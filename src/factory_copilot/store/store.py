@@ -1,4 +1,4 @@
-"""The store: one SQLite file holding what the line did and what people said about it.
+"""The store: one SQLite file (or a site's PostgreSQL database) holding what the line did and what people said about it.
 
 Readings are kept raw for a few minutes and downsampled into per-signal buckets
 (mean/min/max) for trends; anomalies, alarms with their event history,
@@ -6,25 +6,33 @@ diagnoses, conversations and operator feedback sit beside them. Writes are
 batched in transactions; every table has its own retention. Each subject has its
 own module: ``trends.py``, ``alarm_history.py``, ``incidents.py``, ``handovers.py``; ``Store`` is all
 of them: writes on one connection, reads on a second (WAL), so a long batch or retention sweep never holds up
-a look-up (``Store.reader`` only reads, beside the service that writes).
+a look-up (``Store.reader`` only reads, beside the service that writes). ``PostgresStore`` is the same store in a
+PostgreSQL database that every line of a site writes to, each line seeing its own rows; ``open_store`` opens the
+one a line file names.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from factory_copilot.plumbing import postgres
 from factory_copilot.plumbing.sqlite import Locked, open_db, open_reader, transaction
 from factory_copilot.records import AlarmState
 from factory_copilot.store.alarm_history import AlarmHistory
 from factory_copilot.store.handovers import Handovers
 from factory_copilot.store.incidents import IncidentRecords
-from factory_copilot.store.schema import COMPONENT, MIGRATIONS
+from factory_copilot.store.schema import COMPONENT, MIGRATIONS, PG_MIGRATIONS, PG_TABLES
 from factory_copilot.store.trends import Trends
+
+if TYPE_CHECKING:
+    from factory_copilot.config import LineConfig, ServicePaths
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +60,40 @@ class Store(Trends, AlarmHistory, IncidentRecords, Handovers):
 
     def __init__(self, path: str | Path, bucket_s: float = 5.0, retention: Retention | None = None, *,
                  read_only: bool = False):
-        if bucket_s <= 0:
-            raise ValueError("store bucket_s must be > 0")
+        self._settings(bucket_s, retention)
         self.path = str(path)
-        self.bucket_s = float(bucket_s)
-        self.max_raw_points = 20_000  # above this many samples in a window, trend(resolution="auto") uses buckets
-        self.retention = retention or Retention()
         conn = open_reader(self.path, len(MIGRATIONS), COMPONENT) if read_only else open_db(self.path, MIGRATIONS, COMPONENT)
         self._db = Locked(conn)
         # reads see the last committed state (WAL) without waiting for the writer's lock; one in-memory database
         # cannot be opened twice, and a reader has nothing to wait for
         shared = read_only or self.path == ":memory:"
         self._reads = self._db if shared else Locked(open_reader(self.path, len(MIGRATIONS), COMPONENT))
+
+    def _settings(self, bucket_s: float, retention: Retention | None) -> None:
+        if bucket_s <= 0:
+            raise ValueError("store bucket_s must be > 0")
+        self.bucket_s = float(bucket_s)
+        self.max_raw_points = 20_000  # above this many samples in a window, trend(resolution="auto") uses buckets
+        self.retention = retention or Retention()
+
+    # SQL that differs between SQLite and PostgreSQL; the rest of the store's SQL is written once
+    def _json(self, column: str, key: str, kind: str = "text") -> str:
+        """A field of a JSON text column (``kind`` text, number or boolean, for PostgreSQL's cast)."""
+        return f"json_extract({column}, '$.{key}')"
+
+    def _span_index(self) -> str:
+        """Which of the equal spans from ``?`` of width ``?`` a bucket falls in (0, 1, ...)."""
+        return "CAST((bucket - ?) / ? AS INTEGER)"
+
+    def _latest_sql(self, where: str) -> str:
+        """Newest raw row per asset and signal: asset, signal, ts, value, quality."""
+        return f"SELECT asset, signal, max(ts), value, quality FROM readings_raw{where} GROUP BY asset, signal"
+
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """The write connection, in one transaction (taken at once: concurrent writers wait their turn)."""
+        with self._db as conn, transaction(conn):
+            yield conn
 
     @classmethod
     def reader(cls, path: str | Path, bucket_s: float = 5.0) -> "Store":
@@ -86,7 +116,7 @@ class Store(Trends, AlarmHistory, IncidentRecords, Handovers):
     def _write_many(self, sql: str, rows: list[tuple]) -> None:
         if not rows:
             return
-        with self._db as conn, transaction(conn):
+        with self._writing() as conn:
             conn.executemany(sql, rows)
 
     def enforce_retention(self, now: float | None = None) -> dict[str, int]:
@@ -124,3 +154,99 @@ class Store(Trends, AlarmHistory, IncidentRecords, Handovers):
         tables = ["readings_raw", "trend", "anomalies", "alarms", "alarm_events", "diagnoses", "conversations",
                   "feedback", "handovers"]
         return {t: self._rows(f"SELECT count(*) FROM {t}")[0][0] for t in tables}
+
+
+class PostgresStore(Store):
+    """The store in a PostgreSQL database shared by the lines of a site; this one reads and writes ``line``'s rows.
+
+    Each connection (one writes, one reads) gets session views (``pg_temp``, searched first) named like the
+    tables: that line's rows only, and a row written through them carries the line. So the store's SQL is
+    the SQLite store's, and no query can see or delete another line's rows. A lost server is
+    ``plumbing.postgres.Unavailable``; the next call connects again.
+    """
+
+    def __init__(self, url: str, line: str, bucket_s: float = 5.0, retention: Retention | None = None, *,
+                 read_only: bool = False):
+        self._settings(bucket_s, retention)
+        if not line:
+            raise ValueError("a PostgreSQL store needs the line its rows belong to")
+        self.url, self.line, self.path = url, line, postgres.where(url)
+        if read_only:
+            conn = self._connection(read_only=True)
+            try:
+                postgres.check_version(conn, len(PG_MIGRATIONS), COMPONENT)
+            except BaseException:
+                conn.close()
+                raise
+        else:
+            schema = postgres.Connection(url)
+            try:
+                postgres.migrate(schema, PG_MIGRATIONS, COMPONENT)
+            finally:
+                schema.close()
+            conn = self._connection()
+        self._db = Locked(conn)
+        # reads on their own connection: MVCC shows them the last commit while a batch is being written
+        self._reads = self._db if read_only else Locked(self._connection(read_only=True))
+
+    @classmethod
+    def reader(cls, url: str, line: str, bucket_s: float = 5.0) -> "PostgresStore":  # type: ignore[override]
+        return cls(url, line, bucket_s, read_only=True)
+
+    def _connection(self, read_only: bool = False) -> postgres.Connection:
+        return postgres.Connection(self.url, setup=self._line_views, translate=_pg_sql, read_only=read_only)
+
+    def _line_views(self, conn: Any) -> None:
+        from psycopg import sql
+
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        line = sql.Literal(self.line)
+        script = sql.SQL(" ").join(
+            sql.SQL("CREATE TEMP VIEW {view} AS SELECT * FROM {schema}.{table} WHERE line = {line} WITH CHECK OPTION; "
+                    "ALTER VIEW {view} ALTER COLUMN line SET DEFAULT {line};").format(
+                view=sql.Identifier(t), schema=sql.Identifier(schema), table=sql.Identifier(t), line=line)
+            for t in PG_TABLES)
+        conn.execute(script)
+
+    def _json(self, column: str, key: str, kind: str = "text") -> str:
+        cast = {"text": "", "number": "::double precision", "boolean": "::boolean"}[kind]
+        return f"(({column})::jsonb ->> '{key}'){cast}"
+
+    def _span_index(self) -> str:
+        return "CAST(floor((bucket - ?) / ?) AS INTEGER)"
+
+    def _latest_sql(self, where: str) -> str:
+        return (f"SELECT DISTINCT ON (asset, signal) asset, signal, ts, value, quality FROM readings_raw{where} "
+                "ORDER BY asset, signal, ts DESC")
+
+    @contextmanager
+    def _writing(self) -> Iterator[Any]:
+        with self._db as conn, conn.transaction():
+            yield conn
+
+
+_CONFLICT = re.compile(r"ON CONFLICT\s*\(", re.I)
+
+
+def _pg_sql(sql: str) -> str:
+    """The store's SQL for its PostgreSQL tables: ``%s`` placeholders, and a row's key includes its line."""
+    return _CONFLICT.sub("ON CONFLICT(line, ", postgres.placeholders(sql))
+
+
+def line_id(line: "LineConfig") -> str:
+    """What the rows of this line carry in a shared database: site/line, as the line file names them."""
+    return f"{line.site}/{line.line}"
+
+
+def open_store(line: "LineConfig", paths: "ServicePaths", *, read_only: bool = False, **kwargs: Any) -> Store:
+    """The store the line file names: its ``store.url`` (PostgreSQL), else SQLite under its state directory."""
+    if line.store is not None:
+        return PostgresStore(line.store.url, line_id(line), read_only=read_only, **kwargs)
+    return Store(paths.store, read_only=read_only, **kwargs)
+
+
+def store_missing(line: "LineConfig", paths: "ServicePaths") -> str | None:
+    """Why there is no store to read yet (a SQLite file not written), or None; a database says so when opened."""
+    if line.store is None and not paths.store.is_file():
+        return f"{paths.store}: no store file; the service writes it (check --state-dir)"
+    return None

@@ -11,7 +11,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from factory_copilot.plumbing.sqlite import transaction
 from factory_copilot.records import Quality, Reading
 
 if TYPE_CHECKING:
@@ -44,16 +43,18 @@ class Trends:
             else:
                 agg[4] += 1
         rows = [(a, s, b, *agg) for (a, s, b), agg in buckets.items()]
-        with self._db as conn, transaction(conn):
+        with self._writing() as conn:
             conn.executemany("INSERT INTO readings_raw(ts, asset, signal, value, quality) VALUES(?,?,?,?,?)", raw)
             conn.executemany(
                 "INSERT INTO trend(asset, signal, bucket, n, total, vmin, vmax, not_good) VALUES(?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(asset, signal, bucket) DO UPDATE SET n = n + excluded.n, total = total + excluded.total, "
-                "vmin = CASE WHEN vmin IS NULL THEN excluded.vmin WHEN excluded.vmin IS NULL THEN vmin "
-                "ELSE min(vmin, excluded.vmin) END, "
-                "vmax = CASE WHEN vmax IS NULL THEN excluded.vmax WHEN excluded.vmax IS NULL THEN vmax "
-                "ELSE max(vmax, excluded.vmax) END, "
-                "not_good = not_good + excluded.not_good",
+                # the stored row's columns named by table (PostgreSQL's upsert wants them told from excluded's)
+                "ON CONFLICT(asset, signal, bucket) DO UPDATE SET n = trend.n + excluded.n, "
+                "total = trend.total + excluded.total, "
+                "vmin = CASE WHEN trend.vmin IS NULL OR excluded.vmin < trend.vmin THEN excluded.vmin "
+                "ELSE trend.vmin END, "
+                "vmax = CASE WHEN trend.vmax IS NULL OR excluded.vmax > trend.vmax THEN excluded.vmax "
+                "ELSE trend.vmax END, "
+                "not_good = trend.not_good + excluded.not_good",
                 rows,
             )
         return len(raw)
@@ -122,7 +123,7 @@ class Trends:
         first = math.floor(since / self.bucket_s) * self.bucket_s
         span = max(self.bucket_s, math.ceil((until - first) / max_points / self.bucket_s) * self.bucket_s)
         rows = self._rows(
-            "SELECT CAST((bucket - ?) / ? AS INTEGER) AS k, sum(total) / sum(n), min(vmin), max(vmax), sum(n) "
+            f"SELECT {self._span_index()} AS k, sum(total) / sum(n), min(vmin), max(vmax), sum(n) "
             "FROM trend WHERE asset=? AND signal=? AND bucket>=? AND bucket<=? AND n > 0 GROUP BY k ORDER BY k",
             (first, span, asset, signal, first, until))
         return [(first + k * span, mean, lo, hi, n) for k, mean, lo, hi, n in rows]
@@ -145,12 +146,8 @@ class Trends:
 
     def latest_readings(self, asset: str | None = None) -> dict[str, tuple[float, float | None, str]]:
         """Newest raw sample per ``asset.signal``: (ts, value, quality)."""
-        sql = "SELECT asset, signal, max(ts), value, quality FROM readings_raw"
-        params: list[Any] = []
-        if asset:
-            sql += " WHERE asset=?"
-            params.append(asset)
-        rows = self._rows(sql + " GROUP BY asset, signal", params)
+        params: list[Any] = [asset] if asset else []
+        rows = self._rows(self._latest_sql(" WHERE asset=?" if asset else ""), params)
         return {f"{r[0]}.{r[1]}": (r[2], r[3], r[4]) for r in rows}
 
     def quality_by_asset(self, since: float) -> dict[str, float]:
