@@ -40,7 +40,7 @@ from factory_copilot.catalogue import faults_of  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
 from factory_copilot.copilot.runbooks import runbooks_of  # noqa: E402
 from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, Feedback, Priority, Turn  # noqa: E402
-from factory_copilot.publish.topics import DEFAULT_PREFIX  # noqa: E402
+from factory_copilot.names import DEFAULT_PREFIX  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
 
 SHELVE_CHOICES = {"15 min": 900, "30 min": 1800, "1 h": 3600, "4 h": 4 * 3600, "8 h (shift)": 8 * 3600}

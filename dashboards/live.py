@@ -21,7 +21,8 @@ from typing import Any, Callable, ClassVar
 from factory_copilot.config import MqttConnection
 from factory_copilot.records import Alarm, CommandKind, Diagnosis
 from factory_copilot.plumbing.mqtt import MqttSession
-from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics
+from factory_copilot.names import DEFAULT_PREFIX
+from factory_copilot.publish.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from factory_copilot.records import DEFAULT_MODE, Priority
 from factory_copilot.errors import GiveUp
+from factory_copilot.names import DEFAULT_PREFIX
 
 # a priority as a line file or a catalogue writes it: low|medium|high|critical or 1-4
 PriorityName = Annotated[Priority, BeforeValidator(Priority.parse)]
@@ -367,7 +368,7 @@ class ExplainerPool(_Strict):
 
     mqtt: MqttConnection | None = None  # the site broker the explainers listen on; None: the line's mqtt connection
     site: str | None = None  # whose explainers; None: the line's site
-    prefix: str = "factory-copilot"  # the jobs go to <prefix>/<site>/explain/jobs
+    prefix: str = DEFAULT_PREFIX  # the jobs go to <prefix>/<site>/explain/jobs
     lease_s: float = Field(10.0, gt=0)  # no word from any explainer this long: the job is published again
     retries: int = Field(2, ge=0)  # that often at most
     deadline_s: float | None = Field(None, gt=0)  # a job's latest answer; None: the copilot's timeout_s
@@ -629,7 +630,7 @@ class ServiceSettings(_Strict):
     source: SourceKind | list[SourceKind] | None = None
     state_dir: str = "var"  # SQLite files (store, alarms, outbox), PKI and the trained detector; relative to the line file
     detector: str | None = None  # trained detector file; default <state_dir>/detector.joblib
-    alerts_prefix: str = "factory-copilot"
+    alerts_prefix: str = DEFAULT_PREFIX
     health_port: int | None = 8089  # GET /health on 127.0.0.1; None to disable
     copilot: CopilotSettings = CopilotSettings()
     opcua_server: OpcuaAlarmServer | None = None  # serve the alarms as OPC UA Alarms & Conditions (docs/opcua.md)

@@ -54,7 +54,6 @@ from factory_copilot.records import Anomaly, Priority
 PROCESS_KINDS = frozenset({"limit", "rate"})
 INSTRUMENT_KINDS = frozenset({"stuck", "range", "quality"})
 DATA_KINDS = INSTRUMENT_KINDS | {"source"}  # the data, not the process, is wrong: no severity, no part in a situation
-UNKNOWN = "unknown"
 PLC_PREFIX = "plc:"  # the condition of a PLC's alarm: plc:<ConditionId>
 
 SEVERITIES = ("slight", "moderate", "severe")

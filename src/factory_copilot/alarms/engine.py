@@ -83,6 +83,7 @@ from typing import Callable, Mapping
 from factory_copilot.alarms import design, grouping
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
+from factory_copilot.names import UNKNOWN
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
@@ -633,8 +634,8 @@ class AlarmEngine:
     def _fitting(self, anomaly: Anomaly) -> Anomaly:
         """The anomaly as its alarm keeps it: a fault name that cannot explain this asset (a pump fault for the
         conveyor that feeds the pump) is the classifier's guess, not the alarm's: kept as unknown."""
-        if grouping.fault_name(self.line, self.faults, anomaly) is None and anomaly.fault_type not in (None, design.UNKNOWN):
-            return dataclasses.replace(anomaly, fault_type=design.UNKNOWN, fault_probability=0.0)
+        if grouping.fault_name(self.line, self.faults, anomaly) is None and anomaly.fault_type not in (None, UNKNOWN):
+            return dataclasses.replace(anomaly, fault_type=UNKNOWN, fault_probability=0.0)
         return anomaly
 
     def _return(self, alarm: Alarm, cond: _Condition, now: float) -> None:
