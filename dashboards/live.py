@@ -184,7 +184,7 @@ class LiveFeed:
         """Publish an operator command on ``actor``'s own level (commands/<actor>); returns its request id."""
         if command not in COMMANDS:
             raise ValueError(f"command {command!r}: use one of {', '.join(COMMANDS)}")
-        if command == "shelve" and not shelve_s:
+        if command == CommandKind.SHELVE and not shelve_s:
             raise ValueError("shelving needs a duration (shelve_s): shelving always expires")
         request_id = uuid.uuid4().hex
         body = {"schema": "command/1", "request_id": request_id, "command": command, "alarm_id": alarm_id,

@@ -22,7 +22,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from factory_copilot.records import DEFAULT_MODE, Priority
+from factory_copilot.records import DEFAULT_MODE, CommandKind, Priority
 from factory_copilot.errors import GiveUp
 from factory_copilot.names import DEFAULT_PREFIX
 
@@ -486,20 +486,23 @@ class Roles(_Strict):
     def _roles(self) -> list[tuple[str, Role]]:
         return [("operators", self.operators), ("supervisors", self.supervisors)]
 
-    def refusal(self, user: str, command: str, shelve_s: float | None = None) -> str | None:
+    def refusal(self, user: str, command: CommandKind | str, shelve_s: float | None = None) -> str | None:
         """Why ``user`` may not do ``command`` (None: allowed), in words an operator understands."""
+        command = CommandKind(command)  # a known kind (the engine refuses an unknown one before asking)
         mine = [role for _, role in self._roles() if user in role.users]
         if not mine:
-            return f"{user} is in no role of this line (operators, supervisors): may not {command.replace('_', ' ')}"
-        if command == "acknowledge" and not any(r.acknowledge for r in mine):
+            what = command.value.replace("_", " ")
+            return f"{user} is in no role of this line (operators, supervisors): may not {what}"
+        if command is CommandKind.ACKNOWLEDGE and not any(r.acknowledge for r in mine):
             return f"{user} may not acknowledge alarms on this line"
-        if command == "shelve":
+        if command is CommandKind.SHELVE:
             most = max(r.shelve_max_s for r in mine)
             if most <= 0:
                 return f"{user} may not shelve alarms on this line"
             if shelve_s is not None and shelve_s > most:
                 return f"{user} may shelve for at most {most:g} s, asked for {shelve_s:g} s"
-        if command in ("out_of_service", "return_to_service") and not any(r.out_of_service for r in mine):
+        in_or_out = (CommandKind.OUT_OF_SERVICE, CommandKind.RETURN_TO_SERVICE)
+        if command in in_or_out and not any(r.out_of_service for r in mine):
             return f"{user} may not take alarms out of service or return them (supervisors may)"
         return None
 

@@ -441,20 +441,20 @@ class AlarmEngine:
             self._rejections.warning("rejected", "rejected %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id),
                                      printable(cmd.actor), printable(problem))
             return CommandResult(cmd.request_id, False, problem, self.get(cmd.alarm_id)), []
-        alarm = self._alarms[cmd.alarm_id]
-        if cmd.command == "acknowledge":
+        alarm, kind = self._alarms[cmd.alarm_id], CommandKind(cmd.command)  # _check let only a known kind through
+        if kind is CommandKind.ACKNOWLEDGE:
             alarm.state = AlarmState.ACTIVE_ACK if alarm.state is AlarmState.ACTIVE_UNACK else AlarmState.NORMAL
             alarm.acked_by, alarm.acked_at = cmd.actor, now
             self._emit(alarm, "acknowledged", now, cmd.actor, cmd.comment)
             done = f"{alarm.alarm_id} acknowledged by {cmd.actor}"
-        elif cmd.command == "shelve":
+        elif kind is CommandKind.SHELVE:
             alarm.shelved_until, alarm.shelved_by = now + float(cmd.shelve_s), cmd.actor  # type: ignore[arg-type]
             self._emit(alarm, "shelved", now, cmd.actor, cmd.comment or f"shelved for {cmd.shelve_s:g} s")
             done = f"{alarm.alarm_id} shelved by {cmd.actor} for {cmd.shelve_s:g} s"
-        elif cmd.command == "unshelve":
+        elif kind is CommandKind.UNSHELVE:
             self._unshelve(alarm, now, cmd.actor, cmd.comment)
             done = f"{alarm.alarm_id} unshelved by {cmd.actor}"
-        elif cmd.command == "out_of_service":
+        elif kind is CommandKind.OUT_OF_SERVICE:
             alarm.out_of_service = True
             alarm.state, alarm.suppressed = AlarmState.NORMAL, False
             alarm.shelved_until = alarm.shelved_by = None
@@ -465,7 +465,7 @@ class AlarmEngine:
                 if child.state.active:
                     self._release(child, now, f"its cause {alarm.alarm_id} was taken out of service")
             done = f"{alarm.alarm_id} taken out of service by {cmd.actor}"
-        else:  # return_to_service
+        else:  # CommandKind.RETURN_TO_SERVICE
             alarm.out_of_service = False
             self._reset_condition(alarm)
             self._emit(alarm, "return_to_service", now, cmd.actor, cmd.comment)
@@ -938,10 +938,10 @@ class AlarmEngine:
 
     def _refusal(self, cmd: OperatorCommand) -> str | None:
         """Why the line's roles do not let this actor do this (None: they do, or the line names no roles)."""
-        roles = self.line.roles
-        if roles is None or cmd.command not in COMMANDS or cmd.command == "unshelve" and roles.of(cmd.actor or ""):
+        roles, kind = self.line.roles, CommandKind.named(cmd.command)
+        if roles is None or kind is None or kind is CommandKind.UNSHELVE and roles.of(cmd.actor or ""):
             return None
-        return roles.refusal(cmd.actor or "", cmd.command, cmd.shelve_s)
+        return roles.refusal(cmd.actor or "", kind, cmd.shelve_s)
 
     def _audit_refusal(self, cmd: OperatorCommand, now: float, refusal: str) -> None:
         """A refused command leaves an audit row (who tried what), without touching the alarm."""
@@ -962,20 +962,21 @@ class AlarmEngine:
                       self.journal.path, exc)
 
     def _check(self, cmd: OperatorCommand) -> str | None:
-        if cmd.command not in COMMANDS:
+        kind = CommandKind.named(cmd.command)
+        if kind is None:
             return f"unknown command {cmd.command!r}; use one of {', '.join(COMMANDS)}"
         if not (cmd.actor or "").strip():
             return f"{cmd.command} needs an actor: who is doing it"
         alarm = self._alarms.get(cmd.alarm_id)
         if alarm is None:
             return f"no alarm with id {cmd.alarm_id!r}"
-        if cmd.command == "acknowledge":
+        if kind is CommandKind.ACKNOWLEDGE:
             if alarm.out_of_service:
                 return f"alarm {alarm.alarm_id} is out of service; nothing to acknowledge"
             if alarm.state.acknowledged:
                 by = f" (by {alarm.acked_by})" if alarm.acked_by and alarm.state is AlarmState.ACTIVE_ACK else ""
                 return f"alarm {alarm.alarm_id} is already acknowledged{by}; state {alarm.state.value}"
-        elif cmd.command == "shelve":
+        elif kind is CommandKind.SHELVE:
             if alarm.out_of_service:
                 return f"alarm {alarm.alarm_id} is out of service; return it to service before shelving"
             if cmd.shelve_s is None:
@@ -984,13 +985,13 @@ class AlarmEngine:
                 return f"shelve_s must be a positive number of seconds, got {cmd.shelve_s!r}"
             if cmd.shelve_s > self.settings.max_shelve_s:
                 return f"shelve_s {cmd.shelve_s:g} is beyond the maximum of {self.settings.max_shelve_s:g} s"
-        elif cmd.command == "unshelve":
+        elif kind is CommandKind.UNSHELVE:
             if alarm.shelved_until is None:
                 return f"alarm {alarm.alarm_id} is not shelved"
-        elif cmd.command == "out_of_service":
+        elif kind is CommandKind.OUT_OF_SERVICE:
             if alarm.out_of_service:
                 return f"alarm {alarm.alarm_id} is already out of service"
-        elif cmd.command == "return_to_service":
+        elif kind is CommandKind.RETURN_TO_SERVICE:
             if not alarm.out_of_service:
                 return f"alarm {alarm.alarm_id} is in service"
         return None
