@@ -22,6 +22,7 @@ from factory_copilot.config import MqttConnection
 from factory_copilot.records import Alarm, CommandKind, Diagnosis
 from factory_copilot.plumbing.mqtt import MqttSession
 from factory_copilot.names import DEFAULT_PREFIX
+from factory_copilot.publish import payloads
 from factory_copilot.publish.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -187,15 +188,13 @@ class LiveFeed:
         if command == CommandKind.SHELVE and not shelve_s:
             raise ValueError("shelving needs a duration (shelve_s): shelving always expires")
         request_id = uuid.uuid4().hex
-        body = {"schema": "command/1", "request_id": request_id, "command": command, "alarm_id": alarm_id,
-                "actor": actor, "comment": comment, "shelve_s": shelve_s, "ts": time.time()}
+        body = payloads.command(command, alarm_id, request_id, actor=actor, comment=comment, shelve_s=shelve_s)
         self.session.publish(self.topics.commands(actor), json.dumps(body), qos=1)
         return request_id
 
     def ask(self, alarm_id: str | None, question: str, actor: str) -> str:
         """Publish a question to the copilot; returns its request id (answer chunks on ask/reply/<id>)."""
         request_id = uuid.uuid4().hex
-        body = {"schema": "ask/1", "request_id": request_id, "alarm_id": alarm_id, "question": question,
-                "actor": actor, "ts": time.time()}
+        body = payloads.question(alarm_id, question, request_id, actor)
         self.session.publish(self.topics.ask(actor), json.dumps(body), qos=1)
         return request_id
