@@ -205,8 +205,9 @@ def severity_rank(s: str | None) -> int:
 # ---- priority ----------------------------------------------------------------------------------
 
 
-class Trend:
-    """The least-squares slope of a condition's level over a sliding window, kept in O(1) per sample."""
+class LevelSlope:
+    """The least-squares slope of a condition's level over a sliding window, kept in O(1) per sample (the alarm's
+    urgency: how fast it heads for severe; not a trend of a signal, which the store keeps and the copilot reads)."""
 
     __slots__ = ("window_s", "samples", "_t0", "_n", "_st", "_sv", "_stt", "_stv", "_adds")
 

@@ -171,7 +171,7 @@ class _Condition:
     last_abnormal: float | None = None
     normal_since: float | None = None  # first below-deadband level after the last abnormal one
     last_ts: float | None = None  # newest evidence; a late anomaly never moves the condition back in time
-    trend: design.Trend = field(default_factory=lambda: design.Trend(0.0))  # level of recent abnormal evidence
+    trend: design.LevelSlope = field(default_factory=lambda: design.LevelSlope(0.0))  # level of recent abnormal evidence
     level: float | None = None
     # the engine's clock
     heard_at: float | None = None  # any evidence last arrived
@@ -929,7 +929,7 @@ class AlarmEngine:
         cond = self._conditions.get(key)
         if cond is None:
             cond = _Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset),
-                              trend=design.Trend(self.settings.trend_window_s),
+                              trend=design.LevelSlope(self.settings.trend_window_s),
                               signals=design.condition_signals(self.line, anomaly.asset, anomaly.condition))
             known = self._by_condition.get(key)
             cond.alarm_id = known
@@ -1058,7 +1058,7 @@ class AlarmEngine:
                 continue  # the PLC owns its state: its ConditionRefresh tells it again
             kind = a.anomaly.kind if a.anomaly else a.condition.rpartition(":")[2]
             cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
-                              trend=design.Trend(self.settings.trend_window_s),
+                              trend=design.LevelSlope(self.settings.trend_window_s),
                               signals=design.condition_signals(self.line, a.asset, a.condition))
             cond.mode_suppressed = bool(a.anomaly) and design.mode_suppressed(self.line, a.anomaly)
             if a.state.active:
