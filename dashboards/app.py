@@ -39,8 +39,8 @@ from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TA
 from factory_copilot.catalogue import faults_of  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
 from factory_copilot.copilot.runbooks import runbooks_of  # noqa: E402
-from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, Feedback, Priority, Turn  # noqa: E402
-from factory_copilot.publish.topics import DEFAULT_PREFIX  # noqa: E402
+from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, CommandKind, Feedback, Priority, Turn  # noqa: E402
+from factory_copilot.names import DEFAULT_PREFIX  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
 from factory_copilot.store.store import PostgresStore, line_id  # noqa: E402
 
@@ -372,13 +372,13 @@ def alarm_row(alarm: Alarm, snap: Snapshot, now: float, selected: str | None) ->
         if st.button("Ack", key=f"ack:{alarm.alarm_id}", disabled=no_feed or alarm.state.acknowledged,
                      # a folded consequence is recorded, not rung: it does not call for the operator in red
                      type="primary" if not alarm.state.acknowledged and not alarm.suppressed else "secondary"):
-            send(alarm, "acknowledge")
+            send(alarm, CommandKind.ACKNOWLEDGE)
         if alarm.shelved:
             if st.button("Unshelve", key=f"unshelve:{alarm.alarm_id}", disabled=no_feed):
-                send(alarm, "unshelve")
+                send(alarm, CommandKind.UNSHELVE)
         elif (choices := shelve_choices(actor())) and st.button(
                 f"Shelve {shelve_for(choices)}", key=f"shelve:{alarm.alarm_id}", disabled=no_feed):
-            send(alarm, "shelve", choices[shelve_for(choices)])
+            send(alarm, CommandKind.SHELVE, choices[shelve_for(choices)])
         if st.button("Details" if selected != alarm.alarm_id else "Shown below", key=f"select:{alarm.alarm_id}",
                      disabled=selected == alarm.alarm_id):
             st.session_state["alarm_id"] = alarm.alarm_id
@@ -407,7 +407,8 @@ def forget_refused(snap: Snapshot) -> None:
             gone.setdefault(alarm_id, sent["sent"])
 
 
-def send(alarm: Alarm, command: str, shelve_s: float | None = None) -> None:
+def send(alarm: Alarm, kind: CommandKind, shelve_s: float | None = None) -> None:
+    command = kind.value  # the string the feed sends and the reply line names
     if actor() is None:
         st.error("Log in to acknowledge or shelve: commands go out as the person logged in.")
         return

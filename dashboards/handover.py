@@ -14,6 +14,7 @@ import uuid
 
 import streamlit as st
 
+from factory_copilot.publish import payloads
 from factory_copilot.records import Handover
 from factory_copilot.shift.document import markdown
 
@@ -23,8 +24,7 @@ REPLY_WAIT_S = 10.0
 def acknowledge(feed, handover: Handover, user: str) -> str:
     """Send ``user``'s acknowledgement of ``handover`` on their command level; returns its request id."""
     request_id = uuid.uuid4().hex
-    body = {"schema": "handover-ack/1", "request_id": request_id, "handover_id": handover.handover_id, "actor": user,
-            "comment": "from the dashboard", "ts": time.time()}
+    body = payloads.handover_ack(handover.handover_id, request_id, user, comment="from the dashboard")
     feed.session.publish(feed.topics.commands(user), json.dumps(body), qos=1)
     return request_id
 

@@ -21,7 +21,9 @@ from typing import Any, Callable, ClassVar
 from factory_copilot.config import MqttConnection
 from factory_copilot.records import Alarm, CommandKind, Diagnosis
 from factory_copilot.plumbing.mqtt import MqttSession
-from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics
+from factory_copilot.names import DEFAULT_PREFIX
+from factory_copilot.publish import payloads
+from factory_copilot.publish.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -183,18 +185,16 @@ class LiveFeed:
         """Publish an operator command on ``actor``'s own level (commands/<actor>); returns its request id."""
         if command not in COMMANDS:
             raise ValueError(f"command {command!r}: use one of {', '.join(COMMANDS)}")
-        if command == "shelve" and not shelve_s:
+        if command == CommandKind.SHELVE and not shelve_s:
             raise ValueError("shelving needs a duration (shelve_s): shelving always expires")
         request_id = uuid.uuid4().hex
-        body = {"schema": "command/1", "request_id": request_id, "command": command, "alarm_id": alarm_id,
-                "actor": actor, "comment": comment, "shelve_s": shelve_s, "ts": time.time()}
+        body = payloads.command(command, alarm_id, request_id, actor=actor, comment=comment, shelve_s=shelve_s)
         self.session.publish(self.topics.commands(actor), json.dumps(body), qos=1)
         return request_id
 
     def ask(self, alarm_id: str | None, question: str, actor: str) -> str:
         """Publish a question to the copilot; returns its request id (answer chunks on ask/reply/<id>)."""
         request_id = uuid.uuid4().hex
-        body = {"schema": "ask/1", "request_id": request_id, "alarm_id": alarm_id, "question": question,
-                "actor": actor, "ts": time.time()}
+        body = payloads.question(alarm_id, question, request_id, actor)
         self.session.publish(self.topics.ask(actor), json.dumps(body), qos=1)
         return request_id

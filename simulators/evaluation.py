@@ -18,7 +18,8 @@ from tqdm import tqdm
 from factory_copilot.alarms.engine import AlarmSettings
 from factory_copilot.alarms.evaluate import AFTER_S, FAULT_S, replay_alarms, summarise
 from factory_copilot.alarms.text import alarm_text
-from factory_copilot.catalogue import UNKNOWN, Fault, faults_of, load_faults
+from factory_copilot.catalogue import Fault, faults_of, load_faults
+from factory_copilot.names import UNKNOWN
 from factory_copilot.config import SIMULATED_FAULTS, LineConfig
 from factory_copilot.copilot.evaluate import Case
 from factory_copilot.detect.evaluate import SIM_DETECTOR, run_scenario, train_models

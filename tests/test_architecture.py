@@ -209,6 +209,33 @@ def test_one_list_of_commands_for_the_engine_the_schema_and_the_dashboard():
     assert set(BUTTONS) < set(kinds)
 
 
+def test_one_builder_for_what_an_operators_client_sends_and_it_meets_the_schemas():
+    """The dashboard and the MCP write tools send commands, questions and handover acknowledgements built by
+    publish/payloads.py only (beside their parsers), so no sender can drift from the schema the service reads."""
+    import re
+
+    from factory_copilot.publish import payloads
+    from factory_copilot.records import CommandKind
+
+    for kind in CommandKind:
+        shelve_s = 60.0 if kind is CommandKind.SHELVE else None
+        for actor in (None, "ann"):
+            body = payloads.command(kind, "pump.flow-limit", "r-1", actor=actor, comment="c", shelve_s=shelve_s)
+            assert payloads.problems(body, payloads.COMMAND) == [], (kind, actor)
+            parsed = payloads.parse_command(payloads.encode(body), "ann")
+            assert (parsed.command, parsed.shelve_s, parsed.request_id) == (kind.value, shelve_s, "r-1")
+    assert payloads.problems(payloads.command("shelve", "a", "r"), payloads.COMMAND) != []  # the schema bites
+    with pytest.raises(ValueError):
+        payloads.command("reset", "a", "r")
+    assert payloads.problems(payloads.question(None, "why?", "r-2", "ann"), payloads.ASK) == []
+    assert payloads.problems(payloads.handover_ack("h-1", "r-3", "ann", "read"), payloads.HANDOVER_ACK) == []
+    by_hand = re.compile(r"""["']schema["']\s*:\s*["'](command|ask|handover-ack)/""")
+    senders = [*runtime_files(), *sorted((ROOT / "dashboards").glob("*.py"))]
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in senders if p != PACKAGE / "publish" / "payloads.py"
+             for n, line in enumerate(p.read_text().splitlines(), 1) if by_hand.search(line)]
+    assert found == []
+
+
 # -- the bus: what each station takes and gives, declared, wired and documented alike -------------------------
 
 def _documented_lanes() -> dict[str, tuple[set[str], set[str]]]:

@@ -16,14 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from factory_copilot.config import LineConfigError, PriorityName, field_path
+from factory_copilot.names import UNKNOWN
 from factory_copilot.records import Priority
 
 if TYPE_CHECKING:
     from factory_copilot.config import LineConfig
 
 log = logging.getLogger(__name__)
-
-UNKNOWN = "unknown"  # the cause id for "no known fault matches": never a catalogue id
 
 
 class Fault(BaseModel):

@@ -22,8 +22,9 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from factory_copilot.records import DEFAULT_MODE, Priority
+from factory_copilot.records import DEFAULT_MODE, CommandKind, Priority
 from factory_copilot.errors import GiveUp
+from factory_copilot.names import DEFAULT_PREFIX
 
 # a priority as a line file or a catalogue writes it: low|medium|high|critical or 1-4
 PriorityName = Annotated[Priority, BeforeValidator(Priority.parse)]
@@ -367,7 +368,7 @@ class ExplainerPool(_Strict):
 
     mqtt: MqttConnection | None = None  # the site broker the explainers listen on; None: the line's mqtt connection
     site: str | None = None  # whose explainers; None: the line's site
-    prefix: str = "factory-copilot"  # the jobs go to <prefix>/<site>/explain/jobs
+    prefix: str = DEFAULT_PREFIX  # the jobs go to <prefix>/<site>/explain/jobs
     lease_s: float = Field(10.0, gt=0)  # no word from any explainer this long: the job is published again
     retries: int = Field(2, ge=0)  # that often at most
     deadline_s: float | None = Field(None, gt=0)  # a job's latest answer; None: the copilot's timeout_s
@@ -485,20 +486,23 @@ class Roles(_Strict):
     def _roles(self) -> list[tuple[str, Role]]:
         return [("operators", self.operators), ("supervisors", self.supervisors)]
 
-    def refusal(self, user: str, command: str, shelve_s: float | None = None) -> str | None:
+    def refusal(self, user: str, command: CommandKind | str, shelve_s: float | None = None) -> str | None:
         """Why ``user`` may not do ``command`` (None: allowed), in words an operator understands."""
+        command = CommandKind(command)  # a known kind (the engine refuses an unknown one before asking)
         mine = [role for _, role in self._roles() if user in role.users]
         if not mine:
-            return f"{user} is in no role of this line (operators, supervisors): may not {command.replace('_', ' ')}"
-        if command == "acknowledge" and not any(r.acknowledge for r in mine):
+            what = command.value.replace("_", " ")
+            return f"{user} is in no role of this line (operators, supervisors): may not {what}"
+        if command is CommandKind.ACKNOWLEDGE and not any(r.acknowledge for r in mine):
             return f"{user} may not acknowledge alarms on this line"
-        if command == "shelve":
+        if command is CommandKind.SHELVE:
             most = max(r.shelve_max_s for r in mine)
             if most <= 0:
                 return f"{user} may not shelve alarms on this line"
             if shelve_s is not None and shelve_s > most:
                 return f"{user} may shelve for at most {most:g} s, asked for {shelve_s:g} s"
-        if command in ("out_of_service", "return_to_service") and not any(r.out_of_service for r in mine):
+        in_or_out = (CommandKind.OUT_OF_SERVICE, CommandKind.RETURN_TO_SERVICE)
+        if command in in_or_out and not any(r.out_of_service for r in mine):
             return f"{user} may not take alarms out of service or return them (supervisors may)"
         return None
 
@@ -646,7 +650,7 @@ class ServiceSettings(_Strict):
     source: SourceKind | list[SourceKind] | None = None
     state_dir: str = "var"  # SQLite files (store, alarms, outbox), PKI and the trained detector; relative to the line file
     detector: str | None = None  # trained detector file; default <state_dir>/detector.joblib
-    alerts_prefix: str = "factory-copilot"
+    alerts_prefix: str = DEFAULT_PREFIX
     health_port: int | None = 8089  # GET /health on 127.0.0.1; None to disable
     copilot: CopilotSettings = CopilotSettings()
     opcua_server: OpcuaAlarmServer | None = None  # serve the alarms as OPC UA Alarms & Conditions (docs/opcua.md)

@@ -379,6 +379,14 @@ class CommandKind(str, enum.Enum):
     OUT_OF_SERVICE = "out_of_service"
     RETURN_TO_SERVICE = "return_to_service"
 
+    @classmethod
+    def named(cls, text: object) -> "CommandKind | None":
+        """The kind ``text`` names, or None: an unknown command is refused with a reply, never raised."""
+        try:
+            return cls(text)
+        except ValueError:
+            return None
+
 
 @dataclass(slots=True)
 class OperatorCommand:

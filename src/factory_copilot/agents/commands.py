@@ -13,12 +13,12 @@ import concurrent.futures
 import json
 import logging
 import threading
-import time
 import uuid
 from typing import Any
 
 from factory_copilot.config import MqttConnection
 from factory_copilot.plumbing.mqtt import MqttSession
+from factory_copilot.publish import payloads
 from factory_copilot.publish.topics import Topics
 from factory_copilot.errors import Transient
 
@@ -57,8 +57,7 @@ class CommandSender:
             raise NoReply(f"not connected to the broker {self.session.where} as {self.conn.username or 'anonymous'} "
                           f"({self.session.last_refusal or 'no answer'}): nothing was sent")
         request_id = uuid.uuid4().hex
-        body = {"schema": "command/1", "request_id": request_id, "command": command, "alarm_id": alarm_id,
-                "comment": comment, "shelve_s": shelve_s, "ts": time.time()}
+        body = payloads.command(command, alarm_id, request_id, comment=comment, shelve_s=shelve_s)
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             self._waiting[request_id] = future

@@ -33,7 +33,7 @@ from factory_copilot import __version__
 from factory_copilot.agents.commands import CommandSender, NoReply
 from factory_copilot.agents.tools import LineRecords, ToolError
 from factory_copilot.plumbing.logs import Throttled
-from factory_copilot.records import Alarm
+from factory_copilot.records import Alarm, CommandKind
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
                                 "(FACTORY_COPILOT_MQTT_USERNAME); over HTTP, a bearer token")
             return user
 
-        def command(command: str, alarm_id: str, comment: str | None, shelve_s: float | None = None) -> dict[str, Any]:
-            user = actor()
+        def command(kind: CommandKind, alarm_id: str, comment: str | None, shelve_s: float | None = None) -> dict[str, Any]:
+            user, command = actor(), kind.value
             try:
                 reply = sender.send(user, command, alarm_id, comment, shelve_s)
             except NoReply as exc:
@@ -192,7 +192,7 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
             comment: Annotated[str | None, Field(max_length=1000, description="kept in the audit trail")] = None,
         ) -> dict[str, Any]:
             """Acknowledge an alarm as the authenticated user; the alarm engine checks their role and audits it."""
-            return command("acknowledge", alarm_id, comment)
+            return command(CommandKind.ACKNOWLEDGE, alarm_id, comment)
 
         @mcp.tool(title="Shelve an alarm", annotations=WRITE)
         def shelve_alarm(
@@ -202,7 +202,7 @@ def build_server(records: LineRecords, sender: CommandSender | None = None,
         ) -> dict[str, Any]:
             """Shelve an alarm for `minutes` as the authenticated user (it rings again when the shelve ends if still
             active); the alarm engine checks their role's limit and audits it."""
-            return command("shelve", alarm_id, comment, minutes * 60.0)
+            return command(CommandKind.SHELVE, alarm_id, comment, minutes * 60.0)
 
     return mcp
 

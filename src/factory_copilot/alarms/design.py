@@ -54,7 +54,6 @@ from factory_copilot.records import Anomaly, Priority
 PROCESS_KINDS = frozenset({"limit", "rate"})
 INSTRUMENT_KINDS = frozenset({"stuck", "range", "quality"})
 DATA_KINDS = INSTRUMENT_KINDS | {"source"}  # the data, not the process, is wrong: no severity, no part in a situation
-UNKNOWN = "unknown"
 PLC_PREFIX = "plc:"  # the condition of a PLC's alarm: plc:<ConditionId>
 
 SEVERITIES = ("slight", "moderate", "severe")
@@ -206,8 +205,9 @@ def severity_rank(s: str | None) -> int:
 # ---- priority ----------------------------------------------------------------------------------
 
 
-class Trend:
-    """The least-squares slope of a condition's level over a sliding window, kept in O(1) per sample."""
+class LevelSlope:
+    """The least-squares slope of a condition's level over a sliding window, kept in O(1) per sample (the alarm's
+    urgency: how fast it heads for severe; not a trend of a signal, which the store keeps and the copilot reads)."""
 
     __slots__ = ("window_s", "samples", "_t0", "_n", "_st", "_sv", "_stt", "_stv", "_adds")
 

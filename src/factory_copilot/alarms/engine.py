@@ -83,6 +83,7 @@ from typing import Callable, Mapping
 from factory_copilot.alarms import design, grouping
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
+from factory_copilot.names import UNKNOWN
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
@@ -170,7 +171,7 @@ class _Condition:
     last_abnormal: float | None = None
     normal_since: float | None = None  # first below-deadband level after the last abnormal one
     last_ts: float | None = None  # newest evidence; a late anomaly never moves the condition back in time
-    trend: design.Trend = field(default_factory=lambda: design.Trend(0.0))  # level of recent abnormal evidence
+    trend: design.LevelSlope = field(default_factory=lambda: design.LevelSlope(0.0))  # level of recent abnormal evidence
     level: float | None = None
     # the engine's clock
     heard_at: float | None = None  # any evidence last arrived
@@ -440,20 +441,20 @@ class AlarmEngine:
             self._rejections.warning("rejected", "rejected %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id),
                                      printable(cmd.actor), printable(problem))
             return CommandResult(cmd.request_id, False, problem, self.get(cmd.alarm_id)), []
-        alarm = self._alarms[cmd.alarm_id]
-        if cmd.command == "acknowledge":
+        alarm, kind = self._alarms[cmd.alarm_id], CommandKind(cmd.command)  # _check let only a known kind through
+        if kind is CommandKind.ACKNOWLEDGE:
             alarm.state = AlarmState.ACTIVE_ACK if alarm.state is AlarmState.ACTIVE_UNACK else AlarmState.NORMAL
             alarm.acked_by, alarm.acked_at = cmd.actor, now
             self._emit(alarm, "acknowledged", now, cmd.actor, cmd.comment)
             done = f"{alarm.alarm_id} acknowledged by {cmd.actor}"
-        elif cmd.command == "shelve":
+        elif kind is CommandKind.SHELVE:
             alarm.shelved_until, alarm.shelved_by = now + float(cmd.shelve_s), cmd.actor  # type: ignore[arg-type]
             self._emit(alarm, "shelved", now, cmd.actor, cmd.comment or f"shelved for {cmd.shelve_s:g} s")
             done = f"{alarm.alarm_id} shelved by {cmd.actor} for {cmd.shelve_s:g} s"
-        elif cmd.command == "unshelve":
+        elif kind is CommandKind.UNSHELVE:
             self._unshelve(alarm, now, cmd.actor, cmd.comment)
             done = f"{alarm.alarm_id} unshelved by {cmd.actor}"
-        elif cmd.command == "out_of_service":
+        elif kind is CommandKind.OUT_OF_SERVICE:
             alarm.out_of_service = True
             alarm.state, alarm.suppressed = AlarmState.NORMAL, False
             alarm.shelved_until = alarm.shelved_by = None
@@ -464,7 +465,7 @@ class AlarmEngine:
                 if child.state.active:
                     self._release(child, now, f"its cause {alarm.alarm_id} was taken out of service")
             done = f"{alarm.alarm_id} taken out of service by {cmd.actor}"
-        else:  # return_to_service
+        else:  # CommandKind.RETURN_TO_SERVICE
             alarm.out_of_service = False
             self._reset_condition(alarm)
             self._emit(alarm, "return_to_service", now, cmd.actor, cmd.comment)
@@ -633,8 +634,8 @@ class AlarmEngine:
     def _fitting(self, anomaly: Anomaly) -> Anomaly:
         """The anomaly as its alarm keeps it: a fault name that cannot explain this asset (a pump fault for the
         conveyor that feeds the pump) is the classifier's guess, not the alarm's: kept as unknown."""
-        if grouping.fault_name(self.line, self.faults, anomaly) is None and anomaly.fault_type not in (None, design.UNKNOWN):
-            return dataclasses.replace(anomaly, fault_type=design.UNKNOWN, fault_probability=0.0)
+        if grouping.fault_name(self.line, self.faults, anomaly) is None and anomaly.fault_type not in (None, UNKNOWN):
+            return dataclasses.replace(anomaly, fault_type=UNKNOWN, fault_probability=0.0)
         return anomaly
 
     def _return(self, alarm: Alarm, cond: _Condition, now: float) -> None:
@@ -928,7 +929,7 @@ class AlarmEngine:
         cond = self._conditions.get(key)
         if cond is None:
             cond = _Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset),
-                              trend=design.Trend(self.settings.trend_window_s),
+                              trend=design.LevelSlope(self.settings.trend_window_s),
                               signals=design.condition_signals(self.line, anomaly.asset, anomaly.condition))
             known = self._by_condition.get(key)
             cond.alarm_id = known
@@ -937,10 +938,10 @@ class AlarmEngine:
 
     def _refusal(self, cmd: OperatorCommand) -> str | None:
         """Why the line's roles do not let this actor do this (None: they do, or the line names no roles)."""
-        roles = self.line.roles
-        if roles is None or cmd.command not in COMMANDS or cmd.command == "unshelve" and roles.of(cmd.actor or ""):
+        roles, kind = self.line.roles, CommandKind.named(cmd.command)
+        if roles is None or kind is None or kind is CommandKind.UNSHELVE and roles.of(cmd.actor or ""):
             return None
-        return roles.refusal(cmd.actor or "", cmd.command, cmd.shelve_s)
+        return roles.refusal(cmd.actor or "", kind, cmd.shelve_s)
 
     def _audit_refusal(self, cmd: OperatorCommand, now: float, refusal: str) -> None:
         """A refused command leaves an audit row (who tried what), without touching the alarm."""
@@ -961,20 +962,21 @@ class AlarmEngine:
                       self.journal.path, exc)
 
     def _check(self, cmd: OperatorCommand) -> str | None:
-        if cmd.command not in COMMANDS:
+        kind = CommandKind.named(cmd.command)
+        if kind is None:
             return f"unknown command {cmd.command!r}; use one of {', '.join(COMMANDS)}"
         if not (cmd.actor or "").strip():
             return f"{cmd.command} needs an actor: who is doing it"
         alarm = self._alarms.get(cmd.alarm_id)
         if alarm is None:
             return f"no alarm with id {cmd.alarm_id!r}"
-        if cmd.command == "acknowledge":
+        if kind is CommandKind.ACKNOWLEDGE:
             if alarm.out_of_service:
                 return f"alarm {alarm.alarm_id} is out of service; nothing to acknowledge"
             if alarm.state.acknowledged:
                 by = f" (by {alarm.acked_by})" if alarm.acked_by and alarm.state is AlarmState.ACTIVE_ACK else ""
                 return f"alarm {alarm.alarm_id} is already acknowledged{by}; state {alarm.state.value}"
-        elif cmd.command == "shelve":
+        elif kind is CommandKind.SHELVE:
             if alarm.out_of_service:
                 return f"alarm {alarm.alarm_id} is out of service; return it to service before shelving"
             if cmd.shelve_s is None:
@@ -983,13 +985,13 @@ class AlarmEngine:
                 return f"shelve_s must be a positive number of seconds, got {cmd.shelve_s!r}"
             if cmd.shelve_s > self.settings.max_shelve_s:
                 return f"shelve_s {cmd.shelve_s:g} is beyond the maximum of {self.settings.max_shelve_s:g} s"
-        elif cmd.command == "unshelve":
+        elif kind is CommandKind.UNSHELVE:
             if alarm.shelved_until is None:
                 return f"alarm {alarm.alarm_id} is not shelved"
-        elif cmd.command == "out_of_service":
+        elif kind is CommandKind.OUT_OF_SERVICE:
             if alarm.out_of_service:
                 return f"alarm {alarm.alarm_id} is already out of service"
-        elif cmd.command == "return_to_service":
+        elif kind is CommandKind.RETURN_TO_SERVICE:
             if not alarm.out_of_service:
                 return f"alarm {alarm.alarm_id} is in service"
         return None
@@ -1056,7 +1058,7 @@ class AlarmEngine:
                 continue  # the PLC owns its state: its ConditionRefresh tells it again
             kind = a.anomaly.kind if a.anomaly else a.condition.rpartition(":")[2]
             cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
-                              trend=design.Trend(self.settings.trend_window_s),
+                              trend=design.LevelSlope(self.settings.trend_window_s),
                               signals=design.condition_signals(self.line, a.asset, a.condition))
             cond.mode_suppressed = bool(a.anomaly) and design.mode_suppressed(self.line, a.anomaly)
             if a.state.active:

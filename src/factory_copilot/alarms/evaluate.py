@@ -21,7 +21,7 @@ from factory_copilot.config import LineConfig
 from factory_copilot.detect.evaluate import replay
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
-from factory_copilot.records import AlarmEvent, AlarmState, OperatorCommand
+from factory_copilot.records import AlarmEvent, AlarmState, CommandKind, OperatorCommand
 
 FAULT_S = 1200.0  # the fault grows and stands for 20 minutes, then it is repaired ...
 AFTER_S = 2400.0  # ... and the line runs on for 40 minutes
@@ -72,7 +72,7 @@ def replay_alarms(
                 for alarm_id, when in list(due.items()):
                     if when <= clock.t:
                         del due[alarm_id]
-                        result, acked = engine.command(OperatorCommand("acknowledge", alarm_id, OPERATOR))
+                        result, acked = engine.command(OperatorCommand(CommandKind.ACKNOWLEDGE.value, alarm_id, OPERATOR))
                         new += acked
             events += new
     finally:

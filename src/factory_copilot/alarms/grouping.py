@@ -32,9 +32,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from factory_copilot.alarms.design import DATA_KINDS, PLC_PREFIX, UNKNOWN, find_asset
+from factory_copilot.alarms.design import DATA_KINDS, PLC_PREFIX, find_asset
 from factory_copilot.catalogue import Fault
 from factory_copilot.config import LineConfig
+from factory_copilot.names import UNKNOWN
 from factory_copilot.records import Alarm, Anomaly
 
 FAULT = "fault"  # Anomaly.condition of the detector's (multivariate) departures

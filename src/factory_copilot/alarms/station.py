@@ -19,7 +19,8 @@ import logging
 
 from factory_copilot.alarms.engine import PLC_PREFIX, AlarmEngine
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, HeldAlarms, OperatorCommand, PlcAcknowledge, PlcCondition
+from factory_copilot.records import (AlarmEvent, Anomaly, CommandKind, CommandResult, HeldAlarms, OperatorCommand,
+                                    PlcAcknowledge, PlcCondition)
 from factory_copilot.plumbing.tasks import run_until
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class AlarmStation:
             return CommandResult(cmd.request_id, False, f"{cmd.command} of {cmd.alarm_id!r} failed: {exc}")
         if not result.ok:
             self.counts["rejected"] += 1
-        elif cmd.command == "acknowledge" and self.plc_acks is not None and result.alarm is not None:
+        elif cmd.command == CommandKind.ACKNOWLEDGE and self.plc_acks is not None and result.alarm is not None:
             self._tell_plc(cmd, result.alarm.alarm_id, result.alarm.condition)
         self._offer(events)
         return result

@@ -21,9 +21,10 @@ import json
 import re
 
 from factory_copilot.alarms.design import DATA_KINDS
-from factory_copilot.catalogue import UNKNOWN, Fault
+from factory_copilot.catalogue import Fault
 from factory_copilot.copilot.evidence import MATCH_MIN, Candidate, EvidencePack, SignalEvidence, rank_faults
 from factory_copilot.copilot.runbooks import Runbook, RunbookLibrary
+from factory_copilot.names import UNKNOWN
 from factory_copilot.records import Cause, Diagnosis, Evidence, Step
 from factory_copilot.errors import FactoryCopilotError
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
+from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import SIMULATED_LINE, LineConfig, load_line
 from factory_copilot.copilot.language_model import LLMBackend
 from factory_copilot.copilot.choice import backend_from_settings
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.copilot.station import Copilot
+from factory_copilot.names import UNKNOWN
 from factory_copilot.records import Alarm, Diagnosis, Quality, Reading
 from factory_copilot.simulated import simulated_line
 

@@ -28,8 +28,9 @@ DEVIATION_NORMAL = 1.0
 
 
 @dataclass(slots=True)
-class Trend:
-    """How a signal moved over the window: slope per minute, range, and whether it flat-lined."""
+class SignalTrend:
+    """How a signal moved over the window: slope per minute, range, and whether it flat-lined (a summary of the
+    signal's trend, whose readings the store's ``Trends`` keep)."""
 
     n: int
     window_s: float
@@ -73,7 +74,7 @@ class SignalHistory:
         points = self._points.get(key)
         return points[-1] if points else None
 
-    def trend(self, key: str, window_s: float | None = None) -> Trend | None:
+    def trend(self, key: str, window_s: float | None = None) -> SignalTrend | None:
         points = self._points.get(key)
         if not points:
             return None
@@ -95,7 +96,7 @@ class SignalHistory:
         base = sum(old) / len(old)
         base_std = (sum((v - base) ** 2 for v in old) / len(old)) ** 0.5
         new = [v for t, v in pts if t >= newest - 30.0][-30:] or vs[-1:]
-        return Trend(n, ts[-1] - ts[0], vs[0], vs[-1], min(vs), max(vs), slope, flat, base, base_std, sum(new) / len(new))
+        return SignalTrend(n, ts[-1] - ts[0], vs[0], vs[-1], min(vs), max(vs), slope, flat, base, base_std, sum(new) / len(new))
 
 
 @dataclass(slots=True)
@@ -108,7 +109,7 @@ class SignalEvidence:
     normal: tuple[float, float]  # normal band for the alarm's operating mode
     deviation: float  # signed distance from the band centre in half-bands: |d| > 1 is outside the band
     contribution: float = 0.0  # share of the anomaly score (detector's, or from deviations when it gave none)
-    trend: Trend | None = None
+    trend: SignalTrend | None = None
     description: str = ""
 
     @property

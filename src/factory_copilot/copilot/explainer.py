@@ -33,7 +33,8 @@ from factory_copilot.copilot.language_model import (AnswerForm, BackendError, LL
 from factory_copilot.copilot.pool import JOB_VERSION
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.plumbing.mqtt import MqttSession, connection_of
-from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics, encode_level
+from factory_copilot.names import DEFAULT_PREFIX
+from factory_copilot.publish.topics import Topics, encode_level
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from factory_copilot.catalogue import UNKNOWN
+from factory_copilot.names import UNKNOWN
 from factory_copilot.config import LineConfig, ServicePaths, load_line
 from factory_copilot.copilot.diagnosis import SUMMARY_CHARS
 from factory_copilot.copilot.prompt import diagnosis_messages

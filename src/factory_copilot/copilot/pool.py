@@ -45,7 +45,8 @@ from factory_copilot.copilot.language_model import (CALL_FOR, AnswerForm, Backen
                                                     ModelTimeout, ModelUnavailable, OnToken, Reply)
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.plumbing.mqtt import MqttSession
-from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics
+from factory_copilot.names import DEFAULT_PREFIX
+from factory_copilot.publish.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ import json
 import re
 from typing import Any
 
-from factory_copilot.catalogue import UNKNOWN, Fault
+from factory_copilot.catalogue import Fault
 from factory_copilot.copilot.evidence import EvidencePack, step_group, step_ref, steps_on_offer, trim_words
 from factory_copilot.copilot.runbooks import RunbookLibrary
+from factory_copilot.names import UNKNOWN
 from factory_copilot.records import Turn
 
 DATA_OPEN = "<<<PLANT_DATA"

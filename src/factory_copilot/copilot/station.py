@@ -34,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
-from factory_copilot.catalogue import UNKNOWN, Fault, faults_of
+from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.copilot.answers import runbook_answer
 from factory_copilot.copilot.decoding import JsonStringReader
@@ -45,6 +45,7 @@ from factory_copilot.copilot.language_model import (CALL_FOR, AnswerForm, Backen
                                                     ModelTimeout, Reply)
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
+from factory_copilot.names import UNKNOWN
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logs import Throttled
 from factory_copilot.plumbing.tasks import run_until

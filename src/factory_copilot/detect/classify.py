@@ -20,11 +20,11 @@ from factory_copilot.detect.estimator import Estimator
 from factory_copilot.detect.features import as_matrix, ewma_runs, hold_last, numeric_signals, runs
 from factory_copilot.detect.forest import Forest
 from factory_copilot.detect.multivariate import ALL_MODES, mode_labels
+from factory_copilot.names import UNKNOWN
 
 if TYPE_CHECKING:
     import pandas as pd
 
-UNKNOWN = "unknown"
 # rows over which the windowed signature reads the course (best of 3 tried on TEP's blocked folds)
 WINDOW_LAGS = (3, 10, 30)
 

@@ -25,7 +25,7 @@ from factory_copilot.config import LineConfig
 from factory_copilot.detect import tep
 from factory_copilot.detect.baselines import PcaMonitor
 from factory_copilot.detect.checks import SignalChecks
-from factory_copilot.detect.classify import UNKNOWN, WINDOW_LAGS, FaultClassifier
+from factory_copilot.detect.classify import WINDOW_LAGS, FaultClassifier
 from factory_copilot.detect.features import runs
 from factory_copilot.detect.multivariate import LineDetector
 from factory_copilot.detect.operating import (
@@ -37,6 +37,7 @@ from factory_copilot.detect.operating import (
 )
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.detect.station import DetectStation
+from factory_copilot.names import UNKNOWN
 from factory_copilot.plumbing.history import NORMAL_LABELS, epoch_seconds, event_delay, fault_rows, row_times  # noqa: F401 (NORMAL_LABELS: re-exported)
 from factory_copilot.records import DEFAULT_MODE, AlarmEvent, Anomaly, Mode
 

@@ -33,8 +33,9 @@ import numpy as np
 
 from factory_copilot.config import LineConfig
 from factory_copilot.detect.checks import SignalChecks
-from factory_copilot.detect.classify import UNKNOWN, FaultClassifier
+from factory_copilot.detect.classify import FaultClassifier
 from factory_copilot.detect.multivariate import LineDetector
+from factory_copilot.names import UNKNOWN
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.records import Anomaly, Mode, Quality, Reading, SourceState

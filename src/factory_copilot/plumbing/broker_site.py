@@ -33,8 +33,7 @@ from pathlib import Path
 import yaml
 
 from factory_copilot.errors import GiveUp
-
-DEFAULT_PREFIX = "factory-copilot"  # the topic scheme's (publish/topics.py); plumbing imports no station
+from factory_copilot.names import DEFAULT_PREFIX  # the topic scheme's; plumbing imports no station
 
 # a user name is one topic level and a Mosquitto ACL %u substitution: no '/', '+', '#', spaces or controls
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")

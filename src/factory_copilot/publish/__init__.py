@@ -5,6 +5,6 @@ Topic scheme: ``factory_copilot.publish.topics``; payload schemas: ``schemas/`` 
 """
 
 from factory_copilot.publish.publisher import Publisher
-from factory_copilot.publish.topics import DEFAULT_PREFIX, TopicParts, Topics, parse
+from factory_copilot.publish.topics import TopicParts, Topics, parse
 
-__all__ = ["DEFAULT_PREFIX", "Publisher", "TopicParts", "Topics", "parse"]
+__all__ = ["Publisher", "TopicParts", "Topics", "parse"]

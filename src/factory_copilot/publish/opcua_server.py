@@ -51,7 +51,7 @@ from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.plumbing.opcua import ensure_certificate
 from factory_copilot.plumbing.tasks import run_until
 from factory_copilot.publish.conditions import EXTRA_FIELDS, condition_fields, two_states, utc
-from factory_copilot.records import Alarm, AlarmEvent, AlarmState, CommandResult, Diagnosis, OperatorCommand
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, CommandKind, CommandResult, Diagnosis, OperatorCommand
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ class AlarmServer:
             return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
         if _value(event_id) not in served.event_ids:
             return ua.StatusCode(ua.StatusCodes.BadEventIdUnknown)
-        return await self._command("acknowledge", served, _text(comment))
+        return await self._command(CommandKind.ACKNOWLEDGE, served, _text(comment))
 
     async def _timed_shelve(self, parent: ua.NodeId, shelving_time: Any = None) -> Any:
         served = self._by_node.get(parent)
@@ -347,7 +347,7 @@ class AlarmServer:
         ms = _value(shelving_time)
         if not isinstance(ms, (int, float)) or ms <= 0:
             return ua.StatusCode(ua.StatusCodes.BadShelvingTimeOutOfRange)
-        return await self._command("shelve", served, None, float(ms) / 1000.0)
+        return await self._command(CommandKind.SHELVE, served, None, float(ms) / 1000.0)
 
     async def _one_shot_shelve(self, parent: ua.NodeId) -> Any:
         return ua.StatusCode(ua.StatusCodes.BadNotSupported)  # shelving always expires: TimedShelve
@@ -356,28 +356,28 @@ class AlarmServer:
         served = self._by_node.get(parent)
         if served is None:
             return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
-        return await self._command("unshelve", served, None)
+        return await self._command(CommandKind.UNSHELVE, served, None)
 
-    async def _command(self, command: str, served: _Served, comment: str | None, shelve_s: float | None = None) -> Any:
+    async def _command(self, command: CommandKind, served: _Served, comment: str | None, shelve_s: float | None = None) -> Any:
         """The engine's command path as the session's user; the method's status says how it went."""
         actor = _CALLER.get()
         self.counts["commands"] += 1
         if not actor:
             self.counts["refused"] += 1
-            log.warning("OPC UA %s of %s refused: an anonymous session may not change an alarm", command,
+            log.warning("OPC UA %s of %s refused: an anonymous session may not change an alarm", command.value,
                         served.alarm.alarm_id)
             return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
-        cmd = OperatorCommand(command, served.alarm.alarm_id, actor, comment or None, shelve_s,
+        cmd = OperatorCommand(command.value, served.alarm.alarm_id, actor, comment or None, shelve_s,
                               request_id=f"opcua-{uuid.uuid4().hex}")
         result = await self.execute(cmd)
         if result.ok:
             return []
         self.counts["refused"] += 1
-        log.info("OPC UA %s of %s by %s: %s", command, served.alarm.alarm_id, printable(actor), result.message)
+        log.info("OPC UA %s of %s by %s: %s", command.value, served.alarm.alarm_id, printable(actor), result.message)
         return ua.StatusCode(_status_of(command, result.message))
 
 
-def _status_of(command: str, message: str) -> int:
+def _status_of(command: CommandKind, message: str) -> int:
     """The Part 9 status of the engine's refusal (its message is the reason, in the audit trail and the log)."""
     if message.startswith("refused:"):
         return ua.StatusCodes.BadUserAccessDenied
@@ -385,7 +385,7 @@ def _status_of(command: str, message: str) -> int:
         return ua.StatusCodes.BadConditionBranchAlreadyAcked
     if "not shelved" in message:
         return ua.StatusCodes.BadConditionNotShelved
-    if command == "shelve" and "shelve_s" in message:
+    if command is CommandKind.SHELVE and "shelve_s" in message:
         return ua.StatusCodes.BadShelvingTimeOutOfRange
     return ua.StatusCodes.BadInvalidState
 

@@ -21,7 +21,7 @@ from referencing import Registry, Resource
 
 from factory_copilot import __version__
 from factory_copilot.plumbing import safejson
-from factory_copilot.records import (AlarmEvent, Alarm, CommandResult, Diagnosis, Handover, HandoverAck,
+from factory_copilot.records import (AlarmEvent, Alarm, CommandKind, CommandResult, Diagnosis, Handover, HandoverAck,
                                      ModelJob, OperatorCommand, Question)
 from factory_copilot.errors import FactoryCopilotError
 
@@ -170,6 +170,33 @@ def answer(
     if source is not None:
         body["source"] = source
     return body
+
+
+# ---- requests: what an operator's client sends in (the dashboard, the MCP server's write tools) -----------------
+# built here only, beside their parsers below, so every sender writes what the schemas and the service read
+
+
+def command(kind: CommandKind | str, alarm_id: str, request_id: str, *, actor: str | None = None,
+            comment: str | None = None, shelve_s: float | None = None) -> dict[str, Any]:
+    """The command/1 payload for ``commands/<user>``; ``actor`` only if given (the topic names the sender anyway).
+    A string no ``CommandKind`` has raises ValueError: the schema would refuse it."""
+    body: dict[str, Any] = {"schema": COMMAND, "request_id": request_id, "command": CommandKind(kind).value,
+                            "alarm_id": alarm_id}
+    if actor is not None:
+        body["actor"] = actor
+    return {**body, "comment": comment, "shelve_s": shelve_s, "ts": time.time()}
+
+
+def question(alarm_id: str | None, text: str, request_id: str, actor: str) -> dict[str, Any]:
+    """The ask/1 payload for ``ask/<user>``: a question to the copilot, about an alarm or the line."""
+    return {"schema": ASK, "request_id": request_id, "alarm_id": alarm_id, "question": text, "actor": actor,
+            "ts": time.time()}
+
+
+def handover_ack(handover_id: str, request_id: str, actor: str, comment: str | None = None) -> dict[str, Any]:
+    """The handover-ack/1 payload for ``commands/<user>``: the incoming operator has read the handover."""
+    return {"schema": HANDOVER_ACK, "request_id": request_id, "handover_id": handover_id, "actor": actor,
+            "comment": comment, "ts": time.time()}
 
 
 # ---- incoming payloads -------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from factory_copilot.publish.inbound import Inbound, Route
 from factory_copilot.publish.outbox import ALARM_LANE, DIAGNOSIS_LANE, Message, Outbox
 from factory_copilot.publish.sender import Sender
 from factory_copilot.publish.session import InstanceConflict, PublishSession
-from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics
+from factory_copilot.names import DEFAULT_PREFIX
+from factory_copilot.publish.topics import Topics
 from factory_copilot.records import (
     AlarmEvent,
     AlarmState,

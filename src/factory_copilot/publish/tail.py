@@ -23,7 +23,8 @@ from factory_copilot.plumbing.logs import printable
 from factory_copilot.plumbing.mqtt import MqttSession
 from factory_copilot.config import MqttConnection
 from factory_copilot.publish import payloads
-from factory_copilot.publish.topics import DEFAULT_PREFIX, Topics, TopicParts, parse
+from factory_copilot.names import DEFAULT_PREFIX
+from factory_copilot.publish.topics import Topics, TopicParts, parse
 
 SETTLE_S = 0.5  # no retained message for this long after subscribing: the broker's burst of them is over
 FOLDED = "  └ "

@@ -29,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-DEFAULT_PREFIX = "factory-copilot"
+from factory_copilot.names import DEFAULT_PREFIX
+
 # a request whose id could not be read still gets an error reply, on this level
 UNKNOWN_REQUEST = "unknown"
 REPLY = "reply"  # commands/reply/... and ask/reply/...: never a user's level

@@ -18,6 +18,7 @@ from typing import Any
 from factory_copilot.alarms.journal import Journal
 from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TARGET_PER_HOUR, alarm_kpis
 from factory_copilot.config import LineConfig
+from factory_copilot.names import UNKNOWN
 from factory_copilot.plumbing.logs import printable
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Handover
 from factory_copilot.shift.calendar import ShiftWindow, shift_at, zone
@@ -142,7 +143,7 @@ def _alarms(w: _Writer, inside: list[tuple[int, AlarmEvent]], at_end: dict[str, 
             top = diagnosis.causes[0]
             what = {"fault_type": top.fault_type, "title": top.title, "confidence": top.confidence,
                     "source": diagnosis.source}
-            known = top.fault_type not in (None, "", "unknown") and top.confidence > 0
+            known = top.fault_type not in (None, "", UNKNOWN) and top.confidence > 0
             parts.append(f"diagnosis ({diagnosis.source}): {printable(top.title, 120)}"
                          + (f" ({top.confidence:.0%})" if known else ""))
         verdicts = store.feedback(alarm_id)
