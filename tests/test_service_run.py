@@ -20,6 +20,7 @@ from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line
 from factory_copilot.detect import save_detector
 from factory_copilot.detect.evaluate import train_models
 from factory_copilot.publish import Topics, payloads
+from factory_copilot.records import Quality, Reading
 from simulators import ModeSchedule, simulate_frame
 from tests.support.mqtt import Listener
 from tests.support.opcua import endpoint_on, start_server
@@ -72,6 +73,20 @@ async def test_run_serves_the_line_file_with_json_logs_health_and_status(broker,
     history = simulate_frame(line, seed=3, duration_s=1800, schedule=ModeSchedule.running(startup_s=300))
     save_detector(path.parent / "state" / "detector.joblib", train_models(line, history, progress=False))
     server = await start_server(line, port=opcua_port)
+
+    async def plant() -> None:
+        """The line runs: its last healthy row, stamped now, twice a second (a server that only ever served its
+        initial values went stale after a minute, and the test then raced the staleness to see one healthy answer)."""
+        row = history.iloc[-1]
+        values = {key: float(row[key]) for key in server.signal_keys if key in row.index}
+        values[line.mode_key] = float(line.modes.code_of(row["mode"]))  # the mode signal serves its code
+        assert set(values) == set(server.signal_keys)  # every node served: one stale node is a degraded source
+        while True:
+            now = time.time()
+            await server.write([Reading(now, *key.split(".", 1), v, Quality.GOOD) for key, v in values.items()])
+            await asyncio.sleep(0.5)
+
+    feed = asyncio.create_task(plant())
     topics = Topics(line.site, line.line)
     status = await Listener(broker, [topics.status()]).ready()
     log_path = tmp_path / "service.log"
@@ -91,6 +106,7 @@ async def test_run_serves_the_line_file_with_json_logs_health_and_status(broker,
         assert f"is publishing {line.site}/{line.line}" in second.stderr
         still = await asyncio.to_thread(health, line.service.health_port)
         assert proc.poll() is None and still[1]["publish"]["online"], "the first one serves on"
+        assert still[0] == 200, still[1].get("reasons")  # and its line is still healthy
         # and one whose health port is taken says so
         third = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=90)
         assert third.returncode == 2 and "Traceback" not in third.stderr
@@ -104,6 +120,7 @@ async def test_run_serves_the_line_file_with_json_logs_health_and_status(broker,
         if proc.poll() is None:
             proc.kill()
         status.close()
+        feed.cancel()
         await server.stop()
 
     lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
