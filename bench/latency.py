@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -75,8 +76,13 @@ def trained(broker):
     return line, train_models(line, history, progress=False)
 
 
+def pct(sorted_ms: list[float], q: float) -> float:
+    """The nearest-rank percentile of sorted samples (p99 of 100 is the 99th, not the largest)."""
+    return sorted_ms[max(0, math.ceil(q * len(sorted_ms)) - 1)] if sorted_ms else float("nan")
+
+
 def p99(sorted_ms: list[float]) -> float:
-    return sorted_ms[min(len(sorted_ms) - 1, int(0.99 * len(sorted_ms)))]
+    return pct(sorted_ms, 0.99)
 
 
 async def main(n_alarms: int, model: str | None) -> None:

@@ -29,6 +29,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import start_broker  # noqa: E402
-from bench.latency import LatencyRig, p99, trained  # noqa: E402
+from bench.latency import LatencyRig, p99, pct, trained  # noqa: E402
 from factory_copilot.catalogue import faults_of  # noqa: E402
 from factory_copilot.config import ServicePaths  # noqa: E402
 from factory_copilot.plumbing.sqlite import transaction  # noqa: E402
@@ -116,7 +117,8 @@ class Load:
     def start(self) -> None:
         self.running = asyncio.Event()
         self.running.set()
-        self.tasks = [asyncio.create_task(self._sweep()), asyncio.create_task(self._look_up())]
+        self.tasks = ([asyncio.create_task(self._sweep())] if self.sweep_every > 0 else []) + \
+                     ([asyncio.create_task(self._look_up())] if self.lookup_every > 0 else [])
 
     async def stop(self) -> None:
         """Let the sweep and the look-up under way finish: none runs on into the other arm."""
@@ -157,14 +159,19 @@ class Load:
             await asyncio.sleep(min(0.05, deadline - time.monotonic()))
 
 
-async def lag_probe(stop: asyncio.Event, arm: list[str], lags: dict[str, list[float]], tick_s: float = 0.01) -> None:
-    """How long the event loop kept this task waiting beyond its tick, charged to the arm running then."""
+async def lag_probe(stop: asyncio.Event, arm: list[str], lags: dict[str, list[float]],
+                    queued: dict[str, list[int]], tick_s: float = 0.01) -> None:
+    """How long the event loop kept this task waiting beyond its tick, charged to the arm running then; and how many
+    calls waited for a thread of the loop's default executor (where ``to_thread`` runs the store's work)."""
+    loop = asyncio.get_running_loop()
     last = time.perf_counter()
     while not stop.is_set():
         await asyncio.sleep(tick_s)
         now = time.perf_counter()
         if arm[0] in lags:
             lags[arm[0]].append((now - last - tick_s) * 1000)
+            pool = loop._default_executor  # asyncio's own attribute: a bench may look, the service never does
+            queued[arm[0]].append(pool._work_queue.qsize() if pool is not None else 0)
         last = now
 
 
@@ -184,16 +191,12 @@ def watch_full_collections(arm: list[str], pauses: dict[str, list[float]]) -> No
     gc.callbacks.append(on_gc)
 
 
-def pct(sorted_ms: list[float], q: float) -> float:
-    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))] if sorted_ms else float("nan")
-
-
 async def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     broker = start_broker()
+    state = Path(tempfile.mkdtemp(prefix="fc-sweep-latency-"))
     try:
         line, models = trained(broker)
-        state = Path(tempfile.mkdtemp(prefix="fc-sweep-latency-"))
         t0 = fill_store(ServicePaths(state).store, line, args.slices, args.slice_rows, args.incidents)
         rig = LatencyRig(line, models, broker, state=state)
         # the bench's sweeps are the store's only ones: the station's own, a minute in, would remove every slice at once
@@ -202,6 +205,7 @@ async def main(args: argparse.Namespace) -> int:
         latencies: dict[str, list[float]] = {WITH: [], WITHOUT: []}
         lags: dict[str, list[float]] = {WITH: [], WITHOUT: []}
         full_gc: dict[str, list[float]] = {WITH: [], WITHOUT: []}
+        queued: dict[str, list[int]] = {WITH: [], WITHOUT: []}
         arm = ["warm-up"]
         watch_full_collections(arm, full_gc)
         async with rig:
@@ -212,7 +216,7 @@ async def main(args: argparse.Namespace) -> int:
                 gc.freeze()
                 print(f"gc.freeze(): {gc.get_freeze_count():,} objects frozen", flush=True)
             stop = asyncio.Event()
-            probe = asyncio.create_task(lag_probe(stop, arm, lags))
+            probe = asyncio.create_task(lag_probe(stop, arm, lags, queued))
             for _ in range(args.warmup):
                 await rig.alarm()
             started = time.monotonic()
@@ -236,6 +240,7 @@ async def main(args: argparse.Namespace) -> int:
             stats = rig.service.stats()
     finally:
         broker.stop()
+        shutil.rmtree(state, ignore_errors=True)  # the filled store is most of a GiB
 
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {rig.missed} alarms not seen within 10 s; "
           f"{len(gc.get_objects()):,} objects tracked by the garbage collector; "
@@ -252,11 +257,14 @@ async def main(args: argparse.Namespace) -> int:
         print(f"{name}: {len(lat)} alarms, latency p50 {statistics.median(lat):.0f} ms, p95 {pct(lat, 0.95):.0f} ms, "
               f"p99 {p99(lat):.0f} ms, max {lat[-1]:.0f} ms; event-loop lag p99 {pct(lag, 0.99):.1f} ms, "
               f"max {lag[-1]:.0f} ms ({len(lag):,} ticks of 10 ms); full garbage collections {len(full_gc[name])}"
-              + (f", longest {max(full_gc[name]):.0f} ms" if full_gc[name] else ""))
-        if name == WITH:
+              + (f", longest {max(full_gc[name]):.0f} ms" if full_gc[name] else "")
+              + f"; calls waiting for a worker thread: max {max(queued[name], default=0)}, "
+              f"in {sum(q > 0 for q in queued[name]):,} ticks")
+        if name == WITH and sweeps:
             print(f"  sweeps: {len(sweeps)}, {removed:,} raw rows removed ({args.slice_rows:,} each), "
-                  f"p50 {statistics.median(sweeps):.0f} ms, p99 {pct(sweeps, 0.99):.0f} ms, max {sweeps[-1]:.0f} ms; "
-                  f"look-ups (gather, {args.incidents:,} past verdicts per asset): {len(lookups)}, "
+                  f"p50 {statistics.median(sweeps):.0f} ms, p99 {pct(sweeps, 0.99):.0f} ms, max {sweeps[-1]:.0f} ms")
+        if name == WITH and lookups:
+            print(f"  look-ups (gather, {args.incidents:,} past verdicts per asset): {len(lookups)}, "
                   f"p50 {statistics.median(lookups):.0f} ms, p99 {pct(lookups, 0.99):.0f} ms")
     with_p99, without_p99 = figures[WITH], figures[WITHOUT]
     print(f"latency with store sweeps: p99 {with_p99:.0f} ms vs {without_p99:.0f} ms without "
@@ -269,8 +277,8 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=5, help="rounds of both arms, the order swapped every round")
     ap.add_argument("--alarms", type=int, default=20, help="alarms per arm and round")
     ap.add_argument("--warmup", type=int, default=5, help="alarms before the rounds, not counted")
-    ap.add_argument("--sweep-every", type=float, default=2.0, help="seconds from one sweep's start to the next's")
-    ap.add_argument("--lookup-every", type=float, default=0.3, help="seconds from one incident look-up to the next")
+    ap.add_argument("--sweep-every", type=float, default=2.0, help="seconds from one sweep's start to the next's (0: no sweeps)")
+    ap.add_argument("--lookup-every", type=float, default=0.3, help="seconds from one incident look-up to the next (0: none)")
     ap.add_argument("--slice-rows", type=int, default=60 * RATE,
                     help="raw rows each sweep removes (default: one minute at 3,000 readings/s)")
     ap.add_argument("--slices", type=int, default=0, help="slices filled (default: enough for the sweeps of the run)")
@@ -279,5 +287,5 @@ if __name__ == "__main__":
     ap.add_argument("--incidents", type=int, default=2000, help="operator verdicts per asset (similar() reads 2,000)")
     a = ap.parse_args()
     # an alarm takes ~0.5 s on this machine: 0.75 s each leaves room for a slow run
-    a.slices = a.slices or int(a.rounds * a.alarms * 0.75 / a.sweep_every) + 5
+    a.slices = a.slices or (int(a.rounds * a.alarms * 0.75 / a.sweep_every) + 5 if a.sweep_every > 0 else 1)
     sys.exit(asyncio.run(main(a)))
