@@ -310,3 +310,34 @@ async def test_a_batch_being_written_when_the_station_stops_is_counted_once_and_
     await station.drain()
     assert store.counts()["readings_raw"] == station.written["readings"] == 5
     store.close()
+
+
+async def test_drain_beside_the_running_lanes_writes_each_batch_once(store):
+    """A replay's summary drains the store while its lanes still run: before, both wrote the lane's oldest held batch
+    (stored twice) and the second to settle it found nothing to settle (IndexError)."""
+    readings = Buffer(100_000, "r")
+    station = StoreStation(store, readings=readings)
+    writing, release = threading.Event(), threading.Event()
+    real = store.add_readings
+
+    def slow(batch):  # the lane's write is under way in its thread when drain() comes
+        writing.set()
+        release.wait(10)
+        return real(batch)
+
+    station._lanes = [(name, buf, slow if name == "readings" else w) for name, buf, w in station._lanes]
+    task = asyncio.create_task(station.run())
+    try:
+        for i in range(500):
+            readings.offer(Reading(T0 + i, "filler", "bowl_level", 1.0))
+        assert await asyncio.to_thread(writing.wait, 10)
+        drained = asyncio.create_task(station.drain())
+        for _ in range(20):  # a few turns of the loop: drain() reaches its write of the lane's oldest batch
+            await asyncio.sleep(0)
+        release.set()
+        async with asyncio.timeout(20):
+            await drained
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert store.counts()["readings_raw"] == 500 and station.written["readings"] == 500

@@ -71,6 +71,9 @@ class StoreStation:
         self.batches = 0
         self.hold_max, self.retry_s, self.retry_max_s = hold_max, retry_s, retry_max_s
         self._held: dict[str, list[list[Any]]] = {name: [] for name, _, _ in self._lanes}
+        # one writer per lane at a time: drain() runs beside the lanes (a replay's summary) and must not write the
+        # batch a lane is writing a second time
+        self._writing: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name, _, _ in self._lanes}
         self.write_retries = 0  # writes that found the database away (their batches kept)
         self.unavailable: str | None = None  # why the database cannot be written now
         self.unavailable_since: float | None = None
@@ -123,6 +126,12 @@ class StoreStation:
     async def _write(self, name: str, write: Callable[[Sequence[Any]], Any], held: list[list[Any]]) -> bool:
         """Write the lane's oldest held batch: True when done with it (written, or dropped as bad; it leaves
         ``held``), False when the database is away and it stays to be tried again."""
+        async with self._writing[name]:
+            if not held:
+                return True  # the lane's other writer wrote it meanwhile
+            return await self._write_oldest(name, write, held)
+
+    async def _write_oldest(self, name: str, write: Callable[[Sequence[Any]], Any], held: list[list[Any]]) -> bool:
         size = len(held[0])
         job = asyncio.ensure_future(asyncio.to_thread(write, held[0]))
         try:
