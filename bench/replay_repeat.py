@@ -6,7 +6,8 @@ the whole service (collect, detect, alarms, store, publish through a real broker
 run is a miss when it raises a different set of alarms, or one more than 2 s of data time from the reference.
 Run it on a loaded machine too (``yes > /dev/null &`` twice): the data clock must not care.
 
-    .venv/bin/python bench/replay_repeat.py [--repeats 20] [--speeds 50,inf,1] [--repeats-1x 2] [--seconds 600]
+    .venv/bin/python bench/replay_repeat.py [--repeats 20] [--speeds 50,inf,1] [--repeats-1x 2] [--concurrent-1x]
+        [--seconds 600]
 
 Last line: replay: <runs> runs at <speeds>, <misses> missed the reference
 """
@@ -68,6 +69,7 @@ async def main_async(args) -> None:
     path = work / "recording.csv"
     frame.to_csv(path, index=False)
     broker = start_broker()
+    brokers = [broker]
     try:
         line = line.model_copy(update={"mqtt": MqttConnection(host=broker.host, port=broker.port, protocol=broker.protocol)})
         expected = reference(line, models, path)
@@ -77,16 +79,29 @@ async def main_async(args) -> None:
         for speed in speeds:
             n = args.repeats_1x if speed == 1.0 else args.repeats
             walls = []
-            for k in range(n):
-                summary, wall = await replayed(line, models, path, work / f"run-{speed}-{k}", speed, args.seconds)
+            if speed == 1.0 and args.concurrent_1x:
+                # 1x runs take the recording's length each: run them side by side, each service on a broker of its
+                # own (one line may be published by one service per broker), all on this one event loop
+                own = [start_broker() for _ in range(n)]
+                brokers += own
+                lines = [line.model_copy(update={"mqtt": MqttConnection(host=b.host, port=b.port, protocol=b.protocol)})
+                         for b in own]
+                done = await asyncio.gather(*(replayed(lk, models, path, work / f"run-1-{k}", 1.0, args.seconds)
+                                              for k, lk in enumerate(lines)))
+            else:
+                done = [await replayed(line, models, path, work / f"run-{speed}-{k}", speed, args.seconds)
+                        for k in range(n)]
+            for k, (summary, wall) in enumerate(done):
                 ok, why = same(summary, expected)
                 runs, misses = runs + 1, misses + (not ok)
                 walls.append(wall)
                 if not ok:
                     print(f"  {speed:g}x run {k + 1}: MISS ({why})")
-            print(f"{speed:g}x: {n} runs, wall {min(walls):.1f}-{max(walls):.1f} s each", flush=True)
+            side = " side by side" if speed == 1.0 and args.concurrent_1x else ""
+            print(f"{speed:g}x: {n} runs{side}, wall {min(walls):.1f}-{max(walls):.1f} s each", flush=True)
     finally:
-        broker.stop()
+        for b in brokers:
+            b.stop()
     print(f"replay: {runs} runs at {args.speeds}, {misses} missed the reference")
 
 
@@ -96,6 +111,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20, help="runs per speed (default 20)")
     ap.add_argument("--repeats-1x", type=int, default=2, help="runs at 1x (each takes the recording's length)")
     ap.add_argument("--speeds", default="50,inf,1")
+    ap.add_argument("--concurrent-1x", action="store_true",
+                    help="run the 1x replays side by side (each on a broker of its own) rather than one after another")
     ap.add_argument("--seconds", type=float, default=600.0, help="length of the recording (default 600 s)")
     asyncio.run(main_async(ap.parse_args()))
 
