@@ -818,10 +818,7 @@ class AlarmEngine:
             if (other is plc or other.parent_id is not None or not other.state.active or other.out_of_service
                     or not grouping.plc_explains(self.line, plc, other)):
                 continue
-            for member in [other, *self._children(other.alarm_id)]:
-                member.parent_id = plc.alarm_id
-                member.suppressed = True
-                self._emit(member, "grouped", now, comment=f"the situation of the PLC's alarm {plc.alarm_id}")
+            self._group(other, plc, now, f"the situation of the PLC's alarm {plc.alarm_id}")
 
     def _adopt(self, root: Alarm, now: float) -> None:
         """A new root takes the earlier roots of its window that it explains (and that do not explain it)."""
@@ -836,11 +833,15 @@ class AlarmEngine:
                 continue
             if grouping.explains(self.line, self.faults, other, root, same_episode):
                 continue
-            for member in [other, *self._children(other.alarm_id)]:
-                member.parent_id = root.alarm_id
-                member.suppressed = True
-                self._emit(member, "grouped", now, comment=f"consequence of {root.alarm_id}")
+            self._group(other, root, now, f"consequence of {root.alarm_id}")
         self._assess(root, self._cond_of(root), now)
+
+    def _group(self, other: Alarm, root: Alarm, now: float, why: str) -> None:
+        """Fold a standing root alarm, and the consequences it carries, under ``root``."""
+        for member in [other, *self._children(other.alarm_id)]:
+            member.parent_id = root.alarm_id
+            member.suppressed = True
+            self._emit(member, "grouped", now, comment=why)
 
     def _release_if_orphaned(self, alarm: Alarm, now: float) -> None:
         root = self._alarms.get(alarm.parent_id or "")
