@@ -85,14 +85,19 @@ class Bus:
         self._routes.clear()  # routes are worked out again for the new subscription
         return buf
 
-    def takers(self, *types: type) -> list[Buffer]:
-        return [buf for _, buf, takes in self.subscriptions if any(issubclass(t, takes) for t in types)]
-
-    def deliver(self, item: Any) -> bool:
-        kind = type(item)
+    def route(self, kind: type) -> list[Buffer]:
+        """The subscriptions a record of type ``kind`` goes to (worked out once per type)."""
         route = self._routes.get(kind)
         if route is None:
             route = self._routes[kind] = [buf for _, buf, takes in self.subscriptions if issubclass(kind, takes)]
+        return route
+
+    def takers(self, *types: type) -> list[Buffer]:
+        return list({id(buf): buf for t in types for buf in self.route(t)}.values())
+
+    def deliver(self, item: Any) -> bool:
+        kind = type(item)
+        route = self.route(kind)
         if not route:
             self.unrouted[kind.__name__] += 1
         kept = True
