@@ -12,7 +12,8 @@ from factory_copilot.copilot.diagnosis import DIAGNOSIS_SCHEMA, diagnosis_schema
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, InMemoryIncidents, SignalHistory, build_evidence
 from factory_copilot.copilot.language_model import BackendError, LLMBackend, ModelTimeout, ModelUnavailable, Reply
 from factory_copilot.copilot.runbooks import RunbookLibrary, load_runbooks, runbooks_of
-from factory_copilot.copilot.station import Copilot, TokenStream
+from factory_copilot.copilot.station import Copilot
+from factory_copilot.copilot.streams import TokenStream
 from factory_copilot.copilot.worker import LocalModel
 
 __all__ = [

@@ -28,7 +28,6 @@ import asyncio
 import functools
 import json
 import logging
-import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from typing import Any, AsyncIterator, Callable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.copilot.answers import runbook_answer
-from factory_copilot.copilot.decoding import JsonStringReader
 from factory_copilot.copilot.diagnosis import (DATA_SOURCE_KINDS, InvalidModelOutput, diagnosis_schema, model_diagnosis,
                                                 runbook_diagnosis)
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
@@ -45,6 +43,7 @@ from factory_copilot.copilot.language_model import (CALL_FOR, AnswerForm, Backen
                                                     ModelTimeout, Reply)
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
+from factory_copilot.copilot.streams import SummaryStream, TokenSink
 from factory_copilot.names import UNKNOWN
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logs import Throttled
@@ -54,10 +53,9 @@ from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, 
 
 log = logging.getLogger(__name__)
 
-TokenSink = Callable[[str], None]
-# alarm events that deserve an explanation; acknowledgements and clearings do not
 TIMEOUT_GRACE_S = 1.0  # how long past its timeout a model call may take to stop by itself
-# a new fault name deserves a new diagnosis; a consequence let go from its root is a situation of its own
+# alarm events that deserve an explanation; acknowledgements and clearings do not. A new fault name deserves a new
+# diagnosis; a consequence let go from its root is a situation of its own
 EXPLAIN_EVENTS = ("raised", "realarm", "reclassified", "ungrouped")
 DIAGNOSIS_JOB, ANSWER_JOB = "diagnosis", "answer"
 REDIAGNOSE_AFTER_S = 600.0  # a re-alarm of the same situation this soon after its diagnosis: that diagnosis stands
@@ -79,72 +77,6 @@ class _Job:
     started: float | None = None  # perf_counter when the model took it
 
 
-class TokenStream:
-    """An async iterator of the model's text pieces; pass it as ``on_token`` and ``async for`` over it."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.text = ""
-
-    def __call__(self, piece: str) -> None:
-        self.text += piece
-        self._queue.put_nowait(piece)
-
-    def close(self) -> None:
-        self._queue.put_nowait(None)
-
-    def __aiter__(self) -> "TokenStream":
-        return self
-
-    async def __anext__(self) -> str:
-        piece = await self._queue.get()
-        if piece is None:
-            raise StopAsyncIteration
-        return piece
-
-
-class SummaryStream:
-    """Turns the model's JSON, piece by piece, into the text of its first field (``summary``) for the operator.
-
-    The schema puts the summary first, so the operator reads the model's words as they come while
-    the rest (ids the code renders) is still being written; the string is read by ``decoding.JsonStringReader``.
-    """
-
-    def __init__(self, sink: TokenSink | None):
-        self.sink = sink
-        self.raw = ""
-        self.first_at: float | None = None
-        self._reader: JsonStringReader | None = None  # from the summary's opening quote on
-        self._closed = False
-
-    @property
-    def text(self) -> str:
-        return self._reader.text if self._reader is not None else ""
-
-    def __call__(self, piece: str) -> None:
-        self.raw += piece
-        if self._closed:
-            return
-        if self._reader is None:
-            m = _SUMMARY_KEY.search(self.raw)
-            if not m:
-                return
-            self._reader, piece = JsonStringReader(), self.raw[m.end():]
-        if self._reader.ended:
-            return
-        new, _ = self._reader.feed(piece.encode())
-        if new:
-            if self.first_at is None:
-                self.first_at = time.perf_counter()
-            if self.sink:
-                self.sink(new)
-
-    def close(self) -> None:
-        """The summary is over (what is pending, a cut escape, is dropped)."""
-        self._closed = True
-
-
-_SUMMARY_KEY = re.compile(r'"summary"\s*:\s*"')
 SUMMARY_OPEN = '{"summary":"'
 # one short sentence (the summary's character bound is the schema's); a model that has not closed it by then is cut.
 # Every token is a forward pass (~0.16 CPU-seconds for the 1.5B on one thread): this bounds the answer's time
