@@ -44,7 +44,7 @@ from factory_copilot.copilot.language_model import (CALL_FOR, AnswerForm, Backen
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
 from factory_copilot.copilot.streams import SummaryStream, TokenSink
-from factory_copilot.names import UNKNOWN
+from factory_copilot.copilot.two_steps import two_step_answer
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logs import Throttled
 from factory_copilot.plumbing.tasks import run_until
@@ -77,25 +77,9 @@ class _Job:
     started: float | None = None  # perf_counter when the model took it
 
 
-SUMMARY_OPEN = '{"summary":"'
 # one short sentence (the summary's character bound is the schema's); a model that has not closed it by then is cut.
 # Every token is a forward pass (~0.16 CPU-seconds for the 1.5B on one thread): this bounds the answer's time
 SUMMARY_TOKENS = 32
-
-
-def _gbnf(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def choice_grammar(faults: list[str], steps: list[str], max_causes: int = 2, max_steps: int = 3) -> str:
-    """GBNF for the rest of the answer after ``"causes":["``: fault:confidence choices, then step numbers."""
-    causes = " | ".join(_gbnf(f"{f}:{c}") for f in [*faults, UNKNOWN] for c in ("high", "medium", "low"))
-    more_causes = f' ({_gbnf(chr(34) + "," + chr(34))} cause)?' * (max_causes - 1)
-    step = " | ".join(_gbnf(s) for s in steps)
-    n = min(max_steps, len(steps))
-    step_list = f' (step{(" (" + _gbnf(",") + " step)?") * (n - 1)})?' if steps else ""
-    return (f'root ::= cause{more_causes} {_gbnf(chr(34) + "],")} {_gbnf(chr(34) + "steps" + chr(34) + ":[")}'
-            f'{step_list} {_gbnf("]}")}\ncause ::= {causes}\n' + (f"step ::= {step}\n" if steps else ""))
 
 
 class Copilot:
@@ -106,7 +90,7 @@ class Copilot:
     runbooks (``knowledge`` in the line file); a line without them gets evidence-only diagnoses.
     ``schema`` defaults to ``diagnosis_schema`` over this line's fault ids and runbook steps;
     ``constrained`` False lets the model write freely (the same validation applies); ``two_steps`` writes
-    the summary freely and then the choices under a small grammar (see ``_two_steps``); ``forms`` (the default)
+    the summary freely and then the choices under a small grammar (``two_steps.py``); ``forms`` (the default)
     has a llama.cpp backend answer in the schema's form without a grammar (``decoding.py``).
     """
 
@@ -297,7 +281,9 @@ class Copilot:
             if self.two_steps and self.constrained and not self.fixed_schema and self.backend.supports_prefill:
                 # both steps back to back: another alarm's call in between would evict this one's prompt from the cache
                 async with self._model_lock:
-                    reply = await self._two_steps(pack, summary)
+                    reply = await two_step_answer(self._generate, diagnosis_messages(self.system, pack),
+                                                  list(self.faults), pack.step_labels(), summary, SUMMARY_TOKENS,
+                                                  self.timeout_s)
             elif (self.forms and self.constrained and not self.fixed_schema and self.backend.supports_forms
                   and (form := self._form(pack)) is not None):
                 # llama.cpp: the summary written, the ids chosen from a token trie, the JSON given (decoding.py)
@@ -364,26 +350,6 @@ class Copilot:
             return await asyncio.wait_for(asyncio.shield(call), timeout_s + TIMEOUT_GRACE_S)
         except asyncio.TimeoutError:
             raise ModelTimeout(f"no answer within {timeout_s:g} s") from None
-
-    async def _two_steps(self, pack: EvidencePack, summary: SummaryStream) -> Reply:
-        """The answer in two calls on one cached prompt: the summary written freely, then the ids under a small grammar.
-
-        The JSON around them is given (prefilled), not generated: every generated token costs a forward pass,
-        and a grammar over the whole vocabulary costs more per token than free writing. The summary ends
-        at its closing quote; the choices are an enum of this line's faults and this alarm's steps.
-        """
-        messages = diagnosis_messages(self.system, pack)
-        started = time.monotonic()
-        summary(SUMMARY_OPEN)
-        first = await self._generate(messages, None, SUMMARY_TOKENS, summary, prefill=SUMMARY_OPEN, stop=['"'])
-        summary.close()  # the summary ended at its quote (or the token limit); a cut escape is dropped
-        # the summary as the operator read it, encoded again: a stray escape of the model cannot break the JSON
-        choices = SUMMARY_OPEN + json.dumps(summary.text, ensure_ascii=False)[1:-1] + '","causes":["'
-        rest = await self._generate(messages, None, 48, None, self.timeout_s - (time.monotonic() - started),
-                                    prefill=choices, grammar=choice_grammar(list(self.faults), pack.step_labels()))
-        stats = {**rest.stats, "ttft_s": first.stats.get("ttft_s", 0.0),
-                 "completion_chunks": first.stats.get("completion_chunks", 0) + rest.stats.get("completion_chunks", 0)}
-        return Reply(choices + rest.text, stats)
 
     async def warm_up(self) -> bool:
         """Load the model and process the fixed prompt prefix now, so the first alarm finds it in the KV cache."""
