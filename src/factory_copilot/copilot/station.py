@@ -183,7 +183,7 @@ class Copilot:
 
         path = self.backend.model_path
         info = {"name": self.backend.name, "path": path, "constrained": self.constrained, "manifest": manifest_for(path)}
-        counted = getattr(self.backend, "stats", dict)()  # a pool's jobs, retries and duplicates
+        counted = self.backend.stats()  # its calls; a child process' crashes; a pool's jobs, retries, duplicates
         return {**info, "backend": counted} if counted else info
 
     def close(self) -> None:
