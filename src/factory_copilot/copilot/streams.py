@@ -1,9 +1,8 @@
-"""The model's text as it is written, for listeners: every piece (``TokenStream``), or the summary's words only
-(``SummaryStream``)."""
+"""The model's text as it is written, for listeners: the summary's words only (``SummaryStream``), read out of the
+JSON answer as it comes."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from typing import Callable
@@ -12,30 +11,6 @@ from factory_copilot.copilot.decoding import JsonStringReader
 
 TokenSink = Callable[[str], None]
 _SUMMARY_KEY = re.compile(r'"summary"\s*:\s*"')
-
-
-class TokenStream:
-    """An async iterator of the model's text pieces; pass it as ``on_token`` and ``async for`` over it."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.text = ""
-
-    def __call__(self, piece: str) -> None:
-        self.text += piece
-        self._queue.put_nowait(piece)
-
-    def close(self) -> None:
-        self._queue.put_nowait(None)
-
-    def __aiter__(self) -> "TokenStream":
-        return self
-
-    async def __anext__(self) -> str:
-        piece = await self._queue.get()
-        if piece is None:
-            raise StopAsyncIteration
-        return piece
 
 
 class SummaryStream:
