@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -37,7 +36,7 @@ from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.copilot.answers import runbook_answer
 from factory_copilot.copilot.diagnosis import (DATA_SOURCE_KINDS, InvalidModelOutput, diagnosis_schema, model_diagnosis,
-                                                runbook_diagnosis)
+                                                runbook_diagnosis, with_steps)
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
 from factory_copilot.copilot.language_model import (CALL_FOR, AnswerForm, BackendError, CallFor, LLMBackend, Messages,
                                                     ModelTimeout, Reply)
@@ -257,18 +256,7 @@ class Copilot:
 
     def schema_for(self, pack: EvidencePack) -> dict:
         """The grammar of one alarm's answer: the plant's faults, and the numbers of the steps offered for it."""
-        if self.fixed_schema:
-            return self.schema
-        schema = json.loads(json.dumps(self.schema))
-        labels = pack.step_labels()
-        steps = schema["properties"]["steps"]
-        if labels:
-            steps["items"] = {"enum": [int(x) for x in labels]}
-            steps["maxItems"] = min(3, len(labels))
-        else:
-            steps.pop("items", None)
-            steps["maxItems"] = 0
-        return schema
+        return self.schema if self.fixed_schema else with_steps(self.schema, pack.step_labels())
 
     async def _model_diagnosis(self, alarm_id: str, on_token: TokenSink | None) -> Diagnosis:
         """The model's diagnosis; ``on_token`` gets the summary's words as they are written (the rest is ids)."""
