@@ -20,7 +20,7 @@ from pathlib import Path
 from factory_copilot import __version__
 from factory_copilot.config import LineConfigError
 from factory_copilot.plumbing.logs import setup_logging
-from factory_copilot.plumbing.postgres import Unavailable
+from factory_copilot.plumbing.postgres import BadUrl, Unavailable
 
 # module paths, in the order their sub-commands are listed in --help
 COMMANDS: list[str] = [
@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         if inspect.iscoroutine(result):
             result = asyncio.run(result)
     except LineConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BadUrl as exc:  # a store URL (the line file's, or given) that names no server
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Unavailable as exc:  # the line file's store.url: a server that does not answer

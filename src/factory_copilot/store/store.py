@@ -197,16 +197,7 @@ class PostgresStore(Store):
         return postgres.Connection(self.url, setup=self._line_views, translate=_pg_sql, read_only=read_only)
 
     def _line_views(self, conn: Any) -> None:
-        from psycopg import sql
-
-        schema = conn.execute("SELECT current_schema()").fetchone()[0]
-        line = sql.Literal(self.line)
-        script = sql.SQL(" ").join(
-            sql.SQL("CREATE TEMP VIEW {view} AS SELECT * FROM {schema}.{table} WHERE line = {line} WITH CHECK OPTION; "
-                    "ALTER VIEW {view} ALTER COLUMN line SET DEFAULT {line};").format(
-                view=sql.Identifier(t), schema=sql.Identifier(schema), table=sql.Identifier(t), line=line)
-            for t in PG_TABLES)
-        conn.execute(script)
+        line_views(conn, self.line)
 
     def _json(self, column: str, key: str, kind: str = "text") -> str:
         cast = {"text": "", "number": "::double precision", "boolean": "::boolean"}[kind]
@@ -223,6 +214,20 @@ class PostgresStore(Store):
     def _writing(self) -> Iterator[Any]:
         with self._db as conn, conn.transaction():
             yield conn
+
+
+def line_views(conn: Any, line: str) -> None:
+    """On a psycopg connection: session views named like the tables, showing and writing ``line``'s rows only."""
+    from psycopg import sql
+
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    literal = sql.Literal(line)
+    script = sql.SQL(" ").join(
+        sql.SQL("CREATE TEMP VIEW {view} AS SELECT * FROM {schema}.{table} WHERE line = {line} WITH CHECK OPTION; "
+                "ALTER VIEW {view} ALTER COLUMN line SET DEFAULT {line};").format(
+            view=sql.Identifier(t), schema=sql.Identifier(schema), table=sql.Identifier(t), line=literal)
+        for t in PG_TABLES)
+    conn.execute(script)
 
 
 _CONFLICT = re.compile(r"ON CONFLICT\s*\(", re.I)

@@ -1,0 +1,77 @@
+"""The site's commands over one PostgreSQL store (issue 22): `alarms list|audit`, `store` and `incidents export`
+see every line, each row with its line, `--line` narrows; a bad URL or a server away is one line naming it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from factory_copilot.cli import main
+from factory_copilot.records import AlarmState
+from factory_copilot.store.store import PostgresStore
+from tests.test_store import T0, alarm_event
+
+_dbs = itertools.count(1)
+
+
+@pytest.fixture
+def site_url(pg_cluster):
+    """A database of its own: the site holds only the lines this test writes."""
+    return pg_cluster.create_database(f"site_cli_{next(_dbs)}")
+
+
+def two_lines(url: str) -> None:
+    """Line a: A1 raised and acknowledged; line b: A1 (the same id) raised, B2 raised then back to normal."""
+    with PostgresStore(url, "site-1/line-a") as a, PostgresStore(url, "site-1/line-b") as b:
+        a.add_alarm_events([alarm_event("A1", T0 + 1, "raised", AlarmState.ACTIVE_UNACK),
+                            alarm_event("A1", T0 + 5, "acknowledged", AlarmState.ACTIVE_ACK, raised=T0 + 1)])
+        b.add_alarm_events([alarm_event("A1", T0 + 2, "raised", AlarmState.ACTIVE_UNACK),
+                            alarm_event("B2", T0 + 3, "raised", AlarmState.ACTIVE_UNACK, asset="filler"),
+                            alarm_event("B2", T0 + 4, "returned", AlarmState.NORMAL, asset="filler", raised=T0 + 3)])
+
+
+def test_alarms_list_over_the_site_shows_every_line_and_line_narrows(site_url, capsys):
+    two_lines(site_url)
+    assert main(["alarms", "--db", site_url, "list"]) == 0
+    out, err = capsys.readouterr()
+    rows = out.splitlines()
+    assert rows[-1] == "2 alarm(s) on 2 line(s)"
+    assert [r.split()[0] for r in rows[:-1]] == ["site-1/line-a", "site-1/line-b"]
+    assert "ACTIVE_ACK" in rows[0].upper() and "every line" in err
+    assert main(["alarms", "--db", site_url, "--json", "list", "--all"]) == 0
+    listed = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+    assert sorted((x["line"], x["alarm_id"], x["state"]) for x in listed) == [
+        ("site-1/line-a", "A1", AlarmState.ACTIVE_ACK.value), ("site-1/line-b", "A1", AlarmState.ACTIVE_UNACK.value),
+        ("site-1/line-b", "B2", AlarmState.NORMAL.value)]
+    assert main(["alarms", "--db", site_url, "--line", "site-1/line-b", "--json", "list", "--all"]) == 0
+    listed = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+    assert {x["line"] for x in listed} == {"site-1/line-b"} and len(listed) == 2
+
+
+def test_alarms_audit_over_the_site_has_each_lines_events_with_actor(site_url, capsys):
+    two_lines(site_url)
+    assert main(["alarms", "--db", site_url, "--json", "audit"]) == 0
+    events = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+    assert [(e["line"], e["alarm_id"], e["event"]) for e in events] == [
+        ("site-1/line-a", "A1", "raised"), ("site-1/line-b", "A1", "raised"), ("site-1/line-b", "B2", "raised"),
+        ("site-1/line-b", "B2", "returned"), ("site-1/line-a", "A1", "acknowledged")]
+    assert events[-1]["actor"] == "op1"
+    assert main(["alarms", "--db", site_url, "--line", "site-1/line-a", "audit", "--limit", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 1 and rows[0].startswith("site-1/line-a  ") and "acknowledged" in rows[0] and "by op1" in rows[0]
+
+
+def test_a_bad_url_or_a_server_away_is_one_line_naming_host_and_port_not_the_password(capsys):
+    from tests.support.postgres import free_port
+
+    port = free_port()
+    assert main(["alarms", "--db", f"postgresql://site:s3cret@127.0.0.1:{port}/history", "list"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and f"127.0.0.1:{port}" in err[-1] and "s3cret" not in "".join(err)
+    for bad in ("postgresql://site:s3cret@127.0.0.1:notaport/history", f"postgresql://127.0.0.1:{port}/h?pasword=s3cret",
+                f"postgresql://site@127.0.0.1:{port}/h?password=s3cret&nope=1"):
+        assert main(["alarms", "--db", bad, "list"]) == 2  # no retry helps: the URL is wrong
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: postgresql://") and "s3cret" not in err[0], err
