@@ -75,3 +75,36 @@ def test_a_bad_url_or_a_server_away_is_one_line_naming_host_and_port_not_the_pas
         assert main(["alarms", "--db", bad, "list"]) == 2  # no retry helps: the URL is wrong
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: postgresql://") and "s3cret" not in err[0], err
+
+
+def test_store_stats_of_a_site_per_line_and_one_lines_prune_and_false_alarms(site_url, capsys):
+    two_lines(site_url)
+    assert main(["store", "--db", site_url, "stats"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert list(stats) == ["site-1/line-a", "site-1/line-b"]
+    assert (stats["site-1/line-a"]["alarms"], stats["site-1/line-b"]["alarms"]) == (1, 2)
+    assert stats["site-1/line-b"]["alarm_events"] == 3
+    assert main(["store", "--db", site_url, "--line", "site-1/line-b", "stats"]) == 0
+    assert json.loads(capsys.readouterr().out)["alarm_events"] == 3
+    assert main(["store", "--db", site_url, "prune"]) == 2  # a site's prune would use one line's retention for all
+    assert "--line" in capsys.readouterr().err
+    # line b's old events and its alarm back to normal go (180 days), line a's stay: a prune through one line's
+    # views touches that line only
+    assert main(["store", "--db", site_url, "--line", "site-1/line-b", "prune"]) == 0
+    assert json.loads(capsys.readouterr().out)["alarm_events"] == 3
+    assert main(["store", "--db", site_url, "stats"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["site-1/line-a"]["alarm_events"] == 2 and stats["site-1/line-a"]["alarms"] == 1
+    assert stats["site-1/line-b"]["alarm_events"] == 0 and stats["site-1/line-b"]["alarms"] == 1  # A1 still stands
+    assert main(["store", "--db", site_url, "--line", "site-1/line-a", "false-alarms"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_store_on_a_database_without_the_store_tables_creates_none(pg_cluster, capsys):
+    url = pg_cluster.create_database(f"not_a_store_{next(_dbs)}")
+    assert main(["store", "--db", url, "--line", "site-1/line-a", "prune"]) == 2
+    assert "holds no store tables" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="holds no store tables"):
+        main(["alarms", "--db", url, "list"])
+    assert main(["store", "--db", url, "stats"]) == 2  # nothing was created by the prune
+    assert "holds no store tables" in capsys.readouterr().err

@@ -89,7 +89,10 @@ def _site(args: argparse.Namespace) -> SiteHistory | None:
             raise SystemExit("error: --line picks a line of a site's PostgreSQL store (--db postgresql://...); "
                              "an alarm engine file holds one line")
         return None
-    history = SiteHistory(url, scope)
+    try:
+        history = SiteHistory(url, scope)
+    except (FileNotFoundError, RuntimeError) as exc:  # no store tables there, a newer schema, no psycopg
+        raise SystemExit(f"error: {exc}") from None
     print(f"alarm history of {history.where} ({f'line {scope}' if scope else 'every line'}; the store stations' "
           "copy of the engines' events)", file=sys.stderr)
     return history
