@@ -58,6 +58,10 @@ def test_alarms_audit_over_the_site_has_each_lines_events_with_actor(site_url, c
         ("site-1/line-a", "A1", "raised"), ("site-1/line-b", "A1", "raised"), ("site-1/line-b", "B2", "raised"),
         ("site-1/line-b", "B2", "returned"), ("site-1/line-a", "A1", "acknowledged")]
     assert events[-1]["actor"] == "op1"
+    assert main(["alarms", "--db", site_url, "--line", "site-1/line-b", "--json", "audit", "--limit", "2"]) == 0
+    events = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+    assert [(e["line"], e["alarm_id"], e["event"]) for e in events] == [
+        ("site-1/line-b", "B2", "raised"), ("site-1/line-b", "B2", "returned")]  # line b's newest two, oldest first
     assert main(["alarms", "--db", site_url, "--line", "site-1/line-a", "audit", "--limit", "1"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert len(rows) == 1 and rows[0].startswith("site-1/line-a  ") and "acknowledged" in rows[0] and "by op1" in rows[0]
@@ -108,3 +112,45 @@ def test_store_on_a_database_without_the_store_tables_creates_none(pg_cluster, c
         main(["alarms", "--db", url, "list"])
     assert main(["store", "--db", url, "stats"]) == 2  # nothing was created by the prune
     assert "holds no store tables" in capsys.readouterr().err
+
+
+def line_file(tmp_path, name: str, url: str):
+    """The simulated line as line ``name`` of the site, its history in ``url``."""
+    from factory_copilot.config import SIMULATED_LINE
+
+    text = SIMULATED_LINE.read_text().replace("line: packaging-1", f"line: {name}")
+    seeds = SIMULATED_LINE.parent.parent
+    text = text.replace("knowledge: {faults: ../faults.yaml, runbooks: ../runbooks}",
+                        f"knowledge: {{faults: {seeds / 'faults.yaml'}, runbooks: {seeds / 'runbooks'}}}")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text + f'\nstore: {{url: "{url}"}}\n')
+    return path
+
+
+def test_incidents_export_of_two_lines_of_one_store_has_each_lines_incidents(site_url, tmp_path, capsys):
+    import time
+
+    from factory_copilot.config import load_line
+    from factory_copilot.records import AlarmEvent, Feedback
+    from factory_copilot.store.store import line_id
+    from tests.support.copilot import alarm_for, ramp
+
+    now = time.time()
+    files = {}
+    for name, fix in (("packaging-1", "regreased the DE bearing"), ("packaging-2", "replaced the DE bearing")):
+        files[name] = line_file(tmp_path, name, site_url)
+        with PostgresStore(site_url, line_id(load_line(files[name]))) as store:
+            store.add_readings(ramp("product_pump.vibration", 2.0, 6.0, t0=now - 700, t1=now - 60))
+            alarm = alarm_for("product_pump", alarm_id="A-1", ts=now - 60)  # the same id on both lines
+            store.add_alarm_event(AlarmEvent("A-1", now - 60, "raised", AlarmState.ACTIVE_UNACK, alarm))
+            store.add_feedback(Feedback("A-1", "confirmed", None, fix, actor="op1", ts=now - 30))
+    out = tmp_path / "site.jsonl"
+    assert main(["incidents", "export", "--config", str(files["packaging-1"]), "--config", str(files["packaging-2"]),
+                 "--out", str(out)]) == 0
+    assert "2 confirmed incident(s) as chat examples (demo-plant/packaging-1: 1, demo-plant/packaging-2: 1)" in capsys.readouterr().out
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["metadata"]["line"], r["metadata"]["fix"]) for r in rows] == [
+        ("demo-plant/packaging-1", "regreased the DE bearing"), ("demo-plant/packaging-2", "replaced the DE bearing")]
+    assert all("vibration" in r["messages"][1]["content"] for r in rows)  # each line's evidence, from its rows
+    assert main(["incidents", "export", "--config", str(files["packaging-2"]), "--out", str(out)]) == 0
+    assert [json.loads(x)["metadata"]["line"] for x in out.read_text().splitlines()] == ["demo-plant/packaging-2"]
