@@ -9,6 +9,7 @@ import json
 import pytest
 
 from factory_copilot.cli import main
+from factory_copilot.config import SIMULATED_LINE
 from factory_copilot.records import AlarmState
 from factory_copilot.store.store import PostgresStore
 from tests.test_store import T0, alarm_event
@@ -154,3 +155,18 @@ def test_incidents_export_of_two_lines_of_one_store_has_each_lines_incidents(sit
     assert all("vibration" in r["messages"][1]["content"] for r in rows)  # each line's evidence, from its rows
     assert main(["incidents", "export", "--config", str(files["packaging-2"]), "--out", str(out)]) == 0
     assert [json.loads(x)["metadata"]["line"] for x in out.read_text().splitlines()] == ["demo-plant/packaging-2"]
+
+
+def test_alarms_from_a_line_files_store_are_that_lines_only(site_url, tmp_path, capsys):
+    two_lines(site_url)
+    path = line_file(tmp_path, "packaging-1", site_url)
+    with PostgresStore(site_url, "demo-plant/packaging-1") as store:
+        store.add_alarm_events([alarm_event("P1", T0 + 7, "raised", AlarmState.ACTIVE_UNACK)])
+    assert main(["alarms", "--config", str(path), "--from-store", "--json", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert [(x["line"], x["alarm_id"]) for x in map(json.loads, out.splitlines())] == [("demo-plant/packaging-1", "P1")]
+    assert "line demo-plant/packaging-1" in err and "s3cret" not in err
+    with pytest.raises(SystemExit, match="names no PostgreSQL store"):
+        main(["alarms", "--config", str(SIMULATED_LINE), "--from-store", "list"])
+    with pytest.raises(SystemExit, match="--line picks a line"):
+        main(["alarms", "--db", str(tmp_path / "alarms.db"), "--line", "x/y", "list"])
