@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import pytest
 
@@ -170,3 +171,26 @@ def test_alarms_from_a_line_files_store_are_that_lines_only(site_url, tmp_path, 
         main(["alarms", "--config", str(SIMULATED_LINE), "--from-store", "list"])
     with pytest.raises(SystemExit, match="--line picks a line"):
         main(["alarms", "--db", str(tmp_path / "alarms.db"), "--line", "x/y", "list"])
+
+
+def test_the_site_reads_with_a_role_that_may_only_select(site_url, capsys):
+    """The grants docs/site.md gives a site reader suffice for the site-wide commands, and it changes nothing."""
+    import psycopg
+
+    two_lines(site_url)
+    with psycopg.connect(site_url, autocommit=True) as conn:
+        for statement in ("CREATE ROLE site_reader LOGIN", "GRANT USAGE ON SCHEMA public TO site_reader",
+                          "GRANT SELECT ON ALL TABLES IN SCHEMA public TO site_reader"):
+            try:
+                conn.execute(statement)
+            except psycopg.errors.DuplicateObject:
+                pass  # the cluster's roles outlive a test's database
+    reader = re.sub(r"//[^@/]+@", "//site_reader@", site_url)
+    assert main(["alarms", "--db", reader, "--json", "list", "--all"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert main(["alarms", "--db", reader, "--line", "site-1/line-a", "audit"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["store", "--db", reader, "stats"]) == 0 and len(json.loads(capsys.readouterr().out)) == 2
+    assert main(["store", "--db", reader, "--line", "site-1/line-a", "prune"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the store's database refused it (InsufficientPrivilege)"), err

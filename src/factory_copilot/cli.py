@@ -157,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        # the store's server answered no (a role without the grant, a read-only role asked to write): one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"error: the store's database refused it ({type(exc).__name__}): {first}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 
