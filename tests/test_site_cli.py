@@ -194,3 +194,39 @@ def test_the_site_reads_with_a_role_that_may_only_select(site_url, capsys):
     assert main(["store", "--db", reader, "--line", "site-1/line-a", "prune"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: the store's database refused it (InsufficientPrivilege)"), err
+
+
+def test_retune_of_one_line_uses_that_lines_false_alarms_only(site_url, tmp_path, sim_models, capsys):
+    """Two lines of one store mark the same alarm: line 2's verdict never moves line 1's detector."""
+    import time
+
+    from factory_copilot.config import ServicePaths, load_line
+    from factory_copilot.detect import save_detector
+    from factory_copilot.records import Alarm, AlarmEvent, Anomaly, Feedback, Priority
+    from factory_copilot.store.store import line_id
+    from simulators import Mode
+
+    files = {name: line_file(tmp_path, name, site_url) for name in ("packaging-1", "packaging-2")}
+    paths = ServicePaths(tmp_path / "state-1")
+    save_detector(paths.detector, sim_models)
+    now = time.time()
+
+    def mark_false(name: str) -> None:
+        anomalies = [Anomaly(ts=now - 100 + i, asset="heat_tunnel", kind="multivariate", score=1.2, threshold=1.0,
+                             mode=Mode.RUNNING) for i in range(5)]
+        alarm = Alarm("heat_tunnel-fault", "heat_tunnel", "fault", AlarmState.ACTIVE_UNACK, Priority.HIGH, "tunnel",
+                      now - 100, now - 100, anomaly=anomalies[0])
+        with PostgresStore(site_url, line_id(load_line(files[name]))) as store:
+            store.add_anomalies(anomalies)
+            store.add_alarm_event(AlarmEvent(alarm.alarm_id, now - 100, "raised", AlarmState.ACTIVE_UNACK, alarm))
+            store.add_feedback(Feedback(alarm.alarm_id, "false_alarm", actor="op2", ts=now - 10))
+
+    argv = ["retune", "--config", str(files["packaging-1"]), "--state-dir", str(paths.state_dir), "--dry-run"]
+    mark_false("packaging-2")
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["false_alarms"] == 0 and report["changed"] is False
+    mark_false("packaging-1")
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["false_alarms"] == 1 and report["used"] == ["heat_tunnel-fault"] and report["changed"] is True
