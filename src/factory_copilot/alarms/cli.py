@@ -31,7 +31,8 @@ from factory_copilot.store.store import line_id
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("alarms", help="show current alarms or the alarm audit trail from the engine's file, "
-                                             "or every line's from the site's PostgreSQL store")
+                                             "or every line's from the site's PostgreSQL store",
+                              description=__doc__.split("\n", 1)[1].strip().replace("``", ""))
     p.add_argument("--config", type=Path, help="the line file: read the alarms of its state folder (service.state_dir)")
     p.add_argument("--state-dir", type=Path, help="with --config: override service.state_dir")
     p.add_argument("--db", help="the alarm engine's SQLite file itself (default: the line's with --config, else "
@@ -81,7 +82,10 @@ def _site(args: argparse.Namespace) -> SiteHistory | None:
         if line.store is None:
             raise SystemExit(f"error: {args.config}: names no PostgreSQL store (store.url); its alarms are in its "
                              "alarm engine file (drop --from-store)")
-        url, scope = line.store.url, args.line or line_id(line)
+        if args.line and args.line != line_id(line):
+            raise SystemExit(f"error: --from-store reads {line_id(line)}'s rows (its line file's); another line's "
+                             "are read with --db URL --line")
+        url, scope = line.store.url, line_id(line)
     elif is_url(args.db):
         url, scope = args.db, args.line
     else:
