@@ -42,6 +42,7 @@ from factory_copilot.copilot.runbooks import runbooks_of  # noqa: E402
 from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, CommandKind, Feedback, Priority, Turn  # noqa: E402
 from factory_copilot.names import DEFAULT_PREFIX  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
+from factory_copilot.store.site import is_url  # noqa: E402
 from factory_copilot.store.store import PostgresStore, line_id  # noqa: E402
 
 SHELVE_CHOICES = {"15 min": 900, "30 min": 1800, "1 h": 3600, "4 h": 4 * 3600, "8 h (shift)": 8 * 3600}
@@ -79,7 +80,9 @@ def settings() -> argparse.Namespace:
 
 @st.cache_resource
 def open_store(path: str, url: str | None = None, line: str = "") -> Store:
-    # a line whose history is in the site's PostgreSQL (the line file's store.url) is read there, not from --db
+    # a line whose history is in the site's PostgreSQL (the line file's store.url) is read there, not from --db;
+    # a --db postgresql://... is read for the line file's line too
+    url = url or (path if is_url(path) else None)
     return PostgresStore(url, line) if url else Store(path)
 
 

@@ -131,7 +131,7 @@ class LineService:
             plc_acks=bus.outlet("alarms", PlcAcknowledge) if plc_wired else None)
 
         # copilot
-        self.store = open_store(line, paths)
+        self.store = open_store(line, paths, patient=True)  # the line alarms while its site's database is away
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,
             max_tokens=settings.copilot.max_tokens, alarms=bus.subscribe("copilot", AlarmEvent, size=1000),
