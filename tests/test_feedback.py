@@ -16,13 +16,15 @@ import pytest
 
 from factory_copilot.alarms import AlarmEngine, AlarmSettings
 from factory_copilot.alarms.station import AlarmStation
-from factory_copilot.config import MqttConnection
+from factory_copilot.config import LineConfig, MqttConnection
 from factory_copilot.plumbing.broker import MosquittoBroker, free_port
 from factory_copilot.plumbing.broker_site import Account, write_site
 from factory_copilot.plumbing.bus import Bus
 from factory_copilot.publish import Publisher, Topics
 from factory_copilot.publish import payloads
-from factory_copilot.records import (AlarmEvent, Anomaly, CommandResult, Feedback, OperatorCommand, OperatorFeedback)
+from factory_copilot.records import AlarmEvent, Anomaly, CommandResult, Feedback, OperatorCommand, OperatorFeedback
+from factory_copilot.shift.calendar import ShiftWindow
+from factory_copilot.shift.handover import write_handover
 from factory_copilot.store import Store
 from factory_copilot.store.station import StoreStation
 from tests.test_auth import PASSWORDS, WAIT_S, Client, roles_line
@@ -126,6 +128,13 @@ async def test_an_operators_feedback_lands_in_the_store_with_her_name_and_in_the
         [row] = [e for e in svc.engine.audit(svc.alarm_id) if e.event == "feedback"]
         assert row.actor == "ann" and row.comment == "other cause; cause: clogged_filter; fix: replaced the inlet filter element"
         assert svc.alarms.stats()["feedback"] == 1 and svc.publisher.stats()["feedback"] == 1
+        # the shift handover says the verdict from the store, not a second time from its audit row
+        window = ShiftWindow("early", "2027-01-15", fb.ts - 3600, fb.ts + 3600)
+        shifts = LineConfig.model_validate({**svc.engine.line.model_dump(), "shifts": [
+            {"name": "early", "start": "06:00"}, {"name": "late", "start": "18:00"}]})
+        handover = write_handover(shifts, window, svc.store, svc.engine.journal, now=fb.ts + 3600)
+        assert [a["event"] for a in handover.body["actions"]] == []
+        assert [i["actor"] for i in handover.body["incidents"]] == ["ann"]
         ann.close()
 
 
