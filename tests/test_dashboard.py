@@ -309,11 +309,11 @@ def test_feedback_goes_over_mqtt_as_the_person_logged_in_and_is_read_back_from_t
         with Store(db) as store:
             store.add_feedback(Feedback(sample.CAVITATION_ID, "other_cause", "clogged_filter",
                                         "replaced the inlet filter element", "maria"))
-        side.publish(TOPICS.command_reply(rid), {"request_id": rid, "ok": True, "message": "feedback saved"})
+        side.publish(TOPICS.command_reply(rid), {"request_id": rid, "ok": True, "message": "feedback recorded"})
         assert feed.wait_for(lambda s: rid in s.replies, 10)
         at.run()
         text = _texts(at)
-        assert "✓ feedback: feedback saved" in text and "Feedback saved" in text
+        assert "✓ feedback: feedback recorded" in text and "Feedback saved" in text
         assert "maria: another cause — clogged_filter · fix: replaced the inlet filter element" in text
     finally:
         side.stop()

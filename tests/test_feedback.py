@@ -118,7 +118,7 @@ async def test_an_operators_feedback_lands_in_the_store_with_her_name_and_in_the
         ann = await Client(site, "ann").up(f"{svc.topics.command_replies()}#")
         body = feedback(svc.alarm_id, fix="replaced the inlet filter element")
         reply = await send(ann, svc, "ann", body, body["request_id"])
-        assert reply["ok"] and "saved" in reply["message"] and "by ann" in reply["message"], reply
+        assert reply["ok"] and "recorded" in reply["message"] and "by ann" in reply["message"], reply
         await asyncio.wait_for(svc.store_station.wait_written("feedback", 1), WAIT_S)
         [fb] = svc.store.feedback(svc.alarm_id)
         assert (fb.verdict, fb.actual_cause, fb.fix, fb.actor) == (

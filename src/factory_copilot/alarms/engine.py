@@ -981,14 +981,14 @@ class AlarmEngine:
                    else f"no alarm with id {fb.alarm_id!r}" if fb.alarm_id not in self._alarms else None)
         if problem:
             self._rejections.warning("rejected", "rejected feedback on %s by %s: %s", printable(fb.alarm_id),
-                                     printable(fb.actor), problem)
+                                     printable(fb.actor), printable(problem))
             return CommandResult(fb.request_id, False, problem), None
         verdict = fb.verdict.replace("_", " ")
         said = "; ".join([verdict, *([f"cause: {fb.actual_cause}"] if fb.actual_cause else []),
                           *([f"fix: {fb.fix}"] if fb.fix else [])])
         self._audit_row(fb.alarm_id, now, "feedback", fb.actor, said)
         log.info("feedback on alarm %s by %s: %s", printable(fb.alarm_id), printable(fb.actor), printable(verdict))
-        return (CommandResult(fb.request_id, True, f"feedback on {fb.alarm_id} saved: {verdict}, by {fb.actor}",
+        return (CommandResult(fb.request_id, True, f"feedback on {fb.alarm_id} recorded: {verdict}, by {fb.actor}",
                               self.get(fb.alarm_id)),
                 Feedback(fb.alarm_id, fb.verdict, fb.actual_cause, fb.fix, fb.actor, now))
 
