@@ -37,7 +37,8 @@ SCADA_PASSWORD = "scada-secret-12"
 @pytest.fixture
 def site(tmp_path):
     """ann (operator), sam (supervisor), eve (a person in no role of the line) and scada (a reader account)."""
-    accounts = [Account(name, "service" if name == "factory-copilot" else "person", pw) for name, pw in PASSWORDS.items()]
+    accounts = [Account(name, "service" if name == "factory-copilot" else "person", pw)
+                for name, pw in PASSWORDS.items()]
     accounts.append(Account("scada", "reader", SCADA_PASSWORD))
     files = write_site(tmp_path / "mosquitto", accounts, bind="127.0.0.1", port=free_port(), tls=True,
                        hostnames=["127.0.0.1", "localhost"])
@@ -63,7 +64,8 @@ async def line_service(site, tmp_path):
     publish station logged in as the service account over TLS, as `factory-copilot run` wires them."""
     line = roles_line()
     t = [1_800_000_000.0]
-    engine = AlarmEngine(line, tmp_path / "alarms.db", AlarmSettings(on_delay_s=0.0, off_delay_s=5.0), clock=lambda: t[0])
+    engine = AlarmEngine(line, tmp_path / "alarms.db", AlarmSettings(on_delay_s=0.0, off_delay_s=5.0),
+                         clock=lambda: t[0])
     events: list[AlarmEvent] = []
     for _ in range(3):
         events += engine.ingest(Anomaly(ts=t[0], asset="product_pump", kind="limit", signal="flow", value=40.0,
@@ -75,7 +77,8 @@ async def line_service(site, tmp_path):
     bus = Bus(1000)
     alarms = AlarmStation(engine, bus.subscribe("alarms", Anomaly), bus.outlet("alarms", AlarmEvent),
                           bus.subscribe("alarms", OperatorCommand), bus.outlet("alarms", CommandResult),
-                          feedback_in=bus.subscribe("alarms", OperatorFeedback), feedback_out=bus.outlet("alarms", Feedback))
+                          feedback_in=bus.subscribe("alarms", OperatorFeedback),
+                          feedback_out=bus.outlet("alarms", Feedback))
     conn = MqttConnection(host="127.0.0.1", port=site.port, username="factory-copilot",
                           password=PASSWORDS["factory-copilot"], tls=True, ca_file=str(site.ca_file))
     publisher = Publisher.for_line(line, tmp_path / "outbox.db", connection=conn,
@@ -126,7 +129,8 @@ async def test_an_operators_feedback_lands_in_the_store_with_her_name_and_in_the
         [incident] = svc.store.similar("product_pump", None, [])  # the alarm's asset copied: incident memory
         assert incident.alarm_id == svc.alarm_id and incident.actual_cause == "clogged_filter"
         [row] = [e for e in svc.engine.audit(svc.alarm_id) if e.event == "feedback"]
-        assert row.actor == "ann" and row.comment == "other cause; cause: clogged_filter; fix: replaced the inlet filter element"
+        assert (row.actor, row.comment) == ("ann", "other cause; cause: clogged_filter; "
+                                                   "fix: replaced the inlet filter element")
         assert svc.alarms.stats()["feedback"] == 1 and svc.publisher.stats()["feedback"] == 1
         # the shift handover says the verdict from the store, not a second time from its audit row
         window = ShiftWindow("early", "2027-01-15", fb.ts - 3600, fb.ts + 3600)
@@ -138,7 +142,8 @@ async def test_an_operators_feedback_lands_in_the_store_with_her_name_and_in_the
         ann.close()
 
 
-async def test_feedback_from_a_user_in_no_role_is_refused_counted_and_audited_and_a_reader_cannot_send_it(site, tmp_path):
+async def test_feedback_from_a_user_in_no_role_is_refused_counted_and_audited_and_a_reader_cannot_send_it(
+        site, tmp_path):
     async with line_service(site, tmp_path) as svc:
         eve = await Client(site, "eve").up(f"{svc.topics.command_replies()}#")
         body = feedback(svc.alarm_id, "false_alarm")

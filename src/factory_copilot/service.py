@@ -132,7 +132,8 @@ class LineService:
             plc=bus.subscribe("alarms", PlcCondition, size=10_000) if plc_wired else None,
             plc_acks=bus.outlet("alarms", PlcAcknowledge) if plc_wired else None,
             # operators' verdicts from their command levels: authorised and audited here, written by the store
-            feedback_in=bus.subscribe("alarms", OperatorFeedback, size=1000), feedback_out=bus.outlet("alarms", Feedback))
+            feedback_in=bus.subscribe("alarms", OperatorFeedback, size=1000),
+            feedback_out=bus.outlet("alarms", Feedback))
 
         # copilot
         self.store = open_store(line, paths)

@@ -3,9 +3,9 @@
 A command (or an operator's feedback on an alarm, or a handover acknowledgement) comes in on ``commands/<user>``
 and a question on ``ask/<user>``: the sender is the MQTT user of that level (the broker's ACL lets each user
 publish only on its own), never what the payload says. A valid command or feedback goes to the alarm station's
-buffer, a valid question to the copilot's; anything else gets an answer at once saying why (and is counted): a payload over the
-size limit (refused before it is parsed), an ``actor`` that is not the sender, a response topic
-outside the service's own reply prefix, a full engine queue ("busy, retry"). Where the answer goes
+buffer, a valid question to the copilot's; anything else gets an answer at once saying why (and is counted):
+a payload over the size limit (refused before it is parsed), an ``actor`` that is not the sender, a response
+topic outside the service's own reply prefix, a full engine queue ("busy, retry"). Where the answer goes
 is remembered per request: the MQTT 5 response topic the sender named (with its correlation data)
 when it lies under the reply prefix, else the reply topic of the scheme.
 """

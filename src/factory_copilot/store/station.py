@@ -1,5 +1,6 @@
 """The store station: drains the buffers of readings, anomalies, alarm events, diagnoses,
-conversation turns and operators' feedback (authorised by the alarm station) into the store, in batched transactions, and enforces retention.
+conversation turns and operators' feedback (authorised by the alarm station) into the store, in batched
+transactions, and enforces retention.
 
 SQLite work runs in a worker thread so the event loop (and the stations sharing it)
 never waits on the disk; readings are written in batches of whatever has queued
