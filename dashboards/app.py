@@ -39,7 +39,7 @@ from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TA
 from factory_copilot.catalogue import faults_of  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
 from factory_copilot.copilot.runbooks import runbooks_of  # noqa: E402
-from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, CommandKind, Feedback, Priority, Turn  # noqa: E402
+from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, CommandKind, Priority, Turn  # noqa: E402
 from factory_copilot.names import DEFAULT_PREFIX  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
 from factory_copilot.store.site import is_url  # noqa: E402
@@ -648,33 +648,43 @@ def pending_answers(alarm_id: str) -> None:
                 st.markdown("_sent; waiting for the copilot…_")
 
 
+FEEDBACK_LABELS = {"confirmed": "Confirm the diagnosed cause", "false_alarm": "False alarm",
+                   "other_cause": "Another cause"}
+
+
 def feedback_tab(alarm: Alarm | None) -> None:
+    """The operator's verdict on the alarm: sent over MQTT as the person logged in (the service authorises, audits
+    and stores it, like an acknowledgement); what was given is read back from the store, the one record of it."""
     if alarm is None:
         st.caption("Select an alarm to give feedback on it.")
         return
     faults = open_faults(cfg.args.line)
-    labels = {"confirmed": "Confirm the diagnosed cause", "false_alarm": "False alarm",
-              "other_cause": "Another cause"}
+    if cfg.feed is None:
+        st.warning("Feedback goes to the service over the broker, and this dashboard has none (--mqtt-host): "
+                   "it cannot be given here. What was given is below.")
     with st.form(f"feedback:{alarm.alarm_id}", clear_on_submit=True):
-        verdict = st.radio("Verdict", FEEDBACK_VERDICTS, format_func=labels.get, horizontal=True, key="fb_verdict")
+        verdict = st.radio("Verdict", FEEDBACK_VERDICTS, format_func=FEEDBACK_LABELS.get, horizontal=True,
+                           key="fb_verdict")
         choices = ["(as diagnosed)"] + list(faults) + ["other (describe below)"]
         cause = st.selectbox("Actual cause", choices, key="fb_cause",
                              format_func=lambda c: f"{faults[c].name} ({c})" if c in faults else c)
         described = st.text_input("Cause in your words", key="fb_text")
         fix = st.text_area("What fixed it", key="fb_fix", height=80)
-        if st.form_submit_button("Save feedback", type="primary"):
+        if st.form_submit_button("Save feedback", type="primary", disabled=cfg.feed is None):
             actual = described.strip() or (cause if cause in faults else None)
             if verdict == "other_cause" and not actual:
                 st.error("Name the other cause (pick one or describe it).")
+            elif actor() is None:
+                st.error("Log in to give feedback: it goes out as the person logged in.")
+            elif not cfg.snapshot().connected:
+                st.error(f"The broker {cfg.args.mqtt_host}:{cfg.args.mqtt_port} is unavailable: the feedback was not "
+                         "sent. Try again when the header shows Live.")
             else:
-                cfg.store.add_feedback(Feedback(alarm.alarm_id, verdict, actual, fix.strip() or None, actor()))
-                st.success("Feedback saved: the copilot will remember it for similar alarms."
-                           + (" An engineer's `factory-copilot retune` raises the detector's thresholds from false "
-                              "alarms." if verdict == "false_alarm" else ""))
-    given = cfg.store.feedback(alarm.alarm_id)
-    for fb in reversed(given):
-        st.caption(f"{clock(fb.ts)} UTC · {fb.actor or 'operator'}: {labels[fb.verdict].lower()}"
-                   f"{' — ' + fb.actual_cause if fb.actual_cause else ''}{' · fix: ' + fb.fix if fb.fix else ''}")
+                request_id = cfg.feed.feedback(alarm.alarm_id, verdict, actor(), actual, fix.strip() or None)
+                st.session_state.setdefault("feedback_sent", {})[alarm.alarm_id] = {
+                    "request_id": request_id, "command": "feedback", "sent": time.time(),
+                    "false_alarm": verdict == "false_alarm"}
+    feedback_given(alarm.alarm_id)
     fault = alarm.anomaly.fault_type if alarm.anomaly else None
     signals = list(alarm.anomaly.contributions) if alarm.anomaly else []
     similar = [i for i in cfg.store.similar(alarm.asset, fault, signals) if i.alarm_id != alarm.alarm_id]
@@ -683,6 +693,23 @@ def feedback_tab(alarm: Alarm | None) -> None:
         for i in similar:
             st.caption(f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(i.ts))} · {i.asset} · {i.verdict}"
                        f"{' — ' + i.actual_cause if i.actual_cause else ''}{' · fix: ' + i.fix if i.fix else ''}")
+
+
+@st.fragment(run_every=2)
+def feedback_given(alarm_id: str) -> None:
+    """The service's reply to the feedback sent, then the alarm's feedback as the store holds it."""
+    sent = st.session_state.get("feedback_sent", {}).get(alarm_id)
+    if sent and cfg.feed is not None:
+        snap = cfg.snapshot()
+        reply = snap.replies.get(sent["request_id"])
+        command_reply(sent, snap, time.time())
+        if reply and reply.get("ok"):
+            st.success("Feedback saved: the copilot will remember it for similar alarms."
+                       + (" An engineer's `factory-copilot retune` raises the detector's thresholds from false "
+                          "alarms." if sent["false_alarm"] else ""))
+    for fb in reversed(cfg.store.feedback(alarm_id)):
+        st.caption(f"{clock(fb.ts)} UTC · {fb.actor or 'operator'}: {FEEDBACK_LABELS[fb.verdict].lower()}"
+                   f"{' — ' + fb.actual_cause if fb.actual_cause else ''}{' · fix: ' + fb.fix if fb.fix else ''}")
 
 
 @st.fragment(run_every=5)

@@ -18,6 +18,8 @@ from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Priority
 from factory_copilot.plumbing.sqlite import open_db, open_reader, transaction
 
 COMPONENT = "alarms"
+# audit rows that change nothing of the alarm: a refused command, an operator's verdict (its words are the store's)
+UNCHANGED = frozenset({"refused", "feedback"})
 
 MIGRATIONS: list[str] = [
     # version 1

@@ -51,6 +51,7 @@ from factory_copilot.records import (
     HeldAlarms,
     ModelJob,
     OperatorCommand,
+    OperatorFeedback,
     Question,
 )
 
@@ -67,7 +68,7 @@ class Publisher:
     # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
     takes = (AlarmEvent, Diagnosis, DiagnosisChunk, CommandResult, AnswerChunk, HeldAlarms, ModelJob,
              Handover)
-    gives = (OperatorCommand, Question, HandoverAck)
+    gives = (OperatorCommand, OperatorFeedback, Question, HandoverAck)
 
     def __init__(
         self,
@@ -89,6 +90,7 @@ class Publisher:
         jobs: Buffer[ModelJob] | None = None,
         handovers: Buffer[Handover] | None = None,
         handover_acks: Buffer[HandoverAck] | None = None,
+        feedback: Buffer[OperatorFeedback] | None = None,
         window: int = 32,
         stream_expiry_s: int = 120,
         stream_max: int = 2000,
@@ -109,7 +111,7 @@ class Publisher:
         self.sender = Sender(self.outbox, self._hand, window=window, stream_expiry_s=stream_expiry_s,
                              stream_max=stream_max, counts=self.counts)
         self.inbound = Inbound(self.topics, commands, questions, self._reply, self._answer, self.counts,
-                               handover_acks=handover_acks)
+                               handover_acks=handover_acks, feedback=feedback)
         self.online = self.sender.online  # set once the broker acknowledged this connection's birth message
         self.offline = asyncio.Event()
         self.idle = self.sender.idle  # nothing pending anywhere
