@@ -154,6 +154,7 @@ class LineService:
             handovers=bus.subscribe("publish", Handover, size=100) if line.shifts else None,
             handover_acks=bus.outlet("publish", HandoverAck) if line.shifts else None,
         )
+        self.publisher.health = lambda: self.health()[1]  # said with the status heartbeat: what a site page shows
         if isinstance(self.clock, ReplayClock):  # a replay waits for detect and alarms rather than outrun them
             self.clock.backlog = lambda: to_detect.qsize() + to_alarms.qsize()
             self.clock.on_step.append(self.alarms.tick)
