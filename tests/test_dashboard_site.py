@@ -258,6 +258,8 @@ def test_health_words_from_a_status():
         Alarm("y", "a", "c", AlarmState.ACTIVE_ACK, Priority.LOW, "m", now, now),
         Alarm("z", "a", "c", AlarmState.RTN_UNACK, Priority.LOW, "m", now, now),
         Alarm("f", "a", "c", AlarmState.ACTIVE_UNACK, Priority.HIGH, "m", now, now, suppressed=True),
+        Alarm("s", "a", "c", AlarmState.ACTIVE_UNACK, Priority.HIGH, "m", now, now, shelved_until=time.time() + 600),
     ])
-    assert site.by_priority(counts.standing) == "1 critical, 1 low"
-    assert site.by_priority(counts.unacknowledged) == "1 critical, 1 low" and counts.folded == 1
+    assert site.by_priority(counts.standing) == "1 critical, 1 low"  # neither the folded nor the shelved one
+    assert site.by_priority(counts.unacknowledged) == "1 critical, 1 low"
+    assert counts.folded == 1 and counts.shelved == 1
