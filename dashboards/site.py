@@ -158,7 +158,7 @@ def health_of(state: LineState, now: float) -> Health:
     if s.get("health") == "degraded" or reasons:
         return Health("degraded", "; ".join(reasons) or "degraded", reasons)
     if s.get("health") == "ok":
-        return Health("ok", f"ok · as of {_hhmm(said)} UTC")
+        return Health("ok", f"as of {_hhmm(said)} UTC")
     return Health("ok", f"online since {_hhmm(float(s.get('started_at') or said))} UTC (its health not said yet)")
 
 

@@ -5,6 +5,10 @@ health, retained alarm states from a real alarm engine), and the site's PostgreS
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,15 +22,19 @@ from dashboards import site
 from dashboards.live import LiveFeed
 from factory_copilot.alarms import AlarmEngine, AlarmSettings
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, MqttConnection, load_line
+from factory_copilot.plumbing.broker import free_port
 from factory_copilot.plumbing.logins import Logins, hash_password
 from factory_copilot.publish import Publisher, payloads
 from factory_copilot.publish.topics import Topics
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, OperatorCommand, Priority
+from factory_copilot.store.cli import dashboard_command
 from factory_copilot.store.store import PostgresStore, line_id
 from tests.test_dashboard import Listener
+from tests.test_dashboard_login import log_in
 
 COMPRESSOR = REPO_ROOT / "tests" / "lines" / "compressor_station" / "line.yaml"
 PASSWORDS = {"ann": "ann-secret-12", "bob": "bob-secret-12"}
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
 @pytest.fixture
@@ -263,3 +271,66 @@ def test_health_words_from_a_status():
     assert site.by_priority(counts.standing) == "1 critical, 1 low"  # neither the folded nor the shelved one
     assert site.by_priority(counts.unacknowledged) == "1 critical, 1 low"
     assert counts.folded == 1 and counts.shelved == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_the_site_page_in_a_real_browser_and_the_click_through(broker, users_file, tmp_path):
+    """Served as `factory-copilot dashboard --site A.yaml B.yaml` serves it: ann logs in, sees her line with its
+    alarm under its priority (and not bob's line), clicks through to its operator page in the same session."""
+    from playwright.sync_api import sync_playwright
+
+    # the site's own name (this test has a broker and no database of its own): the screenshot docs/ shows
+    packaging = load_line(write_line(tmp_path / "p.yaml", SIMULATED_LINE, "north-works", "packaging-1",
+                                     roles={"operators": ["ann"]}))
+    compressors = load_line(write_line(tmp_path / "c.yaml", COMPRESSOR, "north-works", "compressor-station-2",
+                                       roles={"operators": ["bob"]}))
+    two_lines = (packaging, compressors)
+    topics = Topics(packaging.site, packaging.line)
+    side = Listener(broker, "unused/#")
+    now = time.time()
+    alarm = Alarm("product_pump.flow-limit", "product_pump", "flow:limit", AlarmState.ACTIVE_UNACK, Priority.HIGH,
+                  "Product transfer pump: flow high", now, now)
+    for line in two_lines:
+        side.publish(Topics(line.site, line.line).status(),
+                     payloads.status("online", line.site, line.line, now, "c", every_s=30.0, reasons=[]), retain=True)
+    side.publish(topics.alarm(alarm.asset, alarm.alarm_id), payloads.alarm_state(alarm, packaging.site, packaging.line),
+                 retain=True)
+    port = free_port()
+    proc = subprocess.Popen(dashboard_command(tmp_path / "none.db", SIMULATED_LINE, broker.host, broker.port, "5", port,
+                                              site=[packaging.path, compressors.path]),
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "FACTORY_COPILOT_DASHBOARD_USERS": str(users_file)})
+    try:
+        for out in proc.stdout:  # the server says when it listens
+            if "URL:" in out:
+                break
+        else:
+            pytest.fail("streamlit exited before it listened")
+        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep the pipe drained
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"http://127.0.0.1:{port}")
+            log_in(page, "ann", PASSWORDS["ann"])
+            page.get_by_text("Standing: 1 high").wait_for(timeout=60_000)
+            page.get_by_text("Not acknowledged: 1 high").wait_for(timeout=10_000)
+            assert page.get_by_text(compressors.line).count() == 0  # bob's line is not hers
+            if os.environ.get("FACTORY_COPILOT_SCREENSHOTS"):
+                target = REPO_ROOT / os.environ["FACTORY_COPILOT_SCREENSHOTS"]
+                target.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(target / "dashboard-site.png"))
+            page.get_by_role("button", name=f"Open the operator page of {packaging.line}").click()
+            page.get_by_text("All lines of the site").wait_for(timeout=60_000)
+            page.get_by_text("Alarms (1)").wait_for(timeout=60_000)  # her line's operator page, still logged in
+            assert "line=" in page.url
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        side.stop()
