@@ -22,10 +22,12 @@ shows every line, as the operator page does. The operator page of a line is this
 
 from __future__ import annotations
 
+import argparse
 import copy
 import html
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -34,15 +36,19 @@ from typing import Any, ClassVar
 
 import streamlit as st
 
+from dashboards import login
 from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TARGET_PER_HOUR, AlarmKpis, alarm_kpis
-from factory_copilot.config import LineConfig, MqttConnection
+from factory_copilot.config import LineConfig, MqttConnection, load_line
 from factory_copilot.names import DEFAULT_PREFIX
+from factory_copilot.plumbing.logs import Throttled
 from factory_copilot.plumbing.mqtt import MqttSession
 from factory_copilot.records import Alarm, Priority
 from factory_copilot.publish.topics import Topics, parse
-from factory_copilot.store.store import line_id
+from factory_copilot.shift.calendar import shift_at
+from factory_copilot.store.store import PostgresStore, line_id
 
 log = logging.getLogger(__name__)
+_unanswered = Throttled(log, 30.0)  # the site's database away: said once per 30 s, not at every refresh
 
 STALE_BEATS = 3  # heartbeats missed before a line counts as offline
 clock = time.time  # the page's clock (a test moves it on rather than wait for a line to go quiet)
@@ -199,8 +205,6 @@ def covers(line: LineConfig, user: str | None, logins: bool) -> bool:
 def shift_of(line: LineConfig, now: float) -> tuple[float, str]:
     """When the shift running now began, and its name: the line's ``shifts:``, else the last 8 hours."""
     if line.shifts:
-        from factory_copilot.shift.calendar import shift_at
-
         w = shift_at(line, now)
         return w.start, f"{w.name} shift since {_hhmm(w.start)} UTC"
     return now - SHIFT_WITHOUT_SHIFTS_S, "last 8 h (the line file names no shifts)"
@@ -271,15 +275,13 @@ def card(line: LineConfig, health: Health, counts: AlarmCounts, figures: str) ->
 
 
 def _open_lines(paths: tuple[str, ...]) -> list[LineConfig]:
-    from factory_copilot.config import load_line
-
     return [load_line(p) for p in paths]
 
 
 def _open_feed(host: str, port: int, protocol: str, paths: tuple[str, ...], prefix: str,
                _base: MqttConnection | None) -> SiteFeed:
-    import os
-
+    # the first line file's MQTT settings (TLS, CA) apply; host and port come from the command line, the
+    # page's own account from the environment, as for the operator page
     update = {"host": host, "port": port, "protocol": protocol, "client_id": None}
     if os.environ.get("FACTORY_COPILOT_MQTT_USERNAME"):
         update.update(username=os.environ["FACTORY_COPILOT_MQTT_USERNAME"],
@@ -288,9 +290,7 @@ def _open_feed(host: str, port: int, protocol: str, paths: tuple[str, ...], pref
     return SiteFeed(conn, open_lines(paths), prefix).start()
 
 
-def _open_history(url: str, line: str):
-    from factory_copilot.store.store import PostgresStore
-
+def _open_history(url: str, line: str) -> PostgresStore:
     return PostgresStore(url, line, read_only=True)
 
 
@@ -312,7 +312,7 @@ def figures_of(line: LineConfig, now: float) -> str:
         k, label = shift_figures(open_history(line.store.url, key), line, now)
         words = f"EEMUA 191, {label}: {k.alarms} alarm(s); {figures_words(k)}"
     except Exception as exc:  # the database away costs the figures, never the page
-        log.warning("site page: no EEMUA figures for %s: %s", key, exc)
+        _unanswered.warning(key, "site page: no EEMUA figures for %s: %s", key, exc)
         words = f"EEMUA 191 figures unavailable: the site's history did not answer ({type(exc).__name__})"
     _figures[key] = (now, words)
     return words
@@ -321,12 +321,8 @@ def figures_of(line: LineConfig, now: float) -> str:
 def route(args):
     """The site page (the script stops there), or the options of the operator page ``?line=`` names when the person
     signed in may see that line."""
-    import argparse
-
     lines = open_lines(tuple(args.site))
     st.set_page_config(page_title="Factory Copilot · site", layout="wide")
-    from dashboards import login
-
     user = login.require_login(args.users, "Factory Copilot · site")
     wanted = st.query_params.get("line")
     if wanted:
@@ -346,8 +342,6 @@ def back_to_site() -> None:
 
 
 def page(args, lines: list[LineConfig], user: str | None) -> None:
-    from dashboards import login
-
     visible = [c for c in lines if covers(c, user, bool(args.users))]
     with st.sidebar:
         st.markdown("### Site")

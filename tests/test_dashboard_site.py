@@ -240,9 +240,13 @@ def test_the_shifts_eemua_figures_come_from_the_sites_history(two_lines, tmp_pat
                        Alarm(f"a{i}", "filler", f"c{i}", AlarmState.ACTIVE_UNACK, Priority.HIGH, "tank low",
                              now - 300 + 25 * i, now - 300 + 25 * i))
             for i in range(12))
-    at = _app(monkeypatch, [packaging, compressors]).run()
+    # a third line whose database does not answer: it costs that line's figures, never the page
+    away = load_line(write_line(tmp_path / "away.yaml", COMPRESSOR, packaging.site, "compressor-station-3",
+                                store={"url": f"postgresql://nobody@127.0.0.1:{free_port()}/history"}))
+    at = _app(monkeypatch, [packaging, compressors, away]).run()
     assert not at.exception, [e.value for e in at.exception]
     shown = cards(at)
+    assert "EEMUA 191 figures unavailable" in shown[line_id(away)] and "did not answer (Unavailable)" in shown[line_id(away)]
     figures = shown[line_id(packaging)]
     assert "last 8 h" in figures and "12 alarm(s)" in figures and "at most 12 in 10 min" in figures
     assert "above EEMUA 191" in figures
