@@ -11,6 +11,11 @@ parts are Streamlit fragments that rerun on their own; the rest reruns on an ope
 Everything historical comes from the store; live alarm states, streamed diagnosis text, command
 replies and answers come over MQTT through one cached LiveFeed. Each option may also be given as an
 environment variable (FACTORY_COPILOT_DB, _LINE, _MQTT_HOST, _MQTT_PORT, _MQTT_PROTOCOL, _TOPIC_PREFIX).
+
+    streamlit run dashboards/app.py -- --site A.yaml B.yaml --mqtt-host SITE-BROKER --users dashboard-users.yaml
+
+serves the site page instead (dashboards/site.py; FACTORY_COPILOT_SITE_LINES, the files joined by the path
+separator): every line at a glance, each line's operator page at ``?line=SITE/LINE``.
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ def settings() -> argparse.Namespace:
     # log-ins (Argon2id hashes, from broker init); none: read-only. The dashboard's own MQTT account is given in
     # the environment (FACTORY_COPILOT_MQTT_USERNAME/_PASSWORD), so no password shows in a process list
     p.add_argument("--users", default=env("FACTORY_COPILOT_DASHBOARD_USERS"))
+    # the site page (dashboards/site.py): the site's line files; each line's operator page is then ?line=SITE/LINE
+    site = env("FACTORY_COPILOT_SITE_LINES")
+    p.add_argument("--site", nargs="+", metavar="LINE.yaml", default=site.split(os.pathsep) if site else None)
     # under a test runner sys.argv holds the runner's own options: ignore what is not ours
     args, _ = p.parse_known_args(sys.argv[1:])
     return args
@@ -147,7 +155,17 @@ def stable_order(alarms: list[Alarm]) -> list[Alarm]:
     return sorted(alarms, key=lambda a: (int(a.priority), -a.raised_at, a.alarm_id))
 
 
-cfg = Page(settings())
+def page_settings() -> argparse.Namespace:
+    """The options of this run: with ``--site``, the site page (which stops the script) or the line ``?line=`` names."""
+    args = settings()
+    if args.site:
+        from dashboards import site
+
+        args = site.route(args)
+    return args
+
+
+cfg = Page(page_settings())
 
 
 def badge(text: str, colour: str, fg: str = "white") -> str:
@@ -249,6 +267,10 @@ def key_class(key: str) -> str:
 
 def sidebar() -> None:
     with st.sidebar:
+        if cfg.args.site:
+            from dashboards.site import back_to_site
+
+            back_to_site()
         st.markdown(f"### {html.escape(cfg.line.site)} / {html.escape(cfg.line.line)}")
         login.sidebar_user(cfg.args.users)
         choices = shelve_choices(actor())

@@ -160,6 +160,7 @@ class LineService:
             handover_acks=bus.outlet("publish", HandoverAck) if line.shifts else None,
             feedback=bus.outlet("publish", OperatorFeedback),
         )
+        self.publisher.health = lambda: self.health()[1]  # said with the status heartbeat: what a site page shows
         if isinstance(self.clock, ReplayClock):  # a replay waits for detect and alarms rather than outrun them
             self.clock.backlog = lambda: to_detect.qsize() + to_alarms.qsize()
             self.clock.on_step.append(self.alarms.tick)

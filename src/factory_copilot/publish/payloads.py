@@ -124,8 +124,9 @@ def stream_chunk(alarm_id: str, asset: str, seq: int, token: str, done: bool) ->
     return {"schema": STREAM, "alarm_id": alarm_id, "asset": asset, "seq": seq, "token": token, "done": done, "ts": time.time()}
 
 
-def status(state: str, site: str, line: str, started_at: float, client_id: str, instance: str | None = None) -> dict[str, Any]:
-    body = {
+def status(state: str, site: str, line: str, started_at: float, client_id: str, instance: str | None = None,
+           every_s: float | None = None, reasons: list[str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "schema": STATUS,
         "site": site,
         "line": line,
@@ -137,6 +138,11 @@ def status(state: str, site: str, line: str, started_at: float, client_id: str, 
     }
     if instance:
         body["instance"] = instance  # host:pid, so a second instance can name the first
+    if every_s and state == "online":
+        body["every_s"] = every_s  # said again this often: a status older than a few of these is a line gone quiet
+    if reasons is not None and state == "online":  # the service's /health, for a site page: ok, or what is down
+        body["health"] = "degraded" if reasons else "ok"
+        body["reasons"] = [str(r)[:300] for r in reasons[:20]]
     return body
 
 

@@ -95,6 +95,7 @@ class Publisher:
         stream_expiry_s: int = 120,
         stream_max: int = 2000,
         outbox_max_rows: int = 100_000,
+        status_every_s: float | None = 30.0,
     ):
         self.site, self.line = site, line
         self.topics = Topics(site, line, prefix)
@@ -112,6 +113,9 @@ class Publisher:
                              stream_max=stream_max, counts=self.counts)
         self.inbound = Inbound(self.topics, commands, questions, self._reply, self._answer, self.counts,
                                handover_acks=handover_acks, feedback=feedback)
+        self.session.every_s = status_every_s
+        # the service's /health reasons (empty: ok), said with every heartbeat; the service wires it (None: not said)
+        self.health: Callable[[], list[str]] | None = None
         self.online = self.sender.online  # set once the broker acknowledged this connection's birth message
         self.offline = asyncio.Event()
         self.idle = self.sender.idle  # nothing pending anywhere
@@ -199,6 +203,8 @@ class Publisher:
                     log.exception("could not publish %r from %s", item, buffer.name)
 
         jobs = [asyncio.create_task(drain(b, takers[name])) for name, b in self.inputs.items() if b is not None]
+        if self.session.every_s:
+            jobs.append(asyncio.create_task(self._heartbeats(self.session.every_s), name="publish-heartbeat"))
         try:
             await run_until(stop, jobs)
         finally:
@@ -209,6 +215,19 @@ class Publisher:
                         takers[name](item)
                     except Exception:
                         log.exception("could not publish %r from %s", item, buffer.name)
+
+    async def _heartbeats(self, every_s: float) -> None:
+        """The online status again every ``every_s`` with the service's health; the first as soon as it is online."""
+        while True:
+            await self.online.wait()
+            try:
+                reasons = self.health() if self.health is not None else None
+            except Exception:  # the health is a courtesy to the site: never the reason a heartbeat stops
+                log.exception("could not read the service's health for the status heartbeat")
+                reasons = None
+            if self.session.heartbeat(reasons):
+                self.counts["heartbeats"] += 1
+            await asyncio.sleep(every_s)
 
     # ---- what the other stations hand in -----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Sub-commands ``store`` (look into and prune the store file) and ``dashboard`` (serve the operator page)."""
+"""Sub-commands ``store`` (look into and prune the store file) and ``dashboard`` (serve the operator page, or the
+site page over many lines' files)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ DASHBOARD_APP = REPO_ROOT / "dashboards" / "app.py"
 
 
 def dashboard_command(db: str | Path, line: str | Path, mqtt_host: str | None, mqtt_port: int = 1883,
-                      mqtt_protocol: str = "5", port: int = 8501, address: str = "127.0.0.1") -> list[str]:
-    """The ``streamlit run`` command line that serves the dashboard on ``address:port``."""
+                      mqtt_protocol: str = "5", port: int = 8501, address: str = "127.0.0.1",
+                      site: list[str | Path] | None = None) -> list[str]:
+    """The ``streamlit run`` command line that serves the dashboard on ``address:port`` (with ``site``: the site
+    page over those line files, each line's operator page at ``?line=SITE/LINE``)."""
     cmd = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD_APP), "--server.headless", "true",
            "--server.port", str(port), "--server.address", address, "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none",  # an operator's page does not reload when a file changes
@@ -26,6 +29,8 @@ def dashboard_command(db: str | Path, line: str | Path, mqtt_host: str | None, m
            # no full garbage collection after every fragment rerun (40 % of the server's CPU with two pages open)
            "--runner.postScriptGC", "false", "--",
            "--db", str(db), "--line", str(line)]
+    if site:
+        cmd += ["--site", *map(str, site)]
     if mqtt_host:
         cmd += ["--mqtt-host", mqtt_host, "--mqtt-port", str(mqtt_port), "--mqtt-protocol", mqtt_protocol]
     return cmd
@@ -45,14 +50,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since-hours", type=float, default=24 * 7, help="for false-alarms (default one week)")
     p.set_defaults(func=run_store)
 
-    d = sub.add_parser("dashboard", help="serve the operator dashboard (Streamlit) on 127.0.0.1")
-    d.add_argument("--db", required=True, help="store file the service writes, or the site's PostgreSQL store "
-                                               "(postgresql://...; a line file with store.url is read there anyway)")
+    d = sub.add_parser("dashboard", help="serve the operator dashboard (Streamlit) on 127.0.0.1, or the site page")
+    d.add_argument("--db", help="store file the service writes, or the site's PostgreSQL store (postgresql://...; "
+                                "a line file with store.url is read there anyway); optional with --site")
     d.add_argument("--line", default=str(SIMULATED_LINE), help="line file (for names, units and normal bands)")
     d.add_argument("--mqtt-host", help="broker for live alarms and commands (omit: read-only from the store)")
     d.add_argument("--mqtt-port", type=int, default=1883)
     d.add_argument("--mqtt-protocol", default="5", choices=["5", "3.1.1"])
     d.add_argument("--port", type=int, default=8501, help="HTTP port of the page (default 8501)")
+    d.add_argument("--site", nargs="+", metavar="LINE.yaml",
+                   help="the site page over these line files, --mqtt-host the site broker (docs/site.md)")
     d.set_defaults(func=run_dashboard)
 
 
@@ -130,6 +137,11 @@ def _run_store(args: argparse.Namespace) -> int:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    cmd = dashboard_command(args.db, args.line, args.mqtt_host, args.mqtt_port, args.mqtt_protocol, args.port)
+    if not args.db and not args.site:
+        print("error: dashboard: give the store file (--db) of the line, or --site with the site's line files",
+              file=sys.stderr)
+        return 2
+    cmd = dashboard_command(args.db or "data/factory-copilot.db", args.line, args.mqtt_host, args.mqtt_port,
+                            args.mqtt_protocol, args.port, site=args.site)
     print(f"Dashboard: http://127.0.0.1:{args.port}", flush=True)
     return subprocess.call(cmd, env=os.environ.copy())
