@@ -1,8 +1,8 @@
 """The site's view of its PostgreSQL store: every line's alarm history and audit rows, read only, with their line.
 
-A line's own store (``PostgresStore``) sees its line's rows through session views; this reader reads the tables
-themselves, so it needs a role that may SELECT them (the site's, not a line's: see docs/site.md, "Who reads
-what"). Its connection is read only: a site-wide command can look at every line and change none.
+A line's own store (``PostgresStore``) sees its line's rows (row-level security, and session views); this reader
+reads the tables themselves, so it needs a site reader's role (a member of ``factory_copilot_site_reader``, not
+a line's: see docs/site.md, "Who reads what"). Its connection is read only: a site-wide command can look at every line and change none.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from factory_copilot.plumbing import postgres
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState
 from factory_copilot.store.schema import COMPONENT, PG_MIGRATIONS
-from factory_copilot.store.store import line_views
+from factory_copilot.store.store import check_reader, check_role, line_views
 
 
 def is_url(text: str | None) -> bool:
@@ -42,7 +42,10 @@ class SiteHistory:
     def __init__(self, url: str, line: str | None = None):
         """``line``: see that line's rows only, through the session views a line's own store reads (``line_views``)."""
         self.url, self.line, self.where = url, line, postgres.where(url)
-        setup = None if line is None else (lambda conn: line_views(conn, line))
+        if line is None:
+            setup = lambda conn: check_reader(conn, url)  # noqa: E731
+        else:
+            setup = lambda conn: (check_role(conn, url, line, read_only=True), line_views(conn, line))  # noqa: E731
         self._conn = postgres.Connection(url, setup=setup, read_only=True)
         try:
             postgres.check_version(self._conn, len(PG_MIGRATIONS), COMPONENT)

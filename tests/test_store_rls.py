@@ -1,0 +1,145 @@
+"""Each line sees only its rows, by the server's rules (issue 22): a role per line and row-level security. A line's
+role, querying the tables themselves with plain psycopg, can neither read, change, delete nor forge another
+line's rows; a site reader reads every line and writes none; a line file whose role is bound to another line is
+refused at start, naming the role and the line."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from factory_copilot.cli import main
+from factory_copilot.plumbing.postgres import WrongRole
+from factory_copilot.records import AlarmState, HandoverAck, Turn
+from factory_copilot.store.schema import PG_TABLES
+from factory_copilot.store.store import PostgresStore
+from tests.test_store import T0, alarm_event
+from tests.test_store_site import write_a_shift
+
+psycopg = pytest.importorskip("psycopg")
+
+_n = itertools.count(1)
+A, B = "site-1/line-a", "site-1/line-b"
+
+
+def as_role(url: str, role: str) -> str:
+    return re.sub(r"//[^@/]+@", f"//{role}@", url)
+
+
+@pytest.fixture
+def site(pg_cluster, capsys):
+    """A database of its own, lines a and b bound to roles of their own (roles are the cluster's: named per test),
+    each line's shift written through its own role."""
+    n = next(_n)
+    url = pg_cluster.create_database(f"site_rls_{n}")
+    roles = {A: f"rls{n}_line_a", B: f"rls{n}_line_b"}
+    for line, role in roles.items():
+        assert main(["store", "grant-line", "--db", url, "--line", line, "--role", role]) == 0
+    said = capsys.readouterr().out
+    assert f"bound role {roles[A]} to line {A}" in said and f"created role {roles[B]}" in said
+    for value, (line, role) in enumerate(roles.items(), start=1):
+        with PostgresStore(as_role(url, role), line) as store:  # the store's own SQL, under the policies
+            write_a_shift(store, float(value))
+            store.acknowledge_handover(HandoverAck("2023-11-14-morning", f"op-{value}", T0 + 5))
+            for _ in range(2):  # the same answer twice: stored once (ON CONFLICT, under the policies)
+                store.add_turns([Turn("A1", "copilot", f"answer {value}", T0 + 6, request_id="q-1")])
+    return url, roles
+
+
+def lines_in(conn, table: str) -> dict[str, int]:
+    return dict(conn.execute(f"SELECT line, count(*) FROM {table} GROUP BY line").fetchall())
+
+
+def test_a_line_role_reads_changes_and_deletes_its_own_rows_only(site):
+    url, roles = site
+    with psycopg.connect(url) as owner:  # the superuser who made the database sees both lines
+        before = {t: lines_in(owner, t) for t in PG_TABLES}
+    assert all(set(before[t]) == {A, B} for t in PG_TABLES), before
+    with psycopg.connect(as_role(url, roles[A]), autocommit=True) as conn:
+        for table in PG_TABLES:  # the tables themselves, no session views: line a's rows only
+            assert lines_in(conn, table) == {A: before[table][A]}, table
+            assert conn.execute(f"SELECT count(*) FROM {table} WHERE line = %s", (B,)).fetchone()[0] == 0
+            assert conn.execute(f"UPDATE {table} SET line = line WHERE line = %s", (B,)).rowcount == 0
+        assert conn.execute("UPDATE alarms SET state = 'x'").rowcount == before["alarms"][A]
+        assert conn.execute("DELETE FROM alarm_events").rowcount == before["alarm_events"][A]
+        assert conn.execute("DELETE FROM readings_raw WHERE line <> %s", (A,)).rowcount == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute("INSERT INTO alarm_events(line, alarm_id, ts, event, state, alarm) "
+                         "VALUES (%s, 'A1', 1, 'acknowledged', 'x', '{}')", (B,))  # a forged row of line b
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute("UPDATE alarms SET line = %s", (B,))  # its own rows handed to line b
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("TRUNCATE readings_raw")  # TRUNCATE passes by the policies: the role may not
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("ALTER TABLE alarms DISABLE ROW LEVEL SECURITY")
+        assert conn.execute("SELECT role, line FROM line_roles WHERE role = current_user").fetchall() == [
+            (roles[A], A)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE line_roles SET line = %s", (B,))  # nor may it bind itself to another line
+    with psycopg.connect(url) as owner:
+        after = {t: lines_in(owner, t) for t in PG_TABLES}
+        assert owner.execute("SELECT DISTINCT state FROM alarms WHERE line = %s", (B,)).fetchall() == [
+            (AlarmState.ACTIVE_UNACK.value,)]
+    assert all(after[t][B] == before[t][B] for t in PG_TABLES)  # line b: every row as it was
+    assert A not in after["alarm_events"]
+
+
+def test_the_site_reader_reads_every_line_and_writes_none(site, capsys):
+    url, roles = site
+    reader = f"{roles[A].rsplit('_line', 1)[0]}_site"
+    assert main(["store", "--db", url, "grant-reader", "--role", reader]) == 0
+    assert f"made role {reader} a member of factory_copilot_site_reader" in capsys.readouterr().out
+    with psycopg.connect(as_role(url, reader), autocommit=True) as conn:
+        for table in PG_TABLES:
+            assert set(lines_in(conn, table)) == {A, B}, table
+        for statement in ("DELETE FROM alarms", "UPDATE alarms SET state = 'x'", "TRUNCATE alarms",
+                          "INSERT INTO readings_raw(line, ts, asset, signal, quality) VALUES ('x', 1, 'a', 's', 'GOOD')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    assert main(["alarms", "--db", as_role(url, reader), "--json", "list", "--all"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2  # A1 of each line
+    assert main(["alarms", "--db", as_role(url, reader), "--line", B, "--json", "audit"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    # a line's role is no site reader, and a site reader no line's role
+    assert main(["store", "--db", url, "grant-reader", "--role", roles[A]]) == 2
+    assert f"role {roles[A]} is bound to a line" in capsys.readouterr().err
+    assert main(["store", "--db", url, "grant-line", "--line", A, "--role", reader]) == 2
+    assert "member of factory_copilot_site_reader" in capsys.readouterr().err
+
+
+def test_a_role_bound_to_another_line_is_refused_at_start_naming_role_and_line(site, tmp_path, capsys):
+    from tests.test_site_cli import line_file
+
+    url, roles = site
+    with pytest.raises(WrongRole, match=f"role {roles[A]} is bound to line {A}, not to line {B}"):
+        PostgresStore(as_role(url, roles[A]), B)
+    with pytest.raises(WrongRole, match=f"role {roles[A]} is bound to line {A}, not to line {B}"):
+        PostgresStore.reader(as_role(url, roles[A]), B).counts()
+    with psycopg.connect(url, autocommit=True) as owner:  # a role with the grants but bound to no line
+        loose = f"{roles[A]}_loose"
+        owner.execute(f"CREATE ROLE {loose} LOGIN; GRANT SELECT, INSERT ON alarms TO {loose}")
+    with pytest.raises(WrongRole, match=f"role {loose} is bound to no line, so it may not act for line {A}"):
+        PostgresStore(as_role(url, loose), A)
+    # a line file naming the store with line a's role, for line demo-plant/packaging-1: one line saying so
+    path = line_file(tmp_path, "packaging-1", as_role(url, roles[A]))
+    assert main(["alarms", "--config", str(path), "--from-store", "list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and f"role {roles[A]} is bound to line {A}" in err[-1], err
+    assert "not to line demo-plant/packaging-1" in err[-1]
+    assert main(["store", "--db", as_role(url, roles[A]), "--line", B, "prune"]) == 2
+    assert f"not to line {B}" in capsys.readouterr().err
+    assert main(["store", "grant-line", "--db", url, "--line", B, "--role", roles[A]]) == 2  # one line a role
+    assert f"bound to line {A} already" in capsys.readouterr().err
+
+
+def test_a_line_role_may_not_create_the_tables(pg_cluster):
+    """The tables' owner makes them (grant-line migrates first); a line's role on a database without them is told so."""
+    n = next(_n)
+    url = pg_cluster.create_database(f"site_rls_{n}")
+    with psycopg.connect(url, autocommit=True) as owner:
+        owner.execute(f"CREATE ROLE rls{n}_early LOGIN")
+    with pytest.raises(WrongRole, match="the database has no tables, this software wants version 2, and this role "
+                                        "may not make it so .*grant-line"):
+        PostgresStore(as_role(url, f"rls{n}_early"), A)
