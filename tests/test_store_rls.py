@@ -143,3 +143,25 @@ def test_a_line_role_may_not_create_the_tables(pg_cluster):
     with pytest.raises(WrongRole, match="the database has no tables, this software wants version 2, and this role "
                                         "may not make it so .*grant-line"):
         PostgresStore(as_role(url, f"rls{n}_early"), A)
+
+
+def test_the_tables_owner_is_held_too_and_may_not_be_a_lines_role(pg_cluster, capsys):
+    """A site's owner who is no superuser (CREATEROLE, owns the database) makes the tables and the lines' roles;
+    FORCE holds it to the policies as well: it reads no line's rows unless it is a site reader."""
+    n = next(_n)
+    owner = f"rls{n}_owner"
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as su:
+        su.execute(f"CREATE ROLE {owner} LOGIN CREATEROLE")
+        su.execute(f"CREATE DATABASE site_rls_{n} OWNER {owner}")
+    url = as_role(pg_cluster.url(f"site_rls_{n}"), owner)
+    assert main(["store", "grant-line", "--db", url, "--line", A, "--role", f"rls{n}_line_a"]) == 0
+    capsys.readouterr()
+    with PostgresStore(as_role(url, f"rls{n}_line_a"), A) as store:
+        store.add_alarm_events([alarm_event("A1", T0 + 1, "raised", AlarmState.ACTIVE_UNACK)])
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM alarms").fetchone()[0] == 0  # FORCE ROW LEVEL SECURITY
+        assert conn.execute("DELETE FROM alarms").rowcount == 0
+    with pytest.raises(WrongRole, match=f"role {owner} is bound to no line"):
+        PostgresStore(url, A)
+    assert main(["store", "grant-line", "--db", url, "--line", B, "--role", owner]) == 2
+    assert f"role {owner} is the store tables' owner" in capsys.readouterr().err
