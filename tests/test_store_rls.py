@@ -165,3 +165,14 @@ def test_the_tables_owner_is_held_too_and_may_not_be_a_lines_role(pg_cluster, ca
         PostgresStore(url, A)
     assert main(["store", "grant-line", "--db", url, "--line", B, "--role", owner]) == 2
     assert f"role {owner} is the store tables' owner" in capsys.readouterr().err
+
+
+def test_the_service_of_a_line_whose_role_is_another_lines_does_not_start(site, tmp_path, sim_models):
+    from factory_copilot.config import load_line
+    from factory_copilot.service import build_service
+    from tests.test_site_cli import line_file
+
+    url, roles = site
+    path = line_file(tmp_path, "packaging-1", as_role(url, roles[B]))
+    with pytest.raises(WrongRole, match=f"role {roles[B]} is bound to line {B}, not to line demo-plant/packaging-1"):
+        build_service(load_line(path), path, models=sim_models, state_dir=tmp_path / "state")
