@@ -176,3 +176,44 @@ def test_the_service_of_a_line_whose_role_is_another_lines_does_not_start(site, 
     path = line_file(tmp_path, "packaging-1", as_role(url, roles[B]))
     with pytest.raises(WrongRole, match=f"role {roles[B]} is bound to line {B}, not to line demo-plant/packaging-1"):
         build_service(load_line(path), path, models=sim_models, state_dir=tmp_path / "state")
+
+
+async def test_a_line_started_while_the_server_was_away_holds_its_rows_until_its_role_is_bound(own_pg_cluster):
+    """The service starts without its database; when the server is back its role turns out bound to no line: the
+    store station holds what it has, says why, and writes it once the owner binds the role (nothing dropped)."""
+    import asyncio
+
+    from factory_copilot.plumbing.buffer import Buffer
+    from factory_copilot.records import Reading
+    from factory_copilot.store import StoreStation
+
+    cluster = own_pg_cluster
+    url = cluster.create_database("site_history")
+    assert main(["store", "grant-line", "--db", url, "--line", B, "--role", "line_b"]) == 0  # the tables
+    with psycopg.connect(url, autocommit=True) as owner:
+        owner.execute("CREATE ROLE line_a LOGIN")
+    await asyncio.to_thread(cluster.stop)
+    store = PostgresStore(as_role(url, "line_a"), A, patient=True)
+    readings = Buffer(10_000, "readings")
+    station = StoreStation(store, readings=readings, batch_max=100, retry_s=0.02, retry_max_s=0.05)
+    task = asyncio.create_task(station.run())
+    try:
+        for i in range(300):
+            readings.offer(Reading(T0 + i, "filler", "bowl_level", float(i)))
+        await asyncio.to_thread(cluster.start)
+        async with asyncio.timeout(30):
+            while "bound to no line" not in (station.stats()["unavailable"] or ""):
+                await station.wait_retries(station.write_retries + 1)
+        stats = station.stats()
+        assert "role line_a is bound to no line, so it may not act for line site-1/line-a" in stats["unavailable"]
+        assert stats["written"]["readings"] == 0 and stats["failed"]["readings"] == 0
+        assert await asyncio.to_thread(main, ["store", "grant-line", "--db", url, "--line", A, "--role", "line_a"]) == 0
+        async with asyncio.timeout(30):
+            await station.wait_written("readings", 300)
+        assert station.stats()["unavailable"] is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        store.close()
+    with psycopg.connect(url) as owner:
+        assert lines_in(owner, "readings_raw") == {A: 300}
