@@ -37,15 +37,18 @@ class LineEvent:
 
 class SiteHistory:
     """Reads the alarms (each one's newest state) and the alarm events every line's store station wrote; with
-    ``line``, one line's only (a line's credentials suffice: the rows its own store reads)."""
+    ``line``, one line's only (that line's role suffices, or a site reader's: the rows its own store reads)."""
 
     def __init__(self, url: str, line: str | None = None):
         """``line``: see that line's rows only, through the session views a line's own store reads (``line_views``)."""
         self.url, self.line, self.where = url, line, postgres.where(url)
-        if line is None:
-            setup = lambda conn: check_reader(conn, url)  # noqa: E731
-        else:
-            setup = lambda conn: (check_role(conn, url, line, read_only=True), line_views(conn, line))  # noqa: E731
+        def setup(conn: Any) -> None:  # a role that would see fewer rows than asked is refused, not shown a part
+            if line is None:
+                check_reader(conn, url)
+            else:
+                check_role(conn, url, line, read_only=True)
+                line_views(conn, line)
+
         self._conn = postgres.Connection(url, setup=setup, read_only=True)
         try:
             postgres.check_version(self._conn, len(PG_MIGRATIONS), COMPONENT)
