@@ -64,7 +64,6 @@ def _site_stats(url: str) -> dict[str, dict[str, int]]:
     """Rows per table of every line in a site's store: ``{line: {table: rows}}``."""
     from factory_copilot.plumbing import postgres
     from factory_copilot.store.schema import COMPONENT, PG_MIGRATIONS
-
     from factory_copilot.store.store import check_reader
 
     conn = postgres.Connection(url, setup=lambda c: check_reader(c, url), read_only=True)
