@@ -217,3 +217,26 @@ async def test_a_line_started_while_the_server_was_away_holds_its_rows_until_its
         store.close()
     with psycopg.connect(url) as owner:
         assert lines_in(owner, "readings_raw") == {A: 300}
+
+
+def test_a_site_store_of_version_1_keeps_its_rows_when_the_owner_migrates_it(pg_cluster, capsys):
+    """A site that ran before row-level security: the owner's grant-line migrates it, and each line's earlier rows
+    are then its role's, and only its."""
+    from factory_copilot.plumbing import postgres
+    from factory_copilot.store.schema import COMPONENT, PG_MIGRATIONS
+
+    n = next(_n)
+    url = pg_cluster.create_database(f"site_rls_{n}")
+    conn = postgres.Connection(url)
+    try:
+        postgres.migrate(conn, PG_MIGRATIONS[:1], COMPONENT)  # the tables as version 1 made them
+        for line in (A, B):
+            conn.execute("INSERT INTO alarm_events(line, alarm_id, ts, event, state, alarm) "
+                         "VALUES (?, 'A1', 1, 'raised', 'x', '{}')", (line,))
+    finally:
+        conn.close()
+    assert main(["store", "grant-line", "--db", url, "--line", B, "--role", f"rls{n}_line_b"]) == 0
+    capsys.readouterr()
+    with psycopg.connect(as_role(url, f"rls{n}_line_b")) as line_b:
+        assert lines_in(line_b, "alarm_events") == {B: 1}
+        assert line_b.execute("SELECT version FROM schema_version WHERE component = 'store'").fetchone()[0] == 2
