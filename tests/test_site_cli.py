@@ -174,26 +174,33 @@ def test_alarms_from_a_line_files_store_are_that_lines_only(site_url, tmp_path, 
 
 
 def test_the_site_reads_with_a_role_that_may_only_select(site_url, capsys):
-    """The grants docs/site.md gives a site reader suffice for the site-wide commands, and it changes nothing."""
+    """A site reader made by `store grant-reader` (docs/site.md) suffices for the site-wide commands, and it changes
+    nothing; a role with SELECT but no membership is told it is no site reader."""
     import psycopg
 
     two_lines(site_url)
-    with psycopg.connect(site_url, autocommit=True) as conn:
-        for statement in ("CREATE ROLE site_reader LOGIN", "GRANT USAGE ON SCHEMA public TO site_reader",
-                          "GRANT SELECT ON ALL TABLES IN SCHEMA public TO site_reader"):
-            try:
-                conn.execute(statement)
-            except psycopg.errors.DuplicateObject:
-                pass  # the cluster's roles outlive a test's database
+    assert main(["store", "grant-reader", "--db", site_url, "--role", "site_reader"]) == 0
+    assert "made role site_reader a member of factory_copilot_site_reader" in capsys.readouterr().out
     reader = re.sub(r"//[^@/]+@", "//site_reader@", site_url)
     assert main(["alarms", "--db", reader, "--json", "list", "--all"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
     assert main(["alarms", "--db", reader, "--line", "site-1/line-a", "audit"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["store", "--db", reader, "stats"]) == 0 and len(json.loads(capsys.readouterr().out)) == 2
-    assert main(["store", "--db", reader, "--line", "site-1/line-a", "prune"]) == 1
+    assert main(["store", "--db", reader, "--line", "site-1/line-a", "prune"]) == 2  # a reader acts for no line
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: the store's database refused it (InsufficientPrivilege)"), err
+    assert len(err) == 1 and err[0].startswith("error: ") and "role site_reader is bound to no line" in err[0], err
+    with psycopg.connect(site_url, autocommit=True) as conn:  # SELECT on the tables alone: row-level security
+        try:                                                  # shows such a role no row
+            conn.execute("CREATE ROLE select_only LOGIN")
+        except psycopg.errors.DuplicateObject:
+            pass  # the cluster's roles outlive a test's database
+        conn.execute("GRANT USAGE ON SCHEMA public TO select_only; GRANT SELECT ON ALL TABLES IN SCHEMA public "
+                     "TO select_only")
+    for argv in (["alarms", "list"], ["store", "stats"]):
+        assert main([argv[0], "--db", re.sub(r"//[^@/]+@", "//select_only@", site_url), *argv[1:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "role select_only is no site reader" in err[-1] and "grant-reader" in err[-1], err
 
 
 def test_retune_of_one_line_uses_that_lines_false_alarms_only(site_url, tmp_path, sim_models, capsys):

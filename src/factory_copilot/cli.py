@@ -20,7 +20,7 @@ from pathlib import Path
 from factory_copilot import __version__
 from factory_copilot.config import LineConfigError
 from factory_copilot.plumbing.logs import setup_logging
-from factory_copilot.plumbing.postgres import BadUrl, Unavailable
+from factory_copilot.plumbing.postgres import BadUrl, Unavailable, WrongRole
 
 # module paths, in the order their sub-commands are listed in --help
 COMMANDS: list[str] = [
@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BadUrl as exc:  # a store URL (the line file's, or given) that names no server
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WrongRole as exc:  # the store's role may not act for this line: the owner must bind it first
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Unavailable as exc:  # the line file's store.url: a server that does not answer

@@ -45,8 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "read every line's rows), one line's with it")
     p.add_argument("--line", help="with a PostgreSQL --db: this line's rows only (site/line, as its line file names "
                                   "them), through the session views its own store uses; prune and false-alarms need it")
-    p.add_argument("action", choices=["stats", "prune", "false-alarms"],
-                   help="stats: rows per table; prune: apply retention now; false-alarms: windows marked false")
+    p.add_argument("action", choices=["stats", "prune", "false-alarms", "grant-line", "grant-reader"],
+                   help="stats: rows per table; prune: apply retention now; false-alarms: windows marked false; on a "
+                        "site's PostgreSQL store, as the tables' owner: grant-line binds --role to --line (it sees "
+                        "and writes that line's rows only), grant-reader makes --role a site reader (reads every "
+                        "line, writes none)")
+    p.add_argument("--role", help="for grant-line and grant-reader: the PostgreSQL role (made, LOGIN, when missing)")
     p.add_argument("--since-hours", type=float, default=24 * 7, help="for false-alarms (default one week)")
     p.set_defaults(func=run_store)
 
@@ -67,8 +71,9 @@ def _site_stats(url: str) -> dict[str, dict[str, int]]:
     """Rows per table of every line in a site's store: ``{line: {table: rows}}``."""
     from factory_copilot.plumbing import postgres
     from factory_copilot.store.schema import COMPONENT, PG_MIGRATIONS
+    from factory_copilot.store.store import check_reader
 
-    conn = postgres.Connection(url, read_only=True)
+    conn = postgres.Connection(url, setup=lambda c: check_reader(c, url), read_only=True)
     try:
         postgres.check_version(conn, len(PG_MIGRATIONS), COMPONENT)
         out: dict[str, dict[str, int]] = {}
@@ -105,7 +110,28 @@ def run_store(args: argparse.Namespace) -> int:
         return 2
 
 
+def _grant(args: argparse.Namespace) -> int:
+    """``grant-line`` / ``grant-reader``: print each step done."""
+    from factory_copilot.store.roles import grant_line, grant_reader
+
+    if not is_url(args.db) or args.role is None or (args.action == "grant-line") != (args.line is not None):
+        need = "--line SITE/LINE --role ROLE" if args.action == "grant-line" else "--role ROLE (and no --line)"
+        print(f"error: store {args.action} acts on a site's PostgreSQL store (--db postgresql://OWNER@...) and needs "
+              f"{need}", file=sys.stderr)
+        return 2
+    try:
+        done = grant_line(args.db, args.line, args.role) if args.line else grant_reader(args.db, args.role)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for step in done:
+        print(step)
+    return 0
+
+
 def _run_store(args: argparse.Namespace) -> int:
+    if args.action.startswith("grant-"):
+        return _grant(args)
     if is_url(args.db):
         if args.line is None and args.action == "stats":
             print(json.dumps(_site_stats(args.db), indent=2))

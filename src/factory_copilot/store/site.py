@@ -1,8 +1,8 @@
 """The site's view of its PostgreSQL store: every line's alarm history and audit rows, read only, with their line.
 
-A line's own store (``PostgresStore``) sees its line's rows through session views; this reader reads the tables
-themselves, so it needs a role that may SELECT them (the site's, not a line's: see docs/site.md, "Who reads
-what"). Its connection is read only: a site-wide command can look at every line and change none.
+A line's own store (``PostgresStore``) sees its line's rows (row-level security, and session views); this reader
+reads the tables themselves, so it needs a site reader's role (a member of ``factory_copilot_site_reader``, not
+a line's: see docs/site.md, "Who reads what"). Its connection is read only: a site-wide command can look at every line and change none.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from factory_copilot.plumbing import postgres
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState
 from factory_copilot.store.schema import COMPONENT, PG_MIGRATIONS
-from factory_copilot.store.store import line_views
+from factory_copilot.store.store import check_reader, check_role, line_views
 
 
 def is_url(text: str | None) -> bool:
@@ -37,12 +37,18 @@ class LineEvent:
 
 class SiteHistory:
     """Reads the alarms (each one's newest state) and the alarm events every line's store station wrote; with
-    ``line``, one line's only (a line's credentials suffice: the rows its own store reads)."""
+    ``line``, one line's only (that line's role suffices, or a site reader's: the rows its own store reads)."""
 
     def __init__(self, url: str, line: str | None = None):
         """``line``: see that line's rows only, through the session views a line's own store reads (``line_views``)."""
         self.url, self.line, self.where = url, line, postgres.where(url)
-        setup = None if line is None else (lambda conn: line_views(conn, line))
+        def setup(conn: Any) -> None:  # a role that would see fewer rows than asked is refused, not shown a part
+            if line is None:
+                check_reader(conn, url)
+            else:
+                check_role(conn, url, line, read_only=True)
+                line_views(conn, line)
+
         self._conn = postgres.Connection(url, setup=setup, read_only=True)
         try:
             postgres.check_version(self._conn, len(PG_MIGRATIONS), COMPONENT)

@@ -21,6 +21,7 @@ from typing import Any
 
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logs import Throttled
+from factory_copilot.plumbing.postgres import WrongRole
 from factory_copilot.records import AlarmEvent, Anomaly, Diagnosis, Feedback, Reading, Turn
 from factory_copilot.store.store import Store
 from factory_copilot.plumbing.tasks import run_until
@@ -151,7 +152,9 @@ class StoreStation:
 
     def _settle(self, name: str, held: list[list[Any]], size: int, exc: BaseException | None) -> bool:
         batch = held[0]
-        if isinstance(exc, ConnectionError):
+        # a role the database does not let act for this line (started while the server was away): held as well,
+        # it writes once the tables' owner binds it
+        if isinstance(exc, (ConnectionError, WrongRole)):
             self.written[name] += size - len(batch)  # what a one-by-one writer wrote before the server went
             self.write_retries += 1
             if self.unavailable is None:
