@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from factory_copilot.config import SIMULATED_LINE, Roles, load_line
+from factory_copilot.errors import GiveUp
 from factory_copilot.names import DEFAULT_PREFIX
 from factory_copilot.plumbing.broker import MosquittoBroker
 from factory_copilot.plumbing.broker_site import Account, Bridge, SiteFiles, write_site
@@ -48,6 +49,11 @@ PG_PACKAGE = "postgresql"  # Debian's package with /usr/lib/postgresql/<version>
 
 def line_name(k: int) -> str:
     return f"line-{k:02d}"
+
+
+def line_role(site: str, k: int) -> str:
+    """Line ``k``'s PostgreSQL role (``store grant-line`` binds it to the line: row-level security)."""
+    return f"{site}_{line_name(k)}".replace("-", "_")
 
 
 _taken: set[int] = set()
@@ -126,7 +132,8 @@ class SitePostgres:
         if os.geteuid() == 0:
             self._as, self.user = ["runuser", "-u", "postgres", "--"], "postgres"
             if not _postgres_may_enter(folder):
-                folder = Path(tempfile.gettempdir()) / f"factory-copilot-pg-{hashlib.sha1(str(folder).encode()).hexdigest()[:10]}"
+                digest = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
+                folder = Path(tempfile.gettempdir()) / f"factory-copilot-pg-{digest}"
         self.root = folder
         self.data = folder / "data"
         self.port = port or own_port()
@@ -161,8 +168,9 @@ class SitePostgres:
         except (OSError, ValueError, IndexError):
             return None
 
-    def url(self, db: str = "postgres") -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{db}"
+    def url(self, db: str = "postgres", role: str | None = None) -> str:
+        """``role`` (default: the cluster's superuser, which owns what it creates) on database ``db``."""
+        return f"postgresql://{role or self.user}@127.0.0.1:{self.port}/{db}"
 
     def database(self, name: str, fresh: bool = True) -> str:
         """The URL of database ``name``, made now (dropped first when ``fresh``)."""
@@ -364,9 +372,6 @@ class Plant:
             p.stdin.write("go\n")
             p.stdin.flush()
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
-
     def stop(self) -> None:
         stop_all(self.procs, signal.SIGTERM, 30)
 
@@ -447,14 +452,12 @@ class SiteDemo:
     others: list[subprocess.Popen] = field(default_factory=list)  # the dashboard
     plant: Plant | None = None
     postgres: SitePostgres | None = None
-    pg_url: str | None = None
+    pg_url: str | None = None  # the tables' owner's
+    reader_url: str | None = None  # a site reader's: every line's rows, no writes
     at_site: Listener | None = None
     at_edges: list[Listener] = field(default_factory=list)
     lines: list[Path] = field(default_factory=list)
     explainers_done: list[dict] = field(default_factory=list)
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.services + self.explainers + self.others] + (self.plant.pids() if self.plant else [])
 
     def stop(self) -> None:
         """The dashboard, the lines' services (they write what they hold), the plant, the explainers, the
@@ -507,7 +510,7 @@ def analyse(demo: SiteDemo, stored: dict[str, dict]) -> dict:
 
 def _stored(demo: SiteDemo) -> dict:
     try:
-        return rows_per_line(demo.pg_url)
+        return rows_per_line(demo.reader_url)
     except Exception as exc:  # the summary says so rather than fail
         return {"error": {"message": str(exc)}}
 
@@ -526,12 +529,21 @@ def settle(demo: SiteDemo, wait_s: float, stop: threading.Event | None = None) -
 def start_demo(demo: SiteDemo, args: argparse.Namespace, detector: Path, model: str | None,
                stop: threading.Event) -> None:
     """Everything of the site, each piece once the one it needs answers; ``stop`` cuts the start short."""
+    from factory_copilot.store.roles import grant_line, grant_reader
     from simulators.demo import DEMO_ROLES
 
     state = demo.state
     demo.postgres = SitePostgres(state / "postgres").start()
     demo.pg_url = demo.postgres.database(DEMO_DB, fresh=not args.keep_state)
-    print(f"PostgreSQL: {demo.pg_url} (cluster in {demo.postgres.root})", flush=True)
+    # as a site sets it up: the owner makes the tables, a role per line bound to its line, a site reader
+    line_urls = []
+    for k in range(1, demo.n + 1):
+        grant_line(demo.pg_url, f"{demo.site}/{line_name(k)}", line_role(demo.site, k))
+        line_urls.append(demo.postgres.url(DEMO_DB, line_role(demo.site, k)))
+    grant_reader(demo.pg_url, "site_reader")
+    demo.reader_url = demo.postgres.url(DEMO_DB, "site_reader")
+    print(f"PostgreSQL: {demo.reader_url} (a site reader; each line its own role, {line_role(demo.site, 1)} ...; "
+          f"cluster in {demo.postgres.root})", flush=True)
     accounts = site_accounts()
     site = start_site_broker(state / "site-broker", accounts)
     demo.brokers.append(site)
@@ -546,7 +558,7 @@ def start_demo(demo: SiteDemo, args: argparse.Namespace, detector: Path, model: 
         edge = start_edge_broker(folder / "edge-broker", demo.site, line_name(k), site.port, ca,
                                  password(accounts, "edge-bridge"), svc_pw)
         demo.brokers.append(edge)
-        path = line_file(folder, demo.site, k, edge.port, site.port, ca, demo.pg_url, detector, svc_pw,
+        path = line_file(folder, demo.site, k, edge.port, site.port, ca, line_urls[k - 1], detector, svc_pw,
                          pool=model is not None, roles=DEMO_ROLES, pool_password=password(accounts, "factory-copilot"))
         demo.lines.append(path)
         demo.at_edges.append(Listener(edge.port, "factory-copilot", svc_pw,
@@ -603,7 +615,8 @@ def start_site_page(demo: SiteDemo, args: argparse.Namespace) -> subprocess.Pope
         view = path.parent / "site-view.yaml"
         view.write_text(yaml.safe_dump(data, sort_keys=False))
         views.append(view)
-    cmd = dashboard_command(demo.pg_url, views[0], "127.0.0.1", site.port, "5", args.dashboard_port, site=views)
+    cmd = dashboard_command(data["store"]["url"], views[0], "127.0.0.1", site.port, "5", args.dashboard_port,
+                            site=views)
     env = child_env(FACTORY_COPILOT_MQTT_USERNAME="dashboard", FACTORY_COPILOT_MQTT_PASSWORD=creds["dashboard"],
                     FACTORY_COPILOT_DASHBOARD_USERS=str(site.logins))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -663,7 +676,7 @@ def run_site_demo(args: argparse.Namespace) -> int:
         result = {"site": demo.site, "lines": demo.n, "duration_s": round(took, 1),
                   "model": model, "faults_injected": demo.plant.injected if demo.plant else [],
                   "explainers_done": [d.get("done") for d in demo.explainers_done],
-                  "postgres": {"url": demo.pg_url, "folder": str(demo.postgres.root) if demo.postgres else None},
+                  "postgres": {"url": demo.reader_url, "folder": str(demo.postgres.root) if demo.postgres else None},
                   "per_line": per_line, "all_lines_at_site_and_stored": ok}
         if args.headless:
             print(json.dumps(result, indent=2, default=str), flush=True)
@@ -671,7 +684,7 @@ def run_site_demo(args: argparse.Namespace) -> int:
             print("Site stopped: " + ", ".join(f"{k} {v['alarms_raised']} alarms ({v['alarms_at_site']} at the "
                                                f"site, {v['alarms_stored']} stored)" for k, v in per_line.items()))
         code = 0 if ok else 1
-    except (RuntimeError, PostgresMissing) as exc:
+    except (RuntimeError, PostgresMissing, GiveUp) as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     finally:
