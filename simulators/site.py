@@ -37,7 +37,7 @@ from factory_copilot.config import SIMULATED_LINE, Roles, load_line
 from factory_copilot.errors import GiveUp
 from factory_copilot.names import DEFAULT_PREFIX
 from factory_copilot.plumbing.broker import MosquittoBroker
-from factory_copilot.plumbing.broker_site import Account, Bridge, SiteFiles, write_site
+from factory_copilot.plumbing.broker_site import Account, Bridge, write_site
 
 # faults the simulated line shows within a minute or two at severity 2 and a 20 s ramp; each line takes two in turn
 FAULTS = ["pump_cavitation", "belt_slip", "motor_overload", "air_leak", "heater_degradation", "stuck_sensor",

@@ -18,6 +18,7 @@ import pytest
 from factory_copilot.cli import build_parser
 from factory_copilot.plumbing.broker import MOSQUITTO
 from tests.support.copilot import make_tiny_qwen
+from tests.support.output import Lines
 from tests.support.postgres import pg_bin
 
 CLI = [sys.executable, "-m", "factory_copilot.cli"]
@@ -42,22 +43,13 @@ def test_missing_postgres_is_named_with_its_package(monkeypatch, capsys, tmp_pat
     assert not (tmp_path / "s").exists(), "nothing started, nothing written"
 
 
-class Watched:
-    """The demo's process and every process below it seen while it ran (polled each 0.5 s), and its output."""
+class Watched(Lines):
+    """The demo's process, its output, and every process below it seen while it ran (polled each 0.5 s)."""
 
     def __init__(self, cmd: list[str]):
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        super().__init__(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         self.pids: set[int] = set()
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._poll, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
 
     def _poll(self) -> None:
         me = psutil.Process(self.proc.pid)
@@ -67,14 +59,6 @@ class Watched:
             except psutil.NoSuchProcess:
                 return
             time.sleep(0.5)
-
-    def wait_for(self, text: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        with self.cond:
-            while not any(text in ln for ln in self.lines):
-                assert time.monotonic() < deadline and self.proc.poll() is None, (
-                    f"{text!r} not printed; output:\n" + "\n".join(self.lines[-40:]))
-                self.cond.wait(1.0)
 
     def summary(self) -> dict:
         start = max(i for i, ln in enumerate(self.lines) if ln == "{")
