@@ -4,8 +4,9 @@ its own ``factory-copilot run``, a pool of explainers and one PostgreSQL cluster
 ``factory-copilot demo --site N`` runs it (``run_site_demo``); bench/site.py measures the same composition. Every
 process is a child of the one that composes the site, each started the way a site would start it (the brokers from
 ``broker init``'s ``write_site``, the lines' services from their line files, the explainers by their command), and
-every one is stopped by ``Site.stop``. The simulated lines themselves are one plant process (``python -m
-simulators.site --plant PLAN.json``): up to 10 OPC UA servers in one event loop, each line's faults at its times.
+every one is stopped by ``SiteDemo.stop`` (PostgreSQL, which ``pg_ctl`` detaches, by ``pg_ctl stop``). The simulated
+lines themselves are one plant process (``python -m simulators.site --plant PLAN.json``): up to 10 OPC UA servers in
+one event loop, each line's faults at its times.
 """
 
 from __future__ import annotations
@@ -376,13 +377,14 @@ class Plant:
         stop_all(self.procs, signal.SIGTERM, 30)
 
 
-def start_explainer(site_port: int, ca_file: Path, model: Path, site: str, name: str, secret: str,
-                    threads: int = 1, log_file: Path | None = None) -> subprocess.Popen:
-    """``factory-copilot explainer`` on the site broker as ``name`` (its password in the environment, not argv);
-    returned once it takes jobs."""
+def start_explainer(site_port: int, ca_file: Path, model: Path | None, site: str, name: str, secret: str,
+                    threads: int = 1, log_file: Path | None = None, openai_url: str | None = None) -> subprocess.Popen:
+    """``factory-copilot explainer`` on the site broker as ``name`` (its password in the environment, not argv),
+    on the GGUF ``model`` or the server at ``openai_url``; returned once it takes jobs."""
+    serves = ["--model", str(model), "--threads", str(threads)] if model else ["--openai-url", str(openai_url)]
     proc = subprocess.Popen([sys.executable, "-m", "factory_copilot.cli", "explainer", "--broker",
-                             f"mqtts://127.0.0.1:{site_port}", "--site", site, "--model", str(model), "--threads",
-                             str(threads), "--name", name, "--username", name, "--ca-file", str(ca_file)],
+                             f"mqtts://127.0.0.1:{site_port}", "--site", site, *serves, "--name", name, "--username",
+                             name, "--ca-file", str(ca_file)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=child_env(FACTORY_COPILOT_MQTT_PASSWORD=secret))
     ready = threading.Event()
@@ -559,7 +561,8 @@ def start_demo(demo: SiteDemo, args: argparse.Namespace, detector: Path, model: 
                                  password(accounts, "edge-bridge"), svc_pw)
         demo.brokers.append(edge)
         path = line_file(folder, demo.site, k, edge.port, site.port, ca, line_urls[k - 1], detector, svc_pw,
-                         pool=model is not None, roles=DEMO_ROLES, pool_password=password(accounts, "factory-copilot"))
+                         pool=bool(model or args.openai_url), roles=DEMO_ROLES,
+                         pool_password=password(accounts, "factory-copilot"))
         demo.lines.append(path)
         demo.at_edges.append(Listener(edge.port, "factory-copilot", svc_pw,
                                       [f"{DEFAULT_PREFIX}/{demo.site}/{line_name(k)}/events"], name=f"edge-{k:02d}"))
@@ -571,12 +574,13 @@ def start_demo(demo: SiteDemo, args: argparse.Namespace, detector: Path, model: 
     demo.at_site = Listener(site.port, "scada", password(accounts, "scada"),
                             [f"{base}/+/events", f"{base}/+/+/diagnosis/+", f"{base}/+/status"], ca, "site-reader")
     demo.listeners.append(demo.at_site)
-    if model is not None:
+    if model or args.openai_url:
         for i in (1, 2):
-            demo.explainers.append(start_explainer(site.port, ca, Path(model), demo.site, f"pool-{i}",
-                                                   password(accounts, f"pool-{i}"), threads=args.threads or 1,
-                                                   log_file=state / f"explainer-{i}.log"))
-        print(f"Explainers: pool-1, pool-2 on {model}", flush=True)
+            demo.explainers.append(start_explainer(site.port, ca, Path(model) if model else None, demo.site,
+                                                   f"pool-{i}", password(accounts, f"pool-{i}"),
+                                                   threads=args.threads or 1, log_file=state / f"explainer-{i}.log",
+                                                   openai_url=args.openai_url))
+        print(f"Explainers: pool-1, pool-2 on {model or args.openai_url}", flush=True)
     else:
         print("Explainers: none (no model): the lines explain their alarms from the runbooks", flush=True)
     demo.plant = Plant(plans, state)
@@ -658,9 +662,6 @@ def run_site_demo(args: argparse.Namespace) -> int:
         detector = Path(args.state_dir).resolve() / "detector.joblib"  # the one-line demo's, for every line
         trained_models(load_line(SIMULATED_LINE), detector, args.train_hours, args.seed)
         model = demo_model(args)
-        if args.openai_url:
-            print("note: demo --site runs its explainers on a GGUF (--model); --openai-url is not used",
-                  flush=True)
         start_demo(demo, args, detector, model, stop)
         if not args.headless and not stop.is_set():
             demo.others.append(start_site_page(demo, args))
@@ -670,11 +671,11 @@ def run_site_demo(args: argparse.Namespace) -> int:
         stop.wait(args.duration)
         took = time.time() - started
         print("stopping the site ...", flush=True)
-        per_line, stored = settle(demo, 30.0 if not stop.is_set() or args.duration else 5.0)
+        per_line, stored = settle(demo, 5.0 if stop.is_set() else 30.0)  # after Ctrl-C, not long
         demo.stop()
         ok = all(v["ok"] for v in per_line.values())
         result = {"site": demo.site, "lines": demo.n, "duration_s": round(took, 1),
-                  "model": model, "faults_injected": demo.plant.injected if demo.plant else [],
+                  "model": model or args.openai_url, "faults_injected": demo.plant.injected if demo.plant else [],
                   "explainers_done": [d.get("done") for d in demo.explainers_done],
                   "postgres": {"url": demo.reader_url, "folder": str(demo.postgres.root) if demo.postgres else None},
                   "per_line": per_line, "all_lines_at_site_and_stored": ok}
