@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from factory_copilot.records import (
     Alarm,
@@ -14,6 +16,7 @@ from factory_copilot.records import (
     Incident,
     MarkedAlarm,
     Turn,
+    incident_score,
     rank_incidents,
 )
 
@@ -129,17 +132,26 @@ class IncidentRecords:
         """Past alarms on this asset with an operator's verdict, most similar first (the copilot's IncidentMemory).
 
         Ranking is ``rank_incidents`` beside the Incident record (same asset, same fault type, overlap of
-        the signals that stood out), so a store-backed copilot and an in-memory one agree; the store only
-        supplies the candidates.
+        the signals that stood out), so a store-backed copilot and an in-memory one agree; the store reads the
+        newest 2,000 verdicts on the asset as candidates and makes Incidents of the best ``limit`` only.
         """
-        rows = self._rows(
-            "SELECT alarm_id, asset, fault_type, verdict, ts, condition, signals, actual_cause, fix, actor "
-            "FROM feedback WHERE asset=? ORDER BY ts DESC LIMIT 2000",
-            (asset,),
-        )
-        candidates = [
-            Incident(r[0], r[1], r[2], r[3], r[4], r[5] or "", json.loads(r[6]), r[7], r[8], r[9]) for r in rows
-        ]
+        wanted = set(signals)
+
+        def scored(rows: Iterable[Any]) -> Iterator[tuple[float, Any, list[str]]]:
+            for r in rows:
+                their_signals = json.loads(r[6])
+                score = incident_score(asset, fault_type, wanted, r[1], r[2], their_signals)
+                if score >= 1.0:
+                    yield score, r, their_signals
+
+        with self._reads as conn:
+            # each row scored as it is read and let go unless among the best: 2,000 candidates held as Incidents
+            # until the ranking ended pushed the service's process into full garbage collections (issue 21)
+            best = heapq.nsmallest(limit, scored(conn.execute(
+                "SELECT alarm_id, asset, fault_type, verdict, ts, condition, signals, actual_cause, fix, actor "
+                "FROM feedback WHERE asset=? ORDER BY ts DESC LIMIT 2000", (asset,))), key=lambda s: (-s[0], -s[1][4]))
+        candidates = [Incident(r[0], r[1], r[2], r[3], r[4], r[5] or "", sig, r[7], r[8], r[9]) for _, r, sig in best]
+        # the best few ranked again as Incidents, so the similarity and the order are rank_incidents' own
         found = rank_incidents(candidates, asset, fault_type, list(signals), limit)
         for incident in found:
             d = self.diagnosis(incident.alarm_id)
