@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from factory_copilot.records import (
     Alarm,
@@ -16,7 +14,6 @@ from factory_copilot.records import (
     Incident,
     MarkedAlarm,
     Turn,
-    incident_score,
     rank_incidents,
 )
 
@@ -132,25 +129,29 @@ class IncidentRecords:
         """Past alarms on this asset with an operator's verdict, most similar first (the copilot's IncidentMemory).
 
         Ranking is ``rank_incidents`` beside the Incident record (same asset, same fault type, overlap of
-        the signals that stood out), so a store-backed copilot and an in-memory one agree; the store reads the
-        newest 2,000 verdicts on the asset as candidates and makes Incidents of the best ``limit`` only.
+        the signals that stood out), so a store-backed copilot and an in-memory one agree; the store scores the
+        newest 2,000 verdicts on the asset the same way in SQL and makes Incidents of the best ``limit`` only.
         """
-        wanted = set(signals)
-
-        def scored(rows: Iterable[Any]) -> Iterator[tuple[float, Any, list[str]]]:
-            for r in rows:
-                their_signals = json.loads(r[6])
-                score = incident_score(asset, fault_type, wanted, r[1], r[2], their_signals)
-                if score >= 1.0:
-                    yield score, r, their_signals
-
-        with self._reads as conn:
-            # each row scored as it is read and let go unless among the best: 2,000 candidates held as Incidents
-            # until the ranking ended pushed the service's process into full garbage collections (issue 21)
-            best = heapq.nsmallest(limit, scored(conn.execute(
-                "SELECT alarm_id, asset, fault_type, verdict, ts, condition, signals, actual_cause, fix, actor "
-                "FROM feedback WHERE asset=? ORDER BY ts DESC LIMIT 2000", (asset,))), key=lambda s: (-s[0], -s[1][4]))
-        candidates = [Incident(r[0], r[1], r[2], r[3], r[4], r[5] or "", sig, r[7], r[8], r[9]) for _, r, sig in best]
+        wanted = sorted(set(signals))
+        # rank_incidents' score in SQL (the asset is the same: 1; the fault type: 2; the overlap of the signals
+        # that stood out, shared over either's, up to 1), so only the best ``limit`` rows leave the database: 2,000
+        # candidates made into Incidents on every look-up drove the service's process into full garbage
+        # collections of 0.5-1.5 s, and scoring them in Python held the interpreter ~20 ms a look-up (issue 21)
+        items = self._json_items("c.signals")
+        rows = self._rows(
+            "SELECT alarm_id, asset, fault_type, verdict, ts, condition, signals, actual_cause, fix, actor FROM ("
+            f"SELECT *, CASE WHEN fault_type = ? THEN 3.0 ELSE 1.0 END + CASE WHEN {len(wanted)} + theirs - shared = 0 "
+            f"THEN 0.0 ELSE CAST(shared AS DOUBLE PRECISION) / ({len(wanted)} + theirs - shared) END AS score FROM ("
+            f"SELECT c.*, (SELECT count(DISTINCT value) FROM {items}) AS theirs, "
+            f"(SELECT count(DISTINCT value) FROM {items} WHERE value IN ({','.join('?' * len(wanted)) or 'NULL'})) "
+            "AS shared FROM (SELECT id, alarm_id, asset, fault_type, verdict, ts, condition, signals, actual_cause, "
+            "fix, actor FROM feedback WHERE asset=? ORDER BY ts DESC LIMIT 2000) c) s) r "
+            "ORDER BY score DESC, ts DESC, id DESC LIMIT ?",
+            (fault_type, *wanted, asset, max(0, limit)),
+        )
+        candidates = [
+            Incident(r[0], r[1], r[2], r[3], r[4], r[5] or "", json.loads(r[6]), r[7], r[8], r[9]) for r in rows
+        ]
         # the best few ranked again as Incidents, so the similarity and the order are rank_incidents' own
         found = rank_incidents(candidates, asset, fault_type, list(signals), limit)
         for incident in found:
