@@ -495,15 +495,6 @@ class Incident:
         return dataclasses.asdict(self)
 
 
-def incident_score(asset: str, fault_type: str | None, wanted: set[str], their_asset: str,
-                   their_fault_type: str | None, their_signals: Iterable[str]) -> float:
-    """``rank_incidents``' score of one past incident (0..4; under 1 on another asset), from its fields alone, so
-    the store can score its rows without making an ``Incident`` of each."""
-    theirs = set(their_signals)
-    overlap = len(wanted & theirs) / max(1, len(wanted | theirs))
-    return (their_asset == asset) * 1.0 + (fault_type is not None and their_fault_type == fault_type) * 2.0 + overlap
-
-
 def rank_incidents(incidents: "Iterable[Incident]", asset: str, fault_type: str | None, signals: list[str],
                    limit: int = 3) -> list[Incident]:
     """The past incidents most like this alarm, best first, each with its ``similarity`` (0..1).
@@ -514,7 +505,8 @@ def rank_incidents(incidents: "Iterable[Incident]", asset: str, fault_type: str 
     wanted = set(signals)
     scored = []
     for inc in incidents:
-        score = incident_score(asset, fault_type, wanted, inc.asset, inc.fault_type, inc.signals)
+        overlap = len(wanted & set(inc.signals)) / max(1, len(wanted | set(inc.signals)))
+        score = (inc.asset == asset) * 1.0 + (fault_type is not None and inc.fault_type == fault_type) * 2.0 + overlap
         if score >= 1.0:
             scored.append((score, inc))
     scored.sort(key=lambda si: (-si[0], -si[1].ts))
