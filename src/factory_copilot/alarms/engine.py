@@ -80,7 +80,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from factory_copilot.alarms import design, grouping
+from factory_copilot.alarms import authority, design, grouping
+from factory_copilot.alarms.authority import COMMANDS  # noqa: F401 (the engine's commands, as callers know them)
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
 from factory_copilot.names import UNKNOWN
@@ -93,7 +94,6 @@ from factory_copilot.records import (Alarm, AlarmEvent, AlarmState, Anomaly, Com
 
 log = logging.getLogger(__name__)
 
-COMMANDS = tuple(k.value for k in CommandKind)
 SYSTEM = "system"
 
 
@@ -431,17 +431,17 @@ class AlarmEngine:
     def command(self, cmd: OperatorCommand) -> tuple[CommandResult, list[AlarmEvent]]:
         """Execute an operator command; an invalid one changes nothing and says why."""
         now = self.clock()
-        refusal = self._refusal(cmd)
+        refusal = authority.refusal(self.line, cmd)
         if refusal:
             self._audit_refusal(cmd, now, refusal)
             return CommandResult(cmd.request_id, False, f"refused: {refusal}", self.get(cmd.alarm_id)), []
-        problem = self._check(cmd)
+        problem = authority.problem(cmd, self._alarms.get(cmd.alarm_id), self.settings.max_shelve_s)
         if problem:
             # each is answered; a flood of them is named here once per 10 s with the count of the others
             self._rejections.warning("rejected", "rejected %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id),
                                      printable(cmd.actor), printable(problem))
             return CommandResult(cmd.request_id, False, problem, self.get(cmd.alarm_id)), []
-        alarm, kind = self._alarms[cmd.alarm_id], CommandKind(cmd.command)  # _check let only a known kind through
+        alarm, kind = self._alarms[cmd.alarm_id], CommandKind(cmd.command)  # problem() let only a known kind through
         if kind is CommandKind.ACKNOWLEDGE:
             alarm.state = AlarmState.ACTIVE_ACK if alarm.state is AlarmState.ACTIVE_UNACK else AlarmState.NORMAL
             alarm.acked_by, alarm.acked_at = cmd.actor, now
@@ -937,13 +937,6 @@ class AlarmEngine:
             self._conditions[key] = cond
         return cond
 
-    def _refusal(self, cmd: OperatorCommand) -> str | None:
-        """Why the line's roles do not let this actor do this (None: they do, or the line names no roles)."""
-        roles, kind = self.line.roles, CommandKind.named(cmd.command)
-        if roles is None or kind is None or kind is CommandKind.UNSHELVE and roles.of(cmd.actor or ""):
-            return None
-        return roles.refusal(cmd.actor or "", kind, cmd.shelve_s)
-
     def _audit_refusal(self, cmd: OperatorCommand, now: float, refusal: str) -> None:
         """A refused command leaves an audit row (who tried what), without touching the alarm."""
         self._rejections.warning("refused", "refused %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id),
@@ -961,41 +954,6 @@ class AlarmEngine:
             self._unwritten.append(entry)
             log.error("%s: cannot write the refusal to the audit trail yet (%s); retried with the next write",
                       self.journal.path, exc)
-
-    def _check(self, cmd: OperatorCommand) -> str | None:
-        kind = CommandKind.named(cmd.command)
-        if kind is None:
-            return f"unknown command {cmd.command!r}; use one of {', '.join(COMMANDS)}"
-        if not (cmd.actor or "").strip():
-            return f"{cmd.command} needs an actor: who is doing it"
-        alarm = self._alarms.get(cmd.alarm_id)
-        if alarm is None:
-            return f"no alarm with id {cmd.alarm_id!r}"
-        if kind is CommandKind.ACKNOWLEDGE:
-            if alarm.out_of_service:
-                return f"alarm {alarm.alarm_id} is out of service; nothing to acknowledge"
-            if alarm.state.acknowledged:
-                by = f" (by {alarm.acked_by})" if alarm.acked_by and alarm.state is AlarmState.ACTIVE_ACK else ""
-                return f"alarm {alarm.alarm_id} is already acknowledged{by}; state {alarm.state.value}"
-        elif kind is CommandKind.SHELVE:
-            if alarm.out_of_service:
-                return f"alarm {alarm.alarm_id} is out of service; return it to service before shelving"
-            if cmd.shelve_s is None:
-                return "shelve needs a duration: shelve_s (seconds)"
-            if not _finite(cmd.shelve_s) or cmd.shelve_s <= 0:
-                return f"shelve_s must be a positive number of seconds, got {cmd.shelve_s!r}"
-            if cmd.shelve_s > self.settings.max_shelve_s:
-                return f"shelve_s {cmd.shelve_s:g} is beyond the maximum of {self.settings.max_shelve_s:g} s"
-        elif kind is CommandKind.UNSHELVE:
-            if alarm.shelved_until is None:
-                return f"alarm {alarm.alarm_id} is not shelved"
-        elif kind is CommandKind.OUT_OF_SERVICE:
-            if alarm.out_of_service:
-                return f"alarm {alarm.alarm_id} is already out of service"
-        elif kind is CommandKind.RETURN_TO_SERVICE:
-            if not alarm.out_of_service:
-                return f"alarm {alarm.alarm_id} is in service"
-        return None
 
     def _follow_overdue(self, alarm: Alarm, now: float) -> None:
         if alarm.unacked_since is None:
