@@ -80,8 +80,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from factory_copilot.alarms import authority, design, grouping
-from factory_copilot.alarms.authority import COMMANDS  # noqa: F401 (the engine's commands, as callers know them)
+from factory_copilot.alarms import authority, design, grouping, timing
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
 from factory_copilot.names import UNKNOWN
@@ -94,6 +93,7 @@ from factory_copilot.records import (Alarm, AlarmEvent, AlarmState, Anomaly, Com
 
 log = logging.getLogger(__name__)
 
+COMMANDS = authority.COMMANDS  # the commands an operator may send, as callers know them
 SYSTEM = "system"
 
 
@@ -158,34 +158,6 @@ def annunciated(alarm: Alarm) -> bool:
 
 
 @dataclass(slots=True)
-class _Condition:
-    """What the engine follows between anomalies of one condition (kept in memory only)."""
-
-    asset: str
-    condition: str
-    kind: str
-    position: str
-    alarm_id: str | None = None
-    # data time (the anomalies' ts)
-    pending_since: float | None = None  # start of the current continuous abnormal stretch
-    last_abnormal: float | None = None
-    normal_since: float | None = None  # first below-deadband level after the last abnormal one
-    last_ts: float | None = None  # newest evidence; a late anomaly never moves the condition back in time
-    trend: design.LevelSlope = field(default_factory=lambda: design.LevelSlope(0.0))  # level of recent abnormal evidence
-    level: float | None = None
-    # the engine's clock
-    heard_at: float | None = None  # any evidence last arrived
-    returned_at: float | None = None
-    lower_since: float | None = None  # the condition has been better than its alarm says since
-    rename: tuple[str, float] | None = None  # (another fault the classifier names, data time since)
-    distinct_since: float | None = None  # data time since a folded fault alarm is named unlike its root
-    mode_suppressed: bool = False
-    own: tuple | None = None  # (severity, urgency, consequence) at its last evidence: what a root's situation reads
-    signals: frozenset[str] = frozenset()  # the signal keys it is judged on (for lost data)
-    hold_s: float = 0.0  # the off-delay a chattering alarm has earned (0: its kind's)
-
-
-@dataclass(slots=True)
 class _Flood:
     raises: deque = field(default_factory=deque)  # (ts, alarm_id) of new annunciated alarms
     flood_id: str | None = None
@@ -211,13 +183,11 @@ class AlarmEngine:
         self.faults = faults_of(line) if faults is None else faults
         self.journal = Journal(db_path)
         self._alarms: dict[str, Alarm] = {}
-        self._conditions: dict[tuple[str, str], _Condition] = {}
+        self._conditions: dict[tuple[str, str], timing.Condition] = {}
         self._data_now = -math.inf  # the newest evidence of any condition: how far the data has got
         self._floods: dict[str, _Flood] = {}
         self._unknown_assets: set[str] = set()
-        # the line detector's current continuous departure (data time): its fault alarms are one situation
-        self._episode_start: float | None = None
-        self._episode_last: float | None = None
+        self._episode = timing.Episode()  # the line detector's current departure: its fault alarms are one situation
         # what the current step changed, written in one transaction at its end
         self._events: list[Entry] = []
         self._dirty: set[str] = set()
@@ -226,7 +196,7 @@ class AlarmEngine:
         self._rejections = Throttled(log, 10.0)  # refused commands: each answered and audited, logged rate-limited
         self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
         self._consequence: dict[tuple, Priority] = {}  # (asset, kind, signal, fault) -> consequence: the line is fixed
-        self._stale_until: dict[str, float] = {}  # signal key -> until when its data counts as lost
+        self._stale = timing.StaleData()
         self._plc_event_ids: dict[str, str] = {}  # PLC alarm id -> its condition's newest EventId (hex)
         self._plc_refreshed: set[str] | None = None  # ConditionIds a ConditionRefresh in progress sent again
         self._load()
@@ -272,8 +242,7 @@ class AlarmEngine:
                 anomaly.asset, anomaly.condition, anomaly.score, anomaly.threshold,
             )
             return []
-        for key in anomaly.stale:
-            self._stale_until[key] = now + self.silence_s
+        self._stale.mark(anomaly.stale, now + self.silence_s)
         if (anomaly.kind != "source" and design.find_asset(self.line, anomaly.asset) is None
                 and anomaly.asset not in self._unknown_assets):
             self._unknown_assets.add(anomaly.asset)
@@ -283,26 +252,23 @@ class AlarmEngine:
         if alarm is not None and alarm.out_of_service:
             return []
         ts = anomaly.ts if _finite(anomaly.ts) else now
-        t = ts if cond.last_ts is None else max(ts, cond.last_ts)
-        cond.last_ts, cond.heard_at = t, now
+        t = timing.hear(cond, ts, now)
         self._data_now = max(self._data_now, t)
         if anomaly.kind == "multivariate":
-            self._follow_episode(t)
+            self._episode.follow(t, max(self.silence_s, self.settings.off_delay("multivariate")))
         is_active = alarm is not None and alarm.state.active
         ratio = design.ratio(self.line, anomaly)
         if ratio >= (1 - self.settings.deadband if is_active else 1.0):
-            self._abnormal(cond, t, design.level(self.line, anomaly))
+            timing.abnormal(cond, t, design.level(self.line, anomaly), self.silence_s)
             if is_active:
                 self._update(alarm, cond, anomaly, t, now)
-            elif t - cond.pending_since >= self.settings.on_delay(anomaly.kind):
+            elif timing.abnormal_for(cond, t) >= self.settings.on_delay(anomaly.kind):
                 # stamped when the condition met its on-delay in the data, not when this process got to it (a
                 # replay runs many times faster than the line; live the two differ by the transport delay)
                 self._activate(cond, alarm, anomaly, min(t, now))
         else:
-            cond.pending_since = None
-            if cond.normal_since is None:
-                cond.normal_since = t
-            if is_active and t - cond.normal_since >= self._off_delay(cond, alarm):
+            normal_for = timing.normal(cond, t)
+            if is_active and normal_for >= self._off_delay(cond, alarm):
                 self._return(alarm, cond, now)
         if anomaly.kind == "multivariate":
             self._sustain(anomaly, t, now)
@@ -402,16 +368,12 @@ class AlarmEngine:
         for key, cond in list(self._conditions.items()):
             alarm = self._alarms.get(cond.alarm_id) if cond.alarm_id else None
             if alarm is not None and alarm.state.active:
-                if self._frozen(cond, now):
-                    # no data is not normal data: the alarm holds, and its silence counts from when data is back
-                    cond.heard_at, cond.normal_since = now, None
+                if self._stale.frozen(cond.signals, now):
+                    timing.hold(cond, now)  # no data is not normal data: the alarm holds
                     continue
-                if self._silent(cond, now):
+                if timing.silent(cond, now, self.silence_s, self._off_delay(cond, alarm)):
                     self._return(alarm, cond, now)
-            elif (cond.heard_at is not None and now - cond.heard_at > self.silence_s
-                  and self._data_now - (cond.last_ts or -math.inf) > self.silence_s):
-                # quiet on the clock and in the data: evaluations that lag the clock (a replay many times faster
-                # than real time, a busy machine) must not break up one episode into blips
+            elif timing.quiet(cond, now, self._data_now, self.silence_s):
                 cond.pending_since = None
                 if alarm is None:
                     del self._conditions[key]  # a blip that never became an alarm
@@ -474,29 +436,7 @@ class AlarmEngine:
         return CommandResult(cmd.request_id, True, done, self.get(alarm.alarm_id)), events
 
     # -- evidence ----------------------------------------------------------------------------------
-    def _abnormal(self, cond: _Condition, t: float, level: float | None) -> None:
-        """One more piece of abnormal evidence at data time ``t``."""
-        broken = (
-            cond.pending_since is None
-            or cond.normal_since is not None
-            or (cond.last_abnormal is not None and t - cond.last_abnormal > self.silence_s)
-        )
-        if broken:
-            cond.pending_since = t
-        cond.last_abnormal, cond.normal_since = t, None
-        if level is not None and math.isfinite(level):  # a share or value that is not a number judges nothing
-            cond.level = level
-            cond.trend.add(t, level)
-
-    def _silent(self, cond: _Condition, now: float) -> bool:
-        """No evidence at all for silence + off-delay on the clock: the condition has returned."""
-        if cond.heard_at is None:
-            cond.heard_at = now  # no evidence either way yet: start the silence period now
-            return False
-        alarm = self._alarms.get(cond.alarm_id) if cond.alarm_id else None
-        return now - cond.heard_at >= self.silence_s + self._off_delay(cond, alarm)
-
-    def _off_delay(self, cond: _Condition, alarm: Alarm | None) -> float:
+    def _off_delay(self, cond: timing.Condition, alarm: Alarm | None) -> float:
         """How long the condition must be normal before its alarm returns: its kind's off-delay, for a consequence
         folded under an active root at least the root's, for a chattering alarm what it earned (module docstring)."""
         delay = self.settings.off_delay(cond.kind)
@@ -505,12 +445,6 @@ class AlarmEngine:
             root_cond = self._cond_of(root)
             delay = max(delay, self.settings.off_delay(root_cond.kind if root_cond else grouping.kind_of(root)))
         return max(delay, cond.hold_s)
-
-    def _follow_episode(self, t: float) -> None:
-        gap = max(self.silence_s, self.settings.off_delay("multivariate"))
-        if self._episode_last is None or t - self._episode_last > gap:
-            self._episode_start = t
-        self._episode_last = t if self._episode_last is None else max(t, self._episode_last)
 
     def _sustain(self, anomaly: Anomaly, t: float, now: float) -> None:
         """The detector's departure keeps other assets' active fault alarms abnormal while their signals' share of
@@ -523,13 +457,11 @@ class AlarmEngine:
             alarm = self._alarms.get(cond.alarm_id) if cond and cond.alarm_id else None
             if alarm is None or not alarm.state.active or alarm.out_of_service:
                 continue
-            cond.last_ts = t if cond.last_ts is None else max(t, cond.last_ts)
-            cond.heard_at = now
-            self._abnormal(cond, cond.last_ts, design.level(self.line, anomaly, asset))
+            timing.abnormal(cond, timing.hear(cond, t, now), design.level(self.line, anomaly, asset), self.silence_s)
             self._assess(alarm, cond, now)
 
     # -- transitions -------------------------------------------------------------------------------
-    def _activate(self, cond: _Condition, alarm: Alarm | None, anomaly: Anomaly, now: float) -> None:
+    def _activate(self, cond: timing.Condition, alarm: Alarm | None, anomaly: Anomaly, now: float) -> None:
         cond.mode_suppressed = design.mode_suppressed(self.line, anomaly)
         chattering = alarm is not None and (
             alarm.state is AlarmState.RTN_UNACK
@@ -576,7 +508,7 @@ class AlarmEngine:
         else:
             self._adopt(alarm, now)
 
-    def _update(self, alarm: Alarm, cond: _Condition, anomaly: Anomaly, t: float, now: float) -> None:
+    def _update(self, alarm: Alarm, cond: timing.Condition, anomaly: Anomaly, t: float, now: float) -> None:
         """Another abnormal evaluation of an active alarm: its evidence, name, suppression and severity follow."""
         before = grouping.fault_name(self.line, self.faults, alarm.anomaly)
         fresh = self._fitting(anomaly)
@@ -593,7 +525,7 @@ class AlarmEngine:
             self._follow_distinct(alarm, cond, grouping.fault_at_home(self.line, self.faults, anomaly), t, now)
         self._assess(alarm, cond, now)
 
-    def _new_name(self, alarm: Alarm, cond: _Condition, fresh: Anomaly, before: str | None, t: float) -> str | None:
+    def _new_name(self, alarm: Alarm, cond: timing.Condition, fresh: Anomaly, before: str | None, t: float) -> str | None:
         """The fault name the alarm takes now, if it changes: a first name at once, another once it held."""
         named = grouping.fault_name(self.line, self.faults, fresh)
         if named is None or named == before:
@@ -612,7 +544,7 @@ class AlarmEngine:
         cond.rename = None
         return named
 
-    def _follow_distinct(self, alarm: Alarm, cond: _Condition, own: str | None, t: float, now: float) -> None:
+    def _follow_distinct(self, alarm: Alarm, cond: timing.Condition, own: str | None, t: float, now: float) -> None:
         """A folded fault alarm that the classifier keeps naming as a fault of its own asset, unlike its root's, is a
         situation of its own: let go once the name held for ``distinct_after_s``."""
         root = self._alarms.get(alarm.parent_id or "")
@@ -638,11 +570,8 @@ class AlarmEngine:
             return dataclasses.replace(anomaly, fault_type=UNKNOWN, fault_probability=0.0)
         return anomaly
 
-    def _return(self, alarm: Alarm, cond: _Condition, now: float) -> None:
-        cond.returned_at = now
-        cond.pending_since = cond.last_abnormal = cond.normal_since = None
-        cond.trend.clear()
-        cond.lower_since = None
+    def _return(self, alarm: Alarm, cond: timing.Condition, now: float) -> None:
+        timing.returned(cond, now)
         if not annunciated(alarm):
             reason = ("grouped under its cause" if alarm.parent_id else "suppressed by mode" if alarm.suppressed
                       else "shelved")
@@ -656,13 +585,13 @@ class AlarmEngine:
             alarm.state = AlarmState.NORMAL
             self._emit(alarm, "cleared", now)
 
-    def _reclassify(self, alarm: Alarm, cond: _Condition, before: str | None, named: str, now: float) -> None:
+    def _reclassify(self, alarm: Alarm, cond: timing.Condition, before: str | None, named: str, now: float) -> None:
         """The classifier named the fault of an active alarm (or changed its mind): same alarm, new text; its
         priority follows by the usual rules (_assess)."""
         alarm.message = self._text(alarm)
         self._emit(alarm, "reclassified", now, comment=f"{before or 'unknown'} -> {named}")
 
-    def _follow_suppression(self, alarm: Alarm, cond: _Condition, anomaly: Anomaly, now: float) -> None:
+    def _follow_suppression(self, alarm: Alarm, cond: timing.Condition, anomaly: Anomaly, now: float) -> None:
         suppressed = design.mode_suppressed(self.line, anomaly)
         if suppressed == cond.mode_suppressed:
             return
@@ -690,11 +619,10 @@ class AlarmEngine:
     def _reset_condition(self, alarm: Alarm) -> None:
         cond = self._conditions.get((alarm.asset, alarm.condition))
         if cond is not None:
-            cond.pending_since = cond.last_abnormal = cond.normal_since = cond.heard_at = None
-            cond.trend.clear()
+            timing.reset(cond)
 
     # -- severity and priority ---------------------------------------------------------------------
-    def _target(self, alarm: Alarm, cond: _Condition) -> tuple[str | None, Priority]:
+    def _target(self, alarm: Alarm, cond: timing.Condition) -> tuple[str | None, Priority]:
         """What the evidence says now: (severity, priority); a root's is its whole situation's."""
         severity, urgency, consequence = self._own(alarm, cond)
         priority = design.priority(consequence, urgency, cond.kind)
@@ -710,7 +638,7 @@ class AlarmEngine:
                 priority = min(priority, design.priority(consequence, urgency, cond.kind), child.priority)
         return severity, priority
 
-    def _own(self, alarm: Alarm, cond: _Condition) -> tuple[str | None, str, Priority]:
+    def _own(self, alarm: Alarm, cond: timing.Condition) -> tuple[str | None, str, Priority]:
         """The condition's own (severity, urgency, consequence), kept on the condition for its root to read."""
         severity = design.severity(cond.kind, cond.level)
         slope = None
@@ -726,7 +654,7 @@ class AlarmEngine:
         cond.own = (severity, design.urgency(seconds), consequence)
         return cond.own
 
-    def _assess(self, alarm: Alarm, cond: _Condition | None, now: float) -> None:
+    def _assess(self, alarm: Alarm, cond: timing.Condition | None, now: float) -> None:
         """Follow the condition's severity and priority (a root: its whole situation's) with the hysteresis rules."""
         if cond is None or not alarm.state.active or alarm.anomaly is None:
             return
@@ -798,10 +726,8 @@ class AlarmEngine:
 
     def _same_episode(self, a: Alarm, b: Alarm) -> bool:
         """Both are fault alarms with evidence in the line detector's current continuous departure."""
-        if not (grouping.is_fault_alarm(a) and grouping.is_fault_alarm(b)) or self._episode_start is None:
-            return False
-        conds = (self._cond_of(a), self._cond_of(b))
-        return all(c is not None and c.last_ts is not None and c.last_ts >= self._episode_start for c in conds)
+        return (grouping.is_fault_alarm(a) and grouping.is_fault_alarm(b)
+                and self._episode.holds(self._cond_of(a), self._cond_of(b)))
 
     def _plc_stands(self, alarm: Alarm, now: float) -> bool:
         """A PLC's alarm in service that is active, or returned within the grouping window."""
@@ -873,7 +799,7 @@ class AlarmEngine:
     def _children(self, alarm_id: str) -> list[Alarm]:
         return [a for a in self._alarms.values() if a.parent_id == alarm_id]
 
-    def _cond_of(self, alarm: Alarm) -> _Condition | None:
+    def _cond_of(self, alarm: Alarm) -> timing.Condition | None:
         return self._conditions.get((alarm.asset, alarm.condition))
 
     # -- floods ------------------------------------------------------------------------------------
@@ -917,19 +843,11 @@ class AlarmEngine:
         self._flood_changes[position] = None
 
     # -- bookkeeping -------------------------------------------------------------------------------
-    def _frozen(self, cond: _Condition, now: float) -> bool:
-        """Whether any signal the condition is judged on has lost its data."""
-        if not self._stale_until:
-            return False
-        for key in [k for k, until in self._stale_until.items() if until <= now]:
-            del self._stale_until[key]
-        return any(k in self._stale_until for k in cond.signals)
-
-    def _condition(self, anomaly: Anomaly) -> _Condition:
+    def _condition(self, anomaly: Anomaly) -> timing.Condition:
         key = (anomaly.asset, anomaly.condition)
         cond = self._conditions.get(key)
         if cond is None:
-            cond = _Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset),
+            cond = timing.Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset),
                               trend=design.LevelSlope(self.settings.trend_window_s),
                               signals=design.condition_signals(self.line, anomaly.asset, anomaly.condition))
             known = self._by_condition.get(key)
@@ -1016,7 +934,7 @@ class AlarmEngine:
             if a.condition.startswith(PLC_PREFIX):
                 continue  # the PLC owns its state: its ConditionRefresh tells it again
             kind = a.anomaly.kind if a.anomaly else a.condition.rpartition(":")[2]
-            cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
+            cond = timing.Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
                               trend=design.LevelSlope(self.settings.trend_window_s),
                               signals=design.condition_signals(self.line, a.asset, a.condition))
             cond.mode_suppressed = bool(a.anomaly) and design.mode_suppressed(self.line, a.anomaly)
