@@ -80,7 +80,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from factory_copilot.alarms import authority, design, grouping, timing
+from factory_copilot.alarms import authority, design, grouping, states, timing
+from factory_copilot.alarms.states import annunciated
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
 from factory_copilot.names import UNKNOWN
@@ -150,11 +151,6 @@ class AlarmSettings:
 
     def off_delay(self, kind: str) -> float:
         return self.off_delay_by_kind.get(kind, self.off_delay_s)
-
-
-def annunciated(alarm: Alarm) -> bool:
-    """Whether an operator is shown this alarm now (ISA-18.2: shelved, suppressed and out-of-service are not)."""
-    return alarm.shelved_until is None and not alarm.suppressed and not alarm.out_of_service
 
 
 @dataclass(slots=True)
@@ -299,12 +295,7 @@ class AlarmEngine:
         condition = PLC_PREFIX + plc.condition_id
         alarm_id = self._by_condition.get((asset, condition))
         alarm = self._alarms.get(alarm_id) if alarm_id else None
-        if not plc.retain:
-            state = AlarmState.NORMAL
-        elif plc.active:
-            state = AlarmState.ACTIVE_ACK if plc.acked else AlarmState.ACTIVE_UNACK
-        else:
-            state = AlarmState.NORMAL if plc.acked else AlarmState.RTN_UNACK
+        state = states.plc_state(plc)
         priority = priority_of(plc.severity)
         message = plc.message or f"{asset}: PLC alarm {plc.source_name or plc.condition_id}"
         where = f"PLC {plc.endpoint} EventId {plc.event_id}" + (f", user {plc.user}" if plc.user else "")
@@ -326,17 +317,7 @@ class AlarmEngine:
         if before is state and alarm.priority is priority and alarm.message == message:
             return self._commit() if shelving else []  # the same state told again (a refresh): no duplicate
         alarm.priority, alarm.message = priority, message
-        alarm.state = state
-        if before is AlarmState.NORMAL and state.active:
-            alarm.raised_at, alarm.acked_by, alarm.acked_at = now, None, None
-            event = "raised"
-        elif state.acknowledged and not before.acknowledged:
-            alarm.acked_by, alarm.acked_at = PLC_ACTOR, now
-            event = "acknowledged" if state.active else "cleared"
-        elif before.active and not state.active:
-            event = "returned" if state is AlarmState.RTN_UNACK else "cleared"
-        else:
-            event = "updated"
+        event = states.follow_plc(alarm, before, state, PLC_ACTOR, now)
         self._emit(alarm, event, now, PLC_ACTOR, where)
         if event == "raised":
             self._fold_under_plc(alarm, now)
@@ -349,8 +330,7 @@ class AlarmEngine:
             until = now + (plc.unshelve_in_s or self.settings.max_shelve_s)
             if alarm.shelved_until is not None and abs(alarm.shelved_until - until) < PLC_SHELVE_SLACK_S:
                 return False  # the same shelving told again, its countdown moved on
-            alarm.shelved_until, alarm.shelved_by = until, PLC_ACTOR
-            self._emit(alarm, "shelved", now, PLC_ACTOR, f"{where}; until {until:.0f}")
+            self._emit(alarm, states.shelve(alarm, until, PLC_ACTOR), now, PLC_ACTOR, f"{where}; until {until:.0f}")
             return True
         if alarm.shelved_until is not None and alarm.shelved_by == PLC_ACTOR:
             self._unshelve(alarm, now, PLC_ACTOR, where)
@@ -383,7 +363,8 @@ class AlarmEngine:
             if alarm.shelved_until is not None and alarm.shelved_until <= now:
                 self._unshelve(alarm, now, SYSTEM, "shelve expired")
             if alarm.state is AlarmState.ACTIVE_UNACK:
-                self._follow_overdue(alarm, now)
+                for comment in states.overdue(self.line, alarm, now):
+                    self._emit(alarm, "overdue", now, SYSTEM, comment)
         for position, flood in self._floods.items():
             self._prune(flood, now)
             if flood.flood_id and len(flood.raises) < self.settings.flood_end_count:
@@ -405,32 +386,28 @@ class AlarmEngine:
             return CommandResult(cmd.request_id, False, problem, self.get(cmd.alarm_id)), []
         alarm, kind = self._alarms[cmd.alarm_id], CommandKind(cmd.command)  # problem() let only a known kind through
         if kind is CommandKind.ACKNOWLEDGE:
-            alarm.state = AlarmState.ACTIVE_ACK if alarm.state is AlarmState.ACTIVE_UNACK else AlarmState.NORMAL
-            alarm.acked_by, alarm.acked_at = cmd.actor, now
-            self._emit(alarm, "acknowledged", now, cmd.actor, cmd.comment)
+            self._emit(alarm, states.acknowledge(alarm, cmd.actor, now), now, cmd.actor, cmd.comment)
             done = f"{alarm.alarm_id} acknowledged by {cmd.actor}"
         elif kind is CommandKind.SHELVE:
-            alarm.shelved_until, alarm.shelved_by = now + float(cmd.shelve_s), cmd.actor  # type: ignore[arg-type]
-            self._emit(alarm, "shelved", now, cmd.actor, cmd.comment or f"shelved for {cmd.shelve_s:g} s")
+            shelved = states.shelve(alarm, now + float(cmd.shelve_s), cmd.actor)  # type: ignore[arg-type]
+            self._emit(alarm, shelved, now, cmd.actor, cmd.comment or f"shelved for {cmd.shelve_s:g} s")
             done = f"{alarm.alarm_id} shelved by {cmd.actor} for {cmd.shelve_s:g} s"
         elif kind is CommandKind.UNSHELVE:
             self._unshelve(alarm, now, cmd.actor, cmd.comment)
             done = f"{alarm.alarm_id} unshelved by {cmd.actor}"
         elif kind is CommandKind.OUT_OF_SERVICE:
-            alarm.out_of_service = True
-            alarm.state, alarm.suppressed = AlarmState.NORMAL, False
-            alarm.shelved_until = alarm.shelved_by = None
+            out = states.take_out_of_service(alarm)
             self._reset_condition(alarm)
-            self._emit(alarm, "out_of_service", now, cmd.actor, cmd.comment)
+            self._emit(alarm, out, now, cmd.actor, cmd.comment)
             alarm.parent_id = None
             for child in self._children(alarm.alarm_id):  # nobody watches the cause now: its consequences ring
                 if child.state.active:
                     self._release(child, now, f"its cause {alarm.alarm_id} was taken out of service")
             done = f"{alarm.alarm_id} taken out of service by {cmd.actor}"
         else:  # CommandKind.RETURN_TO_SERVICE
-            alarm.out_of_service = False
+            back = states.return_to_service(alarm)
             self._reset_condition(alarm)
-            self._emit(alarm, "return_to_service", now, cmd.actor, cmd.comment)
+            self._emit(alarm, back, now, cmd.actor, cmd.comment)
             done = f"{alarm.alarm_id} returned to service by {cmd.actor}"
         events = self._commit()
         return CommandResult(cmd.request_id, True, done, self.get(alarm.alarm_id)), events
@@ -474,8 +451,7 @@ class AlarmEngine:
             alarm = Alarm(alarm_id, cond.asset, cond.condition, AlarmState.NORMAL, Priority.MEDIUM, "", now, now)
             self._alarms[alarm_id] = alarm
         alarm.anomaly = self._fitting(anomaly)
-        alarm.state = AlarmState.ACTIVE_UNACK
-        alarm.acked_by = alarm.acked_at = None
+        states.ring(alarm)
         parent = self._cause_for(alarm, now)
         alarm.parent_id = parent.alarm_id if parent else None
         alarm.suppressed = cond.mode_suppressed or parent is not None
@@ -572,18 +548,8 @@ class AlarmEngine:
 
     def _return(self, alarm: Alarm, cond: timing.Condition, now: float) -> None:
         timing.returned(cond, now)
-        if not annunciated(alarm):
-            reason = ("grouped under its cause" if alarm.parent_id else "suppressed by mode" if alarm.suppressed
-                      else "shelved")
-            alarm.state = AlarmState.NORMAL
-            alarm.suppressed = False if alarm.parent_id is None else alarm.suppressed
-            self._emit(alarm, "cleared", now, comment=f"returned to normal while {reason}")
-        elif alarm.state is AlarmState.ACTIVE_UNACK:
-            alarm.state = AlarmState.RTN_UNACK
-            self._emit(alarm, "returned", now)
-        else:
-            alarm.state = AlarmState.NORMAL
-            self._emit(alarm, "cleared", now)
+        event, comment = states.returned(alarm)
+        self._emit(alarm, event, now, comment=comment)
 
     def _reclassify(self, alarm: Alarm, cond: timing.Condition, before: str | None, named: str, now: float) -> None:
         """The classifier named the fault of an active alarm (or changed its mind): same alarm, new text; its
@@ -608,13 +574,7 @@ class AlarmEngine:
             self._emit(alarm, "unsuppressed", now, comment=f"active in {anomaly.mode.value}")
 
     def _unshelve(self, alarm: Alarm, now: float, actor: str, comment: str | None) -> None:
-        alarm.shelved_until = alarm.shelved_by = None
-        if alarm.state.active and annunciated(alarm):
-            alarm.state = AlarmState.ACTIVE_UNACK  # still active: annunciate again
-            alarm.acked_by = alarm.acked_at = None
-        elif alarm.state is AlarmState.RTN_UNACK:
-            alarm.state = AlarmState.NORMAL
-        self._emit(alarm, "unshelved", now, actor, comment)
+        self._emit(alarm, states.unshelve(alarm), now, actor, comment)
 
     def _reset_condition(self, alarm: Alarm) -> None:
         cond = self._conditions.get((alarm.asset, alarm.condition))
@@ -692,9 +652,7 @@ class AlarmEngine:
         alarm.severity, alarm.priority = severity, priority
         alarm.message = self._text(alarm)
         if rises and alarm.state is AlarmState.ACTIVE_ACK and annunciated(alarm):
-            # acknowledged at a lower priority: the operator must see that it matters more now
-            alarm.state = AlarmState.ACTIVE_UNACK
-            alarm.acked_by = alarm.acked_at = None
+            states.ring(alarm)  # acknowledged at a lower priority: the operator must see that it matters more now
         self._emit(alarm, event, now, comment="; ".join(changes))
 
     def _text(self, alarm: Alarm) -> str:
@@ -789,8 +747,7 @@ class AlarmEngine:
         if not alarm.state.active:
             self._emit(alarm, "ungrouped", now, comment=why)
             return
-        alarm.state = AlarmState.ACTIVE_UNACK
-        alarm.acked_by = alarm.acked_at = None
+        states.ring(alarm)
         if annunciated(alarm) and cond is not None:
             self._count_towards_flood(cond.position, alarm, now)
         self._emit(alarm, "ungrouped", now, comment=why)
@@ -873,22 +830,9 @@ class AlarmEngine:
             log.error("%s: cannot write the refusal to the audit trail yet (%s); retried with the next write",
                       self.journal.path, exc)
 
-    def _follow_overdue(self, alarm: Alarm, now: float) -> None:
-        if alarm.unacked_since is None:
-            return
-        waited = now - alarm.unacked_since
-        for rule in overdue_rules(self.line, alarm.priority):
-            if rule.after_s <= waited and rule.notify not in alarm.overdue:
-                alarm.overdue = [*alarm.overdue, rule.notify]
-                self._emit(alarm, "overdue", now, SYSTEM,
-                           f"unacknowledged for {rule.after_s:g} s ({alarm.priority.name.lower()}): notify {rule.notify}")
-
     def _emit(self, alarm: Alarm, event: str, now: float, actor: str | None = None, comment: str | None = None) -> None:
         alarm.updated_at = now
-        if alarm.state.acknowledged or not annunciated(alarm):
-            alarm.unacked_since, alarm.overdue = None, []  # the stretch nobody answered is over
-        elif alarm.unacked_since is None:
-            alarm.unacked_since = now
+        states.follow_unanswered(alarm, now)
         self._dirty.add(alarm.alarm_id)
         position = design.operator_position(self.line, alarm.asset)
         ev = AlarmEvent(alarm.alarm_id, now, event, alarm.state, _copy(alarm), actor, comment)
@@ -955,12 +899,7 @@ class AlarmEngine:
 PLC_PREFIX = design.PLC_PREFIX  # the condition of a PLC's alarm: plc:<ConditionId>
 PLC_ACTOR = "plc"  # who changed a PLC alarm's state when the PLC did
 PLC_SHELVE_SLACK_S = 5.0  # a shelving told again whose end moved less than this is the same shelving
-
-
-def overdue_rules(line: LineConfig, priority: Priority) -> list:
-    """The line's escalation rules that apply to an alarm of ``priority`` (theirs or more urgent), soonest first."""
-    return sorted((r for r in line.escalation if priority.value <= Priority.parse(r.priority).value),
-                  key=lambda r: r.after_s)
+overdue_rules = states.overdue_rules  # the line's escalation rules for a priority, as callers know them
 
 
 def _copy(alarm: Alarm) -> Alarm:
