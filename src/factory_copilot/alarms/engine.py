@@ -75,12 +75,11 @@ import logging
 import math
 import sqlite3
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from factory_copilot.alarms import authority, design, grouping, states, timing
+from factory_copilot.alarms import authority, design, floods, grouping, states, timing
 from factory_copilot.alarms.states import annunciated
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
@@ -153,13 +152,6 @@ class AlarmSettings:
         return self.off_delay_by_kind.get(kind, self.off_delay_s)
 
 
-@dataclass(slots=True)
-class _Flood:
-    raises: deque = field(default_factory=deque)  # (ts, alarm_id) of new annunciated alarms
-    flood_id: str | None = None
-    started_at: float | None = None
-
-
 class AlarmEngine:
     """One alarm per condition, one annunciated alarm per situation, ISA-18.2 states, SQLite-backed.
     Not thread-safe: call from one thread/loop."""
@@ -181,7 +173,8 @@ class AlarmEngine:
         self._alarms: dict[str, Alarm] = {}
         self._conditions: dict[tuple[str, str], timing.Condition] = {}
         self._data_now = -math.inf  # the newest evidence of any condition: how far the data has got
-        self._floods: dict[str, _Flood] = {}
+        self._floods = floods.Floods(self.settings.flood_count, self.settings.flood_window_s,
+                                     self.settings.flood_end_count)
         self._unknown_assets: set[str] = set()
         self._episode = timing.Episode()  # the line detector's current departure: its fault alarms are one situation
         # what the current step changed, written in one transaction at its end
@@ -223,7 +216,7 @@ class AlarmEngine:
 
     def floods(self) -> dict[str, str]:
         """Operator position -> flood id of the floods in progress."""
-        return {p: f.flood_id for p, f in self._floods.items() if f.flood_id}
+        return self._floods.current()
 
     def close(self) -> None:
         self.journal.close()
@@ -365,10 +358,8 @@ class AlarmEngine:
             if alarm.state is AlarmState.ACTIVE_UNACK:
                 for comment in states.overdue(self.line, alarm, now):
                     self._emit(alarm, "overdue", now, SYSTEM, comment)
-        for position, flood in self._floods.items():
-            self._prune(flood, now)
-            if flood.flood_id and len(flood.raises) < self.settings.flood_end_count:
-                self._end_flood(position, flood, now)
+        for end in self._floods.ending(now):
+            self._end_flood(end, now)
         return self._commit()
 
     def command(self, cmd: OperatorCommand) -> tuple[CommandResult, list[AlarmEvent]]:
@@ -760,44 +751,33 @@ class AlarmEngine:
         return self._conditions.get((alarm.asset, alarm.condition))
 
     # -- floods ------------------------------------------------------------------------------------
-    def _prune(self, flood: _Flood, now: float) -> None:
-        while flood.raises and flood.raises[0][0] <= now - self.settings.flood_window_s:
-            flood.raises.popleft()
-
     def _count_towards_flood(self, position: str, alarm: Alarm, now: float) -> None:
-        flood = self._floods.setdefault(position, _Flood())
-        self._prune(flood, now)
-        flood.raises.append((now, alarm.alarm_id))
-        if flood.flood_id:
-            alarm.flood_id = flood.flood_id
+        flood_id, start = self._floods.raised(position, alarm.alarm_id, now)
+        if flood_id:
+            alarm.flood_id = flood_id
+        if start is None:
             return
-        if len(flood.raises) <= self.settings.flood_count:
-            return
-        first_id = flood.raises[0][1]
-        flood.flood_id, flood.started_at = first_id, now
-        self._flood_changes[position] = (first_id, now)
-        alarm.flood_id = first_id
-        first = self._alarms.get(first_id)
+        self._flood_changes[position] = (start.flood_id, now)
+        first = self._alarms.get(start.flood_id)
         if first is not None:
-            first.flood_id = first_id
+            first.flood_id = start.flood_id
             self._emit(first, "flood_start", now, comment=(
-                f"alarm flood at position {position}: {len(flood.raises)} new alarms within "
-                f"{self.settings.flood_window_s:g} s; grouped under {first_id}"))
+                f"alarm flood at position {position}: {start.size} new alarms within "
+                f"{self.settings.flood_window_s:g} s; grouped under {start.flood_id}"))
         # the earlier alarms of the window belong to the flood too; the new one says so in its own event
-        for _, member_id in list(flood.raises)[1:-1]:
+        for member_id in start.members:
             member = self._alarms.get(member_id)
-            if member is not None and member.flood_id != first_id:
-                member.flood_id = first_id
-                self._emit(member, "flood_grouped", now, comment=f"part of flood {first_id}")
+            if member is not None and member.flood_id != start.flood_id:
+                member.flood_id = start.flood_id
+                self._emit(member, "flood_grouped", now, comment=f"part of flood {start.flood_id}")
 
-    def _end_flood(self, position: str, flood: _Flood, now: float) -> None:
-        first = self._alarms.get(flood.flood_id or "")
+    def _end_flood(self, end: floods.End, now: float) -> None:
+        first = self._alarms.get(end.flood_id)
         if first is not None:
             self._emit(first, "flood_end", now, comment=(
-                f"alarm flood at position {position} over: {len(flood.raises)} new alarms within "
+                f"alarm flood at position {end.position} over: {end.size} new alarms within "
                 f"{self.settings.flood_window_s:g} s"))
-        flood.flood_id = flood.started_at = None
-        self._flood_changes[position] = None
+        self._flood_changes[end.position] = None
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def _condition(self, anomaly: Anomaly) -> timing.Condition:
@@ -888,10 +868,9 @@ class AlarmEngine:
                 cond.level = design.level(self.line, a.anomaly) if a.anomaly else None
             self._conditions[(a.asset, a.condition)] = cond
         for position, ts, alarm_id in self.journal.recent_raises(now - self.settings.flood_window_s):
-            self._floods.setdefault(position, _Flood()).raises.append((ts, alarm_id))
+            self._floods.restore_raise(position, ts, alarm_id)
         for position, (flood_id, started_at) in self.journal.load_floods().items():
-            flood = self._floods.setdefault(position, _Flood())
-            flood.flood_id, flood.started_at = flood_id, started_at
+            self._floods.restore(position, flood_id, started_at)
         if self._alarms:
             log.info("resumed %d alarms (%d not normal) from %s", len(self._alarms), len(self.active()), self.journal.path)
 
