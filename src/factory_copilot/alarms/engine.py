@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from factory_copilot.alarms import authority, design, floods, grouping, states, timing
+from factory_copilot.alarms import authority, design, floods, grouping, priorities, states, timing
 from factory_copilot.alarms.states import annunciated
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
@@ -184,7 +184,7 @@ class AlarmEngine:
         self._by_condition: dict[tuple[str, str], str] = {}
         self._rejections = Throttled(log, 10.0)  # refused commands: each answered and audited, logged rate-limited
         self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
-        self._consequence: dict[tuple, Priority] = {}  # (asset, kind, signal, fault) -> consequence: the line is fixed
+        self._priorities = priorities.Priorities(line, self.faults, self.settings.min_trend_s)
         self._stale = timing.StaleData()
         self._plc_event_ids: dict[str, str] = {}  # PLC alarm id -> its condition's newest EventId (hex)
         self._plc_refreshed: set[str] | None = None  # ConditionIds a ConditionRefresh in progress sent again
@@ -575,76 +575,45 @@ class AlarmEngine:
     # -- severity and priority ---------------------------------------------------------------------
     def _target(self, alarm: Alarm, cond: timing.Condition) -> tuple[str | None, Priority]:
         """What the evidence says now: (severity, priority); a root's is its whole situation's."""
-        severity, urgency, consequence = self._own(alarm, cond)
-        priority = design.priority(consequence, urgency, cond.kind)
+        cond.own = self._priorities.own(alarm.anomaly, cond.kind, cond.level, cond.trend)  # for its root to read
+        consequences = []
         if alarm.parent_id is None:
             for child in self._children(alarm.alarm_id):
                 child_cond = self._cond_of(child)
-                if not child.state.active or child_cond is None or child_cond.own is None:
-                    continue
-                child_severity, child_urgency, _ = child_cond.own
-                severity = design.worse_severity(severity, child_severity)
-                urgency = min(urgency, child_urgency, key=design.URGENCIES.index)
-                # the cause's consequence at the situation's urgency, and never below a consequence's own
-                priority = min(priority, design.priority(consequence, urgency, cond.kind), child.priority)
-        return severity, priority
-
-    def _own(self, alarm: Alarm, cond: timing.Condition) -> tuple[str | None, str, Priority]:
-        """The condition's own (severity, urgency, consequence), kept on the condition for its root to read."""
-        severity = design.severity(cond.kind, cond.level)
-        slope = None
-        if cond.trend.span >= self.settings.min_trend_s:
-            slope = cond.trend.slope()
-        seconds = design.time_to_severe(cond.kind, cond.level, slope) if cond.level is not None else None
-        a = alarm.anomaly
-        named = grouping.fault_at_home(self.line, self.faults, a)
-        key = (a.asset, a.kind, a.signal, named)
-        consequence = self._consequence.get(key)
-        if consequence is None:
-            consequence = self._consequence[key] = design.consequence(self.line, self.faults, a, named)
-        cond.own = (severity, design.urgency(seconds), consequence)
-        return cond.own
+                if child.state.active and child_cond is not None and child_cond.own is not None:
+                    consequences.append((child_cond.own, child.priority))
+        return priorities.situation(cond.own, cond.kind, consequences)
 
     def _assess(self, alarm: Alarm, cond: timing.Condition | None, now: float) -> None:
         """Follow the condition's severity and priority (a root: its whole situation's) with the hysteresis rules."""
         if cond is None or not alarm.state.active or alarm.anomaly is None:
             return
         before = cond.own
-        severity, priority = self._target(alarm, cond)
-        worse = (design.severity_rank(severity) > design.severity_rank(alarm.severity)
-                 or priority.value < alarm.priority.value)
-        better = (design.severity_rank(severity) < design.severity_rank(alarm.severity)
-                  or priority.value > alarm.priority.value)
-        if worse:
-            severity = design.worse_severity(severity, alarm.severity)
-            priority = min(priority, alarm.priority, key=lambda p: p.value)
-            self._restate(alarm, severity, priority, "escalated", now)
+        event, severity, priority = priorities.judge(alarm, *self._target(alarm, cond))
+        if event == "escalated":
+            self._restate(alarm, severity, priority, event, now)
             cond.lower_since = None
-        elif better:
+        elif event == "deescalated":
             if cond.lower_since is None:
                 cond.lower_since = now
             elif now - cond.lower_since >= self.settings.deescalate_after_s:
-                self._restate(alarm, severity, priority, "deescalated", now)
+                self._restate(alarm, severity, priority, event, now)
                 cond.lower_since = None
         else:
             cond.lower_since = None
-        if alarm.parent_id is not None and (cond.own != before or worse):
+        if alarm.parent_id is not None and (cond.own != before or event == "escalated"):
             parent = self._alarms.get(alarm.parent_id)  # its situation changed: the root follows
             if parent is not None:
                 self._assess(parent, self._cond_of(parent), now)
 
     def _restate(self, alarm: Alarm, severity: str | None, priority: Priority, event: str, now: float) -> None:
-        changes = []
-        if severity != alarm.severity:
-            changes.append(f"{alarm.severity or 'no severity'} -> {severity}")
-        if priority is not alarm.priority:
-            changes.append(f"priority {alarm.priority.name.lower()} -> {priority.name.lower()}")
+        comment = priorities.changes(alarm, severity, priority)
         rises = priority.value < alarm.priority.value
         alarm.severity, alarm.priority = severity, priority
         alarm.message = self._text(alarm)
         if rises and alarm.state is AlarmState.ACTIVE_ACK and annunciated(alarm):
             states.ring(alarm)  # acknowledged at a lower priority: the operator must see that it matters more now
-        self._emit(alarm, event, now, comment="; ".join(changes))
+        self._emit(alarm, event, now, comment=comment)
 
     def _text(self, alarm: Alarm) -> str:
         return alarm_text(self.line, self.faults, alarm.anomaly, alarm.severity) if alarm.anomaly else alarm.message
