@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from factory_copilot.alarms import authority, design, floods, grouping, priorities, states, timing
+from factory_copilot.alarms import authority, design, floods, grouping, priorities, situations, states, timing
 from factory_copilot.alarms.states import annunciated
 from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
@@ -185,6 +185,9 @@ class AlarmEngine:
         self._rejections = Throttled(log, 10.0)  # refused commands: each answered and audited, logged rate-limited
         self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
         self._priorities = priorities.Priorities(line, self.faults, self.settings.min_trend_s)
+        self._situations = situations.Situations(line, self.faults, self.settings.group_consequences,
+                                                 self.settings.group_window_s, self.settings.release_after_s,
+                                                 self.settings.distinct_after_s)
         self._stale = timing.StaleData()
         self._plc_event_ids: dict[str, str] = {}  # PLC alarm id -> its condition's newest EventId (hex)
         self._plc_refreshed: set[str] | None = None  # ConditionIds a ConditionRefresh in progress sent again
@@ -512,23 +515,10 @@ class AlarmEngine:
         return named
 
     def _follow_distinct(self, alarm: Alarm, cond: timing.Condition, own: str | None, t: float, now: float) -> None:
-        """A folded fault alarm that the classifier keeps naming as a fault of its own asset, unlike its root's, is a
-        situation of its own: let go once the name held for ``distinct_after_s``."""
-        root = self._alarms.get(alarm.parent_id or "")
-        if root is not None and grouping.is_plc_alarm(root):
-            return  # the PLC names the situation, the classifier its cause: no contradiction to let go on
-        theirs = grouping.fault_name(self.line, self.faults, root.anomaly) if root else None
-        if own is None:
-            return  # an evaluation naming nothing neither makes nor breaks the case
-        if own == theirs:
-            cond.distinct_since = None
-            return
-        if cond.distinct_since is None:
-            cond.distinct_since = t
-        elif t - cond.distinct_since >= self.settings.distinct_after_s:
-            cond.distinct_since = None
-            self._release(alarm, now, f"the classifier names {own} for {alarm.asset} for "
-                                      f"{self.settings.distinct_after_s:g} s, not {theirs or 'unknown'}")
+        """A folded fault alarm named as a fault of its own asset, unlike its root's, for long enough is let go."""
+        why = self._situations.distinct(alarm, self._alarms.get(alarm.parent_id or ""), cond, own, t)
+        if why:
+            self._release(alarm, now, why)
 
     def _fitting(self, anomaly: Anomaly) -> Anomaly:
         """The anomaly as its alarm keeps it: a fault name that cannot explain this asset (a pump fault for the
@@ -620,63 +610,22 @@ class AlarmEngine:
 
     # -- situations --------------------------------------------------------------------------------
     def _cause_for(self, alarm: Alarm, now: float) -> Alarm | None:
-        """The root alarm that explains ``alarm`` now, if any: a PLC's alarm of its situation first (the plant's own
-        name for it, on the HMI already), else the copilot's root that grouping.rank picks among several."""
-        if not self.settings.group_consequences or grouping.is_plc_alarm(alarm):
-            return None
-        plcs = [c for c in self._alarms.values() if self._plc_stands(c, now) and grouping.plc_explains(self.line, c, alarm)]
-        if plcs:
-            return min(plcs, key=lambda c: (c.asset != alarm.asset, c.raised_at))
-        causes = [c for c in self._alarms.values() if self._may_explain(c, now)
-                  and grouping.explains(self.line, self.faults, c, alarm, self._same_episode(c, alarm))]
-        return min(causes, key=lambda c: grouping.rank(self.line, c, alarm), default=None)
-
-    def _may_explain(self, cause: Alarm, now: float) -> bool:
-        """A root in service, not suppressed by mode, active or returned within the grouping window."""
-        if cause.parent_id is not None or cause.out_of_service or cause.anomaly is None:
-            return False
-        cond = self._cond_of(cause)
-        if cond is None or cond.mode_suppressed:
-            return False
-        if cause.state.active:
-            return True
-        return cond.returned_at is not None and now - cond.returned_at <= self.settings.group_window_s
+        return self._situations.cause_for(alarm, self._alarms.values(), self._cond_of, self._same_episode, now)
 
     def _same_episode(self, a: Alarm, b: Alarm) -> bool:
-        """Both are fault alarms with evidence in the line detector's current continuous departure."""
-        return (grouping.is_fault_alarm(a) and grouping.is_fault_alarm(b)
-                and self._episode.holds(self._cond_of(a), self._cond_of(b)))
-
-    def _plc_stands(self, alarm: Alarm, now: float) -> bool:
-        """A PLC's alarm in service that is active, or returned within the grouping window."""
-        if not grouping.is_plc_alarm(alarm) or alarm.out_of_service or alarm.parent_id is not None:
-            return False
-        return alarm.state.active or now - alarm.updated_at <= self.settings.group_window_s
+        return situations.same_episode(self._episode, a, b, self._cond_of)
 
     def _fold_under_plc(self, plc: Alarm, now: float) -> None:
         """The PLC's alarm just rang: the copilot's standing alarms of its situation (and their consequences) fold
         under it, so the operator hears the situation once, by the name the HMI gives it."""
-        if not self.settings.group_consequences:
-            return
-        for other in list(self._alarms.values()):
-            if (other is plc or other.parent_id is not None or not other.state.active or other.out_of_service
-                    or not grouping.plc_explains(self.line, plc, other)):
-                continue
+        for other in self._situations.under_plc(plc, list(self._alarms.values())):
             self._group(other, plc, now, f"the situation of the PLC's alarm {plc.alarm_id}")
 
     def _adopt(self, root: Alarm, now: float) -> None:
         """A new root takes the earlier roots of its window that it explains (and that do not explain it)."""
         if not self.settings.group_consequences:
             return
-        for other in list(self._alarms.values()):
-            if (other is root or other.parent_id is not None or not other.state.active or other.out_of_service
-                    or other.raised_at < root.raised_at - self.settings.group_window_s):
-                continue
-            same_episode = self._same_episode(root, other)
-            if not grouping.explains(self.line, self.faults, root, other, same_episode):
-                continue
-            if grouping.explains(self.line, self.faults, other, root, same_episode):
-                continue
+        for other in self._situations.adoptable(root, list(self._alarms.values()), self._same_episode):
             self._group(other, root, now, f"consequence of {root.alarm_id}")
         self._assess(root, self._cond_of(root), now)
 
@@ -689,15 +638,9 @@ class AlarmEngine:
 
     def _release_if_orphaned(self, alarm: Alarm, now: float) -> None:
         root = self._alarms.get(alarm.parent_id or "")
-        if root is None or root.out_of_service:
-            self._release(alarm, now, f"its cause {alarm.parent_id} is not watched")
-            return
-        if root.state.active:
-            return
-        cond = self._cond_of(root)
-        returned = cond.returned_at if cond and cond.returned_at is not None else root.updated_at
-        if now - returned >= self.settings.release_after_s:
-            self._release(alarm, now, f"still active {now - returned:.0f} s after its cause {root.alarm_id} returned")
+        why = self._situations.orphaned(alarm, root, self._cond_of(root) if root else None, now)
+        if why:
+            self._release(alarm, now, why)
 
     def _release(self, alarm: Alarm, now: float, why: str) -> None:
         """A consequence its cause no longer explains: annunciated on its own."""
