@@ -73,7 +73,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +80,7 @@ from typing import Callable, Mapping
 
 from factory_copilot.alarms import authority, design, floods, grouping, priorities, situations, states, timing
 from factory_copilot.alarms.states import annunciated
-from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
+from factory_copilot.alarms.journal import Entry, Journal, Step, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
 from factory_copilot.names import UNKNOWN
 from factory_copilot.plumbing.logs import Throttled, printable
@@ -177,13 +176,9 @@ class AlarmEngine:
                                      self.settings.flood_end_count)
         self._unknown_assets: set[str] = set()
         self._episode = timing.Episode()  # the line detector's current departure: its fault alarms are one situation
-        # what the current step changed, written in one transaction at its end
-        self._events: list[Entry] = []
-        self._dirty: set[str] = set()
-        self._flood_changes: dict[str, tuple[str, float] | None] = {}
+        self._step = Step(self.journal)  # what the current step changed, written in one transaction at its end
         self._by_condition: dict[tuple[str, str], str] = {}
         self._rejections = Throttled(log, 10.0)  # refused commands: each answered and audited, logged rate-limited
-        self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
         self._priorities = priorities.Priorities(line, self.faults, self.settings.min_trend_s)
         self._situations = situations.Situations(line, self.faults, self.settings.group_consequences,
                                                  self.settings.group_window_s, self.settings.release_after_s,
@@ -669,7 +664,7 @@ class AlarmEngine:
             alarm.flood_id = flood_id
         if start is None:
             return
-        self._flood_changes[position] = (start.flood_id, now)
+        self._step.flood(position, (start.flood_id, now))
         first = self._alarms.get(start.flood_id)
         if first is not None:
             first.flood_id = start.flood_id
@@ -689,7 +684,7 @@ class AlarmEngine:
             self._emit(first, "flood_end", now, comment=(
                 f"alarm flood at position {end.position} over: {end.size} new alarms within "
                 f"{self.settings.flood_window_s:g} s"))
-        self._flood_changes[end.position] = None
+        self._step.flood(end.position, None)
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def _condition(self, anomaly: Anomaly) -> timing.Condition:
@@ -714,52 +709,28 @@ class AlarmEngine:
         what = cmd.command + (f" for {cmd.shelve_s:g} s" if cmd.shelve_s is not None else "")
         comment = f"{what} refused: {refusal}" + (f" (comment: {cmd.comment})" if cmd.comment else "")
         ev = AlarmEvent(alarm.alarm_id, now, "refused", alarm.state, _copy(alarm), cmd.actor, comment)
-        entry = Entry(ev, design.operator_position(self.line, alarm.asset), False)
-        try:
-            self.journal.write([], [entry])
-        except sqlite3.Error as exc:
-            self._unwritten.append(entry)
-            log.error("%s: cannot write the refusal to the audit trail yet (%s); retried with the next write",
-                      self.journal.path, exc)
+        self._step.write_alone(Entry(ev, design.operator_position(self.line, alarm.asset), False))
 
     def _emit(self, alarm: Alarm, event: str, now: float, actor: str | None = None, comment: str | None = None) -> None:
         alarm.updated_at = now
         states.follow_unanswered(alarm, now)
-        self._dirty.add(alarm.alarm_id)
         position = design.operator_position(self.line, alarm.asset)
         ev = AlarmEvent(alarm.alarm_id, now, event, alarm.state, _copy(alarm), actor, comment)
-        self._events.append(Entry(ev, position, annunciated(alarm)))
+        self._step.add(Entry(ev, position, annunciated(alarm)))
 
     def _commit(self) -> list[AlarmEvent]:
         """Write this step's alarms and audit entries; if the file fails, alarms still go out and the write is retried."""
-        if not (self._events or self._dirty or self._flood_changes or self._unwritten):
-            return []
-        stored = []
-        for alarm_id in sorted(self._dirty):
-            alarm = self._alarms[alarm_id]
-            cond = self._conditions.get((alarm.asset, alarm.condition))
-            stored.append(StoredAlarm(_copy(alarm), design.operator_position(self.line, alarm.asset),
-                                      cond.returned_at if cond else None))
-        new, self._events = self._events, []
-        try:
-            self.journal.write(stored, self._unwritten + new, self._flood_changes)
-        except sqlite3.Error as exc:
-            # an operator must get the alarm even when the disk is full; state and trail follow when it is back
-            if not self._unwritten:
-                log.error("%s: cannot store alarm state (%s); alarms go on, retrying on every step",
-                          self.journal.path, exc)
-            self._unwritten += new
-        else:
-            if self._unwritten:
-                log.warning("%s: alarm state stored again (%d delayed audit entries written)",
-                            self.journal.path, len(self._unwritten))
-            self._unwritten = []
-            self._dirty.clear()
-            self._flood_changes = {}
+        new = self._step.write(self._stored)
         for e in new:
             log.info("alarm %s %s -> %s%s", printable(e.event.alarm_id), e.event.event, e.event.state.value,
                      f" by {printable(e.event.actor)}" if e.event.actor else "")
         return [e.event for e in new]
+
+    def _stored(self, alarm_id: str) -> StoredAlarm:
+        alarm = self._alarms[alarm_id]
+        cond = self._conditions.get((alarm.asset, alarm.condition))
+        return StoredAlarm(_copy(alarm), design.operator_position(self.line, alarm.asset),
+                           cond.returned_at if cond else None)
 
     def _load(self) -> None:
         now = self.clock()
