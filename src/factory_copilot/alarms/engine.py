@@ -78,11 +78,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from factory_copilot.alarms import authority, design, floods, grouping, priorities, situations, states, timing
+from factory_copilot.alarms import authority, design, floods, grouping, naming, priorities, situations, states, timing
 from factory_copilot.alarms.states import annunciated
 from factory_copilot.alarms.journal import Entry, Journal, Step, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
-from factory_copilot.names import UNKNOWN
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
@@ -179,6 +178,7 @@ class AlarmEngine:
         self._step = Step(self.journal)  # what the current step changed, written in one transaction at its end
         self._by_condition: dict[tuple[str, str], str] = {}
         self._rejections = Throttled(log, 10.0)  # refused commands: each answered and audited, logged rate-limited
+        self._naming = naming.Naming(line, self.faults, self.settings.rename_after_s)
         self._priorities = priorities.Priorities(line, self.faults, self.settings.min_trend_s)
         self._situations = situations.Situations(line, self.faults, self.settings.group_consequences,
                                                  self.settings.group_window_s, self.settings.release_after_s,
@@ -439,7 +439,7 @@ class AlarmEngine:
             self._by_condition[(cond.asset, cond.condition)] = alarm_id
             alarm = Alarm(alarm_id, cond.asset, cond.condition, AlarmState.NORMAL, Priority.MEDIUM, "", now, now)
             self._alarms[alarm_id] = alarm
-        alarm.anomaly = self._fitting(anomaly)
+        alarm.anomaly = self._naming.fitting(anomaly)
         states.ring(alarm)
         parent = self._cause_for(alarm, now)
         alarm.parent_id = parent.alarm_id if parent else None
@@ -475,52 +475,20 @@ class AlarmEngine:
 
     def _update(self, alarm: Alarm, cond: timing.Condition, anomaly: Anomaly, t: float, now: float) -> None:
         """Another abnormal evaluation of an active alarm: its evidence, name, suppression and severity follow."""
-        before = grouping.fault_name(self.line, self.faults, alarm.anomaly)
-        fresh = self._fitting(anomaly)
-        named = self._new_name(alarm, cond, fresh, before, t)
-        if named is None and before is not None:
-            # the alarm keeps its name: an evaluation naming nothing never takes it away, another must hold first
-            fresh = dataclasses.replace(fresh, fault_type=alarm.anomaly.fault_type,
-                                        fault_probability=alarm.anomaly.fault_probability)
+        fresh, renamed = self._naming.follow(alarm.anomaly, cond, anomaly, t)
         alarm.anomaly = fresh
-        if named is not None:
-            self._reclassify(alarm, cond, before, named, now)
+        if renamed is not None:
+            self._reclassify(alarm, cond, *renamed, now)
         self._follow_suppression(alarm, cond, fresh, now)
         if alarm.parent_id is not None and grouping.is_fault_alarm(alarm):
             self._follow_distinct(alarm, cond, grouping.fault_at_home(self.line, self.faults, anomaly), t, now)
         self._assess(alarm, cond, now)
-
-    def _new_name(self, alarm: Alarm, cond: timing.Condition, fresh: Anomaly, before: str | None, t: float) -> str | None:
-        """The fault name the alarm takes now, if it changes: a first name at once, another once it held."""
-        named = grouping.fault_name(self.line, self.faults, fresh)
-        if named is None or named == before:
-            if named == before:
-                cond.rename = None
-            return None
-        if before is None:
-            return named
-        if (grouping.fault_at_home(self.line, self.faults, alarm.anomaly) is not None
-                and grouping.fault_at_home(self.line, self.faults, fresh) is None):
-            return None  # a fault of this asset is not replaced by a guess upstream
-        if cond.rename is None or cond.rename[0] != named:
-            cond.rename = (named, t)
-        if t - cond.rename[1] < self.settings.rename_after_s:
-            return None
-        cond.rename = None
-        return named
 
     def _follow_distinct(self, alarm: Alarm, cond: timing.Condition, own: str | None, t: float, now: float) -> None:
         """A folded fault alarm named as a fault of its own asset, unlike its root's, for long enough is let go."""
         why = self._situations.distinct(alarm, self._alarms.get(alarm.parent_id or ""), cond, own, t)
         if why:
             self._release(alarm, now, why)
-
-    def _fitting(self, anomaly: Anomaly) -> Anomaly:
-        """The anomaly as its alarm keeps it: a fault name that cannot explain this asset (a pump fault for the
-        conveyor that feeds the pump) is the classifier's guess, not the alarm's: kept as unknown."""
-        if grouping.fault_name(self.line, self.faults, anomaly) is None and anomaly.fault_type not in (None, UNKNOWN):
-            return dataclasses.replace(anomaly, fault_type=UNKNOWN, fault_probability=0.0)
-        return anomaly
 
     def _return(self, alarm: Alarm, cond: timing.Condition, now: float) -> None:
         timing.returned(cond, now)
