@@ -5,6 +5,11 @@ Pure and clock-injected: nothing happens but in ``ingest``, ``command`` and
 so a test drives it with a fake clock and no sleeps. State lives in SQLite
 (``journal.py``), so a restarted engine resumes the same alarms.
 
+The engine is the one public face; it keeps the alarms and their conditions and hands each part what it needs:
+``timing.py`` (conditions in data time), ``states.py`` (the ISA-18.2 transitions, overdue), ``situations.py``
+over ``grouping.py`` (situations), ``naming.py`` (fault names), ``priorities.py`` (severity and priority),
+``floods.py``, ``authority.py`` (commands) and ``journal.py`` (each step written in one transaction).
+
 Two times: how long a condition has been abnormal or normal is measured in
 *data time* (the anomalies' ``ts``), so a replay faster than real time behaves
 as live; silence (no anomaly at all) and everything an operator sees (event
