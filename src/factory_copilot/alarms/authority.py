@@ -3,7 +3,8 @@
 Two questions, both pure (nothing here changes an alarm): may this actor do it by the line's roles
 (``refusal``: who may acknowledge, shelve for how long, take out of service), and does the command make sense
 for the alarm as it stands (``problem``: a known command, an actor, an alarm that exists and is in the state
-the command needs). The engine answers every refused or rejected command and audits the refusals.
+the command needs); the same two for an operator's verdict on an alarm (``feedback_refusal``,
+``feedback_problem``). The engine answers every refused or rejected command and audits the refusals.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 
 from factory_copilot.config import LineConfig
-from factory_copilot.records import Alarm, AlarmState, CommandKind, OperatorCommand
+from factory_copilot.records import Alarm, AlarmState, CommandKind, OperatorCommand, OperatorFeedback
 
 COMMANDS = tuple(k.value for k in CommandKind)
 
@@ -58,3 +59,15 @@ def problem(cmd: OperatorCommand, alarm: Alarm | None, max_shelve_s: float) -> s
         if not alarm.out_of_service:
             return f"alarm {alarm.alarm_id} is in service"
     return None
+
+
+def feedback_refusal(line: LineConfig, fb: OperatorFeedback) -> str | None:
+    """Why the line's roles do not let this actor give a verdict on an alarm (None: they do, or no roles)."""
+    return line.roles.feedback_refusal(fb.actor or "") if line.roles is not None else None
+
+
+def feedback_problem(fb: OperatorFeedback, known: bool) -> str | None:
+    """Why the verdict cannot be taken (``known``: the engine holds the alarm it names); None: it can."""
+    if not (fb.actor or "").strip():
+        return "feedback needs an actor: who is giving it"
+    return None if known else f"no alarm with id {fb.alarm_id!r}"

@@ -91,8 +91,8 @@ from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.plumbing.opcua import priority_of
-from factory_copilot.records import (Alarm, AlarmEvent, AlarmState, Anomaly, CommandKind, CommandResult, OperatorCommand,
-                                    PlcCondition, Priority)
+from factory_copilot.records import (Alarm, AlarmEvent, AlarmState, Anomaly, CommandKind, CommandResult, Feedback,
+                                    OperatorCommand, OperatorFeedback, PlcCondition, Priority)
 
 log = logging.getLogger(__name__)
 
@@ -676,13 +676,42 @@ class AlarmEngine:
         """A refused command leaves an audit row (who tried what), without touching the alarm."""
         self._rejections.warning("refused", "refused %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id),
                                  printable(cmd.actor), printable(refusal))
-        alarm = self._alarms.get(cmd.alarm_id)
-        if alarm is None:
-            return  # nothing to attach the row to; the log line above is the trace
         what = cmd.command + (f" for {cmd.shelve_s:g} s" if cmd.shelve_s is not None else "")
         comment = f"{what} refused: {refusal}" + (f" (comment: {cmd.comment})" if cmd.comment else "")
-        ev = AlarmEvent(alarm.alarm_id, now, "refused", alarm.state, _copy(alarm), cmd.actor, comment)
+        self._audit_row(cmd.alarm_id, now, "refused", cmd.actor, comment)
+
+    def _audit_row(self, alarm_id: str, now: float, event: str, actor: str | None, comment: str) -> None:
+        """An audit row that changes nothing of the alarm (a refusal, a verdict), written now; nothing for an alarm
+        the engine does not hold (the caller's log line is the trace)."""
+        alarm = self._alarms.get(alarm_id)
+        if alarm is None:
+            return
+        ev = AlarmEvent(alarm.alarm_id, now, event, alarm.state, _copy(alarm), actor, comment)
         self._step.write_alone(Entry(ev, design.operator_position(self.line, alarm.asset), False))
+
+    def feedback(self, fb: OperatorFeedback) -> tuple[CommandResult, Feedback | None]:
+        """An operator's verdict on an alarm: authorised under the line's roles, audited (a ``feedback`` row, or a
+        ``refused`` one), and the ``Feedback`` the store writes (None when refused: then nothing is stored)."""
+        now = self.clock()
+        refusal = authority.feedback_refusal(self.line, fb)
+        if refusal:
+            self._rejections.warning("refused", "refused feedback on %s by %s: %s", printable(fb.alarm_id),
+                                     printable(fb.actor), printable(refusal))
+            self._audit_row(fb.alarm_id, now, "refused", fb.actor, f"feedback ({fb.verdict}) refused: {refusal}")
+            return CommandResult(fb.request_id, False, f"refused: {refusal}"), None
+        problem = authority.feedback_problem(fb, fb.alarm_id in self._alarms)
+        if problem:
+            self._rejections.warning("rejected", "rejected feedback on %s by %s: %s", printable(fb.alarm_id),
+                                     printable(fb.actor), printable(problem))
+            return CommandResult(fb.request_id, False, problem), None
+        verdict = fb.verdict.replace("_", " ")
+        said = "; ".join([verdict, *([f"cause: {fb.actual_cause}"] if fb.actual_cause else []),
+                          *([f"fix: {fb.fix}"] if fb.fix else [])])
+        self._audit_row(fb.alarm_id, now, "feedback", fb.actor, said)
+        log.info("feedback on alarm %s by %s: %s", printable(fb.alarm_id), printable(fb.actor), printable(verdict))
+        return (CommandResult(fb.request_id, True, f"feedback on {fb.alarm_id} recorded: {verdict}, by {fb.actor}",
+                              self.get(fb.alarm_id)),
+                Feedback(fb.alarm_id, fb.verdict, fb.actual_cause, fb.fix, fb.actor, now))
 
     def _emit(self, alarm: Alarm, event: str, now: float, actor: str | None = None, comment: str | None = None) -> None:
         alarm.updated_at = now

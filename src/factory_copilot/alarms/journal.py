@@ -21,6 +21,8 @@ from factory_copilot.plumbing.sqlite import open_db, open_reader, transaction
 log = logging.getLogger(__name__)
 
 COMPONENT = "alarms"
+# audit rows that change nothing of the alarm: a refused command, an operator's verdict (its words are the store's)
+UNCHANGED = frozenset({"refused", "feedback"})
 
 MIGRATIONS: list[str] = [
     # version 1
@@ -286,13 +288,13 @@ class Step:
         return new
 
     def write_alone(self, entry: Entry) -> None:
-        """Write one audit row that changes no alarm (a refused command) now, or with the next write."""
+        """Write one audit row that changes no alarm (a refused command, a verdict) now, or with the next write."""
         try:
             self.journal.write([], [entry])
         except sqlite3.Error as exc:
             self._unwritten.append(entry)
-            log.error("%s: cannot write the refusal to the audit trail yet (%s); retried with the next write",
-                      self.journal.path, exc)
+            log.error("%s: cannot write the %s row to the audit trail yet (%s); retried with the next write",
+                      self.journal.path, entry.event.event, exc)
 
 
 _KPI = ("seq, ts, alarm_id, event, state, actor, comment, json_extract(body, '$.priority') AS priority, "

@@ -24,6 +24,23 @@ class Unavailable(Transient, ConnectionError):
     """The database server cannot be reached now (down, restarting, network): the same write may succeed later."""
 
 
+class BadUrl(ValueError):
+    """A database URL that cannot name a server (a malformed port, an unknown option): no retry will help."""
+
+
+def check_url(url: str) -> None:
+    """``BadUrl`` (naming the URL without its password) unless libpq can read ``url``."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(url)
+    except Exception as exc:  # psycopg.ProgrammingError: libpq's own words on what is wrong
+        raise BadUrl(f"{where(url)}: not a PostgreSQL URL libpq can read: {str(exc).strip()}") from None
+    port = str(params.get("port") or "")
+    if port and not all(p.strip().isdigit() for p in port.split(",")):
+        raise BadUrl(f"{where(url)}: port {port!r} is not a number")
+
+
 def _psycopg():
     try:
         import psycopg
@@ -55,6 +72,7 @@ class Connection:
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:
             psycopg = _psycopg()
+            check_url(self.url)
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                                    application_name="factory-copilot")
             try:
@@ -113,8 +131,9 @@ class Connection:
 
 
 def where(url: str) -> str:
-    """The URL without a password, for messages and logs."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    """The URL without a password, for messages and logs (nor its query: a misspelt ``password=`` is still one)."""
+    base, query, _ = url.partition("?")
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", base) + ("?..." if query else "")
 
 
 def migrate(conn: Connection, migrations: Sequence[str], component: str) -> int:

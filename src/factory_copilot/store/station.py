@@ -1,5 +1,6 @@
 """The store station: drains the buffers of readings, anomalies, alarm events, diagnoses,
-conversation turns and feedback into the store, in batched transactions, and enforces retention.
+conversation turns and operators' feedback (authorised by the alarm station) into the store, in batched
+transactions, and enforces retention.
 
 SQLite work runs in a worker thread so the event loop (and the stations sharing it)
 never waits on the disk; readings are written in batches of whatever has queued
@@ -31,7 +32,7 @@ class StoreStation:
     """Consumes any of the given buffers; ``run()`` until cancelled, ``drain()`` to flush what is queued."""
 
     # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
-    takes = (Reading, Anomaly, AlarmEvent, Diagnosis, Turn)
+    takes = (Reading, Anomaly, AlarmEvent, Diagnosis, Turn, Feedback)
     gives = ()
 
     def __init__(

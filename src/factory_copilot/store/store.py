@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -162,11 +163,13 @@ class PostgresStore(Store):
     Each connection (one writes, one reads) gets session views (``pg_temp``, searched first) named like the
     tables: that line's rows only, and a row written through them carries the line. So the store's SQL is
     the SQLite store's, and no query can see or delete another line's rows. A lost server is
-    ``plumbing.postgres.Unavailable``; the next call connects again.
+    ``plumbing.postgres.Unavailable``; the next call connects again. ``patient``: a server away when the store is
+    opened is not an error either (a line's service alarms without its site); the schema is brought up to date by
+    the first connection that reaches it.
     """
 
     def __init__(self, url: str, line: str, bucket_s: float = 5.0, retention: Retention | None = None, *,
-                 read_only: bool = False):
+                 read_only: bool = False, patient: bool = False):
         self._settings(bucket_s, retention)
         if not line:
             raise ValueError("a PostgreSQL store needs the line its rows belong to")
@@ -179,11 +182,15 @@ class PostgresStore(Store):
                 conn.close()
                 raise
         else:
-            schema = postgres.Connection(url)
+            self._schema_lock = threading.Lock()
+            self._schema_ready = False
             try:
-                postgres.migrate(schema, PG_MIGRATIONS, COMPONENT)
-            finally:
-                schema.close()
+                self._ensure_schema()
+            except postgres.Unavailable as exc:
+                if not patient:
+                    raise
+                log.warning("store: database unavailable at start (%s); the line runs on, and its store writes "
+                            "once it is back", exc)
             conn = self._connection()
         self._db = Locked(conn)
         # reads on their own connection: MVCC shows them the last commit while a batch is being written
@@ -196,17 +203,22 @@ class PostgresStore(Store):
     def _connection(self, read_only: bool = False) -> postgres.Connection:
         return postgres.Connection(self.url, setup=self._line_views, translate=_pg_sql, read_only=read_only)
 
-    def _line_views(self, conn: Any) -> None:
-        from psycopg import sql
+    def _ensure_schema(self) -> None:
+        """Migrate the tables, once per store (several lines starting at once take turns: ``migrate``'s lock)."""
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            schema = postgres.Connection(self.url)
+            try:
+                postgres.migrate(schema, PG_MIGRATIONS, COMPONENT)
+            finally:
+                schema.close()
+            self._schema_ready = True
 
-        schema = conn.execute("SELECT current_schema()").fetchone()[0]
-        line = sql.Literal(self.line)
-        script = sql.SQL(" ").join(
-            sql.SQL("CREATE TEMP VIEW {view} AS SELECT * FROM {schema}.{table} WHERE line = {line} WITH CHECK OPTION; "
-                    "ALTER VIEW {view} ALTER COLUMN line SET DEFAULT {line};").format(
-                view=sql.Identifier(t), schema=sql.Identifier(schema), table=sql.Identifier(t), line=line)
-            for t in PG_TABLES)
-        conn.execute(script)
+    def _line_views(self, conn: Any) -> None:
+        if not getattr(self, "_schema_ready", True):  # opened while the server was away: the tables first
+            self._ensure_schema()
+        line_views(conn, self.line)
 
     def _json(self, column: str, key: str, kind: str = "text") -> str:
         cast = {"text": "", "number": "::double precision", "boolean": "::boolean"}[kind]
@@ -225,6 +237,20 @@ class PostgresStore(Store):
             yield conn
 
 
+def line_views(conn: Any, line: str) -> None:
+    """On a psycopg connection: session views named like the tables, showing and writing ``line``'s rows only."""
+    from psycopg import sql
+
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    literal = sql.Literal(line)
+    script = sql.SQL(" ").join(
+        sql.SQL("CREATE TEMP VIEW {view} AS SELECT * FROM {schema}.{table} WHERE line = {line} WITH CHECK OPTION; "
+                "ALTER VIEW {view} ALTER COLUMN line SET DEFAULT {line};").format(
+            view=sql.Identifier(t), schema=sql.Identifier(schema), table=sql.Identifier(t), line=literal)
+        for t in PG_TABLES)
+    conn.execute(script)
+
+
 _CONFLICT = re.compile(r"ON CONFLICT\s*\(", re.I)
 
 
@@ -238,10 +264,12 @@ def line_id(line: "LineConfig") -> str:
     return f"{line.site}/{line.line}"
 
 
-def open_store(line: "LineConfig", paths: "ServicePaths", *, read_only: bool = False, **kwargs: Any) -> Store:
-    """The store the line file names: its ``store.url`` (PostgreSQL), else SQLite under its state directory."""
+def open_store(line: "LineConfig", paths: "ServicePaths", *, read_only: bool = False, patient: bool = False,
+               **kwargs: Any) -> Store:
+    """The store the line file names: its ``store.url`` (PostgreSQL), else SQLite under its state directory;
+    ``patient``: a database server away now is written when it is back (``PostgresStore``)."""
     if line.store is not None:
-        return PostgresStore(line.store.url, line_id(line), read_only=read_only, **kwargs)
+        return PostgresStore(line.store.url, line_id(line), read_only=read_only, patient=patient, **kwargs)
     return Store(paths.store, read_only=read_only, **kwargs)
 
 
