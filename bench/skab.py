@@ -11,6 +11,10 @@ Published figures on that table (README "Proposed Leaderboard", outlier detectio
 Conv-AE 0.78 / 13.55 / 28.02, MSET 0.78 / 39.73 / 14.13, T²+Q (PCA) 0.76 / 26.62 / 24.92, LSTM-AE 0.74 /
 29.96 / 25.92, T² 0.66 / 19.21 / 42.6, IsolationForest 0.29 / 2.56 / 82.89.
 
+``healthy_cases`` (not part of SKAB's protocol): the ``anomaly-free`` run (9,405 rows) cut as a labelled run is,
+400 rows fit and the next 750 scored (about what a labelled run scores after its first 400), a window every 400
+rows; every scored row is normal, so what is flagged there is the false-alarm rate alone, on a rig just met.
+
 Getting the data (not part of this project): ``git clone https://github.com/waico/SKAB`` and pass its folder.
 """
 
@@ -23,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 TRAIN_ROWS = 400
+HEALTHY_SCORED = 750  # rows scored after each fit window of the anomaly-free run
 SIGNALS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple",
            "Voltage", "Volume Flow RateRMS"]
 PUBLISHED = {  # F1, FAR, MAR (fractions) from the SKAB README's outlier leaderboard
@@ -51,9 +56,27 @@ def cases(root: Path) -> list[Case]:
     for folder in ("valve1", "valve2", "other"):
         files = sorted((data / folder).glob("*.csv"), key=lambda p: int(p.stem))
         for path in files:
-            frame = pd.read_csv(path, sep=";", index_col="datetime", parse_dates=True)
+            frame = _read(path)
             signals = frame[SIGNALS].astype(float).reset_index(drop=True)
             labels = frame["anomaly"].to_numpy().astype(int)
             out.append(Case(f"{folder}/{path.stem}", signals.iloc[:TRAIN_ROWS].reset_index(drop=True),
                             signals.iloc[TRAIN_ROWS:].reset_index(drop=True), labels[TRAIN_ROWS:], 1.0))
+    return out
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep=";", index_col="datetime", parse_dates=True)
+
+
+def healthy_cases(root: Path) -> list[Case]:
+    """Windows of the anomaly-free run: TRAIN_ROWS fit, the next HEALTHY_SCORED scored (all normal)."""
+    path = Path(root) / "data" / "anomaly-free" / "anomaly-free.csv"
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found; pass a checkout of https://github.com/waico/SKAB")
+    signals = _read(path)[SIGNALS].astype(float).reset_index(drop=True)
+    out = []
+    for start in range(0, len(signals) - TRAIN_ROWS - HEALTHY_SCORED + 1, TRAIN_ROWS):
+        fit = signals.iloc[start : start + TRAIN_ROWS].reset_index(drop=True)
+        scored = signals.iloc[start + TRAIN_ROWS : start + TRAIN_ROWS + HEALTHY_SCORED].reset_index(drop=True)
+        out.append(Case(f"anomaly-free@{start}", fit, scored, np.zeros(len(scored), dtype=int), 1.0))
     return out

@@ -3,7 +3,8 @@
 Offers N readings for the 34 signals of the simulated line into a Buffer and
 times the StoreStation writing them all to a fresh SQLite file (or, with --url, to a
 line of its own in a PostgreSQL database).
-    .venv/bin/python bench/store_throughput.py [--n 300000] [--url postgresql://USER@HOST:PORT/DB]
+    .venv/bin/python bench/store_throughput.py [--n 300000] [--url postgresql://USER@HOST:PORT/DB [--line SITE/LINE]]
+(a line's own role, under row-level security, needs --line: the line grant-line bound it to)
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from factory_copilot.store import Store, StoreStation
 from factory_copilot.store.store import PostgresStore
 
 
-async def main(n: int, url: str | None = None) -> None:
+async def main(n: int, url: str | None = None, line: str | None = None) -> None:
     keys = [k.split(".", 1) for k in load_line(SIMULATED_LINE).signal_keys()]
     with tempfile.TemporaryDirectory() as tmp:
-        store = PostgresStore(url, f"bench/{time.time():.0f}") if url else Store(Path(tmp) / "bench.db")
+        store = PostgresStore(url, line or f"bench/{time.time():.0f}") if url else Store(Path(tmp) / "bench.db")
         buf: Buffer[Reading] = Buffer(n, "readings")
         t0 = time.time()
         for i in range(n):
@@ -63,5 +64,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=300_000)
     p.add_argument("--url", help="a PostgreSQL database (a line of its own there) instead of a fresh SQLite file")
+    p.add_argument("--line", help="with --url: the line to write (default bench/<now>); a line's role needs its own")
     args = p.parse_args()
-    asyncio.run(main(args.n, args.url))
+    asyncio.run(main(args.n, args.url, args.line))

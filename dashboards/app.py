@@ -11,6 +11,11 @@ parts are Streamlit fragments that rerun on their own; the rest reruns on an ope
 Everything historical comes from the store; live alarm states, streamed diagnosis text, command
 replies and answers come over MQTT through one cached LiveFeed. Each option may also be given as an
 environment variable (FACTORY_COPILOT_DB, _LINE, _MQTT_HOST, _MQTT_PORT, _MQTT_PROTOCOL, _TOPIC_PREFIX).
+
+    streamlit run dashboards/app.py -- --site A.yaml B.yaml --mqtt-host SITE-BROKER --users dashboard-users.yaml
+
+serves the site page instead (dashboards/site.py; FACTORY_COPILOT_SITE_LINES, the files joined by the path
+separator): every line at a glance, each line's operator page at ``?line=SITE/LINE``.
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TA
 from factory_copilot.catalogue import faults_of  # noqa: E402
 from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # noqa: E402
 from factory_copilot.copilot.runbooks import runbooks_of  # noqa: E402
-from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, CommandKind, Feedback, Priority, Turn  # noqa: E402
+from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, CommandKind, Priority, Turn  # noqa: E402
 from factory_copilot.names import DEFAULT_PREFIX  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
+from factory_copilot.store.site import is_url  # noqa: E402
 from factory_copilot.store.store import PostgresStore, line_id  # noqa: E402
 
 SHELVE_CHOICES = {"15 min": 900, "30 min": 1800, "1 h": 3600, "4 h": 4 * 3600, "8 h (shift)": 8 * 3600}
@@ -72,6 +78,9 @@ def settings() -> argparse.Namespace:
     # log-ins (Argon2id hashes, from broker init); none: read-only. The dashboard's own MQTT account is given in
     # the environment (FACTORY_COPILOT_MQTT_USERNAME/_PASSWORD), so no password shows in a process list
     p.add_argument("--users", default=env("FACTORY_COPILOT_DASHBOARD_USERS"))
+    # the site page (dashboards/site.py): the site's line files; each line's operator page is then ?line=SITE/LINE
+    site = env("FACTORY_COPILOT_SITE_LINES")
+    p.add_argument("--site", nargs="+", metavar="LINE.yaml", default=site.split(os.pathsep) if site else None)
     # under a test runner sys.argv holds the runner's own options: ignore what is not ours
     args, _ = p.parse_known_args(sys.argv[1:])
     return args
@@ -79,7 +88,9 @@ def settings() -> argparse.Namespace:
 
 @st.cache_resource
 def open_store(path: str, url: str | None = None, line: str = "") -> Store:
-    # a line whose history is in the site's PostgreSQL (the line file's store.url) is read there, not from --db
+    # a line whose history is in the site's PostgreSQL (the line file's store.url) is read there, not from --db;
+    # a --db postgresql://... is read for the line file's line too
+    url = url or (path if is_url(path) else None)
     return PostgresStore(url, line) if url else Store(path)
 
 
@@ -144,7 +155,17 @@ def stable_order(alarms: list[Alarm]) -> list[Alarm]:
     return sorted(alarms, key=lambda a: (int(a.priority), -a.raised_at, a.alarm_id))
 
 
-cfg = Page(settings())
+def page_settings() -> argparse.Namespace:
+    """The options of this run: with ``--site``, the site page (which stops the script) or the line ``?line=`` names."""
+    args = settings()
+    if args.site:
+        from dashboards import site
+
+        args = site.route(args)
+    return args
+
+
+cfg = Page(page_settings())
 
 
 def badge(text: str, colour: str, fg: str = "white") -> str:
@@ -246,6 +267,10 @@ def key_class(key: str) -> str:
 
 def sidebar() -> None:
     with st.sidebar:
+        if cfg.args.site:
+            from dashboards.site import back_to_site
+
+            back_to_site()
         st.markdown(f"### {html.escape(cfg.line.site)} / {html.escape(cfg.line.line)}")
         login.sidebar_user(cfg.args.users)
         choices = shelve_choices(actor())
@@ -645,33 +670,43 @@ def pending_answers(alarm_id: str) -> None:
                 st.markdown("_sent; waiting for the copilot…_")
 
 
+FEEDBACK_LABELS = {"confirmed": "Confirm the diagnosed cause", "false_alarm": "False alarm",
+                   "other_cause": "Another cause"}
+
+
 def feedback_tab(alarm: Alarm | None) -> None:
+    """The operator's verdict on the alarm: sent over MQTT as the person logged in (the service authorises, audits
+    and stores it, like an acknowledgement); what was given is read back from the store, the one record of it."""
     if alarm is None:
         st.caption("Select an alarm to give feedback on it.")
         return
     faults = open_faults(cfg.args.line)
-    labels = {"confirmed": "Confirm the diagnosed cause", "false_alarm": "False alarm",
-              "other_cause": "Another cause"}
+    if cfg.feed is None:
+        st.warning("Feedback goes to the service over the broker, and this dashboard has none (--mqtt-host): "
+                   "it cannot be given here. What was given is below.")
     with st.form(f"feedback:{alarm.alarm_id}", clear_on_submit=True):
-        verdict = st.radio("Verdict", FEEDBACK_VERDICTS, format_func=labels.get, horizontal=True, key="fb_verdict")
+        verdict = st.radio("Verdict", FEEDBACK_VERDICTS, format_func=FEEDBACK_LABELS.get, horizontal=True,
+                           key="fb_verdict")
         choices = ["(as diagnosed)"] + list(faults) + ["other (describe below)"]
         cause = st.selectbox("Actual cause", choices, key="fb_cause",
                              format_func=lambda c: f"{faults[c].name} ({c})" if c in faults else c)
         described = st.text_input("Cause in your words", key="fb_text")
         fix = st.text_area("What fixed it", key="fb_fix", height=80)
-        if st.form_submit_button("Save feedback", type="primary"):
+        if st.form_submit_button("Save feedback", type="primary", disabled=cfg.feed is None):
             actual = described.strip() or (cause if cause in faults else None)
             if verdict == "other_cause" and not actual:
                 st.error("Name the other cause (pick one or describe it).")
+            elif actor() is None:
+                st.error("Log in to give feedback: it goes out as the person logged in.")
+            elif not cfg.snapshot().connected:
+                st.error(f"The broker {cfg.args.mqtt_host}:{cfg.args.mqtt_port} is unavailable: the feedback was not "
+                         "sent. Try again when the header shows Live.")
             else:
-                cfg.store.add_feedback(Feedback(alarm.alarm_id, verdict, actual, fix.strip() or None, actor()))
-                st.success("Feedback saved: the copilot will remember it for similar alarms."
-                           + (" An engineer's `factory-copilot retune` raises the detector's thresholds from false "
-                              "alarms." if verdict == "false_alarm" else ""))
-    given = cfg.store.feedback(alarm.alarm_id)
-    for fb in reversed(given):
-        st.caption(f"{clock(fb.ts)} UTC · {fb.actor or 'operator'}: {labels[fb.verdict].lower()}"
-                   f"{' — ' + fb.actual_cause if fb.actual_cause else ''}{' · fix: ' + fb.fix if fb.fix else ''}")
+                request_id = cfg.feed.feedback(alarm.alarm_id, verdict, actor(), actual, fix.strip() or None)
+                st.session_state.setdefault("feedback_sent", {})[alarm.alarm_id] = {
+                    "request_id": request_id, "command": "feedback", "sent": time.time(),
+                    "false_alarm": verdict == "false_alarm"}
+    feedback_given(alarm.alarm_id)
     fault = alarm.anomaly.fault_type if alarm.anomaly else None
     signals = list(alarm.anomaly.contributions) if alarm.anomaly else []
     similar = [i for i in cfg.store.similar(alarm.asset, fault, signals) if i.alarm_id != alarm.alarm_id]
@@ -680,6 +715,23 @@ def feedback_tab(alarm: Alarm | None) -> None:
         for i in similar:
             st.caption(f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(i.ts))} · {i.asset} · {i.verdict}"
                        f"{' — ' + i.actual_cause if i.actual_cause else ''}{' · fix: ' + i.fix if i.fix else ''}")
+
+
+@st.fragment(run_every=2)
+def feedback_given(alarm_id: str) -> None:
+    """The service's reply to the feedback sent, then the alarm's feedback as the store holds it."""
+    sent = st.session_state.get("feedback_sent", {}).get(alarm_id)
+    if sent and cfg.feed is not None:
+        snap = cfg.snapshot()
+        reply = snap.replies.get(sent["request_id"])
+        command_reply(sent, snap, time.time())
+        if reply and reply.get("ok"):
+            st.success("Feedback saved: the copilot will remember it for similar alarms."
+                       + (" An engineer's `factory-copilot retune` raises the detector's thresholds from false "
+                          "alarms." if sent["false_alarm"] else ""))
+    for fb in reversed(cfg.store.feedback(alarm_id)):
+        st.caption(f"{clock(fb.ts)} UTC · {fb.actor or 'operator'}: {FEEDBACK_LABELS[fb.verdict].lower()}"
+                   f"{' — ' + fb.actual_cause if fb.actual_cause else ''}{' · fix: ' + fb.fix if fb.fix else ''}")
 
 
 @st.fragment(run_every=5)

@@ -1,5 +1,5 @@
 """The dashboard's one MQTT connection: follows the line's alarm, diagnosis, stream and reply topics
-into a lock-protected snapshot, and publishes operator commands and questions.
+into a lock-protected snapshot, and publishes operator commands, feedback and questions.
 
 paho calls back on its own network thread; that thread only updates the snapshot
 under the lock. The Streamlit script (in its own thread) copies the snapshot and
@@ -189,6 +189,15 @@ class LiveFeed:
             raise ValueError("shelving needs a duration (shelve_s): shelving always expires")
         request_id = uuid.uuid4().hex
         body = payloads.command(command, alarm_id, request_id, actor=actor, comment=comment, shelve_s=shelve_s)
+        self.session.publish(self.topics.commands(actor), json.dumps(body), qos=1)
+        return request_id
+
+    def feedback(self, alarm_id: str, verdict: str, actor: str, actual_cause: str | None = None,
+                 fix: str | None = None) -> str:
+        """Publish an operator's verdict on an alarm on ``actor``'s own level (commands/<actor>), like a command:
+        the service authorises it, audits it and stores it; returns its request id (the reply on commands/reply)."""
+        request_id = uuid.uuid4().hex
+        body = payloads.feedback(alarm_id, verdict, request_id, actor=actor, actual_cause=actual_cause, fix=fix)
         self.session.publish(self.topics.commands(actor), json.dumps(body), qos=1)
         return request_id
 

@@ -1,7 +1,7 @@
 """The dashboard's log-in: who is at the screen, checked against the users file's Argon2id hashes.
 
 With a users file (``--users``, written by ``factory-copilot broker init``) nothing shows before a
-log-in, and every command and question goes out on the MQTT level of the person logged in
+log-in, and every command, feedback and question goes out on the MQTT level of the person logged in
 (``commands/<user>``), so the audit trail names them; the broker lets the dashboard's own MQTT
 account write those levels and nobody else's. Without one the page is read-only. The name is
 held in this browser session's server-side state only, never taken from the browser.

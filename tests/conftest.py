@@ -69,10 +69,17 @@ _lines = itertools.count(1)
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_backend(request, tmp_path):
-    """Where a test's stores live: a SQLite file, or a line of its own in the session's PostgreSQL database."""
+    """Where a test's stores live: a SQLite file, or a line of its own in the session's PostgreSQL database, reached
+    as that line's own role (bound to it: row-level security holds every query of the store)."""
     if request.param == "sqlite":
         return ("sqlite", str(tmp_path / "store.db"))
-    return ("postgres", request.getfixturevalue("pg_url"), f"test-site/line-{next(_lines)}")
+    import re
+
+    from factory_copilot.store.roles import grant_line
+
+    n, url = next(_lines), request.getfixturevalue("pg_url")
+    grant_line(url, f"test-site/line-{n}", f"test_line_{n}")  # by the superuser who made the database
+    return ("postgres", re.sub(r"//[^@/]+@", f"//test_line_{n}@", url), f"test-site/line-{n}")
 
 
 @pytest.fixture

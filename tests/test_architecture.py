@@ -210,12 +210,12 @@ def test_one_list_of_commands_for_the_engine_the_schema_and_the_dashboard():
 
 
 def test_one_builder_for_what_an_operators_client_sends_and_it_meets_the_schemas():
-    """The dashboard and the MCP write tools send commands, questions and handover acknowledgements built by
+    """The dashboard and the MCP write tools send commands, feedback, questions and handover acknowledgements built by
     publish/payloads.py only (beside their parsers), so no sender can drift from the schema the service reads."""
     import re
 
     from factory_copilot.publish import payloads
-    from factory_copilot.records import CommandKind
+    from factory_copilot.records import FEEDBACK_VERDICTS, CommandKind
 
     for kind in CommandKind:
         shelve_s = 60.0 if kind is CommandKind.SHELVE else None
@@ -229,7 +229,18 @@ def test_one_builder_for_what_an_operators_client_sends_and_it_meets_the_schemas
         payloads.command("reset", "a", "r")
     assert payloads.problems(payloads.question(None, "why?", "r-2", "ann"), payloads.ASK) == []
     assert payloads.problems(payloads.handover_ack("h-1", "r-3", "ann", "read"), payloads.HANDOVER_ACK) == []
-    by_hand = re.compile(r"""["']schema["']\s*:\s*["'](command|ask|handover-ack)/""")
+    for verdict in FEEDBACK_VERDICTS:
+        cause = "clogged_filter" if verdict == "other_cause" else None
+        body = payloads.feedback("pump.flow-limit", verdict, "r-4", actor="ann", actual_cause=cause, fix="f")
+        assert payloads.problems(body, payloads.FEEDBACK) == [], verdict
+        parsed = payloads.parse_command(payloads.encode(body), "ann")
+        assert (parsed.verdict, parsed.actual_cause, parsed.actor, parsed.request_id) == (verdict, cause, "ann", "r-4")
+    schema = payloads.load_schema(payloads.FEEDBACK)
+    assert schema["properties"]["verdict"]["enum"] == list(FEEDBACK_VERDICTS)  # one list of verdicts
+    assert payloads.problems(payloads.feedback("a", "other_cause", "r"), payloads.FEEDBACK) != []  # names no cause
+    with pytest.raises(ValueError):
+        payloads.feedback("a", "maybe", "r")
+    by_hand = re.compile(r"""["']schema["']\s*:\s*["'](command|ask|handover-ack|feedback)/""")
     senders = [*runtime_files(), *sorted((ROOT / "dashboards").glob("*.py"))]
     found = [f"{p.relative_to(ROOT)}:{n}" for p in senders if p != PACKAGE / "publish" / "payloads.py"
              for n, line in enumerate(p.read_text().splitlines(), 1) if by_hand.search(line)]

@@ -9,14 +9,14 @@ import jsonschema
 import pytest
 
 from factory_copilot.config import SIMULATED_LINE, load_line
-from factory_copilot.copilot import Copilot, TokenStream
+from factory_copilot.copilot import Copilot
 from factory_copilot.copilot.backends import spare_between, threads_for
 from factory_copilot.copilot.decoding import AnswerForm, JsonStringReader
 from factory_copilot.copilot.evidence import step_ref
 from simulators.evaluation import simulated_incident
 from factory_copilot.copilot.prompt import DATA_OPEN, STEP_CATALOGUE, diagnosis_messages, system_prompt
 from factory_copilot.copilot.station import SUMMARY_TOKENS
-from tests.support.copilot import alarm_for, make_tiny_qwen, ramp
+from tests.support.copilot import TokenStream, alarm_for, make_tiny_qwen, ramp
 
 LINE = load_line(SIMULATED_LINE)
 

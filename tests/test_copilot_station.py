@@ -43,6 +43,23 @@ def test_every_backend_is_an_llm_backend_with_what_its_flags_promise():
     assert LocalModel.close is not LLMBackend.close  # its child process
 
 
+def test_every_backend_counts_for_health_and_the_station_uses_only_what_the_protocol_declares():
+    """``stats`` is the protocol's, so the station asks every backend (no getattr); it calls nothing undeclared."""
+    import ast
+    import inspect
+
+    from factory_copilot.copilot import LlamaCppBackend, LocalModel, OpenAIBackend, station
+    from factory_copilot.copilot.pool import PoolBackend
+
+    for cls in (LlamaCppBackend, LocalModel, OpenAIBackend, PoolBackend):
+        assert cls.stats is not LLMBackend.stats, cls
+    used = {node.attr for node in ast.walk(ast.parse(inspect.getsource(station)))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "backend" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+    declared = set(vars(LLMBackend)) | set(LLMBackend.__annotations__)
+    assert {"chat", "answer", "warm", "close", "stats", "name"} <= used and used <= declared, used - declared
+
+
 async def next_item(buffer: Buffer, timeout: float = 20):
     return await asyncio.wait_for(buffer.get(), timeout)
 

@@ -18,7 +18,7 @@ from dashboards import charts, sample
 from dashboards.live import LiveFeed
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, MqttConnection, load_line
 from factory_copilot.plumbing.logins import Logins, hash_password
-from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, Diagnosis, Priority, Reading
+from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, Diagnosis, Feedback, Priority, Reading
 from factory_copilot.publish.topics import Topics
 from factory_copilot.store import Store
 
@@ -278,22 +278,65 @@ def test_trend_tooltips_carry_the_signals_unit(tmp_path):
     assert "L/min/s" not in spec and "score/threshold" not in spec
 
 
-def test_feedback_lands_in_the_store(seeded, monkeypatch, fresh_streamlit, users_file):
-    db, _ = seeded
-    at = _login(_app(monkeypatch, db, users=users_file))
+def _give_feedback(at: AppTest) -> AppTest:
     at.button(key=f"select:{sample.CAVITATION_ID}").click().run()
     at.radio(key="fb_verdict").set_value("other_cause")
     at.selectbox(key="fb_cause").set_value("clogged_filter")
     at.text_area(key="fb_fix").input("replaced the inlet filter element")
-    at.button[[b.label for b in at.button].index("Save feedback")].click().run()
+    return at.button[[b.label for b in at.button].index("Save feedback")].click().run()
+
+
+def test_feedback_goes_over_mqtt_as_the_person_logged_in_and_is_read_back_from_the_store(
+        seeded, monkeypatch, broker, fresh_streamlit, users_file):
+    db, _ = seeded
+    side = Listener(broker, TOPICS.commands("+"))
+    try:
+        at = _login(_app(monkeypatch, db, broker, users=users_file))
+        [feed] = LiveFeed.instances
+        assert feed.wait_for(lambda s: s.connected, 10)
+        _give_feedback(at)
+        assert not at.exception, [e.value for e in at.exception]
+        topic, payload = side.next()
+        body = json.loads(payload)
+        assert topic == TOPICS.commands("maria")  # her own level: the name the service records is the broker's
+        assert (body["schema"], body["alarm_id"], body["verdict"], body["actual_cause"], body["fix"]) == (
+            "feedback/1", sample.CAVITATION_ID, "other_cause", "clogged_filter", "replaced the inlet filter element")
+        with Store(db) as store:
+            assert store.feedback(sample.CAVITATION_ID) == []  # the dashboard writes nothing itself
+        assert "feedback sent; waiting" in _texts(at)
+        # the service (tests/test_feedback.py runs the real one) stores it and replies
+        rid = body["request_id"]
+        with Store(db) as store:
+            store.add_feedback(Feedback(sample.CAVITATION_ID, "other_cause", "clogged_filter",
+                                        "replaced the inlet filter element", "maria"))
+        side.publish(TOPICS.command_reply(rid), {"request_id": rid, "ok": True, "message": "feedback recorded"})
+        assert feed.wait_for(lambda s: rid in s.replies, 10)
+        at.run()
+        text = _texts(at)
+        assert "✓ feedback: feedback recorded" in text and "Feedback saved" in text
+        assert "maria: another cause — clogged_filter · fix: replaced the inlet filter element" in text
+    finally:
+        side.stop()
+
+
+def test_feedback_says_so_when_the_broker_is_unavailable_and_sends_nothing(seeded, monkeypatch, fresh_streamlit,
+                                                                           users_file):
+    from factory_copilot.plumbing.broker import free_port
+
+    db, _ = seeded
+    down = type("Down", (), {"host": "127.0.0.1", "port": free_port()})()  # nothing listens there
+    at = _give_feedback(_login(_app(monkeypatch, db, down, users=users_file)))
     assert not at.exception, [e.value for e in at.exception]
+    assert f"The broker 127.0.0.1:{down.port} is unavailable: the feedback was not sent" in _texts(at)
+    assert "feedback_sent" not in at.session_state
     with Store(db) as store:
-        [fb] = store.feedback(sample.CAVITATION_ID)
-        assert (fb.verdict, fb.actual_cause, fb.fix, fb.actor) == (
-            "other_cause", "clogged_filter", "replaced the inlet filter element", "maria")
-        [incident] = store.similar("product_pump", "pump_cavitation", ["product_pump.suction_pressure"])
-        assert incident.actual_cause == "clogged_filter"
-    assert "Feedback saved" in _texts(at)
+        assert store.feedback(sample.CAVITATION_ID) == []
+    # without a broker at all the form says why it cannot be used
+    st.cache_resource.clear()
+    at = _login(_app(monkeypatch, db, users=users_file))
+    at.button(key=f"select:{sample.CAVITATION_ID}").click().run()
+    assert "Feedback goes to the service over the broker" in _texts(at)
+    assert at.button[[b.label for b in at.button].index("Save feedback")].disabled
 
 
 def test_acknowledge_publishes_a_command_and_shows_the_reply(seeded, monkeypatch, broker, fresh_streamlit, users_file):

@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
-from factory_copilot.copilot import Copilot, LlamaCppBackend, TokenStream  # noqa: E402
+from factory_copilot.copilot import Copilot, LlamaCppBackend  # noqa: E402
 from factory_copilot.copilot.diagnosis import diagnosis_schema  # noqa: E402
-from tests.support.copilot import alarm_for, make_tiny_qwen, ramp  # noqa: E402
+from tests.support.copilot import TokenStream, alarm_for, make_tiny_qwen, ramp  # noqa: E402
 
 LINE = load_line(SIMULATED_LINE)
 

@@ -113,6 +113,13 @@ async def test_model_diagnosis_over_http_is_validated(server):
     assert sent[0]["role"] == "system" and "PLANT_DATA" in sent[1]["content"]
 
 
+async def test_the_backends_calls_are_counted_in_the_copilots_stats(server):
+    cop = copilot(OpenAIBackend(server.url))
+    assert cop.stats()["model_file"]["backend"] == {"calls": 0}
+    await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.8))
+    assert cop.stats()["model_file"]["backend"] == {"calls": 1}
+
+
 async def test_unreachable_server_falls_back():
     cop = copilot(OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", connect_timeout_s=2))
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.8))

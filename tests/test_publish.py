@@ -133,6 +133,7 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
         pub.handover(handover())
         listen.client.publish(T.commands("ann"), json.dumps({"schema": "handover-ack/1", "request_id": "h1",
                                                              "handover_id": "2026-12-03/early"}), qos=1)
+        listen.client.publish(T.commands("ann"), json.dumps(payloads.feedback("a1", "false_alarm", "f1")), qos=1)
         kinds: dict[str, list[Received]] = {}
 
         def complete():
@@ -162,7 +163,7 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
     assert kinds["diagnosis-stream/1"][0].topic == T.diagnosis_stream("product_pump", "a1")
     if broker.protocol == "5":
         for kind, group in kinds.items():
-            if kind in ("command/1", "ask/1", "handover-ack/1"):
+            if kind in ("command/1", "ask/1", "handover-ack/1", "feedback/1"):
                 continue  # sent by this test, not by the publisher
             for msg in group:
                 assert msg.properties.ContentType == "application/json"

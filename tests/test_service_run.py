@@ -95,6 +95,10 @@ async def test_run_serves_the_line_file_with_json_logs_health_and_status(broker,
     try:
         online = await status.until(lambda m: m.payload and m.body["state"] == "online", timeout=60)
         assert payloads.problems(online.body) == []
+        # at once and every 30 s the status again, with the service's /health reasons: what a site page shows
+        beat = await status.until(lambda m: m.payload and "health" in m.body, timeout=30)
+        assert payloads.problems(beat.body) == [] and beat.body["every_s"] == 30
+        assert beat.body["health"] in ("ok", "degraded") and isinstance(beat.body["reasons"], list)
         body = await until_healthy(line.service.health_port, proc)
         assert (body["site"], body["line"]) == (line.site, line.line)
         assert body["collect"]["connected"] and body["publish"]["online"]

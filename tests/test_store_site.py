@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -149,5 +150,38 @@ async def test_the_service_says_in_health_that_its_database_is_away_and_catches_
         with PostgresStore.reader(url, line_id(plant.line)) as check:
             stored = check.counts()["readings_raw"]
             assert stored == stats["written"]["readings"] == to_store["offered"], (stored, stats, to_store)
+    finally:
+        await plant.close()
+
+
+@pytest.mark.slow
+async def test_the_service_starts_alarming_with_its_database_away_and_stores_once_it_is_up(broker, tmp_path,
+                                                                                          sim_models, own_pg_cluster):
+    """The edge's work never waits for the site: with PostgreSQL down at start the line alarms at once, /health
+    names the store, and what was held is written (tables created first) when the server comes up."""
+    from tests.support.plant import Plant, condition
+
+    url = own_pg_cluster.create_database("site_history")
+    await asyncio.to_thread(own_pg_cluster.stop)
+    plant = Plant(broker, tmp_path, sim_models)
+    plant.line = plant.line.model_copy(update={"store": StoreSettings(url=url)})
+    await plant.start()
+    try:
+        service = plant.service
+        await condition(lambda: any(r.startswith("store unavailable since") for r in service.health()[1]), 30)
+        assert service.store_station.written["readings"] == 0
+        injected = time.time()
+        plant.inject("pump_cavitation", severity=3.0, ramp_s=5.0)
+        await condition(lambda: any(a.asset == "product_pump" and a.raised_at > injected
+                                    for a in service.engine.active()), 90)
+        raised = [a.alarm_id for a in service.engine.active() if a.raised_at > injected]
+        assert service.store_station.stats()["held"]["events"] > 0 and service.stopped == {}
+        await asyncio.to_thread(own_pg_cluster.start)
+        await condition(lambda: service.store_station.stats()["unavailable"] is None, 60)
+        await condition(lambda: service.store_station.written["readings"] > 0, 30)  # each lane retries on its own
+        await condition(lambda: service.store_station.stats()["held"]["events"] == 0, 30)
+        with PostgresStore.reader(url, line_id(plant.line)) as check:
+            assert all(check.alarm(alarm_id) is not None for alarm_id in raised)
+            assert check.counts()["readings_raw"] > 0
     finally:
         await plant.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 from factory_copilot import __version__
 from factory_copilot.config import LineConfigError
 from factory_copilot.plumbing.logs import setup_logging
-from factory_copilot.plumbing.postgres import Unavailable
+from factory_copilot.plumbing.postgres import BadUrl, Unavailable, WrongRole
 
 # module paths, in the order their sub-commands are listed in --help
 COMMANDS: list[str] = [
@@ -149,11 +149,24 @@ def main(argv: list[str] | None = None) -> int:
     except LineConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BadUrl as exc:  # a store URL (the line file's, or given) that names no server
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WrongRole as exc:  # the store's role may not act for this line: the owner must bind it first
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Unavailable as exc:  # the line file's store.url: a server that does not answer
         print(f"error: the store's database is unavailable: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        # the store's server answered no (a role without the grant, a read-only role asked to write): one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"error: the store's database refused it ({type(exc).__name__}): {first}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -506,6 +506,13 @@ class Roles(_Strict):
             return f"{user} may not take alarms out of service or return them (supervisors may)"
         return None
 
+    def feedback_refusal(self, user: str) -> str | None:
+        """Why ``user`` may not give feedback on this line's alarms (None: allowed): anyone in one of its roles may
+        (an operator knows what the fault was); a user in none (a reader, a visitor) may not."""
+        if self.of(user):
+            return None
+        return f"{user} is in no role of this line (operators, supervisors): may not give feedback on its alarms"
+
 
 class Escalation(_Strict):
     """Who hears of an alarm nobody acknowledged: an annunciated alarm of ``priority`` or more urgent, still

@@ -402,6 +402,21 @@ class OperatorCommand:
 
 
 @dataclass(slots=True)
+class OperatorFeedback:
+    """An operator's verdict on an alarm as it arrives from their own ``commands/<user>`` level (feedback/1):
+    ``actor`` is that level's MQTT user, never the payload's. The alarm station authorises it under the line's
+    roles, audits it and gives the ``Feedback`` the store writes."""
+
+    alarm_id: str
+    verdict: str  # one of FEEDBACK_VERDICTS (the schema refuses another)
+    actor: str
+    actual_cause: str | None = None
+    fix: str | None = None
+    request_id: str | None = None
+    ts: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
 class CommandResult:
     request_id: str | None
     ok: bool

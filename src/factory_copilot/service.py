@@ -46,11 +46,13 @@ from factory_copilot.records import (
     CommandResult,
     Diagnosis,
     DiagnosisChunk,
+    Feedback,
     Handover,
     HandoverAck,
     HeldAlarms,
     ModelJob,
     OperatorCommand,
+    OperatorFeedback,
     PlcAcknowledge,
     PlcCondition,
     Question,
@@ -129,10 +131,13 @@ class LineService:
             tick_s=None if replay is not None else 0.25,
             held=bus.outlet("alarms", HeldAlarms),  # the alarms at start: the publisher clears retained ghosts
             plc=bus.subscribe("alarms", PlcCondition, size=10_000) if plc_wired else None,
-            plc_acks=bus.outlet("alarms", PlcAcknowledge) if plc_wired else None)
+            plc_acks=bus.outlet("alarms", PlcAcknowledge) if plc_wired else None,
+            # operators' verdicts from their command levels: authorised and audited here, written by the store
+            feedback_in=bus.subscribe("alarms", OperatorFeedback, size=1000),
+            feedback_out=bus.outlet("alarms", Feedback))
 
         # copilot
-        self.store = open_store(line, paths)
+        self.store = open_store(line, paths, patient=True)  # the line alarms while its site's database is away
         self.copilot = Copilot(
             line, backend=backend, memory=self.store, timeout_s=settings.copilot.timeout_s,
             max_tokens=settings.copilot.max_tokens, alarms=bus.subscribe("copilot", AlarmEvent, size=1000),
@@ -154,7 +159,9 @@ class LineService:
             jobs=bus.subscribe("publish", ModelJob, size=1000),
             handovers=bus.subscribe("publish", Handover, size=100) if line.shifts else None,
             handover_acks=bus.outlet("publish", HandoverAck) if line.shifts else None,
+            feedback=bus.outlet("publish", OperatorFeedback),
         )
+        self.publisher.health = lambda: self.health()[1]  # said with the status heartbeat: what a site page shows
         if isinstance(self.clock, ReplayClock):  # a replay waits for detect and alarms rather than outrun them
             self.clock.backlog = lambda: to_detect.qsize() + to_alarms.qsize()
             self.clock.on_step.append(self.alarms.tick)
@@ -163,7 +170,8 @@ class LineService:
         self.store_station = StoreStation(
             self.store, readings=bus.subscribe("store", Reading), anomalies=bus.subscribe("store", Anomaly),
             events=bus.subscribe("store", AlarmEvent), diagnoses=bus.subscribe("store", Diagnosis, size=1000),
-            turns=bus.subscribe("store", Turn, size=1000), clock=self.clock)
+            turns=bus.subscribe("store", Turn, size=1000), feedback=bus.subscribe("store", Feedback, size=1000),
+            clock=self.clock)
 
         # shift: a line with shifts gets a handover at each change, acknowledged by the incoming operator
         self.shift = ShiftStation(

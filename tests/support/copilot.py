@@ -1,7 +1,8 @@
-"""Hand-made alarms and readings for copilot tests, and a simulated incident helper."""
+"""Hand-made alarms and readings for copilot tests, a simulated incident helper, and a stream of the model's text."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from factory_copilot.records import Alarm, AlarmState, Anomaly, Mode, Priority, Reading
@@ -37,3 +38,27 @@ def make_tiny_qwen(path: str | Path, q4_k_m: bool = False) -> Path:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return Path(module.write_tiny_qwen(path, q4_k_m=q4_k_m))
+
+
+class TokenStream:
+    """An async iterator of the model's text pieces; pass it as ``on_token`` and ``async for`` over it."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.text = ""
+
+    def __call__(self, piece: str) -> None:
+        self.text += piece
+        self._queue.put_nowait(piece)
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+
+    def __aiter__(self) -> "TokenStream":
+        return self
+
+    async def __anext__(self) -> str:
+        piece = await self._queue.get()
+        if piece is None:
+            raise StopAsyncIteration
+        return piece

@@ -17,7 +17,7 @@ import urllib.request
 from typing import Any, Callable
 
 from factory_copilot.agents.quoting import escape, quoted
-from factory_copilot.alarms.journal import Journal
+from factory_copilot.alarms.journal import UNCHANGED, Journal
 from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TARGET_PER_HOUR, alarm_kpis
 from factory_copilot.config import LineConfig, ServicePaths
 from factory_copilot.copilot.runbooks import runbooks_of
@@ -317,7 +317,7 @@ class LineRecords:
         if len(self._figures_rows) > 50_000:  # bounded: a few MB
             self._figures_rows.clear()
         period = self._journal_do(lambda j: j.period(start, now, light="kpi", cache=self._figures_rows))
-        k = alarm_kpis([e for _, e in period if e.event != "refused"], start, now)
+        k = alarm_kpis([e for _, e in period if e.event not in UNCHANGED], start, now)
         ages = {asset: round(now - ts, 1) for asset, ts in self.store.newest_sample_by_asset().items()}
         return {
             "line": f"{self.line.site}/{self.line.line}",

@@ -9,7 +9,9 @@ before any event, so the publish station can clear retained ghosts of an earlier
 in-process callers ``await station.execute(cmd)`` instead. All engine calls happen
 on the event loop thread, one at a time. A PLC's own alarms (``PlcCondition``, from the OPC UA collector)
 come in on ``Buffer[PlcCondition]`` and become the line's alarms as the PLC states them; an operator's
-acknowledgement of one goes back to the PLC as a ``PlcAcknowledge`` on ``plc_acks``.
+acknowledgement of one goes back to the PLC as a ``PlcAcknowledge`` on ``plc_acks``. An operator's verdict on an
+alarm (``OperatorFeedback``, from their own command level) is authorised and audited by the engine like a command,
+and given on as the ``Feedback`` the store writes, with its ``CommandResult``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import logging
 
 from factory_copilot.alarms.engine import PLC_PREFIX, AlarmEngine
 from factory_copilot.plumbing.buffer import Buffer
-from factory_copilot.records import (AlarmEvent, Anomaly, CommandKind, CommandResult, HeldAlarms, OperatorCommand,
-                                    PlcAcknowledge, PlcCondition)
+from factory_copilot.records import (AlarmEvent, Anomaly, CommandKind, CommandResult, Feedback, HeldAlarms,
+                                    OperatorCommand, OperatorFeedback, PlcAcknowledge, PlcCondition)
 from factory_copilot.plumbing.tasks import run_until
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,8 @@ class AlarmStation:
     """The alarm engine as a station: anomalies, commands and the PLC's conditions in; alarm events out."""
 
     # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
-    takes = (Anomaly, OperatorCommand, PlcCondition)
-    gives = (AlarmEvent, CommandResult, HeldAlarms, PlcAcknowledge)
+    takes = (Anomaly, OperatorCommand, OperatorFeedback, PlcCondition)
+    gives = (AlarmEvent, CommandResult, HeldAlarms, PlcAcknowledge, Feedback)
 
     def __init__(
         self,
@@ -44,6 +46,8 @@ class AlarmStation:
         held: Buffer[HeldAlarms] | None = None,
         plc: Buffer[PlcCondition] | None = None,
         plc_acks: Buffer[PlcAcknowledge] | None = None,
+        feedback_in: Buffer[OperatorFeedback] | None = None,
+        feedback_out: Buffer[Feedback] | None = None,
     ):
         self.engine = engine
         self.anomalies = anomalies
@@ -54,7 +58,9 @@ class AlarmStation:
         self.held = held
         self.plc = plc
         self.plc_acks = plc_acks
-        self.counts = {"plc_conditions": 0, "anomalies": 0, "commands": 0, "rejected": 0, "events": 0, "errors": 0}
+        self.feedback_in, self.feedback_out = feedback_in, feedback_out
+        self.counts = {"plc_conditions": 0, "anomalies": 0, "commands": 0, "rejected": 0, "events": 0, "errors": 0,
+                       "feedback": 0, "feedback_refused": 0}
         self.ticked = asyncio.Event()  # set after every tick; lets a caller wait for time-driven events
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -68,6 +74,8 @@ class AlarmStation:
             jobs.append(self._command_loop())
         if self.plc is not None:
             jobs.append(self._plc_loop())
+        if self.feedback_in is not None:
+            jobs.append(self._feedback_loop())
         tasks = [asyncio.create_task(job) for job in jobs]
         await run_until(stop, tasks)
 
@@ -125,6 +133,29 @@ class AlarmStation:
         while True:
             cmd = await self.commands.get()
             result = await self.execute(cmd)
+            if self.results is not None:
+                self.results.offer(result)
+
+    async def give_feedback(self, fb: OperatorFeedback) -> CommandResult:
+        """Authorise, audit and pass on one operator's verdict now; the ``Feedback`` goes to the store's lane."""
+        try:
+            result, feedback = self.engine.feedback(fb)
+        except Exception as exc:  # a broken verdict must not stop the alarms
+            log.exception("feedback on %r failed", fb.alarm_id)
+            self.counts["errors"] += 1
+            return CommandResult(fb.request_id, False, f"feedback on {fb.alarm_id!r} failed: {exc}")
+        if feedback is None:
+            self.counts["feedback_refused"] += 1
+        else:
+            self.counts["feedback"] += 1
+            if self.feedback_out is not None:
+                self.feedback_out.offer(feedback)
+        return result
+
+    async def _feedback_loop(self) -> None:
+        assert self.feedback_in is not None
+        while True:
+            result = await self.give_feedback(await self.feedback_in.get())
             if self.results is not None:
                 self.results.offer(result)
 

@@ -156,6 +156,9 @@ class LlamaCppBackend(OnePerModelFile, LLMBackend):
         self._lock = threading.Lock()  # one context: one generation at a time, the others wait their turn
         self.calls = 0
 
+    def stats(self) -> dict[str, Any]:
+        return {"calls": self.calls}
+
     def load(self) -> Any:
         """Load the model once; a missing or broken file is logged in one line and raises ModelUnavailable."""
         if self._llama is not None:
@@ -443,6 +446,9 @@ class OpenAIBackend(LLMBackend):
         self.connect_timeout_s = connect_timeout_s
         self._lock = threading.Lock()  # the server queues too, but one request at a time keeps latency honest
         self.calls = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"calls": self.calls}
 
     def chat(self, messages: Messages, schema: dict | None = None, max_tokens: int = 512,
              on_token: OnToken | None = None, timeout_s: float | None = None, prefill: str = "",

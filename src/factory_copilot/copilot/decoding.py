@@ -44,7 +44,7 @@ class JsonStringReader:
     Escapes are decoded (an invalid one keeps its character, a surrogate pair is joined, a lone half dropped), line breaks and tabs
     become spaces and other control characters are dropped: a summary is one line for the operator, and reads as
     the diagnosis will show it (``diagnosis.model_diagnosis`` cleans the parsed JSON the same way). The station's
-    stream of a server's JSON (``SummaryStream``) reads it with this reader too.
+    stream of a server's JSON (``streams.SummaryStream``) reads it with this reader too.
     """
 
     def __init__(self) -> None:

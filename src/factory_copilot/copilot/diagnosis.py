@@ -74,6 +74,20 @@ def diagnosis_schema(faults: list[str] | None = None, steps: list[str] | None = 
 DIAGNOSIS_SCHEMA = diagnosis_schema()  # the form only; the station builds one over its plant's ids
 
 
+def with_steps(schema: dict, labels: list[str], max_steps: int = 3) -> dict:
+    """A copy of a diagnosis ``schema`` whose steps are one alarm's offered ones: their numbers (``labels``), at most
+    ``max_steps``; none offered, none allowed."""
+    schema = json.loads(json.dumps(schema))
+    steps = schema["properties"]["steps"]
+    if labels:
+        steps["items"] = {"enum": [int(x) for x in labels]}
+        steps["maxItems"] = min(max_steps, len(labels))
+    else:
+        steps.pop("items", None)
+        steps["maxItems"] = 0
+    return schema
+
+
 class InvalidModelOutput(FactoryCopilotError, ValueError):
     """The model's text is not a usable diagnosis (not JSON, wrong shape, or nothing left after validation)."""
 

@@ -1,6 +1,6 @@
 """``factory-copilot incidents export``: operator-confirmed incidents as chat-format JSON Lines for fine-tuning.
 
-    factory-copilot incidents export --config LINE.yaml [--out incidents.jsonl] [--since-hours H]
+    factory-copilot incidents export --config LINE.yaml [--config LINE2.yaml ...] [--out incidents.jsonl] [--since-hours H]
 
 Each alarm an operator confirmed (or corrected with "another cause") becomes one example: the
 system prompt and the evidence block the copilot would send for it (rebuilt from the readings the
@@ -8,6 +8,11 @@ store kept before the alarm), and the answer the operator confirmed, in the copi
 form (summary, the cause id with "high" confidence, the steps to do first). Alarms marked false
 are left out. The file stays where it is written: nothing leaves the plant unless a person copies
 it. The fine-tuning recipe (LoRA on the same Qwen, back to GGUF) is in models/README.md.
+
+Several ``--config`` make one file of several lines (each example's ``metadata.line`` says whose): each line's
+incidents come from the store its line file names (the site's PostgreSQL, read through that line's session
+views with the line file's own credentials, or its SQLite file), and its evidence from its own signals and
+runbooks.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from factory_copilot.copilot.diagnosis import SUMMARY_CHARS
 from factory_copilot.copilot.prompt import diagnosis_messages
 from factory_copilot.copilot.station import Copilot
 from factory_copilot.records import Reading
-from factory_copilot.store.store import Store, open_store, store_missing
+from factory_copilot.store.store import Store, line_id, open_store, store_missing
 
 WINDOW_S = 600.0  # readings before the alarm that make its evidence (the copilot's own window)
 VERDICTS = ("confirmed", "other_cause")
@@ -66,25 +71,40 @@ def examples(line: LineConfig, store: Store, since: float = 0.0) -> Iterator[dic
         yield {"messages": messages,
                "metadata": {"alarm_id": alarm.alarm_id, "asset": alarm.asset, "raised_at": alarm.raised_at,
                             "verdict": feedback.verdict, "actor": feedback.actor, "fix": feedback.fix,
-                            "line": f"{line.site}/{line.line}"}}
+                            "line": line_id(line)}}
 
 
 def run(args: argparse.Namespace) -> int:
-    line = load_line(args.config)
-    paths = ServicePaths.of_line(line, args.config, Path(args.state_dir) if args.state_dir else None)
-    if store_missing(line, paths):
-        print(f"error: no store at {paths.store} (the service writes it; --state-dir to point elsewhere)", file=sys.stderr)
+    if args.state_dir and len(args.config) > 1:
+        print("error: --state-dir overrides one line file's service.state_dir: give one --config with it",
+              file=sys.stderr)
+        return 2
+    lines = []
+    for config in args.config:
+        line = load_line(config)
+        paths = ServicePaths.of_line(line, config, Path(args.state_dir) if args.state_dir else None)
+        if store_missing(line, paths):
+            print(f"error: no store at {paths.store} for {config} (the service writes it; --state-dir to point "
+                  "elsewhere)", file=sys.stderr)
+            return 2
+        lines.append((line, paths))
+    if len({line_id(line) for line, _ in lines}) < len(lines):
+        print("error: two --config name the same site/line", file=sys.stderr)
         return 2
     since = time.time() - args.since_hours * 3600 if args.since_hours else 0.0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open_store(line, paths) as store, open(out, "w", encoding="utf-8") as f:
-        for example in examples(line, store, since):
-            f.write(json.dumps(example, ensure_ascii=False) + "\n")
-            n += 1
-    print(f"{out}: {n} confirmed incident(s) as chat examples (alarms marked false left out); "
-          "see models/README.md for fine-tuning")
+    counts: dict[str, int] = {}
+    with open(out, "w", encoding="utf-8") as f:
+        for line, paths in lines:  # read only: an export changes no store
+            with open_store(line, paths, read_only=True) as store:
+                counts[line_id(line)] = 0
+                for example in examples(line, store, since):
+                    f.write(json.dumps(example, ensure_ascii=False) + "\n")
+                    counts[line_id(line)] += 1
+    per_line = f" ({', '.join(f'{k}: {v}' for k, v in counts.items())})" if len(counts) > 1 else ""
+    print(f"{out}: {sum(counts.values())} confirmed incident(s) as chat examples{per_line} (alarms marked false left "
+          "out); see models/README.md for fine-tuning")
     return 0
 
 
@@ -92,7 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("incidents", help="export operator-confirmed incidents for fine-tuning")
     inner = p.add_subparsers(dest="incidents_command", metavar="ACTION", required=True)
     e = inner.add_parser("export", help="confirmed incidents as chat-format JSON Lines", description=__doc__.splitlines()[0])
-    e.add_argument("--config", required=True, type=Path, help="the line file the service runs")
+    e.add_argument("--config", required=True, type=Path, action="append",
+                   help="the line file the service runs; again for each further line of one file (a site's lines "
+                        "in one PostgreSQL store: each read with its own line file's store url)")
     e.add_argument("--state-dir", help="override the line file's service.state_dir (the demo's is var/demo)")
     e.add_argument("--out", default="incidents.jsonl", help="file to write (default incidents.jsonl)")
     e.add_argument("--since-hours", type=float, help="only incidents confirmed within this many hours")

@@ -149,5 +149,6 @@ class LLMBackend(Protocol):
         """Free what the backend holds (a child process); at shutdown, even mid-answer."""
 
     def stats(self) -> dict[str, Any]:
-        """What the backend counts, for ``/health`` (a pool: its jobs, retries, duplicates); {} for most."""
+        """What the backend counts, for ``/health``: its calls (a child process: its crashes; a pool: its jobs, retries,
+        duplicates); this default, {}, shows nothing."""
         return {}

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
-import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -37,15 +35,15 @@ from typing import Any, AsyncIterator, Callable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.copilot.answers import runbook_answer
-from factory_copilot.copilot.decoding import JsonStringReader
 from factory_copilot.copilot.diagnosis import (DATA_SOURCE_KINDS, InvalidModelOutput, diagnosis_schema, model_diagnosis,
-                                                runbook_diagnosis)
+                                                runbook_diagnosis, with_steps)
 from factory_copilot.copilot.evidence import EvidencePack, IncidentMemory, SignalHistory, build_evidence
 from factory_copilot.copilot.language_model import (CALL_FOR, AnswerForm, BackendError, CallFor, LLMBackend, Messages,
                                                     ModelTimeout, Reply)
 from factory_copilot.copilot.prompt import DATA_OPEN, diagnosis_messages, question_messages, system_prompt
 from factory_copilot.copilot.runbooks import RunbookLibrary, runbooks_of
-from factory_copilot.names import UNKNOWN
+from factory_copilot.copilot.streams import SummaryStream, TokenSink
+from factory_copilot.copilot.two_steps import two_step_answer
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logs import Throttled
 from factory_copilot.plumbing.tasks import run_until
@@ -54,10 +52,9 @@ from factory_copilot.records import (Alarm, AlarmEvent, AnswerChunk, Diagnosis, 
 
 log = logging.getLogger(__name__)
 
-TokenSink = Callable[[str], None]
-# alarm events that deserve an explanation; acknowledgements and clearings do not
 TIMEOUT_GRACE_S = 1.0  # how long past its timeout a model call may take to stop by itself
-# a new fault name deserves a new diagnosis; a consequence let go from its root is a situation of its own
+# alarm events that deserve an explanation; acknowledgements and clearings do not. A new fault name deserves a new
+# diagnosis; a consequence let go from its root is a situation of its own
 EXPLAIN_EVENTS = ("raised", "realarm", "reclassified", "ungrouped")
 DIAGNOSIS_JOB, ANSWER_JOB = "diagnosis", "answer"
 REDIAGNOSE_AFTER_S = 600.0  # a re-alarm of the same situation this soon after its diagnosis: that diagnosis stands
@@ -79,91 +76,9 @@ class _Job:
     started: float | None = None  # perf_counter when the model took it
 
 
-class TokenStream:
-    """An async iterator of the model's text pieces; pass it as ``on_token`` and ``async for`` over it."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.text = ""
-
-    def __call__(self, piece: str) -> None:
-        self.text += piece
-        self._queue.put_nowait(piece)
-
-    def close(self) -> None:
-        self._queue.put_nowait(None)
-
-    def __aiter__(self) -> "TokenStream":
-        return self
-
-    async def __anext__(self) -> str:
-        piece = await self._queue.get()
-        if piece is None:
-            raise StopAsyncIteration
-        return piece
-
-
-class SummaryStream:
-    """Turns the model's JSON, piece by piece, into the text of its first field (``summary``) for the operator.
-
-    The schema puts the summary first, so the operator reads the model's words as they come while
-    the rest (ids the code renders) is still being written; the string is read by ``decoding.JsonStringReader``.
-    """
-
-    def __init__(self, sink: TokenSink | None):
-        self.sink = sink
-        self.raw = ""
-        self.first_at: float | None = None
-        self._reader: JsonStringReader | None = None  # from the summary's opening quote on
-        self._closed = False
-
-    @property
-    def text(self) -> str:
-        return self._reader.text if self._reader is not None else ""
-
-    def __call__(self, piece: str) -> None:
-        self.raw += piece
-        if self._closed:
-            return
-        if self._reader is None:
-            m = _SUMMARY_KEY.search(self.raw)
-            if not m:
-                return
-            self._reader, piece = JsonStringReader(), self.raw[m.end():]
-        if self._reader.ended:
-            return
-        new, _ = self._reader.feed(piece.encode())
-        if new:
-            if self.first_at is None:
-                self.first_at = time.perf_counter()
-            if self.sink:
-                self.sink(new)
-
-    def close(self) -> None:
-        """The summary is over (what is pending, a cut escape, is dropped)."""
-        self._closed = True
-
-
-_SUMMARY_KEY = re.compile(r'"summary"\s*:\s*"')
-SUMMARY_OPEN = '{"summary":"'
 # one short sentence (the summary's character bound is the schema's); a model that has not closed it by then is cut.
 # Every token is a forward pass (~0.16 CPU-seconds for the 1.5B on one thread): this bounds the answer's time
 SUMMARY_TOKENS = 32
-
-
-def _gbnf(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def choice_grammar(faults: list[str], steps: list[str], max_causes: int = 2, max_steps: int = 3) -> str:
-    """GBNF for the rest of the answer after ``"causes":["``: fault:confidence choices, then step numbers."""
-    causes = " | ".join(_gbnf(f"{f}:{c}") for f in [*faults, UNKNOWN] for c in ("high", "medium", "low"))
-    more_causes = f' ({_gbnf(chr(34) + "," + chr(34))} cause)?' * (max_causes - 1)
-    step = " | ".join(_gbnf(s) for s in steps)
-    n = min(max_steps, len(steps))
-    step_list = f' (step{(" (" + _gbnf(",") + " step)?") * (n - 1)})?' if steps else ""
-    return (f'root ::= cause{more_causes} {_gbnf(chr(34) + "],")} {_gbnf(chr(34) + "steps" + chr(34) + ":[")}'
-            f'{step_list} {_gbnf("]}")}\ncause ::= {causes}\n' + (f"step ::= {step}\n" if steps else ""))
 
 
 class Copilot:
@@ -174,7 +89,7 @@ class Copilot:
     runbooks (``knowledge`` in the line file); a line without them gets evidence-only diagnoses.
     ``schema`` defaults to ``diagnosis_schema`` over this line's fault ids and runbook steps;
     ``constrained`` False lets the model write freely (the same validation applies); ``two_steps`` writes
-    the summary freely and then the choices under a small grammar (see ``_two_steps``); ``forms`` (the default)
+    the summary freely and then the choices under a small grammar (``two_steps.py``); ``forms`` (the default)
     has a llama.cpp backend answer in the schema's form without a grammar (``decoding.py``).
     """
 
@@ -267,7 +182,7 @@ class Copilot:
 
         path = self.backend.model_path
         info = {"name": self.backend.name, "path": path, "constrained": self.constrained, "manifest": manifest_for(path)}
-        counted = getattr(self.backend, "stats", dict)()  # a pool's jobs, retries and duplicates
+        counted = self.backend.stats()  # its calls; a child process' crashes; a pool's jobs, retries, duplicates
         return {**info, "backend": counted} if counted else info
 
     def close(self) -> None:
@@ -343,18 +258,7 @@ class Copilot:
 
     def schema_for(self, pack: EvidencePack) -> dict:
         """The grammar of one alarm's answer: the plant's faults, and the numbers of the steps offered for it."""
-        if self.fixed_schema:
-            return self.schema
-        schema = json.loads(json.dumps(self.schema))
-        labels = pack.step_labels()
-        steps = schema["properties"]["steps"]
-        if labels:
-            steps["items"] = {"enum": [int(x) for x in labels]}
-            steps["maxItems"] = min(3, len(labels))
-        else:
-            steps.pop("items", None)
-            steps["maxItems"] = 0
-        return schema
+        return self.schema if self.fixed_schema else with_steps(self.schema, pack.step_labels())
 
     async def _model_diagnosis(self, alarm_id: str, on_token: TokenSink | None) -> Diagnosis:
         """The model's diagnosis; ``on_token`` gets the summary's words as they are written (the rest is ids)."""
@@ -367,7 +271,9 @@ class Copilot:
             if self.two_steps and self.constrained and not self.fixed_schema and self.backend.supports_prefill:
                 # both steps back to back: another alarm's call in between would evict this one's prompt from the cache
                 async with self._model_lock:
-                    reply = await self._two_steps(pack, summary)
+                    reply = await two_step_answer(self._generate, diagnosis_messages(self.system, pack),
+                                                  list(self.faults), pack.step_labels(), summary, SUMMARY_TOKENS,
+                                                  self.timeout_s)
             elif (self.forms and self.constrained and not self.fixed_schema and self.backend.supports_forms
                   and (form := self._form(pack)) is not None):
                 # llama.cpp: the summary written, the ids chosen from a token trie, the JSON given (decoding.py)
@@ -434,26 +340,6 @@ class Copilot:
             return await asyncio.wait_for(asyncio.shield(call), timeout_s + TIMEOUT_GRACE_S)
         except asyncio.TimeoutError:
             raise ModelTimeout(f"no answer within {timeout_s:g} s") from None
-
-    async def _two_steps(self, pack: EvidencePack, summary: SummaryStream) -> Reply:
-        """The answer in two calls on one cached prompt: the summary written freely, then the ids under a small grammar.
-
-        The JSON around them is given (prefilled), not generated: every generated token costs a forward pass,
-        and a grammar over the whole vocabulary costs more per token than free writing. The summary ends
-        at its closing quote; the choices are an enum of this line's faults and this alarm's steps.
-        """
-        messages = diagnosis_messages(self.system, pack)
-        started = time.monotonic()
-        summary(SUMMARY_OPEN)
-        first = await self._generate(messages, None, SUMMARY_TOKENS, summary, prefill=SUMMARY_OPEN, stop=['"'])
-        summary.close()  # the summary ended at its quote (or the token limit); a cut escape is dropped
-        # the summary as the operator read it, encoded again: a stray escape of the model cannot break the JSON
-        choices = SUMMARY_OPEN + json.dumps(summary.text, ensure_ascii=False)[1:-1] + '","causes":["'
-        rest = await self._generate(messages, None, 48, None, self.timeout_s - (time.monotonic() - started),
-                                    prefill=choices, grammar=choice_grammar(list(self.faults), pack.step_labels()))
-        stats = {**rest.stats, "ttft_s": first.stats.get("ttft_s", 0.0),
-                 "completion_chunks": first.stats.get("completion_chunks", 0) + rest.stats.get("completion_chunks", 0)}
-        return Reply(choices + rest.text, stats)
 
     async def warm_up(self) -> bool:
         """Load the model and process the fixed prompt prefix now, so the first alarm finds it in the KV cache."""

@@ -88,6 +88,9 @@ class LocalModel(OnePerModelFile, LLMBackend):
         self._closing = False
         self._lock = threading.Lock()  # one child, one generation at a time; the others wait their turn
 
+    def stats(self) -> dict[str, Any]:
+        return {"calls": self.calls, "crashes": self.crashes}  # a crash is counted in /health, not only logged
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc and self._proc.poll() is None else None

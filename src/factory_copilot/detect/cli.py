@@ -220,7 +220,7 @@ def retune_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     since = time.time() - args.since_hours * 3600
-    with open_store(line, paths) as store:
+    with open_store(line, paths, read_only=True) as store:  # this line's rows only, in a site's store too
         false_alarms = store.false_alarms(since)
         confirmed = store.marked_alarms(("confirmed", "other_cause"))  # every confirmed fault guards, however old
     try:

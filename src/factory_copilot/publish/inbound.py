@@ -1,11 +1,11 @@
-"""The publish station's inbound side: operator commands and questions from MQTT, as records or refusals.
+"""The publish station's inbound side: operator commands, feedback and questions from MQTT, as records or refusals.
 
-A command comes in on ``commands/<user>`` and a question on ``ask/<user>``: the sender is the MQTT
-user of that level (the broker's ACL lets each user publish only on its own), never what the
-payload says. A valid command goes to the alarm station's buffer, a valid question to the
-copilot's; anything else gets an answer at once saying why (and is counted): a payload over the
-size limit (refused before it is parsed), an ``actor`` that is not the sender, a response topic
-outside the service's own reply prefix, a full engine queue ("busy, retry"). Where the answer goes
+A command (or an operator's feedback on an alarm, or a handover acknowledgement) comes in on ``commands/<user>``
+and a question on ``ask/<user>``: the sender is the MQTT user of that level (the broker's ACL lets each user
+publish only on its own), never what the payload says. A valid command or feedback goes to the alarm station's
+buffer, a valid question to the copilot's; anything else gets an answer at once saying why (and is counted):
+a payload over the size limit (refused before it is parsed), an ``actor`` that is not the sender, a response
+topic outside the service's own reply prefix, a full engine queue ("busy, retry"). Where the answer goes
 is remembered per request: the MQTT 5 response topic the sender named (with its correlation data)
 when it lies under the reply prefix, else the reply topic of the scheme.
 """
@@ -21,7 +21,7 @@ from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.publish import payloads
 from factory_copilot.publish.payloads import Rejected
 from factory_copilot.publish.topics import Topics
-from factory_copilot.records import AnswerChunk, CommandResult, HandoverAck, OperatorCommand, Question
+from factory_copilot.records import AnswerChunk, CommandResult, HandoverAck, OperatorCommand, OperatorFeedback, Question
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,12 @@ class Inbound:
     def __init__(self, topics: Topics, commands: Buffer[OperatorCommand] | None, questions: Buffer[Question] | None,
                  reply: Callable[[CommandResult, Route], None], answer: Callable[[AnswerChunk, Route], None],
                  counts: collections.Counter, max_routes: int = 1000,
-                 handover_acks: Buffer[HandoverAck] | None = None):
+                 handover_acks: Buffer[HandoverAck] | None = None,
+                 feedback: Buffer[OperatorFeedback] | None = None):
         self.topics = topics
         self.commands = commands
         self.handover_acks = handover_acks  # acknowledgements of shift handovers: same level, same identity
+        self.feedback = feedback  # operators' verdicts on alarms: same level, same identity, authorised by the alarms
         self.questions = questions
         self.reply = reply
         self.answer = answer
@@ -95,9 +97,10 @@ class Inbound:
         if foreign and not isinstance(parsed, Rejected):
             parsed = Rejected(parsed.request_id, foreign)
         if isinstance(parsed, Rejected):
-            self.counts["commands_rejected"] += 1
-            self._log.warning("command-rejected", "rejected command on %s: %s", printable(self.topics.commands(sender)),
-                              printable(parsed.reason))
+            what = "feedback" if parsed.schema == payloads.FEEDBACK else "command"
+            self.counts["feedback_rejected" if what == "feedback" else "commands_rejected"] += 1
+            self._log.warning(f"{what}-rejected", "rejected %s on %s: %s", what,
+                              printable(self.topics.commands(sender)), printable(parsed.reason))
             result = CommandResult(parsed.request_id, False, f"rejected: {parsed.reason}")
             topic = self.topics.command_reply(parsed.request_id) if foreign or not response_topic else response_topic
             self.reply(result, (topic, correlation))
@@ -111,6 +114,9 @@ class Inbound:
                 return
             self._remember(parsed.request_id, response_topic, correlation)
             self.handover_acks.offer(parsed)
+            return
+        if isinstance(parsed, OperatorFeedback):
+            self._feedback(parsed, sender, route, response_topic, correlation)
             return
         if self.commands is None:
             self.reply(CommandResult(parsed.request_id, False, "no alarm engine is attached to this publisher; "
@@ -127,6 +133,23 @@ class Inbound:
             return
         self._remember(parsed.request_id, response_topic, correlation)
         self.commands.offer(parsed)
+
+    def _feedback(self, parsed: OperatorFeedback, sender: str, route: Route, response_topic: str | None,
+                  correlation: bytes | None) -> None:
+        if self.feedback is None:
+            self.reply(CommandResult(parsed.request_id, False, "no alarm engine is attached to this publisher; "
+                                     "the feedback was not saved"), route)
+            return
+        if self.feedback.qsize() >= self.feedback.maxsize:
+            self.counts["feedback_busy"] += 1
+            self._log.warning("busy-feedback", "alarm engine busy (%d feedback queued): refused feedback on %s by %s, "
+                              "asked to retry", self.feedback.qsize(), printable(parsed.alarm_id), printable(sender))
+            self.reply(CommandResult(parsed.request_id, False, "busy, retry: the alarm engine has "
+                                     f"{self.feedback.qsize()} feedback queued; not saved"), route)
+            return
+        self.counts["feedback"] += 1
+        self._remember(parsed.request_id or "", response_topic, correlation)
+        self.feedback.offer(parsed)
 
     def _question(self, sender: str, raw: bytes, response_topic: str | None, correlation: bytes | None) -> None:
         foreign = self._own(response_topic, self.topics.answers(), sender, "question")

@@ -43,7 +43,7 @@ from asyncua.common import event_objects
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
 from asyncua.server.event_generator import EventGenerator
 
-from factory_copilot.alarms.journal import Journal
+from factory_copilot.alarms.journal import UNCHANGED, Journal
 from factory_copilot.config import LineConfig, OpcuaAlarmServer
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logins import Logins
@@ -56,7 +56,7 @@ from factory_copilot.records import Alarm, AlarmEvent, AlarmState, CommandKind, 
 log = logging.getLogger(__name__)
 
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("opcua_caller", default=None)
-_TELLS_NOTHING = {"refused"}  # audit rows of a refused command: the alarm did not change
+_TELLS_NOTHING = UNCHANGED  # audit rows of a refused command or a verdict: the alarm did not change
 _RECENT_EVENTS = 64  # an Acknowledge may name any of a condition's last events (an HMI acts on what it shows)
 
 

@@ -2,7 +2,7 @@
 
 Every payload carries ``"schema": "<kind>/<version>"``, and its JSON Schema has
 ``$id`` ``https://factory-copilot.org/schemas/<kind>/<version>.json``. Incoming
-commands and questions are parsed here into records or into one clear error.
+commands, feedback and questions are parsed here into records or into one clear error.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from referencing import Registry, Resource
 
 from factory_copilot import __version__
 from factory_copilot.plumbing import safejson
-from factory_copilot.records import (AlarmEvent, Alarm, CommandKind, CommandResult, Diagnosis, Handover, HandoverAck,
-                                     ModelJob, OperatorCommand, Question)
+from factory_copilot.records import (FEEDBACK_VERDICTS, AlarmEvent, Alarm, CommandKind, CommandResult, Diagnosis,
+                                     Handover, HandoverAck, ModelJob, OperatorCommand, OperatorFeedback, Question)
 from factory_copilot.errors import FactoryCopilotError
 
 # the MQTT contract ships inside the package (an installed wheel validates what it sends and takes)
@@ -34,7 +34,9 @@ ALARM, EVENT, DIAGNOSIS, STREAM, STATUS = "alarm/1", "event/1", "diagnosis/1", "
 COMMAND, COMMAND_REPLY, ASK, ANSWER = "command/1", "command-reply/1", "ask/1", "answer/1"
 MODEL_JOB = "model-job/1"
 HANDOVER, HANDOVER_ACK = "handover/1", "handover-ack/1"
-KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER, MODEL_JOB, HANDOVER, HANDOVER_ACK)
+FEEDBACK = "feedback/1"
+KINDS = (ALARM, EVENT, DIAGNOSIS, STREAM, STATUS, COMMAND, COMMAND_REPLY, ASK, ANSWER, MODEL_JOB, HANDOVER,
+         HANDOVER_ACK, FEEDBACK)
 
 
 class PayloadError(FactoryCopilotError, ValueError):
@@ -122,8 +124,9 @@ def stream_chunk(alarm_id: str, asset: str, seq: int, token: str, done: bool) ->
     return {"schema": STREAM, "alarm_id": alarm_id, "asset": asset, "seq": seq, "token": token, "done": done, "ts": time.time()}
 
 
-def status(state: str, site: str, line: str, started_at: float, client_id: str, instance: str | None = None) -> dict[str, Any]:
-    body = {
+def status(state: str, site: str, line: str, started_at: float, client_id: str, instance: str | None = None,
+           every_s: float | None = None, reasons: list[str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "schema": STATUS,
         "site": site,
         "line": line,
@@ -135,6 +138,11 @@ def status(state: str, site: str, line: str, started_at: float, client_id: str, 
     }
     if instance:
         body["instance"] = instance  # host:pid, so a second instance can name the first
+    if every_s and state == "online":
+        body["every_s"] = every_s  # said again this often: a status older than a few of these is a line gone quiet
+    if reasons is not None and state == "online":  # the service's /health, for a site page: ok, or what is down
+        body["health"] = "degraded" if reasons else "ok"
+        body["reasons"] = [str(r)[:300] for r in reasons[:20]]
     return body
 
 
@@ -187,6 +195,18 @@ def command(kind: CommandKind | str, alarm_id: str, request_id: str, *, actor: s
     return {**body, "comment": comment, "shelve_s": shelve_s, "ts": time.time()}
 
 
+def feedback(alarm_id: str, verdict: str, request_id: str, *, actor: str | None = None,
+             actual_cause: str | None = None, fix: str | None = None) -> dict[str, Any]:
+    """The feedback/1 payload for ``commands/<user>``: an operator's verdict on an alarm. ``actor`` only if given
+    (the service takes the sender from the topic). A verdict no ``FEEDBACK_VERDICTS`` has raises ValueError."""
+    if verdict not in FEEDBACK_VERDICTS:
+        raise ValueError(f"feedback verdict {verdict!r} is not one of {', '.join(FEEDBACK_VERDICTS)}")
+    body: dict[str, Any] = {"schema": FEEDBACK, "request_id": request_id, "alarm_id": alarm_id, "verdict": verdict}
+    if actor is not None:
+        body["actor"] = actor
+    return {**body, "actual_cause": actual_cause, "fix": fix, "ts": time.time()}
+
+
 def question(alarm_id: str | None, text: str, request_id: str, actor: str) -> dict[str, Any]:
     """The ask/1 payload for ``ask/<user>``: a question to the copilot, about an alarm or the line."""
     return {"schema": ASK, "request_id": request_id, "alarm_id": alarm_id, "question": text, "actor": actor,
@@ -208,6 +228,7 @@ class Rejected:
 
     request_id: str | None
     reason: str
+    schema: str | None = None  # the kind the payload said it was, when it said one we know (what a log line names)
 
 
 # a command or a question is a few hundred bytes; a larger payload is refused before it is parsed. Fields are
@@ -216,8 +237,8 @@ MAX_INCOMING_BYTES = 64 * 1024
 MAX_REASON_CHARS = 300  # a refusal quotes the offending value at most this far: a reply never echoes a payload
 
 
-def _decode(raw: bytes, kind: str, sender: str, alternative: str | None = None) -> dict[str, Any] | Rejected:
-    """The payload of ``kind`` (or of ``alternative`` when it names that schema) from ``sender``, or why not."""
+def _decode(raw: bytes, kind: str, sender: str, alternatives: tuple[str, ...] = ()) -> dict[str, Any] | Rejected:
+    """The payload of ``kind`` (or of one of ``alternatives`` when it names that schema) from ``sender``, or why not."""
     try:
         body = safejson.loads(raw, MAX_INCOMING_BYTES)
     except safejson.BadJson as exc:
@@ -226,11 +247,12 @@ def _decode(raw: bytes, kind: str, sender: str, alternative: str | None = None) 
         return Rejected(None, f"payload must be a JSON object, got {type(body).__name__}")
     rid = body.get("request_id")
     rid = rid if isinstance(rid, str) and 0 < len(rid) <= 128 else None
-    found = problems(body, alternative if alternative and body.get("schema") == alternative else kind)
+    named = body.get("schema") if body.get("schema") in alternatives else kind
+    found = problems(body, named)
     if found:
-        return Rejected(rid, "; ".join(_cut(p) for p in found[:5]))
+        return Rejected(rid, "; ".join(_cut(p) for p in found[:5]), named)
     wrong = _sender(body, sender)
-    return Rejected(rid, wrong) if wrong else body
+    return Rejected(rid, wrong, named) if wrong else body
 
 
 def _cut(text: str) -> str:
@@ -246,15 +268,20 @@ def _sender(body: dict[str, Any], sender: str) -> str | None:
     return None
 
 
-def parse_command(raw: bytes, sender: str) -> OperatorCommand | HandoverAck | Rejected:
-    """What arrives on ``commands/<sender>``: an alarm command (command/1) or a handover acknowledgement
-    (handover-ack/1), or why it was rejected (then nothing may reach the engine)."""
-    body = _decode(raw, COMMAND, sender, alternative=HANDOVER_ACK)
+def parse_command(raw: bytes, sender: str) -> OperatorCommand | HandoverAck | OperatorFeedback | Rejected:
+    """What arrives on ``commands/<sender>``: an alarm command (command/1), a handover acknowledgement
+    (handover-ack/1) or an operator's feedback on an alarm (feedback/1), or why it was rejected (then nothing
+    may reach the engine). The actor is always ``sender``, the topic's MQTT user."""
+    body = _decode(raw, COMMAND, sender, alternatives=(HANDOVER_ACK, FEEDBACK))
     if isinstance(body, Rejected):
         return body
     if body["schema"] == HANDOVER_ACK:
         return HandoverAck(handover_id=body["handover_id"], actor=sender, comment=body.get("comment"),
                            request_id=body["request_id"])
+    if body["schema"] == FEEDBACK:
+        return OperatorFeedback(alarm_id=body["alarm_id"], verdict=body["verdict"], actor=sender,
+                                actual_cause=body.get("actual_cause") or None, fix=body.get("fix") or None,
+                                request_id=body["request_id"])
     return OperatorCommand(
         command=body["command"],
         alarm_id=body["alarm_id"],

@@ -51,6 +51,7 @@ from factory_copilot.records import (
     HeldAlarms,
     ModelJob,
     OperatorCommand,
+    OperatorFeedback,
     Question,
 )
 
@@ -67,7 +68,7 @@ class Publisher:
     # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
     takes = (AlarmEvent, Diagnosis, DiagnosisChunk, CommandResult, AnswerChunk, HeldAlarms, ModelJob,
              Handover)
-    gives = (OperatorCommand, Question, HandoverAck)
+    gives = (OperatorCommand, OperatorFeedback, Question, HandoverAck)
 
     def __init__(
         self,
@@ -89,10 +90,12 @@ class Publisher:
         jobs: Buffer[ModelJob] | None = None,
         handovers: Buffer[Handover] | None = None,
         handover_acks: Buffer[HandoverAck] | None = None,
+        feedback: Buffer[OperatorFeedback] | None = None,
         window: int = 32,
         stream_expiry_s: int = 120,
         stream_max: int = 2000,
         outbox_max_rows: int = 100_000,
+        status_every_s: float | None = 30.0,
     ):
         self.site, self.line = site, line
         self.topics = Topics(site, line, prefix)
@@ -109,7 +112,10 @@ class Publisher:
         self.sender = Sender(self.outbox, self._hand, window=window, stream_expiry_s=stream_expiry_s,
                              stream_max=stream_max, counts=self.counts)
         self.inbound = Inbound(self.topics, commands, questions, self._reply, self._answer, self.counts,
-                               handover_acks=handover_acks)
+                               handover_acks=handover_acks, feedback=feedback)
+        self.session.every_s = status_every_s
+        # the service's /health reasons (empty: ok), said with every heartbeat; the service wires it (None: not said)
+        self.health: Callable[[], list[str]] | None = None
         self.online = self.sender.online  # set once the broker acknowledged this connection's birth message
         self.offline = asyncio.Event()
         self.idle = self.sender.idle  # nothing pending anywhere
@@ -197,6 +203,8 @@ class Publisher:
                     log.exception("could not publish %r from %s", item, buffer.name)
 
         jobs = [asyncio.create_task(drain(b, takers[name])) for name, b in self.inputs.items() if b is not None]
+        if self.session.every_s:
+            jobs.append(asyncio.create_task(self._heartbeats(self.session.every_s), name="publish-heartbeat"))
         try:
             await run_until(stop, jobs)
         finally:
@@ -207,6 +215,19 @@ class Publisher:
                         takers[name](item)
                     except Exception:
                         log.exception("could not publish %r from %s", item, buffer.name)
+
+    async def _heartbeats(self, every_s: float) -> None:
+        """The online status again every ``every_s`` with the service's health; the first as soon as it is online."""
+        while True:
+            await self.online.wait()
+            try:
+                reasons = self.health() if self.health is not None else None
+            except Exception:  # the health is a courtesy to the site: never the reason a heartbeat stops
+                log.exception("could not read the service's health for the status heartbeat")
+                reasons = None
+            if self.session.heartbeat(reasons):
+                self.counts["heartbeats"] += 1
+            await asyncio.sleep(every_s)
 
     # ---- what the other stations hand in -----------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ class PublishSession:
         self._birth_mid: int | None = None
         self._generation = 0  # the paho client generation our in-flight messages were handed to
         self._closed = False
+        self.every_s: float | None = None  # the publisher's heartbeat, when it has one
 
     @property
     def v5(self) -> bool:
@@ -68,8 +69,17 @@ class PublishSession:
     def conflict(self) -> str | None:
         return self.mqtt.conflict if self.mqtt else None
 
-    def status(self, state: str) -> dict[str, Any]:
-        return payloads.status(state, self.topics.site, self.topics.line, self.started_at, self.client_id, self.instance)
+    def status(self, state: str, reasons: list[str] | None = None) -> dict[str, Any]:
+        return payloads.status(state, self.topics.site, self.topics.line, self.started_at, self.client_id, self.instance,
+                               every_s=self.every_s, reasons=reasons)
+
+    def heartbeat(self, reasons: list[str] | None) -> bool:
+        """Say online again (retained), with the service's health: a site page tells a quiet line from a live one."""
+        if self.mqtt is None or not self.mqtt.connected or self._closed:
+            return False
+        self.publish(self.topics.status(), payloads.encode(self.status("online", reasons)), retain=True,
+                     kind=payloads.STATUS)
+        return True
 
     async def start(self, check_instance: bool = True) -> None:
         self._loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from factory_copilot.alarms.journal import Journal
+from factory_copilot.alarms.journal import UNCHANGED, Journal
 from factory_copilot.alarms.kpi import TARGET_FLOOD_SHARE, TARGET_PEAK_10MIN, TARGET_PER_HOUR, alarm_kpis
 from factory_copilot.config import LineConfig
 from factory_copilot.names import UNKNOWN
@@ -79,7 +79,7 @@ def write_handover(line: LineConfig, window: ShiftWindow, store: Store, journal:
     actions = _actions(w, inside)
     standing = _standing(w, at_end, journal)
     incidents = _incidents(w, store)
-    kpis = alarm_kpis([e for _, e in period if e.event != "refused"], window.start, until)
+    kpis = alarm_kpis([e for _, e in period if e.event not in UNCHANGED], window.start, until)
     _figures(w, kpis)
     watch = _watch(w, store)
     body = {
@@ -176,7 +176,7 @@ def _actions(w: _Writer, inside: list[tuple[int, AlarmEvent]]) -> list[dict[str,
     out = []
     said: dict[tuple, list] = {}  # the same person doing the same to the same alarm again: one sentence
     for seq, e in inside:
-        if e.actor in SYSTEM_ACTORS:
+        if e.actor in SYSTEM_ACTORS or e.event == "feedback":  # verdicts: said from the store, with the alarm
             continue
         out.append({"seq": seq, "ts": e.ts, "actor": e.actor, "event": e.event, "alarm_id": e.alarm_id,
                     "comment": e.comment, "shelved_until": e.alarm.shelved_until if e.event == "shelved" else None})

@@ -296,3 +296,38 @@ PG_MIGRATIONS: list[str] = [
     CREATE INDEX handover_events_handover ON handover_events(line, handover_id, ts);
     """,
 ]
+
+
+# The role whose members read every line's rows (and write none): the site's commands connect as one of them.
+SITE_READER_ROLE = "factory_copilot_site_reader"
+
+
+def _row_security(tables: tuple[str, ...]) -> str:
+    """Row-level security on ``tables`` (each with a ``line`` column): a role sees and writes only the rows of the
+    line ``line_roles`` binds it to; members of the site reader role may read every row. FORCE holds the tables'
+    owner to the same rules (only superusers and BYPASSRLS roles pass by)."""
+    bound = "line = (SELECT r.line FROM line_roles r WHERE r.role = current_user)"
+    # looked up by name at run time, so the policy needs no such role to exist (roles are the cluster's, made by
+    # `store grant-reader`, not by a migration that may run as a role without CREATEROLE)
+    reader = (f"EXISTS (SELECT FROM pg_roles g WHERE g.rolname = '{SITE_READER_ROLE}' "
+              "AND pg_has_role(current_user, g.oid, 'USAGE'))")
+    return "\n".join(
+        f"ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;\n"
+        f"ALTER TABLE {t} FORCE ROW LEVEL SECURITY;\n"
+        f"CREATE POLICY line_rows ON {t} USING ({bound}) WITH CHECK ({bound});\n"
+        f"CREATE POLICY site_reader ON {t} FOR SELECT USING ({reader});"
+        for t in tables)
+
+
+PG_MIGRATIONS.append(
+    # version 2: each line's rows kept apart by the server (issue 22): a role per line, bound in line_roles, and
+    # row-level security on every table; the tables as version 1 made them (a later table brings its own policies)
+    """
+    CREATE TABLE line_roles (
+        role NAME PRIMARY KEY,
+        line TEXT NOT NULL
+    );
+    GRANT SELECT ON line_roles TO PUBLIC;
+    GRANT SELECT ON schema_version TO PUBLIC;
+    """ + _row_security(("readings_raw", "trend", "anomalies", "alarms", "alarm_events", "diagnoses", "conversations",
+                         "feedback", "handovers", "handover_events")))

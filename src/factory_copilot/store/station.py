@@ -1,5 +1,6 @@
 """The store station: drains the buffers of readings, anomalies, alarm events, diagnoses,
-conversation turns and feedback into the store, in batched transactions, and enforces retention.
+conversation turns and operators' feedback (authorised by the alarm station) into the store, in batched
+transactions, and enforces retention.
 
 SQLite work runs in a worker thread so the event loop (and the stations sharing it)
 never waits on the disk; readings are written in batches of whatever has queued
@@ -23,6 +24,7 @@ from typing import Any
 
 from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.plumbing.logs import Throttled
+from factory_copilot.plumbing.postgres import WrongRole
 from factory_copilot.records import AlarmEvent, Anomaly, Diagnosis, Feedback, Reading, Turn
 from factory_copilot.store.store import Store
 from factory_copilot.plumbing.tasks import run_until
@@ -46,7 +48,7 @@ class StoreStation:
     """Consumes any of the given buffers; ``run()`` until cancelled, ``drain()`` to flush what is queued."""
 
     # the records it takes off the line's bus and gives onto it (plumbing/bus.py)
-    takes = (Reading, Anomaly, AlarmEvent, Diagnosis, Turn)
+    takes = (Reading, Anomaly, AlarmEvent, Diagnosis, Turn, Feedback)
     gives = ()
 
     def __init__(
@@ -171,7 +173,9 @@ class StoreStation:
 
     def _settle(self, name: str, held: list[list[Any]], size: int, exc: BaseException | None) -> bool:
         batch = held[0]
-        if isinstance(exc, ConnectionError):
+        # a role the database does not let act for this line (started while the server was away): held as well,
+        # it writes once the tables' owner binds it
+        if isinstance(exc, (ConnectionError, WrongRole)):
             self.written[name] += size - len(batch)  # what a one-by-one writer wrote before the server went
             self.write_retries += 1
             if self.unavailable is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -166,15 +167,18 @@ class PostgresStore(Store):
     Each connection (one writes, one reads) gets session views (``pg_temp``, searched first) named like the
     tables: that line's rows only, and a row written through them carries the line. So the store's SQL is
     the SQLite store's, and no query can see or delete another line's rows. A lost server is
-    ``plumbing.postgres.Unavailable``; the next call connects again.
+    ``plumbing.postgres.Unavailable``; the next call connects again. ``patient``: a server away when the store is
+    opened is not an error either (a line's service alarms without its site); the schema is brought up to date by
+    the first connection that reaches it.
     """
 
     def __init__(self, url: str, line: str, bucket_s: float = 5.0, retention: Retention | None = None, *,
-                 read_only: bool = False):
+                 read_only: bool = False, patient: bool = False):
         self._settings(bucket_s, retention)
         if not line:
             raise ValueError("a PostgreSQL store needs the line its rows belong to")
         self.url, self.line, self.path = url, line, postgres.where(url)
+        self._reads_only = read_only
         if read_only:
             conn = self._connection(read_only=True)
             try:
@@ -183,12 +187,17 @@ class PostgresStore(Store):
                 conn.close()
                 raise
         else:
-            schema = postgres.Connection(url)
-            try:
-                postgres.migrate(schema, PG_MIGRATIONS, COMPONENT)
-            finally:
-                schema.close()
+            self._schema_lock = threading.Lock()
+            self._schema_ready = False
             conn = self._connection()
+            try:
+                self._ensure_schema()
+                conn.open()  # a role that may not act for this line is refused now, not at the first write
+            except postgres.Unavailable as exc:
+                if not patient:
+                    raise
+                log.warning("store: database unavailable at start (%s); the line runs on, and its store writes "
+                            "once it is back", exc)
         self._db = Locked(conn)
         # reads on their own connection: MVCC shows them the last commit while a batch is being written
         self._reads = self._db if read_only else Locked(self._connection(read_only=True))
@@ -200,17 +209,23 @@ class PostgresStore(Store):
     def _connection(self, read_only: bool = False) -> postgres.Connection:
         return postgres.Connection(self.url, setup=self._line_views, translate=_pg_sql, read_only=read_only)
 
-    def _line_views(self, conn: Any) -> None:
-        from psycopg import sql
+    def _ensure_schema(self) -> None:
+        """Migrate the tables, once per store (several lines starting at once take turns: ``migrate``'s lock)."""
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            schema = postgres.Connection(self.url)
+            try:
+                postgres.migrate(schema, PG_MIGRATIONS, COMPONENT)
+            finally:
+                schema.close()
+            self._schema_ready = True
 
-        schema = conn.execute("SELECT current_schema()").fetchone()[0]
-        line = sql.Literal(self.line)
-        script = sql.SQL(" ").join(
-            sql.SQL("CREATE TEMP VIEW {view} AS SELECT * FROM {schema}.{table} WHERE line = {line} WITH CHECK OPTION; "
-                    "ALTER VIEW {view} ALTER COLUMN line SET DEFAULT {line};").format(
-                view=sql.Identifier(t), schema=sql.Identifier(schema), table=sql.Identifier(t), line=line)
-            for t in PG_TABLES)
-        conn.execute(script)
+    def _line_views(self, conn: Any) -> None:
+        if not getattr(self, "_schema_ready", True):  # opened while the server was away: the tables first
+            self._ensure_schema()
+        check_role(conn, self.url, self.line, read_only=self._reads_only)
+        line_views(conn, self.line)
 
     def _json(self, column: str, key: str, kind: str = "text") -> str:
         cast = {"text": "", "number": "::double precision", "boolean": "::boolean"}[kind]
@@ -232,6 +247,70 @@ class PostgresStore(Store):
             yield conn
 
 
+_unrestricted_warned: set[tuple[str, str]] = set()
+
+
+def check_role(conn: Any, url: str, line: str, read_only: bool = False) -> None:
+    """On a psycopg connection: ``postgres.WrongRole`` unless its role may act for ``line`` (``line_roles`` binds
+    it to that line; a site reader may read it); a role row-level security does not hold (a superuser, BYPASSRLS)
+    passes, with a warning once: only the session views keep its lines apart."""
+    from factory_copilot.store.schema import SITE_READER_ROLE
+
+    if conn.execute("SELECT to_regclass('line_roles')").fetchone()[0] is None:
+        return  # a schema older than row-level security: the version check says so
+    role, unrestricted, bound, reader = conn.execute(
+        "SELECT current_user, r.rolsuper OR r.rolbypassrls, (SELECT b.line FROM line_roles b WHERE b.role = "
+        "current_user), EXISTS (SELECT FROM pg_roles g WHERE g.rolname = %s AND pg_has_role(current_user, g.oid, "
+        "'USAGE')) FROM pg_roles r WHERE r.rolname = current_user", (SITE_READER_ROLE,)).fetchone()
+    if bound == line or (read_only and reader):
+        return
+    where = postgres.where(url)
+    if unrestricted:
+        if (where, line) not in _unrestricted_warned:
+            _unrestricted_warned.add((where, line))
+            log.warning("store %s: role %s passes by row-level security (superuser or BYPASSRLS): line %s is kept "
+                        "apart from the others by this software only; give it a role of its own (docs/site.md, "
+                        "\"Who reads what\")", where, role, line)
+        return
+    fix = f"the tables' owner binds one: factory-copilot store grant-line --db OWNER_URL --line {line} --role ROLE"
+    if bound is None:
+        raise postgres.WrongRole(f"{where}: role {role} is bound to no line, so it may not act for line {line}; {fix}")
+    raise postgres.WrongRole(f"{where}: role {role} is bound to line {bound}, not to line {line} (the line file's "
+                             f"site/line); each line has a role of its own: {fix}")
+
+
+def check_reader(conn: Any, url: str) -> None:
+    """On a psycopg connection: ``postgres.WrongRole`` unless its role reads every line's rows (a member of the site
+    reader role, or one that row-level security does not hold): the policies show any other role no line's rows,
+    or its own line's only, and a site-wide count of those would mislead."""
+    from factory_copilot.store.schema import SITE_READER_ROLE
+
+    if conn.execute("SELECT to_regclass('line_roles')").fetchone()[0] is None:
+        return  # a schema older than row-level security: the version check says so
+    role, every_line = conn.execute(
+        "SELECT current_user, r.rolsuper OR r.rolbypassrls OR EXISTS (SELECT FROM pg_roles g WHERE g.rolname = %s "
+        "AND pg_has_role(current_user, g.oid, 'USAGE')) FROM pg_roles r WHERE r.rolname = current_user",
+        (SITE_READER_ROLE,)).fetchone()
+    if not every_line:
+        raise postgres.WrongRole(f"{postgres.where(url)}: role {role} is no site reader, so row-level security "
+                                 "shows it no other line's rows; the tables' owner makes it one: factory-copilot "
+                                 f"store grant-reader --db OWNER_URL --role {role} (or give --line for one line's)")
+
+
+def line_views(conn: Any, line: str) -> None:
+    """On a psycopg connection: session views named like the tables, showing and writing ``line``'s rows only."""
+    from psycopg import sql
+
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    literal = sql.Literal(line)
+    script = sql.SQL(" ").join(
+        sql.SQL("CREATE TEMP VIEW {view} AS SELECT * FROM {schema}.{table} WHERE line = {line} WITH CHECK OPTION; "
+                "ALTER VIEW {view} ALTER COLUMN line SET DEFAULT {line};").format(
+            view=sql.Identifier(t), schema=sql.Identifier(schema), table=sql.Identifier(t), line=literal)
+        for t in PG_TABLES)
+    conn.execute(script)
+
+
 _CONFLICT = re.compile(r"ON CONFLICT\s*\(", re.I)
 
 
@@ -245,10 +324,12 @@ def line_id(line: "LineConfig") -> str:
     return f"{line.site}/{line.line}"
 
 
-def open_store(line: "LineConfig", paths: "ServicePaths", *, read_only: bool = False, **kwargs: Any) -> Store:
-    """The store the line file names: its ``store.url`` (PostgreSQL), else SQLite under its state directory."""
+def open_store(line: "LineConfig", paths: "ServicePaths", *, read_only: bool = False, patient: bool = False,
+               **kwargs: Any) -> Store:
+    """The store the line file names: its ``store.url`` (PostgreSQL), else SQLite under its state directory;
+    ``patient``: a database server away now is written when it is back (``PostgresStore``)."""
     if line.store is not None:
-        return PostgresStore(line.store.url, line_id(line), read_only=read_only, **kwargs)
+        return PostgresStore(line.store.url, line_id(line), read_only=read_only, patient=patient, **kwargs)
     return Store(paths.store, read_only=read_only, **kwargs)
 
 
