@@ -20,11 +20,22 @@ from factory_copilot.records import (
 log = logging.getLogger(__name__)
 
 
+# ``origin`` (model or runbook) keeps its column name "source" (diagnoses, conversations; a diagnosis body's key too)
+# for existing databases: mapped here only, in the rows below, _diagnosis_body and _diagnosis_of
+def _diagnosis_body(d: Diagnosis) -> str:
+    """A diagnosis as its ``body`` column keeps it: the record's fields, its origin under the kept name."""
+    return json.dumps({("source" if k == "origin" else k): v for k, v in d.to_dict().items()})
+
+
+def _diagnosis_of(body: str) -> Diagnosis:
+    return Diagnosis.from_dict({("origin" if k == "source" else k): v for k, v in json.loads(body).items()})
+
+
 class IncidentRecords:
     """What the copilot said and what people said about it (a part of ``Store``)."""
 
     def add_diagnoses(self, diagnoses: Iterable[Diagnosis]) -> int:
-        rows = [(d.alarm_id, d.created_at, d.source, json.dumps(d.to_dict())) for d in diagnoses]
+        rows = [(d.alarm_id, d.created_at, d.origin, _diagnosis_body(d)) for d in diagnoses]
         self._write_many("INSERT INTO diagnoses(alarm_id, created_at, source, body) VALUES(?,?,?,?)", rows)
         return len(rows)
 
@@ -32,7 +43,7 @@ class IncidentRecords:
         self.add_diagnoses([diagnosis])
 
     def add_turns(self, turns: Iterable[Turn]) -> int:
-        rows = [(t.alarm_id, t.ts, t.role, t.text, t.actor, t.request_id, t.source) for t in turns]
+        rows = [(t.alarm_id, t.ts, t.role, t.text, t.actor, t.request_id, t.origin) for t in turns]
         self._write_many(
             "INSERT INTO conversations(alarm_id, ts, role, text, actor, request_id, source) VALUES(?,?,?,?,?,?,?) "
             "ON CONFLICT DO NOTHING", rows
@@ -75,12 +86,12 @@ class IncidentRecords:
         rows = self._rows(
             "SELECT body FROM diagnoses WHERE alarm_id=? ORDER BY created_at DESC, id DESC LIMIT 1", (alarm_id,)
         )
-        return Diagnosis.from_dict(json.loads(rows[0][0])) if rows else None
+        return _diagnosis_of(rows[0][0]) if rows else None
 
     def diagnoses_since(self, since: float = 0.0) -> list[Diagnosis]:
         """Every diagnosis written since ``since``, oldest first (runbook and model ones alike)."""
         rows = self._rows("SELECT body FROM diagnoses WHERE created_at>=? ORDER BY created_at, id", (since,))
-        return [Diagnosis.from_dict(json.loads(r[0])) for r in rows]
+        return [_diagnosis_of(r[0]) for r in rows]
 
     def conversation(self, alarm_id: str) -> list[Turn]:
         rows = self._rows(
@@ -88,7 +99,7 @@ class IncidentRecords:
             "ORDER BY ts, id",
             (alarm_id,),
         )
-        return [Turn(*tuple(r)) for r in rows]
+        return [Turn(r[0], r[1], r[2], r[3], r[4], r[5], origin=r[6]) for r in rows]
 
     def feedback(self, alarm_id: str | None = None, since: float = 0.0) -> list[Feedback]:
         sql, params = "SELECT alarm_id, verdict, actual_cause, fix, actor, ts FROM feedback WHERE ts>=?", [since]
