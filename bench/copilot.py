@@ -110,7 +110,7 @@ def diagnose(cop: Copilot, alarm_id: str) -> dict[str, float]:
     d = asyncio.run(cop._model_diagnosis(alarm_id, None))
     cpu = time.process_time() - cpu  # the CPU the model used: on a shared machine, what it would take on a quiet one
     t = cop.last_timing
-    if d.source != "model":
+    if d.origin != "model":
         raise SystemExit(f"no model diagnosis: {d.fallback_reason}")
     generated = t.get("completion_chunks", 0.0)
     passes = t.get("passes", generated)  # under a grammar every generated token is a pass

@@ -23,7 +23,7 @@ from factory_copilot.detect import DetectStation
 from factory_copilot.detect.classify import WINDOW_LAGS
 from factory_copilot.detect.evaluate import SIM_DETECTOR, train_models
 from factory_copilot.simulated import simulated_line
-from simulators import Mode, normal_runs, simulate_frame, standard_scenarios
+from simulators import modes, normal_runs, simulate_frame, standard_scenarios
 
 
 def frames(line, runs):
@@ -62,12 +62,12 @@ def main() -> None:
     hst = compose.Pipeline(preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(n_trees=25, height=15, window_size=250, seed=0))
     t0 = time.perf_counter()
     train = history[keys].to_numpy()
-    train_modes = [Mode(m).code for m in history["mode"]]
+    train_modes = [modes.code(m) for m in history["mode"]]
     for x, m in zip(train[::2], train_modes[::2]):  # every other row: HST learning is slow and rows are 1 s apart
         hst.learn_one({**dict(zip(keys, x)), "mode": m})
     print(f"HalfSpaceTrees: learnt in {time.perf_counter() - t0:.1f} s")
     # its threshold: the same target false-alarm rate on held-out normal running
-    held = np.array([hst.score_one({**dict(zip(keys, x)), "mode": Mode(m).code})
+    held = np.array([hst.score_one({**dict(zip(keys, x)), "mode": modes.code(m)})
                      for x, m in zip(held_out[keys].to_numpy(), held_out["mode"])])
     threshold = float(np.quantile(held, 1 - SIM_DETECTOR["false_alarm_rate"]))
 
@@ -77,27 +77,27 @@ def main() -> None:
     for frame in stream:
         station = DetectStation(line, detector=models.detector, checks=models.checks(line))
         values = frame[keys].to_numpy()
-        modes = [Mode(m) for m in frame["mode"]]
+        row_modes = [modes.named(m) for m in frame["mode"]]
         ts = frame.index.to_numpy(dtype=float)
         rows = [dict(zip(keys, v)) for v in values]
         t0 = time.perf_counter()
         for i, row in enumerate(rows):
-            station.mode = modes[i]
+            station.mode = row_modes[i]
             ours_pred.append(bool(station.evaluate(ts[i], row, {})))
         ours_s += time.perf_counter() - t0
         for name, m in named.items():  # the same row path with the fault classifier: its signature per row
             st = DetectStation(line, detector=m.detector, classifier=m.classifier, checks=m.checks(line))
             t0 = time.perf_counter()
             for i, row in enumerate(rows):
-                st.mode = modes[i]
+                st.mode = row_modes[i]
                 st.evaluate(ts[i], row, {})
             named_s[name] += time.perf_counter() - t0
         det = models.detector.stream()  # the multivariate model alone, for a model-to-model speed figure
         t0 = time.perf_counter()
-        for v, m in zip(values, modes):
+        for v, m in zip(values, row_modes):
             det.update(v, m)
         det_s += time.perf_counter() - t0
-        feats = [{**row, "mode": m.code} for row, m in zip(rows, modes)]
+        feats = [{**row, "mode": modes.code(m)} for row, m in zip(rows, row_modes)]
         t0 = time.perf_counter()
         for f in feats:
             hst_scores.append(hst.score_one(f))

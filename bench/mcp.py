@@ -41,6 +41,7 @@ from factory_copilot.alarms.engine import AlarmEngine, AlarmSettings  # noqa: E4
 from factory_copilot.alarms.evaluate import DataClock  # noqa: E402
 from factory_copilot.alarms.journal import Journal  # noqa: E402
 from factory_copilot.config import SEEDS_DIR, ServicePaths, load_line  # noqa: E402
+from factory_copilot.names import UNKNOWN  # noqa: E402
 from factory_copilot.plumbing.sqlite import transaction  # noqa: E402
 from factory_copilot.records import Anomaly, Cause, Diagnosis, Evidence, Feedback, OperatorCommand, Step  # noqa: E402
 from factory_copilot.shift.calendar import last_completed, previous  # noqa: E402
@@ -138,7 +139,7 @@ def build(folder: Path, days: float, signals: int, bucket_s: float, seed: int = 
     engine.close()
     store.add_alarm_events(events)
     store.add_diagnoses([Diagnosis(e.alarm_id, f"{e.alarm.message}: check the unit", [
-        Cause("unknown", "No known fault matches", 0.5, [Evidence("signal", f"{e.alarm.asset}.{e.alarm.condition}")])],
+        Cause(UNKNOWN, "No known fault matches", 0.5, [Evidence("signal", f"{e.alarm.asset}.{e.alarm.condition}")])],
         [Step("Check the transmitter", "check")], ["Lock out before opening"], [], "runbook", created_at=e.ts)
         for e in raised])
     for e in raised:

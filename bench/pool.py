@@ -40,12 +40,15 @@ def tiny_model(folder: Path) -> Path:
     return Path(module.write_tiny_qwen(folder / "tiny-qwen.gguf"))
 
 
-def start_explainer(port: int, model: Path, name: str, threads: int) -> subprocess.Popen:
+def start_explainer(port: int, model: Path, name: str, threads: int, *, site: str = SITE, url: str | None = None,
+                    extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``factory-copilot explainer`` on ``url`` (default mqtt://127.0.0.1:PORT), ready once it takes jobs;
+    ``extra``: more of its options (a site broker's user, password and CA: bench/site.py)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     proc = subprocess.Popen([sys.executable, "-m", "factory_copilot.cli", "explainer", "--broker",
-                             f"mqtt://127.0.0.1:{port}", "--site", SITE, "--model", str(model), "--threads",
-                             str(threads), "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                             url or f"mqtt://127.0.0.1:{port}", "--site", site, "--model", str(model), "--threads",
+                             str(threads), "--name", name, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
     ready = threading.Event()
 
     def read() -> None:
@@ -57,6 +60,13 @@ def start_explainer(port: int, model: Path, name: str, threads: int) -> subproce
     if not ready.wait(120):
         raise SystemExit(f"explainer {name} did not start")
     return proc
+
+
+def stop_explainer(proc: subprocess.Popen) -> dict:
+    """SIGTERM; the counters it prints as it stops (done, expired, refused)."""
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    return json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
 
 
 def run(port: int, model: Path, n_explainers: int, jobs: int, tokens: int, concurrency: int, threads: int) -> dict:
@@ -78,11 +88,7 @@ def run(port: int, model: Path, n_explainers: int, jobs: int, tokens: int, concu
     took = time.perf_counter() - started
     stats = backend.stats()
     backend.close()
-    done = []
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-        out, _ = p.communicate(timeout=60)
-        done.append(json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])["done"])
+    done = [stop_explainer(p)["done"] for p in procs]
     return {"explainers": n_explainers, "jobs": jobs, "seconds": round(took, 2),
             "jobs_per_min": round(jobs / took * 60), "p50_s": round(latencies[len(latencies) // 2], 3),
             "done_by_explainer": done, "duplicates": stats["duplicates"], "republished": stats["republished"]}

@@ -7,14 +7,16 @@ as a steady-state sweep removes at 3,000 readings/s (one minute's), and ``--inci
 for ``similar()`` to read (the most it reads). The two arms alternate, ``--alarms`` alarms at a time, for
 ``--rounds`` rounds, the order swapped every round (the machine is shared and noisy):
 
-* with: every ``--sweep-every`` s a retention sweep removes the next slice (``enforce_retention`` in a worker
-  thread on the store's writer connection, as the store station runs it), and every ``--lookup-every`` s the
-  copilot gathers the evidence of an alarm on the next asset (``Copilot.gather``: ``similar()`` on the store's
-  read connection, in a worker thread);
+* with: every ``--sweep-every`` s a retention sweep removes the next slice (the store station's ``sweep``:
+  ``enforce_retention`` on the store's writer connection, in the station's low-priority worker thread), and every
+  ``--lookup-every`` s the copilot gathers the evidence of an alarm on the next asset (``Copilot.gather``, in a
+  worker thread: the signals' trends, the runbook search, ``similar()`` on the store's read connection);
 * without: neither (the service's own retention is held off for the whole run: it would sweep every slice at once).
 
 Earlier (issue 21) one such sweep held the store's only connection ~0.5 s and ``similar()`` waited for it on the
-event loop, so the collectors, alarms and publisher stood still. Target: p99 with them within 20 % of p99 without.
+event loop, so the collectors, alarms and publisher stood still; later each look-up made 2,000 candidates and drove
+the process into full garbage collections of 0.5-2.5 s (``similar()`` now ranks in SQL, and the service freezes its
+start-up heap as it starts). Target: p99 with them within 20 % of p99 without.
 
     .venv/bin/python bench/sweep_latency.py [--rounds 5] [--alarms 20] [--sweep-every 2] [--lookup-every 0.3] [--gc-freeze]
 
@@ -135,7 +137,7 @@ class Load:
             # the data time at which retention removes the next slice, and nothing newer
             now = self.t0 + store.retention.readings_raw + self.swept * self.slice_rows / RATE
             start = time.perf_counter()
-            deleted = await asyncio.to_thread(store.enforce_retention, now)
+            deleted = await self.service.store_station.sweep(now)
             took = time.perf_counter() - start
             self.sweeps.append((took * 1000, deleted["readings_raw"]))
             await self._pause(self.sweep_every - took)
@@ -210,8 +212,7 @@ async def main(args: argparse.Namespace) -> int:
         watch_full_collections(arm, full_gc)
         async with rig:
             if args.gc_freeze:
-                # what a service could do once started: its startup heap (modules, models, here the simulated source's
-                # address space too) moved out of reach of full collections, which then scan only what came after
+                # the service froze its start-up heap as it started; this freezes what its first seconds made too
                 gc.collect()
                 gc.freeze()
                 print(f"gc.freeze(): {gc.get_freeze_count():,} objects frozen", flush=True)
@@ -283,7 +284,8 @@ if __name__ == "__main__":
                     help="raw rows each sweep removes (default: one minute at 3,000 readings/s)")
     ap.add_argument("--slices", type=int, default=0, help="slices filled (default: enough for the sweeps of the run)")
     ap.add_argument("--gc-freeze", action="store_true",
-                    help="freeze the heap once the service has started (gc.freeze), to see what full collections cost")
+                    help="freeze the heap again once the service has connected (gc.freeze; the service "
+                    "freezes its start-up heap itself)")
     ap.add_argument("--incidents", type=int, default=2000, help="operator verdicts per asset (similar() reads 2,000)")
     a = ap.parse_args()
     # an alarm takes ~0.5 s on this machine: 0.75 s each leaves room for a slow run

@@ -46,6 +46,7 @@ from factory_copilot.config import SIMULATED_LINE, MqttConnection, load_line  # 
 from factory_copilot.copilot.runbooks import runbooks_of  # noqa: E402
 from factory_copilot.records import FEEDBACK_VERDICTS, Alarm, AlarmState, CommandKind, Priority, Turn  # noqa: E402
 from factory_copilot.names import DEFAULT_PREFIX  # noqa: E402
+from factory_copilot.publish import payloads  # noqa: E402
 from factory_copilot.store import Store  # noqa: E402
 from factory_copilot.store.site import is_url  # noqa: E402
 from factory_copilot.store.store import PostgresStore, line_id  # noqa: E402
@@ -487,19 +488,19 @@ def diagnosis_panel() -> None:
     if diagnosis is not None:
         for s in diagnosis.safety:  # before anything else: what keeps people safe while they act
             st.warning(s, icon="⚠️")
-    if streaming and (diagnosis is None or diagnosis.source != "model") and (writing or diagnosis is None):
+    if streaming and (diagnosis is None or diagnosis.origin != "model") and (writing or diagnosis is None):
         # the model's summary as it is written; the runbook diagnosis below stands until the model's is complete
         st.markdown(badge("MODEL · WRITING", "#6a3d9a") + " &nbsp;the local model's diagnosis replaces the runbook's "
                     "when it is complete", unsafe_allow_html=True)
         st.markdown(html.escape(streaming) + (" ▌" if writing else ""))
     job = snap.diagnosis_jobs.get(alarm.alarm_id)
-    if job and diagnosis is not None and diagnosis.source == "model" and diagnosis.created_at >= float(job["since"]):
+    if job and diagnosis is not None and diagnosis.origin == "model" and diagnosis.created_at >= float(job["since"]):
         job = None  # the model's diagnosis it was waiting for is here
     if diagnosis is None:
         if not model_wait(job, now, "model diagnosis") and not streaming:
             st.info("No diagnosis yet for this alarm.")
         return
-    if diagnosis.source == "model":
+    if diagnosis.origin == "model":
         how = f"From the local model ({diagnosis.model or 'LLM'}"
         how += f", {diagnosis.latency_s:.1f} s)" if diagnosis.latency_s else ")"
         how += "; causes, steps and safety notes quoted from the line's runbooks"
@@ -609,7 +610,7 @@ def chat_tab(alarm: Alarm | None) -> None:
             else:
                 st.markdown(turn.text)
             who = turn.actor or ("copilot" if turn.role == "copilot" else "operator")
-            st.caption(f"{who} · {clock(turn.ts)} UTC" + (f" · {turn.source}" if turn.source else ""))
+            st.caption(f"{who} · {clock(turn.ts)} UTC" + (f" · {turn.origin}" if turn.origin else ""))
     if any(a["alarm_id"] == alarm.alarm_id for a in asks.values()):  # only then a timer runs for them
         pending_answers(alarm.alarm_id)
     question = st.chat_input(f"Ask the copilot about {alarm.asset}…", key="ask", disabled=cfg.feed is None)
@@ -639,7 +640,7 @@ def finish_answers(snap: Snapshot) -> bool:
         final = snap.answer_done.get(request_id)
         if final is not None:
             cfg.store.add_turn(Turn(ask["alarm_id"], "copilot", snap.answer_text(request_id), time.time(),
-                                    request_id=request_id, source=final.get("source")))
+                                    request_id=request_id, origin=payloads.answer_origin(final)))
             del asks[request_id]
             finished = True
     return finished

@@ -129,7 +129,7 @@ class LiveFeed:
                 s.alarms[parts.alarm_id] = Alarm.from_dict(body)
                 s.cleared.discard(parts.alarm_id)
         elif parts.kind == "diagnosis" and body is not None:
-            s.diagnoses[parts.alarm_id] = Diagnosis.from_dict(body)
+            s.diagnoses[parts.alarm_id] = payloads.parse_diagnosis(body)
         elif parts.kind == "stream" and body is not None:
             chunks = s.streams.setdefault(parts.alarm_id, {})
             chunks[int(body.get("seq", 0))] = str(body.get("token") or "")

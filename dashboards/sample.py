@@ -136,7 +136,7 @@ def seed(store: Store, line: LineConfig | None = None, now: float | None = None,
                     "RB-PUMP-002#actions", "runbook")],
         safety=["Lock out the pump and isolate suction and discharge before opening the strainer."],
         would_change=["A normal filter dP with a full supply tank points to air ingress at a suction gasket."],
-        source="model", created_at=raised + 6, model="qwen2.5-1.5b-instruct-q4_k_m", latency_s=5.2,
+        origin="model", created_at=raised + 6, model="qwen2.5-1.5b-instruct-q4_k_m", latency_s=5.2,
     ))
     store.add_turns([
         Turn(CAVITATION_ID, "operator", "Can we keep running at reduced speed?", raised + 120, "maria", "sample-1"),

@@ -1,11 +1,11 @@
 """A simulated packaging line that behaves like real equipment: coupled physics, modes, growing faults."""
 
+from simulators import modes
 from simulators.line import PLANT_KEYS, SimulatedLine, simulate_frame
 from simulators.scenarios import (
     DEFAULT_RAMP_S,
     SENSOR_FAULTS,
     FaultScenario,
-    Mode,
     ModeSchedule,
     ScenarioRun,
     Segment,
@@ -20,7 +20,6 @@ __all__ = [
     "PLANT_KEYS",
     "SENSOR_FAULTS",
     "FaultScenario",
-    "Mode",
     "ModeSchedule",
     "ScenarioRun",
     "Segment",
@@ -30,4 +29,5 @@ __all__ = [
     "simulate_frame",
     "standard_scenarios",
     "write_ground_truth",
+    "modes",
 ]

@@ -13,8 +13,7 @@ import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from simulators.scenarios import Mode
-
+from simulators import modes
 from simulators.noise import Wander, lag_gain, toward
 from simulators.scenarios import Segment
 
@@ -52,15 +51,15 @@ class LineProgram:
 
     def step(self, seg: Segment, elapsed: float, product_speed: float) -> Targets:
         mode, d = seg.mode, seg.duration_s
-        if mode is Mode.RUNNING:
+        if mode is modes.RUNNING:
             t = Targets(product_speed, 2850.0, self.PRODUCT_C, 1400.0, 1.5, 0.0, 0.0)
-        elif mode is Mode.STARTUP:
+        elif mode is modes.STARTUP:
             ramp_from = min(60.0, 0.2 * d)
             ramp_to = d - 60.0 if d >= 240.0 else 0.8 * d
             share = min(max((elapsed - ramp_from) / max(ramp_to - ramp_from, 1.0), 0.0), 1.0)
             pump = 2850.0 if elapsed >= min(20.0, 0.1 * d) else 0.0
             t = Targets(round(product_speed * share), pump, self.PRODUCT_C, 1400.0, 1.5, 0.0, 2.0)
-        elif mode is Mode.CHANGEOVER:
+        elif mode is modes.CHANGEOVER:
             test_run = elapsed >= 0.6 * d
             # the bowl is flushed to drain at a steady flow until the test run takes over
             t = Targets(self.TEST_RUN_SPEED if test_run else 0.0, 1500.0, self.PRODUCT_C, 1400.0, 0.45, 40.0, 2.5)

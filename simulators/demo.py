@@ -189,7 +189,7 @@ def _p(values: list[float], q: float) -> float | None:
 
 
 def latencies(service: LineService, started: float) -> dict[str, float | None]:
-    """Reading row -> alarm, and alarm -> diagnosis (per source), from the alarm journal and the store."""
+    """Reading row -> alarm, and alarm -> diagnosis (model, runbook), from the alarm journal and the store."""
     events = service.engine.audit(since=started)
     raised = {e.alarm_id: e for e in events if e.event == "raised"}
     after_reading = [max(0.0, e.ts - e.alarm.anomaly.ts) for e in raised.values() if e.alarm.anomaly is not None]
@@ -203,11 +203,11 @@ def latencies(service: LineService, started: float) -> dict[str, float | None]:
         # re-diagnosis after a realarm is not minutes late for the first raise
         cause = [ts for ts in explained.get(d.alarm_id, []) if ts <= d.created_at]
         if cause and d.alarm_id in raised:
-            after_alarm.setdefault(d.source, []).append(d.created_at - cause[-1])
+            after_alarm.setdefault(d.origin, []).append(d.created_at - cause[-1])
     return {
         "alarm_after_reading_p50": _p(after_reading, 0.5),
         "alarm_after_reading_max": _p(after_reading, 1.0),
-        **{f"diagnosis_after_alarm_{src}_p50": _p(v, 0.5) for src, v in after_alarm.items()},
+        **{f"diagnosis_after_alarm_{origin}_p50": _p(v, 0.5) for origin, v in after_alarm.items()},
     }
 
 

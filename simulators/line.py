@@ -15,6 +15,7 @@ import numpy as np
 from factory_copilot.config import LineConfig
 from factory_copilot.records import Quality, Reading
 
+from simulators import modes
 from simulators.assets import AirCompressor, Conveyor, Filler, HeatTunnel, LineProgram, ProductPump
 from simulators.noise import NormalRows, Wander
 
@@ -215,7 +216,7 @@ class SimulatedLine:
         out = self._out
         if seg.index != self._segment_index:
             self._segment_index, self._product = seg.index, self.schedule.product_at(seg.index)
-        self._plant.step(mode.code, seg, t - seg.start_s, self._product, faults,
+        self._plant.step(modes.code(mode), seg, t - seg.start_s, self._product, faults,
                          self._meas, z, out)
         true = map(out.__getitem__, PLANT_KEYS)
         noisy = [v + (a + r * abs(v)) * n for v, (a, r), n in zip(true, self._noise_sd, z[_N_PROCESS_DRAWS:])]
@@ -282,14 +283,14 @@ def simulate_frame(
     keys = line.signal_keys()
     cols = [PLANT_KEYS.index(k) for k in keys]
     data = np.empty((n, len(PLANT_KEYS)))
-    modes: list[str] = []
+    mode_column: list[str] = []
     ts = np.empty(n)
     for r in range(n):
         data[r] = sim._advance()
         ts[r] = sim.t
-        modes.append(sim.mode.value)
+        mode_column.append(sim.mode.value)
     frame = pd.DataFrame(data[:, cols], columns=keys, index=pd.Index(start_ts + ts, name="ts"))
-    frame["mode"] = modes
+    frame["mode"] = mode_column
     labels = np.full(n, "normal", dtype=object)
     for s in sim.scenarios:
         end = np.inf if s.end_s is None else s.end_s

@@ -8,7 +8,6 @@ both for the standard evaluation runs; the ground truth goes to a JSON-lines fil
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -17,24 +16,9 @@ from typing import Any, Iterable, Sequence
 
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_FAULTS
+from factory_copilot.records import Mode
+from simulators import modes
 
-
-class Mode(enum.StrEnum):
-    """The simulated packaging line's four operating modes; ``code`` is the value of its line.mode signal
-    (the line file declares the same codes under ``modes.codes``)."""
-
-    IDLE = "idle"
-    STARTUP = "startup"
-    RUNNING = "running"
-    CHANGEOVER = "changeover"
-
-    @property
-    def code(self) -> int:
-        return list(Mode).index(self)
-
-    @classmethod
-    def from_code(cls, code: float | int) -> "Mode":
-        return list(cls)[int(round(float(code)))]
 
 # Time (s) for a fault to grow from onset to its full severity; faults grow, they don't step.
 DEFAULT_RAMP_S: dict[str, float] = {
@@ -163,7 +147,7 @@ class ModeSchedule:
             raise ValueError("a mode schedule needs at least one (mode, duration_s) segment")
         parsed: list[tuple[Mode, float]] = []
         for i, (mode, duration) in enumerate(segments):
-            mode = mode if isinstance(mode, Mode) else Mode(str(mode).lower())
+            mode = modes.named(mode)
             if not duration > 0:
                 raise ValueError(f"segment {i} ({mode.value}): duration_s must be > 0, got {duration}")
             if math.isinf(duration) and i != len(segments) - 1:
@@ -172,7 +156,7 @@ class ModeSchedule:
         self.segments = parsed
         self.repeat = repeat and not math.isinf(parsed[-1][1])
         self._cycle_s = sum(d for _, d in parsed)
-        self._changeovers_per_cycle = sum(1 for m, _ in parsed if m is Mode.CHANGEOVER)
+        self._changeovers_per_cycle = sum(1 for m, _ in parsed if m is modes.CHANGEOVER)
         self._current = self._locate(0.0)
 
     @classmethod
@@ -180,22 +164,22 @@ class ModeSchedule:
         """A realistic shift pattern (~4.6 h, repeated): runs of one product, changeovers, a break."""
         return cls(
             [
-                (Mode.STARTUP, 300),
-                (Mode.RUNNING, 3900),
-                (Mode.CHANGEOVER, 480),
-                (Mode.STARTUP, 300),
-                (Mode.RUNNING, 4500),
-                (Mode.IDLE, 900),  # break: line stopped, tunnel on standby
-                (Mode.STARTUP, 300),
-                (Mode.RUNNING, 3600),
-                (Mode.CHANGEOVER, 480),
+                (modes.STARTUP, 300),
+                (modes.RUNNING, 3900),
+                (modes.CHANGEOVER, 480),
+                (modes.STARTUP, 300),
+                (modes.RUNNING, 4500),
+                (modes.IDLE, 900),  # break: line stopped, tunnel on standby
+                (modes.STARTUP, 300),
+                (modes.RUNNING, 3600),
+                (modes.CHANGEOVER, 480),
             ]
         )
 
     @classmethod
     def running(cls, startup_s: float = 300.0) -> "ModeSchedule":
         """Start-up then running forever (the fault scenarios use this)."""
-        return cls([(Mode.STARTUP, startup_s), (Mode.RUNNING, math.inf)], repeat=False)
+        return cls([(modes.STARTUP, startup_s), (modes.RUNNING, math.inf)], repeat=False)
 
     def _locate(self, t_s: float) -> Segment:
         t = max(t_s, 0.0)
@@ -226,7 +210,7 @@ class ModeSchedule:
         """Which production run segment ``index`` belongs to: the number of changeovers before it."""
         n = len(self.segments)
         cycles, rest = divmod(index, n)
-        return cycles * self._changeovers_per_cycle + sum(1 for m, _ in self.segments[:rest] if m is Mode.CHANGEOVER)
+        return cycles * self._changeovers_per_cycle + sum(1 for m, _ in self.segments[:rest] if m is modes.CHANGEOVER)
 
     def to_dict(self) -> dict[str, Any]:
         return {"segments": [(m.value, d) for m, d in self.segments], "repeat": self.repeat}

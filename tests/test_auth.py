@@ -184,7 +184,8 @@ def audit_rows(svc: Service, event: str | None = None):
 def print_audit(db) -> str:
     """What `factory-copilot alarms audit` prints for this file."""
     out = io.StringIO()
-    args = argparse.Namespace(db=str(db), alarm=None, since_min=None, limit=200, json=False)
+    args = argparse.Namespace(db=str(db), alarm=None, since_min=None, limit=200, json=False, config=None, state_dir=None,
+                              from_store=False, line=None)  # the options `alarms audit` has (cli.py reads them all)
     with contextlib.redirect_stdout(out):
         assert alarms_cli._audit(args) == 0
     return out.getvalue()

@@ -26,7 +26,7 @@ def cavitation() -> Copilot:
 
 async def test_a_value_question_gets_the_value_with_its_band_and_trend(cavitation):
     turn = await cavitation.ask("A-cav", "what is the current suction pressure?")
-    assert turn.source == "runbook" and turn.text.startswith(LABEL)
+    assert turn.origin == "runbook" and turn.text.startswith(LABEL)
     assert "product_pump.suction_pressure is 0.45" in turn.text and "bar now, below its normal band 0.8-1.3 bar" in turn.text
     assert "falling by 0.06 bar per minute over the last 10 min" in turn.text
     assert "RB-" not in turn.text  # a value, not a list of causes

@@ -121,6 +121,6 @@ async def test_a_data_quality_alarm_queues_no_model_job(line):
         got = [await asyncio.wait_for(out.get(), 20) for _ in range(3)]
     finally:
         task.cancel()
-    assert [(d.alarm_id, d.source) for d in got] == [
+    assert [(d.alarm_id, d.origin) for d in got] == [
         ("sources.mqtt-source", "runbook"), ("rig.fault", "runbook"), ("rig.fault", "model")]
     assert calls == [True]  # the process alarm's only

@@ -102,7 +102,7 @@ async def test_the_model_writes_the_summary_and_chooses_the_ids_the_json_is_give
     stream = TokenStream()
     alarm = alarm_for("product_pump", "bearing_wear", 0.7)
     d = await cop.diagnose(alarm, on_token=stream)
-    assert d.source == "model", d.fallback_reason
+    assert d.origin == "model", d.fallback_reason
     pack = cop.pack(alarm.alarm_id)
     answer = json.loads(cop.last_text)
     jsonschema.validate(answer, cop.schema_for(pack))  # what a grammar would have allowed
@@ -119,13 +119,13 @@ async def test_a_summary_stays_within_its_bounds_and_a_deadline_stops_the_answer
     cop = bearing_copilot(backend)
     cop.schema["properties"]["summary"].update(minLength=20, maxLength=20)
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-bounds"))
-    assert d.source == "model" and len(json.loads(cop.last_text)["summary"]) == 20
+    assert d.origin == "model" and len(json.loads(cop.last_text)["summary"]) == 20
     # a deadline no answer can meet (a thread hop and one forward pass take longer): the tiny model answers a
     # 32-token summary in tens of milliseconds on a quiet machine, so a "long" answer is no sure way past 0.05 s
     slow = bearing_copilot(backend, timeout_s=1e-4)
     slow.schema["properties"]["summary"].update(minLength=2000, maxLength=2000)
     d = await slow.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-late"))
-    assert d.source == "runbook" and d.fallback_reason.startswith("timeout") and d.causes[0].fault_type == "bearing_wear"
+    assert d.origin == "runbook" and d.fallback_reason.startswith("timeout") and d.causes[0].fault_type == "bearing_wear"
 
 
 async def test_the_warm_prefix_reaches_into_the_data_block(backend):
@@ -137,7 +137,7 @@ async def test_the_warm_prefix_reaches_into_the_data_block(backend):
     stem_tokens = llama.tokenize(stem.encode(), add_bos=True, special=True)
     assert llama.input_ids[: llama.n_tokens].tolist() == stem_tokens
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-warm"))
-    assert d.source == "model" and cop.last_timing["cached_tokens"] == len(stem_tokens)  # only the alarm's own part was new
+    assert d.origin == "model" and cop.last_timing["cached_tokens"] == len(stem_tokens)  # only the alarm's own part was new
 
 
 def test_the_child_process_answers_in_the_form_too(tiny_qwen):
@@ -148,7 +148,7 @@ def test_the_child_process_answers_in_the_form_too(tiny_qwen):
         cop = bearing_copilot(model)
         pieces: list[str] = []
         d = asyncio.run(cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=pieces.append))
-        assert d.source == "model", d.fallback_reason
+        assert d.origin == "model", d.fallback_reason
         assert cop.last_timing["passes"] < cop.last_timing["completion_chunks"]
         assert " ".join("".join(pieces).split()) == d.summary
     finally:
@@ -246,7 +246,7 @@ async def test_the_threads_are_asked_again_before_every_pass(backend, monkeypatc
     monkeypatch.setattr(backend, "threads", threads)
     cop = bearing_copilot(backend)
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-threads"))
-    assert d.source == "model", d.fallback_reason
+    assert d.origin == "model", d.fallback_reason
     stats = cop.last_timing
     assert len(asked) == stats["passes"] > 2  # once per forward pass, the prompt's included
     assert stats["threads_batch"] == 1.0  # the prompt ran on what was asked first

@@ -75,7 +75,7 @@ def test_contributions_from_the_bands_when_the_detector_gave_none():
 def test_runbook_diagnosis_names_the_fault_cites_the_runbook_and_keeps_safety():
     cop = pump_bearing_copilot()
     d = cop.explain_now(alarm_for("product_pump"))
-    assert d.source == "runbook" and d.causes[0].fault_type == "bearing_wear"
+    assert d.origin == "runbook" and d.causes[0].fault_type == "bearing_wear"
     refs = {e.ref for e in d.causes[0].evidence}
     assert {"product_pump.vibration", "product_pump.bearing_temperature", "RB-PUMP-001#symptoms"} <= refs
     assert [s.kind for s in d.steps][:1] == ["check"] and all(s.runbook_id.startswith("RB-PUMP-001#") for s in d.steps)
@@ -125,7 +125,7 @@ def test_the_model_chooses_ids_and_the_code_renders_titles_evidence_steps_and_sa
     cop = pump_bearing_copilot()
     pack = cop.evidence(alarm_for("product_pump", "bearing_wear", 0.8))
     d = model_diagnosis(model_text(), pack, cop.library, cop.faults, "m")
-    assert d.source == "model" and d.model == "m" and d.summary == "Bearing wear on the product pump."
+    assert d.origin == "model" and d.model == "m" and d.summary == "Bearing wear on the product pump."
     assert d.dropped_citations == 2  # a fault the plant does not have, a step that was not offered
     assert [c.fault_type for c in d.causes] == ["bearing_wear"] and d.causes[0].title == "Pump bearing wear"
     assert d.causes[0].confidence == 0.8

@@ -255,7 +255,7 @@ def test_without_any_explainer_the_call_times_out_at_its_deadline_and_the_runboo
         import asyncio
 
         d = asyncio.run(cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7)))
-        assert d.source == "runbook" and d.fallback_reason.startswith("timeout: no explainer")
+        assert d.origin == "runbook" and d.fallback_reason.startswith("timeout: no explainer")
         assert cop.counts["fallback"] == 1 and cop.stats()["model_file"]["backend"]["timeouts"] == 2
     finally:
         backend.close()
@@ -360,13 +360,13 @@ async def test_the_station_names_each_job_by_its_alarm_event_or_question_and_que
     try:
         alarm = alarm_for("product_pump", "bearing_wear", 0.7)  # a high-priority alarm
         alarms.offer(AlarmEvent(alarm.alarm_id, 1000.0, "raised", AlarmState.ACTIVE_UNACK, alarm))
-        assert (await asyncio.wait_for(out.get(), 10)).source == "runbook"
+        assert (await asyncio.wait_for(out.get(), 10)).origin == "runbook"
         model = await asyncio.wait_for(out.get(), 10)
         assert model.fallback_reason.startswith("invalid output")  # the hand-made explainer's words are no diagnosis
         questions.offer(Question("q-7", alarm.alarm_id, "what first?", "ann"))
         while not (chunk := await asyncio.wait_for(answers.get(), 10)).done:
             pass
-        assert (chunk.source, chunk.full_text) == ("model", "answer to q-7 #1")
+        assert (chunk.origin, chunk.full_text) == ("model", "answer to q-7 #1")
         assert explainer.priorities == {f"{alarm.alarm_id}@1000.000": 3, "q-7": 5}
     finally:
         task.cancel()

@@ -122,7 +122,7 @@ async def test_the_model_may_say_unknown_and_the_code_shows_the_evidence(line):
              "causes": ["unknown:medium"], "steps": []}
     cop = copilot_for(line, "dryer_refrigerant_loss", backend=Replies(reply))
     d = await cop.diagnose(alarm_for("dryer", ts=900.0))
-    assert d.source == "model" and d.causes[0].fault_type == "unknown"
+    assert d.origin == "model" and d.causes[0].fault_type == "unknown"
     assert d.causes[0].evidence[0].ref == "dryer.dew_point" and not leaks(json.dumps(d.to_dict()))
 
 
@@ -131,7 +131,7 @@ async def test_a_model_naming_a_demo_fault_on_this_line_is_refused(line):
              "steps": ["RB-PUMP-002#checks.1"]}
     cop = copilot_for(line, "oil_cooler_fouling", backend=Replies(reply))
     d = await cop.diagnose(alarm_for("compressor_a", ts=900.0))
-    assert d.source == "runbook" and "invalid output" in d.fallback_reason  # nothing left after validation
+    assert d.origin == "runbook" and "invalid output" in d.fallback_reason  # nothing left after validation
     assert d.causes[0].fault_type == "oil_cooler_fouling"
 
 

@@ -79,11 +79,11 @@ async def test_runbook_first_then_model_with_streamed_tokens():
         alarms.offer(ack)  # not a reason to explain again
         alarms.offer(AlarmEvent(alarm.alarm_id, 1.0, "raised", AlarmState.ACTIVE_UNACK, alarm))
         first = await next_item(out)
-        assert first.source == "runbook" and first.fallback_reason is None and first.causes[0].fault_type == "bearing_wear"
+        assert first.origin == "runbook" and first.fallback_reason is None and first.causes[0].fault_type == "bearing_wear"
         assert out.qsize() == 0 and tokens.qsize() == 0  # the model has not answered: the alarm did not wait for it
         backend.gate.set()
         second = await next_item(out)
-        assert second.source == "model" and second.alarm_id == alarm.alarm_id and second.model == "gated"
+        assert second.origin == "model" and second.alarm_id == alarm.alarm_id and second.model == "gated"
         pieces = []
         while tokens.qsize():
             pieces.append(tokens.get_nowait())
@@ -112,7 +112,7 @@ async def test_the_operator_reads_a_servers_summary_as_the_diagnosis_shows_it():
     cop = Copilot(LINE, backend=Server())
     streamed = []
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=streamed.append)
-    assert d.source == "model" and d.summary == 'Seal \U0001f600 leaking at the "DE" end,\u00e9 too !'
+    assert d.origin == "model" and d.summary == 'Seal \U0001f600 leaking at the "DE" end,\u00e9 too !'
     assert " ".join("".join(streamed).split()) == d.summary
 
 
@@ -123,10 +123,10 @@ async def test_without_a_model_only_the_runbook_diagnosis_goes_out():
     try:
         alarms.offer(alarm_for("air_compressor", "air_leak", 0.9))
         d = await next_item(out)
-        assert d.source == "runbook" and d.causes[0].fault_type == "air_leak"
+        assert d.origin == "runbook" and d.causes[0].fault_type == "air_leak"
         # a question without a model is answered from the runbooks
         turn = await cop.ask(d.alarm_id, "how do I find the leak?")
-        assert turn.source == "runbook" and turn.text.startswith("Runbook search (no model): ")
+        assert turn.origin == "runbook" and turn.text.startswith("Runbook search (no model): ")
         assert "RB-AIR-001" in turn.text
     finally:
         task.cancel()
@@ -165,7 +165,7 @@ async def test_two_steps_the_summary_freely_then_the_choices_under_a_grammar():
     grammar = second["grammar"]
     assert '"bearing_wear:high"' in grammar and '"unknown:low"' in grammar and "pump_cavitation:medium" in grammar
     assert 'step ::= "1" | "2" | "3" | "4"' in grammar
-    assert d.source == "model" and d.summary == "Vibration up ± 2 at the DE bearing"
+    assert d.origin == "model" and d.summary == "Vibration up ± 2 at the DE bearing"
     assert "".join(streamed) == "Vibration up ± 2 at the DE bearing"  # the operator read the same words
     assert [c.fault_type for c in d.causes] == ["bearing_wear", "unknown"] and d.dropped_citations == 0
     pack = cop.pack(d.alarm_id)
@@ -247,7 +247,7 @@ async def test_a_question_goes_ahead_of_waiting_diagnoses_and_every_wait_says_wh
         alarms.offer(raised(a, 1000.0))
         alarms.offer(raised(b, 1001.0))
         assert await backend.next_call() == "diagnosis"  # the pump's, first come
-        assert [d.source for d in [await next_item(out), await next_item(out)]] == ["runbook", "runbook"]
+        assert [d.origin for d in [await next_item(out), await next_item(out)]] == ["runbook", "runbook"]
         running, states = await job_state(jobs, "diagnosis", a.alarm_id, "running")
         queued = states[("diagnosis", b.alarm_id)]
         assert running.since == 1000.0 and running.position == 0
@@ -255,7 +255,7 @@ async def test_a_question_goes_ahead_of_waiting_diagnoses_and_every_wait_says_wh
 
         questions.offer(Question("q1", a.alarm_id, "what do I check first?", "ann"))
         first = await next_item(answers)  # the runbook's answer, at once: the model is busy
-        assert (first.done, first.source, first.request_id) == (False, "runbook", "q1") and first.full_text
+        assert (first.done, first.origin, first.request_id) == (False, "runbook", "q1") and first.full_text
         asked, states = await job_state(jobs, "answer", "q1")
         assert (asked.state, asked.position, asked.alarm_id) == ("queued", 1, a.alarm_id)  # behind the running one only
         assert states[("diagnosis", b.alarm_id)].position == 2  # the question went ahead of the compressor's diagnosis
@@ -264,14 +264,14 @@ async def test_a_question_goes_ahead_of_waiting_diagnoses_and_every_wait_says_wh
         backend.go.release()  # the pump's diagnosis is written ...
         assert await backend.next_call() == "answer"  # ... and the operator's question comes next, not the compressor
         model = await next_item(out)
-        assert model.source == "model" and model.alarm_id == a.alarm_id
+        assert model.origin == "model" and model.alarm_id == a.alarm_id
         assert model.latency_s == 43.0  # from the alarm event, the wait in the queue included
         backend.go.release()
         while True:
             chunk = await next_item(answers)
             if chunk.done:
                 break
-        assert chunk.source == "model" and chunk.full_text == "Check the suction strainer first."
+        assert chunk.origin == "model" and chunk.full_text == "Check the suction strainer first."
         assert await backend.next_call() == "diagnosis"
         backend.go.release()
         assert (await next_item(out)).alarm_id == b.alarm_id
@@ -312,13 +312,13 @@ async def test_a_folded_consequence_and_a_re_alarm_of_the_same_situation_queue_n
         for i in range(3):
             alarms.offer(raised(root, 1100.0 + i, "realarm"))
         got = [await next_item(out) for _ in range(3)]
-        assert sorted((d.alarm_id, d.source) for d in got) == [
+        assert sorted((d.alarm_id, d.origin) for d in got) == [
             ("product_pump.fault", "model"), ("product_pump.fault", "runbook"), ("product_pump.flow-limit", "runbook")]
         # the classifier changes its mind: a new fault name is a new diagnosis
         renamed = alarm_for("product_pump", "clogged_filter", 0.8, alarm_id="product_pump.fault")
         alarms.offer(raised(renamed, 1200.0, "reclassified"))
         got = [await next_item(out) for _ in range(2)]
-        assert [(d.alarm_id, d.source) for d in got] == [("product_pump.fault", "runbook"), ("product_pump.fault", "model")]
+        assert [(d.alarm_id, d.origin) for d in got] == [("product_pump.fault", "runbook"), ("product_pump.fault", "model")]
         while alarms.qsize():
             await asyncio.sleep(0)
     finally:
@@ -346,7 +346,7 @@ async def test_a_plcs_alarm_is_explained_like_its_own_from_the_signals_of_its_as
                       Priority.HIGH, "Pump1 vibration high", 1000.0, 1000.0)
         alarms.offer(AlarmEvent(alarm.alarm_id, 1000.0, "raised", AlarmState.ACTIVE_UNACK, alarm, actor="plc"))
         d = await next_item(out)
-        assert d.alarm_id == alarm.alarm_id and d.asset == "product_pump" and d.source == "runbook"
+        assert d.alarm_id == alarm.alarm_id and d.asset == "product_pump" and d.origin == "runbook"
         assert d.causes and d.causes[0].fault_type in {"bearing_wear", "pump_cavitation", "pump_imbalance"}
         cited = {e.ref for c in d.causes for e in c.evidence if e.kind == "signal"}
         assert cited and cited <= {r.key for r in heard} and "product_pump.vibration" in cited

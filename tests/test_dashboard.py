@@ -19,6 +19,7 @@ from dashboards.live import LiveFeed
 from factory_copilot.config import REPO_ROOT, SIMULATED_LINE, MqttConnection, load_line
 from factory_copilot.plumbing.logins import Logins, hash_password
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Anomaly, Diagnosis, Feedback, Priority, Reading
+from factory_copilot.publish import payloads
 from factory_copilot.publish.topics import Topics
 from factory_copilot.store import Store
 
@@ -444,10 +445,10 @@ def test_the_runbook_diagnosis_shows_at_once_and_the_model_replaces_it_labelled(
         assert runbook.summary in text and "the model is writing its own" in text
         # the model's diagnosis arrives: it replaces the runbook's, labelled as the model's
         model = Diagnosis.from_dict({**runbook.to_dict(), "summary": "Header pressure sagging at full duty: a leak.",
-                                     "source": "model", "model": "qwen2.5-1.5b", "created_at": time.time() + 1})
+                                     "origin": "model", "model": "qwen2.5-1.5b", "created_at": time.time() + 1})
         side.publish(TOPICS.diagnosis_stream("air_compressor", sample.COMPRESSOR_ID),
                      {"alarm_id": sample.COMPRESSOR_ID, "seq": 2, "token": "", "done": True})
-        side.publish(TOPICS.diagnosis("air_compressor", sample.COMPRESSOR_ID), {**model.to_dict(), "schema": "diagnosis/1"})
+        side.publish(TOPICS.diagnosis("air_compressor", sample.COMPRESSOR_ID), {**payloads.diagnosis_fields(model), "schema": "diagnosis/1"})
         assert feed.wait_for(lambda s: sample.COMPRESSOR_ID in s.diagnoses, 10)
         at.run()
         text = _texts(at)
@@ -677,8 +678,8 @@ def test_the_diagnosis_card_says_a_model_diagnosis_is_coming_its_place_and_about
         assert "Model diagnosis coming: the model is writing it, about 60 s" in _waits(at)[0]
 
         model = Diagnosis.from_dict({**runbook.to_dict(), "summary": "A leak downstream of the receiver.",
-                                     "source": "model", "model": "qwen2.5-1.5b", "created_at": time.time()})
-        side.publish(TOPICS.diagnosis("air_compressor", sample.COMPRESSOR_ID), {**model.to_dict(), "schema": "diagnosis/1"})
+                                     "origin": "model", "model": "qwen2.5-1.5b", "created_at": time.time()})
+        side.publish(TOPICS.diagnosis("air_compressor", sample.COMPRESSOR_ID), {**payloads.diagnosis_fields(model), "schema": "diagnosis/1"})
         assert feed.wait_for(lambda s: sample.COMPRESSOR_ID in s.diagnoses, 10)
         at.run()
         assert _waits(at) == [] and "A leak downstream of the receiver." in _texts(at)  # it came: no wait left

@@ -12,10 +12,10 @@ from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.detect import TrainedDetector, LineDetector, load_detector, save_detector
 from factory_copilot.detect.retune import retune
 from factory_copilot.records import AlarmEvent, AlarmState, Anomaly, Feedback, MarkedAlarm
-from simulators import Mode
+from simulators import modes
 from tests.test_detect import correlated
 
-RUNNING, IDLE = Mode.RUNNING.value, Mode.IDLE.value  # the detector knows modes by name
+RUNNING, IDLE = modes.RUNNING.value, modes.IDLE.value  # the detector knows modes by name
 SIGNALS = ["pump.flow", "pump.current", "pump.suction", "tunnel.temp", "tunnel.power"]
 
 
@@ -38,7 +38,7 @@ def drifted(shift: float, seed: int = 1) -> pd.DataFrame:
     return X
 
 
-def marked(alarm_id: str, verdict: str, models: TrainedDetector, X: pd.DataFrame, mode: Mode = Mode.RUNNING,
+def marked(alarm_id: str, verdict: str, models: TrainedDetector, X: pd.DataFrame, mode: str = modes.RUNNING,
            t0: float = 1000.0) -> MarkedAlarm:
     """The alarm the live station would have raised on ``X``: one multivariate anomaly per flagged row."""
     scores = models.detector.anomaly_score(X)
@@ -153,7 +153,7 @@ def test_retune_command_reads_the_store_and_rewrites_the_model_file(tmp_path, ca
 
     now = __import__("time").time()
     anomalies = [Anomaly(ts=now - 100 + i, asset="heat_tunnel", kind="multivariate", score=1.2, threshold=1.0,
-                         mode=Mode.RUNNING) for i in range(5)]
+                         mode=modes.RUNNING) for i in range(5)]
     alarm = Alarm("heat_tunnel-fault", "heat_tunnel", "fault", AlarmState.ACTIVE_UNACK, Priority.HIGH, "tunnel",
                   now - 100, now - 100, anomaly=anomalies[0])
     paths.state_dir.mkdir(parents=True, exist_ok=True)

@@ -12,17 +12,17 @@ from factory_copilot.plumbing.buffer import Buffer
 from factory_copilot.config import SIMULATED_LINE, load_line
 from factory_copilot.detect import DetectStation, FaultClassifier, LineDetector, SignalChecks
 from factory_copilot.records import Anomaly, Quality, Reading
-from simulators import Mode
+from simulators import modes
 
 LINE = load_line(SIMULATED_LINE)
 KEYS = LINE.signal_keys()
 MIDDLE = {k: sum(LINE.signal(k).normal) / 2 for k in KEYS}
 
 
-def row_readings(ts: float, mode: Mode = Mode.RUNNING, override: dict | None = None, rng=None, skip=(), quality=None):
+def row_readings(ts: float, mode: str = modes.RUNNING, override: dict | None = None, rng=None, skip=(), quality=None):
     """One reading per signal at ``ts``: mid-band values with a little noise, plus the mode reading."""
     rng = rng or np.random.default_rng(int(ts))
-    out = [Reading(ts, "line", "mode", float(mode.code))]
+    out = [Reading(ts, "line", "mode", float(modes.code(mode)))]
     for k in KEYS:
         if k in skip:
             continue
@@ -77,7 +77,7 @@ def test_stuck_sensor_only_while_running():
     assert not kinds(rows, "stuck", "line.speed_setpoint")
     assert all(a.signal == "fill_weight" for a in kinds(rows, "stuck"))
     idle = DetectStation(LINE, checks=SignalChecks(LINE, stuck_samples=30, settle_s=0))
-    rows = feed(idle, 0, 60, mode=Mode.IDLE, override={"filler.fill_weight": 0.0})
+    rows = feed(idle, 0, 60, mode=modes.IDLE, override={"filler.fill_weight": 0.0})
     assert not kinds(rows, "stuck")
 
 
@@ -99,7 +99,7 @@ def test_mode_suppression_and_settling_grace():
     st = DetectStation(LINE, checks=SignalChecks(LINE, settle_s=30))
     feed(st, 0, 5)
     # changeover: flow 45 is below the running limit (60) but inside the changeover band: no alarm, ever
-    rows = feed(st, 5, 60, mode=Mode.CHANGEOVER, override={"product_pump.flow": 45.0})
+    rows = feed(st, 5, 60, mode=modes.CHANGEOVER, override={"product_pump.flow": 45.0})
     assert not kinds(rows, "limit", "product_pump.flow")
     # back to running with flow still low: quiet during the 30 s grace, then the limit alarm comes
     rows = feed(st, 65, 50, override={"product_pump.flow": 45.0})

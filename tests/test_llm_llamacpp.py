@@ -64,7 +64,7 @@ async def test_schema_constrained_output_is_parsed_and_citations_checked(backend
     alarm = alarm_for("product_pump", "bearing_wear", 0.7)
     stream = TokenStream()
     d = await cop.diagnose(alarm, on_token=stream)
-    assert d.source == "model", d.fallback_reason
+    assert d.origin == "model", d.fallback_reason
     raw = json.loads(cop.last_text, strict=False)  # what the model wrote, under the grammar
     assert list(raw) == ["summary", "causes", "steps"]  # the summary comes first: it streams to the operator
     pack = cop.pack(alarm.alarm_id)
@@ -92,7 +92,7 @@ async def test_a_step_not_offered_for_this_alarm_is_dropped_and_counted(backend)
     cop.fixed_schema = True
     d = await cop.diagnose(alarm)
     raw = json.loads(cop.last_text, strict=False)
-    assert len(raw["steps"]) >= 1 and d.source == "model"
+    assert len(raw["steps"]) >= 1 and d.origin == "model"
     assert d.dropped_citations == len(raw["steps"])
     assert all(s.origin == "runbook" for s in d.steps)  # the runbook's own order stands in
 
@@ -104,7 +104,7 @@ async def test_timeout_falls_back_to_the_runbook(backend):
     cop.schema["properties"]["summary"]["minLength"] = 399  # the grammar forces them all
     cop.fixed_schema = True  # one call under this schema
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7))
-    assert d.source == "runbook" and d.fallback_reason.startswith("timeout")
+    assert d.origin == "runbook" and d.fallback_reason.startswith("timeout")
     assert d.causes[0].fault_type == "bearing_wear" and d.latency_s < 10
 
 
@@ -120,7 +120,7 @@ async def test_broken_model_file_logs_once_and_falls_back(tiny_qwen, tmp_path, c
         first = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-1"))
         second = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7, alarm_id="A-2"))
     for d in (first, second):
-        assert d.source == "runbook" and d.fallback_reason.startswith("model unavailable")
+        assert d.origin == "runbook" and d.fallback_reason.startswith("model unavailable")
         assert d.causes[0].fault_type == "bearing_wear"
     lines = [r for r in caplog.records if "model unavailable" in r.getMessage()]
     assert len(lines) == 1 and str(path) in lines[0].getMessage()
@@ -140,7 +140,7 @@ async def test_tokens_stream_before_the_diagnosis_completes(backend):
     started = time.perf_counter()
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.7), on_token=on_token)
     done = time.perf_counter()
-    assert d.source == "model" and d.latency_s is not None and len(pieces) >= 10
+    assert d.origin == "model" and d.latency_s is not None and len(pieces) >= 10
     # the pieces are the summary's words, in order, and nothing else of the JSON
     assert " ".join("".join(pieces).split()) == " ".join(d.summary.split())
     # the first piece came early, not in one lump at the end
@@ -169,7 +169,7 @@ async def test_follow_up_questions_keep_a_conversation_per_alarm(backend):
     cop.explain_now(alarm)
     first = await cop.ask("A-q", "what do I check first?", actor="op1", request_id="r1")
     second = await cop.ask("A-q", "and then?", actor="op1", request_id="r2")
-    assert first.source == second.source == "model" and first.text and second.text
+    assert first.origin == second.origin == "model" and first.text and second.text
     turns = cop.conversation("A-q")
     assert [t.role for t in turns] == ["operator", "copilot", "operator", "copilot"]
     assert [t.request_id for t in turns] == ["r1", "r1", "r2", "r2"]
@@ -208,7 +208,7 @@ async def test_the_prompt_prefix_is_saved_to_disk_and_restored_after_a_restart(t
     prefix = llama.tokenize(f"<|im_start|>system\n{cop2.system}<|im_end|>\n".encode(), add_bos=False, special=True)
     assert list(llama._input_ids[: len(prefix)]) == prefix  # in the KV cache before any alarm
     d = await cop2.diagnose(alarm_for("product_pump", "bearing_wear", 0.7))
-    assert d.source == "model", d.fallback_reason
+    assert d.origin == "model", d.fallback_reason
     assert cop2.last_timing["cached_tokens"] >= len(prefix)  # the alarm started from the restored prefix
     # another prompt (a changed line file) makes a new file and the stale one goes
     third = LlamaCppBackend(tiny_qwen, n_ctx=8192, n_threads=2, state_dir=state)

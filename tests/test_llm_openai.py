@@ -100,7 +100,7 @@ def test_streams_pieces_and_sends_the_schema(server):
 async def test_model_diagnosis_over_http_is_validated(server):
     cop = copilot(OpenAIBackend(server.url))
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.8))
-    assert d.source == "model" and d.model.startswith("qwen2.5-1.5b-instruct@")
+    assert d.origin == "model" and d.model.startswith("qwen2.5-1.5b-instruct@")
     assert d.dropped_citations == 1  # a filler step was not offered for this alarm
     refs = [e.ref for e in d.causes[0].evidence]
     assert refs[0] == "product_pump.vibration" and refs[-1] == "RB-PUMP-001#symptoms"
@@ -123,7 +123,7 @@ async def test_the_backends_calls_are_counted_in_the_copilots_stats(server):
 async def test_unreachable_server_falls_back():
     cop = copilot(OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", connect_timeout_s=2))
     d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.8))
-    assert d.source == "runbook" and d.fallback_reason.startswith("model unavailable")
+    assert d.origin == "runbook" and d.fallback_reason.startswith("model unavailable")
     with pytest.raises(ModelUnavailable):
         OpenAIBackend(f"http://127.0.0.1:{free_port()}").chat([{"role": "user", "content": "x"}])
 
@@ -133,9 +133,9 @@ async def test_server_error_and_invalid_reply_fall_back():
     chatty = FakeLlamaServer(reply="I am not JSON, sorry")
     try:
         d = await copilot(OpenAIBackend(broken.url)).diagnose(alarm_for("product_pump", "bearing_wear", 0.8))
-        assert d.source == "runbook" and "HTTP 503" in d.fallback_reason
+        assert d.origin == "runbook" and "HTTP 503" in d.fallback_reason
         d = await copilot(OpenAIBackend(chatty.url)).diagnose(alarm_for("product_pump", "bearing_wear", 0.8))
-        assert d.source == "runbook" and d.fallback_reason.startswith("invalid output")
+        assert d.origin == "runbook" and d.fallback_reason.startswith("invalid output")
     finally:
         broken.stop()
         chatty.stop()

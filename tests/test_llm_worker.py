@@ -118,7 +118,7 @@ async def test_a_copilot_on_a_dead_model_still_diagnoses_every_alarm(tiny_qwen):
     for alarm_id in ("A-1", "A-2"):
         d = await cop.diagnose(alarm_for("product_pump", "bearing_wear", 0.8, {"product_pump.vibration": 0.9},
                                          alarm_id=alarm_id))
-        assert d.source == "runbook" and d.causes and d.steps
+        assert d.origin == "runbook" and d.causes and d.steps
         assert "SIGSEGV" in d.fallback_reason and "gave up after 1 crash" in d.fallback_reason
     assert cop.stats()["fallback"] == 2
 

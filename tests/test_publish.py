@@ -125,11 +125,11 @@ async def test_every_published_payload_is_valid_and_carries_mqtt5_properties(bro
         now = time.time()
         pub.model_job(ModelJob("diagnosis", "a1", "queued", 2, 3, 41.5, now - 3, now))
         pub.answer_chunk(question.request_id, question.alarm_id, "", False, text="Runbook search (no model): ...",
-                         source="runbook")
+                         origin="runbook")
         pub.model_job(ModelJob("answer", "a1", "queued", 1, 3, 12.0, now, now, request_id=question.request_id))
         pub.answer_chunk(question.request_id, question.alarm_id, "Because ", False)
         pub.answer_chunk(question.request_id, question.alarm_id, "cavitation.", True, text="Because cavitation.",
-                         source="model")
+                         origin="model")
         pub.handover(handover())
         listen.client.publish(T.commands("ann"), json.dumps({"schema": "handover-ack/1", "request_id": "h1",
                                                              "handover_id": "2026-12-03/early"}), qos=1)

@@ -9,7 +9,7 @@ import pytest
 from factory_copilot.catalogue import load_faults
 from factory_copilot.config import SIMULATED_FAULTS, SIMULATED_LINE, load_line, parse_line
 from factory_copilot.records import Quality
-from simulators import Mode
+from simulators import modes
 from simulators import (
     FaultScenario,
     ModeSchedule,
@@ -89,9 +89,9 @@ def test_step_readings_match_the_frame(line):
         assert {r.ts for r in readings} == {5000.0 + i + 1}
         by_key = {r.key: r.value for r in readings}
         row = frame.iloc[i]
-        assert Mode.from_code(by_key["line.mode"]).value == row["mode"]
+        assert modes.from_code(by_key["line.mode"]).value == row["mode"]
         assert [by_key[k] for k in line.signal_keys()] == pytest.approx(row[line.signal_keys()].tolist())
-    assert sim.t == pytest.approx(30.0) and sim.mode is Mode.STARTUP
+    assert sim.t == pytest.approx(30.0) and sim.mode is modes.STARTUP
 
 
 def test_a_line_signal_without_physics_is_refused_by_name(line):
@@ -105,11 +105,11 @@ def test_a_line_signal_without_physics_is_refused_by_name(line):
 
 
 def test_every_signal_inside_its_band_in_every_mode(line, shift):
-    assert set(shift["mode"]) == {m.value for m in Mode}
+    assert set(shift["mode"]) == {m.value for m in modes.ALL}
     outside = []
     for key in line.signal_keys():
         sig = line.signal(key)
-        for mode in Mode:
+        for mode in modes.ALL:
             values = shift.loc[shift["mode"] == mode.value, key]
             lo, hi = sig.normal_for(mode)
             inside = ((values >= lo) & (values <= hi)).mean()
@@ -379,16 +379,16 @@ def test_sensor_faults_work_on_any_signal(line):
 
 
 def test_mode_schedule():
-    s = ModeSchedule([(Mode.STARTUP, 10), ("running", 100), (Mode.CHANGEOVER, 20)], repeat=True)
+    s = ModeSchedule([(modes.STARTUP, 10), ("running", 100), (modes.CHANGEOVER, 20)], repeat=True)
     assert [s.mode_at(t) for t in (0, 9.9, 10, 109.9, 110, 130, 140)] == [
-        Mode.STARTUP, Mode.STARTUP, Mode.RUNNING, Mode.RUNNING, Mode.CHANGEOVER, Mode.STARTUP, Mode.RUNNING]
+        modes.STARTUP, modes.STARTUP, modes.RUNNING, modes.RUNNING, modes.CHANGEOVER, modes.STARTUP, modes.RUNNING]
     assert s.product_at(s.segment_at(135).index) == 1 and s.product_at(1) == 0
     once = ModeSchedule.running()
-    assert once.mode_at(0) is Mode.STARTUP and once.mode_at(1e7) is Mode.RUNNING
+    assert once.mode_at(0) is modes.STARTUP and once.mode_at(1e7) is modes.RUNNING
     default = ModeSchedule.default()
-    assert {default.mode_at(t) for t in range(0, 20_000, 60)} == set(Mode)
+    assert {default.mode_at(t) for t in range(0, 20_000, 60)} == set(modes.ALL)
     with pytest.raises(ValueError, match="duration_s"):
-        ModeSchedule([(Mode.RUNNING, 0)])
+        ModeSchedule([(modes.RUNNING, 0)])
 
 
 def test_standard_runs_cover_the_catalogue(line):

@@ -211,7 +211,7 @@ def test_retune_of_one_line_uses_that_lines_false_alarms_only(site_url, tmp_path
     from factory_copilot.detect import save_detector
     from factory_copilot.records import Alarm, AlarmEvent, Anomaly, Feedback, Priority
     from factory_copilot.store.store import line_id
-    from simulators import Mode
+    from simulators import modes
 
     files = {name: line_file(tmp_path, name, site_url) for name in ("packaging-1", "packaging-2")}
     paths = ServicePaths(tmp_path / "state-1")
@@ -220,7 +220,7 @@ def test_retune_of_one_line_uses_that_lines_false_alarms_only(site_url, tmp_path
 
     def mark_false(name: str) -> None:
         anomalies = [Anomaly(ts=now - 100 + i, asset="heat_tunnel", kind="multivariate", score=1.2, threshold=1.0,
-                             mode=Mode.RUNNING) for i in range(5)]
+                             mode=modes.RUNNING) for i in range(5)]
         alarm = Alarm("heat_tunnel-fault", "heat_tunnel", "fault", AlarmState.ACTIVE_UNACK, Priority.HIGH, "tunnel",
                       now - 100, now - 100, anomaly=anomalies[0])
         with PostgresStore(site_url, line_id(load_line(files[name]))) as store:

@@ -4,6 +4,7 @@ incident memory, false alarms, line health, and the station keeping up with its 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import multiprocessing
 import threading
@@ -108,7 +109,7 @@ def test_diagnosis_conversation_feedback_roundtrip(store):
     store.add_diagnoses([d2, d1])
     got = store.diagnosis("A1")
     assert got.summary == "Cavitation" and got.steps[0].runbook_id == "RB-PUMP-002"
-    store.add_turns([Turn("A1", "operator", "why?", T0 + 2), Turn("A1", "copilot", "because", T0 + 3, source="model")])
+    store.add_turns([Turn("A1", "operator", "why?", T0 + 2), Turn("A1", "copilot", "because", T0 + 3, origin="model")])
     assert [t.role for t in store.conversation("A1")] == ["operator", "copilot"]
     store.add_feedback(Feedback("A1", "confirmed", fix="cleaned strainer", actor="op1", ts=T0 + 10))
     [fb] = store.feedback("A1")
@@ -246,8 +247,26 @@ async def test_station_survives_a_bad_batch(store):
     assert station.failed["turns"] == 1 and [t.text for t in store.conversation("A1")] == ["hello"]
 
 
+def test_origin_keeps_the_source_columns_of_existing_databases(store):
+    """A record's ``origin`` (model or runbook) is stored under the name "source": rows an earlier version wrote
+    (columns and a diagnosis body's key) read back, and new rows are written the same way."""
+    old = {**Diagnosis("A1", "Cavitation", [], [], [], [], "model", created_at=T0).to_dict(), "source": "model"}
+    del old["origin"]
+    store._write_many("INSERT INTO diagnoses(alarm_id, created_at, source, body) VALUES(?,?,?,?)",
+                      [("A1", T0, "model", json.dumps(old))])
+    assert store.diagnosis("A1").origin == "model"
+    store.add_diagnosis(Diagnosis("A1", "Runbook", [], [], [], [], "runbook", created_at=T0 + 1))
+    rows = store._rows("SELECT source, body FROM diagnoses ORDER BY created_at")
+    assert [(r[0], json.loads(r[1]).get("source"), "origin" in json.loads(r[1])) for r in rows] == [
+        ("model", "model", False), ("runbook", "runbook", False)]
+    assert [d.origin for d in store.diagnoses_since(T0)] == ["model", "runbook"]
+    store.add_turn(Turn("A1", "copilot", "check the strainer", T0, origin="model"))
+    assert [tuple(r) for r in store._rows("SELECT source FROM conversations")] == [("model",)]
+    assert [t.origin for t in store.conversation("A1")] == ["model"]
+
+
 def test_a_turn_with_a_request_id_is_stored_once(store):
-    answer = Turn("A1", "copilot", "check the strainer", T0, request_id="r1", source="model")
+    answer = Turn("A1", "copilot", "check the strainer", T0, request_id="r1", origin="model")
     store.add_turns([Turn("A1", "operator", "what now?", T0, request_id="r1"), answer])
     store.add_turn(answer)  # the dashboard and the copilot may both record the same answer
     assert [t.role for t in store.conversation("A1")] == ["operator", "copilot"]

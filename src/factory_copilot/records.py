@@ -344,7 +344,7 @@ class Diagnosis:
     steps: list[Step]
     safety: list[str]
     would_change: list[str]
-    source: str  # "model" or "runbook"
+    origin: str  # "model" or "runbook"
     created_at: float = field(default_factory=time.time)
     model: str | None = None
     dropped_citations: int = 0
@@ -483,7 +483,7 @@ class Turn:
     ts: float = field(default_factory=time.time)
     actor: str | None = None
     request_id: str | None = None
-    source: str | None = None  # for copilot turns: "model" or "runbook"
+    origin: str | None = None  # for copilot turns: "model" or "runbook"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -542,7 +542,7 @@ class AnswerChunk:
     """A piece of the copilot's answer to a question; the last (``done``) carries the whole text, or the error.
 
     With a model, the runbook's answer goes out first, at once, as a chunk that is not ``done`` with its
-    ``full_text`` and ``source`` "runbook"; the model's words follow, and the last chunk says which answer stands.
+    ``full_text`` and ``origin`` "runbook"; the model's words follow, and the last chunk says which answer stands.
     """
 
     request_id: str
@@ -551,7 +551,7 @@ class AnswerChunk:
     done: bool = False
     full_text: str | None = None
     error: str | None = None
-    source: str | None = None  # "model" or "runbook", on chunks that carry a whole answer
+    origin: str | None = None  # "model" or "runbook", on chunks that carry a whole answer
 
 
 @dataclass(slots=True, frozen=True)

@@ -219,9 +219,9 @@ class LineRecords:
         d = self.store.diagnosis(alarm_id)
         if d is None:
             return None
-        src = f"diagnosis of {alarm_id} ({d.source})"
-        return {
-            "source": d.source, "model": d.model, "at": iso(d.created_at),
+        src = f"diagnosis of {alarm_id} ({d.origin})"
+        return {  # "source" (model or runbook): the tool's field name, kept for agents and docs/agents.md
+            "source": d.origin, "model": d.model, "at": iso(d.created_at),
             "summary": quoted(d.summary, src, 1000),
             "causes": [{"fault_type": c.fault_type, "title": quoted(c.title, src, 200), "confidence": c.confidence,
                         "evidence": [{"kind": e.kind, "ref": e.ref, "value": e.value} for e in c.evidence]}

@@ -5,6 +5,11 @@ Pure and clock-injected: nothing happens but in ``ingest``, ``command`` and
 so a test drives it with a fake clock and no sleeps. State lives in SQLite
 (``journal.py``), so a restarted engine resumes the same alarms.
 
+The engine is the one public face; it keeps the alarms and their conditions and hands each part what it needs:
+``timing.py`` (conditions in data time), ``states.py`` (the ISA-18.2 transitions, overdue), ``situations.py``
+over ``grouping.py`` (situations), ``naming.py`` (fault names), ``priorities.py`` (severity and priority),
+``floods.py``, ``authority.py`` (commands) and ``journal.py`` (each step written in one transaction).
+
 Two times: how long a condition has been abnormal or normal is measured in
 *data time* (the anomalies' ``ts``), so a replay faster than real time behaves
 as live; silence (no anomaly at all) and everything an operator sees (event
@@ -73,17 +78,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sqlite3
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from factory_copilot.alarms import design, grouping
-from factory_copilot.alarms.journal import Entry, Journal, StoredAlarm
+from factory_copilot.alarms import authority, design, floods, grouping, naming, priorities, situations, states, timing
+from factory_copilot.alarms.states import annunciated
+from factory_copilot.alarms.journal import Entry, Journal, Step, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
-from factory_copilot.names import UNKNOWN
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
@@ -93,7 +96,7 @@ from factory_copilot.records import (Alarm, AlarmEvent, AlarmState, Anomaly, Com
 
 log = logging.getLogger(__name__)
 
-COMMANDS = tuple(k.value for k in CommandKind)
+COMMANDS = authority.COMMANDS  # the commands an operator may send, as callers know them
 SYSTEM = "system"
 
 
@@ -152,46 +155,6 @@ class AlarmSettings:
         return self.off_delay_by_kind.get(kind, self.off_delay_s)
 
 
-def annunciated(alarm: Alarm) -> bool:
-    """Whether an operator is shown this alarm now (ISA-18.2: shelved, suppressed and out-of-service are not)."""
-    return alarm.shelved_until is None and not alarm.suppressed and not alarm.out_of_service
-
-
-@dataclass(slots=True)
-class _Condition:
-    """What the engine follows between anomalies of one condition (kept in memory only)."""
-
-    asset: str
-    condition: str
-    kind: str
-    position: str
-    alarm_id: str | None = None
-    # data time (the anomalies' ts)
-    pending_since: float | None = None  # start of the current continuous abnormal stretch
-    last_abnormal: float | None = None
-    normal_since: float | None = None  # first below-deadband level after the last abnormal one
-    last_ts: float | None = None  # newest evidence; a late anomaly never moves the condition back in time
-    trend: design.LevelSlope = field(default_factory=lambda: design.LevelSlope(0.0))  # level of recent abnormal evidence
-    level: float | None = None
-    # the engine's clock
-    heard_at: float | None = None  # any evidence last arrived
-    returned_at: float | None = None
-    lower_since: float | None = None  # the condition has been better than its alarm says since
-    rename: tuple[str, float] | None = None  # (another fault the classifier names, data time since)
-    distinct_since: float | None = None  # data time since a folded fault alarm is named unlike its root
-    mode_suppressed: bool = False
-    own: tuple | None = None  # (severity, urgency, consequence) at its last evidence: what a root's situation reads
-    signals: frozenset[str] = frozenset()  # the signal keys it is judged on (for lost data)
-    hold_s: float = 0.0  # the off-delay a chattering alarm has earned (0: its kind's)
-
-
-@dataclass(slots=True)
-class _Flood:
-    raises: deque = field(default_factory=deque)  # (ts, alarm_id) of new annunciated alarms
-    flood_id: str | None = None
-    started_at: float | None = None
-
-
 class AlarmEngine:
     """One alarm per condition, one annunciated alarm per situation, ISA-18.2 states, SQLite-backed.
     Not thread-safe: call from one thread/loop."""
@@ -211,22 +174,21 @@ class AlarmEngine:
         self.faults = faults_of(line) if faults is None else faults
         self.journal = Journal(db_path)
         self._alarms: dict[str, Alarm] = {}
-        self._conditions: dict[tuple[str, str], _Condition] = {}
+        self._conditions: dict[tuple[str, str], timing.Condition] = {}
         self._data_now = -math.inf  # the newest evidence of any condition: how far the data has got
-        self._floods: dict[str, _Flood] = {}
+        self._floods = floods.Floods(self.settings.flood_count, self.settings.flood_window_s,
+                                     self.settings.flood_end_count)
         self._unknown_assets: set[str] = set()
-        # the line detector's current continuous departure (data time): its fault alarms are one situation
-        self._episode_start: float | None = None
-        self._episode_last: float | None = None
-        # what the current step changed, written in one transaction at its end
-        self._events: list[Entry] = []
-        self._dirty: set[str] = set()
-        self._flood_changes: dict[str, tuple[str, float] | None] = {}
+        self._episode = timing.Episode()  # the line detector's current departure: its fault alarms are one situation
+        self._step = Step(self.journal)  # what the current step changed, written in one transaction at its end
         self._by_condition: dict[tuple[str, str], str] = {}
         self._rejections = Throttled(log, 10.0)  # refused commands: each answered and audited, logged rate-limited
-        self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
-        self._consequence: dict[tuple, Priority] = {}  # (asset, kind, signal, fault) -> consequence: the line is fixed
-        self._stale_until: dict[str, float] = {}  # signal key -> until when its data counts as lost
+        self._naming = naming.Naming(line, self.faults, self.settings.rename_after_s)
+        self._priorities = priorities.Priorities(line, self.faults, self.settings.min_trend_s)
+        self._situations = situations.Situations(line, self.faults, self.settings.group_consequences,
+                                                 self.settings.group_window_s, self.settings.release_after_s,
+                                                 self.settings.distinct_after_s)
+        self._stale = timing.StaleData()
         self._plc_event_ids: dict[str, str] = {}  # PLC alarm id -> its condition's newest EventId (hex)
         self._plc_refreshed: set[str] | None = None  # ConditionIds a ConditionRefresh in progress sent again
         self._load()
@@ -257,7 +219,7 @@ class AlarmEngine:
 
     def floods(self) -> dict[str, str]:
         """Operator position -> flood id of the floods in progress."""
-        return {p: f.flood_id for p, f in self._floods.items() if f.flood_id}
+        return self._floods.current()
 
     def close(self) -> None:
         self.journal.close()
@@ -272,8 +234,7 @@ class AlarmEngine:
                 anomaly.asset, anomaly.condition, anomaly.score, anomaly.threshold,
             )
             return []
-        for key in anomaly.stale:
-            self._stale_until[key] = now + self.silence_s
+        self._stale.mark(anomaly.stale, now + self.silence_s)
         if (anomaly.kind != "source" and design.find_asset(self.line, anomaly.asset) is None
                 and anomaly.asset not in self._unknown_assets):
             self._unknown_assets.add(anomaly.asset)
@@ -283,26 +244,23 @@ class AlarmEngine:
         if alarm is not None and alarm.out_of_service:
             return []
         ts = anomaly.ts if _finite(anomaly.ts) else now
-        t = ts if cond.last_ts is None else max(ts, cond.last_ts)
-        cond.last_ts, cond.heard_at = t, now
+        t = timing.hear(cond, ts, now)
         self._data_now = max(self._data_now, t)
         if anomaly.kind == "multivariate":
-            self._follow_episode(t)
+            self._episode.follow(t, max(self.silence_s, self.settings.off_delay("multivariate")))
         is_active = alarm is not None and alarm.state.active
         ratio = design.ratio(self.line, anomaly)
         if ratio >= (1 - self.settings.deadband if is_active else 1.0):
-            self._abnormal(cond, t, design.level(self.line, anomaly))
+            timing.abnormal(cond, t, design.level(self.line, anomaly), self.silence_s)
             if is_active:
                 self._update(alarm, cond, anomaly, t, now)
-            elif t - cond.pending_since >= self.settings.on_delay(anomaly.kind):
+            elif timing.abnormal_for(cond, t) >= self.settings.on_delay(anomaly.kind):
                 # stamped when the condition met its on-delay in the data, not when this process got to it (a
                 # replay runs many times faster than the line; live the two differ by the transport delay)
                 self._activate(cond, alarm, anomaly, min(t, now))
         else:
-            cond.pending_since = None
-            if cond.normal_since is None:
-                cond.normal_since = t
-            if is_active and t - cond.normal_since >= self._off_delay(cond, alarm):
+            normal_for = timing.normal(cond, t)
+            if is_active and normal_for >= self._off_delay(cond, alarm):
                 self._return(alarm, cond, now)
         if anomaly.kind == "multivariate":
             self._sustain(anomaly, t, now)
@@ -333,12 +291,7 @@ class AlarmEngine:
         condition = PLC_PREFIX + plc.condition_id
         alarm_id = self._by_condition.get((asset, condition))
         alarm = self._alarms.get(alarm_id) if alarm_id else None
-        if not plc.retain:
-            state = AlarmState.NORMAL
-        elif plc.active:
-            state = AlarmState.ACTIVE_ACK if plc.acked else AlarmState.ACTIVE_UNACK
-        else:
-            state = AlarmState.NORMAL if plc.acked else AlarmState.RTN_UNACK
+        state = states.plc_state(plc)
         priority = priority_of(plc.severity)
         message = plc.message or f"{asset}: PLC alarm {plc.source_name or plc.condition_id}"
         where = f"PLC {plc.endpoint} EventId {plc.event_id}" + (f", user {plc.user}" if plc.user else "")
@@ -360,17 +313,7 @@ class AlarmEngine:
         if before is state and alarm.priority is priority and alarm.message == message:
             return self._commit() if shelving else []  # the same state told again (a refresh): no duplicate
         alarm.priority, alarm.message = priority, message
-        alarm.state = state
-        if before is AlarmState.NORMAL and state.active:
-            alarm.raised_at, alarm.acked_by, alarm.acked_at = now, None, None
-            event = "raised"
-        elif state.acknowledged and not before.acknowledged:
-            alarm.acked_by, alarm.acked_at = PLC_ACTOR, now
-            event = "acknowledged" if state.active else "cleared"
-        elif before.active and not state.active:
-            event = "returned" if state is AlarmState.RTN_UNACK else "cleared"
-        else:
-            event = "updated"
+        event = states.follow_plc(alarm, before, state, PLC_ACTOR, now)
         self._emit(alarm, event, now, PLC_ACTOR, where)
         if event == "raised":
             self._fold_under_plc(alarm, now)
@@ -383,8 +326,7 @@ class AlarmEngine:
             until = now + (plc.unshelve_in_s or self.settings.max_shelve_s)
             if alarm.shelved_until is not None and abs(alarm.shelved_until - until) < PLC_SHELVE_SLACK_S:
                 return False  # the same shelving told again, its countdown moved on
-            alarm.shelved_until, alarm.shelved_by = until, PLC_ACTOR
-            self._emit(alarm, "shelved", now, PLC_ACTOR, f"{where}; until {until:.0f}")
+            self._emit(alarm, states.shelve(alarm, until, PLC_ACTOR), now, PLC_ACTOR, f"{where}; until {until:.0f}")
             return True
         if alarm.shelved_until is not None and alarm.shelved_by == PLC_ACTOR:
             self._unshelve(alarm, now, PLC_ACTOR, where)
@@ -402,16 +344,12 @@ class AlarmEngine:
         for key, cond in list(self._conditions.items()):
             alarm = self._alarms.get(cond.alarm_id) if cond.alarm_id else None
             if alarm is not None and alarm.state.active:
-                if self._frozen(cond, now):
-                    # no data is not normal data: the alarm holds, and its silence counts from when data is back
-                    cond.heard_at, cond.normal_since = now, None
+                if self._stale.frozen(cond.signals, now):
+                    timing.hold(cond, now)  # no data is not normal data: the alarm holds
                     continue
-                if self._silent(cond, now):
+                if timing.silent(cond, now, self.silence_s, self._off_delay(cond, alarm)):
                     self._return(alarm, cond, now)
-            elif (cond.heard_at is not None and now - cond.heard_at > self.silence_s
-                  and self._data_now - (cond.last_ts or -math.inf) > self.silence_s):
-                # quiet on the clock and in the data: evaluations that lag the clock (a replay many times faster
-                # than real time, a busy machine) must not break up one episode into blips
+            elif timing.quiet(cond, now, self._data_now, self.silence_s):
                 cond.pending_since = None
                 if alarm is None:
                     del self._conditions[key]  # a blip that never became an alarm
@@ -421,82 +359,55 @@ class AlarmEngine:
             if alarm.shelved_until is not None and alarm.shelved_until <= now:
                 self._unshelve(alarm, now, SYSTEM, "shelve expired")
             if alarm.state is AlarmState.ACTIVE_UNACK:
-                self._follow_overdue(alarm, now)
-        for position, flood in self._floods.items():
-            self._prune(flood, now)
-            if flood.flood_id and len(flood.raises) < self.settings.flood_end_count:
-                self._end_flood(position, flood, now)
+                for comment in states.overdue(self.line, alarm, now):
+                    self._emit(alarm, "overdue", now, SYSTEM, comment)
+        for end in self._floods.ending(now):
+            self._end_flood(end, now)
         return self._commit()
 
     def command(self, cmd: OperatorCommand) -> tuple[CommandResult, list[AlarmEvent]]:
         """Execute an operator command; an invalid one changes nothing and says why."""
         now = self.clock()
-        refusal = self._refusal(cmd)
+        refusal = authority.refusal(self.line, cmd)
         if refusal:
             self._audit_refusal(cmd, now, refusal)
             return CommandResult(cmd.request_id, False, f"refused: {refusal}", self.get(cmd.alarm_id)), []
-        problem = self._check(cmd)
+        problem = authority.problem(cmd, self._alarms.get(cmd.alarm_id), self.settings.max_shelve_s)
         if problem:
             # each is answered; a flood of them is named here once per 10 s with the count of the others
             self._rejections.warning("rejected", "rejected %s of %s by %s: %s", cmd.command, printable(cmd.alarm_id),
                                      printable(cmd.actor), printable(problem))
             return CommandResult(cmd.request_id, False, problem, self.get(cmd.alarm_id)), []
-        alarm, kind = self._alarms[cmd.alarm_id], CommandKind(cmd.command)  # _check let only a known kind through
+        alarm, kind = self._alarms[cmd.alarm_id], CommandKind(cmd.command)  # problem() let only a known kind through
         if kind is CommandKind.ACKNOWLEDGE:
-            alarm.state = AlarmState.ACTIVE_ACK if alarm.state is AlarmState.ACTIVE_UNACK else AlarmState.NORMAL
-            alarm.acked_by, alarm.acked_at = cmd.actor, now
-            self._emit(alarm, "acknowledged", now, cmd.actor, cmd.comment)
+            self._emit(alarm, states.acknowledge(alarm, cmd.actor, now), now, cmd.actor, cmd.comment)
             done = f"{alarm.alarm_id} acknowledged by {cmd.actor}"
         elif kind is CommandKind.SHELVE:
-            alarm.shelved_until, alarm.shelved_by = now + float(cmd.shelve_s), cmd.actor  # type: ignore[arg-type]
-            self._emit(alarm, "shelved", now, cmd.actor, cmd.comment or f"shelved for {cmd.shelve_s:g} s")
+            shelved = states.shelve(alarm, now + float(cmd.shelve_s), cmd.actor)  # type: ignore[arg-type]
+            self._emit(alarm, shelved, now, cmd.actor, cmd.comment or f"shelved for {cmd.shelve_s:g} s")
             done = f"{alarm.alarm_id} shelved by {cmd.actor} for {cmd.shelve_s:g} s"
         elif kind is CommandKind.UNSHELVE:
             self._unshelve(alarm, now, cmd.actor, cmd.comment)
             done = f"{alarm.alarm_id} unshelved by {cmd.actor}"
         elif kind is CommandKind.OUT_OF_SERVICE:
-            alarm.out_of_service = True
-            alarm.state, alarm.suppressed = AlarmState.NORMAL, False
-            alarm.shelved_until = alarm.shelved_by = None
+            out = states.take_out_of_service(alarm)
             self._reset_condition(alarm)
-            self._emit(alarm, "out_of_service", now, cmd.actor, cmd.comment)
+            self._emit(alarm, out, now, cmd.actor, cmd.comment)
             alarm.parent_id = None
             for child in self._children(alarm.alarm_id):  # nobody watches the cause now: its consequences ring
                 if child.state.active:
                     self._release(child, now, f"its cause {alarm.alarm_id} was taken out of service")
             done = f"{alarm.alarm_id} taken out of service by {cmd.actor}"
         else:  # CommandKind.RETURN_TO_SERVICE
-            alarm.out_of_service = False
+            back = states.return_to_service(alarm)
             self._reset_condition(alarm)
-            self._emit(alarm, "return_to_service", now, cmd.actor, cmd.comment)
+            self._emit(alarm, back, now, cmd.actor, cmd.comment)
             done = f"{alarm.alarm_id} returned to service by {cmd.actor}"
         events = self._commit()
         return CommandResult(cmd.request_id, True, done, self.get(alarm.alarm_id)), events
 
     # -- evidence ----------------------------------------------------------------------------------
-    def _abnormal(self, cond: _Condition, t: float, level: float | None) -> None:
-        """One more piece of abnormal evidence at data time ``t``."""
-        broken = (
-            cond.pending_since is None
-            or cond.normal_since is not None
-            or (cond.last_abnormal is not None and t - cond.last_abnormal > self.silence_s)
-        )
-        if broken:
-            cond.pending_since = t
-        cond.last_abnormal, cond.normal_since = t, None
-        if level is not None and math.isfinite(level):  # a share or value that is not a number judges nothing
-            cond.level = level
-            cond.trend.add(t, level)
-
-    def _silent(self, cond: _Condition, now: float) -> bool:
-        """No evidence at all for silence + off-delay on the clock: the condition has returned."""
-        if cond.heard_at is None:
-            cond.heard_at = now  # no evidence either way yet: start the silence period now
-            return False
-        alarm = self._alarms.get(cond.alarm_id) if cond.alarm_id else None
-        return now - cond.heard_at >= self.silence_s + self._off_delay(cond, alarm)
-
-    def _off_delay(self, cond: _Condition, alarm: Alarm | None) -> float:
+    def _off_delay(self, cond: timing.Condition, alarm: Alarm | None) -> float:
         """How long the condition must be normal before its alarm returns: its kind's off-delay, for a consequence
         folded under an active root at least the root's, for a chattering alarm what it earned (module docstring)."""
         delay = self.settings.off_delay(cond.kind)
@@ -505,12 +416,6 @@ class AlarmEngine:
             root_cond = self._cond_of(root)
             delay = max(delay, self.settings.off_delay(root_cond.kind if root_cond else grouping.kind_of(root)))
         return max(delay, cond.hold_s)
-
-    def _follow_episode(self, t: float) -> None:
-        gap = max(self.silence_s, self.settings.off_delay("multivariate"))
-        if self._episode_last is None or t - self._episode_last > gap:
-            self._episode_start = t
-        self._episode_last = t if self._episode_last is None else max(t, self._episode_last)
 
     def _sustain(self, anomaly: Anomaly, t: float, now: float) -> None:
         """The detector's departure keeps other assets' active fault alarms abnormal while their signals' share of
@@ -523,13 +428,11 @@ class AlarmEngine:
             alarm = self._alarms.get(cond.alarm_id) if cond and cond.alarm_id else None
             if alarm is None or not alarm.state.active or alarm.out_of_service:
                 continue
-            cond.last_ts = t if cond.last_ts is None else max(t, cond.last_ts)
-            cond.heard_at = now
-            self._abnormal(cond, cond.last_ts, design.level(self.line, anomaly, asset))
+            timing.abnormal(cond, timing.hear(cond, t, now), design.level(self.line, anomaly, asset), self.silence_s)
             self._assess(alarm, cond, now)
 
     # -- transitions -------------------------------------------------------------------------------
-    def _activate(self, cond: _Condition, alarm: Alarm | None, anomaly: Anomaly, now: float) -> None:
+    def _activate(self, cond: timing.Condition, alarm: Alarm | None, anomaly: Anomaly, now: float) -> None:
         cond.mode_suppressed = design.mode_suppressed(self.line, anomaly)
         chattering = alarm is not None and (
             alarm.state is AlarmState.RTN_UNACK
@@ -541,9 +444,8 @@ class AlarmEngine:
             self._by_condition[(cond.asset, cond.condition)] = alarm_id
             alarm = Alarm(alarm_id, cond.asset, cond.condition, AlarmState.NORMAL, Priority.MEDIUM, "", now, now)
             self._alarms[alarm_id] = alarm
-        alarm.anomaly = self._fitting(anomaly)
-        alarm.state = AlarmState.ACTIVE_UNACK
-        alarm.acked_by = alarm.acked_at = None
+        alarm.anomaly = self._naming.fitting(anomaly)
+        states.ring(alarm)
         parent = self._cause_for(alarm, now)
         alarm.parent_id = parent.alarm_id if parent else None
         alarm.suppressed = cond.mode_suppressed or parent is not None
@@ -576,93 +478,35 @@ class AlarmEngine:
         else:
             self._adopt(alarm, now)
 
-    def _update(self, alarm: Alarm, cond: _Condition, anomaly: Anomaly, t: float, now: float) -> None:
+    def _update(self, alarm: Alarm, cond: timing.Condition, anomaly: Anomaly, t: float, now: float) -> None:
         """Another abnormal evaluation of an active alarm: its evidence, name, suppression and severity follow."""
-        before = grouping.fault_name(self.line, self.faults, alarm.anomaly)
-        fresh = self._fitting(anomaly)
-        named = self._new_name(alarm, cond, fresh, before, t)
-        if named is None and before is not None:
-            # the alarm keeps its name: an evaluation naming nothing never takes it away, another must hold first
-            fresh = dataclasses.replace(fresh, fault_type=alarm.anomaly.fault_type,
-                                        fault_probability=alarm.anomaly.fault_probability)
+        fresh, renamed = self._naming.follow(alarm.anomaly, cond, anomaly, t)
         alarm.anomaly = fresh
-        if named is not None:
-            self._reclassify(alarm, cond, before, named, now)
+        if renamed is not None:
+            self._reclassify(alarm, cond, *renamed, now)
         self._follow_suppression(alarm, cond, fresh, now)
         if alarm.parent_id is not None and grouping.is_fault_alarm(alarm):
             self._follow_distinct(alarm, cond, grouping.fault_at_home(self.line, self.faults, anomaly), t, now)
         self._assess(alarm, cond, now)
 
-    def _new_name(self, alarm: Alarm, cond: _Condition, fresh: Anomaly, before: str | None, t: float) -> str | None:
-        """The fault name the alarm takes now, if it changes: a first name at once, another once it held."""
-        named = grouping.fault_name(self.line, self.faults, fresh)
-        if named is None or named == before:
-            if named == before:
-                cond.rename = None
-            return None
-        if before is None:
-            return named
-        if (grouping.fault_at_home(self.line, self.faults, alarm.anomaly) is not None
-                and grouping.fault_at_home(self.line, self.faults, fresh) is None):
-            return None  # a fault of this asset is not replaced by a guess upstream
-        if cond.rename is None or cond.rename[0] != named:
-            cond.rename = (named, t)
-        if t - cond.rename[1] < self.settings.rename_after_s:
-            return None
-        cond.rename = None
-        return named
+    def _follow_distinct(self, alarm: Alarm, cond: timing.Condition, own: str | None, t: float, now: float) -> None:
+        """A folded fault alarm named as a fault of its own asset, unlike its root's, for long enough is let go."""
+        why = self._situations.distinct(alarm, self._alarms.get(alarm.parent_id or ""), cond, own, t)
+        if why:
+            self._release(alarm, now, why)
 
-    def _follow_distinct(self, alarm: Alarm, cond: _Condition, own: str | None, t: float, now: float) -> None:
-        """A folded fault alarm that the classifier keeps naming as a fault of its own asset, unlike its root's, is a
-        situation of its own: let go once the name held for ``distinct_after_s``."""
-        root = self._alarms.get(alarm.parent_id or "")
-        if root is not None and grouping.is_plc_alarm(root):
-            return  # the PLC names the situation, the classifier its cause: no contradiction to let go on
-        theirs = grouping.fault_name(self.line, self.faults, root.anomaly) if root else None
-        if own is None:
-            return  # an evaluation naming nothing neither makes nor breaks the case
-        if own == theirs:
-            cond.distinct_since = None
-            return
-        if cond.distinct_since is None:
-            cond.distinct_since = t
-        elif t - cond.distinct_since >= self.settings.distinct_after_s:
-            cond.distinct_since = None
-            self._release(alarm, now, f"the classifier names {own} for {alarm.asset} for "
-                                      f"{self.settings.distinct_after_s:g} s, not {theirs or 'unknown'}")
+    def _return(self, alarm: Alarm, cond: timing.Condition, now: float) -> None:
+        timing.returned(cond, now)
+        event, comment = states.returned(alarm)
+        self._emit(alarm, event, now, comment=comment)
 
-    def _fitting(self, anomaly: Anomaly) -> Anomaly:
-        """The anomaly as its alarm keeps it: a fault name that cannot explain this asset (a pump fault for the
-        conveyor that feeds the pump) is the classifier's guess, not the alarm's: kept as unknown."""
-        if grouping.fault_name(self.line, self.faults, anomaly) is None and anomaly.fault_type not in (None, UNKNOWN):
-            return dataclasses.replace(anomaly, fault_type=UNKNOWN, fault_probability=0.0)
-        return anomaly
-
-    def _return(self, alarm: Alarm, cond: _Condition, now: float) -> None:
-        cond.returned_at = now
-        cond.pending_since = cond.last_abnormal = cond.normal_since = None
-        cond.trend.clear()
-        cond.lower_since = None
-        if not annunciated(alarm):
-            reason = ("grouped under its cause" if alarm.parent_id else "suppressed by mode" if alarm.suppressed
-                      else "shelved")
-            alarm.state = AlarmState.NORMAL
-            alarm.suppressed = False if alarm.parent_id is None else alarm.suppressed
-            self._emit(alarm, "cleared", now, comment=f"returned to normal while {reason}")
-        elif alarm.state is AlarmState.ACTIVE_UNACK:
-            alarm.state = AlarmState.RTN_UNACK
-            self._emit(alarm, "returned", now)
-        else:
-            alarm.state = AlarmState.NORMAL
-            self._emit(alarm, "cleared", now)
-
-    def _reclassify(self, alarm: Alarm, cond: _Condition, before: str | None, named: str, now: float) -> None:
+    def _reclassify(self, alarm: Alarm, cond: timing.Condition, before: str | None, named: str, now: float) -> None:
         """The classifier named the fault of an active alarm (or changed its mind): same alarm, new text; its
         priority follows by the usual rules (_assess)."""
         alarm.message = self._text(alarm)
         self._emit(alarm, "reclassified", now, comment=f"{before or 'unknown'} -> {named}")
 
-    def _follow_suppression(self, alarm: Alarm, cond: _Condition, anomaly: Anomaly, now: float) -> None:
+    def _follow_suppression(self, alarm: Alarm, cond: timing.Condition, anomaly: Anomaly, now: float) -> None:
         suppressed = design.mode_suppressed(self.line, anomaly)
         if suppressed == cond.mode_suppressed:
             return
@@ -679,160 +523,77 @@ class AlarmEngine:
             self._emit(alarm, "unsuppressed", now, comment=f"active in {anomaly.mode.value}")
 
     def _unshelve(self, alarm: Alarm, now: float, actor: str, comment: str | None) -> None:
-        alarm.shelved_until = alarm.shelved_by = None
-        if alarm.state.active and annunciated(alarm):
-            alarm.state = AlarmState.ACTIVE_UNACK  # still active: annunciate again
-            alarm.acked_by = alarm.acked_at = None
-        elif alarm.state is AlarmState.RTN_UNACK:
-            alarm.state = AlarmState.NORMAL
-        self._emit(alarm, "unshelved", now, actor, comment)
+        self._emit(alarm, states.unshelve(alarm), now, actor, comment)
 
     def _reset_condition(self, alarm: Alarm) -> None:
         cond = self._conditions.get((alarm.asset, alarm.condition))
         if cond is not None:
-            cond.pending_since = cond.last_abnormal = cond.normal_since = cond.heard_at = None
-            cond.trend.clear()
+            timing.reset(cond)
 
     # -- severity and priority ---------------------------------------------------------------------
-    def _target(self, alarm: Alarm, cond: _Condition) -> tuple[str | None, Priority]:
+    def _target(self, alarm: Alarm, cond: timing.Condition) -> tuple[str | None, Priority]:
         """What the evidence says now: (severity, priority); a root's is its whole situation's."""
-        severity, urgency, consequence = self._own(alarm, cond)
-        priority = design.priority(consequence, urgency, cond.kind)
+        cond.own = self._priorities.own(alarm.anomaly, cond.kind, cond.level, cond.trend)  # for its root to read
+        consequences = []
         if alarm.parent_id is None:
             for child in self._children(alarm.alarm_id):
                 child_cond = self._cond_of(child)
-                if not child.state.active or child_cond is None or child_cond.own is None:
-                    continue
-                child_severity, child_urgency, _ = child_cond.own
-                severity = design.worse_severity(severity, child_severity)
-                urgency = min(urgency, child_urgency, key=design.URGENCIES.index)
-                # the cause's consequence at the situation's urgency, and never below a consequence's own
-                priority = min(priority, design.priority(consequence, urgency, cond.kind), child.priority)
-        return severity, priority
+                if child.state.active and child_cond is not None and child_cond.own is not None:
+                    consequences.append((child_cond.own, child.priority))
+        return priorities.situation(cond.own, cond.kind, consequences)
 
-    def _own(self, alarm: Alarm, cond: _Condition) -> tuple[str | None, str, Priority]:
-        """The condition's own (severity, urgency, consequence), kept on the condition for its root to read."""
-        severity = design.severity(cond.kind, cond.level)
-        slope = None
-        if cond.trend.span >= self.settings.min_trend_s:
-            slope = cond.trend.slope()
-        seconds = design.time_to_severe(cond.kind, cond.level, slope) if cond.level is not None else None
-        a = alarm.anomaly
-        named = grouping.fault_at_home(self.line, self.faults, a)
-        key = (a.asset, a.kind, a.signal, named)
-        consequence = self._consequence.get(key)
-        if consequence is None:
-            consequence = self._consequence[key] = design.consequence(self.line, self.faults, a, named)
-        cond.own = (severity, design.urgency(seconds), consequence)
-        return cond.own
-
-    def _assess(self, alarm: Alarm, cond: _Condition | None, now: float) -> None:
+    def _assess(self, alarm: Alarm, cond: timing.Condition | None, now: float) -> None:
         """Follow the condition's severity and priority (a root: its whole situation's) with the hysteresis rules."""
         if cond is None or not alarm.state.active or alarm.anomaly is None:
             return
         before = cond.own
-        severity, priority = self._target(alarm, cond)
-        worse = (design.severity_rank(severity) > design.severity_rank(alarm.severity)
-                 or priority.value < alarm.priority.value)
-        better = (design.severity_rank(severity) < design.severity_rank(alarm.severity)
-                  or priority.value > alarm.priority.value)
-        if worse:
-            severity = design.worse_severity(severity, alarm.severity)
-            priority = min(priority, alarm.priority, key=lambda p: p.value)
-            self._restate(alarm, severity, priority, "escalated", now)
+        event, severity, priority = priorities.judge(alarm, *self._target(alarm, cond))
+        if event == "escalated":
+            self._restate(alarm, severity, priority, event, now)
             cond.lower_since = None
-        elif better:
+        elif event == "deescalated":
             if cond.lower_since is None:
                 cond.lower_since = now
             elif now - cond.lower_since >= self.settings.deescalate_after_s:
-                self._restate(alarm, severity, priority, "deescalated", now)
+                self._restate(alarm, severity, priority, event, now)
                 cond.lower_since = None
         else:
             cond.lower_since = None
-        if alarm.parent_id is not None and (cond.own != before or worse):
+        if alarm.parent_id is not None and (cond.own != before or event == "escalated"):
             parent = self._alarms.get(alarm.parent_id)  # its situation changed: the root follows
             if parent is not None:
                 self._assess(parent, self._cond_of(parent), now)
 
     def _restate(self, alarm: Alarm, severity: str | None, priority: Priority, event: str, now: float) -> None:
-        changes = []
-        if severity != alarm.severity:
-            changes.append(f"{alarm.severity or 'no severity'} -> {severity}")
-        if priority is not alarm.priority:
-            changes.append(f"priority {alarm.priority.name.lower()} -> {priority.name.lower()}")
+        comment = priorities.changes(alarm, severity, priority)
         rises = priority.value < alarm.priority.value
         alarm.severity, alarm.priority = severity, priority
         alarm.message = self._text(alarm)
         if rises and alarm.state is AlarmState.ACTIVE_ACK and annunciated(alarm):
-            # acknowledged at a lower priority: the operator must see that it matters more now
-            alarm.state = AlarmState.ACTIVE_UNACK
-            alarm.acked_by = alarm.acked_at = None
-        self._emit(alarm, event, now, comment="; ".join(changes))
+            states.ring(alarm)  # acknowledged at a lower priority: the operator must see that it matters more now
+        self._emit(alarm, event, now, comment=comment)
 
     def _text(self, alarm: Alarm) -> str:
         return alarm_text(self.line, self.faults, alarm.anomaly, alarm.severity) if alarm.anomaly else alarm.message
 
     # -- situations --------------------------------------------------------------------------------
     def _cause_for(self, alarm: Alarm, now: float) -> Alarm | None:
-        """The root alarm that explains ``alarm`` now, if any: a PLC's alarm of its situation first (the plant's own
-        name for it, on the HMI already), else the copilot's root that grouping.rank picks among several."""
-        if not self.settings.group_consequences or grouping.is_plc_alarm(alarm):
-            return None
-        plcs = [c for c in self._alarms.values() if self._plc_stands(c, now) and grouping.plc_explains(self.line, c, alarm)]
-        if plcs:
-            return min(plcs, key=lambda c: (c.asset != alarm.asset, c.raised_at))
-        causes = [c for c in self._alarms.values() if self._may_explain(c, now)
-                  and grouping.explains(self.line, self.faults, c, alarm, self._same_episode(c, alarm))]
-        return min(causes, key=lambda c: grouping.rank(self.line, c, alarm), default=None)
-
-    def _may_explain(self, cause: Alarm, now: float) -> bool:
-        """A root in service, not suppressed by mode, active or returned within the grouping window."""
-        if cause.parent_id is not None or cause.out_of_service or cause.anomaly is None:
-            return False
-        cond = self._cond_of(cause)
-        if cond is None or cond.mode_suppressed:
-            return False
-        if cause.state.active:
-            return True
-        return cond.returned_at is not None and now - cond.returned_at <= self.settings.group_window_s
+        return self._situations.cause_for(alarm, self._alarms.values(), self._cond_of, self._same_episode, now)
 
     def _same_episode(self, a: Alarm, b: Alarm) -> bool:
-        """Both are fault alarms with evidence in the line detector's current continuous departure."""
-        if not (grouping.is_fault_alarm(a) and grouping.is_fault_alarm(b)) or self._episode_start is None:
-            return False
-        conds = (self._cond_of(a), self._cond_of(b))
-        return all(c is not None and c.last_ts is not None and c.last_ts >= self._episode_start for c in conds)
-
-    def _plc_stands(self, alarm: Alarm, now: float) -> bool:
-        """A PLC's alarm in service that is active, or returned within the grouping window."""
-        if not grouping.is_plc_alarm(alarm) or alarm.out_of_service or alarm.parent_id is not None:
-            return False
-        return alarm.state.active or now - alarm.updated_at <= self.settings.group_window_s
+        return situations.same_episode(self._episode, a, b, self._cond_of)
 
     def _fold_under_plc(self, plc: Alarm, now: float) -> None:
         """The PLC's alarm just rang: the copilot's standing alarms of its situation (and their consequences) fold
         under it, so the operator hears the situation once, by the name the HMI gives it."""
-        if not self.settings.group_consequences:
-            return
-        for other in list(self._alarms.values()):
-            if (other is plc or other.parent_id is not None or not other.state.active or other.out_of_service
-                    or not grouping.plc_explains(self.line, plc, other)):
-                continue
+        for other in self._situations.under_plc(plc, list(self._alarms.values())):
             self._group(other, plc, now, f"the situation of the PLC's alarm {plc.alarm_id}")
 
     def _adopt(self, root: Alarm, now: float) -> None:
         """A new root takes the earlier roots of its window that it explains (and that do not explain it)."""
         if not self.settings.group_consequences:
             return
-        for other in list(self._alarms.values()):
-            if (other is root or other.parent_id is not None or not other.state.active or other.out_of_service
-                    or other.raised_at < root.raised_at - self.settings.group_window_s):
-                continue
-            same_episode = self._same_episode(root, other)
-            if not grouping.explains(self.line, self.faults, root, other, same_episode):
-                continue
-            if grouping.explains(self.line, self.faults, other, root, same_episode):
-                continue
+        for other in self._situations.adoptable(root, list(self._alarms.values()), self._same_episode):
             self._group(other, root, now, f"consequence of {root.alarm_id}")
         self._assess(root, self._cond_of(root), now)
 
@@ -845,15 +606,9 @@ class AlarmEngine:
 
     def _release_if_orphaned(self, alarm: Alarm, now: float) -> None:
         root = self._alarms.get(alarm.parent_id or "")
-        if root is None or root.out_of_service:
-            self._release(alarm, now, f"its cause {alarm.parent_id} is not watched")
-            return
-        if root.state.active:
-            return
-        cond = self._cond_of(root)
-        returned = cond.returned_at if cond and cond.returned_at is not None else root.updated_at
-        if now - returned >= self.settings.release_after_s:
-            self._release(alarm, now, f"still active {now - returned:.0f} s after its cause {root.alarm_id} returned")
+        why = self._situations.orphaned(alarm, root, self._cond_of(root) if root else None, now)
+        if why:
+            self._release(alarm, now, why)
 
     def _release(self, alarm: Alarm, now: float, why: str) -> None:
         """A consequence its cause no longer explains: annunciated on its own."""
@@ -863,8 +618,7 @@ class AlarmEngine:
         if not alarm.state.active:
             self._emit(alarm, "ungrouped", now, comment=why)
             return
-        alarm.state = AlarmState.ACTIVE_UNACK
-        alarm.acked_by = alarm.acked_at = None
+        states.ring(alarm)
         if annunciated(alarm) and cond is not None:
             self._count_towards_flood(cond.position, alarm, now)
         self._emit(alarm, "ungrouped", now, comment=why)
@@ -873,76 +627,50 @@ class AlarmEngine:
     def _children(self, alarm_id: str) -> list[Alarm]:
         return [a for a in self._alarms.values() if a.parent_id == alarm_id]
 
-    def _cond_of(self, alarm: Alarm) -> _Condition | None:
+    def _cond_of(self, alarm: Alarm) -> timing.Condition | None:
         return self._conditions.get((alarm.asset, alarm.condition))
 
     # -- floods ------------------------------------------------------------------------------------
-    def _prune(self, flood: _Flood, now: float) -> None:
-        while flood.raises and flood.raises[0][0] <= now - self.settings.flood_window_s:
-            flood.raises.popleft()
-
     def _count_towards_flood(self, position: str, alarm: Alarm, now: float) -> None:
-        flood = self._floods.setdefault(position, _Flood())
-        self._prune(flood, now)
-        flood.raises.append((now, alarm.alarm_id))
-        if flood.flood_id:
-            alarm.flood_id = flood.flood_id
+        flood_id, start = self._floods.raised(position, alarm.alarm_id, now)
+        if flood_id:
+            alarm.flood_id = flood_id
+        if start is None:
             return
-        if len(flood.raises) <= self.settings.flood_count:
-            return
-        first_id = flood.raises[0][1]
-        flood.flood_id, flood.started_at = first_id, now
-        self._flood_changes[position] = (first_id, now)
-        alarm.flood_id = first_id
-        first = self._alarms.get(first_id)
+        self._step.flood(position, (start.flood_id, now))
+        first = self._alarms.get(start.flood_id)
         if first is not None:
-            first.flood_id = first_id
+            first.flood_id = start.flood_id
             self._emit(first, "flood_start", now, comment=(
-                f"alarm flood at position {position}: {len(flood.raises)} new alarms within "
-                f"{self.settings.flood_window_s:g} s; grouped under {first_id}"))
+                f"alarm flood at position {position}: {start.size} new alarms within "
+                f"{self.settings.flood_window_s:g} s; grouped under {start.flood_id}"))
         # the earlier alarms of the window belong to the flood too; the new one says so in its own event
-        for _, member_id in list(flood.raises)[1:-1]:
+        for member_id in start.members:
             member = self._alarms.get(member_id)
-            if member is not None and member.flood_id != first_id:
-                member.flood_id = first_id
-                self._emit(member, "flood_grouped", now, comment=f"part of flood {first_id}")
+            if member is not None and member.flood_id != start.flood_id:
+                member.flood_id = start.flood_id
+                self._emit(member, "flood_grouped", now, comment=f"part of flood {start.flood_id}")
 
-    def _end_flood(self, position: str, flood: _Flood, now: float) -> None:
-        first = self._alarms.get(flood.flood_id or "")
+    def _end_flood(self, end: floods.End, now: float) -> None:
+        first = self._alarms.get(end.flood_id)
         if first is not None:
             self._emit(first, "flood_end", now, comment=(
-                f"alarm flood at position {position} over: {len(flood.raises)} new alarms within "
+                f"alarm flood at position {end.position} over: {end.size} new alarms within "
                 f"{self.settings.flood_window_s:g} s"))
-        flood.flood_id = flood.started_at = None
-        self._flood_changes[position] = None
+        self._step.flood(end.position, None)
 
     # -- bookkeeping -------------------------------------------------------------------------------
-    def _frozen(self, cond: _Condition, now: float) -> bool:
-        """Whether any signal the condition is judged on has lost its data."""
-        if not self._stale_until:
-            return False
-        for key in [k for k, until in self._stale_until.items() if until <= now]:
-            del self._stale_until[key]
-        return any(k in self._stale_until for k in cond.signals)
-
-    def _condition(self, anomaly: Anomaly) -> _Condition:
+    def _condition(self, anomaly: Anomaly) -> timing.Condition:
         key = (anomaly.asset, anomaly.condition)
         cond = self._conditions.get(key)
         if cond is None:
-            cond = _Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset),
+            cond = timing.Condition(anomaly.asset, anomaly.condition, anomaly.kind, design.operator_position(self.line, anomaly.asset),
                               trend=design.LevelSlope(self.settings.trend_window_s),
                               signals=design.condition_signals(self.line, anomaly.asset, anomaly.condition))
             known = self._by_condition.get(key)
             cond.alarm_id = known
             self._conditions[key] = cond
         return cond
-
-    def _refusal(self, cmd: OperatorCommand) -> str | None:
-        """Why the line's roles do not let this actor do this (None: they do, or the line names no roles)."""
-        roles, kind = self.line.roles, CommandKind.named(cmd.command)
-        if roles is None or kind is None or kind is CommandKind.UNSHELVE and roles.of(cmd.actor or ""):
-            return None
-        return roles.refusal(cmd.actor or "", kind, cmd.shelve_s)
 
     def _audit_refusal(self, cmd: OperatorCommand, now: float, refusal: str) -> None:
         """A refused command leaves an audit row (who tried what), without touching the alarm."""
@@ -959,26 +687,19 @@ class AlarmEngine:
         if alarm is None:
             return
         ev = AlarmEvent(alarm.alarm_id, now, event, alarm.state, _copy(alarm), actor, comment)
-        entry = Entry(ev, design.operator_position(self.line, alarm.asset), False)
-        try:
-            self.journal.write([], [entry])
-        except sqlite3.Error as exc:
-            self._unwritten.append(entry)
-            log.error("%s: cannot write the %s row to the audit trail yet (%s); retried with the next write",
-                      self.journal.path, event, exc)
+        self._step.write_alone(Entry(ev, design.operator_position(self.line, alarm.asset), False))
 
     def feedback(self, fb: OperatorFeedback) -> tuple[CommandResult, Feedback | None]:
         """An operator's verdict on an alarm: authorised under the line's roles, audited (a ``feedback`` row, or a
         ``refused`` one), and the ``Feedback`` the store writes (None when refused: then nothing is stored)."""
         now = self.clock()
-        refusal = self.line.roles.feedback_refusal(fb.actor or "") if self.line.roles is not None else None
+        refusal = authority.feedback_refusal(self.line, fb)
         if refusal:
             self._rejections.warning("refused", "refused feedback on %s by %s: %s", printable(fb.alarm_id),
                                      printable(fb.actor), printable(refusal))
             self._audit_row(fb.alarm_id, now, "refused", fb.actor, f"feedback ({fb.verdict}) refused: {refusal}")
             return CommandResult(fb.request_id, False, f"refused: {refusal}"), None
-        problem = ("feedback needs an actor: who is giving it" if not (fb.actor or "").strip()
-                   else f"no alarm with id {fb.alarm_id!r}" if fb.alarm_id not in self._alarms else None)
+        problem = authority.feedback_problem(fb, fb.alarm_id in self._alarms)
         if problem:
             self._rejections.warning("rejected", "rejected feedback on %s by %s: %s", printable(fb.alarm_id),
                                      printable(fb.actor), printable(problem))
@@ -992,92 +713,26 @@ class AlarmEngine:
                               self.get(fb.alarm_id)),
                 Feedback(fb.alarm_id, fb.verdict, fb.actual_cause, fb.fix, fb.actor, now))
 
-    def _check(self, cmd: OperatorCommand) -> str | None:
-        kind = CommandKind.named(cmd.command)
-        if kind is None:
-            return f"unknown command {cmd.command!r}; use one of {', '.join(COMMANDS)}"
-        if not (cmd.actor or "").strip():
-            return f"{cmd.command} needs an actor: who is doing it"
-        alarm = self._alarms.get(cmd.alarm_id)
-        if alarm is None:
-            return f"no alarm with id {cmd.alarm_id!r}"
-        if kind is CommandKind.ACKNOWLEDGE:
-            if alarm.out_of_service:
-                return f"alarm {alarm.alarm_id} is out of service; nothing to acknowledge"
-            if alarm.state.acknowledged:
-                by = f" (by {alarm.acked_by})" if alarm.acked_by and alarm.state is AlarmState.ACTIVE_ACK else ""
-                return f"alarm {alarm.alarm_id} is already acknowledged{by}; state {alarm.state.value}"
-        elif kind is CommandKind.SHELVE:
-            if alarm.out_of_service:
-                return f"alarm {alarm.alarm_id} is out of service; return it to service before shelving"
-            if cmd.shelve_s is None:
-                return "shelve needs a duration: shelve_s (seconds)"
-            if not _finite(cmd.shelve_s) or cmd.shelve_s <= 0:
-                return f"shelve_s must be a positive number of seconds, got {cmd.shelve_s!r}"
-            if cmd.shelve_s > self.settings.max_shelve_s:
-                return f"shelve_s {cmd.shelve_s:g} is beyond the maximum of {self.settings.max_shelve_s:g} s"
-        elif kind is CommandKind.UNSHELVE:
-            if alarm.shelved_until is None:
-                return f"alarm {alarm.alarm_id} is not shelved"
-        elif kind is CommandKind.OUT_OF_SERVICE:
-            if alarm.out_of_service:
-                return f"alarm {alarm.alarm_id} is already out of service"
-        elif kind is CommandKind.RETURN_TO_SERVICE:
-            if not alarm.out_of_service:
-                return f"alarm {alarm.alarm_id} is in service"
-        return None
-
-    def _follow_overdue(self, alarm: Alarm, now: float) -> None:
-        if alarm.unacked_since is None:
-            return
-        waited = now - alarm.unacked_since
-        for rule in overdue_rules(self.line, alarm.priority):
-            if rule.after_s <= waited and rule.notify not in alarm.overdue:
-                alarm.overdue = [*alarm.overdue, rule.notify]
-                self._emit(alarm, "overdue", now, SYSTEM,
-                           f"unacknowledged for {rule.after_s:g} s ({alarm.priority.name.lower()}): notify {rule.notify}")
-
     def _emit(self, alarm: Alarm, event: str, now: float, actor: str | None = None, comment: str | None = None) -> None:
         alarm.updated_at = now
-        if alarm.state.acknowledged or not annunciated(alarm):
-            alarm.unacked_since, alarm.overdue = None, []  # the stretch nobody answered is over
-        elif alarm.unacked_since is None:
-            alarm.unacked_since = now
-        self._dirty.add(alarm.alarm_id)
+        states.follow_unanswered(alarm, now)
         position = design.operator_position(self.line, alarm.asset)
         ev = AlarmEvent(alarm.alarm_id, now, event, alarm.state, _copy(alarm), actor, comment)
-        self._events.append(Entry(ev, position, annunciated(alarm)))
+        self._step.add(Entry(ev, position, annunciated(alarm)))
 
     def _commit(self) -> list[AlarmEvent]:
         """Write this step's alarms and audit entries; if the file fails, alarms still go out and the write is retried."""
-        if not (self._events or self._dirty or self._flood_changes or self._unwritten):
-            return []
-        stored = []
-        for alarm_id in sorted(self._dirty):
-            alarm = self._alarms[alarm_id]
-            cond = self._conditions.get((alarm.asset, alarm.condition))
-            stored.append(StoredAlarm(_copy(alarm), design.operator_position(self.line, alarm.asset),
-                                      cond.returned_at if cond else None))
-        new, self._events = self._events, []
-        try:
-            self.journal.write(stored, self._unwritten + new, self._flood_changes)
-        except sqlite3.Error as exc:
-            # an operator must get the alarm even when the disk is full; state and trail follow when it is back
-            if not self._unwritten:
-                log.error("%s: cannot store alarm state (%s); alarms go on, retrying on every step",
-                          self.journal.path, exc)
-            self._unwritten += new
-        else:
-            if self._unwritten:
-                log.warning("%s: alarm state stored again (%d delayed audit entries written)",
-                            self.journal.path, len(self._unwritten))
-            self._unwritten = []
-            self._dirty.clear()
-            self._flood_changes = {}
+        new = self._step.write(self._stored)
         for e in new:
             log.info("alarm %s %s -> %s%s", printable(e.event.alarm_id), e.event.event, e.event.state.value,
                      f" by {printable(e.event.actor)}" if e.event.actor else "")
         return [e.event for e in new]
+
+    def _stored(self, alarm_id: str) -> StoredAlarm:
+        alarm = self._alarms[alarm_id]
+        cond = self._conditions.get((alarm.asset, alarm.condition))
+        return StoredAlarm(_copy(alarm), design.operator_position(self.line, alarm.asset),
+                           cond.returned_at if cond else None)
 
     def _load(self) -> None:
         now = self.clock()
@@ -1088,7 +743,7 @@ class AlarmEngine:
             if a.condition.startswith(PLC_PREFIX):
                 continue  # the PLC owns its state: its ConditionRefresh tells it again
             kind = a.anomaly.kind if a.anomaly else a.condition.rpartition(":")[2]
-            cond = _Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
+            cond = timing.Condition(a.asset, a.condition, kind, s.position, a.alarm_id, returned_at=s.returned_at,
                               trend=design.LevelSlope(self.settings.trend_window_s),
                               signals=design.condition_signals(self.line, a.asset, a.condition))
             cond.mode_suppressed = bool(a.anomaly) and design.mode_suppressed(self.line, a.anomaly)
@@ -1098,10 +753,9 @@ class AlarmEngine:
                 cond.level = design.level(self.line, a.anomaly) if a.anomaly else None
             self._conditions[(a.asset, a.condition)] = cond
         for position, ts, alarm_id in self.journal.recent_raises(now - self.settings.flood_window_s):
-            self._floods.setdefault(position, _Flood()).raises.append((ts, alarm_id))
+            self._floods.restore_raise(position, ts, alarm_id)
         for position, (flood_id, started_at) in self.journal.load_floods().items():
-            flood = self._floods.setdefault(position, _Flood())
-            flood.flood_id, flood.started_at = flood_id, started_at
+            self._floods.restore(position, flood_id, started_at)
         if self._alarms:
             log.info("resumed %d alarms (%d not normal) from %s", len(self._alarms), len(self.active()), self.journal.path)
 
@@ -1109,12 +763,7 @@ class AlarmEngine:
 PLC_PREFIX = design.PLC_PREFIX  # the condition of a PLC's alarm: plc:<ConditionId>
 PLC_ACTOR = "plc"  # who changed a PLC alarm's state when the PLC did
 PLC_SHELVE_SLACK_S = 5.0  # a shelving told again whose end moved less than this is the same shelving
-
-
-def overdue_rules(line: LineConfig, priority: Priority) -> list:
-    """The line's escalation rules that apply to an alarm of ``priority`` (theirs or more urgent), soonest first."""
-    return sorted((r for r in line.escalation if priority.value <= Priority.parse(r.priority).value),
-                  key=lambda r: r.after_s)
+overdue_rules = states.overdue_rules  # the line's escalation rules for a priority, as callers know them
 
 
 def _copy(alarm: Alarm) -> Alarm:

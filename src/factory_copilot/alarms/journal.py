@@ -9,13 +9,16 @@ so a restart never sees an event without the state it led to.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from factory_copilot.records import Alarm, AlarmEvent, AlarmState, Priority
 from factory_copilot.plumbing.sqlite import open_db, open_reader, transaction
+
+log = logging.getLogger(__name__)
 
 COMPONENT = "alarms"
 # audit rows that change nothing of the alarm: a refused command, an operator's verdict (its words are the store's)
@@ -238,6 +241,60 @@ class Journal:
                         "ON CONFLICT(position) DO UPDATE SET flood_id=excluded.flood_id, started_at=excluded.started_at",
                         (position, flood[0], flood[1]),
                     )
+
+
+class Step:
+    """What one engine step changed (alarms, audit entries, floods), written in one transaction at its end.
+
+    If the file fails, the step's events still go out (an operator must get the alarm even when the disk is
+    full) and what it owes the file is written with the next step that can.
+    """
+
+    def __init__(self, journal: Journal):
+        self.journal = journal
+        self._entries: list[Entry] = []
+        self._changed: set[str] = set()  # alarm ids whose state to store
+        self._floods: dict[str, tuple[str, float] | None] = {}  # position -> (flood id, started) or None: ended
+        self._unwritten: list[Entry] = []  # audit entries a failed write still owes the file
+
+    def add(self, entry: Entry) -> None:
+        self._entries.append(entry)
+        self._changed.add(entry.event.alarm_id)
+
+    def flood(self, position: str, flood: tuple[str, float] | None) -> None:
+        self._floods[position] = flood
+
+    def write(self, stored: Callable[[str], StoredAlarm]) -> list[Entry]:
+        """Store the step (``stored``: an alarm id's state as it is now); returns the step's new entries."""
+        if not (self._entries or self._changed or self._floods or self._unwritten):
+            return []
+        alarms = [stored(alarm_id) for alarm_id in sorted(self._changed)]
+        new, self._entries = self._entries, []
+        try:
+            self.journal.write(alarms, self._unwritten + new, self._floods)
+        except sqlite3.Error as exc:
+            # state and trail follow when the file is back
+            if not self._unwritten:
+                log.error("%s: cannot store alarm state (%s); alarms go on, retrying on every step",
+                          self.journal.path, exc)
+            self._unwritten += new
+        else:
+            if self._unwritten:
+                log.warning("%s: alarm state stored again (%d delayed audit entries written)",
+                            self.journal.path, len(self._unwritten))
+            self._unwritten = []
+            self._changed.clear()
+            self._floods = {}
+        return new
+
+    def write_alone(self, entry: Entry) -> None:
+        """Write one audit row that changes no alarm (a refused command, a verdict) now, or with the next write."""
+        try:
+            self.journal.write([], [entry])
+        except sqlite3.Error as exc:
+            self._unwritten.append(entry)
+            log.error("%s: cannot write the %s row to the audit trail yet (%s); retried with the next write",
+                      self.journal.path, entry.event.event, exc)
 
 
 _KPI = ("seq, ts, alarm_id, event, state, actor, comment, json_extract(body, '$.priority') AS priority, "

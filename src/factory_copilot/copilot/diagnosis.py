@@ -184,7 +184,7 @@ def runbook_diagnosis(pack: EvidencePack, library: RunbookLibrary, faults: dict[
 
     return Diagnosis(
         alarm_id=pack.alarm_id, asset=pack.asset, summary=summary, causes=causes, steps=steps, safety=safety,
-        would_change=_would_change(pack, ranked, faults), source="runbook", fallback_reason=reason,
+        would_change=_would_change(pack, ranked, faults), origin="runbook", fallback_reason=reason,
     )
 
 
@@ -234,7 +234,7 @@ def data_source_diagnosis(pack: EvidencePack, reason: str | None = None) -> Diag
                "diagnosis is made on data that is lost or wrong.")
     would_change = ["Once good data flows again, an alarm that still stands is diagnosed on that data."]
     return Diagnosis(alarm_id=pack.alarm_id, asset=pack.asset, summary=summary, causes=[cause], steps=steps, safety=[],
-                     would_change=would_change, source="runbook", fallback_reason=reason)
+                     would_change=would_change, origin="runbook", fallback_reason=reason)
 
 
 def runbook_steps(runbook: Runbook | None, step_ids: list[str] | None = None,
@@ -364,5 +364,5 @@ def model_diagnosis(text: str, pack: EvidencePack, library: RunbookLibrary, faul
     ranked_list = [ranked[c.fault_type] for c in causes if c.fault_type in ranked]
     return Diagnosis(
         alarm_id=pack.alarm_id, asset=pack.asset, summary=summary, causes=causes, steps=steps, safety=safety,
-        would_change=_would_change(pack, ranked_list, faults), source="model", model=model, dropped_citations=dropped,
+        would_change=_would_change(pack, ranked_list, faults), origin="model", model=model, dropped_citations=dropped,
     )

@@ -153,7 +153,7 @@ async def evaluate(line: LineConfig, cases: list[Case], backend: LLMBackend | No
             d = await cop._model_diagnosis(case.alarm.alarm_id, None)
             t = cop.last_timing
             total, valid = _citations(d, cop, case.alarm.alarm_id)
-            ok = d.source == "model"
+            ok = d.origin == "model"
             tokens_out = t.get("completion_chunks")
             tokens_in = t["context_tokens"] - tokens_out if "context_tokens" in t and tokens_out is not None else None
             outcomes.append(Outcome(case.name, "model", case.expected, [c.fault_type for c in d.causes] if ok else [],

@@ -70,6 +70,12 @@ class SignalHistory:
     def keys(self) -> list[str]:
         return list(self._points)
 
+    def copy(self) -> "SignalHistory":
+        """The window as it is now, for a worker thread to read while this one goes on filling."""
+        snapshot = SignalHistory(self.window_s, self.max_points)
+        snapshot._points = {k: deque(v, maxlen=self.max_points) for k, v in self._points.items()}
+        return snapshot
+
     def last(self, key: str) -> tuple[float, float] | None:
         points = self._points.get(key)
         return points[-1] if points else None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from factory_copilot.config import SIMULATED_LINE, load_line
+from factory_copilot.publish import payloads
 from factory_copilot.records import Alarm, Diagnosis, Quality, Reading
 from factory_copilot.simulated import simulated_line
 
@@ -68,7 +69,7 @@ def load_alarm_file(path: str | Path) -> tuple[Alarm, list[Reading]]:
 
 
 def format_diagnosis(d: Diagnosis) -> str:
-    head = f"[{d.source}{' / ' + d.model if d.model else ''}]"
+    head = f"[{d.origin}{' / ' + d.model if d.model else ''}]"
     if d.fallback_reason:
         head += f" (fallback: {d.fallback_reason})"
     lines = [f"{head} {d.summary}", "Causes:"]
@@ -104,7 +105,8 @@ async def run(args: argparse.Namespace) -> int:
         copilot.observe(r)
 
     def show(d: Diagnosis) -> None:
-        print(json.dumps(d.to_dict()) if args.json else format_diagnosis(d) + "\n", flush=True)
+        # --json prints the diagnosis/1 fields (its "source", not the record's "origin"): what a subscriber reads
+        print(json.dumps(payloads.diagnosis_fields(d)) if args.json else format_diagnosis(d) + "\n", flush=True)
 
     def stream(piece: str) -> None:
         if not args.json:
@@ -112,7 +114,7 @@ async def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     async for d in copilot.explain(alarm, on_token=stream):
-        if d.source == "model" or d.fallback_reason:
+        if d.origin == "model" or d.fallback_reason:
             stream("\n\n")
         show(d)
     return 0

@@ -52,7 +52,7 @@ def examples(line: LineConfig, store: Store, since: float = 0.0) -> Iterator[dic
         pack = cop.evidence(alarm)
         cause = feedback.actual_cause if feedback.actual_cause in cop.faults else UNKNOWN
         diagnosis = store.diagnosis(alarm.alarm_id)
-        if (cause != UNKNOWN and diagnosis and diagnosis.source == "model" and diagnosis.causes
+        if (cause != UNKNOWN and diagnosis and diagnosis.origin == "model" and diagnosis.causes
                 and diagnosis.causes[0].fault_type == cause):
             summary = diagnosis.summary  # the model's own words, confirmed
         elif cause != UNKNOWN:

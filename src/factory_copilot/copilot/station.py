@@ -6,7 +6,7 @@ Design (the alarm and the dashboard never wait on the model):
 2. the deterministic runbook diagnosis is emitted immediately (milliseconds);
 3. the model diagnosis is queued to one model worker; its text streams token by
    token to listeners; when it completes and passes validation it is emitted as
-   a second Diagnosis for the same alarm (source "model"), otherwise a runbook
+   a second Diagnosis for the same alarm (origin "model"), otherwise a runbook
    diagnosis with ``fallback_reason`` saying why (no model, unavailable, timeout,
    invalid output) is emitted instead.
 Follow-up questions (``ask``) are answered against the same pack with a
@@ -170,7 +170,7 @@ class Copilot:
         self._log = Throttled(log, 30.0)
 
     def stats(self) -> dict[str, Any]:
-        """Diagnoses by source, fallbacks, dropped citations, questions answered; the model and its manifest."""
+        """Diagnoses by origin (model, runbook), fallbacks, dropped citations, questions answered; the model and its manifest."""
         return {**self.counts, "model_queue": len(self._queue), "model_busy": self._running is not None,
                 "model_file": self.model_info()}  # ("model" counts the model's diagnoses)
 
@@ -200,9 +200,11 @@ class Copilot:
         return self._remember(build_evidence(alarm, self.line, self.history, self.library, self.faults, self.memory))
 
     async def gather(self, alarm: Alarm) -> EvidencePack:
-        """``evidence``, with the past incidents looked up off the event loop: the memory (the store) reads a disk
-        that a batch or a retention sweep may keep busy, and the collectors, alarms and publisher share this loop."""
-        pack = build_evidence(alarm, self.line, self.history, self.library, self.faults, None)
+        """``evidence``, built off the event loop: the memory (the store) reads a disk that a batch or a retention
+        sweep may keep busy, the trends of every signal's window take ~20 ms of Python, and the collectors, alarms
+        and publisher share this loop (issue 21). The thread reads a copy of the window, which the loop fills."""
+        history = self.history.copy()
+        pack = await asyncio.to_thread(build_evidence, alarm, self.line, history, self.library, self.faults, None)
         if self.memory is not None:
             fault_type = alarm.anomaly.fault_type if alarm.anomaly else None
             try:
@@ -366,14 +368,14 @@ class Copilot:
                   on_token: TokenSink | None = None) -> Turn:
         """Answer an operator's question about an alarm, against its evidence pack and the conversation so far."""
         pack, history = self._open_question(alarm_id, question, actor, request_id)
-        answer, source = None, "runbook"
+        answer, origin = None, "runbook"
         if self.backend is not None:
-            answer, source = await self._model_answer(pack, question, history, on_token), "model"
+            answer, origin = await self._model_answer(pack, question, history, on_token), "model"
         if not answer:
-            answer, source = runbook_answer(pack, question, self.library, self.faults), "runbook"
+            answer, origin = runbook_answer(pack, question, self.library, self.faults), "runbook"
             if on_token:
                 on_token(answer)
-        return self._close_question(alarm_id, answer, source, request_id)
+        return self._close_question(alarm_id, answer, origin, request_id)
 
     def _open_question(self, alarm_id: str, question: str, actor: str | None,
                        request_id: str | None) -> tuple[EvidencePack, list[Turn]]:
@@ -396,8 +398,8 @@ class Copilot:
             return None
         return reply.text.strip() or None
 
-    def _close_question(self, alarm_id: str, answer: str, source: str, request_id: str | None) -> Turn:
-        turn = Turn(alarm_id, "copilot", answer, request_id=request_id, source=source)
+    def _close_question(self, alarm_id: str, answer: str, origin: str, request_id: str | None) -> Turn:
+        turn = Turn(alarm_id, "copilot", answer, request_id=request_id, origin=origin)
         self._turns.setdefault(alarm_id, []).append(turn)
         return turn
 
@@ -579,8 +581,8 @@ class Copilot:
             text = await self._model_answer(job.pack, q.question, job.history, sink)
         finally:
             CALL_FOR.reset(called)
-        answer, source = (text, "model") if text else (job.fallback, "runbook")
-        self._finish_answer(q, self._close_question(q.alarm_id, answer, source, q.request_id))
+        answer, origin = (text, "model") if text else (job.fallback, "runbook")
+        self._finish_answer(q, self._close_question(q.alarm_id, answer, origin, q.request_id))
 
     async def _answer(self, q: Question) -> None:
         """One question from the dashboard: with a model, the runbook's answer at once and the model's queued ahead of
@@ -602,13 +604,13 @@ class Copilot:
             return
         fallback = runbook_answer(pack, q.question, self.library, self.faults)
         if answers is not None:  # what the runbooks say is ready now: the operator reads it while the model works
-            answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", False, full_text=fallback, source="runbook"))
+            answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", False, full_text=fallback, origin="runbook"))
         self._enqueue(_Job(ANSWER_JOB, q.alarm_id, self.clock(), question=q, pack=pack, history=history,
                            fallback=fallback))
 
     def _finish_answer(self, q: Question, turn: Turn) -> None:
         if self.answers is not None:
-            self.answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", True, full_text=turn.text, source=turn.source))
+            self.answers.offer(AnswerChunk(q.request_id, q.alarm_id, "", True, full_text=turn.text, origin=turn.origin))
         if self.turns is not None:
             for t in self.conversation(q.alarm_id)[-2:]:
                 self.turns.offer(t)

@@ -254,7 +254,7 @@ class AlarmServer:
             if served is None or not diagnosis.summary:
                 continue  # an alarm this server has not told (yet): its comment comes with the next diagnosis
             try:
-                served.comment = (f"copilot ({diagnosis.source}): {diagnosis.summary}", "copilot")
+                served.comment = (f"copilot ({diagnosis.origin}): {diagnosis.summary}", "copilot")
                 await self._tell(served.alarm, None, told=diagnosis.created_at)
             except Exception:
                 self.counts["errors"] += 1

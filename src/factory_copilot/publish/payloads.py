@@ -116,8 +116,18 @@ def event(ev: AlarmEvent, site: str, line: str) -> dict[str, Any]:
     return body
 
 
+# whose words a diagnosis or an answer are ("model" or "runbook"): ``origin`` in the records; on MQTT the diagnosis/1
+# and answer/1 field keeps its name "source" for subscribers, mapped here only (builders below, subscriber's readers)
+WIRE_ORIGIN = "source"
+
+
+def diagnosis_fields(d: Diagnosis) -> dict[str, Any]:
+    """A diagnosis' fields under their diagnosis/1 names (what ``explain --json`` prints too)."""
+    return {(WIRE_ORIGIN if k == "origin" else k): v for k, v in d.to_dict().items()}
+
+
 def diagnosis(d: Diagnosis, asset: str, site: str, line: str) -> dict[str, Any]:
-    return {"schema": DIAGNOSIS, "site": site, "line": line, **d.to_dict(), "asset": asset}
+    return {"schema": DIAGNOSIS, "site": site, "line": line, **diagnosis_fields(d), "asset": asset}
 
 
 def stream_chunk(alarm_id: str, asset: str, seq: int, token: str, done: bool) -> dict[str, Any]:
@@ -161,7 +171,7 @@ def model_job(job: ModelJob, site: str, line: str) -> dict[str, Any]:
 
 def answer(
     request_id: str | None, alarm_id: str | None, seq: int, token: str, done: bool, text: str | None = None,
-    error: str | None = None, source: str | None = None,
+    error: str | None = None, origin: str | None = None,
 ) -> dict[str, Any]:
     body = {
         "schema": ANSWER,
@@ -175,9 +185,22 @@ def answer(
     }
     if error is not None:
         body["error"] = error
-    if source is not None:
-        body["source"] = source
+    if origin is not None:
+        body[WIRE_ORIGIN] = origin
     return body
+
+
+# ---- read back by a subscriber (the dashboard) -------------------------------------------------------------------
+
+
+def parse_diagnosis(body: dict[str, Any]) -> Diagnosis:
+    """The Diagnosis a diagnosis/1 payload carries (what a subscriber such as the dashboard reads back)."""
+    return Diagnosis.from_dict({("origin" if k == WIRE_ORIGIN else k): v for k, v in body.items()})
+
+
+def answer_origin(body: dict[str, Any]) -> str | None:
+    """Whose answer an answer/1 chunk carries: "model", "runbook", or None on a chunk of tokens only."""
+    return body.get(WIRE_ORIGIN)
 
 
 # ---- requests: what an operator's client sends in (the dashboard, the MCP server's write tools) -----------------

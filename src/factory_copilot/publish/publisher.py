@@ -188,7 +188,7 @@ class Publisher:
             "chunks": lambda c: self.diagnosis_token(c.alarm_id, c.text, c.done),
             "results": self.command_reply,
             "answers": lambda a: self.answer_chunk(a.request_id, a.alarm_id, a.text, a.done, a.full_text, a.error,
-                                                   a.source),
+                                                   a.origin),
             "held": self.held_alarms,
             "jobs": self.model_job,
             "handovers": self.handover,
@@ -267,10 +267,10 @@ class Publisher:
         self.sender.ephemeral(self._json(self.topics.diagnosis_stream(asset, alarm_id), body, payloads.STREAM, False, -1))
 
     def answer_chunk(self, request_id: str, alarm_id: str | None, token: str, done: bool, text: str | None = None,
-                     error: str | None = None, source: str | None = None) -> None:
+                     error: str | None = None, origin: str | None = None) -> None:
         """A piece of the copilot's answer to a question; the last one (``done``) carries the full text."""
         key = request_id or ""  # "" also keys the response topic of a question whose id could not be read
-        self._answer(AnswerChunk(key, alarm_id, token, done, text, error, source),
+        self._answer(AnswerChunk(key, alarm_id, token, done, text, error, origin),
                      self.inbound.route(key, self.topics.answer(request_id), forget=done))
 
     def model_job(self, job: ModelJob) -> None:
@@ -412,7 +412,7 @@ class Publisher:
             self._answer_seq.pop(key, None)
         topic, correlation = route
         body = payloads.answer(chunk.request_id or None, chunk.alarm_id, seq, chunk.text, chunk.done, chunk.full_text,
-                               chunk.error, chunk.source)
+                               chunk.error, chunk.origin)
         message = self._json(topic, body, payloads.ANSWER, False, -1)
         message.extra["correlation"] = correlation
         if chunk.error:

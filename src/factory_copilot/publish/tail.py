@@ -93,7 +93,8 @@ def _render(m: _Message, indent: str = "", folded: int = 0) -> str:
         more = f" (+{folded} folded)" if folded else ""
         return (f"{_clock(body['updated_at'])}  {indent}{body['priority'].upper():<8}  {body['state']:<24}  "
                 f"{body['asset']:<16}  {body['message']}{note}  ({body['alarm_id']}){more}")
-    return (f"{_clock(body['created_at'])}  {indent}{'DIAGNOSE':<8}  {body['source']:<24}  {body['asset']:<16}  "
+    origin = body[payloads.WIRE_ORIGIN]  # model or runbook
+    return (f"{_clock(body['created_at'])}  {indent}{'DIAGNOSE':<8}  {origin:<24}  {body['asset']:<16}  "
             f"{body['summary']}  ({body['alarm_id']})")
 
 

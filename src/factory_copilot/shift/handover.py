@@ -141,10 +141,11 @@ def _alarms(w: _Writer, inside: list[tuple[int, AlarmEvent]], at_end: dict[str, 
         what = None
         if diagnosis is not None and diagnosis.causes:
             top = diagnosis.causes[0]
+            # "source" (model or runbook) is the handover/1 field name, kept for its subscribers and stored handovers
             what = {"fault_type": top.fault_type, "title": top.title, "confidence": top.confidence,
-                    "source": diagnosis.source}
+                    "source": diagnosis.origin}
             known = top.fault_type not in (None, "", UNKNOWN) and top.confidence > 0
-            parts.append(f"diagnosis ({diagnosis.source}): {printable(top.title, 120)}"
+            parts.append(f"diagnosis ({diagnosis.origin}): {printable(top.title, 120)}"
                          + (f" ({top.confidence:.0%})" if known else ""))
         verdicts = store.feedback(alarm_id)
         verdict = None

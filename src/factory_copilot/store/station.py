@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from factory_copilot.plumbing.buffer import Buffer
@@ -27,6 +30,18 @@ from factory_copilot.store.store import Store
 from factory_copilot.plumbing.tasks import run_until
 
 log = logging.getLogger(__name__)
+
+SWEEP_NICE = 10  # a retention sweep is housekeeping: on a busy machine the alarm path's threads go first (issue 21)
+
+
+def _lower_priority() -> None:
+    """This worker thread's scheduling priority, lowered by ``SWEEP_NICE`` (Linux: nice is per thread; elsewhere
+    it would be the whole process's, so nothing)."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.nice(SWEEP_NICE)
+        except OSError:  # not allowed here: the sweep runs at the service's priority
+            pass
 
 
 class StoreStation:
@@ -56,6 +71,7 @@ class StoreStation:
         self.clock = clock  # retention counts in data time when a recording is replayed
         self.batch_max = batch_max
         self.retention_every_s = retention_every_s
+        self._sweeper: ThreadPoolExecutor | None = None
         self._lanes: list[tuple[str, Buffer[Any], Callable[[Sequence[Any]], Any]]] = [
             (name, buf, write)
             for name, buf, write in [
@@ -94,7 +110,12 @@ class StoreStation:
         """Write what arrives until ``stop`` is set (or the task is cancelled); ``drain()`` writes the rest."""
         tasks = [asyncio.create_task(self._lane(*lane), name=f"store-{lane[0]}") for lane in self._lanes]
         tasks.append(asyncio.create_task(self._retention(), name="store-retention"))
-        await run_until(stop, tasks)
+        try:
+            await run_until(stop, tasks)
+        finally:
+            if self._sweeper is not None:
+                self._sweeper.shutdown(wait=False)
+                self._sweeper = None
 
     async def _lane(self, name: str, buf: Buffer[Any], write: Callable[[Sequence[Any]], Any]) -> None:
         held = self._held[name]
@@ -206,9 +227,17 @@ class StoreStation:
         while True:
             await asyncio.sleep(self.retention_every_s)
             try:
-                await asyncio.to_thread(self.store.enforce_retention, self.clock())
+                await self.sweep()
             except Exception:
                 log.exception("store: retention failed; will retry in %.0f s", self.retention_every_s)
+
+    async def sweep(self, now: float | None = None) -> dict[str, int]:
+        """One retention sweep (``Store.enforce_retention`` at ``now``, else the clock's time) in the station's own
+        worker thread, at a lower priority than the service's (``SWEEP_NICE``); rows deleted per table."""
+        if self._sweeper is None:
+            self._sweeper = ThreadPoolExecutor(1, thread_name_prefix="store-sweep", initializer=_lower_priority)
+        now = self.clock() if now is None else now
+        return await asyncio.get_running_loop().run_in_executor(self._sweeper, self.store.enforce_retention, now)
 
     def stats(self) -> dict[str, Any]:
         return {"written": dict(self.written), "failed": dict(self.failed), "batches": self.batches,

@@ -82,6 +82,10 @@ class Store(Trends, AlarmHistory, IncidentRecords, Handovers):
         """A field of a JSON text column (``kind`` text, number or boolean, for PostgreSQL's cast)."""
         return f"json_extract({column}, '$.{key}')"
 
+    def _json_items(self, column: str) -> str:
+        """The elements of a JSON array text column, as a table with one column, ``value`` (for ``FROM``)."""
+        return f"json_each({column})"
+
     def _span_index(self) -> str:
         """Which of the equal spans from ``?`` of width ``?`` a bucket falls in (0, 1, ...)."""
         return "CAST((bucket - ?) / ? AS INTEGER)"
@@ -226,6 +230,9 @@ class PostgresStore(Store):
     def _json(self, column: str, key: str, kind: str = "text") -> str:
         cast = {"text": "", "number": "::double precision", "boolean": "::boolean"}[kind]
         return f"(({column})::jsonb ->> '{key}'){cast}"
+
+    def _json_items(self, column: str) -> str:
+        return f"json_array_elements_text(({column})::json) AS items(value)"
 
     def _span_index(self) -> str:
         return "CAST(floor((bucket - ?) / ?) AS INTEGER)"

@@ -1,0 +1,580 @@
+"""A site of N simulated lines end to end (issue 22): edge brokers bridged to one site broker, one pool of explainers,
+one PostgreSQL, every line a real ``factory-copilot run`` process.
+
+Per line: the simulated packaging line (35 signals at 1 Hz) served over OPC UA by a plant process (up to 5 lines
+each), its service (``factory-copilot run --config line.yaml``, a process of its own), its edge Mosquitto written by
+``broker init``'s ``write_site`` with ``--bridge-to`` the site broker (TLS, the bridge account), its store on the
+shared PostgreSQL (``store: {url: ...}``) and its copilot's model calls sent to the site pool (``service.copilot.pool``
+on the site broker). The pool: 2 ``factory-copilot explainer`` processes on the tiny random-weight GGUF the tests make
+(models/make_tiny_qwen.py; ``--model`` for a real one), so what is measured is the site's plumbing, not a model.
+Faults are injected in every line, different ones at different times (severity 2, 20 s ramp, repaired after a while).
+
+Measured, per N: alarm events the line published (a subscriber on its edge broker) against those that reached the
+site broker (a reader at the site), their latency from the event's time to the site, the model jobs (each line's
+``diagnosis/<alarm>/job`` records) and their model diagnoses at the site (lost: a job with none, duplicated: with more
+than one), explain jobs a minute, PostgreSQL's commits and inserted rows a second, and each process's CPU.
+
+    PYTHONPATH=src:. .venv/bin/python bench/site.py [--lines 1,5,20] [--seconds 300] [--quick]
+
+Last line: ``site: N lines, alarm p99 X ms edge->site, diagnosis p50 Y s, 0 lost, 0 duplicated`` (the largest N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout: bench, tests, simulators
+
+import yaml  # noqa: E402
+
+from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
+from factory_copilot.plumbing.broker import MOSQUITTO, MosquittoBroker  # noqa: E402
+from factory_copilot.plumbing.broker_site import Account, Bridge, write_site  # noqa: E402
+
+SITE = "bench-site"
+PREFIX = "factory-copilot"
+PW = {"factory-copilot": "service-secret-1", "edge-bridge": "bridge-secret-1", "scada": "scada-secret-1",
+      "pool-1": "pool-secret-1", "pool-2": "pool-secret-2"}
+# faults the simulated line shows within a minute or two at severity 2 and a 20 s ramp; each line takes two in turn
+FAULTS = ["pump_cavitation", "belt_slip", "motor_overload", "air_leak", "heater_degradation", "stuck_sensor",
+          "clogged_filter", "bearing_wear"]
+LINES_PER_PLANT = 5
+
+
+def pct(values: list[float], q: float) -> float:
+    """The nearest-rank percentile (bench/latency.py's)."""
+    s = sorted(values)
+    return s[max(0, math.ceil(q * len(s)) - 1)] if s else float("nan")
+
+
+_taken: set[int] = set()
+
+
+def own_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, never given twice in a run: with 20 lines' servers
+    chosen before they bind, a port from free_port() may meanwhile be some client's outgoing port."""
+    import random
+    import socket
+
+    while True:
+        port = random.randint(20000, 32000)
+        if port in _taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+
+
+# ---- the plant: N simulated lines over OPC UA, faults at the given times -------------------------------------------
+
+
+async def plant_main(config_path: Path) -> None:
+    """A plant process: the simulated lines of ``config_path``, each on its own OPC UA server; after ``go`` on stdin,
+    each line's faults at their times (seconds after go). Prints ``ready`` and one JSON line per fault injected."""
+    from factory_copilot.plumbing.signals import stop_on_signals
+    from simulators import FaultScenario, ModeSchedule, SimulatedLine
+    from simulators.opcua_server import LineServer
+
+    plan = json.loads(config_path.read_text())
+    stop = stop_on_signals()
+    sims, servers, tasks = [], [], []
+    for k, entry in enumerate(plan):
+        line = load_line(entry["line_file"])
+        sim = SimulatedLine(line, seed=11 + entry["index"], dt_s=1.0, schedule=ModeSchedule.running(startup_s=120),
+                            start_ts=time.time() - 600)
+        sim.steps(600)  # start-up is over before the service connects
+        servers.append(await LineServer(line, entry["endpoint"],
+                                        pki_dir=config_path.parent / f"pki-{entry['index']}").start())
+        sims.append(sim)
+    # every line stepped from now on, once all servers are up: a line stepping while the next servers start (seconds
+    # each) falls seconds behind, and its readings, stamped that old, are late for its detector (all stale)
+    for sim, server in zip(sims, servers):
+        tasks.append(asyncio.create_task(step_line(sim, server, stop)))
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    go = loop.run_in_executor(None, sys.stdin.readline)
+    await asyncio.wait([go, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+
+    def inject(sim, entry, fault) -> None:
+        sim.inject(FaultScenario(fault["fault"], start_s=0.0, end_s=fault["lasts_s"], severity=2.0, ramp_s=20.0))
+        print(json.dumps({"line": entry["line"], "fault": fault["fault"], "at": time.time()}), flush=True)
+
+    for sim, entry in zip(sims, plan):
+        for fault in entry["faults"]:
+            loop.call_later(fault["at_s"], inject, sim, entry, fault)
+    await stop.wait()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for server in servers:
+        await server.stop()
+
+
+async def step_line(sim, server, stop: asyncio.Event) -> None:
+    """One simulated line at 1 Hz, each step stamped with the wall clock as a PLC stamps its samples (bench/latency.py):
+    a plant process that falls behind samples less often, its lines' clocks do not fall behind (run_simulation's
+    would, and the alarms' times with them)."""
+    next_due = time.monotonic()
+    while not stop.is_set():
+        sim.start_ts = time.time() - (sim.t + sim.dt_s)
+        await server.write(sim.step())
+        next_due = max(next_due + sim.dt_s, time.monotonic())
+        try:
+            await asyncio.wait_for(stop.wait(), next_due - time.monotonic())
+        except TimeoutError:
+            pass
+
+
+# ---- the site: brokers, database, explainers, lines ----------------------------------------------------------------
+
+
+class Listener:
+    """A paho MQTT 5 client that keeps (arrival time, topic, payload) of every message on its topics."""
+
+    def __init__(self, port: int, user: str, topics: list[str], ca_file: Path | None = None, name: str = "bench"):
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.got: list[tuple[float, str, bytes]] = []
+        self.subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{os.getpid()}", protocol=paho.MQTTv5)
+        self.client.username_pw_set(user, PW[user])
+        if ca_file:
+            self.client.tls_set(ca_certs=str(ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: self.got.append((time.time(), m.topic, bytes(m.payload)))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self.subscribed.wait(20):
+            raise SystemExit(f"{name}: no subscription on 127.0.0.1:{port}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def line_file(folder: Path, k: int, edge_port: int, site_port: int, ca_file: Path, pg_url: str, detector: Path) -> Path:
+    """Line ``k``'s file: the simulated line on its own OPC UA port, its edge broker, the site's store and pool."""
+    data = load_line(SIMULATED_LINE).model_dump(mode="json")
+    data["site"], data["line"] = SITE, f"line-{k:02d}"
+    data["opcua"]["endpoint"] = f"opc.tcp://127.0.0.1:{own_port()}/factory-copilot/"
+    data["mqtt"] = {"host": "127.0.0.1", "port": edge_port, "username": "factory-copilot",
+                    "password": PW["factory-copilot"]}
+    data["store"] = {"url": pg_url}
+    data["service"].update({
+        "source": "opcua", "state_dir": str(folder / "state"), "detector": str(detector), "health_port": own_port(),
+        "copilot": {**data["service"]["copilot"], "pool": {
+            "mqtt": {"host": "127.0.0.1", "port": site_port, "tls": True, "ca_file": str(ca_file),
+                     "username": "factory-copilot", "password": PW["factory-copilot"],
+                     "client_id": f"pool-{SITE}-line-{k:02d}"},
+            "lease_s": 10, "deadline_s": 120}}})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "line.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def fault_plan(k: int, seconds: float) -> list[dict]:
+    """Two faults on line ``k``, different lines at different times: the first in the window's first third, the
+    second a third later, each repaired after a quarter of the window (at least a minute)."""
+    lasts = max(60.0, seconds / 4)
+    first = 5.0 + (k * 7.3) % max(1.0, seconds / 3)
+    return [{"fault": FAULTS[k % len(FAULTS)], "at_s": first, "lasts_s": lasts},
+            {"fault": FAULTS[(k + 3) % len(FAULTS)], "at_s": first + seconds / 3, "lasts_s": lasts}]
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes and their children so far (gone ones count 0)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            procs = [p] + p.children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        for q in procs:
+            try:
+                t = q.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    return total
+
+
+def rss_mib(pid: int) -> float:
+    import psutil
+
+    try:
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.NoSuchProcess:
+        return float("nan")
+
+
+def pg_counters(url: str) -> tuple[int, int]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute("SELECT xact_commit, tup_inserted FROM pg_stat_database "
+                           "WHERE datname = current_database()").fetchone()
+    return int(row[0]), int(row[1])
+
+
+def health(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:  # 503 still carries the figures
+        return json.loads(exc.read())
+    except OSError:
+        return {}
+
+
+def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model: Path, drain_s: float) -> dict:
+    from bench.pool import start_explainer, stop_explainer
+
+    work.mkdir(parents=True, exist_ok=True)
+    pg_url = cluster.create_database(f"site_{n}_{int(time.time())}")
+    procs: list[subprocess.Popen] = []
+    brokers: list[MosquittoBroker] = []
+    listeners: list[Listener] = []
+    explainers: list[subprocess.Popen] = []
+    plants: list[subprocess.Popen] = []
+    try:
+        accounts = [Account("edge-bridge", "bridge", PW["edge-bridge"]),
+                    Account("factory-copilot", "service", PW["factory-copilot"]), Account("scada", "reader", PW["scada"]),
+                    Account("pool-1", "explainer", PW["pool-1"]), Account("pool-2", "explainer", PW["pool-2"])]
+        site_files = write_site(work / "site", accounts, bind="127.0.0.1", port=own_port(), tls=True,
+                                hostnames=["127.0.0.1"], max_queued=1_000_000)
+        site = MosquittoBroker(site=site_files).start()
+        brokers.append(site)
+        ca = site_files.ca_file
+        edges, lines = [], []
+        for k in range(1, n + 1):
+            bridge = Bridge.parse(f"127.0.0.1:{site.port}", "edge-bridge", PW["edge-bridge"], [f"{SITE}/line-{k:02d}"],
+                                  str(ca))
+            ef = write_site(work / f"edge-{k:02d}", [Account("factory-copilot", "service", PW["factory-copilot"])],
+                            bind="127.0.0.1", port=own_port(), tls=False, max_queued=1_000_000, bridge=bridge)
+            edges.append(MosquittoBroker(site=ef).start())
+            lines.append(line_file(work / f"line-{k:02d}", k, ef.port, site.port, ca, pg_url, detector))
+        brokers += edges
+        base = f"{PREFIX}/{SITE}"
+        at_site = Listener(site.port, "scada", [f"{base}/+/events", f"{base}/+/+/diagnosis/+",
+                                                f"{base}/+/+/diagnosis/+/job", f"{base}/+/status"], ca, "site-reader")
+        listeners.append(at_site)
+        at_edge = [Listener(e.port, "factory-copilot", [f"{base}/+/events"], name=f"edge-{k + 1:02d}-reader")
+                   for k, e in enumerate(edges)]
+        listeners += at_edge
+        for name in ("pool-1", "pool-2"):
+            explainers.append(start_explainer(site.port, model, name, 1, site=SITE,
+                                              url=f"mqtts://127.0.0.1:{site.port}",
+                                              extra=("--username", name, "--password", PW[name], "--ca-file", str(ca))))
+        # the plants: the simulated lines over OPC UA, LINES_PER_PLANT lines a process
+        plans = []
+        for k, path in enumerate(lines, start=1):
+            line = yaml.safe_load(path.read_text())
+            plans.append({"index": k, "line": line["line"], "line_file": str(path), "endpoint": line["opcua"]["endpoint"],
+                          "faults": fault_plan(k, seconds)})
+        for i in range(0, n, LINES_PER_PLANT):
+            cfg = work / f"plant-{i // LINES_PER_PLANT}.json"
+            cfg.write_text(json.dumps(plans[i:i + LINES_PER_PLANT]))
+            p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--plant", str(cfg)], env=env(),
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(work / f"{cfg.stem}.log", "w"),
+                                 text=True)
+            plants.append(p)
+        for p in plants:
+            if p.stdout.readline().strip() != "ready":
+                raise SystemExit(f"a plant process did not start (see {work}/plant-*.log)")
+        injected: list[str] = []
+
+        def read_plant(p):
+            for ln in p.stdout:
+                injected.append(ln)
+        for p in plants:
+            threading.Thread(target=read_plant, args=(p,), daemon=True).start()
+        # the lines' services, each as deployed
+        for k, path in enumerate(lines, start=1):
+            log = open(work / f"line-{k:02d}" / "service.log", "w")
+            procs.append(subprocess.Popen([sys.executable, "-m", "factory_copilot.cli", "--log-level", "warning", "run",
+                                           "--config", str(path)], env=env(), stdout=log, stderr=subprocess.STDOUT))
+        names = {f"line-{k:02d}" for k in range(1, n + 1)}
+        deadline = time.monotonic() + 120 + 5 * n
+        while True:
+            online = {json.loads(p)["line"] for _, t, p in list(at_site.got)
+                      if t.endswith("/status") and p and json.loads(p).get("state") == "online"}
+            if online >= names:
+                break
+            dead = [k + 1 for k, p in enumerate(procs) if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                raise SystemExit(f"lines {dead or sorted(names - online)} did not come online (see {work}/line-*/"
+                                 "service.log)")
+            time.sleep(0.5)
+        time.sleep(10)  # the detectors' smoothing settles on live data
+        health_ports = [yaml.safe_load(p.read_text())["service"]["health_port"] for p in lines]
+        # the window: faults from now, figures over it
+        svc_pids = [p.pid for p in procs]
+        others = {"site broker": [site.proc.pid], "edge brokers": [e.proc.pid for e in edges],
+                  "explainers (with their models)": [p.pid for p in explainers], "plants (simulated OPC UA)":
+                  [p.pid for p in plants], "postgresql": [postmaster(cluster)]}
+        cpu0 = [cpu_s([pid]) for pid in svc_pids]
+        other0 = {k: cpu_s(v) for k, v in others.items()}
+        pg0 = pg_counters(pg_url)
+        t0 = time.time()
+        mark = 0  # every event counts, the start-up's too: the edge listeners have them all since the start
+        for p in plants:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        time.sleep(seconds)
+        t1 = time.time()
+        cpu1 = [cpu_s([pid]) for pid in svc_pids]
+        other1 = {k: cpu_s(v) for k, v in others.items()}
+        pg1 = pg_counters(pg_url)
+        rss = [rss_mib(pid) for pid in svc_pids]
+        # the jobs still running are given their time: until every job seen has its model diagnosis at the site
+        drained_at = time.monotonic() + drain_s
+        while time.monotonic() < drained_at:
+            if analyse(at_site.got[mark:], [], n)["lost"] == 0:
+                break
+            time.sleep(1)
+        healths = [health(port) for port in health_ports]
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        # what the bridges still carry: until the site holds every event the edges saw, or 20 s
+        settle = time.monotonic() + 20
+        while time.monotonic() < settle:
+            r = analyse(at_site.got[mark:], [e.got for e in at_edge], n)
+            if all(v["expected"] == v["got"] for v in r["per_line"].values()):
+                break
+            time.sleep(0.5)
+        pool_done = [stop_explainer(p) for p in explainers]
+        explainers.clear()
+        wall = t1 - t0
+        result = analyse(at_site.got[mark:], [e.got for e in at_edge], n)
+        result.update({
+            "lines": n, "seconds": round(wall, 1), "faults_injected": len(injected),
+            "explainers_done": [d.get("done") for d in pool_done],
+            "jobs_per_min": round(sum(d.get("done", 0) for d in pool_done) / (time.time() - t0) * 60, 1),
+            "pg_commits_per_s": round((pg1[0] - pg0[0]) / wall, 1),
+            "pg_rows_inserted_per_s": round((pg1[1] - pg0[1]) / wall, 1),
+            "service_cpu_per_line_pct": round(100 * (sum(cpu1) - sum(cpu0)) / wall / n, 2),
+            "service_cpu_max_line_pct": round(100 * max(b - a for a, b in zip(cpu0, cpu1)) / wall, 2),
+            "service_rss_mib_mean": round(statistics.mean(rss), 1),
+            "other_cpu_pct": {k: round(100 * (other1[k] - other0[k]) / wall, 2) for k in others},
+            "pool_backends": pool_totals(healths),
+            "load_average": round(os.getloadavg()[0], 2),
+        })
+        return result
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in plants:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for p in explainers:
+            p.kill()
+        for lst in listeners:
+            lst.close()
+        for b in brokers:
+            b.stop()
+
+
+def postmaster(cluster) -> int:
+    return int((cluster.data / "postmaster.pid").read_text().split()[0])
+
+
+def pool_totals(healths: list[dict]) -> dict:
+    """The lines' pool backends' counters (/health copilot.model_file.backend), summed."""
+    keys = ("jobs", "answered", "duplicates", "republished", "timeouts")
+    total = dict.fromkeys(keys, 0)
+    for h in healths:
+        b = (((h.get("copilot") or {}).get("model_file") or {}).get("backend") or {})
+        for k in keys:
+            total[k] += int(b.get(k) or 0)
+    total["lines_reporting"] = sum(bool(h) for h in healths)
+    return total
+
+
+def analyse(site_msgs: list, edge_msgs: list[list], n: int) -> dict:
+    """Events expected (at the edges) and got (at the site) per line, their latency, and each model job's model
+    diagnoses at the site."""
+    per_line: dict[str, dict] = {f"line-{k:02d}": {"expected": 0, "got": 0} for k in range(1, n + 1)}
+    edge_keys: dict[tuple, float] = {}
+    for msgs in edge_msgs:
+        for at, topic, payload in list(msgs):
+            e = json.loads(payload)
+            edge_keys.setdefault((e["line"], e["alarm_id"], e["event"], e["ts"]), at)
+    site_keys: dict[tuple, float] = {}
+    jobs: dict[tuple, str] = {}
+    diagnoses: list[tuple[float, dict]] = []
+    event_msgs = 0
+    for at, topic, payload in list(site_msgs):
+        if not payload:
+            continue
+        body = json.loads(payload)
+        if topic.endswith("/events"):
+            event_msgs += 1
+            site_keys.setdefault((body["line"], body["alarm_id"], body["event"], body["ts"]), at)
+        elif topic.endswith("/job"):
+            if body.get("job") == "diagnosis":
+                key = (body["line"], body["alarm_id"], round(body["since"], 3))
+                if jobs.get(key) != "dropped":
+                    jobs[key] = body["state"]
+        elif "/diagnosis/" in topic and (body.get("source") == "model" or body.get("fallback_reason")):
+            diagnoses.append((at, body))
+    for key in edge_keys:
+        per_line[key[0]]["expected"] += 1
+        per_line[key[0]]["got"] += key in site_keys
+    latency_ms = [(at - key[3]) * 1000 for key, at in site_keys.items()]
+    by_event: dict[str, list[float]] = {}
+    for key, at in site_keys.items():
+        by_event.setdefault(key[2], []).append((at - key[3]) * 1000)
+    hop_ms = [(site_keys[k] - at) * 1000 for k, at in edge_keys.items() if k in site_keys]
+    # each model diagnosis to its job: same line and alarm, its alarm event's time (created_at - latency_s)
+    per_job: dict[tuple, set] = {k: set() for k in jobs}
+    took_s: dict[tuple, float] = {}
+    fallbacks = 0
+    for at, d in diagnoses:
+        since = d["created_at"] - (d.get("latency_s") or 0.0)
+        near = [k for k in jobs if k[0] == d["line"] and k[1] == d["alarm_id"] and abs(k[2] - since) < 2.0]
+        if not near:
+            continue
+        k = min(near, key=lambda j: abs(j[2] - since))
+        per_job[k].add(d["created_at"])  # a QoS 1 redelivery is the same diagnosis, not a second one
+        took_s.setdefault(k, at - k[2])
+        fallbacks += d.get("source") != "model"
+    wanted = [k for k, state in jobs.items() if state != "dropped"]
+    return {
+        "per_line": per_line,
+        "events_expected": sum(v["expected"] for v in per_line.values()),
+        "events_got": sum(v["got"] for v in per_line.values()),
+        "event_messages_at_site": event_msgs,
+        "alarm_p50_ms": round(pct(latency_ms, 0.5), 1), "alarm_p99_ms": round(pct(latency_ms, 0.99), 1),
+        "alarm_ms_by_event": {e: [len(v), round(pct(v, 0.5), 1), round(max(v), 1)] for e, v in sorted(by_event.items())},
+        "bridge_hop_p50_ms": round(pct(hop_ms, 0.5), 1), "bridge_hop_p99_ms": round(pct(hop_ms, 0.99), 1),
+        "jobs": len(wanted), "jobs_dropped": len(jobs) - len(wanted),
+        "lost": sum(len(per_job[k]) == 0 for k in wanted), "duplicated": sum(len(per_job[k]) > 1 for k in wanted),
+        "model_fallbacks": fallbacks,
+        "diagnosis_p50_s": round(pct(list(took_s.values()), 0.5), 2),
+        "diagnosis_p99_s": round(pct(list(took_s.values()), 0.99), 2),
+    }
+
+
+def print_result(r: dict) -> None:
+    n = r["lines"]
+    print(f"== {n} line(s), {r['seconds']:.0f} s, {r['faults_injected']} faults injected, load average "
+          f"{r['load_average']}")
+    short = [f"{name} {v['got']}/{v['expected']}" for name, v in r["per_line"].items()]
+    print(f"  alarm events at the site broker (got/expected, per line): {', '.join(short)}; "
+          f"all: {r['events_got']}/{r['events_expected']} ({r['event_messages_at_site']} messages)")
+    print(f"  alarm latency, event time -> site subscriber: p50 {r['alarm_p50_ms']} ms, p99 {r['alarm_p99_ms']} ms "
+          f"(the bridge hop alone, edge subscriber -> site subscriber: p50 {r['bridge_hop_p50_ms']} ms, "
+          f"p99 {r['bridge_hop_p99_ms']} ms)")
+    print("  by event (count, p50 ms, max ms): " + ", ".join(f"{e} {v[0]}, {v[1]}, {v[2]}"
+                                                          for e, v in r["alarm_ms_by_event"].items()))
+    print(f"  model jobs {r['jobs']} (+{r['jobs_dropped']} dropped by the line's queue), lost {r['lost']}, "
+          f"duplicated {r['duplicated']}, runbook fallbacks {r['model_fallbacks']}; the lines' pools: "
+          f"{json.dumps(r['pool_backends'])}")
+    print(f"  explain jobs {sum(d or 0 for d in r['explainers_done'])} by 2 explainers "
+          f"({'/'.join(str(d) for d in r['explainers_done'])}): {r['jobs_per_min']} a minute; alarm -> model "
+          f"diagnosis at the site p50 {r['diagnosis_p50_s']} s, p99 {r['diagnosis_p99_s']} s")
+    print(f"  PostgreSQL: {r['pg_commits_per_s']} commits/s, {r['pg_rows_inserted_per_s']} rows inserted/s "
+          f"({r['pg_rows_inserted_per_s'] / n:.1f} a line)")
+    print(f"  service CPU (each line its own `factory-copilot run` process): {r['service_cpu_per_line_pct']} % of a "
+          f"core a line (busiest {r['service_cpu_max_line_pct']} %), RSS {r['service_rss_mib_mean']} MiB a line; "
+          + ", ".join(f"{k} {v} %" for k, v in r["other_cpu_pct"].items()), flush=True)
+
+
+def train(folder: Path) -> Path:
+    """The detector the tests use (conftest's sim_models), trained once and saved for every line's service."""
+    from factory_copilot.detect.evaluate import train_models
+    from factory_copilot.detect.persist import save_detector
+    from simulators import ModeSchedule, simulate_frame
+
+    line = load_line(SIMULATED_LINE)
+    history = simulate_frame(line, seed=3, duration_s=3 * 3600, schedule=ModeSchedule.default())
+    return save_detector(folder / "detector.joblib", train_models(line, history, progress=False))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lines", default="1,5,20", help="numbers of lines, one run each (default 1,5,20)")
+    ap.add_argument("--seconds", type=float, default=300.0, help="each run's window, faults in it (default 300)")
+    ap.add_argument("--drain", type=float, default=60.0, help="after the window, seconds for running jobs to finish")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 1 and 2 lines, 120 s each")
+    ap.add_argument("--model", type=Path, help="the explainers' GGUF (default: the tiny generated one)")
+    ap.add_argument("--plant", type=Path, help=argparse.SUPPRESS)  # a plant process of a run
+    args = ap.parse_args()
+    if args.plant:
+        asyncio.run(plant_main(args.plant))
+        return 0
+    if MOSQUITTO is None:
+        raise SystemExit("bench/site.py needs Mosquitto (apt-get install mosquitto)")
+    from bench.pool import tiny_model
+    from tests.support.postgres import Cluster, pg_bin
+
+    if pg_bin() is None:
+        raise SystemExit("bench/site.py needs PostgreSQL (/usr/lib/postgresql/*/bin; scripts/bootstrap.sh test)")
+    counts = [1, 2] if args.quick else [int(x) for x in args.lines.split(",")]
+    seconds = 120.0 if args.quick and args.seconds == 300.0 else args.seconds
+    work = Path(tempfile.mkdtemp(prefix="fc-site-bench-"))
+    print(f"work folder {work}; training the detector ...", flush=True)
+    detector = train(work)
+    model = args.model or tiny_model(work)
+    cluster = Cluster(pg_bin())
+    cluster.start()
+    results = []
+    try:
+        for n in counts:
+            try:
+                results.append(run_site(n, seconds, work / f"n{n}", cluster, detector, model, args.drain))
+            except SystemExit as exc:  # one run that cannot start costs that run, the others' figures stand
+                print(f"== {n} line(s): not measured: {exc}", flush=True)
+                continue
+            print_result(results[-1])
+    finally:
+        cluster.remove()
+    if not results:
+        return 1
+    for r in results:
+        print(json.dumps({k: v for k, v in r.items() if k != "per_line"}))
+    r = results[-1]
+    print(f"site: {r['lines']} lines, alarm p99 {r['alarm_p99_ms']:.0f} ms edge->site, diagnosis p50 "
+          f"{r['diagnosis_p50_s']} s, {r['lost']} lost, {r['duplicated']} duplicated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
