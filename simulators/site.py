@@ -5,7 +5,7 @@ its own ``factory-copilot run``, a pool of explainers and one PostgreSQL cluster
 process is a child of the one that composes the site, each started the way a site would start it (the brokers from
 ``broker init``'s ``write_site``, the lines' services from their line files, the explainers by their command), and
 every one is stopped by ``SiteDemo.stop`` (PostgreSQL, which ``pg_ctl`` detaches, by ``pg_ctl stop``). The simulated
-lines themselves are one plant process (``python -m simulators.site --plant PLAN.json``): up to 10 OPC UA servers in
+lines themselves are one plant process (``python -m simulators.site --plant PLAN.json``): up to 5 OPC UA servers in
 one event loop, each line's faults at its times.
 """
 
@@ -43,7 +43,7 @@ from factory_copilot.plumbing.broker_site import Account, Bridge, write_site
 # faults the simulated line shows within a minute or two at severity 2 and a 20 s ramp; each line takes two in turn
 FAULTS = ["pump_cavitation", "belt_slip", "motor_overload", "air_leak", "heater_degradation", "stuck_sensor",
           "clogged_filter", "bearing_wear"]
-LINES_PER_PLANT = 10  # simulated lines a plant process serves
+LINES_PER_PLANT = 5  # simulated lines a plant process serves (bench/site.py: more fall behind on 2 cores)
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # holds simulators/ (a checkout: bench/, tests/ too)
 PG_PACKAGE = "postgresql"  # Debian's package with /usr/lib/postgresql/<version>/bin
 
@@ -308,7 +308,6 @@ async def plant_main(config_path: Path) -> None:
     from factory_copilot.plumbing.signals import stop_on_signals
     from simulators import FaultScenario, ModeSchedule, SimulatedLine
     from simulators.opcua_server import LineServer
-    from simulators.runner import run_simulation
 
     plan = json.loads(config_path.read_text())
     stop = stop_on_signals()
@@ -318,11 +317,13 @@ async def plant_main(config_path: Path) -> None:
         sim = SimulatedLine(line, seed=11 + entry["index"], dt_s=1.0, schedule=ModeSchedule.running(startup_s=120),
                             start_ts=time.time() - 600)
         sim.steps(600)  # start-up is over before the service connects
-        server = await LineServer(line, entry["endpoint"], pki_dir=config_path.parent / f"pki-{entry['index']}").start()
-        sim.start_ts = time.time() - sim.t  # stamped from now on (tests/support/plant.py)
+        servers.append(await LineServer(line, entry["endpoint"],
+                                        pki_dir=config_path.parent / f"pki-{entry['index']}").start())
         sims.append(sim)
-        servers.append(server)
-        tasks.append(asyncio.create_task(run_simulation(sim, speed=1.0, server=server, stop=stop)))
+    # every line stepped from now on, once all servers are up: a line stepping while the next servers start (seconds
+    # each) falls seconds behind, and its readings, stamped that old, are late for its detector (all stale)
+    for sim, server in zip(sims, servers):
+        tasks.append(asyncio.create_task(step_line(sim, server, stop)))
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     go = loop.run_in_executor(None, sys.stdin.readline)
@@ -340,7 +341,22 @@ async def plant_main(config_path: Path) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     for server in servers:
         await server.stop()
-    os._exit(0)  # the thread still reading stdin would hold the interpreter's exit
+    os._exit(0)  # the thread still reading stdin (stopped before go) would hold the interpreter's exit
+
+
+async def step_line(sim, server, stop: asyncio.Event) -> None:
+    """One simulated line at 1 Hz, each step stamped with the wall clock as a PLC stamps its samples (bench/latency.py):
+    a plant process that falls behind samples less often, its lines' clocks do not fall behind (run_simulation's
+    would, and the alarms' times with them)."""
+    next_due = time.monotonic()
+    while not stop.is_set():
+        sim.start_ts = time.time() - (sim.t + sim.dt_s)
+        await server.write(sim.step())
+        next_due = max(next_due + sim.dt_s, time.monotonic())
+        try:
+            await asyncio.wait_for(stop.wait(), next_due - time.monotonic())
+        except TimeoutError:
+            pass
 
 
 class Plant:
