@@ -22,16 +22,14 @@ Last line: ``site: N lines, alarm p99 X ms edge->site, diagnosis p50 Y s, 0 lost
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
-import ssl
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,16 +41,24 @@ import yaml  # noqa: E402
 
 from factory_copilot.config import SIMULATED_LINE, load_line  # noqa: E402
 from factory_copilot.plumbing.broker import MOSQUITTO, MosquittoBroker  # noqa: E402
-from factory_copilot.plumbing.broker_site import Account, Bridge, write_site  # noqa: E402
+from factory_copilot.plumbing.broker_site import Account  # noqa: E402
+from simulators.site import (  # noqa: E402  the site's pieces, the ones demo --site composes
+    Listener,
+    Plant,
+    child_env,
+    fault_plan,
+    line_file,
+    start_edge_broker,
+    start_explainer,
+    start_site_broker,
+    stop_all,
+    stop_explainer,
+)
 
 SITE = "bench-site"
 PREFIX = "factory-copilot"
 PW = {"factory-copilot": "service-secret-1", "edge-bridge": "bridge-secret-1", "scada": "scada-secret-1",
       "pool-1": "pool-secret-1", "pool-2": "pool-secret-2"}
-# faults the simulated line shows within a minute or two at severity 2 and a 20 s ramp; each line takes two in turn
-FAULTS = ["pump_cavitation", "belt_slip", "motor_overload", "air_leak", "heater_degradation", "stuck_sensor",
-          "clogged_filter", "bearing_wear"]
-LINES_PER_PLANT = 5
 
 
 def pct(values: list[float], q: float) -> float:
@@ -61,147 +67,7 @@ def pct(values: list[float], q: float) -> float:
     return s[max(0, math.ceil(q * len(s)) - 1)] if s else float("nan")
 
 
-_taken: set[int] = set()
-
-
-def own_port() -> int:
-    """A free loopback port below the kernel's ephemeral range, never given twice in a run: with 20 lines' servers
-    chosen before they bind, a port from free_port() may meanwhile be some client's outgoing port."""
-    import random
-    import socket
-
-    while True:
-        port = random.randint(20000, 32000)
-        if port in _taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _taken.add(port)
-        return port
-
-
-def env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-
-
-# ---- the plant: N simulated lines over OPC UA, faults at the given times -------------------------------------------
-
-
-async def plant_main(config_path: Path) -> None:
-    """A plant process: the simulated lines of ``config_path``, each on its own OPC UA server; after ``go`` on stdin,
-    each line's faults at their times (seconds after go). Prints ``ready`` and one JSON line per fault injected."""
-    from factory_copilot.plumbing.signals import stop_on_signals
-    from simulators import FaultScenario, ModeSchedule, SimulatedLine
-    from simulators.opcua_server import LineServer
-
-    plan = json.loads(config_path.read_text())
-    stop = stop_on_signals()
-    sims, servers, tasks = [], [], []
-    for k, entry in enumerate(plan):
-        line = load_line(entry["line_file"])
-        sim = SimulatedLine(line, seed=11 + entry["index"], dt_s=1.0, schedule=ModeSchedule.running(startup_s=120),
-                            start_ts=time.time() - 600)
-        sim.steps(600)  # start-up is over before the service connects
-        servers.append(await LineServer(line, entry["endpoint"],
-                                        pki_dir=config_path.parent / f"pki-{entry['index']}").start())
-        sims.append(sim)
-    # every line stepped from now on, once all servers are up: a line stepping while the next servers start (seconds
-    # each) falls seconds behind, and its readings, stamped that old, are late for its detector (all stale)
-    for sim, server in zip(sims, servers):
-        tasks.append(asyncio.create_task(step_line(sim, server, stop)))
-    print("ready", flush=True)
-    loop = asyncio.get_running_loop()
-    go = loop.run_in_executor(None, sys.stdin.readline)
-    await asyncio.wait([go, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-
-    def inject(sim, entry, fault) -> None:
-        sim.inject(FaultScenario(fault["fault"], start_s=0.0, end_s=fault["lasts_s"], severity=2.0, ramp_s=20.0))
-        print(json.dumps({"line": entry["line"], "fault": fault["fault"], "at": time.time()}), flush=True)
-
-    for sim, entry in zip(sims, plan):
-        for fault in entry["faults"]:
-            loop.call_later(fault["at_s"], inject, sim, entry, fault)
-    await stop.wait()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for server in servers:
-        await server.stop()
-
-
-async def step_line(sim, server, stop: asyncio.Event) -> None:
-    """One simulated line at 1 Hz, each step stamped with the wall clock as a PLC stamps its samples (bench/latency.py):
-    a plant process that falls behind samples less often, its lines' clocks do not fall behind (run_simulation's
-    would, and the alarms' times with them)."""
-    next_due = time.monotonic()
-    while not stop.is_set():
-        sim.start_ts = time.time() - (sim.t + sim.dt_s)
-        await server.write(sim.step())
-        next_due = max(next_due + sim.dt_s, time.monotonic())
-        try:
-            await asyncio.wait_for(stop.wait(), next_due - time.monotonic())
-        except TimeoutError:
-            pass
-
-
 # ---- the site: brokers, database, explainers, lines ----------------------------------------------------------------
-
-
-class Listener:
-    """A paho MQTT 5 client that keeps (arrival time, topic, payload) of every message on its topics."""
-
-    def __init__(self, port: int, user: str, topics: list[str], ca_file: Path | None = None, name: str = "bench"):
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.got: list[tuple[float, str, bytes]] = []
-        self.subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{os.getpid()}", protocol=paho.MQTTv5)
-        self.client.username_pw_set(user, PW[user])
-        if ca_file:
-            self.client.tls_set(ca_certs=str(ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in topics])
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_message = lambda c, u, m: self.got.append((time.time(), m.topic, bytes(m.payload)))
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not self.subscribed.wait(20):
-            raise SystemExit(f"{name}: no subscription on 127.0.0.1:{port}")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def line_file(folder: Path, k: int, edge_port: int, site_port: int, ca_file: Path, pg_url: str, detector: Path) -> Path:
-    """Line ``k``'s file: the simulated line on its own OPC UA port, its edge broker, the site's store and pool."""
-    data = load_line(SIMULATED_LINE).model_dump(mode="json")
-    data["site"], data["line"] = SITE, f"line-{k:02d}"
-    data["opcua"]["endpoint"] = f"opc.tcp://127.0.0.1:{own_port()}/factory-copilot/"
-    data["mqtt"] = {"host": "127.0.0.1", "port": edge_port, "username": "factory-copilot",
-                    "password": PW["factory-copilot"]}
-    data["store"] = {"url": pg_url}
-    data["service"].update({
-        "source": "opcua", "state_dir": str(folder / "state"), "detector": str(detector), "health_port": own_port(),
-        "copilot": {**data["service"]["copilot"], "pool": {
-            "mqtt": {"host": "127.0.0.1", "port": site_port, "tls": True, "ca_file": str(ca_file),
-                     "username": "factory-copilot", "password": PW["factory-copilot"],
-                     "client_id": f"pool-{SITE}-line-{k:02d}"},
-            "lease_s": 10, "deadline_s": 120}}})
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "line.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def fault_plan(k: int, seconds: float) -> list[dict]:
-    """Two faults on line ``k``, different lines at different times: the first in the window's first third, the
-    second a third later, each repaired after a quarter of the window (at least a minute)."""
-    lasts = max(60.0, seconds / 4)
-    first = 5.0 + (k * 7.3) % max(1.0, seconds / 3)
-    return [{"fault": FAULTS[k % len(FAULTS)], "at_s": first, "lasts_s": lasts},
-            {"fault": FAULTS[(k + 3) % len(FAULTS)], "at_s": first + seconds / 3, "lasts_s": lasts}]
 
 
 def cpu_s(pids: list[int]) -> float:
@@ -254,72 +120,51 @@ def health(port: int) -> dict:
 
 
 def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model: Path, drain_s: float) -> dict:
-    from bench.pool import start_explainer, stop_explainer
-
     work.mkdir(parents=True, exist_ok=True)
     pg_url = cluster.create_database(f"site_{n}_{int(time.time())}")
     procs: list[subprocess.Popen] = []
     brokers: list[MosquittoBroker] = []
     listeners: list[Listener] = []
     explainers: list[subprocess.Popen] = []
-    plants: list[subprocess.Popen] = []
+    plant: Plant | None = None
     try:
         accounts = [Account("edge-bridge", "bridge", PW["edge-bridge"]),
                     Account("factory-copilot", "service", PW["factory-copilot"]), Account("scada", "reader", PW["scada"]),
                     Account("pool-1", "explainer", PW["pool-1"]), Account("pool-2", "explainer", PW["pool-2"])]
-        site_files = write_site(work / "site", accounts, bind="127.0.0.1", port=own_port(), tls=True,
-                                hostnames=["127.0.0.1"], max_queued=1_000_000)
-        site = MosquittoBroker(site=site_files).start()
+        site = start_site_broker(work / "site", accounts)
         brokers.append(site)
-        ca = site_files.ca_file
+        ca = site.site.ca_file
         edges, lines = [], []
         for k in range(1, n + 1):
-            bridge = Bridge.parse(f"127.0.0.1:{site.port}", "edge-bridge", PW["edge-bridge"], [f"{SITE}/line-{k:02d}"],
-                                  str(ca))
-            ef = write_site(work / f"edge-{k:02d}", [Account("factory-copilot", "service", PW["factory-copilot"])],
-                            bind="127.0.0.1", port=own_port(), tls=False, max_queued=1_000_000, bridge=bridge)
-            edges.append(MosquittoBroker(site=ef).start())
-            lines.append(line_file(work / f"line-{k:02d}", k, ef.port, site.port, ca, pg_url, detector))
+            edges.append(start_edge_broker(work / f"edge-{k:02d}", SITE, f"line-{k:02d}", site.port, ca,
+                                           PW["edge-bridge"], PW["factory-copilot"]))
+            lines.append(line_file(work / f"line-{k:02d}", SITE, k, edges[-1].port, site.port, ca, pg_url, detector,
+                                   PW["factory-copilot"]))
         brokers += edges
         base = f"{PREFIX}/{SITE}"
-        at_site = Listener(site.port, "scada", [f"{base}/+/events", f"{base}/+/+/diagnosis/+",
-                                                f"{base}/+/+/diagnosis/+/job", f"{base}/+/status"], ca, "site-reader")
+        at_site = Listener(site.port, "scada", PW["scada"], [f"{base}/+/events", f"{base}/+/+/diagnosis/+",
+                                                             f"{base}/+/+/diagnosis/+/job", f"{base}/+/status"], ca,
+                           "site-reader")
         listeners.append(at_site)
-        at_edge = [Listener(e.port, "factory-copilot", [f"{base}/+/events"], name=f"edge-{k + 1:02d}-reader")
-                   for k, e in enumerate(edges)]
+        at_edge = [Listener(e.port, "factory-copilot", PW["factory-copilot"], [f"{base}/+/events"],
+                            name=f"edge-{k + 1:02d}-reader") for k, e in enumerate(edges)]
         listeners += at_edge
         for name in ("pool-1", "pool-2"):
-            explainers.append(start_explainer(site.port, model, name, 1, site=SITE,
-                                              url=f"mqtts://127.0.0.1:{site.port}",
-                                              extra=("--username", name, "--password", PW[name], "--ca-file", str(ca))))
-        # the plants: the simulated lines over OPC UA, LINES_PER_PLANT lines a process
+            explainers.append(start_explainer(site.port, ca, model, SITE, name, PW[name], threads=1))
+        # the plants: the simulated lines over OPC UA, simulators/site.py's LINES_PER_PLANT lines a process
         plans = []
         for k, path in enumerate(lines, start=1):
             line = yaml.safe_load(path.read_text())
             plans.append({"index": k, "line": line["line"], "line_file": str(path), "endpoint": line["opcua"]["endpoint"],
                           "faults": fault_plan(k, seconds)})
-        for i in range(0, n, LINES_PER_PLANT):
-            cfg = work / f"plant-{i // LINES_PER_PLANT}.json"
-            cfg.write_text(json.dumps(plans[i:i + LINES_PER_PLANT]))
-            p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--plant", str(cfg)], env=env(),
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(work / f"{cfg.stem}.log", "w"),
-                                 text=True)
-            plants.append(p)
-        for p in plants:
-            if p.stdout.readline().strip() != "ready":
-                raise SystemExit(f"a plant process did not start (see {work}/plant-*.log)")
-        injected: list[str] = []
-
-        def read_plant(p):
-            for ln in p.stdout:
-                injected.append(ln)
-        for p in plants:
-            threading.Thread(target=read_plant, args=(p,), daemon=True).start()
+        plant = Plant(plans, work)
+        injected = plant.injected
         # the lines' services, each as deployed
         for k, path in enumerate(lines, start=1):
             log = open(work / f"line-{k:02d}" / "service.log", "w")
             procs.append(subprocess.Popen([sys.executable, "-m", "factory_copilot.cli", "--log-level", "warning", "run",
-                                           "--config", str(path)], env=env(), stdout=log, stderr=subprocess.STDOUT))
+                                           "--config", str(path)], env=child_env(), stdout=log,
+                                          stderr=subprocess.STDOUT))
         names = {f"line-{k:02d}" for k in range(1, n + 1)}
         deadline = time.monotonic() + 120 + 5 * n
         while True:
@@ -338,15 +183,13 @@ def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model:
         svc_pids = [p.pid for p in procs]
         others = {"site broker": [site.proc.pid], "edge brokers": [e.proc.pid for e in edges],
                   "explainers (with their models)": [p.pid for p in explainers], "plants (simulated OPC UA)":
-                  [p.pid for p in plants], "postgresql": [postmaster(cluster)]}
+                  [p.pid for p in plant.procs], "postgresql": [postmaster(cluster)]}
         cpu0 = [cpu_s([pid]) for pid in svc_pids]
         other0 = {k: cpu_s(v) for k, v in others.items()}
         pg0 = pg_counters(pg_url)
         t0 = time.time()
         mark = 0  # every event counts, the start-up's too: the edge listeners have them all since the start
-        for p in plants:
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        plant.go()
         time.sleep(seconds)
         t1 = time.time()
         cpu1 = [cpu_s([pid]) for pid in svc_pids]
@@ -396,15 +239,9 @@ def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-        for p in plants:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        for p in explainers:
-            p.kill()
+        if plant is not None:
+            plant.stop()
+        stop_all(explainers, signal.SIGKILL, 10)
         for lst in listeners:
             lst.close()
         for b in brokers:
@@ -535,11 +372,7 @@ def main() -> int:
     ap.add_argument("--drain", type=float, default=60.0, help="after the window, seconds for running jobs to finish")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 and 2 lines, 120 s each")
     ap.add_argument("--model", type=Path, help="the explainers' GGUF (default: the tiny generated one)")
-    ap.add_argument("--plant", type=Path, help=argparse.SUPPRESS)  # a plant process of a run
     args = ap.parse_args()
-    if args.plant:
-        asyncio.run(plant_main(args.plant))
-        return 0
     if MOSQUITTO is None:
         raise SystemExit("bench/site.py needs Mosquitto (apt-get install mosquitto)")
     from bench.pool import tiny_model
@@ -560,7 +393,7 @@ def main() -> int:
         for n in counts:
             try:
                 results.append(run_site(n, seconds, work / f"n{n}", cluster, detector, model, args.drain))
-            except SystemExit as exc:  # one run that cannot start costs that run, the others' figures stand
+            except (SystemExit, RuntimeError) as exc:  # one run that cannot start costs that run, the others' stand
                 print(f"== {n} line(s): not measured: {exc}", flush=True)
                 continue
             print_result(results[-1])

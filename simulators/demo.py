@@ -389,10 +389,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-model", action="store_true", help="runbook-only diagnoses: do not pull or load a model")
     p.add_argument("--threads", type=int, help="llama.cpp threads (default: the service's, the cores the machine leaves idle, at least all but one)")
     p.add_argument("--openai-url", help="an OpenAI-compatible endpoint instead of a local model")
+    p.add_argument("--site", type=int, nargs="?", const=3, metavar="N",
+                   help="a site on this box instead of one line: N simulated lines (default 3) with their edge "
+                        "brokers bridged to a site broker, 2 explainers, PostgreSQL and the site page (docs/site.md)")
 
     def run(a: argparse.Namespace):
         if a.headless and a.duration is None:
             a.duration = 120.0
+        if a.site is not None:
+            from simulators.site import run_site_demo
+
+            return run_site_demo(a)
         return run_demo(a)
 
     p.set_defaults(func=run)

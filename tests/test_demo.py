@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -25,35 +24,10 @@ from paho.mqtt.properties import Properties
 from factory_copilot.config import SEEDS_DIR
 from factory_copilot.plumbing.broker import MOSQUITTO, broker_reachable, free_port
 from tests.support.node_red import route
+from tests.support.output import Lines
 
 FLOW = json.loads((SEEDS_DIR / "node-red-flow.json").read_text())
 CLI = [sys.executable, "-m", "factory_copilot.cli"]
-
-
-class Lines:
-    """A process's output, read on a thread, waited on line by line."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.proc, self.lines, self.cond = proc, [], threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-
-    def wait_for(self, text: str, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        with self.cond:
-            while True:
-                hit = next((ln for ln in self.lines if text in ln), None)
-                if hit is not None:
-                    return hit
-                left = deadline - time.monotonic()
-                assert left > 0 and self.proc.poll() is None or hit, (
-                    f"{text!r} not printed in {timeout_s} s; output so far:\n" + "\n".join(self.lines[-40:]))
-                self.cond.wait(min(left, 1.0))
 
 
 class NodeRedFlowClient:
