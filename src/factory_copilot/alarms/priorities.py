@@ -3,7 +3,8 @@
 A condition's own (severity, urgency, consequence) comes from its level and the trend of its recent evidence
 (``design.py`` holds the tables); a root alarm is as severe and as urgent as the worst of its situation, and
 never of lower priority than a consequence's own. ``judge`` says whether the alarm must say it is worse
-(escalated, at once) or better (deescalated, once that held: the engine keeps the hold on its clock).
+(event ``escalated``, at once; an acknowledged alarm whose priority rises must be acknowledged again) or better
+(``deescalated``, once that held for ``deescalate_after_s``: the engine keeps the hold on its clock).
 """
 
 from __future__ import annotations
