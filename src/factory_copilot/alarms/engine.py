@@ -131,7 +131,8 @@ class AlarmEngine:
         self._by_condition: dict[tuple[str, str], str] = {}
         self._rejections = Throttled(log, 10.0)  # refused commands: each answered and audited, logged rate-limited
         self._naming = naming.Naming(line, self.faults, self.settings.rename_after_s)
-        self._priorities = priorities.Priorities(line, self.faults, self.settings.min_trend_s)
+        self._priorities = priorities.Priorities(line, self.faults, self.settings.min_trend_s,
+                                                 self.settings.deescalate_after_s)
         self._situations = situations.Situations(line, self.faults, self.settings.group_consequences,
                                                  self.settings.group_window_s, self.settings.release_after_s,
                                                  self.settings.distinct_after_s)
@@ -375,7 +376,7 @@ class AlarmEngine:
                 self._emit(child, "grouped", now, comment=why)
         alarm.severity, alarm.priority = self._target(alarm, cond)
         alarm.message = self._text(alarm)
-        cond.lower_since = None
+        self._priorities.steady(alarm.alarm_id)
         if again:  # chattering (states.realarm): the same alarm again, not a new one nor counted towards a flood
             settings = self.settings
             hold_s, events = states.realarm(alarm, why, self._off_delay(cond, alarm), settings.chatter_count,
@@ -398,23 +399,24 @@ class AlarmEngine:
 
     def _update(self, alarm: Alarm, cond: timing.Condition, anomaly: Anomaly, t: float, now: float) -> None:
         """Another abnormal evaluation of an active alarm: its evidence, name, suppression and severity follow."""
-        fresh, renamed = self._naming.follow(alarm.anomaly, cond, anomaly, t)
+        fresh, renamed = self._naming.follow(alarm.alarm_id, alarm.anomaly, anomaly, t)
         alarm.anomaly = fresh
         if renamed is not None:
             self._reclassify(alarm, cond, *renamed, now)
         self._follow_suppression(alarm, cond, fresh, now)
         if alarm.parent_id is not None and grouping.is_fault_alarm(alarm):
-            self._follow_distinct(alarm, cond, grouping.fault_at_home(self.line, self.faults, anomaly), t, now)
+            self._follow_distinct(alarm, grouping.fault_at_home(self.line, self.faults, anomaly), t, now)
         self._assess(alarm, cond, now)
 
-    def _follow_distinct(self, alarm: Alarm, cond: timing.Condition, own: str | None, t: float, now: float) -> None:
+    def _follow_distinct(self, alarm: Alarm, own: str | None, t: float, now: float) -> None:
         """A folded fault alarm named as a fault of its own asset, unlike its root's, for long enough is let go."""
-        why = self._situations.distinct(alarm, self._alarms.get(alarm.parent_id or ""), cond, own, t)
+        why = self._situations.distinct(alarm, self._alarms.get(alarm.parent_id or ""), own, t)
         if why:
             self._release(alarm, now, why)
 
     def _return(self, alarm: Alarm, cond: timing.Condition, now: float) -> None:
         timing.returned(cond, now)
+        self._priorities.steady(alarm.alarm_id)
         event, comment = states.returned(alarm)
         self._emit(alarm, event, now, comment=comment)
 
@@ -447,33 +449,26 @@ class AlarmEngine:
     # -- severity and priority ---------------------------------------------------------------------
     def _target(self, alarm: Alarm, cond: timing.Condition) -> tuple[str | None, Priority]:
         """What the evidence says now: (severity, priority); a root's is its whole situation's."""
-        cond.own = self._priorities.own(alarm.anomaly, cond.kind, cond.level, cond.trend)  # for its root to read
+        own = self._priorities.own(alarm.alarm_id, alarm.anomaly, cond.kind, cond.level, cond.trend)
         consequences = []
         if alarm.parent_id is None:
             for child in self._children(alarm.alarm_id):
-                child_cond = self._cond_of(child)
-                if child.state.active and child_cond is not None and child_cond.own is not None:
-                    consequences.append((child_cond.own, child.priority))
-        return priorities.situation(cond.own, cond.kind, consequences)
+                child_own = self._priorities.own_of(child.alarm_id) if child.state.active else None
+                if child_own is not None:
+                    consequences.append((child_own, child.priority))
+        return priorities.situation(own, cond.kind, consequences)
 
     def _assess(self, alarm: Alarm, cond: timing.Condition | None, now: float) -> None:
         """Follow the condition's severity and priority (a root: its whole situation's) with the hysteresis rules."""
         if cond is None or not alarm.state.active or alarm.anomaly is None:
             return
-        before = cond.own
-        event, severity, priority = priorities.judge(alarm, *self._target(alarm, cond))
-        if event == "escalated":
+        before = self._priorities.own_of(alarm.alarm_id)
+        restate = self._priorities.follow(alarm, *self._target(alarm, cond), now)
+        if restate is not None:
+            event, severity, priority = restate
             self._restate(alarm, severity, priority, event, now)
-            cond.lower_since = None
-        elif event == "deescalated":
-            if cond.lower_since is None:
-                cond.lower_since = now
-            elif now - cond.lower_since >= self.settings.deescalate_after_s:
-                self._restate(alarm, severity, priority, event, now)
-                cond.lower_since = None
-        else:
-            cond.lower_since = None
-        if alarm.parent_id is not None and (cond.own != before or event == "escalated"):
+        if alarm.parent_id is not None and (
+                (restate is not None and restate[0] == "escalated") or self._priorities.own_of(alarm.alarm_id) != before):
             parent = self._alarms.get(alarm.parent_id)  # its situation changed: the root follows
             if parent is not None:
                 self._assess(parent, self._cond_of(parent), now)

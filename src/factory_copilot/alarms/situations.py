@@ -45,6 +45,7 @@ class Situations:
                  release_after_s: float, distinct_after_s: float):
         self.line, self.faults, self.on = line, faults, on
         self.window_s, self.release_after_s, self.distinct_after_s = window_s, release_after_s, distinct_after_s
+        self._distinct_since: dict[str, float] = {}  # alarm id -> data time since it is named unlike its root
 
     def cause_for(self, alarm: Alarm, alarms: Iterable[Alarm], cond_of: CondOf,
                   same: Callable[[Alarm, Alarm], bool], now: float) -> Alarm | None:
@@ -115,7 +116,7 @@ class Situations:
             return f"still active {now - returned:.0f} s after its cause {root.alarm_id} returned"
         return None
 
-    def distinct(self, alarm: Alarm, root: Alarm | None, cond: Condition, own: str | None, t: float) -> str | None:
+    def distinct(self, alarm: Alarm, root: Alarm | None, own: str | None, t: float) -> str | None:
         """A folded fault alarm that the classifier keeps naming as a fault of its own asset (``own``), unlike its
         root's, is a situation of its own: why, once the name held for ``distinct_after_s`` (data time ``t``)."""
         if root is not None and grouping.is_plc_alarm(root):
@@ -124,12 +125,13 @@ class Situations:
         if own is None:
             return None  # an evaluation naming nothing neither makes nor breaks the case
         if own == theirs:
-            cond.distinct_since = None
+            self._distinct_since.pop(alarm.alarm_id, None)
             return None
-        if cond.distinct_since is None:
-            cond.distinct_since = t
-        elif t - cond.distinct_since >= self.distinct_after_s:
-            cond.distinct_since = None
+        since = self._distinct_since.get(alarm.alarm_id)
+        if since is None:
+            self._distinct_since[alarm.alarm_id] = t
+        elif t - since >= self.distinct_after_s:
+            del self._distinct_since[alarm.alarm_id]
             return (f"the classifier names {own} for {alarm.asset} for {self.distinct_after_s:g} s, "
                     f"not {theirs or 'unknown'}")
         return None

@@ -51,13 +51,10 @@ class Condition:
     # the engine's clock
     heard_at: float | None = None  # any evidence last arrived
     returned_at: float | None = None
-    lower_since: float | None = None  # the condition has been better than its alarm says since
-    rename: tuple[str, float] | None = None  # (another fault the classifier names, data time since)
-    distinct_since: float | None = None  # data time since a folded fault alarm is named unlike its root
-    mode_suppressed: bool = False
-    own: tuple | None = None  # (severity, urgency, consequence) at its last evidence: what a root's situation reads
+    # the engine's, from the parts' answers (naming, priorities and situations keep their own, by alarm id)
+    mode_suppressed: bool = False  # designed suppression in the line's mode (states.mode_suppression)
     signals: frozenset[str] = frozenset()  # the signal keys it is judged on (for lost data)
-    hold_s: float = 0.0  # the off-delay a chattering alarm has earned (0: its kind's)
+    hold_s: float = 0.0  # the off-delay a chattering alarm has earned (states.realarm; 0: its kind's)
 
 
 def hear(cond: Condition, ts: float, now: float) -> float:
@@ -120,7 +117,6 @@ def returned(cond: Condition, now: float) -> None:
     cond.returned_at = now
     cond.pending_since = cond.last_abnormal = cond.normal_since = None
     cond.trend.clear()
-    cond.lower_since = None
 
 
 def reset(cond: Condition) -> None:
