@@ -52,6 +52,10 @@ class Priorities:
                now: float) -> tuple[str, str | None, Priority] | None:
         """What the alarm must say now that its evidence says (``severity``, ``priority``): (event, severity,
         priority) to restate it with, or None. Worse at once (``judge``), better once it held."""
+        if severity == alarm.severity and priority is alarm.priority:  # the steady case, without judging
+            if self._lower_since:
+                self._lower_since.pop(alarm.alarm_id, None)
+            return None
         event, severity, priority = judge(alarm, severity, priority)
         if event == "deescalated":
             since = self._lower_since.get(alarm.alarm_id)
