@@ -38,8 +38,7 @@ from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
 from factory_copilot.records import (Alarm, AlarmEvent, AlarmState, Anomaly, CommandKind, CommandResult, Feedback,
-                                    OperatorCommand, OperatorFeedback, PlcCondition,
-                                    Priority)
+                                    OperatorCommand, OperatorFeedback, PlcCondition, Priority)
 
 log = logging.getLogger(__name__)
 

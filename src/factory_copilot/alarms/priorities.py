@@ -4,7 +4,8 @@ A condition's own (severity, urgency, consequence) comes from its level and the 
 (``design.py`` holds the tables); a root alarm is as severe and as urgent as the worst of its situation, and
 never of lower priority than a consequence's own. ``judge`` says whether the alarm must say it is worse
 (event ``escalated``, at once; an acknowledged alarm whose priority rises must be acknowledged again) or better
-(``deescalated``, once that held for ``deescalate_after_s``: the engine keeps the hold on its clock).
+(``deescalated``, once that held for ``deescalate_after_s`` without a break); ``Priorities.follow`` keeps each
+alarm's hold, on the engine's clock passed in.
 """
 
 from __future__ import annotations
