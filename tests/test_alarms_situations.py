@@ -352,6 +352,18 @@ def test_severity_and_priority_fall_only_after_holding(engine, clock, line):
     assert "moderate" in engine.get("product_pump.fault").message
 
 
+def test_a_lower_severity_must_hold_without_a_break_before_the_alarm_says_so(engine, clock, line):
+    run(engine, clock, 60, at=lambda t: [departure(t, "product_pump", 300.0, "pump_cavitation", PUMP)])
+    run(engine, clock, 200, at=lambda t: [departure(t, "product_pump", 5.0, "pump_cavitation", PUMP)])
+    # severe again for a moment, just as the alarm says: the wait for a lower severity starts anew after it
+    events = run(engine, clock, 5, at=lambda t: [departure(t, "product_pump", 300.0, "pump_cavitation", PUMP)])
+    assert events == [] and engine.get("product_pump.fault").severity == "severe"
+    events = run(engine, clock, 200, at=lambda t: [departure(t, "product_pump", 5.0, "pump_cavitation", PUMP)])
+    assert events == [] and engine.get("product_pump.fault").severity == "severe"
+    events = run(engine, clock, 101, at=lambda t: [departure(t, "product_pump", 5.0, "pump_cavitation", PUMP)])
+    assert [(e.event, e.alarm.severity) for e in events] == [("deescalated", "moderate")]
+
+
 # -- data time ------------------------------------------------------------------------------------
 
 

@@ -1,76 +1,22 @@
 """The ISA-18.2 / OPC UA Part 9 alarm engine: anomalies and operator commands in, alarm events out.
 
-Pure and clock-injected: nothing happens but in ``ingest``, ``command`` and
-``tick``, each of which reads ``clock()`` once and returns the events it caused,
-so a test drives it with a fake clock and no sleeps. State lives in SQLite
-(``journal.py``), so a restarted engine resumes the same alarms.
+Pure and clock-injected: nothing happens but in ``ingest``, ``follow_plc``, ``command``, ``feedback`` and
+``tick``, each of which reads ``clock()`` once and returns the events it caused, so a test drives it with a fake
+clock and no sleeps. State lives in SQLite (``journal.py``), so a restarted engine resumes the same alarms.
 
-The engine is the one public face; it keeps the alarms and their conditions and hands each part what it needs:
-``timing.py`` (conditions in data time), ``states.py`` (the ISA-18.2 transitions, overdue), ``situations.py``
-over ``grouping.py`` (situations), ``naming.py`` (fault names), ``priorities.py`` (severity and priority),
-``floods.py``, ``authority.py`` (commands) and ``journal.py`` (each step written in one transaction).
+The engine is the one public face: it keeps the alarms and their conditions, runs each step and hands each part
+what it needs; each part's docstring holds its rules:
+``timing.py`` (one alarm per condition; abnormal, on-delay, off-delay, silence and lost data in data time),
+``states.py`` (the ISA-18.2 transitions, shelving, re-alarms and chattering, designed suppression, overdue),
+``situations.py`` over ``grouping.py`` (one annunciated alarm per situation), ``plc.py`` (a PLC's own alarms),
+``naming.py`` (fault names), ``priorities.py`` (severity and priority), ``floods.py`` (EEMUA 191 floods),
+``authority.py`` (who may do what) and ``journal.py`` (each step written in one transaction).
 
-Two times: how long a condition has been abnormal or normal is measured in
-*data time* (the anomalies' ``ts``), so a replay faster than real time behaves
-as live; silence (no anomaly at all) and everything an operator sees (event
-times, shelving, chattering, floods) are measured on the engine's ``clock``.
-
-Rules (the station relies on the detect station emitting an Anomaly for every
-evaluation while a condition is abnormal; silence means normal):
-
-* one alarm per condition (``asset`` + ``Anomaly.condition``), with a stable id;
-* a condition is *abnormal* while its level on its check's scale is >= 1
-  (``design.ratio``: score / threshold, or how far past the limit crossed); once
-  its alarm is active it stays abnormal until the level falls below
-  ``1 - deadband``, or no anomaly arrives for ``silence_s`` of the clock;
-* a fault alarm of an asset is also kept abnormal by the line detector's
-  departures attributed to another asset, while its own signals' share of the
-  score is still past the threshold (the detector names the asset that departs
-  most; a pump fault that empties the filler's tank still is a pump fault);
-* on-delay: raised only after being abnormal continuously for ``on_delay(kind)``;
-  off-delay: returns only after being normal continuously for ``off_delay(kind)``;
-* states: NORMAL -> ACTIVE_UNACK (raised) -> ACTIVE_ACK (acknowledged) -> NORMAL (cleared),
-  or ACTIVE_UNACK -> RTN_UNACK (returned) -> NORMAL (acknowledged);
-* one alarm per abnormal situation (``grouping.py``): an alarm that an active (or
-  lately returned) root alarm explains is raised as its consequence: ``parent_id``
-  set, suppressed (recorded, not annunciated); a new root that explains earlier
-  roots of the grouping window takes them as consequences (event ``grouped``); a
-  consequence still active ``release_after_s`` after its root returned (or at once
-  when the root is taken out of service) is annunciated on its own (``ungrouped``);
-  a PLC's own alarm (``follow_plc``) is the root of the copilot's alarms of its situation
-  (``grouping.plc_explains``): those standing when it rings are folded under it, those raised while it
-  stands are raised folded; the PLC's alarm is never folded under the copilot's;
-* severity and priority follow the condition (``design.py``): worse at once (event
-  ``escalated``; an acknowledged alarm whose priority rises must be acknowledged
-  again), better once it held for ``deescalate_after_s`` (``deescalated``); a root
-  is as severe and as urgent as the worst of its situation;
-* chattering: re-activation of an alarm that is RTN_UNACK, or that cleared less
-  than ``chatter_window_s`` ago, is the same alarm again: event ``realarm``,
-  ``realarm_count`` + 1, no new alarm and not counted towards a flood; the ``chatter_count``-th
-  re-alarm names it chattering (event ``chattering``, rung or folded alike) and every re-alarm from then on
-  doubles its off-delay (up to ``chatter_off_delay_max_s``), so it stands instead of blinking;
-* a consequence folded under an active root returns only once it was normal for its root's off-delay
-  (at least): a fault's consequences come and go as the fault grows (a vibration crossing its limit on and
-  off), and that is one situation, not an alarm cleared and re-raised every few seconds;
-* shelved and suppressed alarms keep their state but are not annunciated;
-  if one returns while not annunciated it goes straight to NORMAL (nobody was
-  shown it, so nobody must acknowledge it); when a shelve ends (unshelve or expiry)
-  an alarm still active is annunciated again as ACTIVE_UNACK;
-* lost data is a state, not a value: an anomaly names the signals whose data is lost
-  (``stale``: a lost source, a silent signal); while a signal is stale, every alarm on it
-  (its own checks, and its asset's fault alarm) keeps its state - it never returns on
-  silence - and counts its silence again from when data flows;
-* out of service: not evaluated at all, state NORMAL, until returned to service;
-* overdue (the line file's ``escalation``): an annunciated alarm active and unacknowledged for a rule's
-  ``after_s`` (engine clock) since it rang, of the rule's priority or more urgent, is overdue: event
-  ``overdue`` naming the group to tell, once per group per unacknowledged stretch (acknowledging, shelving,
-  folding or clearing it ends the stretch; a restarted engine remembers who was told);
-* flood: more than ``flood_count`` new annunciated alarms within ``flood_window_s``
-  at one operator position starts a flood named after its first alarm
-  (``flood_id``); it ends when fewer than ``flood_end_count`` remain in the window.
-
-An event is annunciated (``annunciated(alarm)``) unless its alarm is shelved,
-suppressed or out of service; consumers still get every event for their records.
+Two times: how long a condition has been abnormal or normal is measured in *data time* (the anomalies' ``ts``),
+so a replay faster than real time behaves as live; silence (no anomaly at all) and everything an operator sees
+(event times, shelving, chattering, floods) are measured on the engine's ``clock``. An event is annunciated
+(``states.annunciated``) unless its alarm is shelved, suppressed or out of service; consumers still get every
+event for their records.
 """
 
 from __future__ import annotations
@@ -84,13 +30,13 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from factory_copilot.alarms import authority, design, floods, grouping, naming, priorities, situations, states, timing
+from factory_copilot.alarms import plc as plc_part
 from factory_copilot.alarms.states import annunciated
 from factory_copilot.alarms.journal import Entry, Journal, Step, StoredAlarm
 from factory_copilot.alarms.text import alarm_text
 from factory_copilot.plumbing.logs import Throttled, printable
 from factory_copilot.catalogue import Fault, faults_of
 from factory_copilot.config import LineConfig
-from factory_copilot.plumbing.opcua import priority_of
 from factory_copilot.records import (Alarm, AlarmEvent, AlarmState, Anomaly, CommandKind, CommandResult, Feedback,
                                     OperatorCommand, OperatorFeedback, PlcCondition, Priority)
 
@@ -184,13 +130,13 @@ class AlarmEngine:
         self._by_condition: dict[tuple[str, str], str] = {}
         self._rejections = Throttled(log, 10.0)  # refused commands: each answered and audited, logged rate-limited
         self._naming = naming.Naming(line, self.faults, self.settings.rename_after_s)
-        self._priorities = priorities.Priorities(line, self.faults, self.settings.min_trend_s)
+        self._priorities = priorities.Priorities(line, self.faults, self.settings.min_trend_s,
+                                                 self.settings.deescalate_after_s)
         self._situations = situations.Situations(line, self.faults, self.settings.group_consequences,
                                                  self.settings.group_window_s, self.settings.release_after_s,
                                                  self.settings.distinct_after_s)
         self._stale = timing.StaleData()
-        self._plc_event_ids: dict[str, str] = {}  # PLC alarm id -> its condition's newest EventId (hex)
-        self._plc_refreshed: set[str] | None = None  # ConditionIds a ConditionRefresh in progress sent again
+        self._plc = plc_part.Follower()  # the PLC alarms' EventIds, a ConditionRefresh in progress
         self._load()
 
     # -- queries -----------------------------------------------------------------------------------
@@ -267,75 +213,51 @@ class AlarmEngine:
         return self._commit()
 
     def follow_plc(self, plc: PlcCondition) -> list[AlarmEvent]:
-        """Take one A&C event of a PLC's condition: the PLC's alarm raised, changed or gone as the PLC says.
-
-        The PLC owns the state (no delays or deadband here); one alarm per ConditionId, so the events a
-        ConditionRefresh sends again change nothing. A refresh's end clears what it did not send again.
-        """
+        """Take one A&C event of a PLC's condition: the PLC's alarm raised, changed or gone as the PLC says
+        (``plc.py``)."""
         now = self.clock()
         if plc.kind == "refresh_start":
-            self._plc_refreshed = set()
+            self._plc.refresh_start()
             return []
         if plc.kind == "refresh_end":
-            seen, self._plc_refreshed = self._plc_refreshed, None
-            if seen is not None:
-                for alarm in self._alarms.values():
-                    if (alarm.condition.startswith(PLC_PREFIX) and alarm.state is not AlarmState.NORMAL
-                            and alarm.condition[len(PLC_PREFIX):] not in seen):
-                        alarm.state = AlarmState.NORMAL
-                        self._emit(alarm, "cleared", now, PLC_ACTOR, "not sent again by the PLC's ConditionRefresh")
+            for alarm in self._plc.refresh_end(list(self._alarms.values())):
+                self._emit(alarm, "cleared", now, PLC_ACTOR, "not sent again by the PLC's ConditionRefresh")
             return self._commit()
-        if self._plc_refreshed is not None:
-            self._plc_refreshed.add(plc.condition_id)
-        asset = plc.asset or plc.source_name or "plc"
-        condition = PLC_PREFIX + plc.condition_id
-        alarm_id = self._by_condition.get((asset, condition))
+        self._plc.heard(plc)
+        said = plc_part.told(plc)
+        alarm_id = self._by_condition.get((said.asset, said.condition))
         alarm = self._alarms.get(alarm_id) if alarm_id else None
-        state = states.plc_state(plc)
-        priority = priority_of(plc.severity)
-        message = plc.message or f"{asset}: PLC alarm {plc.source_name or plc.condition_id}"
-        where = f"PLC {plc.endpoint} EventId {plc.event_id}" + (f", user {plc.user}" if plc.user else "")
         if alarm is None:
-            if state is AlarmState.NORMAL:
+            if said.state is AlarmState.NORMAL:
                 return []  # gone before we heard it stand: nothing to show
-            alarm_id = design.alarm_id(asset, "plc_" + (plc.source_name or plc.condition_id), self._alarms.keys())
-            alarm = Alarm(alarm_id, asset, condition, state, priority, message, now, now)
-            self._alarms[alarm_id] = alarm
-            self._by_condition[(asset, condition)] = alarm_id
-            self._plc_event_ids[alarm_id] = plc.event_id
-            self._emit(alarm, "raised", now, PLC_ACTOR, where)
-            self._follow_plc_shelving(alarm, plc, now, where)
+            alarm = plc_part.new_alarm(plc, said, self._alarms.keys(), now)
+            self._alarms[alarm.alarm_id] = alarm
+            self._by_condition[(said.asset, said.condition)] = alarm.alarm_id
+            self._plc.event_ids[alarm.alarm_id] = plc.event_id
+            self._emit(alarm, "raised", now, PLC_ACTOR, said.where)
+            self._follow_plc_shelving(alarm, plc, said, now)
             self._fold_under_plc(alarm, now)
             return self._commit()
-        self._plc_event_ids[alarm.alarm_id] = plc.event_id
+        self._plc.event_ids[alarm.alarm_id] = plc.event_id
         before = alarm.state
-        shelving = self._follow_plc_shelving(alarm, plc, now, where)
-        if before is state and alarm.priority is priority and alarm.message == message:
+        shelving = self._follow_plc_shelving(alarm, plc, said, now)
+        event = plc_part.follow(alarm, before, said, now)
+        if event is None:
             return self._commit() if shelving else []  # the same state told again (a refresh): no duplicate
-        alarm.priority, alarm.message = priority, message
-        event = states.follow_plc(alarm, before, state, PLC_ACTOR, now)
-        self._emit(alarm, event, now, PLC_ACTOR, where)
+        self._emit(alarm, event, now, PLC_ACTOR, said.where)
         if event == "raised":
             self._fold_under_plc(alarm, now)
         return self._commit()
 
-    def _follow_plc_shelving(self, alarm: Alarm, plc: PlcCondition, now: float, where: str) -> bool:
-        """The PLC's shelving of its alarm, followed (ISA-18.2: shelved on the HMI is shelved here too, for as long
-        as the PLC says); an unshelve on the PLC ends only the PLC's shelving, not an operator's made here."""
-        if plc.shelved and plc.retain:  # a gone condition's shelving means nothing
-            until = now + (plc.unshelve_in_s or self.settings.max_shelve_s)
-            if alarm.shelved_until is not None and abs(alarm.shelved_until - until) < PLC_SHELVE_SLACK_S:
-                return False  # the same shelving told again, its countdown moved on
-            self._emit(alarm, states.shelve(alarm, until, PLC_ACTOR), now, PLC_ACTOR, f"{where}; until {until:.0f}")
-            return True
-        if alarm.shelved_until is not None and alarm.shelved_by == PLC_ACTOR:
-            self._unshelve(alarm, now, PLC_ACTOR, where)
-            return True
-        return False
+    def _follow_plc_shelving(self, alarm: Alarm, plc: PlcCondition, said: plc_part.Told, now: float) -> bool:
+        shelving = plc_part.shelving(alarm, plc, said.where, now, self.settings.max_shelve_s)
+        if shelving is not None:
+            self._emit(alarm, shelving[0], now, PLC_ACTOR, shelving[1])
+        return shelving is not None
 
     def plc_event_id(self, alarm_id: str) -> str | None:
         """The newest EventId (hex) of a PLC's alarm: what its Acknowledge must name."""
-        return self._plc_event_ids.get(alarm_id)
+        return self._plc.event_ids.get(alarm_id)
 
     def tick(self, now: float | None = None) -> list[AlarmEvent]:
         """Let time pass: off-delays by silence, shelve expiry, consequences outliving their root, flood end.
@@ -434,10 +356,7 @@ class AlarmEngine:
     # -- transitions -------------------------------------------------------------------------------
     def _activate(self, cond: timing.Condition, alarm: Alarm | None, anomaly: Anomaly, now: float) -> None:
         cond.mode_suppressed = design.mode_suppressed(self.line, anomaly)
-        chattering = alarm is not None and (
-            alarm.state is AlarmState.RTN_UNACK
-            or (cond.returned_at is not None and now - cond.returned_at < self.settings.chatter_window_s)
-        )
+        again = states.realarms(alarm, cond.returned_at, now, self.settings.chatter_window_s)
         if alarm is None:
             alarm_id = design.alarm_id(cond.asset, cond.condition, self._alarms.keys())
             cond.alarm_id = alarm_id
@@ -456,16 +375,15 @@ class AlarmEngine:
                 self._emit(child, "grouped", now, comment=why)
         alarm.severity, alarm.priority = self._target(alarm, cond)
         alarm.message = self._text(alarm)
-        cond.lower_since = None
-        if chattering:
-            alarm.realarm_count += 1
-            self._emit(alarm, "realarm", now, comment=f"re-alarm #{alarm.realarm_count}" + (f"; {why}" if why else ""))
-            if alarm.realarm_count >= self.settings.chatter_count:
-                cond.hold_s = min(self.settings.chatter_off_delay_max_s, 2 * self._off_delay(cond, alarm))
-                if alarm.realarm_count == self.settings.chatter_count:
-                    self._emit(alarm, "chattering", now, comment=(
-                        f"re-alarmed {alarm.realarm_count} times, each within {self.settings.chatter_window_s:g} s of "
-                        f"returning: off-delay now {cond.hold_s:g} s, doubling with each re-alarm"))
+        self._priorities.steady(alarm.alarm_id)
+        if again:  # chattering (states.realarm): the same alarm again, not a new one nor counted towards a flood
+            settings = self.settings
+            hold_s, events = states.realarm(alarm, why, self._off_delay(cond, alarm), settings.chatter_count,
+                                            settings.chatter_window_s, settings.chatter_off_delay_max_s)
+            if hold_s is not None:
+                cond.hold_s = hold_s
+            for event, comment in events:
+                self._emit(alarm, event, now, comment=comment)
         else:
             cond.hold_s = 0.0
             alarm.raised_at, alarm.realarm_count = now, 0
@@ -480,23 +398,24 @@ class AlarmEngine:
 
     def _update(self, alarm: Alarm, cond: timing.Condition, anomaly: Anomaly, t: float, now: float) -> None:
         """Another abnormal evaluation of an active alarm: its evidence, name, suppression and severity follow."""
-        fresh, renamed = self._naming.follow(alarm.anomaly, cond, anomaly, t)
+        fresh, renamed = self._naming.follow(alarm.alarm_id, alarm.anomaly, anomaly, t)
         alarm.anomaly = fresh
         if renamed is not None:
             self._reclassify(alarm, cond, *renamed, now)
         self._follow_suppression(alarm, cond, fresh, now)
         if alarm.parent_id is not None and grouping.is_fault_alarm(alarm):
-            self._follow_distinct(alarm, cond, grouping.fault_at_home(self.line, self.faults, anomaly), t, now)
+            self._follow_distinct(alarm, grouping.fault_at_home(self.line, self.faults, anomaly), t, now)
         self._assess(alarm, cond, now)
 
-    def _follow_distinct(self, alarm: Alarm, cond: timing.Condition, own: str | None, t: float, now: float) -> None:
+    def _follow_distinct(self, alarm: Alarm, own: str | None, t: float, now: float) -> None:
         """A folded fault alarm named as a fault of its own asset, unlike its root's, for long enough is let go."""
-        why = self._situations.distinct(alarm, self._alarms.get(alarm.parent_id or ""), cond, own, t)
+        why = self._situations.distinct(alarm, self._alarms.get(alarm.parent_id or ""), own, t)
         if why:
             self._release(alarm, now, why)
 
     def _return(self, alarm: Alarm, cond: timing.Condition, now: float) -> None:
         timing.returned(cond, now)
+        self._priorities.steady(alarm.alarm_id)
         event, comment = states.returned(alarm)
         self._emit(alarm, event, now, comment=comment)
 
@@ -511,16 +430,12 @@ class AlarmEngine:
         if suppressed == cond.mode_suppressed:
             return
         cond.mode_suppressed = suppressed
-        if alarm.parent_id is not None:
-            return  # folded under its cause either way
-        alarm.suppressed = suppressed
-        if suppressed:
-            self._emit(alarm, "suppressed", now, comment=f"designed suppression in {anomaly.mode.value}")
-        else:
-            # still abnormal in a mode where it counts: the operator must see it now
-            alarm.state = AlarmState.ACTIVE_UNACK
+        event = states.mode_suppression(alarm, suppressed)
+        if event == "suppressed":
+            self._emit(alarm, event, now, comment=f"designed suppression in {anomaly.mode.value}")
+        elif event == "unsuppressed":
             alarm.message = self._text(alarm)
-            self._emit(alarm, "unsuppressed", now, comment=f"active in {anomaly.mode.value}")
+            self._emit(alarm, event, now, comment=f"active in {anomaly.mode.value}")
 
     def _unshelve(self, alarm: Alarm, now: float, actor: str, comment: str | None) -> None:
         self._emit(alarm, states.unshelve(alarm), now, actor, comment)
@@ -533,33 +448,26 @@ class AlarmEngine:
     # -- severity and priority ---------------------------------------------------------------------
     def _target(self, alarm: Alarm, cond: timing.Condition) -> tuple[str | None, Priority]:
         """What the evidence says now: (severity, priority); a root's is its whole situation's."""
-        cond.own = self._priorities.own(alarm.anomaly, cond.kind, cond.level, cond.trend)  # for its root to read
+        own = self._priorities.own(alarm.alarm_id, alarm.anomaly, cond.kind, cond.level, cond.trend)
         consequences = []
         if alarm.parent_id is None:
             for child in self._children(alarm.alarm_id):
-                child_cond = self._cond_of(child)
-                if child.state.active and child_cond is not None and child_cond.own is not None:
-                    consequences.append((child_cond.own, child.priority))
-        return priorities.situation(cond.own, cond.kind, consequences)
+                child_own = self._priorities.own_of(child.alarm_id) if child.state.active else None
+                if child_own is not None:
+                    consequences.append((child_own, child.priority))
+        return priorities.situation(own, cond.kind, consequences)
 
     def _assess(self, alarm: Alarm, cond: timing.Condition | None, now: float) -> None:
         """Follow the condition's severity and priority (a root: its whole situation's) with the hysteresis rules."""
         if cond is None or not alarm.state.active or alarm.anomaly is None:
             return
-        before = cond.own
-        event, severity, priority = priorities.judge(alarm, *self._target(alarm, cond))
-        if event == "escalated":
+        before = self._priorities.own_of(alarm.alarm_id)
+        restate = self._priorities.follow(alarm, *self._target(alarm, cond), now)
+        if restate is not None:
+            event, severity, priority = restate
             self._restate(alarm, severity, priority, event, now)
-            cond.lower_since = None
-        elif event == "deescalated":
-            if cond.lower_since is None:
-                cond.lower_since = now
-            elif now - cond.lower_since >= self.settings.deescalate_after_s:
-                self._restate(alarm, severity, priority, event, now)
-                cond.lower_since = None
-        else:
-            cond.lower_since = None
-        if alarm.parent_id is not None and (cond.own != before or event == "escalated"):
+        if alarm.parent_id is not None and (
+                (restate is not None and restate[0] == "escalated") or self._priorities.own_of(alarm.alarm_id) != before):
             parent = self._alarms.get(alarm.parent_id)  # its situation changed: the root follows
             if parent is not None:
                 self._assess(parent, self._cond_of(parent), now)
@@ -760,9 +668,7 @@ class AlarmEngine:
             log.info("resumed %d alarms (%d not normal) from %s", len(self._alarms), len(self.active()), self.journal.path)
 
 
-PLC_PREFIX = design.PLC_PREFIX  # the condition of a PLC's alarm: plc:<ConditionId>
-PLC_ACTOR = "plc"  # who changed a PLC alarm's state when the PLC did
-PLC_SHELVE_SLACK_S = 5.0  # a shelving told again whose end moved less than this is the same shelving
+PLC_PREFIX, PLC_ACTOR = plc_part.PREFIX, plc_part.ACTOR  # as callers know them
 overdue_rules = states.overdue_rules  # the line's escalation rules for a priority, as callers know them
 
 

@@ -1,11 +1,23 @@
 """Situations in time: which standing alarm is the root of a new one, which roots a new root takes in, and when
 a consequence rings on its own again.
 
-``grouping.py`` says whether one alarm explains another; this module adds the engine's window on its clock
-(a root explains while active, or for ``window_s`` after it returned; a PLC's alarm likewise), picks among
-several roots, and says why a consequence is let go (its root not watched, returned ``release_after_s`` ago,
-or named otherwise by the classifier for ``distinct_after_s`` of data time). It changes no alarm: the engine
-folds, releases and emits. The alarms and their conditions are passed in.
+One alarm per abnormal situation. ``grouping.py`` says whether one alarm explains another; this module adds the
+engine's window on its clock and the rules:
+
+* an alarm that an active (or lately returned, within ``window_s``) root alarm explains is raised as its
+  consequence: ``parent_id`` set, suppressed (recorded, not annunciated) (``cause_for``, ``may_explain``);
+* a new root that explains earlier roots of the grouping window takes them as consequences, event ``grouped``
+  (``adoptable``);
+* a consequence still active ``release_after_s`` after its root returned (or at once when the root is taken out
+  of service) is annunciated on its own, event ``ungrouped`` (``orphaned``); so is a folded fault alarm the
+  classifier names otherwise for ``distinct_after_s`` of data time (``distinct``);
+* a PLC's own alarm (``plc.py``) is the root of the copilot's alarms of its situation (``grouping.plc_explains``):
+  those standing when it rings are folded under it (``under_plc``), those raised while it stands are raised
+  folded; the PLC's alarm is never folded under the copilot's;
+* a consequence folded under an active root returns only once it was normal for its root's off-delay (at least):
+  a fault's consequences come and go as the fault grows, and that is one situation (the engine's off-delay).
+
+It changes no alarm: the engine folds, releases and emits. The alarms and their conditions are passed in.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ class Situations:
                  release_after_s: float, distinct_after_s: float):
         self.line, self.faults, self.on = line, faults, on
         self.window_s, self.release_after_s, self.distinct_after_s = window_s, release_after_s, distinct_after_s
+        self._distinct_since: dict[str, float] = {}  # alarm id -> data time since it is named unlike its root
 
     def cause_for(self, alarm: Alarm, alarms: Iterable[Alarm], cond_of: CondOf,
                   same: Callable[[Alarm, Alarm], bool], now: float) -> Alarm | None:
@@ -103,7 +116,7 @@ class Situations:
             return f"still active {now - returned:.0f} s after its cause {root.alarm_id} returned"
         return None
 
-    def distinct(self, alarm: Alarm, root: Alarm | None, cond: Condition, own: str | None, t: float) -> str | None:
+    def distinct(self, alarm: Alarm, root: Alarm | None, own: str | None, t: float) -> str | None:
         """A folded fault alarm that the classifier keeps naming as a fault of its own asset (``own``), unlike its
         root's, is a situation of its own: why, once the name held for ``distinct_after_s`` (data time ``t``)."""
         if root is not None and grouping.is_plc_alarm(root):
@@ -112,12 +125,13 @@ class Situations:
         if own is None:
             return None  # an evaluation naming nothing neither makes nor breaks the case
         if own == theirs:
-            cond.distinct_since = None
+            self._distinct_since.pop(alarm.alarm_id, None)
             return None
-        if cond.distinct_since is None:
-            cond.distinct_since = t
-        elif t - cond.distinct_since >= self.distinct_after_s:
-            cond.distinct_since = None
+        since = self._distinct_since.get(alarm.alarm_id)
+        if since is None:
+            self._distinct_since[alarm.alarm_id] = t
+        elif t - since >= self.distinct_after_s:
+            del self._distinct_since[alarm.alarm_id]
             return (f"the classifier names {own} for {alarm.asset} for {self.distinct_after_s:g} s, "
                     f"not {theirs or 'unknown'}")
         return None

@@ -1,8 +1,23 @@
-"""The ISA-18.2 state machine of one alarm: its transitions, whether it is annunciated, and when it is overdue.
+"""The ISA-18.2 state machine of one alarm: its transitions, re-alarms, designed suppression, and when it is overdue.
 
-NORMAL -> ACTIVE_UNACK (raised) -> ACTIVE_ACK (acknowledged) -> NORMAL (cleared), or ACTIVE_UNACK -> RTN_UNACK
-(returned) -> NORMAL (acknowledged); shelved, suppressed and out-of-service alarms keep their state but are not
-annunciated, and one that returns while not annunciated goes straight to NORMAL (nobody was shown it).
+* NORMAL -> ACTIVE_UNACK (raised) -> ACTIVE_ACK (acknowledged) -> NORMAL (cleared), or ACTIVE_UNACK -> RTN_UNACK
+  (returned) -> NORMAL (acknowledged);
+* shelved, suppressed and out-of-service alarms keep their state but are not annunciated (``annunciated``); one
+  that returns while not annunciated goes straight to NORMAL (nobody was shown it, so nobody must acknowledge
+  it); when a shelve ends (unshelve or expiry) an alarm still active is annunciated again as ACTIVE_UNACK;
+* out of service: not evaluated at all, state NORMAL, until returned to service;
+* chattering: re-activation of an alarm that is RTN_UNACK, or that returned less than ``chatter_window_s`` ago,
+  is the same alarm again (``realarms``): event ``realarm``, ``realarm_count`` + 1, no new alarm and not counted
+  towards a flood; the ``chatter_count``-th re-alarm names it chattering (event ``chattering``, rung or folded
+  alike) and every re-alarm from then on doubles its off-delay (up to ``chatter_off_delay_max_s``), so it stands
+  instead of blinking (``realarm``);
+* designed suppression by the line's mode (``mode_suppression``): suppressed, not annunciated; unsuppressed while
+  still abnormal, it rings again;
+* overdue (the line file's ``escalation``): an annunciated alarm active and unacknowledged for a rule's ``after_s``
+  (engine clock) since it rang, of the rule's priority or more urgent, is overdue: event ``overdue`` naming the
+  group to tell, once per group per unacknowledged stretch (acknowledging, shelving, folding or clearing it ends
+  the stretch; the stretch and who was told are kept on the alarm, so a restarted engine remembers).
+
 Each function changes the one alarm it is given and returns the event it makes (the engine emits and stores
 it); none reads a clock: the time is passed in.
 """
@@ -12,7 +27,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from factory_copilot.config import LineConfig
-from factory_copilot.records import Alarm, AlarmState, PlcCondition, Priority
+from factory_copilot.records import Alarm, AlarmState, Priority
 
 
 def annunciated(alarm: Alarm) -> bool:
@@ -74,27 +89,39 @@ def returned(alarm: Alarm) -> tuple[str, str | None]:
     return "cleared", None
 
 
-def plc_state(plc: PlcCondition) -> AlarmState:
-    """The state a PLC's condition says its alarm is in (the PLC owns it: no delays or deadband)."""
-    if not plc.retain:
-        return AlarmState.NORMAL
-    if plc.active:
-        return AlarmState.ACTIVE_ACK if plc.acked else AlarmState.ACTIVE_UNACK
-    return AlarmState.NORMAL if plc.acked else AlarmState.RTN_UNACK
+def realarms(alarm: Alarm | None, returned_at: float | None, now: float, window_s: float) -> bool:
+    """Whether a condition activating now is its alarm again (a re-alarm): it is RTN_UNACK, or returned (at
+    ``returned_at``) less than ``window_s`` ago."""
+    return alarm is not None and (
+        alarm.state is AlarmState.RTN_UNACK or (returned_at is not None and now - returned_at < window_s))
 
 
-def follow_plc(alarm: Alarm, before: AlarmState, state: AlarmState, actor: str, now: float) -> str:
-    """The PLC moved its alarm from ``before`` to ``state``: the event that says how."""
-    alarm.state = state
-    if before is AlarmState.NORMAL and state.active:
-        alarm.raised_at, alarm.acked_by, alarm.acked_at = now, None, None
-        return "raised"
-    if state.acknowledged and not before.acknowledged:
-        alarm.acked_by, alarm.acked_at = actor, now
-        return "acknowledged" if state.active else "cleared"
-    if before.active and not state.active:
-        return "returned" if state is AlarmState.RTN_UNACK else "cleared"
-    return "updated"
+def realarm(alarm: Alarm, why: str | None, off_delay_s: float, chatter_count: int, window_s: float,
+            max_hold_s: float) -> tuple[float | None, list[tuple[str, str]]]:
+    """Count a re-alarm: (the off-delay it has earned, None: its kind's, and the events with their comments).
+    The ``chatter_count``-th names it chattering; from then on each re-alarm doubles its off-delay
+    (``off_delay_s`` now), up to ``max_hold_s``, so it stands instead of blinking."""
+    alarm.realarm_count += 1
+    events = [("realarm", f"re-alarm #{alarm.realarm_count}" + (f"; {why}" if why else ""))]
+    if alarm.realarm_count < chatter_count:
+        return None, events
+    hold_s = min(max_hold_s, 2 * off_delay_s)
+    if alarm.realarm_count == chatter_count:
+        events.append(("chattering", f"re-alarmed {alarm.realarm_count} times, each within {window_s:g} s of "
+                                     f"returning: off-delay now {hold_s:g} s, doubling with each re-alarm"))
+    return hold_s, events
+
+
+def mode_suppression(alarm: Alarm, suppressed: bool) -> str | None:
+    """Its designed suppression changed with the line's mode: the event (None: folded under its cause either way).
+    Unsuppressed while still abnormal, an operator must see it now."""
+    if alarm.parent_id is not None:
+        return None
+    alarm.suppressed = suppressed
+    if suppressed:
+        return "suppressed"
+    alarm.state = AlarmState.ACTIVE_UNACK
+    return "unsuppressed"
 
 
 def follow_unanswered(alarm: Alarm, now: float) -> None:

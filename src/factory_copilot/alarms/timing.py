@@ -1,10 +1,27 @@
 """Conditions and timing: how long a condition has been abnormal or normal, in data time, and when silence counts.
 
-What the engine follows between anomalies of one condition (``Condition``), and the pure steps on it: a piece
-of evidence heard (never moving the condition back in data time), abnormal evidence (a continuous stretch that
-meets the on-delay), normal evidence (a stretch that meets the off-delay), silence on the engine's clock,
-lost data (``StaleData``: a stale signal freezes its alarms) and the line detector's continuous departure
-(``Episode``). Times are passed in: the engine reads its clock once per step and hands it down.
+One alarm per condition (``asset`` + ``Anomaly.condition``); what the engine follows between its anomalies is a
+``Condition``. The rules, each a pure step on it (times passed in: the engine reads its clock once per step):
+
+* a piece of evidence heard (``hear``) never moves the condition back in data time (the anomalies' ``ts``);
+* a condition is *abnormal* while its level on its check's scale is >= 1 (``design.ratio``: score / threshold,
+  or how far past the limit crossed); once its alarm is active it stays abnormal until the level falls below
+  ``1 - deadband``, or no anomaly arrives for ``silence_s`` of the clock (``silent``; the detect station emits an
+  Anomaly for every evaluation while a condition is abnormal, so silence means normal);
+* a fault alarm of an asset is also kept abnormal by the line detector's departures attributed to another asset,
+  while its own signals' share of the score is still past the threshold (a pump fault that empties the filler's
+  tank still is a pump fault): the engine hands such evidence to ``abnormal`` too;
+* on-delay: raised only after being abnormal continuously for its kind's on-delay (``abnormal_for``); off-delay:
+  returns only after being normal continuously for its off-delay (``normal``) - for a consequence folded under an
+  active root at least the root's, for a chattering alarm what it earned (``hold_s``, ``states.realarm``);
+* lost data is a state, not a value (``StaleData``): an anomaly names the signals whose data is lost; while a
+  signal is stale every alarm on it keeps its state - it never returns on silence - and counts its silence again
+  from when data flows (``hold``);
+* taken out of (or returned to) service, what it heard before counts for nothing (``reset``);
+* the line detector's continuous departure (``Episode``): its fault alarms are one situation.
+
+Silence, and everything an operator sees, is on the engine's clock; how long a condition has been abnormal or
+normal is in data time, so a replay faster than real time behaves as live.
 """
 
 from __future__ import annotations
@@ -34,13 +51,10 @@ class Condition:
     # the engine's clock
     heard_at: float | None = None  # any evidence last arrived
     returned_at: float | None = None
-    lower_since: float | None = None  # the condition has been better than its alarm says since
-    rename: tuple[str, float] | None = None  # (another fault the classifier names, data time since)
-    distinct_since: float | None = None  # data time since a folded fault alarm is named unlike its root
-    mode_suppressed: bool = False
-    own: tuple | None = None  # (severity, urgency, consequence) at its last evidence: what a root's situation reads
+    # the engine's, from the parts' answers (naming, priorities and situations keep their own, by alarm id)
+    mode_suppressed: bool = False  # designed suppression in the line's mode (states.mode_suppression)
     signals: frozenset[str] = frozenset()  # the signal keys it is judged on (for lost data)
-    hold_s: float = 0.0  # the off-delay a chattering alarm has earned (0: its kind's)
+    hold_s: float = 0.0  # the off-delay a chattering alarm has earned (states.realarm; 0: its kind's)
 
 
 def hear(cond: Condition, ts: float, now: float) -> float:
@@ -103,7 +117,6 @@ def returned(cond: Condition, now: float) -> None:
     cond.returned_at = now
     cond.pending_since = cond.last_abnormal = cond.normal_since = None
     cond.trend.clear()
-    cond.lower_since = None
 
 
 def reset(cond: Condition) -> None:
