@@ -14,7 +14,14 @@ site broker (a reader at the site), their latency from the event's time to the s
 ``diagnosis/<alarm>/job`` records) and their model diagnoses at the site (lost: a job with none, duplicated: with more
 than one), explain jobs a minute, PostgreSQL's commits and inserted rows a second, and each process's CPU.
 
-    PYTHONPATH=src:. .venv/bin/python bench/site.py [--lines 1,5,20] [--seconds 300] [--quick]
+    PYTHONPATH=src:. .venv/bin/python bench/site.py [--lines 1,5,20] [--seconds 300] [--quick] [--outages]
+
+``--outages`` (issue 22, at least 200 s): in the window an explainer is SIGKILLed while it runs a job (restarted 10 s
+later), the site Mosquitto stopped at 60 s and started again at 120 s (same port, configuration and persistence) and
+PostgreSQL stopped (``pg_ctl stop -m fast``) at 150 s and started at 180 s; every line's /health is polled every 2 s
+and, per outage, the lines it called unhealthy and whose reasons named it are reported, with the audit rows
+(``alarm_events``) and diagnoses in PostgreSQL against the events the edges published. The site reader keeps a
+persistent session (clean_start False, QoS 1) across the broker's restart.
 
 Last line: ``site: N lines, alarm p99 X ms edge->site, diagnosis p50 Y s, 0 lost, 0 duplicated`` (the largest N).
 """
@@ -520,6 +527,13 @@ def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model:
         explainers.clear()
         wall = t1 - t0
         result = analyse(at_site.got[mark:], [e.got for e in at_edge], n)
+        made = [json.loads(pl) for e in at_edge for _, _, pl in list(e.got)]
+        jobs_made = [json.loads(pl) for _, t, pl in list(at_site.got) if t.endswith("/job") and pl]
+        for o in (outage_log or {}).values():  # what was made while it was down: the outage was not a quiet one
+            o["events_made"] = len({(e["line"], e["alarm_id"], e["event"], e["ts"]) for e in made
+                                    if o["down"] <= e["ts"] <= o["up"]})
+            o["jobs_made"] = len({(j["line"], j["alarm_id"], j.get("since")) for j in jobs_made
+                                  if j.get("job") == "diagnosis" and o["down"] <= (j.get("since") or 0) <= o["up"]})
         result.update({
             "lines": n, "seconds": round(wall, 1), "faults_injected": len(injected),
             "explainers_done": [d.get("done") for d in pool_done],
@@ -668,7 +682,8 @@ def print_result(r: dict) -> None:
     for what, o in (r.get("outages") or {}).items():
         print(f"  outage {what}: down {o['down_s']} s, {o['polls']} /health polls while down; unhealthy: lines "
               f"{o['unhealthy']} ({len(o['unhealthy'])}/{n}); named it: lines {o['named']} ({len(o['named'])}/{n}); "
-              f"reasons seen: {o['reasons']}" + (f"; killed {o['worker']} running a job, restarted "
+              f"reasons seen: {o['reasons']}; made while down: {o.get('events_made')} alarm events, "
+              f"{o.get('jobs_made')} model jobs" + (f"; killed {o['worker']} running a job, restarted "
                                                  f"{RESTART_AFTER_S:g} s later" if what == "explainer" else ""),
               flush=True)
 
