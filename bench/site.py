@@ -14,7 +14,14 @@ site broker (a reader at the site), their latency from the event's time to the s
 ``diagnosis/<alarm>/job`` records) and their model diagnoses at the site (lost: a job with none, duplicated: with more
 than one), explain jobs a minute, PostgreSQL's commits and inserted rows a second, and each process's CPU.
 
-    PYTHONPATH=src:. .venv/bin/python bench/site.py [--lines 1,5,20] [--seconds 300] [--quick]
+    PYTHONPATH=src:. .venv/bin/python bench/site.py [--lines 1,5,20] [--seconds 300] [--quick] [--outages]
+
+``--outages`` (issue 22, at least 200 s): in the window an explainer is SIGKILLed while it runs a job (restarted 10 s
+later), the site Mosquitto stopped at 60 s and started again at 120 s (same port, configuration and persistence) and
+PostgreSQL stopped (``pg_ctl stop -m fast``) at 150 s and started at 180 s; every line's /health is polled every 2 s
+and, per outage, the lines it called unhealthy and whose reasons named it are reported, with the audit rows
+(``alarm_events``) and diagnoses in PostgreSQL against the events the edges published. The site reader keeps a
+persistent session (clean_start False, QoS 1) across the broker's restart.
 
 Last line: ``site: N lines, alarm p99 X ms edge->site, diagnosis p50 Y s, 0 lost, 0 duplicated`` (the largest N).
 """
@@ -30,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -119,7 +127,120 @@ def health(port: int) -> dict:
         return {}
 
 
-def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model: Path, drain_s: float) -> dict:
+# ---- --outages: a worker killed mid-job, the site broker away 60 s, PostgreSQL away 30 s ---------------------------
+
+# (what, down at, up at) in seconds after go; the explainer is killed at the first job it is seen running after
+# KILL_FROM_S (its replacement started 10 s later under the same name), the broker and the server taken away between
+# the lines' first and second faults' alarms, so alarms, jobs and audit rows are made while each is down
+KILL_FROM_S, KILL_UNTIL_S, RESTART_AFTER_S = 0.0, 55.0, 10.0
+BROKER_DOWN = (60.0, 120.0)
+PG_DOWN = (150.0, 180.0)
+# what a line's /health reason must say while each is down
+NAMES = {"explainer": ("explainer", "pool", "timeout", "waiting"), "site broker": ("site link",),
+         "postgresql": ("store unavailable",)}
+
+
+def outages(t0: float, seconds: float, site: MosquittoBroker, cluster, explainers: list, restart, health_ports: list,
+            replies: "Listener") -> dict:
+    """Run the outage schedule until ``t0 + seconds``, polling every line's /health every 2 s meanwhile; returns
+    each outage's times and, per line, whether its /health was unhealthy and named it while it was down."""
+    polls: list[tuple[float, int, dict]] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            for k, port in enumerate(health_ports):
+                polls.append((time.time(), k, health(port)))
+            done.wait(2.0)
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    log: dict[str, dict] = {}
+    # (a) SIGKILL the first explainer seen running a job (its "running" reply to a line), from the reply's callback
+    killed = threading.Event()
+    by_name = {f"pool-{i + 1}": i for i in range(len(explainers))}
+    old_on_message = replies.client.on_message
+
+    def on_reply(c, u, m) -> None:
+        old_on_message(c, u, m)
+        now = time.time() - t0
+        if killed.is_set() or not KILL_FROM_S <= now <= KILL_UNTIL_S:
+            return
+        try:
+            body = json.loads(m.payload)
+        except ValueError:
+            return
+        if body.get("state") == "running" and body.get("worker") in by_name:
+            explainers[by_name[body["worker"]]].kill()
+            killed.set()
+            log["explainer"] = {"worker": body["worker"], "down": time.time(), "job_topic": m.topic}
+    replies.client.on_message = on_reply
+
+    def until(offset: float) -> None:
+        time.sleep(max(0.0, t0 + offset - time.time()))
+
+    if killed.wait(KILL_UNTIL_S):
+        i = by_name[log["explainer"]["worker"]]
+        explainers[i].wait()
+        time.sleep(RESTART_AFTER_S)
+        explainers[i] = restart(log["explainer"]["worker"])
+        log["explainer"]["up"] = time.time()
+    replies.client.on_message = old_on_message
+    # (b) the site broker: stopped (SIGTERM, it saves its persistence), started again on its port, its configuration
+    until(BROKER_DOWN[0])
+    log["site broker"] = {"down": time.time()}
+    site.stop()
+    until(BROKER_DOWN[1])
+    site.start(timeout_s=30)
+    log["site broker"]["up"] = time.time()
+    # (c) PostgreSQL: pg_ctl stop -m fast, then start
+    until(PG_DOWN[0])
+    log["postgresql"] = {"down": time.time()}
+    cluster.stop()
+    until(PG_DOWN[1])
+    cluster.start()
+    log["postgresql"]["up"] = time.time()
+    until(seconds)
+    done.set()
+    poller.join(30)
+    for what, o in log.items():
+        seen = [(k, h) for at, k, h in polls if o["down"] <= at <= o.get("up", o["down"])]
+        o["polls"] = len(seen)
+        o["unhealthy"] = sorted({k + 1 for k, h in seen if h.get("status") != "ok"})
+        o["named"] = sorted({k + 1 for k, h in seen
+                             if any(w in r for r in h.get("reasons", []) for w in NAMES[what])})
+        o["reasons"] = sorted({r.split(" since ")[0] for k, h in seen for r in h.get("reasons", [])})[:6]
+        o["down_s"] = round(o.get("up", o["down"]) - o["down"], 1)
+    return log
+
+
+def pg_check(url: str, edge_msgs: list[list]) -> dict:
+    """The lines' audit rows (alarm_events) and diagnoses in PostgreSQL against the alarm events the edges published:
+    lost (published, not stored), duplicated (stored twice, by line, alarm, event and time)."""
+    import psycopg
+
+    published = set()
+    for msgs in edge_msgs:
+        for _, _, payload in list(msgs):
+            e = json.loads(payload)
+            published.add((e["line"], e["alarm_id"], e["event"], round(e["ts"], 3)))
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT line, alarm_id, event, ts FROM alarm_events").fetchall()
+        diag = conn.execute("SELECT line, alarm_id, created_at, source, count(*) FROM diagnoses "
+                            "GROUP BY line, alarm_id, created_at, source").fetchall()
+        alarms = conn.execute("SELECT count(*) FROM alarms").fetchone()[0]
+    stored: dict[tuple, int] = {}
+    for line, alarm_id, event, ts in rows:
+        key = (line.rpartition("/")[2], alarm_id, event, round(ts, 3))
+        stored[key] = stored.get(key, 0) + 1
+    return {"audit_rows": len(rows), "audit_published": len(published),
+            "audit_lost": len(published - set(stored)), "audit_duplicated": sum(c > 1 for c in stored.values()),
+            "audit_not_published": len(set(stored) - published), "alarms": alarms,
+            "diagnoses": sum(d[4] for d in diag), "diagnoses_model": sum(d[4] for d in diag if d[3] == "model"),
+            "diagnoses_duplicated": sum(d[4] > 1 for d in diag)}
+
+
+def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model: Path, drain_s: float,
+             with_outages: bool = False) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     pg_url = cluster.create_database(f"site_{n}_{int(time.time())}")
     procs: list[subprocess.Popen] = []
@@ -144,13 +265,19 @@ def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model:
         base = f"{PREFIX}/{SITE}"
         at_site = Listener(site.port, "scada", PW["scada"], [f"{base}/+/events", f"{base}/+/+/diagnosis/+",
                                                              f"{base}/+/+/diagnosis/+/job", f"{base}/+/status"], ca,
-                           "site-reader")
+                           "site-reader", persistent=True)
         listeners.append(at_site)
         at_edge = [Listener(e.port, "factory-copilot", PW["factory-copilot"], [f"{base}/+/events"],
                             name=f"edge-{k + 1:02d}-reader") for k, e in enumerate(edges)]
         listeners += at_edge
+        def explainer(name: str) -> subprocess.Popen:  # started again under its name after --outages kills it
+            return start_explainer(site.port, ca, model, SITE, name, PW[name], threads=1)
         for name in ("pool-1", "pool-2"):
-            explainers.append(start_explainer(site.port, ca, model, SITE, name, PW[name], threads=1))
+            explainers.append(explainer(name))
+        if with_outages:  # who runs which job: the explainers' replies to the lines
+            replies = Listener(site.port, "factory-copilot", PW["factory-copilot"], [f"{base}/+/explain/reply/+"],
+                               ca, "site-replies", persistent=True)
+            listeners.append(replies)
         # the plants: the simulated lines over OPC UA, simulators/site.py's LINES_PER_PLANT lines a process
         plans = []
         for k, path in enumerate(lines, start=1):
@@ -184,13 +311,17 @@ def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model:
         others = {"site broker": [site.proc.pid], "edge brokers": [e.proc.pid for e in edges],
                   "explainers (with their models)": [p.pid for p in explainers], "plants (simulated OPC UA)":
                   [p.pid for p in plant.procs], "postgresql": [postmaster(cluster)]}
+        if with_outages:  # processes restarted in the window: their CPU is not comparable
+            for k in ("site broker", "explainers (with their models)", "postgresql"):
+                others.pop(k)
         cpu0 = [cpu_s([pid]) for pid in svc_pids]
         other0 = {k: cpu_s(v) for k, v in others.items()}
         pg0 = pg_counters(pg_url)
         t0 = time.time()
         mark = 0  # every event counts, the start-up's too: the edge listeners have them all since the start
         plant.go()
-        time.sleep(seconds)
+        outage_log = (outages(t0, seconds, site, cluster, explainers, explainer, health_ports, replies)
+                      if with_outages else time.sleep(seconds))
         t1 = time.time()
         cpu1 = [cpu_s([pid]) for pid in svc_pids]
         other1 = {k: cpu_s(v) for k, v in others.items()}
@@ -217,10 +348,18 @@ def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model:
             if all(v["expected"] == v["got"] for v in r["per_line"].values()):
                 break
             time.sleep(0.5)
+        stored = pg_check(pg_url, [e.got for e in at_edge])
         pool_done = [stop_explainer(p) for p in explainers]
         explainers.clear()
         wall = t1 - t0
         result = analyse(at_site.got[mark:], [e.got for e in at_edge], n)
+        made = [json.loads(pl) for e in at_edge for _, _, pl in list(e.got)]
+        jobs_made = [json.loads(pl) for _, t, pl in list(at_site.got) if t.endswith("/job") and pl]
+        for o in (outage_log or {}).values():  # what was made while it was down: the outage was not a quiet one
+            o["events_made"] = len({(e["line"], e["alarm_id"], e["event"], e["ts"]) for e in made
+                                    if o["down"] <= e["ts"] <= o["up"]})
+            o["jobs_made"] = len({(j["line"], j["alarm_id"], j.get("since")) for j in jobs_made
+                                  if j.get("job") == "diagnosis" and o["down"] <= (j.get("since") or 0) <= o["up"]})
         result.update({
             "lines": n, "seconds": round(wall, 1), "faults_injected": len(injected),
             "explainers_done": [d.get("done") for d in pool_done],
@@ -233,6 +372,7 @@ def run_site(n: int, seconds: float, work: Path, cluster, detector: Path, model:
             "other_cpu_pct": {k: round(100 * (other1[k] - other0[k]) / wall, 2) for k in others},
             "pool_backends": pool_totals(healths),
             "load_average": round(os.getloadavg()[0], 2),
+            "store": stored, "outages": outage_log, "site_reader_connects": at_site.connects,
         })
         return result
     finally:
@@ -317,7 +457,7 @@ def analyse(site_msgs: list, edge_msgs: list[list], n: int) -> dict:
         "per_line": per_line,
         "events_expected": sum(v["expected"] for v in per_line.values()),
         "events_got": sum(v["got"] for v in per_line.values()),
-        "event_messages_at_site": event_msgs,
+        "event_messages_at_site": event_msgs, "event_duplicates_at_site": event_msgs - len(site_keys),
         "alarm_p50_ms": round(pct(latency_ms, 0.5), 1), "alarm_p99_ms": round(pct(latency_ms, 0.99), 1),
         "alarm_ms_by_event": {e: [len(v), round(pct(v, 0.5), 1), round(max(v), 1)] for e, v in sorted(by_event.items())},
         "bridge_hop_p50_ms": round(pct(hop_ms, 0.5), 1), "bridge_hop_p99_ms": round(pct(hop_ms, 0.99), 1),
@@ -352,6 +492,20 @@ def print_result(r: dict) -> None:
     print(f"  service CPU (each line its own `factory-copilot run` process): {r['service_cpu_per_line_pct']} % of a "
           f"core a line (busiest {r['service_cpu_max_line_pct']} %), RSS {r['service_rss_mib_mean']} MiB a line; "
           + ", ".join(f"{k} {v} %" for k, v in r["other_cpu_pct"].items()), flush=True)
+    s = r["store"]
+    print(f"  PostgreSQL: {s['audit_rows']} audit rows (alarm_events) for {s['audit_published']} events published on "
+          f"the edges: {s['audit_lost']} lost, {s['audit_duplicated']} duplicated, {s['audit_not_published']} not "
+          f"published; {s['diagnoses']} diagnoses ({s['diagnoses_model']} model), {s['diagnoses_duplicated']} "
+          f"duplicated; alarm events at the site: {r['events_expected'] - r['events_got']} distinct events lost, "
+          f"{r['event_duplicates_at_site']} duplicate deliveries; the site reader connected {r['site_reader_connects']}"
+          " time(s)", flush=True)
+    for what, o in (r.get("outages") or {}).items():
+        print(f"  outage {what}: down {o['down_s']} s, {o['polls']} /health polls while down; unhealthy: lines "
+              f"{o['unhealthy']} ({len(o['unhealthy'])}/{n}); named it: lines {o['named']} ({len(o['named'])}/{n}); "
+              f"reasons seen: {o['reasons']}; made while down: {o.get('events_made')} alarm events, "
+              f"{o.get('jobs_made')} model jobs" + (f"; killed {o['worker']} running a job, restarted "
+                                                 f"{RESTART_AFTER_S:g} s later" if what == "explainer" else ""),
+              flush=True)
 
 
 def train(folder: Path) -> Path:
@@ -372,6 +526,8 @@ def main() -> int:
     ap.add_argument("--drain", type=float, default=60.0, help="after the window, seconds for running jobs to finish")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 and 2 lines, 120 s each")
     ap.add_argument("--model", type=Path, help="the explainers' GGUF (default: the tiny generated one)")
+    ap.add_argument("--outages", action="store_true",
+                    help="in the window: an explainer killed mid-job, the site broker down 60 s, PostgreSQL 30 s")
     args = ap.parse_args()
     if MOSQUITTO is None:
         raise SystemExit("bench/site.py needs Mosquitto (apt-get install mosquitto)")
@@ -382,6 +538,8 @@ def main() -> int:
         raise SystemExit("bench/site.py needs PostgreSQL (/usr/lib/postgresql/*/bin; scripts/bootstrap.sh test)")
     counts = [1, 2] if args.quick else [int(x) for x in args.lines.split(",")]
     seconds = 120.0 if args.quick and args.seconds == 300.0 else args.seconds
+    if args.outages and seconds < PG_DOWN[1] + 20:
+        raise SystemExit(f"--outages needs --seconds {PG_DOWN[1] + 20:g} at least (PostgreSQL is back at {PG_DOWN[1]:g} s)")
     work = Path(tempfile.mkdtemp(prefix="fc-site-bench-"))
     print(f"work folder {work}; training the detector ...", flush=True)
     detector = train(work)
@@ -392,7 +550,8 @@ def main() -> int:
     try:
         for n in counts:
             try:
-                results.append(run_site(n, seconds, work / f"n{n}", cluster, detector, model, args.drain))
+                results.append(run_site(n, seconds, work / f"n{n}", cluster, detector, model, args.drain,
+                                        args.outages))
             except (SystemExit, RuntimeError) as exc:  # one run that cannot start costs that run, the others' stand
                 print(f"== {n} line(s): not measured: {exc}", flush=True)
                 continue

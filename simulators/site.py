@@ -244,20 +244,35 @@ class Listener:
     """A paho MQTT 5 client that keeps (arrival time, topic, payload) of every message on its topics."""
 
     def __init__(self, port: int, user: str, secret: str, topics: list[str], ca_file: Path | None = None,
-                 name: str = "site-listener"):
+                 name: str = "site-listener", persistent: bool = False):
+        """``persistent``: a session the broker keeps an hour (clean_start False), resumed on every reconnect, so
+        what was queued for it while it was away is delivered (a site reader that outlives a site broker restart)."""
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
 
         self.got: list[tuple[float, str, bytes]] = []
         self.subscribed = threading.Event()
+        self.connects = 0
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{os.getpid()}", protocol=paho.MQTTv5)
         self.client.username_pw_set(user, secret)
         if ca_file:
             self.client.tls_set(ca_certs=str(ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in topics])
+
+        def on_connect(c, *a) -> None:
+            self.connects += 1
+            c.subscribe([(t, 1) for t in topics])
+        self.client.on_connect = on_connect
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = lambda c, u, m: self.got.append((time.time(), m.topic, bytes(m.payload)))
-        self.client.connect("127.0.0.1", port)
+        props = None
+        if persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            self.client.reconnect_delay_set(1, 5)
+        self.client.connect("127.0.0.1", port, clean_start=False if persistent else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                            properties=props)
         self.client.loop_start()
         if not self.subscribed.wait(20):
             self.close()

@@ -228,6 +228,9 @@ class StoreStation:
             await asyncio.sleep(self.retention_every_s)
             try:
                 await self.sweep()
+            except ConnectionError as exc:  # the server away: the held batches already say so, no traceback
+                log.warning("store: retention skipped, the database is unavailable (%s); will retry in %.0f s", exc,
+                            self.retention_every_s)
             except Exception:
                 log.exception("store: retention failed; will retry in %.0f s", self.retention_every_s)
 
