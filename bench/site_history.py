@@ -140,7 +140,11 @@ class Recorder:
         _, conn, sql, params = max(self.calls, key=lambda c: c[0])
         plan = [r[0] for r in self._execute(conn, "EXPLAIN (ANALYZE, BUFFERS OFF) " + sql, params).fetchall()]
         conn.close()
-        return sql, "\n".join("    " + p for p in plan[:8])
+        # the top node, the scans (which index, if any) and the time; the role checks' InitPlans left out
+        keep = [plan[0]] + [x for x in plan[1:] if any(w in x for w in ("Index", "Seq Scan on", "Sort", "Limit",
+                                                                         "Execution Time")) and "pg_authid" not in x
+                            and "line_roles" not in x]
+        return sql, "\n".join("    " + p for p in keep[:10])
 
 
 def quiet(fn, *args):
