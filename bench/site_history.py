@@ -34,6 +34,9 @@ from factory_copilot.store.site import SiteHistory
 from factory_copilot.store.store import DAY, PostgresStore, Retention
 
 MONTH = 30 * DAY
+# not a look-up but a dump (`alarms list --db --all`: every alarm of the month, normal ones too, decoded): timed,
+# and kept out of the slowest read
+DUMP = "alarms list --db --all: every line's every alarm, open connection as site reader (SiteHistory.alarms)"
 STANDING = 5  # per line, the newest alarms are left active (what `alarms list` shows)
 ASSETS = ["feed_pump", "product_pump", "reactor", "separator", "compressor", "cooler"]
 
@@ -221,7 +224,7 @@ def main(lines: int, alarms: int, repeat: int) -> None:
             f"alarms list --db --line {line} (site reader)": cli_list(site, line),
             "alarms audit --db --limit 200 (site reader, newest 200 across lines)": cli_audit(site, None),
             f"alarms audit --db --line {line} --limit 200 (site reader)": cli_audit(site, line),
-            "every line's alarms, open connection as site reader (SiteHistory.alarms)":
+            DUMP:
                 lambda: site_open.alarms(None, include_normal=True),
             f"alarms list of {line}, open connection as its own role (SiteHistory.alarms)":
                 lambda: line_open.alarms(line, include_normal=True),
@@ -265,7 +268,7 @@ def main(lines: int, alarms: int, repeat: int) -> None:
               f"deleted {', '.join(f'{k} {v}' for k, v in deleted.items() if v)}; its alarms list beside it: "
               f"p50 {p(beside, 0.5):.1f} p99 {p(beside, 0.99):.1f} ms (n={len(beside)})")
 
-        slow_name = max(results, key=lambda k: p(results[k], 0.99))
+        slow_name = max((k for k in results if k != DUMP), key=lambda k: p(results[k], 0.99))
         print(f"\nslowest read: {slow_name}")
         recorder = Recorder()
         fn = reads[slow_name]
@@ -275,7 +278,7 @@ def main(lines: int, alarms: int, repeat: int) -> None:
         site_open.close()
         line_open.close()
         print(f"\nsite history: {lines} lines, {n_alarms:,} alarms, slowest read p99 {p(results[slow_name], 0.99):.0f} "
-              f"ms ({slow_name})")
+              f"ms ({slow_name}); the --all dump of every alarm p99 {p(results[DUMP], 0.99):.0f} ms")
     finally:
         cluster.remove()
 
