@@ -140,8 +140,10 @@ def test_a_line_role_may_not_create_the_tables(pg_cluster):
     url = pg_cluster.create_database(f"site_rls_{n}")
     with psycopg.connect(url, autocommit=True) as owner:
         owner.execute(f"CREATE ROLE rls{n}_early LOGIN")
-    with pytest.raises(WrongRole, match="the database has no tables, this software wants version 2, and this role "
-                                        "may not make it so .*grant-line"):
+    from factory_copilot.store.schema import PG_MIGRATIONS
+
+    with pytest.raises(WrongRole, match=f"the database has no tables, this software wants version {len(PG_MIGRATIONS)}, "
+                                        "and this role may not make it so .*grant-line"):
         PostgresStore(as_role(url, f"rls{n}_early"), A)
 
 
@@ -239,4 +241,4 @@ def test_a_site_store_of_version_1_keeps_its_rows_when_the_owner_migrates_it(pg_
     capsys.readouterr()
     with psycopg.connect(as_role(url, f"rls{n}_line_b")) as line_b:
         assert lines_in(line_b, "alarm_events") == {B: 1}
-        assert line_b.execute("SELECT version FROM schema_version WHERE component = 'store'").fetchone()[0] == 2
+        assert line_b.execute("SELECT version FROM schema_version WHERE component = 'store'").fetchone()[0] == len(PG_MIGRATIONS)

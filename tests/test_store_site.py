@@ -190,3 +190,44 @@ async def test_the_service_starts_alarming_with_its_database_away_and_stores_onc
             assert check.counts()["readings_raw"] > 0
     finally:
         await plant.close()
+
+
+def test_a_site_store_of_version_2_gains_the_standing_alarms_index_and_keeps_its_alarms(pg_cluster):
+    """Migration 3 on a database that already holds alarms: the rows stay, the site's `alarms list` query (standing
+    ones only) can be answered from alarms_standing, without the normal ones' bodies, and `alarms audit`'s newest
+    events across lines from alarm_events_site_ts, without sorting them all."""
+    import json
+
+    import psycopg
+
+    from factory_copilot.plumbing import postgres
+    from factory_copilot.store.schema import COMPONENT, PG_MIGRATIONS
+    from factory_copilot.store.site import SiteHistory
+
+    url = pg_cluster.create_database("site_v2_standing")
+    conn = postgres.Connection(url)
+    try:
+        postgres.migrate(conn, PG_MIGRATIONS[:2], COMPONENT)  # a site store as it was before version 3
+        for n, state in enumerate([AlarmState.NORMAL, AlarmState.ACTIVE_UNACK, AlarmState.NORMAL]):
+            a = alarm_event(f"A{n}", T0 + n, "raised", state).alarm
+            conn.execute("INSERT INTO alarms(line, alarm_id, asset, condition, state, priority, raised_at, updated_at, "
+                         "body) VALUES (?,?,?,?,?,?,?,?,?)", ("site-1/line-a", a.alarm_id, a.asset, a.condition,
+                                                              state.value, int(a.priority), a.raised_at, a.updated_at,
+                                                              json.dumps(a.to_dict())))
+    finally:
+        conn.close()
+    PostgresStore(url, "site-1/line-a").close()  # the line's store opens it: migrates it
+    with SiteHistory(url) as site:
+        assert [x.alarm.alarm_id for x in site.alarms()] == ["A1"]
+        assert sorted(x.alarm.alarm_id for x in site.alarms(include_normal=True)) == ["A0", "A1", "A2"]
+    with psycopg.connect(url) as check:
+        assert check.execute("SELECT version FROM schema_version WHERE component = 'store'").fetchone()[0] == 3
+        check.execute("SET enable_seqscan = off")  # three rows: only a forbidden seq scan shows the index is usable
+        plan = " ".join(r[0] for r in check.execute(
+            "EXPLAIN SELECT line, body FROM alarms WHERE TRUE AND state != %s ORDER BY line, priority, raised_at DESC",
+            ("normal",)).fetchall())
+        assert "alarms_standing" in plan, plan
+        plan = " ".join(r[0] for r in check.execute(  # the site's newest events across lines (SiteHistory.audit)
+            "EXPLAIN SELECT line, alarm_id, ts, event, state, actor, comment, alarm, id FROM alarm_events WHERE TRUE "
+            "ORDER BY ts DESC, id DESC LIMIT %s", (200,)).fetchall())
+        assert "alarm_events_site_ts" in plan, plan

@@ -116,7 +116,8 @@ def _list(args: argparse.Namespace) -> int:
     site = _site(args)
     if site is not None:
         with site:
-            by_line = [(x.line, x.alarm) for x in site.alarms(site.line, include_normal=True)]
+            # the normal ones only with --all: a site's month holds thousands a line (alarms_standing skips them)
+            by_line = [(x.line, x.alarm) for x in site.alarms(site.line, include_normal=args.all)]
     else:
         journal = _open(args)
         if journal is None:

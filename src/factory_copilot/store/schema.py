@@ -331,3 +331,16 @@ PG_MIGRATIONS.append(
     GRANT SELECT ON schema_version TO PUBLIC;
     """ + _row_security(("readings_raw", "trend", "anomalies", "alarms", "alarm_events", "diagnoses", "conversations",
                          "feedback", "handovers", "handover_events")))
+
+
+PG_MIGRATIONS.append(
+    # version 3: the site's two reads across lines (bench/site_history.py, a month of 200 lines: ~200,000 alarms,
+    # 200 MB of bodies, ~1,000 standing; ~600,000 alarm events). `alarms list --db` wants the standing alarms (not
+    # normal), each line's worst first, without reading the normal ones; `alarms audit --db` the newest events of
+    # every line, which alarm_events_ts (line first) cannot give without sorting them all. PostgreSQL only: the
+    # SQLite store holds one line, its alarm_events_ts is (ts) already, and its alarms query binds the state as a
+    # parameter, which SQLite's partial indexes cannot match.
+    """
+    CREATE INDEX alarms_standing ON alarms(line, priority, raised_at DESC) WHERE state <> 'normal';
+    CREATE INDEX alarm_events_site_ts ON alarm_events(ts, id);
+    """)
