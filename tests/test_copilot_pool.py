@@ -383,3 +383,39 @@ def test_an_explainer_that_cannot_run_its_model_or_reach_its_broker_says_so_and_
     assert main(["explainer", "--broker", "mqtt://127.0.0.1:1", "--site", SITE, "--model", str(missing)]) == 2
     assert f"the explainer's model: model unavailable: cannot load model {missing}: file not found" in (
         capsys.readouterr().err)
+
+
+def test_a_job_asked_while_the_site_broker_is_away_longer_than_its_lease_is_done_once(broker):
+    """bench/site.py --outages: a job made with the broker down ran out its lease meanwhile and was published again
+    into paho's queue, so both copies reached the pool once the broker was back. The lease counts from the broker's
+    acknowledgement, and only while the pool's connection is up."""
+    backend = pool(broker, lease_s=0.5, retries=2, deadline_s=30)
+    backend.warm("")  # connected to the site broker
+    assert backend.session.connected
+    answers: list[str] = []
+    try:
+        broker.stop()
+        until(lambda: not backend.session.connected)
+
+        def ask() -> None:
+            CALL_FOR.set(CallFor("A-9@77.000", 3))  # the alarm event the job is named for (this thread's context)
+            answers.append(backend.chat(ASK, timeout_s=30).text)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        time.sleep(2.5)  # the broker stays away for five leases (the away time itself is what is tested)
+        assert backend.stats()["republished"] == 0  # the job never reached the broker: it waits in paho's queue
+        broker.start()
+        # the explainer is on the shared subscription before the pool's back-off brings it back (1, 2, 4 s)
+        explainer = HandMadeExplainer(broker)
+        try:
+            asking.join(20)
+            assert answers == ["answer to A-9@77.000 #1"]
+            time.sleep(1.0)  # two leases more: a second copy would have come by now
+            assert explainer.received == ["A-9@77.000"]  # done exactly once
+            s = backend.stats()
+            assert (s["answered"], s["duplicates"], s["republished"]) == (1, 0, 0)
+        finally:
+            explainer.close()
+    finally:
+        backend.close()
