@@ -419,3 +419,59 @@ def test_a_job_asked_while_the_site_broker_is_away_longer_than_its_lease_is_done
             explainer.close()
     finally:
         backend.close()
+
+
+def line_service(tmp_path, backend):
+    """The line's service with the pool as its copilot's model, not run: only its /health is read."""
+    from factory_copilot.config import ServicePaths
+    from factory_copilot.detect.persist import TrainedDetector
+    from factory_copilot.service import LineService
+
+    line = load_line(SIMULATED_LINE)
+    return LineService(line, TrainedDetector(line.fingerprint(), line.line, detector=None), ServicePaths(tmp_path),
+                       backend=backend, health_port=None)
+
+
+def pool_reasons(service) -> list[str]:
+    return [r for r in service.health()[1] if r.startswith("explain pool:")]
+
+
+def test_health_names_the_site_broker_while_the_pool_cannot_reach_it(broker, tmp_path):
+    backend = pool(broker, lease_s=0.5)
+    service = line_service(tmp_path, backend)
+    try:
+        backend.warm("")
+        assert backend.session.connected and pool_reasons(service) == []
+        broker.stop()
+        until(lambda: pool_reasons(service))
+        [reason] = pool_reasons(service)
+        assert reason.startswith(f"explain pool: site broker 127.0.0.1:{broker.port} unreachable since 20")
+        broker.start()
+        until(lambda: backend.session.connected, 15)
+        assert pool_reasons(service) == []
+    finally:
+        backend.close()
+        service.engine.close()
+        service.store.close()
+
+
+def test_health_names_jobs_no_explainer_takes_and_clears_once_one_does(broker, tmp_path):
+    backend = pool(broker, lease_s=0.3, retries=50, deadline_s=20)
+    service = line_service(tmp_path, backend)
+    answers: list[str] = []
+    asking = threading.Thread(target=lambda: answers.append(backend.chat(ASK, timeout_s=20).text))
+    explainer = None
+    try:
+        asking.start()
+        until(lambda: pool_reasons(service))
+        [reason] = pool_reasons(service)
+        assert reason.startswith("explain pool: no explainer took a job for ") and f"1 waiting at {JOBS}" in reason
+        explainer = HandMadeExplainer(broker)  # one comes: the job, published again, is taken
+        asking.join(10)
+        assert len(answers) == 1 and pool_reasons(service) == []
+    finally:
+        backend.close()
+        if explainer is not None:
+            explainer.close()
+        service.engine.close()
+        service.store.close()

@@ -158,7 +158,7 @@ class PoolBackend(LLMBackend):
             problems.append(f"site broker {self.session.where} unreachable since "
                             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(down_since))}: jobs wait")
         elif unheard and max(unheard) > self.lease_s:
-            problems.append(f"no explainer took a job for {max(unheard):.0f} s ({len(unheard)} waiting at "
+            problems.append(f"no explainer took a job for {round(max(unheard), 1):g} s ({len(unheard)} waiting at "
                             f"{self.jobs_topic})")
         return {"pool": self.jobs_topic, "connected": self.session.connected, **self.counts, "waiting": waiting,
                 "out": out, "problems": problems}
