@@ -17,8 +17,12 @@ it to:
 The job key is what the caller names the call for (``CALL_FOR``: the alarm event, the question's request id), made
 unique here. Exactly one result per key reaches the caller: a job no explainer has spoken of for ``lease_s`` (none
 listens, or the one that took it died) is published again with the same key, ``retries`` times at most, and a
-second result of a job done twice is dropped and counted. Past its deadline the call raises ``ModelTimeout``, so the
-station's runbook diagnosis stands with that reason (station.py counts it as a fallback and logs it). At most
+second result of a job done twice is dropped and counted. The lease runs from the broker's acknowledgement (PUBACK)
+and only while this pool's connection is up: a job paho holds during a broker outage is sent when the broker is
+back, once, and a lease that ran out with the connection down says nothing of an explainer. ``stats()["problems"]``
+says what the line's /health names: the broker unreachable, or jobs no explainer spoke of for longer than the lease.
+Past its deadline (wall time, outage or not) the call raises ``ModelTimeout``, so the station's runbook diagnosis
+stands with that reason (station.py counts it as a fallback and logs it). At most
 ``max_pending`` jobs are out at once; the others wait here, the most urgent first (``CallFor.priority``, then the
 oldest), so the least urgent, newest job waits longest, and ends in ``ModelTimeout`` unsent if its deadline passes.
 Pieces stream from the first explainer that took the job only: a job redone elsewhere streams no more, and its
