@@ -475,3 +475,27 @@ def test_health_names_jobs_no_explainer_takes_and_clears_once_one_does(broker, t
             explainer.close()
         service.engine.close()
         service.store.close()
+
+
+def test_a_lease_running_when_the_site_broker_goes_away_waits_for_it_and_then_runs_out(broker):
+    """A job the broker has (acknowledged, held by an explainer that says nothing): the broker away for longer than
+    the lease publishes nothing again; once the pool is back, the rest of the lease runs and the job goes out again
+    (its explainer's session went with the broker)."""
+    explainer = HandMadeExplainer(broker, hold=True)
+    backend = pool(broker, lease_s=1.0, retries=2, deadline_s=30)
+    asking = threading.Thread(target=lambda: pytest.raises(Exception, backend.chat, ASK, timeout_s=30))
+    try:
+        asking.start()
+        explainer.jobs.get(timeout=10)  # taken, and no word of it
+        until(lambda: backend.stats()["out"] == 1 and backend.stats()["unacked"] == 0)
+        broker.stop()
+        until(lambda: not backend.session.connected)
+        time.sleep(2.5)  # away for two and a half leases
+        assert backend.stats()["republished"] == 0
+        broker.start()
+        until(lambda: backend.session.connected, 15)
+        until(lambda: backend.stats()["republished"] == 1, 5)
+    finally:
+        backend.close()
+        explainer.close()
+        asking.join(10)

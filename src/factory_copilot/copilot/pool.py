@@ -157,6 +157,7 @@ class PoolBackend(LLMBackend):
             unheard = [now - j.reached for j in self._out.values()
                        if j.reached and j.owner is None and j.outcome is None]
             down_since = self._down_since
+            unacked = sum(1 for j in self._out.values() if j.sent and not j.reached and j.outcome is None)
         problems = []  # said in the line's /health (service.py), each as "explain pool: ..."
         if down_since is not None:
             problems.append(f"site broker {self.session.where} unreachable since "
@@ -165,7 +166,7 @@ class PoolBackend(LLMBackend):
             problems.append(f"no explainer took a job for {round(max(unheard), 1):g} s ({len(unheard)} waiting at "
                             f"{self.jobs_topic})")
         return {"pool": self.jobs_topic, "connected": self.session.connected, **self.counts, "waiting": waiting,
-                "out": out, "problems": problems}
+                "out": out, "unacked": unacked, "problems": problems}  # unacked: held by paho for the broker
 
     # ---- one call -------------------------------------------------------------------------------------------
 
