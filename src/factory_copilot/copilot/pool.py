@@ -103,6 +103,7 @@ class PoolBackend(LLMBackend):
                                    subscriptions=[(self.reply_topic, 1)], on_message=self._on_reply,
                                    on_up=self._on_up, on_down=self._on_down, on_publish=self._on_publish)
         self._down_since: float | None = None  # wall time: the pool's connection to the broker went down
+        self._up_at = 0.0  # monotonic: the pool's connection last came up
         self._by_mid: dict[int, _Job] = {}  # job publishes paho has not yet had acknowledged, by message id
         self._early_acks: set[int] = set()  # acknowledged before publish() returned the message id
         self.counts = {"jobs": 0, "answered": 0, "failed": 0, "timeouts": 0, "expired_waiting": 0, "republished": 0,
@@ -154,7 +155,8 @@ class PoolBackend(LLMBackend):
         with self._cond:
             waiting, out = len(self._waiting), len(self._out)
             now = time.monotonic()
-            unheard = [now - j.reached for j in self._out.values()
+            # counted from the broker's acknowledgement or the last reconnect: an outage is not the explainers' silence
+            unheard = [now - max(j.reached, self._up_at) for j in self._out.values()
                        if j.reached and j.owner is None and j.outcome is None]
             down_since = self._down_since
             unacked = sum(1 for j in self._out.values() if j.sent and not j.reached and j.outcome is None)
@@ -330,7 +332,7 @@ class PoolBackend(LLMBackend):
     def _on_up(self) -> None:
         now = time.monotonic()
         with self._cond:
-            self._down_since = None
+            self._down_since, self._up_at = None, now
             for job in self._out.values():
                 if job.lease_left is not None:
                     job.lease_until, job.lease_left = now + job.lease_left, None
