@@ -383,3 +383,119 @@ def test_an_explainer_that_cannot_run_its_model_or_reach_its_broker_says_so_and_
     assert main(["explainer", "--broker", "mqtt://127.0.0.1:1", "--site", SITE, "--model", str(missing)]) == 2
     assert f"the explainer's model: model unavailable: cannot load model {missing}: file not found" in (
         capsys.readouterr().err)
+
+
+def test_a_job_asked_while_the_site_broker_is_away_longer_than_its_lease_is_done_once(broker):
+    """bench/site.py --outages: a job made with the broker down ran out its lease meanwhile and was published again
+    into paho's queue, so both copies reached the pool once the broker was back. The lease counts from the broker's
+    acknowledgement, and only while the pool's connection is up."""
+    backend = pool(broker, lease_s=0.5, retries=2, deadline_s=30)
+    backend.warm("")  # connected to the site broker
+    assert backend.session.connected
+    answers: list[str] = []
+    try:
+        broker.stop()
+        until(lambda: not backend.session.connected)
+
+        def ask() -> None:
+            CALL_FOR.set(CallFor("A-9@77.000", 3))  # the alarm event the job is named for (this thread's context)
+            answers.append(backend.chat(ASK, timeout_s=30).text)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        time.sleep(2.5)  # the broker stays away for five leases (the away time itself is what is tested)
+        assert backend.stats()["republished"] == 0  # the job never reached the broker: it waits in paho's queue
+        broker.start()
+        # the explainer is on the shared subscription before the pool's back-off brings it back (1, 2, 4 s)
+        explainer = HandMadeExplainer(broker)
+        try:
+            asking.join(20)
+            assert answers == ["answer to A-9@77.000 #1"]
+            time.sleep(1.0)  # two leases more: a second copy would have come by now
+            assert explainer.received == ["A-9@77.000"]  # done exactly once
+            s = backend.stats()
+            assert (s["answered"], s["duplicates"], s["republished"]) == (1, 0, 0)
+        finally:
+            explainer.close()
+    finally:
+        backend.close()
+
+
+def line_service(tmp_path, backend):
+    """The line's service with the pool as its copilot's model, not run: only its /health is read."""
+    from factory_copilot.config import ServicePaths
+    from factory_copilot.detect.persist import TrainedDetector
+    from factory_copilot.service import LineService
+
+    line = load_line(SIMULATED_LINE)
+    return LineService(line, TrainedDetector(line.fingerprint(), line.line, detector=None), ServicePaths(tmp_path),
+                       backend=backend, health_port=None)
+
+
+def pool_reasons(service) -> list[str]:
+    return [r for r in service.health()[1] if r.startswith("explain pool:")]
+
+
+def test_health_names_the_site_broker_while_the_pool_cannot_reach_it(broker, tmp_path):
+    backend = pool(broker, lease_s=0.5)
+    service = line_service(tmp_path, backend)
+    try:
+        backend.warm("")
+        assert backend.session.connected and pool_reasons(service) == []
+        broker.stop()
+        until(lambda: pool_reasons(service))
+        [reason] = pool_reasons(service)
+        assert reason.startswith(f"explain pool: site broker 127.0.0.1:{broker.port} unreachable since 20")
+        broker.start()
+        until(lambda: backend.session.connected, 15)
+        assert pool_reasons(service) == []
+    finally:
+        backend.close()
+        service.engine.close()
+        service.store.close()
+
+
+def test_health_names_jobs_no_explainer_takes_and_clears_once_one_does(broker, tmp_path):
+    backend = pool(broker, lease_s=0.3, retries=50, deadline_s=20)
+    service = line_service(tmp_path, backend)
+    answers: list[str] = []
+    asking = threading.Thread(target=lambda: answers.append(backend.chat(ASK, timeout_s=20).text))
+    explainer = None
+    try:
+        asking.start()
+        until(lambda: pool_reasons(service))
+        [reason] = pool_reasons(service)
+        assert reason.startswith("explain pool: no explainer took a job for ") and f"1 waiting at {JOBS}" in reason
+        explainer = HandMadeExplainer(broker)  # one comes: the job, published again, is taken
+        asking.join(10)
+        assert len(answers) == 1 and pool_reasons(service) == []
+    finally:
+        backend.close()
+        if explainer is not None:
+            explainer.close()
+        service.engine.close()
+        service.store.close()
+
+
+def test_a_lease_running_when_the_site_broker_goes_away_waits_for_it_and_then_runs_out(broker):
+    """A job the broker has (acknowledged, held by an explainer that says nothing): the broker away for longer than
+    the lease publishes nothing again; once the pool is back, the rest of the lease runs and the job goes out again
+    (its explainer's session went with the broker)."""
+    explainer = HandMadeExplainer(broker, hold=True)
+    backend = pool(broker, lease_s=1.0, retries=2, deadline_s=30)
+    asking = threading.Thread(target=lambda: pytest.raises(Exception, backend.chat, ASK, timeout_s=30))
+    try:
+        asking.start()
+        explainer.jobs.get(timeout=10)  # taken, and no word of it
+        until(lambda: backend.stats()["out"] == 1 and backend.stats()["unacked"] == 0)
+        broker.stop()
+        until(lambda: not backend.session.connected)
+        time.sleep(2.5)  # away for two and a half leases
+        assert backend.stats()["republished"] == 0
+        broker.start()
+        until(lambda: backend.session.connected, 15)
+        until(lambda: backend.stats()["republished"] == 1, 5)
+    finally:
+        backend.close()
+        explainer.close()
+        asking.join(10)

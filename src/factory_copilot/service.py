@@ -340,6 +340,8 @@ class LineService:
             if not link["up"]:
                 reasons.append(f"site link {name} down since {_utc(link['since'])}: alarms reach the line's own "
                                f"broker and wait in its queue for the site")
+        backend = (stats["copilot"].get("model_file") or {}).get("backend") or {}
+        reasons += [f"explain pool: {why}" for why in backend.get("problems", [])]  # pool.py: broker away, no taker
         stats["status"] = "ok" if not reasons else "degraded"
         stats["reasons"] = reasons
         return not reasons, reasons, stats

@@ -17,8 +17,12 @@ it to:
 The job key is what the caller names the call for (``CALL_FOR``: the alarm event, the question's request id), made
 unique here. Exactly one result per key reaches the caller: a job no explainer has spoken of for ``lease_s`` (none
 listens, or the one that took it died) is published again with the same key, ``retries`` times at most, and a
-second result of a job done twice is dropped and counted. Past its deadline the call raises ``ModelTimeout``, so the
-station's runbook diagnosis stands with that reason (station.py counts it as a fallback and logs it). At most
+second result of a job done twice is dropped and counted. The lease runs from the broker's acknowledgement (PUBACK)
+and only while this pool's connection is up: a job paho holds during a broker outage is sent when the broker is
+back, once, and a lease that ran out with the connection down says nothing of an explainer. ``stats()["problems"]``
+says what the line's /health names: the broker unreachable, or jobs no explainer spoke of for longer than the lease.
+Past its deadline (wall time, outage or not) the call raises ``ModelTimeout``, so the station's runbook diagnosis
+stands with that reason (station.py counts it as a fallback and logs it). At most
 ``max_pending`` jobs are out at once; the others wait here, the most urgent first (``CallFor.priority``, then the
 oldest), so the least urgent, newest job waits longest, and ends in ``ModelTimeout`` unsent if its deadline passes.
 Pieces stream from the first explainer that took the job only: a job redone elsewhere streams no more, and its
@@ -65,7 +69,11 @@ class _Job:
     deadline: float  # monotonic
     on_token: OnToken | None
     sent: int = 0
-    lease_until: float = 0.0  # monotonic: no word from an explainer by then, the job goes out again
+    # monotonic: no word from an explainer by then, the job goes out again; inf until the broker acknowledged
+    # the job (paho holds it and sends it when connected) and while the pool's connection is down (paused)
+    lease_until: float = math.inf
+    lease_left: float | None = None  # the lease left when the connection went down, given back once it is up
+    reached: float = 0.0  # monotonic: when the broker first acknowledged it (0: not yet)
     owner: str | None = None  # the first explainer that spoke of it: its pieces stream to the caller
     outcome: dict[str, Any] | None = None
     pieces: list[str] = field(default_factory=list)
@@ -92,7 +100,12 @@ class PoolBackend(LLMBackend):
             self.supports_prefill = self.supports_forms = False
         self.lease_s, self.retries, self.deadline_s, self.max_pending = lease_s, retries, deadline_s, max_pending
         self.session = MqttSession(conn, role="explainer pool", client_id=self.client_id,
-                                   subscriptions=[(self.reply_topic, 1)], on_message=self._on_reply)
+                                   subscriptions=[(self.reply_topic, 1)], on_message=self._on_reply,
+                                   on_up=self._on_up, on_down=self._on_down, on_publish=self._on_publish)
+        self._down_since: float | None = None  # wall time: the pool's connection to the broker went down
+        self._up_at = 0.0  # monotonic: the pool's connection last came up
+        self._by_mid: dict[int, _Job] = {}  # job publishes paho has not yet had acknowledged, by message id
+        self._early_acks: set[int] = set()  # acknowledged before publish() returned the message id
         self.counts = {"jobs": 0, "answered": 0, "failed": 0, "timeouts": 0, "expired_waiting": 0, "republished": 0,
                        "duplicates": 0, "late": 0, "unreadable": 0}
         self._cond = threading.Condition()
@@ -141,8 +154,21 @@ class PoolBackend(LLMBackend):
     def stats(self) -> dict[str, Any]:
         with self._cond:
             waiting, out = len(self._waiting), len(self._out)
+            now = time.monotonic()
+            # counted from the broker's acknowledgement or the last reconnect: an outage is not the explainers' silence
+            unheard = [now - max(j.reached, self._up_at) for j in self._out.values()
+                       if j.reached and j.owner is None and j.outcome is None]
+            down_since = self._down_since
+            unacked = sum(1 for j in self._out.values() if j.sent and not j.reached and j.outcome is None)
+        problems = []  # said in the line's /health (service.py), each as "explain pool: ..."
+        if down_since is not None:
+            problems.append(f"site broker {self.session.where} unreachable since "
+                            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(down_since))}: jobs wait")
+        elif unheard and max(unheard) > self.lease_s:
+            problems.append(f"no explainer took a job for {round(max(unheard), 1):g} s ({len(unheard)} waiting at "
+                            f"{self.jobs_topic})")
         return {"pool": self.jobs_topic, "connected": self.session.connected, **self.counts, "waiting": waiting,
-                "out": out}
+                "out": out, "unacked": unacked, "problems": problems}  # unacked: held by paho for the broker
 
     # ---- one call -------------------------------------------------------------------------------------------
 
@@ -216,26 +242,44 @@ class PoolBackend(LLMBackend):
             self._finished.popitem(last=False)
 
     def _send(self, job: _Job) -> None:
+        """Hand the job to paho; its lease starts when the broker acknowledges it (``_on_publish``)."""
         left = max(1, math.ceil(job.deadline - time.monotonic()))
         props = self.session.properties(content_type=JSON, response_topic=self.reply_topic,
                                         correlation=job.key.encode(), expiry_s=left)
+        with self._cond:
+            job.sent += 1
+            job.lease_until, job.lease_left = math.inf, None
         try:
-            self.session.publish(self.jobs_topic, json.dumps(job.body), qos=1, properties=props)
+            # not under self._cond: paho's thread holds its own lock while it calls _on_publish, which takes ours
+            info = self.session.publish(self.jobs_topic, json.dumps(job.body), qos=1, properties=props)
         except RuntimeError as exc:  # the session stopped: the copilot is shutting down
             raise ModelUnavailable(f"{self.name}: {exc}") from None
         with self._cond:
-            job.sent += 1
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                self._lease(job)
+            else:
+                self._by_mid[info.mid] = job
+
+    def _lease(self, job: _Job) -> None:
+        """The broker has the job: its lease runs from now (paused if the connection is down meanwhile)."""
+        job.reached = job.reached or time.monotonic()
+        if self.session.connected:
             job.lease_until = time.monotonic() + self.lease_s
+        else:
+            job.lease_left = self.lease_s
+        self._cond.notify_all()
 
     def _await(self, job: _Job, budget: float) -> Reply:
         self._send(job)
         while True:
-            with self._cond:
-                until = min(job.deadline, job.lease_until)
-            job.done.wait(max(0.0, until - time.monotonic()))
-            with self._cond:
-                outcome, now = job.outcome, time.monotonic()
-                lease_over = now >= job.lease_until
+            with self._cond:  # woken by a result, an acknowledgement, a reconnect (all notify)
+                while True:
+                    outcome, now = job.outcome, time.monotonic()
+                    lease_over = now >= job.lease_until
+                    if outcome is not None or lease_over or now >= job.deadline:
+                        break
+                    self._cond.wait(min(job.deadline, job.lease_until) - now)
             if outcome is not None:
                 return self._result(job, outcome)
             if now >= job.deadline:
@@ -251,7 +295,7 @@ class PoolBackend(LLMBackend):
                 self._send(job)
             elif lease_over:
                 with self._cond:
-                    job.lease_until = job.deadline  # no more retries: its deadline is all that is left
+                    job.lease_until = math.inf  # no more retries: its deadline is all that is left
 
     def _result(self, job: _Job, outcome: dict[str, Any]) -> Reply:
         if outcome.get("done"):
@@ -265,6 +309,34 @@ class PoolBackend(LLMBackend):
         if outcome.get("error") == "unavailable":
             raise ModelUnavailable(where)
         raise BackendError(where)
+
+    # ---- the connection (paho's thread): a lease counts only while the broker can pass word ------------------
+
+    def _on_publish(self, mid: int, failure: str | None) -> None:
+        with self._cond:
+            job = self._by_mid.pop(mid, None)
+            if job is None:
+                self._early_acks.add(mid)
+            elif job.outcome is None:
+                self._lease(job)
+
+    def _on_down(self, why: str) -> None:
+        now = time.monotonic()
+        with self._cond:
+            if self._down_since is None:
+                self._down_since = time.time()
+            for job in self._out.values():
+                if job.lease_until != math.inf:
+                    job.lease_left, job.lease_until = max(0.0, job.lease_until - now), math.inf
+
+    def _on_up(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self._down_since, self._up_at = None, now
+            for job in self._out.values():
+                if job.lease_left is not None:
+                    job.lease_until, job.lease_left = now + job.lease_left, None
+            self._cond.notify_all()
 
     # ---- replies (paho's thread) ----------------------------------------------------------------------------
 
@@ -294,6 +366,7 @@ class PoolBackend(LLMBackend):
             if result:
                 job.outcome = data
                 job.done.set()
+                self._cond.notify_all()
                 return
             worker = str(data.get("worker", "?"))
             job.lease_until = max(job.lease_until, time.monotonic() + self.lease_s)
