@@ -48,16 +48,26 @@ class Watched(Lines):
 
     def __init__(self, cmd: list[str]):
         super().__init__(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        self.pids: set[int] = set()
+        # pid -> its start time: on a busy box a pid is reused, and a later process under it is not the demo's
+        self.seen: dict[int, float] = {}
         threading.Thread(target=self._poll, daemon=True).start()
+
+    @property
+    def pids(self) -> set[int]:
+        return set(self.seen)
 
     def _poll(self) -> None:
         me = psutil.Process(self.proc.pid)
         while self.proc.poll() is None:
             try:
-                self.pids |= {p.pid for p in me.children(recursive=True)}
+                children = me.children(recursive=True)
             except psutil.NoSuchProcess:
                 return
+            for p in children:
+                try:
+                    self.seen.setdefault(p.pid, p.create_time())
+                except psutil.NoSuchProcess:
+                    pass
             time.sleep(0.5)
 
     def summary(self) -> dict:
@@ -66,14 +76,16 @@ class Watched(Lines):
 
     def left_behind(self, *folders: str) -> list[str]:
         """Processes the demo started still running, and any naming one of ``folders`` (postgres is no child)."""
-        left = []
-        for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        found = []
+        for p in psutil.process_iter(["pid", "cmdline", "status", "create_time"]):
             if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid == self.proc.pid:
                 continue
             cmd = " ".join(p.info["cmdline"] or [])
-            if p.pid in self.pids or any(f in cmd for f in folders):
-                left.append(f"{p.pid}: {cmd[:160]}")
-        return left
+            if self.seen.get(p.pid) == p.info["create_time"] or any(f in cmd for f in folders):
+                found.append((p, cmd))
+        # one still exiting (its cmdline already gone) is not left behind: wait for the exits, report who outlives them
+        gone, alive = psutil.wait_procs([p for p, _ in found], timeout=10)
+        return [f"{p.pid}: {cmd[:160]}" for p, cmd in found if p in alive]
 
 
 @pytest.fixture(scope="module")
