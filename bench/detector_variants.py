@@ -122,14 +122,7 @@ class VariantDetector(LineDetector):
         """Today's time-ordered folds, the held-out combined score smoothed before the threshold."""
         rows = np.arange(len(A))
         folds = np.array_split(rows, max(2, self.n_splits))  # SKAB and TEP fits are one stretch per mode
-        held_out = np.zeros((len(A), len(self.lams_)))
-        for fold in folds:
-            train = np.setdiff1d(rows, fold)
-            Z = self._normal(A, F, train).standardise(A, F)
-            Ws = self._smoothed(Z, bounds)
-            P = self._precisions(Ws, train)
-            for j, W in enumerate(Ws):
-                held_out[fold, j] = _distances(W[fold], P[j])
+        held_out = self._held_out(A, F, bounds, folds)
         norms = np.maximum(np.quantile(held_out, 0.99, axis=0), 1e-12)
         combined = _filter((held_out / norms).max(axis=1), bounds, self.score_filter)
         threshold = self._calibrate(combined, np.ones(len(A), dtype=bool), bounds) * margin

@@ -406,6 +406,20 @@ class LineDetector(Estimator):
     def _precisions(self, Ws: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
         return np.stack([np.linalg.pinv(shrunk_covariance(W[rows])) for W in Ws])
 
+    def _held_out(self, A: np.ndarray, F: np.ndarray, bounds: list[tuple[int, int]],
+                  folds: list[np.ndarray]) -> np.ndarray:
+        """Each row's distance per smoothing scale, from a model fitted without the row's fold."""
+        rows = np.arange(len(A))
+        held_out = np.zeros((len(A), len(self.lams_)))
+        for fold in folds:
+            train = np.setdiff1d(rows, fold)
+            Z = self._normal(A, F, train).standardise(A, F)
+            Ws = self._smoothed(Z, bounds)
+            P = self._precisions(Ws, train)
+            for j, W in enumerate(Ws):
+                held_out[fold, j] = _distances(W[fold], P[j])
+        return held_out
+
     def _fit_mode(self, A: np.ndarray, F: np.ndarray, bounds: list[tuple[int, int]], margin: float) -> ModeModel:
         rows = np.arange(len(A))
         k = max(2, self.n_splits)
@@ -422,14 +436,7 @@ class LineDetector(Estimator):
             folds = [np.concatenate(blocks[j::k]) for j in range(min(k, len(blocks)))]
         else:
             folds = np.array_split(rows, k)
-        held_out = np.zeros((len(A), len(self.lams_)))
-        for fold in folds:
-            train = np.setdiff1d(rows, fold)
-            Z = self._normal(A, F, train).standardise(A, F)
-            Ws = self._smoothed(Z, bounds)
-            P = self._precisions(Ws, train)
-            for j, W in enumerate(Ws):
-                held_out[fold, j] = _distances(W[fold], P[j])
+        held_out = self._held_out(A, F, bounds, folds)
         norms = np.maximum(np.quantile(held_out, 0.99, axis=0), 1e-12)
         combined = (held_out / norms).max(axis=1)
         threshold = self._calibrate(combined, np.ones(len(A), dtype=bool), bounds) * margin
