@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from factory_copilot.config import SIMULATED_LINE, load_line, parse_line
+from factory_copilot.detect.operating import coverage_report
 from factory_copilot.detect import (
     UNKNOWN,
     TrainedDetector,
@@ -299,6 +300,46 @@ def test_adaptive_baseline_follows_slow_drift_but_not_a_growing_fault():
         stream.update(r)
     np.testing.assert_array_equal(stream.baseline.baseline["all"], frozen)
 
+
+
+def warming(n: int, seed: int) -> pd.DataFrame:
+    """Three steady signals and a thermocouple warming 0.4 degC per 400 rows against a 0.05 degC spread (a rig
+    warming up, as SKAB's)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    X[:, 3] = 0.05 * X[:, 3] + 0.001 * np.arange(n)
+    return pd.DataFrame(X, columns=["pump.flow", "pump.current", "pump.pressure", "rig.thermocouple"])
+
+
+def test_a_signal_a_short_history_cannot_pin_the_level_of_is_judged_on_its_recent_level():
+    frame = warming(1600, seed=5)
+    history, later = frame.iloc[:400].reset_index(drop=True), frame.iloc[400:].reset_index(drop=True)
+    params = dict(false_alarm_rate=1e-3, persistence=3, holdout=0.5)
+    on_level = LineDetector(**params).fit(history)
+    recent = LineDetector(**params, min_effective_rows=50, level_rows=60).fit(history)
+    assert list(recent.drifting_) == ["rig.thermocouple"] and recent.drifting_["rig.thermocouple"] < 50
+    assert recent.calibration_["drifting"] == recent.drifting_
+    # judged on its level, the warming thermocouple rings once it has warmed past what the widened limit allows;
+    # judged on its recent level, it does not in the 1,200 rows after the history
+    assert on_level.flag(later)[-300:].mean() > 0.5
+    assert recent.flag(later).mean() < 0.01
+    assert any("rig.thermocouple: moves slowly" in r for r in coverage_report(load_line(SIMULATED_LINE), recent.calibration_, {"all": 400}))
+    # a step in it is flagged from its first rows, and a fault in a steady signal as before
+    step = later.copy()
+    step.loc[300:, "rig.thermocouple"] += 0.5
+    flags = recent.flag(step)
+    assert flags[300:310].any() and flags[:300].mean() < 0.02
+    assert recent.contributions(step).iloc[300:310].mean().idxmax() == "rig.thermocouple"
+    broken = later.copy()
+    broken.loc[300:, "pump.current"] += 5.0
+    assert recent.flag(broken)[305:].mean() > 0.95
+    # live, one row at a time, as in batch
+    stream = recent.stream()
+    live = np.array([stream.update(r) for r in step.to_numpy()], dtype=object)
+    np.testing.assert_allclose(live[:, 0].astype(float), recent.anomaly_score(step), rtol=1e-7, atol=1e-9)
+    assert np.array_equal(live[:, 1].astype(bool), flags.astype(bool))
+    # a long history of the same signals pins every level: none is judged on its recent level
+    assert LineDetector(**params, min_effective_rows=50, level_rows=60).fit(warming(20000, seed=6).diff().iloc[1:]).drifting_ == {}
 
 
 def test_holding_out_half_the_history_sees_a_drift_the_last_fifth_hides_and_widens_for_it():

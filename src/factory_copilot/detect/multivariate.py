@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 ALL_MODES = "all"
+# consecutive blocks of the normal history whose means tell how well it pins each signal's level
+LEVEL_BLOCKS = 10
 
 
 def mode_labels(values) -> np.ndarray:
@@ -167,7 +169,11 @@ class LineDetector(Estimator):
     constant of the adaptive baseline in rows (None: fixed normal); it learns from chunks of
     ``baseline_every`` rows once they are ``baseline_hold`` rows old, if nothing was flagged since and
     their mean score stayed under ``baseline_freeze``. ``interleave``: calibration folds of blocks dealt
-    in turn even for one stretch (default: contiguous folds).
+    in turn even for one stretch (default: contiguous folds). ``min_effective_rows``: a signal whose
+    history, once the operating point is taken out, holds fewer effective independent rows than this
+    (it moves slowly for so short a history, as a rig's temperature warming up over 400 s) has a level
+    the history cannot pin down; it is judged by its departure from its own recent level, an EWMA of
+    ``level_rows`` rows (``drifting_``: those signals' effective rows; 0: every signal on its level).
     """
 
     def __init__(
@@ -194,6 +200,8 @@ class LineDetector(Estimator):
         baseline_hold: int = 600,
         baseline_freeze: float = 0.5,
         interleave: bool = False,
+        min_effective_rows: float = 0.0,
+        level_rows: float = 240.0,
     ):
         self.smoothing = smoothing
         self.false_alarm_rate = false_alarm_rate
@@ -217,6 +225,8 @@ class LineDetector(Estimator):
         self.baseline_hold = baseline_hold
         self.baseline_freeze = baseline_freeze
         self.interleave = interleave
+        self.min_effective_rows = min_effective_rows
+        self.level_rows = level_rows
 
     # ---- shaping the table -------------------------------------------------------------
     def _modes_of(self, X: pd.DataFrame) -> np.ndarray:
@@ -245,7 +255,41 @@ class LineDetector(Estimator):
         modes = self._modes_of(X) if self.per_mode else np.full(len(X), ALL_MODES, dtype=object)
         run_ids = self._runs_of(X)
         segs = self._segments(modes, run_ids)
-        return A, self._context_features(A, run_ids), modes, segs
+        F = self._context_features(A, run_ids)
+        return self._from_level(A, run_ids, self.drifting_index_), F, modes, segs
+
+    def _from_level(self, A: np.ndarray, run_ids: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """``columns`` as their departure from their own recent level (the EWMA up to the row before), per run."""
+        if not len(columns):
+            return A
+        A = A.copy()
+        lam = 1.0 / max(float(self.level_rows), 1.0)
+        for a, b in runs(run_ids):
+            x = A[a:b, columns]
+            level = _ewma_from_first(x, lam)
+            before = np.vstack([x[:1], level[:-1]])  # the row's own value is not its level yet: a step shows whole
+            A[a:b, columns] = x - np.where(np.isnan(before), x, before)
+        return A
+
+    def _effective_rows(self, A: np.ndarray, F: np.ndarray, modes: np.ndarray, segs: list[_Segment],
+                        usable: np.ndarray) -> np.ndarray:
+        """Per signal, how many independent rows its normal history holds once its mode's operating point is taken
+        out, summed over the stretches: in each, the variance of its rows over that of its mean, the latter from
+        the means of ``LEVEL_BLOCKS`` consecutive blocks (batch means), so a slow wander and a trend count against
+        it. Stretches are counted apart: a level that differs between recordings is the history's to show."""
+        n_eff = np.zeros(A.shape[1])
+        for mode in dict.fromkeys(modes):
+            rows = np.flatnonzero(usable & (modes == mode))
+            if len(rows) < self.min_rows:
+                continue
+            R = np.nan_to_num(A - self._normal(A, F, rows).expected(A, F))
+            for seg in (s for s in segs if s.mode == mode and s.end - s.scored >= 2 * LEVEL_BLOCKS):
+                r = R[seg.scored : seg.end]
+                means = np.stack([b.mean(axis=0) for b in np.array_split(r, LEVEL_BLOCKS)])
+                spread = means.var(axis=0, ddof=1)
+                n_eff += np.minimum(len(r), np.divide(LEVEL_BLOCKS * r.var(axis=0), spread,
+                                                      out=np.full(A.shape[1], float(len(r))), where=spread > 0))
+        return n_eff
 
     # ---- the operating point -----------------------------------------------------------
     def _context_features(self, A: np.ndarray, run_ids: np.ndarray) -> np.ndarray:
@@ -308,9 +352,14 @@ class LineDetector(Estimator):
         self.context_lags_ = tuple(self.context_lags) if load else ()
         self.context_degree_ = self.context_degree if load or values >= 5 else 1
         F = self._context_features(A, run_ids)
-        overall = np.nanstd(A, axis=0)
-        # a signal flat within one mode (a stopped motor) still needs a usable scale
-        self.scale_floor_ = np.maximum(0.01 * np.nan_to_num(overall), 1e-9)
+        self._set_scale_floor(A)
+        self.drifting_ = {}
+        if self.min_effective_rows and usable.any():
+            n_eff = self._effective_rows(A, F, modes, segs, usable)
+            slow = [j for j in range(len(self.signals_)) if n_eff[j] < self.min_effective_rows and j not in self.context_]
+            self.drifting_ = {self.signals_[j]: float(n_eff[j]) for j in slow}
+            A = self._from_level(A, run_ids, self.drifting_index_)
+            self._set_scale_floor(A)
 
         held = self._holdout_rows(segs, len(A)) if holdout is None else np.asarray(holdout, dtype=bool).copy()
         if len(held) != len(A):
@@ -321,7 +370,8 @@ class LineDetector(Estimator):
             in_mode = modes == mode
             if (usable & in_mode & ~held).sum() < self.min_rows:
                 held[in_mode] = False
-        report: dict = {"target": self.false_alarm_rate, "persistence": self.persistence, "modes": {}, "groups": {}}
+        report: dict = {"target": self.false_alarm_rate, "persistence": self.persistence, "modes": {}, "groups": {},
+                        "drifting": dict(self.drifting_), "level_rows": float(self.level_rows)}
         factors: dict[str, float] = {}
         if held.any():
             self.models_, _ = self._fit_modes(A, F, modes, segs, usable & ~held)
@@ -343,6 +393,10 @@ class LineDetector(Estimator):
             report["modes"][mode]["skipped"] = True
         self.calibration_ = report
         return self
+
+    def _set_scale_floor(self, A: np.ndarray) -> None:
+        # a signal flat within one mode (a stopped motor) still needs a usable scale
+        self.scale_floor_ = np.maximum(0.01 * np.nan_to_num(np.nanstd(A, axis=0)), 1e-9)
 
     def _holdout_rows(self, segs: list[_Segment], n: int) -> np.ndarray:
         """The last ``holdout`` share of every stretch's scored rows."""
@@ -525,6 +579,11 @@ class LineDetector(Estimator):
         return factors
 
     # ---- scoring -------------------------------------------------------------------------
+    @property
+    def drifting_index_(self) -> np.ndarray:
+        """Column indices of the signals judged against their recent level."""
+        return np.array([self.signals_.index(k) for k in self.drifting_], dtype=int)
+
     def model_for(self, mode: str) -> ModeModel | None:
         """The mode's model; a detector trained without modes judges every mode by its one normal."""
         return self.models_.get(str(mode)) or self.models_.get(ALL_MODES)
@@ -720,6 +779,20 @@ class DetectorStream:
         self.chunk_score = 0.0
         self.chunk_rows = 0
         self.pending: deque = deque()
+        self.drifting = detector.drifting_index_
+        self.level = np.full(len(self.drifting), np.nan)  # their recent level, up to the row before
+        self.level_lam = 1.0 / max(float(detector.level_rows), 1.0)
+
+    def _from_level(self, x: np.ndarray) -> np.ndarray:
+        """As LineDetector._from_level, one row: the drifting signals' departure from their recent level."""
+        if not len(self.drifting):
+            return x
+        v = x[self.drifting]
+        before = np.where(np.isnan(self.level), v, self.level)
+        self.level = before + self.level_lam * (v - before)
+        x = x.copy()
+        x[self.drifting] = v - before
+        return x
 
     def _features(self, x: np.ndarray) -> np.ndarray:
         d = self.detector
@@ -741,6 +814,7 @@ class DetectorStream:
         x = np.where(np.isnan(x), self.last, x)
         self.last = x
         f = self._features(x)
+        x = self._from_level(x)
         label = ALL_MODES if mode is None or not d.per_mode else str(mode_labels([mode])[0])
         if label != self.mode:
             if self.mode is not None:

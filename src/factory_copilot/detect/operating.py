@@ -158,6 +158,10 @@ def coverage_report(line: LineConfig, calibration: dict, rows_by_group: dict[str
             out.append(head + ("; above the target" if g.get("missed") else "; the target holds there"))
         else:
             out.append(head + f"; too short to tell: the false-alarm rate there cannot be held below {g['shown_below']:.0e}")
+    for signal, n_eff in (calibration.get("drifting") or {}).items():
+        out.append(f"{signal}: moves slowly for this much history (about {n_eff:.0f} independent rows): judged by its "
+                   f"departure from its level over the last {duration(calibration.get('level_rows', 0.0), interval, line.time_unit)}, "
+                   f"so a change in it slower than that is not caught; more history lets it be judged on its level")
     for mode, m in calibration["modes"].items():
         if m.get("factor", 1.0) > 1.0:
             scope = "the line's one normal" if mode == "all" else f"mode {mode}"

@@ -19,8 +19,9 @@ from factory_copilot.errors import GiveUp
 log = logging.getLogger(__name__)
 
 # 2: modes declared by the line file, operating-point features, out-of-sample calibration;
-# 3: no scikit-learn object inside (the classifier's trees as numpy arrays), so serving loads without it
-FORMAT = 3
+# 3: no scikit-learn object inside (the classifier's trees as numpy arrays), so serving loads without it;
+# 4: signals a short history cannot pin the level of, judged against their recent level (LineDetector.drifting_)
+FORMAT = 4
 
 
 class ModelMismatchError(GiveUp, ValueError):
