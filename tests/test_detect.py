@@ -301,6 +301,25 @@ def test_adaptive_baseline_follows_slow_drift_but_not_a_growing_fault():
     np.testing.assert_array_equal(stream.baseline.baseline["all"], frozen)
 
 
+def test_an_hourly_line_keeps_a_fixed_normal_and_flags_an_offset_a_two_row_baseline_would_learn_away():
+    from types import SimpleNamespace
+
+    from factory_copilot.detect.evaluate import line_detector_params
+
+    def line(interval_s: float) -> SimpleNamespace:
+        return SimpleNamespace(sampling_interval_s=interval_s, context_keys=lambda: [], production_modes=lambda: ["running"])
+
+    assert line_detector_params(line(1.0))["baseline_rows"] == 7200.0  # a second-sampled line follows its drift
+    hourly = line_detector_params(line(3600.0))
+    assert hourly["baseline_rows"] is None
+    detector = LineDetector(**hourly).fit(correlated(3000, seed=5))
+    test = correlated(600, seed=6)
+    test.loc[200:259, "pump.current"] += 0.8  # 60 hours off its correlation with the flow (a 2-row baseline: never flagged)
+    flags = detector.flag(test)
+    assert flags[:200].sum() == 0 and flags[200:260].mean() > 0.5
+    assert flags[308:].sum() == 0  # nothing was learnt: the flags end with the offset (and the slow average's memory)
+
+
 
 def warming(n: int, seed: int) -> pd.DataFrame:
     """Three steady signals and a thermocouple warming 0.4 degC per 400 rows against a 0.05 degC spread (a rig

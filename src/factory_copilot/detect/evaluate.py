@@ -54,6 +54,8 @@ SIM_DETECTOR = LINE_DETECTOR
 CONTEXT_LAGS_S = (30.0, 300.0, 1200.0)
 # time constant of the adaptive baseline (s): drift slower than this is followed, faster is flagged
 BASELINE_S = 7200.0
+# the baseline learns from one-minute chunks once they are ten minutes old (s)
+BASELINE_EVERY_S, BASELINE_HOLD_S = 60.0, 600.0
 # fewer effective independent rows than this in a signal's history: too few to learn its level from
 MIN_EFFECTIVE_ROWS = 50.0
 # the recent level such a signal is judged against: its EWMA over this time constant (s)
@@ -66,16 +68,13 @@ def line_detector_params(line: LineConfig) -> dict:
     rows = 1.0 / line.sampling_interval_s  # rows per second
     return {
         **LINE_DETECTOR,
+        **_baseline_params(rows),
         "context": tuple(line.context_keys()),
         # a curved response to the operating point, and the lagged one of what follows it slowly (temperatures)
         "context_degree": 2,
         "context_lags": tuple(max(1.0, s * rows) for s in CONTEXT_LAGS_S),
         # the production modes are steady; other modes (start-up, changeover) are short and drifting
         "steady_modes": tuple(line.production_modes()),
-        # follow a healthy machine's slow drift (the room warming over a shift), frozen while flagging
-        "baseline_rows": BASELINE_S * rows,
-        "baseline_every": max(1, int(round(60 * rows))),
-        "baseline_hold": max(1, int(round(600 * rows))),
         # the threshold must hold on running as far past the history as the history is long: with half of every
         # stretch held out, the out-of-sample check sees a drift a short history hides and widens the limit
         # (bench/public_benchmarks.py: SKAB's false-alarm rate 40 % -> 25 % at holdout 0.2 -> 0.5)
@@ -86,6 +85,25 @@ def line_detector_params(line: LineConfig) -> dict:
         "min_effective_rows": MIN_EFFECTIVE_ROWS,
         "level_rows": max(1.0, LEVEL_S * rows),
     }
+
+
+def _baseline_params(rows_per_s: float) -> dict:
+    """The adaptive baseline, where the sampling leaves it its guarantee; else a fixed normal (``baseline_rows`` None).
+
+    Follow a healthy machine's slow drift (the room warming over a shift), frozen while flagging. It learns
+    only rows older than ``baseline_hold`` so that a fault is flagged before any of it is learnt; that needs
+    the hold to outlast what flagging takes: the persistence and the rise of the slowest smoothing channel.
+    A line sampled so coarsely that the hold is shorter (hourly SCADA: hold 1 row, time constant 2 rows)
+    would learn a fault between two flagged rows and then freeze on it, flagging every row after it
+    (bench/batadal.py: the test set flagged from the first attack's end to its last row).
+    """
+    hold = max(1, int(round(BASELINE_HOLD_S * rows_per_s)))
+    smoothing = LINE_DETECTOR.get("smoothing", LineDetector().smoothing)
+    to_flag = LINE_DETECTOR["persistence"] + 1.0 / min(smoothing)
+    if hold < to_flag:
+        return {"baseline_rows": None}
+    return {"baseline_rows": BASELINE_S * rows_per_s, "baseline_every": max(1, int(round(BASELINE_EVERY_S * rows_per_s))),
+            "baseline_hold": hold}
 
 
 def train_models(
