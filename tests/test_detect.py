@@ -361,6 +361,26 @@ def test_a_signal_a_short_history_cannot_pin_the_level_of_is_judged_on_its_recen
     assert LineDetector(**params, min_effective_rows=50, level_rows=60).fit(warming(20000, seed=6).diff().iloc[1:]).drifting_ == {}
 
 
+def test_a_standby_pump_that_hardly_ran_in_the_history_is_left_out_and_the_threshold_is_not_set_by_it():
+    rng = np.random.default_rng(8)
+    frame = warming(3000, seed=8).drop(columns="rig.thermocouple")
+    frame["standby.running"] = 0.0
+    frame.loc[1200:1203, "standby.running"] = 1.0  # four rows of a year's test run
+    detector = LineDetector(false_alarm_rate=1e-3, persistence=3).fit(frame)
+    assert detector.unjudged_ == ("standby.running",) and detector.calibration_["unjudged"] == ["standby.running"]
+    later = frame.iloc[:800].reset_index(drop=True).copy()
+    later.loc[:, ["pump.flow", "pump.current", "pump.pressure"]] = rng.normal(size=(800, 3))
+    later.loc[100:300, "standby.running"] = 1.0
+    # the pump running changes nothing: the detector judges as one that never had the signal
+    without = LineDetector(false_alarm_rate=1e-3, persistence=3).fit(frame.drop(columns="standby.running"))
+    assert np.array_equal(detector.flag(later), without.flag(later.drop(columns="standby.running")))
+    assert detector.flag(later).mean() < 0.03
+    later.loc[500:, "pump.current"] += 5.0
+    assert detector.flag(later)[505:].mean() > 0.95  # and the threshold was not set by its rare rows
+    assert any("standby.running: off its usual value" in r
+               for r in coverage_report(load_line(SIMULATED_LINE), detector.calibration_, {"all": 3000}))
+
+
 def test_holding_out_half_the_history_sees_a_drift_the_last_fifth_hides_and_widens_for_it():
     # a rig warming up: one signal's level wanders slowly through its short history and on after it
     frame = correlated(1200, seed=21)

@@ -132,6 +132,16 @@ def _ewma_from_first(x: np.ndarray, lam: float) -> np.ndarray:
     return out
 
 
+def _rows_moved(A: np.ndarray) -> np.ndarray:
+    """Per column, the rows (of finite readings) away from its most common value: how often the signal moved."""
+    out = np.zeros(A.shape[1], dtype=int)
+    for j in range(A.shape[1]):
+        x = A[:, j][np.isfinite(A[:, j])]
+        if len(x):
+            out[j] = len(x) - np.unique(x, return_counts=True)[1].max()
+    return out
+
+
 def _pairwise(Z: np.ndarray) -> np.ndarray:
     """Squares and products of standardised operating-point signals (a curved response, and one signal's
     effect depending on another's, as a motor's current on both flow and pressure)."""
@@ -352,6 +362,11 @@ class LineDetector(Estimator):
         self.context_lags_ = tuple(self.context_lags) if load else ()
         self.context_degree_ = self.context_degree if load or values >= 5 else 1
         F = self._context_features(A, run_ids)
+        # a signal off its usual value in fewer rows than a mode needs (a standby pump never run, or run a few
+        # hours of a year) has no normal spread to learn: judged by it, any change is a 1e3 to 1e9-sigma event
+        # that sets the threshold in calibration and holds the slow averages up for days; it is left out
+        self.unjudged_ = tuple(s for s, k in zip(self.signals_, _rows_moved(A[usable])) if k < self.min_rows)
+        self.judged_ = np.array([s not in self.unjudged_ for s in self.signals_], dtype=bool)
         self._set_scale_floor(A)
         self.drifting_ = {}
         if self.min_effective_rows and usable.any():
@@ -391,6 +406,7 @@ class LineDetector(Estimator):
         for mode, n in self.skipped_modes_.items():
             report["modes"].setdefault(mode, {"held_out": 0})["rows"] = n
             report["modes"][mode]["skipped"] = True
+        report["unjudged"] = list(self.unjudged_)
         self.calibration_ = report
         return self
 
@@ -446,6 +462,7 @@ class LineDetector(Estimator):
             m.context_mean, m.coef = f_mean, coef
         resid = A[rows] - m.expected(A[rows], F[rows])
         m.scale = np.maximum(np.nan_to_num(np.nanstd(resid, axis=0)), self.scale_floor_)
+        m.scale[~self.judged_] = np.inf  # its standardised residual is 0: no part of any distance
         return m
 
     def _smoothed(self, Z: np.ndarray, bounds: list[tuple[int, int]]) -> list[np.ndarray]:

@@ -158,6 +158,9 @@ def coverage_report(line: LineConfig, calibration: dict, rows_by_group: dict[str
             out.append(head + ("; above the target" if g.get("missed") else "; the target holds there"))
         else:
             out.append(head + f"; too short to tell: the false-alarm rate there cannot be held below {g['shown_below']:.0e}")
+    for signal in calibration.get("unjudged") or []:
+        out.append(f"{signal}: off its usual value in too few healthy rows to learn its normal spread from, so the "
+                   f"detector leaves it out; only the line file's limits for it apply")
     for signal, n_eff in (calibration.get("drifting") or {}).items():
         out.append(f"{signal}: moves slowly for this much history (about {n_eff:.0f} independent rows): judged by its "
                    f"departure from its level over the last {duration(calibration.get('level_rows', 0.0), interval, line.time_unit)}, "
