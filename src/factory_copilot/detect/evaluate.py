@@ -81,7 +81,7 @@ def line_detector_params(line: LineConfig) -> dict:
         "holdout": 0.5,
         # a signal that moves slowly for the history given (a rig warming up over a few hundred rows) has a
         # level the history cannot pin down: judged against its level of the last minutes instead
-        # (bench/public_benchmarks.py: SKAB's healthy windows' false-alarm rate 20.9 % -> 10.6 %)
+        # (bench/public_benchmarks.py: SKAB's anomaly-free windows' false-alarm rate 20.9 % -> 8.3 %)
         "min_effective_rows": MIN_EFFECTIVE_ROWS,
         "level_rows": max(1.0, LEVEL_S * rows),
     }
