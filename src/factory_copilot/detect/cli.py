@@ -189,8 +189,8 @@ def train_command(args: argparse.Namespace) -> int:
         normal_rows = models.metadata["normal_rows"]
         print("left their usual value in only a few healthy rows, too few to learn that state from: " + ", ".join(
             f"{k} ({n} of {normal_rows})" for k, n in rare.items()) + "; if that state is normal running (a standby "
-            "pump, a valve opened now and then), give the line a mode for it or name the signal in operating_point, "
-            "else its rows raise the detector's threshold for every signal")
+            "pump, a valve opened now and then), give the line a mode for it or name the signal in operating_point; "
+            "until then the detector leaves such a signal out (its few rows would set the threshold for every signal)")
     print(f"saved {path} (line fingerprint {models.fingerprint})"
           + ("" if args.out else f"; `factory-copilot run --config {args.line}` loads it from there"))
     return 0

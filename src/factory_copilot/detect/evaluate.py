@@ -27,7 +27,7 @@ from factory_copilot.detect.baselines import PcaMonitor
 from factory_copilot.detect.checks import SignalChecks
 from factory_copilot.detect.classify import WINDOW_LAGS, FaultClassifier
 from factory_copilot.detect.features import runs
-from factory_copilot.detect.multivariate import LineDetector
+from factory_copilot.detect.multivariate import LineDetector, rows_off_usual
 from factory_copilot.detect.operating import (
     coverage_report,
     row_groups,
@@ -190,16 +190,10 @@ def rare_states(normal: pd.DataFrame, share: float = 0.99, at_most: int = 50) ->
     """Signals that sit at one value in healthy history but leave it in only a few rows (a standby pump that ran
     16 hours of a year): signal -> those rows. The detector cannot learn that state from them, and the rows it
     scores far off set its calibrated threshold high for every other signal."""
-    out = {}
-    for col in normal.columns:
-        values = normal[col].dropna()
-        if len(values) < 100:
-            continue
-        top = int(values.value_counts().iloc[0])
-        rest = len(values) - top
-        if 0 < rest <= min(at_most, (1 - share) * len(values)):
-            out[str(col)] = rest
-    return out
+    X = normal.to_numpy(dtype=float)
+    seen = np.isfinite(X).sum(axis=0)
+    return {str(col): int(rest) for col, rest, n in zip(normal.columns, rows_off_usual(X), seen)
+            if n >= 100 and 0 < rest <= min(at_most, (1 - share) * n)}
 
 
 # ---- replaying a run through the station --------------------------------------------------------

@@ -132,7 +132,7 @@ def _ewma_from_first(x: np.ndarray, lam: float) -> np.ndarray:
     return out
 
 
-def _rows_moved(A: np.ndarray) -> np.ndarray:
+def rows_off_usual(A: np.ndarray) -> np.ndarray:
     """Per column, the rows (of finite readings) away from its most common value: how often the signal moved."""
     out = np.zeros(A.shape[1], dtype=int)
     for j in range(A.shape[1]):
@@ -365,8 +365,7 @@ class LineDetector(Estimator):
         # a signal off its usual value in fewer rows than a mode needs (a standby pump never run, or run a few
         # hours of a year) has no normal spread to learn: judged by it, any change is a 1e3 to 1e9-sigma event
         # that sets the threshold in calibration and holds the slow averages up for days; it is left out
-        self.unjudged_ = tuple(s for s, k in zip(self.signals_, _rows_moved(A[usable])) if k < self.min_rows)
-        self.judged_ = np.array([s not in self.unjudged_ for s in self.signals_], dtype=bool)
+        self.unjudged_ = tuple(s for s, k in zip(self.signals_, rows_off_usual(A[usable])) if k < self.min_rows)
         self._set_scale_floor(A)
         self.drifting_ = {}
         if self.min_effective_rows and usable.any():
@@ -596,6 +595,11 @@ class LineDetector(Estimator):
         return factors
 
     # ---- scoring -------------------------------------------------------------------------
+    @property
+    def judged_(self) -> np.ndarray:
+        """Per signal, whether the distance judges it (False for the ``unjudged_``)."""
+        return np.array([s not in self.unjudged_ for s in self.signals_], dtype=bool)
+
     @property
     def drifting_index_(self) -> np.ndarray:
         """Column indices of the signals judged against their recent level."""
