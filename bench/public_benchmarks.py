@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     worst = max(ours, key=lambda d: ours[d]["far"])
     beats = sum(ours[d]["f1"] > results[(d, "T2+Q")]["f1"] and ours[d]["far"] <= results[(d, "T2+Q")]["far"]
                 for d in ours)
-    print(f"public benchmarks: FAR {ours[worst]['far']:.1%} on {worst} (target {target:g}), "
+    print(f"public benchmarks: FAR {ours[worst]['far']:.1%} on {worst} (target {target:.2%}), "
           f"F1 {min(r['f1'] for r in ours.values()):.3f}, beats T2+Q on {beats}/{len(ours)}")
 
 

@@ -361,6 +361,32 @@ def test_a_signal_a_short_history_cannot_pin_the_level_of_is_judged_on_its_recen
     assert LineDetector(**params, min_effective_rows=50, level_rows=60).fit(warming(20000, seed=6).diff().iloc[1:]).drifting_ == {}
 
 
+def test_a_short_history_is_not_judged_on_an_average_slower_than_it_can_calibrate():
+    history = correlated(400, seed=31)
+    params = dict(false_alarm_rate=1e-3, persistence=3, holdout=0.5)
+    short = LineDetector(**params, min_smoothed_samples=10).fit(history)
+    # 200 rows fit (half held out): a 20-row average would rest on 5 independent values; raised until there are 10
+    floor = 2 * 10 / (200 + 10)
+    np.testing.assert_allclose(short.lams_, [1.0, 0.3, floor])
+    assert 200 * floor / (2 - floor) == pytest.approx(10)
+    assert short.calibration_["smoothing"] == pytest.approx([1.0, 0.3, floor]) and short.calibration_["fit_rows"] == 200
+    report = coverage_report(load_line(SIMULATED_LINE), short.calibration_, {"all": 400})
+    assert any(r.startswith("the slowest average is over 10 s, not 20 s: 200 rows") for r in report)
+    # a long history keeps every weight as asked, and says nothing of it
+    long = LineDetector(**params, min_smoothed_samples=10).fit(correlated(6000, seed=32))
+    np.testing.assert_allclose(long.lams_, LineDetector().smoothing)
+    assert not any("slowest average" in r for r in coverage_report(load_line(SIMULATED_LINE), long.calibration_, {"all": 6000}))
+    # a small drift is still caught, and live one row at a time as in batch
+    later = correlated(800, seed=33)
+    later.loc[300:, "pump.current"] += np.linspace(0.0, 1.5, 500)
+    flags = short.flag(later)
+    assert flags[:300].mean() < 0.02 and flags[700:].mean() > 0.9
+    stream = short.stream()
+    live = np.array([stream.update(r) for r in later.to_numpy()], dtype=object)
+    np.testing.assert_allclose(live[:, 0].astype(float), short.anomaly_score(later), rtol=1e-7, atol=1e-9)
+    assert np.array_equal(live[:, 1].astype(bool), flags.astype(bool))
+
+
 def test_a_standby_pump_that_hardly_ran_in_the_history_is_left_out_and_the_threshold_is_not_set_by_it():
     rng = np.random.default_rng(8)
     frame = warming(3000, seed=8).drop(columns="rig.thermocouple")

@@ -165,6 +165,12 @@ def coverage_report(line: LineConfig, calibration: dict, rows_by_group: dict[str
         out.append(f"{signal}: moves slowly for this much history (about {n_eff:.0f} independent rows): judged by its "
                    f"departure from its level over the last {duration(calibration.get('level_rows', 0.0), interval, line.time_unit)}, "
                    f"so a change in it slower than that is not caught; more history lets it be judged on its level")
+    asked, used = calibration.get("asked_smoothing"), calibration.get("smoothing")
+    if asked and used and min(used) > min(asked):
+        out.append(f"the slowest average is over {duration(1.0 / min(used), interval, line.time_unit)}, not "
+                   f"{duration(1.0 / min(asked), interval, line.time_unit)}: {calibration.get('fit_rows', 0)} rows of "
+                   f"history fit the model, too few to learn the spread of a slower one; a slow drift is caught later, "
+                   f"and more history restores it")
     for mode, m in calibration["modes"].items():
         if m.get("factor", 1.0) > 1.0:
             scope = "the line's one normal" if mode == "all" else f"mode {mode}"
