@@ -182,8 +182,10 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"  {text}")
     flat = models.metadata.get("flat_in_normal")
     if flat:
-        print(f"constant in healthy history, so stuck check off for: {', '.join(flat)} (flat is their normal; "
-              "a signal that should move here is worth a look at its source)")
+        # not "constant": a slow, quantised temperature holds its reading for many samples yet is judged on its course
+        print(f"unchanged from one healthy sample to the next in a fifth of them or more, so stuck check off for: "
+              f"{', '.join(flat)} (holding a reading is their normal; a signal that should move here is worth a look "
+              "at its source)")
     rare = models.metadata.get("rare_states")
     if rare:
         normal_rows = models.metadata["normal_rows"]
