@@ -387,6 +387,30 @@ def test_a_short_history_is_not_judged_on_an_average_slower_than_it_can_calibrat
     assert np.array_equal(live[:, 1].astype(bool), flags.astype(bool))
 
 
+@pytest.mark.parametrize("baseline_rows", [None, 600.0])
+def test_the_slowest_average_forgets_an_excursion_that_has_passed_but_not_a_drift(baseline_rows):
+    history = correlated(3000, seed=41)
+    params = dict(false_alarm_rate=1e-3, persistence=3, baseline_rows=baseline_rows, baseline_every=20, baseline_hold=100)
+    keeps = LineDetector(**params).fit(history)
+    forgets = LineDetector(**params, restart_after=0.5).fit(history)
+    later = correlated(1200, seed=42)
+    later.loc[300:339, "pump.current"] += 3.0  # a 40-row excursion, then normal running
+    later.loc[700:, "tunnel.temp"] += np.linspace(0.0, 0.8, 500)  # a drift only the slow average sees at first
+    kept, forgot = keeps.flag(later), forgets.flag(later)
+    assert forgot[:300].sum() == kept[:300].sum() == 0
+    assert forgot[300:340].mean() == kept[300:340].mean() > 0.9
+    # the 20-row average holds the excursion for 40 rows after it; restarted once it alone flags and has fallen
+    # for 10 rows, it lets normal running go within the persistence of that
+    assert kept[340:440].sum() >= 35 and forgot[340:440].sum() <= kept[340:440].sum() - 15
+    assert forgot[340:440].sum() <= 10 + 3 + 5
+    # a drift is held by the faster averages too: restarting from them keeps it
+    assert np.array_equal(forgot[700:], kept[700:]) and forgot[1100:].mean() > 0.8
+    stream = forgets.stream()
+    live = np.array([stream.update(r) for r in later.to_numpy()], dtype=object)
+    np.testing.assert_allclose(live[:, 0].astype(float), forgets.anomaly_score(later), rtol=1e-7, atol=1e-9)
+    assert np.array_equal(live[:, 1].astype(bool), forgot.astype(bool))
+
+
 def test_a_standby_pump_that_hardly_ran_in_the_history_is_left_out_and_the_threshold_is_not_set_by_it():
     rng = np.random.default_rng(8)
     frame = warming(3000, seed=8).drop(columns="rig.thermocouple")

@@ -62,6 +62,8 @@ MIN_EFFECTIVE_ROWS = 50.0
 LEVEL_S = 240.0
 # independent averages the fitting rows must hold of each smoothing weight for its spread to be learnt
 MIN_SMOOTHED_SAMPLES = 10.0
+# share of the slowest average's time constant it may fall, alone over its limit, before it restarts
+RESTART_AFTER = 0.5
 
 
 # ---- training from history --------------------------------------------------------------------
@@ -89,6 +91,10 @@ def line_detector_params(line: LineConfig) -> dict:
         # a few hundred rows cannot calibrate the slowest average (20 rows): it is made only as slow as they can
         # (bench/public_benchmarks.py: SKAB's false-alarm rate 20.5 % -> 15.5 %, its anomaly-free windows' 8.3 % -> 7.4 %)
         "min_smoothed_samples": MIN_SMOOTHED_SAMPLES,
+        # after an excursion the slowest average remembers it for as long again: restarted once it alone flags
+        # and has fallen for half its time constant (bench/public_benchmarks.py: BATADAL's false-alarm rate
+        # 7.0 % -> 2.1 %, the tails just after attacks)
+        "restart_after": RESTART_AFTER,
     }
 
 

@@ -70,6 +70,59 @@ def _streak(exceed: np.ndarray, carried: int) -> np.ndarray:
 
 
 @dataclass
+class _Restart:
+    """Where the slowest average is restarted from the next faster one's state, and the count carried across blocks:
+    it alone over its limit and falling for ``rows`` rows holds the memory of an excursion the faster averages no
+    longer see (a fault that has ended), which would otherwise flag normal running for as long again."""
+
+    slow: int  # index of the slowest average among the detector's weights
+    faster: int  # the next faster one
+    others: np.ndarray  # indices of every average but the slowest
+    rows: int
+    falling: int = 0
+    previous: float = np.inf
+
+    def reset(self) -> None:
+        self.falling, self.previous = 0, np.inf
+
+    def step(self, s: np.ndarray) -> bool:
+        """One row's scores per average (1.0 = limit); True when the slowest is to restart after this row."""
+        slow = s[self.slow]
+        alone = slow > 1.0 and bool(s[self.others].max() <= 1.0)
+        self.falling = self.falling + 1 if alone and slow < self.previous else 0
+        self.previous = slow
+        if self.falling >= self.rows:
+            self.reset()
+            return True
+        return False
+
+    def apply(self, S: np.ndarray, Ws: list[np.ndarray], X: np.ndarray, lam: float, rescore) -> None:
+        """Restart a block in place: ``S`` its rows' scores per average, ``Ws`` the averages of its input ``X``;
+        ``rescore(W)`` scores rows of the slowest average. Only the rows a restart reaches are recomputed
+        (its effect on the average decays as (1 - lam)^k: gone to rounding after ``reach`` rows)."""
+        reach = int(np.ceil(np.log(1e-13) / np.log1p(-lam))) if lam < 1.0 else 1
+        n = len(S)
+        t = 0
+        while t < n:
+            # rows where the slowest alone is over its limit; the run of them falling, continued from before
+            alone = (S[t:, self.slow] > 1.0) & (S[t:, self.others].max(axis=1) <= 1.0)
+            before = np.concatenate([[self.previous], S[t:-1, self.slow]]) if n - t > 1 else np.array([self.previous])
+            counts = _streak(alone & (S[t:, self.slow] < before), self.falling)
+            hit = np.flatnonzero(counts >= self.rows)
+            if not len(hit):
+                self.falling, self.previous = int(counts[-1]), float(S[-1, self.slow])
+                return
+            i = t + int(hit[0])
+            self.reset()
+            end = min(n, i + 1 + reach)
+            if end > i + 1:
+                W = Ws[self.slow]
+                W[i + 1 : end] = first_order(X[i + 1 : end], lam, start=Ws[self.faster][i])
+                S[i + 1 : end, self.slow] = rescore(W[i + 1 : end])
+            t = i + 1
+
+
+@dataclass
 class ModeModel:
     """The learnt normal of one operating mode."""
 
@@ -187,7 +240,10 @@ class LineDetector(Estimator):
     ``min_smoothed_samples``: each smoothing weight is raised until the rows that fit the model hold at least this
     many independent averages of it (an EWMA of weight lam over n rows averages about n*lam/(2-lam) of them), so
     a history of a few hundred rows is not judged on an average slower than it can calibrate (``lams_``: the
-    weights used; 0: ``smoothing`` as given).
+    weights used; 0: ``smoothing`` as given). ``restart_after``: the slowest average, alone over its limit and
+    falling for this share of its time constant (1/lam rows), restarts from the next faster average's state: it
+    then holds the memory of an excursion that has passed, not a drift (0: never; a drift the faster averages
+    share survives the restart, since they hold it too).
     """
 
     def __init__(
@@ -217,6 +273,7 @@ class LineDetector(Estimator):
         min_effective_rows: float = 0.0,
         level_rows: float = 240.0,
         min_smoothed_samples: float = 0.0,
+        restart_after: float = 0.0,
     ):
         self.smoothing = smoothing
         self.false_alarm_rate = false_alarm_rate
@@ -243,6 +300,7 @@ class LineDetector(Estimator):
         self.min_effective_rows = min_effective_rows
         self.level_rows = level_rows
         self.min_smoothed_samples = min_smoothed_samples
+        self.restart_after = restart_after
 
     # ---- shaping the table -------------------------------------------------------------
     def _modes_of(self, X: pd.DataFrame) -> np.ndarray:
@@ -664,9 +722,12 @@ class LineDetector(Estimator):
                 out = self._score_adaptive(model, Z, state, seg.mode)
             else:
                 Ws = [ewma(Z, lam) for lam in self.lams_]
-                D = np.stack([_distances(W, model.precisions[j]) for j, W in enumerate(Ws)], axis=1) / model.norms
-                win = D.argmax(axis=1)
-                s = D[np.arange(b - a), win] / model.threshold
+                S = np.stack([_distances(W, model.precisions[j]) for j, W in enumerate(Ws)], axis=1) / model.norms / model.threshold
+                restart = self._restart()
+                if restart is not None:
+                    restart.apply(S, Ws, Z, self.lams_[restart.slow], self._rescore(model, restart.slow))
+                win = S.argmax(axis=1)
+                s = S[np.arange(b - a), win]
                 f = _streak(s > 1.0, 0) >= max(1, self.persistence)
                 out = (s, f, win, np.stack(Ws)[win, np.arange(b - a)])
             score[a:b], flags[a:b], winner[a:b], Wsel[a:b] = out
@@ -685,6 +746,7 @@ class LineDetector(Estimator):
         pending: deque = deque()
         W_last = np.zeros((len(self.lams_), p))
         streak = 0
+        restart = self._restart()
         for c in range(0, n, m):
             Zc = Z[c : c + m]
             k = len(Zc)
@@ -695,10 +757,13 @@ class LineDetector(Estimator):
                 else:
                     W = first_order(Zc - base, lam, start=W_last[j])
                 Ws.append(W)
+            S = np.stack([_distances(W, model.precisions[j]) for j, W in enumerate(Ws)], axis=1) / model.norms / model.threshold
+            if restart is not None:
+                restart.apply(S, Ws, Zc - base, self.lams_[restart.slow], self._rescore(model, restart.slow))
+            for j, W in enumerate(Ws):
                 W_last[j] = W[-1]
-            D = np.stack([_distances(W, model.precisions[j]) for j, W in enumerate(Ws)], axis=1) / model.norms
-            w = D.argmax(axis=1)
-            s = D[np.arange(k), w] / model.threshold
+            w = S.argmax(axis=1)
+            s = S[np.arange(k), w]
             counts = _streak(s > 1.0, streak)
             streak = int(counts[-1])
             f = counts >= max(1, self.persistence)
@@ -709,6 +774,19 @@ class LineDetector(Estimator):
             if k == m:
                 self._learn_chunk(pending, Zc.mean(axis=0), float(s.mean()), state, base, alpha, m)
         return score, flags, win, Wsel
+
+    def _restart(self) -> _Restart | None:
+        """A fresh restart rule for the slowest average (None: off, or a single average)."""
+        share = getattr(self, "restart_after", 0.0)  # absent from model files saved before it existed
+        if not share or len(self.lams_) < 2:
+            return None
+        order = np.argsort(self.lams_, kind="stable")
+        slow, faster = int(order[0]), int(order[1])
+        return _Restart(slow, faster, np.sort(order[1:]), max(1, int(np.ceil(share / self.lams_[slow]))))
+
+    @staticmethod
+    def _rescore(model: ModeModel, j: int):
+        return lambda W: _distances(W, model.precisions[j]) / model.norms[j] / model.threshold
 
     def _learn_chunk(self, pending: deque, z_mean, score_mean: float, state: "_BaselineState", base, alpha, m) -> None:
         """Queue a finished chunk; move the baseline toward the chunk ``baseline_hold`` rows older, if nothing
@@ -823,6 +901,8 @@ class DetectorStream:
         self.drifting = detector.drifting_index_
         self.level = np.full(len(self.drifting), np.nan)  # their recent level, up to the row before
         self.level_lam = 1.0 / max(float(detector.level_rows), 1.0)
+        self.restart = detector._restart()
+        self.restart_due = False  # the slowest average restarts before the next row (this row is scored as it was)
 
     def _from_level(self, x: np.ndarray) -> np.ndarray:
         """As LineDetector._from_level, one row: the drifting signals' departure from their recent level."""
@@ -864,6 +944,9 @@ class DetectorStream:
             self.model = d.model_for(label)
             self.W[:] = 0.0
             self.count = 0
+            self.restart_due = False
+            if self.restart is not None:
+                self.restart.reset()
             self.chunk_sum[:] = 0.0
             self.chunk_score = 0.0
             self.chunk_rows = 0
@@ -878,10 +961,15 @@ class DetectorStream:
             return 0.0, False
         z[np.isnan(z)] = 0.0
         base = self.baseline.baseline.setdefault(label, np.zeros(len(z))) if d.baseline_rows else 0.0
+        if self.restart_due:
+            self.W[self.restart.slow] = self.W[self.restart.faster]
+            self.restart_due = False
         self.W = self.lams * (z - base) + (1.0 - self.lams) * self.W
-        D = np.einsum("ij,ijk,ik->i", self.W, model.precisions, self.W) / model.norms
-        self.winner = int(D.argmax())
-        self.score = float(D[self.winner] / model.threshold)
+        S = np.einsum("ij,ijk,ik->i", self.W, model.precisions, self.W) / model.norms / model.threshold
+        if self.restart is not None:
+            self.restart_due = self.restart.step(S)
+        self.winner = int(S.argmax())
+        self.score = float(S[self.winner])
         exceed = self.score > 1.0
         self.count = self.count + 1 if exceed else 0
         flagged = self.count >= max(1, d.persistence) and exceed
