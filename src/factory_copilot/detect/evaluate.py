@@ -5,7 +5,9 @@ exactly as live) and alarms are counted as the alarm engine would: a stretch of 
 anomalous rows lasting the on-delay is one alarm. A plant's labelled recording goes further:
 its anomalies drive the real alarm engine on the recording's time, as ``run --replay`` does, so
 both report the same alarms and delays. TEP compares the detector with PCA T²/SPE and the
-classifier with a 200-tree random forest on the same time-ordered splits.
+classifier with a 200-tree random forest on the same time-ordered splits and, given the test set
+(dNN_te.dat), by the benchmark's standard protocol: fit on the training files, score the test files' rows
+after the fault's onset.
 """
 
 from __future__ import annotations
