@@ -149,3 +149,23 @@ def test_evaluate_with_a_test_folder_lacking_the_files_names_them(monkeypatch, t
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(empty / "d01_te.dat") in err and "d00_te.dat" in err
+
+
+def test_the_test_set_is_looked_for_beside_the_training_set_unless_given(monkeypatch, tmp_path, results, capsys):
+    import factory_copilot.detect.evaluate as evaluate
+
+    monkeypatch.delenv(tep.ENV, raising=False)
+    asked = []
+    monkeypatch.setattr(evaluate, "evaluate_tep", lambda where, tep_test_dir=None: asked.append(tep_test_dir) or results)
+    only_training, both, elsewhere = tmp_path / "train", tmp_path / "both", tmp_path / "test"
+    for folder in (only_training, both, elsewhere):
+        folder.mkdir()
+        np.savetxt(folder / "d00.dat", np.zeros((N, 3)))
+    for folder in (both, elsewhere):
+        for f in (0, 1):
+            np.savetxt(folder / f"d{f:02d}_te.dat", np.zeros((3, N)))
+    for args in (["--tep", str(only_training)], ["--tep", str(both)],
+                 ["--tep", str(only_training), "--tep-test", str(elsewhere)]):
+        assert main(["evaluate", "--only", "tep", *args, "--out", str(tmp_path / "out")]) == 0
+    assert asked == [None, both, elsewhere]
+    assert "test set (rows 160+)" in capsys.readouterr().out
