@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from factory_copilot.detect import tep
-from factory_copilot.detect.evaluate import evaluate_tep
+from factory_copilot.detect.evaluate import evaluate_tep, evaluate_tep_test
 from tests.support.tep_data import SKIP_REASON, TEP_DIR
 
 pytestmark = pytest.mark.skipif(not tep.available(TEP_DIR), reason=SKIP_REASON)
@@ -44,3 +44,15 @@ def test_classifier_beats_random_forest_on_the_same_split(results):
     assert acc["classifier"] > acc["random_forest"] + 0.05
     # even counting every honest 'unknown' as wrong
     assert acc["classifier_named"] > acc["random_forest"]
+
+
+@pytest.mark.skipif(not tep.test_available(TEP_DIR), reason=f"no TEP test set (d00_te.dat, d01_te.dat) in {TEP_DIR}")
+def test_on_the_standard_test_set_the_detector_and_classifier_stay_ahead():
+    # fit on the training files, scored on dNN_te.dat's rows from the onset (row 160) on
+    normal, faults = tep.load_all(TEP_DIR)
+    t = evaluate_tep_test(normal, faults, TEP_DIR, progress=False)
+    far, mean = t["false_alarm_rate"], t["mean_detection_rate_visible"]
+    assert far["detector"] <= far["pca_t2"] and far["detector"] <= far["pca_spe"]
+    assert mean["detector"] > mean["pca_spe"] + 0.05 and mean["detector"] > mean["pca_t2"] + 0.2
+    acc = t["classification_accuracy"]
+    assert acc["classifier"] > acc["random_forest"] + 0.05 and acc["classifier_named"] > acc["random_forest"]

@@ -79,6 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--only", choices=["sim", "tep"], help="run only the simulated line or only TEP")
     e.add_argument("--tep", metavar="DIR", help="the Tennessee Eastman set's folder (d00.dat..d21.dat; default: "
                                                 "$FACTORY_COPILOT_TEP; without either, TEP is skipped)")
+    e.add_argument("--tep-test", metavar="DIR", help="the Tennessee Eastman test set's folder (d00_te.dat..d21_te.dat), "
+                                                     "scored by the benchmark's standard protocol beside the blocked CV "
+                                                     "(default: the --tep folder, if it holds d01_te.dat)")
     e.add_argument("--models", help="trained model file (default with --history: where `run` reads it; "
                                     "without: train afresh from simulated history)")
     e.add_argument("--normal-hours", type=float, default=16.0, help="hours of simulated normal running to count false alarms on")
@@ -273,6 +276,49 @@ def _tep_table(res: dict) -> str:
     if "windowed" in a:  # results saved before the windowed classifier was measured lack it
         rows.append(f"windowed (course over lags {', '.join(map(str, res['windowed_lags']))} rows): {a['windowed']:.3f} (with 'unknown' "
                     f"{a['windowed_named']:.3f}, unknown {res['classification_unknown_rate_windowed']:.0%})")
+    if "test_set" in res:
+        rows.append(_tep_test_table(res))
+    return "\n".join(rows)
+
+
+def _tep_test_table(res: dict) -> str:
+    """The standard test-set protocol's figures beside the blocked CV's: detection per fault, then classification."""
+    from factory_copilot.detect import tep  # as evaluate_command: not at the top
+
+    t, d = res["test_set"], res["detection_rate"]
+    cv, td = "blocked CV", f"test set (rows {t['onset_row']}+)"
+    rows = ["", f"TEP test set: fit on d00..d21.dat, scored on dNN_te.dat from row {t['onset_row']} (the onset) on, "
+                "d00_te.dat for false alarms",
+            f"{'':9s} {cv:>28s} | {td:>28s}",
+            f"{'TEP fault':>9s} {'detector':>9s} {'PCA T2':>8s} {'PCA SPE':>9s} | {'detector':>9s} {'PCA T2':>8s} {'PCA SPE':>9s}"]
+    names = ("detector", "pca_t2", "pca_spe")
+    for f in t["detection_rate"]["detector"]:
+        before = d["detector"].get(f, d["detector"].get(str(f)))
+        left = (f"{before:9.3f} {d['pca_t2'].get(f, d['pca_t2'].get(str(f))):8.3f} "
+                f"{d['pca_spe'].get(f, d['pca_spe'].get(str(f))):9.3f}") if before is not None else f"{'':28s}"
+        rows.append(f"{f:>9} {left} | " + " ".join(f"{t['detection_rate'][n][f]:{w}.3f}" for n, w in zip(names, (9, 8, 9))))
+
+    def line(label: str, left: dict | None, right: dict) -> str:
+        cells = " ".join(f"{left[n]:{w}.3f}" for n, w in zip(names, (9, 8, 9))) if left else f"{'':28s}"
+        return f"{label:>9s} {cells} | " + " ".join(f"{right[n]:{w}.3f}" for n, w in zip(names, (9, 8, 9)))
+
+    rows.append(line("normal FA", res["false_alarm_rate"], t["false_alarm_rate"]) + "   (test: d00_te)")
+    rows.append(line("pre FA", None, t["false_alarm_rate_pre_onset"]) + f"   (the {t['onset_row']} rows before each onset)")
+    rows.append(line("mean", None, t["mean_detection_rate"]) + "   (all faults)")
+    rows.append(line("mean*", res["mean_detection_rate_visible"], t["mean_detection_rate_visible"])
+                + f"   (*faults other than {', '.join(map(str, tep.INVISIBLE_FAULTS))})")
+    a, ta, tv, unknown = res["classification_accuracy"], t["classification_accuracy"], t["classification_accuracy_visible"], \
+        t["classification_unknown_rate"]
+    rows += ["", f"{'classification accuracy':40s} {'blocked CV':>10s} {'test set':>9s} {'visible*':>9s} {'unknown':>8s}"]
+    lags = ", ".join(map(str, t["windowed_lags"]))
+    for key, label in (("classifier", "FaultClassifier, snapshot"), ("windowed", f"FaultClassifier, windowed ({lags})")):
+        rows.append(f"{label:40s} {a.get(key, float('nan')):10.3f} {ta[key]:9.3f} {tv[key]:9.3f} {unknown[key]:8.0%}")
+        rows.append(f"{'  counting unknown as wrong':40s} {a.get(key + '_named', float('nan')):10.3f} "
+                    f"{ta[key + '_named']:9.3f} {tv[key + '_named']:9.3f}")
+    rows.append(f"{'RandomForest(200), raw rows':40s} {a['random_forest']:10.3f} {ta['random_forest']:9.3f} "
+                f"{tv['random_forest']:9.3f}")
+    rows.append(f"(test set: rows from the onset on scored against their fault, d00_te's against normal; "
+                f"*without the test files of faults {', '.join(map(str, tep.INVISIBLE_FAULTS))})")
     return "\n".join(rows)
 
 
@@ -468,8 +514,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
     results: dict = {}
     if args.only in (None, "tep"):
         where = tep.folder(args.tep)
+        given = getattr(args, "tep_test", None)
+        test_dir = Path(given) if given else where if tep.test_available(where) else None
+        if given and not tep.test_available(test_dir):
+            print(f"error: no {test_dir / 'd01_te.dat'} (or d00_te.dat); {tep.HOW_TEST}", file=sys.stderr)
+            return 2
         if tep.available(where):
-            results["tep"] = evaluate_tep(where)
+            results["tep"] = evaluate_tep(where, tep_test_dir=test_dir)
             print(_tep_table(results["tep"]))
         else:
             why = f"no {where / 'd00.dat'}" if where is not None else "no TEP folder given"
