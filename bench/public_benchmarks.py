@@ -10,8 +10,10 @@ Each is run through the product's detector with the settings `factory-copilot tr
 at that sampling interval (``line``: half of every normal stretch held out to check the threshold on later running),
 the same with the fifth held out that it had before (``line, holdout 0.2``), PCA T²+Q as each dataset's reference computes it,
 and scikit-learn's IsolationForest as it ships. Figures: point-wise F1, FAR (normal rows flagged), MAR (fault rows
-not flagged); false alarms per healthy hour (alarms, an on-delay of the alarm engine's default in data time, that
-start on a normal row) and events caught (an alarm starting inside the labelled event).
+not flagged); false alarms per healthy hour (alarms raised on a normal row as the alarm engine raises a detector
+alarm: after its default on-delay, standing until its off-delay for the detector passes with no flag; flags before
+then are that same alarm) and events caught (an alarm raised inside the labelled event, or standing on a flagged
+row of it). Before issue 20's last step the count had no off-delay: each return of the flags was a new alarm.
 
     .venv/bin/python bench/public_benchmarks.py --skab DIR --batadal DIR [--variants]
 
