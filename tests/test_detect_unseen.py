@@ -121,3 +121,32 @@ def test_the_station_counts_unseen_anomalies_by_kind(trained):
         st.evaluate(float(t), {"pumps.mode": 2.0, "pumps.duty_flow": 50.0 + t % 2, "pumps.duty_pressure": 4.0 + 0.01 * t,
                                "pumps.standby_status": 1.0, "pumps.standby_current": 0.0}, {})
     assert st.stats()["anomalies_by_kind"]["unseen"] == 8
+
+
+def test_the_alarm_says_the_value_and_what_the_history_held(trained):
+    from factory_copilot.alarms.text import alarm_text
+
+    line, _, loaded = trained
+    checks = loaded.checks(line)
+    a = next(a for r in _rows(checks, line, 0, 5, standby_status=1.0) for a in r if a.kind == "unseen")
+    text = alarm_text(line, {}, a)
+    assert text.startswith("Pump house: standby status at a value its history never held")
+    assert f"— 1.0 u; its history held only 0 ({ROWS:,} rows)" in text
+
+
+def test_a_false_unseen_alarm_teaches_the_check_that_value(trained):
+    import copy
+
+    from factory_copilot.detect.retune import retune
+    from factory_copilot.records import MarkedAlarm
+
+    line, _, loaded = trained
+    models = copy.deepcopy(loaded)
+    alarms = [a for r in _rows(models.checks(line), line, 0, 6, standby_status=1.0) for a in r if a.kind == "unseen"]
+    marked = MarkedAlarm("U1", "pumps", "standby_status:unseen", 2.0, 5.0, 10.0, "false_alarm", "op", alarms)
+    report = retune(models, line, [marked])
+    assert report.used == ["U1"] and report.seen_added == {"pumps.standby_status": [1.0]}
+    checks = models.checks(line)
+    assert not [a for r in _rows(checks, line, 0, 10, standby_status=1.0) for a in r if a.kind == "unseen"]
+    # a value it still never held alarms as before
+    assert [a for r in _rows(checks, line, 10, 10, standby_status=2.0) for a in r if a.kind == "unseen"]

@@ -274,15 +274,20 @@ class SignalChecks:
 
 
 def _bands(values: np.ndarray, counts: np.ndarray, tol: float) -> tuple[tuple[float, float, int], ...]:
-    """The sorted distinct ``values`` (with their row ``counts``) as bands: values closer than ``tol`` join one band,
-    and beyond SEEN_BANDS bands the two nearest merge (a pump that ran at many flows holds a range, not points)."""
-    bands = []
-    for v, n in zip(values.tolist(), counts.tolist()):
-        if bands and v - bands[-1][1] <= tol:
-            bands[-1] = [bands[-1][0], v, bands[-1][2] + n]
+    """The sorted distinct ``values`` (with their row ``counts``) as bands (``merge_seen``)."""
+    return merge_seen([(v, v, n) for v, n in zip(values.tolist(), counts.tolist())], tol)
+
+
+def merge_seen(bands, tol: float) -> tuple[tuple[float, float, int], ...]:
+    """(low, high, rows) bands of held values, sorted and joined where closer than ``tol``; beyond SEEN_BANDS bands
+    the two nearest merge (a pump that ran at many flows holds a range, not points)."""
+    out: list[list] = []
+    for lo, hi, n in sorted((float(lo), float(hi), int(n)) for lo, hi, n in bands):
+        if out and lo - out[-1][1] <= tol:
+            out[-1] = [out[-1][0], max(hi, out[-1][1]), out[-1][2] + n]
         else:
-            bands.append([v, v, n])
-    while len(bands) > SEEN_BANDS:
-        j = int(np.argmin([b[0] - a[1] for a, b in zip(bands, bands[1:])]))
-        bands[j : j + 2] = [[bands[j][0], bands[j + 1][1], bands[j][2] + bands[j + 1][2]]]
-    return tuple((lo, hi, n) for lo, hi, n in bands)
+            out.append([lo, hi, n])
+    while len(out) > SEEN_BANDS:
+        j = int(np.argmin([b[0] - a[1] for a, b in zip(out, out[1:])]))
+        out[j : j + 2] = [[out[j][0], max(out[j][1], out[j + 1][1]), out[j][2] + out[j + 1][2]]]
+    return tuple((lo, hi, n) for lo, hi, n in out)
