@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 NAN = float("nan")
 # the unseen check: at most this many separate bands of held values per signal (the closest ones merge beyond)
 SEEN_BANDS = 8
-# a value within this share of the signal's normal band (the line file's, or the history's) of one it held was seen
+# a value within this share of the signal's normal band (the wider of the line file's and the history's range) of one it held was seen
 SEEN_TOLERANCE = 0.01
 # rows outside every held value before the unseen check speaks (data time: this many sampling intervals after the first)
 UNSEEN_ROWS = 3
