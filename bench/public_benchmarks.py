@@ -82,7 +82,8 @@ def line(holdout: float | None = None):
 
 def methods(dataset: str, variants: bool = False) -> dict:
     reference = skab_t2q if dataset.startswith("SKAB") else batadal.pca_flags
-    out = {"line": line(), "line + unseen check": lambda tr, te, s: batadal.line_unseen_flags(batadal.product_params(s))(tr, te, s),
+    out = {"line": line(),
+           "line + unseen check": lambda tr, te, s: batadal.line_unseen_flags(batadal.product_params(s))(tr, te, s),
            "line, holdout 0.2": line(0.2)}
     if variants:
         out.update({f"line, {name}": detector_variants.flags_of(v, batadal.product_params)

@@ -105,8 +105,9 @@ def test_a_signal_with_limits_in_the_line_file_is_left_to_its_limit_check(traine
 
 def test_a_signal_that_opts_out_of_the_unseen_check_stays_silent(trained):
     _, _, loaded = trained
-    body = {**LINE, "assets": [{**LINE["assets"][0], "signals": [
-        {**s, "checks": {"unseen": False}} if s["name"] == "standby_status" else s for s in LINE["assets"][0]["signals"]]}]}
+    signals = [{**s, "checks": {"unseen": False}} if s["name"] == "standby_status" else s
+               for s in LINE["assets"][0]["signals"]]
+    body = {**LINE, "assets": [{**LINE["assets"][0], "signals": signals}]}
     line = LineConfig.model_validate(body)
     checks = loaded.checks(line)
     assert not [a for r in _rows(checks, line, 0, 10, standby_status=1.0) for a in r if a.kind == "unseen"]

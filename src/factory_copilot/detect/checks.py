@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 NAN = float("nan")
 # the unseen check: at most this many separate bands of held values per signal (the closest ones merge beyond)
 SEEN_BANDS = 8
-# a value within this share of the signal's normal band (the wider of the line file's and the history's range) of one it held was seen
+# a value within this share of the signal's normal band (the wider of the line file's and the history's range)
+# of a value it held was seen
 SEEN_TOLERANCE = 0.01
 # rows outside every held value before the unseen check speaks (data time: this many sampling intervals after the first)
 UNSEEN_ROWS = 3
@@ -98,7 +99,8 @@ class SignalChecks:
         # empty until learn_seen or watch_unseen, and never for a signal whose limits the limit check watches
         self.seen: dict[str, tuple[tuple[float, float, int], ...]] = {}
         self.seen_tolerance: dict[str, float] = {}
-        self._unseen_allowed = np.array([s.checks.unseen and not (s.limits and s.checks.limit) for s in specs], dtype=bool)
+        self._unseen_allowed = np.array([s.checks.unseen and not (s.limits and s.checks.limit) for s in specs],
+                                        dtype=bool)
         n = len(self.keys)
         self.last_value = np.full(n, NAN)
         self.last_ts = np.full(n, NAN)
@@ -162,7 +164,8 @@ class SignalChecks:
 
         ``keys``: the signals the multivariate detector leaves out (``LineDetector.unjudged_``). Each gets the bands
         of values it sat at (its usual value, and any it left it for), at most SEEN_BANDS, each widened by a tolerance
-        for sensor noise: SEEN_TOLERANCE of the wider of the line file's normal band and the history's range, never zero."""
+        for sensor noise: SEEN_TOLERANCE of the wider of the line file's normal band and the history's range, never
+        zero."""
         if mode_column in X.columns:
             X = X[X[mode_column].astype(str).isin(self.line.production_modes())]
         seen, tolerance = {}, {}
@@ -253,7 +256,8 @@ class SignalChecks:
                 out.append(self._anomaly(ts, i, "stuck", x[i], self.flat_count[i], self.stuck_samples,
                                          f"flat at {x[i]:g} for {self.flat_count[i]} samples in {mode}"))
         if self._unseen_on.any():
-            out.extend(self._unseen(ts, np.where(good, x, self.last_value), self.line.is_production(mode) and not settling))
+            held = np.where(good, x, self.last_value)
+            out.extend(self._unseen(ts, held, self.line.is_production(mode) and not settling))
         self.last_value = np.where(good, x, self.last_value)
         self.last_ts = np.where(good, ts, self.last_ts)
         self.last_good_ts = np.where(good, ts, self.last_good_ts)

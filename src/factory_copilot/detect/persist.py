@@ -39,7 +39,7 @@ class TrainedDetector:
     classifier: FaultClassifier | None = None
     stuck_tolerance: dict[str, float] = field(default_factory=dict)
     stuck_exempt: set[str] = field(default_factory=set)
-    # signal -> (low, high, rows) bands of the values it held in the history (SignalChecks.learn_seen), and their tolerance
+    # signal -> (low, high, rows) bands of the values it held in the history (SignalChecks.learn_seen), their tolerance
     seen: dict[str, tuple] = field(default_factory=dict)
     seen_tolerance: dict[str, float] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)

@@ -66,8 +66,8 @@ class RetuneReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"changed": self.changed, "thresholds": [t.to_dict() for t in self.thresholds],
-                "stuck_exempted": self.stuck_exempted, "seen_added": self.seen_added, "advice": self.advice, "used": self.used,
-                "already_used": self.already_used}
+                "stuck_exempted": self.stuck_exempted, "seen_added": self.seen_added, "advice": self.advice,
+                "used": self.used, "already_used": self.already_used}
 
 
 def _model_key(models: TrainedDetector, a: Anomaly) -> str | None:
@@ -152,9 +152,11 @@ def retune(
             key = f"{fa.asset}.{signal}"
             values = sorted({a.value for a in fa.anomalies if a.value is not None and math.isfinite(a.value)})
             if key not in models.seen or not values:
-                report.advice.append(f"{fa.alarm_id}: no values recorded for it, or {key} is no longer watched; nothing to learn from")
+                report.advice.append(f"{fa.alarm_id}: no values recorded for it, or {key} is no longer watched; "
+                                     "nothing to learn from")
                 continue
-            models.seen[key] = merge_seen([*models.seen[key], *((v, v, 1) for v in values)], models.seen_tolerance.get(key, 0.0))
+            models.seen[key] = merge_seen([*models.seen[key], *((v, v, 1) for v in values)],
+                                          models.seen_tolerance.get(key, 0.0))
             report.seen_added.setdefault(key, []).extend(values)
         elif kind in LINE_FILE_FIELDS:
             peak = max((abs(a.value) for a in fa.anomalies if a.value is not None), default=None)

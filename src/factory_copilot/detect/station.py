@@ -111,7 +111,7 @@ class DetectStation:
         self.started_at = clock()
         self.rows = 0
         self.emitted = 0
-        self.kinds: dict[str, int] = defaultdict(int)  # anomalies emitted by kind (limit, stuck, unseen, multivariate, ...)
+        self.kinds: dict[str, int] = defaultdict(int)  # anomalies emitted by kind (limit, stuck, unseen, multivariate...)
         self.last_row_ts: float | None = None
         self.counts: dict[str, int] = defaultdict(int)  # ahead_of_clock, late_adjusted, late_dropped, bad_timestamp
         self.ignored: dict[str, int] = defaultdict(int)
