@@ -151,3 +151,16 @@ def test_a_false_unseen_alarm_teaches_the_check_that_value(trained):
     assert not [a for r in _rows(checks, line, 0, 10, standby_status=1.0) for a in r if a.kind == "unseen"]
     # a value it still never held alarms as before
     assert [a for r in _rows(checks, line, 10, 10, standby_status=2.0) for a in r if a.kind == "unseen"]
+
+
+def test_a_model_file_from_before_the_unseen_check_is_refused_with_the_retrain_advice(trained, tmp_path):
+    import joblib
+
+    from factory_copilot.detect import ModelMismatchError
+    from factory_copilot.detect.persist import FORMAT
+
+    line, models, _ = trained
+    old = tmp_path / "old.joblib"
+    joblib.dump({"format": FORMAT - 1, "version": "0", "models": models}, old)
+    with pytest.raises(ModelMismatchError, match=rf"format {FORMAT - 1} \(this version reads {FORMAT}\).*retrain"):
+        load_detector(old, line, "pump.yaml")
