@@ -7,7 +7,8 @@ Two datasets, each read by its standard protocol (the module that reads it cites
   - BATADAL, the BATtle of the Attack Detection ALgorithms (bench/batadal.py; Taormina et al. 2018): the C-Town
     water network's SCADA, hourly, 43 signals; a year of normal running fits, the test set's 7 attacks are scored.
 Each is run through the product's detector with the settings `factory-copilot train` gives a line without modes
-at that sampling interval (``line``: half of every normal stretch held out to check the threshold on later running),
+at that sampling interval (``line``: half of every normal stretch held out to check the threshold on later running;
+``line + unseen check``: its flags OR the unseen check's on the signals it leaves out, bench/batadal.py),
 the same with the fifth held out that it had before (``line, holdout 0.2``), PCA T²+Q as each dataset's reference computes it,
 and scikit-learn's IsolationForest as it ships. Figures: point-wise F1, FAR (normal rows flagged), MAR (fault rows
 not flagged); false alarms per healthy hour (alarms raised on a normal row as the alarm engine raises a detector
@@ -83,7 +84,9 @@ def line(holdout: float | None = None):
 
 def methods(dataset: str, variants: bool = False) -> dict:
     reference = skab_t2q if dataset.startswith("SKAB") else batadal.pca_flags
-    out = {"line": line(), "line, holdout 0.2": line(0.2)}
+    out = {"line": line(),
+           "line + unseen check": lambda tr, te, s: batadal.line_unseen_flags(batadal.product_params(s))(tr, te, s),
+           "line, holdout 0.2": line(0.2)}
     if variants:
         out.update({f"line, {name}": detector_variants.flags_of(v, batadal.product_params)
                     for name, v in detector_variants.VARIANTS.items()})

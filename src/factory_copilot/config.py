@@ -114,6 +114,7 @@ class SignalCheckSwitches(_Strict):
     stuck: bool = True
     range: bool = True
     quality: bool = True
+    unseen: bool = True  # a signal the detector leaves out (a standby pump) alarms at a value its history never held
 
 
 class Signal(_Strict):

@@ -123,7 +123,8 @@ class Anomaly:
     """A departure from normal that the detect station found.
 
     ``kind`` says which check found it: ``multivariate``, ``limit``, ``rate``,
-    ``stuck``, ``range``, ``quality`` or ``source`` (a lost source). ``signal`` is set for single-signal
+    ``stuck``, ``range``, ``quality``, ``unseen`` (a signal the detector leaves out, at a value its history
+    never held) or ``source`` (a lost source). ``signal`` is set for single-signal
     checks, None for multivariate ones. ``contributions`` maps signal keys
     (``asset.signal``) to their share of the score, largest first; ``values`` holds what those signals (and
     every signal of ``asset``) read in the evaluated row, so the alarm text can say the value, not only the band.

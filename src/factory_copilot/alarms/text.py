@@ -80,6 +80,11 @@ def alarm_text(line: LineConfig, faults: Mapping[str, Fault], anomaly: Anomaly, 
         return f"{head}: {name} sensor out of range — {shown}{physical}"
     if anomaly.kind == "quality":
         return f"{head}: {name} sensor gives no good value"
+    if anomaly.kind == "unseen":
+        # a signal the detector leaves out (a standby pump): the check's message says what its history held
+        held = anomaly.message.partition("the history only ever held ")[2]
+        return (f"{head}: {name} at a value its history never held{how} — {shown}"
+                + (f"; its history held only {held}" if held else ""))
     return f"{head}: {name} {words(anomaly.kind)}{how}"
 
 

@@ -5,13 +5,18 @@ rate    change faster than physically credible (Signal.max_rate, per second)
 stuck   no change beyond noise for N samples while the line produces
 range   outside what the sensor can physically read (Signal.physical): an instrument fault
 quality Bad/Uncertain quality, or no sample for more than k sampling intervals (samples.stale_after_intervals)
+unseen  a signal the multivariate detector leaves out (off its usual value in too few healthy rows: a standby
+        pump never run) away from every value its healthy history held, for ``unseen_s`` of data time
 
 Each check keeps O(1) state per signal (numpy vectors, one slot per signal) and is fed one
 assembled row at a time. Which modes are production is the line file's to say. Limit and rate
 checks wait out a settling grace period after a change into or out of a non-production mode
 (a start-up warms up; a change of duty between two production regimes needs none) and, outside
 production, apply only to signals whose normal band does not move in that mode; the stuck check
-runs only in production (a stopped motor is flat by design).
+runs only in production (a stopped motor is flat by design). The unseen check learns its values from the
+production rows of the history (``learn_seen``) and, like stuck, runs only in production and not while settling:
+a start-up or a maintenance mode runs standby equipment by design. A signal the line file gives limits to is
+watched by its limit check instead.
 """
 
 from __future__ import annotations
@@ -28,6 +33,13 @@ if TYPE_CHECKING:
 
 
 NAN = float("nan")
+# the unseen check: at most this many separate bands of held values per signal (the closest ones merge beyond)
+SEEN_BANDS = 8
+# a value within this share of the signal's normal band (the wider of the line file's and the history's range)
+# of a value it held was seen
+SEEN_TOLERANCE = 0.01
+# rows outside every held value before the unseen check speaks (data time: this many sampling intervals after the first)
+UNSEEN_ROWS = 3
 
 
 def _bounds(specs, attr: str) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +50,7 @@ def _bounds(specs, attr: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SignalChecks:
-    """Runs the five single-signal checks on rows of a line's signals."""
+    """Runs the six single-signal checks on rows of a line's signals."""
 
     def __init__(
         self,
@@ -47,6 +59,7 @@ class SignalChecks:
         stuck_tolerance: float | dict[str, float] | None = None,
         gap_intervals: int | None = None,
         settle_s: float = 180.0,
+        unseen_s: float | None = None,
     ):
         self.line = line
         self.keys = line.signal_keys()
@@ -58,6 +71,8 @@ class SignalChecks:
         # no good sample for this many intervals is a quality condition; None (the line's samples say so): never
         self.gap_intervals = line.samples.stale_after_intervals if gap_intervals is None else gap_intervals
         self.settle_s = settle_s
+        # outside every value the history held for this long (data time) is an unseen state; default UNSEEN_ROWS rows
+        self.unseen_s = (UNSEEN_ROWS - 1) * self.interval if unseen_s is None else unseen_s
         # a signal the line file opts out of a check (``checks: {limit: false}``) gets no bound for it
         self.limit_lo, self.limit_hi = _bounds([s if s.checks.limit else None for s in specs], "limits")
         self.phys_lo, self.phys_hi = _bounds([s if s.checks.range else None for s in specs], "physical")
@@ -80,11 +95,18 @@ class SignalChecks:
         # setpoints hold still by design, and so does a signal the line file opts out (checks: {stuck: false});
         # learn_noise adds signals found flat in normal running
         self.stuck_exempt: set[str] = {k for k, s in self.specs.items() if "setpoint" in k or not s.checks.stuck}
+        # the unseen check: signal -> the (low, high, rows) bands of values its history held, and their tolerance;
+        # empty until learn_seen or watch_unseen, and never for a signal whose limits the limit check watches
+        self.seen: dict[str, tuple[tuple[float, float, int], ...]] = {}
+        self.seen_tolerance: dict[str, float] = {}
+        self._unseen_allowed = np.array([s.checks.unseen and not (s.limits and s.checks.limit) for s in specs],
+                                        dtype=bool)
         n = len(self.keys)
         self.last_value = np.full(n, NAN)
         self.last_ts = np.full(n, NAN)
         self.last_good_ts = np.full(n, NAN)
         self.flat_count = np.zeros(n, dtype=int)
+        self.out_since = np.full(n, NAN)  # data time each signal first sat outside its held values, this time
         self.mode: Mode | None = None
         self.mode_since: float | None = None
         self._vectors()
@@ -92,6 +114,24 @@ class SignalChecks:
     def _vectors(self) -> None:
         self._tol = np.array([self.stuck_tolerance[k] for k in self.keys])
         self._stuck_ok = np.array([k not in self.stuck_exempt for k in self.keys])
+        # the held bands widened by their tolerance, one row per signal, NaN-padded (NaN compares False: not inside)
+        k = max((len(b) for b in self.seen.values()), default=0)
+        self._seen_lo = np.full((len(self.keys), k), NAN)
+        self._seen_hi = np.full((len(self.keys), k), NAN)
+        self._seen_text = [""] * len(self.keys)
+        for key, bands in self.seen.items():
+            i = self.index.get(key)
+            if i is None or not self._unseen_allowed[i]:
+                continue
+            tol = self.seen_tolerance.get(key, 0.0)
+            for j, (lo, hi, _) in enumerate(bands):
+                self._seen_lo[i, j], self._seen_hi[i, j] = lo - tol, hi + tol
+            self._seen_text[i] = ", ".join(f"{lo:g}" + (f" to {hi:g}" if hi > lo else "") + f" ({n:,} rows)"
+                                           for lo, hi, n in bands)
+        self._unseen_on = np.isfinite(self._seen_lo).any(axis=1) if k else np.zeros(len(self.keys), dtype=bool)
+        # how far past what the history held, in widths of the signal's normal band (the alarm's level)
+        self._seen_room = np.array([max(abs(s.normal[1] - s.normal[0]), self.seen_tolerance.get(key, 0.0), 1e-9)
+                                    for key, s in self.specs.items()])
 
     def exempt_from_stuck(self, keys) -> "SignalChecks":
         """No stuck check for these signals (found flat in normal running, or marked so by a retune)."""
@@ -118,6 +158,39 @@ class SignalChecks:
                 if len(step):
                     self.stuck_tolerance[k] = 0.01 * float(np.median(step))
         return self.exempt_from_stuck(self.flat_in_normal_)
+
+    def learn_seen(self, X: pd.DataFrame, keys, mode_column: str = "mode") -> "SignalChecks":
+        """Learn the values each of ``keys`` held in the production rows of healthy history ``X``, for the unseen check.
+
+        ``keys``: the signals the multivariate detector leaves out (``LineDetector.unjudged_``). Each gets the bands
+        of values it sat at (its usual value, and any it left it for), at most SEEN_BANDS, each widened by a tolerance
+        for sensor noise: SEEN_TOLERANCE of the wider of the line file's normal band and the history's range, never
+        zero."""
+        if mode_column in X.columns:
+            X = X[X[mode_column].astype(str).isin(self.line.production_modes())]
+        seen, tolerance = {}, {}
+        for k in keys:
+            i = self.index.get(k)
+            if i is None or k not in X.columns or not self._unseen_allowed[i]:
+                continue
+            x = X[k].to_numpy(dtype=float)
+            x = x[np.isfinite(x)]
+            if not len(x):
+                continue
+            values, counts = np.unique(x, return_counts=True)
+            normal = self.specs[k].normal
+            span = max(abs(normal[1] - normal[0]), float(values[-1] - values[0]))
+            tol = max(SEEN_TOLERANCE * span, 1e-6 * max(1.0, float(np.abs(values).max())))
+            seen[k] = _bands(values, counts, tol)
+            tolerance[k] = tol
+        return self.watch_unseen(seen, tolerance)
+
+    def watch_unseen(self, seen: dict, tolerance: dict[str, float]) -> "SignalChecks":
+        """Watch these signals for values outside the bands their history held (as learnt by ``learn_seen``)."""
+        self.seen = {k: tuple((float(lo), float(hi), int(n)) for lo, hi, n in b) for k, b in seen.items()}
+        self.seen_tolerance = {k: float(v) for k, v in tolerance.items()}
+        self._vectors()
+        return self
 
     def _anomaly(self, ts, i, kind, value, score, threshold, message) -> Anomaly:
         key = self.keys[i]
@@ -182,7 +255,43 @@ class SignalChecks:
             for i in np.flatnonzero(good & self._stuck_ok & (self.flat_count >= self.stuck_samples)):
                 out.append(self._anomaly(ts, i, "stuck", x[i], self.flat_count[i], self.stuck_samples,
                                          f"flat at {x[i]:g} for {self.flat_count[i]} samples in {mode}"))
+        if self._unseen_on.any():
+            held = np.where(good, x, self.last_value)
+            out.extend(self._unseen(ts, held, self.line.is_production(mode) and not settling))
         self.last_value = np.where(good, x, self.last_value)
         self.last_ts = np.where(good, ts, self.last_ts)
         self.last_good_ts = np.where(good, ts, self.last_good_ts)
         return out
+
+    def _unseen(self, ts: float, held: np.ndarray, applies: bool) -> list[Anomaly]:
+        """The unseen check on the row's held values (a status reported by exception keeps its value between samples)."""
+        with np.errstate(invalid="ignore"):
+            inside = ((held[:, None] >= self._seen_lo) & (held[:, None] <= self._seen_hi)).any(axis=1)
+        outside = self._unseen_on & np.isfinite(held) & ~inside & applies
+        self.out_since = np.where(outside, np.where(np.isnan(self.out_since), ts, self.out_since), NAN)
+        out = []
+        for i in np.flatnonzero(outside & (ts - self.out_since >= self.unseen_s)):
+            beyond = np.nanmin(np.maximum(self._seen_lo[i] - held[i], held[i] - self._seen_hi[i]))
+            out.append(self._anomaly(ts, i, "unseen", held[i], 1.0 + beyond / self._seen_room[i], 1.0,
+                                     f"at {held[i]:g}, the history only ever held {self._seen_text[i]}"))
+        return out
+
+
+def _bands(values: np.ndarray, counts: np.ndarray, tol: float) -> tuple[tuple[float, float, int], ...]:
+    """The sorted distinct ``values`` (with their row ``counts``) as bands (``merge_seen``)."""
+    return merge_seen([(v, v, n) for v, n in zip(values.tolist(), counts.tolist())], tol)
+
+
+def merge_seen(bands, tol: float) -> tuple[tuple[float, float, int], ...]:
+    """(low, high, rows) bands of held values, sorted and joined where closer than ``tol``; beyond SEEN_BANDS bands
+    the two nearest merge (a pump that ran at many flows holds a range, not points)."""
+    out: list[list] = []
+    for lo, hi, n in sorted((float(lo), float(hi), int(n)) for lo, hi, n in bands):
+        if out and lo - out[-1][1] <= tol:
+            out[-1] = [out[-1][0], max(hi, out[-1][1]), out[-1][2] + n]
+        else:
+            out.append([lo, hi, n])
+    while len(out) > SEEN_BANDS:
+        j = int(np.argmin([b[0] - a[1] for a, b in zip(out, out[1:])]))
+        out[j : j + 2] = [[out[j][0], max(out[j][1], out[j + 1][1]), out[j][2] + out[j + 1][2]]]
+    return tuple((lo, hi, n) for lo, hi, n in out)

@@ -196,6 +196,11 @@ def train_command(args: argparse.Namespace) -> int:
             f"{k} ({n} of {normal_rows})" for k, n in rare.items()) + "; if that state is normal running (a standby "
             "pump, a valve opened now and then), give the line a mode for it or name the signal in operating_point; "
             "until then the detector leaves such a signal out (its few rows would set the threshold for every signal)")
+    if models.seen:
+        print("left out of the detector and watched by the unseen check (an alarm when one sits at a value its healthy "
+              "history never held): "
+              + ", ".join(f"{k} (held {' or '.join(f'{lo:g}' if lo == hi else f'{lo:g} to {hi:g}' for lo, hi, _ in b)})"
+                          for k, b in models.seen.items()))
     print(f"saved {path} (line fingerprint {models.fingerprint})"
           + ("" if args.out else f"; `factory-copilot run --config {args.line}` loads it from there"))
     return 0

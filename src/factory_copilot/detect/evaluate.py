@@ -181,7 +181,8 @@ def train_models(
     steps.update()
     steps.set_postfix_str("checks")
     noise_table = table.loc[normal, keys].assign(mode=modes[normal]) if modes is not None else table.loc[normal, keys]
-    checks = SignalChecks(line).learn_noise(noise_table)
+    # the signals the detector leaves out are watched for a value their history never held
+    checks = SignalChecks(line).learn_noise(noise_table).learn_seen(noise_table, detector.unjudged_)
     steps.update()
     steps.close()
     rows_by_group = {str(g): int(n) for g, n in pd.Series(groups[normal]).value_counts(sort=False).items()}
@@ -190,6 +191,7 @@ def train_models(
     return TrainedDetector(
         fingerprint=line.fingerprint(), line=f"{line.site}/{line.line}", detector=detector, classifier=classifier,
         stuck_tolerance=checks.stuck_tolerance, stuck_exempt=checks.stuck_exempt,
+        seen=checks.seen, seen_tolerance=checks.seen_tolerance,
         metadata={"rows": len(history), "normal_rows": int(normal.sum()), "trained_at": time.time(),
                   "signals": len(detector.signals_), "modes": list(detector.models_), "calibration": calibration,
                   "flat_in_normal": list(checks.flat_in_normal_), "rare_states": rare,

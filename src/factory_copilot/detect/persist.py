@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 # 2: modes declared by the line file, operating-point features, out-of-sample calibration;
 # 3: no scikit-learn object inside (the classifier's trees as numpy arrays), so serving loads without it;
 # 4: signals a short history cannot pin the level of, judged against their recent level (LineDetector.drifting_)
-FORMAT = 4
+# 5: the values the signals the detector leaves out held in the history, for the unseen check (seen, seen_tolerance)
+FORMAT = 5
 
 
 class ModelMismatchError(GiveUp, ValueError):
@@ -38,6 +39,9 @@ class TrainedDetector:
     classifier: FaultClassifier | None = None
     stuck_tolerance: dict[str, float] = field(default_factory=dict)
     stuck_exempt: set[str] = field(default_factory=set)
+    # signal -> (low, high, rows) bands of the values it held in the history (SignalChecks.learn_seen), their tolerance
+    seen: dict[str, tuple] = field(default_factory=dict)
+    seen_tolerance: dict[str, float] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -52,9 +56,10 @@ class TrainedDetector:
                 + (f"fault classes {', '.join(classes)}" if classes else "no fault classes"))
 
     def checks(self, line: LineConfig, **kwargs) -> SignalChecks:
-        """The single-signal checks as trained: learnt tolerances, and no stuck check where normal is flat."""
-        return SignalChecks(line, stuck_tolerance=self.stuck_tolerance or None, **kwargs).exempt_from_stuck(
-            self.stuck_exempt)
+        """The single-signal checks as trained: learnt tolerances, no stuck check where normal is flat, and the values
+        the signals the detector leaves out held (the unseen check)."""
+        return (SignalChecks(line, stuck_tolerance=self.stuck_tolerance or None, **kwargs)
+                .exempt_from_stuck(self.stuck_exempt).watch_unseen(self.seen, self.seen_tolerance))
 
 
 def save_detector(path: str | Path, models: TrainedDetector) -> Path:

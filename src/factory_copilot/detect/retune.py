@@ -6,7 +6,8 @@ score the false alarm reached, but never so far that a confirmed fault in that m
 would no longer alarm on most of its rows, and never more than ``max_raise`` per retune.
 A false alarm far past what two retunes could absorb changes nothing: it was a real
 departure (often the consequence of another alarm), and the report says so.
-A false "stuck" alarm takes the signal off the stuck check (it sits flat legitimately).
+A false "stuck" alarm takes the signal off the stuck check (it sits flat legitimately). A false "unseen"
+alarm adds the values it reported to those the signal's history held (the standby pump may run there).
 Limits, rates and ranges are the plant's own engineering values in the line file: a
 retune only says which field to look at, it never moves them.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from factory_copilot.config import LineConfig
+from factory_copilot.detect.checks import merge_seen
 from factory_copilot.detect.multivariate import ALL_MODES, mode_labels
 from factory_copilot.detect.persist import TrainedDetector
 from factory_copilot.records import Anomaly, MarkedAlarm
@@ -53,18 +55,19 @@ class RetuneReport:
 
     thresholds: list[ThresholdChange] = field(default_factory=list)
     stuck_exempted: list[str] = field(default_factory=list)
+    seen_added: dict[str, list[float]] = field(default_factory=dict)  # signal -> values now taken as held
     advice: list[str] = field(default_factory=list)  # false alarms a threshold cannot absorb
     used: list[str] = field(default_factory=list)  # false alarms taken into this retune
     already_used: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.thresholds or self.stuck_exempted)
+        return bool(self.thresholds or self.stuck_exempted or self.seen_added)
 
     def to_dict(self) -> dict[str, Any]:
         return {"changed": self.changed, "thresholds": [t.to_dict() for t in self.thresholds],
-                "stuck_exempted": self.stuck_exempted, "advice": self.advice, "used": self.used,
-                "already_used": self.already_used}
+                "stuck_exempted": self.stuck_exempted, "seen_added": self.seen_added, "advice": self.advice,
+                "used": self.used, "already_used": self.already_used}
 
 
 def _model_key(models: TrainedDetector, a: Anomaly) -> str | None:
@@ -145,6 +148,16 @@ def retune(
             if key not in models.stuck_exempt:
                 models.stuck_exempt.add(key)
                 report.stuck_exempted.append(key)
+        elif kind == "unseen":
+            key = f"{fa.asset}.{signal}"
+            values = sorted({a.value for a in fa.anomalies if a.value is not None and math.isfinite(a.value)})
+            if key not in models.seen or not values:
+                report.advice.append(f"{fa.alarm_id}: no values recorded for it, or {key} is no longer watched; "
+                                     "nothing to learn from")
+                continue
+            models.seen[key] = merge_seen([*models.seen[key], *((v, v, 1) for v in values)],
+                                          models.seen_tolerance.get(key, 0.0))
+            report.seen_added.setdefault(key, []).extend(values)
         elif kind in LINE_FILE_FIELDS:
             peak = max((abs(a.value) for a in fa.anomalies if a.value is not None), default=None)
             seen = f", values up to {peak:g} seen" if peak is not None else ""
@@ -191,7 +204,7 @@ def retune(
     if report.changed:  # a retune that changed nothing leaves its false alarms to be looked at again
         models.metadata.setdefault("retunes", []).append({
             "ts": time.time() if now is None else now, "by": actor, "alarms": report.used, "factors": factors,
-            "stuck_exempted": report.stuck_exempted,
+            "stuck_exempted": report.stuck_exempted, "seen_added": report.seen_added,
         })
         models.metadata["retuned_alarms"] = sorted(done | set(report.used))
     return report

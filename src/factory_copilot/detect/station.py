@@ -111,6 +111,7 @@ class DetectStation:
         self.started_at = clock()
         self.rows = 0
         self.emitted = 0
+        self.kinds: dict[str, int] = defaultdict(int)  # anomalies emitted by kind (limit, stuck, unseen, multivariate...)
         self.last_row_ts: float | None = None
         self.counts: dict[str, int] = defaultdict(int)  # ahead_of_clock, late_adjusted, late_dropped, bad_timestamp
         self.ignored: dict[str, int] = defaultdict(int)
@@ -280,6 +281,7 @@ class DetectStation:
         out = self._lost(ts, out)
         for a in out:
             self.emitted += 1
+            self.kinds[a.kind] += 1
             if self.anomalies is not None:
                 self.anomalies.offer(a)
         return out
@@ -367,6 +369,7 @@ class DetectStation:
         return {
             "rows": self.rows,
             "anomalies": self.emitted,
+            "anomalies_by_kind": dict(self.kinds),
             "lag_s": None if self.last_row_ts is None else round(now - self.last_row_ts - self.interval, 2),
             "mode": self.mode.value,
             "sources": sources,
