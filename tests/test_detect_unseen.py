@@ -164,3 +164,23 @@ def test_a_model_file_from_before_the_unseen_check_is_refused_with_the_retrain_a
     joblib.dump({"format": FORMAT - 1, "version": "0", "models": models}, old)
     with pytest.raises(ModelMismatchError, match=rf"format {FORMAT - 1} \(this version reads {FORMAT}\).*retrain"):
         load_detector(old, line, "pump.yaml")
+
+
+def test_a_setpoint_that_never_moved_in_the_history_is_not_watched_a_new_one_is_the_operator_s_decision(tmp_path):
+    spec = {**LINE, "assets": [{**LINE["assets"][0], "signals": [*LINE["assets"][0]["signals"],
+                                                                 _signal("pressure_setpoint", [3, 5])]}]}
+    line = LineConfig.model_validate(spec)
+    assert "pumps.pressure_setpoint" in line.context_keys()
+    rng = np.random.default_rng(6)
+    flow = 50 + rng.normal(0, 1, ROWS)
+    history = pd.DataFrame({"pumps.mode": 2.0, "pumps.duty_flow": flow,
+                            "pumps.duty_pressure": 4 + 0.02 * (flow - 50) + rng.normal(0, 0.05, ROWS),
+                            "pumps.standby_status": 0.0, "pumps.standby_current": 0.0, "pumps.pressure_setpoint": 4.0})
+    models = train_models(line, history, progress=False)
+    assert {"pumps.pressure_setpoint", "pumps.standby_status"} <= set(models.detector.unjudged_)
+    assert "pumps.pressure_setpoint" not in models.seen and "pumps.standby_status" in models.seen
+    checks = models.checks(line)
+    kinds = [(a.kind, a.signal) for r in _rows(checks, line, 0, 30, pressure_setpoint=4.5) for a in r]
+    assert all(kind != "unseen" for kind, _ in kinds)
+    assert ("unseen", "standby_status") in [(a.kind, a.signal) for r in _rows(checks, line, 100, 30, standby_status=1.0,
+                                                                                     pressure_setpoint=4.5) for a in r]

@@ -181,8 +181,10 @@ def train_models(
     steps.update()
     steps.set_postfix_str("checks")
     noise_table = table.loc[normal, keys].assign(mode=modes[normal]) if modes is not None else table.loc[normal, keys]
-    # the signals the detector leaves out are watched for a value their history never held
-    checks = SignalChecks(line).learn_noise(noise_table).learn_seen(noise_table, detector.unjudged_)
+    # the signals the detector leaves out are watched for a value their history never held; not the operating
+    # point's (a setpoint the operator moves to a new value is a decision, not a fault: coverage names it)
+    watched = [s for s in detector.unjudged_ if s not in set(line.context_keys())]
+    checks = SignalChecks(line).learn_noise(noise_table).learn_seen(noise_table, watched)
     steps.update()
     steps.close()
     rows_by_group = {str(g): int(n) for g, n in pd.Series(groups[normal]).value_counts(sort=False).items()}
