@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import paho.mqtt.client as paho
 import pytest
@@ -150,6 +150,43 @@ class HandMadeExplainer:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def test_a_call_racing_the_first_one_waits_for_the_session_the_first_one_starts(broker, monkeypatch):
+    # found in CI under load: 24 calls at once, the first starting the pool's MQTT session, a second one saw the pool
+    # started and published before the session had its client ("MQTT session ... is not started")
+    from factory_copilot.plumbing.mqtt import MqttSession
+
+    opening, release = threading.Event(), threading.Event()
+    original = MqttSession._open
+
+    def held_open(self):
+        opening.set()
+        assert release.wait(10)
+        original(self)
+
+    explainer = HandMadeExplainer(broker)  # paho's own client, not a session: not held
+    monkeypatch.setattr(MqttSession, "_open", held_open)
+    backend = pool(broker, deadline_s=20)
+
+    def call(key: str) -> str:
+        CALL_FOR.set(CallFor(key))
+        return backend.chat(ASK, timeout_s=20).text
+
+    try:
+        with ThreadPoolExecutor(2) as ex:
+            first = ex.submit(call, "A-1@1.000")
+            assert opening.wait(10)  # the first call is opening the session
+            second = ex.submit(call, "A-2@1.000")
+            # while the session opens, the second call waits for it rather than failing at once
+            finished, _ = wait([second], timeout=2)
+            assert not finished, second.exception()
+            release.set()
+            assert (first.result(20), second.result(20)) == ("answer to A-1@1.000 #1", "answer to A-2@1.000 #1")
+    finally:
+        release.set()
+        backend.close()
+        explainer.close()
 
 
 def test_two_explainers_answer_every_job_exactly_once(broker, explainers):

@@ -114,6 +114,7 @@ class PoolBackend(LLMBackend):
         self._finished: OrderedDict[str, bool] = OrderedDict()  # key -> answered (False: given up on)
         self._seq = itertools.count()
         self._started = False
+        self._starting = threading.Lock()
         self._closed = False
         self._log = Throttled(log, log_every_s)
 
@@ -173,11 +174,13 @@ class PoolBackend(LLMBackend):
     # ---- one call -------------------------------------------------------------------------------------------
 
     def _start(self) -> None:
-        with self._cond:
+        # a call racing the first one waits until the session has its client, else its publish finds none; not
+        # under self._cond, which the session's callbacks take
+        with self._starting:
             if self._started:
                 return
+            self.session.start()
             self._started = True
-        self.session.start()
         self.session.wait_connected(CONNECT_WAIT_S)  # else paho sends the job once the broker is back
 
     def _submit(self, call: dict[str, Any], on_token: OnToken | None, timeout_s: float | None) -> Reply:
