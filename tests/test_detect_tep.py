@@ -46,7 +46,7 @@ def test_classifier_beats_random_forest_on_the_same_split(results):
     assert acc["classifier_named"] > acc["random_forest"]
 
 
-@pytest.mark.skipif(not tep.test_available(TEP_DIR), reason=f"no TEP test set (d00_te.dat, d01_te.dat) in {TEP_DIR}")
+@pytest.mark.skipif(not tep.has_test_set(TEP_DIR), reason=f"no TEP test set (d00_te.dat, d01_te.dat) in {TEP_DIR}")
 def test_on_the_standard_test_set_the_detector_and_classifier_stay_ahead():
     # fit on the training files, scored on dNN_te.dat's rows from the onset (row 160) on
     normal, faults = tep.load_all(TEP_DIR)

@@ -86,11 +86,11 @@ def test_a_missing_test_file_names_itself_and_where_to_get_the_set(tmp_path):
 
 
 def test_the_test_set_is_there_only_with_its_normal_file_and_a_fault(tmp_path):
-    assert not tep.test_available(tmp_path) and not tep.test_available(None)
+    assert not tep.has_test_set(tmp_path) and not tep.has_test_set(None)
     np.savetxt(tmp_path / "d00_te.dat", np.zeros((3, N)))
-    assert not tep.test_available(tmp_path)
+    assert not tep.has_test_set(tmp_path)
     np.savetxt(tmp_path / "d01_te.dat", np.zeros((3, N)))
-    assert tep.test_available(tmp_path)
+    assert tep.has_test_set(tmp_path)
 
 
 def test_only_the_rows_from_the_onset_on_are_scored_as_faulty(results):

@@ -520,8 +520,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.only in (None, "tep"):
         where = tep.folder(args.tep)
         given = getattr(args, "tep_test", None)
-        test_dir = Path(given) if given else where if tep.test_available(where) else None
-        if given and not tep.test_available(test_dir):
+        test_dir = Path(given) if given else where if tep.has_test_set(where) else None
+        if given and not tep.has_test_set(test_dir):
             print(f"error: no {test_dir / 'd01_te.dat'} (or d00_te.dat); {tep.HOW_TEST}", file=sys.stderr)
             return 2
         if tep.available(where):

@@ -183,7 +183,8 @@ def train_models(
     noise_table = table.loc[normal, keys].assign(mode=modes[normal]) if modes is not None else table.loc[normal, keys]
     # the signals the detector leaves out are watched for a value their history never held; not the operating
     # point's (a setpoint the operator moves to a new value is a decision, not a fault: coverage names it)
-    watched = [s for s in detector.unjudged_ if s not in set(line.context_keys())]
+    operating_point = set(line.context_keys())
+    watched = [s for s in detector.unjudged_ if s not in operating_point]
     checks = SignalChecks(line).learn_noise(noise_table).learn_seen(noise_table, watched)
     steps.update()
     steps.close()
@@ -312,6 +313,18 @@ def run_scenario(models: TrainedDetector, line: LineConfig, name: str, frame: pd
 
 
 # ---- Tennessee Eastman ------------------------------------------------------------------------
+def _tep_label(fault: int) -> str:
+    return "normal" if fault == 0 else f"fault_{fault:02d}"
+
+
+def _tep_labelled(normal: pd.DataFrame, faults: dict[int, pd.DataFrame]):
+    """The training files by class label, stacked into one table, and each row's label."""
+    files = {_tep_label(0): normal, **{_tep_label(f): d for f, d in faults.items()}}
+    X = pd.concat(files.values(), ignore_index=True)
+    y = np.concatenate([[k] * len(v) for k, v in files.items()]).astype(object)
+    return files, X, y
+
+
 def evaluate_tep(tep_dir: str | Path, folds: int = 5, class_folds: int = 4, class_folds_run: int | None = None,
                  progress: bool = True, tep_test_dir: str | Path | None = None,
                  faults: range | list[int] = range(1, 22)) -> dict:
@@ -341,9 +354,7 @@ def evaluate_tep(tep_dir: str | Path, folds: int = 5, class_folds: int = 4, clas
     false_alarm = {name: float(np.mean(v)) for name, v in far.items()}
 
     # classification: every file cut into class_folds time blocks; train on the others, test on one
-    files = {"normal": normal, **{f"fault_{f:02d}": d for f, d in faults.items()}}
-    X = pd.concat(files.values(), ignore_index=True)
-    y = np.concatenate([[k] * len(v) for k, v in files.items()]).astype(object)
+    files, X, y = _tep_labelled(normal, faults)
     file_id = np.concatenate([[k] * len(v) for k, v in files.items()]).astype(object)
     block = np.concatenate([np.arange(len(v)) * class_folds // len(v) for v in files.values()])
     acc = {"classifier": [], "classifier_named": [], "windowed": [], "windowed_named": [], "random_forest": []}
@@ -408,15 +419,10 @@ def evaluate_tep_test(normal: pd.DataFrame, faults: dict[int, pd.DataFrame], tep
         false_alarm_pre_onset[name] = float(np.mean(np.concatenate([flags[f][:onset] for f in faults])))
     visible = [f for f in faults if f not in tep.INVISIBLE_FAULTS]
 
-    def label(f: int) -> str:
-        return "normal" if f == 0 else f"fault_{f:02d}"
-
-    files = {"normal": normal, **{label(f): d for f, d in faults.items()}}
-    X = pd.concat(files.values(), ignore_index=True)
-    y = np.concatenate([[k] * len(v) for k, v in files.items()]).astype(object)
+    _, X, y = _tep_labelled(normal, faults)
     # the rows scored: d00_te whole, every fault's test file from its onset on
     scored = {f: slice(0, None) if f == 0 else slice(onset, None) for f in tests}
-    truth = {f: np.full(len(tests[f].iloc[scored[f]]), label(f), dtype=object) for f in tests}
+    truth = {f: np.full(len(tests[f].iloc[scored[f]]), _tep_label(f), dtype=object) for f in tests}
     predicted: dict[str, dict[int, np.ndarray]] = {}
     named_rows: dict[str, dict[int, np.ndarray]] = {}
     steps = (("classifier", ()), ("windowed", tuple(window_lags)))

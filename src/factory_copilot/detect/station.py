@@ -110,7 +110,6 @@ class DetectStation:
         self.last_seen: dict[str, float] = {}  # signal key -> row time of its latest sample, any quality
         self.started_at = clock()
         self.rows = 0
-        self.emitted = 0
         self.kinds: dict[str, int] = defaultdict(int)  # anomalies emitted by kind (limit, stuck, unseen, multivariate...)
         self.last_row_ts: float | None = None
         self.counts: dict[str, int] = defaultdict(int)  # ahead_of_clock, late_adjusted, late_dropped, bad_timestamp
@@ -280,7 +279,6 @@ class DetectStation:
                 self._episode_rows = 0
         out = self._lost(ts, out)
         for a in out:
-            self.emitted += 1
             self.kinds[a.kind] += 1
             if self.anomalies is not None:
                 self.anomalies.offer(a)
@@ -368,7 +366,7 @@ class DetectStation:
         never = [k for k in self.keys + ([self.mode_key] if self.mode_key else []) if k not in self.last_seen]
         return {
             "rows": self.rows,
-            "anomalies": self.emitted,
+            "anomalies": sum(self.kinds.values()),
             "anomalies_by_kind": dict(self.kinds),
             "lag_s": None if self.last_row_ts is None else round(now - self.last_row_ts - self.interval, 2),
             "mode": self.mode.value,
